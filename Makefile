@@ -1,0 +1,63 @@
+# icefield: one entry point. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.icefield-installed
+DEMO_DIR ?= build/demo
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e ".[postgres,dev]"
+	touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv and install icefield with its test tools
+
+.PHONY: demo
+demo: $(STAMP) ## Run the shop demo on the embedded default (SQLite catalog, local warehouse, DuckDB)
+	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
+
+.PHONY: test
+test: $(STAMP) ## Run every test (starts PostgreSQL natively for the `postgres` tests)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-fast
+test-fast: $(STAMP) ## Run the tests that need no server
+	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not s3 and not airflow and not trino and not slow" $(PYTEST_ARGS)
+
+.PHONY: test-long
+test-long: $(STAMP) ## Run the long reliability variants
+	ICEFIELD_LONG=1 $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check src tests stack
+	$(BIN)/mypy
+
+.PHONY: bench
+bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales them)
+	$(BIN)/python -m bench
+
+.PHONY: stack-up
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres"
+	$(BIN)/python -m stack up $(SERVICES)
+
+.PHONY: stack-down
+stack-down: $(STAMP) ## Stop the native services started by stack-up
+	$(BIN)/python -m stack down $(SERVICES)
+
+.PHONY: stack-status
+stack-status: $(STAMP) ## Show which native services run
+	$(BIN)/python -m stack status
+
+.PHONY: clean
+clean: ## Remove build outputs and the demo project (keeps .venv)
+	rm -rf build .pytest_cache

@@ -1,0 +1,252 @@
+"""Reading ``icefield.yaml``, ``pipelines/*.yaml`` and ``models/*.sql`` into typed config.
+
+Precedence: defaults < file < profile < ``ICEFIELD__SECTION__KEY`` environment variables < explicit
+arguments. Every error is a :class:`ConfigError` naming the file, the key, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from icefield.config.models import ModelConfig, PipelineConfig, ProjectConfig, TargetConfig
+from icefield.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+PROJECT_FILE = "icefield.yaml"
+ENV_PREFIX = "ICEFIELD__"
+STATE_DIR = ".icefield"
+
+
+@dataclass(frozen=True)
+class Project:
+    """A loaded project: its folder, its settings, its pipelines and its SQL models."""
+
+    root: Path
+    config: ProjectConfig
+    pipelines: dict[str, PipelineConfig] = field(default_factory=dict)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    profile: str | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def catalog_uri(self) -> str:
+        """The catalog's SQLAlchemy URL (secret references unresolved)."""
+        if self.config.catalog.uri:
+            return self.config.catalog.uri
+        return f"sqlite:///{(self.state_dir / 'catalog.db').as_posix()}"
+
+    def warehouse_uri(self) -> str:
+        """The warehouse location as a URI (``file://`` for local folders)."""
+        wh = self.config.warehouse
+        if "://" in wh:
+            return wh
+        path = Path(wh)
+        if not path.is_absolute():
+            path = self.root / path
+        return path.resolve().as_uri()
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            raise ConfigError(
+                f"no pipeline named {name!r} in {self.root / 'pipelines'} (known: {known}); "
+                "check the name or add pipelines/<name>.yaml"
+            ) from None
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """Return the nearest folder at or above ``start`` holding ``icefield.yaml``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder
+    raise ConfigError(
+        f"no {PROJECT_FILE} in {here} or any folder above it; run `icefield init` to create a project "
+        "or pass --project DIR"
+    )
+
+
+def load_project(
+    root: Path | str | None = None,
+    profile: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Project:
+    """Load and validate a project.
+
+    ``root`` defaults to the nearest folder holding ``icefield.yaml``; ``profile`` (or the environment
+    variable ``ICEFIELD_PROFILE``) selects one of the file's ``profiles``; ``env`` defaults to
+    ``os.environ`` and supplies ``ICEFIELD__SECTION__KEY`` overrides; ``overrides`` are explicit values
+    (dotted keys) that win over everything. Raises :class:`ConfigError`.
+    """
+    env = os.environ if env is None else env
+    root_path = find_project_root() if root is None else Path(root).resolve()
+    project_file = root_path / PROJECT_FILE
+    if not project_file.is_file():
+        raise ConfigError(f"{project_file} does not exist; run `icefield init {root_path}` to create it")
+    raw = _read_yaml(project_file)
+    profile = profile or env.get("ICEFIELD_PROFILE") or None
+    if profile:
+        profiles = raw.get("profiles") or {}
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(
+                f"{project_file}: profiles.{profile}: no such profile (known: {known}); "
+                f"add it under 'profiles:' or pick another"
+            )
+        raw = _deep_merge(raw, profiles[profile] or {})
+    for key, value in sorted(env.items()):
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+            _set_path(raw, path, yaml.safe_load(value) if value else value)
+    for dotted, value in (overrides or {}).items():
+        _set_path(raw, dotted.split("."), value)
+    config = _validate(ProjectConfig, raw, project_file)
+
+    pipelines: dict[str, PipelineConfig] = {}
+    for path in sorted((root_path / "pipelines").glob("*.y*ml")):
+        pipe = _validate(PipelineConfig, _read_yaml(path), path)
+        if pipe.name in pipelines:
+            raise ConfigError(f"{path}: name: {pipe.name!r} is already used by another pipeline file; rename one")
+        pipelines[pipe.name] = pipe
+    models: dict[str, ModelConfig] = {}
+    for path in sorted((root_path / "models").glob("*.sql")):
+        model = read_model(path)
+        models[model.name] = model
+    return Project(root=root_path, config=config, pipelines=pipelines, models=models, profile=profile)
+
+
+def read_model(path: Path) -> ModelConfig:
+    """Read a SQL model. Its leading ``-- key: value`` comment lines configure the target, e.g.::
+
+        -- target: shop.daily_revenue
+        -- mode: overwrite
+        select ...
+    """
+    text = path.read_text(encoding="utf-8")
+    header: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("--"):
+            break
+        header.append(stripped[2:].strip())
+    try:
+        meta = yaml.safe_load("\n".join(h for h in header if ":" in h)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: the '-- key: value' header is not valid YAML: {e}") from None
+    if not isinstance(meta, dict) or "target" not in meta:
+        raise ConfigError(
+            f"{path}: a model starts with a header naming its table, e.g. '-- target: shop.daily_revenue' "
+            "and '-- mode: overwrite'"
+        )
+    meta = dict(meta)
+    target_raw = {"table": meta.pop("target"), **meta}
+    target = _validate(TargetConfig, target_raw, path)
+    return ModelConfig(name=path.stem, sql=text, target=target, path=str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the file must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: Any) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _validate(model: type[M], raw: dict[str, Any], path: Path) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, path, model)) from None
+
+
+def format_validation_error(e: ValidationError, path: Path, model: type[BaseModel]) -> str:
+    """Turn pydantic's errors into one message per problem: file, key, value, what to do."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
+        kind = err["type"]
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            parent = _parent_model_fields(model, err["loc"][:-1])
+            hint = f"; allowed keys here: {', '.join(parent)}" if parent else ""
+            lines.append(f"{path}: {loc}: unknown key{hint}. Remove it or fix its spelling")
+        elif kind == "missing":
+            lines.append(f"{path}: {loc}: required key is missing. Add it")
+        elif kind == "union_tag_invalid":
+            lines.append(f"{path}: {loc}: {err['msg']}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{path}: {loc}: {msg} (got {value!r})")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in ("sql", "files") or part.endswith("Check") or part.endswith("Rule"))
+
+
+def _parent_model_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            return []
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            f = current.model_fields.get(str(part))
+            if f is None:
+                return []
+            current = _unwrap(f.annotation)
+        else:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items()]
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) == 1 and isinstance(args[0], type):
+        return args[0]
+    return annotation
