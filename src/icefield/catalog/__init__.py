@@ -1,0 +1,81 @@
+"""The catalog: pyiceberg's ``SqlCatalog`` on SQLite (embedded default) or PostgreSQL.
+
+The layout is the one Java's ``JdbcCatalog`` uses, so Spark and Trino can share it under the same
+catalog name. icefield only configures pyiceberg here; it never re-implements a catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from icefield.config.secrets import resolve
+from icefield.errors import ConfigError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+    from icefield.config import Project
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def open_catalog(project: Project) -> Catalog:
+    """Open the project's catalog, creating the SQLite file (in WAL mode) when it is the default.
+
+    Raises :class:`ConfigError` for an unusable URI and :class:`MissingDependencyError` when the
+    database driver is missing.
+    """
+    cfg = project.config.catalog
+    uri = resolve(project.catalog_uri(), where=f"{project.root / 'icefield.yaml'}: catalog.uri")
+    warehouse = project.warehouse_uri()
+    if warehouse.startswith("file://"):
+        Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    props = {k: resolve(v, where=f"catalog.properties.{k}") for k, v in cfg.properties.items()}
+    return sql_catalog(cfg.name, uri, warehouse, **props)
+
+
+def sql_catalog(name: str, uri: str, warehouse: str, **props: str) -> Catalog:
+    """Build a pyiceberg ``SqlCatalog`` for ``uri`` (SQLAlchemy URL) and ``warehouse`` (URI)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    if uri.startswith("sqlite"):
+        db_path = uri.split("///", 1)[1] if "///" in uri else ""
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            _enable_wal(Path(db_path))
+    try:
+        catalog = SqlCatalog(name, uri=uri, warehouse=warehouse, **props)
+    except ModuleNotFoundError as e:
+        raise MissingDependencyError(
+            f"the catalog URI needs the database driver {e.name!r}: run `pip install icefield[postgres]`"
+        ) from e
+    except Exception as e:  # SQLAlchemy raises many types for a bad URL or an unreachable server
+        from icefield.config.secrets import redact
+
+        raise ConfigError(f"cannot open the catalog at {redact(uri)!r}: {redact(str(e))}") from None
+    if uri.startswith("sqlite"):
+        _tune_sqlite_engine(catalog)
+    return catalog
+
+
+def _enable_wal(db_path: Path) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)
+    try:
+        # WAL is persistent in the file: readers never block the single writer.
+        con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def _tune_sqlite_engine(catalog: Any) -> None:
+    from sqlalchemy import event
+
+    @event.listens_for(catalog.engine, "connect")
+    def _on_connect(dbapi_con: Any, _record: Any) -> None:
+        dbapi_con.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")

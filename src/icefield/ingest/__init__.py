@@ -1,0 +1,116 @@
+"""Sources: each yields :class:`SourceBatch` objects (Arrow rows plus the source position after them).
+
+A source never writes. It reads from where the committed position says, in bounded chunks, and tells
+the writer what to replace when a source unit (a file) changed. Built-ins: ``sql`` and ``files``;
+a registry maps names to lazy loaders so optional backends import only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+
+from icefield.errors import ConfigError
+
+if TYPE_CHECKING:
+    from icefield.config import PipelineConfig, Project
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record the decoder could not turn into a row: kept raw for the quarantine."""
+
+    raw: str
+    coords: str
+    check: str
+    reason: str
+
+
+@dataclass
+class SourceBatch:
+    """One unit of work: rows, where they came from, and the position after them.
+
+    ``data`` holds the decoded rows; ``raw`` and ``coords`` (same length as ``data``, or None) keep each
+    row's original record and source coordinates for the quarantine. ``position`` is the JSON-able source
+    position once this batch is committed; ``key`` describes the source range deterministically (the batch
+    id derives from it). ``replace_file`` names a source file whose earlier rows this batch replaces.
+    """
+
+    data: pa.Table
+    position: dict[str, Any]
+    key: str
+    raw: list[str] | None = None
+    coords: list[str] | None = None
+    rejected: list[Rejected] = field(default_factory=list)
+    replace_file: str | None = None
+    coord_label: str = ""
+    coord_keys: list[str] = field(default_factory=list)
+
+    def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
+        """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
+        decoded values when the source kept no raw text."""
+        if self.raw is not None and self.coords is not None:
+            return [(self.raw[i], self.coords[i]) for i in indices]
+        rows = self.data.take(pa.array(indices, pa.int64())).to_pylist()
+        names = self.data.column_names
+        out = []
+        for i, row in zip(indices, rows, strict=True):
+            raw = json.dumps(row, default=str, ensure_ascii=False)
+            out.append((raw, row_coords(self.coord_label, names, tuple(row.values()), self.coord_keys, i)))
+        return out
+
+    @property
+    def rows_in(self) -> int:
+        return self.data.num_rows + len(self.rejected)
+
+
+def row_coords(label: str, names: list[str], row: tuple[Any, ...], keys: list[str], index: int) -> str:
+    """Source coordinates of a row: its key values when keys are known, else its position in the batch."""
+    present = [k for k in keys if k in names]
+    if present:
+        return f"{label} " + ",".join(f"{k}={row[names.index(k)]}" for k in present)
+    return f"{label} row {index}"
+
+
+@dataclass(frozen=True)
+class SourceCapabilities:
+    incremental: bool = False
+    cdc: bool = False
+    streaming: bool = False
+
+
+class Source:
+    """Base class of sources. Subclasses set ``capabilities`` and implement :meth:`read`."""
+
+    capabilities: ClassVar[SourceCapabilities] = SourceCapabilities()
+
+    def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Yield batches after ``position`` (None: from the start). ``schema`` is the target table's
+        current Arrow schema (or None) so decoders can type values the way the table expects."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; called once after the run."""
+
+
+_REGISTRY: dict[str, str] = {
+    "sql": "icefield.ingest.sql:SqlSource",
+    "files": "icefield.ingest.files:FilesSource",
+}
+
+
+def open_source(pipeline: PipelineConfig, project: Project, batch_size: int) -> Source:
+    """Instantiate the source a pipeline declares. Raises :class:`ConfigError` for unknown types."""
+    kind = pipeline.source.type
+    try:
+        module_name, cls_name = _REGISTRY[kind].split(":")
+    except KeyError:
+        raise ConfigError(f"unknown source type {kind!r}; use one of {sorted(_REGISTRY)}") from None
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    source: Source = cls(pipeline, project, batch_size)
+    return source

@@ -1,0 +1,278 @@
+"""The ``files`` source: CSV, JSON Lines and Parquet files matched by a glob.
+
+Incremental by the set of files already loaded: the committed position maps each loaded file (path
+relative to the project) to a fingerprint of its bytes. A new file is loaded; a file whose bytes changed
+is reloaded and its earlier rows are replaced in the same commit (so it is never skipped nor doubled);
+an unchanged file is skipped. Each file is one batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from icefield.config.models import FilesSourceConfig
+from icefield.errors import ConfigError, SourceError
+from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
+from icefield.quality.coerce import cast_column, convert_values, infer_type, parse_type
+
+if TYPE_CHECKING:
+    from icefield.config import PipelineConfig, Project
+
+log = logging.getLogger(__name__)
+
+_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def fingerprint(path: Path) -> str:
+    """``<size>:<sha256>`` of a file's bytes."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return f"{size}:{h.hexdigest()}"
+
+
+class FilesSource(Source):
+    capabilities = SourceCapabilities(incremental=True)
+
+    def __init__(self, pipeline: PipelineConfig, project: Project, batch_size: int) -> None:
+        assert isinstance(pipeline.source, FilesSourceConfig)
+        self.cfg = pipeline.source
+        self.root = project.root
+        self.batch_size = batch_size
+        self.declared: dict[str, pa.DataType] | None = None
+        if self.cfg.columns:
+            try:
+                self.declared = {k: parse_type(v) for k, v in self.cfg.columns.items()}
+            except ValueError as e:
+                raise ConfigError(f"pipeline {pipeline.name!r}: source.columns: {e}") from None
+        if pipeline.target.mode == "append" and not self.cfg.file_column:
+            raise ConfigError(
+                f"pipeline {pipeline.name!r}: source.file_column: a files source in mode 'append' needs the "
+                "file column to replace a changed file's rows; set it (default '_source_file')"
+            )
+
+    def list_files(self) -> list[Path]:
+        pattern = self.cfg.path
+        base = Path(pattern)
+        if base.is_absolute():
+            anchor = Path(base.anchor)
+            matches = anchor.glob(str(base.relative_to(anchor)))
+        else:
+            matches = self.root.glob(pattern)
+        return sorted(p for p in matches if p.is_file())
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return path.resolve().as_posix()
+
+    def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        loaded: dict[str, str] = dict((position or {}).get("files", {}))
+        for path in self.list_files():
+            rel = self._rel(path)
+            fp = fingerprint(path)
+            previous = loaded.get(rel)
+            if previous == fp:
+                continue
+            data, raw, coords, rejected = self._decode(path, rel, schema)
+            if self.cfg.file_column:
+                data = data.append_column(self.cfg.file_column, pa.array([rel] * data.num_rows, pa.string()))
+            loaded[rel] = fp
+            yield SourceBatch(
+                data=data,
+                position={"files": dict(loaded)},
+                key=f"files:{rel}:{fp}",
+                raw=raw,
+                coords=coords,
+                rejected=rejected,
+                replace_file=rel if previous is not None else None,
+            )
+
+    # ------------------------------------------------------------------ decoding
+
+    def _format(self, path: Path) -> str:
+        if self.cfg.format != "auto":
+            return self.cfg.format
+        fmt = _FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise SourceError(
+                f"cannot tell the format of {path.name!r} from its extension; set source.format to "
+                "csv, jsonl or parquet"
+            )
+        return fmt
+
+    def _types(self, schema: pa.Schema | None) -> dict[str, pa.DataType]:
+        types: dict[str, pa.DataType] = {}
+        if schema is not None:
+            types.update({f.name: f.type for f in schema})
+        if self.declared:
+            types.update(self.declared)
+        return types
+
+    def _decode(
+        self, path: Path, rel: str, schema: pa.Schema | None
+    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        fmt = self._format(path)
+        if fmt == "jsonl":
+            return self._decode_jsonl(path, rel, schema)
+        if fmt == "csv":
+            return self._decode_csv(path, rel, schema)
+        return self._decode_parquet(path, rel, schema)
+
+    def _decode_jsonl(
+        self, path: Path, rel: str, schema: pa.Schema | None
+    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        rows: list[dict[str, Any]] = []
+        raw: list[str] = []
+        coords: list[str] = []
+        rejected: list[Rejected] = []
+        with path.open("rb") as f:
+            for lineno, line_bytes in enumerate(f, start=1):
+                if not line_bytes.strip():
+                    continue
+                where = f"{rel}:{lineno}"
+                try:
+                    line = line_bytes.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    text = line_bytes.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+                    rejected.append(Rejected(text, where, "decode", f"decode: invalid UTF-8 at byte {e.start}"))
+                    continue
+                line = line.rstrip("\r\n")
+                try:
+                    rec = json.loads(line, parse_constant=_reject_constant)
+                except (ValueError, RecursionError) as e:
+                    rejected.append(Rejected(line, where, "decode", f"decode: not valid JSON: {e}"))
+                    continue
+                if not isinstance(rec, dict):
+                    rejected.append(
+                        Rejected(line, where, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}")
+                    )
+                    continue
+                rows.append(rec)
+                raw.append(line)
+                coords.append(where)
+        return self._rows_to_table(rows, raw, coords, rejected, schema)
+
+    def _rows_to_table(
+        self,
+        rows: list[dict[str, Any]],
+        raw: list[str],
+        coords: list[str],
+        rejected: list[Rejected],
+        schema: pa.Schema | None,
+    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        types = self._types(schema)
+        names: dict[str, None] = {}
+        if self.declared:
+            names.update(dict.fromkeys(self.declared))
+        for r in rows:
+            names.update(dict.fromkeys(r))
+        bad: dict[int, str] = {}
+        cols: dict[str, pa.Array] = {}
+        for name in names:
+            values = [r.get(name) for r in rows]
+            t = types.get(name) or infer_type(values)
+            cols[name] = convert_values(name, values, t, bad)
+        table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(rows))}).drop(["_empty"])
+        return _split_bad(table, raw, coords, rejected, bad)
+
+    def _decode_csv(
+        self, path: Path, rel: str, schema: pa.Schema | None
+    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        # Read every column as text, then type it strictly, so that one bad value cannot fail the file.
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            names = next(csv.reader(f, delimiter=self.cfg.delimiter), None)
+        if not names:
+            return pa.table({}), [], [], []
+        try:
+            strings = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=self.cfg.delimiter),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+                ),
+            )
+        except pa.ArrowInvalid as e:
+            raise SourceError(f"{rel}: not a readable CSV file: {e}; fix the file or set source.delimiter") from None
+        types = self._types(schema)
+        bad: dict[int, str] = {}
+        cols: dict[str, pa.Array] = {}
+        for name in names:
+            col = strings.column(name).combine_chunks()
+            t = types.get(name)
+            if t is None:
+                t = _infer_csv_type(col)
+            cols[name] = cast_column(name, col, t, bad)
+        table = pa.table(cols)
+        raw = [json.dumps(r, ensure_ascii=False) for r in strings.to_pylist()]
+        coords = [f"{rel}:{i + 2}" for i in range(strings.num_rows)]
+        return _split_bad(table, raw, coords, [], bad)
+
+    def _decode_parquet(
+        self, path: Path, rel: str, schema: pa.Schema | None
+    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"{rel}: not a readable Parquet file: {e}") from None
+        types = self._types(schema)
+        bad: dict[int, str] = {}
+        cols = {
+            name: cast_column(name, table.column(name), types[name], bad)
+            if name in types
+            else table.column(name).combine_chunks()
+            for name in table.column_names
+        }
+        typed = pa.table(cols)
+        coords = [f"{rel}#{i}" for i in range(table.num_rows)]
+        if bad:
+            raw = [json.dumps(r, default=str, ensure_ascii=False) for r in table.to_pylist()]
+        else:
+            raw = [""] * table.num_rows  # only quarantined rows need their raw record
+        return _split_bad(typed, raw, coords, [], bad)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _infer_csv_type(col: pa.Array) -> pa.DataType:
+    import pyarrow.compute as pc
+
+    valid = col.drop_null()
+    if len(valid) == 0:
+        return pa.string()
+    for t in (pa.int64(), pa.float64()):
+        try:
+            out = pc.cast(valid, t, safe=True)
+            if pa.types.is_floating(t) and not pc.all(pc.is_finite(out)).as_py():
+                continue
+            return t
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    return infer_type(valid.to_pylist()) if len(valid) else pa.string()
+
+
+def _split_bad(
+    table: pa.Table, raw: list[str], coords: list[str], rejected: list[Rejected], bad: dict[int, str]
+) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    if not bad:
+        return table, raw, coords, rejected
+    keep = [i for i in range(table.num_rows) if i not in bad]
+    for i in sorted(bad):
+        rejected.append(Rejected(raw[i], coords[i], "type", bad[i]))
+    return table.take(pa.array(keep, pa.int64())), [raw[i] for i in keep], [coords[i] for i in keep], rejected

@@ -1,0 +1,96 @@
+"""SQL models: ``models/*.sql`` run on DuckDB over the Iceberg tables and written back through the
+same writer. A model's position is the snapshot ids of its inputs plus a hash of its SQL: a rerun with
+unchanged inputs and SQL commits nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from icefield.engines import get_engine
+from icefield.errors import ConfigError
+from icefield.pipeline.results import BatchResult, RunResult
+from icefield.pipeline.runner import new_run_id
+from icefield.write import TableWriter, batch_id_for, read_position, table_identifier
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+    from icefield.config import Project
+
+
+def run_model(project: Project, name: str, catalog: Catalog | None = None, run_id: str | None = None) -> RunResult:
+    """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`."""
+    import duckdb
+
+    from icefield.catalog import open_catalog
+    from icefield.engines.local import LocalEngine, list_tables, tables_in_sql
+
+    try:
+        model = project.models[name]
+    except KeyError:
+        raise ConfigError(f"no model named {name!r} in {project.root / 'models'} (known: {', '.join(sorted(project.models)) or 'none'})") from None
+    catalog = catalog or open_catalog(project)
+    run_id = run_id or new_run_id()
+    engine = get_engine(project.config.engine)
+    if not isinstance(engine, LocalEngine):
+        raise ConfigError(f"models need an engine that runs SQL; {project.config.engine!r} does not")
+    started = time.perf_counter()
+    result = RunResult(pipeline=f"model.{name}", table=model.target.table, run_id=run_id)
+    wanted = tables_in_sql(model.sql)
+    inputs: dict[str, int | None] = {}
+    for ident in list_tables(catalog):
+        if ".".join(ident) == model.target.table or (wanted is not None and ident[-1].lower() not in wanted):
+            continue
+        snap = catalog.load_table(ident).current_snapshot()
+        inputs[".".join(ident)] = snap.snapshot_id if snap else None
+    sql_hash = hashlib.sha256(model.sql.encode()).hexdigest()[:16]
+    position = {"sql": sql_hash, "inputs": inputs}
+    writer = TableWriter(catalog, model.target, result.pipeline, engine)
+    table = writer.load()
+    if read_position(table, result.pipeline) == position:
+        result.seconds = time.perf_counter() - started
+        return result
+    con = engine.connect(catalog, model.sql)
+    try:
+        data = con.sql(model.sql).to_arrow_table()
+    except duckdb.Error as e:
+        raise ConfigError(f"{model.path}: the model's SQL failed in DuckDB: {e}") from None
+    finally:
+        con.close()
+    data = _iceberg_friendly(data)
+    if table is None:
+        table = writer.create(data.schema)
+    else:
+        writer.evolve(table, data.schema)
+    batch_id = batch_id_for(result.pipeline, json.dumps(position, sort_keys=True))
+    wr = writer.commit(data, batch_id, position, run_id)
+    result.batches.append(
+        BatchResult(batch_id, data.num_rows, data.num_rows, 0, 0, wr.rows_deleted, wr.snapshot_id, wr.skipped, wr.seconds)
+    )
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _iceberg_friendly(data: pa.Table) -> pa.Table:
+    """Map DuckDB result types Iceberg lacks to ones it has (time zones to UTC, small ints to int)."""
+    fields = []
+    for f in data.schema:
+        t = f.type
+        if pa.types.is_timestamp(t):
+            t = pa.timestamp("us", tz="UTC" if t.tz else None)
+        elif pa.types.is_integer(t) and t.bit_width < 32:
+            t = pa.int32()
+        elif pa.types.is_unsigned_integer(t) and t.bit_width >= 32:
+            t = pa.int64()
+        elif pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            t = pa.string()
+        fields.append(pa.field(f.name, t, nullable=True))
+    return data.cast(pa.schema(fields)) if fields != list(data.schema) else data
+
+
+__all__ = ["run_model", "table_identifier"]

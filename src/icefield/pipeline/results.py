@@ -1,0 +1,73 @@
+"""Typed results of a run. Observability turns these into metrics, logs and lineage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class BatchResult:
+    """One batch: what came in, where each row went, and the commit that holds it."""
+
+    batch_id: str
+    rows_in: int
+    rows_committed: int
+    rows_quarantined: int
+    rows_filtered: int
+    rows_deleted: int = 0
+    snapshot_id: int | None = None
+    skipped: bool = False
+    seconds: float = 0.0
+    replaced_file: str | None = None
+    failures_by_check: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """A pipeline (or model) run. Conservation: ``rows_in == rows_committed + rows_quarantined + rows_filtered``
+    (rows of skipped batches count in none of them)."""
+
+    pipeline: str
+    table: str
+    run_id: str
+    status: str = "success"  # success | failed
+    batches: list[BatchResult] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def rows_in(self) -> int:
+        return sum(b.rows_in for b in self.batches if not b.skipped)
+
+    @property
+    def rows_committed(self) -> int:
+        return sum(b.rows_committed for b in self.batches if not b.skipped)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(b.rows_quarantined for b in self.batches if not b.skipped)
+
+    @property
+    def rows_filtered(self) -> int:
+        return sum(b.rows_filtered for b in self.batches if not b.skipped)
+
+    @property
+    def snapshots(self) -> list[int]:
+        return [b.snapshot_id for b in self.batches if b.snapshot_id is not None and not b.skipped]
+
+    @property
+    def conserved(self) -> bool:
+        return self.rows_in == self.rows_committed + self.rows_quarantined + self.rows_filtered
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            rows_in=self.rows_in,
+            rows_committed=self.rows_committed,
+            rows_quarantined=self.rows_quarantined,
+            rows_filtered=self.rows_filtered,
+            snapshots=self.snapshots,
+            conserved=self.conserved,
+        )
+        return d

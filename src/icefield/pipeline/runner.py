@@ -1,0 +1,200 @@
+"""Running a pipeline: source -> decode -> conform -> row checks -> quarantine -> one commit per batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from icefield.config.secrets import redact
+from icefield.engines import get_engine
+from icefield.errors import IcefieldError
+from icefield.ingest import SourceBatch, open_source
+from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
+from icefield.pipeline.results import BatchResult, RunResult
+from icefield.quality import check_rows
+from icefield.quality.coerce import conform
+from icefield.testing import failpoints
+from icefield.write import TableWriter, batch_id_for, read_position
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+
+    from icefield.config import PipelineConfig, Project
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[BatchResult], None]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def run_pipeline(
+    project: Project,
+    name: str,
+    catalog: Catalog | None = None,
+    run_id: str | None = None,
+    on_batch: ProgressCallback | None = None,
+    max_batches: int | None = None,
+) -> RunResult:
+    """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
+
+    Every batch is committed on its own, so a failure keeps the batches before it; the failing batch
+    stays pending (its position is not committed) and the next run retries it. Raises
+    :class:`IcefieldError` subclasses; the partial result is attached as ``error.result``.
+    """
+    from icefield.catalog import open_catalog
+
+    pipe = project.pipeline(name)
+    catalog = catalog or open_catalog(project)
+    run_id = run_id or new_run_id()
+    engine = get_engine(project.config.engine)
+    writer = TableWriter(catalog, pipe.target, pipe.name, engine)
+    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id)
+    started = time.perf_counter()
+    batch_size = pipe.batch_size or project.config.batch_size
+    source = open_source(pipe, project, batch_size)
+    log.info("run %s of pipeline %s started", run_id, pipe.name)
+    try:
+        table = writer.load()
+        position = read_position(table, pipe.name)
+        schema = table.schema().as_arrow() if table is not None else None
+        for n, batch in enumerate(source.read(position, schema)):
+            res = _run_batch(catalog, engine, writer, pipe, batch, run_id)
+            result.batches.append(res)
+            if on_batch is not None:
+                on_batch(res)
+            if max_batches is not None and n + 1 >= max_batches:
+                break
+    except IcefieldError as e:
+        result.status = "failed"
+        result.error = redact(str(e))
+        e.result = result  # type: ignore[attr-defined]
+        raise
+    finally:
+        source.close()
+        result.seconds = time.perf_counter() - started
+    log.info(
+        "run %s of pipeline %s: %d batches, %d rows in, %d committed, %d quarantined, %d filtered",
+        run_id, pipe.name, len(result.batches), result.rows_in, result.rows_committed,
+        result.rows_quarantined, result.rows_filtered,
+    )
+    return result
+
+
+def _run_batch(
+    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str
+) -> BatchResult:
+    started = time.perf_counter()
+    batch_id = batch_id_for(pipe.name, batch.key)
+    table = writer.load()
+    if table is not None and (snap := _already(table, batch_id)) is not None:
+        log.info("batch %s is already committed as snapshot %s; skipping", batch_id, snap)
+        return BatchResult(batch_id, batch.rows_in, 0, 0, 0, snapshot_id=snap, skipped=True)
+
+    quarantined: list[QuarantinedRow] = [QuarantinedRow(r.check, r.reason, r.raw, r.coords) for r in batch.rejected]
+    data = batch.data
+    control = pipe.target.delete_column
+    if table is not None:
+        data = _evolve(writer, table, data, control)
+        table = writer.load()
+        assert table is not None
+        data, bad = conform(data, table.schema().as_arrow())
+        if control and control in batch.data.column_names and control not in data.column_names:
+            data = data.append_column(control, batch.data.column(control))
+        quarantined.extend(_take_bad(batch, data, {i: ("type", r) for i, r in bad.items()}))
+        data = _drop(data, set(bad))
+        batch = _reindexed(batch, data, set(bad))
+    checks = check_rows(data, pipe.checks)
+    failed = dict(checks.bad)
+    quarantined.extend(_take_bad(batch, data, failed))
+    good = _drop(data, set(failed) | checks.filtered)
+    failpoints.hit("before-quarantine")
+    write_quarantine(catalog, engine, pipe.target.table, pipe.name, batch_id, run_id, quarantined)
+    failpoints.hit("after-quarantine")
+    if table is None:
+        table = writer.create(_table_schema(good.schema, control))
+    replace = (batch_file_column(pipe), batch.replace_file) if batch.replace_file and batch_file_column(pipe) else None
+    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace)
+    return BatchResult(
+        batch_id=batch_id,
+        rows_in=batch.rows_in,
+        rows_committed=good.num_rows,
+        rows_quarantined=len(quarantined),
+        rows_filtered=len(checks.filtered),
+        rows_deleted=wr.rows_deleted,
+        snapshot_id=wr.snapshot_id,
+        skipped=wr.skipped,
+        seconds=time.perf_counter() - started,
+        replaced_file=batch.replace_file,
+        failures_by_check=checks.failures_by_check,
+    )
+
+
+def batch_file_column(pipe: PipelineConfig) -> str | None:
+    return getattr(pipe.source, "file_column", None)
+
+
+def _already(table: Any, batch_id: str) -> int | None:
+    from icefield.write import find_batch
+
+    return find_batch(table, batch_id)
+
+
+def _table_schema(schema: pa.Schema, control: str | None) -> pa.Schema:
+    if control and control in schema.names:
+        return schema.remove(schema.get_field_index(control))
+    return schema
+
+
+def _evolve(writer: TableWriter, table: Any, data: pa.Table, control: str | None) -> pa.Table:
+    incoming = _table_schema(data.schema, control)
+    writer.evolve(table, incoming)
+    return data
+
+
+def _take_bad(batch: SourceBatch, data: pa.Table, bad: dict[int, tuple[str, str]]) -> list[QuarantinedRow]:
+    if not bad:
+        return []
+    idx = sorted(bad)
+    described = batch.describe_rows(idx) if batch.data is data or batch.data.num_rows == data.num_rows else _describe(data, idx)
+    return [QuarantinedRow(bad[i][0], bad[i][1], raw, coords) for i, (raw, coords) in zip(idx, described, strict=True)]
+
+
+def _describe(data: pa.Table, idx: list[int]) -> list[tuple[str, str]]:
+    import json
+
+    rows = data.take(pa.array(idx, pa.int64())).to_pylist()
+    return [(json.dumps(r, default=str), f"row {i}") for i, r in zip(idx, rows, strict=True)]
+
+
+def _drop(data: pa.Table, drop: set[int]) -> pa.Table:
+    if not drop:
+        return data
+    keep = [i for i in range(data.num_rows) if i not in drop]
+    return data.take(pa.array(keep, pa.int64()))
+
+
+def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceBatch:
+    """The batch with ``dropped`` rows removed from its raw/coords lists so indices match ``data``."""
+    if not dropped:
+        batch.data = data
+        return batch
+    keep = [i for i in range(batch.data.num_rows) if i not in dropped]
+    return SourceBatch(
+        data=data,
+        position=batch.position,
+        key=batch.key,
+        raw=[batch.raw[i] for i in keep] if batch.raw is not None else None,
+        coords=[batch.coords[i] for i in keep] if batch.coords is not None else None,
+        rejected=batch.rejected,
+        replace_file=batch.replace_file,
+        coord_label=batch.coord_label,
+        coord_keys=batch.coord_keys,
+    )

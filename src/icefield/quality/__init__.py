@@ -1,0 +1,168 @@
+"""Row checks: split a batch into good rows, quarantined rows (with the check and the reason) and rows
+dropped by a declared ``filter`` rule. All checks are vectorised over Arrow; nothing loops over rows
+except to word the reason of a failing row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from icefield.config.models import (
+    AcceptedValuesCheck,
+    CheckConfig,
+    FilterRule,
+    NotNullCheck,
+    RangeCheck,
+    RegexCheck,
+    UniqueCheck,
+)
+from icefield.errors import ConfigError
+from icefield.quality.coerce import CoercionError, converter, describe
+
+__all__ = ["RowCheckResult", "check_rows"]
+
+
+@dataclass
+class RowCheckResult:
+    """Which rows of a batch failed which check. ``bad`` maps a row index to (check, reason);
+    ``filtered`` holds the indices dropped by ``filter`` rules (not quarantined, counted apart)."""
+
+    bad: dict[int, tuple[str, str]] = field(default_factory=dict)
+    filtered: set[int] = field(default_factory=set)
+    failures_by_check: dict[str, int] = field(default_factory=dict)
+
+    def _add(self, check: str, indices: list[int], reason_of: Any) -> None:
+        n = 0
+        for i in indices:
+            if i not in self.bad and i not in self.filtered:
+                self.bad[i] = (check, reason_of(i))
+                n += 1
+        if n:
+            self.failures_by_check[check] = self.failures_by_check.get(check, 0) + n
+
+
+def _indices(mask: pa.Array | pa.ChunkedArray) -> list[int]:
+    mask = pc.fill_null(mask, False)
+    if not pc.any(mask).as_py():
+        return []
+    return pc.indices_nonzero(mask).to_pylist()  # type: ignore[no-any-return]
+
+
+def _col(table: pa.Table, name: str, check: str) -> pa.ChunkedArray | None:
+    if name in table.column_names:
+        return table.column(name)
+    return None
+
+
+def check_rows(table: pa.Table, checks: list[CheckConfig]) -> RowCheckResult:
+    """Run ``checks`` over ``table``. A row is reported under the first check it fails, in declared order."""
+    res = RowCheckResult()
+    n = table.num_rows
+    if n == 0:
+        return res
+    for chk in checks:
+        if isinstance(chk, FilterRule):
+            res.filtered.update(_filter_rows(table, chk.filter))
+        elif isinstance(chk, NotNullCheck):
+            for name in chk.not_null:
+                col = _col(table, name, "not_null")
+                if col is None:
+                    res._add("not_null", list(range(n)), lambda i, c=name: f"not_null: column {c!r} is missing")
+                else:
+                    res._add("not_null", _indices(pc.is_null(col)), lambda i, c=name: f"not_null: column {c!r} is null")
+        elif isinstance(chk, UniqueCheck):
+            _unique(table, chk.unique, res)
+        elif isinstance(chk, AcceptedValuesCheck):
+            spec = chk.accepted_values
+            col = _col(table, spec.column, "accepted_values")
+            if col is None:
+                continue
+            values = pa.array(spec.values)
+            try:
+                values = values.cast(col.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ConfigError(f"accepted_values for {spec.column!r}: the values {spec.values!r} do not fit the column type {col.type}: {e}") from None
+            mask = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=values)))
+            allowed = ", ".join(map(str, spec.values))
+            res._add(
+                "accepted_values",
+                _indices(mask),
+                lambda i, c=col, s=spec.column, a=allowed: f"accepted_values: column {s!r} value {describe(c[i].as_py())} is not one of {a}",
+            )
+        elif isinstance(chk, RangeCheck):
+            _range(table, chk, res)
+        elif isinstance(chk, RegexCheck):
+            spec_r = chk.regex
+            col = _col(table, spec_r.column, "regex")
+            if col is None:
+                continue
+            text = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
+            mask = pc.invert(pc.match_substring_regex(text, spec_r.pattern))
+            res._add(
+                "regex",
+                _indices(mask),
+                lambda i, c=col, s=spec_r: f"regex: column {s.column!r} value {describe(c[i].as_py())} does not match {s.pattern!r}",
+            )
+    return res
+
+
+def _scalar(value: Any, t: pa.DataType, column: str) -> pa.Scalar:
+    try:
+        return pa.scalar(converter(t)(value), type=t)
+    except (CoercionError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise ConfigError(f"range for {column!r}: the bound {value!r} does not fit the column type {t}: {e}") from None
+
+
+def _range(table: pa.Table, chk: RangeCheck, res: RowCheckResult) -> None:
+    spec = chk.range
+    col = _col(table, spec.column, "range")
+    if col is None:
+        return
+    if spec.min is not None:
+        lo = _scalar(spec.min, col.type, spec.column)
+        res._add(
+            "range",
+            _indices(pc.less(col, lo)),
+            lambda i: f"range: column {spec.column!r} value {describe(col[i].as_py())} is below the minimum {spec.min}",
+        )
+    if spec.max is not None:
+        hi = _scalar(spec.max, col.type, spec.column)
+        res._add(
+            "range",
+            _indices(pc.greater(col, hi)),
+            lambda i: f"range: column {spec.column!r} value {describe(col[i].as_py())} is above the maximum {spec.max}",
+        )
+
+
+def _unique(table: pa.Table, cols: list[str], res: RowCheckResult) -> None:
+    missing = [c for c in cols if c not in table.column_names]
+    if missing:
+        raise ConfigError(f"unique: column(s) {missing} are not in the data (columns: {table.column_names})")
+    keyed = table.select(cols).append_column("__idx", pa.array(range(table.num_rows), pa.int64()))
+    counts = keyed.group_by(cols, use_threads=False).aggregate([("__idx", "count")])
+    dup_keys = counts.filter(pc.greater(counts.column("__idx_count"), 1))
+    if dup_keys.num_rows == 0:
+        return
+    joined = keyed.join(dup_keys.select(cols), keys=cols, join_type="inner")
+    idx = sorted(joined.column("__idx").to_pylist())
+    label = ", ".join(cols)
+    res._add("unique", idx, lambda i: f"unique: ({label}) = {describe(tuple(table.column(c)[i].as_py() for c in cols))} appears more than once in the batch")
+
+
+def _filter_rows(table: pa.Table, expr: str) -> set[int]:
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        keyed = table.append_column("__icefield_idx", pa.array(range(table.num_rows), pa.int64()))
+        con.register("batch", keyed)
+        try:
+            out = con.execute(f"SELECT __icefield_idx FROM batch WHERE NOT coalesce(({expr}), false)").fetchall()
+        except duckdb.Error as e:
+            raise ConfigError(f"filter {expr!r} is not a valid SQL expression over the batch: {e}") from None
+        return {r[0] for r in out}
+    finally:
+        con.close()

@@ -1,0 +1,384 @@
+"""Strict typing of incoming values: nothing is coerced silently.
+
+``"12abc"`` never becomes 12, ``1.5`` never becomes 1, a NaN is not a number, a decimal never loses
+digits. A value that cannot be typed exactly marks its row as bad with a reason naming the column, the
+value and the type; the pipeline sends that row to the quarantine. Clean columns take a vectorised
+Arrow cast; only a column whose cast fails is walked value by value to find the culprits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_INT = re.compile(r"^[+-]?\d+$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TS = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$")
+
+TYPE_NAMES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "str": pa.string(),
+    "text": pa.string(),
+    "int": pa.int32(),
+    "integer": pa.int32(),
+    "int32": pa.int32(),
+    "long": pa.int64(),
+    "bigint": pa.int64(),
+    "int64": pa.int64(),
+    "float": pa.float32(),
+    "float32": pa.float32(),
+    "double": pa.float64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "binary": pa.binary(),
+}
+_DECIMAL = re.compile(r"^decimal\((\d+)\s*,\s*(\d+)\)$")
+
+
+class CoercionError(ValueError):
+    """One value cannot be typed exactly."""
+
+
+def parse_type(name: str) -> pa.DataType:
+    """Map a type name of a pipeline file (``long``, ``decimal(10,2)``, ``timestamp``...) to Arrow.
+
+    Raises ValueError naming the accepted names.
+    """
+    key = name.strip().lower()
+    if key in TYPE_NAMES:
+        return TYPE_NAMES[key]
+    m = _DECIMAL.match(key)
+    if m:
+        return pa.decimal128(int(m.group(1)), int(m.group(2)))
+    raise ValueError(f"unknown column type {name!r}; use one of {sorted(TYPE_NAMES)} or decimal(P,S)")
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------ value converters
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise CoercionError("a boolean is not an integer")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        if math.isfinite(v) and v.is_integer():
+            return int(v)
+        raise CoercionError("not a whole number")
+    if isinstance(v, decimal.Decimal):
+        if v == v.to_integral_value():
+            return int(v)
+        raise CoercionError("not a whole number")
+    if isinstance(v, str) and _INT.match(v.strip()):
+        return int(v.strip())
+    raise CoercionError("not an integer")
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise CoercionError("a boolean is not a number")
+    if isinstance(v, (int, float, decimal.Decimal)):
+        f = float(v)
+    elif isinstance(v, str):
+        try:
+            f = float(v.strip())
+        except ValueError:
+            raise CoercionError("not a number") from None
+    else:
+        raise CoercionError("not a number")
+    if not math.isfinite(f):
+        raise CoercionError("not a finite number")
+    return f
+
+
+def _to_decimal(scale: int, precision: int) -> Callable[[Any], decimal.Decimal]:
+    quantum = decimal.Decimal(1).scaleb(-scale)
+
+    def conv(v: Any) -> decimal.Decimal:
+        if isinstance(v, bool):
+            raise CoercionError("a boolean is not a number")
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise CoercionError("not a finite number")
+            d = decimal.Decimal(repr(v))
+        elif isinstance(v, (int, decimal.Decimal)):
+            d = decimal.Decimal(v)
+        elif isinstance(v, str):
+            try:
+                d = decimal.Decimal(v.strip())
+            except decimal.InvalidOperation:
+                raise CoercionError("not a decimal number") from None
+        else:
+            raise CoercionError("not a decimal number")
+        if not d.is_finite():
+            raise CoercionError("not a finite number")
+        q = d.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)
+        if q != d:
+            raise CoercionError(f"has more than {scale} decimal places")
+        if len(q.as_tuple().digits) > precision:
+            raise CoercionError(f"has more than {precision} digits")
+        return q
+
+    return conv
+
+
+def _to_str(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, decimal.Decimal)):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise CoercionError("not a finite number")
+        return repr(v)
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True, ensure_ascii=False)
+    if isinstance(v, (dt.date, dt.datetime, dt.time)):
+        return v.isoformat()
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        raise CoercionError("bytes are not text")
+    return str(v)
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise CoercionError("not a boolean")
+
+
+def _to_datetime(tz: str | None) -> Callable[[Any], dt.datetime]:
+    def conv(v: Any) -> dt.datetime:
+        if isinstance(v, dt.datetime):
+            out = v
+        elif isinstance(v, str) and _TS.match(v.strip()) or isinstance(v, str) and _DATE.match(v.strip()):
+            try:
+                out = dt.datetime.fromisoformat(v.strip())
+            except ValueError:
+                raise CoercionError("not a valid timestamp") from None
+        elif isinstance(v, dt.date):
+            out = dt.datetime(v.year, v.month, v.day)
+        else:
+            raise CoercionError("not a timestamp")
+        if tz is None:
+            if out.tzinfo is not None:
+                out = out.astimezone(dt.UTC).replace(tzinfo=None)
+        elif out.tzinfo is None:
+            out = out.replace(tzinfo=dt.UTC)
+        return out
+
+    return conv
+
+
+def _to_date(v: Any) -> dt.date:
+    if isinstance(v, dt.datetime):
+        if v.time() != dt.time(0):
+            raise CoercionError("has a time of day; a date column would lose it")
+        return v.date()
+    if isinstance(v, dt.date):
+        return v
+    if isinstance(v, str) and _DATE.match(v.strip()):
+        try:
+            return dt.date.fromisoformat(v.strip())
+        except ValueError:
+            raise CoercionError("not a valid date") from None
+    raise CoercionError("not a date")
+
+
+def _to_binary(v: Any) -> bytes:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    raise CoercionError("not bytes")
+
+
+def converter(t: pa.DataType) -> Callable[[Any], Any]:
+    """The strict converter of Python values to Arrow type ``t``."""
+    if pa.types.is_integer(t):
+        bits = t.bit_width
+
+        def to_int(v: Any) -> int:
+            i = _to_int(v)
+            lim = 1 << (bits - 1)
+            if not -lim <= i < lim:
+                raise CoercionError(f"does not fit in {bits} bits")
+            return i
+
+        return to_int
+    if pa.types.is_floating(t):
+        return _to_float
+    if pa.types.is_decimal(t):
+        return _to_decimal(t.scale, t.precision)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _to_str
+    if pa.types.is_boolean(t):
+        return _to_bool
+    if pa.types.is_timestamp(t):
+        return _to_datetime(t.tz)
+    if pa.types.is_date(t):
+        return _to_date
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return _to_binary
+    return lambda v: v
+
+
+# ------------------------------------------------------------------ inference
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, decimal.Decimal):
+        return "decimal"
+    if isinstance(v, dt.datetime):
+        return "timestamp"
+    if isinstance(v, dt.date):
+        return "date"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "binary"
+    if isinstance(v, str):
+        s = v.strip()
+        if _TS.match(s) and not _DATE.match(s):
+            return "timestamp"
+        if _DATE.match(s):
+            return "date"
+        return "str"
+    return "json"
+
+
+def infer_type(values: Sequence[Any]) -> pa.DataType:
+    """Infer one Arrow type for a column of Python values. The majority kind wins (ints and floats
+    together make a double); values of a minority kind will then fail strict conversion and be
+    quarantined rather than silently change the column's type."""
+    counts = Counter(_kind(v) for v in values if v is not None)
+    if not counts:
+        return pa.string()
+    if set(counts) <= {"int", "float"}:
+        return pa.float64() if "float" in counts else pa.int64()
+    kind, _ = counts.most_common(1)[0]
+    if kind == "timestamp":
+        tz = any(isinstance(v, dt.datetime) and v.tzinfo for v in values) or any(
+            isinstance(v, str) and (v.endswith("Z") or re.search(r"[+-]\d{2}:?\d{2}$", v)) for v in values
+        )
+        return pa.timestamp("us", tz="UTC") if tz else pa.timestamp("us")
+    return {
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "date": pa.date32(),
+        "binary": pa.binary(),
+        "decimal": pa.decimal128(38, 9),
+    }.get(kind, pa.string())
+
+
+# ------------------------------------------------------------------ columns
+
+
+def convert_values(name: str, values: Sequence[Any], t: pa.DataType, bad: dict[int, str]) -> pa.Array:
+    """Convert a column of Python values to an Arrow array of type ``t``. Values that cannot be typed
+    exactly become null and their row index is recorded in ``bad`` with a reason (first reason wins)."""
+    try:
+        if pa.types.is_integer(t) or pa.types.is_boolean(t) or pa.types.is_string(t):
+            # Fast path: pyarrow refuses mixed or lossy input, and then we walk the values.
+            sample_kinds = {type(v) for v in values if v is not None}
+            ok = (
+                (pa.types.is_integer(t) and sample_kinds <= {int})
+                or (pa.types.is_boolean(t) and sample_kinds <= {bool})
+                or (pa.types.is_string(t) and sample_kinds <= {str})
+            )
+            if ok:
+                return pa.array(values, type=t)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        pass
+    conv = converter(t)
+    out: list[Any] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(conv(v))
+        except CoercionError as e:
+            out.append(None)
+            bad.setdefault(i, f"type: column {name!r} value {describe(v)} {e} ({t})")
+    return pa.array(out, type=t)
+
+
+def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad: dict[int, str]) -> pa.Array:
+    """Cast an Arrow column to ``t`` strictly: a vectorised safe cast when it succeeds, else value by
+    value with the failing rows recorded in ``bad``."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.type == t:
+        return arr
+    if pa.types.is_floating(t) and pa.types.is_floating(arr.type) or not pa.types.is_string(arr.type):
+        try:
+            out = pc.cast(arr, t, safe=True)
+            if pa.types.is_floating(t):
+                _mark_non_finite(name, out, bad)
+            return out
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            pass
+    elif pa.types.is_string(arr.type) and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        try:
+            out = pc.cast(arr, t, safe=True)
+            if pa.types.is_floating(t):
+                _mark_non_finite(name, out, bad)
+            return out
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return convert_values(name, arr.to_pylist(), t, bad)
+
+
+def _mark_non_finite(name: str, arr: pa.Array, bad: dict[int, str]) -> None:
+    finite = pc.is_finite(arr)
+    nonfinite = pc.and_(pc.invert(finite), pc.is_valid(arr))
+    if pc.any(nonfinite).as_py():
+        for i in pc.indices_nonzero(nonfinite).to_pylist():
+            bad.setdefault(i, f"type: column {name!r} value {arr[i].as_py()!r} not a finite number")
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> tuple[pa.Table, dict[int, str]]:
+    """Cast ``table``'s columns to the types of the same-named fields in ``schema``.
+
+    Columns absent from ``table`` are added as nulls; columns absent from ``schema`` are kept as they
+    are (schema evolution decides about them). Returns the typed table and the bad rows with reasons.
+    """
+    bad: dict[int, str] = {}
+    cols: dict[str, pa.Array] = {}
+    names = set(table.column_names)
+    for f in schema:
+        if f.name in names:
+            cols[f.name] = cast_column(f.name, table.column(f.name), f.type, bad)
+        else:
+            cols[f.name] = pa.nulls(table.num_rows, type=f.type)
+    for name in table.column_names:
+        if name not in cols:
+            cols[name] = table.column(name).combine_chunks()
+    return pa.table(cols), bad

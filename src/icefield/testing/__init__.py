@@ -1,0 +1,1 @@
+"""Helpers for testing pipelines: failpoints, in-memory fakes."""

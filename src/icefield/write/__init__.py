@@ -1,0 +1,297 @@
+"""The writer: one Iceberg commit per batch, with the source position inside it (DESIGN.md rules 1-2).
+
+Every commit carries the snapshot summary entries ``icefield.pipeline``, ``icefield.batch-id`` and
+``icefield.run-id``, and sets the table property ``icefield.state.<pipeline>`` to the source position
+after the batch, in the same atomic metadata swap as the data. A batch id already in the table's history
+is skipped. A commit whose outcome is unknown is resolved by reloading the table and looking for the
+batch id, never by deleting files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from icefield.errors import CommitConflictError, SchemaError, TransientError
+from icefield.testing import failpoints
+from icefield.write.partitioning import parse_partition
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table, Transaction
+
+    from icefield.config.models import TargetConfig
+    from icefield.engines import Engine
+
+log = logging.getLogger(__name__)
+
+STATE_PREFIX = "icefield.state."
+SUMMARY_PIPELINE = "icefield.pipeline"
+SUMMARY_BATCH_ID = "icefield.batch-id"
+SUMMARY_RUN_ID = "icefield.run-id"
+QUARANTINE_SUFFIX = "__quarantine"
+
+DEFAULT_TABLE_PROPERTIES = {
+    "write.parquet.compression-codec": "zstd",
+    "commit.retry.num-retries": "10",
+    "commit.retry.min-wait-ms": "50",
+    "commit.retry.max-wait-ms": "2000",
+}
+COMMIT_ATTEMPTS = 8
+
+
+def batch_id_for(pipeline: str, key: str) -> str:
+    """The deterministic id of a batch: the same pipeline and source range give the same id."""
+    return hashlib.sha256(f"{pipeline}\x00{key}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one commit did. ``skipped`` is True when the batch id was already in the table."""
+
+    table: str
+    batch_id: str
+    rows_written: int
+    rows_deleted: int
+    files_added: int
+    files_removed: int
+    snapshot_id: int | None
+    skipped: bool
+    seconds: float
+
+
+def find_batch(table: Table, batch_id: str) -> int | None:
+    """Return the id of the snapshot that committed ``batch_id``, or None."""
+    for snap in reversed(table.metadata.snapshots):
+        summary = snap.summary
+        if summary is not None and summary[SUMMARY_BATCH_ID] == batch_id:
+            return snap.snapshot_id
+    return None
+
+
+def read_position(table: Table | None, pipeline: str) -> dict[str, Any] | None:
+    """The source position committed by ``pipeline`` into ``table`` (None if it never committed)."""
+    if table is None:
+        return None
+    raw = table.metadata.properties.get(STATE_PREFIX + pipeline)
+    if raw is None:
+        return None
+    value: dict[str, Any] = json.loads(raw)
+    return value
+
+
+def table_identifier(name: str) -> tuple[str, ...]:
+    return tuple(name.split("."))
+
+
+class TableWriter:
+    """Writes batches of one pipeline into one Iceberg table."""
+
+    def __init__(self, catalog: Catalog, target: TargetConfig, pipeline: str, engine: Engine) -> None:
+        self.catalog = catalog
+        self.target = target
+        self.pipeline = pipeline
+        self.engine = engine
+        self.identifier = table_identifier(target.table)
+
+    # ------------------------------------------------------------------ table lifecycle
+
+    def load(self) -> Table | None:
+        from pyiceberg.exceptions import NoSuchTableError
+
+        try:
+            return self.catalog.load_table(self.identifier)
+        except NoSuchTableError:
+            return None
+
+    def create(self, schema: pa.Schema) -> Table:
+        """Create the target table for ``schema`` with the configured partition spec and properties."""
+        from pyiceberg.exceptions import TableAlreadyExistsError
+
+        namespace = self.identifier[:-1]
+        self.catalog.create_namespace_if_not_exists(namespace)
+        fields = [parse_partition(p) for p in self.target.partition_by]
+        names = set(schema.names)
+        for f in fields:
+            if f.source not in names:
+                raise SchemaError(
+                    f"table {self.target.table}: partition_by names column {f.source!r}, which the data does not "
+                    f"have (columns: {', '.join(schema.names)}); fix target.partition_by"
+                )
+        props = {**DEFAULT_TABLE_PROPERTIES, **self.target.properties}
+        try:
+            tx = self.catalog.create_table_transaction(self.identifier, schema=_nullable(schema), properties=props)
+            if fields:
+                with tx.update_spec() as spec:
+                    for f in fields:
+                        spec.add_field(f.source, f.transform, f.name)
+            return tx.commit_transaction()
+        except TableAlreadyExistsError:
+            table = self.load()
+            assert table is not None
+            return table
+
+    def evolve(self, table: Table, schema: pa.Schema) -> Table:
+        """Add the columns of ``schema`` the table lacks (additive evolution). Returns the table."""
+        current = set(table.schema().as_arrow().names)
+        new = [f for f in schema if f.name not in current]
+        if not new:
+            return table
+        log.info("adding columns %s to %s", [f.name for f in new], self.target.table)
+        with table.update_schema() as upd:
+            upd.union_by_name(_nullable(pa.schema(new)))
+        return table.refresh()
+
+    # ------------------------------------------------------------------ commits
+
+    def commit(
+        self,
+        data: pa.Table,
+        batch_id: str,
+        position: dict[str, Any] | None,
+        run_id: str,
+        replace_file: tuple[str, str] | None = None,
+    ) -> WriteResult:
+        """Write ``data`` in one commit with ``position`` and ``batch_id``; retried on conflicts.
+
+        ``replace_file`` is ``(column, value)``: rows whose column equals value are replaced (a source file
+        that changed). Raises :class:`CommitConflictError` when conflicts outlast the retries and
+        :class:`TransientError` when the outcome stays unknown.
+        """
+        from pyiceberg.exceptions import CommitFailedException
+
+        started = time.perf_counter()
+        delay = 0.05
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            table = self.load()
+            if table is None:
+                table = self.create(data.schema)
+            done = find_batch(table, batch_id)
+            if done is not None:
+                return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
+            try:
+                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started)
+            except CommitFailedException as e:
+                log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except (OSError, TransientError) as e:
+                # Unknown outcome: the swap may or may not have landed. Look, never delete.
+                table = self.load()
+                if table is not None and (snap := find_batch(table, batch_id)) is not None:
+                    log.warning("commit of batch %s reported %r but landed as snapshot %s", batch_id, e, snap)
+                    return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snap, False, time.perf_counter() - started)
+                raise TransientError(f"commit of batch {batch_id} to {self.target.table} failed: {e}; it stays pending, rerun to retry") from e
+        raise CommitConflictError(
+            f"batch {batch_id} could not be committed to {self.target.table}: {COMMIT_ATTEMPTS} attempts met "
+            "concurrent commits; rerun, or give each writer its own table"
+        )
+
+    def _commit_once(
+        self,
+        table: Table,
+        data: pa.Table,
+        batch_id: str,
+        position: dict[str, Any] | None,
+        run_id: str,
+        replace_file: tuple[str, str] | None,
+        started: float,
+    ) -> WriteResult:
+        summary = {SUMMARY_PIPELINE: self.pipeline, SUMMARY_BATCH_ID: batch_id, SUMMARY_RUN_ID: run_id}
+        tx = table.transaction()
+        if position is not None:
+            tx.set_properties({STATE_PREFIX + self.pipeline: json.dumps(position, sort_keys=True, separators=(",", ":"))})
+        mode = self.target.mode
+        added: list[Any] = []
+        removed: list[Any] = []
+        rows_deleted = 0
+        rows_written = data.num_rows
+        if mode == "merge":
+            plan = self.engine.merge(table, data, self.target)
+            added, removed, rows_deleted = plan.add_files(table, self), plan.remove, plan.rows_deleted
+            rows_written = plan.rows_written
+        else:
+            if data.num_rows:
+                added = self.write_files(table, data)
+            if mode == "overwrite":
+                removed = self._files_to_overwrite(table, added)
+            elif replace_file is not None and replace_file[0] in table.schema().as_arrow().names:
+                # Copy-on-write delete of the rows the changed source file gave before; pyiceberg reads the
+                # candidate files and rewrites those that also hold other rows (bounds alone can't tell).
+                from pyiceberg.expressions import EqualTo
+
+                tx.delete(EqualTo(*replace_file), snapshot_properties=summary)
+        failpoints.hit("after-data-files")
+        if added or removed:
+            with tx.update_snapshot(snapshot_properties=summary).overwrite() if removed else tx.update_snapshot(
+                snapshot_properties=summary
+            ).fast_append() as producer:
+                for f in removed:
+                    producer.delete_data_file(f)
+                for f in added:
+                    producer.append_data_file(f)
+        failpoints.hit("before-commit")
+        committed = tx.commit_transaction()
+        failpoints.hit("after-commit")
+        snap = committed.current_snapshot() if (added or removed) else None
+        return WriteResult(
+            self.target.table,
+            batch_id,
+            rows_written,
+            rows_deleted,
+            len(added),
+            len(removed),
+            snap.snapshot_id if snap else None,
+            False,
+            time.perf_counter() - started,
+        )
+
+    def write_files(self, table: Table, data: pa.Table) -> list[Any]:
+        """Write ``data`` as Parquet data files of ``table`` (not yet committed). Returns the DataFiles."""
+        from pyiceberg.io.pyarrow import _dataframe_to_data_files
+
+        data = conform_to_table(table, data)
+        return list(
+            _dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io, write_uuid=uuid.uuid4())
+        )
+
+    def _files_to_overwrite(self, table: Table, added: list[Any]) -> list[Any]:
+        spec = table.spec()
+        whole = self.target.overwrite == "table" or spec.is_unpartitioned()
+        if table.current_snapshot() is None:
+            return []
+        tasks = list(table.scan().plan_files())
+        if whole:
+            return [t.file for t in tasks]
+        touched = {(f.spec_id, _record_key(f.partition)) for f in added}
+        return [t.file for t in tasks if (t.file.spec_id, _record_key(t.file.partition)) in touched]
+
+
+def _record_key(record: Any) -> tuple[Any, ...]:
+    return tuple(record[i] for i in range(len(record))) if record is not None else ()
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def conform_to_table(table: Table, data: pa.Table) -> pa.Table:
+    """Select and order ``data``'s columns as the table's schema (missing columns become nulls)."""
+    target = table.schema().as_arrow()
+    cols = []
+    for f in target:
+        if f.name in data.column_names:
+            col = data.column(f.name)
+            if col.type != f.type:
+                col = col.cast(f.type)
+            cols.append(col)
+        else:
+            cols.append(pa.nulls(data.num_rows, type=f.type))
+    return pa.table(cols, schema=target)
