@@ -1,0 +1,3 @@
+from icefield.cli import main
+
+main()

@@ -1,0 +1,210 @@
+"""The CLI commands: init, run, tables, show, sql, demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from icefield.cli import EXIT_FAILED, cli, guarded
+from icefield.cli.output import Output, _json_default
+
+pass_out = click.make_pass_decorator(Output)
+
+
+# ---------------------------------------------------------------------------------------------- init
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
+@click.option("--name", default=None, help="Project name (default: the folder name).")
+@pass_out
+@guarded
+def init(out: Output, directory: Path, name: str | None) -> None:
+    """Scaffold a project: icefield.yaml, pipelines/, models/, data/."""
+    from icefield.scaffold import init_project
+
+    created = init_project(directory, name)
+    if out.as_json:
+        out.emit({"status": "ok", "project": str(directory.resolve()), "created": created})
+    else:
+        out.print(f"Created project in [bold]{directory}[/] ({len(created)} files). Next: edit pipelines/*.yaml, then `icefield run`.")
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--no-models", is_flag=True, help="Run only pipelines, not the SQL models after them.")
+@pass_out
+@guarded
+def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
+    """Run pipelines (and then models). Without NAMES: every pipeline, then every model."""
+    from icefield.catalog import open_catalog
+    from icefield.errors import ConfigError, IcefieldError
+    from icefield.pipeline import run_model, run_pipeline
+    from icefield.pipeline.runner import new_run_id
+
+    project = out.project()
+    pipelines = [n for n in names if n in project.pipelines]
+    models = [n for n in names if n in project.models]
+    unknown = [n for n in names if n not in project.pipelines and n not in project.models]
+    if unknown:
+        known = ", ".join(sorted([*project.pipelines, *project.models])) or "none"
+        raise ConfigError(f"unknown pipeline or model {', '.join(map(repr, unknown))} (known: {known})")
+    if not names:
+        pipelines = sorted(project.pipelines)
+        models = [] if no_models else sorted(project.models)
+    catalog = open_catalog(project)
+    run_id = new_run_id()
+    results = []
+    failed: IcefieldError | None = None
+    for name in pipelines:
+        try:
+            results.append(_run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb), name))
+        except IcefieldError as e:
+            failed = e
+            res = getattr(e, "result", None)
+            if res is not None:
+                results.append(res)
+            out.error(f"pipeline {name}: {e}", kind=type(e).__name__)
+            break
+    if failed is None:
+        for name in models:
+            results.append(_run_one(out, lambda cb, n=name: run_model(project, n, catalog, run_id), f"model {name}"))
+    if out.as_json:
+        out.emit({"status": "failed" if failed else "ok", "run_id": run_id, "results": [r.to_dict() for r in results]})
+    else:
+        _print_results(out, results)
+    if failed is not None:
+        from icefield.cli import _exit_code
+
+        raise SystemExit(_exit_code(failed))
+
+
+def _run_one(out: Output, fn: Any, label: str) -> Any:
+    if out.as_json or not sys.stderr.isatty():
+        return fn(None)
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out.err_console, transient=True) as progress:
+        task = progress.add_task(f"{label}: starting", total=None)
+        rows = 0
+
+        def on_batch(b: Any) -> None:
+            nonlocal rows
+            rows += b.rows_committed
+            progress.update(task, description=f"{label}: {rows:,} rows committed")
+
+        return fn(on_batch)
+
+
+def _print_results(out: Output, results: list[Any]) -> None:
+    rows = []
+    for r in results:
+        committed_batches = sum(1 for b in r.batches if not b.skipped)
+        rows.append([r.pipeline, r.table, committed_batches, r.rows_in, r.rows_committed, r.rows_quarantined, r.rows_filtered, len(r.snapshots), f"{r.seconds:.2f}s"])
+    out.table("Run", ["pipeline", "table", "batches", "rows in", "committed", "quarantined", "filtered", "snapshots", "time"], rows)
+
+
+# ---------------------------------------------------------------------------------------------- tables / show
+
+
+@cli.command()
+@pass_out
+@guarded
+def tables(out: Output) -> None:
+    """List the Iceberg tables of the catalog with their row counts and snapshots."""
+    from icefield.catalog import open_catalog
+    from icefield.engines.local import list_tables
+
+    catalog = open_catalog(out.project())
+    docs = []
+    for ident in list_tables(catalog):
+        t = catalog.load_table(ident)
+        snap = t.current_snapshot()
+        rows = int(snap.summary["total-records"] or 0) if snap and snap.summary else 0
+        docs.append({"table": ".".join(ident), "rows": rows, "snapshots": len(t.metadata.snapshots), "current_snapshot": snap.snapshot_id if snap else None, "location": t.metadata.location})
+    if out.as_json:
+        out.emit({"tables": docs})
+    else:
+        out.table("Tables", ["table", "rows", "snapshots", "current snapshot"], [[d["table"], d["rows"], d["snapshots"], d["current_snapshot"]] for d in docs])
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--snapshots", "max_snapshots", default=20, show_default=True, help="How many recent snapshots to list.")
+@pass_out
+@guarded
+def show(out: Output, table: str, max_snapshots: int) -> None:
+    """Schema, partition spec, properties and snapshots (with their icefield entries) of TABLE."""
+    from icefield.catalog import open_catalog
+    from icefield.inspect import describe_table
+
+    doc = describe_table(open_catalog(out.project()), table, max_snapshots)
+    if out.as_json:
+        out.emit(doc)
+        return
+    out.print(f"[bold]{doc['table']}[/]  {doc['location']}")
+    out.table("Schema", ["id", "column", "type", "required"], [[f["id"], f["name"], f["type"], f["required"]] for f in doc["schema"]])
+    out.table("Partition spec", ["field", "source", "transform"], [[p["name"], p["source"], p["transform"]] for p in doc["partition_spec"]] or [["(unpartitioned)", "", ""]])
+    out.table("Properties", ["key", "value"], [[k, v] for k, v in sorted(doc["properties"].items())])
+    out.table(
+        "Snapshots (newest last)",
+        ["snapshot", "time", "operation", "records", "pipeline", "batch", "run"],
+        [[s["snapshot_id"], s["timestamp"], s["operation"], s["total_records"], s["icefield"].get("icefield.pipeline"), (s["icefield"].get("icefield.batch-id") or "")[:12], s["icefield"].get("icefield.run-id")] for s in doc["snapshots"]],
+    )
+
+
+# ---------------------------------------------------------------------------------------------- sql
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--limit", default=1000, show_default=True, help="Most rows to print in table format.")
+@pass_out
+@guarded
+def sql(out: Output, query: str, fmt: str, limit: int) -> None:
+    """Run a SQL QUERY on DuckDB over the Iceberg tables (name them as namespace.table)."""
+    from icefield.inspect import run_query
+
+    result = run_query(out.project(), query)
+    if out.as_json or fmt == "json":
+        out.emit({"columns": result.column_names, "rows": result.to_pylist()})
+    elif fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(result.column_names)
+        for row in result.to_pylist():
+            w.writerow([_json_default(v) if v is not None and not isinstance(v, (int, float, str)) else v for v in row.values()])
+        sys.stdout.write(buf.getvalue())
+    else:
+        rows = [list(r.values()) for r in result.slice(0, limit).to_pylist()]
+        out.table(None, result.column_names, rows)
+        if result.num_rows > limit:
+            out.print(f"({result.num_rows - limit} more rows; use --format csv for all)")
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("icefield-demo"), show_default=True)
+@click.option("--fresh", is_flag=True, help="Delete the folder first.")
+@pass_out
+@guarded
+def demo(out: Output, directory: Path, fresh: bool) -> None:
+    """Run the shop demo: generate sources, load, change, reload incrementally, rerun, build a model."""
+    from icefield.demo import run_demo
+
+    report = run_demo(directory, fresh=fresh, out=out)
+    if out.as_json:
+        out.emit(report)
+    if not report.get("ok", False):
+        raise SystemExit(EXIT_FAILED)

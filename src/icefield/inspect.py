@@ -1,0 +1,84 @@
+"""Read-only views of the catalog for people and scripts: table descriptions and SQL queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from icefield.errors import ConfigError, IcefieldError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyiceberg.catalog import Catalog
+
+    from icefield.config import Project
+
+
+def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict[str, Any]:
+    """A JSON-able description of table ``name``: schema, partition spec, properties, snapshots.
+
+    Raises :class:`ConfigError` when the table does not exist.
+    """
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        t = catalog.load_table(tuple(name.split(".")))
+    except NoSuchTableError:
+        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
+    schema = t.schema()
+    spec = t.spec()
+    snaps = []
+    for s in t.metadata.snapshots[-max_snapshots:]:
+        summary = s.summary
+        extra = {k: v for k, v in (summary.additional_properties.items() if summary else []) if k.startswith("icefield.")}
+        snaps.append(
+            {
+                "snapshot_id": s.snapshot_id,
+                "parent_id": s.parent_snapshot_id,
+                "timestamp": dt.datetime.fromtimestamp(s.timestamp_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                "operation": summary.operation.value if summary else None,
+                "total_records": int(summary["total-records"] or 0) if summary else None,
+                "added_records": int(summary["added-records"] or 0) if summary else None,
+                "deleted_records": int(summary["deleted-records"] or 0) if summary else None,
+                "icefield": extra,
+            }
+        )
+    return {
+        "table": name,
+        "location": t.metadata.location,
+        "format_version": t.metadata.format_version,
+        "schema": [{"id": f.field_id, "name": f.name, "type": str(f.field_type), "required": f.required} for f in schema.fields],
+        "partition_spec": [
+            {"name": p.name, "source": schema.find_column_name(p.source_id), "transform": str(p.transform)} for p in spec.fields
+        ],
+        "properties": dict(t.metadata.properties),
+        "current_snapshot": t.current_snapshot().snapshot_id if t.current_snapshot() else None,
+        "snapshots": snaps,
+    }
+
+
+def run_query(project: Project, query: str, catalog: Catalog | None = None) -> pa.Table:
+    """Run ``query`` on DuckDB with the project's Iceberg tables as ``namespace.table`` views."""
+    import duckdb
+
+    from icefield.catalog import open_catalog
+    from icefield.engines import get_engine
+
+    engine = get_engine(project.config.engine)
+    if not engine.capabilities.supports_sql:
+        raise ConfigError(f"engine {project.config.engine!r} does not run SQL")
+    catalog = catalog or open_catalog(project)
+    con = engine.connect(catalog, query)  # type: ignore[attr-defined]
+    try:
+        rel = con.sql(query)
+        return rel.to_arrow_table() if rel is not None else _empty()
+    except duckdb.Error as e:
+        raise IcefieldError(f"query failed: {e}") from None
+    finally:
+        con.close()
+
+
+def _empty() -> pa.Table:
+    import pyarrow as pa
+
+    return pa.table({})
