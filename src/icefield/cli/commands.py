@@ -16,12 +16,21 @@ from icefield.cli.output import Output, _json_default
 pass_out = click.make_pass_decorator(Output)
 
 
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Output).as_json = True  # type: ignore[union-attr]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable JSON on stdout.")
+
+
 # ---------------------------------------------------------------------------------------------- init
 
 
 @cli.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=".")
 @click.option("--name", default=None, help="Project name (default: the folder name).")
+@json_option
 @pass_out
 @guarded
 def init(out: Output, directory: Path, name: str | None) -> None:
@@ -41,6 +50,7 @@ def init(out: Output, directory: Path, name: str | None) -> None:
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--no-models", is_flag=True, help="Run only pipelines, not the SQL models after them.")
+@json_option
 @pass_out
 @guarded
 def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
@@ -116,6 +126,7 @@ def _print_results(out: Output, results: list[Any]) -> None:
 
 
 @cli.command()
+@json_option
 @pass_out
 @guarded
 def tables(out: Output) -> None:
@@ -139,6 +150,7 @@ def tables(out: Output) -> None:
 @cli.command()
 @click.argument("table")
 @click.option("--snapshots", "max_snapshots", default=20, show_default=True, help="How many recent snapshots to list.")
+@json_option
 @pass_out
 @guarded
 def show(out: Output, table: str, max_snapshots: int) -> None:
@@ -168,6 +180,7 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--limit", default=1000, show_default=True, help="Most rows to print in table format.")
+@json_option
 @pass_out
 @guarded
 def sql(out: Output, query: str, fmt: str, limit: int) -> None:
@@ -197,6 +210,7 @@ def sql(out: Output, query: str, fmt: str, limit: int) -> None:
 @cli.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("icefield-demo"), show_default=True)
 @click.option("--fresh", is_flag=True, help="Delete the folder first.")
+@json_option
 @pass_out
 @guarded
 def demo(out: Output, directory: Path, fresh: bool) -> None:
