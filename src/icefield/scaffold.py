@@ -9,18 +9,18 @@ from icefield.errors import ConfigError
 _PROJECT = """\
 # icefield project. Keys: name, catalog {name, uri, properties}, warehouse, engine, namespace,
 # batch_size, target_file_size_mb, profiles. Override any key with ICEFIELD__SECTION__KEY.
-name: {name}
+name: __NAME__
 catalog:
   name: icefield
   # uri defaults to SQLite under .icefield/; for PostgreSQL:
-  # uri: "postgresql+psycopg2://icefield:${{env:CATALOG_PASSWORD}}@127.0.0.1:5432/lake"
+  # uri: "postgresql+psycopg2://icefield:${env:CATALOG_PASSWORD}@127.0.0.1:5432/lake"
 warehouse: .icefield/warehouse
 engine: local
 profiles:
   prod:
     catalog:
-      uri: "${{env:ICEFIELD_CATALOG_URI}}"
-    warehouse: "${{env:ICEFIELD_WAREHOUSE}}"
+      uri: "${env:ICEFIELD_CATALOG_URI}"
+    warehouse: "${env:ICEFIELD_WAREHOUSE}"
 """
 
 _PIPELINE = """\
@@ -46,7 +46,7 @@ def init_project(directory: Path, name: str | None = None) -> list[str]:
     if (directory / "icefield.yaml").exists():
         raise ConfigError(f"{directory / 'icefield.yaml'} already exists; pick an empty folder")
     files = {
-        "icefield.yaml": _PROJECT.format(name=name or directory.resolve().name),
+        "icefield.yaml": _PROJECT.replace("__NAME__", name or directory.resolve().name),
         "pipelines/events.yaml": _PIPELINE,
         ".gitignore": _GITIGNORE,
         "models/.keep": "",
