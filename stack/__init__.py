@@ -1,0 +1,54 @@
+"""Native launchers for the real services that tests and users run on 127.0.0.1.
+
+``python -m stack up|down|status`` drives them from the shell; tests use the fixtures in
+``tests/integration/conftest.py``. Adding a service (Kafka, Kafka Connect) is one module with one
+:class:`Service` subclass plus one line in :data:`SERVICES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import (
+    STACK_DIR_ENV,
+    Service,
+    ServiceNotInstalled,
+    ServiceStartError,
+    ServiceStatus,
+    StackError,
+    default_base_dir,
+)
+from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
+
+SERVICES: dict[str, type[Service]] = {
+    Postgres.name: Postgres,
+}
+"""Registered services by name, in start order (``down`` stops them in reverse)."""
+
+
+def get_service(name: str, **options: Any) -> Service:
+    """Return a launcher for the service called ``name``, built with ``options``.
+
+    Raises :class:`StackError` naming the known services if ``name`` is not registered.
+    """
+    try:
+        cls = SERVICES[name]
+    except KeyError:
+        raise StackError(f"unknown service {name!r}; known: {', '.join(SERVICES)}") from None
+    return cls(**options)
+
+
+__all__ = [
+    "PG_PORT_DEFAULT",
+    "PG_PORT_ENV",
+    "SERVICES",
+    "STACK_DIR_ENV",
+    "Postgres",
+    "Service",
+    "ServiceNotInstalled",
+    "ServiceStartError",
+    "ServiceStatus",
+    "StackError",
+    "default_base_dir",
+    "get_service",
+]

@@ -1,0 +1,280 @@
+"""The seam every native service launcher implements, and the process helpers they share.
+
+A launcher starts a real server natively (no Docker) on 127.0.0.1, keeps its state under one base
+directory, and stops it by pid. A new service is one module with one :class:`Service` subclass,
+registered by name in ``stack/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+logger = logging.getLogger(__name__)
+
+STACK_DIR_ENV = "ICEFIELD_STACK_DIR"
+"""Environment variable that moves the state of every service (default ``<repo>/.stack``)."""
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: the parent of the ``stack`` package."""
+
+LOCALHOST = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """Root of the launcher errors; the message names the service, the value and the fix."""
+
+
+class ServiceNotInstalled(StackError):
+    """The service's software is missing; the message names the command that installs it."""
+
+
+class ServiceStartError(StackError):
+    """The service did not start or did not become ready; the message carries the log tail."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What a launcher knows about its service right now."""
+
+    name: str
+    running: bool
+    host: str
+    port: int
+    pid: int | None
+    url: str
+    state_dir: Path
+    log_file: Path | None = None
+
+    def describe(self) -> str:
+        """Return one human line, e.g. ``postgres: running on 127.0.0.1:55432 (pid 42)``."""
+        if self.running:
+            return f"{self.name}: running on {self.host}:{self.port} (pid {self.pid}) url={self.url}"
+        return f"{self.name}: not running (port {self.port}, state {self.state_dir})"
+
+
+def default_base_dir() -> Path:
+    """Return the base directory for service state: ``$ICEFIELD_STACK_DIR`` or ``<repo>/.stack``.
+
+    Reads the environment when called, never at import. Creates nothing.
+    """
+    configured = os.environ.get(STACK_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser().absolute()
+    return REPO_ROOT / ".stack"
+
+
+def pid_alive(pid: int) -> bool:
+    """Return True if process ``pid`` exists and is not a zombie.
+
+    Zombies count as gone: in containers PID 1 does not always reap the daemons we orphan, and a
+    zombie holds no port, no files and no shared memory.
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs (or it vanished between the calls): trust kill(0)
+    # The state follows the parenthesised command name, which may itself contain ") ".
+    state = stat.rpartition(")")[2].split()[:1]
+    return state != ["Z"]
+
+
+def process_name(pid: int) -> str | None:
+    """Return the kernel's command name for ``pid`` (``/proc/<pid>/comm``), or None if unknown."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Poll until ``pid`` is gone; return True if it went within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def kill_pid(pid: int, timeout: float = 10.0) -> bool:
+    """Stop ``pid`` with escalating signals (INT, QUIT, KILL), waiting up to ``timeout`` per step.
+
+    Returns True if the process is gone afterwards. Never raises for a process that already left.
+    """
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        if wait_for_exit(pid, timeout):
+            return True
+        logger.warning("pid %d survived signal %s for %.0fs", pid, sig.name, timeout)
+    return not pid_alive(pid)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Return True if something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """Return the last ``lines`` lines of a text file, or a note that it does not exist."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120.0,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion with captured text output.
+
+    Returns the completed process. With ``check`` (the default) raises :class:`StackError` naming the
+    command, its exit code and its stderr when it fails, times out or cannot be executed.
+    """
+    try:
+        result = subprocess.run(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise StackError(f"command timed out after {timeout:.0f}s: {' '.join(argv)}") from e
+    except OSError as e:
+        raise StackError(f"cannot run {argv[0]!r}: {e}") from e
+    if check and result.returncode != 0:
+        output = result.stderr.strip() or result.stdout.strip() or "(no output)"
+        raise StackError(f"command failed with exit code {result.returncode}: {' '.join(argv)}\n{output}")
+    return result
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
+
+    Serialises concurrent launchers (two ``stack up`` calls, parallel test workers) on one state dir.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                break
+            except OSError as e:  # pragma: no cover - EINTR only
+                if e.errno != errno.EINTR:
+                    raise
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class Service(abc.ABC):
+    """A real server started natively on 127.0.0.1 for tests and for users.
+
+    Contract for subclasses:
+
+    * ``install()`` makes the software available (or checks it is) and raises
+      :class:`ServiceNotInstalled` naming the install command when it cannot;
+    * ``start()`` launches the server and returns without waiting for it; it is idempotent and
+      returns False when the server was already running, True when this call started it;
+    * ``wait_ready(timeout)`` returns once the server answers real requests, and raises
+      :class:`ServiceStartError` (with the log tail) if it died or the timeout passed;
+    * ``stop()`` stops the server by pid, returns True if something was stopped, False if nothing
+      was running, and raises :class:`StackError` if the process survives;
+    * ``status()`` never changes anything;
+    * all state (data, logs, pid) lives under ``state_dir`` = ``<base_dir>/<name>``.
+    """
+
+    name: ClassVar[str]
+    host: ClassVar[str] = LOCALHOST
+
+    def __init__(self, base_dir: Path | str | None = None, *, fast: bool = False) -> None:
+        """Configure the launcher; touches nothing on disk.
+
+        ``base_dir`` defaults to :func:`default_base_dir`. ``fast`` trades durability for speed
+        (fsync off and the like): for throwaway test data only.
+        """
+        self.base_dir = Path(base_dir).absolute() if base_dir is not None else default_base_dir()
+        self.fast = fast
+
+    @property
+    def state_dir(self) -> Path:
+        """Directory holding this service's data, log and pid file."""
+        return self.base_dir / self.name
+
+    @property
+    @abc.abstractmethod
+    def port(self) -> int:
+        """The TCP port the service listens on (on 127.0.0.1)."""
+
+    @abc.abstractmethod
+    def install(self) -> None:
+        """Make the service runnable; raise :class:`ServiceNotInstalled` naming the fix if not."""
+
+    @abc.abstractmethod
+    def start(self) -> bool:
+        """Launch the server if it is not running; return True if this call started it."""
+
+    @abc.abstractmethod
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the server answers; raise :class:`ServiceStartError` after ``timeout`` s."""
+
+    @abc.abstractmethod
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the server by pid; return True if it was running, raise if it survives."""
+
+    @abc.abstractmethod
+    def status(self) -> ServiceStatus:
+        """Return whether the server runs, on which port, with which pid; changes nothing."""
+
+    @abc.abstractmethod
+    def url(self) -> str:
+        """Return the URL clients use to reach the service."""
+
+    def up(self, timeout: float = 60.0) -> bool:
+        """Install, start and wait until ready; return True if this call started the server."""
+        self.install()
+        started = self.start()
+        self.wait_ready(timeout)
+        return started
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(state_dir={str(self.state_dir)!r}, port={self.port})"
