@@ -52,7 +52,7 @@ def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict
             {"name": p.name, "source": schema.find_column_name(p.source_id), "transform": str(p.transform)} for p in spec.fields
         ],
         "properties": dict(t.metadata.properties),
-        "current_snapshot": t.current_snapshot().snapshot_id if t.current_snapshot() else None,
+        "current_snapshot": current.snapshot_id if (current := t.current_snapshot()) else None,
         "snapshots": snaps,
     }
 

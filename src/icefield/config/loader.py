@@ -110,20 +110,20 @@ def load_project(
     for key, value in sorted(env.items()):
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-            _set_path(raw, path, yaml.safe_load(value) if value else value)
+            _set_path(raw, path, _env_value(value))
     for dotted, value in (overrides or {}).items():
-        _set_path(raw, dotted.split("."), value)
+        _set_path(raw, str(dotted).split("."), value)
     config = _validate(ProjectConfig, raw, project_file)
 
     pipelines: dict[str, PipelineConfig] = {}
-    for path in sorted((root_path / "pipelines").glob("*.y*ml")):
-        pipe = _validate(PipelineConfig, _read_yaml(path), path)
+    for pipe_file in sorted((root_path / "pipelines").glob("*.y*ml")):
+        pipe = _validate(PipelineConfig, _read_yaml(pipe_file), pipe_file)
         if pipe.name in pipelines:
-            raise ConfigError(f"{path}: name: {pipe.name!r} is already used by another pipeline file; rename one")
+            raise ConfigError(f"{pipe_file}: name: {pipe.name!r} is already used by another pipeline file; rename one")
         pipelines[pipe.name] = pipe
     models: dict[str, ModelConfig] = {}
-    for path in sorted((root_path / "models").glob("*.sql")):
-        model = read_model(path)
+    for model_file in sorted((root_path / "models").glob("*.sql")):
+        model = read_model(model_file)
         models[model.name] = model
     return Project(root=root_path, config=config, pipelines=pipelines, models=models, profile=profile)
 
@@ -157,6 +157,18 @@ def read_model(path: Path) -> ModelConfig:
     target_raw = {"table": meta.pop("target"), **meta}
     target = _validate(TargetConfig, target_raw, path)
     return ModelConfig(name=path.stem, sql=text, target=target, path=str(path))
+
+
+def _env_value(value: str) -> Any:
+    """An environment value is text; pydantic turns ``"5"`` into 5 where the field is a number. Only a
+    YAML flow collection (``{...}`` or ``[...]``) is parsed, so that ``2024``, ``yes`` or ``*x`` stay
+    the text they are for text settings."""
+    if value.lstrip().startswith(("{", "[")):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -214,6 +226,10 @@ def format_validation_error(e: ValidationError, path: Path, model: type[BaseMode
             lines.append(f"{path}: {loc}: unknown key{hint}. Remove it or fix its spelling")
         elif kind == "missing":
             lines.append(f"{path}: {loc}: required key is missing. Add it")
+        elif kind == "union_tag_not_found":
+            tags = sorted({t for m in _models_at(model, err["loc"]) for t in _type_tags(m)})
+            choices = f" (one of {', '.join(repr(t) for t in tags)})" if tags else ""
+            lines.append(f"{path}: {loc}.type: required key is missing. Add it{choices}")
         elif kind == "union_tag_invalid":
             lines.append(f"{path}: {loc}: {err['msg']}")
         else:
@@ -227,26 +243,55 @@ def _is_union_tag(part: object) -> bool:
 
 
 def _parent_model_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = model
+    """The keys allowed at ``loc`` (pydantic's error location, union tags included), or [] if unsure."""
+    models = _models_at(model, loc)
+    if len(models) != 1:
+        return []
+    return [f.alias or name for name, f in models[0].model_fields.items()]
+
+
+def _models_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The config models that can sit at ``loc``: fields are followed through optionals, lists and
+    unions; a union tag (``files``, ``RangeCheck``) picks its member."""
+    candidates: list[type[BaseModel]] = [model]
     for part in loc:
         if isinstance(part, int):
-            return []
-        if isinstance(current, type) and issubclass(current, BaseModel):
+            continue  # a list index: the candidates already are the item types
+        following: list[type[BaseModel]] = []
+        for current in candidates:
             f = current.model_fields.get(str(part))
             if f is None:
-                return []
-            current = _unwrap(f.annotation)
-        else:
+                f = next((fi for fi in current.model_fields.values() if fi.alias == part), None)
+            if f is not None:
+                following.extend(_leaf_models(f.annotation))
+            elif part == current.__name__ or part in _type_tags(current):
+                following.append(current)
+        candidates = list(dict.fromkeys(following))
+        if not candidates:
             return []
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [f.alias or name for name, f in current.model_fields.items()]
-    return []
+    return candidates
 
 
-def _unwrap(annotation: Any) -> Any:
+def _type_tags(model: type[BaseModel]) -> set[str]:
+    """The values of a model's ``type: Literal[...]`` field (its tag in a discriminated union)."""
     import typing
 
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if len(args) == 1 and isinstance(args[0], type):
-        return args[0]
-    return annotation
+    tags: set[str] = set()
+    f = model.model_fields.get("type")
+    if f is not None and typing.get_origin(f.annotation) is typing.Literal:
+        tags.update(str(a) for a in typing.get_args(f.annotation))
+    return tags
+
+
+def _leaf_models(annotation: Any) -> list[type[BaseModel]]:
+    import typing
+
+    if isinstance(annotation, type):
+        return [annotation] if issubclass(annotation, BaseModel) else []
+    if typing.get_origin(annotation) is dict:
+        args = typing.get_args(annotation)
+        return _leaf_models(args[1]) if len(args) == 2 else []
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out.extend(_leaf_models(arg))
+    return out

@@ -8,7 +8,7 @@ names, and hand back the files to remove and the rows to write in one overwrite 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,10 +54,10 @@ def _prune_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression:
         if len(distinct) == 0:
             continue
         if len(distinct) <= IN_LIST_LIMIT:
-            term: BooleanExpression = In(k, set(distinct.to_pylist()))
+            term: BooleanExpression = In(k, set(distinct.to_pylist()))  # type: ignore[call-arg,arg-type]
         else:
             mm = pc.min_max(distinct)
-            term = And(GreaterThanOrEqual(k, mm["min"].as_py()), LessThanOrEqual(k, mm["max"].as_py()))
+            term = And(GreaterThanOrEqual(k, mm["min"].as_py()), LessThanOrEqual(k, mm["max"].as_py()))  # type: ignore[call-arg,arg-type]
         expr = term if isinstance(expr, AlwaysTrue) else And(expr, term)
     return expr
 
@@ -67,8 +67,8 @@ class LocalEngine(Engine):
     capabilities = EngineCapabilities(supports_merge=True, supports_sql=True, distributed=False)
 
     def merge(self, table: Table, data: pa.Table, target: TargetConfig) -> MergePlan:
-        from pyiceberg.io.pyarrow import ArrowScan
         from pyiceberg.expressions import AlwaysTrue
+        from pyiceberg.io.pyarrow import ArrowScan
 
         keys = list(target.keys)
         batch = dedupe_latest(data, keys, target.order_by)

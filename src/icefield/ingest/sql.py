@@ -223,8 +223,8 @@ class SqlSource(Source):
                     return
                 for part in result.partitions(self.batch_size):
                     rows = []
-                    for r in part:
-                        r = tuple(r)
+                    for row in part:
+                        r = tuple(row)
                         if last is not None and r[cur_idx] == last and self._fp(r, key_idx) in boundary:
                             continue  # already loaded at the boundary value
                         rows.append(r)

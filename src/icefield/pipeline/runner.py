@@ -120,7 +120,8 @@ def _run_batch(
     failpoints.hit("after-quarantine")
     if table is None:
         table = writer.create(_table_schema(good.schema, control))
-    replace = (batch_file_column(pipe), batch.replace_file) if batch.replace_file and batch_file_column(pipe) else None
+    file_column = batch_file_column(pipe)
+    replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
     wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace)
     return BatchResult(
         batch_id=batch_id,

@@ -20,9 +20,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_INT = re.compile(r"^[+-]?\d+$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_TS = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$")
+# ASCII only: Python's int()/float()/Decimal() also take "１２", "١٢" and "1_000", which no data file means.
+_INT = re.compile(r"^[+-]?\d+$", re.ASCII)
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+_NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
+_TS = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?$", re.ASCII)
 
 TYPE_NAMES: dict[str, pa.DataType] = {
     "string": pa.string(),
@@ -92,16 +95,21 @@ def _to_int(v: Any) -> int:
     raise CoercionError("not an integer")
 
 
+def _number_text(v: str) -> str:
+    """``v`` stripped if it is a plain ASCII decimal number (or a NaN/infinity word, refused later)."""
+    s = v.strip()
+    if _NUMBER.match(s) or s.lower() in _NON_FINITE:
+        return s
+    raise CoercionError("not a number")
+
+
 def _to_float(v: Any) -> float:
     if isinstance(v, bool):
         raise CoercionError("a boolean is not a number")
     if isinstance(v, (int, float, decimal.Decimal)):
         f = float(v)
     elif isinstance(v, str):
-        try:
-            f = float(v.strip())
-        except ValueError:
-            raise CoercionError("not a number") from None
+        f = float(_number_text(v))
     else:
         raise CoercionError("not a number")
     if not math.isfinite(f):
@@ -123,8 +131,8 @@ def _to_decimal(scale: int, precision: int) -> Callable[[Any], decimal.Decimal]:
             d = decimal.Decimal(v)
         elif isinstance(v, str):
             try:
-                d = decimal.Decimal(v.strip())
-            except decimal.InvalidOperation:
+                d = decimal.Decimal(_number_text(v))
+            except (CoercionError, decimal.InvalidOperation):
                 raise CoercionError("not a decimal number") from None
         else:
             raise CoercionError("not a decimal number")
@@ -331,13 +339,13 @@ def convert_values(name: str, values: Sequence[Any], t: pa.DataType, bad: dict[i
 
 
 def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad: dict[int, str]) -> pa.Array:
-    """Cast an Arrow column to ``t`` strictly: a vectorised safe cast when it succeeds, else value by
-    value with the failing rows recorded in ``bad``."""
+    """Cast an Arrow column to ``t`` strictly: a vectorised safe cast when Arrow's cast is as strict as
+    the value converters and succeeds, else value by value with the failing rows recorded in ``bad``."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     if arr.type == t:
         return arr
-    if pa.types.is_floating(t) and pa.types.is_floating(arr.type) or not pa.types.is_string(arr.type):
+    if _arrow_cast_is_strict(arr, t):
         try:
             out = pc.cast(arr, t, safe=True)
             if pa.types.is_floating(t):
@@ -345,15 +353,31 @@ def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad:
             return out
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             pass
-    elif pa.types.is_string(arr.type) and (pa.types.is_integer(t) or pa.types.is_floating(t)):
-        try:
-            out = pc.cast(arr, t, safe=True)
-            if pa.types.is_floating(t):
-                _mark_non_finite(name, out, bad)
-            return out
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
     return convert_values(name, arr.to_pylist(), t, bad)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _arrow_cast_is_strict(arr: pa.Array, t: pa.DataType) -> bool:
+    """Whether Arrow's safe cast of ``arr`` to ``t`` refuses what the value converters refuse. It does
+    not for booleans (True becomes 1, 2 becomes True), timestamps to dates (the time of day is dropped),
+    numbers to and from timestamps (epoch values) or hexadecimal text to integers ("0x10" becomes 16)."""
+    src = arr.type
+    if pa.types.is_null(src):
+        return True
+    if _is_number(src) and _is_number(t):
+        return True
+    if pa.types.is_timestamp(t) and (pa.types.is_timestamp(src) or pa.types.is_date(src)):
+        return True
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return not (pa.types.is_binary(src) or pa.types.is_large_binary(src))
+    if (pa.types.is_string(src) or pa.types.is_large_string(src)) and _is_number(t) and not pa.types.is_decimal(t):
+        if pa.types.is_integer(t):
+            return bool(pc.all(pc.match_substring_regex(arr, _INT.pattern)).as_py() is not False)
+        return True
+    return False
 
 
 def _mark_non_finite(name: str, arr: pa.Array, bad: dict[int, str]) -> None:

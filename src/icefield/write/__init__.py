@@ -25,7 +25,7 @@ from icefield.write.partitioning import parse_partition
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
-    from pyiceberg.table import Table, Transaction
+    from pyiceberg.table import Table
 
     from icefield.config.models import TargetConfig
     from icefield.engines import Engine
@@ -227,7 +227,7 @@ class TableWriter:
                 # candidate files and rewrites those that also hold other rows (bounds alone can't tell).
                 from pyiceberg.expressions import EqualTo
 
-                tx.delete(EqualTo(*replace_file), snapshot_properties=summary)
+                tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary)  # type: ignore[call-arg,arg-type]
         failpoints.hit("after-data-files")
         if added or removed:
             with tx.update_snapshot(snapshot_properties=summary).overwrite() if removed else tx.update_snapshot(
