@@ -81,26 +81,47 @@ class FilesSource(Source):
             return path.resolve().as_posix()
 
     def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
-        loaded: dict[str, str] = dict((position or {}).get("files", {}))
+        state = position or {}
+        loaded: dict[str, str] = dict(state.get("files", {}))
+        partial: dict[str, Any] | None = state.get("partial")
+        self._learned: dict[str, pa.DataType] = {}
+        self._schema = schema
         for path in self.list_files():
             rel = self._rel(path)
             fp = fingerprint(path)
             previous = loaded.get(rel)
             if previous == fp:
                 continue
-            data, raw, coords, rejected = self._decode(path, rel, schema)
-            if self.cfg.file_column:
-                data = data.append_column(self.cfg.file_column, pa.array([rel] * data.num_rows, pa.string()))
-            loaded[rel] = fp
-            yield SourceBatch(
-                data=data,
-                position={"files": dict(loaded)},
-                key=f"files:{rel}:{fp}",
-                raw=raw,
-                coords=coords,
-                rejected=rejected,
-                replace_file=rel if previous is not None else None,
-            )
+            skip = 0
+            replace = previous is not None
+            if partial is not None and partial.get("file") == rel:
+                if partial.get("fp") == fp:
+                    skip = int(partial["rows"])  # resume inside the file; its first chunk already replaced
+                    replace = False
+                else:
+                    replace = True  # the file changed while it was half loaded: replace that half too
+            chunks = _peekable(self._chunks(path, rel, skip))
+            for chunk in chunks:
+                data, raw, coords, rejected, start, end = chunk
+                if self.cfg.file_column:
+                    data = data.append_column(self.cfg.file_column, pa.array([rel] * data.num_rows, pa.string()))
+                last = chunks.exhausted()
+                if last:
+                    loaded[rel] = fp
+                    new_state: dict[str, Any] = {"files": dict(loaded)}
+                else:
+                    new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
+                yield SourceBatch(
+                    data=data,
+                    position=new_state,
+                    key=f"files:{rel}:{previous}->{fp}#{start}",
+                    raw=raw,
+                    coords=coords,
+                    rejected=rejected,
+                    replace_file=rel if replace else None,
+                )
+                replace = False
+            partial = None
 
     # ------------------------------------------------------------------ decoding
 
@@ -115,57 +136,75 @@ class FilesSource(Source):
             )
         return fmt
 
-    def _types(self, schema: pa.Schema | None) -> dict[str, pa.DataType]:
+    def _types(self) -> dict[str, pa.DataType]:
+        """Column types to decode with: the table's, then types learned from earlier chunks of this run
+        (so one file's chunks agree), then the declared ones, which win."""
         types: dict[str, pa.DataType] = {}
-        if schema is not None:
-            types.update({f.name: f.type for f in schema})
+        if self._schema is not None:
+            types.update({f.name: f.type for f in self._schema})
+        types.update(self._learned)
         if self.declared:
             types.update(self.declared)
         return types
 
-    def _decode(
-        self, path: Path, rel: str, schema: pa.Schema | None
-    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    def _learn(self, table: pa.Table) -> None:
+        for f in table.schema:
+            self._learned.setdefault(f.name, f.type)
+
+    def _chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
+        """Decoded chunks of at most ``batch_size`` source records, after the first ``skip`` records."""
         fmt = self._format(path)
         if fmt == "jsonl":
-            return self._decode_jsonl(path, rel, schema)
-        if fmt == "csv":
-            return self._decode_csv(path, rel, schema)
-        return self._decode_parquet(path, rel, schema)
+            yield from self._jsonl_chunks(path, rel, skip)
+        elif fmt == "csv":
+            yield from self._csv_chunks(path, rel, skip)
+        else:
+            yield from self._parquet_chunks(path, rel, skip)
 
-    def _decode_jsonl(
-        self, path: Path, rel: str, schema: pa.Schema | None
-    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    def _jsonl_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         rows: list[dict[str, Any]] = []
         raw: list[str] = []
         coords: list[str] = []
         rejected: list[Rejected] = []
+        record = 0  # non-blank lines seen
+        start = skip
         with path.open("rb") as f:
             for lineno, line_bytes in enumerate(f, start=1):
                 if not line_bytes.strip():
                     continue
-                where = f"{rel}:{lineno}"
-                try:
-                    line = line_bytes.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    text = line_bytes.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-                    rejected.append(Rejected(text, where, "decode", f"decode: invalid UTF-8 at byte {e.start}"))
+                record += 1
+                if record <= skip:
                     continue
-                line = line.rstrip("\r\n")
-                try:
-                    rec = json.loads(line, parse_constant=_reject_constant)
-                except (ValueError, RecursionError) as e:
-                    rejected.append(Rejected(line, where, "decode", f"decode: not valid JSON: {e}"))
-                    continue
-                if not isinstance(rec, dict):
-                    rejected.append(
-                        Rejected(line, where, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}")
-                    )
-                    continue
-                rows.append(rec)
-                raw.append(line)
-                coords.append(where)
-        return self._rows_to_table(rows, raw, coords, rejected, schema)
+                self._decode_json_line(line_bytes, f"{rel}:{lineno}", rows, raw, coords, rejected)
+                if len(rows) + len(rejected) >= self.batch_size:
+                    yield (*self._rows_to_table(rows, raw, coords, rejected), start, record)
+                    rows, raw, coords, rejected = [], [], [], []
+                    start = record
+        if rows or rejected or start == skip:
+            yield (*self._rows_to_table(rows, raw, coords, rejected), start, record)
+
+    @staticmethod
+    def _decode_json_line(
+        line_bytes: bytes, where: str, rows: list[dict[str, Any]], raw: list[str], coords: list[str], rejected: list[Rejected]
+    ) -> None:
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = line_bytes.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+            rejected.append(Rejected(text, where, "decode", f"decode: invalid UTF-8 at byte {e.start}"))
+            return
+        line = line.rstrip("\r\n")
+        try:
+            rec = json.loads(line, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:
+            rejected.append(Rejected(line, where, "decode", f"decode: not valid JSON: {e}"))
+            return
+        if not isinstance(rec, dict):
+            rejected.append(Rejected(line, where, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}"))
+            return
+        rows.append(rec)
+        raw.append(line)
+        coords.append(where)
 
     def _rows_to_table(
         self,
@@ -173,9 +212,8 @@ class FilesSource(Source):
         raw: list[str],
         coords: list[str],
         rejected: list[Rejected],
-        schema: pa.Schema | None,
     ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
-        types = self._types(schema)
+        types = self._types()
         names: dict[str, None] = {}
         if self.declared:
             names.update(dict.fromkeys(self.declared))
@@ -188,62 +226,132 @@ class FilesSource(Source):
             t = types.get(name) or infer_type(values)
             cols[name] = convert_values(name, values, t, bad)
         table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(rows))}).drop(["_empty"])
+        self._learn(table)
         return _split_bad(table, raw, coords, rejected, bad)
 
-    def _decode_csv(
-        self, path: Path, rel: str, schema: pa.Schema | None
-    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    def _csv_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         # Read every column as text, then type it strictly, so that one bad value cannot fail the file.
         with path.open(newline="", encoding="utf-8", errors="replace") as f:
             names = next(csv.reader(f, delimiter=self.cfg.delimiter), None)
         if not names:
-            return pa.table({}), [], [], []
+            yield pa.table({}), [], [], [], skip, skip
+            return
         try:
-            strings = pacsv.read_csv(
+            reader = pacsv.open_csv(
                 path,
                 parse_options=pacsv.ParseOptions(delimiter=self.cfg.delimiter),
                 convert_options=pacsv.ConvertOptions(
                     column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
                 ),
             )
+            batches = _rebatch(reader, self.batch_size, skip)
+            emitted = False
+            for start, strings in batches:
+                emitted = True
+                yield (*self._type_strings(strings, rel, start), start, start + strings.num_rows)
+            if not emitted:
+                yield pa.table({n: pa.array([], pa.string()) for n in names}), [], [], [], skip, skip
         except pa.ArrowInvalid as e:
             raise SourceError(f"{rel}: not a readable CSV file: {e}; fix the file or set source.delimiter") from None
-        types = self._types(schema)
+
+    def _type_strings(self, strings: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        types = self._types()
         bad: dict[int, str] = {}
         cols: dict[str, pa.Array] = {}
-        for name in names:
+        for name in strings.column_names:
             col = strings.column(name).combine_chunks()
-            t = types.get(name)
-            if t is None:
-                t = _infer_csv_type(col)
+            t = types.get(name) or _infer_csv_type(col)
             cols[name] = cast_column(name, col, t, bad)
         table = pa.table(cols)
+        self._learn(table)
         raw = [json.dumps(r, ensure_ascii=False) for r in strings.to_pylist()]
-        coords = [f"{rel}:{i + 2}" for i in range(strings.num_rows)]
+        coords = [f"{rel}:row {start + i + 1}" for i in range(strings.num_rows)]
         return _split_bad(table, raw, coords, [], bad)
 
-    def _decode_parquet(
-        self, path: Path, rel: str, schema: pa.Schema | None
-    ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    def _parquet_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         try:
-            table = pq.read_table(path)
+            pf = pq.ParquetFile(path)
+            batches = _rebatch(pf.iter_batches(batch_size=self.batch_size), self.batch_size, skip)
+            emitted = False
+            for start, table in batches:
+                emitted = True
+                yield (*self._type_parquet(table, rel, start), start, start + table.num_rows)
+            if not emitted:
+                yield pf.schema_arrow.empty_table(), [], [], [], skip, skip
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"{rel}: not a readable Parquet file: {e}") from None
-        types = self._types(schema)
+
+    def _type_parquet(self, table: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        types = self._types()
         bad: dict[int, str] = {}
         cols = {
-            name: cast_column(name, table.column(name), types[name], bad)
-            if name in types
-            else table.column(name).combine_chunks()
+            name: cast_column(name, table.column(name), types[name], bad) if name in types else table.column(name).combine_chunks()
             for name in table.column_names
         }
         typed = pa.table(cols)
-        coords = [f"{rel}#{i}" for i in range(table.num_rows)]
+        self._learn(typed)
+        coords = [f"{rel}#{start + i}" for i in range(table.num_rows)]
         if bad:
             raw = [json.dumps(r, default=str, ensure_ascii=False) for r in table.to_pylist()]
         else:
             raw = [""] * table.num_rows  # only quarantined rows need their raw record
         return _split_bad(typed, raw, coords, [], bad)
+
+
+Chunk = tuple[pa.Table, list[str], list[str], list[Rejected], int, int]
+
+
+class _peekable:
+    """An iterator that can tell whether another item follows the one just returned."""
+
+    def __init__(self, it: Iterator[Chunk]) -> None:
+        self._it = it
+        self._next: list[Chunk] = []
+
+    def __iter__(self) -> _peekable:
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._next:
+            return self._next.pop()
+        return next(self._it)
+
+    def exhausted(self) -> bool:
+        if self._next:
+            return False
+        try:
+            self._next.append(next(self._it))
+        except StopIteration:
+            return True
+        return False
+
+
+def _rebatch(batches: Any, size: int, skip: int) -> Iterator[tuple[int, pa.Table]]:
+    """Regroup Arrow record batches into tables of exactly ``size`` rows (the last may be shorter),
+    dropping the first ``skip`` rows. Yields ``(index of the first row, table)``."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    seen = 0
+    start = skip
+    for rb in batches:
+        if seen + rb.num_rows <= skip:
+            seen += rb.num_rows
+            continue
+        if seen < skip:
+            rb = rb.slice(skip - seen)
+            seen = skip
+        seen += rb.num_rows
+        pending.append(rb)
+        pending_rows += rb.num_rows
+        while pending_rows >= size:
+            table = pa.Table.from_batches(pending)
+            yield start, table.slice(0, size)
+            rest = table.slice(size)
+            start += size
+            pending = rest.to_batches() if rest.num_rows else []
+            pending_rows = rest.num_rows
+    if pending_rows:
+        yield start, pa.Table.from_batches(pending)
 
 
 def _reject_constant(name: str) -> Any:
