@@ -65,7 +65,8 @@ def check_rows(table: pa.Table, checks: list[CheckConfig]) -> RowCheckResult:
         return res
     for chk in checks:
         if isinstance(chk, FilterRule):
-            res.filtered.update(_filter_rows(table, chk.filter))
+            # A row already quarantined by an earlier check counts there only (first failing check wins).
+            res.filtered.update(i for i in _filter_rows(table, chk.filter) if i not in res.bad)
         elif isinstance(chk, NotNullCheck):
             for name in chk.not_null:
                 col = _col(table, name, "not_null")
