@@ -36,5 +36,9 @@ def parse_partition(expr: str) -> PartitionField:
     if func in _PARAM:
         if not param:
             raise ConfigError(f"target.partition_by: {expr!r}: {func} needs a width, e.g. {func}(16, {col})")
+        if int(param) < 1:
+            raise ConfigError(
+                f"target.partition_by: {expr!r}: the {func} width must be a positive number, e.g. {func}(16, {col})"
+            )
         return PartitionField(col, f"{func}[{param}]", f"{col}_{func}")
     raise ConfigError(f"target.partition_by: {expr!r}: unknown transform {func!r}; use one of: {forms}")
