@@ -1,0 +1,28 @@
+"""Every test runs isolated: no ICEFIELD*/PYICEBERG* variables of the developer, a temporary HOME
+(pyiceberg reads ~/.pyiceberg.yaml), and an empty registry of secrets to redact."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from icefield.config import secrets
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    for key in list(os.environ):
+        if key.startswith(("ICEFIELD", "PYICEBERG")) and key not in ("ICEFIELD_LONG", "ICEFIELD_SEED"):
+            monkeypatch.delenv(key)
+    home: Path = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    saved = set(secrets._known)
+    secrets._known.clear()
+    try:
+        yield
+    finally:
+        secrets._known.clear()
+        secrets._known.update(saved)
