@@ -1,31 +1,14 @@
-"""Shared fixtures of the unit tests: an isolated environment and a project folder in ``tmp_path``.
-
-Nothing here is autouse; a test module opts in with
-``pytestmark = pytest.mark.usefixtures("isolated_env")``.
-"""
+"""Shared fixtures of the unit tests: a project folder in ``tmp_path`` and a ``lake`` (that project with
+its embedded SQLite catalog). Isolation from the developer's environment is in ``tests/conftest.py``."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-
-@pytest.fixture
-def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Hide the developer's ``ICEFIELD*`` / ``PYICEBERG*`` variables and home folder (pyiceberg reads
-    ``~/.pyiceberg.yaml``), so a test sees only what it sets itself."""
-    for key in list(os.environ):
-        if key.startswith(("ICEFIELD", "PYICEBERG")):
-            monkeypatch.delenv(key)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-
 
 ProjectFactory = Callable[..., Path]
 
@@ -53,3 +36,58 @@ def make_project(tmp_path: Path) -> ProjectFactory:
         return root
 
     return make
+
+
+class Lake:
+    """A project folder with its embedded SQLite catalog: run pipelines and read their tables back."""
+
+    def __init__(self, root: Path) -> None:
+        from icefield.catalog import open_catalog
+        from icefield.config import load_project
+
+        self.root = root
+        self.catalog = open_catalog(load_project(root, env={}))
+
+    def project(self) -> Any:
+        from icefield.config import load_project
+
+        return load_project(self.root, env={})
+
+    def run(self, name: str, **kwargs: Any) -> Any:
+        from icefield import run_pipeline
+
+        return run_pipeline(self.project(), name, catalog=self.catalog, **kwargs)
+
+    def table(self, name: str) -> Any:
+        return self.catalog.load_table(name)
+
+    def rows(self, name: str, *sort_by: str) -> list[dict[str, Any]]:
+        """The rows of table ``name`` (``namespace.table``), sorted by ``sort_by`` (default: all columns)."""
+        rows = self.table(name).scan().to_arrow().to_pylist()
+        return sorted(rows, key=lambda r: tuple(_sortable(r[c]) for c in (sort_by or sorted(r))))
+
+    def snapshot_count(self, name: str) -> int:
+        return len(self.table(name).metadata.snapshots)
+
+    def close(self) -> None:
+        self.catalog.engine.dispose()
+
+
+def _sortable(v: Any) -> tuple[bool, Any]:
+    return (v is not None, v if v is not None else 0)
+
+
+@pytest.fixture
+def lake(make_project: ProjectFactory) -> Iterator[Callable[..., Lake]]:
+    """Return ``lake(pipelines, project=None) -> Lake``: a project (see ``make_project``) with its catalog,
+    disposed at teardown."""
+    opened: list[Lake] = []
+
+    def make(pipelines: dict[str, dict[str, Any]], project: dict[str, Any] | None = None) -> Lake:
+        lk = Lake(make_project(pipelines, project))
+        opened.append(lk)
+        return lk
+
+    yield make
+    for lk in opened:
+        lk.close()

@@ -187,6 +187,10 @@ def test_decimal_scale_loss_is_refused_through_arrow():
     assert out == [None, D("1.23")] and set(bad) == {0}
     out, bad = cast(pa.array([1.005, 1.25, float("nan")]), pa.decimal128(10, 2), "amount")
     assert out == [None, D("1.25"), None] and set(bad) == {0, 2}
+    # Arrow's own float-to-decimal cast rounds 1.005 to 1.00 without a word when nothing else fails.
+    out, bad = cast(pa.array([1.005, 2.5]), pa.decimal128(10, 2), "amount")
+    assert out == [None, D("2.50")]
+    assert "value 1.005 has more than 2 decimal places" in bad[0]
 
 
 # ------------------------------------------------------------------ booleans, text, dates

@@ -11,8 +11,6 @@ from icefield import ConfigError, SecretError, load_project
 from icefield.config import read_model
 from icefield.config.secrets import redact, resolve
 
-pytestmark = pytest.mark.usefixtures("isolated_env")
-
 FILES_SOURCE = {"type": "files", "path": "landing/*.csv"}
 TARGET = {"table": "shop.orders"}
 

@@ -363,12 +363,13 @@ def _is_number(t: pa.DataType) -> bool:
 def _arrow_cast_is_strict(arr: pa.Array, t: pa.DataType) -> bool:
     """Whether Arrow's safe cast of ``arr`` to ``t`` refuses what the value converters refuse. It does
     not for booleans (True becomes 1, 2 becomes True), timestamps to dates (the time of day is dropped),
-    numbers to and from timestamps (epoch values) or hexadecimal text to integers ("0x10" becomes 16)."""
+    numbers to and from timestamps (epoch values), floats to decimals (1.005 becomes 1.00) or hexadecimal
+    text to integers ("0x10" becomes 16)."""
     src = arr.type
     if pa.types.is_null(src):
         return True
     if _is_number(src) and _is_number(t):
-        return True
+        return not (pa.types.is_floating(src) and pa.types.is_decimal(t))
     if pa.types.is_timestamp(t) and (pa.types.is_timestamp(src) or pa.types.is_date(src)):
         return True
     if pa.types.is_string(t) or pa.types.is_large_string(t):
