@@ -6,6 +6,7 @@ Built-in: ``local`` (DuckDB + Arrow, one process). A registry maps names to lazy
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table
 
     from icefield.config.models import TargetConfig
-    from icefield.write import TableWriter
 
 
 @dataclass(frozen=True)
@@ -27,23 +27,23 @@ class EngineCapabilities:
     distributed: bool = False
 
 
+WriteFiles = Callable[["Table", pa.Table], list[Any]]
+
+
 @dataclass
 class MergePlan:
-    """The outcome of planning a merge: data files to remove and rows to write in their place."""
+    """The outcome of a merge, ready to commit: data files to remove, data files written (uncommitted),
+    the conflict filter for the commit, and counts."""
 
     remove: list[Any] = field(default_factory=list)
-    rewrite: list[pa.Table] = field(default_factory=list)
+    add: list[Any] = field(default_factory=list)
+    conflict_filter: Any = None
     rows_written: int = 0
     rows_deleted: int = 0
     rows_updated: int = 0
     rows_inserted: int = 0
-
-    def add_files(self, table: Table, writer: TableWriter) -> list[Any]:
-        files: list[Any] = []
-        for part in self.rewrite:
-            if part.num_rows:
-                files.extend(writer.write_files(table, part))
-        return files
+    files_scanned: int = 0
+    files_read: int = 0
 
 
 class Engine:
@@ -52,8 +52,9 @@ class Engine:
     name: ClassVar[str] = "base"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities()
 
-    def merge(self, table: Table, data: pa.Table, target: TargetConfig) -> MergePlan:
-        """Plan a merge of ``data`` (already typed as the table) into ``table`` by ``target.keys``."""
+    def merge(self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles) -> MergePlan:
+        """Merge ``data`` (already typed as the table) into ``table`` by ``target.keys``: write the new
+        data files with ``write_files`` and return what the commit must remove and add."""
         raise NotImplementedError
 
 

@@ -7,13 +7,17 @@ names, and hand back the files to remove and the rows to write in one overwrite 
 
 from __future__ import annotations
 
+import bisect
 import logging
-from typing import TYPE_CHECKING
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.engines import Engine, EngineCapabilities, MergePlan
+from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles
 
 if TYPE_CHECKING:
     import duckdb
@@ -44,13 +48,14 @@ def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | None) -> pa.T
     return work.take(idx).drop(["__pos"])
 
 
-def _prune_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression:
+def conflict_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression | None:
+    """An expression that holds for every row with one of the batch's keys (a superset for big batches):
+    concurrently added files that may match it conflict with the merge."""
     from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, In, LessThanOrEqual
 
     expr: BooleanExpression = AlwaysTrue()
     for k in keys:
-        col = keys_table.column(k)
-        distinct = pc.unique(col.drop_null())
+        distinct = pc.unique(keys_table.column(k).drop_null())
         if len(distinct) == 0:
             continue
         if len(distinct) <= IN_LIST_LIMIT:
@@ -59,53 +64,125 @@ def _prune_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression:
             mm = pc.min_max(distinct)
             term = And(GreaterThanOrEqual(k, mm["min"].as_py()), LessThanOrEqual(k, mm["max"].as_py()))  # type: ignore[call-arg,arg-type]
         expr = term if isinstance(expr, AlwaysTrue) else And(expr, term)
-    return expr
+    return None if isinstance(expr, AlwaysTrue) else expr
+
+
+class _Bounds:
+    """Sorted distinct batch values of one key column, comparable with manifest bounds."""
+
+    def __init__(self, field: Any, values: pa.ChunkedArray | pa.Array) -> None:
+        from pyiceberg.types import (
+            DateType,
+            IntegerType,
+            LongType,
+            StringType,
+            TimestampType,
+            TimestamptzType,
+        )
+
+        self.field = field
+        self.usable = isinstance(field.field_type, (IntegerType, LongType, StringType, DateType, TimestampType, TimestamptzType))
+        if not self.usable:
+            self.values: list[Any] = []
+            return
+        arr = pc.unique(values.drop_null())
+        if isinstance(field.field_type, (DateType, TimestampType, TimestamptzType)):
+            # Manifests keep days / microseconds since the epoch.
+            arr = arr.cast(pa.int32() if isinstance(field.field_type, DateType) else pa.int64())
+        self.values = sorted(arr.to_pylist())
+
+    def may_hold_any(self, lower: bytes | None, upper: bytes | None) -> bool:
+        from pyiceberg.conversions import from_bytes
+
+        if not self.usable or lower is None or upper is None:
+            return True
+        if not self.values:
+            return False
+        lo = from_bytes(self.field.field_type, lower)
+        hi = from_bytes(self.field.field_type, upper)
+        i = bisect.bisect_left(self.values, lo)
+        return i < len(self.values) and self.values[i] <= hi
+
+
+def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, keys: list[str]) -> list[Any]:
+    """The tasks whose data file may hold one of the keys, judged by the per-column lower and upper
+    bounds in the manifests (string bounds are truncated prefixes, still conservative)."""
+    bounds = [_Bounds(schema.find_field(k), keys_table.column(k)) for k in keys]
+    out = []
+    for task in tasks:
+        f = task.file
+        lowers, uppers = f.lower_bounds or {}, f.upper_bounds or {}
+        if all(b.may_hold_any(lowers.get(b.field.field_id), uppers.get(b.field.field_id)) for b in bounds):
+            out.append(task)
+    return out
 
 
 class LocalEngine(Engine):
     name = "local"
     capabilities = EngineCapabilities(supports_merge=True, supports_sql=True, distributed=False)
 
-    def merge(self, table: Table, data: pa.Table, target: TargetConfig) -> MergePlan:
-        from pyiceberg.expressions import AlwaysTrue
-        from pyiceberg.io.pyarrow import ArrowScan
+    def merge(self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles) -> MergePlan:
+        """Copy-on-write merge of ``data`` into ``table`` by ``target.keys`` (DESIGN.md rule 3).
 
+        Only files whose key bounds may hold a batch key are read; a file that really holds one is
+        rewritten with the matching rows replaced by their new versions (so files keep tight key
+        ranges), and new keys go to new files sorted by key. At most ``cpu_count`` files are in memory
+        at once. Returns the files to remove and the files written (not yet committed).
+        """
         keys = list(target.keys)
         batch = dedupe_latest(data, keys, target.order_by)
         if target.delete_column and target.delete_column in batch.column_names:
             flag = pc.fill_null(batch.column(target.delete_column).cast(pa.bool_()), False)
-            deletes = batch.filter(flag)
-            upserts = batch.filter(pc.invert(flag))
+            deletes = batch.filter(flag).select(keys)
+            upserts = batch.filter(pc.invert(flag)).drop([target.delete_column])
         else:
-            deletes = batch.slice(0, 0)
+            deletes = batch.slice(0, 0).select(keys)
             upserts = batch
-        plan = MergePlan()
+        plan = MergePlan(conflict_filter=conflict_filter(batch.select(keys), keys))
+        if batch.num_rows == 0:
+            return plan
+        remaining = upserts
+        lock = threading.Lock()
         batch_keys = batch.select(keys)
-        delete_keys = deletes.select(keys)
-        if table.current_snapshot() is not None and batch.num_rows:
-            tasks = list(table.scan(row_filter=_prune_filter(batch_keys, keys)).plan_files())
-            scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
-            for task in tasks:
-                existing = scan.to_table([task])
-                survivors = existing.join(batch_keys, keys=keys, join_type="left anti", use_threads=False)
-                hit = existing.num_rows - survivors.num_rows
-                if hit == 0:
-                    continue
-                if delete_keys.num_rows:
-                    plan.rows_deleted += existing.join(delete_keys, keys=keys, join_type="left semi").num_rows
-                plan.rows_updated += hit
+
+        def rewrite(task: Any) -> None:
+            nonlocal remaining
+            existing = _read_task(table, task)
+            hit = _key_mask(existing, batch_keys, keys)
+            if not pc.any(hit).as_py():
+                return
+            matched = existing.filter(hit).select(keys)
+            survivors = existing.filter(pc.invert(hit))
+            with lock:
+                mine = remaining.join(matched, keys=keys, join_type="left semi", use_threads=False)
+                remaining = remaining.join(matched, keys=keys, join_type="left anti", use_threads=False)
+                plan.rows_deleted += deletes.join(matched, keys=keys, join_type="left semi").num_rows if deletes.num_rows else 0
+                plan.rows_updated += mine.num_rows
+            out = pa.concat_tables([survivors, mine.select(survivors.column_names).cast(survivors.schema)])
+            out = out.sort_by([(k, "ascending") for k in keys])
+            files = write_files(table, out) if out.num_rows else []
+            with lock:
                 plan.remove.append(task.file)
-                plan.rewrite.append(survivors)
-            plan.rows_updated -= plan.rows_deleted
-        new_rows = upserts
-        if target.delete_column and target.delete_column in new_rows.column_names:
-            new_rows = new_rows.drop([target.delete_column])
-        if new_rows.num_rows:
-            new_rows = new_rows.sort_by([(k, "ascending") for k in keys])
-            plan.rewrite.append(new_rows)
-        plan.rows_written = new_rows.num_rows
-        plan.rows_inserted = new_rows.num_rows - plan.rows_updated
+                plan.add.extend(files)
+                plan.rows_written += out.num_rows
+                plan.files_read += 1
+
+        if table.current_snapshot() is not None:
+            tasks = list(table.scan().plan_files())
+            candidates = prune_by_key_bounds(tasks, table.schema(), batch_keys, keys)
+            plan.files_scanned = len(tasks)
+            log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
+            workers = max(1, min(len(candidates), os.cpu_count() or 1))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for fut in [pool.submit(rewrite, t) for t in candidates]:
+                    fut.result()
+        if remaining.num_rows:
+            new_rows = remaining.sort_by([(k, "ascending") for k in keys])
+            plan.add.extend(write_files(table, new_rows))
+            plan.rows_written += new_rows.num_rows
+        plan.rows_inserted = remaining.num_rows
         return plan
+
 
     # ------------------------------------------------------------------ SQL
 
@@ -206,3 +283,23 @@ def _duck_type(t: pa.DataType) -> str:
         return str(rel.types[0])
     finally:
         con.close()
+
+
+def _read_task(table: Table, task: Any) -> pa.Table:
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    return ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
+
+
+def _key_mask(existing: pa.Table, batch_keys: pa.Table, keys: list[str]) -> pa.Array:
+    """True for the rows of ``existing`` whose key is in ``batch_keys``."""
+    if len(keys) == 1:
+        k = keys[0]
+        return pc.fill_null(pc.is_in(existing.column(k), value_set=batch_keys.column(k).combine_chunks()), False)
+    idx = existing.select(keys).append_column("__row", pa.array(range(existing.num_rows), pa.int64()))
+    matched = idx.join(batch_keys, keys=keys, join_type="left semi", use_threads=False).column("__row")
+    mask = pa.array([False] * existing.num_rows)
+    if len(matched):
+        mask = pc.is_in(pa.array(range(existing.num_rows), pa.int64()), value_set=matched.combine_chunks())
+    return mask

@@ -22,6 +22,7 @@ import pyarrow as pa
 from icefield.errors import CommitConflictError, SchemaError, TransientError
 from icefield.testing import failpoints
 from icefield.write.partitioning import parse_partition
+from icefield.write.producers import merge_overwrite
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -165,7 +166,7 @@ class TableWriter:
         that changed). Raises :class:`CommitConflictError` when conflicts outlast the retries and
         :class:`TransientError` when the outcome stays unknown.
         """
-        from pyiceberg.exceptions import CommitFailedException
+        from pyiceberg.exceptions import CommitFailedException, ValidationException
 
         started = time.perf_counter()
         delay = 0.05
@@ -178,7 +179,8 @@ class TableWriter:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             try:
                 return self._commit_once(table, data, batch_id, position, run_id, replace_file, started)
-            except CommitFailedException as e:
+            except (CommitFailedException, ValidationException) as e:
+                # Nothing landed (pyiceberg guarantees it for these two): replan on the new snapshot.
                 log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -213,10 +215,11 @@ class TableWriter:
         removed: list[Any] = []
         rows_deleted = 0
         rows_written = data.num_rows
+        conflict = None
         if mode == "merge":
-            plan = self.engine.merge(table, data, self.target)
-            added, removed, rows_deleted = plan.add_files(table, self), plan.remove, plan.rows_deleted
-            rows_written = plan.rows_written
+            plan = self.engine.merge(table, data, self.target, self.write_files)
+            added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
+            rows_written, conflict = plan.rows_written, plan.conflict_filter
         else:
             if data.num_rows:
                 added = self.write_files(table, data)
@@ -230,9 +233,11 @@ class TableWriter:
                 tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary)  # type: ignore[call-arg,arg-type]
         failpoints.hit("after-data-files")
         if added or removed:
-            with tx.update_snapshot(snapshot_properties=summary).overwrite() if removed else tx.update_snapshot(
-                snapshot_properties=summary
-            ).fast_append() as producer:
+            if removed:
+                producer_cm = merge_overwrite(tx, summary, conflict)
+            else:
+                producer_cm = tx.update_snapshot(snapshot_properties=summary).fast_append()
+            with producer_cm as producer:
                 for f in removed:
                     producer.delete_data_file(f)
                 for f in added:
