@@ -212,20 +212,21 @@ class SqlSource(Source):
             if last is not None:
                 stmt = stmt.where(col >= last)
             stmt = stmt.order_by(col.asc().nulls_first())
-        key_idx = [names.index(k) for k in self.keys if k in names]
         cur_idx = names.index(cursor_col) if cursor_col else -1
         try:
             with self.engine().connect() as con:
                 result = con.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
                 if cursor_col is None:
                     rows = [tuple(r) for r in result]
-                    yield self._full_batch(names, types, rows)
+                    full = self._full_batch(names, types, rows, position)
+                    if full is not None:
+                        yield full
                     return
                 for part in result.partitions(self.batch_size):
                     rows = []
                     for row in part:
                         r = tuple(row)
-                        if last is not None and r[cur_idx] == last and self._fp(r, key_idx) in boundary:
+                        if last is not None and r[cur_idx] == last and self._fp(r) in boundary:
                             continue  # already loaded at the boundary value
                         rows.append(r)
                     if not rows:
@@ -234,7 +235,7 @@ class SqlSource(Source):
                     new_last = rows[-1][cur_idx]
                     if new_last is None:
                         new_last = last
-                    at_last = {self._fp(r, key_idx) for r in rows if r[cur_idx] == new_last}
+                    at_last = {self._fp(r) for r in rows if r[cur_idx] == new_last}
                     boundary = (boundary | at_last) if new_last == last else at_last
                     last = new_last
                     position = {"cursor": _encode(last), "boundary": sorted(boundary)}
@@ -245,16 +246,29 @@ class SqlSource(Source):
         except exc.SQLAlchemyError as e:
             raise SourceError(f"reading the source failed: {redact(str(e))}") from e
 
-    def _fp(self, row: tuple[Any, ...], key_idx: list[int]) -> str:
-        return row_fingerprint([row[i] for i in key_idx] if key_idx else list(row))
+    def _fp(self, row: tuple[Any, ...]) -> str:
+        # The whole row, not its key: a row updated again within the cursor's resolution keeps the cursor
+        # value already committed, and only its new content tells it apart from the version loaded.
+        return row_fingerprint(list(row))
 
-    def _full_batch(self, names: list[str], types: dict[str, pa.DataType | None], rows: list[tuple[Any, ...]]) -> SourceBatch:
+    def _full_batch(
+        self,
+        names: list[str],
+        types: dict[str, pa.DataType | None],
+        rows: list[tuple[Any, ...]],
+        position: dict[str, Any] | None,
+    ) -> SourceBatch | None:
+        """The whole result as one batch, or None when its content is the one committed last. The key
+        names the previous content too, so content that changes back to an earlier state is a new batch."""
         h = hashlib.sha256()
         for r in rows:
             h.update(json.dumps(r, default=_json_default).encode())
             h.update(b"\n")
         digest = h.hexdigest()[:32]
-        return self._batch(names, types, rows, {"content": digest, "rows": len(rows)}, f"sql-full:{digest}")
+        previous = (position or {}).get("content")
+        if previous == digest:
+            return None
+        return self._batch(names, types, rows, {"content": digest, "rows": len(rows)}, f"sql-full:{previous}->{digest}")
 
     def _batch(
         self,
