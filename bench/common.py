@@ -1,0 +1,113 @@
+"""Shared helpers of the benchmarks: scale, subprocess measurement, result hashing, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def scale() -> float:
+    """``BENCH_SCALE`` (default 1): multiplies every workload's size."""
+    return float(os.environ.get("BENCH_SCALE", "1"))
+
+
+def runs() -> int:
+    """``BENCH_RUNS`` (default 3): repetitions of each fast measurement; slow peers run once."""
+    return int(os.environ.get("BENCH_RUNS", "3"))
+
+
+def work_dir(name: str) -> Path:
+    base = Path(os.environ.get("BENCH_DIR", ROOT / "build" / "bench"))
+    path = base / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    peak_rss_mb: float
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_subprocess(module: str, args: dict[str, Any], timeout: float | None = None) -> Measurement | None:
+    """Run ``python -m <module> <json args>`` in a fresh process; it prints one JSON line with its own
+    ``seconds`` and ``result``. Peak RSS is the child's. Returns None on timeout."""
+    cmd = [sys.executable, "-m", module, json.dumps(args)]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{err[-4000:]}")
+    line = [x for x in out.splitlines() if x.startswith("{")][-1]
+    doc = json.loads(line)
+    wall = time.perf_counter() - started
+    return Measurement(seconds=doc.get("seconds", wall), peak_rss_mb=doc.get("peak_rss_mb", 0.0), result=doc.get("result", {}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(seconds: float, result: dict[str, Any]) -> None:
+    """Print the one JSON line a measured child reports."""
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak_rss_mb(), 1), "result": result}), flush=True)
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def machine() -> dict[str, Any]:
+    import duckdb
+    import pyarrow
+    import pyiceberg
+
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "pyiceberg": pyiceberg.__version__,
+        "pyarrow": pyarrow.__version__,
+        "duckdb": duckdb.__version__,
+    }
+
+
+def table_digest(arrow_table: Any, key: str) -> dict[str, Any]:
+    """Row count and an order-independent content hash of an Arrow table (DuckDB's row hash summed)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("t", arrow_table)
+        cols = ", ".join(f'"{c}"' for c in arrow_table.column_names)
+        n, h, nkeys = con.execute(f'select count(*), sum(hash({cols})::hugeint)::varchar, count(distinct "{key}") from t').fetchone()
+    finally:
+        con.close()
+    return {"rows": int(n), "hash": str(h), "distinct_keys": int(nkeys)}
+
+
+def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(str(c)) for i, c in enumerate(columns)]
+    print(f"\n{title}")
+    print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
