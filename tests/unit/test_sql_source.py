@@ -107,6 +107,30 @@ def test_a_run_stopped_inside_a_tie_resumes_without_loss_or_double(lake, source_
     assert_each_once(lk.rows("shop.orders"), list(range(1, 10)))
 
 
+def test_rows_without_a_cursor_value_are_loaded_once(lake, source_db):
+    """NULL cursors sort first; until a non-null value is committed, such rows are told apart by their
+    fingerprints, so new NULL-cursor rows are loaded and the earlier ones are not loaded again."""
+    source_db.insert([(1, "c", 1, None), (2, "c", 1, None), (3, "c", 1, None)])
+    lk = lake({"orders": sql_pipeline(f"sqlite:///{source_db.path}", {"table": "shop.orders"}, 2, cursor="updated_at")})
+    lk.run("orders")
+    lk.run("orders")
+    assert_each_once(lk.rows("shop.orders"), [1, 2, 3])
+    source_db.insert([(4, "c", 1, None)])
+    lk.run("orders")
+    assert_each_once(lk.rows("shop.orders"), [1, 2, 3, 4])
+    source_db.insert([(5, "c", 1, ts(1)), (6, "c", 1, None)])
+    lk.run("orders")
+    assert_each_once(lk.rows("shop.orders"), [1, 2, 3, 4, 5, 6])
+
+
+def test_initial_cursor_skips_older_rows(lake, source_db):
+    source_db.insert([(1, "c", 1, ts(1)), (2, "c", 1, ts(2)), (3, "c", 1, ts(3))])
+    body = sql_pipeline(f"sqlite:///{source_db.path}", {"table": "shop.orders"}, cursor="updated_at", initial_cursor=ts(2))
+    lk = lake({"orders": body})
+    lk.run("orders")
+    assert_each_once(lk.rows("shop.orders"), [2, 3])
+
+
 def test_integer_cursor_with_a_query_source(lake, source_db):
     source_db.insert([(i, "c", i, ts(1)) for i in range(1, 8)])
     body = {

@@ -226,12 +226,14 @@ class SqlSource(Source):
                     rows = []
                     for row in part:
                         r = tuple(row)
-                        if last is not None and r[cur_idx] == last and self._fp(r) in boundary:
-                            continue  # already loaded at the boundary value
+                        # Already loaded at the boundary value. That value may be NULL: rows with no cursor
+                        # come first and, until a non-null value is committed, are told apart by fingerprint.
+                        if r[cur_idx] == last and self._fp(r) in boundary:
+                            continue
                         rows.append(r)
                     if not rows:
                         continue
-                    first_pos = {"cursor": _encode(last), "boundary": sorted(boundary)} if last is not None else None
+                    first_pos = {"cursor": _encode(last), "boundary": sorted(boundary)} if last is not None or boundary else None
                     new_last = rows[-1][cur_idx]
                     if new_last is None:
                         new_last = last
