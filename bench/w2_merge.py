@@ -59,7 +59,7 @@ def base_rows(n: int) -> Any:
                    ['placed','paid','shipped','delivered','cancelled'][1 + (hash(i, 2) % 5)::int] as status,
                    ((hash(i, 3) % 1000000)::bigint / 100)::decimal(12,2) as amount,
                    (date '2025-01-01' + (i * 365 // {n})::int) as order_date,
-                   (timestamp '2025-01-01' + to_microseconds((i * 31536000000000 // {n})::bigint)) as updated_at,
+                   (timestamp '2025-01-01' + to_microseconds((i * (31536000000000 // {n}))::bigint)) as updated_at,
                    'note-' || (hash(i, 4) % 1000)::varchar as note
             from range({n}) t(i) order by i
         """).to_arrow_table()

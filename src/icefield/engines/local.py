@@ -91,17 +91,22 @@ class _Bounds:
             arr = arr.cast(pa.int32() if isinstance(field.field_type, DateType) else pa.int64())
         self.values = sorted(arr.to_pylist())
 
-    def may_hold_any(self, lower: bytes | None, upper: bytes | None) -> bool:
+    def span(self, lower: bytes | None, upper: bytes | None) -> tuple[int, int]:
+        """``(i, j)``: the sorted values ``values[i:j]`` are the ones within the bounds (all of them
+        when the bounds are unknown or of a type that cannot be compared)."""
         from pyiceberg.conversions import from_bytes
 
         if not self.usable or lower is None or upper is None:
-            return True
-        if not self.values:
-            return False
+            return 0, len(self.values) if self.usable else -1
         lo = from_bytes(self.field.field_type, lower)
         hi = from_bytes(self.field.field_type, upper)
-        i = bisect.bisect_left(self.values, lo)
-        return i < len(self.values) and self.values[i] <= hi
+        return bisect.bisect_left(self.values, lo), bisect.bisect_right(self.values, hi)
+
+    def may_hold_any(self, lower: bytes | None, upper: bytes | None) -> bool:
+        if not self.usable:
+            return True
+        i, j = self.span(lower, upper)
+        return j > i
 
 
 def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, keys: list[str]) -> list[Any]:
@@ -144,11 +149,22 @@ class LocalEngine(Engine):
         remaining = upserts
         lock = threading.Lock()
         batch_keys = batch.select(keys)
+        # The batch keys sorted by the first key: each file then probes only the slice within its bounds.
+        first = _Bounds(table.schema().find_field(keys[0]), batch_keys.column(keys[0])) if table.current_snapshot() else None
+        sorted_keys = batch_keys.sort_by([(keys[0], "ascending")])
+        unique_first = first is not None and first.usable and len(first.values) == sorted_keys.num_rows
 
         def rewrite(task: Any) -> None:
             nonlocal remaining
+            probe = batch_keys
+            if unique_first and first is not None:
+                fid = first.field.field_id
+                i, j = first.span((task.file.lower_bounds or {}).get(fid), (task.file.upper_bounds or {}).get(fid))
+                probe = sorted_keys.slice(i, max(0, j - i))
+                if probe.num_rows == 0:
+                    return
             existing = _read_task(table, task)
-            hit = _key_mask(existing, batch_keys, keys)
+            hit = _key_mask(existing, probe, keys)
             if not pc.any(hit).as_py():
                 return
             matched = existing.filter(hit).select(keys)
