@@ -39,7 +39,7 @@ test-long: $(STAMP) ## Run the long reliability variants
 
 .PHONY: lint
 lint: $(STAMP) ## ruff and mypy
-	$(BIN)/ruff check src tests stack
+	$(BIN)/ruff check src tests stack bench
 	$(BIN)/mypy
 
 .PHONY: bench

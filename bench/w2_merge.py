@@ -208,7 +208,6 @@ def child(args: dict[str, Any]) -> None:
 def spark_available() -> bool:
     try:
         import pyspark  # noqa: F401
-
         from stack import spark  # type: ignore[attr-defined]  # noqa: F401
     except ImportError:
         return False

@@ -101,7 +101,7 @@ def test_postgres_source_incremental_with_ties_updates_and_types(tmp_path: Path,
     table = open_catalog(project).load_table("shop.orders")
     landed = {r["order_id"]: r for r in table.scan().to_arrow().to_pylist()}
     assert set(landed) == set(source)
-    for oid, (i, customer, amount, paid, placed, updated) in source.items():
+    for oid, (_i, customer, amount, paid, placed, updated) in source.items():
         row = landed[oid]
         assert (row["customer"], row["amount"], row["paid"], row["placed"]) == (customer, amount, paid, placed), oid
         assert row["updated_at"] == updated.astimezone(dt.UTC), oid

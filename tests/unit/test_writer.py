@@ -164,11 +164,6 @@ def test_three_versions_of_a_key_in_one_batch_give_the_newest_by_order_by(catalo
     assert content(w.load(), "id", "status", "ts") == [(7, "newest", t[3]), (8, "b", t[5])]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engines/local.py dedupe_latest sorts by order_by ascending with Arrow's default nulls-at-end, so a "
-    "version whose order_by is NULL is taken as the newest, against its contract 'the greatest order_by value'",
-)
 def test_a_version_without_order_by_value_is_not_the_newest(catalog):
     w = writer(catalog, **MERGE, order_by="v")
     names = ("id", "status", "v")
@@ -210,14 +205,6 @@ def test_merge_finds_long_string_keys_despite_truncated_bounds(catalog):
     assert [k[-2:] for k, v in rows if v == "b"] == ["03", "07", "20"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pa.ArrowInvalid,
-    reason="TableWriter.commit (write/__init__.py) hands engine.merge the batch without conforming it to the "
-    "table's Arrow types; pyiceberg reads strings back as large_string, so a batch typed pa.string() (what "
-    "run_model's _iceberg_friendly produces) fails in LocalEngine.merge's key join with a raw ArrowInvalid "
-    "'Incompatible data types for corresponding join field keys'",
-)
 def test_merge_of_string_keys_typed_as_string(catalog):
     w = TableWriter(catalog, TargetConfig(table="shop.customers", mode="merge", keys=["k"]), PIPE, LocalEngine())
     w.commit(long_keys(range(0, 3), "a", pa.string()), "b1", None, "r")
@@ -225,13 +212,6 @@ def test_merge_of_string_keys_typed_as_string(catalog):
     assert [v for _, v in content(w.load(), "k", "v")] == ["a", "b", "a", "b"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pa.ArrowInvalid,
-    reason="run_model of a merge model with a text key fails on its second run: _iceberg_friendly types the "
-    "result as string, the table reads back large_string, and the merge join raises a raw pyarrow ArrowInvalid "
-    "(see test_merge_of_string_keys_typed_as_string)",
-)
 def test_merge_model_with_a_text_key_runs_twice(lake):
     from icefield import run_model
 
@@ -257,13 +237,6 @@ def day_rows(*rows: tuple[int, str, int]) -> pa.Table:
     return orders(*[(i, s, dt.datetime(2024, 3, d, 12)) for i, s, d in rows], names=("id", "status", "ts"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="write/__init__.py TableWriter._files_to_overwrite reads f.spec_id of the DataFiles just written by "
-    "pyiceberg's _dataframe_to_data_files, which never set _spec_id: AttributeError on the second overwrite of "
-    "any partitioned table in mode overwrite/partitions. Fix: key added files by table.spec().spec_id",
-)
 def test_overwrite_with_day_partitions_replaces_only_the_touched_partitions(catalog):
     w = writer(catalog, mode="overwrite", partition_by=["day(ts)"])
     w.commit(day_rows((1, "d1", 1), (2, "d2", 2), (3, "d2", 2), (4, "d3", 3)), "b1", None, "r")

@@ -40,7 +40,8 @@ def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | None) -> pa.T
     pos = pa.array(range(data.num_rows), pa.int64())
     work = data.append_column("__pos", pos)
     if order_by:
-        work = work.sort_by([(order_by, "ascending"), ("__pos", "ascending")])
+        # A version without an order_by value is older than any with one.
+        work = work.sort_by([(order_by, "ascending", "at_start"), ("__pos", "ascending")])
         work = work.set_column(work.schema.get_field_index("__pos"), "__pos", pa.array(range(work.num_rows), pa.int64()))
     last = work.group_by(keys, use_threads=False).aggregate([("__pos", "max")])
     picked = pc.sort_indices(last.column("__pos_max"))
@@ -135,7 +136,7 @@ class LocalEngine(Engine):
         at once. Returns the files to remove and the files written (not yet committed).
         """
         keys = list(target.keys)
-        batch = dedupe_latest(data, keys, target.order_by)
+        batch = dedupe_latest(_as_table_types(table, data), keys, target.order_by)
         if target.delete_column and target.delete_column in batch.column_names:
             flag = pc.fill_null(batch.column(target.delete_column).cast(pa.bool_()), False)
             deletes = batch.filter(flag).select(keys)
@@ -319,3 +320,12 @@ def _key_mask(existing: pa.Table, batch_keys: pa.Table, keys: list[str]) -> pa.A
     if len(matched):
         mask = pc.is_in(pa.array(range(existing.num_rows), pa.int64()), value_set=matched.combine_chunks())
     return mask
+
+
+def _as_table_types(table: Table, data: pa.Table) -> pa.Table:
+    """``data`` with the Arrow types the table's files read back as (e.g. large_string), so joins
+    between the batch and existing rows never meet two spellings of one type."""
+    types = {f.name: f.type for f in table.schema().as_arrow()}
+    fields = [pa.field(f.name, types.get(f.name, f.type)) for f in data.schema]
+    schema = pa.schema(fields)
+    return data if schema == data.schema else data.cast(schema)

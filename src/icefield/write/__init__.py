@@ -275,7 +275,8 @@ class TableWriter:
         tasks = list(table.scan().plan_files())
         if whole:
             return [t.file for t in tasks]
-        touched = {(f.spec_id, _record_key(f.partition)) for f in added}
+        # Files just written carry no spec id yet: they are written with the current spec.
+        touched = {(spec.spec_id, _record_key(f.partition)) for f in added}
         return [t.file for t in tasks if (t.file.spec_id, _record_key(t.file.partition)) in touched]
 
 
