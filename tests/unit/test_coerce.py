@@ -342,7 +342,7 @@ def check_exact_or_bad(values: list[Any], out: list[Any], bad: dict[int, str]) -
             assert "column 'n'" in bad[i]
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(st.one_of(st.none(), _ints, _texts), max_size=12))
 def test_property_convert_values_to_int64_is_exact_or_bad(values):
     bad: dict[int, str] = {}
