@@ -32,7 +32,7 @@ from bench.common import (
 CATALOG = "icefield"
 NAMESPACE = "bench"
 SEED = 42
-PRIME = 1_000_003  # coprime with the sizes used: j -> (j * PRIME) % n is a permutation
+PRIME = 2_654_435_761  # prime, coprime with every size used: j -> (j * PRIME) % n is a permutation that spreads j
 
 
 def sizes() -> tuple[int, list[int]]:

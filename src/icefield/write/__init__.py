@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -166,14 +167,24 @@ class TableWriter:
         that changed). Raises :class:`CommitConflictError` when conflicts outlast the retries and
         :class:`TransientError` when the outcome stays unknown.
         """
-        from pyiceberg.exceptions import CommitFailedException, ValidationException
+        from pyiceberg.exceptions import (
+            CommitFailedException,
+            CommitStateUnknownException,
+            ValidationException,
+        )
+        from sqlalchemy.exc import DBAPIError
 
+        unknown_outcome = (OSError, TransientError, CommitStateUnknownException, DBAPIError)
         started = time.perf_counter()
         delay = 0.05
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             table = self.load()
             if table is None:
-                table = self.create(data.schema)
+                control = self.target.delete_column
+                schema = data.schema
+                if control and control in schema.names:
+                    schema = schema.remove(schema.get_field_index(control))
+                table = self.create(schema)
             done = find_batch(table, batch_id)
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
@@ -182,9 +193,9 @@ class TableWriter:
             except (CommitFailedException, ValidationException) as e:
                 # Nothing landed (pyiceberg guarantees it for these two): replan on the new snapshot.
                 log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
-                time.sleep(delay)
+                time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 2.0)
-            except (OSError, TransientError) as e:
+            except unknown_outcome as e:
                 # Unknown outcome: the swap may or may not have landed. Look, never delete.
                 table = self.load()
                 if table is not None and (snap := find_batch(table, batch_id)) is not None:
