@@ -1,0 +1,224 @@
+"""Spark 4.1 + Iceberg and icefield share one catalog, both ways (marker ``spark``).
+
+icefield (pyiceberg's ``SqlCatalog`` on the project's default SQLite catalog, catalog name
+``icefield``) and Spark (Iceberg's ``JdbcCatalog`` on the same file, through ``stack.spark``) load
+the same tables: what one commits, the other reads row for row, at once. Spark's ``MERGE INTO`` is
+run in both write modes: copy-on-write (rewrites data files) and merge-on-read (writes position
+delete files, which icefield's DuckDB reader and its own merge must apply).
+
+Needs ``pip install -r requirements/spark.txt``, Maven (``ensure_jars`` fetches the jars once into
+the icefield cache) and Java 17. A missing piece fails the tests with the command to run; nothing
+is skipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from stack.spark import SparkNotInstalled, import_pyspark, spark_session_for_project
+
+from icefield import Project, load_project, run_pipeline
+from icefield.catalog import open_catalog
+from icefield.inspect import run_query
+
+pytestmark = [
+    pytest.mark.spark,
+    pytest.mark.timeout(900),
+    # pyspark leaves the sockets of its JVM round trips (collect, py4j) to the garbage collector.
+    pytest.mark.filterwarnings(r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings(r"ignore:unclosed <socket\.socket:ResourceWarning"),
+]
+
+CATALOG = "icefield"
+COLUMNS = ("id", "kind", "amount", "day", "ts")
+Row = tuple[Any, ...]
+
+
+def _write(root: Path, rel: str, text: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _csv(rows: list[Row]) -> str:
+    lines = [",".join(COLUMNS)]
+    for r in rows:
+        lines.append(f"{r[0]},{r[1]},{r[2]!r},{r[3].isoformat()},{r[4].isoformat()}")
+    return "\n".join(lines) + "\n"
+
+
+def _row(i: int, kind: str, amount: float) -> Row:
+    return (i, kind, amount, dt.date(2026, 11, 1 + i % 28), dt.datetime(2026, 11, 1, 12, 0, i % 60))
+
+
+BASE = [_row(i, "xyz"[i % 3], i * 1.5) for i in range(1, 21)]
+
+
+def _pipeline(root: Path, name: str, table: str) -> None:
+    _write(
+        root,
+        f"pipelines/{name}.yaml",
+        f"name: {name}\n"
+        f"source: {{type: files, path: 'data/{name}/*.csv', format: csv, file_column: null}}\n"
+        f"target: {{table: {table}, mode: merge, keys: [id]}}\n",
+    )
+    _write(root, f"data/{name}/a.csv", _csv(BASE))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A project on the embedded default: SQLite catalog ``icefield`` under .icefield/, local warehouse."""
+    root = tmp_path_factory.mktemp("spark") / "proj"
+    _write(root, "icefield.yaml", "name: sparkshare\n")
+    _pipeline(root, "ev", "raw.ev")
+    _pipeline(root, "cow", "raw.ev_cow")
+    _pipeline(root, "mor", "raw.ev_mor")
+    project = load_project(root)
+    assert project.config.catalog.name == CATALOG
+    open_catalog(project)  # icefield creates the catalog database (WAL) before Spark opens it
+    return project
+
+
+@pytest.fixture(scope="module")
+def spark(project: Project) -> Iterator[Any]:
+    """One local[2] session for the module, on the project's catalog; fails (never skips) if Spark is missing."""
+    try:
+        import_pyspark()
+        missing = None
+    except SparkNotInstalled as e:
+        missing = str(e)
+    if missing:
+        pytest.fail(f"the `spark` tests need pyspark 4.1 (CI installs it): {missing}", pytrace=False)
+    session = spark_session_for_project(project, app="icefield-tests", memory="1g")
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def _spark_rows(spark: Any, table: str) -> list[Row]:
+    return [tuple(r) for r in spark.sql(f"SELECT {', '.join(COLUMNS)} FROM {CATALOG}.{table} ORDER BY id").collect()]
+
+
+def _iceberg_rows(project: Project, table: str) -> list[Row]:
+    data = open_catalog(project).load_table(table).scan().to_arrow().sort_by("id")
+    return [tuple(r[c] for c in COLUMNS) for r in data.to_pylist()]
+
+
+def _duckdb_rows(project: Project, table: str) -> list[Row]:
+    data = run_query(project, f"SELECT {', '.join(COLUMNS)} FROM {table} ORDER BY id")
+    return [tuple(r[c] for c in COLUMNS) for r in data.to_pylist()]
+
+
+def _changes_view(spark: Any, name: str, rows: list[Row]) -> None:
+    schema = "id BIGINT, kind STRING, amount DOUBLE, day DATE, ts TIMESTAMP_NTZ"
+    spark.createDataFrame(rows, schema).createOrReplaceTempView(name)
+
+
+def test_spark_reads_what_icefield_wrote(project: Project, spark: Any) -> None:
+    first = run_pipeline(project, "ev")
+    assert first.rows_committed == len(BASE) and first.conserved
+    assert _spark_rows(spark, "raw.ev") == _iceberg_rows(project, "raw.ev") == sorted(BASE)
+    # The types Spark maps from icefield's schema: long, string, double, date, timestamp without zone.
+    types = {f.name: f.dataType.simpleString() for f in spark.table(f"{CATALOG}.raw.ev").schema.fields}
+    assert types == {"id": "bigint", "kind": "string", "amount": "double", "day": "date", "ts": "timestamp_ntz"}
+
+    # A second icefield commit is visible to Spark at once (the Spark catalog cache is off).
+    more = [_row(i, "w", -float(i)) for i in (5, 21)]
+    _write(project.root, "data/ev/b.csv", _csv(more))
+    second = run_pipeline(project, "ev")
+    assert second.rows_committed == 2
+    expected = sorted({r[0]: r for r in BASE + more}.values())
+    assert _spark_rows(spark, "raw.ev") == _iceberg_rows(project, "raw.ev") == expected
+    assert spark.sql(f"SELECT count(*) FROM {CATALOG}.raw.ev.snapshots").collect()[0][0] == 2
+
+
+@pytest.mark.parametrize("mode", ["copy-on-write", "merge-on-read"])
+def test_spark_merge_is_read_by_icefield(project: Project, spark: Any, mode: str) -> None:
+    name = "cow" if mode == "copy-on-write" else "mor"
+    table = f"raw.ev_{name}"
+    assert run_pipeline(project, name).rows_committed == len(BASE)
+    spark.sql(
+        f"ALTER TABLE {CATALOG}.{table} SET TBLPROPERTIES "
+        f"('write.merge.mode'='{mode}', 'write.update.mode'='{mode}', 'write.delete.mode'='{mode}')"
+    )
+    changes = [_row(i, "u", 1000.0 + i) for i in (2, 7, 19)] + [_row(i, "n", -1.0 * i) for i in (30, 31)]
+    _changes_view(spark, f"changes_{name}", changes)
+    spark.sql(f"""
+        MERGE INTO {CATALOG}.{table} t USING changes_{name} s ON t.id = s.id
+        WHEN MATCHED THEN UPDATE SET *
+        WHEN NOT MATCHED THEN INSERT *
+    """)
+    expected = sorted({r[0]: r for r in BASE + changes}.values())
+    assert _iceberg_rows(project, table) == expected
+    assert _duckdb_rows(project, table) == expected  # icefield's SQL reader
+    assert _spark_rows(spark, table) == expected
+
+    tbl = open_catalog(project).load_table(table)
+    tasks = list(tbl.scan().plan_files())
+    with_deletes = [t for t in tasks if t.delete_files]
+    if mode == "merge-on-read":
+        assert with_deletes, "Spark's merge-on-read MERGE wrote no delete files: the test lost its point"
+    else:
+        assert not with_deletes
+    # Spark's commit kept icefield's position (table properties live in metadata): nothing is reloaded.
+    assert f"icefield.state.{name}" in tbl.metadata.properties
+    assert run_pipeline(project, name).snapshots == []
+
+    # icefield merges on top of Spark's files (and delete files); every reader agrees afterwards.
+    later = [_row(i, "i", 0.5 * i) for i in (2, 3, 30, 40)]
+    _write(project.root, f"data/{name}/b.csv", _csv(later))
+    res = run_pipeline(project, name)
+    assert res.rows_committed == len(later) and res.conserved
+    expected = sorted({r[0]: r for r in BASE + changes + later}.values())
+    assert _iceberg_rows(project, table) == expected
+    assert _duckdb_rows(project, table) == expected
+    assert _spark_rows(spark, table) == expected
+
+
+def test_concurrent_commits_from_both_engines(project: Project, spark: Any) -> None:
+    """Spark and pyiceberg commit to the same table at the same time through the one SQLite file:
+    no commit is lost (optimistic concurrency on ``metadata_location``) and no lock error escapes."""
+    n = 6
+    # Both engines read the same retry settings from the table; 4 retries (the default) can run out
+    # when every commit races another one.
+    spark.sql(
+        f"CREATE TABLE {CATALOG}.raw.both (id BIGINT, who STRING) USING iceberg "
+        "TBLPROPERTIES ('commit.retry.num-retries'='20')"
+    )
+    errors: list[BaseException] = []
+
+    def icefield_side() -> None:
+        try:
+            table = open_catalog(project).load_table("raw.both")
+            for i in range(n):
+                table.refresh()
+                table.append(pa.table({"id": pa.array([1000 + i], pa.int64()), "who": ["pyiceberg"]}))
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    worker = threading.Thread(target=icefield_side)
+    worker.start()
+    try:
+        for i in range(n):
+            spark.sql(f"INSERT INTO {CATALOG}.raw.both VALUES ({i}, 'spark')")
+    finally:
+        worker.join(timeout=600)
+    assert not errors, f"pyiceberg commits failed beside Spark's: {errors!r}"
+    counts = dict(spark.sql(f"SELECT who, count(*) FROM {CATALOG}.raw.both GROUP BY who").collect())
+    assert counts == {"spark": n, "pyiceberg": n}
+    scanned = open_catalog(project).load_table("raw.both").scan().to_arrow()
+    assert scanned.num_rows == 2 * n
+    # The catalog file is still in WAL mode after Java's connections (WAL is persistent).
+    con = sqlite3.connect(project.state_dir / "catalog.db")
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
