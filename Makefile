@@ -15,7 +15,7 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[postgres,dev]"
+	$(BIN)/pip install -e ".[postgres,spark,dev]"
 	touch $(STAMP)
 
 .PHONY: venv
@@ -26,7 +26,7 @@ demo: $(STAMP) ## Run the shop demo on the embedded default (SQLite catalog, loc
 	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
 
 .PHONY: test
-test: $(STAMP) ## Run every test (starts PostgreSQL natively for the `postgres` tests)
+test: $(STAMP) ## Run every test (starts PostgreSQL natively; fetches the Iceberg Spark runtime with Maven)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
