@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -126,14 +125,18 @@ def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, key
 class LocalEngine(Engine):
     name = "local"
     capabilities = EngineCapabilities(supports_merge=True, supports_sql=True, distributed=False)
+    # Candidate files are read, joined and rewritten in groups of about this many Parquet bytes, which
+    # bounds the merge's memory by the files it rewrites, never by the table.
+    group_bytes: int = 256 << 20
 
     def merge(self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles) -> MergePlan:
         """Copy-on-write merge of ``data`` into ``table`` by ``target.keys`` (DESIGN.md rule 3).
 
         Only files whose key bounds may hold a batch key are read; a file that really holds one is
         rewritten with the matching rows replaced by their new versions (so files keep tight key
-        ranges), and new keys go to new files sorted by key. At most ``cpu_count`` files are in memory
-        at once. Returns the files to remove and the files written (not yet committed).
+        ranges), and new keys go to new files sorted by key. Files are handled in groups of about
+        ``group_bytes`` (read in parallel, one vectorised key probe, one write per group). Returns the
+        files to remove and the files written (not yet committed).
         """
         keys = list(target.keys)
         batch = dedupe_latest(_as_table_types(table, data), keys, target.order_by)
@@ -147,59 +150,44 @@ class LocalEngine(Engine):
         plan = MergePlan(conflict_filter=conflict_filter(batch.select(keys), keys))
         if batch.num_rows == 0:
             return plan
-        remaining = upserts
-        lock = threading.Lock()
         batch_keys = batch.select(keys)
-        # The batch keys sorted by the first key: each file then probes only the slice within its bounds.
-        first = _Bounds(table.schema().find_field(keys[0]), batch_keys.column(keys[0])) if table.current_snapshot() else None
-        sorted_keys = batch_keys.sort_by([(keys[0], "ascending")])
-        unique_first = first is not None and first.usable and len(first.values) == sorted_keys.num_rows
-
-        def rewrite(task: Any) -> None:
-            nonlocal remaining
-            probe = batch_keys
-            if unique_first and first is not None:
-                fid = first.field.field_id
-                i, j = first.span((task.file.lower_bounds or {}).get(fid), (task.file.upper_bounds or {}).get(fid))
-                probe = sorted_keys.slice(i, max(0, j - i))
-                if probe.num_rows == 0:
-                    return
-            existing = _read_task(table, task)
-            hit = _key_mask(existing, probe, keys)
-            if not pc.any(hit).as_py():
-                return
-            matched = existing.filter(hit).select(keys)
-            survivors = existing.filter(pc.invert(hit))
-            with lock:
-                mine = remaining.join(matched, keys=keys, join_type="left semi", use_threads=False)
-                remaining = remaining.join(matched, keys=keys, join_type="left anti", use_threads=False)
-                plan.rows_deleted += deletes.join(matched, keys=keys, join_type="left semi").num_rows if deletes.num_rows else 0
-                plan.rows_updated += mine.num_rows
-            out = pa.concat_tables([survivors, mine.select(survivors.column_names).cast(survivors.schema)])
-            out = out.sort_by([(k, "ascending") for k in keys])
-            files = write_files(table, out) if out.num_rows else []
-            with lock:
-                plan.remove.append(task.file)
-                plan.add.extend(files)
-                plan.rows_written += out.num_rows
-                plan.files_read += 1
-
+        remaining = upserts
+        order = [(k, "ascending") for k in keys]
         if table.current_snapshot() is not None:
             tasks = list(table.scan().plan_files())
             candidates = prune_by_key_bounds(tasks, table.schema(), batch_keys, keys)
             plan.files_scanned = len(tasks)
             log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
-            workers = max(1, min(len(candidates), os.cpu_count() or 1))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for fut in [pool.submit(rewrite, t) for t in candidates]:
-                    fut.result()
+            direct = not _has_renames(table)
+            for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
+                existing = _read_group(table, group, direct)
+                plan.files_read += len(group)
+                hit = _key_mask(existing, batch_keys, keys)
+                if not pc.any(hit).as_py():
+                    continue
+                file_idx = existing.column("__file")
+                hit_files = pc.unique(file_idx.filter(hit))
+                rewritten = pc.is_in(file_idx, value_set=hit_files)
+                survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
+                matched = existing.filter(hit).select(keys)
+                mine = remaining.join(matched, keys=keys, join_type="left semi", use_threads=False)
+                remaining = remaining.join(matched, keys=keys, join_type="left anti", use_threads=False)
+                if deletes.num_rows:
+                    plan.rows_deleted += deletes.join(matched, keys=keys, join_type="left semi", use_threads=False).num_rows
+                plan.rows_updated += mine.num_rows
+                # Matched keys get their new version in the rewrite of the files they came from, so files
+                # keep tight key ranges and later merges prune well.
+                out = pa.concat_tables([survivors, mine.select(survivors.column_names).cast(survivors.schema)]).sort_by(order)
+                if out.num_rows:
+                    plan.add.extend(write_files(table, out))
+                plan.remove.extend(group[i].file for i in hit_files.to_pylist())
+                plan.rows_written += out.num_rows
         if remaining.num_rows:
-            new_rows = remaining.sort_by([(k, "ascending") for k in keys])
+            new_rows = remaining.sort_by(order)
             plan.add.extend(write_files(table, new_rows))
             plan.rows_written += new_rows.num_rows
         plan.rows_inserted = remaining.num_rows
         return plan
-
 
     # ------------------------------------------------------------------ SQL
 
@@ -283,10 +271,13 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[st
 
 
 def _has_renames(table: Table) -> bool:
+    """True if a field id ever had two names, or a name two field ids (dropped and re-added): then
+    Parquet columns cannot be matched by name and reads must map them by field id."""
     names: dict[int, str] = {}
+    ids: dict[str, int] = {}
     for schema in table.metadata.schemas:
         for f in schema.fields:
-            if names.setdefault(f.field_id, f.name) != f.name:
+            if names.setdefault(f.field_id, f.name) != f.name or ids.setdefault(f.name, f.field_id) != f.field_id:
                 return True
     return False
 
@@ -302,11 +293,59 @@ def _duck_type(t: pa.DataType) -> str:
         con.close()
 
 
-def _read_task(table: Table, task: Any) -> pa.Table:
+def _groups(tasks: list[Any], first_key: str, schema: Any, limit: int) -> list[list[Any]]:
+    """Split ``tasks`` into groups of at most ``limit`` Parquet bytes, in order of the files' lower
+    bound on the first key so each group covers a narrow key range."""
+    from pyiceberg.conversions import from_bytes
+
+    fid = schema.find_field(first_key).field_id
+    ftype = schema.find_field(first_key).field_type
+
+    def lower(task: Any) -> tuple[int, Any]:
+        raw = (task.file.lower_bounds or {}).get(fid)
+        return (0, from_bytes(ftype, raw)) if raw is not None else (1, None)
+
+    try:
+        ordered = sorted(tasks, key=lower)
+    except TypeError:
+        ordered = list(tasks)
+    groups: list[list[Any]] = []
+    size = 0
+    for task in ordered:
+        if not groups or size + task.file.file_size_in_bytes > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(task)
+        size += task.file.file_size_in_bytes
+    return groups
+
+
+def _read_group(table: Table, tasks: list[Any], direct: bool) -> pa.Table:
+    """Read ``tasks`` in parallel into one table typed as the table's schema, with an ``__file`` column
+    giving each row's index in ``tasks``. Files without delete files are read straight with pyarrow when
+    no column was ever renamed (columns added later read as nulls); others go through pyiceberg's scan."""
+    import pyarrow.parquet as pq
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
-    return ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
+    schema = table.schema().as_arrow()
+
+    def read(i: int) -> pa.Table:
+        task = tasks[i]
+        path = task.file.file_path
+        if direct and not task.delete_files and path.startswith(("file://", "/")):
+            raw = pq.read_table(path.removeprefix("file://"))
+            cols = [raw.column(f.name).cast(f.type) if f.name in raw.column_names else pa.nulls(raw.num_rows, f.type) for f in schema]
+            t = pa.table(cols, schema=schema)
+        else:
+            t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
+            t = t.cast(schema) if t.schema != schema else t
+        return t.append_column("__file", pa.array([i] * t.num_rows, pa.int32()))
+
+    workers = max(1, min(len(tasks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(read, range(len(tasks))))
+    return pa.concat_tables(parts) if parts else pa.table({})
 
 
 def _key_mask(existing: pa.Table, batch_keys: pa.Table, keys: list[str]) -> pa.Array:

@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import pyarrow as pa
 
 from icefield.errors import CommitConflictError, SchemaError, TransientError
 from icefield.testing import failpoints
+from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
 from icefield.write.producers import merge_overwrite
 
@@ -270,13 +270,9 @@ class TableWriter:
         )
 
     def write_files(self, table: Table, data: pa.Table) -> list[Any]:
-        """Write ``data`` as Parquet data files of ``table`` (not yet committed). Returns the DataFiles."""
-        from pyiceberg.io.pyarrow import _dataframe_to_data_files
-
-        data = conform_to_table(table, data)
-        return list(
-            _dataframe_to_data_files(table_metadata=table.metadata, df=data, io=table.io, write_uuid=uuid.uuid4())
-        )
+        """Write ``data`` as Parquet data files of ``table`` (not yet committed), sorted by the target's
+        keys within each partition. Returns the DataFiles."""
+        return write_data_files(table, conform_to_table(table, data), sort_by=[k for k in self.target.keys if k in data.column_names])
 
     def _files_to_overwrite(self, table: Table, added: list[Any]) -> list[Any]:
         spec = table.spec()
