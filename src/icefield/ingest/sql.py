@@ -212,37 +212,31 @@ class SqlSource(Source):
             if last is not None:
                 stmt = stmt.where(col >= last)
             stmt = stmt.order_by(col.asc().nulls_first())
-        cur_idx = names.index(cursor_col) if cursor_col else -1
         try:
-            with self.engine().connect() as con:
-                result = con.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
-                if cursor_col is None:
-                    rows = [tuple(r) for r in result]
-                    full = self._full_batch(names, types, rows, position)
-                    if full is not None:
-                        yield full
-                    return
-                for part in result.partitions(self.batch_size):
-                    rows = []
-                    for row in part:
-                        r = tuple(row)
-                        # Already loaded at the boundary value. That value may be NULL: rows with no cursor
-                        # come first and, until a non-null value is committed, are told apart by fingerprint.
-                        if r[cur_idx] == last and self._fp(r) in boundary:
-                            continue
-                        rows.append(r)
-                    if not rows:
-                        continue
-                    first_pos = {"cursor": _encode(last), "boundary": sorted(boundary)} if last is not None or boundary else None
-                    new_last = rows[-1][cur_idx]
-                    if new_last is None:
-                        new_last = last
-                    at_last = {self._fp(r) for r in rows if r[cur_idx] == new_last}
-                    boundary = (boundary | at_last) if new_last == last else at_last
-                    last = new_last
-                    position = {"cursor": _encode(last), "boundary": sorted(boundary)}
-                    key = f"sql:{json.dumps(first_pos, sort_keys=True)}->{json.dumps(position, sort_keys=True)}"
-                    yield self._batch(names, types, rows, position, key)
+            chunks = self._chunks(stmt, names, types, cursor_col)
+            if cursor_col is None:
+                full = self._full_batch(list(chunks), names, position)
+                if full is not None:
+                    yield full
+                return
+            for chunk in chunks:
+                # Rows already loaded at the boundary value. That value may be NULL: rows with no cursor
+                # come first and, until a non-null value is committed, are told apart by fingerprint.
+                drop = set()
+                if last is not None or boundary:
+                    drop = {i for i in chunk.equal(last) if self._fp(chunk.raw_row(i)) in boundary}
+                if len(drop) == chunk.size:
+                    continue
+                first_pos = {"cursor": _encode(last), "boundary": sorted(boundary)} if last is not None or boundary else None
+                new_last = chunk.cursor_at(chunk.size - 1)
+                if new_last is None:
+                    new_last = last
+                at_last = {self._fp(chunk.raw_row(i)) for i in chunk.equal(new_last) if i not in drop}
+                boundary = (boundary | at_last) if new_last == last else at_last
+                last = new_last
+                position = {"cursor": _encode(last), "boundary": sorted(boundary)}
+                key = f"sql:{json.dumps(first_pos, sort_keys=True)}->{json.dumps(position, sort_keys=True)}"
+                yield self._batch(chunk, drop, position, key)
         except exc.OperationalError as e:
             raise TransientError(f"reading the source failed: {redact(str(e.orig))}") from e
         except exc.SQLAlchemyError as e:
@@ -253,46 +247,138 @@ class SqlSource(Source):
         # value already committed, and only its new content tells it apart from the version loaded.
         return row_fingerprint(list(row))
 
-    def _full_batch(
-        self,
-        names: list[str],
-        types: dict[str, pa.DataType | None],
-        rows: list[tuple[Any, ...]],
-        position: dict[str, Any] | None,
-    ) -> SourceBatch | None:
+    def _chunks(self, stmt: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str | None) -> Iterator[_Chunk]:
+        """The result of ``stmt`` in chunks of ``batch_size`` rows, typed strictly. PostgreSQL is read as
+        Arrow through ADBC (binary COPY, no Python objects per value) when the driver is installed; other
+        databases through SQLAlchemy rows."""
+        if self.engine().dialect.name == "postgresql" and _adbc_available():
+            yield from self._chunks_adbc(stmt, names, types, cursor)
+        else:
+            yield from self._chunks_rows(stmt, names, types, cursor)
+
+    def _chunks_rows(self, stmt: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str | None) -> Iterator[_Chunk]:
+        cur_idx = names.index(cursor) if cursor else -1
+        with self.engine().connect() as con:
+            result = con.execution_options(stream_results=True, yield_per=self.batch_size).execute(stmt)
+            for part in result.partitions(self.batch_size):
+                rows = [tuple(r) for r in part]
+                bad: dict[int, str] = {}
+                cols = {}
+                for i, name in enumerate(names):
+                    values = [r[i] for r in rows]
+                    t = types.get(name) or infer_type(values)
+                    cols[name] = convert_values(name, values, t, bad)
+                yield _Chunk(pa.table(cols), bad, names, rows=rows, cursor_values=[r[cur_idx] for r in rows] if cursor else None)
+
+    def _chunks_adbc(self, stmt: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str | None) -> Iterator[_Chunk]:
+        import adbc_driver_postgresql.dbapi as adbc
+        from sqlalchemy.dialects import postgresql
+
+        from icefield.ingest.files import _rebatch
+        from icefield.quality.coerce import cast_column
+
+        compiled = stmt.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
+        params = [compiled.params[k] for k in compiled.positiontup or []]
+        uri = self.engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with adbc.connect(uri) as conn, conn.cursor() as cur:
+            cur.execute(str(compiled), parameters=params or None)
+            reader = cur.fetch_record_batch()
+            for _, raw in _rebatch(reader, self.batch_size, 0):
+                bad: dict[int, str] = {}
+                cols = {}
+                for name in names:
+                    col = raw.column(name)
+                    t = types.get(name) or col.type
+                    cols[name] = cast_column(name, col, t, bad)
+                yield _Chunk(pa.table(cols), bad, names, arrow_raw=raw, cursor_values=raw.column(cursor) if cursor else None)
+
+    def _full_batch(self, chunks: list[_Chunk], names: list[str], position: dict[str, Any] | None) -> SourceBatch | None:
         """The whole result as one batch, or None when its content is the one committed last. The key
         names the previous content too, so content that changes back to an earlier state is a new batch."""
         h = hashlib.sha256()
-        for r in rows:
-            h.update(json.dumps(r, default=_json_default).encode())
-            h.update(b"\n")
+        for chunk in chunks:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, chunk.typed.schema) as w:
+                w.write_table(chunk.typed)
+            h.update(sink.getvalue().to_pybytes())
         digest = h.hexdigest()[:32]
         previous = (position or {}).get("content")
         if previous == digest:
             return None
-        return self._batch(names, types, rows, {"content": digest, "rows": len(rows)}, f"sql-full:{previous}->{digest}")
+        whole = _Chunk.concat(chunks, names)
+        return self._batch(whole, set(), {"content": digest, "rows": whole.size}, f"sql-full:{previous}->{digest}")
 
-    def _batch(
-        self,
-        names: list[str],
-        types: dict[str, pa.DataType | None],
-        rows: list[tuple[Any, ...]],
-        position: dict[str, Any],
-        key: str,
-    ) -> SourceBatch:
-        bad: dict[int, str] = {}
-        cols = {}
-        for i, name in enumerate(names):
-            values = [r[i] for r in rows]
-            t = types.get(name) or infer_type(values)
-            cols[name] = convert_values(name, values, t, bad)
-        data = pa.table(cols)
+    def _batch(self, chunk: _Chunk, drop: set[int], position: dict[str, Any], key: str) -> SourceBatch:
         label = self.cfg.table or "query"
         rejected: list[Rejected] = []
-        if bad:
-            keep = [i for i in range(len(rows)) if i not in bad]
-            for i in sorted(bad):
-                raw = json.dumps(dict(zip(names, rows[i], strict=True)), default=_json_default)
-                rejected.append(Rejected(raw, row_coords(label, names, rows[i], self.keys, i), "type", bad[i]))
-            data = data.take(pa.array(keep, pa.int64()))
+        for i in sorted(chunk.bad):
+            if i in drop:
+                continue
+            row = chunk.raw_row(i)
+            raw = json.dumps(dict(zip(chunk.names, row, strict=True)), default=_json_default)
+            rejected.append(Rejected(raw, row_coords(label, chunk.names, row, self.keys, i), "type", chunk.bad[i]))
+        out = set(chunk.bad) | drop
+        data = chunk.typed
+        if out:
+            data = data.take(pa.array([i for i in range(chunk.size) if i not in out], pa.int64()))
         return SourceBatch(data=data, position=position, key=key, rejected=rejected, coord_label=label, coord_keys=self.keys)
+
+
+def _adbc_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("adbc_driver_postgresql") is not None
+
+
+class _Chunk:
+    """Rows read from the source: ``typed`` (bad values as nulls, their reasons in ``bad``), and access
+    to each row's raw values and cursor value as the database gave them."""
+
+    def __init__(
+        self,
+        typed: pa.Table,
+        bad: dict[int, str],
+        names: list[str],
+        rows: list[tuple[Any, ...]] | None = None,
+        arrow_raw: pa.Table | None = None,
+        cursor_values: Any = None,
+    ) -> None:
+        self.typed, self.bad, self.names = typed, bad, names
+        self.rows, self.arrow_raw, self.cursor_values = rows, arrow_raw, cursor_values
+        self.size = typed.num_rows
+
+    def raw_row(self, i: int) -> tuple[Any, ...]:
+        if self.rows is not None:
+            return self.rows[i]
+        assert self.arrow_raw is not None
+        return tuple(self.arrow_raw.slice(i, 1).to_pylist()[0].values())
+
+    def cursor_at(self, i: int) -> Any:
+        if isinstance(self.cursor_values, list):
+            return self.cursor_values[i]
+        return self.cursor_values[i].as_py()
+
+    def equal(self, value: Any) -> list[int]:
+        """Indices of the rows whose cursor equals ``value`` (None: is NULL)."""
+        import pyarrow.compute as pc
+
+        if isinstance(self.cursor_values, list):
+            return [i for i, v in enumerate(self.cursor_values) if v == value]
+        col = self.cursor_values
+        mask = pc.is_null(col) if value is None else pc.fill_null(pc.equal(col, pa.scalar(value, type=col.type)), False)
+        return pc.indices_nonzero(mask).to_pylist()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def concat(chunks: list[_Chunk], names: list[str]) -> _Chunk:
+        if not chunks:
+            return _Chunk(pa.table({n: pa.array([], pa.null()) for n in names}), {}, names, rows=[])
+        typed = pa.concat_tables([c.typed for c in chunks])
+        bad: dict[int, str] = {}
+        offset = 0
+        for c in chunks:
+            bad.update({offset + i: r for i, r in c.bad.items()})
+            offset += c.size
+        if all(c.rows is not None for c in chunks):
+            return _Chunk(typed, bad, names, rows=[r for c in chunks for r in (c.rows or [])])
+        raw = pa.concat_tables([c.arrow_raw for c in chunks if c.arrow_raw is not None])
+        return _Chunk(typed, bad, names, arrow_raw=raw)
