@@ -17,7 +17,9 @@ def main(argv: list[str]) -> int:
     names = argv or list(WORKLOADS)
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
-        print(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}", file=sys.stderr)
+        print(
+            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}", file=sys.stderr
+        )
         return 2
     doc: dict[str, Any] = {"machine": machine(), "scale": scale(), "results": {}}
     for name in names:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from bench import w1_load
 from bench.w2_merge import base_rows
 
@@ -31,7 +30,9 @@ def _sample() -> pa.Table:
             "status": pa.array(["paid", "placed"]),
             "amount": pa.array([decimal.Decimal("1.50"), decimal.Decimal("2.25")], pa.decimal128(12, 2)),
             "order_date": pa.array([dt.date(2025, 1, 1), dt.date(2025, 1, 2)]),
-            "updated_at": pa.array([dt.datetime(2025, 1, 1, 3), dt.datetime(2025, 1, 2, 4)], pa.timestamp("us")),
+            "updated_at": pa.array(
+                [dt.datetime(2025, 1, 1, 3), dt.datetime(2025, 1, 2, 4)], pa.timestamp("us")
+            ),
             "note": pa.array(["a", "b"]),
         }
     )
