@@ -7,13 +7,23 @@ of the session only if it started it. ``ICEFIELD_STACK_DIR`` and ``ICEFIELD_PG_P
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from stack import Postgres
+from stack import PG_PORT_ENV, Postgres
+from stack.base import LOCALHOST, port_open
 
 PG_READY_TIMEOUT = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCALHOST, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +33,9 @@ def pg_server() -> Iterator[Postgres]:
     Raises (as a fixture error, never a skip) if PostgreSQL is not installed or does not start.
     """
     server = Postgres(fast=True)
+    if not server.status().running and port_open(LOCALHOST, server.port) and not os.environ.get(PG_PORT_ENV):
+        # Another process (another checkout's stack server, say) holds the default port: use a free one.
+        server = Postgres(fast=True, port=_free_port())
     started = server.up(timeout=PG_READY_TIMEOUT)
     try:
         yield server
