@@ -170,10 +170,11 @@ class LocalEngine(Engine):
                 rewritten = pc.is_in(file_idx, value_set=hit_files)
                 survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
                 matched = existing.filter(hit).select(keys)
-                mine = remaining.join(matched, keys=keys, join_type="left semi", use_threads=False)
-                remaining = remaining.join(matched, keys=keys, join_type="left anti", use_threads=False)
+                mine_mask = _key_mask(remaining, matched, keys)
+                mine = remaining.filter(mine_mask)
+                remaining = remaining.filter(pc.invert(mine_mask))
                 if deletes.num_rows:
-                    plan.rows_deleted += deletes.join(matched, keys=keys, join_type="left semi", use_threads=False).num_rows
+                    plan.rows_deleted += pc.sum(_key_mask(deletes, matched, keys)).as_py() or 0
                 plan.rows_updated += mine.num_rows
                 # Matched keys get their new version in the rewrite of the files they came from, so files
                 # keep tight key ranges and later merges prune well.
