@@ -98,6 +98,34 @@ class Source:
         """Release connections; called once after the run."""
 
 
+def rebatch(batches: Any, size: int, skip: int) -> Iterator[tuple[int, pa.Table]]:
+    """Regroup Arrow record batches into tables of exactly ``size`` rows (the last may be shorter),
+    dropping the first ``skip`` rows. Yields ``(index of the first row, table)``."""
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    seen = 0
+    start = skip
+    for rb in batches:
+        if seen + rb.num_rows <= skip:
+            seen += rb.num_rows
+            continue
+        if seen < skip:
+            rb = rb.slice(skip - seen)
+            seen = skip
+        seen += rb.num_rows
+        pending.append(rb)
+        pending_rows += rb.num_rows
+        while pending_rows >= size:
+            table = pa.Table.from_batches(pending)
+            yield start, table.slice(0, size)
+            rest = table.slice(size)
+            start += size
+            pending = rest.to_batches() if rest.num_rows else []
+            pending_rows = rest.num_rows
+    if pending_rows:
+        yield start, pa.Table.from_batches(pending)
+
+
 _REGISTRY: dict[str, str] = {
     "sql": "icefield.ingest.sql:SqlSource",
     "files": "icefield.ingest.files:FilesSource",

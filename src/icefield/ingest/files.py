@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from icefield.config.models import FilesSourceConfig
 from icefield.errors import ConfigError, SourceError
-from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
+from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch
 from icefield.quality.coerce import cast_column, convert_values, infer_type, parse_type
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ class FilesSource(Source):
                     column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
                 ),
             )
-            batches = _rebatch(reader, self.batch_size, skip)
+            batches = rebatch(reader, self.batch_size, skip)
             emitted = False
             for start, strings in batches:
                 emitted = True
@@ -271,7 +271,7 @@ class FilesSource(Source):
     def _parquet_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         try:
             pf = pq.ParquetFile(path)
-            batches = _rebatch(pf.iter_batches(batch_size=self.batch_size), self.batch_size, skip)
+            batches = rebatch(pf.iter_batches(batch_size=self.batch_size), self.batch_size, skip)
             emitted = False
             for start, table in batches:
                 emitted = True
@@ -324,34 +324,6 @@ class _peekable:
         except StopIteration:
             return True
         return False
-
-
-def _rebatch(batches: Any, size: int, skip: int) -> Iterator[tuple[int, pa.Table]]:
-    """Regroup Arrow record batches into tables of exactly ``size`` rows (the last may be shorter),
-    dropping the first ``skip`` rows. Yields ``(index of the first row, table)``."""
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    seen = 0
-    start = skip
-    for rb in batches:
-        if seen + rb.num_rows <= skip:
-            seen += rb.num_rows
-            continue
-        if seen < skip:
-            rb = rb.slice(skip - seen)
-            seen = skip
-        seen += rb.num_rows
-        pending.append(rb)
-        pending_rows += rb.num_rows
-        while pending_rows >= size:
-            table = pa.Table.from_batches(pending)
-            yield start, table.slice(0, size)
-            rest = table.slice(size)
-            start += size
-            pending = rest.to_batches() if rest.num_rows else []
-            pending_rows = rest.num_rows
-    if pending_rows:
-        yield start, pa.Table.from_batches(pending)
 
 
 def _reject_constant(name: str) -> Any:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from icefield.config.models import SqlSourceConfig
 from icefield.config.secrets import redact, register_secret, resolve
 from icefield.errors import ConfigError, MissingDependencyError, SourceError, TransientError
-from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, row_coords
+from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch, row_coords
 from icefield.quality.coerce import convert_values, infer_type
 
 if TYPE_CHECKING:
@@ -274,7 +274,6 @@ class SqlSource(Source):
         import adbc_driver_postgresql.dbapi as adbc
         from sqlalchemy.dialects import postgresql
 
-        from icefield.ingest.files import _rebatch
         from icefield.quality.coerce import cast_column
 
         compiled = stmt.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
@@ -283,7 +282,7 @@ class SqlSource(Source):
         with adbc.connect(uri) as conn, conn.cursor() as cur:
             cur.execute(str(compiled), parameters=params or None)
             reader = cur.fetch_record_batch()
-            for _, raw in _rebatch(reader, self.batch_size, 0):
+            for _, raw in rebatch(reader, self.batch_size, 0):
                 bad: dict[int, str] = {}
                 cols = {}
                 for name in names:
