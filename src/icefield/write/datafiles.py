@@ -10,7 +10,6 @@ pyiceberg's (pinned 0.12.0).
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -20,8 +19,6 @@ import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
-
-PARALLEL_MIN_BYTES = 16 << 20  # Arrow bytes; about 3-6 MB of Parquet
 
 
 def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = None) -> list[Any]:
@@ -44,10 +41,6 @@ def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = N
     if spec.is_unpartitioned():
         if order:
             data = data.sort_by(order)
-        # Files are written in parallel, one per task: give each core a file rather than writing one
-        # big file on one core (never below PARALLEL_MIN_BYTES per file).
-        cores = os.cpu_count() or 1
-        target = min(target, max(data.nbytes // cores + 1, PARALLEL_MIN_BYTES))
         tasks: Iterator[Any] = (
             WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, schema=task_schema)
             for batches in bin_pack_arrow_table(data, target)  # type: ignore[arg-type]
