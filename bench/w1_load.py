@@ -22,6 +22,15 @@ in a separate process, reduced to the business columns cast to one schema, and h
 ``bench.common.table_digest``; it must equal the digest of the input before its time is trusted.
 A peer whose stored types differ from the source's says so in the table.
 
+What dlt needs to write Iceberg: the ``pyiceberg`` extra (pyiceberg, sqlalchemy >= 2.0.18), the
+``filesystem`` destination on a local ``bucket_url``, and ``table_format="iceberg"`` on ``pipeline.run``.
+With no ``[iceberg_catalog]`` configured dlt uses an ephemeral in-memory SQLite catalog and registers
+the table from its newest metadata file at each load; we read the table back from the metadata location
+that ``dlt.common.libs.pyiceberg.get_iceberg_tables`` reports.
+
+Peak memory is each child's own ``VmHWM``: ``bench.common.emit``'s ``ru_maxrss`` includes the driver's
+peak (Linux keeps it across fork and exec).
+
 ``python -m bench.w1_load`` runs it; children are ``python -m bench.w1_load '<json>'``. This module
 imports only the standard library at the top: the dlt child runs it inside dlt's own venv.
 """
