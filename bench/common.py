@@ -62,7 +62,14 @@ def measure_subprocess(module: str, args: dict[str, Any], timeout: float | None 
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB."""
+    """This process's own peak resident memory in MB (VmHWM: ``ru_maxrss`` would carry the parent's
+    peak across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -50,6 +50,7 @@ class SourceBatch:
     replace_file: str | None = None
     coord_label: str = ""
     coord_keys: list[str] = field(default_factory=list)
+    coord_offset: int = 0
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
@@ -61,7 +62,7 @@ class SourceBatch:
         out = []
         for i, row in zip(indices, rows, strict=True):
             raw = json.dumps(row, default=str, ensure_ascii=False)
-            out.append((raw, row_coords(self.coord_label, names, tuple(row.values()), self.coord_keys, i)))
+            out.append((raw, row_coords(self.coord_label, names, tuple(row.values()), self.coord_keys, self.coord_offset + i)))
         return out
 
     @property

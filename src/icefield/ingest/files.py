@@ -12,7 +12,7 @@ import csv
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +119,8 @@ class FilesSource(Source):
                     coords=coords,
                     rejected=rejected,
                     replace_file=rel if replace else None,
+                    coord_label=rel,
+                    coord_offset=start,
                 )
                 replace = False
             partial = None
@@ -254,7 +256,7 @@ class FilesSource(Source):
         except pa.ArrowInvalid as e:
             raise SourceError(f"{rel}: not a readable CSV file: {e}; fix the file or set source.delimiter") from None
 
-    def _type_strings(self, strings: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    def _type_strings(self, strings: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected]]:
         types = self._types()
         bad: dict[int, str] = {}
         cols: dict[str, pa.Array] = {}
@@ -264,9 +266,7 @@ class FilesSource(Source):
             cols[name] = cast_column(name, col, t, bad)
         table = pa.table(cols)
         self._learn(table)
-        raw = [json.dumps(r, ensure_ascii=False) for r in strings.to_pylist()]
-        coords = [f"{rel}:row {start + i + 1}" for i in range(strings.num_rows)]
-        return _split_bad(table, raw, coords, [], bad)
+        return _split_bad_lazy(table, strings, bad, lambda i: f"{rel}:row {start + i + 1}")
 
     def _parquet_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         try:
@@ -281,7 +281,7 @@ class FilesSource(Source):
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"{rel}: not a readable Parquet file: {e}") from None
 
-    def _type_parquet(self, table: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    def _type_parquet(self, table: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected]]:
         types = self._types()
         bad: dict[int, str] = {}
         cols = {
@@ -290,15 +290,10 @@ class FilesSource(Source):
         }
         typed = pa.table(cols)
         self._learn(typed)
-        coords = [f"{rel}#{start + i}" for i in range(table.num_rows)]
-        if bad:
-            raw = [json.dumps(r, default=str, ensure_ascii=False) for r in table.to_pylist()]
-        else:
-            raw = [""] * table.num_rows  # only quarantined rows need their raw record
-        return _split_bad(typed, raw, coords, [], bad)
+        return _split_bad_lazy(typed, table, bad, lambda i: f"{rel}#{start + i}")
 
 
-Chunk = tuple[pa.Table, list[str], list[str], list[Rejected], int, int]
+Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int]
 
 
 class _peekable:
@@ -345,6 +340,21 @@ def _infer_csv_type(col: pa.Array) -> pa.DataType:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
     return infer_type(valid.to_pylist()) if len(valid) else pa.string()
+
+
+def _split_bad_lazy(
+    typed: pa.Table, original: pa.Table, bad: dict[int, str], coord: Callable[[int], str]
+) -> tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected]]:
+    """Like :func:`_split_bad` for columnar sources: the raw record (the row as read, as JSON) and the
+    coordinates are made only for the bad rows; the good rows get none (``None``: derived on demand)."""
+    if not bad:
+        return typed, None, None, []
+    rows = original.take(pa.array(sorted(bad), pa.int64())).to_pylist()
+    rejected = [
+        Rejected(json.dumps(r, default=str, ensure_ascii=False), coord(i), "type", bad[i]) for i, r in zip(sorted(bad), rows, strict=True)
+    ]
+    keep = [i for i in range(typed.num_rows) if i not in bad]
+    return typed.take(pa.array(keep, pa.int64())), None, None, rejected
 
 
 def _split_bad(

@@ -198,4 +198,5 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         replace_file=batch.replace_file,
         coord_label=batch.coord_label,
         coord_keys=batch.coord_keys,
+        coord_offset=batch.coord_offset,
     )

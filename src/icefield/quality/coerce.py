@@ -343,6 +343,9 @@ def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad:
     the value converters and succeeds, else value by value with the failing rows recorded in ``bad``."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    if isinstance(arr.type, pa.ExtensionType):
+        # e.g. ADBC's opaque PostgreSQL NUMERIC: its storage is the text of each value.
+        arr = arr.storage
     if arr.type == t:
         return arr
     if _arrow_cast_is_strict(arr, t):
@@ -374,6 +377,9 @@ def _arrow_cast_is_strict(arr: pa.Array, t: pa.DataType) -> bool:
         return True
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return not (pa.types.is_binary(src) or pa.types.is_large_binary(src))
+    if (pa.types.is_string(src) or pa.types.is_large_string(src)) and pa.types.is_decimal(t):
+        # Arrow refuses text that is not a decimal, that loses digits or that does not fit.
+        return True
     if (pa.types.is_string(src) or pa.types.is_large_string(src)) and _is_number(t) and not pa.types.is_decimal(t):
         if pa.types.is_integer(t):
             return bool(pc.all(pc.match_substring_regex(arr, _INT.pattern)).as_py() is not False)
