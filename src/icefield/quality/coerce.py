@@ -343,7 +343,7 @@ def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad:
     the value converters and succeeds, else value by value with the failing rows recorded in ``bad``."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if isinstance(arr.type, pa.ExtensionType):
+    if isinstance(arr.type, pa.BaseExtensionType):
         # e.g. ADBC's opaque PostgreSQL NUMERIC: its storage is the text of each value.
         arr = arr.storage
     if arr.type == t:
