@@ -41,12 +41,16 @@ class Measurement:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def measure_subprocess(module: str, args: dict[str, Any], timeout: float | None = None) -> Measurement | None:
-    """Run ``python -m <module> <json args>`` in a fresh process; it prints one JSON line with its own
-    ``seconds`` and ``result``. Peak RSS is the child's. Returns None on timeout."""
-    cmd = [sys.executable, "-m", module, json.dumps(args)]
+def measure_subprocess(
+    module: str, args: dict[str, Any], timeout: float | None = None, python: Path | None = None
+) -> Measurement | None:
+    """Run ``<python> -m <module> <json args>`` in a fresh process (``python``: another interpreter, e.g.
+    a peer's own venv; default this one); the child prints one JSON line with its own ``seconds``,
+    ``peak_rss_mb`` and ``result``. Returns None on timeout; raises RuntimeError if the child fails."""
+    cmd = [str(python or sys.executable), "-m", module, json.dumps(args)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python is not None else None
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -54,9 +58,8 @@ def measure_subprocess(module: str, args: dict[str, Any], timeout: float | None 
         proc.communicate()
         return None
     if proc.returncode != 0:
-        raise RuntimeError(f"{module} failed ({proc.returncode}):\n{err[-4000:]}")
-    line = [x for x in out.splitlines() if x.startswith("{")][-1]
-    doc = json.loads(line)
+        raise RuntimeError(f"{module} {args.get('peer', '')} failed ({proc.returncode}):\n{err[-4000:]}")
+    doc = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
     wall = time.perf_counter() - started
     return Measurement(seconds=doc.get("seconds", wall), peak_rss_mb=doc.get("peak_rss_mb", 0.0), result=doc.get("result", {}))
 

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    ROOT,
     Measurement,
     emit,
     machine,
@@ -236,21 +235,7 @@ def dlt_venv() -> tuple[Path | None, bool, str]:
 
 def measure_with(python: Path, args: dict[str, Any], timeout: float | None) -> Measurement | None:
     """``bench.common.measure_subprocess`` with another interpreter (a peer's own venv)."""
-    cmd = [str(python), "-m", "bench.w1_load", json.dumps(args)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return None
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench.w1_load {args.get('peer')} failed ({proc.returncode}):\n{err[-4000:]}")
-    doc = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
-    return Measurement(
-        seconds=doc["seconds"], peak_rss_mb=doc.get("peak_rss_mb", 0.0), result=doc.get("result", {})
-    )
+    return measure_subprocess("bench.w1_load", args, timeout=timeout, python=python)
 
 
 # ------------------------------------------------------------------------------------ peers (children)
