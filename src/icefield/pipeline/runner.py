@@ -102,9 +102,7 @@ def _run_batch(
     data = batch.data
     control = pipe.target.delete_column
     if table is not None:
-        data = _evolve(writer, table, data, control)
-        table = writer.load()
-        assert table is not None
+        table = writer.evolve(table, _table_schema(data.schema, control))
         data, bad = conform(data, table.schema().as_arrow())
         if control and control in batch.data.column_names and control not in data.column_names:
             data = data.append_column(control, batch.data.column(control))
@@ -122,7 +120,7 @@ def _run_batch(
         table = writer.create(_table_schema(good.schema, control))
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
-    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace)
+    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace, table=table)
     return BatchResult(
         batch_id=batch_id,
         rows_in=batch.rows_in,
@@ -152,12 +150,6 @@ def _table_schema(schema: pa.Schema, control: str | None) -> pa.Schema:
     if control and control in schema.names:
         return schema.remove(schema.get_field_index(control))
     return schema
-
-
-def _evolve(writer: TableWriter, table: Any, data: pa.Table, control: str | None) -> pa.Table:
-    incoming = _table_schema(data.schema, control)
-    writer.evolve(table, incoming)
-    return data
 
 
 def _take_bad(batch: SourceBatch, data: pa.Table, bad: dict[int, tuple[str, str]]) -> list[QuarantinedRow]:

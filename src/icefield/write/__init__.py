@@ -160,11 +160,13 @@ class TableWriter:
         position: dict[str, Any] | None,
         run_id: str,
         replace_file: tuple[str, str] | None = None,
+        table: Table | None = None,
     ) -> WriteResult:
         """Write ``data`` in one commit with ``position`` and ``batch_id``; retried on conflicts.
 
         ``replace_file`` is ``(column, value)``: rows whose column equals value are replaced (a source file
-        that changed). Raises :class:`CommitConflictError` when conflicts outlast the retries and
+        that changed). ``table`` is the table as the caller just loaded it (saves a reload on the first
+        attempt; retries always reload). Raises :class:`CommitConflictError` when conflicts outlast the retries and
         :class:`TransientError` when the outcome stays unknown.
         """
         from pyiceberg.exceptions import (
@@ -178,7 +180,8 @@ class TableWriter:
         started = time.perf_counter()
         delay = 0.05
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            table = self.load()
+            if attempt > 1 or table is None:
+                table = self.load()
             if table is None:
                 control = self.target.delete_column
                 schema = data.schema
