@@ -21,6 +21,7 @@ import pwd
 import re
 import shutil
 import stat
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,8 +251,8 @@ class Postgres(Service):
         """``<base>/postgres``, or a stand-in under /tmp when the postgres user cannot reach it.
 
         When we run as root, the server runs as ``postgres`` and must traverse every parent of its
-        data dir. A base under a root-only path (``/root/...``, pytest's ``/tmp/pytest-of-root``)
-        is unreachable; rather than chmod the user's directories we move the state to
+        data dir. A base under a root-only path (the root user's home folder, pytest's temporary
+        folder) is unreachable; rather than chmod the user's directories we move the state to
         ``/tmp/icefield-stack-<uid>-<hash of the base>/postgres``, stable for a given base.
         """
         if self._state_dir is None:
@@ -502,29 +503,7 @@ class Postgres(Service):
 
         Raises :class:`StackError` with psql's message if the statement fails.
         """
-        result = run_command(
-            [
-                str(self.bindir / "psql"),
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                self.host,
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
-                "-d",
-                dbname,
-                "-c",
-                sql,
-            ],
-            env=self._password_env(),
-            timeout=60,
-        )
+        result = self._client("psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", dbname, "-c", sql)
         return result.stdout.strip()
 
     def create_database(self, name: str) -> str:
@@ -534,11 +513,7 @@ class Postgres(Service):
         the server is not running.
         """
         self._check_db_name(name)
-        run_command(
-            [str(self.bindir / "createdb"), "-h", self.host, "-p", str(self.port), "-U", self.user, name],
-            env=self._password_env(),
-            timeout=60,
-        )
+        self._client("createdb", name)
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
@@ -547,22 +522,12 @@ class Postgres(Service):
         Raises :class:`StackError` if the name is invalid or the server refuses.
         """
         self._check_db_name(name)
-        run_command(
-            [
-                str(self.bindir / "dropdb"),
-                "--if-exists",
-                "--force",
-                "-h",
-                self.host,
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
-                name,
-            ],
-            env=self._password_env(),
-            timeout=60,
-        )
+        self._client("dropdb", "--if-exists", "--force", name)
+
+    def _client(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a PostgreSQL client program as ``icefield`` against this server."""
+        cmd = [str(self.bindir / tool), "-h", self.host, "-p", str(self.port), "-U", self.user, *args]
+        return run_command(cmd, env=self._password_env(), timeout=60)
 
     # ------------------------------------------------------------------ internals
 
