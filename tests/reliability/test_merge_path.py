@@ -261,8 +261,8 @@ while time.monotonic() < deadline:
     ops = [(rng.randrange(100), None if rng.random() < 0.15 else f"p{{proc}}-{{i}}-{{j}}") for j in range(rng.randrange(1, 8))]
     bid = f"p{{proc}}-{{i}}"
     try:
-        merge_writer(root).commit(batch(ops), bid, None, "r")
-        log.write(json.dumps({{"batch": bid, "ops": ops}}) + "\n")
+        res = merge_writer(root).commit(batch(ops), bid, None, "r")
+        log.write(json.dumps({{"batch": bid, "ops": ops, "snapshot": res.snapshot_id}}) + "\n")
         log.flush()
     except CommitConflictError:
         log.write(json.dumps({{"batch": bid, "conflict": True}}) + "\n")
@@ -283,14 +283,19 @@ def test_b2_conflicting_mergers_lose_no_update(tmp_path: Path) -> None:
         _, err = c.communicate(timeout=600)
         assert c.returncode == 0, err
     acknowledged: dict[str, list[tuple[int, str | None]]] = {}
+    no_ops: dict[str, list[tuple[int, str | None]]] = {}
     conflicts = 0
     for p in range(procs):
         for line in (tmp_path / f"log-{p}.jsonl").read_text().splitlines():
             rec = json.loads(line)
             if rec.get("conflict"):
                 conflicts += 1
+            elif rec["snapshot"] is None:
+                no_ops[rec["batch"]] = [tuple(o) for o in rec["ops"]]  # type: ignore[misc]
             else:
                 acknowledged[rec["batch"]] = [tuple(o) for o in rec["ops"]]  # type: ignore[misc]
+    # A batch that changes nothing (it only deletes keys another merger deleted first) makes no snapshot.
+    assert all(v is None for ops in no_ops.values() for _, v in ops), f"only pure deletes may be no-ops: {no_ops}"
     writer = merge_writer(tmp_path)
     table = writer.load()
     assert table is not None
