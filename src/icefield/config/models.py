@@ -97,9 +97,17 @@ class TargetConfig(_Model):
     keys: list[str] = Field(default_factory=list)
     partition_by: list[str] = Field(default_factory=list)
     overwrite: Literal["partitions", "table"] | None = None
-    order_by: str | None = None
+    order_by: str | list[str] | None = None
     delete_column: str | None = None
+    keep_newest: bool = False
     properties: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def order_columns(self) -> list[str]:
+        """``order_by`` as a list: versions compare by these columns in turn (NULL is oldest)."""
+        if self.order_by is None:
+            return []
+        return [self.order_by] if isinstance(self.order_by, str) else list(self.order_by)
 
     @field_validator("table")
     @classmethod
@@ -113,8 +121,10 @@ class TargetConfig(_Model):
     def _keys_for_merge(self) -> TargetConfig:
         if self.mode == "merge" and not self.keys:
             raise ValueError("mode 'merge' needs 'keys' (the columns that identify a row)")
-        if self.mode != "merge" and (self.delete_column or self.order_by):
-            raise ValueError("'delete_column' and 'order_by' only apply to mode 'merge'")
+        if self.mode != "merge" and (self.delete_column or self.order_by or self.keep_newest):
+            raise ValueError("'delete_column', 'order_by' and 'keep_newest' only apply to mode 'merge'")
+        if self.keep_newest and not self.order_by:
+            raise ValueError("'keep_newest' needs 'order_by' (the columns that say which version is newer)")
         return self
 
 

@@ -31,21 +31,37 @@ log = logging.getLogger(__name__)
 IN_LIST_LIMIT = 5_000
 
 
-def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | None) -> pa.Table:
-    """Keep one row per key: the greatest ``order_by`` value, ties (or no ``order_by``) broken by the
-    later position in the batch."""
+def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | None) -> pa.Table:
+    """Keep one row per key: the greatest ``order_by`` value (compared column by column; NULL is the
+    oldest), ties (or no ``order_by``) broken by the later position in the batch."""
     if data.num_rows == 0:
         return data
+    order = [order_by] if isinstance(order_by, str) else list(order_by or [])
     pos = pa.array(range(data.num_rows), pa.int64())
     work = data.append_column("__pos", pos)
-    if order_by:
+    if order:
         # A version without an order_by value is older than any with one.
-        work = work.sort_by([(order_by, "ascending", "at_start"), ("__pos", "ascending")])
+        work = work.sort_by([*((c, "ascending", "at_start") for c in order), ("__pos", "ascending")])
         work = work.set_column(work.schema.get_field_index("__pos"), "__pos", pa.array(range(work.num_rows), pa.int64()))
     last = work.group_by(keys, use_threads=False).aggregate([("__pos", "max")])
     picked = pc.sort_indices(last.column("__pos_max"))
     idx = pc.take(last.column("__pos_max"), picked)
     return work.take(idx).drop(["__pos"])
+
+
+def newer_mask(new: list[pa.ChunkedArray | pa.Array], old: list[pa.ChunkedArray | pa.Array]) -> pa.ChunkedArray | pa.Array:
+    """True where the version ``new`` is strictly newer than ``old``, comparing the columns in turn
+    (lexicographically; NULL is older than any value, two NULLs are equal)."""
+    result: Any = None
+    equal: Any = None
+    for a, b in zip(new, old, strict=True):
+        a_null, b_null = pc.is_null(a), pc.is_null(b)
+        gt = pc.or_(pc.fill_null(pc.greater(a, b), False), pc.and_(pc.invert(a_null), b_null))
+        eq = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(a_null, b_null))
+        step = gt if equal is None else pc.and_(equal, gt)
+        result = step if result is None else pc.or_(result, step)
+        equal = eq if equal is None else pc.and_(equal, eq)
+    return result
 
 
 def conflict_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression | None:
@@ -129,7 +145,9 @@ class LocalEngine(Engine):
     # bounds the merge's memory by the files it rewrites, never by the table.
     group_bytes: int = 256 << 20
 
-    def merge(self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles) -> MergePlan:
+    def merge(
+        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None
+    ) -> MergePlan:
         """Copy-on-write merge of ``data`` into ``table`` by ``target.keys`` (DESIGN.md rule 3).
 
         Only files whose key bounds may hold a batch key are read; a file that really holds one is
@@ -137,54 +155,78 @@ class LocalEngine(Engine):
         ranges), and new keys go to new files sorted by key. Files are handled in groups of about
         ``group_bytes`` (read in parallel, one vectorised key probe, one write per group). Returns the
         files to remove and the files written (not yet committed).
+
+        With ``target.keep_newest`` a stored row is replaced or deleted only by a strictly newer
+        version (by ``target.order_by``, stored in the table); older versions are dropped and counted
+        in ``rows_stale``. ``tombstones`` is the table of deleted keys with the version that deleted
+        them: a new key whose version is not newer than its tombstone is dropped too, so a late
+        older event never resurrects a deleted row. The plan's ``tombstones`` are the batch's deletes
+        for the caller to record.
         """
         keys = list(target.keys)
-        batch = dedupe_latest(_as_table_types(table, data), keys, target.order_by)
-        if target.delete_column and target.delete_column in batch.column_names:
-            flag = pc.fill_null(batch.column(target.delete_column).cast(pa.bool_()), False)
-            deletes = batch.filter(flag).select(keys)
-            upserts = batch.filter(pc.invert(flag)).drop([target.delete_column])
+        order = target.order_columns
+        batch = dedupe_latest(_as_table_types(table, data), keys, order)
+        control = target.delete_column
+        if control and control in batch.column_names:
+            flag = pc.fill_null(batch.column(control).cast(pa.bool_()), False)
+            batch = batch.drop([control])
         else:
-            deletes = batch.slice(0, 0).select(keys)
-            upserts = batch
+            flag = pa.array([False] * batch.num_rows, pa.bool_())
         plan = MergePlan(conflict_filter=conflict_filter(batch.select(keys), keys))
         if batch.num_rows == 0:
             return plan
-        batch_keys = batch.select(keys)
-        remaining = upserts
-        order = [(k, "ascending") for k in keys]
+        newest = target.keep_newest and bool(order) and all(c in batch.column_names for c in order)
+        if newest and pc.any(flag).as_py():
+            plan.tombstones = batch.filter(flag).select(keys + order)
+        pending = batch.append_column("__del", flag)
+        sort = [(k, "ascending") for k in keys]
         if table.current_snapshot() is not None:
             tasks = list(table.scan().plan_files())
-            candidates = prune_by_key_bounds(tasks, table.schema(), batch_keys, keys)
+            candidates = prune_by_key_bounds(tasks, table.schema(), batch.select(keys), keys)
             plan.files_scanned = len(tasks)
             log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
             direct = not _has_renames(table)
             for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
+                if pending.num_rows == 0:
+                    break
                 existing = _read_group(table, group, direct)
                 plan.files_read += len(group)
-                hit = _key_mask(existing, batch_keys, keys)
+                hit = _key_mask(existing, pending.select(keys), keys)
                 if not pc.any(hit).as_py():
                     continue
+                if newest:
+                    hit, stale = _split_newer(existing, hit, pending, keys, order)
+                    if stale.num_rows:
+                        stale_mask = _key_mask(pending, stale, keys)
+                        plan.rows_stale += pc.sum(stale_mask).as_py() or 0
+                        pending = pending.filter(pc.invert(stale_mask))
+                    if not pc.any(hit).as_py():
+                        continue
                 file_idx = existing.column("__file")
                 hit_files = pc.unique(file_idx.filter(hit))
                 rewritten = pc.is_in(file_idx, value_set=hit_files)
                 survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
                 matched = existing.filter(hit).select(keys)
-                mine_mask = _key_mask(remaining, matched, keys)
-                mine = remaining.filter(mine_mask)
-                remaining = remaining.filter(pc.invert(mine_mask))
-                if deletes.num_rows:
-                    plan.rows_deleted += pc.sum(_key_mask(deletes, matched, keys)).as_py() or 0
-                plan.rows_updated += mine.num_rows
+                mine_mask = _key_mask(pending, matched, keys)
+                mine = pending.filter(mine_mask)
+                pending = pending.filter(pc.invert(mine_mask))
+                is_del = mine.column("__del")
+                plan.rows_deleted += pc.sum(is_del).as_py() or 0
+                ups = mine.filter(pc.invert(is_del)).drop(["__del"])
+                plan.rows_updated += ups.num_rows
                 # Matched keys get their new version in the rewrite of the files they came from, so files
                 # keep tight key ranges and later merges prune well.
-                out = pa.concat_tables([survivors, mine.select(survivors.column_names).cast(survivors.schema)]).sort_by(order)
+                out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)]).sort_by(sort)
                 if out.num_rows:
                     plan.add.extend(write_files(table, out))
                 plan.remove.extend(group[i].file for i in hit_files.to_pylist())
                 plan.rows_written += out.num_rows
+        remaining = pending.filter(pc.invert(pending.column("__del"))).drop(["__del"])
+        if newest and tombstones is not None and remaining.num_rows:
+            remaining, dropped = _drop_tombstoned(tombstones, remaining, keys, order, self.group_bytes)
+            plan.rows_stale += dropped
         if remaining.num_rows:
-            new_rows = remaining.sort_by(order)
+            new_rows = remaining.sort_by(sort)
             plan.add.extend(write_files(table, new_rows))
             plan.rows_written += new_rows.num_rows
         plan.rows_inserted = remaining.num_rows
@@ -369,3 +411,44 @@ def _as_table_types(table: Table, data: pa.Table) -> pa.Table:
     fields = [pa.field(f.name, types.get(f.name, f.type)) for f in data.schema]
     schema = pa.schema(fields)
     return data if schema == data.schema else data.cast(schema)
+
+
+def _split_newer(
+    existing: pa.Table, hit: pa.Array, pending: pa.Table, keys: list[str], order: list[str]
+) -> tuple[pa.Array, pa.Table]:
+    """Split the rows of ``existing`` that ``hit`` marks into those the pending version is newer than
+    (returned as a mask over ``existing``) and the keys whose pending version is not newer."""
+    rows = pa.array(range(existing.num_rows), pa.int64())
+    old = existing.select(keys + order).append_column("__row", rows).filter(hit)
+    new = pending.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
+    joined = old.join(new, keys=keys, join_type="inner", use_threads=False)
+    newer = newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
+    replace_rows = joined.column("__row").filter(newer)
+    stale = joined.filter(pc.invert(newer)).select(keys)
+    mask = pc.is_in(rows, value_set=replace_rows.combine_chunks())
+    return mask, stale
+
+
+def _drop_tombstoned(tombstones: Table, rows: pa.Table, keys: list[str], order: list[str], group_bytes: int) -> tuple[pa.Table, int]:
+    """``rows`` without those whose key has a tombstone at least as new; returns them and the count dropped."""
+    if tombstones.current_snapshot() is None:
+        return rows, 0
+    tasks = prune_by_key_bounds(list(tombstones.scan().plan_files()), tombstones.schema(), rows.select(keys), keys)
+    direct = not _has_renames(tombstones)
+    stale_keys: list[pa.Table] = []
+    new = rows.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
+    for group in _groups(tasks, keys[0], tombstones.schema(), group_bytes):
+        dead = _read_group(tombstones, group, direct).drop(["__file"])
+        dead = dead.filter(_key_mask(dead, rows.select(keys), keys))
+        if not dead.num_rows:
+            continue
+        joined = dead.select(keys + order).join(new, keys=keys, join_type="inner", use_threads=False)
+        newer = newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
+        stale_keys.append(joined.filter(pc.invert(newer)).select(keys))
+    if not stale_keys:
+        return rows, 0
+    stale = pa.concat_tables(stale_keys)
+    if not stale.num_rows:
+        return rows, 0
+    mask = _key_mask(rows, stale.cast(rows.select(keys).schema), keys)
+    return rows.filter(pc.invert(mask)), pc.sum(mask).as_py() or 0

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "icefield.state."
+TOMBSTONE_SUFFIX = "__tombstones"
 SUMMARY_PIPELINE = "icefield.pipeline"
 SUMMARY_BATCH_ID = "icefield.batch-id"
 SUMMARY_RUN_ID = "icefield.run-id"
@@ -231,9 +232,14 @@ class TableWriter:
         rows_written = data.num_rows
         conflict = None
         if mode == "merge":
-            plan = self.engine.merge(table, data, self.target, self.write_files)
+            graves = self.tombstone_writer()
+            plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load() if graves else None)
             added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
             rows_written, conflict = plan.rows_written, plan.conflict_filter
+            if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows:
+                # Recorded before the data commit: a tombstone that lands first only blocks versions older
+                # than a delete this batch applies on its rerun; the reverse order could resurrect a row.
+                graves.commit(plan.tombstones, f"{batch_id}#tombstones", None, run_id)
         else:
             if data.num_rows:
                 added = self.write_files(table, data)
@@ -271,6 +277,17 @@ class TableWriter:
             False,
             time.perf_counter() - started,
         )
+
+    def tombstone_writer(self) -> TableWriter | None:
+        """The writer of ``<table>__tombstones`` (deleted keys and the version that deleted them), kept for
+        ``keep_newest`` merges with deletes; None for other targets."""
+        t = self.target
+        if t.mode != "merge" or not t.keep_newest or not t.delete_column:
+            return None
+        from icefield.config.models import TargetConfig
+
+        target = TargetConfig(table=t.table + TOMBSTONE_SUFFIX, mode="merge", keys=t.keys, order_by=t.order_by, keep_newest=True)
+        return TableWriter(self.catalog, target, self.pipeline, self.engine)
 
     def write_files(self, table: Table, data: pa.Table) -> list[Any]:
         """Write ``data`` as Parquet data files of ``table`` (not yet committed), sorted by the target's
