@@ -177,3 +177,20 @@ def test_keep_newest_needs_order_by() -> None:
     with pytest.raises(ValueError, match="'keep_newest' needs 'order_by'"):
         TargetConfig(table="a.b", mode="merge", keys=["k"], keep_newest=True)
 
+
+
+def test_truncate_empties_the_table_in_one_commit_and_older_events_never_land_after_it(tmp_path: Path) -> None:
+    writer = writer_at(tmp_path)
+    writer.commit(events_table([(1, "a", 10, 5), (2, "b", 10, 6)]), "b0", None, "r")
+    before = writer.load()
+    assert before is not None and before.current_snapshot() is not None
+    # The truncate at (100, 100), then the rows written after it in the same batch.
+    res = writer.commit(events_table([(3, "c", 120, 110), (4, "d", 120, 111), (4, None, 130, 125)]), "b1", None, "r", truncate_at=[100, 100])
+    assert res.files_removed >= 1
+    assert counts(writer, {3: "c"}) == (0, 0, 0, 0)
+    table = writer.load()
+    assert table is not None
+    assert len(table.metadata.snapshots) == len(before.metadata.snapshots) + 1, "truncate and rows in one snapshot"
+    # A redelivered event from before the truncate does not come back.
+    writer.commit(events_table([(1, "a", 10, 5), (5, "e", 140, 135)]), "b2", None, "r")
+    assert counts(writer, {3: "c", 5: "e"}) == (0, 0, 0, 0)

@@ -83,7 +83,38 @@ class FilesSourceConfig(_Model):
         return v
 
 
-SourceConfig = Annotated[SqlSourceConfig | FilesSourceConfig, Field(discriminator="type")]
+CDC_COMMIT_LSN = "_cdc_commit_lsn"
+CDC_LSN = "_cdc_lsn"
+CDC_OP = "_cdc_op"
+CDC_TS_MS = "_cdc_ts_ms"
+CDC_DELETED = "_cdc_deleted"
+
+
+class DebeziumSourceConfig(_Model):
+    """Debezium change events (PostgreSQL connector), from JSON Lines files (``path``) or a Kafka
+    ``topic``. Rows land with their version columns ``_cdc_commit_lsn``, ``_cdc_lsn`` (the event's
+    ``source.sequence``), ``_cdc_op`` and ``_cdc_ts_ms``; the target merges by key, newest version wins."""
+
+    type: Literal["debezium"]
+    path: str | None = None
+    topic: str | None = None
+    bootstrap_servers: str | None = None
+    group_id: str | None = None
+    properties: dict[str, str] = Field(default_factory=dict)
+    poll_timeout_seconds: float = Field(1.0, gt=0)
+    commit_interval_seconds: float = Field(5.0, gt=0)
+    max_record_bytes: int = Field(16 << 20, gt=0)
+
+    @model_validator(mode="after")
+    def _path_or_topic(self) -> DebeziumSourceConfig:
+        if (self.path is None) == (self.topic is None):
+            raise ValueError("give exactly one of 'path' (JSON Lines files of change events) or 'topic' (a Kafka topic)")
+        if self.topic is not None and not self.bootstrap_servers:
+            raise ValueError("'topic' needs 'bootstrap_servers' (host:port of the Kafka brokers)")
+        return self
+
+
+SourceConfig = Annotated[SqlSourceConfig | FilesSourceConfig | DebeziumSourceConfig, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- target
@@ -203,6 +234,24 @@ class PipelineConfig(_Model):
     target: TargetConfig
     checks: list[CheckConfig] = Field(default_factory=list)
     batch_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cdc_target(cls, data: Any) -> Any:
+        """A change-data-capture source merges by key, newest ``source.sequence`` first, deletes included:
+        fill those target settings unless the file gives them."""
+        if not isinstance(data, dict):
+            return data
+        source, target = data.get("source"), data.get("target")
+        if isinstance(source, dict) and source.get("type") == "debezium" and isinstance(target, dict):
+            target = dict(target)
+            target.setdefault("mode", "merge")
+            if target["mode"] == "merge":
+                target.setdefault("order_by", [CDC_COMMIT_LSN, CDC_LSN])
+                target.setdefault("keep_newest", True)
+                target.setdefault("delete_column", CDC_DELETED)
+            data = {**data, "target": target}
+        return data
 
     @field_validator("name")
     @classmethod

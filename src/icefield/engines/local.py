@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles
+from icefield.write.versions import dedupe_latest, newer_mask
 
 if TYPE_CHECKING:
     import duckdb
@@ -29,39 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IN_LIST_LIMIT = 5_000
-
-
-def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | None) -> pa.Table:
-    """Keep one row per key: the greatest ``order_by`` value (compared column by column; NULL is the
-    oldest), ties (or no ``order_by``) broken by the later position in the batch."""
-    if data.num_rows == 0:
-        return data
-    order = [order_by] if isinstance(order_by, str) else list(order_by or [])
-    pos = pa.array(range(data.num_rows), pa.int64())
-    work = data.append_column("__pos", pos)
-    if order:
-        # A version without an order_by value is older than any with one.
-        work = work.sort_by([*((c, "ascending", "at_start") for c in order), ("__pos", "ascending")])
-        work = work.set_column(work.schema.get_field_index("__pos"), "__pos", pa.array(range(work.num_rows), pa.int64()))
-    last = work.group_by(keys, use_threads=False).aggregate([("__pos", "max")])
-    picked = pc.sort_indices(last.column("__pos_max"))
-    idx = pc.take(last.column("__pos_max"), picked)
-    return work.take(idx).drop(["__pos"])
-
-
-def newer_mask(new: list[pa.ChunkedArray | pa.Array], old: list[pa.ChunkedArray | pa.Array]) -> pa.ChunkedArray | pa.Array:
-    """True where the version ``new`` is strictly newer than ``old``, comparing the columns in turn
-    (lexicographically; NULL is older than any value, two NULLs are equal)."""
-    result: Any = None
-    equal: Any = None
-    for a, b in zip(new, old, strict=True):
-        a_null, b_null = pc.is_null(a), pc.is_null(b)
-        gt = pc.or_(pc.fill_null(pc.greater(a, b), False), pc.and_(pc.invert(a_null), b_null))
-        eq = pc.or_(pc.fill_null(pc.equal(a, b), False), pc.and_(a_null, b_null))
-        step = gt if equal is None else pc.and_(equal, gt)
-        result = step if result is None else pc.or_(result, step)
-        equal = eq if equal is None else pc.and_(equal, eq)
-    return result
 
 
 def conflict_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression | None:

@@ -51,6 +51,8 @@ class SourceBatch:
     coord_label: str = ""
     coord_keys: list[str] = field(default_factory=list)
     coord_offset: int = 0
+    filtered: int = 0
+    truncate_at: list[int] | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
@@ -67,7 +69,7 @@ class SourceBatch:
 
     @property
     def rows_in(self) -> int:
-        return self.data.num_rows + len(self.rejected)
+        return self.data.num_rows + len(self.rejected) + self.filtered
 
 
 def row_coords(label: str, names: list[str], row: tuple[Any, ...], keys: list[str], index: int) -> str:
@@ -130,6 +132,7 @@ def rebatch(batches: Any, size: int, skip: int) -> Iterator[tuple[int, pa.Table]
 _REGISTRY: dict[str, str] = {
     "sql": "icefield.ingest.sql:SqlSource",
     "files": "icefield.ingest.files:FilesSource",
+    "debezium": "icefield.ingest.debezium:DebeziumSource",
 }
 
 

@@ -120,13 +120,13 @@ def _run_batch(
         table = writer.create(_table_schema(good.schema, control))
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
-    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace, table=table)
+    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace, table=table, truncate_at=batch.truncate_at)
     return BatchResult(
         batch_id=batch_id,
         rows_in=batch.rows_in,
         rows_committed=good.num_rows,
         rows_quarantined=len(quarantined),
-        rows_filtered=len(checks.filtered),
+        rows_filtered=len(checks.filtered) + batch.filtered,
         rows_deleted=wr.rows_deleted,
         snapshot_id=wr.snapshot_id,
         skipped=wr.skipped,
@@ -191,4 +191,6 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         coord_label=batch.coord_label,
         coord_keys=batch.coord_keys,
         coord_offset=batch.coord_offset,
+        filtered=batch.filtered,
+        truncate_at=batch.truncate_at,
     )

@@ -18,24 +18,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from icefield.errors import CommitConflictError, SchemaError, TransientError
 from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
 from icefield.write.producers import merge_overwrite
+from icefield.write.versions import dedupe_latest, newer_than
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
     from icefield.config.models import TargetConfig
-    from icefield.engines import Engine
+    from icefield.engines import Engine, MergePlan
 
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "icefield.state."
 TOMBSTONE_SUFFIX = "__tombstones"
+TRUNCATED_AT = "icefield.truncated-at"
 SUMMARY_PIPELINE = "icefield.pipeline"
 SUMMARY_BATCH_ID = "icefield.batch-id"
 SUMMARY_RUN_ID = "icefield.run-id"
@@ -162,12 +165,14 @@ class TableWriter:
         run_id: str,
         replace_file: tuple[str, str] | None = None,
         table: Table | None = None,
+        truncate_at: list[Any] | None = None,
     ) -> WriteResult:
         """Write ``data`` in one commit with ``position`` and ``batch_id``; retried on conflicts.
 
         ``replace_file`` is ``(column, value)``: rows whose column equals value are replaced (a source file
         that changed). ``table`` is the table as the caller just loaded it (saves a reload on the first
-        attempt; retries always reload). Raises :class:`CommitConflictError` when conflicts outlast the retries and
+        attempt; retries always reload). ``truncate_at`` (merge mode) empties the table in the same commit
+        before ``data`` is applied, and records the version so older rows never land later. Raises :class:`CommitConflictError` when conflicts outlast the retries and
         :class:`TransientError` when the outcome stays unknown.
         """
         from pyiceberg.exceptions import (
@@ -193,7 +198,7 @@ class TableWriter:
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             try:
-                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started)
+                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at)
             except (CommitFailedException, ValidationException) as e:
                 # Nothing landed (pyiceberg guarantees it for these two): replan on the new snapshot.
                 log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
@@ -220,6 +225,7 @@ class TableWriter:
         run_id: str,
         replace_file: tuple[str, str] | None,
         started: float,
+        truncate_at: list[Any] | None = None,
     ) -> WriteResult:
         summary = {SUMMARY_PIPELINE: self.pipeline, SUMMARY_BATCH_ID: batch_id, SUMMARY_RUN_ID: run_id}
         tx = table.transaction()
@@ -233,7 +239,13 @@ class TableWriter:
         conflict = None
         if mode == "merge":
             graves = self.tombstone_writer()
-            plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load() if graves else None)
+            data, rows_stale = self._after_truncation(table, data, truncate_at)
+            if truncate_at is not None:
+                tx.set_properties({TRUNCATED_AT: json.dumps(truncate_at)})
+                plan = self._truncate_plan(table, data)
+            else:
+                plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load() if graves else None)
+            plan.rows_stale += rows_stale
             added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
             rows_written, conflict = plan.rows_written, plan.conflict_filter
             if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows:
@@ -277,6 +289,40 @@ class TableWriter:
             False,
             time.perf_counter() - started,
         )
+
+    def _after_truncation(self, table: Table, data: pa.Table, truncate_at: list[Any] | None) -> tuple[pa.Table, int]:
+        """``data`` without the versions a truncate erased (not newer than the last truncate, or than
+        ``truncate_at``); returns the rows kept and the count dropped."""
+        order = self.target.order_columns
+        raw = table.metadata.properties.get(TRUNCATED_AT)
+        version = truncate_at if truncate_at is not None else (json.loads(raw) if raw else None)
+        if not self.target.keep_newest or version is None or not data.num_rows or not all(c in data.column_names for c in order):
+            return data, 0
+        keep = newer_than(data, order, version)
+        kept = data.filter(keep)
+        return kept, data.num_rows - kept.num_rows
+
+    def _truncate_plan(self, table: Table, data: pa.Table) -> MergePlan:
+        """A merge plan that removes every data file and writes the newest version of each key in
+        ``data`` that is not a delete (the table as it is after a truncate and then ``data``)."""
+        from pyiceberg.expressions import AlwaysTrue
+
+        from icefield.engines import MergePlan
+
+        t = self.target
+        batch = dedupe_latest(data, t.keys, t.order_columns)
+        plan = MergePlan(conflict_filter=AlwaysTrue())
+        if t.delete_column and t.delete_column in batch.column_names:
+            flag = pc.fill_null(batch.column(t.delete_column).cast(pa.bool_()), False)
+            if t.keep_newest and pc.any(flag).as_py():
+                plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
+            batch = batch.filter(pc.invert(flag)).drop([t.delete_column])
+        if table.current_snapshot() is not None:
+            plan.remove = [task.file for task in table.scan().plan_files()]
+        if batch.num_rows:
+            plan.add = self.write_files(table, batch.sort_by([(k, "ascending") for k in t.keys]))
+        plan.rows_written = plan.rows_inserted = batch.num_rows
+        return plan
 
     def tombstone_writer(self) -> TableWriter | None:
         """The writer of ``<table>__tombstones`` (deleted keys and the version that deleted them), kept for
