@@ -36,7 +36,6 @@ refused, not stored as a date no engine can read); times of day to [00:00, 24:00
 from __future__ import annotations
 
 import binascii
-import decimal
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -441,7 +440,13 @@ def _decimal_array(unscaled: Sequence[int | None], t: pa.DataType, scale: int) -
 
 
 def _decimal_text(unscaled: int, scale: int) -> str:
-    return format(decimal.Decimal(unscaled).scaleb(-scale), "f")
+    """Exact text of ``unscaled * 10**-scale`` (no Decimal context, so no rounding at 28 digits)."""
+    digits = str(abs(unscaled))
+    sign = "-" if unscaled < 0 else ""
+    if scale <= 0:
+        return sign + digits + "0" * -scale
+    digits = digits.rjust(scale + 1, "0")
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
 
 
 def _variable_decimals(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str], notes: list[str]) -> pa.Array:

@@ -81,7 +81,8 @@ ORDERS_COLUMNS = [
 
 def encode_decimal(value: decimal.Decimal | str, scale: int) -> str:
     """A Connect Decimal: the unscaled value as big-endian two's complement bytes, base64."""
-    unscaled = int(decimal.Decimal(value).scaleb(scale).to_integral_exact())
+    exact = decimal.Context(prec=1000)
+    unscaled = int(exact.scaleb(decimal.Decimal(value), scale).to_integral_exact(context=exact))
     size = max(1, (unscaled.bit_length() + 8) // 8)
     return base64.b64encode(unscaled.to_bytes(size, "big", signed=True)).decode()
 
