@@ -18,6 +18,7 @@ from .base import (
     StackError,
     default_base_dir,
 )
+from .connect import CONNECT_PORT_DEFAULT, CONNECT_PORT_ENV, Connect
 from .kafka import (
     KAFKA_CONTROLLER_PORT_DEFAULT,
     KAFKA_CONTROLLER_PORT_ENV,
@@ -30,6 +31,7 @@ from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
     Kafka.name: Kafka,
+    Connect.name: Connect,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -47,6 +49,9 @@ def get_service(name: str, **options: Any) -> Service:
 
 
 __all__ = [
+    "CONNECT_PORT_DEFAULT",
+    "CONNECT_PORT_ENV",
+    "Connect",
     "KAFKA_CONTROLLER_PORT_DEFAULT",
     "KAFKA_CONTROLLER_PORT_ENV",
     "KAFKA_PORT_DEFAULT",
