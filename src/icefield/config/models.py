@@ -83,7 +83,42 @@ class FilesSourceConfig(_Model):
         return v
 
 
-SourceConfig = Annotated[SqlSourceConfig | FilesSourceConfig, Field(discriminator="type")]
+class KafkaSourceConfig(_Model):
+    """JSON messages of Kafka topics; incremental by the next offset of every partition.
+
+    The position committed with each batch is ``{"topics": {topic: {partition: next offset}}}``; the
+    consumer group's offsets are committed after each Iceberg commit and only read as a hint when the
+    table has no position for a partition. ``properties`` are extra librdkafka consumer settings
+    (``security.protocol``, ``sasl.password: ${env:KAFKA_PASSWORD}``...); their values may hold secret
+    references. A batch ends at ``batch_size`` records (the pipeline's) or after ``max_wait_seconds``.
+    """
+
+    type: Literal["kafka"]
+    bootstrap_servers: str
+    topic: str | None = None
+    topics: list[str] | None = None
+    group_id: str | None = None  # default: icefield.<pipeline name>
+    format: Literal["json"] = "json"
+    start: Literal["earliest", "latest"] = "earliest"
+    max_wait_seconds: float = Field(5.0, gt=0)
+    metadata_columns: bool = False
+    properties: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _topic_or_topics(self) -> KafkaSourceConfig:
+        if (self.topic is None) == (self.topics is None):
+            raise ValueError("give exactly one of 'topic' or 'topics'")
+        if self.topics is not None and not self.topics:
+            raise ValueError("'topics' must name at least one topic")
+        return self
+
+    @property
+    def topic_names(self) -> list[str]:
+        """The topics to read, in the order given."""
+        return [self.topic] if self.topic is not None else list(self.topics or [])
+
+
+SourceConfig = Annotated[SqlSourceConfig | FilesSourceConfig | KafkaSourceConfig, Field(discriminator="type")]
 
 
 # ---------------------------------------------------------------- target
