@@ -23,6 +23,7 @@ batch id is deterministic. confluent-kafka is imported lazily (``pip install ice
 from __future__ import annotations
 
 import copy
+import decimal
 import logging
 import re
 import threading
@@ -390,8 +391,9 @@ _TS_OR_DATE = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-
 _INT64_LIMIT = float(1 << 63)
 
 
-def _json_native(t: pa.DataType) -> pa.DataType | None:
-    """The type to ask pyarrow's JSON parser for a column typed ``t`` (None: let it infer)."""
+def _json_native(t: pa.DataType) -> pa.DataType:
+    """The type to ask pyarrow's JSON parser for a column typed ``t``. It refuses (and the batch falls back
+    to the record path) any value of another JSON kind, and a decimal that would lose digits."""
     if pa.types.is_integer(t):
         return pa.int64()
     if pa.types.is_floating(t):
@@ -399,7 +401,7 @@ def _json_native(t: pa.DataType) -> pa.DataType | None:
     if pa.types.is_boolean(t):
         return pa.bool_()
     if pa.types.is_decimal(t):
-        return None  # numbers or text: inferred, then cast strictly
+        return t  # parsed from the number's text, exactly
     return pa.string()  # text, dates, timestamps, binary: typed by the strict converters
 
 
@@ -498,7 +500,7 @@ class JsonDecoder:
         for v in values:
             if v is None or v[:1] != b"{":
                 return None
-        explicit = {name: nt for name, t in types.items() if (nt := _json_native(t)) is not None}
+        explicit = {name: _json_native(t) for name, t in types.items()}
         parse = pj.ParseOptions(
             explicit_schema=pa.schema(list(explicit.items())) if explicit else None,
             unexpected_field_behavior="infer",
@@ -524,6 +526,12 @@ class JsonDecoder:
                 and (not pc.all(pc.is_finite(col)).as_py() or pc.max(pc.abs(col)).as_py() >= _INT64_LIMIT)
             ):
                 return None
+            # pyarrow checks a decimal's digits as written, not once scaled: 100000000 passes for decimal(10,2).
+            if pa.types.is_decimal(src) and col.null_count < n:
+                bounds = pc.min_max(col).as_py()
+                limit = decimal.Decimal(10) ** (src.precision - src.scale)
+                if bounds["max"] >= limit or bounds["min"] <= -limit:
+                    return None
             target = types.get(name)
             if target is None:
                 if pa.types.is_null(src):
@@ -536,11 +544,8 @@ class JsonDecoder:
                     target = src
                 else:
                     return None  # timestamps, objects, arrays: as the record path types them
-            elif name in explicit:
-                if src != explicit[name] and not pa.types.is_null(src):
-                    return None
-            elif not (pa.types.is_integer(src) or pa.types.is_floating(src) or pa.types.is_string(src) or pa.types.is_null(src)):
-                return None  # a decimal column given a timestamp-looking text, say: the record path decides
+            elif src != explicit[name] and not pa.types.is_null(src):
+                return None
             cols[name] = cast_column(name, col, target, bad)
         data = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(n)}).drop(["_empty"])
 
