@@ -15,7 +15,7 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[postgres,spark,dev]"
+	$(BIN)/pip install -e ".[postgres,spark,kafka,dev]"
 	touch $(STAMP)
 
 .PHONY: venv
@@ -26,7 +26,7 @@ demo: $(STAMP) ## Run the shop demo on the embedded default (SQLite catalog, loc
 	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
 
 .PHONY: test
-test: $(STAMP) ## Run every test (starts PostgreSQL natively; fetches the Iceberg Spark runtime with Maven)
+test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka and Kafka Connect natively; fetches jars with Maven)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
@@ -47,7 +47,7 @@ bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales the
 	$(BIN)/python -m bench
 
 .PHONY: stack-up
-stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres"
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect"
 	$(BIN)/python -m stack up $(SERVICES)
 
 .PHONY: stack-down

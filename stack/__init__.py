@@ -1,7 +1,7 @@
 """Native launchers for the real services that tests and users run on 127.0.0.1.
 
 ``python -m stack up|down|status`` drives them from the shell; tests use the fixtures in
-``tests/integration/conftest.py``. Adding a service (Kafka, Kafka Connect) is one module with one
+``tests/integration/conftest.py``. Adding a service is one module with one
 :class:`Service` subclass plus one line in :data:`SERVICES`.
 """
 
@@ -18,10 +18,20 @@ from .base import (
     StackError,
     default_base_dir,
 )
+from .connect import CONNECT_PORT_DEFAULT, CONNECT_PORT_ENV, Connect
+from .kafka import (
+    KAFKA_CONTROLLER_PORT_DEFAULT,
+    KAFKA_CONTROLLER_PORT_ENV,
+    KAFKA_PORT_DEFAULT,
+    KAFKA_PORT_ENV,
+    Kafka,
+)
 from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
+    Kafka.name: Kafka,
+    Connect.name: Connect,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -39,6 +49,14 @@ def get_service(name: str, **options: Any) -> Service:
 
 
 __all__ = [
+    "CONNECT_PORT_DEFAULT",
+    "CONNECT_PORT_ENV",
+    "Connect",
+    "KAFKA_CONTROLLER_PORT_DEFAULT",
+    "KAFKA_CONTROLLER_PORT_ENV",
+    "KAFKA_PORT_DEFAULT",
+    "KAFKA_PORT_ENV",
+    "Kafka",
     "PG_PORT_DEFAULT",
     "PG_PORT_ENV",
     "SERVICES",

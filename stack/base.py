@@ -117,12 +117,16 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
     return True
 
 
-def kill_pid(pid: int, timeout: float = 10.0) -> bool:
-    """Stop ``pid`` with escalating signals (INT, QUIT, KILL), waiting up to ``timeout`` per step.
+def kill_pid(
+    pid: int,
+    timeout: float = 10.0,
+    signals: Sequence[signal.Signals] = (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL),
+) -> bool:
+    """Stop ``pid`` with escalating ``signals`` (default INT, QUIT, KILL), waiting up to ``timeout`` per step.
 
     Returns True if the process is gone afterwards. Never raises for a process that already left.
     """
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+    for sig in signals:
         try:
             os.kill(pid, sig)
         except ProcessLookupError:

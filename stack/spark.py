@@ -37,6 +37,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .base import LOCALHOST, ServiceNotInstalled, StackError, file_lock, run_command
+from .maven import (  # noqa: F401 - CACHE_ENV, MAVEN_DEPENDENCY_PLUGIN: re-exported for callers
+    CACHE_ENV,
+    MAVEN_DEPENDENCY_PLUGIN,
+    MAVEN_INSTALL_HINT,
+    cache_dir,
+    copy_artifact,
+    nonempty,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -49,7 +57,6 @@ PYSPARK_REQUIREMENT = "pyspark==4.1.4"
 PYSPARK_SERIES = "4.1."
 """The only pyspark minor the Iceberg runtime below works with."""
 INSTALL_HINT = "pip install -r requirements/spark.txt"
-MAVEN_INSTALL_HINT = "apt-get install maven"
 JAVA_INSTALL_HINT = "apt-get install openjdk-17-jdk-headless"
 SUPPORTED_JAVA = (17, 21)
 
@@ -59,10 +66,6 @@ SQLITE_JDBC = "org.xerial:sqlite-jdbc:3.53.0.0"  # the version Iceberg 1.11 itse
 POSTGRES_JDBC = "org.postgresql:postgresql:42.7.14"
 ARTIFACTS: tuple[str, ...] = (ICEBERG_RUNTIME, SQLITE_JDBC, POSTGRES_JDBC)
 """Maven coordinates (group:artifact:version) of every jar a session puts on ``spark.jars``."""
-MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
-
-CACHE_ENV = "ICEFIELD_CACHE"
-"""Environment variable that moves icefield's download cache (default ``$XDG_CACHE_HOME/icefield``)."""
 
 CATALOG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -77,19 +80,6 @@ class SparkNotInstalled(ServiceNotInstalled):
 
 
 # ---------------------------------------------------------------------------------------- jars
-
-
-def cache_dir() -> Path:
-    """Return ``$ICEFIELD_CACHE``, else ``$XDG_CACHE_HOME/icefield``, else ``~/.cache/icefield``.
-
-    Reads the environment when called; creates nothing.
-    """
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured).expanduser().absolute()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return (base / "icefield").absolute()
 
 
 def jars_dir() -> Path:
@@ -121,7 +111,7 @@ def ensure_jars(
     """
     target = Path(directory).expanduser().absolute() if directory is not None else jars_dir()
     wanted = [(coord, target / jar_name(coord)) for coord in artifacts]
-    missing = [(coord, path) for coord, path in wanted if not _nonempty(path)]
+    missing = [(coord, path) for coord, path in wanted if not nonempty(path)]
     if missing:
         mvn = shutil.which("mvn")
         if mvn is None:
@@ -132,40 +122,10 @@ def ensure_jars(
         target.mkdir(parents=True, exist_ok=True)
         with file_lock(target / ".lock"):
             for coord, path in missing:
-                if _nonempty(path):  # another process fetched it while we waited for the lock
+                if nonempty(path):  # another process fetched it while we waited for the lock
                     continue
-                _mvn_copy(mvn, coord, path, timeout)
+                copy_artifact(mvn, coord, path, timeout)
     return [path for _, path in wanted]
-
-
-def _nonempty(path: Path) -> bool:
-    try:
-        return path.stat().st_size > 0
-    except OSError:
-        return False
-
-
-def _mvn_copy(mvn: str, coordinate: str, dest: Path, timeout: float) -> None:
-    logger.info("fetching %s with Maven into %s", coordinate, dest.parent)
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=dest.parent) as tmp:
-        run_command(
-            [
-                mvn,
-                "-q",
-                "-B",
-                f"{MAVEN_DEPENDENCY_PLUGIN}:copy",
-                f"-Dartifact={coordinate}",
-                f"-DoutputDirectory={tmp}",
-            ],
-            timeout=timeout,
-            cwd=Path(tmp),  # never pick up a pom.xml from the caller's directory
-        )
-        fetched = Path(tmp) / dest.name
-        if not _nonempty(fetched):
-            raise StackError(f"Maven reported success but {fetched.name} is not in {tmp} (fetching {coordinate})")
-        os.replace(fetched, dest)
-    logger.info("fetched %s in %.1fs", dest.name, time.monotonic() - t0)
 
 
 # ------------------------------------------------------------------------------- catalog URLs

@@ -182,6 +182,12 @@ def test_decimal_precision_overflow_is_refused():
     assert "more than 10 digits" in bad[0]
 
 
+def test_a_huge_number_is_refused_for_a_decimal_not_crashed_on():
+    out, bad = convert([1e26, "1e30", 5], pa.decimal128(10, 2), "amount")
+    assert out == [None, None, D("5.00")]
+    assert sorted(bad) == [0, 1] and all("more than 10 digits" in r for r in bad.values())
+
+
 def test_decimal_scale_loss_is_refused_through_arrow():
     out, bad = cast(pa.array([D("1.2345"), D("1.2300")], pa.decimal128(10, 4)), pa.decimal128(10, 2), "amount")
     assert out == [None, D("1.23")] and set(bad) == {0}

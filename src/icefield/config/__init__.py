@@ -6,6 +6,7 @@ from icefield.config.loader import PROJECT_FILE, Project, find_project_root, loa
 from icefield.config.models import (
     CatalogConfig,
     FilesSourceConfig,
+    KafkaSourceConfig,
     ModelConfig,
     PipelineConfig,
     ProjectConfig,
@@ -18,6 +19,7 @@ __all__ = [
     "PROJECT_FILE",
     "CatalogConfig",
     "FilesSourceConfig",
+    "KafkaSourceConfig",
     "ModelConfig",
     "PipelineConfig",
     "Project",

@@ -83,6 +83,42 @@ class FilesSourceConfig(_Model):
         return v
 
 
+class KafkaSourceConfig(_Model):
+    """JSON messages of Kafka topics; incremental by the next offset of every partition.
+
+    The position committed with each batch is ``{"topics": {topic: {partition: next offset}}}``; the
+    consumer group's offsets are committed after each Iceberg commit and only read as a hint when the
+    table has no position for a partition. ``properties`` are extra librdkafka consumer settings
+    (``security.protocol``, ``sasl.password: ${env:KAFKA_PASSWORD}``...); their values may hold secret
+    references. A batch ends at ``batch_size`` records (the pipeline's) or after ``max_wait_seconds``.
+    """
+
+    type: Literal["kafka"]
+    bootstrap_servers: str
+    topic: str | None = None
+    topics: list[str] | None = None
+    group_id: str | None = None  # default: icefield.<pipeline name>
+    format: Literal["json"] = "json"
+    start: Literal["earliest", "latest"] = "earliest"
+    max_wait_seconds: float = Field(5.0, gt=0)
+    metadata_columns: bool = False
+    properties: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _topic_or_topics(self) -> KafkaSourceConfig:
+        if (self.topic is None) == (self.topics is None):
+            raise ValueError("give exactly one of 'topic' or 'topics'")
+        if self.topics is not None and not self.topics:
+            raise ValueError("'topics' must name at least one topic")
+        return self
+
+    @property
+    def topic_names(self) -> list[str]:
+        """The topics to read, in the order given."""
+        return [self.topic] if self.topic is not None else list(self.topics or [])
+
+
+
 CDC_COMMIT_LSN = "_cdc_commit_lsn"
 CDC_LSN = "_cdc_lsn"
 CDC_OP = "_cdc_op"
@@ -99,11 +135,15 @@ class DebeziumSourceConfig(_Model):
     path: str | None = None
     topic: str | None = None
     bootstrap_servers: str | None = None
-    group_id: str | None = None
+    group_id: str | None = None  # default: icefield.<pipeline name>
+    start: Literal["earliest", "latest"] = "earliest"
+    max_wait_seconds: float = Field(5.0, gt=0)
     properties: dict[str, str] = Field(default_factory=dict)
-    poll_timeout_seconds: float = Field(1.0, gt=0)
-    commit_interval_seconds: float = Field(5.0, gt=0)
     max_record_bytes: int = Field(16 << 20, gt=0)
+
+    @property
+    def topic_names(self) -> list[str]:
+        return [self.topic] if self.topic is not None else []
 
     @model_validator(mode="after")
     def _path_or_topic(self) -> DebeziumSourceConfig:
@@ -114,7 +154,9 @@ class DebeziumSourceConfig(_Model):
         return self
 
 
-SourceConfig = Annotated[SqlSourceConfig | FilesSourceConfig | DebeziumSourceConfig, Field(discriminator="type")]
+SourceConfig = Annotated[
+    SqlSourceConfig | FilesSourceConfig | KafkaSourceConfig | DebeziumSourceConfig, Field(discriminator="type")
+]
 
 
 # ---------------------------------------------------------------- target

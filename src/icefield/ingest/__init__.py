@@ -1,7 +1,7 @@
 """Sources: each yields :class:`SourceBatch` objects (Arrow rows plus the source position after them).
 
 A source never writes. It reads from where the committed position says, in bounded chunks, and tells
-the writer what to replace when a source unit (a file) changed. Built-ins: ``sql`` and ``files``;
+the writer what to replace when a source unit (a file) changed. Built-ins: ``sql``, ``files`` and ``kafka``;
 a registry maps names to lazy loaders so optional backends import only when used.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import pyarrow as pa
 
@@ -44,8 +44,8 @@ class SourceBatch:
     data: pa.Table
     position: dict[str, Any]
     key: str
-    raw: list[str] | None = None
-    coords: list[str] | None = None
+    raw: Sequence[str] | None = None
+    coords: Sequence[str] | None = None
     rejected: list[Rejected] = field(default_factory=list)
     replace_file: str | None = None
     coord_label: str = ""
@@ -80,6 +80,31 @@ def row_coords(label: str, names: list[str], row: tuple[Any, ...], keys: list[st
     return f"{label} row {index}"
 
 
+class LazyStrings(Sequence[str]):
+    """``raw`` or ``coords`` of a batch's rows, made only for the rows that are looked at."""
+
+    def __init__(self, n: int, get: Callable[[int], str], index: Sequence[int] | None = None) -> None:
+        self._n = n
+        self._get = get
+        self._index = index
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._get(self._index[i] if self._index is not None else i)
+
+
 @dataclass(frozen=True)
 class SourceCapabilities:
     incremental: bool = False
@@ -96,6 +121,20 @@ class Source:
         """Yield batches after ``position`` (None: from the start). ``schema`` is the target table's
         current Arrow schema (or None) so decoders can type values the way the table expects."""
         raise NotImplementedError
+
+    def follow(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Like :meth:`read`, but keep waiting for new records instead of stopping at the end (a batch
+        then closes at its size or its source's time limit). Ends when :meth:`stop` is called. Only
+        sources whose capabilities say ``streaming`` implement it; others raise :class:`ConfigError`."""
+        raise ConfigError(f"a {type(self).__name__} cannot follow its source; run it without --follow")
+
+    def stop(self) -> None:  # noqa: B027 - optional hook
+        """Ask :meth:`follow` to end after the current batch (safe from another thread or a signal handler)."""
+
+    def acknowledge(self, position: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Called by the runner right after the batch that ends at ``position`` is committed to the table
+        (or found already committed). A source may tell its upstream (Kafka consumer-group offsets); this
+        is a hint only: the position read back from the table always wins."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once after the run."""
@@ -132,6 +171,7 @@ def rebatch(batches: Any, size: int, skip: int) -> Iterator[tuple[int, pa.Table]
 _REGISTRY: dict[str, str] = {
     "sql": "icefield.ingest.sql:SqlSource",
     "files": "icefield.ingest.files:FilesSource",
+    "kafka": "icefield.ingest.kafka:KafkaSource",
     "debezium": "icefield.ingest.debezium:DebeziumSource",
 }
 

@@ -16,6 +16,7 @@ file, so lines appended later are read by the next run. Write whole lines.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,8 @@ class DebeziumSource(Source):
         self.pipeline = pipeline
         self.root = project.root
         self.batch_size = batch_size
-        self.follow = False
         self._reader: Any = None
+        self._stopping = threading.Event()
         if pipeline.target.mode == "merge" and not pipeline.target.keys:
             raise ConfigError(
                 f"pipeline {pipeline.name!r}: target.keys: a debezium source merges by key; list the primary key "
@@ -102,20 +103,48 @@ class DebeziumSource(Source):
         if lines or spans:
             yield self._batch(lines, None, coords, {"files": dict(offsets)}, _files_key(spans), schema)
 
-    def _read_topic(self, position: dict[str, Any], schema: pa.Schema | None) -> Iterator[SourceBatch]:
-        from icefield.ingest.kafka import open_reader
+    def follow(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Batches for as long as the source is not stopped: new Kafka messages, or lines appended to the
+        files (polled); each batch closes at ``batch_size`` events or ``max_wait_seconds`` after it began."""
+        if self.cfg.path is not None:
+            return self._follow_files(position or {}, schema)
+        return self._read_topic(position or {}, schema, follow=True)
 
-        reader = self._reader = open_reader(self.cfg, position, follow=self.follow)
-        for chunk in reader.chunks(self.batch_size):
-            values = [m.value for m in chunk.messages]
-            keys = [m.key for m in chunk.messages]
-            coords = [f"{m.topic}/{m.partition}/{m.offset}" for m in chunk.messages]
-            yield self._batch(values, keys, coords, chunk.position, chunk.key, schema)
+    def _follow_files(self, position: dict[str, Any], schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        while not self._stopping.is_set():
+            progressed = False
+            for batch in self._read_files(position, schema):
+                position = batch.position
+                progressed = True
+                yield batch
+                if self._stopping.is_set():
+                    return
+            if not progressed:
+                self._stopping.wait(min(self.cfg.max_wait_seconds, 1.0))
+
+    def _read_topic(self, position: dict[str, Any], schema: pa.Schema | None, follow: bool = False) -> Iterator[SourceBatch]:
+        from icefield.ingest.kafka import KafkaReader, consumer_config
+
+        where = f"pipeline {self.pipeline.name!r}: source"
+        conf = consumer_config(self.cfg, self.pipeline.name, where)  # type: ignore[arg-type]
+        reader = self._reader = KafkaReader(conf, self.cfg.topic_names, start=self.cfg.start)
+        if self._stopping.is_set():
+            reader.stop()
+        reader.open(position)
+        for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
+            keys = [m.key() for m in mb.messages]
+            coords = [mb.coords(i) for i in range(len(mb))]
+            yield self._batch(mb.values, keys, coords, mb.position, mb.key, schema)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._reader is not None:
+            self._reader.stop()
 
     def acknowledge(self, position: dict[str, Any]) -> None:
         """After the Iceberg commit: tell Kafka (consumer-group offsets are only a hint)."""
         if self._reader is not None:
-            self._reader.acknowledge(position)
+            self._reader.commit(position)
 
     def close(self) -> None:
         if self._reader is not None:
@@ -133,17 +162,20 @@ class DebeziumSource(Source):
         key: str,
         schema: pa.Schema | None,
     ) -> SourceBatch:
-        from icefield.ingest.debezium_codec import decode_events
+        from icefield.ingest import LazyStrings as _Lazy
+        from icefield.ingest.debezium_codec import decode_events, escape_raw
 
         decoded = decode_events(values, keys, coords=coords, table_schema=_user_schema(schema), max_record_bytes=self.cfg.max_record_bytes)
         data, filtered, truncate_at = to_rows(decoded)
-        raw, row_coords = _raw_and_coords(decoded, values, coords)
-        kept = data.column("__index") if "__index" in data.column_names else None
-        if kept is not None:
-            idx = kept.to_pylist()
-            raw = [raw[i] for i in idx]
-            row_coords = [row_coords[i] for i in idx]
-            data = data.drop([c for c in DROPPED_META if c in data.column_names])
+        idx = data.column("__index").to_pylist()
+        data = data.drop([c for c in DROPPED_META if c in data.column_names])
+
+        def raw_of(i: int) -> str:
+            v = values[i]
+            return "null" if v is None else escape_raw(v)
+
+        raw = _Lazy(len(idx), raw_of, idx)
+        row_coords = _Lazy(len(idx), lambda i: coords[i], idx)
         return SourceBatch(
             data=data,
             position=position,
@@ -203,13 +235,6 @@ def _user_schema(schema: pa.Schema | None) -> pa.Schema | None:
         return None
     meta = set(META.values()) | {CDC_DELETED}
     return pa.schema([f for f in schema if f.name not in meta])
-
-
-def _raw_and_coords(decoded: DecodedEvents, values: list[bytes | None], coords: list[str]) -> tuple[list[str], list[str]]:
-    from icefield.ingest.debezium_codec import escape_raw
-
-    raw = ["null" if v is None else escape_raw(v) for v in values]
-    return raw, list(coords)
 
 
 def _files_key(spans: dict[str, tuple[int, int]]) -> str:

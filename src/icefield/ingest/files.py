@@ -12,7 +12,7 @@ import csv
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,36 +177,13 @@ class FilesSource(Source):
                 record += 1
                 if record <= skip:
                     continue
-                self._decode_json_line(line_bytes, f"{rel}:{lineno}", rows, raw, coords, rejected)
+                decode_json_line(line_bytes, f"{rel}:{lineno}", rows, raw, coords, rejected)
                 if len(rows) + len(rejected) >= self.batch_size:
                     yield (*self._rows_to_table(rows, raw, coords, rejected), start, record)
                     rows, raw, coords, rejected = [], [], [], []
                     start = record
         if rows or rejected or start == skip:
             yield (*self._rows_to_table(rows, raw, coords, rejected), start, record)
-
-    @staticmethod
-    def _decode_json_line(
-        line_bytes: bytes, where: str, rows: list[dict[str, Any]], raw: list[str], coords: list[str], rejected: list[Rejected]
-    ) -> None:
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as e:
-            text = line_bytes.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-            rejected.append(Rejected(text, where, "decode", f"decode: invalid UTF-8 at byte {e.start}"))
-            return
-        line = line.rstrip("\r\n")
-        try:
-            rec = json.loads(line, parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as e:
-            rejected.append(Rejected(line, where, "decode", f"decode: not valid JSON: {e}"))
-            return
-        if not isinstance(rec, dict):
-            rejected.append(Rejected(line, where, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}"))
-            return
-        rows.append(rec)
-        raw.append(line)
-        coords.append(where)
 
     def _rows_to_table(
         self,
@@ -215,21 +192,9 @@ class FilesSource(Source):
         coords: list[str],
         rejected: list[Rejected],
     ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
-        types = self._types()
-        names: dict[str, None] = {}
-        if self.declared:
-            names.update(dict.fromkeys(self.declared))
-        for r in rows:
-            names.update(dict.fromkeys(r))
-        bad: dict[int, str] = {}
-        cols: dict[str, pa.Array] = {}
-        for name in names:
-            values = [r.get(name) for r in rows]
-            t = types.get(name) or infer_type(values)
-            cols[name] = convert_values(name, values, t, bad)
-        table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(rows))}).drop(["_empty"])
+        table, bad = json_rows_to_table(rows, self._types(), self.declared or ())
         self._learn(table)
-        return _split_bad(table, raw, coords, rejected, bad)
+        return split_bad(table, raw, coords, rejected, bad)
 
     def _csv_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         # Read every column as text, then type it strictly, so that one bad value cannot fail the file.
@@ -321,6 +286,50 @@ class _peekable:
         return False
 
 
+def decode_json_line(
+    line_bytes: bytes, where: str, rows: list[dict[str, Any]], raw: list[str], coords: list[str], rejected: list[Rejected]
+) -> None:
+    """Decode one JSON Lines record (or one message) into ``rows``/``raw``/``coords``, or into ``rejected``
+    when it is not UTF-8, not valid JSON (NaN and Infinity included) or not a JSON object."""
+    try:
+        line = line_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = line_bytes.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+        rejected.append(Rejected(text, where, "decode", f"decode: invalid UTF-8 at byte {e.start}"))
+        return
+    line = line.rstrip("\r\n")
+    try:
+        rec = json.loads(line, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        rejected.append(Rejected(line, where, "decode", f"decode: not valid JSON: {e}"))
+        return
+    if not isinstance(rec, dict):
+        rejected.append(Rejected(line, where, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}"))
+        return
+    rows.append(rec)
+    raw.append(line)
+    coords.append(where)
+
+
+def json_rows_to_table(
+    rows: list[dict[str, Any]], types: Mapping[str, pa.DataType], leading: Iterable[str] = ()
+) -> tuple[pa.Table, dict[int, str]]:
+    """Type decoded JSON objects as columns: a column's type is ``types[name]`` when known, else inferred
+    from its values (:func:`infer_type`); values that cannot be typed exactly are null and their row is in
+    the returned ``{row index: reason}``. Columns come in the order ``leading``, then first appearance."""
+    names: dict[str, None] = dict.fromkeys(leading)
+    for r in rows:
+        names.update(dict.fromkeys(r))
+    bad: dict[int, str] = {}
+    cols: dict[str, pa.Array] = {}
+    for name in names:
+        values = [r.get(name) for r in rows]
+        t = types.get(name) or infer_type(values)
+        cols[name] = convert_values(name, values, t, bad)
+    table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(rows))}).drop(["_empty"])
+    return table, bad
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -357,9 +366,10 @@ def _split_bad_lazy(
     return typed.take(pa.array(keep, pa.int64())), None, None, rejected
 
 
-def _split_bad(
+def split_bad(
     table: pa.Table, raw: list[str], coords: list[str], rejected: list[Rejected], bad: dict[int, str]
 ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+    """Move the rows listed in ``bad`` (index -> reason) from ``table``/``raw``/``coords`` to ``rejected``."""
     if not bad:
         return table, raw, coords, rejected
     keep = [i for i in range(table.num_rows) if i not in bad]

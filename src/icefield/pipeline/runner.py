@@ -42,11 +42,14 @@ def run_pipeline(
     run_id: str | None = None,
     on_batch: ProgressCallback | None = None,
     max_batches: int | None = None,
+    follow: bool = False,
 ) -> RunResult:
     """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
 
     Every batch is committed on its own, so a failure keeps the batches before it; the failing batch
-    stays pending (its position is not committed) and the next run retries it. Raises
+    stays pending (its position is not committed) and the next run retries it. After each commit the
+    source is told (:meth:`Source.acknowledge`). With ``follow`` a streaming source keeps waiting for
+    new records (:meth:`Source.follow`) until it is stopped or ``max_batches`` is reached. Raises
     :class:`IcefieldError` subclasses; the partial result is attached as ``error.result``.
     """
     from icefield.catalog import open_catalog
@@ -65,9 +68,12 @@ def run_pipeline(
         table = writer.load()
         position = read_position(table, pipe.name)
         schema = table.schema().as_arrow() if table is not None else None
-        for n, batch in enumerate(source.read(position, schema)):
+        batches = source.follow(position, schema) if follow else source.read(position, schema)
+        for n, batch in enumerate(batches):
             res = _run_batch(catalog, engine, writer, pipe, batch, run_id)
             result.batches.append(res)
+            source.acknowledge(batch.position)
+            failpoints.hit("after-acknowledge")
             if on_batch is not None:
                 on_batch(res)
             if max_batches is not None and n + 1 >= max_batches:

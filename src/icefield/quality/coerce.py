@@ -138,7 +138,10 @@ def _to_decimal(scale: int, precision: int) -> Callable[[Any], decimal.Decimal]:
             raise CoercionError("not a decimal number")
         if not d.is_finite():
             raise CoercionError("not a finite number")
-        q = d.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)
+        try:
+            q = d.quantize(quantum, rounding=decimal.ROUND_HALF_EVEN)
+        except decimal.InvalidOperation:  # needs more digits than the context's 28: far past any precision
+            raise CoercionError(f"has more than {precision} digits") from None
         if q != d:
             raise CoercionError(f"has more than {scale} decimal places")
         if len(q.as_tuple().digits) > precision:

@@ -3,7 +3,8 @@
 At the named point the process dies at once (``kill``, the default: ``os._exit``, like SIGKILL: no
 cleanup, no flush) or raises :class:`FailpointError` (``raise``). ``@n`` fires on the n-th hit only.
 Points on the write path: ``after-data-files``, ``before-commit``, ``after-commit`` (the catalog swap
-happened, the caller has not been told), ``after-quarantine``.
+happened, the caller has not been told), ``after-quarantine``; in the runner, ``after-acknowledge`` (the
+source was told the batch is committed, e.g. Kafka consumer offsets committed).
 """
 
 from __future__ import annotations

@@ -1,0 +1,648 @@
+"""The ``kafka`` source: JSON messages of Kafka topics, exactly once into Iceberg.
+
+Two layers:
+
+* :class:`KafkaReader`, the reusable reading core (the ``debezium`` source builds on it): it assigns
+  every partition of the topics itself (no subscription, so no group rebalance), seeks each one to
+  the position given (the table's, DESIGN.md rule 1; the consumer group's committed offset is only a
+  hint for partitions the table does not know; then ``start``), and yields :class:`MessageBatch`
+  objects bounded by a record count and a time limit. :meth:`KafkaReader.batches` stops at the high
+  watermarks seen when it opened ("consume what is there and stop"), or with ``follow`` keeps
+  polling until :meth:`KafkaReader.stop`. :meth:`KafkaReader.commit` writes the consumer-group
+  offsets after the Iceberg commit.
+* :class:`KafkaSource`, the pipeline source: each batch's messages are decoded as JSON objects with
+  the typing rules of JSON Lines files (:mod:`icefield.ingest.files`, :mod:`icefield.quality.coerce`);
+  a message that is not UTF-8, not valid JSON, not an object or empty becomes a
+  :class:`~icefield.ingest.Rejected` with the coordinates ``topic/partition/offset``.
+
+The position is ``{"topics": {topic: {partition: next offset}}}`` for every partition read. A
+batch's key lists the offset range it covers per partition (``kafka:t/0:100-200;t/1:...``), so its
+batch id is deterministic. confluent-kafka is imported lazily (``pip install icefield[kafka]``).
+"""
+
+from __future__ import annotations
+
+import copy
+import decimal
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from icefield.config.models import KafkaSourceConfig
+from icefield.config.secrets import redact, register_secret, resolve
+from icefield.errors import ConfigError, MissingDependencyError, SourceError, TransientError
+from icefield.ingest import LazyStrings as _Lazy
+from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
+from icefield.ingest.files import decode_json_line, json_rows_to_table, split_bad
+from icefield.quality.coerce import cast_column
+
+if TYPE_CHECKING:
+    from icefield.config import PipelineConfig, Project
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install icefield[kafka]"
+POLL_CHUNK = 10_000
+"""Most messages asked of librdkafka per ``consume`` call."""
+STALL_SECONDS = 60.0
+"""Without ``follow``: how long the reader waits for a partition that is short of its end before failing."""
+
+TopicPartition = tuple[str, int]
+_FORCED = {
+    "enable.auto.commit": "false",  # offsets are committed by us, after the Iceberg commit, and only as a hint
+    "enable.auto.offset.store": "false",
+    "enable.partition.eof": "true",  # tells the reader it reached the end of a partition
+}
+_SECRET_KEYS = re.compile(r"password|secret|token|credentials|key$", re.IGNORECASE)
+
+
+def import_confluent_kafka() -> Any:
+    """Import confluent_kafka; raise :class:`MissingDependencyError` naming the extra when it is missing."""
+    try:
+        import confluent_kafka
+    except ImportError as e:
+        raise MissingDependencyError(f"the kafka source needs confluent-kafka ({e}): run `{INSTALL_HINT}`") from None
+    return confluent_kafka
+
+
+# ------------------------------------------------------------------------------------ positions
+
+
+def position_state(offsets: Mapping[TopicPartition, int], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``{(topic, partition): next offset}`` as the JSON position ``{"topics": {t: {"p": offset}}}``.
+
+    Entries of ``base`` (a stored position) for partitions not in ``offsets`` are kept.
+    """
+    state: dict[str, Any] = copy.deepcopy(dict(base)) if base else {}
+    topics = state.setdefault("topics", {})
+    for (topic, partition), offset in sorted(offsets.items()):
+        topics.setdefault(topic, {})[str(partition)] = int(offset)
+    return state
+
+
+def position_offsets(state: Mapping[str, Any] | None) -> dict[TopicPartition, int]:
+    """The inverse of :func:`position_state`; raises :class:`SourceError` for a malformed position."""
+    if not state:
+        return {}
+    try:
+        return {
+            (str(topic), int(partition)): int(offset)
+            for topic, partitions in state["topics"].items()
+            for partition, offset in partitions.items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SourceError(f"the stored Kafka position {state!r} is not {{'topics': {{topic: {{partition: offset}}}}}}: {e}") from None
+
+
+def range_key(start: Mapping[TopicPartition, int], end: Mapping[TopicPartition, int]) -> str:
+    """``kafka:t/0:100-200;t/1:7-9``: the offset ranges a batch covers (partitions that advanced only)."""
+    parts = [f"{t}/{p}:{start[(t, p)]}-{end[(t, p)]}" for (t, p) in sorted(end) if end[(t, p)] != start.get((t, p))]
+    return "kafka:" + ";".join(parts)
+
+
+# ------------------------------------------------------------------------------------ reading core
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaMessage:
+    """One Kafka record: where it is, its key and value bytes, and its timestamp (ms since the epoch)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None
+
+
+@dataclass
+class MessageBatch:
+    """Messages read together, in partition order, with the positions before and after them.
+
+    ``messages`` are confluent-kafka ``Message`` objects (kept as they are: converting millions of them
+    costs); ``values`` are their values (``None`` for a tombstone). ``position`` is the JSON position
+    after the batch (every partition), ``key`` its deterministic offset-range key.
+    """
+
+    messages: list[Any]
+    values: list[bytes | None]
+    start: dict[TopicPartition, int]
+    end: dict[TopicPartition, int]
+    position: dict[str, Any]
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = range_key(self.start, self.end)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def coords(self, i: int) -> str:
+        """``topic/partition/offset`` of message ``i``."""
+        m = self.messages[i]
+        return f"{m.topic()}/{m.partition()}/{m.offset()}"
+
+    def records(self) -> list[KafkaMessage]:
+        """The messages as :class:`KafkaMessage` objects (topic, partition, offset, key, value, timestamp)."""
+        out = []
+        for m in self.messages:
+            kind, ts = m.timestamp()
+            out.append(KafkaMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if kind else None))
+        return out
+
+
+class KafkaReader:
+    """Reads Kafka topics from explicit per-partition positions, in bounded batches.
+
+    ``config`` is the librdkafka consumer configuration (``bootstrap.servers``, ``group.id``, security
+    settings; secrets already resolved); auto-commit is always off. ``start`` says where a partition
+    begins when neither the table nor the group has an offset for it. Not thread-safe, except
+    :meth:`stop`. Use: :meth:`open`, then :meth:`batches`, :meth:`commit` after each durable write,
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        topics: Sequence[str],
+        *,
+        start: Literal["earliest", "latest"] = "earliest",
+        timeout: float = 30.0,
+        stall_seconds: float = STALL_SECONDS,
+    ) -> None:
+        if not topics:
+            raise ConfigError("give at least one Kafka topic to read")
+        for key in _FORCED:
+            if key in config and str(config[key]).lower() != _FORCED[key]:
+                raise ConfigError(
+                    f"Kafka consumer property {key}={config[key]!r} is not allowed: icefield commits offsets itself, "
+                    "inside the Iceberg commit; remove it"
+                )
+        self.config: dict[str, Any] = {**config, **_FORCED, "auto.offset.reset": start}
+        self.topics = list(dict.fromkeys(topics))
+        self.start = start
+        self.timeout = timeout
+        self.stall_seconds = stall_seconds
+        self._consumer: Any = None
+        self._ck: Any = None
+        self._stop = threading.Event()
+        self._stored: dict[str, Any] | None = None
+        self.positions: dict[TopicPartition, int] = {}
+        """Next offset to read per assigned partition (moves as batches are returned)."""
+        self.ends: dict[TopicPartition, int] = {}
+        """High watermark of each partition when :meth:`open` ran: where a run without ``follow`` stops."""
+        self._eof: set[TopicPartition] = set()
+
+    @property
+    def bootstrap(self) -> str:
+        return str(self.config.get("bootstrap.servers", "?"))
+
+    def open(self, position: Mapping[str, Any] | None) -> None:
+        """Connect, find every partition of the topics, and seek each to where reading resumes.
+
+        A partition's start is the table's ``position`` if it has one, else the consumer group's
+        committed offset (a hint), else the low or high watermark (``start``). Raises
+        :class:`SourceError` if a topic does not exist or the stored position lies beyond a partition's
+        end (the topic was recreated), :class:`TransientError` if Kafka cannot be reached.
+        """
+        ck = self._ck = import_confluent_kafka()
+        stored = position_offsets(position)
+        self._stored = dict(position) if position else None
+        conf = dict(self.config)
+        conf.setdefault("logger", log)
+        conf.setdefault("error_cb", _log_error)
+        try:
+            self._consumer = consumer = ck.Consumer(conf)
+        except ck.KafkaException as e:
+            raise ConfigError(f"invalid Kafka consumer settings: {redact(str(e))}") from None
+        try:
+            partitions = self._partitions()
+            tps = [ck.TopicPartition(t, p) for t, p in partitions]
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=self.timeout)}
+            starts: dict[TopicPartition, int] = {}
+            for tp in partitions:
+                low, high = consumer.get_watermark_offsets(ck.TopicPartition(*tp), timeout=self.timeout, cached=False)
+                self.ends[tp] = high
+                starts[tp] = self._start_offset(tp, stored.get(tp), committed.get(tp, -1), low, high)
+            consumer.assign([ck.TopicPartition(t, p, off) for (t, p), off in starts.items()])
+        except ck.KafkaException as e:
+            self.close()
+            raise TransientError(f"cannot read Kafka at {self.bootstrap}: {redact(str(e))}; check that it runs and rerun") from e
+        self.positions = starts
+        log.info("reading %s from %s; end offsets %s", self.topics, starts, self.ends)
+
+    def _partitions(self) -> list[TopicPartition]:
+        out = []
+        for topic in self.topics:
+            meta = self._consumer.list_topics(topic, timeout=self.timeout)
+            info = meta.topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                why = f" ({info.error.str()})" if info is not None and info.error is not None else ""
+                raise SourceError(
+                    f"Kafka topic {topic!r} does not exist on {self.bootstrap}{why}; create it or fix source.topic"
+                )
+            out += [(topic, p) for p in sorted(info.partitions)]
+        return out
+
+    def _start_offset(self, tp: TopicPartition, stored: int | None, committed: int, low: int, high: int) -> int:
+        where = f"{tp[0]}/{tp[1]}"
+        if stored is not None:
+            if stored > high:
+                raise SourceError(
+                    f"the table's position for Kafka partition {where} is offset {stored}, beyond the partition's end "
+                    f"{high}: the topic was deleted and recreated or truncated. Reading on could skip or repeat "
+                    "messages; load into a new table (or a new pipeline name) to start over"
+                )
+            offset = stored
+        elif 0 <= committed <= high:
+            log.info("partition %s: no position in the table; starting from the group's committed offset %d", where, committed)
+            offset = committed
+        else:
+            offset = low if self.start == "earliest" else high
+        if offset < low:
+            log.warning(
+                "partition %s: offsets %d-%d were deleted by retention before they were read; continuing at %d",
+                where, offset, low - 1, low,
+            )
+            offset = low
+        return offset
+
+    def caught_up(self) -> bool:
+        """True once every partition reached the end it had when :meth:`open` ran."""
+        return all(tp in self._eof or off >= self.ends[tp] for tp, off in self.positions.items())
+
+    def stop(self) -> None:
+        """Make :meth:`batches` return after the batch in progress (thread- and signal-safe)."""
+        self._stop.set()
+
+    def batches(self, max_messages: int, max_seconds: float, *, follow: bool = False) -> Iterator[MessageBatch]:
+        """Yield batches of at most ``max_messages`` messages, each closed after ``max_seconds``.
+
+        Without ``follow``, ends once every partition reached its end offset of :meth:`open` (so a run
+        over an idle topic yields nothing and a run never waits for new messages); raises
+        :class:`TransientError` if a partition makes no progress for ``stall_seconds`` before its end.
+        With ``follow``, polls on until :meth:`stop`; a batch is yielded when full or when
+        ``max_seconds`` have passed since it began, and never empty. Raises :class:`TransientError` on
+        a Kafka error.
+        """
+        if self._consumer is None:
+            raise SourceError("KafkaReader.batches() before open()")
+        ck = self._ck
+        eof_code = ck.KafkaError._PARTITION_EOF
+        consumer = self._consumer
+        single_topic = self.topics[0] if len(self.topics) == 1 else None
+        last_progress = time.monotonic()
+        while not self._stop.is_set() and (follow or not self.caught_up()):
+            start = dict(self.positions)
+            messages: list[Any] = []
+            values: list[bytes | None] = []
+            deadline = time.monotonic() + max_seconds
+            while len(messages) < max_messages and not self._stop.is_set():
+                if not follow and self.caught_up():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                polled = consumer.consume(min(max_messages - len(messages), POLL_CHUNK), timeout=min(left, 0.5))
+                if not polled:
+                    if not follow and time.monotonic() - last_progress > self.stall_seconds:
+                        short = {f"{t}/{p}": (off, self.ends[(t, p)]) for (t, p), off in self.positions.items()
+                                 if off < self.ends[(t, p)] and (t, p) not in self._eof}
+                        raise TransientError(
+                            f"Kafka at {self.bootstrap} sent nothing for {self.stall_seconds:.0f}s although partitions "
+                            f"{short} (offset, end) are not at their end; rerun once the broker is healthy"
+                        )
+                    continue
+                last_progress = time.monotonic()
+                n_before = len(messages)
+                for m in polled:
+                    err = m.error()
+                    if err is None:
+                        messages.append(m)
+                        values.append(m.value())
+                    elif err.code() == eof_code:
+                        tp = (m.topic(), m.partition())
+                        self._eof.add(tp)
+                        if m.offset() > self.positions.get(tp, -1):
+                            self.positions[tp] = m.offset()  # past trailing transaction markers
+                    else:
+                        self._on_error(err)
+                # Next offsets: the last message of each partition in this poll, plus one (an end-of-partition
+                # event may already have moved a partition further, past trailing transaction markers).
+                last: dict[TopicPartition, int] = {}
+                if single_topic is not None:
+                    for m in messages[n_before:]:
+                        last[(single_topic, m.partition())] = m.offset()
+                else:
+                    for m in messages[n_before:]:
+                        last[(m.topic(), m.partition())] = m.offset()
+                for tp, off in last.items():
+                    if off + 1 > self.positions[tp]:
+                        self.positions[tp] = off + 1
+            if messages:
+                end = dict(self.positions)
+                yield MessageBatch(messages, values, start, end, position_state(end, self._stored))
+
+    def _on_error(self, err: Any) -> None:
+        if err.fatal() or not err.retriable():
+            raise TransientError(f"Kafka at {self.bootstrap} reported {redact(err.str())}; rerun once it is fixed")
+        log.warning("Kafka reported %s; retrying", redact(err.str()))
+
+    def commit(self, position: Mapping[str, Any]) -> bool:
+        """Commit ``position`` as the consumer group's offsets (a hint for tools and for tables without a
+        position). Returns False (and logs) if Kafka refuses: the table's position stays authoritative."""
+        if self._consumer is None:
+            return False
+        ck = self._ck
+        offsets = [ck.TopicPartition(t, p, off) for (t, p), off in position_offsets(position).items() if t in self.topics]
+        if not offsets:
+            return False
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except ck.KafkaException as e:
+            log.warning("could not commit consumer-group offsets (a hint only; the table keeps the position): %s", redact(str(e)))
+            return False
+        return True
+
+    def close(self) -> None:
+        """Leave the broker; safe to call twice."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except Exception as e:  # closing must not hide the error that ended the run
+                log.warning("closing the Kafka consumer failed: %s", e)
+
+
+def _log_error(err: Any) -> None:
+    log.warning("Kafka client: %s", redact(err.str()))
+
+
+# ------------------------------------------------------------------------------------ JSON decoding
+
+
+_TS_OR_DATE = r"^\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?\s*$"
+_INT64_LIMIT = float(1 << 63)
+
+
+def _json_native(t: pa.DataType) -> pa.DataType:
+    """The type to ask pyarrow's JSON parser for a column typed ``t``. It refuses (and the batch falls back
+    to the record path) any value of another JSON kind, and a decimal that would lose digits."""
+    if pa.types.is_integer(t):
+        return pa.int64()
+    if pa.types.is_floating(t):
+        return pa.float64()
+    if pa.types.is_boolean(t):
+        return pa.bool_()
+    if pa.types.is_decimal(t):
+        return t  # parsed from the number's text, exactly
+    return pa.string()  # text, dates, timestamps, binary: typed by the strict converters
+
+
+@dataclass
+class Decoded:
+    """Rows decoded from a batch: ``data``, raw text and coordinates per row, rejected messages, and
+    ``index``: the message each row came from (None when row i is message i)."""
+
+    data: pa.Table
+    raw: Sequence[str]
+    coords: Sequence[str]
+    rejected: list[Rejected]
+    index: list[int] | None
+
+
+class JsonDecoder:
+    """Decodes message values holding JSON objects into typed Arrow rows, as JSON Lines files are.
+
+    Column types: the table's (``schema``), then those learned from earlier batches of this run, else
+    inferred from the values. A fast path parses a whole batch with pyarrow's JSON reader and casts it
+    strictly; a batch it cannot prove equal to the record-by-record path (a bad record, a value of an
+    unexpected kind, a new column that may hold dates) is decoded record by record instead.
+    """
+
+    def __init__(self) -> None:
+        self.learned: dict[str, pa.DataType] = {}
+
+    def types(self, schema: pa.Schema | None) -> dict[str, pa.DataType]:
+        types = {f.name: f.type for f in schema} if schema is not None else {}
+        types.update({k: v for k, v in self.learned.items() if k not in types})
+        return types
+
+    def decode(self, values: Sequence[bytes | None], coord: Callable[[int], str], schema: pa.Schema | None) -> Decoded:
+        """Decode ``values``; ``coord(i)`` names message ``i`` for the quarantine."""
+        types = self.types(schema)
+        fast = self._fast(values, coord, types)
+        out = fast if fast is not None else self._slow(values, coord, types)
+        for f in out.data.schema:
+            self.learned.setdefault(f.name, f.type)
+        return out
+
+    def _slow(self, values: Sequence[bytes | None], coord: Callable[[int], str], types: Mapping[str, pa.DataType]) -> Decoded:
+        rows: list[dict[str, Any]] = []
+        raw: list[str] = []
+        coords: list[str] = []
+        rejected: list[Rejected] = []
+        index: list[int] = []
+        for i, value in enumerate(values):
+            where = coord(i)
+            if value is None:
+                rejected.append(Rejected("", where, "decode", "decode: the message has no value (a tombstone)"))
+                continue
+            before = len(rows)
+            decode_json_line(value, where, rows, raw, coords, rejected)
+            if len(rows) > before:
+                index.append(i)
+        table, bad = json_rows_to_table(rows, types)
+        data, raw, coords, rejected = split_bad(table, raw, coords, rejected, bad)
+        if bad:
+            index = [m for k, m in enumerate(index) if k not in bad]
+        return Decoded(data, raw, coords, rejected, index)
+
+    def _fast(self, values: Sequence[bytes | None], coord: Callable[[int], str], types: Mapping[str, pa.DataType]) -> Decoded | None:
+        import pyarrow.json as pj
+
+        n = len(values)
+        if not n:
+            return None
+        # Every value must start an object, so each gives at least one row (or a parse error): with the
+        # count check below, this proves that row i is message i.
+        for v in values:
+            if v is None or v[:1] != b"{":
+                return None
+        explicit = {name: _json_native(t) for name, t in types.items()}
+        parse = pj.ParseOptions(
+            explicit_schema=pa.schema(list(explicit.items())) if explicit else None,
+            unexpected_field_behavior="infer",
+        )
+        try:
+            import io
+
+            parsed = pj.read_json(io.BytesIO(b"\n".join(values)), parse_options=parse)  # type: ignore[arg-type]
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+            return None
+        if parsed.num_rows != n:
+            return None
+        cols: dict[str, pa.Array] = {}
+        bad: dict[int, str] = {}
+        for name in parsed.column_names:
+            col = parsed.column(name).combine_chunks()
+            src = col.type
+            # NaN/Infinity are not JSON (the record path refuses the record); integers past 64 bits were
+            # read as doubles here but are integers there.
+            if (
+                pa.types.is_floating(src)
+                and col.null_count < n
+                and (not pc.all(pc.is_finite(col)).as_py() or pc.max(pc.abs(col)).as_py() >= _INT64_LIMIT)
+            ):
+                return None
+            # pyarrow checks a decimal's digits as written, not once scaled: 100000000 passes for decimal(10,2).
+            if pa.types.is_decimal(src) and col.null_count < n:
+                bounds = pc.min_max(col).as_py()
+                limit = decimal.Decimal(10) ** (src.precision - src.scale)
+                if bounds["max"] >= limit or bounds["min"] <= -limit:
+                    return None
+            target = types.get(name)
+            if target is None:
+                if pa.types.is_null(src):
+                    target = pa.string()
+                elif pa.types.is_integer(src) or pa.types.is_floating(src) or pa.types.is_boolean(src):
+                    target = src
+                elif pa.types.is_string(src):
+                    if pc.any(pc.match_substring_regex(col, _TS_OR_DATE)).as_py():
+                        return None  # the record path may type this new column as a date or a timestamp
+                    target = src
+                else:
+                    return None  # timestamps, objects, arrays: as the record path types them
+            elif src != explicit[name] and not pa.types.is_null(src):
+                return None
+            cols[name] = cast_column(name, col, target, bad)
+        data = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(n)}).drop(["_empty"])
+
+        def raw_of(i: int) -> str:
+            v = values[i]
+            return v.decode("utf-8") if v is not None else ""
+
+        if not bad:
+            return Decoded(data, _Lazy(n, raw_of), _Lazy(n, coord), [], None)
+        keep = [i for i in range(n) if i not in bad]
+        rejected = [Rejected(raw_of(i), coord(i), "type", bad[i]) for i in sorted(bad)]
+        data = data.take(pa.array(keep, pa.int64()))
+        return Decoded(data, _Lazy(len(keep), raw_of, keep), _Lazy(len(keep), coord, keep), rejected, keep)
+
+
+# ------------------------------------------------------------------------------------ the source
+
+
+def consumer_config(cfg: KafkaSourceConfig, pipeline: str, where: str) -> dict[str, str]:
+    """The librdkafka settings of a ``kafka`` source, secret references resolved (and registered for
+    redaction). Raises :class:`ConfigError` for a property that conflicts with a source field."""
+    conf: dict[str, str] = {}
+    for key, value in cfg.properties.items():
+        if key in ("bootstrap.servers", "group.id"):
+            field_name = "bootstrap_servers" if key == "bootstrap.servers" else "group_id"
+            raise ConfigError(f"{where}.properties.{key}: set source.{field_name} instead")
+        resolved = resolve(value, where=f"{where}.properties.{key}")
+        if _SECRET_KEYS.search(key):
+            register_secret(resolved)
+        conf[key] = resolved
+    conf["bootstrap.servers"] = resolve(cfg.bootstrap_servers, where=f"{where}.bootstrap_servers")
+    conf["group.id"] = cfg.group_id or f"icefield.{pipeline}"
+    conf.setdefault("client.id", f"icefield.{pipeline}")
+    return conf
+
+
+class KafkaSource(Source):
+    """JSON messages of Kafka topics (see the module docs). Batches close at the pipeline's
+    ``batch_size`` messages or after ``source.max_wait_seconds``."""
+
+    capabilities = SourceCapabilities(incremental=True, streaming=True)
+
+    def __init__(self, pipeline: PipelineConfig, project: Project, batch_size: int) -> None:
+        assert isinstance(pipeline.source, KafkaSourceConfig)
+        self.cfg = pipeline.source
+        self.pipeline = pipeline.name
+        self.where = f"pipeline {pipeline.name!r}: source"
+        self.batch_size = batch_size
+        self.decoder = JsonDecoder()
+        self.reader: KafkaReader | None = None
+        self._stop_requested = False
+
+    def _open(self, position: dict[str, Any] | None) -> KafkaReader:
+        conf = consumer_config(self.cfg, self.pipeline, self.where)
+        reader = self.reader = KafkaReader(conf, self.cfg.topic_names, start=self.cfg.start)
+        if self._stop_requested:
+            reader.stop()
+        reader.open(position)
+        return reader
+
+    def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Batches up to the end offsets the topics had when the read began; then the read ends."""
+        return self._batches(position, schema, follow=False)
+
+    def follow(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Batches for as long as the source is not stopped; each closes at ``batch_size`` messages or
+        ``max_wait_seconds`` after it began (the commit interval)."""
+        return self._batches(position, schema, follow=True)
+
+    def _batches(self, position: dict[str, Any] | None, schema: pa.Schema | None, follow: bool) -> Iterator[SourceBatch]:
+        reader = self._open(position)
+        for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
+            decoded = self.decoder.decode(mb.values, mb.coords, schema)
+            data = decoded.data
+            if self.cfg.metadata_columns:
+                data = _with_metadata(data, mb.messages, decoded.index)
+            yield SourceBatch(
+                data=data,
+                position=mb.position,
+                key=mb.key,
+                raw=decoded.raw,
+                coords=decoded.coords,
+                rejected=decoded.rejected,
+                coord_label=",".join(self.cfg.topic_names),
+            )
+
+    def acknowledge(self, position: dict[str, Any]) -> None:
+        """Commit the consumer-group offsets of ``position`` (after the Iceberg commit; a hint only)."""
+        if self.reader is not None:
+            self.reader.commit(position)
+
+    def stop(self) -> None:
+        self._stop_requested = True
+        if self.reader is not None:
+            self.reader.stop()
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+METADATA_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp")
+
+
+def _with_metadata(data: pa.Table, messages: list[Any], index: list[int] | None) -> pa.Table:
+    rows = [messages[i] for i in index] if index is not None else messages
+    topics, partitions, offsets, stamps = [], [], [], []
+    for m in rows:
+        topics.append(m.topic())
+        partitions.append(m.partition())
+        offsets.append(m.offset())
+        kind, ts = m.timestamp()
+        stamps.append(ts if kind else None)
+    columns = {
+        "_kafka_topic": pa.array(topics, pa.string()),
+        "_kafka_partition": pa.array(partitions, pa.int32()),
+        "_kafka_offset": pa.array(offsets, pa.int64()),
+        "_kafka_timestamp": pa.array(stamps, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+    }
+    for name, arr in columns.items():
+        if name in data.column_names:
+            raise SourceError(f"the messages already have a field {name!r}; turn source.metadata_columns off")
+        data = data.append_column(name, arr)
+    return data

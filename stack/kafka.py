@@ -1,0 +1,290 @@
+"""Apache Kafka 4.x in KRaft mode (one node, broker and controller combined), from Maven Central jars.
+
+The classpath is the runtime closure of ``stack/poms/kafka.xml`` (``kafka_2.13`` plus a log4j2 SLF4J
+provider, which Kafka's POMs no longer carry), copied by Maven into
+``<cache>/kafka-<version>/libs`` (see :func:`stack.maven.cache_dir`; outside the checkout, reused by
+CI and other checkouts). Layout under ``state_dir`` (``<base>/kafka``)::
+
+    server.properties   rewritten at every start (ports, log dir)
+    data/               the log dir, formatted once with ``kafka.tools.StorageTool format``
+    kafka.log           the broker's output
+    pid                 the JVM's pid
+    lock                serialises concurrent start/stop
+
+Ports: the broker listens on ``$ICEFIELD_KAFKA_PORT`` (19092) and the controller on
+``$ICEFIELD_KAFKA_CONTROLLER_PORT`` (19093; never 9093, Alertmanager's default), both on 127.0.0.1
+only, PLAINTEXT. The broker is ready when a Kafka Metadata request lists it (checked over the wire
+protocol here, so the launcher needs no Python Kafka client).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from pathlib import Path
+
+from .base import LOCALHOST, StackError, run_command
+from .jvm import LOG4J2_CONFIG, JavaService, find_java, read_port_env
+from .maven import POMS_DIR, cache_dir, copy_dependencies
+
+logger = logging.getLogger(__name__)
+
+KAFKA_VERSION = "4.3.1"
+"""Debezium 3.6.1 is built against Kafka 4.3; Connect runs the same version."""
+LOG4J_VERSION = "2.25.4"
+SLF4J_VERSION = "2.0.17"
+KAFKA_PORT_ENV = "ICEFIELD_KAFKA_PORT"
+KAFKA_PORT_DEFAULT = 19092
+KAFKA_CONTROLLER_PORT_ENV = "ICEFIELD_KAFKA_CONTROLLER_PORT"
+KAFKA_CONTROLLER_PORT_DEFAULT = 19093
+KAFKA_HEAP = "512m"
+KAFKA_POM = POMS_DIR / "kafka.xml"
+NODE_ID = 1
+
+_METADATA_API = 3
+_METADATA_VERSION = 4  # Kafka 4.0 removed v0-v3 (KIP-896); v4 is the oldest left and not "flexible"
+
+
+def maven_properties(version: str = KAFKA_VERSION) -> dict[str, str]:
+    """The ``-D`` versions passed to the assembly POMs (Kafka's and Connect's)."""
+    return {"kafka.version": version, "log4j.version": LOG4J_VERSION, "slf4j.version": SLF4J_VERSION}
+
+
+def kafka_libs(version: str = KAFKA_VERSION) -> Path:
+    """Return the folder of the broker's jars, assembling it with Maven first if needed.
+
+    Raises :class:`~stack.base.ServiceNotInstalled` if Maven is missing, :class:`StackError` if it fails.
+    """
+    return copy_dependencies(
+        KAFKA_POM,
+        cache_dir() / f"kafka-{version}" / "libs",
+        maven_properties(version),
+        purpose=f"the Kafka {version} broker jars",
+    )
+
+
+class Kafka(JavaService):
+    """A single-node KRaft Kafka under ``state_dir`` listening on 127.0.0.1 only.
+
+    ``port`` and ``controller_port`` come from the arguments, else the environment variables, else
+    19092 / 19093. ``fast`` changes nothing here: Kafka never fsyncs by default. Topics are created
+    on first use (``auto.create.topics.enable``) with one partition; the internal topics have one
+    replica.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        base_dir: Path | str | None = None,
+        *,
+        port: int | None = None,
+        controller_port: int | None = None,
+        fast: bool = False,
+        heap: str = KAFKA_HEAP,
+        version: str = KAFKA_VERSION,
+    ) -> None:
+        """Configure the launcher; touches nothing on disk. Raises :class:`StackError` for a bad port."""
+        super().__init__(base_dir, fast=fast)
+        self._port = port if port is not None else read_port_env(KAFKA_PORT_ENV, KAFKA_PORT_DEFAULT)
+        self._controller_port = (
+            controller_port
+            if controller_port is not None
+            else read_port_env(KAFKA_CONTROLLER_PORT_ENV, KAFKA_CONTROLLER_PORT_DEFAULT)
+        )
+        for p in (self._port, self._controller_port):
+            if not 1 <= p <= 65535:
+                raise StackError(f"Kafka port {p} is out of range 1-65535")
+        if self._port == self._controller_port:
+            raise StackError(f"Kafka's broker and controller ports must differ (both {self._port})")
+        self.heap = heap
+        self.version = version
+        self._libs: Path | None = None
+        self._java: str | None = None
+
+    @property
+    def port(self) -> int:
+        """The broker (client) port."""
+        return self._port
+
+    @property
+    def controller_port(self) -> int:
+        """The KRaft controller port."""
+        return self._controller_port
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """``127.0.0.1:<port>``, what clients put in ``bootstrap.servers``."""
+        return f"{self.host}:{self.port}"
+
+    def url(self) -> str:
+        """Return the bootstrap servers (``127.0.0.1:<port>``)."""
+        return self.bootstrap_servers
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, self.controller_port)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "server.properties"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def install(self) -> None:
+        """Find Java 17+ and assemble the jars (Maven, cached); raise ServiceNotInstalled naming the fix."""
+        self._java = find_java()
+        self._libs = kafka_libs(self.version)
+
+    def prepare(self) -> None:
+        """Write ``server.properties`` and format the storage on the first start."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.server_properties())
+        if not (self.data_dir / "meta.properties").is_file():
+            self._format()
+
+    def server_properties(self) -> str:
+        """The broker's configuration (rewritten at every start, so it follows the launcher)."""
+        h, p, c = self.host, self.port, self.controller_port
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": str(NODE_ID),
+            # Static voters: no --standalone at format time, and a changed port needs no reformat.
+            "controller.quorum.voters": f"{NODE_ID}@{h}:{c}",
+            "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
+            "advertised.listeners": f"PLAINTEXT://{h}:{p}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            "num.network.threads": "2",
+            "num.io.threads": "2",
+            "background.threads": "2",
+            "num.recovery.threads.per.data.dir": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",  # the default 50 costs seconds at the first group commit
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.retention.hours": "24",
+            "log.segment.bytes": str(256 << 20),
+        }
+        lines = ["# Written by stack/kafka.py at every start: change the launcher, not this file."]
+        lines += [f"{k}={v}" for k, v in settings.items()]
+        return "\n".join(lines) + "\n"
+
+    def command(self) -> list[str]:
+        assert self._java is not None and self._libs is not None, "install() first"
+        return [
+            self._java,
+            *self.jvm_options(),
+            "-cp",
+            f"{self._libs}/*",
+            "kafka.Kafka",
+            str(self.config_file),
+        ]
+
+    def _format(self) -> None:
+        """Format the log dir with a fresh cluster id (``kafka.tools.StorageTool``)."""
+        assert self._java is not None and self._libs is not None, "install() first"
+        base = [self._java, "-Xmx256m", f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}", "-cp", f"{self._libs}/*",
+                "kafka.tools.StorageTool"]
+        cluster_id = run_command([*base, "random-uuid"], timeout=120).stdout.strip().splitlines()[-1]
+        logger.info("formatting Kafka storage %s (cluster %s)", self.data_dir, cluster_id)
+        run_command(
+            [*base, "format", "-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"],
+            timeout=120,
+        )
+
+    def probe(self) -> bool:
+        """True when a Metadata request lists this broker (it registered with the controller)."""
+        try:
+            brokers = metadata_brokers(self.host, self.port)
+        except (OSError, ValueError, struct.error):
+            return False
+        return (self.host, self.port) in brokers
+
+
+def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[str, int]]:
+    """Send a Kafka Metadata request (v4, no topics) to ``host:port``; return the brokers it lists.
+
+    Speaks the wire protocol directly (request header v1, big-endian): a few bytes, no client
+    library. Raises OSError when the connection fails and ValueError on a malformed answer.
+    """
+    client_id = b"icefield-stack"
+    correlation = 0x1CEF
+    body = struct.pack(">i", 0) + b"\x00"  # topics: empty array (no topic metadata); no auto-create
+    header = struct.pack(">hhih", _METADATA_API, _METADATA_VERSION, correlation, len(client_id)) + client_id
+    request = header + body
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        if not 0 < size < 1 << 24:
+            raise ValueError(f"implausible Kafka response size {size}")
+        payload = _recv_exact(sock, size)
+    reader = _Reader(payload)
+    if reader.int32() != correlation:
+        raise ValueError("Kafka response for another request")
+    reader.int32()  # throttle_time_ms
+    brokers = []
+    for _ in range(reader.int32()):
+        reader.int32()  # node_id
+        broker_host = reader.string()
+        broker_port = reader.int32()
+        reader.string()  # rack (nullable)
+        brokers.append((broker_host or "", broker_port))
+    return brokers
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(n)
+        if not chunk:
+            raise ValueError("Kafka closed the connection mid-response")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def int32(self) -> int:
+        (value,) = struct.unpack_from(">i", self.data, self.at)
+        self.at += 4
+        return int(value)
+
+    def string(self) -> str | None:
+        (length,) = struct.unpack_from(">h", self.data, self.at)
+        self.at += 2
+        if length < 0:
+            return None
+        value = self.data[self.at : self.at + length].decode("utf-8")
+        self.at += length
+        return value
+
+
+__all__ = [
+    "KAFKA_CONTROLLER_PORT_DEFAULT",
+    "KAFKA_CONTROLLER_PORT_ENV",
+    "KAFKA_PORT_DEFAULT",
+    "KAFKA_PORT_ENV",
+    "KAFKA_VERSION",
+    "LOCALHOST",
+    "Kafka",
+    "kafka_libs",
+    "metadata_brokers",
+]
