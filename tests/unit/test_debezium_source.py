@@ -145,3 +145,39 @@ def test_the_shop_capture_lands_exactly_the_source_orders(tmp_path: Path) -> Non
     result = run_pipeline(project, "orders_cdc", catalog)
     assert result.conserved
     assert _cdc_matches(project, catalog, gen.db_path)
+
+
+def test_follow_commits_new_events_as_they_arrive_and_stops_when_asked(lake: Any) -> None:
+    import threading
+    import time
+
+    from pyiceberg.exceptions import NoSuchTableError
+
+    lk = lake({"users": {**PIPE, "source": {**PIPE["source"], "max_wait_seconds": 0.2}}})
+    write(lk.root, "0001.jsonl", [event("c", {"id": 1, "name": "a"}, 200, 190)])
+    stop = threading.Event()
+    out: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: out.setdefault("result", lk.run("users", follow=True, stop=stop)))
+    runner.start()
+
+    def wait_for(expected: list[tuple[Any, ...]]) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if users(lk) == expected:
+                    return
+            except NoSuchTableError:  # not created yet
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the table never became {expected}")
+
+    try:
+        wait_for([(1, "a")])
+        write(lk.root, "0001.jsonl", [event("c", {"id": 2, "name": "b"}, 210, 200)])
+        wait_for([(1, "a"), (2, "b")])
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive(), "the follow loop ends once stopped"
+    result = out["result"]
+    assert len(result.batches) == 2 and result.conserved

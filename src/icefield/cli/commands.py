@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,14 @@ def init(out: Output, directory: Path, name: str | None) -> None:
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--no-models", is_flag=True, help="Run only pipelines, not the SQL models after them.")
+@click.option(
+    "--follow", is_flag=True,
+    help="Keep consuming a streaming source (kafka, debezium) and commit every batch; stop with Ctrl-C or SIGTERM.",
+)
 @json_option
 @pass_out
 @guarded
-def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
+def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> None:
     """Run pipelines (and then models). Without NAMES: every pipeline, then every model."""
     from icefield.catalog import open_catalog
     from icefield.errors import ConfigError, IcefieldError
@@ -70,13 +75,18 @@ def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
     if not names:
         pipelines = sorted(project.pipelines)
         models = [] if no_models else sorted(project.models)
+    if follow and (len(pipelines) != 1 or models):
+        raise ConfigError("--follow runs one streaming pipeline: name exactly one pipeline, e.g. icefield run orders_cdc --follow")
     catalog = open_catalog(project)
     run_id = new_run_id()
     results = []
     failed: IcefieldError | None = None
+    stop = _stop_on_signals() if follow else None
     for name in pipelines:
         try:
-            results.append(_run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb), name))
+            results.append(
+                _run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop), name)
+            )
         except IcefieldError as e:
             failed = e
             res = getattr(e, "result", None)
@@ -95,6 +105,20 @@ def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
         from icefield.cli import _exit_code
 
         raise SystemExit(_exit_code(failed))
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: a following run commits its batch in progress, then ends."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
 
 
 def _run_one(out: Output, fn: Any, label: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -43,13 +44,15 @@ def run_pipeline(
     on_batch: ProgressCallback | None = None,
     max_batches: int | None = None,
     follow: bool = False,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
 
     Every batch is committed on its own, so a failure keeps the batches before it; the failing batch
     stays pending (its position is not committed) and the next run retries it. After each commit the
     source is told (:meth:`Source.acknowledge`). With ``follow`` a streaming source keeps waiting for
-    new records (:meth:`Source.follow`) until it is stopped or ``max_batches`` is reached. Raises
+    new records (:meth:`Source.follow`) until ``stop`` is set (the batch in progress is committed first)
+    or ``max_batches`` is reached. Raises
     :class:`IcefieldError` subclasses; the partial result is attached as ``error.result``.
     """
     from icefield.catalog import open_catalog
@@ -64,6 +67,8 @@ def run_pipeline(
     batch_size = pipe.batch_size or project.config.batch_size
     source = open_source(pipe, project, batch_size)
     log.info("run %s of pipeline %s started", run_id, pipe.name)
+    if stop is not None:
+        threading.Thread(target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True).start()
     try:
         table = writer.load()
         position = read_position(table, pipe.name)
@@ -92,6 +97,11 @@ def run_pipeline(
         result.rows_quarantined, result.rows_filtered,
     )
     return result
+
+
+def _stop_when_set(stop: threading.Event, source: Any) -> None:
+    stop.wait()
+    source.stop()
 
 
 def _run_batch(
