@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
-from bench import w1_load, w2_merge
+from bench import w1_load, w2_merge, w3_cdc
 from bench.common import machine, scale, work_dir
 
-WORKLOADS = {"w1": w1_load.run, "w2": w2_merge.run}
+WORKLOADS = {"w1": w1_load.run, "w2": w2_merge.run, "w3": w3_cdc.run}
 
 
 def main(argv: list[str]) -> int:
