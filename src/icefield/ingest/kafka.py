@@ -617,6 +617,8 @@ class KafkaSource(Source):
 
     def _batches(self, position: dict[str, Any] | None, schema: pa.Schema | None, follow: bool) -> Iterator[SourceBatch]:
         reader = self._open(position)
+        if schema is not None and self.cfg.metadata_columns:
+            schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])  # not in the messages
         for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
             decoded = self.decoder.decode(mb.values, mb.coords, schema)
             data = decoded.data
