@@ -19,9 +19,11 @@ protocol here, so the launcher needs no Python Kafka client).
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 import struct
+import uuid
 from pathlib import Path
 
 from .base import LOCALHOST, StackError, run_command
@@ -198,7 +200,7 @@ class Kafka(JavaService):
         assert self._java is not None and self._libs is not None, "install() first"
         base = [self._java, "-Xmx256m", f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}", "-cp", f"{self._libs}/*",
                 "kafka.tools.StorageTool"]
-        cluster_id = run_command([*base, "random-uuid"], timeout=120).stdout.strip().splitlines()[-1]
+        cluster_id = random_cluster_id()
         logger.info("formatting Kafka storage %s (cluster %s)", self.data_dir, cluster_id)
         run_command(
             [*base, "format", "-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"],
@@ -212,6 +214,15 @@ class Kafka(JavaService):
         except (OSError, ValueError, struct.error):
             return False
         return (self.host, self.port) in brokers
+
+
+def random_cluster_id() -> str:
+    """A new KRaft cluster id, as ``StorageTool random-uuid`` makes it (without starting a JVM): 16
+    random bytes in URL-safe base64 without padding, never starting with ``-`` (a CLI would read an option)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[str, int]]:

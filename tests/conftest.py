@@ -1,5 +1,7 @@
 """Every test runs isolated: no ICEFIELD*/PYICEBERG* variables of the developer, a temporary HOME
-(pyiceberg reads ~/.pyiceberg.yaml), and an empty registry of secrets to redact."""
+(pyiceberg reads ~/.pyiceberg.yaml), and an empty registry of secrets to redact. The download cache of
+the stack launchers (jars, the Debezium plugin) stays the developer's: ``ICEFIELD_CACHE`` is pinned to
+it, so the temporary HOME never makes a test fetch them again."""
 
 from __future__ import annotations
 
@@ -8,8 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stack.maven import CACHE_ENV, cache_dir
 
 from icefield.config import secrets
+
+_CACHE = str(cache_dir())  # read once, from the developer's environment, before any test changes it
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +24,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
             monkeypatch.delenv(key)
     home: Path = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv(CACHE_ENV, _CACHE)
     saved = set(secrets._known)
     secrets._known.clear()
     try:

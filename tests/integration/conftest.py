@@ -1,22 +1,38 @@
 """Fixtures that start real services through ``stack`` for tests carrying the service's marker.
 
-``pg_server`` reuses the developer's stack server (``python -m stack up`` / ``make stack-up``) when
-one runs from the default state dir, so repeated runs skip initdb; it stops the server at the end
-of the session only if it started it. ``ICEFIELD_STACK_DIR`` and ``ICEFIELD_PG_PORT`` move it.
+``pg_server``, ``kafka_server`` and ``connect_server`` are session-scoped and start lazily, only
+for tests that use them. Each reuses the developer's stack server (``python -m stack up`` / ``make
+stack-up``) when one runs from the default state dir, so repeated runs skip initdb and storage
+formatting; each stops its server at the end of the session only if it started it. When a default
+port is taken by another process (another checkout's server), a free port is used instead.
+``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from stack import PG_PORT_ENV, Postgres
+from stack import (
+    CONNECT_PORT_ENV,
+    KAFKA_CONTROLLER_PORT_ENV,
+    KAFKA_PORT_ENV,
+    PG_PORT_ENV,
+    Connect,
+    Kafka,
+    Postgres,
+)
 from stack.base import LOCALHOST, port_open
 
 PG_READY_TIMEOUT = 120.0
+KAFKA_READY_TIMEOUT = 120.0
+CONNECT_READY_TIMEOUT = 180.0
 
 
 def _free_port() -> int:
@@ -53,3 +69,110 @@ def pg_url(pg_server: Postgres) -> Iterator[str]:
         yield url
     finally:
         pg_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[Kafka]:
+    """A running single-node Kafka 4 (KRaft) on 127.0.0.1; ``kafka_server.bootstrap_servers`` to connect.
+
+    Raises (as a fixture error, never a skip) if Java or Maven is missing or the broker does not start.
+    """
+    server = Kafka()
+    pinned = os.environ.get(KAFKA_PORT_ENV) or os.environ.get(KAFKA_CONTROLLER_PORT_ENV)
+    if not server.status().running and not pinned and any(port_open(LOCALHOST, p) for p in server.ports()):
+        server = Kafka(port=_free_port(), controller_port=_free_port())
+    started = server.up(timeout=KAFKA_READY_TIMEOUT)
+    try:
+        yield server
+    finally:
+        if started:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_server(kafka_server: Kafka, pg_server: Postgres) -> Iterator[Connect]:
+    """A running Kafka Connect worker (REST on 127.0.0.1) with the Debezium PostgreSQL plugin, on
+    ``kafka_server``. A worker already running from the state dir is reused only if it uses that Kafka."""
+    server = Connect(kafka=kafka_server)
+    if server.status().running and f"bootstrap.servers={kafka_server.bootstrap_servers}\n" not in _read(server.config_file):
+        pytest.fail(
+            f"a Kafka Connect worker from {server.state_dir} runs against another Kafka than {kafka_server.bootstrap_servers}; "
+            "stop it (python -m stack down connect) and rerun"
+        )
+    if not server.status().running and not os.environ.get(CONNECT_PORT_ENV) and port_open(LOCALHOST, server.port):
+        server = Connect(kafka=kafka_server, port=_free_port())
+    started = server.up(timeout=CONNECT_READY_TIMEOUT)
+    try:
+        yield server
+    finally:
+        if started:
+            server.stop()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def kafka_topic(kafka_server: Kafka) -> Callable[..., str]:
+    """Return ``make(partitions=4, name=None) -> name``: a fresh, uniquely named topic (left on the broker,
+    which keeps it out of other tests' way)."""
+
+    def make(partitions: int = 4, name: str | None = None) -> str:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        topic = name or f"t-{uuid.uuid4().hex[:12]}"
+        admin = AdminClient({"bootstrap.servers": kafka_server.bootstrap_servers})
+        for future in admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30).values():
+            future.result(timeout=60)
+        return topic
+
+    return make
+
+
+@pytest.fixture
+def debezium_capture(connect_server: Connect, pg_server: Postgres, pg_url: str) -> Iterator[Callable[..., dict[str, str]]]:
+    """Return ``capture(url, tables, **config) -> {table: topic}``: registers a Debezium PostgreSQL
+    connector (pgoutput, its own slot and publication) for ``tables`` (``schema.table``) of the database
+    at ``url`` (usually ``pg_url``) and waits until it runs. ``config`` overrides connector settings
+    (``**{"snapshot.mode": "no_data"}``). At teardown the connectors are deleted and their replication
+    slots dropped (before ``pg_url``'s database is), so nothing outlives the test."""
+    from sqlalchemy.engine import make_url
+    from stack.connect import debezium_postgres_config
+
+    made: list[tuple[str, str, str]] = []
+
+    def capture(url: str, tables: list[str], **config: Any) -> dict[str, str]:
+        dbname = make_url(url).database or ""
+        tag = uuid.uuid4().hex[:10]
+        name, slot, prefix = f"dbz-{tag}", f"dbz_{tag}", f"cdc_{tag}"
+        made.append((name, slot, dbname))
+        connector = debezium_postgres_config(
+            pg_server.connection_info(dbname), tables, topic_prefix=prefix, slot_name=slot, **config
+        )
+        connect_server.register_connector(name, connector, timeout=120)
+        return {table: f"{prefix}.{table}" for table in tables}
+
+    yield capture
+    for name, slot, dbname in made:
+        connect_server.delete_connector(name)
+        drop_replication_slot(pg_server, slot, dbname)
+
+
+def drop_replication_slot(pg: Postgres, slot: str, dbname: str, timeout: float = 30.0) -> None:
+    """Drop replication slot ``slot`` once its walsender let go of it (a deleted connector's task stops
+    asynchronously); does nothing if it does not exist."""
+    deadline = time.monotonic() + timeout
+    while True:
+        active = pg.psql(f"SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'", dbname)
+        if active == "":
+            return
+        if active == "f":
+            pg.psql(f"SELECT pg_drop_replication_slot('{slot}')", dbname)
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"replication slot {slot} still active {timeout:.0f}s after its connector was deleted")
+        time.sleep(0.2)

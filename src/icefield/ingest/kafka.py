@@ -297,7 +297,7 @@ class KafkaReader:
         ck = self._ck
         eof_code = ck.KafkaError._PARTITION_EOF
         consumer = self._consumer
-        single_topic = self.topics[0] if len(self.topics) == 1 else None
+        assigned = [ck.TopicPartition(t, p) for t, p in self.positions]
         last_progress = time.monotonic()
         while not self._stop.is_set() and (follow or not self.caught_up()):
             start = dict(self.positions)
@@ -321,36 +321,49 @@ class KafkaReader:
                         )
                     continue
                 last_progress = time.monotonic()
-                n_before = len(messages)
-                for m in polled:
-                    err = m.error()
-                    if err is None:
-                        messages.append(m)
-                        values.append(m.value())
-                    elif err.code() == eof_code:
-                        tp = (m.topic(), m.partition())
-                        self._eof.add(tp)
-                        if m.offset() > self.positions.get(tp, -1):
-                            self.positions[tp] = m.offset()  # past trailing transaction markers
-                    else:
-                        self._on_error(err)
-                # Next offsets: the last message of each partition in this poll, plus one (an end-of-partition
-                # event may already have moved a partition further, past trailing transaction markers).
-                last: dict[TopicPartition, int] = {}
-                if single_topic is not None:
-                    for m in messages[n_before:]:
-                        last[(single_topic, m.partition())] = m.offset()
-                else:
-                    for m in messages[n_before:]:
-                        last[(m.topic(), m.partition())] = m.offset()
-                for tp, off in last.items():
-                    if off + 1 > self.positions[tp]:
-                        self.positions[tp] = off + 1
+                # Error events (end of partition, mostly) are rare: the common poll takes two C-speed passes.
+                errors = [m for m in polled if m.error() is not None]
+                if errors:
+                    for m in errors:
+                        self._on_event(m, eof_code)
+                    polled = [m for m in polled if m.error() is None]
+                messages += polled
+                values += [m.value() for m in polled]
+                if polled:
+                    self._advance(consumer, assigned, polled)
             if messages:
                 end = dict(self.positions)
                 yield MessageBatch(messages, values, start, end, position_state(end, self._stored))
 
-    def _on_error(self, err: Any) -> None:
+    def _advance(self, consumer: Any, assigned: list[Any], polled: list[Any]) -> None:
+        """Move the positions past the messages of one poll.
+
+        librdkafka's ``position`` is the offset after the last message handed to us, per partition: one
+        call instead of a look at every message. It is taken only when the offsets it advanced by add
+        up to the messages received (no gap); otherwise (compaction, transaction markers) each
+        partition's last message says where it is.
+        """
+        moved: dict[TopicPartition, int] = {}
+        for tp in consumer.position(assigned):
+            key = (tp.topic, tp.partition)
+            if tp.offset >= 0 and tp.offset > self.positions[key]:
+                moved[key] = tp.offset
+        if sum(off - self.positions[key] for key, off in moved.items()) != len(polled):
+            moved = {}
+            for m in polled:
+                moved[(m.topic(), m.partition())] = m.offset() + 1
+        for key, off in moved.items():
+            if off > self.positions[key]:
+                self.positions[key] = off
+
+    def _on_event(self, m: Any, eof_code: int) -> None:
+        err = m.error()
+        if err.code() == eof_code:
+            tp = (m.topic(), m.partition())
+            self._eof.add(tp)
+            if m.offset() > self.positions.get(tp, -1):
+                self.positions[tp] = m.offset()  # past trailing transaction markers
+            return
         if err.fatal() or not err.retriable():
             raise TransientError(f"Kafka at {self.bootstrap} reported {redact(err.str())}; rerun once it is fixed")
         log.warning("Kafka reported %s; retrying", redact(err.str()))
@@ -593,6 +606,8 @@ class KafkaSource(Source):
 
     def _batches(self, position: dict[str, Any] | None, schema: pa.Schema | None, follow: bool) -> Iterator[SourceBatch]:
         reader = self._open(position)
+        if schema is not None and self.cfg.metadata_columns:
+            schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])  # not in the messages
         for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
             decoded = self.decoder.decode(mb.values, mb.coords, schema)
             data = decoded.data
