@@ -12,8 +12,9 @@ import pyarrow as pa
 
 from icefield.config.secrets import redact
 from icefield.engines import get_engine
-from icefield.errors import IcefieldError
+from icefield.errors import GateFailedError, IcefieldError
 from icefield.ingest import SourceBatch, open_source
+from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
 from icefield.pipeline.results import BatchResult, RunResult
 from icefield.quality import check_rows
@@ -56,24 +57,26 @@ def run_pipeline(
     run_id = run_id or new_run_id()
     engine = get_engine(project.config.engine)
     writer = TableWriter(catalog, pipe.target, pipe.name, engine)
-    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id)
+    auditor = Auditor(project, catalog, engine, pipe, run_id)
+    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id, checks=auditor.checks)
     started = time.perf_counter()
     batch_size = pipe.batch_size or project.config.batch_size
     source = open_source(pipe, project, batch_size)
     log.info("run %s of pipeline %s started", run_id, pipe.name)
     try:
-        table = writer.load()
+        # A batch held on the audit branch is settled (published or still held) before anything new is read.
+        table = auditor.resolve_held(writer.load())
         position = read_position(table, pipe.name)
         schema = table.schema().as_arrow() if table is not None else None
         for n, batch in enumerate(source.read(position, schema)):
-            res = _run_batch(catalog, engine, writer, pipe, batch, run_id)
+            res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
             result.batches.append(res)
             if on_batch is not None:
                 on_batch(res)
             if max_batches is not None and n + 1 >= max_batches:
                 break
     except IcefieldError as e:
-        result.status = "failed"
+        result.status = "held" if isinstance(e, GateFailedError) else "failed"
         result.error = redact(str(e))
         e.result = result  # type: ignore[attr-defined]
         raise
@@ -89,7 +92,7 @@ def run_pipeline(
 
 
 def _run_batch(
-    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str
+    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str, auditor: Auditor
 ) -> BatchResult:
     started = time.perf_counter()
     batch_id = batch_id_for(pipe.name, batch.key)
@@ -120,7 +123,7 @@ def _run_batch(
         table = writer.create(_table_schema(good.schema, control))
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
-    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace, table=table)
+    wr = auditor.commit(writer, good, batch_id, batch.position, replace, table)
     return BatchResult(
         batch_id=batch_id,
         rows_in=batch.rows_in,
