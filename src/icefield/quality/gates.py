@@ -59,6 +59,13 @@ class GateContext:
     now: dt.datetime | None = None
 
 
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...] | None:
+    """The first row of ``sql`` (the result is drained: DuckDB 2 refuses new work on a connection with
+    an unfinished result)."""
+    rows = con.execute(sql).fetchall()
+    return rows[0] if rows else None
+
+
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -242,14 +249,14 @@ def _run_aggregates(run: _Run, gates: list[Any]) -> int | None:
         plan.append((g, exprs))
     select = ["count(*)"] + [e for _, exprs in plan for e in exprs]
     try:
-        row = run.con.execute(f"SELECT {', '.join(select)} FROM {run.view}").fetchone()
+        row = _one(run.con, f"SELECT {', '.join(select)} FROM {run.view}")
     except duckdb.Error:
         row = None
     if row is None:
         # One bad expression (a value that does not fit the column, say) must not hide the others:
         # evaluate them one by one and report the failing one as an error.
         try:
-            n_row = run.con.execute(f"SELECT count(*) FROM {run.view}").fetchone()
+            n_row = _one(run.con, f"SELECT count(*) FROM {run.view}")
         except duckdb.Error as e:
             for g, _ in plan:
                 run.add(g, None, "", False, f"could not read snapshot {run.ctx.snapshot_id}: {e}", error=True)
@@ -257,7 +264,7 @@ def _run_aggregates(run: _Run, gates: list[Any]) -> int | None:
         n = int(n_row[0]) if n_row else 0
         for g, exprs in plan:
             try:
-                vals = list(run.con.execute(f"SELECT {', '.join(exprs)} FROM {run.view}").fetchone() or [])
+                vals = list(_one(run.con, f"SELECT {', '.join(exprs)} FROM {run.view}") or [])
             except duckdb.Error as e:
                 run.add(g, None, "", False, f"could not evaluate: {e}".splitlines()[0], error=True)
                 continue
@@ -326,7 +333,7 @@ def _references(run: _Run, gate: ReferencesGate) -> None:
         f"AND NOT EXISTS (SELECT 1 FROM {ref_view} AS r WHERE r.{ref_col} = t.{col})"
     )
     try:
-        row = run.con.execute(sql).fetchone()
+        row = _one(run.con, sql)
     except duckdb.Error as e:
         run.add(gate, None, threshold, False, f"could not evaluate: {e}".splitlines()[0], error=True)
         return
@@ -353,7 +360,7 @@ def _sql(run: _Run, gate: SqlGate) -> None:
             raw = rows[0][0]
             value = float(raw) if raw is not None else None
         else:
-            row = run.con.execute(f"SELECT count(*) FROM ({query}) AS failing").fetchone()
+            row = _one(run.con, f"SELECT count(*) FROM ({query}) AS failing")
             value = float(row[0]) if row else 0.0
     except (duckdb.Error, TypeError, ValueError) as e:
         run.add(gate, None, threshold, False, f"query failed: {e}".splitlines()[0], error=True)
