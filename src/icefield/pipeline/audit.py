@@ -32,6 +32,7 @@ from icefield.errors import BranchMovedError, CommitConflictError, GateFailedErr
 from icefield.pipeline.results import CheckResult
 from icefield.quality.gates import GateContext, run_gates
 from icefield.quality.results import store_results
+from icefield.testing import failpoints
 from icefield.write.branches import audit_branch, cut_branch, head_id, is_held, publish
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Auditor:
     def _held(self, results: list[CheckResult], snapshot_id: int | None, main: int | None, rerun: bool) -> GateFailedError:
         failing = [r for r in results if r.blocking]
         table = self.pipe.target.table
-        lines = "\n".join(f"  - {r.check} [{r.status}]: {r.message} (threshold {r.threshold})" for r in failing)
+        lines = "\n".join(f"  - {r.check} ({r.status}): {r.message} (threshold {r.threshold})" for r in failing)
         when = "still fail on the held batch" if rerun else "failed"
         return GateFailedError(
             f"{len(failing)} error gate(s) {when} on snapshot {snapshot_id} of {table} (branch {self.branch}); "
@@ -155,6 +156,7 @@ class Auditor:
             results = self.evaluate(audited, wr.snapshot_id, main, self.branch)
             if any(r.blocking for r in results):
                 raise self._held(results, wr.snapshot_id, main, rerun=False)
+            failpoints.hit("before-publish")
             try:
                 publish(audited, self.branch)
                 return wr

@@ -448,6 +448,7 @@ def run_gates(gates: list[Any], ctx: GateContext) -> list[CheckResult]:
     # Declared order (a stable sort keeps a suite's expectations in their order).
     results = [r for _, r in sorted(zip(run.positions, run.results, strict=True), key=lambda p: p[0])]
     for r in results:
+        # A blocking failure is reported by the error that holds the batch; warnings have only this.
         if r.status != "pass":
-            log.warning("gate %s on %s@%s: %s: %s", r.check, r.table, r.snapshot_id, r.status, r.message)
+            log.log(logging.INFO if r.status == "fail" else logging.WARNING, "gate %s on %s@%s: %s: %s", r.check, r.table, r.snapshot_id, r.status, r.message)
     return results

@@ -3,7 +3,8 @@
 At the named point the process dies at once (``kill``, the default: ``os._exit``, like SIGKILL: no
 cleanup, no flush) or raises :class:`FailpointError` (``raise``). ``@n`` fires on the n-th hit only.
 Points on the write path: ``after-data-files``, ``before-commit``, ``after-commit`` (the catalog swap
-happened, the caller has not been told), ``after-quarantine``.
+happened, the caller has not been told), ``after-quarantine``; write-audit-publish adds ``before-publish``
+(the batch is on its audit branch and passed its gates; ``main`` has not moved).
 """
 
 from __future__ import annotations
