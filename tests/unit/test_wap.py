@@ -217,6 +217,13 @@ def test_publish_refuses_when_main_moved_and_says_how_to_fix(held, lake):
     assert ids(lk) == [1, 2, 3, 4, 100]
 
 
+def test_show_lists_the_held_branch(held):
+    code, out = cli_run(held, "--json", "show", "raw.events")
+    branches = {b["branch"]: b for b in json.loads(out)["branches"]}
+    assert branches["main"] == {"branch": "main", "snapshot_id": held.published, "held": False}
+    assert branches[BRANCH]["held"] is True and branches[BRANCH]["snapshot_id"] == head_id(held.table("raw.events"), BRANCH)
+
+
 def test_discard_and_publish_name_a_missing_branch(held):
     code, out = cli_run(held, "discard", "raw.events", "--branch", "nope")
     assert code == 2 and "no branch 'nope'" in out and BRANCH in out

@@ -174,6 +174,8 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
     out.table("Schema", ["id", "column", "type", "required"], [[f["id"], f["name"], f["type"], f["required"]] for f in doc["schema"]])
     out.table("Partition spec", ["field", "source", "transform"], [[p["name"], p["source"], p["transform"]] for p in doc["partition_spec"]] or [["(unpartitioned)", "", ""]])
     out.table("Properties", ["key", "value"], [[k, v] for k, v in sorted(doc["properties"].items())])
+    if any(b["branch"] != "main" for b in doc["branches"]):
+        out.table("Branches", ["branch", "snapshot", "holds a batch main lacks"], [[b["branch"], b["snapshot_id"], "yes" if b["held"] else ""] for b in doc["branches"]])
     out.table(
         "Snapshots (newest last)",
         ["snapshot", "time", "operation", "records", "pipeline", "batch", "run"],
