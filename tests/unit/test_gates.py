@@ -1,5 +1,6 @@
 """Gates on real small Iceberg tables: every kind passes and fails with the value it measured, severities,
-gates that cannot be evaluated, the snapshot they look at, and the config that declares them."""
+gates that cannot be evaluated, the snapshot they look at, the config that declares them, and (Hypothesis)
+the measures of random tables with nulls and quotes against a Python oracle."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from icefield.catalog import sql_catalog
@@ -263,3 +266,43 @@ def test_bad_gate_in_a_pipeline_file_is_a_config_error_naming_file_and_key(make_
     msg = str(e.value)
     assert str(root / "pipelines" / "orders.yaml") in msg and "gates.row_count.minimum: unknown key" in msg
     assert "allowed keys here: min, max" in msg
+
+
+# ------------------------------------------------------------------ property: gates against a Python oracle
+
+ROWS = st.lists(st.tuples(st.one_of(st.none(), st.integers(-3, 12)), st.one_of(st.none(), st.sampled_from(["a", "b", "c", "it's"]))), max_size=40)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ROWS, accepted=st.lists(st.sampled_from(["a", "b", "c", "it's"]), min_size=1, unique=True))
+def test_gate_measures_equal_a_python_oracle(tmp_path_factory, rows, accepted):
+    root = tmp_path_factory.mktemp("prop")
+    cat = sql_catalog("p", f"sqlite:///{root / 'catalog.db'}", (root / "warehouse").as_uri())
+    try:
+        keys = [k for k, _ in rows]
+        data = pa.table({"k": pa.array(keys, pa.int64()), "s": pa.array([s for _, s in rows], pa.string())})
+        TableWriter(cat, TargetConfig(table="shop.orders"), "p", LocalEngine()).commit(data, "b", None, "run")  # may be empty
+        write(cat, "shop.customers", pa.table({"customer_id": pa.array(range(0, 10), pa.int64())}), "c")
+        results = evaluate(
+            cat,
+            [
+                {"row_count": {"min": 0}},
+                {"null_ratio": {"column": "s", "max": 1}},
+                {"distinct_ratio": {"column": "k", "min": 0}},
+                {"accepted_values": {"column": "s", "values": accepted}},
+                {"references": {"column": "k", "to": "shop.customers.customer_id"}},
+                {"sql": "select * from {table} where k < 0"},
+            ],
+        )
+        got = {r.kind: r.value for r in results}
+        n = len(rows)
+        nonnull = [k for k in keys if k is not None]
+        assert got["row_count"] == n
+        assert got["null_ratio"] == pytest.approx(sum(s is None for _, s in rows) / n if n else 0.0)
+        assert got["distinct_ratio"] == (pytest.approx(len(set(nonnull)) / len(nonnull)) if nonnull else None)
+        assert got["accepted_values"] == sum(s is not None and s not in accepted for _, s in rows)
+        assert got["references"] == sum(k is not None and not 0 <= k < 10 for k in keys)
+        assert got["sql"] == sum(k is not None and k < 0 for k in keys)
+        assert all(r.status != "error" for r in results)
+    finally:
+        cat.engine.dispose()
