@@ -1,4 +1,4 @@
-"""The CLI commands: init, run, tables, show, sql, demo."""
+"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, demo."""
 
 from __future__ import annotations
 
@@ -142,8 +142,16 @@ def _print_results(out: Output, results: list[Any]) -> None:
     rows = []
     for r in results:
         committed_batches = sum(1 for b in r.batches if not b.skipped)
-        rows.append([r.pipeline, r.table, committed_batches, r.rows_in, r.rows_committed, r.rows_quarantined, r.rows_filtered, len(r.snapshots), f"{r.seconds:.2f}s"])
-    out.table("Run", ["pipeline", "table", "batches", "rows in", "committed", "quarantined", "filtered", "snapshots", "time"], rows)
+        rows.append([r.pipeline, r.table, committed_batches, r.rows_in, r.rows_committed, r.rows_quarantined, r.rows_filtered, len(r.snapshots), _gates_summary(r), f"{r.seconds:.2f}s"])
+    out.table("Run", ["pipeline", "table", "batches", "rows in", "committed", "quarantined", "filtered", "snapshots", "gates", "time"], rows)
+
+
+def _gates_summary(r: Any) -> str:
+    """``3 pass, 1 warn`` over the gate results of a run ('' without gates)."""
+    counts: dict[str, int] = {}
+    for c in getattr(r, "checks", []):
+        counts[c.status] = counts.get(c.status, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
 # ---------------------------------------------------------------------------------------------- tables / show
@@ -190,6 +198,8 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
     out.table("Schema", ["id", "column", "type", "required"], [[f["id"], f["name"], f["type"], f["required"]] for f in doc["schema"]])
     out.table("Partition spec", ["field", "source", "transform"], [[p["name"], p["source"], p["transform"]] for p in doc["partition_spec"]] or [["(unpartitioned)", "", ""]])
     out.table("Properties", ["key", "value"], [[k, v] for k, v in sorted(doc["properties"].items())])
+    if any(b["branch"] != "main" for b in doc["branches"]):
+        out.table("Branches", ["branch", "snapshot", "holds a batch main lacks"], [[b["branch"], b["snapshot_id"], "yes" if b["held"] else ""] for b in doc["branches"]])
     out.table(
         "Snapshots (newest last)",
         ["snapshot", "time", "operation", "records", "pipeline", "batch", "run"],
@@ -226,6 +236,128 @@ def sql(out: Output, query: str, fmt: str, limit: int) -> None:
         out.table(None, result.column_names, rows)
         if result.num_rows > limit:
             out.print(f"({result.num_rows - limit} more rows; use --format csv for all)")
+
+
+# ---------------------------------------------------------------------------------------------- gates
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--history", default=1, show_default=True, help="How many recent evaluations per pipeline to show.")
+@json_option
+@pass_out
+@guarded
+def checks(out: Output, table: str, history: int) -> None:
+    """The latest gate results of TABLE (from icefield.quality_results)."""
+    from icefield.catalog import open_catalog
+    from icefield.quality.results import latest_results
+
+    rows = latest_results(open_catalog(out.project()), table, history)
+    if out.as_json:
+        out.emit({"table": table, "results": rows})
+        return
+    if not rows:
+        out.print(f"No gate results for {table} yet: add `gates:` to its pipeline and run it.")
+        return
+    out.table(
+        f"Gates of {table}",
+        ["check", "status", "severity", "value", "threshold", "snapshot", "branch", "checked at", "message"],
+        [
+            [r["check"], _status(r["status"]), r["severity"], _value(r["value"]), r["threshold"], r["snapshot_id"], r["branch"], f"{r['checked_at']:%Y-%m-%d %H:%M:%S}", r["message"]]
+            for r in rows
+        ],
+    )
+
+
+def _status(status: str) -> str:
+    colour = {"pass": "green", "warn": "yellow", "fail": "red", "error": "red"}.get(status, "white")
+    return f"[{colour}]{status}[/]"
+
+
+def _value(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:.4g}"
+
+
+def _held_branch(table: Any, name: str, branch: str | None) -> str | None:
+    """``branch``, or the one branch of ``table`` holding unpublished commits (None when none does)."""
+    from icefield.errors import ConfigError
+    from icefield.write.branches import held_branches
+
+    if branch is not None:
+        return branch
+    held = held_branches(table)
+    if len(held) > 1:
+        raise ConfigError(f"table {name} has several held branches ({', '.join(held)}); name one with --branch")
+    return held[0] if held else None
+
+
+def _load(out: Output, name: str) -> Any:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from icefield.catalog import open_catalog
+    from icefield.errors import ConfigError
+
+    try:
+        return open_catalog(out.project()).load_table(tuple(name.split(".")))
+    except NoSuchTableError:
+        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--branch", default=None, help="The branch to publish (default: the table's one held branch).")
+@json_option
+@pass_out
+@guarded
+def publish(out: Output, table: str, branch: str | None) -> None:
+    """Fast-forward TABLE's main to a held audit branch as it is (without re-running its gates).
+
+    Refuses when main has commits the branch lacks; then discard the branch and rerun the pipeline."""
+    from icefield.write.branches import publish as publish_branch
+
+    t = _load(out, table)
+    chosen = _held_branch(t, table, branch)
+    if chosen is None:
+        if out.as_json:
+            out.emit({"status": "ok", "table": table, "published": False, "reason": "no held branch"})
+        else:
+            out.print(f"Nothing to publish: {table} has no held branch.")
+        return
+    res = publish_branch(t, chosen)
+    if out.as_json:
+        out.emit({"status": "ok", "table": table, "branch": chosen, "published": res.moved, "main": res.snapshot_id, "previous": res.previous, "snapshots": res.snapshots, "positions": res.positions})
+    elif res.moved:
+        out.print(f"Published {table}: main {res.previous} -> {res.snapshot_id} ({len(res.snapshots)} snapshot(s) from {chosen}); positions of {', '.join(res.positions) or 'no pipeline'} moved with it.")
+    else:
+        out.print(f"Nothing to publish: branch {chosen} of {table} holds no commit main lacks.")
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--branch", default=None, help="The branch to drop (default: the table's one held branch).")
+@json_option
+@pass_out
+@guarded
+def discard(out: Output, table: str, branch: str | None) -> None:
+    """Drop a held audit branch of TABLE. main and its source positions are untouched, so the next run of
+    the pipeline reads the discarded batch again from its source."""
+    from icefield.write.branches import discard as discard_branch
+
+    t = _load(out, table)
+    chosen = _held_branch(t, table, branch)
+    if chosen is None:
+        if out.as_json:
+            out.emit({"status": "ok", "table": table, "discarded": False, "reason": "no held branch"})
+        else:
+            out.print(f"Nothing to discard: {table} has no held branch.")
+        return
+    dropped = discard_branch(t, chosen)
+    if out.as_json:
+        out.emit({"status": "ok", "table": table, "branch": chosen, "discarded": True, "snapshots": dropped})
+    else:
+        out.print(f"Discarded branch {chosen} of {table} ({len(dropped)} unpublished snapshot(s)); main is unchanged. The next run reads the batch again from its source.")
 
 
 # ---------------------------------------------------------------------------------------------- demo

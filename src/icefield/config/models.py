@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from icefield.config.gates import GateConfig, parse_gates
+
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DEFAULT_CATALOG_NAME = "icefield"
@@ -275,6 +277,7 @@ class PipelineConfig(_Model):
     source: SourceConfig
     target: TargetConfig
     checks: list[CheckConfig] = Field(default_factory=list)
+    gates: list[GateConfig] = Field(default_factory=list)
     batch_size: int | None = Field(None, gt=0)
 
     @model_validator(mode="before")
@@ -318,6 +321,11 @@ class PipelineConfig(_Model):
                 raise ValueError(f"checks[{i}]: unknown check {kind!r}; use one of {sorted(CHECK_TYPES)}")
             out.append(CHECK_TYPES[kind].model_validate(item))
         return out
+
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _gate_shape(cls, v: Any) -> Any:
+        return parse_gates(v)
 
 
 class ModelConfig(_Model):

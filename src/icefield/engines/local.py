@@ -245,10 +245,13 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def register_table(con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[str, ...]) -> None:
-    """Expose ``table`` to DuckDB as the view ``<namespace>.<name>``.
+def register_table(
+    con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[str, ...], snapshot_id: int | None = None
+) -> None:
+    """Expose ``table`` to DuckDB as the view ``<namespace>.<name>``, at ``snapshot_id`` (a branch head,
+    say) or by default at its current snapshot.
 
-    Reads the current snapshot's Parquet files directly (fast, no copy) when no delete files exist and
+    Reads the snapshot's Parquet files directly (fast, no copy) when no delete files exist and
     no column was ever renamed; otherwise falls back to pyiceberg's Arrow scan, which applies deletes
     and maps columns by field id.
     """
@@ -256,7 +259,9 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[st
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema_name)}")
     view = f"{_quote(schema_name)}.{_quote(ident[-1])}"
     arrow_schema = table.schema().as_arrow()
-    tasks = list(table.scan().plan_files()) if table.current_snapshot() is not None else []
+    if snapshot_id is None and (current := table.current_snapshot()) is not None:
+        snapshot_id = current.snapshot_id
+    tasks = list(table.scan(snapshot_id=snapshot_id).plan_files()) if snapshot_id is not None else []
     renamed = _has_renames(table)
     if tasks and not renamed and not any(t.delete_files for t in tasks) and all(
         t.file.file_path.startswith(("file://", "/")) for t in tasks
@@ -275,7 +280,7 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[st
                 cols.append(f"CAST(NULL AS {_duck_type(f.type)}) AS {_quote(f.name)}")
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} FROM read_parquet({files_sql}, union_by_name=true)")
         return
-    data = table.scan().to_arrow() if tasks else arrow_schema.empty_table()
+    data = table.scan(snapshot_id=snapshot_id).to_arrow() if tasks else arrow_schema.empty_table()
     tmp = "__icefield_" + "_".join(ident)
     con.register(tmp, data)
     con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(tmp)}")

@@ -13,8 +13,9 @@ import pyarrow as pa
 
 from icefield.config.secrets import redact
 from icefield.engines import get_engine
-from icefield.errors import IcefieldError
+from icefield.errors import GateFailedError, IcefieldError
 from icefield.ingest import SourceBatch, open_source
+from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
 from icefield.pipeline.results import BatchResult, RunResult
 from icefield.quality import check_rows
@@ -62,7 +63,8 @@ def run_pipeline(
     run_id = run_id or new_run_id()
     engine = get_engine(project.config.engine)
     writer = TableWriter(catalog, pipe.target, pipe.name, engine)
-    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id)
+    auditor = Auditor(project, catalog, engine, pipe, run_id)
+    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id, checks=auditor.checks)
     started = time.perf_counter()
     batch_size = pipe.batch_size or project.config.batch_size
     source = open_source(pipe, project, batch_size)
@@ -70,12 +72,13 @@ def run_pipeline(
     if stop is not None:
         threading.Thread(target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True).start()
     try:
-        table = writer.load()
+        # A batch held on the audit branch is settled (published or still held) before anything new is read.
+        table = auditor.resolve_held(writer.load())
         position = read_position(table, pipe.name)
         schema = table.schema().as_arrow() if table is not None else None
         batches = source.follow(position, schema) if follow else source.read(position, schema)
         for n, batch in enumerate(batches):
-            res = _run_batch(catalog, engine, writer, pipe, batch, run_id)
+            res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
             result.batches.append(res)
             source.acknowledge(batch.position)
             failpoints.hit("after-acknowledge")
@@ -84,7 +87,7 @@ def run_pipeline(
             if max_batches is not None and n + 1 >= max_batches:
                 break
     except IcefieldError as e:
-        result.status = "failed"
+        result.status = "held" if isinstance(e, GateFailedError) else "failed"
         result.error = redact(str(e))
         e.result = result  # type: ignore[attr-defined]
         raise
@@ -105,7 +108,7 @@ def _stop_when_set(stop: threading.Event, source: Any) -> None:
 
 
 def _run_batch(
-    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str
+    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str, auditor: Auditor
 ) -> BatchResult:
     started = time.perf_counter()
     batch_id = batch_id_for(pipe.name, batch.key)
@@ -136,7 +139,7 @@ def _run_batch(
         table = writer.create(_table_schema(good.schema, control))
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
-    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace, table=table, truncate_at=batch.truncate_at)
+    wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at)
     return BatchResult(
         batch_id=batch_id,
         rows_in=batch.rows_in,

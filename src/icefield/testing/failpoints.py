@@ -4,7 +4,8 @@ At the named point the process dies at once (``kill``, the default: ``os._exit``
 cleanup, no flush) or raises :class:`FailpointError` (``raise``). ``@n`` fires on the n-th hit only.
 Points on the write path: ``after-data-files``, ``before-commit``, ``after-commit`` (the catalog swap
 happened, the caller has not been told), ``after-quarantine``; in the runner, ``after-acknowledge`` (the
-source was told the batch is committed, e.g. Kafka consumer offsets committed).
+source was told the batch is committed, e.g. Kafka consumer offsets committed); write-audit-publish adds
+``before-publish`` (the batch is on its audit branch and passed its gates; ``main`` has not moved).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.errors import CommitConflictError, SchemaError, TransientError
+from icefield.errors import BranchMovedError, CommitConflictError, SchemaError, TransientError
 from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
@@ -73,9 +73,13 @@ class WriteResult:
     seconds: float
 
 
-def find_batch(table: Table, batch_id: str) -> int | None:
-    """Return the id of the snapshot that committed ``batch_id``, or None."""
-    for snap in reversed(table.metadata.snapshots):
+def find_batch(table: Table, batch_id: str, ref: str = "main") -> int | None:
+    """Return the id of the snapshot that committed ``batch_id`` in the history of ``ref`` (default
+    ``main``), or None. Snapshots outside that history (a discarded audit branch, a rolled-back commit)
+    do not count: their batch was never published and must be written again."""
+    from icefield.write.branches import ancestors, head_id
+
+    for snap in ancestors(table.metadata, head_id(table, ref)):
         summary = snap.summary
         if summary is not None and summary[SUMMARY_BATCH_ID] == batch_id:
             return snap.snapshot_id
@@ -166,14 +170,23 @@ class TableWriter:
         replace_file: tuple[str, str] | None = None,
         table: Table | None = None,
         truncate_at: list[Any] | None = None,
+        branch: str | None = None,
     ) -> WriteResult:
         """Write ``data`` in one commit with ``position`` and ``batch_id``; retried on conflicts.
 
         ``replace_file`` is ``(column, value)``: rows whose column equals value are replaced (a source file
         that changed). ``table`` is the table as the caller just loaded it (saves a reload on the first
         attempt; retries always reload). ``truncate_at`` (merge mode) empties the table in the same commit
-        before ``data`` is applied, and records the version so older rows never land later. Raises :class:`CommitConflictError` when conflicts outlast the retries and
-        :class:`TransientError` when the outcome stays unknown.
+        before ``data`` is applied, and records the version so older rows never land later.
+        ``branch`` writes the commit on that branch instead of ``main``
+        (write-audit-publish): the branch must be at ``main``'s head (see
+        :func:`~icefield.write.branches.cut_branch`), the position goes into the snapshot summary
+        (``icefield.position``) for the publish to apply, and the batch id is looked up in the branch's
+        history; ``WriteResult.snapshot_id`` is then the branch's new head. A batch that changes no data
+        sets its position on the table directly (there is nothing to audit).
+        Raises :class:`CommitConflictError` when conflicts outlast the retries,
+        :class:`TransientError` when the outcome stays unknown and :class:`BranchMovedError` when
+        ``branch`` is not at ``main``'s head.
         """
         from pyiceberg.exceptions import (
             CommitFailedException,
@@ -194,11 +207,11 @@ class TableWriter:
                 if control and control in schema.names:
                     schema = schema.remove(schema.get_field_index(control))
                 table = self.create(schema)
-            done = find_batch(table, batch_id)
+            done = find_batch(table, batch_id, ref=branch or "main")
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             try:
-                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at)
+                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch)
             except (CommitFailedException, ValidationException) as e:
                 # Nothing landed (pyiceberg guarantees it for these two): replan on the new snapshot.
                 log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
@@ -207,7 +220,7 @@ class TableWriter:
             except unknown_outcome as e:
                 # Unknown outcome: the swap may or may not have landed. Look, never delete.
                 table = self.load()
-                if table is not None and (snap := find_batch(table, batch_id)) is not None:
+                if table is not None and (snap := find_batch(table, batch_id, ref=branch or "main")) is not None:
                     log.warning("commit of batch %s reported %r but landed as snapshot %s", batch_id, e, snap)
                     return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snap, False, time.perf_counter() - started)
                 raise TransientError(f"commit of batch {batch_id} to {self.target.table} failed: {e}; it stays pending, rerun to retry") from e
@@ -226,11 +239,18 @@ class TableWriter:
         replace_file: tuple[str, str] | None,
         started: float,
         truncate_at: list[Any] | None = None,
+        branch: str | None = None,
     ) -> WriteResult:
+        from icefield.write.branches import MAIN, SUMMARY_POSITION, head_id
+
         summary = {SUMMARY_PIPELINE: self.pipeline, SUMMARY_BATCH_ID: batch_id, SUMMARY_RUN_ID: run_id}
+        if branch is not None and head_id(table, branch) != head_id(table):
+            raise BranchMovedError(
+                f"branch {branch!r} of {self.target.table} is at snapshot {head_id(table, branch)}, main at "
+                f"{head_id(table)}: cut it again before writing"
+            )
+        encoded = json.dumps(position, sort_keys=True, separators=(",", ":")) if position is not None else None
         tx = table.transaction()
-        if position is not None:
-            tx.set_properties({STATE_PREFIX + self.pipeline: json.dumps(position, sort_keys=True, separators=(",", ":"))})
         mode = self.target.mode
         added: list[Any] = []
         removed: list[Any] = []
@@ -262,13 +282,20 @@ class TableWriter:
                 # candidate files and rewrites those that also hold other rows (bounds alone can't tell).
                 from pyiceberg.expressions import EqualTo
 
-                tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary)  # type: ignore[call-arg,arg-type]
+                if table.current_snapshot() is not None:
+                    tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary, branch=branch or MAIN)  # type: ignore[call-arg,arg-type]
+        if encoded is not None:
+            if branch is not None and (added or removed):
+                # Audited: main's position moves only when the publish moves main's data.
+                summary[SUMMARY_POSITION] = encoded
+            else:
+                tx.set_properties({STATE_PREFIX + self.pipeline: encoded})
         failpoints.hit("after-data-files")
         if added or removed:
             if removed:
-                producer_cm = merge_overwrite(tx, summary, conflict)
+                producer_cm = merge_overwrite(tx, summary, conflict, branch=branch or MAIN)
             else:
-                producer_cm = tx.update_snapshot(snapshot_properties=summary).fast_append()
+                producer_cm = tx.update_snapshot(snapshot_properties=summary, branch=branch or MAIN).fast_append()
             with producer_cm as producer:
                 for f in removed:
                     producer.delete_data_file(f)
@@ -277,7 +304,7 @@ class TableWriter:
         failpoints.hit("before-commit")
         committed = tx.commit_transaction()
         failpoints.hit("after-commit")
-        snap = committed.current_snapshot() if (added or removed) else None
+        snap = (committed.snapshot_by_name(branch) if branch else committed.current_snapshot()) if (added or removed) else None
         return WriteResult(
             self.target.table,
             batch_id,
