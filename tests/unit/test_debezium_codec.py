@@ -330,6 +330,7 @@ def test_a_bad_value_rejects_only_its_row_and_good_rows_decode_the_same():
         ("amount", "", "is empty"),
         ("vnum", {"scale": 2}, "is not a"),
         ("vnum", {"scale": "2", "value": "AQ=="}, "is not an integer"),
+        ("vnum", {"scale": 2147483647, "value": "AQ=="}, "scale outside"),  # would build a 2 GB number
         ("ts_us", 9223372036825200000, "outside the years 1-9999"),  # PostgreSQL 'infinity'
         ("ts_ms", 9223372036854776, "does not fit in 64 bits"),
         ("ts_ns", 1_000_000_001, "nanoseconds"),
@@ -648,9 +649,12 @@ def test_malformed_embedded_schemas_reject_their_records():
     no_row["schema"]["fields"] = no_row["schema"]["fields"][2:]
     bad_decimal = json.loads(json.dumps(good))
     bad_decimal["schema"]["fields"][1]["fields"][2]["parameters"] = {"scale": "two"}
-    got = decode_events([json.dumps(x) for x in (good, unknown, no_row, bad_decimal)])
-    conserved(got, 4)
-    assert got.rejected_indices == [1, 2, 3]
+    vast = json.loads(json.dumps(good))
+    vast["schema"]["fields"][1]["fields"][2]["parameters"] = {"scale": "2", "connect.decimal.precision": "100000000"}
+    got = decode_events([json.dumps(x) for x in (good, unknown, no_row, bad_decimal, vast)])
+    conserved(got, 5)
+    assert got.rejected_indices == [1, 2, 3, 4]
+    assert "precision 100000000" in got.rejected[3].reason
     assert "unknown Connect type 'int128'" in got.rejected[0].reason and "'id'" in got.rejected[0].reason
     assert "no 'after' or 'before'" in got.rejected[1].reason
     assert "'scale'" in got.rejected[2].reason

@@ -277,7 +277,7 @@ class _Decoder:
                 return
             raise _Reject(f"decode: a change event must be a JSON object, got {_json_type(payload)}")
         op = payload.get("op")
-        if op not in OPS:
+        if type(op) is not str or op not in OPS:
             if op is None and schema is None and not ("before" in payload or "after" in payload):
                 raise _Reject("decode: not a Debezium change event: no 'op' field and no schema/payload envelope")
             raise _Reject(f"decode: unknown op {describe(op)} (field 'op'); expected one of c, u, d, r, t")

@@ -52,6 +52,9 @@ VARIABLE_SCALE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
 ZONED_TIMESTAMP = "io.debezium.time.ZonedTimestamp"
 
 MAX_DECIMAL128_DIGITS = 38
+# PostgreSQL's numeric: at most 1000 digits of declared precision, a display scale of at most 16383.
+MAX_NUMERIC_DIGITS = 1000
+MAX_NUMERIC_SCALE = 16383
 # The years 1-9999 in µs since the epoch: what Python, Iceberg readers and most engines can show.
 MIN_TS_US = -62135596800_000_000
 MAX_TS_US = 253402300799_999_999
@@ -104,6 +107,8 @@ def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
         raise SchemaPlanError("field schema nested too deep")
     ctype = schema.get("type")
     name = schema.get("name")
+    if not isinstance(ctype, str):
+        raise SchemaPlanError(f"a field type must be text, got {describe(ctype)}")
     if name is not None and not isinstance(name, str):
         raise SchemaPlanError(f"logical type name must be text, got {describe(name)}")
     label = name or str(ctype)
@@ -130,7 +135,7 @@ def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
                 raise SchemaPlanError(f"Decimal parameters must be an object, got {describe(params)}")
             scale = _int_param(params, "scale", None)
             precision = _int_param(params, "connect.decimal.precision", MAX_DECIMAL128_DIGITS)
-            if not 0 <= scale <= precision or precision < 1:
+            if not 0 <= scale <= precision or not 1 <= precision <= MAX_NUMERIC_DIGITS:
                 raise SchemaPlanError(f"Decimal scale {scale} and precision {precision} are not valid")
             if precision > MAX_DECIMAL128_DIGITS:
                 return FieldPlan("decimal", pa.string(), label, precision=precision, scale=scale)
@@ -461,6 +466,8 @@ def _variable_decimals(name: str, plan: FieldPlan, values: Sequence[Any], bad: d
             if not isinstance(v, dict) or set(v) != {"scale", "value"}:
                 raise CoercionError('is not a {"scale", "value"} object')
             scale = _to_int(v["scale"], 32)
+            if not -MAX_NUMERIC_SCALE <= scale <= MAX_NUMERIC_SCALE:
+                raise CoercionError(f"has a scale outside PostgreSQL's +-{MAX_NUMERIC_SCALE}")
             unscaled = _unscaled(v["value"])
             if scale < 0:
                 unscaled, scale = unscaled * 10**-scale, 0
