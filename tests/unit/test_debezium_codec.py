@@ -406,6 +406,22 @@ def test_decimal_encodings_round_trip_exactly(unscaled, scale):
     assert row["d"] == value and row["v"] == value
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_decimal_precision_is_enforced_at_every_width(data):
+    precision = data.draw(st.integers(1, 38))
+    scale = data.draw(st.integers(0, precision))
+    edge = 10**precision
+    unscaled = data.draw(st.one_of(st.integers(-edge - 5, edge + 5), st.sampled_from([edge - 1, -edge + 1, edge, -edge, 0, -1])))
+    value = D(unscaled).scaleb(-scale, decimal.Context(prec=100))
+    table = DebeziumTable("n", [Column("id", "int32", optional=False), decimal_column("d", precision, scale)])
+    got = decode_events([table.value("c", after={"id": 1, "d": encode_decimal(value, scale)}, lsn=1), table.value("c", after={"id": 2, "d": None}, lsn=2)])
+    if abs(unscaled) < edge:
+        assert got.rows.column("d").to_pylist() == [value, None]
+    else:
+        assert got.rejected_indices == [0] and f"more than {precision} digits" in got.rejected[0].reason
+
+
 # ------------------------------------------------------------------ ordering
 
 
@@ -565,9 +581,18 @@ def test_table_schema_widens_embedded_types_losslessly():
 
 def test_schema_and_schemaless_events_in_one_call():
     with_s, without = DebeziumTable("orders"), DebeziumTable("orders", with_schema=False)
-    got = decode_events([with_s.value("c", after=order(1), lsn=1), without.value("c", after=order(2), lsn=2)])
+    values = [with_s.value("c", after=order(1), lsn=1), without.value("d", before={"id": 3}, lsn=3)]
+    got = decode_events(values)
     conserved(got, 2)
-    assert got.rows.column("id").to_pylist() == [1, 2]
+    assert got.rows.column("id").to_pylist() == [1, 3]
+    assert got.rows.schema.field("id").type == pa.int64(), "int32 and int64 meet at int64"
+    # Absent from the schemaless delete, a column keeps the type the schema gives it.
+    assert got.rows.schema.field("created_at").type == pa.timestamp("us")
+    assert got.rows.column("created_at").to_pylist() == [TS, None]
+    # Where the forms disagree (epoch number vs timestamp), the column falls back to text, and says so.
+    got = decode_events([with_s.value("c", after=order(1), lsn=1), without.value("c", after=order(2), lsn=2)])
+    assert got.rows.schema.field("created_at").type == pa.string()
+    assert any("'created_at'" in note for note in got.notes)
 
 
 # ------------------------------------------------------------------ poison

@@ -16,6 +16,11 @@ alone**: PostgreSQL's per-row LSNs interleave across concurrent transactions, so
 that committed later can carry a smaller LSN than a row of one that committed earlier (RELIABILITY.md C3).
 Snapshot reads carry ``[null, "<lsn>"]``, so they sort before every streamed change.
 
+Other meta columns: ``__op`` (``c``/``u``/``r``/``d``), ``__ts_ms`` (``source.ts_ms``, the commit time in
+PostgreSQL; the envelope's ``ts_ms``, when the connector saw it, if the source has none), ``__txid``
+(``source.txId``, may be null) and ``__index`` (the event's position in the input, for offsets and
+coordinates).
+
 Speed. JSON is parsed by ``orjson``; the embedded schema, identical in every event of a table, is parsed
 and planned once per call: an event whose bytes start with an already seen ``{"schema":<same>,"payload":``
 prefix has only its payload parsed. Columns are then built column-wise (see ``debezium_types``).
@@ -32,6 +37,8 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -453,65 +460,72 @@ class _Decoder:
             rows, row_schema, ops, commits, lsns, ts, txids, index = [], [], [], [], [], [], [], []
         self.rows, self.index = rows, index
         bad: dict[int, str] = {}
-        groups: dict[int, tuple[_Schema | None, list[int]]] = {}
-        for p, s in enumerate(row_schema):
-            g = groups.get(id(s))
-            if g is None:
-                groups[id(s)] = (s, [p])
-            else:
-                g[1].append(p)
+        # Rows sharing one planned schema (or none) form a group, converted together; usually one group.
+        groups: list[tuple[_Schema | None, list[int]]]
+        if n and row_schema.count(row_schema[0]) == n:
+            groups = [(row_schema[0], list(range(n)))]
+        else:
+            by_id: dict[int, tuple[_Schema | None, list[int]]] = {}
+            for p, sch in enumerate(row_schema):
+                g = by_id.get(id(sch))
+                if g is None:
+                    by_id[id(sch)] = (sch, [p])
+                else:
+                    g[1].append(p)
+            groups = list(by_id.values())
         names: dict[str, None] = {}
-        for schema, positions in groups.values():
+        columns: list[dict[str, Sequence[Any]]] = []
+        for schema, positions in groups:
+            grows = rows if len(positions) == n else [rows[p] for p in positions]
             if schema is not None:
                 names.update(dict.fromkeys(schema.fields))
-                declared = schema.names
-                for p in positions:
-                    row = self.rows[p]
-                    if row.keys() != declared:
-                        extra = row.keys() - declared
-                        if extra:
-                            bad.setdefault(p, f"decode: field {sorted(extra)[0]!r} of the row is not in its embedded schema")
+                extra = set().union(*grows) - schema.names
+                if extra:
+                    for p, row in zip(positions, grows, strict=True):
+                        undeclared = row.keys() & extra
+                        if undeclared:
+                            bad.setdefault(p, f"decode: field {sorted(undeclared)[0]!r} of the row is not in its embedded schema")
+                columns.append(_columns(grows, list(schema.fields), not extra))
             else:
-                for p in positions:
-                    names.update(dict.fromkeys(self.rows[p]))
-        ordered = [g for g in groups.values()]
-        single = len(ordered) == 1
+                seen = dict.fromkeys(chain.from_iterable(grows))
+                names.update(seen)
+                columns.append({name: [r.get(name) for r in grows] for name in seen})
+        for name in names.keys() & set(META_COLUMNS):
+            for p, row in enumerate(rows):
+                if name in row:
+                    bad.setdefault(p, f"decode: column {name!r} collides with icefield's meta column of that name")
         cols: dict[str, pa.Array] = {}
         for name in names:
             if name in META_COLUMNS:
-                for p, row in enumerate(self.rows):
-                    if name in row:
-                        bad.setdefault(p, f"decode: column {name!r} collides with icefield's meta column of that name")
                 continue
-            parts = [self._part(name, schema, positions, bad) for schema, positions in ordered]
-            cols[name] = parts[0] if single else self._unify(name, parts, [pos for _, pos in ordered], bad)
-        meta = {
-            OP: pa.array(ops, pa.string()),
-            SEQ_COMMIT: pa.array(commits, pa.int64()),
-            SEQ_LSN: pa.array(lsns, pa.int64()),
-            TS_MS: pa.array(ts, pa.int64()),
-            TXID: pa.array(txids, pa.int64()),
-            INDEX: pa.array(index, pa.int64()),
-        }
-        if not single and n:
-            order = [p for _, pos in ordered for p in pos]
+            parts = [
+                self._part(name, schema, positions, group_columns.get(name), bad)
+                for (schema, positions), group_columns in zip(groups, columns, strict=True)
+            ]
+            cols[name] = parts[0] if len(groups) == 1 else self._unify(name, parts, [pos for _, pos in groups], bad)
+        if len(groups) > 1:
             inverse = [0] * n
-            for k, p in enumerate(order):
+            for k, p in enumerate(p for _, pos in groups for p in pos):
                 inverse[p] = k
             take = pa.array(inverse, pa.int64())
             cols = {k: v.take(take) for k, v in cols.items()}
-        cols.update(meta)
+        cols[OP] = pa.array(ops, pa.string())
+        cols[SEQ_COMMIT] = pa.array(commits, pa.int64())
+        cols[SEQ_LSN] = pa.array(lsns, pa.int64())
+        cols[TS_MS] = pa.array(ts, pa.int64())
+        cols[TXID] = pa.array(txids, pa.int64())
+        cols[INDEX] = pa.array(index, pa.int64())
         return pa.table(cols), bad
 
-    def _part(self, name: str, schema: _Schema | None, positions: list[int], bad: dict[int, str]) -> pa.Array:
-        """Column ``name`` of the rows at ``positions`` (which share ``schema``)."""
-        rows = self.rows
-        if len(positions) == len(rows):
-            values = [r.get(name) for r in rows]
-        else:
-            values = [rows[p].get(name) for p in positions]
-        local: dict[int, str] = {}
+    def _part(
+        self, name: str, schema: _Schema | None, positions: list[int], values: Sequence[Any] | None, bad: dict[int, str]
+    ) -> pa.Array:
+        """Column ``name`` of the rows at ``positions`` (which share ``schema``); ``values`` are its JSON
+        values (None: no row of the group has the column)."""
         target = self.table_types.get(name)
+        if values is None or (schema is not None and name not in schema.fields):
+            return pa.nulls(len(positions), target or pa.null())
+        local: dict[int, str] = {}
         if schema is None:
             t = target if target is not None else _infer(values)
             arr = _iso_timestamps(values, t) if pa.types.is_timestamp(t) else None
@@ -520,15 +534,12 @@ class _Decoder:
             if arr is None:
                 arr = convert_values(name, values, t, local)
         else:
-            plan = schema.fields.get(name)
-            if plan is None:
-                arr = pa.nulls(len(values), target or pa.null())
-            else:
-                if plan.kind == "vdecimal" and target is not None and pa.types.is_decimal(target):
-                    plan = replace(plan, scale=min(target.scale, 38))
-                arr = convert_column(name, plan, values, local, self.notes)
-                if target is not None and arr.type != target:
-                    arr = _to_table_type(arr, target, plan)
+            plan = schema.fields[name]
+            if plan.kind == "vdecimal" and target is not None and pa.types.is_decimal(target):
+                plan = replace(plan, scale=min(target.scale, 38))
+            arr = convert_column(name, plan, values, local, self.notes)
+            if target is not None and arr.type != target:
+                arr = _to_table_type(arr, target, plan)
         for j, reason in local.items():
             bad.setdefault(positions[j], reason)
         return arr
@@ -556,6 +567,22 @@ class _Decoder:
         if pa.types.is_string(t) and any(not pa.types.is_string(a.type) and not pa.types.is_null(a.type) for a in parts):
             self.notes.append(f"column {name!r} has different types under the schemas in this batch; kept as text")
         return pa.concat_arrays(out)
+
+
+def _columns(rows: list[dict[str, Any]], names: list[str], exact: bool) -> dict[str, Sequence[Any]]:
+    """The values of each of ``names`` in ``rows``, transposed in C when every row has exactly those
+    keys (``exact``: no row has another key; a row of the same length then has them all)."""
+    if not names:
+        return {}
+    if exact and len(names) > 1:
+        k = len(names)
+        getter = itemgetter(*names)
+        try:
+            tuples = [getter(r) if len(r) == k else tuple(map(r.get, names)) for r in rows]
+        except KeyError:  # pragma: no cover - ruled out by ``exact``
+            tuples = [tuple(map(r.get, names)) for r in rows]
+        return dict(zip(names, zip(*tuples, strict=True), strict=True)) if tuples else {n: [] for n in names}
+    return {name: [r.get(name) for r in rows] for name in names}
 
 
 def _to_table_type(arr: pa.Array, target: pa.DataType, plan: FieldPlan) -> pa.Array:
