@@ -596,7 +596,7 @@ def _to_table_type(arr: pa.Array, target: pa.DataType, plan: FieldPlan) -> pa.Ar
     return arr
 
 
-def _infer(values: list[Any]) -> pa.DataType:
+def _infer(values: Sequence[Any]) -> pa.DataType:
     """:func:`infer_type`, with the common columns decided by their Python types and Arrow regexes
     instead of a regex per value: numbers, booleans, text with no date in it, ISO timestamps."""
     kinds = {type(v) for v in values}
@@ -619,7 +619,7 @@ def _infer(values: list[Any]) -> pa.DataType:
     return infer_type(values)
 
 
-def _iso_timestamps(values: list[Any], t: pa.DataType) -> pa.Array | None:
+def _iso_timestamps(values: Sequence[Any], t: pa.DataType) -> pa.Array | None:
     """A column of ISO-8601 text parsed by Arrow in one go, or None when some value is not text of the
     shape the strict converter accepts or Arrow refuses one (then the strict converter walks them)."""
     if any(type(v) is not str for v in values if v is not None):
