@@ -77,6 +77,7 @@ UNAVAILABLE_VALUE = "__debezium_unavailable_value"
 DEFAULT_MAX_RECORD_BYTES = 8 << 20
 DEFAULT_MAX_DEPTH = 64
 
+_TRAILING_SPACE = frozenset({b" ", b"\n", b"\r", b"\t"})
 _HEAD = b'{"schema":'
 _PAYLOAD = ',"payload":'
 _MAX_PREFIXES = 16
@@ -374,9 +375,9 @@ class _Decoder:
 
     def _envelope(self, data: bytes) -> tuple[Any, _Schema | None]:
         """The payload and the planned embedded schema (None without one)."""
-        if data[-1:] in (b" ", b"\n", b"\r", b"\t"):
+        if data[-1:] in _TRAILING_SPACE:
             data = data.rstrip()
-        if self.prefixes and data.startswith(_HEAD) and data.endswith(b"}"):
+        if self.prefixes and data[-1:] == b"}" and data.startswith(_HEAD):
             for prefix, schema in self.prefixes:
                 if data.startswith(prefix):
                     tail = data[len(prefix) : -1]
@@ -391,8 +392,9 @@ class _Decoder:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError as e:
             raise _Reject(_json_error(data, e)) from None
-        self._check_depth(data, doc)
-        if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        if data.count(b"{") + data.count(b"[") > self.max_depth:
+            self._check_depth(data, doc)
+        if type(doc) is dict and "schema" in doc and "payload" in doc:
             if doc["schema"] is None:
                 return doc["payload"], None
             return doc["payload"], self._schema(data, doc["schema"])
@@ -527,8 +529,14 @@ class _Decoder:
             return pa.nulls(len(positions), target or pa.null())
         local: dict[int, str] = {}
         if schema is None:
-            t = target if target is not None else _infer(values)
-            arr = _iso_timestamps(values, t) if pa.types.is_timestamp(t) else None
+            text: pa.Array | None = None
+            if target is not None:
+                t = target
+            else:
+                t, text = _infer(values)
+            arr = text if text is not None and pa.types.is_string(t) else None
+            if arr is None and pa.types.is_timestamp(t):
+                arr = _iso_timestamps(values, t, text)
             if arr is None and pa.types.is_float64(t) and all(type(v) is float for v in values if v is not None):
                 arr = pa.array(values, t)  # JSON numbers with a fraction: finite doubles already
             if arr is None:
@@ -596,39 +604,43 @@ def _to_table_type(arr: pa.Array, target: pa.DataType, plan: FieldPlan) -> pa.Ar
     return arr
 
 
-def _infer(values: Sequence[Any]) -> pa.DataType:
+def _infer(values: Sequence[Any]) -> tuple[pa.DataType, pa.Array | None]:
     """:func:`infer_type`, with the common columns decided by their Python types and Arrow regexes
-    instead of a regex per value: numbers, booleans, text with no date in it, ISO timestamps."""
+    instead of a regex per value: numbers, booleans, text with no date in it, ISO timestamps. Also
+    returns the column as an Arrow string array when it had to build one (all values text)."""
     kinds = {type(v) for v in values}
     kinds.discard(type(None))
     if kinds == {int}:
-        return pa.int64()
+        return pa.int64(), None
     if kinds == {int, float} or kinds == {float}:
-        return pa.float64()
+        return pa.float64(), None
     if kinds == {bool}:
-        return pa.bool_()
+        return pa.bool_(), None
     if kinds == {str}:
         arr = pa.array(values, pa.string())
         if not pc.any(pc.match_substring_regex(arr, r"\d{4}-\d{2}-\d{2}")).as_py():
-            return pa.string()  # neither a date nor a timestamp can be among them
+            return pa.string(), arr  # neither a date nor a timestamp can be among them
         if pc.all(pc.match_substring_regex(arr, ISO_TIMESTAMP.pattern)).as_py() and not pc.any(
             pc.match_substring_regex(arr, r"^\d{4}-\d{2}-\d{2}$")
         ).as_py():
             zoned = pc.any(pc.match_substring_regex(arr, r"(Z|[+-]\d{2}:?\d{2})$")).as_py()
-            return pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")
-    return infer_type(values)
+            return (pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")), arr
+        return infer_type(values), arr
+    return infer_type(values), None
 
 
-def _iso_timestamps(values: Sequence[Any], t: pa.DataType) -> pa.Array | None:
+def _iso_timestamps(values: Sequence[Any], t: pa.DataType, text: pa.Array | None = None) -> pa.Array | None:
     """A column of ISO-8601 text parsed by Arrow in one go, or None when some value is not text of the
-    shape the strict converter accepts or Arrow refuses one (then the strict converter walks them)."""
-    if any(type(v) is not str for v in values if v is not None):
-        return None
-    arr = pa.array(values, pa.string())
-    if pc.all(pc.match_substring_regex(arr, ISO_TIMESTAMP.pattern)).as_py() is False:
+    shape the strict converter accepts or Arrow refuses one (then the strict converter walks them).
+    ``text`` is the column already as an Arrow string array, if at hand."""
+    if text is None:
+        if any(type(v) is not str for v in values if v is not None):
+            return None
+        text = pa.array(values, pa.string())
+    if pc.all(pc.match_substring_regex(text, ISO_TIMESTAMP.pattern)).as_py() is False:
         return None
     try:
-        out = pc.cast(arr, t)
+        out = pc.cast(text, t)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     lo = pc.min(out.cast(pa.int64()) if t.unit == "us" else pc.cast(out, pa.timestamp("us", t.tz)).cast(pa.int64()))
