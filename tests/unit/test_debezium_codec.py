@@ -726,3 +726,5 @@ def test_programming_errors_raise():
         decode_events([b"{}"], coords=["a", "b"])
     with pytest.raises(TypeError, match="pass bytes, str or None"):
         decode_events([42])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="key is a int"):
+        decode_events([None], keys=[7])  # type: ignore[list-item]

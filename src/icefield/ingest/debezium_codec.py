@@ -239,7 +239,6 @@ class _Decoder:
         self.max_depth = max_depth
         self.prefixes: list[tuple[bytes, _Schema]] = []
         self.schemas: dict[bytes, _Schema] = {}
-        self.key_columns: list[str] | None = None
         # Row-carrying events: (row, schema, op, seq_commit, seq_lsn, ts_ms, txid, input index).
         self.events: list[tuple[dict[str, Any], _Schema | None, str, int, int, int | None, int | None, int]] = []
         self.rows: list[dict[str, Any]] = []
@@ -357,7 +356,12 @@ class _Decoder:
     def _parse_key(self, raw: bytes | str | None) -> dict[str, Any] | None:
         if raw is None:
             return None
-        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+        if isinstance(raw, str):
+            data = raw.encode("utf-8", "surrogatepass")  # an unpaired surrogate then fails the parse
+        elif isinstance(raw, (bytes, bytearray, memoryview)):
+            data = bytes(raw)
+        else:
+            raise TypeError(f"decode_events: a key is a {type(raw).__name__}; pass bytes, str or None")
         if len(data) > self.max_bytes:
             raise _Reject(f"record of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes")
         try:
