@@ -338,6 +338,7 @@ def test_a_bad_value_rejects_only_its_row_and_good_rows_decode_the_same():
         ("tstz", "infinity", "not an ISO-8601 timestamp"),
         ("tstz", "2024-03-01T10:15:30", "not an ISO-8601 timestamp"),  # no offset
         ("tstz", 1709288130, "is not text"),
+        ("tstz", "0000-03-01T10:15:30Z", "outside the years 1-9999"),
         ("small", 32768, "does not fit in 16 bits"),
         ("id", "12abc", "is not an integer"),
         ("big", 1.0, "is not an integer"),
@@ -346,6 +347,8 @@ def test_a_bad_value_rejects_only_its_row_and_good_rows_decode_the_same():
         ("dbl", "1.5", "is not a number"),
         ("real_v", 1e39, "does not fit in a 32-bit float"),
         ("day", 1 << 40, "does not fit in 32 bits"),
+        ("day", 2_932_897, "outside the years 1-9999"),  # 10000-01-01
+        ("c_date", -719_163, "outside the years 1-9999"),
         ("scores", [1, "2"], "is not an integer"),
         ("scores", "1,2", "is not a list"),
         ("raw", 12, "is not base64 text"),

@@ -28,8 +28,8 @@ array                                           list                       list<
 struct, map (Geometry, ...)                     object                     string (JSON text)
 ==============================================  =========================  ===============================
 
-Timestamps are kept to the years 1-9999 (PostgreSQL's ``infinity`` arrives as a huge number and is
-refused, not stored as a date no engine can read); times of day to [00:00, 24:00) (PostgreSQL's
+Dates and timestamps are kept to the years 1-9999 (PostgreSQL's ``infinity`` arrives as a huge number
+and is refused, not stored as a date no engine can read); times of day to [00:00, 24:00) (PostgreSQL's
 ``24:00:00`` does not fit Arrow's ``time64`` and is refused).
 """
 
@@ -59,6 +59,8 @@ MAX_NUMERIC_SCALE = 16383
 MIN_TS_US = -62135596800_000_000
 MAX_TS_US = 253402300799_999_999
 DAY_US = 86_400_000_000
+MIN_DAYS = -719_162  # 0001-01-01
+MAX_DAYS = 2_932_896  # 9999-12-31
 
 _INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
 _INT_TYPES = {8: pa.int8(), 16: pa.int16(), 32: pa.int32(), 64: pa.int64()}
@@ -253,7 +255,11 @@ def _vector_string(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
 
 
 def _vector_date(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
-    return _int64_array(values).cast(pa.int32(), safe=True).view(pa.date32())
+    arr = _int64_array(values)
+    lo, hi = pc.min_max(arr).values()
+    if lo.is_valid and (lo.as_py() < MIN_DAYS or hi.as_py() > MAX_DAYS):
+        raise _Fallback
+    return arr.cast(pa.int32()).view(pa.date32())
 
 
 def _micros(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
@@ -287,7 +293,11 @@ def _vector_time(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
 def _vector_zts(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
     if not _kinds(values) <= {str}:
         raise _Fallback
-    return pc.cast(pa.array(values, pa.string()), plan.type)
+    out = pc.cast(pa.array(values, pa.string()), plan.type)
+    lo = pc.min(out.cast(pa.int64()))
+    if lo.is_valid and lo.as_py() < MIN_TS_US:
+        raise _Fallback  # Arrow reads year 0000, which no Python or Iceberg reader can show
+    return out
 
 
 def _vector_decimal(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
@@ -414,7 +424,10 @@ def _scalar(plan: FieldPlan, v: Any) -> Any:
             raise CoercionError(f"has more than {plan.precision} digits")
         return unscaled
     if kind == "date":
-        return _to_int(v, 32)
+        days = _to_int(v, 32)
+        if not MIN_DAYS <= days <= MAX_DAYS:
+            raise CoercionError("is outside the years 1-9999 (PostgreSQL 'infinity'?)")
+        return days
     if kind == "ts":
         i = _to_micros(plan, v)
         if not MIN_TS_US <= i <= MAX_TS_US:
@@ -545,6 +558,11 @@ def _zoned_timestamps(name: str, plan: FieldPlan, values: Sequence[Any], bad: di
     out = _bisect_cast(arr, plan.type, 0, failed)
     for i in failed:
         bad.setdefault(i, f"decode: column {name!r} value {describe(text[i])} is not an ISO-8601 timestamp with an offset ({plan.label})")
+    early = pc.less(out.cast(pa.int64()), MIN_TS_US)
+    if pc.any(early).as_py():
+        for i in pc.indices_nonzero(early).to_pylist():
+            bad.setdefault(i, f"decode: column {name!r} value {describe(text[i])} is outside the years 1-9999 ({plan.label})")
+        out = pc.if_else(early, pa.scalar(None, plan.type), out)
     return out
 
 
