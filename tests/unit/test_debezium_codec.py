@@ -330,6 +330,7 @@ def test_a_bad_value_rejects_only_its_row_and_good_rows_decode_the_same():
         ("amount", "", "is empty"),
         ("vnum", {"scale": 2}, "is not a"),
         ("vnum", {"scale": "2", "value": "AQ=="}, "is not an integer"),
+        ("vnum", {"scale": 2147483647, "value": "AQ=="}, "scale outside"),  # would build a 2 GB number
         ("ts_us", 9223372036825200000, "outside the years 1-9999"),  # PostgreSQL 'infinity'
         ("ts_ms", 9223372036854776, "does not fit in 64 bits"),
         ("ts_ns", 1_000_000_001, "nanoseconds"),
@@ -337,6 +338,7 @@ def test_a_bad_value_rejects_only_its_row_and_good_rows_decode_the_same():
         ("tstz", "infinity", "not an ISO-8601 timestamp"),
         ("tstz", "2024-03-01T10:15:30", "not an ISO-8601 timestamp"),  # no offset
         ("tstz", 1709288130, "is not text"),
+        ("tstz", "0000-03-01T10:15:30Z", "outside the years 1-9999"),
         ("small", 32768, "does not fit in 16 bits"),
         ("id", "12abc", "is not an integer"),
         ("big", 1.0, "is not an integer"),
@@ -345,6 +347,8 @@ def test_a_bad_value_rejects_only_its_row_and_good_rows_decode_the_same():
         ("dbl", "1.5", "is not a number"),
         ("real_v", 1e39, "does not fit in a 32-bit float"),
         ("day", 1 << 40, "does not fit in 32 bits"),
+        ("day", 2_932_897, "outside the years 1-9999"),  # 10000-01-01
+        ("c_date", -719_163, "outside the years 1-9999"),
         ("scores", [1, "2"], "is not an integer"),
         ("scores", "1,2", "is not a list"),
         ("raw", 12, "is not base64 text"),
@@ -403,6 +407,22 @@ def test_decimal_encodings_round_trip_exactly(unscaled, scale):
     got = decode_events([table.value("c", after={"id": 1, "d": encode_decimal(value, scale), "v": encode_variable_decimal(value)}, lsn=1)])
     row = rows_without_meta(got)[0]
     assert row["d"] == value and row["v"] == value
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_decimal_precision_is_enforced_at_every_width(data):
+    precision = data.draw(st.integers(1, 38))
+    scale = data.draw(st.integers(0, precision))
+    edge = 10**precision
+    unscaled = data.draw(st.one_of(st.integers(-edge - 5, edge + 5), st.sampled_from([edge - 1, -edge + 1, edge, -edge, 0, -1])))
+    value = D(unscaled).scaleb(-scale, decimal.Context(prec=100))
+    table = DebeziumTable("n", [Column("id", "int32", optional=False), decimal_column("d", precision, scale)])
+    got = decode_events([table.value("c", after={"id": 1, "d": encode_decimal(value, scale)}, lsn=1), table.value("c", after={"id": 2, "d": None}, lsn=2)])
+    if abs(unscaled) < edge:
+        assert got.rows.column("d").to_pylist() == [value, None]
+    else:
+        assert got.rejected_indices == [0] and f"more than {precision} digits" in got.rejected[0].reason
 
 
 # ------------------------------------------------------------------ ordering
@@ -564,9 +584,18 @@ def test_table_schema_widens_embedded_types_losslessly():
 
 def test_schema_and_schemaless_events_in_one_call():
     with_s, without = DebeziumTable("orders"), DebeziumTable("orders", with_schema=False)
-    got = decode_events([with_s.value("c", after=order(1), lsn=1), without.value("c", after=order(2), lsn=2)])
+    values = [with_s.value("c", after=order(1), lsn=1), without.value("d", before={"id": 3}, lsn=3)]
+    got = decode_events(values)
     conserved(got, 2)
-    assert got.rows.column("id").to_pylist() == [1, 2]
+    assert got.rows.column("id").to_pylist() == [1, 3]
+    assert got.rows.schema.field("id").type == pa.int64(), "int32 and int64 meet at int64"
+    # Absent from the schemaless delete, a column keeps the type the schema gives it.
+    assert got.rows.schema.field("created_at").type == pa.timestamp("us")
+    assert got.rows.column("created_at").to_pylist() == [TS, None]
+    # Where the forms disagree (epoch number vs timestamp), the column falls back to text, and says so.
+    got = decode_events([with_s.value("c", after=order(1), lsn=1), without.value("c", after=order(2), lsn=2)])
+    assert got.rows.schema.field("created_at").type == pa.string()
+    assert any("'created_at'" in note for note in got.notes)
 
 
 # ------------------------------------------------------------------ poison
@@ -648,9 +677,12 @@ def test_malformed_embedded_schemas_reject_their_records():
     no_row["schema"]["fields"] = no_row["schema"]["fields"][2:]
     bad_decimal = json.loads(json.dumps(good))
     bad_decimal["schema"]["fields"][1]["fields"][2]["parameters"] = {"scale": "two"}
-    got = decode_events([json.dumps(x) for x in (good, unknown, no_row, bad_decimal)])
-    conserved(got, 4)
-    assert got.rejected_indices == [1, 2, 3]
+    vast = json.loads(json.dumps(good))
+    vast["schema"]["fields"][1]["fields"][2]["parameters"] = {"scale": "2", "connect.decimal.precision": "100000000"}
+    got = decode_events([json.dumps(x) for x in (good, unknown, no_row, bad_decimal, vast)])
+    conserved(got, 5)
+    assert got.rejected_indices == [1, 2, 3, 4]
+    assert "precision 100000000" in got.rejected[3].reason
     assert "unknown Connect type 'int128'" in got.rejected[0].reason and "'id'" in got.rejected[0].reason
     assert "no 'after' or 'before'" in got.rejected[1].reason
     assert "'scale'" in got.rejected[2].reason
@@ -697,3 +729,5 @@ def test_programming_errors_raise():
         decode_events([b"{}"], coords=["a", "b"])
     with pytest.raises(TypeError, match="pass bytes, str or None"):
         decode_events([42])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="key is a int"):
+        decode_events([None], keys=[7])  # type: ignore[list-item]

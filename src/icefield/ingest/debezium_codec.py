@@ -16,6 +16,11 @@ alone**: PostgreSQL's per-row LSNs interleave across concurrent transactions, so
 that committed later can carry a smaller LSN than a row of one that committed earlier (RELIABILITY.md C3).
 Snapshot reads carry ``[null, "<lsn>"]``, so they sort before every streamed change.
 
+Other meta columns: ``__op`` (``c``/``u``/``r``/``d``), ``__ts_ms`` (``source.ts_ms``, the commit time in
+PostgreSQL; the envelope's ``ts_ms``, when the connector saw it, if the source has none), ``__txid``
+(``source.txId``, may be null) and ``__index`` (the event's position in the input, for offsets and
+coordinates).
+
 Speed. JSON is parsed by ``orjson``; the embedded schema, identical in every event of a table, is parsed
 and planned once per call: an event whose bytes start with an already seen ``{"schema":<same>,"payload":``
 prefix has only its payload parsed. Columns are then built column-wise (see ``debezium_types``).
@@ -32,6 +37,8 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -70,6 +77,7 @@ UNAVAILABLE_VALUE = "__debezium_unavailable_value"
 DEFAULT_MAX_RECORD_BYTES = 8 << 20
 DEFAULT_MAX_DEPTH = 64
 
+_TRAILING_SPACE = frozenset({b" ", b"\n", b"\r", b"\t"})
 _HEAD = b'{"schema":'
 _PAYLOAD = ',"payload":'
 _MAX_PREFIXES = 16
@@ -231,7 +239,6 @@ class _Decoder:
         self.max_depth = max_depth
         self.prefixes: list[tuple[bytes, _Schema]] = []
         self.schemas: dict[bytes, _Schema] = {}
-        self.key_columns: list[str] | None = None
         # Row-carrying events: (row, schema, op, seq_commit, seq_lsn, ts_ms, txid, input index).
         self.events: list[tuple[dict[str, Any], _Schema | None, str, int, int, int | None, int | None, int]] = []
         self.rows: list[dict[str, Any]] = []
@@ -277,7 +284,7 @@ class _Decoder:
                 return
             raise _Reject(f"decode: a change event must be a JSON object, got {_json_type(payload)}")
         op = payload.get("op")
-        if op not in OPS:
+        if type(op) is not str or op not in OPS:
             if op is None and schema is None and not ("before" in payload or "after" in payload):
                 raise _Reject("decode: not a Debezium change event: no 'op' field and no schema/payload envelope")
             raise _Reject(f"decode: unknown op {describe(op)} (field 'op'); expected one of c, u, d, r, t")
@@ -349,7 +356,12 @@ class _Decoder:
     def _parse_key(self, raw: bytes | str | None) -> dict[str, Any] | None:
         if raw is None:
             return None
-        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+        if isinstance(raw, str):
+            data = raw.encode("utf-8", "surrogatepass")  # an unpaired surrogate then fails the parse
+        elif isinstance(raw, (bytes, bytearray, memoryview)):
+            data = bytes(raw)
+        else:
+            raise TypeError(f"decode_events: a key is a {type(raw).__name__}; pass bytes, str or None")
         if len(data) > self.max_bytes:
             raise _Reject(f"record of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes")
         try:
@@ -367,9 +379,9 @@ class _Decoder:
 
     def _envelope(self, data: bytes) -> tuple[Any, _Schema | None]:
         """The payload and the planned embedded schema (None without one)."""
-        if data[-1:] in (b" ", b"\n", b"\r", b"\t"):
+        if data[-1:] in _TRAILING_SPACE:
             data = data.rstrip()
-        if self.prefixes and data.startswith(_HEAD) and data.endswith(b"}"):
+        if self.prefixes and data[-1:] == b"}" and data.startswith(_HEAD):
             for prefix, schema in self.prefixes:
                 if data.startswith(prefix):
                     tail = data[len(prefix) : -1]
@@ -384,8 +396,9 @@ class _Decoder:
             doc = orjson.loads(data)
         except orjson.JSONDecodeError as e:
             raise _Reject(_json_error(data, e)) from None
-        self._check_depth(data, doc)
-        if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        if data.count(b"{") + data.count(b"[") > self.max_depth:
+            self._check_depth(data, doc)
+        if type(doc) is dict and "schema" in doc and "payload" in doc:
             if doc["schema"] is None:
                 return doc["payload"], None
             return doc["payload"], self._schema(data, doc["schema"])
@@ -453,82 +466,92 @@ class _Decoder:
             rows, row_schema, ops, commits, lsns, ts, txids, index = [], [], [], [], [], [], [], []
         self.rows, self.index = rows, index
         bad: dict[int, str] = {}
-        groups: dict[int, tuple[_Schema | None, list[int]]] = {}
-        for p, s in enumerate(row_schema):
-            g = groups.get(id(s))
-            if g is None:
-                groups[id(s)] = (s, [p])
-            else:
-                g[1].append(p)
+        # Rows sharing one planned schema (or none) form a group, converted together; usually one group.
+        groups: list[tuple[_Schema | None, list[int]]]
+        if n and row_schema.count(row_schema[0]) == n:
+            groups = [(row_schema[0], list(range(n)))]
+        else:
+            by_id: dict[int, tuple[_Schema | None, list[int]]] = {}
+            for p, sch in enumerate(row_schema):
+                g = by_id.get(id(sch))
+                if g is None:
+                    by_id[id(sch)] = (sch, [p])
+                else:
+                    g[1].append(p)
+            groups = list(by_id.values())
         names: dict[str, None] = {}
-        for schema, positions in groups.values():
+        columns: list[dict[str, Sequence[Any]]] = []
+        for schema, positions in groups:
+            grows = rows if len(positions) == n else [rows[p] for p in positions]
             if schema is not None:
                 names.update(dict.fromkeys(schema.fields))
-                declared = schema.names
-                for p in positions:
-                    row = self.rows[p]
-                    if row.keys() != declared:
-                        extra = row.keys() - declared
-                        if extra:
-                            bad.setdefault(p, f"decode: field {sorted(extra)[0]!r} of the row is not in its embedded schema")
+                extra = set().union(*grows) - schema.names
+                if extra:
+                    for p, row in zip(positions, grows, strict=True):
+                        undeclared = row.keys() & extra
+                        if undeclared:
+                            bad.setdefault(p, f"decode: field {sorted(undeclared)[0]!r} of the row is not in its embedded schema")
+                columns.append(_columns(grows, list(schema.fields), not extra))
             else:
-                for p in positions:
-                    names.update(dict.fromkeys(self.rows[p]))
-        ordered = [g for g in groups.values()]
-        single = len(ordered) == 1
+                seen = dict.fromkeys(chain.from_iterable(grows))
+                names.update(seen)
+                columns.append({name: [r.get(name) for r in grows] for name in seen})
+        for name in names.keys() & set(META_COLUMNS):
+            for p, row in enumerate(rows):
+                if name in row:
+                    bad.setdefault(p, f"decode: column {name!r} collides with icefield's meta column of that name")
         cols: dict[str, pa.Array] = {}
         for name in names:
             if name in META_COLUMNS:
-                for p, row in enumerate(self.rows):
-                    if name in row:
-                        bad.setdefault(p, f"decode: column {name!r} collides with icefield's meta column of that name")
                 continue
-            parts = [self._part(name, schema, positions, bad) for schema, positions in ordered]
-            cols[name] = parts[0] if single else self._unify(name, parts, [pos for _, pos in ordered], bad)
-        meta = {
-            OP: pa.array(ops, pa.string()),
-            SEQ_COMMIT: pa.array(commits, pa.int64()),
-            SEQ_LSN: pa.array(lsns, pa.int64()),
-            TS_MS: pa.array(ts, pa.int64()),
-            TXID: pa.array(txids, pa.int64()),
-            INDEX: pa.array(index, pa.int64()),
-        }
-        if not single and n:
-            order = [p for _, pos in ordered for p in pos]
+            parts = [
+                self._part(name, schema, positions, group_columns.get(name), bad)
+                for (schema, positions), group_columns in zip(groups, columns, strict=True)
+            ]
+            cols[name] = parts[0] if len(groups) == 1 else self._unify(name, parts, [pos for _, pos in groups], bad)
+        if len(groups) > 1:
             inverse = [0] * n
-            for k, p in enumerate(order):
+            for k, p in enumerate(p for _, pos in groups for p in pos):
                 inverse[p] = k
             take = pa.array(inverse, pa.int64())
             cols = {k: v.take(take) for k, v in cols.items()}
-        cols.update(meta)
+        cols[OP] = pa.array(ops, pa.string())
+        cols[SEQ_COMMIT] = pa.array(commits, pa.int64())
+        cols[SEQ_LSN] = pa.array(lsns, pa.int64())
+        cols[TS_MS] = pa.array(ts, pa.int64())
+        cols[TXID] = pa.array(txids, pa.int64())
+        cols[INDEX] = pa.array(index, pa.int64())
         return pa.table(cols), bad
 
-    def _part(self, name: str, schema: _Schema | None, positions: list[int], bad: dict[int, str]) -> pa.Array:
-        """Column ``name`` of the rows at ``positions`` (which share ``schema``)."""
-        rows = self.rows
-        if len(positions) == len(rows):
-            values = [r.get(name) for r in rows]
-        else:
-            values = [rows[p].get(name) for p in positions]
-        local: dict[int, str] = {}
+    def _part(
+        self, name: str, schema: _Schema | None, positions: list[int], values: Sequence[Any] | None, bad: dict[int, str]
+    ) -> pa.Array:
+        """Column ``name`` of the rows at ``positions`` (which share ``schema``); ``values`` are its JSON
+        values (None: no row of the group has the column)."""
         target = self.table_types.get(name)
+        if values is None or (schema is not None and name not in schema.fields):
+            return pa.nulls(len(positions), target or pa.null())
+        local: dict[int, str] = {}
         if schema is None:
-            t = target if target is not None else _infer(values)
-            arr = _iso_timestamps(values, t) if pa.types.is_timestamp(t) else None
+            text: pa.Array | None = None
+            if target is not None:
+                t = target
+            else:
+                t, text = _infer(values)
+            arr = text if text is not None and pa.types.is_string(t) else None
+            if arr is None and pa.types.is_timestamp(t):
+                arr = _iso_timestamps(values, t, text)
             if arr is None and pa.types.is_float64(t) and all(type(v) is float for v in values if v is not None):
                 arr = pa.array(values, t)  # JSON numbers with a fraction: finite doubles already
             if arr is None:
                 arr = convert_values(name, values, t, local)
         else:
-            plan = schema.fields.get(name)
-            if plan is None:
-                arr = pa.nulls(len(values), target or pa.null())
-            else:
-                if plan.kind == "vdecimal" and target is not None and pa.types.is_decimal(target):
-                    plan = replace(plan, scale=min(target.scale, 38))
-                arr = convert_column(name, plan, values, local, self.notes)
-                if target is not None and arr.type != target:
-                    arr = _to_table_type(arr, target, plan)
+            plan = schema.fields[name]
+            if plan.kind == "vdecimal" and target is not None and pa.types.is_decimal(target):
+                plan = replace(plan, scale=min(target.scale, 38))
+            arr = convert_column(name, plan, values, local, self.notes)
+            if target is not None and arr.type != target:
+                arr = _to_table_type(arr, target, plan)
         for j, reason in local.items():
             bad.setdefault(positions[j], reason)
         return arr
@@ -558,6 +581,22 @@ class _Decoder:
         return pa.concat_arrays(out)
 
 
+def _columns(rows: list[dict[str, Any]], names: list[str], exact: bool) -> dict[str, Sequence[Any]]:
+    """The values of each of ``names`` in ``rows``, transposed in C when every row has exactly those
+    keys (``exact``: no row has another key; a row of the same length then has them all)."""
+    if not names:
+        return {}
+    if exact and len(names) > 1:
+        k = len(names)
+        getter = itemgetter(*names)
+        try:
+            tuples = [getter(r) if len(r) == k else tuple(map(r.get, names)) for r in rows]
+        except KeyError:  # pragma: no cover - ruled out by ``exact``
+            tuples = [tuple(map(r.get, names)) for r in rows]
+        return dict(zip(names, zip(*tuples, strict=True), strict=True)) if tuples else {n: [] for n in names}
+    return {name: [r.get(name) for r in rows] for name in names}
+
+
 def _to_table_type(arr: pa.Array, target: pa.DataType, plan: FieldPlan) -> pa.Array:
     """Cast to the table's type when that loses nothing (by type; for a VariableScaleDecimal, whose type
     follows the data, by value); else keep the decoded type and let the writer classify the change."""
@@ -569,39 +608,43 @@ def _to_table_type(arr: pa.Array, target: pa.DataType, plan: FieldPlan) -> pa.Ar
     return arr
 
 
-def _infer(values: list[Any]) -> pa.DataType:
+def _infer(values: Sequence[Any]) -> tuple[pa.DataType, pa.Array | None]:
     """:func:`infer_type`, with the common columns decided by their Python types and Arrow regexes
-    instead of a regex per value: numbers, booleans, text with no date in it, ISO timestamps."""
+    instead of a regex per value: numbers, booleans, text with no date in it, ISO timestamps. Also
+    returns the column as an Arrow string array when it had to build one (all values text)."""
     kinds = {type(v) for v in values}
     kinds.discard(type(None))
     if kinds == {int}:
-        return pa.int64()
+        return pa.int64(), None
     if kinds == {int, float} or kinds == {float}:
-        return pa.float64()
+        return pa.float64(), None
     if kinds == {bool}:
-        return pa.bool_()
+        return pa.bool_(), None
     if kinds == {str}:
         arr = pa.array(values, pa.string())
         if not pc.any(pc.match_substring_regex(arr, r"\d{4}-\d{2}-\d{2}")).as_py():
-            return pa.string()  # neither a date nor a timestamp can be among them
+            return pa.string(), arr  # neither a date nor a timestamp can be among them
         if pc.all(pc.match_substring_regex(arr, ISO_TIMESTAMP.pattern)).as_py() and not pc.any(
             pc.match_substring_regex(arr, r"^\d{4}-\d{2}-\d{2}$")
         ).as_py():
             zoned = pc.any(pc.match_substring_regex(arr, r"(Z|[+-]\d{2}:?\d{2})$")).as_py()
-            return pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")
-    return infer_type(values)
+            return (pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")), arr
+        return infer_type(values), arr
+    return infer_type(values), None
 
 
-def _iso_timestamps(values: list[Any], t: pa.DataType) -> pa.Array | None:
+def _iso_timestamps(values: Sequence[Any], t: pa.DataType, text: pa.Array | None = None) -> pa.Array | None:
     """A column of ISO-8601 text parsed by Arrow in one go, or None when some value is not text of the
-    shape the strict converter accepts or Arrow refuses one (then the strict converter walks them)."""
-    if any(type(v) is not str for v in values if v is not None):
-        return None
-    arr = pa.array(values, pa.string())
-    if pc.all(pc.match_substring_regex(arr, ISO_TIMESTAMP.pattern)).as_py() is False:
+    shape the strict converter accepts or Arrow refuses one (then the strict converter walks them).
+    ``text`` is the column already as an Arrow string array, if at hand."""
+    if text is None:
+        if any(type(v) is not str for v in values if v is not None):
+            return None
+        text = pa.array(values, pa.string())
+    if pc.all(pc.match_substring_regex(text, ISO_TIMESTAMP.pattern)).as_py() is False:
         return None
     try:
-        out = pc.cast(arr, t)
+        out = pc.cast(text, t)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     lo = pc.min(out.cast(pa.int64()) if t.unit == "us" else pc.cast(out, pa.timestamp("us", t.tz)).cast(pa.int64()))

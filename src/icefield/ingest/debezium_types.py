@@ -28,8 +28,8 @@ array                                           list                       list<
 struct, map (Geometry, ...)                     object                     string (JSON text)
 ==============================================  =========================  ===============================
 
-Timestamps are kept to the years 1-9999 (PostgreSQL's ``infinity`` arrives as a huge number and is
-refused, not stored as a date no engine can read); times of day to [00:00, 24:00) (PostgreSQL's
+Dates and timestamps are kept to the years 1-9999 (PostgreSQL's ``infinity`` arrives as a huge number
+and is refused, not stored as a date no engine can read); times of day to [00:00, 24:00) (PostgreSQL's
 ``24:00:00`` does not fit Arrow's ``time64`` and is refused).
 """
 
@@ -52,10 +52,15 @@ VARIABLE_SCALE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
 ZONED_TIMESTAMP = "io.debezium.time.ZonedTimestamp"
 
 MAX_DECIMAL128_DIGITS = 38
+# PostgreSQL's numeric: at most 1000 digits of declared precision, a display scale of at most 16383.
+MAX_NUMERIC_DIGITS = 1000
+MAX_NUMERIC_SCALE = 16383
 # The years 1-9999 in µs since the epoch: what Python, Iceberg readers and most engines can show.
 MIN_TS_US = -62135596800_000_000
 MAX_TS_US = 253402300799_999_999
 DAY_US = 86_400_000_000
+MIN_DAYS = -719_162  # 0001-01-01
+MAX_DAYS = 2_932_896  # 9999-12-31
 
 _INT_BITS = {"int8": 8, "int16": 16, "int32": 32, "int64": 64}
 _INT_TYPES = {8: pa.int8(), 16: pa.int16(), 32: pa.int32(), 64: pa.int64()}
@@ -104,6 +109,8 @@ def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
         raise SchemaPlanError("field schema nested too deep")
     ctype = schema.get("type")
     name = schema.get("name")
+    if not isinstance(ctype, str):
+        raise SchemaPlanError(f"a field type must be text, got {describe(ctype)}")
     if name is not None and not isinstance(name, str):
         raise SchemaPlanError(f"logical type name must be text, got {describe(name)}")
     label = name or str(ctype)
@@ -130,7 +137,7 @@ def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
                 raise SchemaPlanError(f"Decimal parameters must be an object, got {describe(params)}")
             scale = _int_param(params, "scale", None)
             precision = _int_param(params, "connect.decimal.precision", MAX_DECIMAL128_DIGITS)
-            if not 0 <= scale <= precision or precision < 1:
+            if not 0 <= scale <= precision or not 1 <= precision <= MAX_NUMERIC_DIGITS:
                 raise SchemaPlanError(f"Decimal scale {scale} and precision {precision} are not valid")
             if precision > MAX_DECIMAL128_DIGITS:
                 return FieldPlan("decimal", pa.string(), label, precision=precision, scale=scale)
@@ -248,7 +255,11 @@ def _vector_string(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
 
 
 def _vector_date(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
-    return _int64_array(values).cast(pa.int32(), safe=True).view(pa.date32())
+    arr = _int64_array(values)
+    lo, hi = pc.min_max(arr).values()
+    if lo.is_valid and (lo.as_py() < MIN_DAYS or hi.as_py() > MAX_DAYS):
+        raise _Fallback
+    return arr.cast(pa.int32()).view(pa.date32())
 
 
 def _micros(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
@@ -282,7 +293,52 @@ def _vector_time(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
 def _vector_zts(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
     if not _kinds(values) <= {str}:
         raise _Fallback
-    return pc.cast(pa.array(values, pa.string()), plan.type)
+    out = pc.cast(pa.array(values, pa.string()), plan.type)
+    lo = pc.min(out.cast(pa.int64()))
+    if lo.is_valid and lo.as_py() < MIN_TS_US:
+        raise _Fallback  # Arrow reads year 0000, which no Python or Iceberg reader can show
+    return out
+
+
+def _vector_decimal(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
+    """Base64 big-endian two's complement to decimal128's 16-byte little-endian layout with bytes
+    operations only; values longer than the precision surely allows take the checked path."""
+    if not pa.types.is_decimal(plan.type):
+        raise _Fallback
+    limit = _sure_bytes(plan.precision)
+    a2b = binascii.a2b_base64
+    chunks: list[bytes] = []
+    valid: list[bool] = []
+    try:
+        for v in values:
+            if v is None:
+                chunks.append(_ZERO16)
+                valid.append(False)
+                continue
+            if type(v) is not str:
+                raise _Fallback
+            raw = a2b(v, strict_mode=True)
+            if not 0 < len(raw) <= limit:
+                raise _Fallback
+            chunks.append(raw[::-1].ljust(16, b"\xff" if raw[0] & 0x80 else b"\x00"))
+            valid.append(True)
+    except binascii.Error:
+        raise _Fallback from None
+    n = len(chunks)
+    nulls = n - sum(valid)
+    mask = pa.array(valid, pa.bool_()).buffers()[1] if nulls else None
+    return pa.Array.from_buffers(plan.type, n, [mask, pa.py_buffer(b"".join(chunks))], null_count=nulls)
+
+
+_ZERO16 = bytes(16)
+
+
+def _sure_bytes(precision: int) -> int:
+    """The most two's complement bytes whose every value has at most ``precision`` digits."""
+    k = 0
+    while k < 16 and 1 << (8 * (k + 1) - 1) <= 10**precision:
+        k += 1
+    return k
 
 
 def _vector_json(plan: FieldPlan, values: Sequence[Any]) -> pa.Array:
@@ -298,6 +354,7 @@ _VECTOR: dict[str, Callable[[FieldPlan, Sequence[Any]], pa.Array]] = {
     "ts": _vector_ts,
     "time": _vector_time,
     "zts": _vector_zts,
+    "decimal": _vector_decimal,
     "json": _vector_json,
 }
 
@@ -363,11 +420,14 @@ def _scalar(plan: FieldPlan, v: Any) -> Any:
         return _base64(v)
     if kind == "decimal":
         unscaled = _unscaled(v)
-        if abs(unscaled) >= 10**plan.precision:
+        if unscaled.bit_length() >= 3 * plan.precision and abs(unscaled) >= 10**plan.precision:
             raise CoercionError(f"has more than {plan.precision} digits")
         return unscaled
     if kind == "date":
-        return _to_int(v, 32)
+        days = _to_int(v, 32)
+        if not MIN_DAYS <= days <= MAX_DAYS:
+            raise CoercionError("is outside the years 1-9999 (PostgreSQL 'infinity'?)")
+        return days
     if kind == "ts":
         i = _to_micros(plan, v)
         if not MIN_TS_US <= i <= MAX_TS_US:
@@ -461,6 +521,8 @@ def _variable_decimals(name: str, plan: FieldPlan, values: Sequence[Any], bad: d
             if not isinstance(v, dict) or set(v) != {"scale", "value"}:
                 raise CoercionError('is not a {"scale", "value"} object')
             scale = _to_int(v["scale"], 32)
+            if not -MAX_NUMERIC_SCALE <= scale <= MAX_NUMERIC_SCALE:
+                raise CoercionError(f"has a scale outside PostgreSQL's +-{MAX_NUMERIC_SCALE}")
             unscaled = _unscaled(v["value"])
             if scale < 0:
                 unscaled, scale = unscaled * 10**-scale, 0
@@ -496,6 +558,11 @@ def _zoned_timestamps(name: str, plan: FieldPlan, values: Sequence[Any], bad: di
     out = _bisect_cast(arr, plan.type, 0, failed)
     for i in failed:
         bad.setdefault(i, f"decode: column {name!r} value {describe(text[i])} is not an ISO-8601 timestamp with an offset ({plan.label})")
+    early = pc.less(out.cast(pa.int64()), MIN_TS_US)
+    if pc.any(early).as_py():
+        for i in pc.indices_nonzero(early).to_pylist():
+            bad.setdefault(i, f"decode: column {name!r} value {describe(text[i])} is outside the years 1-9999 ({plan.label})")
+        out = pc.if_else(early, pa.scalar(None, plan.type), out)
     return out
 
 
