@@ -100,6 +100,10 @@ class TargetConfig(_Model):
     order_by: str | None = None
     delete_column: str | None = None
     properties: dict[str, str] = Field(default_factory=dict)
+    # Schema contract (DESIGN.md rule 5, icefield.quality.contracts): ``evolve`` adds new columns, promotes
+    # types Iceberg can widen and keeps dropped columns (nulls); ``additive-only`` adds columns only;
+    # ``freeze`` refuses any change. Type changes are refused under every contract.
+    contract: Literal["evolve", "additive-only", "freeze"] = "evolve"
 
     @field_validator("table")
     @classmethod

@@ -39,6 +39,8 @@ class SourceBatch:
     row's original record and source coordinates for the quarantine. ``position`` is the JSON-able source
     position once this batch is committed; ``key`` describes the source range deterministically (the batch
     id derives from it). ``replace_file`` names a source file whose earlier rows this batch replaces.
+    ``open_schema`` is True when the records carry no schema of their own (JSON): a column absent from
+    every record is null for this batch, not a dropped column (see icefield.quality.contracts).
     """
 
     data: pa.Table
@@ -51,6 +53,7 @@ class SourceBatch:
     coord_label: str = ""
     coord_keys: list[str] = field(default_factory=list)
     coord_offset: int = 0
+    open_schema: bool = False
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the

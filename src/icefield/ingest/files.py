@@ -121,6 +121,7 @@ class FilesSource(Source):
                     replace_file=rel if replace else None,
                     coord_label=rel,
                     coord_offset=start,
+                    open_schema=self._format(path) == "jsonl",
                 )
                 replace = False
             partial = None

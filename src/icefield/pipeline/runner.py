@@ -15,7 +15,7 @@ from icefield.engines import get_engine
 from icefield.errors import IcefieldError
 from icefield.ingest import SourceBatch, open_source
 from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
-from icefield.pipeline.results import BatchResult, RunResult
+from icefield.pipeline.results import BatchResult, PendingBatch, RunResult
 from icefield.quality import check_rows
 from icefield.quality.coerce import conform
 from icefield.testing import failpoints
@@ -61,12 +61,15 @@ def run_pipeline(
     batch_size = pipe.batch_size or project.config.batch_size
     source = open_source(pipe, project, batch_size)
     log.info("run %s of pipeline %s started", run_id, pipe.name)
+    in_flight: SourceBatch | None = None
     try:
         table = writer.load()
         position = read_position(table, pipe.name)
         schema = table.schema().as_arrow() if table is not None else None
         for n, batch in enumerate(source.read(position, schema)):
+            in_flight = batch
             res = _run_batch(catalog, engine, writer, pipe, batch, run_id)
+            in_flight = None
             result.batches.append(res)
             if on_batch is not None:
                 on_batch(res)
@@ -75,6 +78,11 @@ def run_pipeline(
     except IcefieldError as e:
         result.status = "failed"
         result.error = redact(str(e))
+        if in_flight is not None:
+            result.pending = PendingBatch(
+                batch_id_for(pipe.name, in_flight.key), redact(in_flight.key), in_flight.rows_in, result.error, type(e).__name__
+            )
+            log.error("run %s of pipeline %s: batch %s stays pending: %s", run_id, pipe.name, result.pending.batch_id, result.error)
         e.result = result  # type: ignore[attr-defined]
         raise
     finally:
@@ -102,7 +110,7 @@ def _run_batch(
     data = batch.data
     control = pipe.target.delete_column
     if table is not None:
-        table = writer.evolve(table, _table_schema(data.schema, control))
+        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema)
         data, bad = conform(data, table.schema().as_arrow())
         if control and control in batch.data.column_names and control not in data.column_names:
             data = data.append_column(control, batch.data.column(control))
@@ -191,4 +199,5 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         coord_label=batch.coord_label,
         coord_keys=batch.coord_keys,
         coord_offset=batch.coord_offset,
+        open_schema=batch.open_schema,
     )

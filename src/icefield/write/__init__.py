@@ -140,15 +140,34 @@ class TableWriter:
             assert table is not None
             return table
 
-    def evolve(self, table: Table, schema: pa.Schema) -> Table:
-        """Add the columns of ``schema`` the table lacks (additive evolution). Returns the table."""
-        current = set(table.schema().as_arrow().names)
-        new = [f for f in schema if f.name not in current]
-        if not new:
+    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False) -> Table:
+        """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
+
+        The differences are classified (:func:`icefield.quality.contracts.classify`); if the contract
+        refuses one, :class:`SchemaError` is raised before anything is written. Accepted new columns are
+        added (optional) and accepted promotions applied in one schema commit; a dropped column accepted
+        by ``evolve`` stays in the table and the batch's rows get nulls. ``open_schema``: see
+        :func:`classify`. Returns the (refreshed) table.
+        """
+        from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
+
+        changes = classify(table.schema(), schema, open_schema=open_schema)
+        if not changes:
             return table
-        log.info("adding columns %s to %s", [f.name for f in new], self.target.table)
+        enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=self.target.keys)
+        structural = {c.column.split(".")[0] for c in changes if c.kind in (ADDITIVE, WIDENING)}
+        dropped = [c.column for c in changes if c.kind not in (ADDITIVE, WIDENING)]
+        if dropped:
+            log.warning("batch of %s lacks columns %s; the table keeps them and the rows get nulls", self.target.table, dropped)
+        if not structural:
+            return table
+        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.kind in (ADDITIVE, WIDENING)))
+        current = set(table.schema().as_arrow().names)
+        # New columns are optional (existing rows have no value); existing ones keep their nullability
+        # unless the change says otherwise. union_by_name never drops a column.
+        fields = [f if f.name in current else f.with_nullable(True) for f in schema if f.name in structural]
         with table.update_schema() as upd:
-            upd.union_by_name(_nullable(pa.schema(new)))
+            upd.union_by_name(pa.schema(fields))
         return table.refresh()
 
     # ------------------------------------------------------------------ commits
