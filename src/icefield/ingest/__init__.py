@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A record the decoder could not turn into a row: kept raw for the quarantine."""
+    """A record the decoder could not turn into a row: kept raw for the quarantine.
+
+    ``raw`` is the record as text; ``raw_bytes`` holds the record's exact bytes when the text cannot
+    (invalid UTF-8: ``raw`` then shows the bad bytes as ``\\xNN``), else None."""
 
     raw: str
     coords: str
     check: str
     reason: str
+    raw_bytes: bytes | None = None
 
 
 @dataclass
@@ -54,12 +58,17 @@ class SourceBatch:
     coord_keys: list[str] = field(default_factory=list)
     coord_offset: int = 0
     open_schema: bool = False
+    # ``describe(indices)`` -> ``(raw record, coordinates)`` of rows of ``data``, for sources that keep no
+    # raw text per row but can make it on demand (columnar files).
+    describe: Callable[[list[int]], list[tuple[str, str]]] | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
         decoded values when the source kept no raw text."""
         if self.raw is not None and self.coords is not None:
             return [(self.raw[i], self.coords[i]) for i in indices]
+        if self.describe is not None:
+            return self.describe(indices)
         rows = self.data.take(pa.array(indices, pa.int64())).to_pylist()
         names = self.data.column_names
         out = []

@@ -106,7 +106,7 @@ def _run_batch(
         log.info("batch %s is already committed as snapshot %s; skipping", batch_id, snap)
         return BatchResult(batch_id, batch.rows_in, 0, 0, 0, snapshot_id=snap, skipped=True)
 
-    quarantined: list[QuarantinedRow] = [QuarantinedRow(r.check, r.reason, r.raw, r.coords) for r in batch.rejected]
+    quarantined = [QuarantinedRow(r.check, r.reason, r.raw, r.coords, r.raw_bytes) for r in batch.rejected]
     data = batch.data
     control = pipe.target.delete_column
     if table is not None:
@@ -188,6 +188,7 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         batch.data = data
         return batch
     keep = [i for i in range(batch.data.num_rows) if i not in dropped]
+    describe = batch.describe
     return SourceBatch(
         data=data,
         position=batch.position,
@@ -200,4 +201,5 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         coord_keys=batch.coord_keys,
         coord_offset=batch.coord_offset,
         open_schema=batch.open_schema,
+        describe=(lambda idx: describe([keep[i] for i in idx])) if describe is not None else None,
     )
