@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from icefield.config.models import FilesSourceConfig
 from icefield.errors import ConfigError, SourceError
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch
-from icefield.quality.coerce import cast_column, convert_values, infer_type, parse_type
+from icefield.quality.coerce import cast_column, infer_type, parse_type, records_to_table
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
@@ -225,19 +225,7 @@ class FilesSource(Source):
         coords: list[str],
         rejected: list[Rejected],
     ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
-        types = self._types()
-        names: dict[str, None] = {}
-        if self.declared:
-            names.update(dict.fromkeys(self.declared))
-        for r in rows:
-            names.update(dict.fromkeys(r))
-        bad: dict[int, str] = {}
-        cols: dict[str, pa.Array] = {}
-        for name in names:
-            values = [r.get(name) for r in rows]
-            t = types.get(name) or infer_type(values)
-            cols[name] = convert_values(name, values, t, bad)
-        table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(rows))}).drop(["_empty"])
+        table, bad = records_to_table(rows, self._types(), self.declared or ())
         self._learn(table)
         return _split_bad(table, raw, coords, rejected, bad)
 

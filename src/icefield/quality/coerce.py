@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -336,6 +336,24 @@ def convert_values(name: str, values: Sequence[Any], t: pa.DataType, bad: dict[i
             out.append(None)
             bad.setdefault(i, f"type: column {name!r} value {describe(v)} {e} ({t})")
     return pa.array(out, type=t)
+
+
+def records_to_table(
+    records: Sequence[Mapping[str, Any]], types: Mapping[str, pa.DataType], names: Iterable[str] = ()
+) -> tuple[pa.Table, dict[int, str]]:
+    """Typed Arrow rows of decoded records (JSON objects): each column converted strictly to
+    ``types[name]``, or to the type inferred from its values when ``types`` has none. ``names`` are
+    columns to have even if no record does. Returns the table and the bad rows with their reasons."""
+    columns: dict[str, None] = dict.fromkeys(names)
+    for r in records:
+        columns.update(dict.fromkeys(r))
+    bad: dict[int, str] = {}
+    cols: dict[str, pa.Array] = {}
+    for name in columns:
+        values = [r.get(name) for r in records]
+        cols[name] = convert_values(name, values, types.get(name) or infer_type(values), bad)
+    table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(records))}).drop(["_empty"])
+    return table, bad
 
 
 def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad: dict[int, str]) -> pa.Array:
