@@ -236,3 +236,31 @@ def _quarantined_ids(lk: Any) -> set[int]:
     if not lk.catalog.table_exists(TABLE + "__quarantine"):
         return set()
     return {json.loads(q["raw"])["id"] for q in lk.rows(TABLE + "__quarantine")}
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_a_batch_without_good_rows_implies_no_schema_change(lake, fmt):
+    """Under ``freeze``, an empty file or a chunk of nothing but bad records lands (its bad records in
+    the quarantine): having no values, its columns cannot have changed type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lk = lake({"items": {"source": {"type": "files", "path": f"data/*.{fmt}"}, "target": {"table": TABLE, "contract": "freeze"}}})
+    (lk.root / "data").mkdir()
+    first = pa.table({"id": pa.array([1], pa.int64()), "price": pa.array([D("1.50")], pa.decimal128(10, 2))})
+    if fmt == "parquet":
+        pq.write_table(first, lk.root / "data" / "a.parquet")
+        pq.write_table(pa.table({"id": pa.array([], pa.int32()), "price": pa.array([], pa.float64())}), lk.root / "data" / "b.parquet")
+    elif fmt == "csv":
+        (lk.root / "data" / "a.csv").write_text("id,price\n1,1.50\n")
+        (lk.root / "data" / "b.csv").write_text("id,price\n2\nx,y,z\n")
+    else:
+        (lk.root / "data" / "a.jsonl").write_text('{"id": 1, "price": 1.5}\n')
+        (lk.root / "data" / "b.jsonl").write_text('{"id": 2, "price"\n[1]\n')
+    lk.run("items", max_batches=1)
+    schema_id = lk.table(TABLE).metadata.current_schema_id
+    res = lk.run("items")
+    assert [b.rows_committed for b in res.batches] == [0]
+    assert res.rows_quarantined == (0 if fmt == "parquet" else 2)
+    assert lk.table(TABLE).metadata.current_schema_id == schema_id
+    assert sorted(read_position(lk.table(TABLE), "items")["files"]) == [f"data/a.{fmt}", f"data/b.{fmt}"]

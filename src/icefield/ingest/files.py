@@ -392,7 +392,8 @@ class FilesSource(Source):
                 typed, rejected, describe = self._type_parquet(table, rel, start)
                 yield typed, None, None, rejected, start, start + table.num_rows, describe
             if not emitted:
-                yield pf.schema_arrow.empty_table(), [], [], [], skip, skip, None
+                typed, _, _ = self._type_parquet(pf.schema_arrow.empty_table(), rel, skip)
+                yield typed, [], [], [], skip, skip, None
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"{rel}: not a readable Parquet file: {e}") from None
 
