@@ -209,3 +209,43 @@ def test_no_change_passes_every_contract():
 def test_unknown_contract_is_refused():
     with pytest.raises(SchemaError, match="unknown schema contract 'loose'"):
         enforce([], "loose", "s.t")
+
+
+# ------------------------------------------------------------------ the writer applies what the contract accepts
+
+
+def _writer(tmp_path, contract: str):
+    from icefield.catalog import sql_catalog
+    from icefield.config.models import TargetConfig
+    from icefield.engines.local import LocalEngine
+    from icefield.write import TableWriter
+
+    cat = sql_catalog("test", f"sqlite:///{tmp_path / 'catalog.db'}", (tmp_path / "warehouse").as_uri())
+    return TableWriter(cat, TargetConfig(table="shop.people", contract=contract), "people", LocalEngine())
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_writer_evolves_nested_fields_as_the_contract_allows(tmp_path, contract):
+    w = _writer(tmp_path, contract)
+    first = pa.table({"id": pa.array([1], pa.int64()), "addr": pa.array([{"zip": 1}], pa.struct([("zip", pa.int32())]))})
+    w.commit(first, "b1", None, "r1")
+    table = w.load()
+    batch = pa.schema(
+        [
+            pa.field("id", pa.int64()),
+            pa.field("addr", pa.struct([pa.field("zip", pa.int64()), pa.field("street", pa.string(), nullable=False)])),
+            pa.field("age", pa.int32(), nullable=False),
+        ]
+    )
+    try:
+        if contract != "evolve":
+            with pytest.raises(SchemaError, match=r"column 'addr.zip': int -> long: widening \(type promotion\): REFUSED"):
+                w.evolve(table, batch)
+            assert w.load().metadata.current_schema_id == table.metadata.current_schema_id
+            return
+        evolved = w.evolve(table, batch).schema()
+        assert str(evolved.find_field("addr.zip").field_type) == "long"
+        assert not evolved.find_field("addr.street").required and not evolved.find_field("age").required
+        assert str(evolved.find_field("age").field_type) == "int"
+    finally:
+        w.catalog.engine.dispose()

@@ -162,10 +162,10 @@ class TableWriter:
         if not structural:
             return table
         log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.kind in (ADDITIVE, WIDENING)))
-        current = set(table.schema().as_arrow().names)
-        # New columns are optional (existing rows have no value); existing ones keep their nullability
-        # unless the change says otherwise. union_by_name never drops a column.
-        fields = [f if f.name in current else f.with_nullable(True) for f in schema if f.name in structural]
+        current = table.schema().as_arrow()
+        # New columns, nested ones too, are optional (existing rows have no value); existing ones keep
+        # their nullability unless the change says otherwise. union_by_name never drops a column.
+        fields = [_optional_if_new(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in structural]
         with table.update_schema() as upd:
             upd.union_by_name(pa.schema(fields))
         return table.refresh()
@@ -311,6 +311,22 @@ class TableWriter:
 
 def _record_key(record: Any) -> tuple[Any, ...]:
     return tuple(record[i] for i in range(len(record))) if record is not None else ()
+
+
+def _optional_if_new(f: pa.Field, existing: pa.Field | None) -> pa.Field:
+    """``f`` with every field the table lacks (at any depth of structs) made nullable."""
+    if existing is None:
+        return f.with_nullable(True).with_type(_all_optional(f.type))
+    if pa.types.is_struct(f.type) and pa.types.is_struct(existing.type):
+        children = [_optional_if_new(c, existing.type.field(c.name) if existing.type.get_field_index(c.name) >= 0 else None) for c in f.type]
+        return f.with_type(pa.struct(children))
+    return f
+
+
+def _all_optional(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(t):
+        return pa.struct([c.with_nullable(True).with_type(_all_optional(c.type)) for c in t])
+    return t
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
