@@ -258,10 +258,16 @@ class FilesSource(Source):
                 return
 
     def _csv_arrow(self, path: Path, rel: str, names: list[str], cursor: _CsvCursor, block: int) -> Iterator[Chunk]:
-        invalid: list[tuple[int, str, int]] = []  # (record index, text, fields) of records of the wrong shape
+        # Records of the wrong shape: the index of each (all of them: they place the good records), and
+        # the text and field count of those not handed out yet.
+        bad_at: list[int] = []
+        invalid: dict[int, tuple[str, int]] = {}
 
         def on_invalid(row: Any) -> str:
-            invalid.append((row.number - 2, row.text, row.actual_columns))  # ``number`` counts the header as 1
+            rec = row.number - 2  # ``number`` counts the header as 1
+            bad_at.append(rec)
+            if rec >= cursor.next:
+                invalid[rec] = (row.text, row.actual_columns)
             return "skip"
 
         quiet = _arrow_handler_errors_kept_quiet(on_invalid)
@@ -286,21 +292,25 @@ class FilesSource(Source):
                     rb = reader.read_next_batch()
             except StopIteration:
                 break
-            rec = _record_indices(seen, rb.num_rows, sorted(r for r, _, _ in invalid))
+            bad_at.sort()
+            rec = _record_indices(seen, rb.num_rows, bad_at)
             seen += rb.num_rows
             first = bisect.bisect_left(rec, cursor.next)
             pending.add(pa.Table.from_batches([rb]).slice(first), rec[first:])
             while pending.last() >= cursor.next + size:
                 yield self._csv_take(pending, invalid, rel, cursor, cursor.next + size)
-        total = max([cursor.next, pending.last() + 1] + [r + 1 for r, _, _ in invalid])
+        total = max([cursor.next, pending.last() + 1] + [r + 1 for r in invalid])
         while cursor.next < total or not cursor.emitted:
             yield self._csv_take(pending, invalid, rel, cursor, min(cursor.next + size, total))
 
-    def _csv_take(self, pending: _Pending, invalid: list[tuple[int, str, int]], rel: str, cursor: _CsvCursor, end: int) -> Chunk:
+    def _csv_take(self, pending: _Pending, invalid: dict[int, tuple[str, int]], rel: str, cursor: _CsvCursor, end: int) -> Chunk:
         """The chunk of records ``cursor.next`` to ``end``, cut off the pending ones."""
         start = cursor.next
         strings, recs = pending.take(end)
-        short: list[_Short] = [(r, text, None, got) for r, text, got in invalid if start <= r < end]
+        short: list[_Short] = []
+        for r in sorted(r for r in invalid if r < end):
+            text, got = invalid.pop(r)
+            short.append((r, text, None, got))
         cursor.next, cursor.emitted = end, True
         return self._csv_chunk(strings, recs, short, rel, start, end)
 
