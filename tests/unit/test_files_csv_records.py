@@ -86,9 +86,12 @@ def test_bad_records_are_quarantined_once_across_stops(lake, tolerant, first_bat
     assert lk.run("items").batches == []
 
 
-def test_a_record_longer_than_a_read_block_is_loaded(lake):
+def test_a_record_longer_than_a_read_block_is_loaded(lake, monkeypatch):
+    from icefield.ingest import files
+
+    monkeypatch.setattr(files, "_CSV_BLOCK", 1 << 20)  # Arrow reads 1 MB blocks at first
     lk = _lake(lake, batch_size=100)
-    big = "x" * (3 << 20)  # Arrow reads 1 MB blocks at first
+    big = "x" * (3 << 20)
     _write(lk.root, [b"1,a,1.0", f"2,{big},2.0".encode(), b"3,short", b"4,d,4.0"])
     res = lk.run("items")
     assert (res.rows_in, res.rows_committed, res.rows_quarantined) == (4, 3, 1)
@@ -113,9 +116,12 @@ def test_only_explicit_null_markers_are_null(lake):
     assert q["source"] == "data/items.csv:row 5" and "not a finite number" in q["reason"]
 
 
-def test_arrow_fails_in_the_middle_of_a_file_and_the_tolerant_reader_reads_on(lake, caplog):
-    """The bad record lies past Arrow's first 1 MB block: the chunks before it come from Arrow, the rest
-    from Python's csv module, which starts at the first record not yet handed out."""
+def test_arrow_fails_in_the_middle_of_a_file_and_the_tolerant_reader_reads_on(lake, caplog, monkeypatch):
+    """The bad record lies past Arrow's first block (1 MB here): the chunks before it come from Arrow, the
+    rest from Python's csv module, which starts at the first record not yet handed out."""
+    from icefield.ingest import files
+
+    monkeypatch.setattr(files, "_CSV_BLOCK", 1 << 20)
     lk = _lake(lake, batch_size=20_000)
     lines = [b"%d,name-%d,%d.5" % (i, i, i) for i in range(1, 100_001)]
     lines[89_999] = b"90000,\xff"  # short and not UTF-8

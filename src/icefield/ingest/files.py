@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -244,14 +245,14 @@ class FilesSource(Source):
             yield pa.table({}), [], [], [], skip, skip, None
             return
         cursor = _CsvCursor(skip)
-        block = 1 << 20
+        block = _CSV_BLOCK
         while True:
             try:
                 yield from self._csv_arrow(path, rel, names, cursor, block)
                 return
             except pa.ArrowInvalid as e:
                 if "straddl" in str(e) and block < _MAX_CSV_BLOCK:
-                    block *= 16  # a record longer than a block: read on with bigger blocks
+                    block *= 8  # a record longer than a block: read on with bigger blocks
                     continue
                 log.info("%s: %s; reading on from record %d with the tolerant CSV reader", rel, e, cursor.next + 1)
                 yield from self._csv_tolerant(path, rel, names, cursor)
@@ -453,6 +454,9 @@ class _peekable:
 # "NA" is a country code), never a silent null.
 _CSV_NULLS = ["", "NULL", "null", "\\N"]
 _CSV_NULL_SET = frozenset(_CSV_NULLS)
+# Arrow reads a CSV file in blocks that must hold whole records; one thread reads as fast with big
+# blocks as with small ones, so start big enough for most records and grow on a longer one.
+_CSV_BLOCK = 16 << 20
 _MAX_CSV_BLOCK = 1 << 30
 
 
@@ -546,17 +550,36 @@ def _utf8_column(name: str, col: pa.ChunkedArray | pa.Array, bad: dict[int, str]
         return col.cast(pa.string())
     except pa.ArrowInvalid:
         pass
-    out: list[str | None] = []
-    for i, v in enumerate(col.to_pylist()):
-        if v is None:
-            out.append(None)
-            continue
+    invalid = _not_utf8(col, 0)
+    for i in invalid:
+        value = col[i].as_py()
         try:
-            out.append(v.decode("utf-8"))
+            value.decode("utf-8")
         except UnicodeDecodeError as e:
-            out.append(None)
             bad.setdefault(i, f"decode: column {name!r} is not UTF-8 at byte {e.start}")
-    return pa.array(out, pa.string())
+    flags = [False] * len(col)
+    for i in invalid:
+        flags[i] = True
+    return pc.if_else(pa.array(flags), pa.scalar(None, col.type), col).cast(pa.string())
+
+
+def _not_utf8(col: pa.Array, offset: int) -> set[int]:
+    """Indices (plus ``offset``) of the values of ``col`` that are not UTF-8, found by casting halves:
+    a few bad values cost a few vectorised casts, not a walk over the column."""
+    if len(col) <= 64:
+        out = set()
+        for i, v in enumerate(col.to_pylist()):
+            if v is not None and not _is_utf8(v):
+                out.add(offset + i)
+        return out
+    half = len(col) // 2
+    found: set[int] = set()
+    for start, part in ((0, col.slice(0, half)), (half, col.slice(half))):
+        try:
+            part.cast(pa.string())
+        except pa.ArrowInvalid:
+            found |= _not_utf8(part, offset + start)
+    return found
 
 
 def _csv_line(fields: Any, delimiter: str) -> bytes:
@@ -582,8 +605,6 @@ def _reject_constant(name: str) -> Any:
 
 
 def _infer_csv_type(col: pa.Array) -> pa.DataType:
-    import pyarrow.compute as pc
-
     valid = col.drop_null()
     if len(valid) == 0:
         return pa.string()
