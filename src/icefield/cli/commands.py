@@ -1,4 +1,4 @@
-"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, demo."""
+"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, quarantine, demo."""
 
 from __future__ import annotations
 
@@ -378,3 +378,106 @@ def demo(out: Output, directory: Path, fresh: bool) -> None:
         out.emit(report)
     if not report.get("ok", False):
         raise SystemExit(EXIT_FAILED)
+
+
+# ---------------------------------------------------------------------------------------------- quarantine
+
+
+@cli.group()
+def quarantine() -> None:
+    """Quarantined rows: which tables have them, what they are, and their replay into the table."""
+
+
+@quarantine.command("list")
+@json_option
+@pass_out
+@guarded
+def quarantine_list(out: Output) -> None:
+    """Tables with a quarantine: rows by check and by pipeline, rows a replay holds."""
+    from icefield.catalog import open_catalog
+    from icefield.pipeline.replay import list_quarantines
+
+    infos = list_quarantines(open_catalog(out.project()))
+    if out.as_json:
+        out.emit({"quarantines": [i.to_dict() for i in infos]})
+        return
+    rows = [
+        [i.table, i.rows, _counts(i.by_check), _counts(i.by_pipeline), i.replaying or "", i.newest.strftime("%Y-%m-%d %H:%M:%S") if i.newest else ""]
+        for i in infos
+    ]
+    out.table("Quarantines", ["table", "rows", "by check", "by pipeline", "replaying", "newest"], rows)
+
+
+@quarantine.command("show")
+@click.argument("table")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0), help="Most rows to show (newest first).")
+@click.option("--check", default=None, help="Only rows that failed this check (decode, type, not_null, ...).")
+@click.option("--pipeline", default=None, help="Only rows of this pipeline.")
+@json_option
+@pass_out
+@guarded
+def quarantine_show(out: Output, table: str, limit: int, check: str | None, pipeline: str | None) -> None:
+    """The quarantined rows of TABLE: raw record, check and reason, source coordinates, batch, time."""
+    import base64
+
+    from icefield.catalog import open_catalog
+    from icefield.pipeline.replay import show_quarantine
+
+    total, rows = show_quarantine(open_catalog(out.project()), table, limit=limit, check=check, pipeline=pipeline)
+    if out.as_json:
+        docs = []
+        for r in rows:
+            exact = r.pop("raw_bytes", None)
+            docs.append({**r, "raw_bytes_base64": base64.b64encode(exact).decode() if exact is not None else None})
+        out.emit({"table": table, "total": total, "rows": docs})
+        return
+    shown = [
+        [
+            r["quarantined_at"].strftime("%Y-%m-%d %H:%M:%S") if r.get("quarantined_at") else "",
+            r["check"],
+            r["source"],
+            r["reason"],
+            _clip(r["raw"]),
+            (r.get("batch_id") or "")[:12],
+        ]
+        for r in rows
+    ]
+    out.table(f"Quarantine of {table}", ["time", "check", "source", "reason", "raw", "batch"], shown)
+    if total > len(rows):
+        out.print(f"({total - len(rows)} more rows; raise --limit or filter with --check/--pipeline)")
+
+
+@quarantine.command("replay")
+@click.argument("table")
+@click.option("--pipeline", default=None, help="Only rows of this pipeline.")
+@click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
+@json_option
+@pass_out
+@guarded
+def quarantine_replay(out: Output, table: str, pipeline: str | None, dry_run: bool) -> None:
+    """Re-validate the quarantined rows of TABLE with the pipeline's current rules; move those that pass
+    into the table, exactly once (rerun safely after an interruption)."""
+    from icefield.pipeline.replay import replay_quarantine
+
+    res = replay_quarantine(out.project(), table, pipeline=pipeline, dry_run=dry_run)
+    if out.as_json:
+        out.emit({"status": "ok", "result": res.to_dict()})
+        return
+    title = "Replay (dry run: nothing written)" if dry_run else "Replay"
+    out.table(
+        title,
+        ["table", "rows", "committed", "still quarantined", "filtered", "released (earlier replay)", "skipped", "time"],
+        [[res.table, res.rows_considered, res.rows_committed, res.rows_quarantined, res.rows_filtered, res.rows_resumed, res.rows_skipped, f"{res.seconds:.2f}s"]],
+    )
+    if res.failures_by_check:
+        out.print("still failing: " + _counts(res.failures_by_check))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def _clip(text: str | None, width: int = 80) -> str:
+    if text is None:
+        return ""
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A record the decoder could not turn into a row: kept raw for the quarantine."""
+    """A record the decoder could not turn into a row: kept raw for the quarantine.
+
+    ``raw`` is the record as text; ``raw_bytes`` holds the record's exact bytes when the text cannot
+    (invalid UTF-8: ``raw`` then shows the bad bytes as ``\\xNN``), else None."""
 
     raw: str
     coords: str
     check: str
     reason: str
+    raw_bytes: bytes | None = None
 
 
 @dataclass
@@ -39,6 +43,8 @@ class SourceBatch:
     row's original record and source coordinates for the quarantine. ``position`` is the JSON-able source
     position once this batch is committed; ``key`` describes the source range deterministically (the batch
     id derives from it). ``replace_file`` names a source file whose earlier rows this batch replaces.
+    ``open_schema`` is True when the records carry no schema of their own (JSON): a column absent from
+    every record is null for this batch, not a dropped column (see icefield.quality.contracts).
     """
 
     data: pa.Table
@@ -53,12 +59,18 @@ class SourceBatch:
     coord_offset: int = 0
     filtered: int = 0
     truncate_at: list[int] | None = None
+    open_schema: bool = False
+    # ``describe(indices)`` -> ``(raw record, coordinates)`` of rows of ``data``, for sources that keep no
+    # raw text per row but can make it on demand (columnar files).
+    describe: Callable[[list[int]], list[tuple[str, str]]] | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
         decoded values when the source kept no raw text."""
         if self.raw is not None and self.coords is not None:
             return [(self.raw[i], self.coords[i]) for i in indices]
+        if self.describe is not None:
+            return self.describe(indices)
         rows = self.data.take(pa.array(indices, pa.int64())).to_pylist()
         names = self.data.column_names
         out = []

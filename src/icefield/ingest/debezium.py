@@ -187,6 +187,8 @@ class DebeziumSource(Source):
             truncate_at=truncate_at,
             coord_label=self.pipeline.name,
             coord_keys=list(self.pipeline.target.keys),
+            # A delete under REPLICA IDENTITY DEFAULT carries only the key: absent columns are not dropped.
+            open_schema=True,
         )
 
     # ------------------------------------------------------------------ files

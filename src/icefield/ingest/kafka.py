@@ -40,8 +40,8 @@ from icefield.config.secrets import redact, register_secret, resolve
 from icefield.errors import ConfigError, MissingDependencyError, SourceError, TransientError
 from icefield.ingest import LazyStrings as _Lazy
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
-from icefield.ingest.files import decode_json_line, json_rows_to_table, split_bad
-from icefield.quality.coerce import cast_column
+from icefield.ingest.files import decode_json_line, split_bad
+from icefield.quality.coerce import cast_column, records_to_table
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
@@ -472,7 +472,7 @@ class JsonDecoder:
             decode_json_line(value, where, rows, raw, coords, rejected)
             if len(rows) > before:
                 index.append(i)
-        table, bad = json_rows_to_table(rows, types)
+        table, bad = records_to_table(rows, types)
         data, raw, coords, rejected = split_bad(table, raw, coords, rejected, bad)
         if bad:
             index = [m for k, m in enumerate(index) if k not in bad]

@@ -54,6 +54,19 @@ class CheckResult:
 
 
 @dataclass
+class PendingBatch:
+    """The batch a failed run was writing: nothing of it is committed and the position is not advanced,
+    so the next run reads and writes it again (exactly once: its batch id is deterministic).
+    ``source_range`` is the source's description of the rows (the batch id derives from it)."""
+
+    batch_id: str
+    source_range: str
+    rows_in: int
+    error: str
+    error_type: str
+
+
+@dataclass
 class RunResult:
     """A pipeline (or model) run. Conservation: ``rows_in == rows_committed + rows_quarantined + rows_filtered``
     (rows of skipped batches count in none of them)."""
@@ -66,6 +79,7 @@ class RunResult:
     checks: list[CheckResult] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    pending: PendingBatch | None = None
 
     @property
     def rows_in(self) -> int:

@@ -17,7 +17,7 @@ from icefield.errors import GateFailedError, IcefieldError
 from icefield.ingest import SourceBatch, open_source
 from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
-from icefield.pipeline.results import BatchResult, RunResult
+from icefield.pipeline.results import BatchResult, PendingBatch, RunResult
 from icefield.quality import check_rows
 from icefield.quality.coerce import conform
 from icefield.testing import failpoints
@@ -71,6 +71,7 @@ def run_pipeline(
     log.info("run %s of pipeline %s started", run_id, pipe.name)
     if stop is not None:
         threading.Thread(target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True).start()
+    in_flight: SourceBatch | None = None
     try:
         # A batch held on the audit branch is settled (published or still held) before anything new is read.
         table = auditor.resolve_held(writer.load())
@@ -78,7 +79,9 @@ def run_pipeline(
         schema = table.schema().as_arrow() if table is not None else None
         batches = source.follow(position, schema) if follow else source.read(position, schema)
         for n, batch in enumerate(batches):
+            in_flight = batch
             res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
+            in_flight = None
             result.batches.append(res)
             source.acknowledge(batch.position)
             failpoints.hit("after-acknowledge")
@@ -89,6 +92,11 @@ def run_pipeline(
     except IcefieldError as e:
         result.status = "held" if isinstance(e, GateFailedError) else "failed"
         result.error = redact(str(e))
+        if in_flight is not None:
+            result.pending = PendingBatch(
+                batch_id_for(pipe.name, in_flight.key), redact(in_flight.key), in_flight.rows_in, result.error, type(e).__name__
+            )
+            log.error("run %s of pipeline %s: batch %s stays pending: %s", run_id, pipe.name, result.pending.batch_id, result.error)
         e.result = result  # type: ignore[attr-defined]
         raise
     finally:
@@ -117,11 +125,11 @@ def _run_batch(
         log.info("batch %s is already committed as snapshot %s; skipping", batch_id, snap)
         return BatchResult(batch_id, batch.rows_in, 0, 0, 0, snapshot_id=snap, skipped=True)
 
-    quarantined: list[QuarantinedRow] = [QuarantinedRow(r.check, r.reason, r.raw, r.coords) for r in batch.rejected]
+    quarantined = [QuarantinedRow(r.check, r.reason, r.raw, r.coords, r.raw_bytes) for r in batch.rejected]
     data = batch.data
     control = pipe.target.delete_column
     if table is not None:
-        table = writer.evolve(table, _table_schema(data.schema, control))
+        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema)
         data, bad = conform(data, table.schema().as_arrow())
         if control and control in batch.data.column_names and control not in data.column_names:
             data = data.append_column(control, batch.data.column(control))
@@ -199,6 +207,7 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         batch.data = data
         return batch
     keep = [i for i in range(batch.data.num_rows) if i not in dropped]
+    describe = batch.describe
     return SourceBatch(
         data=data,
         position=batch.position,
@@ -212,4 +221,6 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         coord_offset=batch.coord_offset,
         filtered=batch.filtered,
         truncate_at=batch.truncate_at,
+        open_schema=batch.open_schema,
+        describe=(lambda idx: describe([keep[i] for i in idx])) if describe is not None else None,
     )

@@ -148,15 +148,34 @@ class TableWriter:
             assert table is not None
             return table
 
-    def evolve(self, table: Table, schema: pa.Schema) -> Table:
-        """Add the columns of ``schema`` the table lacks (additive evolution). Returns the table."""
-        current = set(table.schema().as_arrow().names)
-        new = [f for f in schema if f.name not in current]
-        if not new:
+    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False) -> Table:
+        """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
+
+        The differences are classified (:func:`icefield.quality.contracts.classify`); if the contract
+        refuses one, :class:`SchemaError` is raised before anything is written. Accepted new columns are
+        added (optional) and accepted promotions applied in one schema commit; a dropped column accepted
+        by ``evolve`` stays in the table and the batch's rows get nulls. ``open_schema``: see
+        :func:`classify`. Returns the (refreshed) table.
+        """
+        from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
+
+        changes = classify(table.schema(), schema, open_schema=open_schema)
+        if not changes:
             return table
-        log.info("adding columns %s to %s", [f.name for f in new], self.target.table)
+        enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=self.target.keys)
+        structural = {c.column.split(".")[0] for c in changes if c.kind in (ADDITIVE, WIDENING)}
+        dropped = [c.column for c in changes if c.kind not in (ADDITIVE, WIDENING)]
+        if dropped:
+            log.warning("batch of %s lacks columns %s; the table keeps them and the rows get nulls", self.target.table, dropped)
+        if not structural:
+            return table
+        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.kind in (ADDITIVE, WIDENING)))
+        current = table.schema().as_arrow()
+        # New columns, nested ones too, are optional (existing rows have no value); existing ones keep
+        # their nullability unless the change says otherwise. union_by_name never drops a column.
+        fields = [_optional_if_new(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in structural]
         with table.update_schema() as upd:
-            upd.union_by_name(_nullable(pa.schema(new)))
+            upd.union_by_name(pa.schema(fields))
         return table.refresh()
 
     # ------------------------------------------------------------------ commits
@@ -382,6 +401,22 @@ class TableWriter:
 
 def _record_key(record: Any) -> tuple[Any, ...]:
     return tuple(record[i] for i in range(len(record))) if record is not None else ()
+
+
+def _optional_if_new(f: pa.Field, existing: pa.Field | None) -> pa.Field:
+    """``f`` with every field the table lacks (at any depth of structs) made nullable."""
+    if existing is None:
+        return f.with_nullable(True).with_type(_all_optional(f.type))
+    if pa.types.is_struct(f.type) and pa.types.is_struct(existing.type):
+        children = [_optional_if_new(c, existing.type.field(c.name) if existing.type.get_field_index(c.name) >= 0 else None) for c in f.type]
+        return f.with_type(pa.struct(children))
+    return f
+
+
+def _all_optional(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(t):
+        return pa.struct([c.with_nullable(True).with_type(_all_optional(c.type)) for c in t])
+    return t
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
