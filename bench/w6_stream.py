@@ -2,7 +2,8 @@
 
 Peers on the same topic of the same broker (the stack's Kafka 4 on 127.0.0.1), each in its own process:
 - consume-only: a confluent-kafka loop that assigns the 4 partitions, reads every message to the end
-  and touches its value; nothing else. This is the limit: no decoding, no writing.
+  and touches its value; nothing else. This is the limit: no decoding, no writing. It uses the same
+  client settings as icefield's reader (``icefield.ingest.kafka.CONSUMER_DEFAULTS``).
 - icefield: ``run_pipeline`` of a ``kafka`` source pipeline into a fresh table (JSON decoded and typed,
   Parquet written, one Iceberg commit per batch with the offsets inside it), from the first offset to
   the end, on the embedded SQLite catalog.
@@ -128,9 +129,12 @@ def prepare_topic(bootstrap: str, n: int) -> str:
 def _peer_consume_only(args: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+    from icefield.ingest.kafka import CONSUMER_DEFAULTS
+
     topic = args["topic"]
     c = Consumer(
         {
+            **CONSUMER_DEFAULTS,  # the same client settings as icefield's reader: only the work differs
             "bootstrap.servers": args["bootstrap"],
             "group.id": f"w6-consume-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,

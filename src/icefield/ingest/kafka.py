@@ -59,6 +59,14 @@ _FORCED = {
     "enable.auto.offset.store": "false",
     "enable.partition.eof": "true",  # tells the reader it reached the end of a partition
 }
+CONSUMER_DEFAULTS: dict[str, str] = {
+    # librdkafka prefetches while a batch is decoded and committed; with its defaults (100k messages,
+    # 64 MB) the queue fills and fetching then backs off for a whole second, leaving the broker idle.
+    "queued.min.messages": "1000000",
+    "queued.max.messages.kbytes": "131072",
+    "fetch.queue.backoff.ms": "20",
+}
+"""Consumer settings a reader uses unless its configuration sets them."""
 _SECRET_KEYS = re.compile(r"password|secret|token|credentials|key$", re.IGNORECASE)
 
 
@@ -160,6 +168,9 @@ class MessageBatch:
 class KafkaReader:
     """Reads Kafka topics from explicit per-partition positions, in bounded batches.
 
+    Every call on a reader must come from one thread: confluent-kafka's consumer hangs when one thread
+    commits while another is inside ``consume``.
+
     ``config`` is the librdkafka consumer configuration (``bootstrap.servers``, ``group.id``, security
     settings; secrets already resolved); auto-commit is always off. ``start`` says where a partition
     begins when neither the table nor the group has an offset for it. Not thread-safe, except
@@ -184,7 +195,7 @@ class KafkaReader:
                     f"Kafka consumer property {key}={config[key]!r} is not allowed: icefield commits offsets itself, "
                     "inside the Iceberg commit; remove it"
                 )
-        self.config: dict[str, Any] = {**config, **_FORCED, "auto.offset.reset": start}
+        self.config: dict[str, Any] = {**CONSUMER_DEFAULTS, **config, **_FORCED, "auto.offset.reset": start}
         self.topics = list(dict.fromkeys(topics))
         self.start = start
         self.timeout = timeout
