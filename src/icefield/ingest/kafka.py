@@ -25,13 +25,12 @@ from __future__ import annotations
 import copy
 import decimal
 import logging
-import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -169,13 +168,13 @@ class MessageBatch:
 class KafkaReader:
     """Reads Kafka topics from explicit per-partition positions, in bounded batches.
 
-    :meth:`batches` may run in another thread than the caller's (see :class:`ReadAhead`); :meth:`commit`
-    and :meth:`stop` may be called from any thread.
-
     ``config`` is the librdkafka consumer configuration (``bootstrap.servers``, ``group.id``, security
     settings; secrets already resolved); auto-commit is always off. ``start`` says where a partition
     begins when neither the table nor the group has an offset for it. Use: :meth:`open`, then
     :meth:`batches`, :meth:`commit` after each durable write, :meth:`close`.
+
+    Not thread-safe, except :meth:`stop`: call the rest from one thread (confluent-kafka's consumer
+    hangs when one thread commits while another is inside ``consume``).
     """
 
     def __init__(
@@ -209,8 +208,6 @@ class KafkaReader:
         self.ends: dict[TopicPartition, int] = {}
         """High watermark of each partition when :meth:`open` ran: where a run without ``follow`` stops."""
         self._eof: set[TopicPartition] = set()
-        self._owner: threading.Thread | None = None  # the thread iterating batches(), while it does
-        self._requests: queue.SimpleQueue[tuple[dict[str, Any], threading.Event, list[bool]]] = queue.SimpleQueue()
 
     @property
     def bootstrap(self) -> str:
@@ -311,17 +308,6 @@ class KafkaReader:
         consumer = self._consumer
         assigned = [ck.TopicPartition(t, p) for t, p in self.positions]
         last_progress = time.monotonic()
-        self._owner = threading.current_thread()
-        try:
-            yield from self._batches(consumer, assigned, eof_code, max_messages, max_seconds, follow, last_progress)
-        finally:
-            self._owner = None
-            self.serve_requests()
-
-    def _batches(
-        self, consumer: Any, assigned: list[Any], eof_code: int, max_messages: int, max_seconds: float, follow: bool,
-        last_progress: float,
-    ) -> Iterator[MessageBatch]:
         while not self._stop.is_set() and (follow or not self.caught_up()):
             start = dict(self.positions)
             messages: list[Any] = []
@@ -333,8 +319,7 @@ class KafkaReader:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self.serve_requests()
-                polled = consumer.consume(min(max_messages - len(messages), POLL_CHUNK), timeout=min(left, 0.1))
+                polled = consumer.consume(min(max_messages - len(messages), POLL_CHUNK), timeout=min(left, 0.5))
                 if not polled:
                     if not follow and time.monotonic() - last_progress > self.stall_seconds:
                         short = {f"{t}/{p}": (off, self.ends[(t, p)]) for (t, p), off in self.positions.items()
@@ -394,35 +379,7 @@ class KafkaReader:
 
     def commit(self, position: Mapping[str, Any]) -> bool:
         """Commit ``position`` as the consumer group's offsets (a hint for tools and for tables without a
-        position). Returns False (and logs) if Kafka refuses: the table's position stays authoritative.
-
-        Safe from any thread: while another thread iterates :meth:`batches`, the commit is handed to it
-        (confluent-kafka's consumer hangs when two threads use it at once) and this call waits for it.
-        """
-        owner = self._owner
-        if owner is not None and owner is not threading.current_thread():
-            done = threading.Event()
-            box: list[bool] = []
-            self._requests.put((dict(position), done, box))
-            while not done.wait(0.05):
-                if not owner.is_alive():  # it ended without serving us: nobody else uses the consumer now
-                    self.serve_requests()
-            return bool(box and box[0])
-        return self._commit_now(position)
-
-    def serve_requests(self) -> None:
-        """Run the commits other threads handed to the thread that reads (see :meth:`commit`)."""
-        while True:
-            try:
-                position, done, box = self._requests.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                box.append(self._commit_now(position))
-            finally:
-                done.set()
-
-    def _commit_now(self, position: Mapping[str, Any]) -> bool:
+        position). Returns False (and logs) if Kafka refuses: the table's position stays authoritative."""
         if self._consumer is None:
             return False
         ck = self._ck
@@ -664,8 +621,6 @@ class KafkaSource(Source):
         self.batch_size = batch_size
         self.decoder = JsonDecoder()
         self.reader: KafkaReader | None = None
-        self._ahead: ReadAhead[SourceBatch] | None = None
-        self._read_ahead: ReadAhead[MessageBatch] | None = None
         self._stop_requested = False
 
     def _open(self, position: dict[str, Any] | None) -> KafkaReader:
@@ -689,16 +644,7 @@ class KafkaSource(Source):
         reader = self._open(position)
         if schema is not None and self.cfg.metadata_columns:
             schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])  # not in the messages
-        # Three stages at once: a thread reads batch n+2 from Kafka while another decodes batch n+1 and
-        # the runner writes and commits batch n (decoding and writing run in C++ code that releases the GIL).
-        self._read_ahead = ReadAhead(
-            reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow), stop=reader.stop, idle=reader.serve_requests
-        )
-        self._ahead = ReadAhead(self._decoded(self._read_ahead, schema), stop=self._read_ahead.close)
-        yield from self._ahead
-
-    def _decoded(self, batches: Iterable[MessageBatch], schema: pa.Schema | None) -> Iterator[SourceBatch]:
-        for mb in batches:
+        for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
             decoded = self.decoder.decode(mb.values, mb.coords, schema)
             data = decoded.data
             if self.cfg.metadata_columns:
@@ -724,90 +670,8 @@ class KafkaSource(Source):
             self.reader.stop()
 
     def close(self) -> None:
-        for ahead in (self._ahead, self._read_ahead):
-            if ahead is not None:
-                ahead.close()
         if self.reader is not None:
             self.reader.close()
-
-
-T = TypeVar("T")
-
-
-class ReadAhead(Generic[T]):
-    """Iterates ``items`` in a background thread, ``depth`` items ahead of the caller.
-
-    The thread's exceptions are raised in the caller, at the item where they happened. While the
-    thread waits for the caller to take an item it calls ``idle`` (a reader serves commits there).
-    :meth:`close` (also run when the caller stops iterating) asks the producer to ``stop``, and waits
-    for the thread, so nothing runs on once the caller is done.
-    """
-
-    _END = object()
-
-    def __init__(
-        self, items: Iterator[T], *, stop: Callable[[], None], idle: Callable[[], None] | None = None, depth: int = 1
-    ) -> None:
-        self._items = items
-        self._stop = stop
-        self._idle = idle
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="icefield-read-ahead", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for item in self._items:
-                if not self._put(item):
-                    return
-            self._put(self._END)
-        except BaseException as e:  # handed to the caller, who raises it
-            self._put(_Failure(e))
-        finally:
-            close = getattr(self._items, "close", None)
-            if close is not None:
-                close()  # in this thread, where the generator ran
-
-    def _put(self, item: Any) -> bool:
-        while not self._closed.is_set():
-            try:
-                self._queue.put(item, timeout=0.02)
-                return True
-            except queue.Full:
-                if self._idle is not None:
-                    self._idle()
-        return False
-
-    def __iter__(self) -> Iterator[T]:
-        try:
-            while True:
-                try:
-                    item = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    if (self._closed.is_set() or not self._thread.is_alive()) and self._queue.empty():
-                        return  # closed from elsewhere: the producer ended without an end marker
-                    continue
-                if item is self._END:
-                    return
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the producer and wait for its thread (idempotent)."""
-        if self._closed.is_set():
-            return
-        self._stop()
-        self._closed.set()
-        self._thread.join()
-
-
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
 
 
 METADATA_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp")
