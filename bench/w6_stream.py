@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit, machine, measure_subprocess, median, print_table, runs, scale, work_dir
+from icefield.errors import SourceError
 
 PARTITIONS = 4
 BASE_MESSAGES = 1_000_000
@@ -74,16 +75,16 @@ def start_broker(root: Path) -> tuple[str, Any]:
 
 def ends(bootstrap: str, topic: str) -> dict[int, int] | None:
     """High watermark per partition, or None if the topic does not exist."""
-    from confluent_kafka import Consumer, TopicPartition
+    from icefield.ingest.kafka import KafkaReader
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "w6-probe"})
+    reader = KafkaReader({"bootstrap.servers": bootstrap, "group.id": "w6-probe"}, [topic])
     try:
-        info = c.list_topics(topic, timeout=30).topics.get(topic)
-        if info is None or info.error is not None:
-            return None
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in sorted(info.partitions)}
+        reader.open(None)
+    except SourceError:
+        return None
     finally:
-        c.close()
+        reader.close()
+    return {p: end for (_, p), end in reader.ends.items()}
 
 
 def prepare_topic(bootstrap: str, n: int) -> str:

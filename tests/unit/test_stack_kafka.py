@@ -4,6 +4,7 @@ probe against a fake broker speaking the wire protocol, the Maven classpath cach
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import struct
 import threading
@@ -14,7 +15,7 @@ import pytest
 from stack import SERVICES, Connect, Kafka, get_service
 from stack.base import StackError
 from stack.connect import DEBEZIUM_POSTGRES_CLASS, debezium_postgres_config
-from stack.kafka import metadata_brokers, random_cluster_id
+from stack.kafka import kafka_metadata, metadata_brokers, random_cluster_id
 from stack.maven import copy_dependencies
 
 
@@ -68,9 +69,21 @@ def test_cluster_ids_look_like_kafkas() -> None:
         assert len(base64.urlsafe_b64decode(cid + "==")) == 16
 
 
-@pytest.fixture
-def fake_broker() -> Iterator[tuple[int, list[bytes]]]:
-    """A TCP server answering one Metadata v4 request with one broker (127.0.0.1:9999, rack null)."""
+def _string(s: bytes) -> bytes:
+    return struct.pack(">h", len(s)) + s
+
+
+def _topic(name: bytes, partitions: list[tuple[int, int, int]]) -> bytes:
+    """A Metadata v4 topic entry; partitions are (error, index, leader) with one replica in sync."""
+    out = struct.pack(">h", 0) + _string(name) + b"\x00" + struct.pack(">i", len(partitions))
+    for error, index, leader in partitions:
+        out += struct.pack(">hii", error, index, leader) + struct.pack(">ii", 1, 1) + struct.pack(">ii", 1, 1)
+    return out
+
+
+@contextlib.contextmanager
+def fake_broker(topics: list[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP server answering one Metadata v4 request: broker 1 at 127.0.0.1:9999 and ``topics``."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -82,20 +95,13 @@ def fake_broker() -> Iterator[tuple[int, list[bytes]]]:
             (size,) = struct.unpack(">i", conn.recv(4))
             request = conn.recv(size)
             requests.append(request)
-            correlation = request[4:8]
-            host = b"127.0.0.1"
             body = (
-                correlation
+                request[4:8]  # correlation id
                 + struct.pack(">i", 0)  # throttle
-                + struct.pack(">i", 1)  # one broker
-                + struct.pack(">i", 1)
-                + struct.pack(">h", len(host))
-                + host
-                + struct.pack(">i", 9999)
-                + struct.pack(">h", -1)  # rack: null
+                + struct.pack(">ii", 1, 1) + _string(b"127.0.0.1") + struct.pack(">i", 9999) + struct.pack(">h", -1)
                 + struct.pack(">h", -1)  # cluster id: null
                 + struct.pack(">i", 1)  # controller
-                + struct.pack(">i", 0)  # no topics
+                + struct.pack(">i", len(topics)) + b"".join(topics)
             )
             conn.sendall(struct.pack(">i", len(body)) + body)
 
@@ -108,11 +114,19 @@ def fake_broker() -> Iterator[tuple[int, list[bytes]]]:
         server.close()
 
 
-def test_metadata_probe_speaks_the_wire_protocol(fake_broker: tuple[int, list[bytes]]) -> None:
-    port, requests = fake_broker
-    assert metadata_brokers("127.0.0.1", port) == [("127.0.0.1", 9999)]
+def test_metadata_probe_speaks_the_wire_protocol() -> None:
+    with fake_broker([_topic(b"orders", [(0, 0, 1), (0, 1, 1)])]) as (port, requests):
+        meta = kafka_metadata("127.0.0.1", port)
+    assert meta.brokers == [("127.0.0.1", 9999)] and meta.offline == []
     api_key, version = struct.unpack(">hh", requests[0][:4])
     assert (api_key, version) == (3, 4)  # Metadata v4: the oldest Kafka 4 still serves
+    assert requests[0][-5:] == struct.pack(">i", -1) + b"\x00", "every topic, none auto-created"
+
+
+def test_metadata_probe_names_partitions_without_a_leader() -> None:
+    topics = [_topic(b"orders", [(0, 0, 1), (5, 1, -1)]), _topic(b"items", [(0, 0, -1)])]
+    with fake_broker(topics) as (port, _):
+        assert kafka_metadata("127.0.0.1", port).offline == ["orders/1", "items/0"]
 
 
 def test_metadata_probe_fails_on_a_closed_port() -> None:

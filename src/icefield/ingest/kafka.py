@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import decimal
+import functools
 import logging
 import re
 import threading
@@ -234,10 +235,14 @@ class KafkaReader:
         try:
             partitions = self._partitions()
             tps = [ck.TopicPartition(t, p) for t, p in partitions]
-            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=self.timeout)}
+            committed = {
+                (tp.topic, tp.partition): tp.offset for tp in self._retrying(lambda: consumer.committed(tps, timeout=self.timeout))
+            }
             starts: dict[TopicPartition, int] = {}
             for tp in partitions:
-                low, high = consumer.get_watermark_offsets(ck.TopicPartition(*tp), timeout=self.timeout, cached=False)
+                low, high = self._retrying(functools.partial(
+                    consumer.get_watermark_offsets, ck.TopicPartition(*tp), timeout=self.timeout, cached=False
+                ))
                 self.ends[tp] = high
                 starts[tp] = self._start_offset(tp, stored.get(tp), committed.get(tp, -1), low, high)
             consumer.assign([ck.TopicPartition(t, p, off) for (t, p), off in starts.items()])
@@ -246,6 +251,20 @@ class KafkaReader:
             raise TransientError(f"cannot read Kafka at {self.bootstrap}: {redact(str(e))}; check that it runs and rerun") from e
         self.positions = starts
         log.info("reading %s from %s; end offsets %s", self.topics, starts, self.ends)
+
+    def _retrying(self, call: Callable[[], Any]) -> Any:
+        """``call()``, retried for up to ``timeout`` seconds while Kafka says a retry can help (a partition
+        without a leader yet, just after the broker started)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return call()
+            except self._ck.KafkaException as e:
+                err: Any = e.args[0] if e.args else None
+                if err is None or not err.retriable() or time.monotonic() >= deadline:
+                    raise
+                log.info("Kafka at %s: %s; retrying", self.bootstrap, redact(str(e)))
+                time.sleep(0.2)
 
     def _partitions(self) -> list[TopicPartition]:
         out = []
