@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -256,12 +256,18 @@ class KafkaReader:
         """``call()``, retried for up to ``timeout`` seconds while Kafka says a retry can help (a partition
         without a leader yet, just after the broker started)."""
         deadline = time.monotonic() + self.timeout
+        codes = self._ck.KafkaError
+        # Codes of a broker that just started: its group coordinator and partition leaders settle in.
+        settling = {
+            codes.NOT_COORDINATOR, codes.COORDINATOR_LOAD_IN_PROGRESS, codes.COORDINATOR_NOT_AVAILABLE,
+            codes.LEADER_NOT_AVAILABLE, codes.NOT_LEADER_FOR_PARTITION,
+        }
         while True:
             try:
                 return call()
             except self._ck.KafkaException as e:
                 err: Any = e.args[0] if e.args else None
-                if err is None or not err.retriable() or time.monotonic() >= deadline:
+                if err is None or not (err.retriable() or err.code() in settling) or time.monotonic() >= deadline:
                     raise
                 log.info("Kafka at %s: %s; retrying", self.bootstrap, redact(str(e)))
                 time.sleep(0.2)
@@ -608,9 +614,17 @@ class JsonDecoder:
 # ------------------------------------------------------------------------------------ the source
 
 
-def consumer_config(cfg: KafkaSourceConfig, pipeline: str, where: str) -> dict[str, str]:
-    """The librdkafka settings of a ``kafka`` source, secret references resolved (and registered for
-    redaction). Raises :class:`ConfigError` for a property that conflicts with a source field."""
+class _ConsumerFields(Protocol):
+    bootstrap_servers: str
+    group_id: str | None
+    properties: dict[str, str]
+
+
+def consumer_config(cfg: _ConsumerFields, pipeline: str, where: str) -> dict[str, str]:
+    """The librdkafka settings of a source config with ``bootstrap_servers``, ``group_id`` and
+    ``properties`` (the ``kafka`` source's; a ``debezium`` source's too), secret references resolved
+    and registered for redaction. The group defaults to ``icefield.<pipeline>``. Raises
+    :class:`ConfigError` for a property that conflicts with a source field."""
     conf: dict[str, str] = {}
     for key, value in cfg.properties.items():
         if key in ("bootstrap.servers", "group.id"):
