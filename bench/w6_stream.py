@@ -2,7 +2,8 @@
 
 Peers on the same topic of the same broker (the stack's Kafka 4 on 127.0.0.1), each in its own process:
 - consume-only: a confluent-kafka loop that assigns the 4 partitions, reads every message to the end
-  and touches its value; nothing else. This is the limit: no decoding, no writing.
+  and touches its value; nothing else. This is the limit: no decoding, no writing. It uses the same
+  client settings as icefield's reader (``icefield.ingest.kafka.CONSUMER_DEFAULTS``).
 - icefield: ``run_pipeline`` of a ``kafka`` source pipeline into a fresh table (JSON decoded and typed,
   Parquet written, one Iceberg commit per batch with the offsets inside it), from the first offset to
   the end, on the embedded SQLite catalog.
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import emit, machine, measure_subprocess, median, print_table, runs, scale, work_dir
+from icefield.errors import SourceError
 
 PARTITIONS = 4
 BASE_MESSAGES = 1_000_000
@@ -73,16 +75,16 @@ def start_broker(root: Path) -> tuple[str, Any]:
 
 def ends(bootstrap: str, topic: str) -> dict[int, int] | None:
     """High watermark per partition, or None if the topic does not exist."""
-    from confluent_kafka import Consumer, TopicPartition
+    from icefield.ingest.kafka import KafkaReader
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "w6-probe"})
+    reader = KafkaReader({"bootstrap.servers": bootstrap, "group.id": "w6-probe"}, [topic])
     try:
-        info = c.list_topics(topic, timeout=30).topics.get(topic)
-        if info is None or info.error is not None:
-            return None
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in sorted(info.partitions)}
+        reader.open(None)
+    except SourceError:
+        return None
     finally:
-        c.close()
+        reader.close()
+    return {p: end for (_, p), end in reader.ends.items()}
 
 
 def prepare_topic(bootstrap: str, n: int) -> str:
@@ -128,9 +130,12 @@ def prepare_topic(bootstrap: str, n: int) -> str:
 def _peer_consume_only(args: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+    from icefield.ingest.kafka import CONSUMER_DEFAULTS
+
     topic = args["topic"]
     c = Consumer(
         {
+            **CONSUMER_DEFAULTS,  # the same client settings as icefield's reader: only the work differs
             "bootstrap.servers": args["bootstrap"],
             "group.id": f"w6-consume-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,

@@ -13,8 +13,8 @@ CI and other checkouts). Layout under ``state_dir`` (``<base>/kafka``)::
 
 Ports: the broker listens on ``$ICEFIELD_KAFKA_PORT`` (19092) and the controller on
 ``$ICEFIELD_KAFKA_CONTROLLER_PORT`` (19093; never 9093, Alertmanager's default), both on 127.0.0.1
-only, PLAINTEXT. The broker is ready when a Kafka Metadata request lists it (checked over the wire
-protocol here, so the launcher needs no Python Kafka client).
+only, PLAINTEXT. The broker is ready when a Kafka Metadata request lists it and every existing partition
+has a leader (checked over the wire protocol here, so the launcher needs no Python Kafka client).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import logging
 import socket
 import struct
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from .base import LOCALHOST, StackError, run_command
@@ -208,12 +209,15 @@ class Kafka(JavaService):
         )
 
     def probe(self) -> bool:
-        """True when a Metadata request lists this broker (it registered with the controller)."""
+        """True when a Metadata request lists this broker (it registered with the controller) and every
+        existing partition has a leader (after a restart, once the logs are recovered)."""
         try:
-            brokers = metadata_brokers(self.host, self.port)
-        except (OSError, ValueError, struct.error):
+            meta = kafka_metadata(self.host, self.port)
+        except (OSError, ValueError):
             return False
-        return (self.host, self.port) in brokers
+        if meta.offline:
+            logger.debug("kafka: partitions not online yet: %s", meta.offline[:10])
+        return (self.host, self.port) in meta.brokers and not meta.offline
 
 
 def random_cluster_id() -> str:
@@ -225,36 +229,70 @@ def random_cluster_id() -> str:
             return cluster_id
 
 
-def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[str, int]]:
-    """Send a Kafka Metadata request (v4, no topics) to ``host:port``; return the brokers it lists.
+@dataclass(frozen=True)
+class Metadata:
+    """What a broker's Metadata answer says: the live brokers and the partitions without a leader."""
+
+    brokers: list[tuple[str, int]]
+    offline: list[str]
+
+
+def kafka_metadata(host: str, port: int, timeout: float = 2.0) -> Metadata:
+    """Send a Kafka Metadata request (v4, every topic) to ``host:port`` and decode the answer.
 
     Speaks the wire protocol directly (request header v1, big-endian): a few bytes, no client
-    library. Raises OSError when the connection fails and ValueError on a malformed answer.
+    library. ``offline`` names the partitions (``topic/partition``) with an error or no leader, as
+    after a restart while the broker still recovers its logs. Raises OSError when the connection
+    fails and ValueError on a malformed answer.
     """
     client_id = b"icefield-stack"
     correlation = 0x1CEF
-    body = struct.pack(">i", 0) + b"\x00"  # topics: empty array (no topic metadata); no auto-create
+    body = struct.pack(">i", -1) + b"\x00"  # topics: null (all of them); no auto-create
     header = struct.pack(">hhih", _METADATA_API, _METADATA_VERSION, correlation, len(client_id)) + client_id
     request = header + body
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(struct.pack(">i", len(request)) + request)
         (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-        if not 0 < size < 1 << 24:
+        if not 0 < size < 1 << 26:
             raise ValueError(f"implausible Kafka response size {size}")
         payload = _recv_exact(sock, size)
     reader = _Reader(payload)
-    if reader.int32() != correlation:
-        raise ValueError("Kafka response for another request")
-    reader.int32()  # throttle_time_ms
-    brokers = []
-    for _ in range(reader.int32()):
-        reader.int32()  # node_id
-        broker_host = reader.string()
-        broker_port = reader.int32()
-        reader.string()  # rack (nullable)
-        brokers.append((broker_host or "", broker_port))
-    return brokers
+    try:
+        if reader.int32() != correlation:
+            raise ValueError("Kafka response for another request")
+        reader.int32()  # throttle_time_ms
+        brokers = []
+        for _ in range(reader.int32()):
+            reader.int32()  # node_id
+            broker_host = reader.string()
+            broker_port = reader.int32()
+            reader.string()  # rack (nullable)
+            brokers.append((broker_host or "", broker_port))
+        reader.string()  # cluster_id (nullable)
+        reader.int32()  # controller_id
+        offline = []
+        for _ in range(reader.int32()):
+            topic_error = reader.int16()
+            topic = reader.string() or "?"
+            reader.int8()  # is_internal
+            if topic_error:
+                offline.append(f"{topic} (error {topic_error})")
+            for _ in range(reader.int32()):
+                error, partition, leader = reader.int16(), reader.int32(), reader.int32()
+                for _ in range(2):  # replica_nodes, isr_nodes
+                    for _ in range(reader.int32()):
+                        reader.int32()
+                if error or leader < 0:
+                    offline.append(f"{topic}/{partition}")
+    except struct.error as e:
+        raise ValueError(f"truncated Kafka Metadata response: {e}") from None
+    return Metadata(brokers, offline)
+
+
+def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[tuple[str, int]]:
+    """The brokers a Metadata request to ``host:port`` lists (see :func:`kafka_metadata`)."""
+    return kafka_metadata(host, port, timeout).brokers
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -272,6 +310,16 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.at = 0
+
+    def int8(self) -> int:
+        (value,) = struct.unpack_from(">b", self.data, self.at)
+        self.at += 1
+        return int(value)
+
+    def int16(self) -> int:
+        (value,) = struct.unpack_from(">h", self.data, self.at)
+        self.at += 2
+        return int(value)
 
     def int32(self) -> int:
         (value,) = struct.unpack_from(">i", self.data, self.at)
@@ -296,6 +344,8 @@ __all__ = [
     "KAFKA_VERSION",
     "LOCALHOST",
     "Kafka",
+    "Metadata",
     "kafka_libs",
+    "kafka_metadata",
     "metadata_brokers",
 ]

@@ -48,15 +48,6 @@ def test_broker_lifecycle_in_its_own_state_dir(tmp_path: Path) -> None:
     assert kafka.stop() is False
 
 
-def test_bad_port_settings_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ICEFIELD_KAFKA_PORT", "not-a-port")
-    with pytest.raises(StackError, match="ICEFIELD_KAFKA_PORT='not-a-port'"):
-        Kafka()
-    monkeypatch.delenv("ICEFIELD_KAFKA_PORT")
-    with pytest.raises(StackError, match="must differ"):
-        Kafka(port=19000, controller_port=19000)
-
-
 def _consume(kafka: Kafka, topic: str, want: int, timeout: float = 60.0) -> list[dict[str, Any]]:
     """The first ``want`` change events of ``topic`` (JSON envelopes; tombstones as None payloads)."""
     from confluent_kafka import Consumer
