@@ -15,7 +15,7 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[postgres,spark,kafka,dev]"
+	$(BIN)/pip install -e ".[postgres,spark,kafka,dev,gx]"
 	touch $(STAMP)
 
 .PHONY: venv

@@ -41,7 +41,38 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show which services run")
     status.add_argument("services", nargs="*", metavar="SERVICE", help=services_help)
+
+    capture = commands.add_parser(
+        "capture", help="register a Debezium connector for tables of a database of the stack's PostgreSQL"
+    )
+    capture.add_argument("database", help="database name on the stack's PostgreSQL")
+    capture.add_argument("tables", nargs="+", metavar="SCHEMA.TABLE", help="tables to capture, e.g. public.orders")
+    capture.add_argument("--prefix", default=None, help="topic prefix (default: the database name)")
+    capture.add_argument("--name", default=None, help="connector name (default: <prefix>-cdc)")
+    capture.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until it runs (120)")
     return parser
+
+
+def _capture(args: argparse.Namespace) -> None:
+    from stack.connect import debezium_postgres_config
+
+    pg, connect = get_service("postgres"), get_service("connect")
+    for svc in (pg, connect):
+        if not svc.status().running:
+            raise StackError(f"{svc.name} is not running; start it: python -m stack up postgres kafka connect")
+    prefix = args.prefix or args.database
+    name = args.name or f"{prefix}-cdc"
+    slot = name.replace("-", "_").replace(".", "_")
+    config = debezium_postgres_config(
+        pg.connection_info(args.database),  # type: ignore[attr-defined]
+        args.tables,
+        topic_prefix=prefix,
+        slot_name=slot,
+    )
+    connect.register_connector(name, config, timeout=args.timeout)  # type: ignore[attr-defined]
+    print(f"connector {name}: RUNNING (slot {slot})")
+    for table in args.tables:
+        print(f"  {table} -> topic {prefix}.{table}")
 
 
 def _up(service: Service, timeout: float) -> None:
@@ -69,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
     )
     try:
+        if args.command == "capture":
+            _capture(args)
+            return 0
         names = _select(args.services)
         if args.command == "up":
             for name in names:

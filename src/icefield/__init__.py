@@ -9,23 +9,28 @@ from icefield.config import Project, load_project
 from icefield.errors import (
     CommitConflictError,
     ConfigError,
+    GateFailedError,
     IcefieldError,
+    PublishConflictError,
     SchemaError,
     SecretError,
     SourceError,
     TerminalError,
     TransientError,
 )
-from icefield.pipeline import BatchResult, RunResult, run_model, run_pipeline
+from icefield.pipeline import BatchResult, CheckResult, RunResult, run_model, run_pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchResult",
+    "CheckResult",
     "CommitConflictError",
     "ConfigError",
+    "GateFailedError",
     "IcefieldError",
     "Project",
+    "PublishConflictError",
     "RunResult",
     "SchemaError",
     "SecretError",

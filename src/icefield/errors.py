@@ -8,6 +8,8 @@ with ``raise ... from e`` so the cause is kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class IcefieldError(Exception):
     """Root of every error icefield raises."""
@@ -47,3 +49,20 @@ class MissingDependencyError(TerminalError):
 
 class FailpointError(IcefieldError):
     """Raised by a failpoint set in the ``ICEFIELD_FAILPOINT`` environment variable (tests only)."""
+
+
+class GateFailedError(TerminalError):
+    """Error-severity gates failed: the batch stays on its audit branch and ``main`` is untouched.
+    ``checks`` holds the results (a list of :class:`~icefield.pipeline.results.CheckResult`)."""
+
+    def __init__(self, message: str, checks: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.checks = list(checks)
+
+
+class PublishConflictError(TerminalError):
+    """A branch cannot be fast-forwarded onto ``main``: ``main`` has commits the branch lacks."""
+
+
+class BranchMovedError(TransientError):
+    """An audit branch is not at ``main``'s head when a batch is written on it (``main`` moved): cut it again."""

@@ -21,6 +21,8 @@ def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict
     """
     from pyiceberg.exceptions import NoSuchTableError
 
+    from icefield.write.branches import is_held
+
     try:
         t = catalog.load_table(tuple(name.split(".")))
     except NoSuchTableError:
@@ -53,6 +55,11 @@ def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict
         ],
         "properties": dict(t.metadata.properties),
         "current_snapshot": current.snapshot_id if (current := t.current_snapshot()) else None,
+        "branches": [
+            {"branch": name, "snapshot_id": ref.snapshot_id, "held": is_held(t, name)}
+            for name, ref in sorted(t.metadata.refs.items())
+            if str(ref.snapshot_ref_type) == "branch"
+        ],
         "snapshots": snaps,
     }
 

@@ -39,8 +39,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_demo_checks_its_numbers(demo: tuple[Path, dict]) -> None:
     _, report = demo
     assert report["ok"], report["checks"]
-    # The generator's documented numbers for the default seed: 2050 orders after the change, 3 of them bad.
-    assert report["tables"]["shop.orders"] == 2047
+    # The generator's documented numbers for the default seed: 2050 orders after the change, 3 of them bad;
+    # then the gate step adds 5 orders of a late customer (held, then published once the customer loads).
+    assert report["tables"]["shop.orders"] == 2047 + 5
+    assert report["gates"]["failing"] == ["references(customer_id)"]
     assert report["tables"]["raw.rates"] == 42
     third = report["runs"]["third"]
     assert all(r["snapshots"] == [] for r in third)

@@ -324,8 +324,8 @@ def test_b2_conflict_error_when_retries_run_out(tmp_path: Path, monkeypatch: pyt
     class RacingEngine(LocalEngine):
         """Plans the merge, then lets another writer commit on the same key before it can."""
 
-        def merge(self, table: Any, data: Any, target: Any, write_files: Any) -> Any:
-            plan = super().merge(table, data, target, write_files)
+        def merge(self, table: Any, data: Any, target: Any, write_files: Any, tombstones: Any = None) -> Any:
+            plan = super().merge(table, data, target, write_files, tombstones)
             other.commit(batch([(1, f"other-{time.monotonic_ns()}")]), f"o{time.monotonic_ns()}", None, "r")
             return plan
 

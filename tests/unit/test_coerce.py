@@ -362,3 +362,25 @@ def test_property_cast_text_column_to_int64_is_exact_or_bad(values):
     bad: dict[int, str] = {}
     out = cast_column("n", pa.array(values, pa.string()), pa.int64(), bad).to_pylist()
     check_exact_or_bad(values, out, bad)
+
+
+_numbers_text = st.one_of(
+    st.integers(min_value=-(10**6), max_value=10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["12abc", "NaN", "inf", "-Infinity", " 7 ", "1e3", ".5", "5.", "0x1f", "１２", "", "99999999999999999999"]),
+)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.lists(st.one_of(st.none(), _numbers_text), min_size=1, max_size=200), st.sampled_from([pa.int64(), pa.int32(), pa.float64()]))
+def test_property_text_column_cast_agrees_with_the_value_converters(values, t):
+    """The vectorised cast of a text column (mostly numbers, a few odd values) keeps and refuses exactly
+    what the value-by-value converters keep and refuse, each refusal naming the column and the value."""
+    bad_cast: dict[int, str] = {}
+    bad_conv: dict[int, str] = {}
+    out = cast_column("n", pa.array(values, pa.string()), t, bad_cast)
+    expected = convert_values("n", values, t, bad_conv)
+    assert sorted(bad_cast) == sorted(bad_conv)
+    assert all(r.startswith("type: column 'n' value ") for r in bad_cast.values())
+    assert out.type == t
+    assert [None if i in bad_cast else v for i, v in enumerate(out.to_pylist())] == expected.to_pylist()

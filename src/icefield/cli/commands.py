@@ -1,10 +1,11 @@
-"""The CLI commands: init, run, tables, show, sql, demo."""
+"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, quarantine, demo."""
 
 from __future__ import annotations
 
 import csv
 import io
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,14 @@ def init(out: Output, directory: Path, name: str | None) -> None:
 @cli.command()
 @click.argument("names", nargs=-1)
 @click.option("--no-models", is_flag=True, help="Run only pipelines, not the SQL models after them.")
+@click.option(
+    "--follow", is_flag=True,
+    help="Keep consuming a streaming source (kafka, debezium) and commit every batch; stop with Ctrl-C or SIGTERM.",
+)
 @json_option
 @pass_out
 @guarded
-def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
+def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> None:
     """Run pipelines (and then models). Without NAMES: every pipeline, then every model."""
     from icefield.catalog import open_catalog
     from icefield.errors import ConfigError, IcefieldError
@@ -70,13 +75,18 @@ def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
     if not names:
         pipelines = sorted(project.pipelines)
         models = [] if no_models else sorted(project.models)
+    if follow and (len(pipelines) != 1 or models):
+        raise ConfigError("--follow runs one streaming pipeline: name exactly one pipeline, e.g. icefield run orders_cdc --follow")
     catalog = open_catalog(project)
     run_id = new_run_id()
     results = []
     failed: IcefieldError | None = None
+    stop = _stop_on_signals() if follow else None
     for name in pipelines:
         try:
-            results.append(_run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb), name))
+            results.append(
+                _run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop), name)
+            )
         except IcefieldError as e:
             failed = e
             res = getattr(e, "result", None)
@@ -95,6 +105,20 @@ def run(out: Output, names: tuple[str, ...], no_models: bool) -> None:
         from icefield.cli import _exit_code
 
         raise SystemExit(_exit_code(failed))
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: a following run commits its batch in progress, then ends."""
+    import signal
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
 
 
 def _run_one(out: Output, fn: Any, label: str) -> Any:
@@ -118,8 +142,16 @@ def _print_results(out: Output, results: list[Any]) -> None:
     rows = []
     for r in results:
         committed_batches = sum(1 for b in r.batches if not b.skipped)
-        rows.append([r.pipeline, r.table, committed_batches, r.rows_in, r.rows_committed, r.rows_quarantined, r.rows_filtered, len(r.snapshots), f"{r.seconds:.2f}s"])
-    out.table("Run", ["pipeline", "table", "batches", "rows in", "committed", "quarantined", "filtered", "snapshots", "time"], rows)
+        rows.append([r.pipeline, r.table, committed_batches, r.rows_in, r.rows_committed, r.rows_quarantined, r.rows_filtered, len(r.snapshots), _gates_summary(r), f"{r.seconds:.2f}s"])
+    out.table("Run", ["pipeline", "table", "batches", "rows in", "committed", "quarantined", "filtered", "snapshots", "gates", "time"], rows)
+
+
+def _gates_summary(r: Any) -> str:
+    """``3 pass, 1 warn`` over the gate results of a run ('' without gates)."""
+    counts: dict[str, int] = {}
+    for c in getattr(r, "checks", []):
+        counts[c.status] = counts.get(c.status, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
 # ---------------------------------------------------------------------------------------------- tables / show
@@ -166,6 +198,8 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
     out.table("Schema", ["id", "column", "type", "required"], [[f["id"], f["name"], f["type"], f["required"]] for f in doc["schema"]])
     out.table("Partition spec", ["field", "source", "transform"], [[p["name"], p["source"], p["transform"]] for p in doc["partition_spec"]] or [["(unpartitioned)", "", ""]])
     out.table("Properties", ["key", "value"], [[k, v] for k, v in sorted(doc["properties"].items())])
+    if any(b["branch"] != "main" for b in doc["branches"]):
+        out.table("Branches", ["branch", "snapshot", "holds a batch main lacks"], [[b["branch"], b["snapshot_id"], "yes" if b["held"] else ""] for b in doc["branches"]])
     out.table(
         "Snapshots (newest last)",
         ["snapshot", "time", "operation", "records", "pipeline", "batch", "run"],
@@ -204,6 +238,128 @@ def sql(out: Output, query: str, fmt: str, limit: int) -> None:
             out.print(f"({result.num_rows - limit} more rows; use --format csv for all)")
 
 
+# ---------------------------------------------------------------------------------------------- gates
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--history", default=1, show_default=True, help="How many recent evaluations per pipeline to show.")
+@json_option
+@pass_out
+@guarded
+def checks(out: Output, table: str, history: int) -> None:
+    """The latest gate results of TABLE (from icefield.quality_results)."""
+    from icefield.catalog import open_catalog
+    from icefield.quality.results import latest_results
+
+    rows = latest_results(open_catalog(out.project()), table, history)
+    if out.as_json:
+        out.emit({"table": table, "results": rows})
+        return
+    if not rows:
+        out.print(f"No gate results for {table} yet: add `gates:` to its pipeline and run it.")
+        return
+    out.table(
+        f"Gates of {table}",
+        ["check", "status", "severity", "value", "threshold", "snapshot", "branch", "checked at", "message"],
+        [
+            [r["check"], _status(r["status"]), r["severity"], _value(r["value"]), r["threshold"], r["snapshot_id"], r["branch"], f"{r['checked_at']:%Y-%m-%d %H:%M:%S}", r["message"]]
+            for r in rows
+        ],
+    )
+
+
+def _status(status: str) -> str:
+    colour = {"pass": "green", "warn": "yellow", "fail": "red", "error": "red"}.get(status, "white")
+    return f"[{colour}]{status}[/]"
+
+
+def _value(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:.4g}"
+
+
+def _held_branch(table: Any, name: str, branch: str | None) -> str | None:
+    """``branch``, or the one branch of ``table`` holding unpublished commits (None when none does)."""
+    from icefield.errors import ConfigError
+    from icefield.write.branches import held_branches
+
+    if branch is not None:
+        return branch
+    held = held_branches(table)
+    if len(held) > 1:
+        raise ConfigError(f"table {name} has several held branches ({', '.join(held)}); name one with --branch")
+    return held[0] if held else None
+
+
+def _load(out: Output, name: str) -> Any:
+    from pyiceberg.exceptions import NoSuchTableError
+
+    from icefield.catalog import open_catalog
+    from icefield.errors import ConfigError
+
+    try:
+        return open_catalog(out.project()).load_table(tuple(name.split(".")))
+    except NoSuchTableError:
+        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--branch", default=None, help="The branch to publish (default: the table's one held branch).")
+@json_option
+@pass_out
+@guarded
+def publish(out: Output, table: str, branch: str | None) -> None:
+    """Fast-forward TABLE's main to a held audit branch as it is (without re-running its gates).
+
+    Refuses when main has commits the branch lacks; then discard the branch and rerun the pipeline."""
+    from icefield.write.branches import publish as publish_branch
+
+    t = _load(out, table)
+    chosen = _held_branch(t, table, branch)
+    if chosen is None:
+        if out.as_json:
+            out.emit({"status": "ok", "table": table, "published": False, "reason": "no held branch"})
+        else:
+            out.print(f"Nothing to publish: {table} has no held branch.")
+        return
+    res = publish_branch(t, chosen)
+    if out.as_json:
+        out.emit({"status": "ok", "table": table, "branch": chosen, "published": res.moved, "main": res.snapshot_id, "previous": res.previous, "snapshots": res.snapshots, "positions": res.positions})
+    elif res.moved:
+        out.print(f"Published {table}: main {res.previous} -> {res.snapshot_id} ({len(res.snapshots)} snapshot(s) from {chosen}); positions of {', '.join(res.positions) or 'no pipeline'} moved with it.")
+    else:
+        out.print(f"Nothing to publish: branch {chosen} of {table} holds no commit main lacks.")
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--branch", default=None, help="The branch to drop (default: the table's one held branch).")
+@json_option
+@pass_out
+@guarded
+def discard(out: Output, table: str, branch: str | None) -> None:
+    """Drop a held audit branch of TABLE. main and its source positions are untouched, so the next run of
+    the pipeline reads the discarded batch again from its source."""
+    from icefield.write.branches import discard as discard_branch
+
+    t = _load(out, table)
+    chosen = _held_branch(t, table, branch)
+    if chosen is None:
+        if out.as_json:
+            out.emit({"status": "ok", "table": table, "discarded": False, "reason": "no held branch"})
+        else:
+            out.print(f"Nothing to discard: {table} has no held branch.")
+        return
+    dropped = discard_branch(t, chosen)
+    if out.as_json:
+        out.emit({"status": "ok", "table": table, "branch": chosen, "discarded": True, "snapshots": dropped})
+    else:
+        out.print(f"Discarded branch {chosen} of {table} ({len(dropped)} unpublished snapshot(s)); main is unchanged. The next run reads the batch again from its source.")
+
+
 # ---------------------------------------------------------------------------------------------- demo
 
 
@@ -222,3 +378,106 @@ def demo(out: Output, directory: Path, fresh: bool) -> None:
         out.emit(report)
     if not report.get("ok", False):
         raise SystemExit(EXIT_FAILED)
+
+
+# ---------------------------------------------------------------------------------------------- quarantine
+
+
+@cli.group()
+def quarantine() -> None:
+    """Quarantined rows: which tables have them, what they are, and their replay into the table."""
+
+
+@quarantine.command("list")
+@json_option
+@pass_out
+@guarded
+def quarantine_list(out: Output) -> None:
+    """Tables with a quarantine: rows by check and by pipeline, rows a replay holds."""
+    from icefield.catalog import open_catalog
+    from icefield.pipeline.replay import list_quarantines
+
+    infos = list_quarantines(open_catalog(out.project()))
+    if out.as_json:
+        out.emit({"quarantines": [i.to_dict() for i in infos]})
+        return
+    rows = [
+        [i.table, i.rows, _counts(i.by_check), _counts(i.by_pipeline), i.replaying or "", i.newest.strftime("%Y-%m-%d %H:%M:%S") if i.newest else ""]
+        for i in infos
+    ]
+    out.table("Quarantines", ["table", "rows", "by check", "by pipeline", "replaying", "newest"], rows)
+
+
+@quarantine.command("show")
+@click.argument("table")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0), help="Most rows to show (newest first).")
+@click.option("--check", default=None, help="Only rows that failed this check (decode, type, not_null, ...).")
+@click.option("--pipeline", default=None, help="Only rows of this pipeline.")
+@json_option
+@pass_out
+@guarded
+def quarantine_show(out: Output, table: str, limit: int, check: str | None, pipeline: str | None) -> None:
+    """The quarantined rows of TABLE: raw record, check and reason, source coordinates, batch, time."""
+    import base64
+
+    from icefield.catalog import open_catalog
+    from icefield.pipeline.replay import show_quarantine
+
+    total, rows = show_quarantine(open_catalog(out.project()), table, limit=limit, check=check, pipeline=pipeline)
+    if out.as_json:
+        docs = []
+        for r in rows:
+            exact = r.pop("raw_bytes", None)
+            docs.append({**r, "raw_bytes_base64": base64.b64encode(exact).decode() if exact is not None else None})
+        out.emit({"table": table, "total": total, "rows": docs})
+        return
+    shown = [
+        [
+            r["quarantined_at"].strftime("%Y-%m-%d %H:%M:%S") if r.get("quarantined_at") else "",
+            r["check"],
+            r["source"],
+            r["reason"],
+            _clip(r["raw"]),
+            (r.get("batch_id") or "")[:12],
+        ]
+        for r in rows
+    ]
+    out.table(f"Quarantine of {table}", ["time", "check", "source", "reason", "raw", "batch"], shown)
+    if total > len(rows):
+        out.print(f"({total - len(rows)} more rows; raise --limit or filter with --check/--pipeline)")
+
+
+@quarantine.command("replay")
+@click.argument("table")
+@click.option("--pipeline", default=None, help="Only rows of this pipeline.")
+@click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
+@json_option
+@pass_out
+@guarded
+def quarantine_replay(out: Output, table: str, pipeline: str | None, dry_run: bool) -> None:
+    """Re-validate the quarantined rows of TABLE with the pipeline's current rules; move those that pass
+    into the table, exactly once (rerun safely after an interruption)."""
+    from icefield.pipeline.replay import replay_quarantine
+
+    res = replay_quarantine(out.project(), table, pipeline=pipeline, dry_run=dry_run)
+    if out.as_json:
+        out.emit({"status": "ok", "result": res.to_dict()})
+        return
+    title = "Replay (dry run: nothing written)" if dry_run else "Replay"
+    out.table(
+        title,
+        ["table", "rows", "committed", "still quarantined", "filtered", "released (earlier replay)", "skipped", "time"],
+        [[res.table, res.rows_considered, res.rows_committed, res.rows_quarantined, res.rows_filtered, res.rows_resumed, res.rows_skipped, f"{res.seconds:.2f}s"]],
+    )
+    if res.failures_by_check:
+        out.print("still failing: " + _counts(res.failures_by_check))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
+def _clip(text: str | None, width: int = 80) -> str:
+    if text is None:
+        return ""
+    return text if len(text) <= width else text[: width - 3] + "..."

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from icefield.config.gates import GateConfig, parse_gates
+
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DEFAULT_CATALOG_NAME = "icefield"
@@ -118,7 +120,45 @@ class KafkaSourceConfig(_Model):
         return [self.topic] if self.topic is not None else list(self.topics or [])
 
 
-SourceConfig = Annotated[SqlSourceConfig | FilesSourceConfig | KafkaSourceConfig, Field(discriminator="type")]
+
+CDC_COMMIT_LSN = "_cdc_commit_lsn"
+CDC_LSN = "_cdc_lsn"
+CDC_OP = "_cdc_op"
+CDC_TS_MS = "_cdc_ts_ms"
+CDC_DELETED = "_cdc_deleted"
+
+
+class DebeziumSourceConfig(_Model):
+    """Debezium change events (PostgreSQL connector), from JSON Lines files (``path``) or a Kafka
+    ``topic``. Rows land with their version columns ``_cdc_commit_lsn``, ``_cdc_lsn`` (the event's
+    ``source.sequence``), ``_cdc_op`` and ``_cdc_ts_ms``; the target merges by key, newest version wins."""
+
+    type: Literal["debezium"]
+    path: str | None = None
+    topic: str | None = None
+    bootstrap_servers: str | None = None
+    group_id: str | None = None  # default: icefield.<pipeline name>
+    start: Literal["earliest", "latest"] = "earliest"
+    max_wait_seconds: float = Field(5.0, gt=0)
+    properties: dict[str, str] = Field(default_factory=dict)
+    max_record_bytes: int = Field(16 << 20, gt=0)
+
+    @property
+    def topic_names(self) -> list[str]:
+        return [self.topic] if self.topic is not None else []
+
+    @model_validator(mode="after")
+    def _path_or_topic(self) -> DebeziumSourceConfig:
+        if (self.path is None) == (self.topic is None):
+            raise ValueError("give exactly one of 'path' (JSON Lines files of change events) or 'topic' (a Kafka topic)")
+        if self.topic is not None and not self.bootstrap_servers:
+            raise ValueError("'topic' needs 'bootstrap_servers' (host:port of the Kafka brokers)")
+        return self
+
+
+SourceConfig = Annotated[
+    SqlSourceConfig | FilesSourceConfig | KafkaSourceConfig | DebeziumSourceConfig, Field(discriminator="type")
+]
 
 
 # ---------------------------------------------------------------- target
@@ -132,9 +172,21 @@ class TargetConfig(_Model):
     keys: list[str] = Field(default_factory=list)
     partition_by: list[str] = Field(default_factory=list)
     overwrite: Literal["partitions", "table"] | None = None
-    order_by: str | None = None
+    order_by: str | list[str] | None = None
     delete_column: str | None = None
+    keep_newest: bool = False
     properties: dict[str, str] = Field(default_factory=dict)
+    # Schema contract (DESIGN.md rule 5, icefield.quality.contracts): ``evolve`` adds new columns, promotes
+    # types Iceberg can widen and keeps dropped columns (nulls); ``additive-only`` adds columns only;
+    # ``freeze`` refuses any change. Type changes are refused under every contract.
+    contract: Literal["evolve", "additive-only", "freeze"] = "evolve"
+
+    @property
+    def order_columns(self) -> list[str]:
+        """``order_by`` as a list: versions compare by these columns in turn (NULL is oldest)."""
+        if self.order_by is None:
+            return []
+        return [self.order_by] if isinstance(self.order_by, str) else list(self.order_by)
 
     @field_validator("table")
     @classmethod
@@ -148,8 +200,10 @@ class TargetConfig(_Model):
     def _keys_for_merge(self) -> TargetConfig:
         if self.mode == "merge" and not self.keys:
             raise ValueError("mode 'merge' needs 'keys' (the columns that identify a row)")
-        if self.mode != "merge" and (self.delete_column or self.order_by):
-            raise ValueError("'delete_column' and 'order_by' only apply to mode 'merge'")
+        if self.mode != "merge" and (self.delete_column or self.order_by or self.keep_newest):
+            raise ValueError("'delete_column', 'order_by' and 'keep_newest' only apply to mode 'merge'")
+        if self.keep_newest and not self.order_by:
+            raise ValueError("'keep_newest' needs 'order_by' (the columns that say which version is newer)")
         return self
 
 
@@ -227,7 +281,26 @@ class PipelineConfig(_Model):
     source: SourceConfig
     target: TargetConfig
     checks: list[CheckConfig] = Field(default_factory=list)
+    gates: list[GateConfig] = Field(default_factory=list)
     batch_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cdc_target(cls, data: Any) -> Any:
+        """A change-data-capture source merges by key, newest ``source.sequence`` first, deletes included:
+        fill those target settings unless the file gives them."""
+        if not isinstance(data, dict):
+            return data
+        source, target = data.get("source"), data.get("target")
+        if isinstance(source, dict) and source.get("type") == "debezium" and isinstance(target, dict):
+            target = dict(target)
+            target.setdefault("mode", "merge")
+            if target["mode"] == "merge":
+                target.setdefault("order_by", [CDC_COMMIT_LSN, CDC_LSN])
+                target.setdefault("keep_newest", True)
+                target.setdefault("delete_column", CDC_DELETED)
+            data = {**data, "target": target}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -252,6 +325,11 @@ class PipelineConfig(_Model):
                 raise ValueError(f"checks[{i}]: unknown check {kind!r}; use one of {sorted(CHECK_TYPES)}")
             out.append(CHECK_TYPES[kind].model_validate(item))
         return out
+
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _gate_shape(cls, v: Any) -> Any:
+        return parse_gates(v)
 
 
 class ModelConfig(_Model):

@@ -42,8 +42,10 @@ class MergePlan:
     rows_deleted: int = 0
     rows_updated: int = 0
     rows_inserted: int = 0
+    rows_stale: int = 0
     files_scanned: int = 0
     files_read: int = 0
+    tombstones: pa.Table | None = None
 
 
 class Engine:
@@ -52,9 +54,13 @@ class Engine:
     name: ClassVar[str] = "base"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities()
 
-    def merge(self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles) -> MergePlan:
+    def merge(
+        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None
+    ) -> MergePlan:
         """Merge ``data`` (already typed as the table) into ``table`` by ``target.keys``: write the new
-        data files with ``write_files`` and return what the commit must remove and add."""
+        data files with ``write_files`` and return what the commit must remove and add. With
+        ``target.keep_newest``, only strictly newer versions replace stored rows, and ``tombstones``
+        (deleted keys with their version) stop older versions from resurrecting deleted keys."""
         raise NotImplementedError
 
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles
+from icefield.write.versions import dedupe_latest, newer_mask
 
 if TYPE_CHECKING:
     import duckdb
@@ -29,23 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IN_LIST_LIMIT = 5_000
-
-
-def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | None) -> pa.Table:
-    """Keep one row per key: the greatest ``order_by`` value, ties (or no ``order_by``) broken by the
-    later position in the batch."""
-    if data.num_rows == 0:
-        return data
-    pos = pa.array(range(data.num_rows), pa.int64())
-    work = data.append_column("__pos", pos)
-    if order_by:
-        # A version without an order_by value is older than any with one.
-        work = work.sort_by([(order_by, "ascending", "at_start"), ("__pos", "ascending")])
-        work = work.set_column(work.schema.get_field_index("__pos"), "__pos", pa.array(range(work.num_rows), pa.int64()))
-    last = work.group_by(keys, use_threads=False).aggregate([("__pos", "max")])
-    picked = pc.sort_indices(last.column("__pos_max"))
-    idx = pc.take(last.column("__pos_max"), picked)
-    return work.take(idx).drop(["__pos"])
 
 
 def conflict_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression | None:
@@ -129,7 +113,9 @@ class LocalEngine(Engine):
     # bounds the merge's memory by the files it rewrites, never by the table.
     group_bytes: int = 256 << 20
 
-    def merge(self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles) -> MergePlan:
+    def merge(
+        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None
+    ) -> MergePlan:
         """Copy-on-write merge of ``data`` into ``table`` by ``target.keys`` (DESIGN.md rule 3).
 
         Only files whose key bounds may hold a batch key are read; a file that really holds one is
@@ -137,54 +123,78 @@ class LocalEngine(Engine):
         ranges), and new keys go to new files sorted by key. Files are handled in groups of about
         ``group_bytes`` (read in parallel, one vectorised key probe, one write per group). Returns the
         files to remove and the files written (not yet committed).
+
+        With ``target.keep_newest`` a stored row is replaced or deleted only by a strictly newer
+        version (by ``target.order_by``, stored in the table); older versions are dropped and counted
+        in ``rows_stale``. ``tombstones`` is the table of deleted keys with the version that deleted
+        them: a new key whose version is not newer than its tombstone is dropped too, so a late
+        older event never resurrects a deleted row. The plan's ``tombstones`` are the batch's deletes
+        for the caller to record.
         """
         keys = list(target.keys)
-        batch = dedupe_latest(_as_table_types(table, data), keys, target.order_by)
-        if target.delete_column and target.delete_column in batch.column_names:
-            flag = pc.fill_null(batch.column(target.delete_column).cast(pa.bool_()), False)
-            deletes = batch.filter(flag).select(keys)
-            upserts = batch.filter(pc.invert(flag)).drop([target.delete_column])
+        order = target.order_columns
+        batch = dedupe_latest(_as_table_types(table, data), keys, order)
+        control = target.delete_column
+        if control and control in batch.column_names:
+            flag = pc.fill_null(batch.column(control).cast(pa.bool_()), False)
+            batch = batch.drop([control])
         else:
-            deletes = batch.slice(0, 0).select(keys)
-            upserts = batch
+            flag = pa.array([False] * batch.num_rows, pa.bool_())
         plan = MergePlan(conflict_filter=conflict_filter(batch.select(keys), keys))
         if batch.num_rows == 0:
             return plan
-        batch_keys = batch.select(keys)
-        remaining = upserts
-        order = [(k, "ascending") for k in keys]
+        newest = target.keep_newest and bool(order) and all(c in batch.column_names for c in order)
+        if newest and pc.any(flag).as_py():
+            plan.tombstones = batch.filter(flag).select(keys + order)
+        pending = batch.append_column("__del", flag)
+        sort = [(k, "ascending") for k in keys]
         if table.current_snapshot() is not None:
             tasks = list(table.scan().plan_files())
-            candidates = prune_by_key_bounds(tasks, table.schema(), batch_keys, keys)
+            candidates = prune_by_key_bounds(tasks, table.schema(), batch.select(keys), keys)
             plan.files_scanned = len(tasks)
             log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
             direct = not _has_renames(table)
             for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
+                if pending.num_rows == 0:
+                    break
                 existing = _read_group(table, group, direct)
                 plan.files_read += len(group)
-                hit = _key_mask(existing, batch_keys, keys)
+                hit = _key_mask(existing, pending.select(keys), keys)
                 if not pc.any(hit).as_py():
                     continue
+                if newest:
+                    hit, stale = _split_newer(existing, hit, pending, keys, order)
+                    if stale.num_rows:
+                        stale_mask = _key_mask(pending, stale, keys)
+                        plan.rows_stale += pc.sum(stale_mask).as_py() or 0
+                        pending = pending.filter(pc.invert(stale_mask))
+                    if not pc.any(hit).as_py():
+                        continue
                 file_idx = existing.column("__file")
                 hit_files = pc.unique(file_idx.filter(hit))
                 rewritten = pc.is_in(file_idx, value_set=hit_files)
                 survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
                 matched = existing.filter(hit).select(keys)
-                mine_mask = _key_mask(remaining, matched, keys)
-                mine = remaining.filter(mine_mask)
-                remaining = remaining.filter(pc.invert(mine_mask))
-                if deletes.num_rows:
-                    plan.rows_deleted += pc.sum(_key_mask(deletes, matched, keys)).as_py() or 0
-                plan.rows_updated += mine.num_rows
+                mine_mask = _key_mask(pending, matched, keys)
+                mine = pending.filter(mine_mask)
+                pending = pending.filter(pc.invert(mine_mask))
+                is_del = mine.column("__del")
+                plan.rows_deleted += pc.sum(is_del).as_py() or 0
+                ups = mine.filter(pc.invert(is_del)).drop(["__del"])
+                plan.rows_updated += ups.num_rows
                 # Matched keys get their new version in the rewrite of the files they came from, so files
                 # keep tight key ranges and later merges prune well.
-                out = pa.concat_tables([survivors, mine.select(survivors.column_names).cast(survivors.schema)]).sort_by(order)
+                out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)]).sort_by(sort)
                 if out.num_rows:
                     plan.add.extend(write_files(table, out))
                 plan.remove.extend(group[i].file for i in hit_files.to_pylist())
                 plan.rows_written += out.num_rows
+        remaining = pending.filter(pc.invert(pending.column("__del"))).drop(["__del"])
+        if newest and tombstones is not None and remaining.num_rows:
+            remaining, dropped = _drop_tombstoned(tombstones, remaining, keys, order, self.group_bytes)
+            plan.rows_stale += dropped
         if remaining.num_rows:
-            new_rows = remaining.sort_by(order)
+            new_rows = remaining.sort_by(sort)
             plan.add.extend(write_files(table, new_rows))
             plan.rows_written += new_rows.num_rows
         plan.rows_inserted = remaining.num_rows
@@ -235,10 +245,13 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def register_table(con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[str, ...]) -> None:
-    """Expose ``table`` to DuckDB as the view ``<namespace>.<name>``.
+def register_table(
+    con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[str, ...], snapshot_id: int | None = None
+) -> None:
+    """Expose ``table`` to DuckDB as the view ``<namespace>.<name>``, at ``snapshot_id`` (a branch head,
+    say) or by default at its current snapshot.
 
-    Reads the current snapshot's Parquet files directly (fast, no copy) when no delete files exist and
+    Reads the snapshot's Parquet files directly (fast, no copy) when no delete files exist and
     no column was ever renamed; otherwise falls back to pyiceberg's Arrow scan, which applies deletes
     and maps columns by field id.
     """
@@ -246,7 +259,9 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[st
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema_name)}")
     view = f"{_quote(schema_name)}.{_quote(ident[-1])}"
     arrow_schema = table.schema().as_arrow()
-    tasks = list(table.scan().plan_files()) if table.current_snapshot() is not None else []
+    if snapshot_id is None and (current := table.current_snapshot()) is not None:
+        snapshot_id = current.snapshot_id
+    tasks = list(table.scan(snapshot_id=snapshot_id).plan_files()) if snapshot_id is not None else []
     renamed = _has_renames(table)
     if tasks and not renamed and not any(t.delete_files for t in tasks) and all(
         t.file.file_path.startswith(("file://", "/")) for t in tasks
@@ -265,7 +280,7 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[st
                 cols.append(f"CAST(NULL AS {_duck_type(f.type)}) AS {_quote(f.name)}")
         con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} FROM read_parquet({files_sql}, union_by_name=true)")
         return
-    data = table.scan().to_arrow() if tasks else arrow_schema.empty_table()
+    data = table.scan(snapshot_id=snapshot_id).to_arrow() if tasks else arrow_schema.empty_table()
     tmp = "__icefield_" + "_".join(ident)
     con.register(tmp, data)
     con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(tmp)}")
@@ -369,3 +384,44 @@ def _as_table_types(table: Table, data: pa.Table) -> pa.Table:
     fields = [pa.field(f.name, types.get(f.name, f.type)) for f in data.schema]
     schema = pa.schema(fields)
     return data if schema == data.schema else data.cast(schema)
+
+
+def _split_newer(
+    existing: pa.Table, hit: pa.Array, pending: pa.Table, keys: list[str], order: list[str]
+) -> tuple[pa.Array, pa.Table]:
+    """Split the rows of ``existing`` that ``hit`` marks into those the pending version is newer than
+    (returned as a mask over ``existing``) and the keys whose pending version is not newer."""
+    rows = pa.array(range(existing.num_rows), pa.int64())
+    old = existing.select(keys + order).append_column("__row", rows).filter(hit)
+    new = pending.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
+    joined = old.join(new, keys=keys, join_type="inner", use_threads=False)
+    newer = newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
+    replace_rows = joined.column("__row").filter(newer)
+    stale = joined.filter(pc.invert(newer)).select(keys)
+    mask = pc.is_in(rows, value_set=replace_rows.combine_chunks())
+    return mask, stale
+
+
+def _drop_tombstoned(tombstones: Table, rows: pa.Table, keys: list[str], order: list[str], group_bytes: int) -> tuple[pa.Table, int]:
+    """``rows`` without those whose key has a tombstone at least as new; returns them and the count dropped."""
+    if tombstones.current_snapshot() is None:
+        return rows, 0
+    tasks = prune_by_key_bounds(list(tombstones.scan().plan_files()), tombstones.schema(), rows.select(keys), keys)
+    direct = not _has_renames(tombstones)
+    stale_keys: list[pa.Table] = []
+    new = rows.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
+    for group in _groups(tasks, keys[0], tombstones.schema(), group_bytes):
+        dead = _read_group(tombstones, group, direct).drop(["__file"])
+        dead = dead.filter(_key_mask(dead, rows.select(keys), keys))
+        if not dead.num_rows:
+            continue
+        joined = dead.select(keys + order).join(new, keys=keys, join_type="inner", use_threads=False)
+        newer = newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
+        stale_keys.append(joined.filter(pc.invert(newer)).select(keys))
+    if not stale_keys:
+        return rows, 0
+    stale = pa.concat_tables(stale_keys)
+    if not stale.num_rows:
+        return rows, 0
+    mask = _key_mask(rows, stale.cast(rows.select(keys).schema), keys)
+    return rows.filter(pc.invert(mask)), pc.sum(mask).as_py() or 0

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import pyarrow as pa
 
@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A record the decoder could not turn into a row: kept raw for the quarantine."""
+    """A record the decoder could not turn into a row: kept raw for the quarantine.
+
+    ``raw`` is the record as text; ``raw_bytes`` holds the record's exact bytes when the text cannot
+    (invalid UTF-8: ``raw`` then shows the bad bytes as ``\\xNN``), else None."""
 
     raw: str
     coords: str
     check: str
     reason: str
+    raw_bytes: bytes | None = None
 
 
 @dataclass
@@ -39,6 +43,8 @@ class SourceBatch:
     row's original record and source coordinates for the quarantine. ``position`` is the JSON-able source
     position once this batch is committed; ``key`` describes the source range deterministically (the batch
     id derives from it). ``replace_file`` names a source file whose earlier rows this batch replaces.
+    ``open_schema`` is True when the records carry no schema of their own (JSON): a column absent from
+    every record is null for this batch, not a dropped column (see icefield.quality.contracts).
     """
 
     data: pa.Table
@@ -51,12 +57,20 @@ class SourceBatch:
     coord_label: str = ""
     coord_keys: list[str] = field(default_factory=list)
     coord_offset: int = 0
+    filtered: int = 0
+    truncate_at: list[int] | None = None
+    open_schema: bool = False
+    # ``describe(indices)`` -> ``(raw record, coordinates)`` of rows of ``data``, for sources that keep no
+    # raw text per row but can make it on demand (columnar files).
+    describe: Callable[[list[int]], list[tuple[str, str]]] | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
         decoded values when the source kept no raw text."""
         if self.raw is not None and self.coords is not None:
             return [(self.raw[i], self.coords[i]) for i in indices]
+        if self.describe is not None:
+            return self.describe(indices)
         rows = self.data.take(pa.array(indices, pa.int64())).to_pylist()
         names = self.data.column_names
         out = []
@@ -67,7 +81,7 @@ class SourceBatch:
 
     @property
     def rows_in(self) -> int:
-        return self.data.num_rows + len(self.rejected)
+        return self.data.num_rows + len(self.rejected) + self.filtered
 
 
 def row_coords(label: str, names: list[str], row: tuple[Any, ...], keys: list[str], index: int) -> str:
@@ -76,6 +90,31 @@ def row_coords(label: str, names: list[str], row: tuple[Any, ...], keys: list[st
     if present:
         return f"{label} " + ",".join(f"{k}={row[names.index(k)]}" for k in present)
     return f"{label} row {index}"
+
+
+class LazyStrings(Sequence[str]):
+    """``raw`` or ``coords`` of a batch's rows, made only for the rows that are looked at."""
+
+    def __init__(self, n: int, get: Callable[[int], str], index: Sequence[int] | None = None) -> None:
+        self._n = n
+        self._get = get
+        self._index = index
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._get(self._index[i] if self._index is not None else i)
 
 
 @dataclass(frozen=True)
@@ -145,6 +184,7 @@ _REGISTRY: dict[str, str] = {
     "sql": "icefield.ingest.sql:SqlSource",
     "files": "icefield.ingest.files:FilesSource",
     "kafka": "icefield.ingest.kafka:KafkaSource",
+    "debezium": "icefield.ingest.debezium:DebeziumSource",
 }
 
 

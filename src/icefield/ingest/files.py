@@ -8,27 +8,35 @@ an unchanged file is skipped. Each file is one batch.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
+import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from icefield.config.models import FilesSourceConfig
 from icefield.errors import ConfigError, SourceError
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch
-from icefield.quality.coerce import cast_column, convert_values, infer_type, parse_type
+from icefield.quality.coerce import cast_column, infer_type, parse_type, records_to_table
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
 
 log = logging.getLogger(__name__)
+
+Describe = Callable[[list[int]], list[tuple[str, str]]]
+# A CSV record of the wrong shape: (record index, text, exact bytes if not UTF-8, number of fields).
+_Short = tuple[int, str, bytes | None, int]
 
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
@@ -102,7 +110,7 @@ class FilesSource(Source):
                     replace = True  # the file changed while it was half loaded: replace that half too
             chunks = _peekable(self._chunks(path, rel, skip))
             for chunk in chunks:
-                data, raw, coords, rejected, start, end = chunk
+                data, raw, coords, rejected, start, end, describe = chunk
                 if self.cfg.file_column:
                     data = data.append_column(self.cfg.file_column, pa.array([rel] * data.num_rows, pa.string()))
                 last = chunks.exhausted()
@@ -121,6 +129,8 @@ class FilesSource(Source):
                     replace_file=rel if replace else None,
                     coord_label=rel,
                     coord_offset=start,
+                    open_schema=self._format(path) == "jsonl",
+                    describe=describe,
                 )
                 replace = False
             partial = None
@@ -179,11 +189,11 @@ class FilesSource(Source):
                     continue
                 decode_json_line(line_bytes, f"{rel}:{lineno}", rows, raw, coords, rejected)
                 if len(rows) + len(rejected) >= self.batch_size:
-                    yield (*self._rows_to_table(rows, raw, coords, rejected), start, record)
+                    yield (*self._rows_to_table(rows, raw, coords, rejected), start, record, None)
                     rows, raw, coords, rejected = [], [], [], []
                     start = record
         if rows or rejected or start == skip:
-            yield (*self._rows_to_table(rows, raw, coords, rejected), start, record)
+            yield (*self._rows_to_table(rows, raw, coords, rejected), start, record, None)
 
     def _rows_to_table(
         self,
@@ -192,46 +202,172 @@ class FilesSource(Source):
         coords: list[str],
         rejected: list[Rejected],
     ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
-        table, bad = json_rows_to_table(rows, self._types(), self.declared or ())
+        table, bad = records_to_table(rows, self._types(), self.declared or ())
         self._learn(table)
         return split_bad(table, raw, coords, rejected, bad)
 
     def _csv_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
-        # Read every column as text, then type it strictly, so that one bad value cannot fail the file.
+        """Chunks of at most ``batch_size`` CSV records (the position counts records, good or not).
+
+        Fields are read as bytes and typed strictly, so that no value can fail the file: a field that is
+        not UTF-8 or does not fit its type, or a record with the wrong number of fields, is rejected with
+        its coordinates. Arrow's reader does the work; a file it cannot parse (broken quoting, a short
+        record that is not UTF-8) is read on, from the first record not yet handed out, by Python's csv
+        module, which counts records the same way.
+        """
         with path.open(newline="", encoding="utf-8", errors="replace") as f:
             names = next(csv.reader(f, delimiter=self.cfg.delimiter), None)
         if not names:
-            yield pa.table({}), [], [], [], skip, skip
+            yield pa.table({}), [], [], [], skip, skip, None
             return
-        try:
+        cursor = _CsvCursor(skip)
+        block = _CSV_BLOCK
+        while True:
+            try:
+                yield from self._csv_arrow(path, rel, names, cursor, block)
+                return
+            except pa.ArrowInvalid as e:
+                if "straddl" in str(e) and block < _MAX_CSV_BLOCK:
+                    block *= 8  # a record longer than a block: read on with bigger blocks
+                    continue
+                log.info("%s: %s; reading on from record %d with the tolerant CSV reader", rel, e, cursor.next + 1)
+                yield from self._csv_tolerant(path, rel, names, cursor)
+                return
+
+    def _csv_arrow(self, path: Path, rel: str, names: list[str], cursor: _CsvCursor, block: int) -> Iterator[Chunk]:
+        # Records of the wrong shape: the index of each (all of them: they place the good records), and
+        # the text and field count of those not handed out yet.
+        bad_at: list[int] = []
+        invalid: dict[int, tuple[str, int]] = {}
+
+        def on_invalid(row: Any) -> str:
+            rec = row.number - 2  # ``number`` counts the header as 1
+            bad_at.append(rec)
+            if rec >= cursor.next:
+                invalid[rec] = (row.text, row.actual_columns)
+            return "skip"
+
+        quiet = _arrow_handler_errors_kept_quiet(on_invalid)
+        with quiet:  # Arrow parses the first block when it opens the file
             reader = pacsv.open_csv(
                 path,
-                parse_options=pacsv.ParseOptions(delimiter=self.cfg.delimiter),
+                # One thread: Arrow reports the number of a bad record only when it reads in order.
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=self.cfg.delimiter, newlines_in_values=True, invalid_row_handler=on_invalid
+                ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+                    column_types=dict.fromkeys(names, pa.binary()), strings_can_be_null=True, null_values=_CSV_NULLS
                 ),
             )
-            batches = rebatch(reader, self.batch_size, skip)
-            emitted = False
-            for start, strings in batches:
-                emitted = True
-                yield (*self._type_strings(strings, rel, start), start, start + strings.num_rows)
-            if not emitted:
-                yield pa.table({n: pa.array([], pa.string()) for n in names}), [], [], [], skip, skip
-        except pa.ArrowInvalid as e:
-            raise SourceError(f"{rel}: not a readable CSV file: {e}; fix the file or set source.delimiter") from None
+        size = self.batch_size
+        seen = 0  # valid records read so far
+        pending = _Pending(names)
+        while True:
+            try:
+                with quiet:
+                    rb = reader.read_next_batch()
+            except StopIteration:
+                break
+            bad_at.sort()
+            rec = _record_indices(seen, rb.num_rows, bad_at)
+            seen += rb.num_rows
+            first = bisect.bisect_left(rec, cursor.next)
+            pending.add(pa.Table.from_batches([rb]).slice(first), rec[first:])
+            while pending.last() >= cursor.next + size:
+                yield self._csv_take(pending, invalid, rel, cursor, cursor.next + size)
+        total = max([cursor.next, pending.last() + 1] + [r + 1 for r in invalid])
+        while cursor.next < total or not cursor.emitted:
+            yield self._csv_take(pending, invalid, rel, cursor, min(cursor.next + size, total))
 
-    def _type_strings(self, strings: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected]]:
+    def _csv_take(self, pending: _Pending, invalid: dict[int, tuple[str, int]], rel: str, cursor: _CsvCursor, end: int) -> Chunk:
+        """The chunk of records ``cursor.next`` to ``end``, cut off the pending ones."""
+        start = cursor.next
+        strings, recs = pending.take(end)
+        short: list[_Short] = []
+        for r in sorted(r for r in invalid if r < end):
+            text, got = invalid.pop(r)
+            short.append((r, text, None, got))
+        cursor.next, cursor.emitted = end, True
+        return self._csv_chunk(strings, recs, short, rel, start, end)
+
+    def _csv_tolerant(self, path: Path, rel: str, names: list[str], cursor: _CsvCursor) -> Iterator[Chunk]:
+        size = self.batch_size
+        limit = csv.field_size_limit()
+        csv.field_size_limit(sys.maxsize)
+        try:
+            with path.open("rb") as raw:
+                text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+                records = csv.reader(text, delimiter=self.cfg.delimiter)
+                next(records, None)
+                rec = -1
+                rows: list[list[str]] = []
+                recs: list[int] = []
+                short: list[_Short] = []
+                for fields in records:
+                    if not fields:
+                        continue  # a blank line is no record (nor is it for Arrow's reader)
+                    rec += 1
+                    if rec < cursor.next:
+                        continue
+                    if len(fields) == len(names):
+                        rows.append(fields)
+                        recs.append(rec)
+                    else:
+                        line = _csv_line(fields, self.cfg.delimiter)
+                        short.append((rec, line.decode("utf-8", "backslashreplace"), None if _is_utf8(line) else line, len(fields)))
+                    if rec + 1 - cursor.next >= size:
+                        yield self._csv_rows_chunk(rows, recs, short, names, rel, cursor, rec + 1)
+                        rows, recs, short = [], [], []
+                if rows or short or not cursor.emitted or rec + 1 > cursor.next:
+                    yield self._csv_rows_chunk(rows, recs, short, names, rel, cursor, max(rec + 1, cursor.next))
+        except csv.Error as e:
+            raise SourceError(f"{rel}: not a readable CSV file: {e}; fix the file or set source.delimiter") from None
+        finally:
+            csv.field_size_limit(limit)
+
+    def _csv_rows_chunk(
+        self,
+        rows: list[list[str]],
+        recs: list[int],
+        short: list[_Short],
+        names: list[str],
+        rel: str,
+        cursor: _CsvCursor,
+        end: int,
+    ) -> Chunk:
+        cols = {
+            name: pa.array([None if r[j] in _CSV_NULL_SET else r[j].encode("utf-8", "surrogateescape") for r in rows], pa.binary())
+            for j, name in enumerate(names)
+        }
+        start = cursor.next
+        cursor.next, cursor.emitted = end, True
+        return self._csv_chunk(pa.table(cols), recs, short, rel, start, end)
+
+    def _csv_chunk(self, strings: pa.Table, recs: list[int], short: list[_Short], rel: str, start: int, end: int) -> Chunk:
+        """Type the fields (bytes) of a chunk's well-formed records; reject the others."""
         types = self._types()
         bad: dict[int, str] = {}
         cols: dict[str, pa.Array] = {}
         for name in strings.column_names:
-            col = strings.column(name).combine_chunks()
-            t = types.get(name) or _infer_csv_type(col)
-            cols[name] = cast_column(name, col, t, bad)
+            if strings.num_rows == 0:
+                # No value to type: the known type or none at all, so that no schema change is implied.
+                cols[name] = pa.array([], types.get(name) or pa.null())
+                continue
+            text = _utf8_column(name, strings.column(name), bad)
+            t = types.get(name) or _infer_csv_type(text)
+            cols[name] = cast_column(name, text, t, bad)
         table = pa.table(cols)
-        self._learn(table)
-        return _split_bad_lazy(table, strings, bad, lambda i: f"{rel}:row {start + i + 1}")
+        if strings.num_rows:
+            self._learn(table)
+        delimiter = self.cfg.delimiter
+        typed, rejected, describe = _split_bad_lazy(
+            table, strings, bad, lambda i: f"{rel}:row {recs[i] + 1}", lambda row: _csv_raw(row, delimiter)
+        )
+        for r, text, exact, got in short:
+            reason = f"decode: expected {strings.num_columns} fields, got {got}"
+            rejected.append(Rejected(text, f"{rel}:row {r + 1}", "decode", reason, raw_bytes=exact))
+        return typed, None, None, rejected, start, end, describe
 
     def _parquet_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         try:
@@ -240,13 +376,15 @@ class FilesSource(Source):
             emitted = False
             for start, table in batches:
                 emitted = True
-                yield (*self._type_parquet(table, rel, start), start, start + table.num_rows)
+                typed, rejected, describe = self._type_parquet(table, rel, start)
+                yield typed, None, None, rejected, start, start + table.num_rows, describe
             if not emitted:
-                yield pf.schema_arrow.empty_table(), [], [], [], skip, skip
+                typed, _, _ = self._type_parquet(pf.schema_arrow.empty_table(), rel, skip)
+                yield typed, [], [], [], skip, skip, None
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"{rel}: not a readable Parquet file: {e}") from None
 
-    def _type_parquet(self, table: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected]]:
+    def _type_parquet(self, table: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[Rejected], Describe]:
         types = self._types()
         bad: dict[int, str] = {}
         cols = {
@@ -258,7 +396,9 @@ class FilesSource(Source):
         return _split_bad_lazy(typed, table, bad, lambda i: f"{rel}#{start + i}")
 
 
-Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int]
+# (rows, raw records, coordinates, rejected records, first record, end record, describe): columnar
+# formats keep no raw text per good row; ``describe`` makes it for the rows a check sends to quarantine.
+Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int, Describe | None]
 
 
 class _peekable:
@@ -294,8 +434,9 @@ def decode_json_line(
     try:
         line = line_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
-        text = line_bytes.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-        rejected.append(Rejected(text, where, "decode", f"decode: invalid UTF-8 at byte {e.start}"))
+        exact = line_bytes.rstrip(b"\r\n")
+        text = exact.decode("utf-8", errors="backslashreplace")
+        rejected.append(Rejected(text, where, "decode", f"decode: invalid UTF-8 at byte {e.start}", raw_bytes=exact))
         return
     line = line.rstrip("\r\n")
     try:
@@ -311,23 +452,154 @@ def decode_json_line(
     coords.append(where)
 
 
-def json_rows_to_table(
-    rows: list[dict[str, Any]], types: Mapping[str, pa.DataType], leading: Iterable[str] = ()
-) -> tuple[pa.Table, dict[int, str]]:
-    """Type decoded JSON objects as columns: a column's type is ``types[name]`` when known, else inferred
-    from its values (:func:`infer_type`); values that cannot be typed exactly are null and their row is in
-    the returned ``{row index: reason}``. Columns come in the order ``leading``, then first appearance."""
-    names: dict[str, None] = dict.fromkeys(leading)
-    for r in rows:
-        names.update(dict.fromkeys(r))
-    bad: dict[int, str] = {}
-    cols: dict[str, pa.Array] = {}
-    for name in names:
-        values = [r.get(name) for r in rows]
-        t = types.get(name) or infer_type(values)
-        cols[name] = convert_values(name, values, t, bad)
-    table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(rows))}).drop(["_empty"])
-    return table, bad
+# Only explicit null markers: "NaN", "NA" or "N/A" stay text (a NaN is refused by a number column, and
+# "NA" is a country code), never a silent null.
+_CSV_NULLS = ["", "NULL", "null", "\\N"]
+_CSV_NULL_SET = frozenset(_CSV_NULLS)
+# Arrow reads a CSV file in blocks that must hold whole records; one thread reads as fast with big
+# blocks as with small ones, so start big enough for most records and grow on a longer one.
+_CSV_BLOCK = 16 << 20
+_MAX_CSV_BLOCK = 1 << 30
+
+
+class _CsvCursor:
+    """Where a CSV file's reading stands: the record index the next chunk starts at, and whether a
+    chunk was handed out (each file gives at least one, so that it is recorded as loaded)."""
+
+    def __init__(self, start: int) -> None:
+        self.next = start
+        self.emitted = False
+
+
+class _Pending:
+    """Well-formed CSV records read but not yet handed out: their fields (bytes) and record indices."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.tables: list[pa.Table] = []
+        self.recs: list[int] = []
+
+    def add(self, table: pa.Table, recs: list[int]) -> None:
+        if table.num_rows:
+            self.tables.append(table)
+            self.recs.extend(recs)
+
+    def last(self) -> int:
+        """The record index of the last pending record (-1 if none)."""
+        return self.recs[-1] if self.recs else -1
+
+    def take(self, end: int) -> tuple[pa.Table, list[int]]:
+        """Remove and return the pending records before record index ``end``."""
+        if not self.tables:
+            return pa.table({n: pa.array([], pa.binary()) for n in self.names}), []
+        whole = pa.concat_tables(self.tables)
+        n = bisect.bisect_left(self.recs, end)
+        taken, self.recs = self.recs[:n], self.recs[n:]
+        self.tables = [whole.slice(n)] if n < whole.num_rows else []
+        return whole.slice(0, n), taken
+
+
+def _record_indices(first: int, n: int, bad: list[int]) -> list[int]:
+    """The record indices of the valid records ``first`` .. ``first + n - 1`` of a file whose bad records
+    are at the sorted record indices ``bad``: the k-th valid record is record k plus the bad ones before it."""
+    ranks = [r - i for i, r in enumerate(bad)]  # valid records before each bad one
+    out: list[int] = []
+    k, end = first, first + n
+    while k < end:
+        j = bisect.bisect_right(ranks, k)  # bad records before valid record k
+        stop = min(ranks[j], end) if j < len(ranks) else end
+        out.extend(range(k + j, stop + j))
+        k = stop
+    return out
+
+
+class _arrow_handler_errors_kept_quiet:
+    """Arrow decodes a short record's text before it calls the invalid-row handler; when that text is not
+    UTF-8 the decoding fails inside Arrow, which reports it to ``sys.unraisablehook`` and then fails the
+    read (the file is read on by the tolerant reader). Keeps that one report, and only it, quiet while
+    Arrow reads (reusable: enter it around each read)."""
+
+    def __init__(self, handler: Callable[..., Any]) -> None:
+        self.handler = handler
+        self.previous: Callable[[Any], Any] = sys.unraisablehook
+
+    def _hook(self, unraisable: Any) -> None:
+        if unraisable.object is self.handler and isinstance(unraisable.exc_value, UnicodeDecodeError):
+            return
+        self.previous(unraisable)
+
+    def __enter__(self) -> None:
+        self.previous = sys.unraisablehook
+        sys.unraisablehook = self._hook
+
+    def __exit__(self, *exc: object) -> None:
+        sys.unraisablehook = self.previous
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _utf8_column(name: str, col: pa.ChunkedArray | pa.Array, bad: dict[int, str]) -> pa.Array:
+    """A column of bytes as text; values that are not UTF-8 become null and their rows bad."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    try:
+        return col.cast(pa.string())
+    except pa.ArrowInvalid:
+        pass
+    invalid = _not_utf8(col, 0)
+    for i in invalid:
+        value = col[i].as_py()
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.setdefault(i, f"decode: column {name!r} is not UTF-8 at byte {e.start}")
+    flags = [False] * len(col)
+    for i in invalid:
+        flags[i] = True
+    return pc.if_else(pa.array(flags), pa.scalar(None, col.type), col).cast(pa.string())
+
+
+def _not_utf8(col: pa.Array, offset: int) -> set[int]:
+    """Indices (plus ``offset``) of the values of ``col`` that are not UTF-8, found by casting halves:
+    a few bad values cost a few vectorised casts, not a walk over the column."""
+    if len(col) <= 64:
+        out = set()
+        for i, v in enumerate(col.to_pylist()):
+            if v is not None and not _is_utf8(v):
+                out.add(offset + i)
+        return out
+    half = len(col) // 2
+    found: set[int] = set()
+    for start, part in ((0, col.slice(0, half)), (half, col.slice(half))):
+        try:
+            part.cast(pa.string())
+        except pa.ArrowInvalid:
+            found |= _not_utf8(part, offset + start)
+    return found
+
+
+def _csv_line(fields: Any, delimiter: str) -> bytes:
+    """A record's fields (text; undecodable bytes as surrogates) written back as one CSV line."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator="").writerow(fields)
+    return buf.getvalue().encode("utf-8", "surrogateescape")
+
+
+def _csv_raw(row: dict[str, bytes | None], delimiter: str) -> tuple[str, bytes | None]:
+    """The raw form of a CSV record for the quarantine: its fields as a JSON object of text, plus the
+    record as CSV bytes when a field is not UTF-8 (the text shows those bytes as ``\\xNN``)."""
+    text = {k: None if v is None else v.decode("utf-8", "backslashreplace") for k, v in row.items()}
+    raw = json.dumps(text, ensure_ascii=False)
+    if all(v is None or _is_utf8(v) for v in row.values()):
+        return raw, None
+    fields = ["" if v is None else v.decode("utf-8", "surrogateescape") for v in row.values()]
+    return raw, _csv_line(fields, delimiter)
 
 
 def _reject_constant(name: str) -> Any:
@@ -335,8 +607,6 @@ def _reject_constant(name: str) -> Any:
 
 
 def _infer_csv_type(col: pa.Array) -> pa.DataType:
-    import pyarrow.compute as pc
-
     valid = col.drop_null()
     if len(valid) == 0:
         return pa.string()
@@ -351,19 +621,38 @@ def _infer_csv_type(col: pa.Array) -> pa.DataType:
     return infer_type(valid.to_pylist()) if len(valid) else pa.string()
 
 
+def _json_raw(row: dict[str, Any]) -> tuple[str, bytes | None]:
+    return json.dumps(row, default=str, ensure_ascii=False), None
+
+
 def _split_bad_lazy(
-    typed: pa.Table, original: pa.Table, bad: dict[int, str], coord: Callable[[int], str]
-) -> tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected]]:
-    """Like :func:`_split_bad` for columnar sources: the raw record (the row as read, as JSON) and the
-    coordinates are made only for the bad rows; the good rows get none (``None``: derived on demand)."""
-    if not bad:
-        return typed, None, None, []
-    rows = original.take(pa.array(sorted(bad), pa.int64())).to_pylist()
-    rejected = [
-        Rejected(json.dumps(r, default=str, ensure_ascii=False), coord(i), "type", bad[i]) for i, r in zip(sorted(bad), rows, strict=True)
-    ]
-    keep = [i for i in range(typed.num_rows) if i not in bad]
-    return typed.take(pa.array(keep, pa.int64())), None, None, rejected
+    typed: pa.Table,
+    original: pa.Table,
+    bad: dict[int, str],
+    coord: Callable[[int], str],
+    raw_of: Callable[[dict[str, Any]], tuple[str, bytes | None]] = _json_raw,
+) -> tuple[pa.Table, list[Rejected], Describe]:
+    """Split the bad rows off a columnar chunk: the good rows, the bad ones as rejected records (their
+    raw form is ``raw_of`` the row as read: JSON by default; a reason's prefix, ``type:`` or ``decode:``,
+    names its check), and a ``describe`` that makes the raw record and coordinates of good rows on
+    demand (for those a row check sends to the quarantine)."""
+    order = sorted(bad)
+    rejected = []
+    if order:
+        rows = original.take(pa.array(order, pa.int64())).to_pylist()
+        for i, r in zip(order, rows, strict=True):
+            raw, exact = raw_of(r)
+            check = "decode" if bad[i].startswith("decode:") else "type"
+            rejected.append(Rejected(raw, coord(i), check, bad[i], raw_bytes=exact))
+    keep = [i for i in range(typed.num_rows) if i not in bad] if bad else None
+
+    def describe(indices: list[int]) -> list[tuple[str, str]]:
+        at = [keep[i] for i in indices] if keep is not None else list(indices)
+        rows = original.take(pa.array(at, pa.int64())).to_pylist()
+        return [(raw_of(r)[0], coord(i)) for i, r in zip(at, rows, strict=True)]
+
+    good = typed.take(pa.array(keep, pa.int64())) if keep is not None else typed
+    return good, rejected, describe
 
 
 def split_bad(

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,9 +39,10 @@ import pyarrow.compute as pc
 from icefield.config.models import KafkaSourceConfig
 from icefield.config.secrets import redact, register_secret, resolve
 from icefield.errors import ConfigError, MissingDependencyError, SourceError, TransientError
+from icefield.ingest import LazyStrings as _Lazy
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
-from icefield.ingest.files import decode_json_line, json_rows_to_table, split_bad
-from icefield.quality.coerce import cast_column
+from icefield.ingest.files import decode_json_line, split_bad
+from icefield.quality.coerce import cast_column, records_to_table
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
@@ -453,31 +454,6 @@ def _json_native(t: pa.DataType) -> pa.DataType:
     return pa.string()  # text, dates, timestamps, binary: typed by the strict converters
 
 
-class _Lazy(Sequence[str]):
-    """``raw`` or ``coords`` of a batch's rows, made only for the rows that are looked at."""
-
-    def __init__(self, n: int, get: Callable[[int], str], index: Sequence[int] | None = None) -> None:
-        self._n = n
-        self._get = get
-        self._index = index
-
-    def __len__(self) -> int:
-        return self._n
-
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[str]: ...
-    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError(i)
-        return self._get(self._index[i] if self._index is not None else i)
-
-
 @dataclass
 class Decoded:
     """Rows decoded from a batch: ``data``, raw text and coordinates per row, rejected messages, and
@@ -531,7 +507,7 @@ class JsonDecoder:
             decode_json_line(value, where, rows, raw, coords, rejected)
             if len(rows) > before:
                 index.append(i)
-        table, bad = json_rows_to_table(rows, types)
+        table, bad = records_to_table(rows, types)
         data, raw, coords, rejected = split_bad(table, raw, coords, rejected, bad)
         if bad:
             index = [m for k, m in enumerate(index) if k not in bad]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+CHECK_STATUSES = ("pass", "warn", "fail", "error")
 
 
 @dataclass
@@ -24,6 +27,46 @@ class BatchResult:
 
 
 @dataclass
+class CheckResult:
+    """One gate (or one expectation of a suite) evaluated on one snapshot.
+
+    ``status``: ``pass``; ``warn`` (failed, severity warn); ``fail`` (failed, severity error); ``error``
+    (could not be evaluated: a missing column, a failing query). ``blocking`` is True when it holds the
+    batch: severity ``error`` and status ``fail`` or ``error``."""
+
+    pipeline: str
+    table: str
+    snapshot_id: int | None
+    branch: str
+    check: str
+    kind: str
+    value: float | None
+    threshold: str
+    status: str
+    severity: str
+    message: str
+    checked_at: dt.datetime
+    run_id: str
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == "error" and self.status in ("fail", "error")
+
+
+@dataclass
+class PendingBatch:
+    """The batch a failed run was writing: nothing of it is committed and the position is not advanced,
+    so the next run reads and writes it again (exactly once: its batch id is deterministic).
+    ``source_range`` is the source's description of the rows (the batch id derives from it)."""
+
+    batch_id: str
+    source_range: str
+    rows_in: int
+    error: str
+    error_type: str
+
+
+@dataclass
 class RunResult:
     """A pipeline (or model) run. Conservation: ``rows_in == rows_committed + rows_quarantined + rows_filtered``
     (rows of skipped batches count in none of them)."""
@@ -31,10 +74,12 @@ class RunResult:
     pipeline: str
     table: str
     run_id: str
-    status: str = "success"  # success | failed
+    status: str = "success"  # success | failed | held (a gate held a batch on its audit branch)
     batches: list[BatchResult] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    pending: PendingBatch | None = None
 
     @property
     def rows_in(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -12,10 +13,11 @@ import pyarrow as pa
 
 from icefield.config.secrets import redact
 from icefield.engines import get_engine
-from icefield.errors import IcefieldError
+from icefield.errors import GateFailedError, IcefieldError
 from icefield.ingest import SourceBatch, open_source
+from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
-from icefield.pipeline.results import BatchResult, RunResult
+from icefield.pipeline.results import BatchResult, PendingBatch, RunResult
 from icefield.quality import check_rows
 from icefield.quality.coerce import conform
 from icefield.testing import failpoints
@@ -43,13 +45,15 @@ def run_pipeline(
     on_batch: ProgressCallback | None = None,
     max_batches: int | None = None,
     follow: bool = False,
+    stop: threading.Event | None = None,
 ) -> RunResult:
     """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
 
     Every batch is committed on its own, so a failure keeps the batches before it; the failing batch
     stays pending (its position is not committed) and the next run retries it. After each commit the
     source is told (:meth:`Source.acknowledge`). With ``follow`` a streaming source keeps waiting for
-    new records (:meth:`Source.follow`) until it is stopped or ``max_batches`` is reached. Raises
+    new records (:meth:`Source.follow`) until ``stop`` is set (the batch in progress is committed first)
+    or ``max_batches`` is reached. Raises
     :class:`IcefieldError` subclasses; the partial result is attached as ``error.result``.
     """
     from icefield.catalog import open_catalog
@@ -59,18 +63,25 @@ def run_pipeline(
     run_id = run_id or new_run_id()
     engine = get_engine(project.config.engine)
     writer = TableWriter(catalog, pipe.target, pipe.name, engine)
-    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id)
+    auditor = Auditor(project, catalog, engine, pipe, run_id)
+    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id, checks=auditor.checks)
     started = time.perf_counter()
     batch_size = pipe.batch_size or project.config.batch_size
     source = open_source(pipe, project, batch_size)
     log.info("run %s of pipeline %s started", run_id, pipe.name)
+    if stop is not None:
+        threading.Thread(target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True).start()
+    in_flight: SourceBatch | None = None
     try:
-        table = writer.load()
+        # A batch held on the audit branch is settled (published or still held) before anything new is read.
+        table = auditor.resolve_held(writer.load())
         position = read_position(table, pipe.name)
         schema = table.schema().as_arrow() if table is not None else None
         batches = source.follow(position, schema) if follow else source.read(position, schema)
         for n, batch in enumerate(batches):
-            res = _run_batch(catalog, engine, writer, pipe, batch, run_id)
+            in_flight = batch
+            res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
+            in_flight = None
             result.batches.append(res)
             source.acknowledge(batch.position)
             failpoints.hit("after-acknowledge")
@@ -79,8 +90,13 @@ def run_pipeline(
             if max_batches is not None and n + 1 >= max_batches:
                 break
     except IcefieldError as e:
-        result.status = "failed"
+        result.status = "held" if isinstance(e, GateFailedError) else "failed"
         result.error = redact(str(e))
+        if in_flight is not None:
+            result.pending = PendingBatch(
+                batch_id_for(pipe.name, in_flight.key), redact(in_flight.key), in_flight.rows_in, result.error, type(e).__name__
+            )
+            log.error("run %s of pipeline %s: batch %s stays pending: %s", run_id, pipe.name, result.pending.batch_id, result.error)
         e.result = result  # type: ignore[attr-defined]
         raise
     finally:
@@ -94,8 +110,13 @@ def run_pipeline(
     return result
 
 
+def _stop_when_set(stop: threading.Event, source: Any) -> None:
+    stop.wait()
+    source.stop()
+
+
 def _run_batch(
-    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str
+    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str, auditor: Auditor
 ) -> BatchResult:
     started = time.perf_counter()
     batch_id = batch_id_for(pipe.name, batch.key)
@@ -104,11 +125,11 @@ def _run_batch(
         log.info("batch %s is already committed as snapshot %s; skipping", batch_id, snap)
         return BatchResult(batch_id, batch.rows_in, 0, 0, 0, snapshot_id=snap, skipped=True)
 
-    quarantined: list[QuarantinedRow] = [QuarantinedRow(r.check, r.reason, r.raw, r.coords) for r in batch.rejected]
+    quarantined = [QuarantinedRow(r.check, r.reason, r.raw, r.coords, r.raw_bytes) for r in batch.rejected]
     data = batch.data
     control = pipe.target.delete_column
     if table is not None:
-        table = writer.evolve(table, _table_schema(data.schema, control))
+        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema)
         data, bad = conform(data, table.schema().as_arrow())
         if control and control in batch.data.column_names and control not in data.column_names:
             data = data.append_column(control, batch.data.column(control))
@@ -126,13 +147,13 @@ def _run_batch(
         table = writer.create(_table_schema(good.schema, control))
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
-    wr = writer.commit(good, batch_id, batch.position, run_id, replace_file=replace, table=table)
+    wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at)
     return BatchResult(
         batch_id=batch_id,
         rows_in=batch.rows_in,
         rows_committed=good.num_rows,
         rows_quarantined=len(quarantined),
-        rows_filtered=len(checks.filtered),
+        rows_filtered=len(checks.filtered) + batch.filtered,
         rows_deleted=wr.rows_deleted,
         snapshot_id=wr.snapshot_id,
         skipped=wr.skipped,
@@ -186,6 +207,7 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         batch.data = data
         return batch
     keep = [i for i in range(batch.data.num_rows) if i not in dropped]
+    describe = batch.describe
     return SourceBatch(
         data=data,
         position=batch.position,
@@ -197,4 +219,8 @@ def _reindexed(batch: SourceBatch, data: pa.Table, dropped: set[int]) -> SourceB
         coord_label=batch.coord_label,
         coord_keys=batch.coord_keys,
         coord_offset=batch.coord_offset,
+        filtered=batch.filtered,
+        truncate_at=batch.truncate_at,
+        open_schema=batch.open_schema,
+        describe=(lambda idx: describe([keep[i] for i in idx])) if describe is not None else None,
     )

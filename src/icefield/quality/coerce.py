@@ -14,7 +14,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -341,6 +341,24 @@ def convert_values(name: str, values: Sequence[Any], t: pa.DataType, bad: dict[i
     return pa.array(out, type=t)
 
 
+def records_to_table(
+    records: Sequence[Mapping[str, Any]], types: Mapping[str, pa.DataType], names: Iterable[str] = ()
+) -> tuple[pa.Table, dict[int, str]]:
+    """Typed Arrow rows of decoded records (JSON objects): each column converted strictly to
+    ``types[name]``, or to the type inferred from its values when ``types`` has none. ``names`` are
+    columns to have even if no record does. Returns the table and the bad rows with their reasons."""
+    columns: dict[str, None] = dict.fromkeys(names)
+    for r in records:
+        columns.update(dict.fromkeys(r))
+    bad: dict[int, str] = {}
+    cols: dict[str, pa.Array] = {}
+    for name in columns:
+        values = [r.get(name) for r in records]
+        cols[name] = convert_values(name, values, types.get(name) or infer_type(values), bad)
+    table = pa.table(cols) if cols else pa.table({"_empty": pa.nulls(len(records))}).drop(["_empty"])
+    return table, bad
+
+
 def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad: dict[int, str]) -> pa.Array:
     """Cast an Arrow column to ``t`` strictly: a vectorised safe cast when Arrow's cast is as strict as
     the value converters and succeeds, else value by value with the failing rows recorded in ``bad``."""
@@ -359,7 +377,42 @@ def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad:
             return out
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             pass
+    if (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) and (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        out = _cast_text_numbers(name, arr, t, bad)
+        if out is not None:
+            return out
     return convert_values(name, arr.to_pylist(), t, bad)
+
+
+def _cast_text_numbers(name: str, arr: pa.Array, t: pa.DataType, bad: dict[int, str]) -> pa.Array | None:
+    """Text to an integer or float type, vectorised, when only a few values are not plain ASCII numbers:
+    those few are judged by the value converter (for their reason) and become nulls in bad rows. Returns
+    None when the column must be converted value by value instead (many odd values, one the converter
+    accepts, such as " 12 ", or a number out of range)."""
+    pattern = _INT.pattern if pa.types.is_integer(t) else _NUMBER.pattern
+    plain = pc.fill_null(pc.match_substring_regex(arr, pattern), True)
+    odd = pc.indices_nonzero(pc.invert(plain)).to_pylist()
+    if len(odd) > max(16, len(arr) // 10):
+        return None
+    conv = converter(t)
+    reasons: dict[int, str] = {}
+    for i in odd:
+        v = arr[i].as_py()
+        try:
+            conv(v)
+        except CoercionError as e:
+            reasons[i] = f"type: column {name!r} value {describe(v)} {e} ({t})"
+            continue
+        return None
+    try:
+        out = pc.cast(pc.if_else(plain, arr, pa.scalar(None, arr.type)), t, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    for i, reason in reasons.items():
+        bad.setdefault(i, reason)
+    if pa.types.is_floating(t):
+        _mark_non_finite(name, out, bad)
+    return out
 
 
 def _is_number(t: pa.DataType) -> bool:

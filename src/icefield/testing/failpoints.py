@@ -3,8 +3,11 @@
 At the named point the process dies at once (``kill``, the default: ``os._exit``, like SIGKILL: no
 cleanup, no flush) or raises :class:`FailpointError` (``raise``). ``@n`` fires on the n-th hit only.
 Points on the write path: ``after-data-files``, ``before-commit``, ``after-commit`` (the catalog swap
-happened, the caller has not been told), ``after-quarantine``; in the runner, ``after-acknowledge`` (the
-source was told the batch is committed, e.g. Kafka consumer offsets committed).
+happened, the caller has not been told), ``before-quarantine``, ``after-quarantine``; in the runner, ``after-acknowledge``
+(the source was told the batch is committed, e.g. Kafka consumer offsets committed); write-audit-publish adds
+``before-publish`` (the batch is on its audit branch and passed its gates; ``main`` has not moved). Points of a
+quarantine replay: ``replay-after-claim`` (rows claimed, not landed), ``replay-after-commit`` (landed in
+the table, still in the quarantine).
 """
 
 from __future__ import annotations

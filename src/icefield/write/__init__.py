@@ -18,23 +18,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from icefield.errors import CommitConflictError, SchemaError, TransientError
+from icefield.errors import BranchMovedError, CommitConflictError, SchemaError, TransientError
 from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
 from icefield.write.producers import merge_overwrite
+from icefield.write.versions import dedupe_latest, newer_than
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
     from icefield.config.models import TargetConfig
-    from icefield.engines import Engine
+    from icefield.engines import Engine, MergePlan
 
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "icefield.state."
+TOMBSTONE_SUFFIX = "__tombstones"
+TRUNCATED_AT = "icefield.truncated-at"
 SUMMARY_PIPELINE = "icefield.pipeline"
 SUMMARY_BATCH_ID = "icefield.batch-id"
 SUMMARY_RUN_ID = "icefield.run-id"
@@ -69,9 +73,13 @@ class WriteResult:
     seconds: float
 
 
-def find_batch(table: Table, batch_id: str) -> int | None:
-    """Return the id of the snapshot that committed ``batch_id``, or None."""
-    for snap in reversed(table.metadata.snapshots):
+def find_batch(table: Table, batch_id: str, ref: str = "main") -> int | None:
+    """Return the id of the snapshot that committed ``batch_id`` in the history of ``ref`` (default
+    ``main``), or None. Snapshots outside that history (a discarded audit branch, a rolled-back commit)
+    do not count: their batch was never published and must be written again."""
+    from icefield.write.branches import ancestors, head_id
+
+    for snap in ancestors(table.metadata, head_id(table, ref)):
         summary = snap.summary
         if summary is not None and summary[SUMMARY_BATCH_ID] == batch_id:
             return snap.snapshot_id
@@ -140,15 +148,34 @@ class TableWriter:
             assert table is not None
             return table
 
-    def evolve(self, table: Table, schema: pa.Schema) -> Table:
-        """Add the columns of ``schema`` the table lacks (additive evolution). Returns the table."""
-        current = set(table.schema().as_arrow().names)
-        new = [f for f in schema if f.name not in current]
-        if not new:
+    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False) -> Table:
+        """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
+
+        The differences are classified (:func:`icefield.quality.contracts.classify`); if the contract
+        refuses one, :class:`SchemaError` is raised before anything is written. Accepted new columns are
+        added (optional) and accepted promotions applied in one schema commit; a dropped column accepted
+        by ``evolve`` stays in the table and the batch's rows get nulls. ``open_schema``: see
+        :func:`classify`. Returns the (refreshed) table.
+        """
+        from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
+
+        changes = classify(table.schema(), schema, open_schema=open_schema)
+        if not changes:
             return table
-        log.info("adding columns %s to %s", [f.name for f in new], self.target.table)
+        enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=self.target.keys)
+        structural = {c.column.split(".")[0] for c in changes if c.kind in (ADDITIVE, WIDENING)}
+        dropped = [c.column for c in changes if c.kind not in (ADDITIVE, WIDENING)]
+        if dropped:
+            log.warning("batch of %s lacks columns %s; the table keeps them and the rows get nulls", self.target.table, dropped)
+        if not structural:
+            return table
+        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.kind in (ADDITIVE, WIDENING)))
+        current = table.schema().as_arrow()
+        # New columns, nested ones too, are optional (existing rows have no value); existing ones keep
+        # their nullability unless the change says otherwise. union_by_name never drops a column.
+        fields = [_optional_if_new(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in structural]
         with table.update_schema() as upd:
-            upd.union_by_name(_nullable(pa.schema(new)))
+            upd.union_by_name(pa.schema(fields))
         return table.refresh()
 
     # ------------------------------------------------------------------ commits
@@ -161,13 +188,24 @@ class TableWriter:
         run_id: str,
         replace_file: tuple[str, str] | None = None,
         table: Table | None = None,
+        truncate_at: list[Any] | None = None,
+        branch: str | None = None,
     ) -> WriteResult:
         """Write ``data`` in one commit with ``position`` and ``batch_id``; retried on conflicts.
 
         ``replace_file`` is ``(column, value)``: rows whose column equals value are replaced (a source file
         that changed). ``table`` is the table as the caller just loaded it (saves a reload on the first
-        attempt; retries always reload). Raises :class:`CommitConflictError` when conflicts outlast the retries and
-        :class:`TransientError` when the outcome stays unknown.
+        attempt; retries always reload). ``truncate_at`` (merge mode) empties the table in the same commit
+        before ``data`` is applied, and records the version so older rows never land later.
+        ``branch`` writes the commit on that branch instead of ``main``
+        (write-audit-publish): the branch must be at ``main``'s head (see
+        :func:`~icefield.write.branches.cut_branch`), the position goes into the snapshot summary
+        (``icefield.position``) for the publish to apply, and the batch id is looked up in the branch's
+        history; ``WriteResult.snapshot_id`` is then the branch's new head. A batch that changes no data
+        sets its position on the table directly (there is nothing to audit).
+        Raises :class:`CommitConflictError` when conflicts outlast the retries,
+        :class:`TransientError` when the outcome stays unknown and :class:`BranchMovedError` when
+        ``branch`` is not at ``main``'s head.
         """
         from pyiceberg.exceptions import (
             CommitFailedException,
@@ -188,11 +226,11 @@ class TableWriter:
                 if control and control in schema.names:
                     schema = schema.remove(schema.get_field_index(control))
                 table = self.create(schema)
-            done = find_batch(table, batch_id)
+            done = find_batch(table, batch_id, ref=branch or "main")
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             try:
-                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started)
+                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch)
             except (CommitFailedException, ValidationException) as e:
                 # Nothing landed (pyiceberg guarantees it for these two): replan on the new snapshot.
                 log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
@@ -201,7 +239,7 @@ class TableWriter:
             except unknown_outcome as e:
                 # Unknown outcome: the swap may or may not have landed. Look, never delete.
                 table = self.load()
-                if table is not None and (snap := find_batch(table, batch_id)) is not None:
+                if table is not None and (snap := find_batch(table, batch_id, ref=branch or "main")) is not None:
                     log.warning("commit of batch %s reported %r but landed as snapshot %s", batch_id, e, snap)
                     return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snap, False, time.perf_counter() - started)
                 raise TransientError(f"commit of batch {batch_id} to {self.target.table} failed: {e}; it stays pending, rerun to retry") from e
@@ -219,11 +257,19 @@ class TableWriter:
         run_id: str,
         replace_file: tuple[str, str] | None,
         started: float,
+        truncate_at: list[Any] | None = None,
+        branch: str | None = None,
     ) -> WriteResult:
+        from icefield.write.branches import MAIN, SUMMARY_POSITION, head_id
+
         summary = {SUMMARY_PIPELINE: self.pipeline, SUMMARY_BATCH_ID: batch_id, SUMMARY_RUN_ID: run_id}
+        if branch is not None and head_id(table, branch) != head_id(table):
+            raise BranchMovedError(
+                f"branch {branch!r} of {self.target.table} is at snapshot {head_id(table, branch)}, main at "
+                f"{head_id(table)}: cut it again before writing"
+            )
+        encoded = json.dumps(position, sort_keys=True, separators=(",", ":")) if position is not None else None
         tx = table.transaction()
-        if position is not None:
-            tx.set_properties({STATE_PREFIX + self.pipeline: json.dumps(position, sort_keys=True, separators=(",", ":"))})
         mode = self.target.mode
         added: list[Any] = []
         removed: list[Any] = []
@@ -231,9 +277,20 @@ class TableWriter:
         rows_written = data.num_rows
         conflict = None
         if mode == "merge":
-            plan = self.engine.merge(table, data, self.target, self.write_files)
+            graves = self.tombstone_writer()
+            data, rows_stale = self._after_truncation(table, data, truncate_at)
+            if truncate_at is not None:
+                tx.set_properties({TRUNCATED_AT: json.dumps(truncate_at)})
+                plan = self._truncate_plan(table, data)
+            else:
+                plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load() if graves else None)
+            plan.rows_stale += rows_stale
             added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
             rows_written, conflict = plan.rows_written, plan.conflict_filter
+            if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows:
+                # Recorded before the data commit: a tombstone that lands first only blocks versions older
+                # than a delete this batch applies on its rerun; the reverse order could resurrect a row.
+                graves.commit(plan.tombstones, f"{batch_id}#tombstones", None, run_id)
         else:
             if data.num_rows:
                 added = self.write_files(table, data)
@@ -244,13 +301,20 @@ class TableWriter:
                 # candidate files and rewrites those that also hold other rows (bounds alone can't tell).
                 from pyiceberg.expressions import EqualTo
 
-                tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary)  # type: ignore[call-arg,arg-type]
+                if table.current_snapshot() is not None:
+                    tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary, branch=branch or MAIN)  # type: ignore[call-arg,arg-type]
+        if encoded is not None:
+            if branch is not None and (added or removed):
+                # Audited: main's position moves only when the publish moves main's data.
+                summary[SUMMARY_POSITION] = encoded
+            else:
+                tx.set_properties({STATE_PREFIX + self.pipeline: encoded})
         failpoints.hit("after-data-files")
         if added or removed:
             if removed:
-                producer_cm = merge_overwrite(tx, summary, conflict)
+                producer_cm = merge_overwrite(tx, summary, conflict, branch=branch or MAIN)
             else:
-                producer_cm = tx.update_snapshot(snapshot_properties=summary).fast_append()
+                producer_cm = tx.update_snapshot(snapshot_properties=summary, branch=branch or MAIN).fast_append()
             with producer_cm as producer:
                 for f in removed:
                     producer.delete_data_file(f)
@@ -259,7 +323,7 @@ class TableWriter:
         failpoints.hit("before-commit")
         committed = tx.commit_transaction()
         failpoints.hit("after-commit")
-        snap = committed.current_snapshot() if (added or removed) else None
+        snap = (committed.snapshot_by_name(branch) if branch else committed.current_snapshot()) if (added or removed) else None
         return WriteResult(
             self.target.table,
             batch_id,
@@ -271,6 +335,51 @@ class TableWriter:
             False,
             time.perf_counter() - started,
         )
+
+    def _after_truncation(self, table: Table, data: pa.Table, truncate_at: list[Any] | None) -> tuple[pa.Table, int]:
+        """``data`` without the versions a truncate erased (not newer than the last truncate, or than
+        ``truncate_at``); returns the rows kept and the count dropped."""
+        order = self.target.order_columns
+        raw = table.metadata.properties.get(TRUNCATED_AT)
+        version = truncate_at if truncate_at is not None else (json.loads(raw) if raw else None)
+        if not self.target.keep_newest or version is None or not data.num_rows or not all(c in data.column_names for c in order):
+            return data, 0
+        keep = newer_than(data, order, version)
+        kept = data.filter(keep)
+        return kept, data.num_rows - kept.num_rows
+
+    def _truncate_plan(self, table: Table, data: pa.Table) -> MergePlan:
+        """A merge plan that removes every data file and writes the newest version of each key in
+        ``data`` that is not a delete (the table as it is after a truncate and then ``data``)."""
+        from pyiceberg.expressions import AlwaysTrue
+
+        from icefield.engines import MergePlan
+
+        t = self.target
+        batch = dedupe_latest(data, t.keys, t.order_columns)
+        plan = MergePlan(conflict_filter=AlwaysTrue())
+        if t.delete_column and t.delete_column in batch.column_names:
+            flag = pc.fill_null(batch.column(t.delete_column).cast(pa.bool_()), False)
+            if t.keep_newest and pc.any(flag).as_py():
+                plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
+            batch = batch.filter(pc.invert(flag)).drop([t.delete_column])
+        if table.current_snapshot() is not None:
+            plan.remove = [task.file for task in table.scan().plan_files()]
+        if batch.num_rows:
+            plan.add = self.write_files(table, batch.sort_by([(k, "ascending") for k in t.keys]))
+        plan.rows_written = plan.rows_inserted = batch.num_rows
+        return plan
+
+    def tombstone_writer(self) -> TableWriter | None:
+        """The writer of ``<table>__tombstones`` (deleted keys and the version that deleted them), kept for
+        ``keep_newest`` merges with deletes; None for other targets."""
+        t = self.target
+        if t.mode != "merge" or not t.keep_newest or not t.delete_column:
+            return None
+        from icefield.config.models import TargetConfig
+
+        target = TargetConfig(table=t.table + TOMBSTONE_SUFFIX, mode="merge", keys=t.keys, order_by=t.order_by, keep_newest=True)
+        return TableWriter(self.catalog, target, self.pipeline, self.engine)
 
     def write_files(self, table: Table, data: pa.Table) -> list[Any]:
         """Write ``data`` as Parquet data files of ``table`` (not yet committed), sorted by the target's
@@ -292,6 +401,22 @@ class TableWriter:
 
 def _record_key(record: Any) -> tuple[Any, ...]:
     return tuple(record[i] for i in range(len(record))) if record is not None else ()
+
+
+def _optional_if_new(f: pa.Field, existing: pa.Field | None) -> pa.Field:
+    """``f`` with every field the table lacks (at any depth of structs) made nullable."""
+    if existing is None:
+        return f.with_nullable(True).with_type(_all_optional(f.type))
+    if pa.types.is_struct(f.type) and pa.types.is_struct(existing.type):
+        children = [_optional_if_new(c, existing.type.field(c.name) if existing.type.get_field_index(c.name) >= 0 else None) for c in f.type]
+        return f.with_type(pa.struct(children))
+    return f
+
+
+def _all_optional(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(t):
+        return pa.struct([c.with_nullable(True).with_type(_all_optional(c.type)) for c in t])
+    return t
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:

@@ -33,16 +33,17 @@ class MergeOverwrite(_OverwriteFiles):
         _validate_added_data_files(self._transaction._table, window.head, self.conflict_filter, window.base)
 
 
-def merge_overwrite(tx: Transaction, snapshot_properties: dict[str, str], conflict_filter: BooleanExpression | None) -> Any:
-    """A :class:`MergeOverwrite` producer on ``tx``'s main branch (use it as a context manager)."""
+def merge_overwrite(
+    tx: Transaction, snapshot_properties: dict[str, str], conflict_filter: BooleanExpression | None, branch: str = "main"
+) -> Any:
+    """A :class:`MergeOverwrite` producer on ``tx``'s ``branch`` (default main; use it as a context manager)."""
     from pyiceberg.table.snapshots import Operation
-    from pyiceberg.table.update.snapshot import MAIN_BRANCH
 
     producer = MergeOverwrite(
         operation=Operation.OVERWRITE if tx.table_metadata.current_snapshot() is not None else Operation.APPEND,
         transaction=tx,
         io=tx._table.io,
-        branch=MAIN_BRANCH,
+        branch=branch,
         snapshot_properties=snapshot_properties,
     )
     producer.conflict_filter = conflict_filter

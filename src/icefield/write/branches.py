@@ -1,0 +1,200 @@
+"""Branch refs for write-audit-publish (DESIGN.md rule 6).
+
+A pipeline with error-severity gates writes each batch on its audit branch ``icefield-audit-<pipeline>``,
+cut from ``main``'s head. The batch's commit carries its source position in the snapshot summary
+(``icefield.position``), not in the table property, so ``main``'s position never runs ahead of ``main``'s
+data. Publishing fast-forwards ``main`` to the branch head and copies the positions into the table
+properties, in one atomic metadata swap that also asserts ``main`` has not moved: a commit another writer
+made on ``main`` meanwhile is never lost; the publish fails instead.
+
+A branch *holds* a batch when its head has commits that are not in ``main``'s history. A held branch blocks
+its pipeline until its gates pass on a rerun, or someone runs ``icefield publish`` or ``icefield discard``.
+Discarding only drops the ref: ``main`` and its position are as before, so the next run re-reads the batch
+from the source, and because batch ids are looked up in ``main``'s history only, it is written again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from icefield.errors import ConfigError, PublishConflictError
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+    from pyiceberg.table.metadata import TableMetadata
+    from pyiceberg.table.snapshots import Snapshot
+
+log = logging.getLogger(__name__)
+
+MAIN = "main"
+AUDIT_BRANCH_PREFIX = "icefield-audit-"
+SUMMARY_POSITION = "icefield.position"
+
+
+def audit_branch(pipeline: str) -> str:
+    """The audit branch of ``pipeline``."""
+    return AUDIT_BRANCH_PREFIX + pipeline
+
+
+def head_id(table: Table, ref: str = MAIN) -> int | None:
+    """The snapshot id ``ref`` points at, or None when the ref does not exist."""
+    r = table.metadata.refs.get(ref)
+    return r.snapshot_id if r is not None else None
+
+
+def ancestors(metadata: TableMetadata, snapshot_id: int | None) -> list[Snapshot]:
+    """``snapshot_id`` and its ancestors, newest first (stops where history was expired)."""
+    by_id = {s.snapshot_id: s for s in metadata.snapshots}
+    out: list[Snapshot] = []
+    current = by_id.get(snapshot_id) if snapshot_id is not None else None
+    while current is not None:
+        out.append(current)
+        current = by_id.get(current.parent_snapshot_id) if current.parent_snapshot_id is not None else None
+    return out
+
+
+def unpublished(table: Table, branch: str) -> list[Snapshot]:
+    """The snapshots on ``branch`` that ``main``'s history lacks, oldest first ([] when none)."""
+    if branch == MAIN or branch not in table.metadata.refs:
+        return []
+    published = {s.snapshot_id for s in ancestors(table.metadata, head_id(table))}
+    out = []
+    for s in ancestors(table.metadata, head_id(table, branch)):
+        if s.snapshot_id in published:
+            break
+        out.append(s)
+    return list(reversed(out))
+
+
+def is_held(table: Table, branch: str) -> bool:
+    """True when ``branch`` holds commits that are not on ``main``."""
+    return bool(unpublished(table, branch))
+
+
+def branches(table: Table) -> list[str]:
+    """The table's branches other than ``main``."""
+    return sorted(name for name, ref in table.metadata.refs.items() if name != MAIN and str(ref.snapshot_ref_type) == "branch")
+
+
+def held_branches(table: Table) -> list[str]:
+    """The branches (other than ``main``) that hold commits ``main`` lacks."""
+    return [b for b in branches(table) if is_held(table, b)]
+
+
+def cut_branch(table: Table, branch: str, force: bool = False) -> Table:
+    """Point ``branch`` at ``main``'s head so the next commit on it is a child of ``main``. Commits only
+    when the ref must move. A table without any snapshot first gets an empty one on ``main`` (Iceberg
+    refuses branch commits on a table with no snapshot; readers of the empty table see no difference).
+    Refuses to move a branch that holds unpublished commits unless ``force`` (the caller owns them: its own
+    batch being rebased). Returns the refreshed table."""
+    if not table.metadata.snapshots:
+        with table.transaction() as tx, tx.update_snapshot().fast_append():
+            pass
+        table = table.refresh()
+    main = head_id(table)
+    current = head_id(table, branch)
+    if current == main:
+        return table
+    if not force and is_held(table, branch):
+        raise ConfigError(
+            f"table {_name(table)}: branch {branch!r} holds unpublished commits; `icefield publish` or "
+            f"`icefield discard` it first"
+        )
+    ms = table.manage_snapshots()
+    if main is None:
+        ms.remove_branch(branch)
+    else:
+        ms.create_branch(main, branch)
+    ms.commit()
+    return table.refresh()
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a publish did: ``main`` moved from ``previous`` to ``snapshot_id`` (equal when nothing was held)
+    and the positions it copied into the table properties."""
+
+    table: str
+    branch: str
+    snapshot_id: int | None
+    previous: int | None
+    snapshots: list[int] = field(default_factory=list)
+    positions: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def moved(self) -> bool:
+        return self.snapshot_id != self.previous
+
+
+def publish(table: Table, branch: str) -> Published:
+    """Fast-forward ``main`` to ``branch``'s head and set the positions its unpublished commits carry, in
+    one commit that asserts ``main`` is where it was read. Returns :class:`Published` (``moved`` False when
+    the branch held nothing).
+
+    Raises :class:`PublishConflictError` when ``main`` has commits the branch lacks (another writer
+    committed after the branch was cut): fast-forwarding would drop them.
+    """
+    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.table.refs import SnapshotRefType
+
+    from icefield.write import STATE_PREFIX, SUMMARY_PIPELINE
+
+    if branch not in table.metadata.refs:
+        raise ConfigError(f"table {_name(table)} has no branch {branch!r} (branches: {', '.join(branches(table)) or 'none'})")
+    main = head_id(table)
+    head = head_id(table, branch)
+    todo = unpublished(table, branch)
+    if not todo:
+        return Published(_name(table), branch, main, main)
+    history = ancestors(table.metadata, head)
+    if main is not None and main not in {s.snapshot_id for s in history}:
+        raise _not_fast_forward(table, branch, main)
+    positions: dict[str, Any] = {}
+    for snap in todo:
+        summary = snap.summary
+        raw = summary[SUMMARY_POSITION] if summary is not None else None
+        pipeline = summary[SUMMARY_PIPELINE] if summary is not None else None
+        if raw is not None and pipeline is not None:
+            positions[pipeline] = json.loads(raw)
+    assert head is not None
+    tx = table.transaction()
+    if positions:
+        tx.set_properties({STATE_PREFIX + p: json.dumps(v, sort_keys=True, separators=(",", ":")) for p, v in positions.items()})
+    # The requirement that comes with it asserts main still points where we read it: compare-and-swap.
+    tx._stage(*tx._set_ref_snapshot(snapshot_id=head, ref_name=MAIN, type=SnapshotRefType.BRANCH))
+    try:
+        tx.commit_transaction()
+    except CommitFailedException as e:
+        table = table.refresh()
+        raise _not_fast_forward(table, branch, head_id(table)) from e
+    log.info("published %s: main %s -> %s (%d snapshots from %s)", _name(table), main, head, len(todo), branch)
+    return Published(_name(table), branch, head, main, [s.snapshot_id for s in todo], positions)
+
+
+def discard(table: Table, branch: str) -> list[int]:
+    """Drop ``branch``'s ref. Returns the ids of the unpublished snapshots it held (no longer reachable;
+    snapshot expiry removes them). ``main`` and its positions are untouched."""
+    if branch == MAIN:
+        raise ConfigError("refusing to discard 'main'; name an audit branch with --branch")
+    if branch not in table.metadata.refs:
+        raise ConfigError(f"table {_name(table)} has no branch {branch!r} (branches: {', '.join(branches(table)) or 'none'})")
+    dropped = [s.snapshot_id for s in unpublished(table, branch)]
+    table.manage_snapshots().remove_branch(branch).commit()
+    log.info("discarded branch %s of %s (%d unpublished snapshots)", branch, _name(table), len(dropped))
+    return dropped
+
+
+def _not_fast_forward(table: Table, branch: str, main: int | None) -> PublishConflictError:
+    name = _name(table)
+    return PublishConflictError(
+        f"table {name}: cannot publish branch {branch!r}: main (now snapshot {main}) has commits the branch "
+        f"lacks, so a fast-forward would drop them. Run `icefield discard {name} --branch {branch}` and rerun "
+        "the pipeline: the batch is read again from the source position on main and written on top of the new main"
+    )
+
+
+def _name(table: Table) -> str:
+    return ".".join(table.name())
