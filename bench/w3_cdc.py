@@ -357,6 +357,8 @@ def run() -> dict[str, Any]:
         label = "pyiceberg delete+upsert loop" + ("" if py.result.get("complete") else f" (stopped after {budget:.0f}s)")
         rows.append([label, round(py.seconds, 2), f"{py_rate:,.0f}", py.peak_rss_mb, "-"])
         doc["pyiceberg_events_per_s"] = round(py_rate)
+        doc["pyiceberg_events"] = py.result["events"]
+        doc["pyiceberg_s"] = round(py.seconds, 3)
     rows.append(["limit: confluent-kafka consume only", round(limit_s, 2), f"{delivered / limit_s:,.0f}", max(m.peak_rss_mb for m in consume if m), "-"])
     print_table(f"W3 CDC, {delivered:,} messages ({n_events:,} events + redeliveries) on {n_keys:,} keys", ["peer", "s", "events/s", "peak MB", "same as oracle"], rows)
     doc.update(icefield_s=round(ice_s, 3), icefield_events_per_s=round(ice_rate), consume_only_s=round(limit_s, 3), same_as_oracle=same,
