@@ -925,7 +925,7 @@ def _fast_column(col: pa.Array, target: pa.DataType | None) -> pa.Array | None:
         bounds = pc.min_max(col).as_py()
         if pa.types.is_floating(src) and max(abs(bounds["min"]), abs(bounds["max"])) >= _EXACT_DOUBLE:
             return None
-        exact_int = -(1 << 53) < bounds["min"] and bounds["max"] < (1 << 53)
+        exact_int = bounds["min"] > -(1 << 53) and bounds["max"] < (1 << 53)
     else:
         exact_int = True
     if target is None:
