@@ -186,7 +186,11 @@ def decode_events(
     if coords is not None and len(coords) != n:
         raise ValueError(f"decode_events: {len(coords)} coordinates for {n} values")
     if _FAST:
-        fast = _fast_decode(values, keys, table_schema, max_record_bytes, max_depth)
+        try:
+            fast = _fast_decode(values, keys, table_schema, max_record_bytes, max_depth)
+        except pa.ArrowException as e:  # e.g. pyarrow built an array it cannot read back: decode record by record
+            log.debug("debezium decode: the columnar path gave up (%s); decoding record by record", e)
+            fast = None
         if fast is not None:
             return fast
     decoder = _Decoder(keys, coords, table_schema, max_record_bytes, max_depth)
@@ -800,6 +804,10 @@ def _fast_decode(
         return None
     if "op" not in parsed.column_names or "source" not in parsed.column_names:
         return None
+    for name in ("before", "after"):
+        if name in parsed.column_names and not (pa.types.is_struct(parsed.schema.field(name).type) or pa.types.is_null(parsed.schema.field(name).type)):
+            return None
+    parsed.validate(full=True)  # raises on a malformed array rather than reading it
     op = parsed.column("op").combine_chunks()
     source = parsed.column("source").combine_chunks()
     if not pa.types.is_string(op.type) or op.null_count or not pa.types.is_struct(source.type) or source.null_count:
@@ -848,7 +856,7 @@ def _fast_decode(
     ops_list = op.to_pylist()
     first = next(p for p, o in enumerate(ops_list) if o in ROW_OPS)
     try:
-        doc = orjson.loads(present[first])
+        doc = orjson.loads(present[first])  # type: ignore[arg-type]
     except orjson.JSONDecodeError:  # pragma: no cover - pyarrow read it
         return None
     first_row = doc.get("before" if ops_list[first] == "d" else "after")
@@ -876,8 +884,8 @@ def _fast_decode(
             if key:
                 # The key only fills key columns the 'before' lacks; with all of them set it changes nothing.
                 for k in key:
-                    col = before_cols.get(k)
-                    if col is None or not col[p].is_valid:
+                    key_col = before_cols.get(k)
+                    if key_col is None or not key_col[p].is_valid:
                         return None
             elif not any(c is not None and c[p].is_valid for c in before_cols.values()):
                 return None  # an empty 'before' (or one of nulls only, which pyarrow cannot tell apart)
