@@ -185,6 +185,14 @@ def decode_events(
         raise ValueError(f"decode_events: {len(keys)} keys for {n} values; pass one key per value or none")
     if coords is not None and len(coords) != n:
         raise ValueError(f"decode_events: {len(coords)} coordinates for {n} values")
+    if _FAST:
+        try:
+            fast = _fast_decode(values, keys, table_schema, max_record_bytes, max_depth)
+        except pa.ArrowException as e:  # e.g. pyarrow built an array it cannot read back: decode record by record
+            log.debug("debezium decode: the columnar path gave up (%s); decoding record by record", e)
+            fast = None
+        if fast is not None:
+            return fast
     decoder = _Decoder(keys, coords, table_schema, max_record_bytes, max_depth)
     for i, value in enumerate(values):
         decoder.event(i, value)
@@ -724,3 +732,244 @@ def _raw(value: bytes | str | None) -> bytes | str:
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     return value
+
+
+# ------------------------------------------------------------------ the columnar fast path
+
+_FAST = True  # tests switch it off to compare with the record path
+_ENVELOPE_FIELDS = frozenset({"before", "after", "source", "op", "ts_ms", "ts_us", "ts_ns", "transaction"})
+_FAST_SEQUENCE = r'^\[(?:null|"(?P<commit>\d{1,18})"),"(?P<lsn>\d{1,18})"\]$'
+_DATE_LIKE = r"\d{4}-\d{2}-\d{2}"
+# Bytes pyarrow's parser reads but orjson refuses (NaN, Infinity), or that it may split lines on (\r),
+# or surrogate escapes (refused differently): any of them sends the batch to the record path.
+_FAST_REFUSED = (b"NaN", b"Infinity", b"\r")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_EXACT_DOUBLE = float(1 << 53)
+
+
+def _type_depth(t: pa.DataType) -> int:
+    if pa.types.is_struct(t):
+        return 1 + max((_type_depth(t.field(k).type) for k in range(t.num_fields)), default=0)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return 1 + _type_depth(t.value_type)
+    return 0
+
+
+def _struct_field(arr: pa.Array, name: str) -> pa.Array | None:
+    t = arr.type
+    if not pa.types.is_struct(t) or t.get_field_index(name) < 0:
+        return None
+    return arr.field(name)
+
+
+def _fast_decode(
+    values: Sequence[bytes | str | None],
+    keys: Sequence[bytes | str | None] | None,
+    table_schema: pa.Schema | None,
+    max_record_bytes: int,
+    max_depth: int,
+) -> DecodedEvents | None:
+    """A batch of schema-less envelopes decoded column-wise with pyarrow's JSON reader, exactly as the
+    record path would decode it, or None whenever that cannot be proven (the caller then decodes it
+    record by record): the result has no rejections and no notes by construction."""
+    import io
+
+    import pyarrow.json as pj
+
+    n = len(values)
+    index = [i for i, v in enumerate(values) if v is not None]
+    present = values if len(index) == n else [values[i] for i in index]
+    m = len(present)
+    if not m:
+        return None
+    for v in present:
+        # One object per value (pyarrow's reader crashes on a first line of 'null'), and no embedded
+        # schema (the record path plans it once).
+        if type(v) is not bytes or v[:1] != b"{" or v[-1:] != b"}" or v.startswith(_HEAD):
+            return None
+    if max(map(len, present)) > max_record_bytes:  # type: ignore[arg-type]
+        return None
+    buf = b"\n".join(present)  # type: ignore[arg-type]
+    if buf.count(b"\n") != m - 1 or any(b in buf for b in _FAST_REFUSED) or (b"\\u" in buf and _SURROGATE.search(buf)):
+        return None
+    try:
+        read = pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(buf) + 1))
+        parsed = pj.read_json(io.BytesIO(buf), read_options=read)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
+        return None
+    # A value that does not hold exactly one JSON object would not give exactly one row.
+    if parsed.num_rows != m or not set(parsed.column_names) <= _ENVELOPE_FIELDS:
+        return None
+    if _type_depth(pa.struct(list(parsed.schema))) > max_depth:
+        return None
+    if "op" not in parsed.column_names or "source" not in parsed.column_names:
+        return None
+    for name in ("before", "after"):
+        if name in parsed.column_names and not (pa.types.is_struct(parsed.schema.field(name).type) or pa.types.is_null(parsed.schema.field(name).type)):
+            return None
+    parsed.validate(full=True)  # raises on a malformed array rather than reading it
+    op = parsed.column("op").combine_chunks()
+    source = parsed.column("source").combine_chunks()
+    if not pa.types.is_string(op.type) or op.null_count or not pa.types.is_struct(source.type) or source.null_count:
+        return None
+    empty = pa.nulls(m)
+    after = parsed.column("after").combine_chunks() if "after" in parsed.column_names else empty
+    before = parsed.column("before").combine_chunks() if "before" in parsed.column_names else empty
+    if not all(pa.types.is_struct(a.type) or pa.types.is_null(a.type) for a in (after, before)):
+        return None
+    counts = {d["values"]: d["counts"] for d in pc.value_counts(op).to_pylist()}
+    if not set(counts) <= OPS or not counts.keys() & ROW_OPS:
+        return None
+
+    # Position, commit time and transaction: as the record path reads them, or fall back.
+    seq = _struct_field(source, "sequence")
+    if seq is None or not pa.types.is_string(seq.type) or seq.null_count:
+        return None
+    if not pc.all(pc.match_substring_regex(seq, _FAST_SEQUENCE)).as_py():
+        return None
+    parts = pc.extract_regex(seq, _FAST_SEQUENCE)
+    commit_text = parts.field("commit")
+    commits = pc.cast(pc.if_else(pc.equal(commit_text, ""), "0", commit_text), pa.int64())  # a snapshot's is null
+    lsns = pc.cast(parts.field("lsn"), pa.int64())
+    stamps = []
+    for arr in (_struct_field(source, "ts_ms"), parsed.column("ts_ms").combine_chunks() if "ts_ms" in parsed.column_names else None):
+        if arr is None or pa.types.is_null(arr.type):
+            continue
+        if not pa.types.is_int64(arr.type):
+            return None
+        stamps.append(arr)
+    ts = pc.coalesce(*stamps) if stamps else pa.nulls(m, pa.int64())
+    txid = _struct_field(source, "txId")
+    if txid is None or pa.types.is_null(txid.type):
+        txid = pa.nulls(m, pa.int64())
+    elif not pa.types.is_int64(txid.type):
+        return None
+
+    is_delete = pc.equal(op, "d")
+    is_row = pc.is_in(op, pa.array(sorted(ROW_OPS)))
+    positions = pc.indices_nonzero(is_row)
+    # c/u/r carry their row in 'after', d in 'before' (a truncate in neither).
+    if pc.any(pc.and_(pc.and_not(is_row, is_delete), after.is_null())).as_py():
+        return None
+    if counts.get("d") and pc.any(pc.and_(is_delete, before.is_null())).as_py():
+        return None
+    ops_list = op.to_pylist()
+    first = next(p for p, o in enumerate(ops_list) if o in ROW_OPS)
+    try:
+        doc = orjson.loads(present[first])  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:  # pragma: no cover - pyarrow read it
+        return None
+    first_row = doc.get("before" if ops_list[first] == "d" else "after")
+    if type(first_row) is not dict or not first_row:
+        return None
+    # The record path's columns are the rows' keys in order of first appearance; pyarrow cannot tell a
+    # missing key from a null, so take them from the first row and require every other row's to be among them.
+    names = list(first_row)
+    known = set(names)
+    for arr in (after, before):
+        if pa.types.is_struct(arr.type) and not {arr.type.field(k).name for k in range(arr.type.num_fields)} <= known:
+            return None
+    if known & set(META_COLUMNS):
+        return None
+
+    decoder = _Decoder(keys, None, table_schema, max_record_bytes, max_depth)
+    deletes = [p for p, o in enumerate(ops_list) if o == "d"]
+    if deletes:
+        before_cols = {name: _struct_field(before, name) for name in names}
+        for p in deletes:
+            try:
+                key = decoder._key(index[p])
+            except _Reject:
+                key = None
+            if key:
+                # The key only fills key columns the 'before' lacks; with all of them set it changes nothing.
+                for k in key:
+                    key_col = before_cols.get(k)
+                    if key_col is None or not key_col[p].is_valid:
+                        return None
+            elif not any(c is not None and c[p].is_valid for c in before_cols.values()):
+                return None  # an empty 'before' (or one of nulls only, which pyarrow cannot tell apart)
+
+    cols: dict[str, pa.Array] = {}
+    for name in names:
+        a, b = _struct_field(after, name), _struct_field(before, name)
+        kinds = {x.type for x in (a, b) if x is not None and not pa.types.is_null(x.type)}
+        if len(kinds) > 1:
+            return None
+        src = kinds.pop() if kinds else pa.null()
+        if pa.types.is_null(src):
+            col: pa.Array = pa.nulls(len(positions), src)
+        else:
+            a = a if a is not None and not pa.types.is_null(a.type) else pa.nulls(m, src)
+            b = b if b is not None and not pa.types.is_null(b.type) else pa.nulls(m, src)
+            col = pc.if_else(is_delete, b, a).take(positions)
+        typed = _fast_column(col, decoder.table_types.get(name))
+        if typed is None:
+            return None
+        cols[name] = typed
+    cols[OP] = op.take(positions)
+    cols[SEQ_COMMIT] = commits.take(positions)
+    cols[SEQ_LSN] = lsns.take(positions)
+    cols[TS_MS] = ts.take(positions)
+    cols[TXID] = txid.take(positions)
+    cols[INDEX] = pa.array(index, pa.int64()).take(positions)
+    truncates: list[Truncate] = []
+    if counts.get("t"):
+        ts_list, commit_list, lsn_list = ts.to_pylist(), commits.to_pylist(), lsns.to_pylist()
+        truncates = [Truncate(index[p], commit_list[p], lsn_list[p], ts_list[p]) for p, o in enumerate(ops_list) if o == "t"]
+    return DecodedEvents(
+        rows=pa.table(cols),
+        truncates=truncates,
+        tombstones=[i for i, v in enumerate(values) if v is None] if m < n else [],
+        key_columns=decoder._key_columns(),
+    )
+
+
+def _fast_column(col: pa.Array, target: pa.DataType | None) -> pa.Array | None:
+    """Column ``col`` (as pyarrow parsed it) typed as the record path types it, or None when unsure."""
+    src = col.type
+    if (pa.types.is_floating(src) or pa.types.is_integer(src)) and col.null_count < len(col):
+        # Past 2**53 an integer and a double may differ; NaN and infinities were refused earlier.
+        bounds = pc.min_max(col).as_py()
+        if pa.types.is_floating(src) and max(abs(bounds["min"]), abs(bounds["max"])) >= _EXACT_DOUBLE:
+            return None
+        exact_int = bounds["min"] > -(1 << 53) and bounds["max"] < (1 << 53)
+    else:
+        exact_int = True
+    if target is None:
+        if pa.types.is_null(src):
+            return pa.nulls(len(col), pa.string())
+        if pa.types.is_int64(src) or pa.types.is_boolean(src):
+            return col
+        if pa.types.is_float64(src):
+            # The record path makes a double column only if some value was written with a fraction or an
+            # exponent; pyarrow reads 1 and 1.0 alike, so that is only certain when some value is not whole.
+            if col.null_count == len(col) or pc.all(pc.equal(col, pc.floor(col))).as_py():
+                return None
+            return col
+        if pa.types.is_string(src):
+            if not pc.any(pc.match_substring_regex(col, _DATE_LIKE)).as_py():
+                return col
+            # As _infer and _iso_timestamps decide it; anything else (dates, mixed text) record by record.
+            if pc.all(pc.match_substring_regex(col, ISO_TIMESTAMP.pattern)).as_py() and not pc.any(
+                pc.match_substring_regex(col, r"^\d{4}-\d{2}-\d{2}$")
+            ).as_py():
+                zoned = pc.any(pc.match_substring_regex(col, r"(Z|[+-]\d{2}:?\d{2})$")).as_py()
+                return _iso_timestamps((), pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us"), col)
+        return None
+    if pa.types.is_null(src):
+        return pa.nulls(len(col), target)
+    if pa.types.is_timestamp(target) and pa.types.is_string(src):
+        return _iso_timestamps((), target, col)
+    if pa.types.is_integer(target) and pa.types.is_int64(src):
+        try:
+            return col.cast(target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+    if pa.types.is_float64(target) and (pa.types.is_float64(src) or pa.types.is_int64(src)):
+        if not exact_int:
+            return None
+        return col.cast(target)
+    if (pa.types.is_boolean(target) and pa.types.is_boolean(src)) or (pa.types.is_string(target) and pa.types.is_string(src)):
+        return col
+    return None
