@@ -143,7 +143,8 @@ def _project(root: Path, bootstrap: str, batch: int, wait: float) -> Any:
     (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "w3", "batch_size": batch}))
     pipe = {
         "name": "orders_cdc",
-        "source": {"type": "debezium", "topic": TOPIC, "bootstrap_servers": bootstrap, "max_wait_seconds": wait},
+        # A fresh consumer group per run: a group's committed offsets are where a table without a position starts.
+        "source": {"type": "debezium", "topic": TOPIC, "bootstrap_servers": bootstrap, "max_wait_seconds": wait, "group_id": f"w3-{time.time_ns()}"},
         "target": {"table": "cdc.orders", "keys": ["id"]},
     }
     (root / "pipelines" / "orders_cdc.yaml").write_text(yaml.safe_dump(pipe))
