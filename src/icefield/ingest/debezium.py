@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,7 +33,7 @@ from icefield.config.models import (
     DebeziumSourceConfig,
 )
 from icefield.errors import ConfigError
-from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
+from icefield.ingest import LazyStrings, Rejected, Source, SourceBatch, SourceCapabilities
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
@@ -132,8 +132,9 @@ class DebeziumSource(Source):
             reader.stop()
         reader.open(position)
         for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
-            keys = [m.key() for m in mb.messages]
-            coords = [mb.coords(i) for i in range(len(mb))]
+            # Keys and coordinates are read from a message only when needed (a delete's key, a rejection).
+            keys = _MessageKeys(mb.messages)
+            coords = LazyStrings(len(mb), mb.coords)
             yield self._batch(mb.values, keys, coords, mb.position, mb.key, schema)
 
     def stop(self) -> None:
@@ -155,14 +156,13 @@ class DebeziumSource(Source):
 
     def _batch(
         self,
-        values: list[bytes | None],
-        keys: list[bytes | None] | None,
-        coords: list[str],
+        values: Sequence[bytes | None],
+        keys: Sequence[bytes | None] | None,
+        coords: Sequence[str],
         position: dict[str, Any],
         key: str,
         schema: pa.Schema | None,
     ) -> SourceBatch:
-        from icefield.ingest import LazyStrings as _Lazy
         from icefield.ingest.debezium_codec import decode_events, escape_raw
 
         decoded = decode_events(values, keys, coords=coords, table_schema=_user_schema(schema), max_record_bytes=self.cfg.max_record_bytes)
@@ -174,8 +174,8 @@ class DebeziumSource(Source):
             v = values[i]
             return "null" if v is None else escape_raw(v)
 
-        raw = _Lazy(len(idx), raw_of, idx)
-        row_coords = _Lazy(len(idx), lambda i: coords[i], idx)
+        raw = LazyStrings(len(idx), raw_of, idx)
+        row_coords = LazyStrings(len(idx), lambda i: coords[i], idx)
         return SourceBatch(
             data=data,
             position=position,
@@ -208,6 +208,26 @@ class DebeziumSource(Source):
             return path.resolve().relative_to(self.root.resolve()).as_posix()
         except ValueError:
             return path.resolve().as_posix()
+
+
+class _MessageKeys(Sequence[bytes | None]):
+    """The keys of Kafka messages, each read from its message when asked for."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self._messages = messages
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @overload
+    def __getitem__(self, i: int) -> bytes | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes | None]: ...
+    def __getitem__(self, i: int | slice) -> bytes | None | Sequence[bytes | None]:
+        if isinstance(i, slice):
+            return [m.key() for m in self._messages[i]]
+        key: bytes | None = self._messages[i].key()
+        return key
 
 
 def to_rows(decoded: DecodedEvents) -> tuple[pa.Table, int, list[int] | None]:
