@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import ServiceStartError, StackError, file_lock
-from .jvm import JavaService, find_java, read_port_env
+from .jvm import JavaService, find_java, properties_text, read_port_env
 from .kafka import KAFKA_VERSION, Kafka, maven_properties
 from .maven import POMS_DIR, cache_dir, copy_dependencies, ensure_artifact
 
@@ -107,6 +107,7 @@ class Connect(JavaService):
     """
 
     name = "connect"
+    main_class = "org.apache.kafka.connect.cli.ConnectDistributed"
 
     def __init__(
         self,
@@ -130,8 +131,6 @@ class Connect(JavaService):
         self.heap = heap
         self.version = version
         self.debezium_version = debezium_version
-        self._java: str | None = None
-        self._libs: Path | None = None
         self._plugins: Path | None = None
 
     @property
@@ -184,20 +183,7 @@ class Connect(JavaService):
             # Debezium ships ServiceLoader manifests: skip the slow reflective scan of every jar.
             "plugin.discovery": "service_load",
         }
-        lines = ["# Written by stack/connect.py at every start: change the launcher, not this file."]
-        lines += [f"{k}={v}" for k, v in settings.items()]
-        return "\n".join(lines) + "\n"
-
-    def command(self) -> list[str]:
-        assert self._java is not None and self._libs is not None, "install() first"
-        return [
-            self._java,
-            *self.jvm_options(),
-            "-cp",
-            f"{self._libs}/*",
-            "org.apache.kafka.connect.cli.ConnectDistributed",
-            str(self.config_file),
-        ]
+        return properties_text(settings, "stack/connect.py")
 
     def probe(self) -> bool:
         """True once ``GET /health`` is 200; raises if the worker runs without the Debezium plugin."""

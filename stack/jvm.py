@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from .base import (
     Service,
@@ -113,6 +114,11 @@ class JavaService(Service):
     """
 
     heap: str = "512m"
+    main_class: ClassVar[str]
+    """The server's Java main class; :meth:`command` runs it with :attr:`config_file` as its argument."""
+    # Set by install(): the java executable and the folder of the server's jars.
+    _java: str | None = None
+    _libs: Path | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -132,9 +138,15 @@ class JavaService(Service):
     def prepare(self) -> None:
         """Write the configuration (and format storage) before a start; runs under the lock."""
 
+    @property
     @abc.abstractmethod
+    def config_file(self) -> Path:
+        """The properties file :meth:`prepare` writes and the server reads."""
+
     def command(self) -> list[str]:
-        """Return the full ``java ...`` argv of the server."""
+        """Return the full ``java ...`` argv of the server: its jars, :attr:`main_class` and config file."""
+        assert self._java is not None and self._libs is not None, "install() first"
+        return [self._java, *self.jvm_options(), "-cp", f"{self._libs}/*", self.main_class, str(self.config_file)]
 
     @abc.abstractmethod
     def probe(self) -> bool:
@@ -255,6 +267,13 @@ class JavaService(Service):
         if not pid_alive(pid) or process_name(pid) not in (None, "java"):
             return None
         return pid
+
+
+def properties_text(settings: Mapping[str, str], written_by: str) -> str:
+    """A Java properties file of ``settings``, headed by a note that ``written_by`` rewrites it at every start."""
+    lines = [f"# Written by {written_by} at every start: change the launcher, not this file."]
+    lines += [f"{k}={v}" for k, v in settings.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _megabytes(size: str) -> float:

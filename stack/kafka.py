@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .base import LOCALHOST, StackError, run_command
-from .jvm import LOG4J2_CONFIG, JavaService, find_java, read_port_env
+from .jvm import LOG4J2_CONFIG, JavaService, find_java, properties_text, read_port_env
 from .maven import POMS_DIR, cache_dir, copy_dependencies
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Kafka(JavaService):
     """
 
     name = "kafka"
+    main_class = "kafka.Kafka"
 
     def __init__(
         self,
@@ -103,8 +104,6 @@ class Kafka(JavaService):
             raise StackError(f"Kafka's broker and controller ports must differ (both {self._port})")
         self.heap = heap
         self.version = version
-        self._libs: Path | None = None
-        self._java: str | None = None
 
     @property
     def port(self) -> int:
@@ -181,20 +180,7 @@ class Kafka(JavaService):
             "log.retention.hours": "24",
             "log.segment.bytes": str(256 << 20),
         }
-        lines = ["# Written by stack/kafka.py at every start: change the launcher, not this file."]
-        lines += [f"{k}={v}" for k, v in settings.items()]
-        return "\n".join(lines) + "\n"
-
-    def command(self) -> list[str]:
-        assert self._java is not None and self._libs is not None, "install() first"
-        return [
-            self._java,
-            *self.jvm_options(),
-            "-cp",
-            f"{self._libs}/*",
-            "kafka.Kafka",
-            str(self.config_file),
-        ]
+        return properties_text(settings, "stack/kafka.py")
 
     def _format(self) -> None:
         """Format the log dir with a fresh cluster id (``kafka.tools.StorageTool``)."""

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .base import LOCALHOST, ServiceNotInstalled, StackError, file_lock, run_command
+from .base import LOCALHOST, ServiceNotInstalled, StackError, file_lock
+from .jvm import java_major
 from .maven import (  # noqa: F401 - CACHE_ENV, MAVEN_DEPENDENCY_PLUGIN: re-exported for callers
     CACHE_ENV,
     MAVEN_DEPENDENCY_PLUGIN,
@@ -72,7 +73,6 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000
 """How long a SQLite catalog connection waits for a lock (both sides: icefield uses the same 60 s)."""
 
 _COORD = re.compile(r"^([\w.\-]+):([\w.\-]+):([\w.\-]+)$")
-_JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
 
 
 class SparkNotInstalled(ServiceNotInstalled):
@@ -214,18 +214,6 @@ def enable_sqlite_wal(db_path: Path) -> None:
 # -------------------------------------------------------------------------------------- Java
 
 
-def _java_major(java: str) -> int | None:
-    try:
-        out = run_command([java, "-version"], timeout=30, check=False)
-    except StackError:
-        return None
-    m = _JAVA_VERSION.search(out.stderr + out.stdout)
-    if not m:
-        return None
-    major = int(m.group(1))
-    return int(m.group(2) or 0) if major == 1 else major  # "1.8.0" is Java 8
-
-
 def _ensure_java() -> str:
     """Make the JVM that pyspark launches a supported one; return the ``java`` used.
 
@@ -235,12 +223,12 @@ def _ensure_java() -> str:
     """
     home = os.environ.get("JAVA_HOME")
     current = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if current and _java_major(current) in SUPPORTED_JAVA:
+    if current and java_major(current) in SUPPORTED_JAVA:
         return current
     for major in SUPPORTED_JAVA:
         for candidate in sorted(Path("/usr/lib/jvm").glob(f"*-{major}-*")) + sorted(Path("/usr/lib/jvm").glob(f"*{major}*")):
             java = candidate / "bin" / "java"
-            if java.is_file() and _java_major(str(java)) == major:
+            if java.is_file() and java_major(str(java)) == major:
                 logger.info("using %s for Spark (JAVA_HOME=%s was %s)", java, candidate, home)
                 os.environ["JAVA_HOME"] = str(candidate)
                 return str(java)

@@ -15,6 +15,8 @@ from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.write import TOMBSTONE_SUFFIX, TableWriter
+from reliability.test_merge_path import counts as count_rows
+from reliability.test_merge_path import rows
 
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.string()), ("commit_lsn", pa.int64()), ("lsn", pa.int64()), ("_deleted", pa.bool_())])
 Event = tuple[int, str | None, int, int]  # key, value (None: delete), commit LSN, LSN
@@ -51,15 +53,8 @@ def oracle_of(events: list[Event]) -> dict[int, str]:
 
 
 def counts(writer: TableWriter, oracle: dict[int, str]) -> tuple[int, int, int, int]:
-    table = writer.load()
-    got: dict[int, list[str]] = {}
-    for r in [] if table is None else table.scan().to_arrow().to_pylist():
-        got.setdefault(r["k"], []).append(r["v"])
-    lost = sum(1 for k in oracle if k not in got)
-    duplicated = sum(len(v) - 1 for v in got.values())
-    unexpected = sum(1 for k in got if k not in oracle)
-    divergent = sum(1 for k, v in got.items() if k in oracle and v[0] != oracle[k])
-    return lost, duplicated, unexpected, divergent
+    """Lost, duplicated, unexpected and divergent rows of the writer's table against ``oracle``."""
+    return count_rows(rows(writer), oracle)
 
 
 def history(rng: random.Random, keys: int, transactions: int) -> list[Event]:
@@ -232,15 +227,6 @@ def test_c1_to_c4_through_the_debezium_decoder_and_the_pipeline(tmp_path: Path, 
     catalog = open_catalog(project)
     result = run_pipeline(project, "users", catalog)
     assert result.conserved
-    oracle = oracle_of(snapshot + events)
-    got: dict[int, list[str]] = {}
-    for r in catalog.load_table("cdc.users").scan().to_arrow().to_pylist():
-        got.setdefault(r["k"], []).append(r["v"])
-    c = (
-        sum(1 for k in oracle if k not in got),
-        sum(len(v) - 1 for v in got.values()),
-        sum(1 for k in got if k not in oracle),
-        sum(1 for k, v in got.items() if k in oracle and v[0] != oracle[k]),
-    )
+    c = count_rows(catalog.load_table("cdc.users").scan().to_arrow().to_pylist(), oracle_of(snapshot + events))
     print(f"seed={seed} messages={len(lines)} batches={len(result.batches)} lost={c[0]} duplicated={c[1]} unexpected={c[2]} divergent={c[3]}")
     assert c == (0, 0, 0, 0)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles
-from icefield.write.versions import dedupe_latest, newer_mask
+from icefield.write.versions import dedupe_latest, newer_mask, split_deletes
 
 if TYPE_CHECKING:
     import duckdb
@@ -134,12 +134,7 @@ class LocalEngine(Engine):
         keys = list(target.keys)
         order = target.order_columns
         batch = dedupe_latest(_as_table_types(table, data), keys, order)
-        control = target.delete_column
-        if control and control in batch.column_names:
-            flag = pc.fill_null(batch.column(control).cast(pa.bool_()), False)
-            batch = batch.drop([control])
-        else:
-            flag = pa.array([False] * batch.num_rows, pa.bool_())
+        batch, flag = split_deletes(batch, target.delete_column)
         plan = MergePlan(conflict_filter=conflict_filter(batch.select(keys), keys))
         if batch.num_rows == 0:
             return plan

@@ -11,6 +11,7 @@ import importlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import pyarrow as pa
@@ -115,6 +116,26 @@ class LazyStrings(Sequence[str]):
         if not 0 <= i < self._n:
             raise IndexError(i)
         return self._get(self._index[i] if self._index is not None else i)
+
+
+def match_files(root: Path, pattern: str) -> list[Path]:
+    """The files matching the glob ``pattern`` (relative to ``root`` unless absolute), in name order."""
+    base = Path(pattern)
+    if base.is_absolute():
+        anchor = Path(base.anchor)
+        matches = anchor.glob(str(base.relative_to(anchor)))
+    else:
+        matches = root.glob(pattern)
+    return sorted(p for p in matches if p.is_file())
+
+
+def relative_name(root: Path, path: Path) -> str:
+    """``path`` relative to ``root`` (POSIX form), or its absolute form when outside ``root``: the name a
+    file has in source positions and coordinates."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 import pyarrow as pa
@@ -33,7 +32,15 @@ from icefield.config.models import (
     DebeziumSourceConfig,
 )
 from icefield.errors import ConfigError
-from icefield.ingest import LazyStrings, Rejected, Source, SourceBatch, SourceCapabilities
+from icefield.ingest import (
+    LazyStrings,
+    Rejected,
+    Source,
+    SourceBatch,
+    SourceCapabilities,
+    match_files,
+    relative_name,
+)
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
@@ -75,8 +82,8 @@ class DebeziumSource(Source):
         lines: list[bytes | None] = []
         coords: list[str] = []
         spans: dict[str, tuple[int, int]] = {}
-        for path in self._list_files():
-            rel = self._rel(path)
+        for path in match_files(self.root, self.cfg.path or ""):
+            rel = relative_name(self.root, path)
             start = offsets.get(rel, 0)
             size = path.stat().st_size
             if start > size:
@@ -190,25 +197,6 @@ class DebeziumSource(Source):
             # A delete under REPLICA IDENTITY DEFAULT carries only the key: absent columns are not dropped.
             open_schema=True,
         )
-
-    # ------------------------------------------------------------------ files
-
-    def _list_files(self) -> list[Path]:
-        pattern = self.cfg.path or ""
-        base = Path(pattern)
-        if base.is_absolute():
-            anchor = Path(base.anchor)
-            matches = anchor.glob(str(base.relative_to(anchor)))
-        else:
-            matches = self.root.glob(pattern)
-        return sorted(p for p in matches if p.is_file())
-
-    def _rel(self, path: Path) -> str:
-        try:
-            return path.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return path.resolve().as_posix()
-
 
 class _MessageKeys(Sequence[bytes | None]):
     """The keys of Kafka messages, each read from its message when asked for."""

@@ -26,7 +26,15 @@ import pyarrow.parquet as pq
 
 from icefield.config.models import FilesSourceConfig
 from icefield.errors import ConfigError, SourceError
-from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch
+from icefield.ingest import (
+    Rejected,
+    Source,
+    SourceBatch,
+    SourceCapabilities,
+    match_files,
+    rebatch,
+    relative_name,
+)
 from icefield.quality.coerce import cast_column, infer_type, parse_type, records_to_table
 
 if TYPE_CHECKING:
@@ -73,20 +81,7 @@ class FilesSource(Source):
             )
 
     def list_files(self) -> list[Path]:
-        pattern = self.cfg.path
-        base = Path(pattern)
-        if base.is_absolute():
-            anchor = Path(base.anchor)
-            matches = anchor.glob(str(base.relative_to(anchor)))
-        else:
-            matches = self.root.glob(pattern)
-        return sorted(p for p in matches if p.is_file())
-
-    def _rel(self, path: Path) -> str:
-        try:
-            return path.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return path.resolve().as_posix()
+        return match_files(self.root, self.cfg.path)
 
     def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
         state = position or {}
@@ -95,7 +90,7 @@ class FilesSource(Source):
         self._learned: dict[str, pa.DataType] = {}
         self._schema = schema
         for path in self.list_files():
-            rel = self._rel(path)
+            rel = relative_name(self.root, path)
             fp = fingerprint(path)
             previous = loaded.get(rel)
             if previous == fp:

@@ -136,7 +136,10 @@ class _Run:
         self.registered.add(ident)
         return True
 
-    def add(self, gate: Any, value: float | None, threshold: str, ok: bool, message: str, error: bool = False) -> None:
+    def add(
+        self, gate: Any, value: float | None, threshold: str, ok: bool, message: str, error: bool = False, check: str | None = None
+    ) -> None:
+        """Record one result of ``gate`` (``check`` names it when a gate gives several, e.g. a suite)."""
         status = "error" if error else "pass" if ok else ("fail" if gate.severity == "error" else "warn")
         self.append(
             gate,
@@ -145,7 +148,7 @@ class _Run:
                 table=self.ctx.table_name,
                 snapshot_id=self.ctx.snapshot_id,
                 branch=self.ctx.branch,
-                check=gate.name or gate.default_name(),
+                check=check or gate.name or gate.default_name(),
                 kind=gate.kind,
                 value=None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
                 threshold=threshold,
@@ -390,24 +393,8 @@ def _expectations(run: _Run, gate: ExpectationsGate) -> None:
         path = run.ctx.root / path
     data = run.con.sql(f"SELECT * FROM {run.view}").to_arrow_table()
     for outcome in run_suite(path, data):
-        run.append(
-            gate,
-            CheckResult(
-                pipeline=run.ctx.pipeline,
-                table=run.ctx.table_name,
-                snapshot_id=run.ctx.snapshot_id,
-                branch=run.ctx.branch,
-                check=f"{gate.name}:{outcome.name}",
-                kind="expectations",
-                value=outcome.value,
-                threshold=outcome.threshold,
-                status="pass" if outcome.success else ("error" if outcome.error else "fail" if gate.severity == "error" else "warn"),
-                severity=gate.severity,
-                message=outcome.message,
-                checked_at=run.now,
-                run_id=run.ctx.run_id,
-            ),
-        )
+        ok = outcome.success
+        run.add(gate, outcome.value, outcome.threshold, ok, outcome.message, error=outcome.error and not ok, check=f"{gate.name}:{outcome.name}")
 
 
 # ------------------------------------------------------------------------------------ entry point

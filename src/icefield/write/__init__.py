@@ -25,7 +25,7 @@ from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
 from icefield.write.producers import merge_overwrite
-from icefield.write.versions import dedupe_latest, newer_than
+from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -358,11 +358,10 @@ class TableWriter:
         t = self.target
         batch = dedupe_latest(data, t.keys, t.order_columns)
         plan = MergePlan(conflict_filter=AlwaysTrue())
-        if t.delete_column and t.delete_column in batch.column_names:
-            flag = pc.fill_null(batch.column(t.delete_column).cast(pa.bool_()), False)
-            if t.keep_newest and pc.any(flag).as_py():
-                plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
-            batch = batch.filter(pc.invert(flag)).drop([t.delete_column])
+        batch, flag = split_deletes(batch, t.delete_column)
+        if t.keep_newest and pc.any(flag).as_py():
+            plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
+        batch = batch.filter(pc.invert(flag))
         if table.current_snapshot() is not None:
             plan.remove = [task.file for task in table.scan().plan_files()]
         if batch.num_rows:

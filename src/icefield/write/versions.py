@@ -7,7 +7,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["dedupe_latest", "newer_mask", "newer_than"]
+__all__ = ["dedupe_latest", "newer_mask", "newer_than", "split_deletes"]
 
 
 def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | None) -> pa.Table:
@@ -47,3 +47,12 @@ def newer_than(data: pa.Table, order: list[str], version: list[Any]) -> pa.Chunk
     """True for the rows of ``data`` whose ``order`` columns are strictly newer than ``version``."""
     olds = [pa.array([v] * data.num_rows, data.schema.field(c).type) for c, v in zip(order, version, strict=True)]
     return newer_mask([data.column(c) for c in order], olds)
+
+
+def split_deletes(data: pa.Table, delete_column: str | None) -> tuple[pa.Table, pa.Array | pa.ChunkedArray]:
+    """``data`` without its delete flag column, and the flag (True: the row deletes its key; a NULL flag or
+    no such column means an upsert)."""
+    if delete_column and delete_column in data.column_names:
+        flag = pc.fill_null(data.column(delete_column).cast(pa.bool_()), False)
+        return data.drop([delete_column]), flag
+    return data, pa.repeat(False, data.num_rows)
