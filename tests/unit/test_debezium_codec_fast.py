@@ -137,6 +137,9 @@ FALLBACKS = {
     "delete with a null before": lambda v: [*v[:3], envelope("d", None, before=None, lsn=50), *v[4:]],
     "meta column in a row": lambda v: [v[0].replace(b'"name":', b'"__op":'), *v[1:]],
     "only truncates and tombstones": lambda v: [v[2], v[5]],
+    "bad UTF-8 in a field name": lambda v: [v[0].replace(b'"op":', b'"\x80op":'), *v[1:]],
+    "bad UTF-8 in a row's field name": lambda v: [v[0].replace(b'"name":', b'"n\xffame":'), *v[1:]],
+    "bad UTF-8 in a value": lambda v: [v[0].replace(b'"name":"ann"', b'"name":"a\xc3nn"'), *v[1:]],
 }
 
 

@@ -188,7 +188,9 @@ def decode_events(
     if _FAST:
         try:
             fast = _fast_decode(values, keys, table_schema, max_record_bytes, max_depth)
-        except pa.ArrowException as e:  # e.g. pyarrow built an array it cannot read back: decode record by record
+        # pyarrow built an array it cannot read back, or kept a field name that is not UTF-8 (only its
+        # string values are validated): decode record by record, which rejects such records by name.
+        except (pa.ArrowException, UnicodeDecodeError) as e:
             log.debug("debezium decode: the columnar path gave up (%s); decoding record by record", e)
             fast = None
         if fast is not None:
@@ -792,6 +794,11 @@ def _fast_decode(
     buf = b"\n".join(present)  # type: ignore[arg-type]
     if buf.count(b"\n") != m - 1 or any(b in buf for b in _FAST_REFUSED) or (b"\\u" in buf and _SURROGATE.search(buf)):
         return None
+    if not buf.isascii():
+        try:  # pyarrow validates string values but not field names: the record path rejects bad UTF-8
+            buf.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     try:
         read = pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(buf) + 1))
         parsed = pj.read_json(io.BytesIO(buf), read_options=read)
