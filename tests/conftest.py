@@ -10,9 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from stack.maven import CACHE_ENV, cache_dir
 
 from icefield.config import secrets
+
+# Property tests explore fixed examples in `make test`, so a CI run is reproducible and a finding is a
+# regression test from then on; `make test-long` (ICEFIELD_LONG=1) explores fresh random examples, longer.
+settings.register_profile("icefield", derandomize=not os.environ.get("ICEFIELD_LONG"))
+settings.load_profile("icefield")
 
 _CACHE = str(cache_dir())  # read once, from the developer's environment, before any test changes it
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from typing import Any
 
 import pyarrow as pa
@@ -33,10 +34,9 @@ from icefield.testing.debezium import (
 )
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=3000 if os.environ.get("ICEFIELD_LONG") else 150,  # `make test-long` fuzzes 20x longer
     deadline=dt.timedelta(seconds=3),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=False,
 )
 
 TABLE = DebeziumTable("orders", [*ORDERS_COLUMNS, variable_decimal_column("vnum"), Column("tags", "array", items={"type": "int32", "optional": True})])
