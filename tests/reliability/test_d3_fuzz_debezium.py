@@ -33,8 +33,10 @@ from icefield.testing.debezium import (
     zoned,
 )
 
+LONG = bool(os.environ.get("ICEFIELD_LONG"))
+TIMEOUT = 2400 if LONG else 120
 FUZZ = settings(
-    max_examples=3000 if os.environ.get("ICEFIELD_LONG") else 150,  # `make test-long` fuzzes 20x longer
+    max_examples=3000 if LONG else 150,  # `make test-long` fuzzes 20x longer
     deadline=dt.timedelta(seconds=3),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -156,7 +158,7 @@ def check(values: list[Any], keys: list[Any] | None, table_schema: pa.Schema | N
         assert values[i] is None or isinstance(values[i], (bytes, str))
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(TIMEOUT)
 @FUZZ
 @given(st.lists(st.one_of(st.none(), st.binary(max_size=200), st.text(max_size=100)), max_size=8), st.booleans())
 def test_arbitrary_bytes_only_reject(values, with_keys):
@@ -164,7 +166,7 @@ def test_arbitrary_bytes_only_reject(values, with_keys):
     check(values, keys)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(TIMEOUT)
 @FUZZ
 @given(st.lists(mutated(), min_size=1, max_size=6), st.booleans())
 def test_mutated_envelopes_only_reject(values, with_keys):
@@ -175,7 +177,7 @@ def test_mutated_envelopes_only_reject(values, with_keys):
 TARGET = pa.schema([("id", pa.int64()), ("amount", pa.decimal128(12, 2)), ("vnum", pa.decimal128(38, 6)), ("created_at", pa.timestamp("us")), ("note", pa.int64())])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(TIMEOUT)
 @FUZZ
 @given(st.lists(mutated(), min_size=1, max_size=6), st.lists(st.one_of(st.none(), json_value.map(lambda v: json.dumps(v).encode())), min_size=6, max_size=6))
 def test_mutated_envelopes_with_a_table_schema_and_fuzzed_keys_only_reject(values, keys):
