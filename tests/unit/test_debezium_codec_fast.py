@@ -88,6 +88,58 @@ def test_fast_path_equals_the_record_path(monkeypatch: pytest.MonkeyPatch, batch
         assert_same(fast, slow)
 
 
+def in_blocks(m: pytest.MonkeyPatch) -> None:
+    """Make every batch take the parallel parse: typed by its first two lines or so, parsed in 1 KB blocks."""
+    m.setattr(codec, "_PARALLEL_BYTES", 0)
+    m.setattr(codec, "_SAMPLE_BYTES", 600)
+    m.setattr(codec, "_BLOCK_BYTES", 1024)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=batches(), typed=st.booleans())
+def test_the_parallel_parse_equals_the_record_path(monkeypatch: pytest.MonkeyPatch, batch: Any, typed: bool) -> None:
+    values, keys = batch
+    slow = record_path(monkeypatch, values, keys)
+    schema = slow.rows.schema if typed else None
+    slow = record_path(monkeypatch, values, keys, table_schema=schema)
+    with monkeypatch.context() as m:
+        in_blocks(m)
+        assert_same(decode_events(values, keys, table_schema=schema), slow)
+        fast = fast_path(values, keys, table_schema=schema)
+    if fast is not None:
+        assert_same(fast, slow)
+
+
+def test_a_large_batch_is_parsed_in_parallel_blocks_typed_by_its_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deletes (a key-only 'before') and a double column appear only after the sample; the result is the
+    record path's, and it came from several blocks."""
+    values: list[bytes | None] = [envelope("c", {"id": i, "name": f"n{i}", "score": i + 0.5}, lsn=10 + 2 * i, commit=11 + 2 * i) for i in range(40)]
+    values += [envelope("d", None, before={"id": i}, lsn=200 + i, commit=300 + i) for i in range(0, 40, 3)]
+    keys = [orjson.dumps({"id": i}) for i in range(40)] + [orjson.dumps({"id": i}) for i in range(0, 40, 3)]
+    blocks: list[int] = []
+    real = codec._parse_lines
+
+    def spy(buf: bytes) -> pa.Table:
+        table = real(buf)
+        blocks.append(table.column("op").num_chunks)
+        return table
+
+    with monkeypatch.context() as m:
+        in_blocks(m)
+        m.setattr(codec, "_SAMPLE_BYTES", 2000)
+        m.setattr(codec, "_parse_lines", spy)
+        fast = fast_path(values, keys)
+    assert fast is not None and blocks and blocks[0] > 1
+    assert_same(fast, record_path(monkeypatch, values, keys))
+    # A value that does not fit the sample's types (text where the sample had numbers) is parsed again in
+    # one block, typed by the whole batch.
+    odd = [*values, envelope("c", {"id": 99, "name": "x", "score": "high"}, lsn=900, commit=901)]
+    with monkeypatch.context() as m:
+        in_blocks(m)
+        m.setattr(codec, "_SAMPLE_BYTES", 2000)
+        assert_same(decode_events(odd, [*keys, orjson.dumps({"id": 99})]), record_path(monkeypatch, odd, [*keys, orjson.dumps({"id": 99})]))
+
+
 def usual() -> list[bytes | None]:
     return [
         envelope("c", {"id": 1, "name": "ann", "score": 1.5, "ok": True}, lsn=10, commit=20),

@@ -40,6 +40,8 @@ class ProjectConfig(_Model):
     engine: Literal["local"] = "local"
     namespace: str = "default"
     batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
+    read_ahead: int = Field(1, ge=0, le=4)
+    """Batches a source reads and decodes (in a thread) while the one before is written; 0 reads in turn."""
     target_file_size_mb: int = Field(128, gt=0)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from typing import TYPE_CHECKING, Any, overload
 
 import pyarrow as pa
@@ -41,10 +42,12 @@ from icefield.ingest import (
     match_files,
     relative_name,
 )
+from icefield.ingest.ahead import read_ahead
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
     from icefield.ingest.debezium_codec import DecodedEvents
+    from icefield.ingest.kafka import MessageBatch
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,13 @@ class DebeziumSource(Source):
         if self._stopping.is_set():
             reader.stop()
         reader.open(position)
-        for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
+        # Kafka is polled in its own thread while the batch before is decoded (read_ahead).
+        polling = read_ahead(reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow), reader.stop, 1, f"kafka-{self.pipeline.name}")
+        with closing(polling):
+            yield from self._decoded(polling, schema)
+
+    def _decoded(self, polled: Iterator[MessageBatch], schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        for mb in polled:
             # Keys and coordinates are read from a message only when needed (a delete's key, a rejection).
             keys = _MessageKeys(mb.messages)
             coords = LazyStrings(len(mb), mb.coords)

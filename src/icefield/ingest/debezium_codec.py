@@ -749,6 +749,86 @@ _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _EXACT_DOUBLE = float(1 << 53)
 
 
+# A batch of at least _PARALLEL_BYTES is parsed in blocks of _BLOCK_BYTES on every core, typed by its
+# first _SAMPLE_BYTES (pyarrow infers types per block, and blocks that infer differently cannot be joined).
+_PARALLEL_BYTES = 8 << 20
+_SAMPLE_BYTES = 1 << 20
+_BLOCK_BYTES = 4 << 20
+
+
+def _parse_lines(buf: bytes) -> pa.Table:
+    """Newline-delimited envelopes parsed by pyarrow: in parallel blocks typed by a sample when the batch
+    is large and the sample gives a full schema, else in one block typed by all of it. The parallel read
+    raises (and the one-block read is made instead) when any value does not fit the sample's types."""
+    import io
+
+    import pyarrow.json as pj
+
+    if len(buf) >= _PARALLEL_BYTES:
+        cut = buf.find(b"\n", _SAMPLE_BYTES)
+        if cut > 0:
+            try:
+                sample = pj.read_json(io.BytesIO(buf[:cut]), read_options=pj.ReadOptions(use_threads=False, block_size=cut + 1))
+                schema = _sample_schema(sample.schema)
+                if schema is not None:
+                    return pj.read_json(
+                        io.BytesIO(buf),
+                        read_options=pj.ReadOptions(use_threads=True, block_size=_BLOCK_BYTES),
+                        parse_options=pj.ParseOptions(explicit_schema=schema),
+                    )
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                log.debug("debezium decode: a value does not fit the sample's types; parsing the batch in one block")
+    read = pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(buf) + 1))
+    return pj.read_json(io.BytesIO(buf), read_options=read)
+
+
+def _sample_schema(schema: pa.Schema) -> pa.Schema | None:
+    """The sample's envelope schema for the whole batch, or None when the sample cannot type it.
+
+    ``before`` is typed as ``after`` (a sample without deletes has no typed ``before``, and a key-only
+    ``before`` then reads as the full row with nulls, which the fast path treats alike); a sample of
+    deletes only types ``after`` by ``before``. Fields the sample saw only as null are left out, so each
+    block infers them (pyarrow joins a null block with a typed one)."""
+    names = schema.names
+    if "after" not in names or "before" not in names:
+        return None
+    after, before = schema.field("after").type, schema.field("before").type
+    if pa.types.is_null(after):
+        after = before
+    if not pa.types.is_struct(after):
+        return None
+    if pa.types.is_struct(before):
+        for k in range(before.num_fields):
+            f = before.field(k)
+            if after.get_field_index(f.name) < 0 or after.field(f.name).type != f.type:
+                return None
+    elif not pa.types.is_null(before):
+        return None
+    row = _without_nulls(after)
+    if row is None or not row.num_fields:
+        return None
+    fields = []
+    for f in schema:
+        t = row if f.name in ("before", "after") else _without_nulls(f.type)
+        if t is not None:
+            fields.append(pa.field(f.name, t))
+    return pa.schema(fields)
+
+
+def _without_nulls(t: pa.DataType) -> pa.DataType | None:
+    """``t`` without the (nested) fields typed null; None for the null type itself."""
+    if pa.types.is_null(t):
+        return None
+    if not pa.types.is_struct(t):
+        return t
+    kept = []
+    for k in range(t.num_fields):
+        sub = _without_nulls(t.field(k).type)
+        if sub is not None:
+            kept.append(pa.field(t.field(k).name, sub))
+    return pa.struct(kept)
+
+
 def _type_depth(t: pa.DataType) -> int:
     if pa.types.is_struct(t):
         return 1 + max((_type_depth(t.field(k).type) for k in range(t.num_fields)), default=0)
@@ -774,25 +854,23 @@ def _fast_decode(
     """A batch of schema-less envelopes decoded column-wise with pyarrow's JSON reader, exactly as the
     record path would decode it, or None whenever that cannot be proven (the caller then decodes it
     record by record): the result has no rejections and no notes by construction."""
-    import io
-
-    import pyarrow.json as pj
-
     n = len(values)
     index = [i for i, v in enumerate(values) if v is not None]
     present = values if len(index) == n else [values[i] for i in index]
     m = len(present)
     if not m:
         return None
-    for v in present:
-        # One object per value (pyarrow's reader crashes on a first line of 'null'), and no embedded
-        # schema (the record path plans it once).
-        if type(v) is not bytes or v[:1] != b"{" or v[-1:] != b"}" or v.startswith(_HEAD):
-            return None
-    if max(map(len, present)) > max_record_bytes:  # type: ignore[arg-type]
+    if set(map(type, present)) != {bytes} or max(map(len, present)) > max_record_bytes:  # type: ignore[arg-type]
         return None
     buf = b"\n".join(present)  # type: ignore[arg-type]
-    if buf.count(b"\n") != m - 1 or any(b in buf for b in _FAST_REFUSED) or (b"\\u" in buf and _SURROGATE.search(buf)):
+    # No newline inside a value, so each one in buf separates two values: then every value holds one
+    # object (pyarrow's reader crashes on a first line of 'null') and none has the embedded schema
+    # (the record path plans it once).
+    if buf.count(b"\n") != m - 1 or buf.count(b"\n{") != m - 1 or buf.count(b"}\n") != m - 1:
+        return None
+    if buf[:1] != b"{" or buf[-1:] != b"}" or buf.startswith(_HEAD) or b"\n" + _HEAD in buf:
+        return None
+    if any(b in buf for b in _FAST_REFUSED) or (b"\\u" in buf and _SURROGATE.search(buf)):
         return None
     if not buf.isascii():
         try:  # pyarrow validates string values but not field names: the record path rejects bad UTF-8
@@ -800,8 +878,7 @@ def _fast_decode(
         except UnicodeDecodeError:
             return None
     try:
-        read = pj.ReadOptions(use_threads=False, block_size=max(1 << 20, len(buf) + 1))
-        parsed = pj.read_json(io.BytesIO(buf), read_options=read)
+        parsed = _parse_lines(buf)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None
     # A value that does not hold exactly one JSON object would not give exactly one row.

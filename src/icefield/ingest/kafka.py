@@ -30,6 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -41,6 +42,7 @@ from icefield.config.secrets import redact, register_secret, resolve
 from icefield.errors import ConfigError, MissingDependencyError, SourceError, TransientError
 from icefield.ingest import LazyStrings as _Lazy
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
+from icefield.ingest.ahead import read_ahead
 from icefield.ingest.files import decode_json_line, split_bad
 from icefield.quality.coerce import cast_column, records_to_table
 
@@ -204,6 +206,9 @@ class KafkaReader:
         self._consumer: Any = None
         self._ck: Any = None
         self._stop = threading.Event()
+        # Held around each poll: a synchronous offset commit made by another thread while this consumer
+        # polls would wait for as long as the polling goes on (reading ahead polls in its own thread).
+        self._polling = threading.Lock()
         self._stored: dict[str, Any] | None = None
         self.positions: dict[TopicPartition, int] = {}
         """Next offset to read per assigned partition (moves as batches are returned)."""
@@ -345,7 +350,8 @@ class KafkaReader:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                polled = consumer.consume(min(max_messages - len(messages), POLL_CHUNK), timeout=min(left, 0.5))
+                with self._polling:
+                    polled = consumer.consume(min(max_messages - len(messages), POLL_CHUNK), timeout=min(left, 0.5))
                 if not polled:
                     if not follow and time.monotonic() - last_progress > self.stall_seconds:
                         short = {f"{t}/{p}": (off, self.ends[(t, p)]) for (t, p), off in self.positions.items()
@@ -413,7 +419,8 @@ class KafkaReader:
         if not offsets:
             return False
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            with self._polling:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except ck.KafkaException as e:
             log.warning("could not commit consumer-group offsets (a hint only; the table keeps the position): %s", redact(str(e)))
             return False
@@ -653,7 +660,13 @@ class KafkaSource(Source):
         reader = self._open(position)
         if schema is not None and self.cfg.metadata_columns:
             schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])  # not in the messages
-        for mb in reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow):
+        # Kafka is polled in its own thread while the batch before is decoded (read_ahead).
+        polling = read_ahead(reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow), reader.stop, 1, f"kafka-{self.pipeline}")
+        with closing(polling):
+            yield from self._decoded(polling, schema)
+
+    def _decoded(self, polled: Iterator[MessageBatch], schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        for mb in polled:
             decoded = self.decoder.decode(mb.values, mb.coords, schema)
             data = decoded.data
             if self.cfg.metadata_columns:

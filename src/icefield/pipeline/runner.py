@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -15,6 +15,7 @@ from icefield.config.secrets import redact
 from icefield.engines import get_engine
 from icefield.errors import GateFailedError, IcefieldError
 from icefield.ingest import SourceBatch, open_source
+from icefield.ingest.ahead import read_ahead
 from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
 from icefield.pipeline.results import BatchResult, PendingBatch, RunResult
@@ -72,12 +73,15 @@ def run_pipeline(
     if stop is not None:
         threading.Thread(target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True).start()
     in_flight: SourceBatch | None = None
+    ahead: Generator[SourceBatch, None, None] | None = None
     try:
         # A batch held on the audit branch is settled (published or still held) before anything new is read.
         table = auditor.resolve_held(writer.load())
         position = read_position(table, pipe.name)
         schema = table.schema().as_arrow() if table is not None else None
         batches = source.follow(position, schema) if follow else source.read(position, schema)
+        if project.config.read_ahead:
+            batches = ahead = read_ahead(batches, source.stop, project.config.read_ahead, f"read-{pipe.name}")
         for n, batch in enumerate(batches):
             in_flight = batch
             res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
@@ -100,6 +104,8 @@ def run_pipeline(
         e.result = result  # type: ignore[attr-defined]
         raise
     finally:
+        if ahead is not None:
+            ahead.close()  # joins the reading thread before the source is closed under it
         source.close()
         result.seconds = time.perf_counter() - started
     log.info(
