@@ -143,7 +143,8 @@ def _project(root: Path, bootstrap: str, batch: int, wait: float, topic: str = T
     from icefield.config import load_project
 
     (root / "pipelines").mkdir(parents=True, exist_ok=True)
-    (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "w3", "batch_size": batch}))
+    settings = {"name": "w3", "batch_size": batch, "read_ahead": int(os.environ.get("BENCH_READ_AHEAD", "1"))}
+    (root / "icefield.yaml").write_text(yaml.safe_dump(settings))
     pipe = {
         "name": "orders_cdc",
         # A fresh consumer group per run: a group's committed offsets are where a table without a position starts.
@@ -363,6 +364,7 @@ def run() -> dict[str, Any]:
         ice = [measure_subprocess("bench.w3_cdc", {**base, "peer": "icefield", "root": str(root / f"ice-{r}-{time.time_ns()}")}) for r in range(runs())]
         ice_ok = [m for m in ice if m]
         ice_s = median([m.seconds for m in ice_ok])
+        print(f"  icefield runs: {', '.join(f'{m.seconds:.2f}' for m in ice_ok)} s; consume-only runs: {', '.join(f'{m.seconds:.2f}' for m in consume if m)} s")
         same = all(m.result.get("hash") == expected.get("hash") and m.result.get("rows") == expected.get("rows") for m in ice_ok)
         budget = float(os.environ.get("BENCH_PEER_TIMEOUT", "300"))
         py = measure_subprocess("bench.w3_cdc", {**base, "peer": "pyiceberg", "root": str(root / f"py-{time.time_ns()}"), "budget": budget}, timeout=budget + 120)

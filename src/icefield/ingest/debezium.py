@@ -42,7 +42,6 @@ from icefield.ingest import (
     match_files,
     relative_name,
 )
-from icefield.ingest.ahead import read_ahead
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
@@ -64,6 +63,7 @@ class DebeziumSource(Source):
         self.pipeline = pipeline
         self.root = project.root
         self.batch_size = batch_size
+        self.read_ahead = project.config.read_ahead > 0
         self._reader: Any = None
         self._stopping = threading.Event()
         if pipeline.target.mode == "merge" and not pipeline.target.keys:
@@ -141,10 +141,8 @@ class DebeziumSource(Source):
         if self._stopping.is_set():
             reader.stop()
         reader.open(position)
-        # Kafka is polled in its own thread while the batch before is decoded (read_ahead).
-        polling = read_ahead(reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow), reader.stop, 1, f"kafka-{self.pipeline.name}")
-        with closing(polling):
-            yield from self._decoded(polling, schema)
+        with closing(reader.prefetched(self.batch_size, self.cfg.max_wait_seconds, follow=follow, ahead=self.read_ahead)) as polled:
+            yield from self._decoded(polled, schema)
 
     def _decoded(self, polled: Iterator[MessageBatch], schema: pa.Schema | None) -> Iterator[SourceBatch]:
         for mb in polled:

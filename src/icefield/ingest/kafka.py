@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -322,7 +322,7 @@ class KafkaReader:
         """Make :meth:`batches` return after the batch in progress (thread- and signal-safe)."""
         self._stop.set()
 
-    def batches(self, max_messages: int, max_seconds: float, *, follow: bool = False) -> Iterator[MessageBatch]:
+    def batches(self, max_messages: int, max_seconds: float, *, follow: bool = False) -> Generator[MessageBatch, None, None]:
         """Yield batches of at most ``max_messages`` messages, each closed after ``max_seconds``.
 
         Without ``follow``, ends once every partition reached its end offset of :meth:`open` (so a run
@@ -375,6 +375,15 @@ class KafkaReader:
             if messages:
                 end = dict(self.positions)
                 yield MessageBatch(messages, values, start, end, position_state(end, self._stored))
+
+    def prefetched(self, max_messages: int, max_seconds: float, *, follow: bool, ahead: bool) -> Generator[MessageBatch, None, None]:
+        """:meth:`batches`; with ``ahead`` and without ``follow`` (a run catching up) polled in a thread of
+        their own while the caller decodes the batch before. Following reads in turn: a batch then closes
+        with the newest messages rather than waiting behind one read ahead."""
+        batches = self.batches(max_messages, max_seconds, follow=follow)
+        if ahead and not follow:
+            return read_ahead(batches, self.stop, 1, "kafka-poll")
+        return batches
 
     def _advance(self, consumer: Any, assigned: list[Any], polled: list[Any]) -> None:
         """Move the positions past the messages of one poll.
@@ -636,6 +645,7 @@ class KafkaSource(Source):
         self.where = f"pipeline {pipeline.name!r}: source"
         self.batch_size = batch_size
         self.decoder = JsonDecoder()
+        self.read_ahead = project.config.read_ahead > 0
         self.reader: KafkaReader | None = None
         self._stop_requested = False
 
@@ -660,10 +670,8 @@ class KafkaSource(Source):
         reader = self._open(position)
         if schema is not None and self.cfg.metadata_columns:
             schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])  # not in the messages
-        # Kafka is polled in its own thread while the batch before is decoded (read_ahead).
-        polling = read_ahead(reader.batches(self.batch_size, self.cfg.max_wait_seconds, follow=follow), reader.stop, 1, f"kafka-{self.pipeline}")
-        with closing(polling):
-            yield from self._decoded(polling, schema)
+        with closing(reader.prefetched(self.batch_size, self.cfg.max_wait_seconds, follow=follow, ahead=self.read_ahead)) as polled:
+            yield from self._decoded(polled, schema)
 
     def _decoded(self, polled: Iterator[MessageBatch], schema: pa.Schema | None) -> Iterator[SourceBatch]:
         for mb in polled:

@@ -80,7 +80,7 @@ def run_pipeline(
         position = read_position(table, pipe.name)
         schema = table.schema().as_arrow() if table is not None else None
         batches = source.follow(position, schema) if follow else source.read(position, schema)
-        if project.config.read_ahead:
+        if project.config.read_ahead and not follow:  # following, a batch closes with the newest records
             batches = ahead = read_ahead(batches, source.stop, project.config.read_ahead, f"read-{pipe.name}")
         for n, batch in enumerate(batches):
             in_flight = batch
