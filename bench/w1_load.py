@@ -273,7 +273,8 @@ def _peer_icefield(a: dict[str, Any], out: Path) -> dict[str, Any]:
 
     if a["case"] == "parquet":
         name = "orders_files"
-        source = {"type": "files", "path": str(Path(a["files"][0]).parent / "*.parquet"), "format": "parquet"}
+        # A drop of new files: they share a batch, so the load is one commit (as the peers make).
+        source = {"type": "files", "path": str(Path(a["files"][0]).parent / "*.parquet"), "format": "parquet", "group_files": True}
     else:
         name = "orders_pg"
         source = {"type": "sql", "url": a["pg_url"], "table": "orders", "cursor": "updated_at"}

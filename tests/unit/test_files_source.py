@@ -245,3 +245,58 @@ def test_csv_with_declared_columns_types_them_strictly(lake):
     reasons = [q["reason"] for q in lk.rows("shop.orders__quarantine", "source")]
     assert any("'9.999'" in r for r in reasons) and any("'abc'" in r for r in reasons)
     assert any("'2024-02-30'" in r for r in reasons)
+
+
+def test_group_files_lands_small_new_files_in_few_commits_and_keeps_each_rows_origin(tmp_path):
+    """With group_files, new files share a batch up to batch_size records (one commit for many small
+    files); a bad record is quarantined with its own file's coordinates; a changed file is replaced in a
+    batch of its own; a rerun reads nothing."""
+    import json as _json
+
+    import yaml
+
+    from icefield.catalog import open_catalog
+    from icefield.config import load_project
+    from icefield.pipeline.quarantine import quarantine_table_name
+    from icefield.pipeline.runner import run_pipeline
+
+    root = tmp_path / "proj"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "drop").mkdir()
+    for f in range(6):
+        lines = [_json.dumps({"id": f * 100 + i, "v": i}) for i in range(40)]
+        if f == 4:
+            lines[7] = '{"id": 407, "v": '  # a broken record
+        (root / "drop" / f"f{f}.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "g", "batch_size": 100}))
+    pipe = {"name": "ev", "source": {"type": "files", "path": "drop/*.jsonl", "group_files": True}, "target": {"table": "raw.ev"},
+            "checks": [{"range": {"column": "v", "max": 38}}]}  # the last record of every file fails
+    (root / "pipelines" / "ev.yaml").write_text(yaml.safe_dump(pipe))
+    project = load_project(root)
+    catalog = open_catalog(project)
+
+    res = run_pipeline(project, "ev", catalog)
+    assert (res.status, res.rows_in, res.rows_committed, res.rows_quarantined) == ("success", 240, 233, 7)
+    assert [b.rows_in for b in res.batches] == [80, 80, 80], "two 40-record files per 100-record batch"
+    table = catalog.load_table("raw.ev")
+    assert len(table.metadata.snapshots) == 3
+    rows = table.scan(selected_fields=("id", "_source_file")).to_arrow()
+    assert sorted(rows.column("id").to_pylist()) == sorted(f * 100 + i for f in range(6) for i in range(39) if (f, i) != (4, 7))
+    assert {r["id"] // 100: r["_source_file"] for r in rows.to_pylist()} == {f: f"drop/f{f}.jsonl" for f in range(6)}
+    bad = catalog.load_table(quarantine_table_name("raw.ev")).scan().to_arrow().to_pylist()
+    broken = [b for b in bad if b["raw"].startswith('{"id": 407')]
+    assert len(broken) == 1 and "f4.jsonl" in broken[0]["source"]
+    failed = sorted((_json.loads(b["raw"])["id"], b["source"]) for b in bad if b["check"].startswith("range"))
+    assert [i for i, _ in failed] == [f * 100 + 39 for f in range(6)]
+    assert all(f"f{i // 100}.jsonl" in src for i, src in failed), failed
+    assert sorted(read_position(table, "ev")["files"]) == [f"drop/f{f}.jsonl" for f in range(6)]
+
+    assert run_pipeline(project, "ev", catalog).batches == []
+
+    # f1 changes and f6 arrives: f1 is replaced alone, f6 lands in a batch of its own kind.
+    (root / "drop" / "f1.jsonl").write_text(_json.dumps({"id": 100, "v": -1}) + "\n")
+    (root / "drop" / "f6.jsonl").write_text(_json.dumps({"id": 600, "v": 6}) + "\n")
+    res = run_pipeline(project, "ev", catalog)
+    assert [(b.rows_in, b.replaced_file) for b in res.batches] == [(1, "drop/f1.jsonl"), (1, None)]
+    ids = catalog.load_table("raw.ev").scan(selected_fields=("id",)).to_arrow().column("id").to_pylist()
+    assert sorted(i for i in ids if 100 <= i < 200) == [100] and 600 in ids and len(ids) == 233 - 39 + 2

@@ -78,6 +78,9 @@ class FilesSourceConfig(_Model):
     columns: dict[str, str] | None = None
     delimiter: str = ","
     file_column: str | None = "_source_file"
+    group_files: bool = False
+    """New files that fit in one batch share it (one commit) up to ``batch_size`` records, while they
+    have the same columns; off, every file has batches (commits) of its own."""
 
     @field_validator("delimiter")
     @classmethod

@@ -84,6 +84,30 @@ class FilesSource(Source):
         return match_files(self.root, self.cfg.path)
 
     def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Batches of the new and changed files. With ``group_files``, new files that fit in one batch
+        share a batch (and so one commit) up to ``batch_size`` records while they have the same columns, so
+        a drop of many small files lands in few snapshots; a changed file, and a file larger than a batch,
+        always has batches of its own."""
+        group: list[SourceBatch] = []
+        records = 0
+        for batch, whole in self._file_batches(position, schema):
+            n = batch.rows_in
+            if whole and n <= self.batch_size and self.cfg.group_files:
+                if group and (records + n > self.batch_size or not _same_shape(group[0], batch)):
+                    yield _grouped(group)
+                    group, records = [], 0
+                group.append(batch)
+                records += n
+                continue
+            if group:
+                yield _grouped(group)
+                group, records = [], 0
+            yield batch
+        if group:
+            yield _grouped(group)
+
+    def _file_batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[tuple[SourceBatch, bool]]:
+        """Each file's batches, and whether a batch is the whole of a new file."""
         state = position or {}
         loaded: dict[str, str] = dict(state.get("files", {}))
         partial: dict[str, Any] | None = state.get("partial")
@@ -114,6 +138,7 @@ class FilesSource(Source):
                     new_state: dict[str, Any] = {"files": dict(loaded)}
                 else:
                     new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
+                whole = start == 0 and last and not replace
                 yield SourceBatch(
                     data=data,
                     position=new_state,
@@ -126,7 +151,7 @@ class FilesSource(Source):
                     coord_offset=start,
                     open_schema=self._format(path) == "jsonl",
                     describe=describe,
-                )
+                ), whole
                 replace = False
             partial = None
 
@@ -419,6 +444,42 @@ class _peekable:
         except StopIteration:
             return True
         return False
+
+
+def _same_shape(a: SourceBatch, b: SourceBatch) -> bool:
+    return a.data.schema.equals(b.data.schema) and a.open_schema == b.open_schema
+
+
+def _grouped(group: list[SourceBatch]) -> SourceBatch:
+    """One batch of the whole new files in ``group`` (same columns), committed together: its position is
+    the last one's (which lists them all), its key names them all, and each row keeps its file's
+    coordinates and raw record for the quarantine."""
+    if len(group) == 1:
+        return group[0]
+    starts: list[int] = []
+    total = 0
+    for b in group:
+        starts.append(total)
+        total += b.data.num_rows
+
+    def describe(indices: list[int]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for i in indices:
+            k = bisect.bisect_right(starts, i) - 1
+            out.extend(group[k].describe_rows([i - starts[k]]))
+        return out
+
+    digest = hashlib.sha256("\n".join(b.key for b in group).encode()).hexdigest()[:32]
+    return SourceBatch(
+        data=pa.concat_tables([b.data for b in group]),
+        position=group[-1].position,
+        key=f"files:{len(group)} new files:{digest}",
+        rejected=[r for b in group for r in b.rejected],
+        coord_label=group[0].coord_label,
+        filtered=sum(b.filtered for b in group),
+        open_schema=group[0].open_schema,
+        describe=describe,
+    )
 
 
 def decode_json_line(
