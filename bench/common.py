@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,37 @@ def measure_subprocess(
     doc = json.loads([x for x in out.splitlines() if x.startswith("{")][-1])
     wall = time.perf_counter() - started
     return Measurement(seconds=doc.get("seconds", wall), peak_rss_mb=doc.get("peak_rss_mb", 0.0), result=doc.get("result", {}))
+
+
+@dataclass
+class Runs:
+    """The runs of one peer: each one's seconds and peak memory, the last one's result, and whether a
+    run timed out (the runs stop there)."""
+
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+    result: dict[str, Any] = field(default_factory=dict)
+    timed_out: bool = False
+
+    def median_s(self) -> float | None:
+        return round(median(self.seconds), 3) if self.seconds else None
+
+    def peak_mb(self) -> float | None:
+        return max(self.peak_rss_mb) if self.peak_rss_mb else None
+
+
+def measure_runs(module: str, args: Callable[[int], dict[str, Any]], reps: int, timeout: float | None = None) -> Runs:
+    """``reps`` runs of :func:`measure_subprocess` with ``args(r)`` for run ``r``, stopping at a timeout."""
+    out = Runs()
+    for r in range(reps):
+        meas = measure_subprocess(module, args(r), timeout=timeout)
+        if meas is None:
+            out.timed_out = True
+            break
+        out.seconds.append(meas.seconds)
+        out.peak_rss_mb.append(meas.peak_rss_mb)
+        out.result = meas.result
+    return out
 
 
 def peak_rss_mb() -> float:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, machine, measure_subprocess, median, print_table, runs, scale, work_dir
+from bench.common import emit, machine, measure_runs, print_table, runs, scale, work_dir
 from bench.w2_merge import _catalog, base_rows
 
 NAMESPACE = "bench"
@@ -196,17 +196,14 @@ def run() -> list[dict[str, Any]]:
     row: dict[str, Any] = {"case": f"{len(GATES)} gates over {n:,} rows", "rows": n}
     measures: dict[str, dict[str, Any]] = {}
     for peer in peers:
-        times, rss = [], []
-        for _ in range(runs() if peer != "gx" else 1):
-            meas = measure_subprocess("bench.gates", {"peer": peer, "root": str(root), "doc": doc}, timeout=slow_timeout if peer == "gx" else None)
-            if meas is None:
-                row[f"{peer}_timeout"] = slow_timeout
-                break
-            times.append(meas.seconds)
-            rss.append(meas.peak_rss_mb)
-            measures[peer] = meas.result
-        row[f"{peer}_s"] = round(median(times), 3) if times else None
-        row[f"{peer}_rss_mb"] = max(rss) if rss else None
+        timeout = slow_timeout if peer == "gx" else None
+        done = measure_runs("bench.gates", lambda _, p=peer: {"peer": p, "root": str(root), "doc": doc}, runs() if peer != "gx" else 1, timeout)
+        if done.timed_out:
+            row[f"{peer}_timeout"] = slow_timeout
+        if done.result:
+            measures[peer] = done.result
+        row[f"{peer}_s"] = done.median_s()
+        row[f"{peer}_rss_mb"] = done.peak_mb()
     ref = measures.get("icefield", {})
     shared = ["rows", "null_notes", "bad_status", "orphans", "negative"]
     row["same_result"] = bool(ref) and all(all(m.get(k) == ref.get(k) for k in shared if k in m) for m in measures.values())

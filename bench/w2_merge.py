@@ -20,8 +20,7 @@ from typing import Any
 from bench.common import (
     emit,
     machine,
-    measure_subprocess,
-    median,
+    measure_runs,
     print_table,
     runs,
     scale,
@@ -242,25 +241,20 @@ def run() -> list[dict[str, Any]]:
                 row: dict[str, Any] = {"case": label, "partitioned": partitioned, "recent": recent, "changes": m, "base_rows": n}
                 digests: dict[str, dict[str, Any]] = {}
                 for peer in peers:
-                    reps = runs() if peer == "icefield" else 1
-                    times, rss = [], []
-                    for r in range(reps):
-                        ident = clone(root, meta, f"{peer}_{r}")
-                        meas = measure_subprocess(
-                            "bench.w2_merge",
-                            {"peer": peer, "root": str(root), "table": ident, "changes": str(changes_path)},
-                            timeout=slow_timeout if peer != "icefield" else None,
-                        )
-                        if meas is None:
-                            times = []
-                            row[f"{peer}_timeout"] = slow_timeout
-                            break
-                        times.append(meas.seconds)
-                        rss.append(meas.peak_rss_mb)
-                        digests[peer] = meas.result
-                    row[f"{peer}_s"] = round(median(times), 3) if times else None
-                    row[f"{peer}_rss_mb"] = max(rss) if rss else None
-                    if peer == "icefield" and times:
+                    done = measure_runs(
+                        "bench.w2_merge",
+                        lambda r, p=peer, c=changes_path, m=meta: {"peer": p, "root": str(root), "table": clone(root, m, f"{p}_{r}"), "changes": str(c)},
+                        runs() if peer == "icefield" else 1,
+                        timeout=slow_timeout if peer != "icefield" else None,
+                    )
+                    if done.result:
+                        digests[peer] = done.result
+                    if done.timed_out:
+                        done.seconds = []  # a peer that timed out once has no time
+                        row[f"{peer}_timeout"] = slow_timeout
+                    row[f"{peer}_s"] = done.median_s()
+                    row[f"{peer}_rss_mb"] = done.peak_mb()
+                    if peer == "icefield" and done.seconds:
                         row["files_after"] = digests[peer].get("files")
                 ref = digests.get("icefield")
                 row["same_result"] = all(

@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, machine, measure_subprocess, median, print_table, runs, scale, work_dir
+from bench.common import emit, machine, measure_runs, median, print_table, runs, scale, work_dir
 from icefield.errors import SourceError
 
 PARTITIONS = 4
@@ -237,17 +237,12 @@ def run() -> list[dict[str, Any]]:
         row: dict[str, Any] = {"case": f"{n:,} messages, {PARTITIONS} partitions", "messages": n}
         results: dict[str, dict[str, Any]] = {}
         for peer in ("consume-only", "icefield"):
-            times, rss = [], []
-            for r in range(runs()):
-                args = {"peer": peer, "bootstrap": bootstrap, "topic": topic, "root": str(root / f"proj-{r}"), "batch_size": batch_size}
-                meas = measure_subprocess("bench.w6_stream", args)
-                assert meas is not None
-                times.append(meas.seconds)
-                rss.append(meas.peak_rss_mb)
-                results[peer] = meas.result
-            row[f"{peer}_s"] = round(median(times), 3)
-            row[f"{peer}_msg_per_s"] = round(n / median(times))
-            row[f"{peer}_rss_mb"] = max(rss)
+            args = lambda r, p=peer: {"peer": p, "bootstrap": bootstrap, "topic": topic, "root": str(root / f"proj-{r}"), "batch_size": batch_size}  # noqa: E731
+            done = measure_runs("bench.w6_stream", args, runs())
+            results[peer] = done.result
+            row[f"{peer}_s"] = done.median_s()
+            row[f"{peer}_msg_per_s"] = round(n / median(done.seconds))
+            row[f"{peer}_rss_mb"] = done.peak_mb()
             row[f"{peer}_cpu_s"] = results[peer]["cpu_s"]
         ice = results["icefield"]
         row["same_count"] = results["consume-only"]["messages"] == ice["messages"] == ice["rows"] == ice["committed"] == n
