@@ -42,6 +42,16 @@ def _free_port() -> int:
         return port
 
 
+def _running(server: Any, timeout: float) -> Iterator[Any]:
+    """``server`` up for the session; stopped afterwards only if this session started it."""
+    started = server.up(timeout=timeout)
+    try:
+        yield server
+    finally:
+        if started:
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Postgres]:
     """A running PostgreSQL (``wal_level=logical``, superuser icefield/icefield) on 127.0.0.1.
@@ -52,12 +62,7 @@ def pg_server() -> Iterator[Postgres]:
     if not server.status().running and port_open(LOCALHOST, server.port) and not os.environ.get(PG_PORT_ENV):
         # Another process (another checkout's stack server, say) holds the default port: use a free one.
         server = Postgres(fast=True, port=_free_port())
-    started = server.up(timeout=PG_READY_TIMEOUT)
-    try:
-        yield server
-    finally:
-        if started:
-            server.stop()
+    yield from _running(server, PG_READY_TIMEOUT)
 
 
 @pytest.fixture
@@ -81,12 +86,7 @@ def kafka_server() -> Iterator[Kafka]:
     pinned = os.environ.get(KAFKA_PORT_ENV) or os.environ.get(KAFKA_CONTROLLER_PORT_ENV)
     if not server.status().running and not pinned and any(port_open(LOCALHOST, p) for p in server.ports()):
         server = Kafka(port=_free_port(), controller_port=_free_port())
-    started = server.up(timeout=KAFKA_READY_TIMEOUT)
-    try:
-        yield server
-    finally:
-        if started:
-            server.stop()
+    yield from _running(server, KAFKA_READY_TIMEOUT)
 
 
 @pytest.fixture(scope="session")
@@ -101,12 +101,7 @@ def connect_server(kafka_server: Kafka, pg_server: Postgres) -> Iterator[Connect
         )
     if not server.status().running and not os.environ.get(CONNECT_PORT_ENV) and port_open(LOCALHOST, server.port):
         server = Connect(kafka=kafka_server, port=_free_port())
-    started = server.up(timeout=CONNECT_READY_TIMEOUT)
-    try:
-        yield server
-    finally:
-        if started:
-            server.stop()
+    yield from _running(server, CONNECT_READY_TIMEOUT)
 
 
 def _read(path: Path) -> str:

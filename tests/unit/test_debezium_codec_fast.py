@@ -75,17 +75,6 @@ def batches(draw: st.DrawFn) -> tuple[list[bytes | None], list[bytes | None]]:
     return values, keys
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batch=batches(), typed=st.booleans())
-def test_fast_path_equals_the_record_path(monkeypatch: pytest.MonkeyPatch, batch: Any, typed: bool) -> None:
-    values, keys = batch
-    slow = record_path(monkeypatch, values, keys)
-    schema = slow.rows.schema if typed else None
-    slow = record_path(monkeypatch, values, keys, table_schema=schema)
-    assert_same(decode_events(values, keys, table_schema=schema), slow)
-    fast = fast_path(values, keys, table_schema=schema)
-    if fast is not None:
-        assert_same(fast, slow)
 
 
 def in_blocks(m: pytest.MonkeyPatch) -> None:
@@ -95,15 +84,17 @@ def in_blocks(m: pytest.MonkeyPatch) -> None:
     m.setattr(codec, "_BLOCK_BYTES", 1024)
 
 
+@pytest.mark.parametrize("blocks", [False, True], ids=["one block", "parallel blocks"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=batches(), typed=st.booleans())
-def test_the_parallel_parse_equals_the_record_path(monkeypatch: pytest.MonkeyPatch, batch: Any, typed: bool) -> None:
+def test_fast_path_equals_the_record_path(monkeypatch: pytest.MonkeyPatch, blocks: bool, batch: Any, typed: bool) -> None:
     values, keys = batch
     slow = record_path(monkeypatch, values, keys)
     schema = slow.rows.schema if typed else None
     slow = record_path(monkeypatch, values, keys, table_schema=schema)
     with monkeypatch.context() as m:
-        in_blocks(m)
+        if blocks:
+            in_blocks(m)
         assert_same(decode_events(values, keys, table_schema=schema), slow)
         fast = fast_path(values, keys, table_schema=schema)
     if fast is not None:

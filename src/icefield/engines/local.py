@@ -388,13 +388,19 @@ def _split_newer(
     (returned as a mask over ``existing``) and the keys whose pending version is not newer."""
     rows = pa.array(range(existing.num_rows), pa.int64())
     old = existing.select(keys + order).append_column("__row", rows).filter(hit)
-    new = pending.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
-    joined = old.join(new, keys=keys, join_type="inner", use_threads=False)
-    newer = newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
+    joined, newer = _versions(old, pending, keys, order)
     replace_rows = joined.column("__row").filter(newer)
     stale = joined.filter(pc.invert(newer)).select(keys)
     mask = pc.is_in(rows, value_set=replace_rows.combine_chunks())
     return mask, stale
+
+
+def _versions(old: pa.Table, new: pa.Table, keys: list[str], order: list[str]) -> tuple[pa.Table, pa.Array]:
+    """``old`` joined with the rows of ``new`` that have its keys (their order columns as ``__new_*``),
+    and the mask of the joined rows whose ``new`` version is strictly newer."""
+    renamed = new.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
+    joined = old.join(renamed, keys=keys, join_type="inner", use_threads=False)
+    return joined, newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
 
 
 def _drop_tombstoned(tombstones: Table, rows: pa.Table, keys: list[str], order: list[str], group_bytes: int) -> tuple[pa.Table, int]:
@@ -404,14 +410,9 @@ def _drop_tombstoned(tombstones: Table, rows: pa.Table, keys: list[str], order: 
     tasks = prune_by_key_bounds(list(tombstones.scan().plan_files()), tombstones.schema(), rows.select(keys), keys)
     direct = not _has_renames(tombstones)
     stale_keys: list[pa.Table] = []
-    new = rows.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
     for group in _groups(tasks, keys[0], tombstones.schema(), group_bytes):
-        dead = _read_group(tombstones, group, direct).drop(["__file"])
-        dead = dead.filter(_key_mask(dead, rows.select(keys), keys))
-        if not dead.num_rows:
-            continue
-        joined = dead.select(keys + order).join(new, keys=keys, join_type="inner", use_threads=False)
-        newer = newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
+        dead = _read_group(tombstones, group, direct).select(keys + order)
+        joined, newer = _versions(dead, rows, keys, order)
         stale_keys.append(joined.filter(pc.invert(newer)).select(keys))
     if not stale_keys:
         return rows, 0
