@@ -38,6 +38,8 @@ def sizes() -> tuple[int, list[int]]:
     s = scale()
     base = int(1_000_000 * s)
     changes = [int(10_000 * s), int(100_000 * s)]
+    if os.environ.get("BENCH_W2_CHANGES"):  # e.g. "100000": only these batch sizes
+        changes = [int(c) for c in os.environ["BENCH_W2_CHANGES"].split(",")]
     return base, changes
 
 
@@ -232,7 +234,7 @@ def run() -> list[dict[str, Any]]:
     layouts = {"both": (True, False), "partitioned": (True,), "unpartitioned": (False,)}[os.environ.get("BENCH_W2_LAYOUT", "both")]
     for partitioned in layouts:
         meta = prepare(root, partitioned, n)
-        for recent in (False, True):
+        for recent in {"both": (False, True), "uniform": (False,), "recent": (True,)}[os.environ.get("BENCH_W2_KEYS", "both")]:
             for m in change_sizes:
                 label = f"{'day-partitioned' if partitioned else 'unpartitioned'} {'recent-heavy' if recent else 'uniform'} {m:,} changes"
                 changes_path = root / f"changes-{n}-{m}-{'recent' if recent else 'uniform'}.parquet"

@@ -1,6 +1,7 @@
 """Reliability of the merge path (RELIABILITY.md A2, A3, B1, B2, C5) and a property test of merge
 against an in-memory oracle. Each test prints its seed and the four counts (lost, duplicated,
-unexpected, divergent) against its oracle; any non-zero count fails."""
+unexpected, divergent) against its oracle; any non-zero count fails. The merge tests run in both merge
+modes: copy-on-write (files rewritten) and merge-on-read (position delete files)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from icefield.errors import CommitConflictError
 from icefield.write import SUMMARY_BATCH_ID, TableWriter
 
 LONG = bool(os.environ.get("ICEFIELD_LONG"))
+MODES = ["copy-on-write", "merge-on-read"]
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.string()), ("_deleted", pa.bool_())])
 
 
@@ -32,8 +34,9 @@ def catalog_at(root: Path) -> Any:
     return sql_catalog("icefield", f"sqlite:///{root / 'catalog.db'}", (root / "warehouse").resolve().as_uri())
 
 
-def merge_writer(root: Path, table: str = "t.m") -> TableWriter:
-    target = TargetConfig(table=table, mode="merge", keys=["k"], delete_column="_deleted")
+def merge_writer(root: Path, table: str = "t.m", mode: str = "copy-on-write") -> TableWriter:
+    """The merge writer of ``table``; ``mode`` (``write.merge.mode``) applies when it creates the table."""
+    target = TargetConfig(table=table, mode="merge", keys=["k"], delete_column="_deleted", properties={"write.merge.mode": mode})
     return TableWriter(catalog_at(root), target, "p", LocalEngine())
 
 
@@ -74,14 +77,16 @@ def referenced_files_exist(writer: TableWriter) -> bool:
     assert table is not None
     for snap in table.metadata.snapshots:
         for task in table.scan(snapshot_id=snap.snapshot_id).plan_files():
-            if not Path(task.file.file_path.removeprefix("file://")).exists():
-                return False
+            for f in [task.file, *task.delete_files]:
+                if not Path(f.file_path.removeprefix("file://")).exists():
+                    return False
     return True
 
 
 # ---------------------------------------------------------------------------------------- property
 
 
+@pytest.mark.parametrize("mode", MODES)
 @settings(max_examples=12 if not LONG else 200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batches=st.lists(
@@ -90,9 +95,11 @@ def referenced_files_exist(writer: TableWriter) -> bool:
         max_size=4,
     )
 )
-def test_random_upserts_and_deletes_match_the_oracle(tmp_path_factory: pytest.TempPathFactory, batches: list[list[tuple[int, str | None]]]) -> None:
+def test_random_upserts_and_deletes_match_the_oracle(
+    tmp_path_factory: pytest.TempPathFactory, mode: str, batches: list[list[tuple[int, str | None]]]
+) -> None:
     root = tmp_path_factory.mktemp("prop")
-    writer = merge_writer(root)
+    writer = merge_writer(root, mode=mode)
     oracle: dict[int, str] = {}
     for i, ops in enumerate(batches):
         writer.commit(batch(ops), f"b{i}", None, "r")
@@ -100,8 +107,9 @@ def test_random_upserts_and_deletes_match_the_oracle(tmp_path_factory: pytest.Te
         assert counts(rows(writer), oracle) == (0, 0, 0, 0)
 
 
-def test_c5_three_versions_of_a_key_in_one_batch(tmp_path: Path) -> None:
-    writer = merge_writer(tmp_path)
+@pytest.mark.parametrize("mode", MODES)
+def test_c5_three_versions_of_a_key_in_one_batch(tmp_path: Path, mode: str) -> None:
+    writer = merge_writer(tmp_path, mode=mode)
     writer.commit(batch([(1, "a"), (2, "x")]), "b0", None, "r")
     writer.commit(batch([(1, "v1"), (1, "v2"), (1, "v3"), (2, None), (2, "back")]), "b1", None, "r")
     assert sorted((r["k"], r["v"]) for r in rows(writer)) == [(1, "v3"), (2, "back")]
@@ -124,10 +132,12 @@ for i, ops in enumerate(json.loads(Path(sys.argv[2]).read_text())):
 """
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("point", ["after-data-files", "before-commit", "after-commit"])
-def test_a2_failpoints_on_the_merge_path(tmp_path: Path, point: str) -> None:
+def test_a2_failpoints_on_the_merge_path(tmp_path: Path, point: str, mode: str) -> None:
     seed = random.randrange(1 << 30)
-    print(f"seed={seed} point={point}")
+    print(f"seed={seed} point={point} mode={mode}")
+    merge_writer(tmp_path, mode=mode).create(SCHEMA.remove(2))
     rng = random.Random(seed)
     plan = [[(rng.randrange(30), None if rng.random() < 0.2 else f"v{i}-{j}") for j in range(rng.randrange(1, 15))] for i in range(8)]
     plan_file = tmp_path / "plan.json"
@@ -191,11 +201,12 @@ class FlakyCatalog:
         return self.inner.commit_table(table, requirements, updates)
 
 
+@pytest.mark.parametrize("merge_mode", MODES)
 @pytest.mark.parametrize("mode", ["failed-before", "landed-then-error", "unknown-not-landed"])
-def test_a3_commit_outcome_matrix(tmp_path: Path, mode: str) -> None:
+def test_a3_commit_outcome_matrix(tmp_path: Path, mode: str, merge_mode: str) -> None:
     from icefield.errors import TransientError
 
-    plain = merge_writer(tmp_path)
+    plain = merge_writer(tmp_path, mode=merge_mode)
     plain.commit(batch([(1, "a"), (2, "b")]), "b0", None, "r")
     flaky = FlakyCatalog(catalog_at(tmp_path), mode)
     writer = TableWriter(flaky, plain.target, "p", LocalEngine())  # type: ignore[arg-type]
@@ -271,11 +282,12 @@ while time.monotonic() < deadline:
 """
 
 
-def test_b2_conflicting_mergers_lose_no_update(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_b2_conflicting_mergers_lose_no_update(tmp_path: Path, mode: str) -> None:
     seed = random.randrange(1 << 30)
     procs, seconds = 4, (60.0 if LONG else 15.0)
-    print(f"seed={seed} procs={procs} seconds={seconds}")
-    merge_writer(tmp_path).commit(batch([(k, "init") for k in range(100)]), "init", None, "r")
+    print(f"seed={seed} procs={procs} seconds={seconds} mode={mode}")
+    merge_writer(tmp_path, mode=mode).commit(batch([(k, "init") for k in range(100)]), "init", None, "r")
     script = MERGER.format(tests=str(Path(__file__).resolve().parent.parent))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
     children = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(p), str(seconds), str(seed)], env=env, stderr=subprocess.PIPE, text=True) for p in range(procs)]

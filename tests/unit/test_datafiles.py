@@ -57,3 +57,59 @@ def test_partition_split_matches_pyiceberg(tmp_path: Path) -> None:
     for task in mine.scan().plan_files():
         ids = pq.read_table(task.file.file_path.removeprefix("file://"), columns=["id"]).column("id").to_pylist()
         assert ids == sorted(ids)
+
+
+def _ids_per_file(table) -> list[list[int]]:
+    import pyarrow.parquet as pq
+
+    files = sorted(table.scan().plan_files(), key=lambda t: t.file.lower_bounds[1])
+    return [pq.read_table(t.file.file_path.removeprefix("file://"), columns=["id"]).column("id").to_pylist() for t in files]
+
+
+def test_a_batch_smaller_than_the_target_file_is_split_one_file_per_core(tmp_path: Path, monkeypatch) -> None:
+    """pyiceberg writes one thread per file: a batch that fits in one file would use one core. It is cut
+    into one sorted, non-overlapping file per core, unless the pieces would be smaller than the floor."""
+    import icefield.write.datafiles as datafiles
+
+    monkeypatch.setattr(datafiles, "_cores", lambda: 2)
+    monkeypatch.setattr(datafiles, "PARALLEL_FILE_BYTES", 16 << 10)
+    catalog = sql_catalog("icefield", f"sqlite:///{tmp_path / 'c.db'}", (tmp_path / "wh").as_uri())
+    catalog.create_namespace("t")
+    rng = random.Random(7)
+    n = 20_000
+    ids = list(range(n))
+    rng.shuffle(ids)
+    data = pa.table({"id": pa.array(ids, pa.int64()), "v": pa.array([f"v{i}" for i in ids])})
+    assert 2 * (16 << 10) < data.nbytes < 512 << 20
+
+    flat = catalog.create_table("t.flat", schema=data.schema)
+    files = write_data_files(flat, data.cast(flat.schema().as_arrow()), sort_by=["id"])
+    with flat.transaction() as tx, tx.update_snapshot().fast_append() as append:
+        for f in files:
+            append.append_data_file(f)
+    per_file = _ids_per_file(catalog.load_table("t.flat"))
+    assert [len(x) for x in per_file] == [n // 2, n // 2]
+    assert per_file[0] + per_file[1] == list(range(n)), "sorted within and across files: key bounds do not overlap"
+
+    # below the floor: one file
+    monkeypatch.setattr(datafiles, "PARALLEL_FILE_BYTES", data.nbytes)
+    assert len(write_data_files(flat, data.cast(flat.schema().as_arrow()))) == 1
+    # as many partitions as cores: one file each, never cut further
+    monkeypatch.setattr(datafiles, "PARALLEL_FILE_BYTES", 16 << 10)
+    part = _table(catalog, "t.part", data.schema, [("id", "bucket[2]")])
+    assert len(write_data_files(part, data.cast(part.schema().as_arrow()))) == 2
+    # one partition in the batch: cut like an unpartitioned batch
+    one = _table(catalog, "t.one", data.schema, [("v", "truncate[1]")])
+    assert len(write_data_files(one, data.cast(one.schema().as_arrow()))) == 2
+
+
+def test_a_batch_larger_than_cores_times_the_target_keeps_target_sized_files(monkeypatch) -> None:
+    import icefield.write.datafiles as datafiles
+    from icefield.write.datafiles import pack
+
+    monkeypatch.setattr(datafiles, "PARALLEL_FILE_BYTES", 16 << 10)
+    data = pa.table({"id": pa.array(range(100_000), pa.int64())})  # 800 kB
+    bins = list(pack(data, target=200_000, workers=2))
+    assert len(bins) == 4 and sum(sum(b.num_rows for b in batches) for batches in bins) == 100_000
+    halves = list(pack(data, target=1 << 20, workers=2))
+    assert [sum(b.num_rows for b in batches) for batches in halves] == [50_000, 50_000]

@@ -33,10 +33,15 @@ WriteFiles = Callable[["Table", pa.Table], list[Any]]
 @dataclass
 class MergePlan:
     """The outcome of a merge, ready to commit: data files to remove, data files written (uncommitted),
-    the conflict filter for the commit, and counts."""
+    the conflict filter for the commit, and counts. A merge-on-read merge also adds position delete
+    files (``add_deletes``), may replace older ones (``remove_deletes``), and names the data files its
+    deletes refer to (``referenced``), which must still be in the table when it commits."""
 
     remove: list[Any] = field(default_factory=list)
     add: list[Any] = field(default_factory=list)
+    add_deletes: list[Any] = field(default_factory=list)
+    remove_deletes: list[Any] = field(default_factory=list)
+    referenced: list[Any] = field(default_factory=list)
     conflict_filter: Any = None
     rows_written: int = 0
     rows_deleted: int = 0

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles
+from icefield.write.deletes import is_file_scoped, merge_on_read, read_positions, scoped_deletes
 from icefield.write.versions import dedupe_latest, newer_mask, split_deletes
 
 if TYPE_CHECKING:
@@ -143,57 +144,114 @@ class LocalEngine(Engine):
             plan.tombstones = batch.filter(flag).select(keys + order)
         pending = batch.append_column("__del", flag)
         sort = [(k, "ascending") for k in keys]
+        updated: pa.Table | None = None  # merge-on-read: new versions of stored keys, written with the inserts
         if table.current_snapshot() is not None:
             tasks = list(table.scan().plan_files())
             candidates = prune_by_key_bounds(tasks, table.schema(), batch.select(keys), keys)
             plan.files_scanned = len(tasks)
             log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
-            direct = not _has_renames(table)
-            for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
-                if pending.num_rows == 0:
-                    break
-                existing = _read_group(table, group, direct)
-                plan.files_read += len(group)
-                hit = _key_mask(existing, pending.select(keys), keys)
-                if not pc.any(hit).as_py():
-                    continue
-                if newest:
-                    hit, stale = _split_newer(existing, hit, pending, keys, order)
-                    if stale.num_rows:
-                        stale_mask = _key_mask(pending, stale, keys)
-                        plan.rows_stale += pc.sum(stale_mask).as_py() or 0
-                        pending = pending.filter(pc.invert(stale_mask))
+            if merge_on_read(table):
+                pending, updated = self._mark(table, candidates, pending, plan, keys, order, newest)
+            else:
+                direct = not _has_renames(table)
+                for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
+                    if pending.num_rows == 0:
+                        break
+                    existing = _read_group(table, group, direct)
+                    plan.files_read += len(group)
+                    hit = _key_mask(existing, pending.select(keys), keys)
                     if not pc.any(hit).as_py():
                         continue
-                file_idx = existing.column("__file")
-                hit_files = pc.unique(file_idx.filter(hit))
-                rewritten = pc.is_in(file_idx, value_set=hit_files)
-                survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
-                matched = existing.filter(hit).select(keys)
-                mine_mask = _key_mask(pending, matched, keys)
-                mine = pending.filter(mine_mask)
-                pending = pending.filter(pc.invert(mine_mask))
-                is_del = mine.column("__del")
-                plan.rows_deleted += pc.sum(is_del).as_py() or 0
-                ups = mine.filter(pc.invert(is_del)).drop(["__del"])
-                plan.rows_updated += ups.num_rows
-                # Matched keys get their new version in the rewrite of the files they came from, so files
-                # keep tight key ranges and later merges prune well.
-                out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)]).sort_by(sort)
-                if out.num_rows:
-                    plan.add.extend(write_files(table, out))
-                plan.remove.extend(group[i].file for i in hit_files.to_pylist())
-                plan.rows_written += out.num_rows
+                    if newest:
+                        hit, stale = _split_newer(existing, hit, pending, keys, order)
+                        if stale.num_rows:
+                            stale_mask = _key_mask(pending, stale, keys)
+                            plan.rows_stale += pc.sum(stale_mask).as_py() or 0
+                            pending = pending.filter(pc.invert(stale_mask))
+                        if not pc.any(hit).as_py():
+                            continue
+                    file_idx = existing.column("__file")
+                    hit_files = pc.unique(file_idx.filter(hit))
+                    rewritten = pc.is_in(file_idx, value_set=hit_files)
+                    survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
+                    matched = existing.filter(hit).select(keys)
+                    mine_mask = _key_mask(pending, matched, keys)
+                    mine = pending.filter(mine_mask)
+                    pending = pending.filter(pc.invert(mine_mask))
+                    is_del = mine.column("__del")
+                    plan.rows_deleted += pc.sum(is_del).as_py() or 0
+                    ups = mine.filter(pc.invert(is_del)).drop(["__del"])
+                    plan.rows_updated += ups.num_rows
+                    # Matched keys get their new version in the rewrite of the files they came from, so files
+                    # keep tight key ranges and later merges prune well.
+                    out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)]).sort_by(sort)
+                    if out.num_rows:
+                        plan.add.extend(write_files(table, out))
+                    for i in hit_files.to_pylist():
+                        plan.remove.append(group[i].file)
+                        plan.remove_deletes.extend(scoped_deletes(group[i]))
+                    plan.rows_written += out.num_rows
         remaining = pending.filter(pc.invert(pending.column("__del"))).drop(["__del"])
         if newest and tombstones is not None and remaining.num_rows:
             remaining, dropped = _drop_tombstoned(tombstones, remaining, keys, order, self.group_bytes)
             plan.rows_stale += dropped
+        plan.rows_inserted = remaining.num_rows
+        if updated is not None and updated.num_rows:
+            remaining = pa.concat_tables([remaining, updated.select(remaining.column_names).cast(remaining.schema)])
         if remaining.num_rows:
             new_rows = remaining.sort_by(sort)
             plan.add.extend(write_files(table, new_rows))
             plan.rows_written += new_rows.num_rows
-        plan.rows_inserted = remaining.num_rows
         return plan
+
+    def _mark(
+        self, table: Table, candidates: list[Any], pending: pa.Table, plan: MergePlan, keys: list[str], order: list[str], newest: bool
+    ) -> tuple[pa.Table, pa.Table]:
+        """Merge-on-read: mark the stored rows ``pending`` replaces or deletes in position delete files
+        (``plan.add_deletes``) instead of rewriting their files. Only the key and order columns of the
+        candidate files are read, without the rows earlier deletes removed. Returns the batch rows whose
+        key is not stored (still pending) and the new versions of stored keys (to write as new rows)."""
+        from icefield.write.deletes import write_position_deletes
+
+        updates: list[pa.Table] = []
+        marks: list[tuple[Any, pa.Array]] = []
+        cache = _DeleteCache(table)
+        for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
+            if pending.num_rows == 0:
+                break
+            existing, earlier = _read_keys(table, group, keys + order, cache)
+            plan.files_read += len(group)
+            hit = _key_mask(existing, pending.select(keys), keys)
+            if not pc.any(hit).as_py():
+                continue
+            if newest:
+                hit, stale = _split_newer(existing, hit, pending, keys, order)
+                if stale.num_rows:
+                    stale_mask = _key_mask(pending, stale, keys)
+                    plan.rows_stale += pc.sum(stale_mask).as_py() or 0
+                    pending = pending.filter(pc.invert(stale_mask))
+                if not pc.any(hit).as_py():
+                    continue
+            matched = existing.filter(hit)
+            mine_mask = _key_mask(pending, matched.select(keys), keys)
+            mine = pending.filter(mine_mask)
+            pending = pending.filter(pc.invert(mine_mask))
+            is_del = mine.column("__del")
+            plan.rows_deleted += pc.sum(is_del).as_py() or 0
+            ups = mine.filter(pc.invert(is_del)).drop(["__del"])
+            plan.rows_updated += ups.num_rows
+            updates.append(ups)
+            files = matched.column("__file")
+            for i in pc.unique(files).to_pylist():
+                positions = matched.column("__pos").filter(pc.equal(files, i)).combine_chunks()
+                old_files, old_positions = earlier.get(i, ([], None))
+                if old_positions is not None:
+                    positions = pa.concat_arrays([old_positions, positions])
+                marks.append((group[i].file, positions))
+                plan.remove_deletes.extend(old_files)
+                plan.referenced.append(group[i].file)
+        plan.add_deletes = write_position_deletes(table, marks)
+        return pending, pa.concat_tables(updates) if updates else pending.drop(["__del"]).slice(0, 0)
 
     # ------------------------------------------------------------------ SQL
 
@@ -357,6 +415,89 @@ def _read_group(table: Table, tasks: list[Any], direct: bool) -> pa.Table:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(read, range(len(tasks))))
     return pa.concat_tables(parts) if parts else pa.table({})
+
+
+class _DeleteCache:
+    """Position delete files read once per merge (a partition-scoped one applies to many data files)."""
+
+    def __init__(self, table: Table) -> None:
+        import threading
+
+        self.table = table
+        self.lock = threading.Lock()
+        self.read: dict[str, dict[str, pa.Array]] = {}
+
+    def positions(self, delete_file: Any, data_path: str) -> pa.Array | None:
+        from pyiceberg.manifest import DataFileContent
+
+        if delete_file.content == DataFileContent.EQUALITY_DELETES:
+            raise NotImplementedError(
+                f"data file {data_path} has equality delete file {delete_file.file_path}, which icefield cannot apply; "
+                "compact the table with the engine that wrote it (Spark: rewrite_data_files) first"
+            )
+        with self.lock:
+            got = self.read.get(delete_file.file_path)
+        if got is None:
+            got = read_positions(self.table, delete_file)
+            with self.lock:
+                self.read[delete_file.file_path] = got
+        return got.get(data_path)
+
+
+def _read_keys(
+    table: Table, tasks: list[Any], columns: list[str], cache: _DeleteCache
+) -> tuple[pa.Table, dict[int, tuple[list[Any], pa.Array | None]]]:
+    """The ``columns`` of the live rows of ``tasks`` (read in parallel, columns matched by field id),
+    with ``__file`` (the task's index) and ``__pos`` (the row's position in its file). Also returns, per
+    task index, its file-scoped delete files and the positions they delete (to carry into a new one)."""
+    import pyarrow.parquet as pq
+
+    schema = table.schema()
+    wanted = [schema.find_field(c) for c in columns]
+    types = {f.name: f.type for f in schema.as_arrow()}
+    earlier: dict[int, tuple[list[Any], pa.Array | None]] = {}
+
+    def read(i: int) -> pa.Table:
+        task = tasks[i]
+        path = task.file.file_path
+        with table.io.new_input(path).open() as f:
+            pf = pq.ParquetFile(f)
+            by_id = {
+                int(fld.metadata[b"PARQUET:field_id"]): fld.name
+                for fld in pf.schema_arrow
+                if fld.metadata and b"PARQUET:field_id" in fld.metadata
+            }
+            names = {w.name: by_id.get(w.field_id, w.name if not by_id else None) for w in wanted}
+            raw = pf.read(columns=[n for n in names.values() if n is not None and n in pf.schema_arrow.names])
+        cols = [
+            raw.column(n).cast(types[c]) if n is not None and n in raw.column_names else pa.nulls(raw.num_rows, types[c])
+            for c, n in names.items()
+        ]
+        t = pa.table(cols, names=list(names))
+        t = t.append_column("__file", pa.array([i] * t.num_rows, pa.int32()))
+        t = t.append_column("__pos", pa.array(range(t.num_rows), pa.int64()))
+        dead: list[pa.Array] = []
+        scoped: list[Any] = []
+        scoped_pos: list[pa.Array] = []
+        for d in task.delete_files or ():
+            got = cache.positions(d, path)
+            if got is not None and len(got):
+                dead.append(got)
+                if is_file_scoped(d) == path:
+                    scoped_pos.append(got)
+            if is_file_scoped(d) == path:
+                scoped.append(d)
+        if scoped:
+            earlier[i] = (scoped, pa.concat_arrays(scoped_pos) if scoped_pos else None)
+        if dead:
+            gone = pc.is_in(t.column("__pos"), value_set=pa.concat_arrays(dead))
+            t = t.filter(pc.invert(gone))
+        return t
+
+    workers = max(1, min(len(tasks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(read, range(len(tasks))))
+    return pa.concat_tables(parts), earlier
 
 
 def _key_mask(existing: pa.Table, batch_keys: pa.Table, keys: list[str]) -> pa.Array:

@@ -24,7 +24,7 @@ from icefield.errors import BranchMovedError, CommitConflictError, SchemaError, 
 from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
-from icefield.write.producers import merge_overwrite
+from icefield.write.producers import merge_overwrite, row_delta
 from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
 if TYPE_CHECKING:
@@ -273,6 +273,9 @@ class TableWriter:
         mode = self.target.mode
         added: list[Any] = []
         removed: list[Any] = []
+        add_deletes: list[Any] = []
+        remove_deletes: list[Any] = []
+        referenced: list[Any] = []
         rows_deleted = 0
         rows_written = data.num_rows
         conflict = None
@@ -286,6 +289,7 @@ class TableWriter:
                 plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load() if graves else None)
             plan.rows_stale += rows_stale
             added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
+            add_deletes, remove_deletes, referenced = plan.add_deletes, plan.remove_deletes, plan.referenced
             rows_written, conflict = plan.rows_written, plan.conflict_filter
             if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows:
                 # Recorded before the data commit: a tombstone that lands first only blocks versions older
@@ -304,26 +308,29 @@ class TableWriter:
                 if table.current_snapshot() is not None:
                     tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary, branch=branch or MAIN)  # type: ignore[call-arg,arg-type]
         if encoded is not None:
-            if branch is not None and (added or removed):
+            if branch is not None and (added or removed or add_deletes or remove_deletes):
                 # Audited: main's position moves only when the publish moves main's data.
                 summary[SUMMARY_POSITION] = encoded
             else:
                 tx.set_properties({STATE_PREFIX + self.pipeline: encoded})
         failpoints.hit("after-data-files")
-        if added or removed:
-            if removed:
+        changed = bool(added or removed or add_deletes or remove_deletes)
+        if changed:
+            if add_deletes or remove_deletes:
+                producer_cm = row_delta(tx, summary, conflict, set(referenced), branch=branch or MAIN)
+            elif removed:
                 producer_cm = merge_overwrite(tx, summary, conflict, branch=branch or MAIN)
             else:
                 producer_cm = tx.update_snapshot(snapshot_properties=summary, branch=branch or MAIN).fast_append()
             with producer_cm as producer:
-                for f in removed:
+                for f in [*removed, *{d.file_path: d for d in remove_deletes}.values()]:
                     producer.delete_data_file(f)
-                for f in added:
+                for f in [*added, *add_deletes]:
                     producer.append_data_file(f)
         failpoints.hit("before-commit")
         committed = tx.commit_transaction()
         failpoints.hit("after-commit")
-        snap = (committed.snapshot_by_name(branch) if branch else committed.current_snapshot()) if (added or removed) else None
+        snap = (committed.snapshot_by_name(branch) if branch else committed.current_snapshot()) if changed else None
         return WriteResult(
             self.target.table,
             batch_id,
@@ -363,7 +370,9 @@ class TableWriter:
             plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
         batch = batch.filter(pc.invert(flag))
         if table.current_snapshot() is not None:
-            plan.remove = [task.file for task in table.scan().plan_files()]
+            tasks = list(table.scan().plan_files())
+            plan.remove = [task.file for task in tasks]
+            plan.remove_deletes = list({d.file_path: d for task in tasks for d in task.delete_files or ()}.values())
         if batch.num_rows:
             plan.add = self.write_files(table, batch.sort_by([(k, "ascending") for k in t.keys]))
         plan.rows_written = plan.rows_inserted = batch.num_rows
