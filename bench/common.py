@@ -108,9 +108,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def emit(seconds: float, result: dict[str, Any]) -> None:
-    """Print the one JSON line a measured child reports."""
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak_rss_mb(), 1), "result": result}), flush=True)
+def emit(seconds: float, result: dict[str, Any], peak_mb: float | None = None) -> None:
+    """Print the one JSON line a measured child reports. ``peak_mb``: the peak to report when the child
+    went on to check its result after the measured work (by default, the peak so far)."""
+    peak = peak_rss_mb() if peak_mb is None else peak_mb
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak, 1), "result": result}), flush=True)
 
 
 def median(xs: list[float]) -> float:

@@ -21,6 +21,7 @@ from bench.common import (
     emit,
     machine,
     measure_runs,
+    peak_rss_mb,
     print_table,
     runs,
     scale,
@@ -201,13 +202,23 @@ def _peer_spark(root: Path, ident: str, changes_path: str) -> dict[str, Any]:
 PEERS = {"icefield": _peer_icefield, "pyiceberg": _peer_pyiceberg, "spark": _peer_spark}
 
 
+def _set_merge_mode(root: Path, ident: str, mode: str) -> None:
+    """Give the clone the merge mode the peer is measured in (Iceberg's ``write.merge.mode``, which both
+    icefield and Spark's MERGE INTO honour), before the clock starts."""
+    if mode != "copy-on-write":
+        table = _catalog(root).load_table(ident)
+        table.transaction().set_properties({"write.merge.mode": mode}).commit_transaction()
+
+
 def child(args: dict[str, Any]) -> None:
     root = Path(args["root"])
+    _set_merge_mode(root, args["table"], args.get("merge_mode", "copy-on-write"))
     res = PEERS[args["peer"]](root, args["table"], args["changes"])
+    peak = peak_rss_mb()  # the merge's own peak: the check below reads the whole table
     table = _catalog(root).load_table(args["table"])
     digest = table_digest(table.scan().to_arrow(), "order_id")
     digest["files"] = len(list(table.scan().plan_files()))
-    emit(res["seconds"], digest)
+    emit(res["seconds"], digest, peak_mb=peak)
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -231,6 +242,8 @@ def run() -> list[dict[str, Any]]:
     slow_timeout = float(os.environ.get("BENCH_PEER_TIMEOUT", "300"))
     results = []
     print(f"W2 merge: base {n:,} rows; changes {', '.join(f'{m:,}' for m in change_sizes)}; peers {', '.join(peers)}; machine {machine()}")
+    # copy-on-write rewrites the files that hold a changed key; merge-on-read writes position deletes
+    modes = os.environ.get("BENCH_W2_MODES", "copy-on-write,merge-on-read").split(",")
     layouts = {"both": (True, False), "partitioned": (True,), "unpartitioned": (False,)}[os.environ.get("BENCH_W2_LAYOUT", "both")]
     for partitioned in layouts:
         meta = prepare(root, partitioned, n)
@@ -240,36 +253,49 @@ def run() -> list[dict[str, Any]]:
                 changes_path = root / f"changes-{n}-{m}-{'recent' if recent else 'uniform'}.parquet"
                 if not changes_path.exists():
                     pq.write_table(change_rows(n, m, recent), changes_path)
-                row: dict[str, Any] = {"case": label, "partitioned": partitioned, "recent": recent, "changes": m, "base_rows": n}
                 digests: dict[str, dict[str, Any]] = {}
-                for peer in peers:
-                    done = measure_runs(
-                        "bench.w2_merge",
-                        lambda r, p=peer, c=changes_path, m=meta: {"peer": p, "root": str(root), "table": clone(root, m, f"{p}_{r}"), "changes": str(c)},
-                        runs() if peer == "icefield" else 1,
-                        timeout=slow_timeout if peer != "icefield" else None,
-                    )
-                    if done.result:
-                        digests[peer] = done.result
-                    if done.timed_out:
-                        done.seconds = []  # a peer that timed out once has no time
-                        row[f"{peer}_timeout"] = slow_timeout
-                    row[f"{peer}_s"] = done.median_s()
-                    row[f"{peer}_rss_mb"] = done.peak_mb()
-                    if peer == "icefield" and done.seconds:
-                        row["files_after"] = digests[peer].get("files")
-                ref = digests.get("icefield")
-                row["same_result"] = all(
-                    d["rows"] == ref["rows"] and d["hash"] == ref["hash"] for d in digests.values()
-                ) if ref else False
-                row["rows_after"] = ref["rows"] if ref else None
-                for peer in peers[1:]:
-                    if row.get(f"{peer}_s") and row.get("icefield_s"):
-                        row[f"x_{peer}"] = round(row[f"{peer}_s"] / row["icefield_s"], 1)
-                    elif row.get(f"{peer}_timeout") and row.get("icefield_s"):
-                        row[f"x_{peer}"] = f">{round(row[f'{peer}_timeout'] / row['icefield_s'], 1)}"
-                results.append(row)
-                _print(results, peers)
+                pyiceberg_runs = None
+                for mode in modes:
+                    row: dict[str, Any] = {
+                        "case": f"{label}, {mode}", "partitioned": partitioned, "recent": recent, "changes": m, "base_rows": n, "merge_mode": mode,
+                    }
+                    for peer in peers:
+                        if peer == "pyiceberg" and pyiceberg_runs is not None:
+                            done = pyiceberg_runs  # its upsert has one mode: measured once per case
+                        else:
+                            done = measure_runs(
+                                "bench.w2_merge",
+                                lambda r, p=peer, c=changes_path, m=meta, mm=mode: {
+                                    "peer": p, "root": str(root), "table": clone(root, m, f"{p}_{r}"), "changes": str(c), "merge_mode": mm,
+                                },
+                                runs() if peer == "icefield" else 1,
+                                timeout=slow_timeout if peer != "icefield" else None,
+                            )
+                            if peer == "pyiceberg":
+                                pyiceberg_runs = done
+                        if done.result:
+                            digests[f"{peer}-{mode}"] = done.result
+                        if done.timed_out:
+                            done.seconds = []  # a peer that timed out once has no time
+                            row[f"{peer}_timeout"] = slow_timeout
+                        row[f"{peer}_s"] = done.median_s()
+                        row[f"{peer}_rss_mb"] = done.peak_mb()
+                        if peer == "icefield" and done.seconds:
+                            row["files_after"] = digests[f"{peer}-{mode}"].get("files")
+                    ref = digests.get(f"icefield-{mode}")
+                    # every peer in every mode must end with the same table as icefield's first mode
+                    first = digests.get(f"icefield-{modes[0]}")
+                    row["same_result"] = all(
+                        d["rows"] == first["rows"] and d["hash"] == first["hash"] for d in digests.values()
+                    ) if ref and first else False
+                    row["rows_after"] = ref["rows"] if ref else None
+                    for peer in peers[1:]:
+                        if row.get(f"{peer}_s") and row.get("icefield_s"):
+                            row[f"x_{peer}"] = round(row[f"{peer}_s"] / row["icefield_s"], 1)
+                        elif row.get(f"{peer}_timeout") and row.get("icefield_s"):
+                            row[f"x_{peer}"] = f">{round(row[f'{peer}_timeout'] / row['icefield_s'], 1)}"
+                    results.append(row)
+                    _print(results, peers)
     return results
 
 

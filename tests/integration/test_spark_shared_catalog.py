@@ -61,13 +61,14 @@ def _row(i: int, kind: str, amount: float) -> Row:
 BASE = [_row(i, "xyz"[i % 3], i * 1.5) for i in range(1, 21)]
 
 
-def _pipeline(root: Path, name: str, table: str) -> None:
+def _pipeline(root: Path, name: str, table: str, merge_mode: str | None = None) -> None:
+    props = f", properties: {{write.merge.mode: {merge_mode}}}" if merge_mode else ""
     _write(
         root,
         f"pipelines/{name}.yaml",
         f"name: {name}\n"
         f"source: {{type: files, path: 'data/{name}/*.csv', format: csv, file_column: null}}\n"
-        f"target: {{table: {table}, mode: merge, keys: [id]}}\n",
+        f"target: {{table: {table}, mode: merge, keys: [id]{props}}}\n",
     )
     _write(root, f"data/{name}/a.csv", _csv(BASE))
 
@@ -80,6 +81,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     _pipeline(root, "ev", "raw.ev")
     _pipeline(root, "cow", "raw.ev_cow")
     _pipeline(root, "mor", "raw.ev_mor")
+    _pipeline(root, "imor", "raw.ev_imor", merge_mode="merge-on-read")
     project = load_project(root)
     assert project.config.catalog.name == CATALOG
     open_catalog(project)  # icefield creates the catalog database (WAL) before Spark opens it
@@ -181,6 +183,41 @@ def test_spark_merge_is_read_by_icefield(project: Project, spark: Any, mode: str
     assert _iceberg_rows(project, table) == expected
     assert _duckdb_rows(project, table) == expected
     assert _spark_rows(spark, table) == expected
+
+
+def test_icefield_merge_on_read_is_read_by_spark(project: Project, spark: Any) -> None:
+    """icefield's merge-on-read merges (file-scoped position delete files) read the same in Spark,
+    pyiceberg and DuckDB; Spark's merge-on-read MERGE on top of them, and icefield's after that, too."""
+    table = "raw.ev_imor"
+    assert run_pipeline(project, "imor").rows_committed == len(BASE)
+    changes = [_row(i, "u", 100.0 + i) for i in (2, 7, 19)] + [_row(i, "n", 1.0 * i) for i in (30, 31)]
+    _write(project.root, "data/imor/b.csv", _csv(changes))
+    res = run_pipeline(project, "imor")
+    assert res.rows_committed == len(changes) and res.conserved
+    tbl = open_catalog(project).load_table(table)
+    summary = tbl.current_snapshot().summary  # type: ignore[union-attr]
+    assert summary["added-position-deletes"] == "3" and "deleted-data-files" not in summary.additional_properties, "marked, not rewritten"
+    expected = sorted({r[0]: r for r in BASE + changes}.values())
+    assert _spark_rows(spark, table) == _iceberg_rows(project, table) == _duckdb_rows(project, table) == expected
+
+    spark.sql(f"ALTER TABLE {CATALOG}.{table} SET TBLPROPERTIES ('write.update.mode'='merge-on-read', 'write.delete.mode'='merge-on-read')")
+    theirs = [_row(i, "s", 7.0 * i) for i in (2, 3, 40)]
+    _changes_view(spark, "changes_imor", theirs)
+    spark.sql(f"""
+        MERGE INTO {CATALOG}.{table} t USING changes_imor s ON t.id = s.id
+        WHEN MATCHED THEN UPDATE SET *
+        WHEN NOT MATCHED THEN INSERT *
+    """)
+    expected = sorted({r[0]: r for r in BASE + changes + theirs}.values())
+    assert _spark_rows(spark, table) == _iceberg_rows(project, table) == _duckdb_rows(project, table) == expected
+
+    later = [_row(i, "i", 0.25 * i) for i in (2, 3, 7, 50)]
+    _write(project.root, "data/imor/c.csv", _csv(later))
+    assert run_pipeline(project, "imor").rows_committed == len(later)
+    expected = sorted({r[0]: r for r in BASE + changes + theirs + later}.values())
+    assert _spark_rows(spark, table) == _iceberg_rows(project, table) == _duckdb_rows(project, table) == expected
+    tasks = list(open_catalog(project).load_table(table).scan().plan_files())
+    assert all(len(t.delete_files) <= 1 for t in tasks), "a data file keeps one delete file: the older one is replaced"
 
 
 def test_concurrent_commits_from_both_engines(project: Project, spark: Any) -> None:

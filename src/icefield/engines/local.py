@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield.columns import constant, row_numbers
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles
 from icefield.write.deletes import is_file_scoped, merge_on_read, read_positions, scoped_deletes
 from icefield.write.versions import dedupe_latest, newer_mask, split_deletes
@@ -159,29 +160,13 @@ class LocalEngine(Engine):
                         break
                     existing = _read_group(table, group, direct)
                     plan.files_read += len(group)
-                    hit = _key_mask(existing, pending.select(keys), keys)
-                    if not pc.any(hit).as_py():
+                    hit, pending, ups = _claim(existing, pending, plan, keys, order, newest)
+                    if hit is None:
                         continue
-                    if newest:
-                        hit, stale = _split_newer(existing, hit, pending, keys, order)
-                        if stale.num_rows:
-                            stale_mask = _key_mask(pending, stale, keys)
-                            plan.rows_stale += pc.sum(stale_mask).as_py() or 0
-                            pending = pending.filter(pc.invert(stale_mask))
-                        if not pc.any(hit).as_py():
-                            continue
                     file_idx = existing.column("__file")
                     hit_files = pc.unique(file_idx.filter(hit))
                     rewritten = pc.is_in(file_idx, value_set=hit_files)
                     survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
-                    matched = existing.filter(hit).select(keys)
-                    mine_mask = _key_mask(pending, matched, keys)
-                    mine = pending.filter(mine_mask)
-                    pending = pending.filter(pc.invert(mine_mask))
-                    is_del = mine.column("__del")
-                    plan.rows_deleted += pc.sum(is_del).as_py() or 0
-                    ups = mine.filter(pc.invert(is_del)).drop(["__del"])
-                    plan.rows_updated += ups.num_rows
                     # Matched keys get their new version in the rewrite of the files they came from, so files
                     # keep tight key ranges and later merges prune well.
                     out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)]).sort_by(sort)
@@ -219,27 +204,14 @@ class LocalEngine(Engine):
         for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
             if pending.num_rows == 0:
                 break
-            existing, earlier = _read_keys(table, group, keys + order, cache)
+            # Only rows whose first key the batch holds are kept, in the reading threads.
+            probe = (keys[0], pc.unique(pending.column(keys[0]).combine_chunks().drop_null()))
+            existing, earlier = _read_keys(table, group, keys + order, cache, probe)
             plan.files_read += len(group)
-            hit = _key_mask(existing, pending.select(keys), keys)
-            if not pc.any(hit).as_py():
+            hit, pending, ups = _claim(existing, pending, plan, keys, order, newest)
+            if hit is None:
                 continue
-            if newest:
-                hit, stale = _split_newer(existing, hit, pending, keys, order)
-                if stale.num_rows:
-                    stale_mask = _key_mask(pending, stale, keys)
-                    plan.rows_stale += pc.sum(stale_mask).as_py() or 0
-                    pending = pending.filter(pc.invert(stale_mask))
-                if not pc.any(hit).as_py():
-                    continue
             matched = existing.filter(hit)
-            mine_mask = _key_mask(pending, matched.select(keys), keys)
-            mine = pending.filter(mine_mask)
-            pending = pending.filter(pc.invert(mine_mask))
-            is_del = mine.column("__del")
-            plan.rows_deleted += pc.sum(is_del).as_py() or 0
-            ups = mine.filter(pc.invert(is_del)).drop(["__del"])
-            plan.rows_updated += ups.num_rows
             updates.append(ups)
             files = matched.column("__file")
             for i in pc.unique(files).to_pylist():
@@ -304,9 +276,10 @@ def register_table(
     """Expose ``table`` to DuckDB as the view ``<namespace>.<name>``, at ``snapshot_id`` (a branch head,
     say) or by default at its current snapshot.
 
-    Reads the snapshot's Parquet files directly (fast, no copy) when no delete files exist and
-    no column was ever renamed; otherwise falls back to pyiceberg's Arrow scan, which applies deletes
-    and maps columns by field id.
+    Reads the snapshot's Parquet files directly (fast, no copy) when no column was ever renamed and
+    the files are local, leaving out the rows position delete files remove (an anti-join on the file
+    and row number); otherwise (equality deletes, renames, remote files) falls back to pyiceberg's Arrow
+    scan, which applies deletes and maps columns by field id.
     """
     schema_name = "_".join(ident[:-1])
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema_name)}")
@@ -314,9 +287,12 @@ def register_table(
     arrow_schema = table.schema().as_arrow()
     if snapshot_id is None and (current := table.current_snapshot()) is not None:
         snapshot_id = current.snapshot_id
+    from pyiceberg.manifest import DataFileContent
+
     tasks = list(table.scan(snapshot_id=snapshot_id).plan_files()) if snapshot_id is not None else []
     renamed = _has_renames(table)
-    if tasks and not renamed and not any(t.delete_files for t in tasks) and all(
+    positional = all(d.content == DataFileContent.POSITION_DELETES for t in tasks for d in t.delete_files)
+    if tasks and not renamed and positional and "file_row_number" not in arrow_schema.names and all(
         t.file.file_path.startswith(("file://", "/")) for t in tasks
     ):
         paths = [t.file.file_path.removeprefix("file://") for t in tasks]
@@ -328,15 +304,42 @@ def register_table(
         cols = []
         for f in arrow_schema:
             if f.name in present:
-                cols.append(_quote(f.name))
+                cols.append(f"d.{_quote(f.name)}")
             else:
                 cols.append(f"CAST(NULL AS {_duck_type(f.type)}) AS {_quote(f.name)}")
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} FROM read_parquet({files_sql}, union_by_name=true)")
+        source = f"read_parquet({files_sql}, union_by_name=true) AS d"
+        if any(t.delete_files for t in tasks):
+            # Rows that position delete files remove: an anti-join on (file, row number in the file).
+            deleted = "__icefield_deleted_" + "_".join(ident)
+            con.register(deleted, _deleted_positions(table, tasks))
+            source = (
+                f"read_parquet({files_sql}, union_by_name=true, filename='__icefield_file', file_row_number=true) AS d "
+                f"ANTI JOIN {_quote(deleted)} AS x ON x.file_path = d.__icefield_file AND x.pos = d.file_row_number"
+            )
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(cols)} FROM {source}")
         return
     data = table.scan(snapshot_id=snapshot_id).to_arrow() if tasks else arrow_schema.empty_table()
     tmp = "__icefield_" + "_".join(ident)
     con.register(tmp, data)
     con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(tmp)}")
+
+
+def _deleted_positions(table: Table, tasks: list[Any]) -> pa.Table:
+    """``(file_path, pos)`` of every row the tasks' position delete files remove (paths as DuckDB
+    names the local files)."""
+    cache = _DeleteCache(table)
+    paths: list[pa.Array] = []
+    positions: list[pa.Array] = []
+    for task in tasks:
+        path = task.file.file_path
+        for d in task.delete_files:
+            pos = cache.positions(d, path)
+            if pos is not None and len(pos):
+                positions.append(pos.cast(pa.int64()))
+                paths.append(constant(path.removeprefix("file://"), len(pos), pa.string()))
+    if not positions:
+        return pa.table({"file_path": pa.array([], pa.string()), "pos": pa.array([], pa.int64())})
+    return pa.table({"file_path": pa.concat_arrays(paths), "pos": pa.concat_arrays(positions)})
 
 
 def _has_renames(table: Table) -> bool:
@@ -409,12 +412,40 @@ def _read_group(table: Table, tasks: list[Any], direct: bool) -> pa.Table:
         else:
             t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
             t = t.cast(schema) if t.schema != schema else t
-        return t.append_column("__file", pa.array([i] * t.num_rows, pa.int32()))
+        return t.append_column("__file", constant(i, t.num_rows, pa.int32()))
 
     workers = max(1, min(len(tasks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(read, range(len(tasks))))
     return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def _claim(
+    existing: pa.Table, pending: pa.Table, plan: MergePlan, keys: list[str], order: list[str], newest: bool
+) -> tuple[pa.Array | None, pa.Table, pa.Table]:
+    """Match the ``pending`` batch rows (with their ``__del`` flag) against ``existing`` stored rows.
+
+    Returns the mask of the stored rows to replace or delete (None when there are none), the batch rows
+    still pending (those that matched here, and with ``newest`` those older than the stored version,
+    are taken out) and the new versions of the matched keys. Counts go to ``plan``."""
+    hit = _key_mask(existing, pending.select(keys), keys)
+    if not pc.any(hit).as_py():
+        return None, pending, pending.slice(0, 0)
+    if newest:
+        hit, stale = _split_newer(existing, hit, pending, keys, order)
+        if stale.num_rows:
+            stale_mask = _key_mask(pending, stale, keys)
+            plan.rows_stale += pc.sum(stale_mask).as_py() or 0
+            pending = pending.filter(pc.invert(stale_mask))
+        if not pc.any(hit).as_py():
+            return None, pending, pending.slice(0, 0)
+    mine_mask = _key_mask(pending, existing.filter(hit).select(keys), keys)
+    mine = pending.filter(mine_mask)
+    is_del = mine.column("__del")
+    plan.rows_deleted += pc.sum(is_del).as_py() or 0
+    ups = mine.filter(pc.invert(is_del)).drop(["__del"])
+    plan.rows_updated += ups.num_rows
+    return hit, pending.filter(pc.invert(mine_mask)), ups
 
 
 class _DeleteCache:
@@ -445,11 +476,13 @@ class _DeleteCache:
 
 
 def _read_keys(
-    table: Table, tasks: list[Any], columns: list[str], cache: _DeleteCache
+    table: Table, tasks: list[Any], columns: list[str], cache: _DeleteCache, probe: tuple[str, pa.Array] | None = None
 ) -> tuple[pa.Table, dict[int, tuple[list[Any], pa.Array | None]]]:
     """The ``columns`` of the live rows of ``tasks`` (read in parallel, columns matched by field id),
-    with ``__file`` (the task's index) and ``__pos`` (the row's position in its file). Also returns, per
-    task index, its file-scoped delete files and the positions they delete (to carry into a new one)."""
+    with ``__file`` (the task's index) and ``__pos`` (the row's position in its file). ``probe``
+    (column, values) keeps only the rows whose column holds one of the values, in the reading threads.
+    Also returns, per task index, its file-scoped delete files and the positions they delete (to carry
+    into a new one)."""
     import pyarrow.parquet as pq
 
     schema = table.schema()
@@ -474,8 +507,12 @@ def _read_keys(
             for c, n in names.items()
         ]
         t = pa.table(cols, names=list(names))
-        t = t.append_column("__file", pa.array([i] * t.num_rows, pa.int32()))
-        t = t.append_column("__pos", pa.array(range(t.num_rows), pa.int64()))
+        if probe is not None:
+            mask = pc.fill_null(pc.is_in(t.column(probe[0]), value_set=probe[1]), False)
+            pos = pc.indices_nonzero(mask).cast(pa.int64())
+            t = t.filter(mask)
+        else:
+            pos = row_numbers(t.num_rows)
         dead: list[pa.Array] = []
         scoped: list[Any] = []
         scoped_pos: list[pa.Array] = []
@@ -490,9 +527,9 @@ def _read_keys(
         if scoped:
             earlier[i] = (scoped, pa.concat_arrays(scoped_pos) if scoped_pos else None)
         if dead:
-            gone = pc.is_in(t.column("__pos"), value_set=pa.concat_arrays(dead))
-            t = t.filter(pc.invert(gone))
-        return t
+            live = pc.invert(pc.is_in(pos, value_set=pa.concat_arrays(dead).cast(pa.int64())))
+            t, pos = t.filter(live), pos.filter(live)
+        return t.append_column("__file", constant(i, t.num_rows, pa.int32())).append_column("__pos", pos)
 
     workers = max(1, min(len(tasks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -505,11 +542,11 @@ def _key_mask(existing: pa.Table, batch_keys: pa.Table, keys: list[str]) -> pa.A
     if len(keys) == 1:
         k = keys[0]
         return pc.fill_null(pc.is_in(existing.column(k), value_set=batch_keys.column(k).combine_chunks()), False)
-    idx = existing.select(keys).append_column("__row", pa.array(range(existing.num_rows), pa.int64()))
+    idx = existing.select(keys).append_column("__row", row_numbers(existing.num_rows))
     matched = idx.join(batch_keys, keys=keys, join_type="left semi", use_threads=False).column("__row")
-    mask = pa.array([False] * existing.num_rows)
+    mask = constant(False, existing.num_rows, pa.bool_())
     if len(matched):
-        mask = pc.is_in(pa.array(range(existing.num_rows), pa.int64()), value_set=matched.combine_chunks())
+        mask = pc.is_in(row_numbers(existing.num_rows), value_set=matched.combine_chunks())
     return mask
 
 
@@ -527,7 +564,7 @@ def _split_newer(
 ) -> tuple[pa.Array, pa.Table]:
     """Split the rows of ``existing`` that ``hit`` marks into those the pending version is newer than
     (returned as a mask over ``existing``) and the keys whose pending version is not newer."""
-    rows = pa.array(range(existing.num_rows), pa.int64())
+    rows = row_numbers(existing.num_rows)
     old = existing.select(keys + order).append_column("__row", rows).filter(hit)
     joined, newer = _versions(old, pending, keys, order)
     replace_rows = joined.column("__row").filter(newer)

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield.columns import row_numbers
 from icefield.config.models import (
     AcceptedValuesCheck,
     CheckConfig,
@@ -142,7 +143,7 @@ def _unique(table: pa.Table, cols: list[str], res: RowCheckResult) -> None:
     missing = [c for c in cols if c not in table.column_names]
     if missing:
         raise ConfigError(f"unique: column(s) {missing} are not in the data (columns: {table.column_names})")
-    keyed = table.select(cols).append_column("__idx", pa.array(range(table.num_rows), pa.int64()))
+    keyed = table.select(cols).append_column("__idx", row_numbers(table.num_rows))
     counts = keyed.group_by(cols, use_threads=False).aggregate([("__idx", "count")])
     dup_keys = counts.filter(pc.greater(counts.column("__idx_count"), 1))
     if dup_keys.num_rows == 0:
@@ -158,7 +159,7 @@ def _filter_rows(table: pa.Table, expr: str) -> set[int]:
 
     con = duckdb.connect()
     try:
-        keyed = table.append_column("__icefield_idx", pa.array(range(table.num_rows), pa.int64()))
+        keyed = table.append_column("__icefield_idx", row_numbers(table.num_rows))
         con.register("batch", keyed)
         try:
             out = con.execute(f"SELECT __icefield_idx FROM batch WHERE NOT coalesce(({expr}), false)").fetchall()
