@@ -137,7 +137,7 @@ def produce(bootstrap: str, stream: list[Any]) -> None:
 # ------------------------------------------------------------------------------------------ peers (child processes)
 
 
-def _project(root: Path, bootstrap: str, batch: int, wait: float, topic: str = TOPIC) -> Any:
+def _project(root: Path, bootstrap: str, batch: int, wait: float, topic: str = TOPIC, merge_mode: str = "copy-on-write") -> Any:
     import yaml
 
     from icefield.config import load_project
@@ -149,7 +149,7 @@ def _project(root: Path, bootstrap: str, batch: int, wait: float, topic: str = T
         "name": "orders_cdc",
         # A fresh consumer group per run: a group's committed offsets are where a table without a position starts.
         "source": {"type": "debezium", "topic": topic, "bootstrap_servers": bootstrap, "max_wait_seconds": wait, "group_id": f"w3-{time.time_ns()}"},
-        "target": {"table": "cdc.orders", "keys": ["id"]},
+        "target": {"table": "cdc.orders", "keys": ["id"], "properties": {"write.merge.mode": merge_mode}},
     }
     (root / "pipelines" / "orders_cdc.yaml").write_text(yaml.safe_dump(pipe))
     return load_project(root, env={})
@@ -160,7 +160,7 @@ def child_icefield(args: dict[str, Any]) -> None:
     from icefield.pipeline import run_pipeline
 
     root = Path(args["root"])
-    project = _project(root, args["bootstrap"], int(args.get("batch", 250_000)), 5.0)
+    project = _project(root, args["bootstrap"], int(args.get("batch", 250_000)), 5.0, merge_mode=args.get("merge_mode", "copy-on-write"))
     catalog = open_catalog(project)
     _warm_imports()
     started = time.perf_counter()
@@ -290,7 +290,7 @@ def child_freshness(args: dict[str, Any]) -> None:
     from icefield.write import read_position
 
     root = Path(args["root"])
-    project = _project(root, args["bootstrap"], 100_000, 1.0, FRESH_TOPIC)
+    project = _project(root, args["bootstrap"], 100_000, 1.0, FRESH_TOPIC, merge_mode=args.get("merge_mode", "copy-on-write"))
     catalog = open_catalog(project)
     ready, out = root / "ready", root / "produced.json"
     producer = subprocess.Popen(
@@ -361,23 +361,36 @@ def run() -> dict[str, Any]:
         base = {"bootstrap": kafka.bootstrap_servers, "messages": len(stream)}
         consume = [measure_subprocess("bench.w3_cdc", {**base, "peer": "consume"}) for _ in range(runs())]
         limit_s = median([m.seconds for m in consume if m])
-        ice = [measure_subprocess("bench.w3_cdc", {**base, "peer": "icefield", "root": str(root / f"ice-{r}-{time.time_ns()}")}) for r in range(runs())]
-        ice_ok = [m for m in ice if m]
-        ice_s = median([m.seconds for m in ice_ok])
-        print(f"  icefield runs: {', '.join(f'{m.seconds:.2f}' for m in ice_ok)} s; consume-only runs: {', '.join(f'{m.seconds:.2f}' for m in consume if m)} s")
-        same = all(m.result.get("hash") == expected.get("hash") and m.result.get("rows") == expected.get("rows") for m in ice_ok)
+        # copy-on-write rewrites the files that hold changed keys; merge-on-read writes position deletes
+        modes = os.environ.get("BENCH_W3_MODES", "copy-on-write,merge-on-read").split(",")
+        ice: dict[str, list[Any]] = {}
+        fresh: dict[str, Any] = {}
+        for mode in modes:
+            ice[mode] = [
+                measure_subprocess("bench.w3_cdc", {**base, "peer": "icefield", "merge_mode": mode, "root": str(root / f"ice-{r}-{time.time_ns()}")})
+                for r in range(runs())
+            ]
+            print(f"  icefield ({mode}) runs: {', '.join(f'{m.seconds:.2f}' for m in ice[mode] if m)} s")
+        print(f"  consume-only runs: {', '.join(f'{m.seconds:.2f}' for m in consume if m)} s")
         budget = float(os.environ.get("BENCH_PEER_TIMEOUT", "300"))
         py = measure_subprocess("bench.w3_cdc", {**base, "peer": "pyiceberg", "root": str(root / f"py-{time.time_ns()}"), "budget": budget}, timeout=budget + 120)
-        fresh = measure_subprocess(
-            "bench.w3_cdc",
-            {**base, "peer": "freshness", "root": str(root / f"fresh-{time.time_ns()}"),
-             "rate": float(os.environ.get("BENCH_W3_RATE", "10000")), "seconds": float(os.environ.get("BENCH_W3_FRESH_SECONDS", "20"))},
-        )  # fmt: skip
+        for mode in modes:
+            fresh[mode] = measure_subprocess(
+                "bench.w3_cdc",
+                {**base, "peer": "freshness", "merge_mode": mode, "root": str(root / f"fresh-{time.time_ns()}"),
+                 "rate": float(os.environ.get("BENCH_W3_RATE", "10000")), "seconds": float(os.environ.get("BENCH_W3_FRESH_SECONDS", "20"))},
+            )  # fmt: skip
     finally:
         kafka.stop()
     delivered = len(stream)
-    ice_rate = delivered / ice_s
-    rows.append(["icefield debezium -> merge", round(ice_s, 2), f"{ice_rate:,.0f}", max(m.peak_rss_mb for m in ice_ok), "yes" if same else "NO"])
+    for mode, measured in ice.items():
+        ice_ok = [m for m in measured if m]
+        ice_s = median([m.seconds for m in ice_ok])
+        same = all(m.result.get("hash") == expected.get("hash") and m.result.get("rows") == expected.get("rows") for m in ice_ok)
+        rows.append([f"icefield debezium -> merge ({mode})", round(ice_s, 2), f"{delivered / ice_s:,.0f}", max(m.peak_rss_mb for m in ice_ok), "yes" if same else "NO"])
+        doc.setdefault("icefield", {})[mode] = {
+            "seconds": round(ice_s, 3), "events_per_s": round(delivered / ice_s), "same_as_oracle": same, "peak_mb": max(m.peak_rss_mb for m in ice_ok),
+        }
     if py is not None:
         py_rate = py.result["events"] / py.seconds if py.seconds else 0
         label = "pyiceberg delete+upsert loop" + ("" if py.result.get("complete") else f" (stopped after {budget:.0f}s)")
@@ -387,12 +400,13 @@ def run() -> dict[str, Any]:
         doc["pyiceberg_s"] = round(py.seconds, 3)
     rows.append(["limit: confluent-kafka consume only", round(limit_s, 2), f"{delivered / limit_s:,.0f}", max(m.peak_rss_mb for m in consume if m), "-"])
     print_table(f"W3 CDC, {delivered:,} messages ({n_events:,} events + redeliveries) on {n_keys:,} keys", ["peer", "s", "events/s", "peak MB", "same as oracle"], rows)
-    doc.update(icefield_s=round(ice_s, 3), icefield_events_per_s=round(ice_rate), consume_only_s=round(limit_s, 3), same_as_oracle=same,
-               icefield_peak_mb=max(m.peak_rss_mb for m in ice_ok))  # fmt: skip
-    if fresh is not None:
-        doc["freshness"] = fresh.result
-        print(f"  freshness at {fresh.result['events'] / max(1.0, float(os.environ.get('BENCH_W3_FRESH_SECONDS', '20'))):,.0f} events/s (follow, 1 s commit interval): "
-              f"p50 {fresh.result['p50_s']} s, p99 {fresh.result['p99_s']} s, max {fresh.result['max_s']} s over {fresh.result['measured']:,} events")
+    doc.update(consume_only_s=round(limit_s, 3))
+    for mode, f in fresh.items():
+        if f is None:
+            continue
+        doc.setdefault("freshness", {})[mode] = f.result
+        print(f"  freshness ({mode}) at {f.result['events'] / max(1.0, float(os.environ.get('BENCH_W3_FRESH_SECONDS', '20'))):,.0f} events/s (follow, 1 s commit interval): "
+              f"p50 {f.result['p50_s']} s, p99 {f.result['p99_s']} s, max {f.result['max_s']} s over {f.result['measured']:,} events")
     (root / "results.json").write_text(json.dumps(doc, indent=2))
     return doc
 

@@ -311,7 +311,7 @@ def register_table(
         if any(t.delete_files for t in tasks):
             # Rows that position delete files remove: an anti-join on (file, row number in the file).
             deleted = "__icefield_deleted_" + "_".join(ident)
-            con.register(deleted, _deleted_positions(table, tasks))
+            con.register(deleted, deleted_positions(table, tasks))
             source = (
                 f"read_parquet({files_sql}, union_by_name=true, filename='__icefield_file', file_row_number=true) AS d "
                 f"ANTI JOIN {_quote(deleted)} AS x ON x.file_path = d.__icefield_file AND x.pos = d.file_row_number"
@@ -324,7 +324,7 @@ def register_table(
     con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(tmp)}")
 
 
-def _deleted_positions(table: Table, tasks: list[Any]) -> pa.Table:
+def deleted_positions(table: Table, tasks: list[Any]) -> pa.Table:
     """``(file_path, pos)`` of every row the tasks' position delete files remove (paths as DuckDB
     names the local files)."""
     cache = _DeleteCache(table)

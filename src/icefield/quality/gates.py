@@ -285,13 +285,21 @@ def _run_aggregates(run: _Run, gates: list[Any]) -> int | None:
 
 
 def snapshot_row_count(table: Table, snapshot_id: int | None) -> int | None:
-    """Rows in ``table`` at ``snapshot_id`` from the manifests' record counts (no data read) when no
-    delete files apply; otherwise by a scan. None when ``snapshot_id`` is None."""
+    """Rows in ``table`` at ``snapshot_id`` from the manifests' record counts (no data read), less the
+    distinct rows position delete files remove (only those small files are read); by a scan when
+    equality deletes apply. None when ``snapshot_id`` is None."""
+    from pyiceberg.manifest import DataFileContent
+
+    from icefield.engines.local import deleted_positions
+
     if snapshot_id is None:
         return None
     tasks = list(table.scan(snapshot_id=snapshot_id).plan_files())
+    total = sum(t.file.record_count for t in tasks)
     if not any(t.delete_files for t in tasks):
-        return sum(t.file.record_count for t in tasks)
+        return total
+    if all(d.content == DataFileContent.POSITION_DELETES for t in tasks for d in t.delete_files):
+        return total - deleted_positions(table, tasks).group_by(["file_path", "pos"]).aggregate([]).num_rows
     return int(table.scan(snapshot_id=snapshot_id).to_arrow().num_rows)
 
 
