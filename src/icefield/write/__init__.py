@@ -24,7 +24,7 @@ from icefield.errors import BranchMovedError, CommitConflictError, SchemaError, 
 from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
-from icefield.write.producers import merge_overwrite, row_delta
+from icefield.write.producers import merge_overwrite
 from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
 if TYPE_CHECKING:
@@ -316,10 +316,9 @@ class TableWriter:
         failpoints.hit("after-data-files")
         changed = bool(added or removed or add_deletes or remove_deletes)
         if changed:
-            if add_deletes or remove_deletes:
-                producer_cm = row_delta(tx, summary, conflict, set(referenced), branch=branch or MAIN)
-            elif removed:
-                producer_cm = merge_overwrite(tx, summary, conflict, branch=branch or MAIN)
+            if add_deletes or remove_deletes or removed:
+                deltas = set(referenced) if add_deletes or remove_deletes else None
+                producer_cm = merge_overwrite(tx, summary, conflict, branch=branch or MAIN, referenced=deltas)
             else:
                 producer_cm = tx.update_snapshot(snapshot_properties=summary, branch=branch or MAIN).fast_append()
             with producer_cm as producer:

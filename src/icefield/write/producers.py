@@ -34,12 +34,18 @@ class MergeOverwrite(_OverwriteFiles):
 
 
 def merge_overwrite(
-    tx: Transaction, snapshot_properties: dict[str, str], conflict_filter: BooleanExpression | None, branch: str = "main"
+    tx: Transaction,
+    snapshot_properties: dict[str, str],
+    conflict_filter: BooleanExpression | None,
+    branch: str = "main",
+    referenced: set[Any] | None = None,
 ) -> Any:
-    """A :class:`MergeOverwrite` producer on ``tx``'s ``branch`` (default main; use it as a context manager)."""
+    """A :class:`MergeOverwrite` producer on ``tx``'s ``branch`` (default main; use it as a context
+    manager); a :class:`RowDelta` when ``referenced`` is given (the commit adds or removes delete files,
+    and its new deletes refer to those data files)."""
     from pyiceberg.table.snapshots import Operation
 
-    producer = MergeOverwrite(
+    producer = (MergeOverwrite if referenced is None else RowDelta)(
         operation=Operation.OVERWRITE if tx.table_metadata.current_snapshot() is not None else Operation.APPEND,
         transaction=tx,
         io=tx._table.io,
@@ -47,6 +53,8 @@ def merge_overwrite(
         snapshot_properties=snapshot_properties,
     )
     producer.conflict_filter = conflict_filter
+    if isinstance(producer, RowDelta):
+        producer.referenced = referenced or set()
     return producer
 
 
@@ -175,28 +183,6 @@ class RowDelta(MergeOverwrite):
                     writer.add_entry(entry)
             manifests.append(writer.to_manifest_file())
         return self._process_manifests(manifests + self._existing_manifests())
-
-
-def row_delta(
-    tx: Transaction,
-    snapshot_properties: dict[str, str],
-    conflict_filter: BooleanExpression | None,
-    referenced: set[Any],
-    branch: str = "main",
-) -> Any:
-    """A :class:`RowDelta` producer on ``tx``'s ``branch`` (use it as a context manager)."""
-    from pyiceberg.table.snapshots import Operation
-
-    producer = RowDelta(
-        operation=Operation.OVERWRITE if tx.table_metadata.current_snapshot() is not None else Operation.APPEND,
-        transaction=tx,
-        io=tx._table.io,
-        branch=branch,
-        snapshot_properties=snapshot_properties,
-    )
-    producer.conflict_filter = conflict_filter
-    producer.referenced = referenced
-    return producer
 
 
 def _delete_manifest_writer() -> type:
