@@ -204,9 +204,9 @@ class LocalEngine(Engine):
         for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
             if pending.num_rows == 0:
                 break
-            # Only rows whose first key the batch holds are kept, in the reading threads.
-            probe = (keys[0], pc.unique(pending.column(keys[0]).combine_chunks().drop_null()))
-            existing, earlier = _read_keys(table, group, keys + order, cache, probe)
+            # Only rows whose first key the batch holds are kept, in the reading threads; each file is
+            # probed with the batch keys within its own key bounds.
+            existing, earlier = _read_keys(table, group, keys + order, cache, _Probe(table.schema(), keys[0], pending.column(keys[0])))
             plan.files_read += len(group)
             hit, pending, ups = _claim(existing, pending, plan, keys, order, newest)
             if hit is None:
@@ -475,12 +475,28 @@ class _DeleteCache:
         return got.get(data_path)
 
 
+class _Probe:
+    """The distinct values of a key column, sorted, sliced to a data file's key bounds for ``is_in``
+    (which builds its hash set on every call: a file is probed with its share of the batch only)."""
+
+    def __init__(self, schema: Any, column: str, values: pa.ChunkedArray) -> None:
+        self.column = column
+        distinct = pc.unique(values.combine_chunks().drop_null())
+        self.values = distinct.take(pc.sort_indices(distinct))
+        self.bounds = _Bounds(schema.find_field(column), self.values)
+
+    def within(self, data_file: Any) -> pa.Array:
+        fid = self.bounds.field.field_id
+        i, j = self.bounds.span((data_file.lower_bounds or {}).get(fid), (data_file.upper_bounds or {}).get(fid))
+        return self.values if j < 0 else self.values.slice(i, max(0, j - i))
+
+
 def _read_keys(
-    table: Table, tasks: list[Any], columns: list[str], cache: _DeleteCache, probe: tuple[str, pa.Array] | None = None
+    table: Table, tasks: list[Any], columns: list[str], cache: _DeleteCache, probe: _Probe | None = None
 ) -> tuple[pa.Table, dict[int, tuple[list[Any], pa.Array | None]]]:
     """The ``columns`` of the live rows of ``tasks`` (read in parallel, columns matched by field id),
-    with ``__file`` (the task's index) and ``__pos`` (the row's position in its file). ``probe``
-    (column, values) keeps only the rows whose column holds one of the values, in the reading threads.
+    with ``__file`` (the task's index) and ``__pos`` (the row's position in its file). ``probe`` keeps
+    only the rows whose key column holds one of the probe's values, in the reading threads.
     Also returns, per task index, its file-scoped delete files and the positions they delete (to carry
     into a new one)."""
     import pyarrow.parquet as pq
@@ -508,7 +524,7 @@ def _read_keys(
         ]
         t = pa.table(cols, names=list(names))
         if probe is not None:
-            mask = pc.fill_null(pc.is_in(t.column(probe[0]), value_set=probe[1]), False)
+            mask = pc.fill_null(pc.is_in(t.column(probe.column), value_set=probe.within(task.file)), False)
             pos = pc.indices_nonzero(mask).cast(pa.int64())
             t = t.filter(mask)
         else:

@@ -39,6 +39,9 @@ def pack(data: pa.Table, target: int, slices: int = 1, batch_bytes: int | None =
 
     workers = workers or _cores()
     total = data.nbytes if batch_bytes is None else batch_bytes
+    if slices >= workers and data.nbytes <= target:
+        yield data.to_batches()  # one of many small partition slices: one file, no packing
+        return
     if slices >= workers or total >= target * workers or data.num_rows < 2:
         yield from bin_pack_arrow_table(data, target)  # type: ignore[arg-type]
         return
