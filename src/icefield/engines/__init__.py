@@ -27,6 +27,8 @@ class EngineCapabilities:
     distributed: bool = False
 
 
+# Writes rows as data files of the table, sorted by the target's keys within each partition (callers
+# need not sort); returns the uncommitted DataFiles.
 WriteFiles = Callable[["Table", pa.Table], list[Any]]
 
 

@@ -144,7 +144,6 @@ class LocalEngine(Engine):
         if newest and pc.any(flag).as_py():
             plan.tombstones = batch.filter(flag).select(keys + order)
         pending = batch.append_column("__del", flag)
-        sort = [(k, "ascending") for k in keys]
         updated: pa.Table | None = None  # merge-on-read: new versions of stored keys, written with the inserts
         if table.current_snapshot() is not None:
             tasks = list(table.scan().plan_files())
@@ -169,7 +168,8 @@ class LocalEngine(Engine):
                     survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
                     # Matched keys get their new version in the rewrite of the files they came from, so files
                     # keep tight key ranges and later merges prune well.
-                    out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)]).sort_by(sort)
+                    # write_files sorts by key (within each partition): no sort here
+                    out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)])
                     if out.num_rows:
                         plan.add.extend(write_files(table, out))
                     for i in hit_files.to_pylist():
@@ -184,9 +184,8 @@ class LocalEngine(Engine):
         if updated is not None and updated.num_rows:
             remaining = pa.concat_tables([remaining, updated.select(remaining.column_names).cast(remaining.schema)])
         if remaining.num_rows:
-            new_rows = remaining.sort_by(sort)
-            plan.add.extend(write_files(table, new_rows))
-            plan.rows_written += new_rows.num_rows
+            plan.add.extend(write_files(table, remaining))  # sorted by key there
+            plan.rows_written += remaining.num_rows
         return plan
 
     def _mark(

@@ -373,7 +373,7 @@ class TableWriter:
             plan.remove = [task.file for task in tasks]
             plan.remove_deletes = list({d.file_path: d for task in tasks for d in task.delete_files or ()}.values())
         if batch.num_rows:
-            plan.add = self.write_files(table, batch.sort_by([(k, "ascending") for k in t.keys]))
+            plan.add = self.write_files(table, batch)  # sorted by key there
         plan.rows_written = plan.rows_inserted = batch.num_rows
         return plan
 
