@@ -1,8 +1,10 @@
 """The ``local`` engine: DuckDB and Arrow in one process.
 
-Merge is copy-on-write (DESIGN.md rule 3): dedupe the batch by key, prune data files with the
-manifests (partition values, column bounds), read only the candidates, drop the rows whose key the batch
-names, and hand back the files to remove and the rows to write in one overwrite commit.
+Merge (DESIGN.md rule 3): dedupe the batch by key, prune data files with the manifests (partition
+values, column bounds) and read only the candidates. Copy-on-write (the default) drops the rows whose key
+the batch names and hands back the files to remove and the rows to write in one overwrite commit;
+merge-on-read (``write.merge.mode: merge-on-read``, :mod:`icefield.write.deletes`) reads only the key
+columns and marks those rows in position delete files instead.
 """
 
 from __future__ import annotations
