@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    Runs,
     emit,
     machine,
     measure_runs,
@@ -268,48 +269,61 @@ def run() -> list[dict[str, Any]]:
                         if peer == "pyiceberg" and pyiceberg_runs is not None:
                             done = pyiceberg_runs  # its upsert has one mode: measured once per case
                         else:
-                            try:
-                                done = measure_runs(
-                                    "bench.w2_merge",
-                                    lambda r, p=peer, c=changes_path, m=meta, mm=mode: {
-                                        "peer": p, "root": str(root), "table": clone(root, m, f"{p}_{r}"), "changes": str(c), "merge_mode": mm,
-                                    },
-                                    runs() if peer == "icefield" else 1,
-                                    timeout=slow_timeout if peer != "icefield" else None,
-                                )
-                            except RuntimeError as e:
-                                if peer == "icefield":
-                                    raise
-                                # a peer that fails is reported as failed; the other peers still run
-                                row[f"{peer}_error"] = str(e).strip().splitlines()[0][:200]
-                                print(f"  {peer} ({mode}) failed: {e}"[-2000:], flush=True)
-                                continue
+                            done = _measure_peer(root, meta, peer, changes_path, mode, slow_timeout, row)
                             if peer == "pyiceberg":
                                 pyiceberg_runs = done
-                        if done.result:
-                            digests[f"{peer}-{mode}"] = done.result
-                        if done.timed_out:
-                            done.seconds = []  # a peer that timed out once has no time
-                            row[f"{peer}_timeout"] = slow_timeout
-                        row[f"{peer}_s"] = done.median_s()
-                        row[f"{peer}_rss_mb"] = done.peak_mb()
-                        if peer == "icefield" and done.seconds:
-                            row["files_after"] = digests[f"{peer}-{mode}"].get("files")
-                    ref = digests.get(f"icefield-{mode}")
-                    # every peer in every mode must end with the same table as icefield's first mode
-                    first = digests.get(f"icefield-{modes[0]}")
-                    row["same_result"] = all(
-                        d["rows"] == first["rows"] and d["hash"] == first["hash"] for d in digests.values()
-                    ) if ref and first else False
-                    row["rows_after"] = ref["rows"] if ref else None
-                    for peer in peers[1:]:
-                        if row.get(f"{peer}_s") and row.get("icefield_s"):
-                            row[f"x_{peer}"] = round(row[f"{peer}_s"] / row["icefield_s"], 1)
-                        elif row.get(f"{peer}_timeout") and row.get("icefield_s"):
-                            row[f"x_{peer}"] = f">{round(row[f'{peer}_timeout'] / row['icefield_s'], 1)}"
+                        if done is not None:
+                            _record(row, digests, peer, mode, done, slow_timeout)
+                    _compare(row, digests, peers, mode, modes[0])
                     results.append(row)
                     _print(results, peers)
     return results
+
+
+def _measure_peer(
+    root: Path, meta: str, peer: str, changes_path: Path, mode: str, slow_timeout: float, row: dict[str, Any]
+) -> Runs | None:
+    """The runs of ``peer`` (3 for icefield, 1 for the others, which stop at ``slow_timeout``) on fresh
+    clones of the base table; None when a peer other than icefield fails (noted in ``row``)."""
+    try:
+        return measure_runs(
+            "bench.w2_merge",
+            lambda r: {"peer": peer, "root": str(root), "table": clone(root, meta, f"{peer}_{r}"), "changes": str(changes_path), "merge_mode": mode},
+            runs() if peer == "icefield" else 1,
+            timeout=slow_timeout if peer != "icefield" else None,
+        )
+    except RuntimeError as e:
+        if peer == "icefield":
+            raise
+        # a peer that fails is reported as failed; the other peers still run
+        row[f"{peer}_error"] = str(e).strip().splitlines()[0][:200]
+        print(f"  {peer} ({mode}) failed: {e}"[-2000:], flush=True)
+        return None
+
+
+def _record(row: dict[str, Any], digests: dict[str, dict[str, Any]], peer: str, mode: str, done: Runs, slow_timeout: float) -> None:
+    if done.result:
+        digests[f"{peer}-{mode}"] = done.result
+    if done.timed_out:
+        row[f"{peer}_timeout"] = slow_timeout
+    row[f"{peer}_s"] = None if done.timed_out else done.median_s()  # a peer that timed out once has no time
+    row[f"{peer}_rss_mb"] = done.peak_mb()
+    if peer == "icefield" and row[f"{peer}_s"] is not None:
+        row["files_after"] = done.result.get("files")
+
+
+def _compare(row: dict[str, Any], digests: dict[str, dict[str, Any]], peers: list[str], mode: str, first_mode: str) -> None:
+    """Every peer in every mode must end with the table icefield made in the first mode; ratios are
+    each peer's time over icefield's (a lower bound when the peer timed out)."""
+    ref = digests.get(f"icefield-{mode}")
+    first = digests.get(f"icefield-{first_mode}")
+    row["same_result"] = all(d["rows"] == first["rows"] and d["hash"] == first["hash"] for d in digests.values()) if ref and first else False
+    row["rows_after"] = ref["rows"] if ref else None
+    for peer in peers[1:]:
+        if row.get(f"{peer}_s") and row.get("icefield_s"):
+            row[f"x_{peer}"] = round(row[f"{peer}_s"] / row["icefield_s"], 1)
+        elif row.get(f"{peer}_timeout") and row.get("icefield_s"):
+            row[f"x_{peer}"] = f">{round(row[f'{peer}_timeout'] / row['icefield_s'], 1)}"
 
 
 def _print(results: list[dict[str, Any]], peers: list[str]) -> None:

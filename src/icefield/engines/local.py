@@ -20,7 +20,13 @@ import pyarrow.compute as pc
 
 from icefield.columns import constant, row_numbers
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles
-from icefield.write.deletes import is_file_scoped, merge_on_read, read_positions, scoped_deletes
+from icefield.write.deletes import (
+    DeleteCache,
+    deleted_positions,
+    merge_on_read,
+    scoped_deletes,
+    write_position_deletes,
+)
 from icefield.write.versions import dedupe_latest, newer_mask, split_deletes
 
 if TYPE_CHECKING:
@@ -197,11 +203,9 @@ class LocalEngine(Engine):
         (``plan.add_deletes``) instead of rewriting their files. Only the key and order columns of the
         candidate files are read, without the rows earlier deletes removed. Returns the batch rows whose
         key is not stored (still pending) and the new versions of stored keys (to write as new rows)."""
-        from icefield.write.deletes import write_position_deletes
-
         updates: list[pa.Table] = []
         marks: list[tuple[Any, pa.Array]] = []
-        cache = _DeleteCache(table)
+        cache = DeleteCache(table)
         for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
             if pending.num_rows == 0:
                 break
@@ -282,14 +286,14 @@ def register_table(
     and row number); otherwise (equality deletes, renames, remote files) falls back to pyiceberg's Arrow
     scan, which applies deletes and maps columns by field id.
     """
+    from pyiceberg.manifest import DataFileContent
+
     schema_name = "_".join(ident[:-1])
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema_name)}")
     view = f"{_quote(schema_name)}.{_quote(ident[-1])}"
     arrow_schema = table.schema().as_arrow()
     if snapshot_id is None and (current := table.current_snapshot()) is not None:
         snapshot_id = current.snapshot_id
-    from pyiceberg.manifest import DataFileContent
-
     tasks = list(table.scan(snapshot_id=snapshot_id).plan_files()) if snapshot_id is not None else []
     renamed = _has_renames(table)
     positional = all(d.content == DataFileContent.POSITION_DELETES for t in tasks for d in t.delete_files)
@@ -323,24 +327,6 @@ def register_table(
     tmp = "__icefield_" + "_".join(ident)
     con.register(tmp, data)
     con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(tmp)}")
-
-
-def deleted_positions(table: Table, tasks: list[Any]) -> pa.Table:
-    """``(file_path, pos)`` of every row the tasks' position delete files remove (paths as DuckDB
-    names the local files)."""
-    cache = _DeleteCache(table)
-    paths: list[pa.Array] = []
-    positions: list[pa.Array] = []
-    for task in tasks:
-        path = task.file.file_path
-        for d in task.delete_files:
-            pos = cache.positions(d, path)
-            if pos is not None and len(pos):
-                positions.append(pos.cast(pa.int64()))
-                paths.append(constant(path.removeprefix("file://"), len(pos), pa.string()))
-    if not positions:
-        return pa.table({"file_path": pa.array([], pa.string()), "pos": pa.array([], pa.int64())})
-    return pa.table({"file_path": pa.concat_arrays(paths), "pos": pa.concat_arrays(positions)})
 
 
 def _has_renames(table: Table) -> bool:
@@ -449,33 +435,6 @@ def _claim(
     return hit, pending.filter(pc.invert(mine_mask)), ups
 
 
-class _DeleteCache:
-    """Position delete files read once per merge (a partition-scoped one applies to many data files)."""
-
-    def __init__(self, table: Table) -> None:
-        import threading
-
-        self.table = table
-        self.lock = threading.Lock()
-        self.read: dict[str, dict[str, pa.Array]] = {}
-
-    def positions(self, delete_file: Any, data_path: str) -> pa.Array | None:
-        from pyiceberg.manifest import DataFileContent
-
-        if delete_file.content == DataFileContent.EQUALITY_DELETES:
-            raise NotImplementedError(
-                f"data file {data_path} has equality delete file {delete_file.file_path}, which icefield cannot apply; "
-                "compact the table with the engine that wrote it (Spark: rewrite_data_files) first"
-            )
-        with self.lock:
-            got = self.read.get(delete_file.file_path)
-        if got is None:
-            got = read_positions(self.table, delete_file)
-            with self.lock:
-                self.read[delete_file.file_path] = got
-        return got.get(data_path)
-
-
 class _Probe:
     """The distinct values of a key column, sorted, sliced to a data file's key bounds for ``is_in``
     (which builds its hash set on every call: a file is probed with its share of the batch only)."""
@@ -493,11 +452,11 @@ class _Probe:
 
 
 def _read_keys(
-    table: Table, tasks: list[Any], columns: list[str], cache: _DeleteCache, probe: _Probe | None = None
+    table: Table, tasks: list[Any], columns: list[str], cache: DeleteCache, probe: _Probe
 ) -> tuple[pa.Table, dict[int, tuple[list[Any], pa.Array | None]]]:
-    """The ``columns`` of the live rows of ``tasks`` (read in parallel, columns matched by field id),
-    with ``__file`` (the task's index) and ``__pos`` (the row's position in its file). ``probe`` keeps
-    only the rows whose key column holds one of the probe's values, in the reading threads.
+    """The ``columns`` of the live rows of ``tasks`` whose key column holds one of the ``probe``'s
+    values (read and probed in parallel, columns matched by field id), with ``__file`` (the task's
+    index) and ``__pos`` (the row's position in its file).
     Also returns, per task index, its file-scoped delete files and the positions they delete (to carry
     into a new one)."""
     import pyarrow.parquet as pq
@@ -524,27 +483,15 @@ def _read_keys(
             for c, n in names.items()
         ]
         t = pa.table(cols, names=list(names))
-        if probe is not None:
-            mask = pc.fill_null(pc.is_in(t.column(probe.column), value_set=probe.within(task.file)), False)
-            pos = pc.indices_nonzero(mask).cast(pa.int64())
-            t = t.filter(mask)
-        else:
-            pos = row_numbers(t.num_rows)
-        dead: list[pa.Array] = []
-        scoped: list[Any] = []
-        scoped_pos: list[pa.Array] = []
-        for d in task.delete_files or ():
-            got = cache.positions(d, path)
-            if got is not None and len(got):
-                dead.append(got)
-                if is_file_scoped(d) == path:
-                    scoped_pos.append(got)
-            if is_file_scoped(d) == path:
-                scoped.append(d)
-        if scoped:
-            earlier[i] = (scoped, pa.concat_arrays(scoped_pos) if scoped_pos else None)
+        mask = pc.fill_null(pc.is_in(t.column(probe.column), value_set=probe.within(task.file)), False)
+        t = t.filter(mask)
+        pos = pc.indices_nonzero(mask).cast(pa.int64())
+        dead = [p for d in task.delete_files or () if (p := cache.positions(d, path)) is not None]
+        if scoped := scoped_deletes(task):
+            mine = [p for d in scoped if (p := cache.positions(d, path)) is not None]
+            earlier[i] = (scoped, pa.concat_arrays(mine) if mine else None)
         if dead:
-            live = pc.invert(pc.is_in(pos, value_set=pa.concat_arrays(dead).cast(pa.int64())))
+            live = pc.invert(pc.is_in(pos, value_set=pa.concat_arrays(dead)))
             t, pos = t.filter(live), pos.filter(live)
         return t.append_column("__file", constant(i, t.num_rows, pa.int32())).append_column("__pos", pos)
 

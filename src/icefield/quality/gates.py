@@ -290,7 +290,7 @@ def snapshot_row_count(table: Table, snapshot_id: int | None) -> int | None:
     equality deletes apply. None when ``snapshot_id`` is None."""
     from pyiceberg.manifest import DataFileContent
 
-    from icefield.engines.local import deleted_positions
+    from icefield.write.deletes import deleted_positions
 
     if snapshot_id is None:
         return None

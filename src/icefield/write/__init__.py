@@ -307,14 +307,14 @@ class TableWriter:
 
                 if table.current_snapshot() is not None:
                     tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary, branch=branch or MAIN)  # type: ignore[call-arg,arg-type]
+        changed = bool(added or removed or add_deletes or remove_deletes)
         if encoded is not None:
-            if branch is not None and (added or removed or add_deletes or remove_deletes):
+            if branch is not None and changed:
                 # Audited: main's position moves only when the publish moves main's data.
                 summary[SUMMARY_POSITION] = encoded
             else:
                 tx.set_properties({STATE_PREFIX + self.pipeline: encoded})
         failpoints.hit("after-data-files")
-        changed = bool(added or removed or add_deletes or remove_deletes)
         if changed:
             if add_deletes or remove_deletes or removed:
                 deltas = set(referenced) if add_deletes or remove_deletes else None
@@ -371,7 +371,7 @@ class TableWriter:
         if table.current_snapshot() is not None:
             tasks = list(table.scan().plan_files())
             plan.remove = [task.file for task in tasks]
-            plan.remove_deletes = list({d.file_path: d for task in tasks for d in task.delete_files or ()}.values())
+            plan.remove_deletes = [d for task in tasks for d in task.delete_files or ()]  # the commit drops repeats
         if batch.num_rows:
             plan.add = self.write_files(table, batch)  # sorted by key there
         plan.rows_written = plan.rows_inserted = batch.num_rows

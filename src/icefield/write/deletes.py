@@ -15,6 +15,7 @@ and reads stay cheap between compactions.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -81,8 +82,55 @@ def read_positions(table: Table, delete_file: Any) -> dict[str, pa.Array]:
     paths = t.column("file_path").combine_chunks()
     if isinstance(paths, pa.DictionaryArray):
         paths = paths.cast(pa.string())
-    pos = t.column("pos").combine_chunks()
+    pos = t.column("pos").combine_chunks().cast(pa.int64())
     return {p: pos.filter(pc.equal(paths, p)) for p in pc.unique(paths).to_pylist()}
+
+
+class DeleteCache:
+    """Position delete files of one table, each read once (a partition-scoped one applies to many data
+    files); safe to share between reading threads."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.lock = threading.Lock()
+        self.read: dict[str, dict[str, pa.Array]] = {}
+
+    def positions(self, delete_file: Any, data_path: str) -> pa.Array | None:
+        """The int64 positions ``delete_file`` deletes in the data file at ``data_path`` (None: none)."""
+        from pyiceberg.manifest import DataFileContent
+
+        if delete_file.content == DataFileContent.EQUALITY_DELETES:
+            raise NotImplementedError(
+                f"data file {data_path} has equality delete file {delete_file.file_path}, which icefield cannot apply; "
+                "compact the table with the engine that wrote it (Spark: rewrite_data_files) first"
+            )
+        with self.lock:
+            got = self.read.get(delete_file.file_path)
+        if got is None:
+            got = read_positions(self.table, delete_file)
+            with self.lock:
+                self.read[delete_file.file_path] = got
+        return got.get(data_path)
+
+
+def deleted_positions(table: Table, tasks: list[Any]) -> pa.Table:
+    """``(file_path, pos)`` of every row the scan tasks' position delete files remove (local paths
+    without ``file://``, as DuckDB names the files it reads)."""
+    from icefield.columns import constant
+
+    cache = DeleteCache(table)
+    paths: list[pa.Array] = []
+    positions: list[pa.Array] = []
+    for task in tasks:
+        path = task.file.file_path
+        for d in task.delete_files:
+            pos = cache.positions(d, path)
+            if pos is not None and len(pos):
+                positions.append(pos)
+                paths.append(constant(path.removeprefix("file://"), len(pos), pa.string()))
+    if not positions:
+        return pa.table({"file_path": pa.array([], pa.string()), "pos": pa.array([], pa.int64())})
+    return pa.table({"file_path": pa.concat_arrays(paths), "pos": pa.concat_arrays(positions)})
 
 
 def write_position_deletes(table: Table, deletes: list[tuple[Any, pa.Array]]) -> list[Any]:
@@ -93,6 +141,8 @@ def write_position_deletes(table: Table, deletes: list[tuple[Any, pa.Array]]) ->
     from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
     from pyiceberg.types import LongType
 
+    from icefield.columns import constant
+
     location = table.location_provider()
     batch = uuid.uuid4()
     compression = table.metadata.properties.get("write.parquet.compression-codec", "zstd")
@@ -102,7 +152,7 @@ def write_position_deletes(table: Table, deletes: list[tuple[Any, pa.Array]]) ->
         pos = pc.unique(positions.cast(pa.int64()))
         pos = pos.take(pc.sort_indices(pos))
         path = data_file.file_path
-        rows = pa.table([pa.array([path] * len(pos), pa.string()), pos], schema=_SCHEMA)
+        rows = pa.table([constant(path, len(pos), pa.string()), pos], schema=_SCHEMA)
         out = location.new_data_location(f"{batch}-{i:05d}-deletes.parquet")
         stream = table.io.new_output(out).create(overwrite=True)
         with stream, pq.ParquetWriter(stream, _SCHEMA, compression="none" if compression == "uncompressed" else compression) as writer:

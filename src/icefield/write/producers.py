@@ -12,6 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pyiceberg.manifest import (
+    DataFileContent,
+    ManifestContent,
+    ManifestEntry,
+    ManifestEntryStatus,
+    ManifestWriterV2,
+)
 from pyiceberg.table.update.snapshot import _OverwriteFiles  # pinned pyiceberg==0.12.0
 from pyiceberg.table.update.validate import _validate_added_data_files
 
@@ -82,7 +89,6 @@ class RowDelta(MergeOverwrite):
 
     def _deleted_entries(self) -> list[Any]:
         from pyiceberg.exceptions import ValidationException
-        from pyiceberg.manifest import ManifestEntry, ManifestEntryStatus
 
         if self._parent_snapshot_id is None:
             entries: list[Any] = []
@@ -90,13 +96,7 @@ class RowDelta(MergeOverwrite):
             parent = self._transaction.table_metadata.snapshot_by_id(self._parent_snapshot_id)
             assert parent is not None
             entries = [
-                ManifestEntry.from_args(
-                    status=ManifestEntryStatus.DELETED,
-                    snapshot_id=self._snapshot_id,
-                    sequence_number=entry.sequence_number,
-                    file_sequence_number=entry.file_sequence_number,
-                    data_file=entry.data_file,
-                )
+                _restamped(entry, ManifestEntryStatus.DELETED, self._snapshot_id)
                 for manifest in parent.manifests(self._io)
                 if self._may_list_deleted(manifest)
                 for entry in manifest.fetch_manifest_entry(self._io, discard_deleted=True)
@@ -118,15 +118,11 @@ class RowDelta(MergeOverwrite):
         return bool(self._evaluators[manifest.partition_spec_id](manifest))
 
     def _writer(self, spec: Any, content: Any) -> Any:
-        from pyiceberg.manifest import ManifestContent
-
         if content == ManifestContent.DELETES:
             return _DeleteManifestWriter(spec, self.schema(), self.new_manifest_output(), self._snapshot_id, self._compression)
         return self.new_manifest_writer(spec)
 
     def _existing_manifests(self) -> list[Any]:
-        from pyiceberg.manifest import ManifestEntry, ManifestEntryStatus
-
         out: list[Any] = []
         parent = self._transaction.table_metadata.snapshot_by_name(name=self._target_branch) if self._target_branch else None
         if parent is None:
@@ -146,22 +142,12 @@ class RowDelta(MergeOverwrite):
                 continue
             with self._writer(self.spec(manifest.partition_spec_id), manifest.content) as writer:
                 for e in kept:
-                    writer.add_entry(
-                        ManifestEntry.from_args(
-                            status=ManifestEntryStatus.EXISTING,
-                            snapshot_id=e.snapshot_id,
-                            sequence_number=e.sequence_number,
-                            file_sequence_number=e.file_sequence_number,
-                            data_file=e.data_file,
-                        )
-                    )
+                    writer.add_entry(_restamped(e, ManifestEntryStatus.EXISTING, e.snapshot_id))
             out.append(writer.to_manifest_file())
         return out
 
     def _manifests(self) -> list[Any]:
         from collections import defaultdict
-
-        from pyiceberg.manifest import DataFileContent, ManifestContent, ManifestEntry, ManifestEntryStatus
 
         self._build_delete_files_partition_predicate()
         deleted = self._deleted_entries()
@@ -185,20 +171,23 @@ class RowDelta(MergeOverwrite):
         return self._process_manifests(manifests + self._existing_manifests())
 
 
-def _delete_manifest_writer() -> type:
-    from pyiceberg.manifest import ManifestContent, ManifestWriterV2
-
-    class DeleteManifestWriter(ManifestWriterV2):
-        """pyiceberg's v2 manifest writer for delete files (content ``deletes``)."""
-
-        def content(self) -> ManifestContent:
-            return ManifestContent.DELETES
-
-        @property
-        def _meta(self) -> dict[str, str]:
-            return {**super()._meta, "content": "deletes"}
-
-    return DeleteManifestWriter
+def _restamped(entry: Any, status: Any, snapshot_id: int | None) -> Any:
+    """``entry`` (its file and sequence numbers) with a new status, as of ``snapshot_id``."""
+    return ManifestEntry.from_args(
+        status=status,
+        snapshot_id=snapshot_id,
+        sequence_number=entry.sequence_number,
+        file_sequence_number=entry.file_sequence_number,
+        data_file=entry.data_file,
+    )
 
 
-_DeleteManifestWriter = _delete_manifest_writer()
+class _DeleteManifestWriter(ManifestWriterV2):
+    """pyiceberg's v2 manifest writer for delete files (content ``deletes``)."""
+
+    def content(self) -> ManifestContent:
+        return ManifestContent.DELETES
+
+    @property
+    def _meta(self) -> dict[str, str]:
+        return {**super()._meta, "content": "deletes"}
