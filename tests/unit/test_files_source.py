@@ -248,9 +248,9 @@ def test_csv_with_declared_columns_types_them_strictly(lake):
 
 
 def test_group_files_lands_small_new_files_in_few_commits_and_keeps_each_rows_origin(tmp_path):
-    """With group_files, new files share a batch up to batch_size records (one commit for many small
-    files); a bad record is quarantined with its own file's coordinates; a changed file is replaced in a
-    batch of its own; a rerun reads nothing."""
+    """With group_files, new files are one stream cut every batch_size records (one commit for many small
+    files, a file's end and the next one's start in one batch); a bad record is quarantined with its own
+    file's coordinates; a changed file is replaced in a batch of its own; a rerun reads nothing."""
     import json as _json
 
     import yaml
@@ -277,7 +277,7 @@ def test_group_files_lands_small_new_files_in_few_commits_and_keeps_each_rows_or
 
     res = run_pipeline(project, "ev", catalog)
     assert (res.status, res.rows_in, res.rows_committed, res.rows_quarantined) == ("success", 240, 233, 7)
-    assert [b.rows_in for b in res.batches] == [80, 80, 80], "two 40-record files per 100-record batch"
+    assert [b.rows_in for b in res.batches] == [100, 100, 40], "240 records in 100-record batches, across files"
     table = catalog.load_table("raw.ev")
     assert len(table.metadata.snapshots) == 3
     rows = table.scan(selected_fields=("id", "_source_file")).to_arrow()
@@ -300,3 +300,65 @@ def test_group_files_lands_small_new_files_in_few_commits_and_keeps_each_rows_or
     assert [(b.rows_in, b.replaced_file) for b in res.batches] == [(1, "drop/f1.jsonl"), (1, None)]
     ids = catalog.load_table("raw.ev").scan(selected_fields=("id",)).to_arrow().column("id").to_pylist()
     assert sorted(i for i in ids if 100 <= i < 200) == [100] and 600 in ids and len(ids) == 233 - 39 + 2
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_group_files_batches_that_end_inside_a_file_resume_there_after_a_failure(tmp_path, monkeypatch, fmt):
+    """A grouped batch that ends inside a file commits a position inside it: a run stopped after it, and a
+    run whose next commit fails, resume at that record, so every row lands once."""
+    import yaml
+
+    from icefield.catalog import open_catalog
+    from icefield.config import load_project
+    from icefield.errors import IcefieldError
+    from icefield.pipeline.runner import run_pipeline
+    from icefield.testing import failpoints
+
+    root = tmp_path / "proj"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "drop").mkdir()
+    sizes = [25, 130, 7, 60]  # 222 records: batches of 100 end inside the 2nd and the 4th file
+    for f, n in enumerate(sizes):
+        t = pa.table({"id": pa.array([f * 1000 + i for i in range(n)], pa.int64()), "v": pa.array([f"{f}-{i}" for i in range(n)])})
+        path = root / "drop" / f"f{f}.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(t, path, row_group_size=16)
+        elif fmt == "csv":
+            path.write_text("id,v\n" + "".join(f"{r['id']},{r['v']}\n" for r in t.to_pylist()))
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in t.to_pylist()))
+    (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "g", "batch_size": 100}))
+    pipe = {"name": "ev", "source": {"type": "files", "path": f"drop/*.{fmt}", "group_files": True,
+                                     "columns": {"id": "int64", "v": "string"}},
+            "target": {"table": "raw.ev"}}
+    (root / "pipelines" / "ev.yaml").write_text(yaml.safe_dump(pipe))
+    project = load_project(root)
+    catalog = open_catalog(project)
+
+    first = run_pipeline(project, "ev", catalog, max_batches=1)
+    assert [b.rows_in for b in first.batches] == [100]
+    position = read_position(catalog.load_table("raw.ev"), "ev")
+    assert position["partial"]["file"] == f"drop/f1.{fmt}" and position["partial"]["rows"] == 75
+    assert sorted(position["files"]) == [f"drop/f0.{fmt}"]
+
+    monkeypatch.setenv(failpoints.ENV, "before-commit:raise@2")
+    monkeypatch.setattr(failpoints, "_hits", {})
+    with pytest.raises(IcefieldError):
+        run_pipeline(project, "ev", catalog)
+    monkeypatch.delenv(failpoints.ENV)
+    assert read_position(catalog.load_table("raw.ev"), "ev")["partial"] == {"file": f"drop/f3.{fmt}", "fp": position_fp(root, f"f3.{fmt}"), "rows": 38}
+
+    rest = run_pipeline(project, "ev", catalog)
+    assert [b.rows_in for b in rest.batches] == [22]
+    rows = catalog.load_table("raw.ev").scan().to_arrow()
+    ids = rows.column("id").to_pylist()
+    assert sorted(ids) == sorted(f * 1000 + i for f, n in enumerate(sizes) for i in range(n)), "each row once"
+    assert {(r["id"] // 1000, r["_source_file"]) for r in rows.to_pylist()} == {(f, f"drop/f{f}.{fmt}") for f in range(4)}
+    assert sorted(read_position(catalog.load_table("raw.ev"), "ev")["files"]) == [f"drop/f{f}.{fmt}" for f in range(4)]
+    assert run_pipeline(project, "ev", catalog).batches == []
+
+
+def position_fp(root: Path, name: str) -> str:
+    from icefield.ingest.files import fingerprint
+
+    return fingerprint(root / "drop" / name)

@@ -173,9 +173,11 @@ class Source:
         """Release connections; called once after the run."""
 
 
-def rebatch(batches: Any, size: int, skip: int) -> Iterator[tuple[int, pa.Table]]:
-    """Regroup Arrow record batches into tables of exactly ``size`` rows (the last may be shorter),
-    dropping the first ``skip`` rows. Yields ``(index of the first row, table)``."""
+def rebatch(batches: Any, size: int, skip: int, first: int | None = None) -> Iterator[tuple[int, pa.Table]]:
+    """Regroup Arrow record batches into tables of exactly ``size`` rows (the first of ``first`` rows when
+    given; the last may be shorter), dropping the first ``skip`` rows. Yields ``(index of the first row,
+    table)``."""
+    want = size if first is None else first
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     seen = 0
@@ -190,11 +192,12 @@ def rebatch(batches: Any, size: int, skip: int) -> Iterator[tuple[int, pa.Table]
         seen += rb.num_rows
         pending.append(rb)
         pending_rows += rb.num_rows
-        while pending_rows >= size:
+        while pending_rows >= want:
             table = pa.Table.from_batches(pending)
-            yield start, table.slice(0, size)
-            rest = table.slice(size)
-            start += size
+            yield start, table.slice(0, want)
+            rest = table.slice(want)
+            start += want
+            want = size
             pending = rest.to_batches() if rest.num_rows else []
             pending_rows = rest.num_rows
     if pending_rows:

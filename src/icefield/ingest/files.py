@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from icefield.columns import constant
 from icefield.config.models import FilesSourceConfig
 from icefield.errors import ConfigError, SourceError
 from icefield.ingest import (
@@ -68,6 +69,8 @@ class FilesSource(Source):
         self.cfg = pipeline.source
         self.root = project.root
         self.batch_size = batch_size
+        self._fill = 0  # see read
+        self._shift = 0  # see _end
         self.declared: dict[str, pa.DataType] | None = None
         if self.cfg.columns:
             try:
@@ -84,30 +87,36 @@ class FilesSource(Source):
         return match_files(self.root, self.cfg.path)
 
     def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
-        """Batches of the new and changed files. With ``group_files``, new files that fit in one batch
-        share a batch (and so one commit) up to ``batch_size`` records while they have the same columns, so
-        a drop of many small files lands in few snapshots; a changed file, and a file larger than a batch,
-        always has batches of its own."""
+        """Batches of the new and changed files. With ``group_files``, the new files are read as one stream
+        cut every ``batch_size`` records: a batch holds the end of one file and the start of the next while
+        they have the same columns, so a drop of many files lands in as few snapshots as its records need,
+        and one of large files is not cut at every file's end. A changed file is always replaced in
+        batches of its own."""
         group: list[SourceBatch] = []
-        records = 0
-        for batch, whole in self._file_batches(position, schema):
+        self._fill = 0  # records in ``group``: where the next new file's first batch ends
+        for batch, groupable in self._file_batches(position, schema):
             n = batch.rows_in
-            if whole and n <= self.batch_size and self.cfg.group_files:
-                if group and (records + n > self.batch_size or not _same_shape(group[0], batch)):
+            if groupable:
+                if group and (self._fill + n > self.batch_size or not _same_shape(group[0], batch)):
                     yield _grouped(group)
-                    group, records = [], 0
+                    group, self._fill = [], 0
                 group.append(batch)
-                records += n
+                self._fill += n
+                if self._fill >= self.batch_size:
+                    yield _grouped(group)
+                    group, self._fill = [], 0
                 continue
             if group:
                 yield _grouped(group)
-                group, records = [], 0
+                group, self._fill = [], 0
             yield batch
         if group:
             yield _grouped(group)
 
     def _file_batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[tuple[SourceBatch, bool]]:
-        """Each file's batches, and whether a batch is the whole of a new file."""
+        """Each file's batches, and whether a batch may share a batch with others (``group_files``, and
+        not the rows of a changed file). A groupable file's first chunk ends where the batch being filled
+        is full (``read`` keeps ``self._fill``), its later ones every ``batch_size`` records."""
         state = position or {}
         loaded: dict[str, str] = dict(state.get("files", {}))
         partial: dict[str, Any] | None = state.get("partial")
@@ -127,18 +136,20 @@ class FilesSource(Source):
                     replace = False
                 else:
                     replace = True  # the file changed while it was half loaded: replace that half too
+            grouping = self.cfg.group_files and not replace
+            self._shift = (self._fill if grouping else 0) - skip
             chunks = _peekable(self._chunks(path, rel, skip))
             for chunk in chunks:
                 data, raw, coords, rejected, start, end, describe = chunk
                 if self.cfg.file_column:
-                    data = data.append_column(self.cfg.file_column, pa.array([rel] * data.num_rows, pa.string()))
+                    data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
                 last = chunks.exhausted()
                 if last:
                     loaded[rel] = fp
                     new_state: dict[str, Any] = {"files": dict(loaded)}
                 else:
                     new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
-                whole = start == 0 and last and not replace
+                groupable = grouping and not replace
                 yield SourceBatch(
                     data=data,
                     position=new_state,
@@ -151,7 +162,7 @@ class FilesSource(Source):
                     coord_offset=start,
                     open_schema=self._format(path) == "jsonl",
                     describe=describe,
-                ), whole
+                ), groupable
                 replace = False
             partial = None
 
@@ -183,8 +194,14 @@ class FilesSource(Source):
         for f in table.schema:
             self._learned.setdefault(f.name, f.type)
 
+    def _end(self, start: int) -> int:
+        """Where the chunk that starts at record ``start`` of the file being read ends (exclusive): at the
+        next multiple of ``batch_size`` records counted from ``self._shift`` (at most ``batch_size`` later)."""
+        return start + self.batch_size - (start + self._shift) % self.batch_size
+
     def _chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
-        """Decoded chunks of at most ``batch_size`` source records, after the first ``skip`` records."""
+        """Decoded chunks of at most ``batch_size`` source records, after the first ``skip`` records, cut
+        where ``_end`` says."""
         fmt = self._format(path)
         if fmt == "jsonl":
             yield from self._jsonl_chunks(path, rel, skip)
@@ -208,7 +225,7 @@ class FilesSource(Source):
                 if record <= skip:
                     continue
                 decode_json_line(line_bytes, f"{rel}:{lineno}", rows, raw, coords, rejected)
-                if len(rows) + len(rejected) >= self.batch_size:
+                if record >= self._end(start):
                     yield (*self._rows_to_table(rows, raw, coords, rejected), start, record, None)
                     rows, raw, coords, rejected = [], [], [], []
                     start = record
@@ -280,7 +297,6 @@ class FilesSource(Source):
                     column_types=dict.fromkeys(names, pa.binary()), strings_can_be_null=True, null_values=_CSV_NULLS
                 ),
             )
-        size = self.batch_size
         seen = 0  # valid records read so far
         pending = _Pending(names)
         while True:
@@ -294,11 +310,11 @@ class FilesSource(Source):
             seen += rb.num_rows
             first = bisect.bisect_left(rec, cursor.next)
             pending.add(pa.Table.from_batches([rb]).slice(first), rec[first:])
-            while pending.last() >= cursor.next + size:
-                yield self._csv_take(pending, invalid, rel, cursor, cursor.next + size)
+            while pending.last() >= self._end(cursor.next):
+                yield self._csv_take(pending, invalid, rel, cursor, self._end(cursor.next))
         total = max([cursor.next, pending.last() + 1] + [r + 1 for r in invalid])
         while cursor.next < total or not cursor.emitted:
-            yield self._csv_take(pending, invalid, rel, cursor, min(cursor.next + size, total))
+            yield self._csv_take(pending, invalid, rel, cursor, min(self._end(cursor.next), total))
 
     def _csv_take(self, pending: _Pending, invalid: dict[int, tuple[str, int]], rel: str, cursor: _CsvCursor, end: int) -> Chunk:
         """The chunk of records ``cursor.next`` to ``end``, cut off the pending ones."""
@@ -312,7 +328,6 @@ class FilesSource(Source):
         return self._csv_chunk(strings, recs, short, rel, start, end)
 
     def _csv_tolerant(self, path: Path, rel: str, names: list[str], cursor: _CsvCursor) -> Iterator[Chunk]:
-        size = self.batch_size
         limit = csv.field_size_limit()
         csv.field_size_limit(sys.maxsize)
         try:
@@ -336,7 +351,7 @@ class FilesSource(Source):
                     else:
                         line = _csv_line(fields, self.cfg.delimiter)
                         short.append((rec, line.decode("utf-8", "backslashreplace"), None if _is_utf8(line) else line, len(fields)))
-                    if rec + 1 - cursor.next >= size:
+                    if rec + 1 >= self._end(cursor.next):
                         yield self._csv_rows_chunk(rows, recs, short, names, rel, cursor, rec + 1)
                         rows, recs, short = [], [], []
                 if rows or short or not cursor.emitted or rec + 1 > cursor.next:
@@ -392,7 +407,7 @@ class FilesSource(Source):
     def _parquet_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         try:
             pf = pq.ParquetFile(path)
-            batches = rebatch(pf.iter_batches(batch_size=self.batch_size), self.batch_size, skip)
+            batches = rebatch(pf.iter_batches(batch_size=self.batch_size), self.batch_size, skip, first=self._end(skip) - skip)
             emitted = False
             for start, table in batches:
                 emitted = True

@@ -7,6 +7,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield.columns import constant, row_numbers
+
 __all__ = ["dedupe_latest", "newer_mask", "newer_than", "split_deletes"]
 
 
@@ -16,12 +18,12 @@ def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | N
     if data.num_rows == 0:
         return data
     order = [order_by] if isinstance(order_by, str) else list(order_by or [])
-    pos = pa.array(range(data.num_rows), pa.int64())
+    pos = row_numbers(data.num_rows)
     work = data.append_column("__pos", pos)
     if order:
         # A version without an order_by value is older than any with one.
         work = work.sort_by([*((c, "ascending", "at_start") for c in order), ("__pos", "ascending")])
-        work = work.set_column(work.schema.get_field_index("__pos"), "__pos", pa.array(range(work.num_rows), pa.int64()))
+        work = work.set_column(work.schema.get_field_index("__pos"), "__pos", row_numbers(work.num_rows))
     last = work.group_by(keys, use_threads=False).aggregate([("__pos", "max")])
     picked = pc.sort_indices(last.column("__pos_max"))
     idx = pc.take(last.column("__pos_max"), picked)
@@ -45,7 +47,7 @@ def newer_mask(new: list[pa.ChunkedArray | pa.Array], old: list[pa.ChunkedArray 
 
 def newer_than(data: pa.Table, order: list[str], version: list[Any]) -> pa.ChunkedArray | pa.Array:
     """True for the rows of ``data`` whose ``order`` columns are strictly newer than ``version``."""
-    olds = [pa.array([v] * data.num_rows, data.schema.field(c).type) for c, v in zip(order, version, strict=True)]
+    olds = [constant(v, data.num_rows, data.schema.field(c).type) for c, v in zip(order, version, strict=True)]
     return newer_mask([data.column(c) for c in order], olds)
 
 
