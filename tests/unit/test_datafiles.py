@@ -113,3 +113,48 @@ def test_a_batch_larger_than_cores_times_the_target_keeps_target_sized_files(mon
     assert len(bins) == 4 and sum(sum(b.num_rows for b in batches) for batches in bins) == 100_000
     halves = list(pack(data, target=1 << 20, workers=2))
     assert [sum(b.num_rows for b in batches) for batches in halves] == [50_000, 50_000]
+
+
+def test_only_columns_whose_values_repeat_are_dictionary_encoded_and_statistics_stay_right(tmp_path: Path) -> None:
+    """A column of unique values is written plain (Arrow would hash it into a dictionary it then drops);
+    repeating ones keep their dictionary, nested leaves too. Rows, bounds and counts are as pyiceberg's
+    own writer gives them."""
+    import pyarrow.parquet as pq
+    from pyiceberg.io.pyarrow import write_file
+    from pyiceberg.table import WriteTask
+
+    from icefield.write.datafiles import dictionary_columns
+
+    catalog = sql_catalog("icefield", f"sqlite:///{tmp_path / 'c.db'}", (tmp_path / "wh").as_uri())
+    catalog.create_namespace("t")
+    n = 50_000
+    data = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "status": pa.array([["new", "paid", None][i % 3] for i in range(n)], pa.string()),
+            "note": pa.array([f"note {i * 7919 % n}" for i in range(n)], pa.string()),
+            "flag": pa.array([i % 2 == 0 for i in range(n)]),
+            "tags": pa.array([[f"t{i % 4}"] for i in range(n)], pa.list_(pa.string())),
+        }
+    )
+    assert dictionary_columns(data) == ["status", "tags.list.element"]
+    assert dictionary_columns(data.slice(0, 0)) == ["tags.list.element"]
+
+    table = catalog.create_table("t.d", schema=data.schema)
+    data = data.cast(table.schema().as_arrow())
+    [mine] = write_data_files(table, data)
+    encodings = {}
+    meta = pq.ParquetFile(mine.file_path.removeprefix("file://")).metadata
+    for j in range(meta.num_columns):
+        col = meta.row_group(0).column(j)
+        encodings[col.path_in_schema] = any("DICTIONARY" in e for e in col.encodings)
+    assert encodings == {"id": False, "status": True, "note": False, "flag": False, "tags.list.element": True}
+    assert pq.read_table(mine.file_path.removeprefix("file://")).to_pylist() == data.to_pylist()
+
+    from pyiceberg.io.pyarrow import pyarrow_to_schema
+
+    task = WriteTask(write_uuid=__import__("uuid").uuid4(), task_id=0, record_batches=data.to_batches(), schema=pyarrow_to_schema(data.schema, name_mapping=table.schema().name_mapping))
+    [theirs] = write_file(io=table.io, table_metadata=table.metadata, tasks=iter([task]))
+    for attr in ("record_count", "value_counts", "null_value_counts", "lower_bounds", "upper_bounds"):
+        assert getattr(mine, attr) == getattr(theirs, attr), attr
+    assert mine.file_size_in_bytes < theirs.file_size_in_bytes

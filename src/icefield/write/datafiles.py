@@ -6,10 +6,17 @@ are sorted once by partition (then by the given sort columns, so files have tigh
 partition is a zero-copy slice. File writing, bin-packing to the target size and statistics remain
 pyiceberg's (pinned 0.12.0).
 
-pyiceberg encodes its files in parallel, one thread per file, but a batch smaller than the target file
-size is one file, so one core. A batch that would be fewer files than there are cores is split into one
+Files are encoded in parallel, one thread per file (pyiceberg's executor), but a batch smaller than the
+target file size is one file, so one core. A batch that would be fewer files than there are cores is split into one
 file per core, as long as each stays at least ``PARALLEL_FILE_BYTES`` (of Arrow memory): a 1M-row batch
 lands in about 60% of the time, for one more file (compaction joins small files later).
+
+Each file is written as pyiceberg writes it (field ids, the table's Parquet properties, statistics from the
+footer by pyiceberg's code), with one difference: dictionary encoding only for the columns where a sample
+of the file's values repeats (``dictionary_columns``). Arrow dictionary-encodes every column until its
+dictionary outgrows ``write.parquet.dict-size-bytes`` (2 MB in Iceberg): for a column of unique ids,
+timestamps or amounts that is hashing and a dictionary thrown away. On the W1 orders table this cut the
+encoding CPU by 45% and the files by 20%.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from icefield.columns import row_numbers
+from icefield.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -58,10 +69,115 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
+# The sample of a column's values that decides its encoding, and the share of distinct values in it up to
+# which the column is dictionary-encoded.
+DICTIONARY_SAMPLE = 8192
+DICTIONARY_MAX_DISTINCT = 0.5
+
+
+def dictionary_columns(data: pa.Table) -> list[str]:
+    """The Parquet column paths of ``data`` worth dictionary encoding: the top-level columns whose evenly
+    spaced sample of ``DICTIONARY_SAMPLE`` values has at most ``DICTIONARY_MAX_DISTINCT`` distinct ones, and
+    every leaf of a nested column (left to Arrow, as before)."""
+    n = data.num_rows
+    step = max(1, n // DICTIONARY_SAMPLE)
+    sample = pc.multiply(row_numbers(min(n, DICTIONARY_SAMPLE)), step) if n else None
+    paths: list[str] = []
+    for f in data.schema:
+        if pa.types.is_nested(f.type):
+            paths.extend(_leaf_paths(f.name, f.type))
+        elif sample is not None and not pa.types.is_boolean(f.type):
+            values = data.column(f.name).take(sample)
+            if pc.count_distinct(values, mode="all").as_py() <= DICTIONARY_MAX_DISTINCT * len(values):
+                paths.append(f.name)
+    return paths
+
+
+def _leaf_paths(prefix: str, t: pa.DataType) -> list[str]:
+    """Parquet's dotted paths of the leaves under a column (lists and maps as Arrow writes them)."""
+    if pa.types.is_struct(t):
+        return [p for i in range(t.num_fields) for p in _leaf_paths(f"{prefix}.{t.field(i).name}", t.field(i).type)]
+    if pa.types.is_map(t):
+        return [*_leaf_paths(f"{prefix}.key_value.key", t.key_type), *_leaf_paths(f"{prefix}.key_value.value", t.item_type)]
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _leaf_paths(f"{prefix}.list.element", t.value_type)
+    return [prefix]
+
+
+def _write_file(table: Table, tasks: Iterator[Any]) -> list[Any]:
+    """pyiceberg's ``write_file`` (0.12), with the dictionary encoding of ``dictionary_columns`` and the
+    per-table work (schema, writer properties, statistics plan, config) done once instead of per file."""
+    from pyiceberg.io.fileformat import FileFormatFactory
+    from pyiceberg.io.pyarrow import (
+        _get_parquet_writer_kwargs,
+        _to_requested_schema,
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_path_to_id_mapping,
+        sanitize_column_names,
+    )
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, TableProperties
+    from pyiceberg.table.locations import load_location_provider
+    from pyiceberg.typedef import Record
+    from pyiceberg.utils.concurrent import ExecutorFactory
+    from pyiceberg.utils.config import Config
+    from pyiceberg.utils.properties import property_as_int
+
+    meta = table.metadata
+    props = meta.properties
+    file_format = FileFormat(props.get(TableProperties.WRITE_FILE_FORMAT, TableProperties.WRITE_FILE_FORMAT_DEFAULT))
+    if file_format != FileFormat.PARQUET:
+        raise ConfigError(f"table property write.format.default={file_format.value!r}: icefield writes Parquet only; unset it")
+    format_model = FileFormatFactory.get(file_format)
+    locations = load_location_provider(table_location=meta.location, table_properties=props)
+    table_schema = meta.schema()
+    file_schema = sanitize_column_names(table_schema)
+    downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
+    kwargs = _get_parquet_writer_kwargs(props)
+    row_group = property_as_int(props, TableProperties.PARQUET_ROW_GROUP_LIMIT, TableProperties.PARQUET_ROW_GROUP_LIMIT_DEFAULT)
+    stats_plan = compute_statistics_plan(file_schema, props)
+    id_mapping = parquet_path_to_id_mapping(file_schema)
+
+    def write(task: Any) -> Any:
+        batches = [
+            _to_requested_schema(
+                requested_schema=file_schema, file_schema=task.schema, batch=b, downcast_ns_timestamp_to_us=downcast,
+                include_field_ids=True, format_model=format_model,
+            )
+            for b in task.record_batches
+        ]
+        data = pa.Table.from_batches(batches)
+        path = locations.new_data_location(
+            data_file_name=task.generate_data_file_filename(format_model.file_extension()), partition_key=task.partition_key
+        )
+        out = table.io.new_output(path)
+        options = {**kwargs, "use_dictionary": dictionary_columns(data)}
+        with out.create(overwrite=True) as fos, pq.ParquetWriter(fos, schema=data.schema, store_decimal_as_integer=True, **options) as writer:
+            writer.write(data, row_group_size=row_group)
+        stats = data_file_statistics_from_parquet_metadata(
+            parquet_metadata=writer.writer.metadata, stats_columns=stats_plan, parquet_column_mapping=id_mapping
+        )
+        return DataFile.from_args(
+            content=DataFileContent.DATA,
+            file_path=path,
+            file_format=file_format,
+            partition=task.partition_key.partition if task.partition_key else Record(),
+            file_size_in_bytes=len(out),
+            sort_order_id=None,
+            spec_id=meta.default_spec_id,
+            equality_ids=None,
+            key_metadata=None,
+            **stats.to_serialized_dict(),
+        )
+
+    return list(ExecutorFactory.get_or_create().map(write, tasks))
+
+
 def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = None) -> list[Any]:
     """Write ``data`` (typed as the table's schema) as data files of ``table``'s current spec, sorted by
     ``sort_by`` within each partition. Returns the uncommitted DataFiles."""
-    from pyiceberg.io.pyarrow import pyarrow_to_schema, write_file
+    from pyiceberg.io.pyarrow import pyarrow_to_schema
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
     from pyiceberg.table import TableProperties, WriteTask
     from pyiceberg.utils.properties import property_as_int
@@ -85,7 +201,7 @@ def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = N
             WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, schema=task_schema)
             for batches in pack(data, target)
         )
-        return list(write_file(io=table.io, table_metadata=meta, tasks=tasks))
+        return _write_file(table, tasks)
 
     part_names = [f"__part_{i}" for i in range(len(spec.fields))]
     keyed = data
@@ -109,7 +225,7 @@ def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = N
             for batches in pack(body.slice(lo, hi - lo), target, slices=len(bounds), batch_bytes=body.nbytes):
                 yield WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, partition_key=key, schema=task_schema)
 
-    return list(write_file(io=table.io, table_metadata=meta, tasks=partition_tasks()))
+    return _write_file(table, partition_tasks())
 
 
 def _run_starts(table: pa.Table, columns: list[str]) -> list[int]:
