@@ -462,7 +462,9 @@ def conform(table: pa.Table, schema: pa.Schema) -> tuple[pa.Table, dict[int, str
     names = set(table.column_names)
     for f in schema:
         if f.name in names:
-            cols[f.name] = cast_column(f.name, table.column(f.name), f.type, bad)
+            col = table.column(f.name)
+            # Already typed (the usual case): kept as it is, chunks and all, instead of copied into one.
+            cols[f.name] = col if col.type == f.type else cast_column(f.name, col, f.type, bad)
         else:
             cols[f.name] = pa.nulls(table.num_rows, type=f.type)
     for name in table.column_names:
