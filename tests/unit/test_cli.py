@@ -104,3 +104,25 @@ def test_no_project_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
     code, out = _invoke("tables")
     assert code == EXIT_USAGE
     assert "icefield init" in out
+
+
+def test_compact_joins_the_small_files_of_a_table_and_sql_reads_the_same_rows(tmp_path: Path) -> None:
+    root = _project(tmp_path / "p")
+    for i in range(3):  # three more drops: four files, four snapshots, four small data files
+        (root / "data" / "events" / f"b{i}.jsonl").write_text(f'{{"id": {10 + i}, "v": "n{i}"}}\n')
+        assert _invoke("--project", str(root), "run")[0] == 0
+    before = _invoke("--project", str(root), "sql", "select id, v from raw.events order by id", "--format", "csv")[1]
+
+    code, out = _invoke("--project", str(root), "compact", "raw.events", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["files_removed"] == 4 and json.loads(out)["snapshot_id"] is None
+    code, out = _invoke("--project", str(root), "compact", "raw.events", "--sort-by", "id")
+    assert code == 0 and "4 files and 0 delete files -> 1" in out, out
+    assert _invoke("--project", str(root), "sql", "select id, v from raw.events order by id", "--format", "csv")[1] == before
+    code, out = _invoke("--project", str(root), "show", "raw.events", "--json")
+    assert json.loads(out)["snapshots"][-1]["operation"] == "replace"
+    code, out = _invoke("--project", str(root), "compact", "raw.events")
+    assert code == 0 and "Nothing to compact" in out
+
+    code, out = _invoke("--project", str(root), "compact", "raw.events", "--sort-by", "nope", "--json")
+    assert code == EXIT_USAGE and "nope" in json.loads(out)["error"]
+    assert _invoke("--project", str(root), "compact", "no.table")[0] == EXIT_USAGE

@@ -1,4 +1,4 @@
-"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, quarantine, demo."""
+"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, compact, quarantine, demo."""
 
 from __future__ import annotations
 
@@ -358,6 +358,44 @@ def discard(out: Output, table: str, branch: str | None) -> None:
         out.emit({"status": "ok", "table": table, "branch": chosen, "discarded": True, "snapshots": dropped})
     else:
         out.print(f"Discarded branch {chosen} of {table} ({len(dropped)} unpublished snapshot(s)); main is unchanged. The next run reads the batch again from its source.")
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--target-file-size", type=int, default=None, help="Bytes per file on disk (default: the table's write.target-file-size-bytes, 512 MB).")
+@click.option("--min-input-files", type=int, default=2, show_default=True, help="Small files a partition needs to be rewritten (a file with deletes always is).")
+@click.option("--sort-by", default=None, help="Comma-separated columns to sort each new file by (default: the keys of the project's merge pipelines into TABLE).")
+@click.option("--dry-run", is_flag=True, help="Show what would be rewritten; commit nothing.")
+@json_option
+@pass_out
+@guarded
+def compact(out: Output, table: str, target_file_size: int | None, min_input_files: int, sort_by: str | None, dry_run: bool) -> None:
+    """Rewrite TABLE's small data files, and those with delete files, into fewer files (one 'replace'
+    snapshot: no row changes). Safe beside running pipelines: a merge that touches a file meanwhile wins,
+    and the compaction replans."""
+    from icefield.catalog import open_catalog
+    from icefield.write.compact import compact_table
+
+    project = out.project()
+    if sort_by is not None:
+        columns = [c.strip() for c in sort_by.split(",") if c.strip()]
+    else:
+        columns = next((list(p.target.keys) for p in project.pipelines.values() if p.target.table == table and p.target.mode == "merge" and p.target.keys), [])
+    res = compact_table(open_catalog(project), table, target_file_size=target_file_size, min_input_files=min_input_files, sort_by=columns, dry_run=dry_run)
+    doc = {k: v for k, v in vars(res).items() if k != "groups"}
+    if out.as_json:
+        out.emit({"status": "ok", **doc})
+        return
+    if not res.files_removed:
+        out.print(f"Nothing to compact in {table}: no partition has {max(min_input_files, 2)} small files or a file with deletes.")
+    elif dry_run:
+        out.print(f"Would rewrite {res.files_removed} files ({res.bytes_before:,} bytes) in {res.partitions} partition(s) of {table}; nothing committed.")
+    else:
+        out.print(
+            f"Compacted {table}: {res.files_removed} files and {res.delete_files_removed} delete files -> {res.files_added} "
+            f"({res.bytes_before:,} -> {res.bytes_after:,} bytes) in {res.partitions} partition(s); {res.rows:,} rows, "
+            f"{res.rows_purged:,} deleted rows purged; snapshot {res.snapshot_id} ({res.seconds:.2f} s)."
+        )
 
 
 # ---------------------------------------------------------------------------------------------- demo

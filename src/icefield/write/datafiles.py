@@ -174,9 +174,13 @@ def _write_file(table: Table, tasks: Iterator[Any]) -> list[Any]:
     return list(ExecutorFactory.get_or_create().map(write, tasks))
 
 
-def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = None) -> list[Any]:
+def write_data_files(
+    table: Table, data: pa.Table, sort_by: list[str] | None = None, target_bytes: int | None = None, split: bool = True
+) -> list[Any]:
     """Write ``data`` (typed as the table's schema) as data files of ``table``'s current spec, sorted by
-    ``sort_by`` within each partition. Returns the uncommitted DataFiles."""
+    ``sort_by`` within each partition. ``target_bytes`` (Arrow bytes) overrides the table's target file
+    size; ``split=False`` keeps a batch smaller than the target in one file instead of one per core (a
+    compaction). Returns the uncommitted DataFiles."""
     from pyiceberg.io.pyarrow import pyarrow_to_schema
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
     from pyiceberg.table import TableProperties, WriteTask
@@ -186,10 +190,11 @@ def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = N
         return []
     meta = table.metadata
     spec, schema = meta.spec(), meta.schema()
-    target = (
+    target = target_bytes or (
         property_as_int(meta.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
         or TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
     )
+    workers = None if split else 1
     task_schema = pyarrow_to_schema(data.schema, name_mapping=schema.name_mapping, format_version=meta.format_version)
     write_uuid, counter = uuid.uuid4(), itertools.count(0)
     order = [(c, "ascending") for c in sort_by or []]
@@ -199,7 +204,7 @@ def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = N
             data = data.sort_by(order)
         tasks: Iterator[Any] = (
             WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, schema=task_schema)
-            for batches in pack(data, target)
+            for batches in pack(data, target, workers=workers)
         )
         return _write_file(table, tasks)
 
@@ -222,7 +227,7 @@ def write_data_files(table: Table, data: pa.Table, sort_by: list[str] | None = N
                 partition_spec=spec,
                 schema=schema,
             )
-            for batches in pack(body.slice(lo, hi - lo), target, slices=len(bounds), batch_bytes=body.nbytes):
+            for batches in pack(body.slice(lo, hi - lo), target, slices=len(bounds), batch_bytes=body.nbytes, workers=workers):
                 yield WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, partition_key=key, schema=task_schema)
 
     return _write_file(table, partition_tasks())

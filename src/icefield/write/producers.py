@@ -171,6 +171,39 @@ class RowDelta(MergeOverwrite):
         return self._process_manifests(manifests + self._existing_manifests())
 
 
+class Rewrite(RowDelta):
+    """A compaction's commit (operation ``replace``: no row changes): removes data files and their delete
+    files and adds the rewritten files. Concurrent appends do not conflict; it fails when a file it
+    removes was removed meanwhile, or got new deletes (Iceberg's ``RewriteFiles`` validation), since
+    either change would be lost."""
+
+    def _validate_concurrency(self) -> None:
+        from pyiceberg.table.update.validate import (
+            _validate_data_files_exist,
+            _validate_no_new_deletes_for_data_files,
+        )
+
+        window = self._commit_window
+        if window is None or window.is_empty() or window.head is None:
+            return
+        table = self._transaction._table
+        removed = set(self._deleted_data_files)
+        _validate_data_files_exist(table, window.head, removed, window.base)
+        data = {f for f in removed if f.content == DataFileContent.DATA}
+        _validate_no_new_deletes_for_data_files(table, window.head, None, data, window.base)
+
+    def _summary(self, snapshot_properties: dict[str, str] | None = None) -> Any:
+        from pyiceberg.table.snapshots import Operation, Summary
+
+        # pyiceberg totals the summary only for append, overwrite and delete: count as an overwrite.
+        self._operation = Operation.OVERWRITE
+        try:
+            summary = super()._summary(snapshot_properties or {})
+        finally:
+            self._operation = Operation.REPLACE
+        return Summary(operation=Operation.REPLACE, **summary.additional_properties)
+
+
 def _restamped(entry: Any, status: Any, snapshot_id: int | None) -> Any:
     """``entry`` (its file and sequence numbers) with a new status, as of ``snapshot_id``."""
     return ManifestEntry.from_args(

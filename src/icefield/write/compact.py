@@ -1,0 +1,237 @@
+"""Compaction: rewrite a table's small data files, and the files that have deletes, into fewer files.
+
+Appends of small batches and merge-on-read merges leave many small files, and merge-on-read leaves a
+position delete file beside every data file it touched; reads then open many files and apply deletes.
+``compact_table`` rewrites them as Spark's ``rewrite_data_files`` does, in one ``replace`` snapshot that
+changes no row:
+
+- a data file is a candidate when it is smaller than ``MIN_FILE_RATIO`` of the target file size
+  (``write.target-file-size-bytes``, on disk, or ``target_file_size``) or has delete files;
+- a partition is rewritten when it has a file with deletes, or at least ``min_input_files`` small files;
+  its candidates are bin-packed by size into groups of at most the target, and each group is read with
+  its deletes applied (pyiceberg's reader), sorted by ``sort_by`` and written as files of about the
+  target size (the current partition spec);
+- the commit removes the rewritten data files and their file-scoped delete files and adds the new files.
+  It fails, and is replanned, when a file it rewrites was removed meanwhile (a copy-on-write merge) or
+  got new deletes (a merge-on-read merge): otherwise those changes would be lost. Appends meanwhile do
+  not conflict.
+
+Equality delete files (Flink) are not applied here: a table with them is refused, with the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from icefield.errors import CommitConflictError, ConfigError
+from icefield.write.deletes import is_file_scoped
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
+
+log = logging.getLogger(__name__)
+
+MIN_FILE_RATIO = 0.75
+ATTEMPTS = 4
+SUMMARY_OPERATION = "icefield.operation"
+
+
+@dataclass
+class CompactionResult:
+    """What a compaction did (or, with ``dry_run``, would do)."""
+
+    table: str
+    snapshot_id: int | None = None
+    partitions: int = 0
+    files_removed: int = 0
+    delete_files_removed: int = 0
+    files_added: int = 0
+    rows: int = 0
+    rows_purged: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    groups: list[list[str]] = field(default_factory=list, repr=False)
+
+
+def compact_table(
+    catalog: Catalog,
+    table_name: str,
+    *,
+    target_file_size: int | None = None,
+    min_input_files: int = 2,
+    sort_by: list[str] | None = None,
+    dry_run: bool = False,
+) -> CompactionResult:
+    """Compact ``table_name`` (see the module doc). ``sort_by`` orders the rows within each new file (the
+    merge keys keep later merges pruning well). Returns what was done; a table with nothing to compact
+    gets no snapshot."""
+    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+
+    from icefield.write import table_identifier
+
+    if min_input_files < 1:
+        raise ConfigError(f"min_input_files={min_input_files}: give 1 or more")
+    started = time.perf_counter()
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            table = catalog.load_table(table_identifier(table_name))
+        except NoSuchTableError:
+            raise ConfigError(f"no table {table_name!r} in the catalog; `icefield tables` lists them") from None
+        missing = [c for c in sort_by or [] if c not in table.schema().column_names]
+        if missing:
+            raise ConfigError(f"sort_by: {', '.join(missing)} not in table {table_name}; its columns: {', '.join(table.schema().column_names)}")
+        target = target_file_size or _target_size(table)
+        groups = plan(table, target, min_input_files)
+        result = CompactionResult(table=table_name, dry_run=dry_run)
+        result.partitions = len({_partition_of(t) for g in groups for t in g})
+        result.groups = [[t.file.file_path for t in g] for g in groups]
+        result.files_removed = sum(len(g) for g in groups)
+        result.bytes_before = sum(t.file.file_size_in_bytes for g in groups for t in g)
+        if dry_run or not groups:
+            result.seconds = time.perf_counter() - started
+            return result
+        added: list[Any] = []
+        try:
+            added = _rewrite(table, groups, target, sort_by or [], result)
+            _commit(table, groups, added, result)
+        except (CommitFailedException, ValidationException) as e:
+            # Nothing landed: the files written for it are no one's; replan on the new snapshot.
+            log.warning("compaction of %s conflicted (attempt %d): %s", table_name, attempt, e)
+            _remove_files(table, added)
+            time.sleep(0.1 * attempt)
+            continue
+        result.seconds = time.perf_counter() - started
+        log.info(
+            "compacted %s: %d files (%d delete files) -> %d in %d partitions, %d rows, %d purged, snapshot %s",
+            table_name, result.files_removed, result.delete_files_removed, result.files_added,
+            result.partitions, result.rows, result.rows_purged, result.snapshot_id,
+        )
+        return result
+    raise CommitConflictError(
+        f"compaction of {table_name} met concurrent rewrites or deletes of its files {ATTEMPTS} times; run it again when "
+        "the table's merges are quieter"
+    )
+
+
+def _target_size(table: Table) -> int:
+    from pyiceberg.table import TableProperties
+    from pyiceberg.utils.properties import property_as_int
+
+    size = property_as_int(table.metadata.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
+    return size or TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
+
+
+def _partition_of(task: Any) -> tuple[Any, ...]:
+    p = task.file.partition
+    values = tuple(p[i] for i in range(len(p))) if p is not None else ()
+    return (task.file.spec_id, *values)
+
+
+def plan(table: Table, target: int, min_input_files: int = 2) -> list[list[Any]]:
+    """The groups of scan tasks to rewrite together (each at most ``target`` bytes of data files, one
+    partition each), per the rules of the module doc."""
+    from pyiceberg.manifest import DataFileContent
+
+    if table.current_snapshot() is None:
+        return []
+    small = MIN_FILE_RATIO * target
+    by_partition: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+    for task in table.scan().plan_files():
+        if any(d.content == DataFileContent.EQUALITY_DELETES for d in task.delete_files or ()):
+            raise ConfigError(
+                f"{task.file.file_path} has equality delete files, which icefield does not apply; compact this table "
+                "with Spark's rewrite_data_files"
+            )
+        if task.delete_files or task.file.file_size_in_bytes < small:
+            by_partition[_partition_of(task)].append(task)
+    groups: list[list[Any]] = []
+    for tasks in by_partition.values():
+        with_deletes = any(t.delete_files for t in tasks)
+        if not with_deletes and len(tasks) < max(min_input_files, 2):
+            continue  # one small file alone gains nothing
+        tasks.sort(key=lambda t: t.file.file_path)
+        group: list[Any] = []
+        size = 0
+        for t in tasks:
+            if group and size + t.file.file_size_in_bytes > target:
+                groups.append(group)
+                group, size = [], 0
+            group.append(t)
+            size += t.file.file_size_in_bytes
+        groups.append(group)
+    # A lone file without deletes left at the end of a partition's packing rewrites to itself: drop it.
+    return [g for g in groups if len(g) > 1 or g[0].delete_files]
+
+
+def _rewrite(table: Table, groups: list[list[Any]], target: int, sort_by: list[str], result: CompactionResult) -> list[Any]:
+    """Read each group with its deletes applied, and write it as new data files (not committed)."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    from icefield.write import conform_to_table
+    from icefield.write.datafiles import write_data_files
+
+    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
+    added: list[Any] = []
+    for group in groups:
+        data = scan.to_table(group)
+        stored = sum(t.file.record_count for t in group)
+        result.rows += data.num_rows
+        result.rows_purged += stored - data.num_rows
+        if not data.num_rows:
+            continue
+        # Files of about ``target`` bytes on disk: the Arrow size to cut at, by this group's own ratio.
+        arrow_target = max(1, int(target * data.nbytes / max(1, sum(t.file.file_size_in_bytes for t in group))))
+        files = write_data_files(table, conform_to_table(table, data), sort_by=sort_by, target_bytes=arrow_target, split=False)
+        written = sum(f.record_count for f in files)
+        if written != data.num_rows:  # never commit a rewrite that lost or gained a row
+            _remove_files(table, [*added, *files])
+            raise RuntimeError(f"compaction of {result.table}: read {data.num_rows} rows, wrote {written}; nothing was committed")
+        added.extend(files)
+        del data
+    return added
+
+
+def _commit(table: Table, groups: list[list[Any]], added: list[Any], result: CompactionResult) -> None:
+    from pyiceberg.table.snapshots import Operation
+
+    from icefield.write.producers import Rewrite
+
+    removed = [t.file for g in groups for t in g]
+    deletes = {d.file_path: d for g in groups for t in g for d in t.delete_files or () if is_file_scoped(d) == t.file.file_path}
+    tx = table.transaction()
+    producer = Rewrite(
+        operation=Operation.REPLACE,
+        transaction=tx,
+        io=table.io,
+        branch="main",
+        snapshot_properties={SUMMARY_OPERATION: "compact"},
+    )
+    producer.referenced = set()
+    with producer as p:
+        for f in [*removed, *deletes.values()]:
+            p.delete_data_file(f)
+        for f in added:
+            p.append_data_file(f)
+    committed = tx.commit_transaction()
+    snap = committed.current_snapshot()
+    result.snapshot_id = snap.snapshot_id if snap else None
+    result.delete_files_removed = len(deletes)
+    result.files_added = len(added)
+    result.bytes_after = sum(f.file_size_in_bytes for f in added)
+
+
+def _remove_files(table: Table, files: list[Any]) -> None:
+    for f in files:
+        try:
+            table.io.delete(f.file_path)
+        except OSError as e:  # an orphan file costs space, not correctness
+            log.warning("could not remove the unused file %s: %s", f.file_path, e)
+

@@ -1,0 +1,155 @@
+"""Compaction (``icefield compact``): small files and files with deletes are rewritten into fewer files in
+one ``replace`` snapshot, without changing a row; a concurrent merge that removes or marks a file being
+rewritten makes the compaction replan instead of losing that merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from icefield.catalog import sql_catalog
+from icefield.config.models import TargetConfig
+from icefield.engines.local import LocalEngine
+from icefield.errors import ConfigError
+from icefield.write import TableWriter
+from icefield.write.compact import compact_table, plan
+
+SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.string()), ("day", pa.int32()), ("_deleted", pa.bool_())])
+
+
+def _writer(root: Path, mode: str = "merge-on-read", **target: Any) -> TableWriter:
+    catalog = sql_catalog("icefield", f"sqlite:///{root / 'c.db'}", (root / "wh").resolve().as_uri())
+    cfg = TargetConfig(table="t.m", mode="merge", keys=["k"], delete_column="_deleted", properties={"write.merge.mode": mode}, **target)
+    return TableWriter(catalog, cfg, "p", LocalEngine())
+
+
+def _batch(ops: list[tuple[int, str | None]]) -> pa.Table:
+    return pa.table(
+        {"k": [k for k, _ in ops], "v": [v or "" for _, v in ops], "day": [k % 3 for k, _ in ops], "_deleted": [v is None for _, v in ops]},
+        schema=SCHEMA,
+    )
+
+
+def _rows(w: TableWriter) -> list[dict[str, Any]]:
+    t = w.load()
+    assert t is not None
+    return sorted(t.scan().to_arrow().to_pylist(), key=lambda r: r["k"])
+
+
+def _files(w: TableWriter) -> tuple[int, int]:
+    t = w.load()
+    assert t is not None
+    tasks = list(t.scan().plan_files())
+    return len(tasks), len({d.file_path for task in tasks for d in task.delete_files})
+
+
+def _history(w: TableWriter, n: int) -> TableWriter:
+    """``n`` merge batches: inserts, then updates and deletes of earlier keys, each its own small files."""
+    for b in range(n):
+        ops: list[tuple[int, str | None]] = [(b * 10 + i, f"v{b}") for i in range(10)]
+        if b:
+            ops += [((b - 1) * 10 + 1, f"u{b}"), ((b - 1) * 10 + 2, None)]
+        w.commit(_batch(ops), f"b{b}", {"n": b}, "r")
+    return w
+
+
+def test_compaction_rewrites_small_files_and_deletes_into_one_file_and_changes_no_row(tmp_path: Path) -> None:
+    w = _history(_writer(tmp_path), 6)
+    before_rows = _rows(w)
+    files, deletes = _files(w)
+    assert files >= 6 and deletes >= 5
+
+    res = compact_table(w.catalog, "t.m", sort_by=["k"])
+    assert (res.files_removed, res.delete_files_removed, res.files_added) == (files, deletes, 1)
+    assert res.rows == len(before_rows) and res.rows_purged == 10, "the 5 updated and 5 deleted rows are dropped"
+    assert _files(w) == (1, 0)
+    assert _rows(w) == before_rows
+    t = w.load()
+    assert t is not None
+    snap = t.current_snapshot()
+    assert snap is not None and snap.summary is not None
+    assert snap.summary.operation.value == "replace" and snap.summary["icefield.operation"] == "compact"
+    assert snap.summary["total-records"] == str(len(before_rows)) and snap.summary["total-position-deletes"] == "0"
+    # The pipeline's position and history stay readable; the rewritten file is sorted by the key.
+    assert json.loads(t.metadata.properties["icefield.state.p"]) == {"n": 5}
+    keys = pa.parquet.read_table(next(iter(t.scan().plan_files())).file.file_path.removeprefix("file://")).column("k").to_pylist()
+    assert keys == sorted(keys)
+
+    again = compact_table(w.catalog, "t.m")
+    assert (again.files_removed, again.snapshot_id) == (0, None), "nothing left to compact: no new snapshot"
+    # Merging goes on on top of the compacted table.
+    w.commit(_batch([(3, "after"), (4, None)]), "b9", None, "r")
+    expected = {r["k"]: r["v"] for r in before_rows if r["k"] != 4} | {3: "after"}
+    assert {r["k"]: r["v"] for r in _rows(w)} == expected
+
+
+def test_a_partitioned_table_is_compacted_per_partition_and_large_files_are_left_alone(tmp_path: Path) -> None:
+    w = _history(_writer(tmp_path, mode="copy-on-write", partition_by=["day"]), 4)
+    t = w.load()
+    assert t is not None
+    before_rows = _rows(w)
+    by_day: dict[int, int] = {}
+    for task in t.scan().plan_files():
+        by_day[task.file.partition[0]] = by_day.get(task.file.partition[0], 0) + 1
+    res = compact_table(w.catalog, "t.m")
+    assert res.partitions == 3 and res.files_added == 3
+    t = w.load()
+    assert t is not None
+    assert sorted(task.file.partition[0] for task in t.scan().plan_files()) == [0, 1, 2]
+    assert _rows(w) == before_rows
+
+    # With a target smaller than every file, no file is small: nothing to do.
+    assert plan(t, target=1, min_input_files=2) == []
+    assert compact_table(w.catalog, "t.m", target_file_size=1).files_removed == 0
+
+
+def test_dry_run_commits_nothing_and_bad_options_name_the_fix(tmp_path: Path) -> None:
+    w = _history(_writer(tmp_path), 3)
+    t = w.load()
+    assert t is not None
+    head = t.current_snapshot().snapshot_id  # type: ignore[union-attr]
+    res = compact_table(w.catalog, "t.m", dry_run=True)
+    assert res.dry_run and res.files_removed == 3 and res.snapshot_id is None
+    assert w.load().current_snapshot().snapshot_id == head  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="'nope'|nope not in table t.m"):
+        compact_table(w.catalog, "t.m", sort_by=["nope"])
+    with pytest.raises(ConfigError, match="min_input_files=0"):
+        compact_table(w.catalog, "t.m", min_input_files=0)
+
+
+@pytest.mark.parametrize("rival", ["merge-on-read", "copy-on-write"])
+def test_a_merge_committed_during_the_compaction_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rival: str) -> None:
+    """A merge that marks (merge-on-read) or rewrites (copy-on-write) a file while the compaction rewrites it
+    lands first; the compaction's commit then fails its validation, replans on the new snapshot and keeps
+    the merge's changes."""
+    import icefield.write.compact as compact
+
+    w = _history(_writer(tmp_path), 3)
+    rival_writer = _writer(tmp_path, mode=rival)
+    if rival == "copy-on-write":
+        t = w.load()
+        assert t is not None
+        with t.transaction() as tx:
+            tx.set_properties({"write.merge.mode": "copy-on-write"})
+    real = compact._rewrite
+    calls: list[list[str]] = []
+
+    def rewrite_then_race(table: Any, groups: Any, target: int, sort_by: list[str], result: Any) -> Any:
+        added = real(table, groups, target, sort_by, result)
+        calls.append([f.file_path.removeprefix("file://") for f in added])
+        if len(calls) == 1:  # the merge lands between the compaction's read and its commit
+            rival_writer.commit(_batch([(0, "raced"), (11, None)]), "race", None, "r")
+        return added
+
+    monkeypatch.setattr(compact, "_rewrite", rewrite_then_race)
+    res = compact_table(w.catalog, "t.m", sort_by=["k"])
+    assert len(calls) == 2, "the first commit conflicted and the compaction replanned"
+    rows = {r["k"]: r["v"] for r in _rows(w)}
+    assert rows[0] == "raced" and 11 not in rows
+    assert res.snapshot_id is not None
+    assert not any(Path(f).exists() for f in calls[0]), "the files of the attempt that lost were removed"
+    assert all(Path(f).exists() for f in calls[1])
