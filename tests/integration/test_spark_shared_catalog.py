@@ -27,6 +27,7 @@ from stack.spark import SparkNotInstalled, import_pyspark, spark_session_for_pro
 from icefield import Project, load_project, run_pipeline
 from icefield.catalog import open_catalog
 from icefield.inspect import run_query
+from icefield.write.compact import compact_table
 
 pytestmark = [
     pytest.mark.spark,
@@ -218,6 +219,16 @@ def test_icefield_merge_on_read_is_read_by_spark(project: Project, spark: Any) -
     assert _spark_rows(spark, table) == _iceberg_rows(project, table) == _duckdb_rows(project, table) == expected
     tasks = list(open_catalog(project).load_table(table).scan().plan_files())
     assert all(len(t.delete_files) <= 1 for t in tasks), "a data file keeps one delete file: the older one is replaced"
+
+    # icefield's compaction folds icefield's and Spark's deletes into new files; Spark reads the same rows
+    # and sees a replace snapshot.
+    res = compact_table(open_catalog(project), table, sort_by=["id"])
+    assert res.rows == len(expected) and res.files_removed == len(tasks) and res.rows_purged > 0
+    after = list(open_catalog(project).load_table(table).scan().plan_files())
+    assert len(after) < len(tasks) and not any(t.delete_files for t in after)
+    assert _spark_rows(spark, table) == _iceberg_rows(project, table) == _duckdb_rows(project, table) == expected
+    ops = [r[0] for r in spark.sql(f"SELECT operation FROM {CATALOG}.{table}.snapshots ORDER BY committed_at").collect()]
+    assert ops[-1] == "replace"
 
 
 def test_concurrent_commits_from_both_engines(project: Project, spark: Any) -> None:
