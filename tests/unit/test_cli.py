@@ -126,3 +126,20 @@ def test_compact_joins_the_small_files_of_a_table_and_sql_reads_the_same_rows(tm
     code, out = _invoke("--project", str(root), "compact", "raw.events", "--sort-by", "nope", "--json")
     assert code == EXIT_USAGE and "nope" in json.loads(out)["error"]
     assert _invoke("--project", str(root), "compact", "no.table")[0] == EXIT_USAGE
+
+
+def test_expire_drops_old_snapshots_and_their_files_and_keeps_the_rows(tmp_path: Path) -> None:
+    root = _project(tmp_path / "p")
+    (root / "data" / "events" / "b.jsonl").write_text('{"id": 7, "v": "w"}\n')
+    assert _invoke("--project", str(root), "run")[0] == 0
+    assert _invoke("--project", str(root), "compact", "raw.events")[0] == 0
+    before = _invoke("--project", str(root), "sql", "select id, v from raw.events order by id", "--format", "csv")[1]
+
+    code, out = _invoke("--project", str(root), "expire", "raw.events", "--json")
+    assert code == 0 and json.loads(out)["snapshots_expired"] == 0, "the default keeps 7 days"
+    code, out = _invoke("--project", str(root), "expire", "raw.events", "--older-than", "0", "--json")
+    doc = json.loads(out)
+    assert code == 0 and (doc["snapshots_expired"], doc["snapshots_kept"]) == (2, 1) and doc["data_files_deleted"] == 2
+    assert _invoke("--project", str(root), "sql", "select id, v from raw.events order by id", "--format", "csv")[1] == before
+    code, out = _invoke("--project", str(root), "expire", "raw.events", "--older-than", "soon")
+    assert code == EXIT_USAGE and "'soon' is not an age" in out

@@ -1,4 +1,4 @@
-"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, compact, quarantine, demo."""
+"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, compact, expire, quarantine, demo."""
 
 from __future__ import annotations
 
@@ -395,6 +395,34 @@ def compact(out: Output, table: str, target_file_size: int | None, min_input_fil
             f"Compacted {table}: {res.files_removed} files and {res.delete_files_removed} delete files -> {res.files_added} "
             f"({res.bytes_before:,} -> {res.bytes_after:,} bytes) in {res.partitions} partition(s); {res.rows:,} rows, "
             f"{res.rows_purged:,} deleted rows purged; snapshot {res.snapshot_id} ({res.seconds:.2f} s)."
+        )
+
+
+@cli.command()
+@click.argument("table")
+@click.option("--older-than", default="7d", show_default=True, help="Expire snapshots older than this age (7d, 12h, 30m, 0).")
+@click.option("--retain-last", type=int, default=1, show_default=True, help="Always keep this many of main's newest snapshots.")
+@click.option("--dry-run", is_flag=True, help="Show what would be expired and deleted; change nothing.")
+@json_option
+@pass_out
+@guarded
+def expire(out: Output, table: str, older_than: str, retain_last: int, dry_run: bool) -> None:
+    """Expire TABLE's old snapshots and delete the files only they reached (data, delete and metadata
+    files). Branch and tag heads, held audit batches and the newest --retain-last snapshots stay."""
+    from icefield.catalog import open_catalog
+    from icefield.write.expire import expire_table
+
+    res = expire_table(open_catalog(out.project()), table, older_than=older_than, retain_last=retain_last, dry_run=dry_run)
+    if out.as_json:
+        out.emit({"status": "ok", **vars(res)})
+    elif not res.snapshots_expired:
+        out.print(f"Nothing to expire in {table}: no snapshot older than {older_than} beyond the {retain_last} newest.")
+    else:
+        verb = "Would expire" if dry_run else "Expired"
+        out.print(
+            f"{verb} {res.snapshots_expired} snapshot(s) of {table} (kept {res.snapshots_kept}); "
+            f"{'would delete' if dry_run else 'deleted'} {res.data_files_deleted} data/delete files and "
+            f"{res.metadata_files_deleted} metadata files ({res.bytes_deleted:,} bytes)."
         )
 
 

@@ -1,0 +1,195 @@
+"""Snapshot expiry with file cleanup: the storage side of retention.
+
+Every copy-on-write merge, overwrite and compaction leaves the files it replaced in the table's history,
+so that time travel and readers of older snapshots keep working; without expiry a table's storage only
+grows (a streaming merge rewrites files every few seconds). ``expire_table`` removes the snapshots older
+than ``older_than`` from the table's metadata, as Iceberg's ``expireSnapshots`` does, and then deletes
+the files that only those snapshots reached: data and delete files, manifests and manifest lists.
+
+Always kept: the newest ``retain_last`` snapshots of ``main``; the head of every branch and tag; every
+snapshot of an audit branch that ``main`` has not published; every snapshot newer than the cutoff. A file
+is deleted only when no kept snapshot lists it as live, checked again against the table after the commit.
+
+icefield's positions live in table properties, so a pipeline resumes where it was after its history is
+expired; a batch id older than the kept history is no longer found by ``find_batch``, which is why the
+default keeps seven days (no retry waits that long).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from icefield.errors import CommitConflictError, ConfigError
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AGE = "7d"
+ATTEMPTS = 4
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(value: str | int | float) -> float:
+    """Seconds in an age such as ``7d``, ``12h``, ``30m``, ``0`` (a number alone is seconds)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = _AGE.match(str(value))
+    if m is None:
+        raise ConfigError(f"older_than={value!r} is not an age; give one like '7d', '12h', '30m' or '0' (seconds)")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+@dataclass
+class ExpireResult:
+    """What an expiry did (or, with ``dry_run``, would do)."""
+
+    table: str
+    snapshots_expired: int = 0
+    snapshots_kept: int = 0
+    data_files_deleted: int = 0
+    metadata_files_deleted: int = 0
+    bytes_deleted: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+
+def expire_table(
+    catalog: Catalog,
+    table_name: str,
+    *,
+    older_than: str | int | float = DEFAULT_AGE,
+    retain_last: int = 1,
+    dry_run: bool = False,
+) -> ExpireResult:
+    """Expire ``table_name``'s snapshots older than ``older_than`` (see the module doc) and delete the
+    files only they reached. Returns what was done."""
+    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+
+    from icefield.write import table_identifier
+
+    if retain_last < 1:
+        raise ConfigError(f"retain_last={retain_last}: keep at least 1 snapshot (the current one)")
+    age = parse_age(older_than)
+    started = time.perf_counter()
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            table = catalog.load_table(table_identifier(table_name))
+        except NoSuchTableError:
+            raise ConfigError(f"no table {table_name!r} in the catalog; `icefield tables` lists them") from None
+        cutoff_ms = int((time.time() - age) * 1000)
+        expired = expirable(table, cutoff_ms, retain_last)
+        result = ExpireResult(table=table_name, dry_run=dry_run)
+        result.snapshots_expired = len(expired)
+        result.snapshots_kept = len(table.metadata.snapshots) - len(expired)
+        if not expired:
+            result.seconds = time.perf_counter() - started
+            return result
+        doomed = _unreachable(table, expired)
+        if dry_run:
+            _count(result, doomed)
+            result.seconds = time.perf_counter() - started
+            return result
+        try:
+            table.maintenance.expire_snapshots().by_ids(sorted(expired)).commit()
+        except CommitFailedException as e:
+            log.warning("expiry of %s conflicted (attempt %d): %s", table_name, attempt, e)
+            time.sleep(0.1 * attempt)
+            continue
+        # The commit landed on the metadata we planned from (or on a newer one that only added to it):
+        # never delete what the table's current state still reaches.
+        table = catalog.load_table(table_identifier(table_name))
+        still = _reachable(table, [s for s in table.metadata.snapshots])
+        doomed = {p: v for p, v in doomed.items() if p not in still}
+        _count(result, doomed)
+        _delete(table, list(doomed))
+        result.seconds = time.perf_counter() - started
+        log.info(
+            "expired %d snapshots of %s (kept %d): deleted %d data/delete files and %d metadata files, %d bytes",
+            result.snapshots_expired, table_name, result.snapshots_kept, result.data_files_deleted,
+            result.metadata_files_deleted, result.bytes_deleted,
+        )
+        return result
+    raise CommitConflictError(f"expiry of {table_name} met concurrent commits {ATTEMPTS} times; run it again")
+
+
+def expirable(table: Table, cutoff_ms: int, retain_last: int) -> set[int]:
+    """The ids of the snapshots to expire: older than ``cutoff_ms`` and not kept by the rules above."""
+    from icefield.write.branches import MAIN, ancestors, head_id, unpublished
+
+    md = table.metadata
+    keep = {s.snapshot_id for s in ancestors(md, head_id(table))[:retain_last]}
+    for name, ref in md.refs.items():
+        keep.add(ref.snapshot_id)
+        if name != MAIN:
+            keep.update(s.snapshot_id for s in unpublished(table, name))
+    return {s.snapshot_id for s in md.snapshots if s.timestamp_ms < cutoff_ms and s.snapshot_id not in keep}
+
+
+def _unreachable(table: Table, expired: set[int]) -> dict[str, tuple[bool, int]]:
+    """The files only the ``expired`` snapshots reach: path -> (is a data or delete file, size)."""
+    kept = [s for s in table.metadata.snapshots if s.snapshot_id not in expired]
+    gone = [s for s in table.metadata.snapshots if s.snapshot_id in expired]
+    reached = _reachable(table, kept)
+    out: dict[str, tuple[bool, int]] = {}
+    done: set[str] = set()
+    for snap in gone:
+        if snap.manifest_list not in reached:
+            out[snap.manifest_list] = (False, 0)
+        for manifest in snap.manifests(table.io):
+            if manifest.manifest_path in done:
+                continue
+            done.add(manifest.manifest_path)
+            if manifest.manifest_path not in reached:
+                out[manifest.manifest_path] = (False, manifest.manifest_length)
+            for entry in _entries(table, manifest, live_only=False):
+                path = entry.data_file.file_path
+                if path not in reached:
+                    out[path] = (True, entry.data_file.file_size_in_bytes)
+    return out
+
+
+def _reachable(table: Table, snapshots: list[Any]) -> set[str]:
+    """Every file ``snapshots`` reach: manifest lists, manifests, and their live data and delete files."""
+    seen: set[str] = set()
+    done: set[str] = set()
+    for snap in snapshots:
+        seen.add(snap.manifest_list)
+        for manifest in snap.manifests(table.io):
+            seen.add(manifest.manifest_path)
+            if manifest.manifest_path in done:
+                continue
+            done.add(manifest.manifest_path)
+            seen.update(e.data_file.file_path for e in _entries(table, manifest, live_only=True))
+    return seen
+
+
+def _entries(table: Table, manifest: Any, live_only: bool) -> list[Any]:
+    return list(manifest.fetch_manifest_entry(table.io, discard_deleted=live_only))
+
+
+def _count(result: ExpireResult, doomed: dict[str, tuple[bool, int]]) -> None:
+    result.data_files_deleted = sum(1 for is_data, _ in doomed.values() if is_data)
+    result.metadata_files_deleted = len(doomed) - result.data_files_deleted
+    result.bytes_deleted = sum(size for _, size in doomed.values())
+
+
+def _delete(table: Table, paths: list[str]) -> None:
+    def one(path: str) -> None:
+        try:
+            table.io.delete(path)
+        except FileNotFoundError:
+            pass  # already gone: the goal holds
+        except OSError as e:  # left behind costs space, not correctness
+            log.warning("could not delete %s: %s", path, e)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, paths))
