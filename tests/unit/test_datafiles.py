@@ -158,3 +158,33 @@ def test_only_columns_whose_values_repeat_are_dictionary_encoded_and_statistics_
     for attr in ("record_count", "value_counts", "null_value_counts", "lower_bounds", "upper_bounds"):
         assert getattr(mine, attr) == getattr(theirs, attr), attr
     assert mine.file_size_in_bytes < theirs.file_size_in_bytes
+
+
+def test_sort_indices_keeps_sorted_runs_and_matches_a_full_stable_sort() -> None:
+    """The merge writes stored rows (sorted) then new versions: the order must equal a full stable sort,
+    rows already in order must come back as None (nothing to move), and other shapes fall back."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from icefield.write.datafiles import _Chunks, sort_indices
+
+    rng = np.random.default_rng(3)
+    stored = np.sort(rng.choice(1_000_000, 50_000, replace=False))
+    new = rng.choice(1_000_000, 900)  # repeats a few stored keys: ties keep the stored row first
+    keys = np.concatenate([stored, new]).astype(np.int64)
+    t = pa.table({"k": keys, "i": np.arange(keys.size)})
+    expected = pc.sort_indices(t, [("k", "ascending")]).to_pylist()  # Arrow's sort is stable
+    assert sort_indices(t, ["k"]).to_pylist() == expected
+    assert sort_indices(t.slice(0, 50_000), ["k"]) is None
+    ts = pa.table({"k": pa.array(keys * 1000, pa.timestamp("us"))})
+    assert sort_indices(ts, ["k"]).to_pylist() == expected
+    # Nulls, two keys, text: Arrow's sort, nulls last.
+    mixed = pa.table({"a": [2, None, 1, 2], "b": ["y", "x", "z", "x"]})
+    assert sort_indices(mixed, ["a", "b"]).to_pylist() == [2, 3, 0, 1]
+    assert sort_indices(pa.table({"s": ["b", "a", "c"]}), ["s"]).to_pylist() == [1, 0, 2]
+
+    # A gather from a table of many chunks touches only the chunks it needs, and gives the same rows.
+    chunked = pa.concat_tables([t.slice(i, 7_000) for i in range(0, t.num_rows, 7_000)])
+    assert chunked.column("k").num_chunks > 5
+    order = pa.array(expected[10_000:20_000] + [0, t.num_rows - 1])
+    assert _Chunks(chunked).take(order).to_pylist() == t.take(order).to_pylist()

@@ -29,7 +29,9 @@ class EngineCapabilities:
 
 # Writes rows as data files of the table, sorted by the target's keys within each partition (callers
 # need not sort); returns the uncommitted DataFiles.
-WriteFiles = Callable[["Table", pa.Table], list[Any]]
+WriteFiles = Callable[..., list[Any]]
+"""``write_files(table, data, rows=None)``: writes ``data`` (or the rows ``rows`` of it, an index array) as
+data files of ``table``, sorted by the target's keys; returns the uncommitted DataFiles."""
 
 
 @dataclass

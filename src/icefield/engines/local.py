@@ -173,17 +173,19 @@ class LocalEngine(Engine):
                     file_idx = existing.column("__file")
                     hit_files = pc.unique(file_idx.filter(hit))
                     rewritten = pc.is_in(file_idx, value_set=hit_files)
-                    survivors = existing.filter(pc.and_(rewritten, pc.invert(hit))).drop(["__file"])
                     # Matched keys get their new version in the rewrite of the files they came from, so files
-                    # keep tight key ranges and later merges prune well.
-                    # write_files sorts by key (within each partition): no sort here
-                    out = pa.concat_tables([survivors, ups.select(survivors.column_names).cast(survivors.schema)])
-                    if out.num_rows:
-                        plan.add.extend(write_files(table, out))
+                    # keep tight key ranges and later merges prune well. The surviving rows are not copied
+                    # here: write_files gathers them with the new versions once, sorted by key, per file.
+                    stored = existing.drop(["__file"])
+                    out = pa.concat_tables([stored, ups.select(stored.column_names).cast(stored.schema)])
+                    survivors = pc.indices_nonzero(pc.and_(rewritten, pc.invert(hit))).cast(pa.int64())
+                    rows = pa.concat_arrays([survivors, pc.add(row_numbers(ups.num_rows), stored.num_rows)])
+                    if len(rows):
+                        plan.add.extend(write_files(table, out, rows=rows))
                     for i in hit_files.to_pylist():
                         plan.remove.append(group[i].file)
                         plan.remove_deletes.extend(scoped_deletes(group[i]))
-                    plan.rows_written += out.num_rows
+                    plan.rows_written += len(rows)
         remaining = pending.filter(pc.invert(pending.column("__del"))).drop(["__del"])
         if newest and tombstones is not None and remaining.num_rows:
             remaining, dropped = _drop_tombstoned(tombstones, remaining, keys, order, self.group_bytes)

@@ -140,12 +140,13 @@ def _write_file(table: Table, tasks: Iterator[Any]) -> list[Any]:
     id_mapping = parquet_path_to_id_mapping(file_schema)
 
     def write(task: Any) -> Any:
+        rows = task.record_batches.batches() if isinstance(task.record_batches, _Gather) else task.record_batches
         batches = [
             _to_requested_schema(
                 requested_schema=file_schema, file_schema=task.schema, batch=b, downcast_ns_timestamp_to_us=downcast,
                 include_field_ids=True, format_model=format_model,
             )
-            for b in task.record_batches
+            for b in rows
         ]
         data = pa.Table.from_batches(batches)
         path = locations.new_data_location(
@@ -175,18 +176,27 @@ def _write_file(table: Table, tasks: Iterator[Any]) -> list[Any]:
 
 
 def write_data_files(
-    table: Table, data: pa.Table, sort_by: list[str] | None = None, target_bytes: int | None = None, split: bool = True
+    table: Table,
+    data: pa.Table,
+    sort_by: list[str] | None = None,
+    target_bytes: int | None = None,
+    split: bool = True,
+    rows: pa.Array | None = None,
 ) -> list[Any]:
     """Write ``data`` (typed as the table's schema) as data files of ``table``'s current spec, sorted by
-    ``sort_by`` within each partition. ``target_bytes`` (Arrow bytes) overrides the table's target file
-    size; ``split=False`` keeps a batch smaller than the target in one file instead of one per core (a
+    ``sort_by`` within each partition. ``rows`` (indices) writes only those rows of ``data``, gathered
+    once in the sorted order (a merge passes its stored rows and the new versions without copying the
+    survivors first). ``target_bytes`` (Arrow bytes) overrides the table's target file size;
+    ``split=False`` keeps a batch smaller than the target in one file instead of one per core (a
     compaction). Returns the uncommitted DataFiles."""
     from pyiceberg.io.pyarrow import pyarrow_to_schema
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
     from pyiceberg.table import TableProperties, WriteTask
     from pyiceberg.utils.properties import property_as_int
 
-    if data.num_rows == 0:
+    if rows is not None and not table.metadata.spec().is_unpartitioned():
+        data, rows = data.take(rows), None
+    if data.num_rows == 0 or (rows is not None and len(rows) == 0):
         return []
     meta = table.metadata
     spec, schema = meta.spec(), meta.schema()
@@ -200,12 +210,24 @@ def write_data_files(
     order = [(c, "ascending") for c in sort_by or []]
 
     if spec.is_unpartitioned():
-        if order:
-            data = data.sort_by(order)
-        tasks: Iterator[Any] = (
-            WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, schema=task_schema)
-            for batches in pack(data, target, workers=workers)
-        )
+        columns = [c for c, _ in order]
+        if rows is None:
+            indices = sort_indices(data, columns) if order else None
+        else:
+            rows = rows.cast(pa.int64())
+            by_key = sort_indices(data.select(columns).take(rows), columns) if order else None
+            indices = rows if by_key is None else rows.take(by_key)
+        if indices is None:
+            tasks: Iterator[Any] = (
+                WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, schema=task_schema)
+                for batches in pack(data, target, workers=workers)
+            )
+        else:
+            source = _Chunks(data)
+            tasks = (
+                WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=_Gather(source, indices.slice(lo, hi - lo)), schema=task_schema)  # type: ignore[arg-type]
+                for lo, hi in _row_ranges(len(indices), data.nbytes * len(indices) // max(1, data.num_rows), target, workers)
+            )
         return _write_file(table, tasks)
 
     part_names = [f"__part_{i}" for i in range(len(spec.fields))]
@@ -231,6 +253,87 @@ def write_data_files(
                 yield WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, partition_key=key, schema=task_schema)
 
     return _write_file(table, partition_tasks())
+
+
+def sort_indices(data: pa.Table, columns: list[str]) -> pa.Array | None:
+    """The row order that sorts ``data`` by ``columns`` (ascending, nulls last, stable), or None when the
+    rows are in order already. Cheap when they nearly are: a merge's rewrite is the surviving rows of
+    files sorted by key, then the new versions of a few keys. With one integer or temporal key without
+    nulls, the sorted prefix keeps its order and the short rest is sorted and merged into it by binary
+    search instead of sorting every row."""
+    import numpy as np
+
+    n = data.num_rows
+    if n < 2:
+        return None
+    key = data.column(columns[0])
+    if len(columns) == 1 and key.null_count == 0 and (pa.types.is_integer(key.type) or pa.types.is_temporal(key.type)):
+        values = key.combine_chunks().to_numpy(zero_copy_only=False)
+        if values.dtype.kind in "mM":
+            values = values.view(np.int64)
+        descents = np.flatnonzero(values[1:] < values[:-1])
+        if descents.size == 0:
+            return None
+        head = int(descents[0]) + 1
+        if n - head <= n // 4:
+            tail = head + np.argsort(values[head:], kind="stable")
+            at = np.searchsorted(values[:head], values[tail], side="right") + np.arange(tail.size)
+            indices = np.empty(n, np.int64)
+            placed = np.zeros(n, bool)
+            placed[at] = True
+            indices[at] = tail
+            indices[~placed] = np.arange(head)
+            return pa.array(indices)
+    return pc.sort_indices(data, [(c, "ascending", "at_end") for c in columns])
+
+
+class _Chunks:
+    """A table's record batches (zero-copy) and where each starts, for gathers that touch a few of them."""
+
+    def __init__(self, rows: pa.Table) -> None:
+        import numpy as np
+
+        self.batches = rows.to_batches()
+        self.starts = np.cumsum([0] + [b.num_rows for b in self.batches])
+
+    def take(self, indices: pa.Array) -> pa.Table:
+        """The rows ``indices``, in that order, gathered from only the batches they fall in (a gather over
+        the whole table first joins all its chunks into one, a copy of every row)."""
+        import numpy as np
+
+        idx = indices.to_numpy().astype(np.int64, copy=False)
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        used = np.unique(which)
+        sizes = self.starts[used + 1] - self.starts[used]
+        at = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each used batch starts in ``part``
+        local = idx - self.starts[which] + at[np.searchsorted(used, which)]
+        part = pa.Table.from_batches([self.batches[c] for c in used])
+        return part.take(pa.array(local))
+
+
+class _Gather:
+    """The rows of one file to write, gathered in sorted order by the writing thread (so the files of a
+    batch are gathered in parallel, and the sorted copy is never whole in memory)."""
+
+    def __init__(self, source: _Chunks, indices: pa.Array) -> None:
+        self.source, self.indices = source, indices
+
+    def batches(self) -> list[pa.RecordBatch]:
+        return self.source.take(self.indices).to_batches()
+
+
+def _row_ranges(n: int, size: int, target: int, workers: int | None) -> list[tuple[int, int]]:
+    """Row ranges for the files of ``n`` rows of ``size`` Arrow bytes, as ``pack`` cuts an unpartitioned
+    batch: files of about ``target`` bytes, or one per core when that would leave cores idle."""
+    workers = workers or _cores()
+    if size <= target and workers == 1:
+        files = 1
+    elif size >= target * workers:
+        files = -(-size // target)
+    else:
+        files = max(1, min(n, round(size / max(-(-size // workers), PARALLEL_FILE_BYTES))))
+    step = -(-n // files)
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
 def _run_starts(table: pa.Table, columns: list[str]) -> list[int]:
