@@ -19,14 +19,10 @@ def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict
 
     Raises :class:`ConfigError` when the table does not exist.
     """
-    from pyiceberg.exceptions import NoSuchTableError
-
+    from icefield.write import load_existing
     from icefield.write.branches import is_held
 
-    try:
-        t = catalog.load_table(tuple(name.split(".")))
-    except NoSuchTableError:
-        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
+    t = load_existing(catalog, name)
     schema = t.schema()
     spec = t.spec()
     snaps = []

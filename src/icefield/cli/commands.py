@@ -294,15 +294,10 @@ def _held_branch(table: Any, name: str, branch: str | None) -> str | None:
 
 
 def _load(out: Output, name: str) -> Any:
-    from pyiceberg.exceptions import NoSuchTableError
-
     from icefield.catalog import open_catalog
-    from icefield.errors import ConfigError
+    from icefield.write import load_existing
 
-    try:
-        return open_catalog(out.project()).load_table(tuple(name.split(".")))
-    except NoSuchTableError:
-        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
+    return load_existing(open_catalog(out.project()), name)
 
 
 @cli.command()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.errors import BranchMovedError, CommitConflictError, SchemaError, TransientError
+from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
 from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
@@ -95,6 +95,16 @@ def read_position(table: Table | None, pipeline: str) -> dict[str, Any] | None:
         return None
     value: dict[str, Any] = json.loads(raw)
     return value
+
+
+def load_existing(catalog: Catalog, name: str) -> Table:
+    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        return catalog.load_table(table_identifier(name))
+    except NoSuchTableError:
+        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
 
 
 def table_identifier(name: str) -> tuple[str, ...]:

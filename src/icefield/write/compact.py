@@ -72,18 +72,15 @@ def compact_table(
     """Compact ``table_name`` (see the module doc). ``sort_by`` orders the rows within each new file (the
     merge keys keep later merges pruning well). Returns what was done; a table with nothing to compact
     gets no snapshot."""
-    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
 
-    from icefield.write import table_identifier
+    from icefield.write import load_existing
 
     if min_input_files < 1:
         raise ConfigError(f"min_input_files={min_input_files}: give 1 or more")
     started = time.perf_counter()
     for attempt in range(1, ATTEMPTS + 1):
-        try:
-            table = catalog.load_table(table_identifier(table_name))
-        except NoSuchTableError:
-            raise ConfigError(f"no table {table_name!r} in the catalog; `icefield tables` lists them") from None
+        table = load_existing(catalog, table_name)
         missing = [c for c in sort_by or [] if c not in table.schema().column_names]
         if missing:
             raise ConfigError(f"sort_by: {', '.join(missing)} not in table {table_name}; its columns: {', '.join(table.schema().column_names)}")

@@ -223,9 +223,9 @@ def write_data_files(
                 for batches in pack(data, target, workers=workers)
             )
         else:
-            source = _Chunks(data)
+            chunks = _Chunks(data)
             tasks = (
-                WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=_Gather(source, indices.slice(lo, hi - lo)), schema=task_schema)  # type: ignore[arg-type]
+                WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=_Gather(chunks, indices.slice(lo, hi - lo)), schema=task_schema)  # type: ignore[arg-type]
                 for lo, hi in _row_ranges(len(indices), data.nbytes * len(indices) // max(1, data.num_rows), target, workers)
             )
         return _write_file(table, tasks)

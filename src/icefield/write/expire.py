@@ -72,19 +72,16 @@ def expire_table(
 ) -> ExpireResult:
     """Expire ``table_name``'s snapshots older than ``older_than`` (see the module doc) and delete the
     files only they reached. Returns what was done."""
-    from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+    from pyiceberg.exceptions import CommitFailedException
 
-    from icefield.write import table_identifier
+    from icefield.write import load_existing
 
     if retain_last < 1:
         raise ConfigError(f"retain_last={retain_last}: keep at least 1 snapshot (the current one)")
     age = parse_age(older_than)
     started = time.perf_counter()
     for attempt in range(1, ATTEMPTS + 1):
-        try:
-            table = catalog.load_table(table_identifier(table_name))
-        except NoSuchTableError:
-            raise ConfigError(f"no table {table_name!r} in the catalog; `icefield tables` lists them") from None
+        table = load_existing(catalog, table_name)
         cutoff_ms = int((time.time() - age) * 1000)
         expired = expirable(table, cutoff_ms, retain_last)
         result = ExpireResult(table=table_name, dry_run=dry_run)
@@ -106,7 +103,7 @@ def expire_table(
             continue
         # The commit landed on the metadata we planned from (or on a newer one that only added to it):
         # never delete what the table's current state still reaches.
-        table = catalog.load_table(table_identifier(table_name))
+        table = load_existing(catalog, table_name)
         still = _reachable(table, [s for s in table.metadata.snapshots])
         doomed = {p: v for p, v in doomed.items() if p not in still}
         _count(result, doomed)
