@@ -194,8 +194,6 @@ def write_data_files(
     from pyiceberg.table import TableProperties, WriteTask
     from pyiceberg.utils.properties import property_as_int
 
-    if rows is not None and not table.metadata.spec().is_unpartitioned():
-        data, rows = data.take(rows), None
     if data.num_rows == 0 or (rows is not None and len(rows) == 0):
         return []
     meta = table.metadata
@@ -230,17 +228,31 @@ def write_data_files(
             )
         return _write_file(table, tasks)
 
+    # Partitioned: the partition values and sort keys of the rows are sorted (a small table), then each
+    # file's rows are gathered in its writing thread, as above.
+    selected = rows.cast(pa.int64()) if rows is not None else None
+
+    def column(name: str) -> Any:
+        col = data.column(name)
+        return col.take(selected) if selected is not None else col
+
     part_names = [f"__part_{i}" for i in range(len(spec.fields))]
-    keyed = data
+    keyed: dict[str, Any] = {}
     for field, name in zip(spec.fields, part_names, strict=True):
         source = schema.find_field(field.source_id)
-        column = data.column(schema.find_column_name(field.source_id))
-        keyed = keyed.append_column(name, field.transform.pyarrow_transform(source.field_type)(column))
-    keyed = keyed.sort_by([(n, "ascending", "at_start") for n in part_names] + order)
-    starts = _run_starts(keyed, part_names)
-    bounds = list(zip(starts, [*starts[1:], keyed.num_rows], strict=True))
-    firsts = keyed.select(part_names).take(pa.array(starts, pa.int64())).to_pylist()
-    body = keyed.drop(part_names)
+        keyed[name] = field.transform.pyarrow_transform(source.field_type)(column(source.name))
+    for c, _ in order:
+        keyed[c] = column(c)
+    keys = pa.table(keyed)
+    by_part = pc.sort_indices(keys, [(n, "ascending", "at_start") for n in part_names] + [(c, "ascending", "at_end") for c, _ in order])
+    parts = keys.select(part_names).take(by_part)
+    starts = _run_starts(parts, part_names)
+    bounds = list(zip(starts, [*starts[1:], parts.num_rows], strict=True))
+    firsts = parts.take(pa.array(starts, pa.int64())).to_pylist()
+    final = by_part if selected is None else selected.take(by_part)
+    chunks = _Chunks(data)
+    row_bytes = data.nbytes / max(1, data.num_rows)
+    total = int(row_bytes * len(final))
 
     def partition_tasks() -> Iterator[Any]:
         for (lo, hi), values in zip(bounds, firsts, strict=True):
@@ -249,8 +261,9 @@ def write_data_files(
                 partition_spec=spec,
                 schema=schema,
             )
-            for batches in pack(body.slice(lo, hi - lo), target, slices=len(bounds), batch_bytes=body.nbytes, workers=workers):
-                yield WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, partition_key=key, schema=task_schema)
+            for a, b in _row_ranges(hi - lo, int(row_bytes * (hi - lo)), target, workers, slices=len(bounds), total=total):
+                gather = _Gather(chunks, final.slice(lo + a, b - a))
+                yield WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=gather, partition_key=key, schema=task_schema)  # type: ignore[arg-type]
 
     return _write_file(table, partition_tasks())
 
@@ -322,16 +335,18 @@ class _Gather:
         return self.source.take(self.indices).to_batches()
 
 
-def _row_ranges(n: int, size: int, target: int, workers: int | None) -> list[tuple[int, int]]:
-    """Row ranges for the files of ``n`` rows of ``size`` Arrow bytes, as ``pack`` cuts an unpartitioned
-    batch: files of about ``target`` bytes, or one per core when that would leave cores idle."""
+def _row_ranges(n: int, size: int, target: int, workers: int | None, slices: int = 1, total: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges for the files of ``n`` rows of ``size`` Arrow bytes, cut as ``pack`` cuts them: one file
+    for a small slice of many (``slices`` partitions of a batch of ``total`` bytes), files of about
+    ``target`` bytes, or one per core when that would leave cores idle."""
     workers = workers or _cores()
-    if size <= target and workers == 1:
+    total = size if total is None else total
+    if n < 2 or (slices >= workers and size <= target):
         files = 1
-    elif size >= target * workers:
+    elif slices >= workers or total >= target * workers:
         files = -(-size // target)
     else:
-        files = max(1, min(n, round(size / max(-(-size // workers), PARALLEL_FILE_BYTES))))
+        files = max(1, min(n, round(size / max(-(-total // workers), PARALLEL_FILE_BYTES))))
     step = -(-n // files)
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
