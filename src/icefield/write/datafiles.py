@@ -306,6 +306,7 @@ class _Chunks:
     def __init__(self, rows: pa.Table) -> None:
         import numpy as np
 
+        self.schema = rows.schema
         self.batches = rows.to_batches()
         self.starts = np.cumsum([0] + [b.num_rows for b in self.batches])
 
@@ -320,7 +321,7 @@ class _Chunks:
         sizes = self.starts[used + 1] - self.starts[used]
         at = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each used batch starts in ``part``
         local = idx - self.starts[which] + at[np.searchsorted(used, which)]
-        part = pa.Table.from_batches([self.batches[c] for c in used])
+        part = pa.Table.from_batches([self.batches[c] for c in used], schema=self.schema)
         return part.take(pa.array(local))
 
 
