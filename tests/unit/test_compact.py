@@ -153,3 +153,55 @@ def test_a_merge_committed_during_the_compaction_is_kept(tmp_path: Path, monkeyp
     assert res.snapshot_id is not None
     assert not any(Path(f).exists() for f in calls[0]), "the files of the attempt that lost were removed"
     assert all(Path(f).exists() for f in calls[1])
+
+
+def test_a_pipeline_with_compact_every_keeps_its_merge_on_read_table_compact(tmp_path: Path) -> None:
+    """``target.maintenance``: every ``compact_every`` commits the runner compacts between batches (and
+    expires old snapshots); the rows are those of a run without maintenance, and the run never fails for
+    it."""
+    import yaml
+
+    from icefield.catalog import open_catalog
+    from icefield.config import load_project
+    from icefield.pipeline.runner import run_pipeline
+
+    def project(name: str, maintenance: dict[str, Any] | None) -> Any:
+        root = tmp_path / name
+        (root / "pipelines").mkdir(parents=True)
+        (root / "drop").mkdir()
+        for b in range(6):
+            ops = [{"k": b * 10 + i, "v": f"v{b}", "_deleted": False} for i in range(10)]
+            if b:
+                ops += [{"k": (b - 1) * 10 + 1, "v": f"u{b}", "_deleted": False}, {"k": (b - 1) * 10 + 2, "v": "", "_deleted": True}]
+            (root / "drop" / f"b{b}.jsonl").write_text("".join(json.dumps(o) + "\n" for o in ops))
+        (root / "icefield.yaml").write_text(yaml.safe_dump({"name": name}))
+        target: dict[str, Any] = {"table": "t.m", "mode": "merge", "keys": ["k"], "delete_column": "_deleted",
+                                  "properties": {"write.merge.mode": "merge-on-read"}}
+        if maintenance:
+            target["maintenance"] = maintenance
+        pipe = {"name": "p", "source": {"type": "files", "path": "drop/*.jsonl"}, "target": target}
+        (root / "pipelines" / "p.yaml").write_text(yaml.safe_dump(pipe))
+        return load_project(root)
+
+    plain, kept = project("plain", None), project("kept", {"compact_every": 3, "expire_older_than": "0", "retain_last": 1})
+    res_plain = run_pipeline(plain, "p")
+    res = run_pipeline(kept, "p")
+    assert (res.status, len(res.batches), res.compactions) == ("success", 6, 2)
+    assert res_plain.compactions == 0
+
+    def state(p: Any) -> tuple[list[tuple[int, str]], int, int, int]:
+        t = open_catalog(p).load_table("t.m")
+        rows = sorted((r["k"], r["v"]) for r in t.scan(selected_fields=("k", "v")).to_arrow().to_pylist())
+        tasks = list(t.scan().plan_files())
+        return rows, len(tasks), sum(len(x.delete_files) for x in tasks), len(t.metadata.snapshots)
+
+    rows_plain, files_plain, deletes_plain, _ = state(plain)
+    rows, files, deletes, snapshots = state(kept)
+    assert rows == rows_plain
+    assert (files, deletes) == (1, 0) and deletes_plain > 0 and files_plain > 3
+    assert snapshots == 1, "each compaction was followed by an expiry of the older snapshots"
+
+    with pytest.raises(Exception, match="compact_every"):
+        project("bad", {"expire_older_than": "7d"})
+    with pytest.raises(Exception, match="'soon' is not an age"):
+        project("bad2", {"compact_every": 2, "expire_older_than": "soon"})

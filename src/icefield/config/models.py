@@ -169,6 +169,35 @@ SourceConfig = Annotated[
 # ---------------------------------------------------------------- target
 
 
+class MaintenanceConfig(_Model):
+    """Table maintenance a pipeline runs between its batches (``target.maintenance``)."""
+
+    # Compact the table (icefield.write.compact) once this many commits landed since the last compaction.
+    compact_every: int | None = Field(default=None, ge=1)
+    # After each compaction, expire snapshots older than this age (icefield.write.expire), keeping the
+    # newest ``retain_last``.
+    expire_older_than: str | None = None
+    retain_last: int = Field(default=1, ge=1)
+
+    @field_validator("expire_older_than")
+    @classmethod
+    def _age(cls, v: str | None) -> str | None:
+        if v is not None:
+            from icefield.write.expire import parse_age
+
+            try:
+                parse_age(v)
+            except Exception as e:  # ConfigError: reported by pydantic with the field's path
+                raise ValueError(str(e)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _expire_needs_compact(self) -> MaintenanceConfig:
+        if self.expire_older_than is not None and self.compact_every is None:
+            raise ValueError("'expire_older_than' runs after a compaction: set 'compact_every' too")
+        return self
+
+
 class TargetConfig(_Model):
     """The Iceberg table a pipeline writes and how."""
 
@@ -185,6 +214,7 @@ class TargetConfig(_Model):
     # types Iceberg can widen and keeps dropped columns (nulls); ``additive-only`` adds columns only;
     # ``freeze`` refuses any change. Type changes are refused under every contract.
     contract: Literal["evolve", "additive-only", "freeze"] = "evolve"
+    maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
 
     @property
     def order_columns(self) -> list[str]:

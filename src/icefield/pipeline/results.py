@@ -80,6 +80,7 @@ class RunResult:
     error: str | None = None
     seconds: float = 0.0
     pending: PendingBatch | None = None
+    compactions: int = 0  # compactions that ran between batches (target.maintenance)
 
     @property
     def rows_in(self) -> int:

@@ -82,6 +82,7 @@ def run_pipeline(
         batches = source.follow(position, schema) if follow else source.read(position, schema)
         if project.config.read_ahead and not follow:  # following, a batch closes with the newest records
             batches = ahead = read_ahead(batches, source.stop, project.config.read_ahead, f"read-{pipe.name}")
+        quiet_until = [0]  # maintenance: no look at the table before this batch number (after a no-op)
         for n, batch in enumerate(batches):
             in_flight = batch
             res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
@@ -89,6 +90,7 @@ def run_pipeline(
             result.batches.append(res)
             source.acknowledge(batch.position)
             failpoints.hit("after-acknowledge")
+            maintain(catalog, pipe, result, n, quiet_until)
             if on_batch is not None:
                 on_batch(res)
             if max_batches is not None and n + 1 >= max_batches:
@@ -114,6 +116,44 @@ def run_pipeline(
         result.rows_quarantined, result.rows_filtered,
     )
     return result
+
+
+def maintain(catalog: Catalog, pipe: PipelineConfig, result: RunResult, n: int, quiet_until: list[int]) -> None:
+    """After batch ``n`` of a run: compact the target once ``compact_every`` commits landed since its last
+    compaction (and then expire old snapshots), as ``target.maintenance`` asks. Never fails the run: a
+    compaction that loses to a concurrent merge, or any other maintenance error, is logged and left for
+    the next batch. Skipped while the table holds an audit batch (compacting main would stop its publish).
+    A compaction that found nothing to do is not tried again for ``compact_every`` batches of the run."""
+    from icefield.write import load_existing
+    from icefield.write.branches import ancestors, head_id, held_branches
+    from icefield.write.compact import SUMMARY_OPERATION, compact_table
+    from icefield.write.expire import expire_table
+
+    m = pipe.target.maintenance
+    if m.compact_every is None or n < quiet_until[0]:
+        return
+    try:
+        table = load_existing(catalog, pipe.target.table)
+        if held_branches(table):
+            return
+        since = 0
+        for snap in ancestors(table.metadata, head_id(table)):
+            if snap.summary is not None and snap.summary[SUMMARY_OPERATION] == "compact":
+                break
+            since += 1
+        if since < m.compact_every:
+            return
+        done = compact_table(catalog, pipe.target.table, sort_by=list(pipe.target.keys) or None)
+        if done.snapshot_id is None:
+            quiet_until[0] = n + m.compact_every
+            return
+        result.compactions += 1
+        if m.expire_older_than is not None:
+            expire_table(catalog, pipe.target.table, older_than=m.expire_older_than, retain_last=m.retain_last)
+    except IcefieldError as e:
+        log.warning("maintenance of %s after batch %d skipped: %s", pipe.target.table, n + 1, e)
+    except Exception as e:  # a conflict with a concurrent writer, an I/O error: the data is safe either way
+        log.warning("maintenance of %s after batch %d failed: %r; the next one retries", pipe.target.table, n + 1, e)
 
 
 def _stop_when_set(stop: threading.Event, source: Any) -> None:
