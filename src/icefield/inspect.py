@@ -51,12 +51,29 @@ def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict
         ],
         "properties": dict(t.metadata.properties),
         "current_snapshot": current.snapshot_id if (current := t.current_snapshot()) else None,
+        "storage": _storage(current.summary if current else None, len(t.metadata.snapshots)),
         "branches": [
             {"branch": name, "snapshot_id": ref.snapshot_id, "held": is_held(t, name)}
             for name, ref in sorted(t.metadata.refs.items())
             if str(ref.snapshot_ref_type) == "branch"
         ],
         "snapshots": snaps,
+    }
+
+
+def _storage(summary: Any, snapshots: int) -> dict[str, Any]:
+    """The current snapshot's files, from its summary (no manifest is read): what tells when to run
+    ``icefield compact`` (many small files, delete files) and ``icefield expire`` (many snapshots)."""
+
+    def total(key: str) -> int:
+        return int(summary[key] or 0) if summary is not None else 0
+
+    return {
+        "data_files": total("total-data-files"),
+        "delete_files": total("total-delete-files"),
+        "position_deletes": total("total-position-deletes"),
+        "bytes": total("total-files-size"),
+        "snapshots": snapshots,
     }
 
 

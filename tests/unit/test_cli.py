@@ -119,7 +119,11 @@ def test_compact_joins_the_small_files_of_a_table_and_sql_reads_the_same_rows(tm
     assert code == 0 and "4 files and 0 delete files -> 1" in out, out
     assert _invoke("--project", str(root), "sql", "select id, v from raw.events order by id", "--format", "csv")[1] == before
     code, out = _invoke("--project", str(root), "show", "raw.events", "--json")
-    assert json.loads(out)["snapshots"][-1]["operation"] == "replace"
+    doc = json.loads(out)
+    assert doc["snapshots"][-1]["operation"] == "replace"
+    assert (doc["storage"]["data_files"], doc["storage"]["delete_files"], doc["storage"]["snapshots"]) == (1, 0, 5)
+    code, out = _invoke("--project", str(root), "show", "raw.events")
+    assert code == 0 and "1 data files, 0 delete files" in out
     code, out = _invoke("--project", str(root), "compact", "raw.events")
     assert code == 0 and "Nothing to compact" in out
 

@@ -195,6 +195,12 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
         out.emit(doc)
         return
     out.print(f"[bold]{doc['table']}[/]  {doc['location']}")
+    st = doc["storage"]
+    out.print(
+        f"{st['data_files']} data files, {st['delete_files']} delete files ({st['position_deletes']} deleted rows), "
+        f"{st['bytes']:,} bytes, {st['snapshots']} snapshots"
+        + ("; `icefield compact` folds the deletes away" if st["delete_files"] else "")
+    )
     out.table("Schema", ["id", "column", "type", "required"], [[f["id"], f["name"], f["type"], f["required"]] for f in doc["schema"]])
     out.table("Partition spec", ["field", "source", "transform"], [[p["name"], p["source"], p["transform"]] for p in doc["partition_spec"]] or [["(unpartitioned)", "", ""]])
     out.table("Properties", ["key", "value"], [[k, v] for k, v in sorted(doc["properties"].items())])
