@@ -13,6 +13,7 @@ import click
 
 from icefield.cli import EXIT_FAILED, cli, guarded
 from icefield.cli.output import Output, _json_default
+from icefield.write.expire import DEFAULT_AGE
 
 pass_out = click.make_pass_decorator(Output)
 
@@ -383,9 +384,8 @@ def compact(out: Output, table: str, target_file_size: int | None, min_input_fil
     else:
         columns = next((list(p.target.keys) for p in project.pipelines.values() if p.target.table == table and p.target.mode == "merge" and p.target.keys), [])
     res = compact_table(open_catalog(project), table, target_file_size=target_file_size, min_input_files=min_input_files, sort_by=columns, dry_run=dry_run)
-    doc = {k: v for k, v in vars(res).items() if k != "groups"}
     if out.as_json:
-        out.emit({"status": "ok", **doc})
+        out.emit({"status": "ok", **vars(res)})
         return
     if not res.files_removed:
         out.print(f"Nothing to compact in {table}: no partition has {max(min_input_files, 2)} small files or a file with deletes.")
@@ -401,7 +401,7 @@ def compact(out: Output, table: str, target_file_size: int | None, min_input_fil
 
 @cli.command()
 @click.argument("table")
-@click.option("--older-than", default="7d", show_default=True, help="Expire snapshots older than this age (7d, 12h, 30m, 0).")
+@click.option("--older-than", default=DEFAULT_AGE, show_default=True, help="Expire snapshots older than this age (7d, 12h, 30m, 0).")
 @click.option("--retain-last", type=int, default=1, show_default=True, help="Always keep this many of main's newest snapshots.")
 @click.option("--dry-run", is_flag=True, help="Show what would be expired and deleted; change nothing.")
 @json_option

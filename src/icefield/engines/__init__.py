@@ -27,11 +27,10 @@ class EngineCapabilities:
     distributed: bool = False
 
 
-# Writes rows as data files of the table, sorted by the target's keys within each partition (callers
-# need not sort); returns the uncommitted DataFiles.
 WriteFiles = Callable[..., list[Any]]
 """``write_files(table, data, rows=None)``: writes ``data`` (or the rows ``rows`` of it, an index array) as
-data files of ``table``, sorted by the target's keys; returns the uncommitted DataFiles."""
+data files of ``table``, sorted by the target's keys within each partition (callers need not sort);
+returns the uncommitted DataFiles."""
 
 
 @dataclass

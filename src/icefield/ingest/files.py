@@ -149,7 +149,6 @@ class FilesSource(Source):
                     new_state: dict[str, Any] = {"files": dict(loaded)}
                 else:
                     new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
-                groupable = grouping and not replace
                 yield SourceBatch(
                     data=data,
                     position=new_state,
@@ -162,7 +161,7 @@ class FilesSource(Source):
                     coord_offset=start,
                     open_schema=self._format(path) == "jsonl",
                     describe=describe,
-                ), groupable
+                ), grouping
                 replace = False
             partial = None
 

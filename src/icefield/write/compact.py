@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from icefield.errors import CommitConflictError, ConfigError
 from icefield.write.deletes import is_file_scoped
+from icefield.write.expire import delete_paths
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -57,7 +58,6 @@ class CompactionResult:
     bytes_after: int = 0
     seconds: float = 0.0
     dry_run: bool = False
-    groups: list[list[str]] = field(default_factory=list, repr=False)
 
 
 def compact_table(
@@ -75,6 +75,7 @@ def compact_table(
     from pyiceberg.exceptions import CommitFailedException, ValidationException
 
     from icefield.write import load_existing
+    from icefield.write.datafiles import target_file_size as default_target
 
     if min_input_files < 1:
         raise ConfigError(f"min_input_files={min_input_files}: give 1 or more")
@@ -84,11 +85,10 @@ def compact_table(
         missing = [c for c in sort_by or [] if c not in table.schema().column_names]
         if missing:
             raise ConfigError(f"sort_by: {', '.join(missing)} not in table {table_name}; its columns: {', '.join(table.schema().column_names)}")
-        target = target_file_size or _target_size(table)
+        target = target_file_size or default_target(table.metadata)
         groups = plan(table, target, min_input_files)
         result = CompactionResult(table=table_name, dry_run=dry_run)
         result.partitions = len({_partition_of(t) for g in groups for t in g})
-        result.groups = [[t.file.file_path for t in g] for g in groups]
         result.files_removed = sum(len(g) for g in groups)
         result.bytes_before = sum(t.file.file_size_in_bytes for g in groups for t in g)
         if dry_run or not groups:
@@ -115,14 +115,6 @@ def compact_table(
         f"compaction of {table_name} met concurrent rewrites or deletes of its files {ATTEMPTS} times; run it again when "
         "the table's merges are quieter"
     )
-
-
-def _target_size(table: Table) -> int:
-    from pyiceberg.table import TableProperties
-    from pyiceberg.utils.properties import property_as_int
-
-    size = property_as_int(table.metadata.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
-    return size or TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
 
 
 def _partition_of(task: Any) -> tuple[Any, ...]:
@@ -226,9 +218,4 @@ def _commit(table: Table, groups: list[list[Any]], added: list[Any], result: Com
 
 
 def _remove_files(table: Table, files: list[Any]) -> None:
-    for f in files:
-        try:
-            table.io.delete(f.file_path)
-        except OSError as e:  # an orphan file costs space, not correctness
-            log.warning("could not remove the unused file %s: %s", f.file_path, e)
-
+    delete_paths(table, [f.file_path for f in files])

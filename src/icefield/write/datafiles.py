@@ -1,18 +1,18 @@
 """Writing Arrow data as Iceberg data files (Parquet with field ids and column statistics).
 
 pyiceberg's writer splits a table into partitions by filtering it once per partition, which costs
-O(rows x partitions): a merge touching 365 daily partitions spent most of its time there. Here the rows
-are sorted once by partition (then by the given sort columns, so files have tight bounds) and each
-partition is a zero-copy slice. File writing, bin-packing to the target size and statistics remain
-pyiceberg's (pinned 0.12.0).
+O(rows x partitions): a merge touching 365 daily partitions spent most of its time there. Here only the
+partition values and sort keys are sorted (so files have tight bounds), and each file's rows are
+gathered in the thread that writes it, from only the record batches they fall in (``_Chunks``); rows
+already in order are sliced, not gathered.
 
 Files are encoded in parallel, one thread per file (pyiceberg's executor), but a batch smaller than the
 target file size is one file, so one core. A batch that would be fewer files than there are cores is split into one
 file per core, as long as each stays at least ``PARALLEL_FILE_BYTES`` (of Arrow memory): a 1M-row batch
 lands in about 60% of the time, for one more file (compaction joins small files later).
 
-Each file is written as pyiceberg writes it (field ids, the table's Parquet properties, statistics from the
-footer by pyiceberg's code), with one difference: dictionary encoding only for the columns where a sample
+Each file is written as pyiceberg 0.12 writes it (field ids, the table's Parquet properties, statistics
+from the footer by pyiceberg's code), with one difference: dictionary encoding only for the columns where a sample
 of the file's values repeats (``dictionary_columns``). Arrow dictionary-encodes every column until its
 dictionary outgrows ``write.parquet.dict-size-bytes`` (2 MB in Iceberg): for a column of unique ids,
 timestamps or amounts that is hashing and a dictionary thrown away. On the W1 orders table this cut the
@@ -43,24 +43,19 @@ PARALLEL_FILE_BYTES = 24 << 20
 
 
 def pack(data: pa.Table, target: int, slices: int = 1, batch_bytes: int | None = None, workers: int | None = None) -> Iterator[list[pa.RecordBatch]]:
-    """The record batches of each file to write ``data`` as: bins of the table's ``target`` size, or,
-    when that would leave cores idle (fewer files than ``workers`` for a batch of ``batch_bytes`` Arrow
-    bytes in ``slices`` partition slices), equal row ranges of at least ``PARALLEL_FILE_BYTES``."""
-    from pyiceberg.io.pyarrow import bin_pack_arrow_table
+    """The record batches of each file to write ``data`` as (zero-copy slices), cut by ``_row_ranges``
+    (``slices`` partition slices of a batch of ``batch_bytes`` Arrow bytes)."""
+    for lo, hi in _row_ranges(data.num_rows, data.nbytes, target, workers, slices, batch_bytes):
+        yield data.slice(lo, hi - lo).to_batches()
 
-    workers = workers or _cores()
-    total = data.nbytes if batch_bytes is None else batch_bytes
-    if slices >= workers and data.nbytes <= target:
-        yield data.to_batches()  # one of many small partition slices: one file, no packing
-        return
-    if slices >= workers or total >= target * workers or data.num_rows < 2:
-        yield from bin_pack_arrow_table(data, target)  # type: ignore[arg-type]
-        return
-    share = max(-(-total // workers), PARALLEL_FILE_BYTES)
-    files = max(1, min(data.num_rows, round(data.nbytes / share)))
-    step = -(-data.num_rows // files)
-    for start in range(0, data.num_rows, step):
-        yield data.slice(start, step).to_batches()
+
+def target_file_size(metadata: Any) -> int:
+    """The table's ``write.target-file-size-bytes`` (pyiceberg's default when unset)."""
+    from pyiceberg.table import TableProperties
+    from pyiceberg.utils.properties import property_as_int
+
+    size = property_as_int(metadata.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
+    return size or TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
 
 
 def _cores() -> int:
@@ -191,17 +186,13 @@ def write_data_files(
     compaction). Returns the uncommitted DataFiles."""
     from pyiceberg.io.pyarrow import pyarrow_to_schema
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-    from pyiceberg.table import TableProperties, WriteTask
-    from pyiceberg.utils.properties import property_as_int
+    from pyiceberg.table import WriteTask
 
     if data.num_rows == 0 or (rows is not None and len(rows) == 0):
         return []
     meta = table.metadata
     spec, schema = meta.spec(), meta.schema()
-    target = target_bytes or (
-        property_as_int(meta.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
-        or TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
-    )
+    target = target_bytes or target_file_size(meta)
     workers = None if split else 1
     task_schema = pyarrow_to_schema(data.schema, name_mapping=schema.name_mapping, format_version=meta.format_version)
     write_uuid, counter = uuid.uuid4(), itertools.count(0)

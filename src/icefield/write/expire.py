@@ -90,6 +90,7 @@ def expire_table(
         if not expired:
             result.seconds = time.perf_counter() - started
             return result
+        planned = {s.snapshot_id for s in table.metadata.snapshots}
         doomed = _unreachable(table, expired)
         if dry_run:
             _count(result, doomed)
@@ -101,13 +102,13 @@ def expire_table(
             log.warning("expiry of %s conflicted (attempt %d): %s", table_name, attempt, e)
             time.sleep(0.1 * attempt)
             continue
-        # The commit landed on the metadata we planned from (or on a newer one that only added to it):
-        # never delete what the table's current state still reaches.
+        # The commit landed on the metadata we planned from, or on a newer one that only added snapshots:
+        # never delete what one of those reaches (the kept ones were accounted for in the plan).
         table = load_existing(catalog, table_name)
-        still = _reachable(table, [s for s in table.metadata.snapshots])
+        still = _reachable(table, [s for s in table.metadata.snapshots if s.snapshot_id not in planned])
         doomed = {p: v for p, v in doomed.items() if p not in still}
         _count(result, doomed)
-        _delete(table, list(doomed))
+        delete_paths(table, list(doomed))
         result.seconds = time.perf_counter() - started
         log.info(
             "expired %d snapshots of %s (kept %d): deleted %d data/delete files and %d metadata files, %d bytes",
@@ -147,7 +148,7 @@ def _unreachable(table: Table, expired: set[int]) -> dict[str, tuple[bool, int]]
             done.add(manifest.manifest_path)
             if manifest.manifest_path not in reached:
                 out[manifest.manifest_path] = (False, manifest.manifest_length)
-            for entry in _entries(table, manifest, live_only=False):
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
                 path = entry.data_file.file_path
                 if path not in reached:
                     out[path] = (True, entry.data_file.file_size_in_bytes)
@@ -165,12 +166,8 @@ def _reachable(table: Table, snapshots: list[Any]) -> set[str]:
             if manifest.manifest_path in done:
                 continue
             done.add(manifest.manifest_path)
-            seen.update(e.data_file.file_path for e in _entries(table, manifest, live_only=True))
+            seen.update(e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=True))
     return seen
-
-
-def _entries(table: Table, manifest: Any, live_only: bool) -> list[Any]:
-    return list(manifest.fetch_manifest_entry(table.io, discard_deleted=live_only))
 
 
 def _count(result: ExpireResult, doomed: dict[str, tuple[bool, int]]) -> None:
@@ -179,7 +176,10 @@ def _count(result: ExpireResult, doomed: dict[str, tuple[bool, int]]) -> None:
     result.bytes_deleted = sum(size for _, size in doomed.values())
 
 
-def _delete(table: Table, paths: list[str]) -> None:
+def delete_paths(table: Table, paths: list[str]) -> None:
+    """Delete ``paths`` through the table's file IO, in parallel; a file that cannot be deleted is logged
+    and left (it costs space, not correctness)."""
+
     def one(path: str) -> None:
         try:
             table.io.delete(path)
