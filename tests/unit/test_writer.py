@@ -301,3 +301,61 @@ def test_rows_in_equal_committed_plus_quarantined_plus_filtered(lake):
     quarantine = lk.rows("shop.events__quarantine", "source")
     assert len(quarantine) == res.rows_quarantined
     assert sorted(q["check"] for q in quarantine) == ["accepted_values", "decode", "not_null", "not_null", "range", "type", "type"]
+
+
+# ------------------------------------------------------------------ copy-on-write: streamed rewrite per file
+
+
+def test_probe_finds_the_same_rows_by_binary_search_as_by_hashing() -> None:
+    """A sorted integer or time key column is searched by binary search (duplicates included); an
+    unsorted one, or strings, by a hash probe: both give every matching row, in ascending order."""
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import LongType, NestedField, StringType, TimestampType
+
+    from icefield.engines.local import _Probe
+
+    class File:  # a data file without bounds: every value is probed
+        lower_bounds: dict[int, bytes] = {}
+        upper_bounds: dict[int, bytes] = {}
+
+    def expected(column: list[Any], wanted: list[Any]) -> list[int]:
+        return [i for i, v in enumerate(column) if v in set(wanted)]
+
+    t0 = dt.datetime(2026, 1, 1)
+    cases: list[tuple[Any, pa.DataType, list[Any], list[Any]]] = [
+        (LongType(), pa.int64(), [1, 3, 3, 3, 5, 8, 9, 12], [3, 8, 10, 12, 0]),  # sorted, a key held three times
+        (LongType(), pa.int64(), [9, 1, 5, 3, 12, 3], [3, 12]),  # unsorted
+        (TimestampType(), pa.timestamp("us"), [t0 + dt.timedelta(seconds=s) for s in (0, 5, 9, 9, 30)], [t0 + dt.timedelta(seconds=9)]),
+        (StringType(), pa.large_string(), ["b", "a", "c", "a"], ["a", "z"]),
+    ]
+    for iceberg_type, arrow_type, column, wanted in cases:
+        schema = Schema(NestedField(1, "k", iceberg_type, required=False))
+        probe = _Probe(schema, "k", pa.chunked_array([pa.array(wanted, arrow_type)]))
+        stored = pa.chunked_array([pa.array(column[:3], arrow_type), pa.array(column[3:], arrow_type)])
+        found = probe.positions(stored, File())
+        assert found.type == pa.int64()
+        assert found.to_pylist() == expected(column, wanted), (arrow_type, column)
+
+
+def test_copy_on_write_rewrites_only_the_files_holding_a_key_each_in_key_order(catalog):
+    """Each file that holds a changed key is rewritten on its own, sorted by key with the new versions in
+    place, so its key range stays as tight as it was; files holding no key are kept as they are."""
+    w = writer(catalog, **MERGE, delete_column="deleted")
+    names = ("id", "status", "deleted")
+    for lo in (0, 100, 200, 300):  # four files of 50 keys each: lo, lo + 2, ..., lo + 98
+        w.commit(orders(*((i, "old", False) for i in range(lo, lo + 100, 2)), names=names), f"load-{lo}", None, "r")
+    before = {f.file.file_path for f in w.load().scan().plan_files()}
+    res = w.commit(orders((102, "new", False), (105, "inserted", False), (310, None, True), (500, "appended", False), names=names), "b", None, "r")
+    table = w.load()
+    rows = dict(content(table, "id", "status"))
+    assert rows[102] == "new" and rows[105] == "inserted" and rows[500] == "appended" and 310 not in rows
+    assert len(rows) == 200 - 1 + 2
+    import pyarrow.parquet as pq
+
+    files = {f.file.file_path: pq.read_table(f.file.file_path.removeprefix("file://"), columns=["id"]).column("id").to_pylist() for f in table.scan().plan_files()}
+    assert all(ids == sorted(ids) for ids in files.values())
+    spans = {(min(ids), max(ids)): path in before for path, ids in files.items()}
+    # The files of keys 0-98 and 200-298 are kept; those holding 102 and 310 are rewritten with their
+    # range; the new keys (105 and 500) go to a new file.
+    assert spans == {(0, 98): True, (100, 198): False, (200, 298): True, (300, 398): False, (105, 500): False}
+    assert res.rows_deleted == 1 and res.files_removed == 2 and res.files_added == 3

@@ -161,31 +161,7 @@ class LocalEngine(Engine):
             if merge_on_read(table):
                 pending, updated = self._mark(table, candidates, pending, plan, keys, order, newest)
             else:
-                direct = not _has_renames(table)
-                for group in _groups(candidates, keys[0], table.schema(), self.group_bytes):
-                    if pending.num_rows == 0:
-                        break
-                    existing = _read_group(table, group, direct)
-                    plan.files_read += len(group)
-                    hit, pending, ups = _claim(existing, pending, plan, keys, order, newest)
-                    if hit is None:
-                        continue
-                    file_idx = existing.column("__file")
-                    hit_files = pc.unique(file_idx.filter(hit))
-                    rewritten = pc.is_in(file_idx, value_set=hit_files)
-                    # Matched keys get their new version in the rewrite of the files they came from, so files
-                    # keep tight key ranges and later merges prune well. The surviving rows are not copied
-                    # here: write_files gathers them with the new versions once, sorted by key, per file.
-                    stored = existing.drop(["__file"])
-                    out = pa.concat_tables([stored, ups.select(stored.column_names).cast(stored.schema)])
-                    survivors = pc.indices_nonzero(pc.and_(rewritten, pc.invert(hit))).cast(pa.int64())
-                    rows = pa.concat_arrays([survivors, pc.add(row_numbers(ups.num_rows), stored.num_rows)])
-                    if len(rows):
-                        plan.add.extend(write_files(table, out, rows=rows))
-                    for i in hit_files.to_pylist():
-                        plan.remove.append(group[i].file)
-                        plan.remove_deletes.extend(scoped_deletes(group[i]))
-                    plan.rows_written += len(rows)
+                pending = self._rewrite(table, candidates, pending, plan, keys, order, newest, write_files)
         remaining = pending.filter(pc.invert(pending.column("__del"))).drop(["__del"])
         if newest and tombstones is not None and remaining.num_rows:
             remaining, dropped = _drop_tombstoned(tombstones, remaining, keys, order, self.group_bytes)
@@ -197,6 +173,101 @@ class LocalEngine(Engine):
             plan.add.extend(write_files(table, remaining))  # sorted by key there
             plan.rows_written += remaining.num_rows
         return plan
+
+    def _rewrite(
+        self, table: Table, candidates: list[Any], pending: pa.Table, plan: MergePlan, keys: list[str], order: list[str], newest: bool,
+        write_files: WriteFiles,
+    ) -> pa.Table:
+        """Copy-on-write: rewrite each candidate file that holds a ``pending`` key without the rows the
+        batch replaces or deletes, and with the new versions of its keys, sorted by key (so files keep
+        tight key ranges and later merges prune well). Returns the batch rows still pending (new keys).
+
+        The work is streamed: files are read and probed for the batch keys a few ahead, in parallel
+        (``_Probe.positions``: a binary search in a file sorted by key), claimed one by one in key order
+        (``_claim``, on the probed rows only), and the rewritten rows are written in batches of about one
+        target file per core while the next files are read. Memory is bounded by the files in flight,
+        never by the table; a file that holds no batch key is read but not rewritten."""
+        from collections import deque
+
+        from icefield.write.datafiles import sort_indices, target_file_size
+
+        direct = not _has_renames(table)
+        schema = table.schema().as_arrow()
+        probe = _Probe(table.schema(), keys[0], pending.column(keys[0]))
+        claim_columns = list(dict.fromkeys([*keys, *(c for c in order if c in schema.names)]))
+        workers = _cores()
+        flush_bytes = target_file_size(table.metadata) * workers
+
+        def load(task: Any) -> tuple[pa.Table, pa.Array]:
+            data = _read_file(table, task, direct, schema)
+            return data, probe.positions(data.column(keys[0]), task.file)
+
+        def write(pieces: list[tuple[pa.Table, pa.Array]]) -> list[Any]:
+            # Each piece is one file's survivors (in the file's order) and its new versions, put in key
+            # order (cheap when the file was sorted) and written to files of its own.
+            offset, count, parts, segments = 0, 0, [], []
+            for data, rows in pieces:
+                by_key = sort_indices(data.select(keys).take(rows), keys)
+                parts.append(pc.add(rows if by_key is None else rows.take(by_key), offset))
+                segments.append(count)
+                offset, count = offset + data.num_rows, count + len(rows)
+            return write_files(table, pa.concat_tables([d for d, _ in pieces]), rows=pa.concat_arrays(parts), segments=segments)
+
+        tasks = iter(_in_key_order(candidates, keys[0], table.schema()))
+        reads: deque[tuple[Any, Any]] = deque()
+        writes: list[Any] = []
+        pieces: list[tuple[pa.Table, pa.Array]] = []
+        claimed: list[pa.Table] = []  # keys claimed by files already rewritten
+        size = 0
+        with ThreadPoolExecutor(max_workers=workers) as readers, ThreadPoolExecutor(max_workers=1) as writer:
+            try:
+                while True:
+                    while len(reads) <= workers and (task := next(tasks, None)) is not None:
+                        reads.append((task, readers.submit(load, task)))
+                    if not reads:  # every candidate is read even once no key is pending: a key held twice goes everywhere
+                        break
+                    task, future = reads.popleft()
+                    existing, found = future.result()
+                    plan.files_read += 1
+                    if not len(found):
+                        continue
+                    probed = existing.select(claim_columns).take(found)
+                    hit, pending, ups = _claim(probed, pending, plan, keys, order, newest)
+                    hit = _array(hit)
+                    missed = row_numbers(len(found)) if hit is None else pc.indices_nonzero(pc.invert(hit))
+                    gone = found.slice(0, 0) if hit is None else found.filter(hit)
+                    if claimed and len(missed):
+                        # A key an earlier file held too (appended twice) got its new version there: the
+                        # batch's version replaces every stored copy.
+                        again = _array(_key_mask(probed.select(keys).take(missed), pa.concat_tables(claimed), keys))
+                        gone = pa.concat_arrays([gone, found.take(missed).filter(again)])
+                    if hit is not None:
+                        claimed.append(probed.filter(hit).select(keys))
+                    if not len(gone):
+                        continue
+                    kept = pc.invert(pc.is_in(row_numbers(existing.num_rows), value_set=gone))
+                    rows = pa.concat_arrays([pc.indices_nonzero(kept).cast(pa.int64()), pc.add(row_numbers(ups.num_rows), existing.num_rows)])
+                    if ups.num_rows:
+                        existing = pa.concat_tables([existing, ups.select(existing.column_names).cast(existing.schema)])
+                    plan.remove.append(task.file)
+                    plan.remove_deletes.extend(scoped_deletes(task))
+                    plan.rows_written += len(rows)
+                    if len(rows):
+                        pieces.append((existing, rows))
+                        size += existing.nbytes * len(rows) // max(1, existing.num_rows)
+                    if size >= flush_bytes:
+                        writes.append(writer.submit(write, pieces))
+                        pieces, size = [], 0
+                        if len(writes) >= 2:
+                            writes[-2].result()  # at most one batch waits while another is written
+                if pieces:
+                    writes.append(writer.submit(write, pieces))
+                for w in writes:
+                    plan.add.extend(w.result())
+            finally:
+                for _, future in reads:
+                    future.cancel()
+        return pending
 
     def _mark(
         self, table: Table, candidates: list[Any], pending: pa.Table, plan: MergePlan, keys: list[str], order: list[str], newest: bool
@@ -357,6 +428,19 @@ def _duck_type(t: pa.DataType) -> str:
 def _groups(tasks: list[Any], first_key: str, schema: Any, limit: int) -> list[list[Any]]:
     """Split ``tasks`` into groups of at most ``limit`` Parquet bytes, in order of the files' lower
     bound on the first key so each group covers a narrow key range."""
+    groups: list[list[Any]] = []
+    size = 0
+    for task in _in_key_order(tasks, first_key, schema):
+        if not groups or size + task.file.file_size_in_bytes > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(task)
+        size += task.file.file_size_in_bytes
+    return groups
+
+
+def _in_key_order(tasks: list[Any], first_key: str, schema: Any) -> list[Any]:
+    """``tasks`` by their file's lower bound on the first key (files without one last)."""
     from pyiceberg.conversions import from_bytes
 
     fid = schema.find_field(first_key).field_id
@@ -367,46 +451,45 @@ def _groups(tasks: list[Any], first_key: str, schema: Any, limit: int) -> list[l
         return (0, from_bytes(ftype, raw)) if raw is not None else (1, None)
 
     try:
-        ordered = sorted(tasks, key=lower)
+        return sorted(tasks, key=lower)
     except TypeError:
-        ordered = list(tasks)
-    groups: list[list[Any]] = []
-    size = 0
-    for task in ordered:
-        if not groups or size + task.file.file_size_in_bytes > limit:
-            groups.append([])
-            size = 0
-        groups[-1].append(task)
-        size += task.file.file_size_in_bytes
-    return groups
+        return list(tasks)
 
 
 def _read_group(table: Table, tasks: list[Any], direct: bool) -> pa.Table:
     """Read ``tasks`` in parallel into one table typed as the table's schema, with an ``__file`` column
-    giving each row's index in ``tasks``. Files without delete files are read straight with pyarrow when
-    no column was ever renamed (columns added later read as nulls); others go through pyiceberg's scan."""
-    import pyarrow.parquet as pq
-    from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.io.pyarrow import ArrowScan
-
+    giving each row's index in ``tasks``."""
     schema = table.schema().as_arrow()
 
     def read(i: int) -> pa.Table:
-        task = tasks[i]
-        path = task.file.file_path
-        if direct and not task.delete_files and path.startswith(("file://", "/")):
-            raw = pq.read_table(path.removeprefix("file://"))
-            cols = [raw.column(f.name).cast(f.type) if f.name in raw.column_names else pa.nulls(raw.num_rows, f.type) for f in schema]
-            t = pa.table(cols, schema=schema)
-        else:
-            t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
-            t = t.cast(schema) if t.schema != schema else t
+        t = _read_file(table, tasks[i], direct, schema)
         return t.append_column("__file", constant(i, t.num_rows, pa.int32()))
 
     workers = max(1, min(len(tasks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(read, range(len(tasks))))
     return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema) -> pa.Table:
+    """The live rows of ``task``'s file, typed as ``schema`` (the table's). Files without delete files are
+    read straight with pyarrow when no column was ever renamed (columns added later read as nulls);
+    others go through pyiceberg's scan."""
+    import pyarrow.parquet as pq
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    path = task.file.file_path
+    if direct and not task.delete_files and path.startswith(("file://", "/")):
+        raw = pq.read_table(path.removeprefix("file://"))
+        cols = [raw.column(f.name).cast(f.type) if f.name in raw.column_names else pa.nulls(raw.num_rows, f.type) for f in schema]
+        return pa.table(cols, schema=schema)
+    t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
+    return t.cast(schema) if t.schema != schema else t
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _claim(
@@ -451,6 +534,50 @@ class _Probe:
         fid = self.bounds.field.field_id
         i, j = self.bounds.span((data_file.lower_bounds or {}).get(fid), (data_file.upper_bounds or {}).get(fid))
         return self.values if j < 0 else self.values.slice(i, max(0, j - i))
+
+    def positions(self, column: pa.ChunkedArray, data_file: Any) -> pa.Array:
+        """The positions (ascending, int64) of the rows of ``column`` (a data file's key column) that
+        hold one of the values. A column of integers or times without nulls that is sorted, as a merge
+        writes its files, is searched by binary search for each value (a few microseconds per value
+        instead of a hash probe of every row); any other is probed with ``is_in``."""
+        import numpy as np
+
+        values = self.within(data_file)
+        if not len(values) or not len(column):
+            return pa.array([], pa.int64())
+        t = column.type
+        if column.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_temporal(t)) and values.type == t:
+            stored, wanted = _int64s(column.combine_chunks()), _int64s(values)
+            if stored is not None and wanted is not None and not (stored[1:] < stored[:-1]).any():
+                lo = np.searchsorted(stored, wanted, side="left")
+                hi = np.searchsorted(stored, wanted, side="right")
+                count = hi - lo
+                if not len(count) or count.max() <= 1:
+                    return pa.array(lo[count == 1].astype(np.int64))
+                start = np.repeat(lo, count)
+                step = np.arange(len(start)) - np.repeat(np.cumsum(count) - count, count)
+                return pa.array(np.sort(start + step).astype(np.int64))
+        mask = pc.fill_null(pc.is_in(column, value_set=values), False)
+        return pc.indices_nonzero(mask).cast(pa.int64())
+
+
+def _array(values: Any) -> Any:
+    """``values`` as one Arrow array (a chunked array's chunks joined)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _int64s(values: pa.Array) -> Any:
+    """The values of an integer or temporal array as a numpy int64 array (None when they do not fit)."""
+    import numpy as np
+
+    if pa.types.is_unsigned_integer(values.type) and values.type.bit_width == 64:
+        return None
+    if pa.types.is_integer(values.type):
+        return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    storage = {32: pa.int32(), 64: pa.int64()}.get(values.type.bit_width)
+    if storage is None:
+        return None
+    return values.view(storage).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
 def _read_keys(

@@ -398,11 +398,12 @@ class TableWriter:
         target = TargetConfig(table=t.table + TOMBSTONE_SUFFIX, mode="merge", keys=t.keys, order_by=t.order_by, keep_newest=True)
         return TableWriter(self.catalog, target, self.pipeline, self.engine)
 
-    def write_files(self, table: Table, data: pa.Table, rows: pa.Array | None = None) -> list[Any]:
-        """Write ``data`` (or its rows ``rows``) as Parquet data files of ``table`` (not yet committed),
-        sorted by the target's keys within each partition. Returns the DataFiles."""
+    def write_files(self, table: Table, data: pa.Table, rows: pa.Array | None = None, segments: list[int] | None = None) -> list[Any]:
+        """Write ``data`` (or its rows ``rows``, in ``segments`` of their own files) as Parquet data files
+        of ``table`` (not yet committed), sorted by the target's keys within each partition or segment.
+        Returns the DataFiles."""
         keys = [k for k in self.target.keys if k in data.column_names]
-        return write_data_files(table, conform_to_table(table, data), sort_by=keys, rows=rows)
+        return write_data_files(table, conform_to_table(table, data), sort_by=keys, rows=rows, segments=segments)
 
     def _files_to_overwrite(self, table: Table, added: list[Any]) -> list[Any]:
         spec = table.spec()

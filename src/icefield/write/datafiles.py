@@ -177,13 +177,17 @@ def write_data_files(
     target_bytes: int | None = None,
     split: bool = True,
     rows: pa.Array | None = None,
+    segments: list[int] | None = None,
 ) -> list[Any]:
     """Write ``data`` (typed as the table's schema) as data files of ``table``'s current spec, sorted by
     ``sort_by`` within each partition. ``rows`` (indices) writes only those rows of ``data``, gathered
     once in the sorted order (a merge passes its stored rows and the new versions without copying the
     survivors first). ``target_bytes`` (Arrow bytes) overrides the table's target file size;
     ``split=False`` keeps a batch smaller than the target in one file instead of one per core (a
-    compaction). Returns the uncommitted DataFiles."""
+    compaction). ``segments`` (with ``rows``, unpartitioned tables) are the offsets in ``rows`` where a
+    segment starts that the caller has put in order: each segment is written to files of its own and
+    rows are not sorted across segments (a merge rewrites each stored file into its own, keeping its key
+    range). Returns the uncommitted DataFiles."""
     from pyiceberg.io.pyarrow import pyarrow_to_schema
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
     from pyiceberg.table import WriteTask
@@ -202,6 +206,8 @@ def write_data_files(
         columns = [c for c, _ in order]
         if rows is None:
             indices = sort_indices(data, columns) if order else None
+        elif segments:
+            indices = rows.cast(pa.int64())
         else:
             rows = rows.cast(pa.int64())
             by_key = sort_indices(data.select(columns).take(rows), columns) if order else None
@@ -213,9 +219,18 @@ def write_data_files(
             )
         else:
             chunks = _Chunks(data)
+            row_bytes = data.nbytes / max(1, data.num_rows)
+            total = int(row_bytes * len(indices))
+            cuts = [*sorted(set(segments or [0]) | {0}), len(indices)]
+            ranges = [
+                (start + lo, start + hi)
+                for start, end in zip(cuts, cuts[1:], strict=False)
+                if end > start
+                for lo, hi in _row_ranges(end - start, int(row_bytes * (end - start)), target, workers, slices=len(cuts) - 1, total=total)
+            ]
             tasks = (
                 WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=_Gather(chunks, indices.slice(lo, hi - lo)), schema=task_schema)  # type: ignore[arg-type]
-                for lo, hi in _row_ranges(len(indices), data.nbytes * len(indices) // max(1, data.num_rows), target, workers)
+                for lo, hi in ranges
             )
         return _write_file(table, tasks)
 
