@@ -189,23 +189,34 @@ class LocalEngine(Engine):
         never by the table; a file that holds no batch key is read but not rewritten."""
         from collections import deque
 
+        import numpy as np
+
+        from icefield.write import narrow_type
         from icefield.write.datafiles import sort_indices, target_file_size
 
         direct = not _has_renames(table)
-        schema = table.schema().as_arrow()
+        # Files are read with strings as they are stored (32-bit offsets): widening them to the schema's
+        # large_string copies every value, and gathers run slower on them.
+        schema = pa.schema([f.with_type(narrow_type(f.type)) for f in table.schema().as_arrow()])
         probe = _Probe(table.schema(), keys[0], pending.column(keys[0]))
         claim_columns = list(dict.fromkeys([*keys, *(c for c in order if c in schema.names)]))
         workers = _cores()
         flush_bytes = target_file_size(table.metadata) * workers
 
+        # Columns read decoded whatever their encoding: those the claim compares and partitions are cut by.
+        plain = {*claim_columns, *(table.schema().find_field(f.source_id).name for f in table.spec().fields)}
+
         def load(task: Any) -> tuple[pa.Table, pa.Array]:
-            data = _read_file(table, task, direct, schema)
+            data = _read_file(table, task, direct, schema, plain)
             return data, probe.positions(data.column(keys[0]), task.file)
 
         def write(pieces: list[tuple[pa.Table, pa.Array]]) -> list[Any]:
             # Each piece is one file's survivors (in the file's order) and its new versions, put in key
             # order (cheap when the file was sorted) and written to files of its own.
             offset, count, parts, segments = 0, 0, [], []
+            first = pieces[0][0].schema
+            # A column one file stored dictionary-encoded and another not is cast to the first's type.
+            pieces = [(d if d.schema == first else d.cast(first), r) for d, r in pieces]
             for data, rows in pieces:
                 by_key = sort_indices(data.select(keys).take(rows), keys)
                 parts.append(pc.add(rows if by_key is None else rows.take(by_key), offset))
@@ -231,7 +242,7 @@ class LocalEngine(Engine):
                     plan.files_read += 1
                     if not len(found):
                         continue
-                    probed = existing.select(claim_columns).take(found)
+                    probed = _as_table_types(table, existing.select(claim_columns).take(found))
                     hit, pending, ups = _claim(probed, pending, plan, keys, order, newest)
                     hit = _array(hit)
                     missed = row_numbers(len(found)) if hit is None else pc.indices_nonzero(pc.invert(hit))
@@ -245,8 +256,9 @@ class LocalEngine(Engine):
                         claimed.append(probed.filter(hit).select(keys))
                     if not len(gone):
                         continue
-                    kept = pc.invert(pc.is_in(row_numbers(existing.num_rows), value_set=gone))
-                    rows = pa.concat_arrays([pc.indices_nonzero(kept).cast(pa.int64()), pc.add(row_numbers(ups.num_rows), existing.num_rows)])
+                    kept = np.ones(existing.num_rows, bool)
+                    kept[gone.to_numpy()] = False
+                    rows = pa.array(np.concatenate([np.flatnonzero(kept), np.arange(existing.num_rows, existing.num_rows + ups.num_rows)]).astype(np.int64))
                     if ups.num_rows:
                         existing = pa.concat_tables([existing, ups.select(existing.column_names).cast(existing.schema)])
                     plan.remove.append(task.file)
@@ -471,21 +483,55 @@ def _read_group(table: Table, tasks: list[Any], direct: bool) -> pa.Table:
     return pa.concat_tables(parts) if parts else pa.table({})
 
 
-def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema) -> pa.Table:
+def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema, plain: set[str] | None = None) -> pa.Table:
     """The live rows of ``task``'s file, typed as ``schema`` (the table's). Files without delete files are
     read straight with pyarrow when no column was ever renamed (columns added later read as nulls);
-    others go through pyiceberg's scan."""
+    others go through pyiceberg's scan.
+
+    With ``plain`` (the columns to decode whatever their encoding), a string or binary column stored
+    dictionary-encoded is read as an Arrow dictionary instead of decoded (``_stored_as_dictionary``):
+    decoding, gathering and encoding again a column of a few distinct values costs a copy of every value
+    each time; its dictionary is written back as it is."""
     import pyarrow.parquet as pq
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
     path = task.file.file_path
     if direct and not task.delete_files and path.startswith(("file://", "/")):
-        raw = pq.read_table(path.removeprefix("file://"))
-        cols = [raw.column(f.name).cast(f.type) if f.name in raw.column_names else pa.nulls(raw.num_rows, f.type) for f in schema]
-        return pa.table(cols, schema=schema)
+        local = path.removeprefix("file://")
+        keep = _stored_as_dictionary(pq.read_metadata(local), schema, plain) if plain is not None else []
+        raw = pq.read_table(local, read_dictionary=keep or None)
+        cols = []
+        for f in schema:
+            if f.name not in raw.column_names:
+                cols.append(pa.nulls(raw.num_rows, f.type))
+                continue
+            col = raw.column(f.name)
+            if col.type != f.type and not (pa.types.is_dictionary(col.type) and col.type.value_type == f.type):
+                col = col.cast(f.type)
+            cols.append(col)
+        return pa.table(cols, names=schema.names)
     t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
     return t.cast(schema) if t.schema != schema else t
+
+
+def _stored_as_dictionary(metadata: Any, schema: pa.Schema, plain: set[str]) -> list[str]:
+    """The top-level string and binary columns of ``schema`` (but ``plain``) that every row group of a
+    Parquet file stores dictionary-encoded: a dictionary page, and fewer than 4 bytes a value before
+    compression (a plain-encoded value takes at least its 4-byte length)."""
+    wanted = {f.name for f in schema if f.name not in plain and (pa.types.is_string(f.type) or pa.types.is_binary(f.type))}
+    if not wanted or metadata.num_row_groups == 0:
+        return []
+    found: dict[str, bool] = {}
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            name = chunk.path_in_schema
+            if name in wanted:
+                ok = chunk.has_dictionary_page and chunk.total_uncompressed_size < 4 * max(1, chunk.num_values)
+                found[name] = found.get(name, True) and ok
+    return [n for n, ok in found.items() if ok]
 
 
 def _cores() -> int:
@@ -545,6 +591,8 @@ class _Probe:
         values = self.within(data_file)
         if not len(values) or not len(column):
             return pa.array([], pa.int64())
+        if values.type != column.type:
+            values = values.cast(column.type)  # large_string values for a string column
         t = column.type
         if column.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_temporal(t)) and values.type == t:
             stored, wanted = _int64s(column.combine_chunks()), _int64s(values)

@@ -72,8 +72,8 @@ DICTIONARY_MAX_DISTINCT = 0.5
 
 def dictionary_columns(data: pa.Table) -> list[str]:
     """The Parquet column paths of ``data`` worth dictionary encoding: the top-level columns whose evenly
-    spaced sample of ``DICTIONARY_SAMPLE`` values has at most ``DICTIONARY_MAX_DISTINCT`` distinct ones, and
-    every leaf of a nested column (left to Arrow, as before)."""
+    spaced sample of ``DICTIONARY_SAMPLE`` values has at most ``DICTIONARY_MAX_DISTINCT`` distinct ones,
+    Arrow dictionary columns, and every leaf of a nested column (left to Arrow, as before)."""
     n = data.num_rows
     step = max(1, n // DICTIONARY_SAMPLE)
     sample = pc.multiply(row_numbers(min(n, DICTIONARY_SAMPLE)), step) if n else None
@@ -81,6 +81,8 @@ def dictionary_columns(data: pa.Table) -> list[str]:
     for f in data.schema:
         if pa.types.is_nested(f.type):
             paths.extend(_leaf_paths(f.name, f.type))
+        elif pa.types.is_dictionary(f.type):
+            paths.append(f.name)  # read dictionary-encoded: its dictionary is written as it is
         elif sample is not None and not pa.types.is_boolean(f.type):
             values = data.column(f.name).take(sample)
             if pc.count_distinct(values, mode="all").as_py() <= DICTIONARY_MAX_DISTINCT * len(values):
@@ -149,6 +151,11 @@ def _write_file(table: Table, tasks: Iterator[Any]) -> list[Any]:
         )
         out = table.io.new_output(path)
         options = {**kwargs, "use_dictionary": dictionary_columns(data)}
+        if any(pa.types.is_dictionary(t) for t in data.schema.types):
+            # Arrow would store the dictionary type in the file's Arrow schema, and pyarrow readers
+            # (pyiceberg's scan) would then read this file's column as a dictionary and another's as
+            # strings. Without it, every reader types the column by its Parquet type alone.
+            options["store_schema"] = False
         with out.create(overwrite=True) as fos, pq.ParquetWriter(fos, schema=data.schema, store_decimal_as_integer=True, **options) as writer:
             writer.write(data, row_group_size=row_group)
         stats = data_file_statistics_from_parquet_metadata(
@@ -322,12 +329,20 @@ class _Chunks:
         import numpy as np
 
         idx = indices.to_numpy().astype(np.int64, copy=False)
-        which = np.searchsorted(self.starts, idx, side="right") - 1
-        used = np.unique(which)
-        sizes = self.starts[used + 1] - self.starts[used]
-        at = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each used batch starts in ``part``
-        local = idx - self.starts[which] + at[np.searchsorted(used, which)]
+        if len(self.batches) == 1:
+            used, local = np.zeros(1, np.int64), idx
+        else:
+            which = np.searchsorted(self.starts, idx, side="right") - 1
+            used = np.flatnonzero(np.bincount(which, minlength=len(self.batches)))
+            sizes = self.starts[used + 1] - self.starts[used]
+            shift = np.zeros(len(self.batches), np.int64)  # from a row's index in the table to its index in ``part``
+            shift[used] = np.concatenate([[0], np.cumsum(sizes)[:-1]]) - self.starts[used]
+            local = idx if len(used) == len(self.batches) else idx + shift[which]
         part = pa.Table.from_batches([self.batches[c] for c in used], schema=self.schema)
+        if len(used) > 1:
+            # A gather across chunks finds each row's chunk by search: joining them first (a copy at
+            # memory speed) and gathering from one is about twice as fast.
+            part = part.combine_chunks()
         return part.take(pa.array(local))
 
 
