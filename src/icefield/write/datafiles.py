@@ -205,7 +205,9 @@ def write_data_files(
     spec, schema = meta.spec(), meta.schema()
     target = target_bytes or target_file_size(meta)
     workers = None if split else 1
-    task_schema = pyarrow_to_schema(data.schema, name_mapping=schema.name_mapping, format_version=meta.format_version)
+    # Typed by the values of dictionary columns (Iceberg has no dictionary type; pyiceberg warns on each).
+    plain = pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in data.schema])
+    task_schema = pyarrow_to_schema(plain, name_mapping=schema.name_mapping, format_version=meta.format_version)
     write_uuid, counter = uuid.uuid4(), itertools.count(0)
     order = [(c, "ascending") for c in sort_by or []]
 
