@@ -243,7 +243,12 @@ class LocalEngine(Engine):
                     if not len(found):
                         continue
                     probed = _as_table_types(table, existing.select(claim_columns).take(found))
-                    hit, pending, ups = _claim(probed, pending, plan, keys, order, newest)
+                    # Only the batch rows whose first key this file holds take part (matching the whole
+                    # batch against each file would hash every pending key once per file).
+                    near = pc.fill_null(pc.is_in(pending.column(keys[0]), value_set=pc.unique(probed.column(keys[0]).combine_chunks())), False)
+                    hit, rest, ups = _claim(probed, pending.filter(near), plan, keys, order, newest)
+                    if hit is not None or rest.num_rows != pc.sum(near).as_py():
+                        pending = pa.concat_tables([pending.filter(pc.invert(near)), rest])
                     hit = _array(hit)
                     missed = row_numbers(len(found)) if hit is None else pc.indices_nonzero(pc.invert(hit))
                     gone = found.slice(0, 0) if hit is None else found.filter(hit)
