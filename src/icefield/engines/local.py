@@ -119,8 +119,9 @@ def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, key
 class LocalEngine(Engine):
     name = "local"
     capabilities = EngineCapabilities(supports_merge=True, supports_sql=True, distributed=False)
-    # Candidate files are read, joined and rewritten in groups of about this many Parquet bytes, which
-    # bounds the merge's memory by the files it rewrites, never by the table.
+    # Merge-on-read and the tombstone check read candidate files in groups of about this many Parquet
+    # bytes, which bounds their memory by the files they read, never by the table (copy-on-write streams
+    # file by file, ``_rewrite``).
     group_bytes: int = 256 << 20
 
     def merge(
@@ -130,9 +131,8 @@ class LocalEngine(Engine):
 
         Only files whose key bounds may hold a batch key are read; a file that really holds one is
         rewritten with the matching rows replaced by their new versions (so files keep tight key
-        ranges), and new keys go to new files sorted by key. Files are handled in groups of about
-        ``group_bytes`` (read in parallel, one vectorised key probe, one write per group). Returns the
-        files to remove and the files written (not yet committed).
+        ranges, ``_rewrite``), and new keys go to new files sorted by key. Returns the files to remove
+        and the files written (not yet committed).
 
         With ``target.keep_newest`` a stored row is replaced or deleted only by a strictly newer
         version (by ``target.order_by``, stored in the table); older versions are dropped and counted
