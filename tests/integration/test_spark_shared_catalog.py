@@ -270,3 +270,42 @@ def test_concurrent_commits_from_both_engines(project: Project, spark: Any) -> N
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         con.close()
+
+
+def test_spark_reads_a_copy_on_write_rewrite_of_dictionary_columns(project: Project, spark: Any) -> None:
+    """A copy-on-write merge reads a string column stored dictionary-encoded as an Arrow dictionary and
+    writes it back as it is (no Arrow schema in the file): Spark, pyiceberg and DuckDB read the rewritten
+    file and the files beside it alike."""
+    import pyarrow.parquet as pq
+
+    from icefield.config.models import TargetConfig
+    from icefield.engines.local import LocalEngine
+    from icefield.write import TableWriter
+
+    n = 20_000
+    kinds = ["placed", "paid", "shipped", "delivered"]
+
+    def rows(ids: range, kind: Any) -> pa.Table:
+        return pa.table({"id": pa.array(list(ids), pa.int64()), "kind": [kind(i) for i in ids], "note": [f"n{i % 7}" for i in ids]})
+
+    catalog = open_catalog(project)
+    writer = TableWriter(catalog, TargetConfig(table="raw.dict_cow", mode="merge", keys=["id"]), "dict_cow", LocalEngine())
+    writer.commit(rows(range(n), lambda i: kinds[i % 4]), "load", None, "r")
+    writer.commit(rows(range(n, 2 * n), lambda i: kinds[i % 4]), "load2", None, "r")
+    first = {t.file.file_path for t in writer.load().scan().plan_files()}
+    writer.commit(rows(range(0, n, 100), lambda i: "refunded"), "merge", None, "r")
+    table = writer.load()
+    rewritten = [t.file.file_path for t in table.scan().plan_files() if t.file.file_path not in first]
+    assert len(rewritten) == 1
+    meta = pq.read_metadata(rewritten[0].removeprefix("file://"))
+    assert b"ARROW:schema" not in (meta.metadata or {})
+    assert "RLE_DICTIONARY" in meta.row_group(0).column(1).encodings
+
+    expected = sorted([(i, "refunded" if i % 100 == 0 else kinds[i % 4], f"n{i % 7}") for i in range(n)]
+                      + [(i, kinds[i % 4], f"n{i % 7}") for i in range(n, 2 * n)])
+    spark_rows = [tuple(r) for r in spark.sql(f"SELECT id, kind, note FROM {CATALOG}.raw.dict_cow ORDER BY id").collect()]
+    assert spark_rows == expected
+    scanned = table.scan().to_arrow().sort_by("id")
+    assert list(zip(*(scanned.column(c).to_pylist() for c in ("id", "kind", "note")), strict=True)) == expected
+    duck = run_query(project, "SELECT id, kind, note FROM raw.dict_cow ORDER BY id")
+    assert [tuple(r.values()) for r in duck.to_pylist()] == expected
