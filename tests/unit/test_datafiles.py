@@ -71,7 +71,7 @@ def test_a_batch_smaller_than_the_target_file_is_split_one_file_per_core(tmp_pat
     into one sorted, non-overlapping file per core, unless the pieces would be smaller than the floor."""
     import icefield.write.datafiles as datafiles
 
-    monkeypatch.setattr(datafiles, "_cores", lambda: 2)
+    monkeypatch.setattr(datafiles, "cores", lambda: 2)
     monkeypatch.setattr(datafiles, "PARALLEL_FILE_BYTES", 16 << 10)
     catalog = sql_catalog("icefield", f"sqlite:///{tmp_path / 'c.db'}", (tmp_path / "wh").as_uri())
     catalog.create_namespace("t")

@@ -28,9 +28,10 @@ class EngineCapabilities:
 
 
 WriteFiles = Callable[..., list[Any]]
-"""``write_files(table, data, rows=None)``: writes ``data`` (or the rows ``rows`` of it, an index array) as
-data files of ``table``, sorted by the target's keys within each partition (callers need not sort);
-returns the uncommitted DataFiles."""
+"""``write_files(table, data, rows=None, segments=None)``: writes ``data`` (or the rows ``rows`` of it, an
+index array, each of the ``segments`` of ``rows`` in files of its own) as data files of ``table``, sorted
+by the target's keys within each partition or segment (callers need not sort); returns the uncommitted
+DataFiles."""
 
 
 @dataclass

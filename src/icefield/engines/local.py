@@ -192,7 +192,7 @@ class LocalEngine(Engine):
         import numpy as np
 
         from icefield.write import narrow_type
-        from icefield.write.datafiles import sort_indices, target_file_size
+        from icefield.write.datafiles import cores, sort_indices, target_file_size
 
         direct = not _has_renames(table)
         # Files are read with strings as they are stored (32-bit offsets): widening them to the schema's
@@ -200,7 +200,7 @@ class LocalEngine(Engine):
         schema = pa.schema([f.with_type(narrow_type(f.type)) for f in table.schema().as_arrow()])
         probe = _Probe(table.schema(), keys[0], pending.column(keys[0]))
         claim_columns = list(dict.fromkeys([*keys, *(c for c in order if c in schema.names)]))
-        workers = _cores()
+        workers = cores()
         flush_bytes = target_file_size(table.metadata) * workers
 
         # Columns read decoded whatever their encoding: those the claim compares and partitions are cut by.
@@ -246,16 +246,16 @@ class LocalEngine(Engine):
                     # Only the batch rows whose first key this file holds take part (matching the whole
                     # batch against each file would hash every pending key once per file).
                     near = pc.fill_null(pc.is_in(pending.column(keys[0]), value_set=pc.unique(probed.column(keys[0]).combine_chunks())), False)
-                    hit, rest, ups = _claim(probed, pending.filter(near), plan, keys, order, newest)
-                    if hit is not None or rest.num_rows != pc.sum(near).as_py():
+                    mine = pending.filter(near)
+                    hit, rest, ups = _claim(probed, mine, plan, keys, order, newest)
+                    if rest is not mine:  # rows were claimed, or dropped as stale
                         pending = pa.concat_tables([pending.filter(pc.invert(near)), rest])
-                    hit = _array(hit)
                     missed = row_numbers(len(found)) if hit is None else pc.indices_nonzero(pc.invert(hit))
                     gone = found.slice(0, 0) if hit is None else found.filter(hit)
                     if claimed and len(missed):
                         # A key an earlier file held too (appended twice) got its new version there: the
                         # batch's version replaces every stored copy.
-                        again = _array(_key_mask(probed.select(keys).take(missed), pa.concat_tables(claimed), keys))
+                        again = _key_mask(probed.select(keys).take(missed), pa.concat_tables(claimed), keys)
                         gone = pa.concat_arrays([gone, found.take(missed).filter(again)])
                     if hit is not None:
                         claimed.append(probed.filter(hit).select(keys))
@@ -504,8 +504,9 @@ def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema, plain: 
     path = task.file.file_path
     if direct and not task.delete_files and path.startswith(("file://", "/")):
         local = path.removeprefix("file://")
-        keep = _stored_as_dictionary(pq.read_metadata(local), schema, plain) if plain is not None else []
-        raw = pq.read_table(local, read_dictionary=keep or None)
+        meta = pq.read_metadata(local)
+        keep = _stored_as_dictionary(meta, schema, plain) if plain is not None else []
+        raw = pq.ParquetFile(local, metadata=meta, read_dictionary=keep or None).read()
         cols = []
         for f in schema:
             if f.name not in raw.column_names:
@@ -537,10 +538,6 @@ def _stored_as_dictionary(metadata: Any, schema: pa.Schema, plain: set[str]) -> 
                 ok = chunk.has_dictionary_page and chunk.total_uncompressed_size < 4 * max(1, chunk.num_values)
                 found[name] = found.get(name, True) and ok
     return [n for n, ok in found.items() if ok]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _claim(
@@ -599,7 +596,7 @@ class _Probe:
         if values.type != column.type:
             values = values.cast(column.type)  # large_string values for a string column
         t = column.type
-        if column.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_temporal(t)) and values.type == t:
+        if column.null_count == 0 and (pa.types.is_integer(t) or pa.types.is_temporal(t)):
             stored, wanted = _int64s(column.combine_chunks()), _int64s(values)
             if stored is not None and wanted is not None and not (stored[1:] < stored[:-1]).any():
                 lo = np.searchsorted(stored, wanted, side="left")
@@ -612,11 +609,6 @@ class _Probe:
                 return pa.array(np.sort(start + step).astype(np.int64))
         mask = pc.fill_null(pc.is_in(column, value_set=values), False)
         return pc.indices_nonzero(mask).cast(pa.int64())
-
-
-def _array(values: Any) -> Any:
-    """``values`` as one Arrow array (a chunked array's chunks joined)."""
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _int64s(values: pa.Array) -> Any:
@@ -684,10 +676,10 @@ def _read_keys(
 
 
 def _key_mask(existing: pa.Table, batch_keys: pa.Table, keys: list[str]) -> pa.Array:
-    """True for the rows of ``existing`` whose key is in ``batch_keys``."""
+    """True for the rows of ``existing`` whose key is in ``batch_keys`` (one array, not chunked)."""
     if len(keys) == 1:
         k = keys[0]
-        return pc.fill_null(pc.is_in(existing.column(k), value_set=batch_keys.column(k).combine_chunks()), False)
+        return pc.fill_null(pc.is_in(existing.column(k).combine_chunks(), value_set=batch_keys.column(k).combine_chunks()), False)
     idx = existing.select(keys).append_column("__row", row_numbers(existing.num_rows))
     matched = idx.join(batch_keys, keys=keys, join_type="left semi", use_threads=False).column("__row")
     mask = constant(False, existing.num_rows, pa.bool_())

@@ -58,7 +58,8 @@ def target_file_size(metadata: Any) -> int:
     return size or TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -191,8 +192,8 @@ def write_data_files(
     once in the sorted order (a merge passes its stored rows and the new versions without copying the
     survivors first). ``target_bytes`` (Arrow bytes) overrides the table's target file size;
     ``split=False`` keeps a batch smaller than the target in one file instead of one per core (a
-    compaction). ``segments`` (with ``rows``, unpartitioned tables) are the offsets in ``rows`` where a
-    segment starts that the caller has put in order: each segment is written to files of its own and
+    compaction). ``segments`` (with ``rows``, unpartitioned tables) are the increasing offsets in ``rows``,
+    from 0, where a segment starts that the caller has put in order: each segment is written to files of its own and
     rows are not sorted across segments (a merge rewrites each stored file into its own, keeping its key
     range). Returns the uncommitted DataFiles."""
     from pyiceberg.io.pyarrow import pyarrow_to_schema
@@ -230,12 +231,11 @@ def write_data_files(
             chunks = _Chunks(data)
             row_bytes = data.nbytes / max(1, data.num_rows)
             total = int(row_bytes * len(indices))
-            cuts = [*sorted(set(segments or [0]) | {0}), len(indices)]
+            starts = segments or [0]
             ranges = [
                 (start + lo, start + hi)
-                for start, end in zip(cuts, cuts[1:], strict=False)
-                if end > start
-                for lo, hi in _row_ranges(end - start, int(row_bytes * (end - start)), target, workers, slices=len(cuts) - 1, total=total)
+                for start, end in zip(starts, [*starts[1:], len(indices)], strict=True)
+                for lo, hi in _row_ranges(end - start, int(row_bytes * (end - start)), target, workers, slices=len(starts), total=total)
             ]
             tasks = (
                 WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=_Gather(chunks, indices.slice(lo, hi - lo)), schema=task_schema)  # type: ignore[arg-type]
@@ -326,8 +326,8 @@ class _Chunks:
         self.starts = np.cumsum([0] + [b.num_rows for b in self.batches])
 
     def take(self, indices: pa.Array) -> pa.Table:
-        """The rows ``indices``, in that order, gathered from only the batches they fall in (a gather over
-        the whole table first joins all its chunks into one, a copy of every row)."""
+        """The rows ``indices``, in that order, gathered from only the batches they fall in (joined first:
+        a gather across chunks is slower than the copy), never from the whole table."""
         import numpy as np
 
         idx = indices.to_numpy().astype(np.int64, copy=False)
@@ -342,8 +342,8 @@ class _Chunks:
             local = idx if len(used) == len(self.batches) else idx + shift[which]
         part = pa.Table.from_batches([self.batches[c] for c in used], schema=self.schema)
         if len(used) > 1:
-            # A gather across chunks finds each row's chunk by search: joining them first (a copy at
-            # memory speed) and gathering from one is about twice as fast.
+            # A gather across chunks finds each row's chunk by search: joining them first (a copy at memory
+            # speed) and gathering from one is about twice as fast.
             part = part.combine_chunks()
         return part.take(pa.array(local))
 
@@ -363,7 +363,7 @@ def _row_ranges(n: int, size: int, target: int, workers: int | None, slices: int
     """Row ranges for the files of ``n`` rows of ``size`` Arrow bytes, cut as ``pack`` cuts them: one file
     for a small slice of many (``slices`` partitions of a batch of ``total`` bytes), files of about
     ``target`` bytes, or one per core when that would leave cores idle."""
-    workers = workers or _cores()
+    workers = workers or cores()
     total = size if total is None else total
     if n < 2 or (slices >= workers and size <= target):
         files = 1
