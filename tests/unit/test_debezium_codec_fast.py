@@ -176,6 +176,12 @@ FALLBACKS = {
     "a date in new text": lambda v: [v[0].replace(b'"name":"ann"', b'"name":"2024-01-02"'), *v[1:]],
     "whole doubles only": lambda v: [x.replace(b'"score":1.5', b'"score":1.0').replace(b'"score":2.25', b'"score":2.0').replace(b'"score":0.5', b'"score":3.0') if x else x for x in v],
     "NaN": lambda v: [v[0].replace(b'"score":1.5', b'"score":NaN'), *v[1:]],
+    # pyarrow reads Inf and -Inf as numbers, in the row or out of it
+    "Inf": lambda v: [v[0].replace(b'"score":1.5', b'"score":Inf'), *v[1:]],
+    "Inf outside the row": lambda v: [v[0].replace(b'"op":', b'"ts_us":-Inf,"op":'), *v[1:]],
+    "carriage return": lambda v: [v[0].replace(b'"op"', b'\r"op"'), *v[1:]],
+    "embedded schema in a later value": lambda v: [*v[:-1], b'{"schema":{"type":"struct"},"payload":' + v[-1] + b"}"],
+    "empty value": lambda v: [*v[:2], b"", *v[2:]],
     "delete without its key in before": lambda v: [*v[:3], envelope("d", None, before={"name": "ann"}, lsn=50), *v[4:]],
     "delete with a null before": lambda v: [*v[:3], envelope("d", None, before=None, lsn=50), *v[4:]],
     "meta column in a row": lambda v: [v[0].replace(b'"name":', b'"__op":'), *v[1:]],

@@ -15,6 +15,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -77,13 +78,16 @@ class _Bounds:
         self.field = field
         self.usable = isinstance(field.field_type, (IntegerType, LongType, StringType, DateType, TimestampType, TimestamptzType))
         if not self.usable:
-            self.values: list[Any] = []
+            self.values: list[Any] | Any = []
             return
         arr = pc.unique(values.drop_null())
         if isinstance(field.field_type, (DateType, TimestampType, TimestamptzType)):
             # Manifests keep days / microseconds since the epoch.
             arr = arr.cast(pa.int32() if isinstance(field.field_type, DateType) else pa.int64())
-        self.values = sorted(arr.to_pylist())
+        if isinstance(field.field_type, StringType):
+            self.values = sorted(arr.to_pylist())
+        else:  # integers: sorted and searched by numpy
+            self.values = np.sort(arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False))
 
     def span(self, lower: bytes | None, upper: bytes | None) -> tuple[int, int]:
         """``(i, j)``: the sorted values ``values[i:j]`` are the ones within the bounds (all of them
@@ -94,7 +98,9 @@ class _Bounds:
             return 0, len(self.values) if self.usable else -1
         lo = from_bytes(self.field.field_type, lower)
         hi = from_bytes(self.field.field_type, upper)
-        return bisect.bisect_left(self.values, lo), bisect.bisect_right(self.values, hi)
+        if isinstance(self.values, list):
+            return bisect.bisect_left(self.values, lo), bisect.bisect_right(self.values, hi)
+        return int(np.searchsorted(self.values, lo, "left")), int(np.searchsorted(self.values, hi, "right"))
 
     def may_hold_any(self, lower: bytes | None, upper: bytes | None) -> bool:
         if not self.usable:

@@ -41,6 +41,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -742,10 +743,6 @@ _FAST = True  # tests switch it off to compare with the record path
 _ENVELOPE_FIELDS = frozenset({"before", "after", "source", "op", "ts_ms", "ts_us", "ts_ns", "transaction"})
 _FAST_SEQUENCE = r'^\[(?:null|"(?P<commit>\d{1,18})"),"(?P<lsn>\d{1,18})"\]$'
 _DATE_LIKE = r"\d{4}-\d{2}-\d{2}"
-# Bytes pyarrow's parser reads but orjson refuses (NaN, Infinity), or that it may split lines on (\r),
-# or surrogate escapes (refused differently): any of them sends the batch to the record path.
-_FAST_REFUSED = (b"NaN", b"Infinity", b"\r")
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _EXACT_DOUBLE = float(1 << 53)
 
 
@@ -829,6 +826,18 @@ def _without_nulls(t: pa.DataType) -> pa.DataType | None:
     return pa.struct(kept)
 
 
+def _finite(arr: pa.ChunkedArray | pa.Array) -> bool:
+    """False when a floating-point value anywhere in ``arr`` (nested in structs and lists) is NaN or infinite."""
+    t = arr.type
+    if pa.types.is_floating(t):
+        return bool(pc.all(pc.is_finite(arr)).as_py() is not False)
+    if pa.types.is_struct(t):
+        return all(_finite(pc.struct_field(arr, [k])) for k in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _finite(pc.list_flatten(arr))
+    return True
+
+
 def _type_depth(t: pa.DataType) -> int:
     if pa.types.is_struct(t):
         return 1 + max((_type_depth(t.field(k).type) for k in range(t.num_fields)), default=0)
@@ -855,22 +864,29 @@ def _fast_decode(
     record path would decode it, or None whenever that cannot be proven (the caller then decodes it
     record by record): the result has no rejections and no notes by construction."""
     n = len(values)
-    index = [i for i, v in enumerate(values) if v is not None]
-    present = values if len(index) == n else [values[i] for i in index]
+    index: Sequence[int] = range(n)
+    present: Sequence[bytes | str | None] = values
+    if None in values:
+        index = [i for i, v in enumerate(values) if v is not None]
+        present = [values[i] for i in index]
     m = len(present)
     if not m:
         return None
-    if set(map(type, present)) != {bytes} or max(map(len, present)) > max_record_bytes:  # type: ignore[arg-type]
+    if set(map(type, present)) != {bytes}:
+        return None
+    lens = np.fromiter(map(len, present), np.int64, m)  # type: ignore[arg-type]
+    if lens.max() > max_record_bytes or lens.min() < 2:
         return None
     buf = b"\n".join(present)  # type: ignore[arg-type]
-    # No newline inside a value, so each one in buf separates two values: then every value holds one
-    # object (pyarrow's reader crashes on a first line of 'null') and none has the embedded schema
-    # (the record path plans it once).
-    if buf.count(b"\n") != m - 1 or buf.count(b"\n{") != m - 1 or buf.count(b"}\n") != m - 1:
+    # No newline inside a value, so each one in buf separates two values; every value starts with '{'
+    # and ends with '}' (one object: pyarrow's reader crashes on a first line of 'null'); the first has
+    # no embedded schema (the record path plans it once; a later one shows as a 'schema' column).
+    if buf.count(b"\n") != m - 1 or buf.startswith(_HEAD) or b"\r" in buf:
         return None
-    if buf[:1] != b"{" or buf[-1:] != b"}" or buf.startswith(_HEAD) or b"\n" + _HEAD in buf:
-        return None
-    if any(b in buf for b in _FAST_REFUSED) or (b"\\u" in buf and _SURROGATE.search(buf)):
+    starts = np.zeros(m, np.int64)
+    np.cumsum(lens[:-1] + 1, out=starts[1:])
+    data = np.frombuffer(buf, np.uint8)
+    if not ((data[starts] == ord("{")).all() and (data[starts + lens - 1] == ord("}")).all()):
         return None
     if not buf.isascii():
         try:  # pyarrow validates string values but not field names: the record path rejects bad UTF-8
@@ -892,6 +908,9 @@ def _fast_decode(
         if name in parsed.column_names and not (pa.types.is_struct(parsed.schema.field(name).type) or pa.types.is_null(parsed.schema.field(name).type)):
             return None
     parsed.validate(full=True)  # raises on a malformed array rather than reading it
+    # pyarrow reads NaN, Inf and Infinity as numbers; the record path (orjson) refuses them.
+    if not all(_finite(parsed.column(k)) for k in range(parsed.num_columns)):
+        return None
     op = parsed.column("op").combine_chunks()
     source = parsed.column("source").combine_chunks()
     if not pa.types.is_string(op.type) or op.null_count or not pa.types.is_struct(source.type) or source.null_count:
@@ -909,9 +928,9 @@ def _fast_decode(
     seq = _struct_field(source, "sequence")
     if seq is None or not pa.types.is_string(seq.type) or seq.null_count:
         return None
-    if not pc.all(pc.match_substring_regex(seq, _FAST_SEQUENCE)).as_py():
+    parts = pc.extract_regex(seq, _FAST_SEQUENCE)  # null where the text does not match
+    if parts.null_count:
         return None
-    parts = pc.extract_regex(seq, _FAST_SEQUENCE)
     commit_text = parts.field("commit")
     commits = pc.cast(pc.if_else(pc.equal(commit_text, ""), "0", commit_text), pa.int64())  # a snapshot's is null
     lsns = pc.cast(parts.field("lsn"), pa.int64())
@@ -937,13 +956,13 @@ def _fast_decode(
         return None
     if counts.get("d") and pc.any(pc.and_(is_delete, before.is_null())).as_py():
         return None
-    ops_list = op.to_pylist()
-    first = next(p for p, o in enumerate(ops_list) if o in ROW_OPS)
+    first = positions[0].as_py()
+    first_op = op[first].as_py()
     try:
         doc = orjson.loads(present[first])  # type: ignore[arg-type]
     except orjson.JSONDecodeError:  # pragma: no cover - pyarrow read it
         return None
-    first_row = doc.get("before" if ops_list[first] == "d" else "after")
+    first_row = doc.get("before" if first_op == "d" else "after")
     if type(first_row) is not dict or not first_row:
         return None
     # The record path's columns are the rows' keys in order of first appearance; pyarrow cannot tell a
@@ -957,10 +976,15 @@ def _fast_decode(
         return None
 
     decoder = _Decoder(keys, None, table_schema, max_record_bytes, max_depth)
-    deletes = [p for p, o in enumerate(ops_list) if o == "d"]
-    if deletes:
-        before_cols = {name: _struct_field(before, name) for name in names}
-        for p in deletes:
+    if counts.get("d"):
+        # Which 'before' values are set, per column (a null is unset: pyarrow cannot tell the two apart).
+        is_set = {}
+        for name in names:
+            held = _struct_field(before, name)
+            if held is not None:
+                is_set[name] = held.is_valid().to_numpy(zero_copy_only=False)
+        any_set = np.logical_or.reduce(list(is_set.values())) if is_set else np.zeros(m, bool)
+        for p in pc.indices_nonzero(is_delete).to_pylist():
             try:
                 key = decoder._key(index[p])
             except _Reject:
@@ -968,11 +992,11 @@ def _fast_decode(
             if key:
                 # The key only fills key columns the 'before' lacks; with all of them set it changes nothing.
                 for k in key:
-                    key_col = before_cols.get(k)
-                    if key_col is None or not key_col[p].is_valid:
+                    set_k = is_set.get(k)
+                    if set_k is None or not set_k[p]:
                         return None
-            elif not any(c is not None and c[p].is_valid for c in before_cols.values()):
-                return None  # an empty 'before' (or one of nulls only, which pyarrow cannot tell apart)
+            elif not any_set[p]:
+                return None  # an empty 'before' (or one of nulls only)
 
     cols: dict[str, pa.Array] = {}
     for name in names:
@@ -996,11 +1020,11 @@ def _fast_decode(
     cols[SEQ_LSN] = lsns.take(positions)
     cols[TS_MS] = ts.take(positions)
     cols[TXID] = txid.take(positions)
-    cols[INDEX] = pa.array(index, pa.int64()).take(positions)
+    cols[INDEX] = (pa.array(index, pa.int64()).take(positions) if isinstance(index, list) else positions.cast(pa.int64()))
     truncates: list[Truncate] = []
     if counts.get("t"):
         ts_list, commit_list, lsn_list = ts.to_pylist(), commits.to_pylist(), lsns.to_pylist()
-        truncates = [Truncate(index[p], commit_list[p], lsn_list[p], ts_list[p]) for p, o in enumerate(ops_list) if o == "t"]
+        truncates = [Truncate(index[p], commit_list[p], lsn_list[p], ts_list[p]) for p in pc.indices_nonzero(pc.equal(op, "t")).to_pylist()]
     return DecodedEvents(
         rows=pa.table(cols),
         truncates=truncates,

@@ -337,6 +337,7 @@ class KafkaReader:
         ck = self._ck
         eof_code = ck.KafkaError._PARTITION_EOF
         consumer = self._consumer
+        message_value = ck.Message.value  # called through map: no Python frame per message
         assigned = [ck.TopicPartition(t, p) for t, p in self.positions]
         last_progress = time.monotonic()
         while not self._stop.is_set() and (follow or not self.caught_up()):
@@ -369,7 +370,7 @@ class KafkaReader:
                         self._on_event(m, eof_code)
                     polled = [m for m in polled if m.error() is None]
                 messages += polled
-                values += [m.value() for m in polled]
+                values += map(message_value, polled)
                 if polled:
                     self._advance(consumer, assigned, polled)
             if messages:
