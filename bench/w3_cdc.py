@@ -192,7 +192,11 @@ def _warm_imports() -> None:
 def child_consume_only(args: dict[str, Any]) -> None:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": args["bootstrap"], "group.id": f"consume-only-{time.time_ns()}", "enable.auto.commit": False})
+    from icefield.ingest.kafka import CONSUMER_DEFAULTS
+
+    # The client settings icefield's reader uses (librdkafka's own defaults back off for a second whenever
+    # its queue is full, which bounds a fast loop by the broker's round trips, not by the client).
+    c = Consumer({**CONSUMER_DEFAULTS, "bootstrap.servers": args["bootstrap"], "group.id": f"consume-only-{time.time_ns()}", "enable.auto.commit": False})
     c.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
     want, got, nbytes = int(args["messages"]), 0, 0
     started = time.perf_counter()

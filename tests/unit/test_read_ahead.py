@@ -114,3 +114,37 @@ def test_a_pipeline_reads_ahead_or_in_turn_with_the_same_result(tmp_path: Path) 
         assert run_pipeline(project, "ev").batches == [], "a rerun reads nothing new"
     assert tables[0] == tables[1] == tables[2]
     assert [r["id"] for r in tables[0]] == sorted(f * 100 + i for f in range(5) for i in range(50))
+
+
+def test_a_run_keeps_what_existed_before_it_out_of_full_collections_and_gives_it_back(tmp_path: Path) -> None:
+    """run_pipeline freezes the objects that exist when it starts (gc.freeze: full collections, set off
+    by a stream of messages, then skip them) and unfreezes them when it ends, also when it fails."""
+    import gc
+
+    import yaml
+
+    from icefield.config import load_project
+    from icefield.errors import IcefieldError
+    from icefield.pipeline import runner
+
+    root = tmp_path / "p"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "data").mkdir()
+    (root / "data" / "a.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "gc"}))
+    pipe = {"name": "ev", "source": {"type": "files", "path": "data/*.jsonl", "format": "jsonl"}, "target": {"table": "raw.ev"}}
+    (root / "pipelines" / "ev.yaml").write_text(yaml.safe_dump(pipe))
+    project = load_project(root)
+    assert gc.get_freeze_count() == 0
+    frozen_during: list[int] = []
+    result = runner.run_pipeline(project, "ev", on_batch=lambda _: frozen_during.append(gc.get_freeze_count()))
+    assert result.rows_committed == 2 and frozen_during and frozen_during[0] > 1000
+    assert gc.get_freeze_count() == 0
+
+    def fail(_: object) -> None:
+        raise IcefieldError("stop here")
+
+    (root / "data" / "b.jsonl").write_text('{"id": 3}\n')
+    with pytest.raises(IcefieldError, match="stop here"):
+        runner.run_pipeline(project, "ev", on_batch=fail)
+    assert gc.get_freeze_count() == 0

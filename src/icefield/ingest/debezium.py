@@ -19,7 +19,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -146,10 +146,9 @@ class DebeziumSource(Source):
 
     def _decoded(self, polled: Iterator[MessageBatch], schema: pa.Schema | None) -> Iterator[SourceBatch]:
         for mb in polled:
-            # Keys and coordinates are read from a message only when needed (a delete's key, a rejection).
-            keys = _MessageKeys(mb.messages)
+            # Coordinates are made only when needed (a rejection).
             coords = LazyStrings(len(mb), mb.coords)
-            yield self._batch(mb.values, keys, coords, mb.position, mb.key, schema)
+            yield self._batch(mb.values, mb.keys, coords, mb.position, mb.key, schema)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -204,26 +203,6 @@ class DebeziumSource(Source):
             # A delete under REPLICA IDENTITY DEFAULT carries only the key: absent columns are not dropped.
             open_schema=True,
         )
-
-class _MessageKeys(Sequence[bytes | None]):
-    """The keys of Kafka messages, each read from its message when asked for."""
-
-    def __init__(self, messages: list[Any]) -> None:
-        self._messages = messages
-
-    def __len__(self) -> int:
-        return len(self._messages)
-
-    @overload
-    def __getitem__(self, i: int) -> bytes | None: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[bytes | None]: ...
-    def __getitem__(self, i: int | slice) -> bytes | None | Sequence[bytes | None]:
-        if isinstance(i, slice):
-            return [m.key() for m in self._messages[i]]
-        key: bytes | None = self._messages[i].key()
-        return key
-
 
 def to_rows(decoded: DecodedEvents) -> tuple[pa.Table, int, list[int] | None]:
     """The decoded events as rows for the merge: meta columns renamed to ``_cdc_*``, ``_cdc_deleted``

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
+from itertools import chain
+from sys import intern
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import pyarrow as pa
@@ -137,13 +139,20 @@ class KafkaMessage:
 class MessageBatch:
     """Messages read together, in partition order, with the positions before and after them.
 
-    ``messages`` are confluent-kafka ``Message`` objects (kept as they are: converting millions of them
-    costs); ``values`` are their values (``None`` for a tombstone). ``position`` is the JSON position
-    after the batch (every partition), ``key`` its deterministic offset-range key.
+    The messages are kept as columns (``values``, ``keys``, ``topics``, ``partitions``, ``offsets`` and,
+    when the reader keeps them, ``timestamps`` in ms since the epoch), not as confluent-kafka
+    ``Message`` objects: hundreds of thousands of live ``Message`` objects make every run of Python's
+    cyclic garbage collector walk them all, which cost more CPU than receiving them. ``values`` holds
+    ``None`` for a tombstone. ``position`` is the JSON position after the batch (every partition),
+    ``key`` its deterministic offset-range key.
     """
 
-    messages: list[Any]
-    values: list[bytes | None]
+    values: Sequence[bytes | None]
+    keys: Sequence[bytes | None]
+    topics: Sequence[str]
+    partitions: Sequence[int]
+    offsets: Sequence[int]
+    timestamps: Sequence[int | None] | None
     start: dict[TopicPartition, int]
     end: dict[TopicPartition, int]
     position: dict[str, Any]
@@ -153,20 +162,19 @@ class MessageBatch:
         self.key = range_key(self.start, self.end)
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return len(self.values)
 
     def coords(self, i: int) -> str:
         """``topic/partition/offset`` of message ``i``."""
-        m = self.messages[i]
-        return f"{m.topic()}/{m.partition()}/{m.offset()}"
+        return f"{self.topics[i]}/{self.partitions[i]}/{self.offsets[i]}"
 
     def records(self) -> list[KafkaMessage]:
         """The messages as :class:`KafkaMessage` objects (topic, partition, offset, key, value, timestamp)."""
-        out = []
-        for m in self.messages:
-            kind, ts = m.timestamp()
-            out.append(KafkaMessage(m.topic(), m.partition(), m.offset(), m.key(), m.value(), ts if kind else None))
-        return out
+        stamps = self.timestamps or [None] * len(self)
+        return [
+            KafkaMessage(*fields)
+            for fields in zip(self.topics, self.partitions, self.offsets, self.keys, self.values, stamps, strict=True)
+        ]
 
 
 class KafkaReader:
@@ -189,6 +197,7 @@ class KafkaReader:
         start: Literal["earliest", "latest"] = "earliest",
         timeout: float = 30.0,
         stall_seconds: float = STALL_SECONDS,
+        timestamps: bool = False,
     ) -> None:
         if not topics:
             raise ConfigError("give at least one Kafka topic to read")
@@ -203,6 +212,8 @@ class KafkaReader:
         self.start = start
         self.timeout = timeout
         self.stall_seconds = stall_seconds
+        self.timestamps = timestamps
+        """Keep each message's timestamp (``MessageBatch.timestamps``)."""
         self._consumer: Any = None
         self._ck: Any = None
         self._stop = threading.Event()
@@ -337,22 +348,27 @@ class KafkaReader:
         ck = self._ck
         eof_code = ck.KafkaError._PARTITION_EOF
         consumer = self._consumer
-        message_value = ck.Message.value  # called through map: no Python frame per message
+        msg = ck.Message  # its methods are called through map: no Python frame per message
+        get_value, get_key, get_topic, get_partition, get_offset, get_timestamp = (
+            msg.value, msg.key, msg.topic, msg.partition, msg.offset, msg.timestamp
+        )
         assigned = [ck.TopicPartition(t, p) for t, p in self.positions]
         last_progress = time.monotonic()
         while not self._stop.is_set() and (follow or not self.caught_up()):
             start = dict(self.positions)
-            messages: list[Any] = []
-            values: list[bytes | None] = []
+            # Per poll, one tuple per field: a tuple of bytes, strings and ints is untracked by the garbage
+            # collector at its first pass, so later full collections do not walk the batch's messages.
+            polls: list[tuple[tuple[Any, ...], ...]] = []
+            count = 0
             deadline = time.monotonic() + max_seconds
-            while len(messages) < max_messages and not self._stop.is_set():
+            while count < max_messages and not self._stop.is_set():
                 if not follow and self.caught_up():
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 with self._polling:
-                    polled = consumer.consume(min(max_messages - len(messages), POLL_CHUNK), timeout=min(left, 0.5))
+                    polled = consumer.consume(min(max_messages - count, POLL_CHUNK), timeout=min(left, 0.5))
                 if not polled:
                     if not follow and time.monotonic() - last_progress > self.stall_seconds:
                         short = {f"{t}/{p}": (off, self.ends[(t, p)]) for (t, p), off in self.positions.items()
@@ -369,13 +385,27 @@ class KafkaReader:
                     for m in errors:
                         self._on_event(m, eof_code)
                     polled = [m for m in polled if m.error() is None]
-                messages += polled
-                values += map(message_value, polled)
-                if polled:
-                    self._advance(consumer, assigned, polled)
-            if messages:
+                if not polled:
+                    continue
+                # Taken apart at once, through C-level calls: the Message objects die with this poll.
+                polls.append((
+                    tuple(map(get_value, polled)),
+                    tuple(map(get_key, polled)),
+                    tuple(map(intern, map(get_topic, polled))),
+                    tuple(map(get_partition, polled)),
+                    tuple(map(get_offset, polled)),
+                    tuple(ts if kind else None for kind, ts in map(get_timestamp, polled)) if self.timestamps else (),
+                ))
+                count += len(polled)
+                self._advance(consumer, assigned, polled)
+                del polled
+            if count:
                 end = dict(self.positions)
-                yield MessageBatch(messages, values, start, end, position_state(end, self._stored))
+                values, keys, topics, partitions, offsets, stamps = (tuple(chain.from_iterable(f)) for f in zip(*polls, strict=True))
+                del polls
+                yield MessageBatch(
+                    values, keys, topics, partitions, offsets, stamps if self.timestamps else None, start, end, position_state(end, self._stored)
+                )
 
     def prefetched(self, max_messages: int, max_seconds: float, *, follow: bool, ahead: bool) -> Generator[MessageBatch, None, None]:
         """:meth:`batches`; with ``ahead`` and without ``follow`` (a run catching up) polled in a thread of
@@ -652,7 +682,7 @@ class KafkaSource(Source):
 
     def _open(self, position: dict[str, Any] | None) -> KafkaReader:
         conf = consumer_config(self.cfg, self.pipeline, self.where)
-        reader = self.reader = KafkaReader(conf, self.cfg.topic_names, start=self.cfg.start)
+        reader = self.reader = KafkaReader(conf, self.cfg.topic_names, start=self.cfg.start, timestamps=self.cfg.metadata_columns)
         if self._stop_requested:
             reader.stop()
         reader.open(position)
@@ -679,7 +709,7 @@ class KafkaSource(Source):
             decoded = self.decoder.decode(mb.values, mb.coords, schema)
             data = decoded.data
             if self.cfg.metadata_columns:
-                data = _with_metadata(data, mb.messages, decoded.index)
+                data = _with_metadata(data, mb, decoded.index)
             yield SourceBatch(
                 data=data,
                 position=mb.position,
@@ -708,15 +738,12 @@ class KafkaSource(Source):
 METADATA_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp")
 
 
-def _with_metadata(data: pa.Table, messages: list[Any], index: list[int] | None) -> pa.Table:
-    rows = [messages[i] for i in index] if index is not None else messages
-    topics, partitions, offsets, stamps = [], [], [], []
-    for m in rows:
-        topics.append(m.topic())
-        partitions.append(m.partition())
-        offsets.append(m.offset())
-        kind, ts = m.timestamp()
-        stamps.append(ts if kind else None)
+def _with_metadata(data: pa.Table, mb: MessageBatch, index: list[int] | None) -> pa.Table:
+    def pick(xs: Sequence[Any]) -> Sequence[Any]:
+        return xs if index is None else [xs[i] for i in index]
+
+    topics, partitions, offsets = pick(mb.topics), pick(mb.partitions), pick(mb.offsets)
+    stamps = pick(mb.timestamps) if mb.timestamps is not None else [None] * len(offsets)
     columns = {
         "_kafka_topic": pa.array(topics, pa.string()),
         "_kafka_partition": pa.array(partitions, pa.int32()),
