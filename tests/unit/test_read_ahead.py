@@ -118,7 +118,8 @@ def test_a_pipeline_reads_ahead_or_in_turn_with_the_same_result(tmp_path: Path) 
 
 def test_a_run_keeps_what_existed_before_it_out_of_full_collections_and_gives_it_back(tmp_path: Path) -> None:
     """run_pipeline freezes the objects that exist when it starts (gc.freeze: full collections, set off
-    by a stream of messages, then skip them) and unfreezes them when it ends, also when it fails."""
+    by a stream of messages, then skip them) and spaces young collections out; it gives both back when it
+    ends, also when it fails."""
     import gc
 
     import yaml
@@ -135,11 +136,14 @@ def test_a_run_keeps_what_existed_before_it_out_of_full_collections_and_gives_it
     pipe = {"name": "ev", "source": {"type": "files", "path": "data/*.jsonl", "format": "jsonl"}, "target": {"table": "raw.ev"}}
     (root / "pipelines" / "ev.yaml").write_text(yaml.safe_dump(pipe))
     project = load_project(root)
+    before = gc.get_threshold()
     assert gc.get_freeze_count() == 0
-    frozen_during: list[int] = []
-    result = runner.run_pipeline(project, "ev", on_batch=lambda _: frozen_during.append(gc.get_freeze_count()))
-    assert result.rows_committed == 2 and frozen_during and frozen_during[0] > 1000
-    assert gc.get_freeze_count() == 0
+    during: list[tuple[int, tuple[int, ...]]] = []
+    result = runner.run_pipeline(project, "ev", on_batch=lambda _: during.append((gc.get_freeze_count(), gc.get_threshold())))
+    assert result.rows_committed == 2 and during
+    frozen, thresholds = during[0]
+    assert frozen > 1000 and thresholds[0] == max(before[0], runner.YOUNG_COLLECTION_EVERY) and thresholds[1:] == before[1:]
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
     def fail(_: object) -> None:
         raise IcefieldError("stop here")
@@ -147,4 +151,4 @@ def test_a_run_keeps_what_existed_before_it_out_of_full_collections_and_gives_it
     (root / "data" / "b.jsonl").write_text('{"id": 3}\n')
     with pytest.raises(IcefieldError, match="stop here"):
         runner.run_pipeline(project, "ev", on_batch=fail)
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
