@@ -139,12 +139,12 @@ class KafkaMessage:
 class MessageBatch:
     """Messages read together, in partition order, with the positions before and after them.
 
-    The messages are kept as columns (``values``, ``keys``, ``topics``, ``partitions``, ``offsets`` and,
-    when the reader keeps them, ``timestamps`` in ms since the epoch), not as confluent-kafka
-    ``Message`` objects: hundreds of thousands of live ``Message`` objects make every run of Python's
-    cyclic garbage collector walk them all, which cost more CPU than receiving them. ``values`` holds
-    ``None`` for a tombstone. ``position`` is the JSON position after the batch (every partition),
-    ``key`` its deterministic offset-range key.
+    The messages are kept as tuples of their fields (``values``, ``keys``, ``topics``, ``partitions``,
+    ``offsets`` and, when the reader keeps them, ``timestamps`` in ms since the epoch), not as
+    confluent-kafka ``Message`` objects: Python's garbage collector stops walking a tuple of bytes,
+    strings and ints after its first pass, while every full pass walks each live ``Message`` and each
+    element of a list. ``values`` holds ``None`` for a tombstone. ``position`` is the JSON position after
+    the batch (every partition), ``key`` its deterministic offset-range key.
     """
 
     values: Sequence[bytes | None]

@@ -118,11 +118,11 @@ def run_pipeline(
         e.result = result  # type: ignore[attr-defined]
         raise
     finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
         if ahead is not None:
             ahead.close()  # joins the reading thread before the source is closed under it
         source.close()
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
         result.seconds = time.perf_counter() - started
     log.info(
         "run %s of pipeline %s: %d batches, %d rows in, %d committed, %d quarantined, %d filtered",
