@@ -195,8 +195,6 @@ class LocalEngine(Engine):
         never by the table; a file that holds no batch key is read but not rewritten."""
         from collections import deque
 
-        import numpy as np
-
         from icefield.write import narrow_type
         from icefield.write.datafiles import cores, sort_indices, target_file_size
 
@@ -594,8 +592,6 @@ class _Probe:
         hold one of the values. A column of integers or times without nulls that is sorted, as a merge
         writes its files, is searched by binary search for each value (a few microseconds per value
         instead of a hash probe of every row); any other is probed with ``is_in``."""
-        import numpy as np
-
         values = self.within(data_file)
         if not len(values) or not len(column):
             return pa.array([], pa.int64())
@@ -619,8 +615,6 @@ class _Probe:
 
 def _int64s(values: pa.Array) -> Any:
     """The values of an integer or temporal array as a numpy int64 array (None when they do not fit)."""
-    import numpy as np
-
     if pa.types.is_unsigned_integer(values.type) and values.type.bit_width == 64:
         return None
     if pa.types.is_integer(values.type):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,9 +18,6 @@ def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | N
     if data.num_rows == 0:
         return data
     order = [order_by] if isinstance(order_by, str) else list(order_by or [])
-    picked = _latest_by_numpy(data, keys, order)
-    if picked is not None:
-        return data.take(picked)
     pos = row_numbers(data.num_rows)
     work = data.append_column("__pos", pos)
     if order:
@@ -32,42 +28,6 @@ def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | N
     picked = pc.sort_indices(last.column("__pos_max"))
     idx = pc.take(last.column("__pos_max"), picked)
     return work.take(idx).drop(["__pos"])
-
-
-def _latest_by_numpy(data: pa.Table, keys: list[str], order: list[str]) -> pa.Array | None:
-    """:func:`dedupe_latest`'s rows (their positions, in the same order) for one integer or temporal key
-    and such ``order`` columns without nulls, by numpy sorts (no hash aggregation); None otherwise."""
-    if len(keys) != 1:
-        return None
-    columns = []
-    for name in [keys[0], *order]:
-        values = _int64s(data.column(name))
-        if values is None:
-            return None
-        columns.append(values)
-    # Version order: by the order columns, ties by position (np.lexsort is stable; its last key sorts first).
-    by_version = np.lexsort(columns[:0:-1]) if order else np.arange(data.num_rows)
-    key = columns[0][by_version]
-    by_key = np.argsort(key, kind="stable")
-    sorted_key = key[by_key]
-    last = np.flatnonzero(np.append(sorted_key[1:] != sorted_key[:-1], True))  # the newest version of each key
-    return pa.array(by_version[np.sort(by_key[last])].astype(np.int64))
-
-
-def _int64s(column: pa.ChunkedArray) -> Any:
-    """An integer or temporal column without nulls as a numpy int64 array (None for any other)."""
-    t = column.type
-    if column.null_count or not (pa.types.is_integer(t) or pa.types.is_temporal(t)):
-        return None
-    if pa.types.is_unsigned_integer(t) and t.bit_width == 64:
-        return None
-    arr = column.combine_chunks()
-    if not pa.types.is_integer(t):
-        storage = {32: pa.int32(), 64: pa.int64()}.get(t.bit_width)
-        if storage is None:
-            return None
-        arr = arr.view(storage)
-    return arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
 def newer_mask(new: list[pa.ChunkedArray | pa.Array], old: list[pa.ChunkedArray | pa.Array]) -> pa.ChunkedArray | pa.Array:
