@@ -190,6 +190,26 @@ def test_merge_of_a_key_held_twice_leaves_one_row(catalog):
     assert content(w.load(), "id", "status") == [(1, "merged"), (2, "x")]
 
 
+def test_columns_stored_under_sanitized_names_keep_their_values_in_a_merge_and_in_sql(catalog):
+    """pyiceberg stores a name that is not a valid Avro name under another (``order-amount`` as
+    ``order_x2Damount``): reads must match such columns by field id. Matched by name, a copy-on-write
+    merge rewrote every untouched row of them as NULL and the SQL view showed NULLs."""
+    import duckdb
+
+    from icefield.engines.local import register_table
+
+    w = TableWriter(catalog, TargetConfig(table="shop.orders", mode="merge", keys=["id"]), PIPE, LocalEngine())
+    first = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "order-amount": [10.0, 20.0, 30.0], "info": [{"zip-code": "a"}] * 3})
+    w.commit(first, "b1", None, "r")
+    w.commit(pa.table({"id": pa.array([2], pa.int64()), "order-amount": [99.0], "info": [{"zip-code": "b"}]}), "b2", None, "r")
+    table = w.load()
+    assert content(table, "id", "order-amount") == [(1, 10.0), (2, 99.0), (3, 30.0)]
+    assert content(table, "id", "info") == [(1, {"zip-code": "a"}), (2, {"zip-code": "b"}), (3, {"zip-code": "a"})]
+    con = duckdb.connect()
+    register_table(con, table, ("shop", "orders"))
+    assert con.sql('SELECT id, "order-amount", info[\'zip-code\'] FROM shop.orders ORDER BY id').fetchall() == [(1, 10.0, "a"), (2, 99.0, "b"), (3, 30.0, "a")]
+
+
 def long_keys(numbers: Any, v: str, key_type: pa.DataType) -> pa.Table:
     # Keys longer than the 16 characters pyiceberg keeps of string bounds, all sharing those 16.
     return pa.table({"k": pa.array([f"customer-region-eu-{i:08d}" for i in numbers], key_type), "v": [v] * len(numbers)})
