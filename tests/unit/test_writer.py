@@ -379,3 +379,67 @@ def test_copy_on_write_rewrites_only_the_files_holding_a_key_each_in_key_order(c
     # range; the new keys (105 and 500) go to a new file.
     assert spans == {(0, 98): True, (100, 198): False, (200, 298): True, (300, 398): False, (105, 500): False}
     assert res.rows_deleted == 1 and res.files_removed == 2 and res.files_added == 3
+
+
+def test_a_merging_run_takes_the_files_it_wrote_from_memory_with_the_same_rows_as_from_parquet(catalog, monkeypatch):
+    """While a run keeps them (``RECENT.hold``), a copy-on-write merge takes the files this process wrote
+    from memory instead of reading the Parquet: the table ends up the same as without it, through updates,
+    deletes, a dictionary-encoded column and a column added later. A file of another size is read from
+    disk, and releasing the hold forgets every file."""
+    import pyarrow.parquet as pq
+
+    from icefield.write.datafiles import RECENT
+
+    statuses = ["new", "paid", "shipped"]
+
+    def batch(lo: int, hi: int, version: int, extra: bool = False) -> pa.Table:
+        ids = list(range(lo, hi))
+        cols: dict[str, Any] = {
+            "id": pa.array(ids, pa.int64()),
+            "status": pa.array([statuses[(i + version) % 3] for i in ids], pa.string()),
+            "deleted": pa.array([i % 7 == version for i in ids]),
+        }
+        if extra:
+            cols["note"] = pa.array([f"v{version}-{i}" for i in ids], pa.string())
+        return pa.table(cols)
+
+    batches = [batch(0, 3000, 0), batch(1000, 4000, 1), batch(0, 500, 2, extra=True), batch(2500, 3500, 3, extra=True)]
+    reads: list[str] = []
+    real = pq.ParquetFile
+
+    def counting(source: Any, *a: Any, **k: Any) -> Any:
+        reads.append(str(source))
+        return real(source, *a, **k)
+
+    monkeypatch.setattr(pq, "ParquetFile", counting)
+    results = {}
+    for name, held in (("shop.plain", False), ("shop.held", True)):
+        w = TableWriter(catalog, TargetConfig(table=name, mode="merge", keys=["id"], delete_column="deleted"), PIPE, LocalEngine())
+        w.create(batches[0].drop(["deleted"]).schema)
+        reads.clear()
+        if held:
+            RECENT.hold()
+        try:
+            for i, b in enumerate(batches):
+                if "note" in b.column_names:
+                    w.evolve(w.load(), b.drop(["deleted"]).schema)
+                w.commit(b, f"b{i}", None, "r")
+            if held:
+                live = [t.file for t in w.load().scan().plan_files()]
+                assert all(RECENT.get(f.file_path, f.file_size_in_bytes) is not None for f in live)
+                assert RECENT.get(live[0].file_path, live[0].file_size_in_bytes + 1) is None
+        finally:
+            if held:
+                RECENT.release()
+        results[name] = (content(w.load(), "id", "status", "note"), len(reads))
+    assert results["shop.held"][0] == results["shop.plain"][0]
+    expected: dict[int, tuple[Any, ...]] = {}
+    for b in batches:
+        for r in b.to_pylist():
+            if r["deleted"]:
+                expected.pop(r["id"], None)
+            else:
+                expected[r["id"]] = (r["id"], r["status"], r.get("note"))
+    assert results["shop.plain"][0] == sorted(expected.values())
+    assert results["shop.plain"][1] > 0 and results["shop.held"][1] == 0
+    assert RECENT.get(live[0].file_path, live[0].file_size_in_bytes) is None

@@ -196,7 +196,7 @@ class LocalEngine(Engine):
         from collections import deque
 
         from icefield.write import narrow_type
-        from icefield.write.datafiles import cores, sort_indices, target_file_size
+        from icefield.write.datafiles import RECENT, cores, sort_indices, target_file_size
 
         direct = not _has_renames(table)
         # Files are read with strings as they are stored (32-bit offsets): widening them to the schema's
@@ -271,6 +271,7 @@ class LocalEngine(Engine):
                     if ups.num_rows:
                         existing = pa.concat_tables([existing, ups.select(existing.column_names).cast(existing.schema)])
                     plan.remove.append(task.file)
+                    RECENT.forget(task.file.file_path)
                     plan.remove_deletes.extend(scoped_deletes(task))
                     plan.rows_written += len(rows)
                     if len(rows):
@@ -500,8 +501,9 @@ def _read_group(table: Table, tasks: list[Any], direct: bool) -> pa.Table:
 
 def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema, plain: set[str] | None = None) -> pa.Table:
     """The live rows of ``task``'s file, typed as ``schema`` (the table's). Files without delete files are
-    read straight with pyarrow when no column was ever renamed (columns added later read as nulls);
-    others go through pyiceberg's scan.
+    read straight with pyarrow when no column was ever renamed (columns added later read as nulls), or
+    taken from memory when this process wrote them during a merging run (``RECENT``); others go
+    through pyiceberg's scan.
 
     With ``plain`` (the columns to decode whatever their encoding), a string or binary column stored
     dictionary-encoded is read as an Arrow dictionary instead of decoded (``_stored_as_dictionary``):
@@ -511,24 +513,32 @@ def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema, plain: 
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
+    from icefield.write.datafiles import RECENT
+
     path = task.file.file_path
-    if direct and not task.delete_files and path.startswith(("file://", "/")):
+    plain_file = direct and not task.delete_files
+    # A file this process wrote is taken as it was written while a merging run keeps it (RECENT).
+    raw = RECENT.get(path, task.file.file_size_in_bytes) if plain_file else None
+    if raw is None and plain_file and path.startswith(("file://", "/")):
         local = path.removeprefix("file://")
         meta = pq.read_metadata(local)
         keep = _stored_as_dictionary(meta, schema, plain) if plain is not None else []
         raw = pq.ParquetFile(local, metadata=meta, read_dictionary=keep or None).read()
-        cols = []
-        for f in schema:
-            if f.name not in raw.column_names:
-                cols.append(pa.nulls(raw.num_rows, f.type))
-                continue
-            col = raw.column(f.name)
-            if col.type != f.type and not (pa.types.is_dictionary(col.type) and col.type.value_type == f.type):
-                col = col.cast(f.type)
-            cols.append(col)
-        return pa.table(cols, names=schema.names)
-    t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
-    return t.cast(schema) if t.schema != schema else t
+    elif raw is None:
+        t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
+        return t.cast(schema) if t.schema != schema else t
+    cols = []
+    for f in schema:
+        if f.name not in raw.column_names:
+            cols.append(pa.nulls(raw.num_rows, f.type))
+            continue
+        col = raw.column(f.name)
+        if pa.types.is_dictionary(col.type) and (plain is None or f.name in plain):
+            col = col.cast(col.type.value_type)
+        if col.type != f.type and not (pa.types.is_dictionary(col.type) and col.type.value_type == f.type):
+            col = col.cast(f.type)
+        cols.append(col)
+    return pa.table(cols, names=schema.names)
 
 
 def _stored_as_dictionary(metadata: Any, schema: pa.Schema, plain: set[str]) -> list[str]:

@@ -24,6 +24,7 @@ from icefield.quality import check_rows
 from icefield.quality.coerce import conform
 from icefield.testing import failpoints
 from icefield.write import TableWriter, batch_id_for, read_position
+from icefield.write.datafiles import RECENT
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -86,6 +87,11 @@ def run_pipeline(
     thresholds = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(max(thresholds[0], YOUNG_COLLECTION_EVERY), *thresholds[1:])
+    # A merging run keeps the data files it writes in memory: the next batch's copy-on-write merge reads
+    # them back (most of them, when changes spread over the table) without decoding Parquet.
+    keep_files = pipe.target.mode == "merge"
+    if keep_files:
+        RECENT.hold()
     try:
         # A batch held on the audit branch is settled (published or still held) before anything new is read.
         table = auditor.resolve_held(writer.load())
@@ -120,6 +126,8 @@ def run_pipeline(
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+        if keep_files:
+            RECENT.release()
         if ahead is not None:
             ahead.close()  # joins the reading thread before the source is closed under it
         source.close()
