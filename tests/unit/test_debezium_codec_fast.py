@@ -162,6 +162,33 @@ def test_fast_path_types_as_the_table_does(monkeypatch: pytest.MonkeyPatch) -> N
     assert_same(fast, record_path(monkeypatch, values, table_schema=schema))
 
 
+def test_a_batch_that_starts_with_deletes_of_the_key_alone_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The columns (in the record path's order) come from the leading deletes and the first row after them:
+    a delete whose 'before' is the key alone (REPLICA IDENTITY DEFAULT) used to send the whole batch down
+    the record path whenever it came first (one W3 batch in 20)."""
+    rows = [
+        envelope("d", None, before={"id": 4}, lsn=1),
+        envelope("d", None, before={"id": 5, "score": None}, lsn=2),
+        envelope("c", {"id": 1, "name": "ann", "score": 1.5, "ok": True}, lsn=3),
+        envelope("d", None, before={"id": 1}, lsn=4),
+        envelope("u", {"id": 2, "name": "bob", "score": 2.5, "ok": False}, lsn=5),
+    ]
+    keys = [orjson.dumps({"id": k}) for k in (4, 5, 1, 1, 2)]
+    fast = fast_path(rows, keys)
+    assert fast is not None
+    # 'score' comes second: the record path meets it in the second delete's 'before', null as it is.
+    assert fast.rows.column_names[:4] == ["id", "score", "name", "ok"]
+    assert_same(fast, record_path(monkeypatch, rows, keys))
+    # Deletes only, and more leading deletes than are read one by one (the batch falls back).
+    for values in (rows[:2], [envelope("d", None, before={"id": k}, lsn=k) for k in range(codec._LEADING_DELETES + 1)] + rows[2:3]):
+        k = [orjson.dumps({"id": 1})] * len(values)
+        if len(values) > codec._LEADING_DELETES:
+            assert fast_path(values, k) is None
+        else:
+            assert fast_path(values, k) is not None
+        assert_same(decode_events(values, k), record_path(monkeypatch, values, k))
+
+
 FALLBACKS = {
     "embedded schema": lambda v: [b'{"schema":{"type":"struct"},"payload":' + v[0] + b"}", *v[1:]],
     "str value": lambda v: [v[0].decode(), *v[1:]],

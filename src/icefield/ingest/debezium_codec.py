@@ -956,18 +956,12 @@ def _fast_decode(
         return None
     if counts.get("d") and pc.any(pc.and_(is_delete, before.is_null())).as_py():
         return None
-    first = positions[0].as_py()
-    first_op = op[first].as_py()
-    try:
-        doc = orjson.loads(present[first])  # type: ignore[arg-type]
-    except orjson.JSONDecodeError:  # pragma: no cover - pyarrow read it
-        return None
-    first_row = doc.get("before" if first_op == "d" else "after")
-    if type(first_row) is not dict or not first_row:
-        return None
+    decoder = _Decoder(keys, None, table_schema, max_record_bytes, max_depth)
     # The record path's columns are the rows' keys in order of first appearance; pyarrow cannot tell a
-    # missing key from a null, so take them from the first row and require every other row's to be among them.
-    names = list(first_row)
+    # missing key from a null, so take them from the leading rows and require every other row's to be among them.
+    names = _leading_columns(present, index, op, positions, decoder)
+    if names is None:
+        return None
     known = set(names)
     for arr in (after, before):
         if pa.types.is_struct(arr.type) and not {arr.type.field(k).name for k in range(arr.type.num_fields)} <= known:
@@ -975,7 +969,6 @@ def _fast_decode(
     if known & set(META_COLUMNS):
         return None
 
-    decoder = _Decoder(keys, None, table_schema, max_record_bytes, max_depth)
     if counts.get("d"):
         # Which 'before' values are set, per column (a null is unset: pyarrow cannot tell the two apart).
         is_set = {}
@@ -1031,6 +1024,33 @@ def _fast_decode(
         tombstones=[i for i, v in enumerate(values) if v is None] if m < n else [],
         key_columns=decoder._key_columns(),
     )
+
+
+# Deletes read one by one before the first row that is not one; past that many the batch falls back.
+_LEADING_DELETES = 64
+
+
+def _leading_columns(
+    present: Sequence[bytes | str | None], index: Sequence[int], op: pa.Array, positions: pa.Array, decoder: _Decoder
+) -> list[str] | None:
+    """The columns the record path makes of a batch's first rows, in its order: the keys of each row in
+    turn, up to the first row that is not a delete (a delete's row may be the key alone, from its
+    'before' or the message key), read as the record path reads them. None when one of them cannot be
+    read so, or when more than ``_LEADING_DELETES`` deletes come first."""
+    names: dict[str, None] = {}
+    for p in positions.slice(0, _LEADING_DELETES + 1).to_pylist():
+        is_delete = op[p].as_py() == "d"
+        try:
+            doc = orjson.loads(present[p])  # type: ignore[arg-type]
+            row = decoder._deleted_row(index[p], doc.get("before")) if is_delete else doc.get("after")
+        except (orjson.JSONDecodeError, _Reject):
+            return None
+        if type(row) is not dict or not row:
+            return None
+        names.update(dict.fromkeys(row))
+        if not is_delete:
+            return list(names)
+    return list(names) if len(positions) <= _LEADING_DELETES + 1 else None
 
 
 def _fast_column(col: pa.Array, target: pa.DataType | None) -> pa.Array | None:
