@@ -17,11 +17,13 @@ from pyiceberg.serializers import FromInputFile
 from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
+from icefield.errors import TransientError
 from icefield.write import (
     STATE_PREFIX,
     SUMMARY_BATCH_ID,
     SUMMARY_PIPELINE,
     SUMMARY_RUN_ID,
+    TOMBSTONE_SUFFIX,
     TableWriter,
     batch_id_for,
     find_batch,
@@ -443,3 +445,62 @@ def test_a_merging_run_takes_the_files_it_wrote_from_memory_with_the_same_rows_a
     assert results["shop.plain"][0] == sorted(expected.values())
     assert results["shop.plain"][1] > 0 and results["shop.held"][1] == 0
     assert RECENT.get(live[0].file_path, live[0].file_size_in_bytes) is None
+
+
+def test_tombstones_are_recorded_during_the_merge_and_before_the_data_commit(catalog, monkeypatch):
+    """The batch's deletes go to the tombstone table in a thread of their own while the data files are
+    written, and always land first: the data commit waits for them, a failed tombstone commit fails the
+    batch with nothing of it in the table, and a failed merge raises its own error."""
+    w = writer(catalog, **MERGE, order_by="v", keep_newest=True, delete_column="deleted")
+    names = ("id", "status", "v", "deleted")
+    w.create(orders(names=("id", "status", "v")).schema)
+    w.commit(orders((1, "a", 1, False), (2, "a", 1, False), names=names), "b1", None, "r")
+    graves_table = "shop.orders" + TOMBSTONE_SUFFIX
+    from pyiceberg.table import Transaction
+
+    threads: list[str] = []
+    landed: list[str] = []
+    real_commit = TableWriter.commit
+    real_land = Transaction.commit_transaction
+
+    def commit(self: TableWriter, data: pa.Table, batch_id: str, *a: Any, **k: Any) -> Any:
+        import threading
+
+        threads.append(f"{batch_id} in {threading.current_thread().name.split('_')[0]}")
+        return real_commit(self, data, batch_id, *a, **k)
+
+    def land(self: Transaction) -> Any:
+        landed.append(self._table.name()[-1])
+        return real_land(self)
+
+    monkeypatch.setattr(TableWriter, "commit", commit)
+    monkeypatch.setattr(Transaction, "commit_transaction", land)
+    w.commit(orders((1, None, 2, True), (2, "b", 2, False), names=names), "b2", None, "r")
+    assert threads == ["b2 in MainThread", "b2#tombstones in tombstones"]
+    assert landed == ["orders" + TOMBSTONE_SUFFIX, "orders"]
+    assert content(w.load(), "id", "status") == [(2, "b")]
+    assert content(catalog.load_table(graves_table), "id", "v") == [(1, 2)]
+
+    def failing(self: TableWriter, data: pa.Table, batch_id: str, *a: Any, **k: Any) -> Any:
+        if batch_id.endswith("#tombstones"):
+            raise TransientError("tombstone commit failed")
+        return real_commit(self, data, batch_id, *a, **k)
+
+    monkeypatch.setattr(TableWriter, "commit", failing)
+    with pytest.raises(TransientError, match="tombstone commit failed"):
+        w.commit(orders((2, None, 3, True), names=names), "b3", None, "r")
+    assert content(w.load(), "id", "status") == [(2, "b")] and find_batch(w.load(), batch_id_for(PIPE, "b3")) is None
+
+    monkeypatch.setattr(TableWriter, "commit", real_commit)
+    real_merge = LocalEngine.merge
+
+    def broken_merge(self: LocalEngine, table: Any, *a: Any, **k: Any) -> Any:
+        if table.name()[-1] == "orders":
+            k["on_tombstones"](pa.table({"id": pa.array([2], pa.int64()), "v": pa.array([3], pa.int64())}))
+            raise RuntimeError("merge failed")
+        return real_merge(self, table, *a, **k)
+
+    monkeypatch.setattr(LocalEngine, "merge", broken_merge)
+    with pytest.raises(RuntimeError, match="merge failed"):
+        w.commit(orders((2, None, 3, True), names=names), "b4", None, "r")
+    assert content(w.load(), "id", "status") == [(2, "b")]

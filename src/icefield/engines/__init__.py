@@ -55,6 +55,7 @@ class MergePlan:
     files_scanned: int = 0
     files_read: int = 0
     tombstones: pa.Table | None = None
+    tombstones_recorded: bool = False  # the caller recorded them while the merge ran (``on_tombstones``)
 
 
 class Engine:
@@ -64,12 +65,15 @@ class Engine:
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities()
 
     def merge(
-        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None
+        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None,
+        on_tombstones: Callable[[pa.Table], None] | None = None,
     ) -> MergePlan:
         """Merge ``data`` (already typed as the table) into ``table`` by ``target.keys``: write the new
         data files with ``write_files`` and return what the commit must remove and add. With
         ``target.keep_newest``, only strictly newer versions replace stored rows, and ``tombstones``
-        (deleted keys with their version) stop older versions from resurrecting deleted keys."""
+        (deleted keys with their version) stop older versions from resurrecting deleted keys; the
+        batch's own deletes (the plan's ``tombstones``) are handed to ``on_tombstones`` as soon as they
+        are known, so that the caller records them while the data files are written."""
         raise NotImplementedError
 
 

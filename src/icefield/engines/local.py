@@ -31,6 +31,8 @@ from icefield.write.deletes import (
 from icefield.write.versions import dedupe_latest, newer_mask, split_deletes
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import duckdb
     from pyiceberg.catalog import Catalog
     from pyiceberg.expressions import BooleanExpression
@@ -131,7 +133,8 @@ class LocalEngine(Engine):
     group_bytes: int = 256 << 20
 
     def merge(
-        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None
+        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None,
+        on_tombstones: Callable[[pa.Table], None] | None = None,
     ) -> MergePlan:
         """Copy-on-write merge of ``data`` into ``table`` by ``target.keys`` (DESIGN.md rule 3).
 
@@ -145,7 +148,7 @@ class LocalEngine(Engine):
         in ``rows_stale``. ``tombstones`` is the table of deleted keys with the version that deleted
         them: a new key whose version is not newer than its tombstone is dropped too, so a late
         older event never resurrects a deleted row. The plan's ``tombstones`` are the batch's deletes
-        for the caller to record.
+        for the caller to record, handed to ``on_tombstones`` too before any file is read or written.
         """
         keys = list(target.keys)
         order = target.order_columns
@@ -157,6 +160,8 @@ class LocalEngine(Engine):
         newest = target.keep_newest and bool(order) and all(c in batch.column_names for c in order)
         if newest and pc.any(flag).as_py():
             plan.tombstones = batch.filter(flag).select(keys + order)
+            if on_tombstones is not None:
+                on_tombstones(plan.tombstones)
         pending = batch.append_column("__del", flag)
         updated: pa.Table | None = None  # merge-on-read: new versions of stored keys, written with the inserts
         if table.current_snapshot() is not None:

@@ -9,11 +9,13 @@ batch id, never by deleting files.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -296,14 +298,12 @@ class TableWriter:
                 tx.set_properties({TRUNCATED_AT: json.dumps(truncate_at)})
                 plan = self._truncate_plan(table, data)
             else:
-                plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load() if graves else None)
+                plan = self._merge(table, data, graves, batch_id, run_id)
             plan.rows_stale += rows_stale
             added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
             add_deletes, remove_deletes, referenced = plan.add_deletes, plan.remove_deletes, plan.referenced
             rows_written, conflict = plan.rows_written, plan.conflict_filter
-            if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows:
-                # Recorded before the data commit: a tombstone that lands first only blocks versions older
-                # than a delete this batch applies on its rerun; the reverse order could resurrect a row.
+            if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows and not plan.tombstones_recorded:
                 graves.commit(plan.tombstones, f"{batch_id}#tombstones", None, run_id)
         else:
             if data.num_rows:
@@ -351,6 +351,32 @@ class TableWriter:
             False,
             time.perf_counter() - started,
         )
+
+    def _merge(self, table: Table, data: pa.Table, graves: TableWriter | None, batch_id: str, run_id: str) -> MergePlan:
+        """The engine's merge plan, the batch's deletes recorded in the tombstone table meanwhile (in a
+        thread of their own, as soon as the engine knows them) and before the plan is returned.
+
+        Recorded before the data commit: a tombstone that lands first only blocks versions older than
+        a delete this batch applies on its rerun; the reverse order could resurrect a row."""
+        if graves is None:
+            return self.engine.merge(table, data, self.target, self.write_files)
+        recording: list[Future[Any]] = []
+
+        def record(tombstones: pa.Table) -> None:
+            if tombstones.num_rows:
+                run = contextvars.copy_context().run
+                recording.append(pool.submit(run, graves.commit, tombstones, f"{batch_id}#tombstones", None, run_id))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tombstones") as pool:
+            try:
+                plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load(), on_tombstones=record)
+            except BaseException:
+                wait(recording)  # the merge's error is the one raised
+                raise
+            for future in recording:
+                future.result()
+                plan.tombstones_recorded = True
+        return plan
 
     def _after_truncation(self, table: Table, data: pa.Table, truncate_at: list[Any] | None) -> tuple[pa.Table, int]:
         """``data`` without the versions a truncate erased (not newer than the last truncate, or than
