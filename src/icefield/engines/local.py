@@ -45,14 +45,17 @@ log = logging.getLogger(__name__)
 IN_LIST_LIMIT = 5_000
 
 
-def conflict_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression | None:
+def conflict_filter(keys_table: pa.Table, keys: list[str], known: dict[str, pa.Array] | None = None) -> BooleanExpression | None:
     """An expression that holds for every row with one of the batch's keys (a superset for big batches):
-    concurrently added files that may match it conflict with the merge."""
+    concurrently added files that may match it conflict with the merge. ``known`` holds the distinct
+    values of key columns the caller has already found."""
     from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, In, LessThanOrEqual
 
     expr: BooleanExpression = AlwaysTrue()
     for k in keys:
-        distinct = pc.unique(keys_table.column(k).drop_null())
+        distinct = (known or {}).get(k)
+        if distinct is None:
+            distinct = pc.unique(keys_table.column(k).drop_null())
         if len(distinct) == 0:
             continue
         if len(distinct) <= IN_LIST_LIMIT:
@@ -65,9 +68,10 @@ def conflict_filter(keys_table: pa.Table, keys: list[str]) -> BooleanExpression 
 
 
 class _Bounds:
-    """Sorted distinct batch values of one key column, comparable with manifest bounds."""
+    """Sorted distinct batch values of one key column, comparable with manifest bounds (``values``
+    distinct already with ``distinct``)."""
 
-    def __init__(self, field: Any, values: pa.ChunkedArray | pa.Array) -> None:
+    def __init__(self, field: Any, values: pa.ChunkedArray | pa.Array, distinct: bool = False) -> None:
         from pyiceberg.types import (
             DateType,
             IntegerType,
@@ -82,7 +86,7 @@ class _Bounds:
         if not self.usable:
             self.values: list[Any] | Any = []
             return
-        arr = pc.unique(values.drop_null())
+        arr = values if distinct else pc.unique(values.drop_null())
         if isinstance(field.field_type, (DateType, TimestampType, TimestamptzType)):
             # Manifests keep days / microseconds since the epoch.
             arr = arr.cast(pa.int32() if isinstance(field.field_type, DateType) else pa.int64())
@@ -111,10 +115,11 @@ class _Bounds:
         return j > i
 
 
-def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, keys: list[str]) -> list[Any]:
+def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, keys: list[str], first: _Bounds | None = None) -> list[Any]:
     """The tasks whose data file may hold one of the keys, judged by the per-column lower and upper
-    bounds in the manifests (string bounds are truncated prefixes, still conservative)."""
-    bounds = [_Bounds(schema.find_field(k), keys_table.column(k)) for k in keys]
+    bounds in the manifests (string bounds are truncated prefixes, still conservative). ``first`` is the
+    bounds of the first key column when the caller has them."""
+    bounds = [first if i == 0 and first is not None else _Bounds(schema.find_field(k), keys_table.column(k)) for i, k in enumerate(keys)]
     out = []
     for task in tasks:
         f = task.file
@@ -154,7 +159,9 @@ class LocalEngine(Engine):
         order = target.order_columns
         batch = dedupe_latest(_as_table_types(table, data), keys, order)
         batch, flag = split_deletes(batch, target.delete_column)
-        plan = MergePlan(conflict_filter=conflict_filter(batch.select(keys), keys))
+        # The batch's distinct first keys, sorted, serve the conflict filter, the pruning and the probe.
+        probe = _Probe(table.schema(), keys[0], batch.column(keys[0]))
+        plan = MergePlan(conflict_filter=conflict_filter(batch.select(keys), keys, {keys[0]: probe.values}))
         if batch.num_rows == 0:
             return plan
         newest = target.keep_newest and bool(order) and all(c in batch.column_names for c in order)
@@ -166,13 +173,13 @@ class LocalEngine(Engine):
         updated: pa.Table | None = None  # merge-on-read: new versions of stored keys, written with the inserts
         if table.current_snapshot() is not None:
             tasks = list(table.scan().plan_files())
-            candidates = prune_by_key_bounds(tasks, table.schema(), batch.select(keys), keys)
+            candidates = prune_by_key_bounds(tasks, table.schema(), batch.select(keys), keys, probe.bounds)
             plan.files_scanned = len(tasks)
             log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
             if merge_on_read(table):
                 pending, updated = self._mark(table, candidates, pending, plan, keys, order, newest)
             else:
-                pending = self._rewrite(table, candidates, pending, plan, keys, order, newest, write_files)
+                pending = self._rewrite(table, candidates, pending, plan, keys, order, newest, write_files, probe)
         remaining = pending.filter(pc.invert(pending.column("__del"))).drop(["__del"])
         if newest and tombstones is not None and remaining.num_rows:
             remaining, dropped = _drop_tombstoned(tombstones, remaining, keys, order, self.group_bytes)
@@ -187,7 +194,7 @@ class LocalEngine(Engine):
 
     def _rewrite(
         self, table: Table, candidates: list[Any], pending: pa.Table, plan: MergePlan, keys: list[str], order: list[str], newest: bool,
-        write_files: WriteFiles,
+        write_files: WriteFiles, probe: _Probe,
     ) -> pa.Table:
         """Copy-on-write: rewrite each candidate file that holds a ``pending`` key without the rows the
         batch replaces or deletes, and with the new versions of its keys, sorted by key (so files keep
@@ -207,7 +214,6 @@ class LocalEngine(Engine):
         # Files are read with strings as they are stored (32-bit offsets): widening them to the schema's
         # large_string copies every value, and gathers run slower on them.
         schema = pa.schema([f.with_type(narrow_type(f.type)) for f in table.schema().as_arrow()])
-        probe = _Probe(table.schema(), keys[0], pending.column(keys[0]))
         claim_columns = list(dict.fromkeys([*keys, *(c for c in order if c in schema.names)]))
         workers = cores()
         flush_bytes = target_file_size(table.metadata) * workers
@@ -601,7 +607,7 @@ class _Probe:
         self.column = column
         distinct = pc.unique(values.combine_chunks().drop_null())
         self.values = distinct.take(pc.sort_indices(distinct))
-        self.bounds = _Bounds(schema.find_field(column), self.values)
+        self.bounds = _Bounds(schema.find_field(column), self.values, distinct=True)
 
     def within(self, data_file: Any) -> pa.Array:
         fid = self.bounds.field.field_id
