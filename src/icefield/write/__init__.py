@@ -304,6 +304,7 @@ class TableWriter:
             add_deletes, remove_deletes, referenced = plan.add_deletes, plan.remove_deletes, plan.referenced
             rows_written, conflict = plan.rows_written, plan.conflict_filter
             if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows and not plan.tombstones_recorded:
+                # Deletes the merge did not hand over while it ran: recorded before the data commit all the same.
                 graves.commit(plan.tombstones, f"{batch_id}#tombstones", None, run_id)
         else:
             if data.num_rows:
