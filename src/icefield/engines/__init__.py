@@ -55,7 +55,6 @@ class MergePlan:
     files_scanned: int = 0
     files_read: int = 0
     tombstones: pa.Table | None = None
-    tombstones_recorded: bool = False  # the caller recorded them while the merge ran (``on_tombstones``)
 
 
 class Engine:

@@ -15,7 +15,7 @@ import json
 import logging
 import random
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -297,15 +297,13 @@ class TableWriter:
             if truncate_at is not None:
                 tx.set_properties({TRUNCATED_AT: json.dumps(truncate_at)})
                 plan = self._truncate_plan(table, data)
+                self._record_tombstones(graves, plan.tombstones, batch_id, run_id)
             else:
                 plan = self._merge(table, data, graves, batch_id, run_id)
             plan.rows_stale += rows_stale
             added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
             add_deletes, remove_deletes, referenced = plan.add_deletes, plan.remove_deletes, plan.referenced
             rows_written, conflict = plan.rows_written, plan.conflict_filter
-            if graves is not None and plan.tombstones is not None and plan.tombstones.num_rows and not plan.tombstones_recorded:
-                # Deletes the merge did not hand over while it ran: recorded before the data commit all the same.
-                graves.commit(plan.tombstones, f"{batch_id}#tombstones", None, run_id)
         else:
             if data.num_rows:
                 added = self.write_files(table, data)
@@ -355,29 +353,31 @@ class TableWriter:
 
     def _merge(self, table: Table, data: pa.Table, graves: TableWriter | None, batch_id: str, run_id: str) -> MergePlan:
         """The engine's merge plan, the batch's deletes recorded in the tombstone table meanwhile (in a
-        thread of their own, as soon as the engine knows them) and before the plan is returned.
-
-        Recorded before the data commit: a tombstone that lands first only blocks versions older than
-        a delete this batch applies on its rerun; the reverse order could resurrect a row."""
+        thread of their own, as soon as the engine knows them) and before the plan is returned; a failed
+        merge raises its own error once the recording ended."""
         if graves is None:
             return self.engine.merge(table, data, self.target, self.write_files)
-        recording: list[Future[Any]] = []
+        recording: list[Future[None]] = []
 
         def record(tombstones: pa.Table) -> None:
-            if tombstones.num_rows:
-                run = contextvars.copy_context().run
-                recording.append(pool.submit(run, graves.commit, tombstones, f"{batch_id}#tombstones", None, run_id))
+            run = contextvars.copy_context().run
+            recording.append(pool.submit(run, self._record_tombstones, graves, tombstones, batch_id, run_id))
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tombstones") as pool:
-            try:
-                plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load(), on_tombstones=record)
-            except BaseException:
-                wait(recording)  # the merge's error is the one raised
-                raise
+            plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load(), on_tombstones=record)
             for future in recording:
                 future.result()
-                plan.tombstones_recorded = True
+        if not recording:  # an engine that did not hand them over
+            self._record_tombstones(graves, plan.tombstones, batch_id, run_id)
         return plan
+
+    @staticmethod
+    def _record_tombstones(graves: TableWriter | None, tombstones: pa.Table | None, batch_id: str, run_id: str) -> None:
+        """Record a batch's deletes (keys and version) in the tombstone table. Before the data commit: a
+        tombstone that lands first only blocks versions older than a delete this batch applies on its
+        rerun; the reverse order could resurrect a row."""
+        if graves is not None and tombstones is not None and tombstones.num_rows:
+            graves.commit(tombstones, f"{batch_id}#tombstones", None, run_id)
 
     def _after_truncation(self, table: Table, data: pa.Table, truncate_at: list[Any] | None) -> tuple[pa.Table, int]:
         """``data`` without the versions a truncate erased (not newer than the last truncate, or than

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -112,9 +114,6 @@ class RecentFiles:
     keeping it ends."""
 
     def __init__(self, limit: int) -> None:
-        import threading
-        from collections import OrderedDict
-
         self.limit = limit
         self._lock = threading.Lock()
         self._files: OrderedDict[str, tuple[int, pa.Table]] = OrderedDict()
