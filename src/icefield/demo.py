@@ -23,12 +23,37 @@ if TYPE_CHECKING:
     from icefield.pipeline import RunResult
 
 
+DEMO_MARKER = ".icefield-demo"
+"""The file the demo writes into a folder it creates: ``--fresh`` deletes only a folder that holds it."""
+
+
 def copy_example(directory: Path, fresh: bool) -> None:
-    """Copy the shop example project into ``directory``."""
-    if fresh and directory.exists():
-        if not (directory / "icefield.yaml").exists() and any(directory.iterdir()):
-            raise ConfigError(f"{directory} is not empty and is not an icefield project; pick another --dir")
-        shutil.rmtree(directory)
+    """Copy the shop example project into ``directory``.
+
+    ``directory`` must be missing, empty, or a folder an earlier demo created (it holds
+    :data:`DEMO_MARKER`). With ``fresh`` such a demo folder is deleted first; any other folder is refused
+    with a :class:`ConfigError` (a real project is never deleted or overwritten)."""
+    if directory.exists():
+        if not directory.is_dir():
+            raise ConfigError(f"--dir {directory}: is a file, not a folder; pick another --dir")
+        ours = (directory / DEMO_MARKER).is_file()
+        if not ours and any(directory.iterdir()):
+            raise ConfigError(
+                f"--dir {directory.resolve()}: the folder is not empty and was not created by `icefield demo` "
+                f"(it has no {DEMO_MARKER} file), so the demo neither uses nor deletes it; pick a new or empty "
+                "folder with --dir"
+            )
+        if fresh and ours:
+            if directory.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+                raise ConfigError(
+                    f"--dir {directory}: --fresh would delete the folder this command runs in; run it from outside "
+                    f"{directory.resolve()}"
+                )
+            shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / DEMO_MARKER).write_text(
+        "This folder was created by `icefield demo`; `icefield demo --fresh` may delete it.\n", encoding="utf-8"
+    )
     template = resources.files("icefield.examples.shop").joinpath("project")
     with resources.as_file(template) as src:
         shutil.copytree(src, directory, dirs_exist_ok=True)
@@ -65,8 +90,9 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
     project = load_project(directory)
     catalog = open_catalog(project)
     cols = ["pipeline", "table", "rows in", "committed", "quarantined", "snapshots"]
-    out.print(f"[bold]icefield demo[/] in {directory}: a shop database ({gen.orders} orders, {gen.customers} customers), "
-              f"{len(gen.clickstream_files)} clickstream files, a rates CSV\n")
+    out.print("[bold]icefield demo[/] in {directory}: a shop database ({orders} orders, {customers} customers), "
+              "{files} clickstream files, a rates CSV\n",
+              directory=directory, orders=gen.orders, customers=gen.customers, files=len(gen.clickstream_files))
 
     first = _run_all(project, catalog)
     out.table("1. First load", cols, _summary(first))
@@ -76,11 +102,14 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
     # The shop deletes its three bad orders: a cursor-based load cannot see a delete; change data capture does.
     cdc.delete_orders(gen.db_path, list(gen.bad_order_ids))
     changes = cdc.capture(directory)
-    out.print(f"\nThe sources change: {len(mut.inserted_order_ids)} new orders, {len(mut.updated_order_ids)} updated orders, "
-              f"{len(gen.bad_order_ids)} bad orders deleted, a late clickstream file ({mut.late_lines} events), "
-              f"a corrected rate ({rates.currency} on {rates.day}).\n"
-              f"Change data capture wrote {changes.events} Debezium events: {changes.inserts} inserts, {changes.updates} updates, "
-              f"{changes.deletes} deletes with their tombstones, {changes.redelivered} delivered twice, two transactions interleaved.\n")
+    out.print("\nThe sources change: {inserted} new orders, {updated} updated orders, "
+              "{bad} bad orders deleted, a late clickstream file ({late} events), "
+              "a corrected rate ({currency} on {day}).\n"
+              "Change data capture wrote {events} Debezium events: {inserts} inserts, {updates} updates, "
+              "{deletes} deletes with their tombstones, {redelivered} delivered twice, two transactions interleaved.\n",
+              inserted=len(mut.inserted_order_ids), updated=len(mut.updated_order_ids), bad=len(gen.bad_order_ids),
+              late=mut.late_lines, currency=rates.currency, day=rates.day, events=changes.events, inserts=changes.inserts,
+              updates=changes.updates, deletes=changes.deletes, redelivered=changes.redelivered)
     second = _run_all(project, catalog)
     out.table("2. Incremental load", cols, _summary(second))
 
@@ -130,8 +159,9 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
     ok = all(checks.values())
     out.table("Checks", ["check", "result"], [[k, "ok" if v else "FAILED"] for k, v in checks.items()])
     seconds = time.perf_counter() - started
-    out.print(f"\n{'[green]Demo ok[/]' if ok else '[red]Demo FAILED[/]'} in {seconds:.1f}s. Explore it:\n"
-              f"  cd {directory} && icefield tables && icefield show shop.orders && icefield checks shop.orders && icefield sql \"select * from raw.rates limit 5\"")
+    out.print("\n" + ("[green]Demo ok[/]" if ok else "[red]Demo FAILED[/]") + " in {seconds:.1f}s. Explore it:\n"
+              "  cd {directory} && icefield tables && icefield show shop.orders && icefield checks shop.orders && "
+              "icefield sql \"select * from raw.rates limit 5\"", seconds=seconds, directory=directory)
     return {
         "ok": ok,
         "checks": checks,
@@ -215,8 +245,9 @@ def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output
     held = catalog.load_table("shop.orders")
     held_snapshot = head_id(held, branch)
     out.print(
-        f"\n4. {len(order_ids)} orders arrive for customer {customer}, whom shop.customers does not know yet. The orders pipeline "
-        f"writes the batch on branch {branch}, runs its gates there, and holds it: main stays at snapshot {before}."
+        "\n4. {n} orders arrive for customer {customer}, whom shop.customers does not know yet. The orders pipeline "
+        "writes the batch on branch {branch}, runs its gates there, and holds it: main stays at snapshot {before}.",
+        n=len(order_ids), customer=customer, branch=branch, before=before,
     )
     rows = latest_results(catalog, "shop.orders")
     out.table("`icefield checks shop.orders`", ["check", "status", "value", "message"], [[r["check"], r["status"], "" if r["value"] is None else f"{r['value']:.4g}", r["message"]] for r in rows])
@@ -231,8 +262,9 @@ def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output
     rerun = run_pipeline(project, "orders", catalog)
     final = catalog.load_table("shop.orders")
     out.print(
-        f"\n5. The customer arrives and is loaded. The orders rerun checks the held batch again, the gate passes, and main is "
-        f"fast-forwarded to it (snapshot {head_id(final)}): {in_main(order_ids)} held orders are now visible.\n"
+        "\n5. The customer arrives and is loaded. The orders rerun checks the held batch again, the gate passes, and main is "
+        "fast-forwarded to it (snapshot {snapshot}): {visible} held orders are now visible.\n",
+        snapshot=head_id(final), visible=in_main(order_ids),
     )
     count = lambda t: int(run_query(project, f"select count(*) as n from {t}", catalog).column("n")[0].as_py())  # noqa: E731
     return {

@@ -4,19 +4,52 @@ Every error icefield raises is an :class:`IcefieldError`. Whether a retry can he
 :class:`TransientError` (a retry may succeed: a commit conflict, a server that timed out) or
 :class:`TerminalError` (fix the input, the config or the code first). Foreign exceptions are wrapped
 with ``raise ... from e`` so the cause is kept.
+
+Each class carries the exit code of the ``icefield`` command it ends (``exit_code``)::
+
+    IcefieldError                 1   a run failed
+    ├── TransientError           75   a retry may succeed
+    │   ├── CommitConflictError
+    │   └── BranchMovedError
+    ├── TerminalError             1   fix the input or the code first
+    │   ├── ConfigError           2   fix the configuration or the command line
+    │   │   ├── SecretError
+    │   │   ├── QueryError            a SQL query the database refused (syntax, unknown table)
+    │   │   └── MissingDependencyError
+    │   ├── SourceError
+    │   ├── SchemaError
+    │   ├── GateFailedError
+    │   └── PublishConflictError
+    ├── InterruptedRunError     130   stopped by SIGINT (Ctrl-C)
+    └── FailpointError                tests only
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""A run failed (data or write error), or an internal error (a bug: the message says to report it)."""
+EXIT_USAGE = 2
+"""Bad usage or configuration: retrying cannot help until the command or the project changes."""
+EXIT_TRANSIENT = 75
+"""A retry may succeed (``EX_TEMPFAIL``): an unreachable server, a commit conflict."""
+EXIT_INTERRUPTED = 130
+"""Stopped by SIGINT (128 + 2, what shells report for Ctrl-C)."""
 
 
 class IcefieldError(Exception):
     """Root of every error icefield raises."""
 
+    exit_code: ClassVar[int] = EXIT_FAILED
+
 
 class TransientError(IcefieldError):
     """A retry may succeed (commit conflict, timeout, unreachable server)."""
+
+    exit_code: ClassVar[int] = EXIT_TRANSIENT
 
 
 class TerminalError(IcefieldError):
@@ -24,7 +57,22 @@ class TerminalError(IcefieldError):
 
 
 class ConfigError(TerminalError):
-    """A project or pipeline file is invalid. The message names the file, the key, the value and the fix."""
+    """A project or pipeline file (or a command's arguments) is invalid. The message names the file, the
+    key, the value and the fix. A source's login refused or its database missing is one too: a retry
+    cannot help until the settings change."""
+
+    exit_code: ClassVar[int] = EXIT_USAGE
+
+
+class QueryError(ConfigError):
+    """A SQL query was refused by the database that runs it (syntax error, unknown table or column)."""
+
+
+class InterruptedRunError(IcefieldError):
+    """The command was stopped by SIGINT (Ctrl-C). Committed batches stay; the batch in flight stays
+    pending and the next run retries it."""
+
+    exit_code: ClassVar[int] = EXIT_INTERRUPTED
 
 
 class SecretError(ConfigError):
@@ -43,8 +91,31 @@ class CommitConflictError(TransientError):
     """Another writer committed first and the retries ran out."""
 
 
-class MissingDependencyError(TerminalError):
+class MissingDependencyError(ConfigError):
     """An optional dependency is not installed; the message names the ``pip install`` to run."""
+
+
+DRIVER_PACKAGES: dict[str, str] = {
+    "psycopg2": "icefield[postgres]",
+    "adbc_driver_postgresql": "icefield[postgres]",
+    "psycopg": "psycopg[binary]",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "pymysql",
+    "mysql": "mysql-connector-python",
+    "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+"""Top-level module of a database driver -> what to ``pip install`` for it."""
+
+
+def driver_install_hint(module: str | None) -> str:
+    """The ``pip install ...`` command that provides the database driver module ``module``."""
+    top = (module or "").split(".")[0]
+    return f"pip install {DRIVER_PACKAGES.get(top, top or 'the database driver')}"
 
 
 class FailpointError(IcefieldError):

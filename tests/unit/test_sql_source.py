@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from icefield import ConfigError, SourceError
+from icefield import ConfigError
 from icefield.write import read_position
 
 SCHEMA = "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, amount NUMERIC(10,2), updated_at DATETIME)"
@@ -213,9 +213,9 @@ def test_cursor_that_is_not_a_column_is_a_config_error(lake, source_db):
         lk.run("orders")
 
 
-def test_missing_source_database_is_a_source_error(lake, tmp_path):
+def test_missing_source_database_is_a_config_error(lake, tmp_path):
     lk = lake({"orders": sql_pipeline(f"sqlite:///{tmp_path / 'nope.db'}", {"table": "shop.orders"}, cursor="id")})
-    with pytest.raises(SourceError, match=r"nope.db' does not exist"):
+    with pytest.raises(ConfigError, match=r"source.url: the SQLite database '.*nope.db' does not exist; fix the path"):
         lk.run("orders")
 
 

@@ -122,9 +122,9 @@ def test_the_run_exits_1_listing_the_failing_checks(lake):
     assert "no_negative (fail): the query returned 1 failing row(s)" in out
     assert f"icefield publish raw.events --branch {BRANCH}" in out and "icefield discard" in out
     code, out = cli_run(lk, "--json", "run")
-    error, doc = (json.loads(line) for line in out.splitlines())  # the error, then the run's document
+    (doc,) = (json.loads(line) for line in out.splitlines())  # one document: the results and the error
     assert code == EXIT_FAILED and doc["status"] == "failed"
-    assert error["type"] == "GateFailedError" and "still fail on the held batch" in error["error"]
+    assert doc["type"] == "GateFailedError" and "still fail on the held batch" in doc["error"]
     (res,) = doc["results"]
     assert res["status"] == "held" and [c["check"] for c in res["checks"] if c["status"] == "fail"] == ["no_negative"]
 
@@ -268,8 +268,8 @@ def test_checks_command_shows_the_latest_results(held):
     code, out = cli_run(held, "checks", "raw.events", "--history", "2")
     assert code == 0
     assert out.count("no_negative") == 2 and "fail" in out and "pass" in out
-    code, out = cli_run(held, "checks", "raw.other")
-    assert code == 0 and "No gate results for raw.other" in out
+    code, out = cli_run(held, "checks", "raw.other")  # a misspelt table is an error, not "no results yet"
+    assert code == 2 and "no table 'raw.other'" in out
 
 
 def test_results_table_is_an_iceberg_table_any_engine_can_read(held: Any, tmp_path: Path) -> None:

@@ -1,37 +1,90 @@
 """The ``icefield`` command line. Exit codes scripts can trust:
 
-0 success; 1 a run failed (data or write error; fix and rerun); 2 bad usage or configuration;
-75 a transient failure (a retry may succeed).
+0 success; 1 a run failed (data or write error; fix and rerun), or an internal error (a bug: the
+message starts with ``internal error`` and asks to report it); 2 bad usage or configuration; 75 a
+transient failure (a retry may succeed); 130 interrupted by SIGINT (Ctrl-C).
+
+Whatever ends a command, it ends with one redacted line on stderr (one JSON document on stdout with
+``--json``), never a raw traceback: ``-v`` adds the traceback, redacted too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import click
 
 from icefield.cli.output import Output
 from icefield.config.secrets import redact
-from icefield.errors import ConfigError, IcefieldError, TransientError
+from icefield.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TRANSIENT,
+    EXIT_USAGE,
+    IcefieldError,
+    InterruptedRunError,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TRANSIENT = 0, 1, 2, 75
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TRANSIENT", "EXIT_USAGE", "cli", "guarded", "main"]
+
+log = logging.getLogger("icefield.cli")
+
+INTERRUPTED = (
+    "interrupted (SIGINT): committed batches stay committed; a batch in flight stays pending and the next run "
+    "retries it"
+)
+
+_current: Output | None = None
+"""The Output of the command being run, for the last-resort handler of :func:`main`."""
 
 
 def _exit_code(e: IcefieldError) -> int:
-    if isinstance(e, ConfigError):
-        return EXIT_USAGE
-    if isinstance(e, TransientError):
-        return EXIT_TRANSIENT
-    return EXIT_FAILED
+    return e.exit_code
+
+
+def internal_error_message(e: BaseException) -> str:
+    """The one line an unexpected exception (a bug) is reported with."""
+    return (
+        f"internal error: {type(e).__module__}.{type(e).__qualname__}: {e}; this is a bug in icefield, please report "
+        "it with the output of the same command run with -v"
+    )
+
+
+def report_internal_error(out: Output | None, e: BaseException, verbose: bool) -> None:
+    """Report an unexpected exception: one redacted line (a JSON document with --json); the redacted
+    traceback on stderr too with -v."""
+    out = out or Output()
+    message = internal_error_message(e)
+    if verbose:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        sys.stderr.write(redact(tb))
+    if out.as_json and not out.emitted:
+        out.emit({"status": "error", "error": message, "type": "InternalError", "exception": type(e).__name__})
+    else:
+        out.error(message, kind="InternalError")
+
+
+def report_error(out: Output, e: IcefieldError, **extra: Any) -> None:
+    """Report an icefield error: one line on stderr, or one JSON document (unless one was printed)."""
+    result = getattr(e, "result", None)
+    if out.as_json and out.emitted:
+        out.warn(f"error: {e}")  # stdout already holds this command's one document
+        return
+    out.error(str(e), kind=type(e).__name__, result=result.to_dict() if result is not None else None, **extra)
 
 
 def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn icefield errors into one clear line on stderr (JSON with --json) and a trustworthy exit code."""
-    import functools
+    """Turn whatever ends a command into one clear, redacted line on stderr (a JSON document with --json)
+    and a trustworthy exit code: an icefield error its ``exit_code``; SIGINT 130; anything else is an
+    internal error (exit 1), reported as such."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,12 +93,18 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except IcefieldError as e:
-            code = _exit_code(e)
-            result = getattr(e, "result", None)
-            out.error(redact(str(e)), kind=type(e).__name__, result=result.to_dict() if result is not None else None)
+            report_error(out, e)
             if out.verbose:
-                logging.getLogger("icefield").exception("details")
-            ctx.exit(code)
+                log.error("details", exc_info=e)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            report_error(out, InterruptedRunError(INTERRUPTED))
+            ctx.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, BrokenPipeError):
+            raise
+        except Exception as e:
+            report_internal_error(out, e, out.verbose)
+            ctx.exit(EXIT_FAILED)
 
     return wrapper
 
@@ -60,32 +119,102 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 def cli(ctx: click.Context, project_dir: Path | None, profile: str | None, as_json: bool, verbose: int, log_format: str) -> None:
     """icefield: land data in Apache Iceberg, incrementally and exactly once."""
+    global _current
     _configure_logging(verbose, log_format)
-    ctx.obj = Output(as_json=as_json, verbose=verbose > 0, project_dir=project_dir, profile=profile)
+    ctx.obj = _current = Output(as_json=as_json, verbose=verbose > 0, project_dir=project_dir, profile=profile)
+
+
+KAFKA_CLIENT_LOGGER = "icefield.ingest.kafka.client"
+"""librdkafka's own log lines (hundreds a minute while a broker is down): shown with -v only."""
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (like logging's last-resort handler)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
 
 
 def _configure_logging(verbose: int, log_format: str) -> None:
-    from icefield.observe import JsonFormatter, RedactingFilter
+    """One handler on the root logger, so that every library's records are redacted and formatted too.
+    Levels: icefield WARNING (-v INFO, -vv DEBUG); librdkafka's lines only with -v; pyiceberg's warnings
+    (commit retries) only with -v; sqlglot's parser warnings only with -vv."""
+    from icefield.observe import JsonFormatter, RedactingFilter, RedactingFormatter
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
+    handler._icefield = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("icefield")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # pyiceberg warns on every retried commit; keep its chatter at our level.
-    logging.getLogger("pyiceberg").setLevel(max(level, logging.WARNING))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_icefield", False)] + [handler]
+    ours = logging.getLogger("icefield")
+    ours.handlers[:] = [h for h in ours.handlers if not getattr(h, "_icefield", False)]
+    ours.setLevel(level)
+    ours.propagate = True
+    logging.getLogger(KAFKA_CLIENT_LOGGER).setLevel(level if verbose else logging.CRITICAL + 1)
+    logging.getLogger("pyiceberg").setLevel(logging.WARNING if verbose else logging.ERROR)
+    logging.getLogger("sqlglot").setLevel(logging.WARNING if verbose >= 2 else logging.ERROR)
 
 
 # Register the commands (each module adds its own to ``cli``).
 from icefield.cli import commands as _commands  # noqa: E402,F401
 
 
-def main() -> None:
-    """Entry point of the ``icefield`` script."""
-    cli(prog_name="icefield")
+def _thread_excepthook(args: Any) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    verbose = _current is not None and _current.verbose
+    name = args.thread.name if args.thread is not None else "?"
+    sys.stderr.write(redact(f"error in thread {name}: {internal_error_message(args.exc_value)}\n"))
+    if verbose:
+        sys.stderr.write(redact("".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))))
+
+
+def _unraisable_hook(unraisable: Any) -> None:
+    if _current is not None and _current.verbose:
+        tb = "".join(traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
+        sys.stderr.write(redact(f"{unraisable.err_msg or 'exception ignored'}: {unraisable.object!r}\n{tb}"))
+
+
+def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    report_internal_error(_current, value, _current is not None and _current.verbose)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``icefield`` script: runs the command and exits with its code. The last line of
+    defence: an exception no command handled is reported as an internal error, redacted (exit 1); SIGINT
+    outside a command exits 130; click's usage errors keep click's message and exit 2."""
+    import threading
+
+    threading.excepthook = _thread_excepthook
+    sys.unraisablehook = _unraisable_hook
+    sys.excepthook = _excepthook
+    logging.captureWarnings(True)  # warnings print through the redacting handler
+    try:
+        rv = cli.main(args=args, prog_name="icefield", standalone_mode=False)
+        code = rv if isinstance(rv, int) else EXIT_OK
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        report_error(_current or Output(), InterruptedRunError(INTERRUPTED))
+        code = EXIT_INTERRUPTED
+    except click.ClickException as e:
+        e.show()
+        code = e.exit_code
+    except BrokenPipeError:
+        # The reader went away (`icefield sql ... | head`): nothing left to tell it, and Python's flush of
+        # stdout at exit must not complain either.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_FAILED
+    except Exception as e:
+        report_internal_error(_current, e, _current is not None and _current.verbose)
+        code = EXIT_FAILED
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

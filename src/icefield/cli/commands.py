@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.text import Text
 
 from icefield.cli import EXIT_FAILED, cli, guarded
 from icefield.cli.output import Output, _json_default
@@ -22,6 +24,20 @@ def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         ctx.find_object(Output).as_json = True  # type: ignore[union-attr]
 
+
+class TableName(click.ParamType):
+    """A table argument: ``namespace.table`` (refused at once, exit 2, when it cannot name a table)."""
+
+    name = "NAMESPACE.TABLE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        parts = str(value).split(".")
+        if len(parts) < 2 or not all(p.strip() for p in parts):
+            self.fail(f"{value!r} is not a table name: write namespace.table, e.g. raw.events (`icefield tables` lists them)", param, ctx)
+        return str(value)
+
+
+TABLE = TableName()
 
 json_option = click.option("--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable JSON on stdout.")
 
@@ -43,7 +59,7 @@ def init(out: Output, directory: Path, name: str | None) -> None:
     if out.as_json:
         out.emit({"status": "ok", "project": str(directory.resolve()), "created": created})
     else:
-        out.print(f"Created project in [bold]{directory}[/] ({len(created)} files). Next: edit pipelines/*.yaml, then `icefield run`.")
+        out.print("Created project in [bold]{directory}[/] ({n} files). Next: edit pipelines/*.yaml, then `icefield run`.", directory=directory, n=len(created))
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -62,7 +78,8 @@ def init(out: Output, directory: Path, name: str | None) -> None:
 def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> None:
     """Run pipelines (and then models). Without NAMES: every pipeline, then every model."""
     from icefield.catalog import open_catalog
-    from icefield.errors import ConfigError, IcefieldError
+    from icefield.cli import INTERRUPTED
+    from icefield.errors import ConfigError, IcefieldError, InterruptedRunError
     from icefield.pipeline import run_model, run_pipeline
     from icefield.pipeline.runner import new_run_id
 
@@ -82,30 +99,36 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> N
     run_id = new_run_id()
     results = []
     failed: IcefieldError | None = None
+    failed_label = ""
     stop = _stop_on_signals() if follow else None
-    for name in pipelines:
+    steps = [(f"pipeline {n}", lambda cb, n=n: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop)) for n in pipelines]
+    steps += [(f"model {n}", lambda cb, n=n: run_model(project, n, catalog, run_id)) for n in models]
+    for label, step in steps:
         try:
-            results.append(
-                _run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop), name)
-            )
+            results.append(_run_one(out, step, label))
+        except KeyboardInterrupt:
+            failed, failed_label = InterruptedRunError(INTERRUPTED), label
         except IcefieldError as e:
-            failed = e
+            failed, failed_label = e, label
             res = getattr(e, "result", None)
             if res is not None:
                 results.append(res)
-            out.error(f"pipeline {name}: {e}", kind=type(e).__name__)
+        if failed is not None:
             break
-    if failed is None:
-        for name in models:
-            results.append(_run_one(out, lambda cb, n=name: run_model(project, n, catalog, run_id), f"model {name}"))
+    doc: dict[str, Any] = {"status": "failed" if failed else "ok", "run_id": run_id, "results": [r.to_dict() for r in results]}
+    if failed is not None:
+        # One line on stderr, or one JSON document on stdout: the results and the error together.
+        doc.update(status="interrupted" if isinstance(failed, InterruptedRunError) else "failed", error=f"{failed_label}: {failed}", type=type(failed).__name__)
+        if out.verbose:
+            logging.getLogger("icefield.cli").error("details", exc_info=failed)
     if out.as_json:
-        out.emit({"status": "failed" if failed else "ok", "run_id": run_id, "results": [r.to_dict() for r in results]})
+        out.emit(doc)
     else:
+        if failed is not None:
+            out.error(f"{failed_label}: {failed}", kind=type(failed).__name__)
         _print_results(out, results)
     if failed is not None:
-        from icefield.cli import _exit_code
-
-        raise SystemExit(_exit_code(failed))
+        raise SystemExit(failed.exit_code)
 
 
 def _stop_on_signals() -> threading.Event:
@@ -127,7 +150,8 @@ def _run_one(out: Output, fn: Any, label: str) -> Any:
         return fn(None)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out.err_console, transient=True) as progress:
+    # The description holds names from the project: plain text, never markup.
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=out.err_console, transient=True) as progress:
         task = progress.add_task(f"{label}: starting", total=None)
         rows = 0
 
@@ -181,8 +205,8 @@ def tables(out: Output) -> None:
 
 
 @cli.command()
-@click.argument("table")
-@click.option("--snapshots", "max_snapshots", default=20, show_default=True, help="How many recent snapshots to list.")
+@click.argument("table", type=TABLE)
+@click.option("--snapshots", "max_snapshots", default=20, show_default=True, type=click.IntRange(min=0), help="How many recent snapshots to list.")
 @json_option
 @pass_out
 @guarded
@@ -195,12 +219,12 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
     if out.as_json:
         out.emit(doc)
         return
-    out.print(f"[bold]{doc['table']}[/]  {doc['location']}")
+    out.print("[bold]{table}[/]  {location}", table=doc["table"], location=doc["location"])
     st = doc["storage"]
     out.print(
-        f"{st['data_files']} data files, {st['delete_files']} delete files ({st['position_deletes']} deleted rows), "
-        f"{st['bytes']:,} bytes, {st['snapshots']} snapshots"
-        + ("; `icefield compact` folds the deletes away" if st["delete_files"] else "")
+        "{data_files} data files, {delete_files} delete files ({position_deletes} deleted rows), {bytes:,} bytes, {snapshots} snapshots"
+        + ("; `icefield compact` folds the deletes away" if st["delete_files"] else ""),
+        **{k: st[k] for k in ("data_files", "delete_files", "position_deletes", "bytes", "snapshots")},
     )
     out.table("Schema", ["id", "column", "type", "required"], [[f["id"], f["name"], f["type"], f["required"]] for f in doc["schema"]])
     out.table("Partition spec", ["field", "source", "transform"], [[p["name"], p["source"], p["transform"]] for p in doc["partition_spec"]] or [["(unpartitioned)", "", ""]])
@@ -249,8 +273,8 @@ def sql(out: Output, query: str, fmt: str, limit: int) -> None:
 
 
 @cli.command()
-@click.argument("table")
-@click.option("--history", default=1, show_default=True, help="How many recent evaluations per pipeline to show.")
+@click.argument("table", type=TABLE)
+@click.option("--history", default=1, show_default=True, type=click.IntRange(min=1), help="How many recent evaluations per pipeline to show.")
 @json_option
 @pass_out
 @guarded
@@ -258,13 +282,16 @@ def checks(out: Output, table: str, history: int) -> None:
     """The latest gate results of TABLE (from icefield.quality_results)."""
     from icefield.catalog import open_catalog
     from icefield.quality.results import latest_results
+    from icefield.write import load_existing
 
-    rows = latest_results(open_catalog(out.project()), table, history)
+    catalog = open_catalog(out.project())
+    load_existing(catalog, table)  # a misspelt table is an error, not "no results yet"
+    rows = latest_results(catalog, table, history)
     if out.as_json:
         out.emit({"table": table, "results": rows})
         return
     if not rows:
-        out.print(f"No gate results for {table} yet: add `gates:` to its pipeline and run it.")
+        out.print("No gate results for {table} yet: add `gates:` to its pipeline and run it.", table=table)
         return
     out.table(
         f"Gates of {table}",
@@ -276,9 +303,9 @@ def checks(out: Output, table: str, history: int) -> None:
     )
 
 
-def _status(status: str) -> str:
+def _status(status: str) -> Text:
     colour = {"pass": "green", "warn": "yellow", "fail": "red", "error": "red"}.get(status, "white")
-    return f"[{colour}]{status}[/]"
+    return Text(status, style=colour)
 
 
 def _value(v: float | None) -> str:
@@ -308,7 +335,7 @@ def _load(out: Output, name: str) -> Any:
 
 
 @cli.command()
-@click.argument("table")
+@click.argument("table", type=TABLE)
 @click.option("--branch", default=None, help="The branch to publish (default: the table's one held branch).")
 @json_option
 @pass_out
@@ -325,19 +352,23 @@ def publish(out: Output, table: str, branch: str | None) -> None:
         if out.as_json:
             out.emit({"status": "ok", "table": table, "published": False, "reason": "no held branch"})
         else:
-            out.print(f"Nothing to publish: {table} has no held branch.")
+            out.print("Nothing to publish: {table} has no held branch.", table=table)
         return
     res = publish_branch(t, chosen)
     if out.as_json:
         out.emit({"status": "ok", "table": table, "branch": chosen, "published": res.moved, "main": res.snapshot_id, "previous": res.previous, "snapshots": res.snapshots, "positions": res.positions})
     elif res.moved:
-        out.print(f"Published {table}: main {res.previous} -> {res.snapshot_id} ({len(res.snapshots)} snapshot(s) from {chosen}); positions of {', '.join(res.positions) or 'no pipeline'} moved with it.")
+        out.print(
+            "Published {table}: main {previous} -> {snapshot} ({n} snapshot(s) from {branch}); positions of {pipelines} moved with it.",
+            table=table, previous=res.previous, snapshot=res.snapshot_id, n=len(res.snapshots), branch=chosen,
+            pipelines=", ".join(res.positions) or "no pipeline",
+        )
     else:
-        out.print(f"Nothing to publish: branch {chosen} of {table} holds no commit main lacks.")
+        out.print("Nothing to publish: branch {branch} of {table} holds no commit main lacks.", branch=chosen, table=table)
 
 
 @cli.command()
-@click.argument("table")
+@click.argument("table", type=TABLE)
 @click.option("--branch", default=None, help="The branch to drop (default: the table's one held branch).")
 @json_option
 @pass_out
@@ -353,19 +384,22 @@ def discard(out: Output, table: str, branch: str | None) -> None:
         if out.as_json:
             out.emit({"status": "ok", "table": table, "discarded": False, "reason": "no held branch"})
         else:
-            out.print(f"Nothing to discard: {table} has no held branch.")
+            out.print("Nothing to discard: {table} has no held branch.", table=table)
         return
     dropped = discard_branch(t, chosen)
     if out.as_json:
         out.emit({"status": "ok", "table": table, "branch": chosen, "discarded": True, "snapshots": dropped})
     else:
-        out.print(f"Discarded branch {chosen} of {table} ({len(dropped)} unpublished snapshot(s)); main is unchanged. The next run reads the batch again from its source.")
+        out.print(
+            "Discarded branch {branch} of {table} ({n} unpublished snapshot(s)); main is unchanged. The next run reads the batch again from its source.",
+            branch=chosen, table=table, n=len(dropped),
+        )
 
 
 @cli.command()
-@click.argument("table")
-@click.option("--target-file-size", type=int, default=None, help="Bytes per file on disk (default: the table's write.target-file-size-bytes, 512 MB).")
-@click.option("--min-input-files", type=int, default=2, show_default=True, help="Small files a partition needs to be rewritten (a file with deletes always is).")
+@click.argument("table", type=TABLE)
+@click.option("--target-file-size", type=click.IntRange(min=1), default=None, help="Bytes per file on disk (default: the table's write.target-file-size-bytes, 512 MB).")
+@click.option("--min-input-files", type=click.IntRange(min=1), default=2, show_default=True, help="Small files a partition needs to be rewritten (a file with deletes always is).")
 @click.option("--sort-by", default=None, help="Comma-separated columns to sort each new file by (default: the keys of the project's merge pipelines into TABLE).")
 @click.option("--dry-run", is_flag=True, help="Show what would be rewritten; commit nothing.")
 @json_option
@@ -388,19 +422,23 @@ def compact(out: Output, table: str, target_file_size: int | None, min_input_fil
         out.emit({"status": "ok", **vars(res)})
         return
     if not res.files_removed:
-        out.print(f"Nothing to compact in {table}: no partition has {max(min_input_files, 2)} small files or a file with deletes.")
+        out.print("Nothing to compact in {table}: no partition has {n} small files or a file with deletes.", table=table, n=max(min_input_files, 2))
     elif dry_run:
-        out.print(f"Would rewrite {res.files_removed} files ({res.bytes_before:,} bytes) in {res.partitions} partition(s) of {table}; nothing committed.")
+        out.print(
+            "Would rewrite {files_removed} files ({bytes_before:,} bytes) in {partitions} partition(s) of {table}; nothing committed.",
+            **{**vars(res), "table": table},
+        )
     else:
         out.print(
-            f"Compacted {table}: {res.files_removed} files and {res.delete_files_removed} delete files -> {res.files_added} "
-            f"({res.bytes_before:,} -> {res.bytes_after:,} bytes) in {res.partitions} partition(s); {res.rows:,} rows, "
-            f"{res.rows_purged:,} deleted rows purged; snapshot {res.snapshot_id} ({res.seconds:.2f} s)."
+            "Compacted {table}: {files_removed} files and {delete_files_removed} delete files -> {files_added} "
+            "({bytes_before:,} -> {bytes_after:,} bytes) in {partitions} partition(s); {rows:,} rows, "
+            "{rows_purged:,} deleted rows purged; snapshot {snapshot_id} ({seconds:.2f} s).",
+            **{**vars(res), "table": table},
         )
 
 
 @cli.command()
-@click.argument("table")
+@click.argument("table", type=TABLE)
 @click.option("--older-than", default=DEFAULT_AGE, show_default=True, help="Expire snapshots older than this age (7d, 12h, 30m, 0).")
 @click.option("--retain-last", type=int, default=1, show_default=True, help="Always keep this many of main's newest snapshots.")
 @click.option("--dry-run", is_flag=True, help="Show what would be expired and deleted; change nothing.")
@@ -417,13 +455,16 @@ def expire(out: Output, table: str, older_than: str, retain_last: int, dry_run: 
     if out.as_json:
         out.emit({"status": "ok", **vars(res)})
     elif not res.snapshots_expired:
-        out.print(f"Nothing to expire in {table}: no snapshot older than {older_than} beyond the {retain_last} newest.")
-    else:
-        verb = "Would expire" if dry_run else "Expired"
         out.print(
-            f"{verb} {res.snapshots_expired} snapshot(s) of {table} (kept {res.snapshots_kept}); "
-            f"{'would delete' if dry_run else 'deleted'} {res.data_files_deleted} data/delete files and "
-            f"{res.metadata_files_deleted} metadata files ({res.bytes_deleted:,} bytes)."
+            "Nothing to expire in {table}: no snapshot older than {older_than} beyond the {retain_last} newest.",
+            table=table, older_than=older_than, retain_last=retain_last,
+        )
+    else:
+        out.print(
+            ("Would expire" if dry_run else "Expired") + " {snapshots_expired} snapshot(s) of {table} (kept {snapshots_kept}); "
+            + ("would delete" if dry_run else "deleted") + " {data_files_deleted} data/delete files and "
+            "{metadata_files_deleted} metadata files ({bytes_deleted:,} bytes).",
+            **{**vars(res), "table": table},
         )
 
 
@@ -432,7 +473,7 @@ def expire(out: Output, table: str, older_than: str, retain_last: int, dry_run: 
 
 @cli.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("icefield-demo"), show_default=True)
-@click.option("--fresh", is_flag=True, help="Delete the folder first.")
+@click.option("--fresh", is_flag=True, help="Delete the folder first (only a folder an earlier `icefield demo` created: it holds .icefield-demo).")
 @json_option
 @pass_out
 @guarded
@@ -476,7 +517,7 @@ def quarantine_list(out: Output) -> None:
 
 
 @quarantine.command("show")
-@click.argument("table")
+@click.argument("table", type=TABLE)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=0), help="Most rows to show (newest first).")
 @click.option("--check", default=None, help="Only rows that failed this check (decode, type, not_null, ...).")
 @click.option("--pipeline", default=None, help="Only rows of this pipeline.")
@@ -511,11 +552,11 @@ def quarantine_show(out: Output, table: str, limit: int, check: str | None, pipe
     ]
     out.table(f"Quarantine of {table}", ["time", "check", "source", "reason", "raw", "batch"], shown)
     if total > len(rows):
-        out.print(f"({total - len(rows)} more rows; raise --limit or filter with --check/--pipeline)")
+        out.print("({n} more rows; raise --limit or filter with --check/--pipeline)", n=total - len(rows))
 
 
 @quarantine.command("replay")
-@click.argument("table")
+@click.argument("table", type=TABLE)
 @click.option("--pipeline", default=None, help="Only rows of this pipeline.")
 @click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
 @json_option
@@ -537,7 +578,7 @@ def quarantine_replay(out: Output, table: str, pipeline: str | None, dry_run: bo
         [[res.table, res.rows_considered, res.rows_committed, res.rows_quarantined, res.rows_filtered, res.rows_resumed, res.rows_skipped, f"{res.seconds:.2f}s"]],
     )
     if res.failures_by_check:
-        out.print("still failing: " + _counts(res.failures_by_check))
+        out.print("still failing: {counts}", counts=_counts(res.failures_by_check))
 
 
 def _counts(counts: dict[str, int]) -> str:

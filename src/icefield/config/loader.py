@@ -7,6 +7,8 @@ arguments. Every error is a :class:`ConfigError` naming the file, the key, the v
 from __future__ import annotations
 
 import os
+import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +99,13 @@ def load_project(
     if not project_file.is_file():
         raise ConfigError(f"{project_file} does not exist; run `icefield init {root_path}` to create it")
     raw = _read_yaml(project_file)
+    overridden = _env_overrides(env, raw)
+    # ICEFIELD__PROFILES__<NAME>__... change a profile before it is picked; the others win over it.
+    sources: dict[tuple[str, ...], str] = {}
+    for path, var, value in overridden:
+        if path[0] == "profiles":
+            _set_path(raw, list(path), _env_value(value))
+            sources[path] = var
     profile = profile or env.get("ICEFIELD_PROFILE") or None
     if profile:
         profiles = raw.get("profiles") or {}
@@ -107,13 +116,16 @@ def load_project(
                 f"add it under 'profiles:' or pick another"
             )
         raw = _deep_merge(raw, profiles[profile] or {})
-    for key, value in sorted(env.items()):
-        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-            _set_path(raw, path, _env_value(value))
+        sources.update({path[2:]: var for path, var in list(sources.items()) if path[:2] == ("profiles", profile) and len(path) > 2})
+    for path, var, value in overridden:
+        if path[0] != "profiles":
+            _set_path(raw, list(path), _env_value(value))
+            sources[path] = var
     for dotted, value in (overrides or {}).items():
-        _set_path(raw, str(dotted).split("."), value)
-    config = _validate(ProjectConfig, raw, project_file)
+        keys = str(dotted).split(".")
+        _set_path(raw, keys, value)
+        sources = {p: v for p, v in sources.items() if p[: len(keys)] != tuple(keys)}
+    config = _validate(ProjectConfig, raw, project_file, sources)
 
     pipelines: dict[str, PipelineConfig] = {}
     for pipe_file in sorted((root_path / "pipelines").glob("*.y*ml")):
@@ -159,6 +171,24 @@ def read_model(path: Path) -> ModelConfig:
     return ModelConfig(name=path.stem, sql=text, target=target, path=str(path))
 
 
+def _env_overrides(env: Mapping[str, str], raw: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str, str]]:
+    """The ``ICEFIELD__SECTION__KEY`` variables of ``env`` as (key path, variable name, value). Keys are
+    lower-cased, except a profile's name: it names the file's profile of that name in any case, else it
+    keeps the variable's case (``ICEFIELD__PROFILES__CI__...`` with ``--profile CI``)."""
+    profiles = raw.get("profiles") if isinstance(raw.get("profiles"), Mapping) else {}
+    out = []
+    for key, value in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or len(key) <= len(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX) :].split("__")
+        path = [p.lower() for p in parts]
+        if path[0] == "profiles" and len(parts) > 1:
+            same = [str(name) for name in profiles or {} if str(name).lower() == parts[1].lower()]
+            path[1] = same[0] if len(same) == 1 else parts[1]
+        out.append((tuple(path), key, value))
+    return out
+
+
 def _env_value(value: str) -> Any:
     """An environment value is text; pydantic turns ``"5"`` into 5 where the field is a number. Only a
     YAML flow collection (``{...}`` or ``[...]``) is parsed, so that ``2024``, ``yes`` or ``*x`` stay
@@ -171,18 +201,87 @@ def _env_value(value: str) -> Any:
     return value
 
 
+ALIAS_BUDGET = 10_000
+"""Most YAML nodes that ``*aliases`` may add to a project file once expanded. Anchors and aliases that
+share a few settings stay far below; a file whose aliases multiply (an "alias bomb": 438 bytes that
+expand to millions of values) is refused before anything reads it."""
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            added = _expanded_size(node) - _distinct_size(node)
+            if added > ALIAS_BUDGET:
+                raise ConfigError(
+                    f"{path}: its YAML aliases (*name) expand to more than {ALIAS_BUDGET:,} extra values; "
+                    "write the values out instead of nesting aliases"
+                )
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML nests too deeply (or an alias refers to itself); flatten it") from None
+    finally:
+        loader.dispose()
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the file must hold a mapping of keys, got {type(data).__name__}")
     return data
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document holds once every alias is expanded (counted, not built: each shared
+    node is sized once). A node that contains itself counts as unbounded."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            sizes[key] = min(1 + sum(sizes[id(c)] for c in _children(node)), 2**62)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return 2**62  # an alias to an enclosing node: endless once expanded
+        on_path.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                return 2**62
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
+def _distinct_size(root: yaml.Node) -> int:
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(_children(node))
+    return len(seen)
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,36 +305,67 @@ def _set_path(raw: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _validate(model: type[M], raw: dict[str, Any], path: Path) -> M:
+def _validate(model: type[M], raw: dict[str, Any], path: Path, sources: Mapping[tuple[str, ...], str] | None = None) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, path, model)) from None
+        raise ConfigError(format_validation_error(e, path, model, sources)) from None
 
 
-def format_validation_error(e: ValidationError, path: Path, model: type[BaseModel]) -> str:
-    """Turn pydantic's errors into one message per problem: file, key, value, what to do."""
+MAX_ERRORS = 20
+"""Most problems one configuration error lists (the count of the rest follows)."""
+
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxlevel = 3
+_VALUE_REPR.maxtuple = _VALUE_REPR.maxlist = _VALUE_REPR.maxdict = _VALUE_REPR.maxset = 6
+_VALUE_REPR.maxstring = _VALUE_REPR.maxother = 120
+_SECRET_KEY = re.compile(r"ur[il]|dsn|propert|passw|secret|token|credential|key|auth|sasl", re.IGNORECASE)
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` bounded in length and depth, however big the value is."""
+    return _VALUE_REPR.repr(value)
+
+
+def format_validation_error(
+    e: ValidationError, path: Path, model: type[BaseModel], sources: Mapping[tuple[str, ...], str] | None = None
+) -> str:
+    """Turn pydantic's errors into one message per problem: file (or environment variable), key, value,
+    what to do. At most :data:`MAX_ERRORS` problems, each value shown bounded; a value that came from an
+    ``ICEFIELD__...`` variable is not shown where the key may hold a secret (URLs, properties)."""
     lines = []
-    for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
+    for err in e.errors()[:MAX_ERRORS]:
+        keys = tuple(str(p) for p in err["loc"] if not _is_union_tag(p))
+        loc = ".".join(keys) or "(top level)"
         kind = err["type"]
         value = err.get("input")
+        var = next((v for k, v in sorted((sources or {}).items(), key=lambda kv: -len(kv[0])) if keys[: len(k)] == k), None)
+        where = f"{path}" if var is None else f"the environment variable {var}"
+        got = f"got {_shown(value)}"
+        if var is not None and _SECRET_KEY.search(loc):
+            got = "its value is not shown: it may hold a secret"
         if kind == "extra_forbidden":
             parent = _parent_model_fields(model, err["loc"][:-1])
             hint = f"; allowed keys here: {', '.join(parent)}" if parent else ""
-            lines.append(f"{path}: {loc}: unknown key{hint}. Remove it or fix its spelling")
+            lines.append(f"{where}: {loc}: unknown key{hint}. Remove it or fix its spelling")
         elif kind == "missing":
-            lines.append(f"{path}: {loc}: required key is missing. Add it")
+            lines.append(f"{where}: {loc}: required key is missing. Add it")
         elif kind == "union_tag_not_found":
             tags = sorted({t for m in _models_at(model, err["loc"]) for t in _type_tags(m)})
             choices = f" (one of {', '.join(repr(t) for t in tags)})" if tags else ""
-            lines.append(f"{path}: {loc}.type: required key is missing. Add it{choices}")
+            lines.append(f"{where}: {loc}.type: required key is missing. Add it{choices}")
         elif kind == "union_tag_invalid":
-            lines.append(f"{path}: {loc}: {err['msg']}")
+            lines.append(f"{where}: {loc}: {_bounded(err['msg'])}")
         else:
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{path}: {loc}: {msg} (got {value!r})")
+            msg = _bounded(err["msg"].removeprefix("Value error, "))
+            lines.append(f"{where}: {loc}: {msg} ({got})")
+    if e.error_count() > MAX_ERRORS:
+        lines.append(f"{path}: ... and {e.error_count() - MAX_ERRORS} more problems")
     return "\n".join(lines)
+
+
+def _bounded(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_union_tag(part: object) -> bool:

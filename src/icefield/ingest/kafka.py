@@ -52,6 +52,9 @@ if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
 
 log = logging.getLogger(__name__)
+client_log = logging.getLogger(f"{__name__}.client")
+"""librdkafka's own log lines and error callbacks: hundreds a minute while a broker is down (the CLI
+shows them with -v only); the last error is kept for the message of the error that ends the read."""
 
 INSTALL_HINT = "pip install icefield[kafka]"
 POLL_CHUNK = 10_000
@@ -204,8 +207,8 @@ class KafkaReader:
         for key in _FORCED:
             if key in config and str(config[key]).lower() != _FORCED[key]:
                 raise ConfigError(
-                    f"Kafka consumer property {key}={config[key]!r} is not allowed: icefield commits offsets itself, "
-                    "inside the Iceberg commit; remove it"
+                    f"Kafka consumer property {key}={redact(str(config[key]))!r} is not allowed: icefield commits "
+                    "offsets itself, inside the Iceberg commit; remove it"
                 )
         self.config: dict[str, Any] = {**CONSUMER_DEFAULTS, **config, **_FORCED, "auto.offset.reset": start}
         self.topics = list(dict.fromkeys(topics))
@@ -226,10 +229,12 @@ class KafkaReader:
         self.ends: dict[TopicPartition, int] = {}
         """High watermark of each partition when :meth:`open` ran: where a run without ``follow`` stops."""
         self._eof: set[TopicPartition] = set()
+        self._client_error: str | None = None
 
     @property
     def bootstrap(self) -> str:
-        return str(self.config.get("bootstrap.servers", "?"))
+        """The bootstrap servers, as messages may show them (secrets redacted)."""
+        return redact(str(self.config.get("bootstrap.servers", "?")))
 
     def open(self, position: Mapping[str, Any] | None) -> None:
         """Connect, find every partition of the topics, and seek each to where reading resumes.
@@ -243,8 +248,8 @@ class KafkaReader:
         stored = position_offsets(position)
         self._stored = dict(position) if position else None
         conf = dict(self.config)
-        conf.setdefault("logger", log)
-        conf.setdefault("error_cb", _log_error)
+        conf.setdefault("logger", client_log)
+        conf.setdefault("error_cb", self._on_client_error)
         try:
             self._consumer = consumer = ck.Consumer(conf)
         except ck.KafkaException as e:
@@ -265,7 +270,8 @@ class KafkaReader:
             consumer.assign([ck.TopicPartition(t, p, off) for (t, p), off in starts.items()])
         except ck.KafkaException as e:
             self.close()
-            raise TransientError(f"cannot read Kafka at {self.bootstrap}: {redact(str(e))}; check that it runs and rerun") from e
+            last = f" (the client last reported: {self._client_error})" if self._client_error else ""
+            raise TransientError(f"cannot read Kafka at {self.bootstrap}: {redact(str(e))}{last}; check that it runs and rerun") from e
         self.positions = starts
         log.info("reading %s from %s; end offsets %s", self.topics, starts, self.ends)
 
@@ -466,6 +472,11 @@ class KafkaReader:
             return False
         return True
 
+    def _on_client_error(self, err: Any) -> None:
+        """librdkafka's error callback: it retries by itself and calls this on every failed attempt."""
+        self._client_error = redact(err.str())
+        client_log.warning("Kafka client: %s", self._client_error)
+
     def close(self) -> None:
         """Leave the broker; safe to call twice."""
         consumer, self._consumer = self._consumer, None
@@ -476,8 +487,6 @@ class KafkaReader:
                 log.warning("closing the Kafka consumer failed: %s", e)
 
 
-def _log_error(err: Any) -> None:
-    log.warning("Kafka client: %s", redact(err.str()))
 
 
 # ------------------------------------------------------------------------------------ JSON decoding

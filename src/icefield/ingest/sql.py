@@ -15,6 +15,7 @@ import decimal
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,15 @@ import pyarrow as pa
 
 from icefield.config.models import SqlSourceConfig
 from icefield.config.secrets import redact, register_secret, resolve
-from icefield.errors import ConfigError, MissingDependencyError, SourceError, TransientError
+from icefield.errors import (
+    ConfigError,
+    IcefieldError,
+    MissingDependencyError,
+    QueryError,
+    SourceError,
+    TransientError,
+    driver_install_hint,
+)
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch, row_coords
 from icefield.quality.coerce import convert_values, infer_type
 
@@ -108,7 +117,8 @@ class SqlSource(Source):
         self.pipeline = pipeline.name
         self.keys = list(pipeline.target.keys)
         self.batch_size = batch_size
-        self.where = f"{project.root / 'pipelines'}/{pipeline.name}.yaml: source.url"
+        self.file = f"{project.root / 'pipelines'}/{pipeline.name}.yaml"
+        self.where = f"{self.file}: source.url"
         self.project_root = project.root
         self._engine: Engine | None = None
         if self.cfg.cursor is None and pipeline.target.mode == "append":
@@ -139,17 +149,52 @@ class SqlSource(Source):
                 db = Path(parsed.database)
                 if not db.is_absolute():
                     parsed = parsed.set(database=str(self.project_root / db))
-                if not Path(parsed.database or "").exists():
-                    raise SourceError(f"{self.where}: the SQLite database {parsed.database!r} does not exist")
+                if not Path(parsed.database or "").is_file():
+                    raise ConfigError(
+                        f"{self.where}: the SQLite database {redact(parsed.database or '')!r} does not exist; fix the "
+                        "path (a relative one is read from the project folder)"
+                    )
             try:
                 self._engine = create_engine(parsed)
-            except NoSuchModuleError as e:
-                raise MissingDependencyError(f"{self.where}: no SQLAlchemy dialect for {parsed.drivername!r}: {e}") from None
+            except NoSuchModuleError:
+                raise MissingDependencyError(
+                    f"{self.where}: SQLAlchemy has no dialect {parsed.drivername!r}; fix the URL's scheme "
+                    "(e.g. postgresql+psycopg2://) or install the package that provides it"
+                ) from None
             except ModuleNotFoundError as e:
                 raise MissingDependencyError(
-                    f"{self.where}: the driver {e.name!r} is not installed; run `pip install icefield[postgres]`"
+                    f"{self.where}: the database driver {e.name!r} is not installed; run `{driver_install_hint(e.name)}`"
                 ) from None
         return self._engine
+
+    def _error(self, e: BaseException, doing: str) -> IcefieldError:
+        """The icefield error for a database error ``e`` raised while ``doing`` something (see
+        :func:`classify_db_error`), naming the setting to fix."""
+        from sqlalchemy import exc
+
+        if isinstance(e, exc.NoSuchTableError):
+            return ConfigError(
+                f"{self.file}: source.table: no table {self.cfg.table!r}"
+                + (f" in schema {self.cfg.db_schema!r}" if self.cfg.db_schema else "")
+                + " in the source database; fix the name (it is case-sensitive on most databases)"
+            )
+        kind, text = classify_db_error(e)
+        selected = f"{self.file}: source.{'query' if self.cfg.query is not None else 'table'}"
+        if kind == "login":
+            return ConfigError(
+                f"{self.where}: the source database refused the login ({text}); fix the user or the password "
+                "(or the secret the URL references)"
+            )
+        if kind == "database":
+            return ConfigError(f"{self.where}: the database, schema or role named in the URL does not exist ({text}); fix the URL")
+        if kind == "query":
+            return QueryError(f"{selected}: the source database refused the query while {doing} ({text}); fix it")
+        if kind == "value":
+            cursor = " or source.initial_cursor" if self.cfg.initial_cursor is not None else ""
+            return ConfigError(f"{selected}: the source database refused a value while {doing} ({text}); fix the query{cursor}")
+        if kind == "transient":
+            return TransientError(f"cannot reach the source database while {doing} ({text}); check that it runs and rerun")
+        return SourceError(f"{self.where}: {doing} failed ({text})")
 
     def close(self) -> None:
         if self._engine is not None:
@@ -174,12 +219,8 @@ class SqlSource(Source):
             del sub
             sel = table("q", *[column(n) for n in names])
             return sel, dict.fromkeys(names)
-        except exc.NoSuchTableError:
-            raise SourceError(f"{self.where}: no table {self.cfg.table!r} in the source database") from None
-        except exc.OperationalError as e:
-            raise TransientError(f"cannot reach the source database: {redact(str(e.orig))}") from e
         except exc.SQLAlchemyError as e:
-            raise SourceError(f"cannot read the source: {redact(str(e))}") from e
+            raise self._error(e, "reading the columns of the source") from e
 
     # ------------------------------------------------------------------ reading
 
@@ -237,10 +278,8 @@ class SqlSource(Source):
                 position = {"cursor": _encode(last), "boundary": sorted(boundary)}
                 key = f"sql:{json.dumps(first_pos, sort_keys=True)}->{json.dumps(position, sort_keys=True)}"
                 yield self._batch(chunk, drop, position, key)
-        except exc.OperationalError as e:
-            raise TransientError(f"reading the source failed: {redact(str(e.orig))}") from e
         except exc.SQLAlchemyError as e:
-            raise SourceError(f"reading the source failed: {redact(str(e))}") from e
+            raise self._error(e, "reading the source") from e
 
     def _fp(self, row: tuple[Any, ...]) -> str:
         # The whole row, not its key: a row updated again within the cursor's resolution keeps the cursor
@@ -271,6 +310,7 @@ class SqlSource(Source):
                 yield _Chunk(pa.table(cols), bad, names, rows=rows, cursor_values=[r[cur_idx] for r in rows] if cursor else None)
 
     def _chunks_adbc(self, stmt: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str | None) -> Iterator[_Chunk]:
+        import adbc_driver_manager
         import adbc_driver_postgresql.dbapi as adbc
         from sqlalchemy.dialects import postgresql
 
@@ -279,17 +319,21 @@ class SqlSource(Source):
         compiled = stmt.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
         params = [compiled.params[k] for k in compiled.positiontup or []]
         uri = self.engine().url.set(drivername="postgresql").render_as_string(hide_password=False)
-        with adbc.connect(uri) as conn, conn.cursor() as cur:
-            cur.execute(str(compiled), parameters=params or None)
-            reader = cur.fetch_record_batch()
-            for _, raw in rebatch(reader, self.batch_size, 0):
-                bad: dict[int, str] = {}
-                cols = {}
-                for name in names:
-                    col = raw.column(name)
-                    t = types.get(name) or col.type
-                    cols[name] = cast_column(name, col, t, bad)
-                yield _Chunk(pa.table(cols), bad, names, arrow_raw=raw, cursor_values=raw.column(cursor) if cursor else None)
+        try:
+            with adbc.connect(uri) as conn, conn.cursor() as cur:
+                cur.execute(str(compiled), parameters=params or None)
+                reader = cur.fetch_record_batch()
+                for _, raw in rebatch(reader, self.batch_size, 0):
+                    bad: dict[int, str] = {}
+                    cols = {}
+                    for name in names:
+                        col = raw.column(name)
+                        t = types.get(name) or col.type
+                        cols[name] = cast_column(name, col, t, bad)
+                    yield _Chunk(pa.table(cols), bad, names, arrow_raw=raw, cursor_values=raw.column(cursor) if cursor else None)
+        except (adbc_driver_manager.Error, pa.ArrowException) as e:
+            # ADBC raises its own DB-API errors (and Arrow's, mid-stream), outside SQLAlchemy's wrapping.
+            raise self._error(e, "reading the source") from e
 
     def _full_batch(self, chunks: list[_Chunk], names: list[str], position: dict[str, Any] | None) -> SourceBatch | None:
         """The whole result as one batch, or None when its content is the one committed last. The key
@@ -321,6 +365,84 @@ class SqlSource(Source):
         if out:
             data = data.take(pa.array([i for i in range(chunk.size) if i not in out], pa.int64()))
         return SourceBatch(data=data, position=position, key=key, rejected=rejected, coord_label=label, coord_keys=self.keys)
+
+
+# SQLSTATE classes (the first two characters) and what they tell the user.
+_SQLSTATE_KINDS = {
+    "28": "login",  # invalid authorization specification: wrong user or password
+    "3D": "database",  # invalid catalog name: the database does not exist
+    "3F": "database",  # invalid schema name
+    "42": "query",  # syntax error or access rule violation: bad query, unknown table or column, no privilege
+    "0A": "query",  # feature not supported
+    "22": "value",  # data exception: a value (an initial cursor, a cast) the database cannot take
+    "08": "transient",  # connection exception
+    "53": "transient",  # insufficient resources (too many connections, disk full)
+    "57": "transient",  # operator intervention (server shutting down, cannot connect now)
+    "40": "transient",  # transaction rollback (serialization failure, deadlock)
+    "HY": "transient",  # driver timeout
+}
+# Errors of a connection that fails before the server has a session (libpq reports no SQLSTATE then).
+_LOGIN_REFUSED = re.compile(
+    r"password authentication failed|authentication failed|no password supplied|fe_sendauth|pg_hba\.conf|"
+    r"access denied for user|login failed",
+    re.IGNORECASE,
+)
+_NAME_MISSING = re.compile(r"(database|role|schema) \S+ does not exist|unknown database", re.IGNORECASE)
+_SQLITE_KINDS = {
+    "SQLITE_ERROR": "query",  # syntax error, no such table or column
+    "SQLITE_MISMATCH": "value",
+    "SQLITE_RANGE": "value",
+    "SQLITE_BUSY": "transient",
+    "SQLITE_LOCKED": "transient",
+    "SQLITE_PROTOCOL": "transient",
+    "SQLITE_CANTOPEN": "database",
+    "SQLITE_NOTADB": "database",
+    "SQLITE_AUTH": "login",
+    "SQLITE_PERM": "login",
+}
+# DB-API exception classes, when nothing more precise is known.
+_DBAPI_KINDS = {
+    "ProgrammingError": "query",
+    "NotSupportedError": "query",
+    "DataError": "value",
+    "OperationalError": "transient",
+    "InterfaceError": "transient",
+}
+
+
+def classify_db_error(e: BaseException) -> tuple[str, str]:
+    """What a database error means for the user, and its text (redacted, one line).
+
+    The kind is ``login`` (user or password refused), ``database`` (the database, schema or role named
+    does not exist), ``query`` (syntax error, unknown table or column, missing privilege), ``value`` (a
+    value the database cannot take), ``transient`` (unreachable, busy, shutting down: a retry may help)
+    or ``other``. It is read from the SQLSTATE when the driver gives one (psycopg2 ``pgcode``, psycopg
+    and ADBC ``sqlstate``), else from SQLite's error name, else from libpq's connection messages, else
+    from the DB-API class. Works on SQLAlchemy's wrappers (``.orig``) and on raw driver errors."""
+    orig = getattr(e, "orig", None) or e
+    text = " ".join(redact(str(orig)).split()) or type(orig).__name__
+    if len(text) > 500:
+        text = text[:497] + "..."
+    state = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    if isinstance(state, str) and len(state) == 5:
+        kind = _SQLSTATE_KINDS.get(state[:2])
+        if kind is not None:
+            return kind, text
+    if _LOGIN_REFUSED.search(text):
+        return "login", text
+    if _NAME_MISSING.search(text):
+        return "database", text
+    name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return _SQLITE_KINDS.get(name, "other"), text
+    for cls in type(orig).__mro__:
+        if cls.__name__ in _DBAPI_KINDS:
+            return _DBAPI_KINDS[cls.__name__], text
+    from sqlalchemy import exc
+
+    if isinstance(e, exc.StatementError) and not isinstance(e, exc.DBAPIError):
+        return "value", text  # SQLAlchemy refused a parameter itself (an initial cursor of the wrong type)
+    return "other", text
 
 
 def _adbc_available() -> bool:

@@ -11,7 +11,9 @@ from icefield.config.secrets import redact
 
 
 class RedactingFilter(logging.Filter):
-    """Removes every resolved secret from log messages before any handler sees them."""
+    """Removes every resolved secret from log messages before the handler formats them. The message
+    only: a traceback is formatted later, so the formatters (:class:`RedactingFormatter`,
+    :class:`JsonFormatter`) redact their whole output too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
@@ -19,6 +21,13 @@ class RedactingFilter(logging.Filter):
         if clean != msg:
             record.msg, record.args = clean, ()
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """A text formatter whose whole output (message, traceback, stack) is redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,4 +45,6 @@ class JsonFormatter(logging.Formatter):
                 out[key] = getattr(record, key)
         if record.exc_info:
             out["error"] = redact(self.formatException(record.exc_info))
-        return json.dumps(out, ensure_ascii=False)
+        if record.stack_info:
+            out["stack"] = redact(self.formatStack(record.stack_info))
+        return redact(json.dumps(out, ensure_ascii=False))
