@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from icefield.errors import ConfigError, IcefieldError
+from icefield.errors import ConfigError, IcefieldError, QueryError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -92,6 +92,9 @@ def run_query(project: Project, query: str, catalog: Catalog | None = None) -> p
     try:
         rel = con.sql(query)
         return rel.to_arrow_table() if rel is not None else _empty()
+    except (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError, duckdb.PermissionException) as e:
+        # Syntax, unknown table or column, bad cast: the query must change (exit 2), a retry cannot help.
+        raise QueryError(f"query failed: {e}") from None
     except duckdb.Error as e:
         raise IcefieldError(f"query failed: {e}") from None
     finally:
