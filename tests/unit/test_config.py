@@ -479,3 +479,97 @@ def test_model_with_bad_mode_names_file_and_value(make_project):
     write_model(root, "m", "-- target: shop.m\n-- mode: upsert\nselect 1\n")
     msg = config_error(root)
     assert "m.sql" in msg and "mode" in msg and "'upsert'" in msg
+
+
+# ------------------------------------------------------------------ hardening (issue 13)
+
+
+@pytest.mark.parametrize("password", ["p@ss:w/o#r%d?x", "CANARYPART1@LEAKEDTAIL77", "a b+c"])
+def test_a_reference_in_a_url_userinfo_is_percent_quoted(monkeypatch, password):
+    """F8: a password with `@` (or `: / # % ?`) substituted raw into a URL split it at the first `@`,
+    and SQLAlchemy printed the tail as the host. Quoted, the URL parses back to the same password and
+    host; both forms are redacted."""
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.setenv("IF_TEST_PW", password)
+    url = resolve("postgresql+psycopg2://app:${env:IF_TEST_PW}@127.0.0.1:5432/shop")
+    parsed = make_url(url)
+    assert (parsed.username, parsed.password, parsed.host, parsed.port, parsed.database) == ("app", password, "127.0.0.1", 5432, "shop")
+    assert redact(url) == "postgresql+psycopg2://app:***@127.0.0.1:5432/shop"
+    assert redact(parsed.render_as_string(hide_password=False)) == "postgresql+psycopg2://app:***@127.0.0.1:5432/shop"
+
+
+def test_references_outside_the_userinfo_are_not_quoted(monkeypatch, tmp_path):
+    """Only the user-info is quoted: a whole URL from a secret, a path, a host stay as they are; a
+    `${file:/abs/path}` reference (holding `/`) in the user-info is quoted too."""
+    monkeypatch.setenv("IF_TEST_URL", "postgresql://u:p%40w@db/x")
+    monkeypatch.setenv("IF_TEST_DB", "dir/shop.db")
+    (tmp_path / "pw").write_text("f@ile", encoding="utf-8")
+    assert resolve("${env:IF_TEST_URL}") == "postgresql://u:p%40w@db/x"
+    assert resolve("sqlite:///${env:IF_TEST_DB}") == "sqlite:///dir/shop.db"
+    assert resolve("s3://bucket/${env:IF_TEST_DB}") == "s3://bucket/dir/shop.db"
+    assert resolve(f"postgresql://u:${{file:{tmp_path / 'pw'}}}@db/x") == "postgresql://u:f%40ile@db/x"
+    assert resolve("${env:IF_TEST_DB}@host") == "dir/shop.db@host"  # no scheme: not a URL
+
+
+def _alias_bomb(levels: int) -> str:
+    lines = ['x0: &x0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + f"\nname: p\nsource: {{type: files, path: 'a/*.csv'}}\ntarget: {{table: a.b}}\nbatch_size: *x{levels - 1}\n"
+
+
+@pytest.mark.parametrize("levels", [7, 9])
+def test_a_yaml_alias_bomb_is_refused_at_once(make_project, levels):
+    """F16: 438 bytes of nested aliases made a 35 MB error message (seven levels) and hung the CLI; eight
+    levels took 2.8 GB. Now refused at once, with a short message."""
+    import time
+
+    root = make_project()
+    (root / "pipelines").mkdir(exist_ok=True)
+    (root / "pipelines" / "p.yaml").write_text(_alias_bomb(levels), encoding="utf-8")
+    started = time.perf_counter()
+    msg = config_error(root)
+    assert time.perf_counter() - started < 5
+    assert "p.yaml" in msg and "aliases" in msg and len(msg) < 1000
+
+
+def test_a_few_aliases_still_work(make_project):
+    root = make_project(project={"name": "p", "catalog": {"name": "lake", "properties": {"a": "1"}}})
+    (root / "pipelines").mkdir(exist_ok=True)
+    (root / "pipelines" / "p.yaml").write_text(
+        "name: p\nsource: &src {type: files, path: 'a/*.csv'}\ntarget: {table: a.b}\nchecks: [{not_null: &cols [id, v]}, {unique: *cols}]\n",
+        encoding="utf-8",
+    )
+    project = load_project(root, env={})
+    assert project.pipelines["p"].source.path == "a/*.csv"  # type: ignore[union-attr]
+
+
+def test_a_huge_value_is_shown_bounded(make_project):
+    """F16: the value of a wrong key was echoed whole (`got {value!r}`)."""
+    root = make_project(pipelines={"p": pipeline(batch_size=[list(range(200)) for _ in range(200)])})
+    msg = config_error(root)
+    assert "p.yaml: batch_size" in msg and len(msg) < 2000
+
+
+def test_an_env_override_error_names_the_variable_not_the_file(make_project):
+    """F22: errors from ICEFIELD__... values were attributed to icefield.yaml; a value that may hold a
+    secret (a URI, a property) is not printed."""
+    msg = config_error(make_project(), env={"ICEFIELD__BATCH_SIZE": "lots"})
+    assert "the environment variable ICEFIELD__BATCH_SIZE: batch_size" in msg and "'lots'" in msg
+    assert "icefield.yaml" not in msg
+    msg = config_error(make_project(), env={"ICEFIELD__CATALOG__URI": '{"not": "a string", "pw": "CANARY_env_91"}'})
+    assert "the environment variable ICEFIELD__CATALOG__URI: catalog.uri" in msg
+    assert "CANARY_env_91" not in msg and "not shown" in msg
+
+
+def test_a_profile_from_the_environment_keeps_its_case(make_project):
+    """F22: ICEFIELD__PROFILES__X__... was lower-cased, so --profile X found no profile X. The variable
+    also reaches a profile of the file whatever its case."""
+    env = {"ICEFIELD__PROFILES__CI__BATCH_SIZE": "7"}
+    project = load_project(make_project(), profile="CI", env=env)
+    assert project.profile == "CI" and project.config.batch_size == 7
+    env = {"ICEFIELD__PROFILES__PROD__BATCH_SIZE": "9"}
+    project = load_project(make_project(project=PROFILED), profile="prod", env=env)
+    assert project.config.batch_size == 9
+    assert project.config.catalog.uri == "postgresql://db/catalog"  # the rest of the file's profile
