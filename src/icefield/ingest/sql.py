@@ -180,6 +180,8 @@ class SqlSource(Source):
             )
         kind, text = classify_db_error(e)
         selected = f"{self.file}: source.{'query' if self.cfg.query is not None else 'table'}"
+        # The first read compares the cursor with initial_cursor: a value of the wrong type fails there.
+        also = " (or source.initial_cursor)" if self.cfg.initial_cursor is not None else ""
         if kind == "login":
             return ConfigError(
                 f"{self.where}: the source database refused the login ({text}); fix the user or the password "
@@ -188,10 +190,9 @@ class SqlSource(Source):
         if kind == "database":
             return ConfigError(f"{self.where}: the database, schema or role named in the URL does not exist ({text}); fix the URL")
         if kind == "query":
-            return QueryError(f"{selected}: the source database refused the query while {doing} ({text}); fix it")
+            return QueryError(f"{selected}: the source database refused the query while {doing} ({text}); fix it{also}")
         if kind == "value":
-            cursor = " or source.initial_cursor" if self.cfg.initial_cursor is not None else ""
-            return ConfigError(f"{selected}: the source database refused a value while {doing} ({text}); fix the query{cursor}")
+            return ConfigError(f"{selected}: the source database refused a value while {doing} ({text}); fix the query{also}")
         if kind == "transient":
             return TransientError(f"cannot reach the source database while {doing} ({text}); check that it runs and rerun")
         return SourceError(f"{self.where}: {doing} failed ({text})")
