@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from icefield.cli import cli
 from icefield.demo import copy_example
+from icefield.errors import ConfigError
 
 DEMO_MARKER = ".icefield-demo"  # the marker file, as documented
-from icefield.errors import ConfigError
 
 
 def _real_project(root: Path) -> dict[Path, bytes]:
