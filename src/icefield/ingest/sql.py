@@ -188,13 +188,15 @@ class SqlSource(Source):
                 "(or the secret the URL references)"
             )
         if kind == "database":
-            return ConfigError(f"{self.where}: the database, schema or role named in the URL does not exist ({text}); fix the URL")
+            return ConfigError(
+                f"{self.where}: the database, schema or role named in the URL does not exist or cannot be opened ({text}); fix the URL"
+            )
         if kind == "query":
             return QueryError(f"{selected}: the source database refused the query while {doing} ({text}); fix it{also}")
         if kind == "value":
             return ConfigError(f"{selected}: the source database refused a value while {doing} ({text}); fix the query{also}")
         if kind == "transient":
-            return TransientError(f"cannot reach the source database while {doing} ({text}); check that it runs and rerun")
+            return TransientError(f"{self.where}: cannot reach the source database while {doing} ({text}); check that it runs and rerun")
         return SourceError(f"{self.where}: {doing} failed ({text})")
 
     def close(self) -> None:
