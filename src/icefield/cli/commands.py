@@ -56,11 +56,18 @@ def init(out: Output, directory: Path, name: str | None) -> None:
     "--follow", is_flag=True,
     help="Keep consuming a streaming source (kafka, debezium) and commit every batch; stop with Ctrl-C or SIGTERM.",
 )
+@click.option(
+    "--wait", "wait", default="0", show_default=True,
+    help="How long to wait for another run writing the same table (30s, 10m, 1h); 0 refuses at once (exit 75).",
+)
 @json_option
 @pass_out
 @guarded
-def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> None:
-    """Run pipelines (and then models). Without NAMES: every pipeline, then every model."""
+def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait: str) -> None:
+    """Run pipelines (and then models). Without NAMES: every pipeline, then every model.
+
+    One run at a time writes a table: a run whose table another run is writing waits up to --wait, then
+    stops before reading anything (exit 75)."""
     from icefield.catalog import open_catalog
     from icefield.errors import ConfigError, IcefieldError
     from icefield.pipeline import run_model, run_pipeline
@@ -78,6 +85,9 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> N
         models = [] if no_models else sorted(project.models)
     if follow and (len(pipelines) != 1 or models):
         raise ConfigError("--follow runs one streaming pipeline: name exactly one pipeline, e.g. icefield run orders_cdc --follow")
+    from icefield.write.expire import parse_age
+
+    wait_s = parse_age(wait)
     catalog = open_catalog(project)
     run_id = new_run_id()
     results = []
@@ -86,7 +96,7 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> N
     for name in pipelines:
         try:
             results.append(
-                _run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop), name)
+                _run_one(out, lambda cb, n=name: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop, wait=wait_s), name)
             )
         except IcefieldError as e:
             failed = e
@@ -97,7 +107,7 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> N
             break
     if failed is None:
         for name in models:
-            results.append(_run_one(out, lambda cb, n=name: run_model(project, n, catalog, run_id), f"model {name}"))
+            results.append(_run_one(out, lambda cb, n=name: run_model(project, n, catalog, run_id, wait=wait_s), f"model {name}"))
     if out.as_json:
         out.emit({"status": "failed" if failed else "ok", "run_id": run_id, "results": [r.to_dict() for r in results]})
     else:

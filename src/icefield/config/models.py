@@ -215,6 +215,9 @@ class TargetConfig(_Model):
     # ``freeze`` refuses any change. Type changes are refused under every contract.
     contract: Literal["evolve", "additive-only", "freeze"] = "evolve"
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    # One writer per table: a second pipeline or model writing the same table is refused when the project
+    # loads, unless every writer of it declares ``shared: true`` (each then needs batches of its own).
+    shared: bool = False
 
     @property
     def order_columns(self) -> list[str]:

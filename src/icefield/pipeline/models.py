@@ -14,21 +14,26 @@ import pyarrow as pa
 from icefield.engines import get_engine
 from icefield.errors import ConfigError
 from icefield.pipeline.results import BatchResult, RunResult
-from icefield.pipeline.runner import new_run_id
+from icefield.pipeline.runner import acquire_lease, new_run_id
 from icefield.write import TableWriter, batch_id_for, read_position, table_identifier
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
     from icefield.config import Project
+    from icefield.config.models import ModelConfig
+    from icefield.engines.local import LocalEngine
 
 
-def run_model(project: Project, name: str, catalog: Catalog | None = None, run_id: str | None = None) -> RunResult:
-    """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`."""
-    import duckdb
+def run_model(
+    project: Project, name: str, catalog: Catalog | None = None, run_id: str | None = None, wait: float = 0.0
+) -> RunResult:
+    """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`.
 
+    Like a pipeline run, it holds the lease of its table while it runs (waiting up to ``wait`` seconds for
+    another run of it)."""
     from icefield.catalog import open_catalog
-    from icefield.engines.local import LocalEngine, list_tables, tables_in_sql
+    from icefield.engines.local import LocalEngine
 
     try:
         model = project.models[name]
@@ -41,6 +46,17 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
         raise ConfigError(f"models need an engine that runs SQL; {project.config.engine!r} does not")
     started = time.perf_counter()
     result = RunResult(pipeline=f"model.{name}", table=model.target.table, run_id=run_id)
+    with acquire_lease(catalog, model.target, run_id, f"model {name}", wait):
+        _run_model(project, model, catalog, engine, result, run_id)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_model(project: Project, model: ModelConfig, catalog: Catalog, engine: LocalEngine, result: RunResult, run_id: str) -> None:
+    import duckdb
+
+    from icefield.engines.local import list_tables, tables_in_sql
+
     wanted = tables_in_sql(model.sql)
     inputs: dict[str, int | None] = {}
     for ident in list_tables(catalog):
@@ -52,9 +68,9 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
     position = {"sql": sql_hash, "inputs": inputs}
     writer = TableWriter(catalog, model.target, result.pipeline, engine)
     table = writer.load()
-    if read_position(table, result.pipeline) == position:
-        result.seconds = time.perf_counter() - started
-        return result
+    writer.base_position = read_position(table, result.pipeline)
+    if writer.base_position == position:
+        return
     con = engine.connect(catalog, model.sql)
     try:
         data = con.sql(model.sql).to_arrow_table()
@@ -72,8 +88,6 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
     result.batches.append(
         BatchResult(batch_id, data.num_rows, data.num_rows, 0, 0, wr.rows_deleted, wr.snapshot_id, wr.skipped, wr.seconds)
     )
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _iceberg_friendly(data: pa.Table) -> pa.Table:

@@ -61,6 +61,7 @@ from icefield.write import (
     find_batch,
     table_identifier,
 )
+from icefield.write.commits import commit_transaction
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -333,7 +334,7 @@ class _Replay:
         def op(q: Table) -> None:
             tx = q.transaction()
             tx.delete(EqualTo("replay_id", rid), snapshot_properties=self._summary(f"{rid}:release"))  # type: ignore[call-arg,arg-type]
-            tx.commit_transaction()
+            commit_transaction(tx)
 
         self._commit(op)
 
@@ -349,7 +350,7 @@ class _Replay:
             for part in rows:
                 if part.num_rows:
                     tx.append(conform_to_table(q, part), snapshot_properties=props)
-            tx.commit_transaction()
+            commit_transaction(tx)
 
         self._commit(op)
 
@@ -496,7 +497,7 @@ def _give_row_ids(q: Table, run_id: str) -> Table:
     tx = q.transaction()
     tx.overwrite(conform_to_table(q, data), snapshot_properties={SUMMARY_BATCH_ID: f"row-ids:{run_id}", SUMMARY_RUN_ID: run_id})
     log.info("gave row ids to %d quarantined rows of %s", sum(len(i) for i in by_batch.values()), ".".join(q.name()))
-    return tx.commit_transaction()
+    return commit_transaction(tx)
 
 
 def _with_all_columns(rows: pa.Table) -> pa.Table:
