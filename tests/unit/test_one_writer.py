@@ -306,3 +306,31 @@ def test_no_pipeline_or_model_may_target_icefields_own_tables(tmp_path: Path, ta
     root = _project(tmp_path / "q", {"events": "{table: raw.events}"}, {"m": f"-- target: {table}"})
     with pytest.raises(ConfigError, match="model m cannot write it"):
         load_project(root, env={})
+
+
+OPENER = r"""
+import sys, time
+from icefield.catalog import open_catalog
+from icefield.config import load_project
+project = load_project(sys.argv[1], env={})
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start at the same moment
+open_catalog(project).list_namespaces()
+"""
+
+
+@pytest.mark.timeout(600)
+def test_processes_opening_a_new_project_at_once_all_get_its_catalog(tmp_path: Path) -> None:
+    """Runs started together on a new project all create the catalog database: the losers used to fail
+    with 'table iceberg_tables already exists' (exit 2) or 'database is locked' (a traceback)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
+    for attempt in range(3):
+        root = tmp_path / f"p{attempt}"
+        root.mkdir()
+        (root / "icefield.yaml").write_text("name: fresh\n")
+        at = str(time.time() + 3)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", OPENER, str(root), at], env=env, stderr=subprocess.PIPE, text=True) for _ in range(6)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err
