@@ -46,6 +46,7 @@ from icefield.pipeline.quarantine import (
     row_ids,
     upgrade,
 )
+from icefield.pipeline.runner import acquire_lease
 from icefield.quality import check_rows
 from icefield.quality.coerce import conform, parse_type, records_to_table
 from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
@@ -245,7 +246,12 @@ def replay_quarantine(
                 f"pipeline {name!r} overwrites {table} (mode overwrite): replayed rows would replace what is there; "
                 "fix the source and rerun the pipeline instead"
             )
-        _Replay(catalog, engine, pipe, q.name(), run_id, result).run(mine)
+        if dry_run:
+            _Replay(catalog, engine, pipe, q.name(), run_id, result).run(mine)
+            continue
+        # A replay writes the pipeline's table: it holds its lease, as a run does (one at a time).
+        with acquire_lease(catalog, pipe.target, run_id, f"replay of pipeline {name}", 0.0):
+            _Replay(catalog, engine, pipe, q.name(), run_id, result).run(mine)
     result.seconds = time.perf_counter() - started
     log.info(
         "replay %s of %s: %d rows, %d committed, %d still quarantined, %d filtered, %d released after an interrupted replay",
