@@ -4,6 +4,7 @@ unchanged inputs and SQL commits nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from icefield.engines import get_engine
-from icefield.errors import ConfigError
+from icefield.errors import ConfigError, IcefieldError
 from icefield.pipeline.results import BatchResult, RunResult
 from icefield.pipeline.runner import new_run_id
 from icefield.write import TableWriter, batch_id_for, read_position, table_identifier
@@ -24,11 +25,14 @@ if TYPE_CHECKING:
 
 
 def run_model(project: Project, name: str, catalog: Catalog | None = None, run_id: str | None = None) -> RunResult:
-    """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`."""
-    import duckdb
+    """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`.
 
+    The model's SQL must be one read-only query; it runs on a locked DuckDB connection that reads only
+    the tables it names (:mod:`icefield.engines.readonly`). Raises :class:`ConfigError` when it is
+    refused or fails."""
     from icefield.catalog import open_catalog
-    from icefield.engines.local import LocalEngine, list_tables, tables_in_sql
+    from icefield.engines import readonly
+    from icefield.engines.local import LocalEngine, tables_named
 
     try:
         model = project.models[name]
@@ -39,12 +43,14 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
     engine = get_engine(project.config.engine)
     if not isinstance(engine, LocalEngine):
         raise ConfigError(f"models need an engine that runs SQL; {project.config.engine!r} does not")
+    what = f"{model.path}: the model's SQL"
+    with contextlib.closing(readonly.open_connection()) as parser:
+        readonly.statement(parser, model.sql, what)  # refused before anything is read
     started = time.perf_counter()
     result = RunResult(pipeline=f"model.{name}", table=model.target.table, run_id=run_id)
-    wanted = tables_in_sql(model.sql)
     inputs: dict[str, int | None] = {}
-    for ident in list_tables(catalog):
-        if ".".join(ident) == model.target.table or (wanted is not None and ident[-1].lower() not in wanted):
+    for ident in tables_named(catalog, model.sql):
+        if ".".join(ident) == model.target.table:
             continue
         snap = catalog.load_table(ident).current_snapshot()
         inputs[".".join(ident)] = snap.snapshot_id if snap else None
@@ -57,9 +63,11 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
         return result
     con = engine.connect(catalog, model.sql)
     try:
-        data = con.sql(model.sql).to_arrow_table()
-    except duckdb.Error as e:
-        raise ConfigError(f"{model.path}: the model's SQL failed in DuckDB: {e}") from None
+        data = readonly.query(con, model.sql, what)
+    except IcefieldError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{e}; fix the model's SQL") from None
     finally:
         con.close()
     data = _iceberg_friendly(data)
