@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from icefield.errors import IcefieldError, QueryRefusedError
-from icefield.sqlcheck import check_query
+from icefield.sqlcheck import ONE_QUERY, check_query
 
 if TYPE_CHECKING:
     import duckdb
@@ -39,10 +39,7 @@ _CONNECT_CONFIG = {
     "allow_community_extensions": False,
 }
 
-REFUSED_HINT = (
-    "icefield runs one read-only query over the project's tables, with no access to other files, URLs, "
-    "databases or extensions"
-)
+NO_ACCESS = "a query reads only the tables it names: no other file, URL, database or extension"
 
 
 def open_connection(unrestricted: bool = False) -> duckdb.DuckDBPyConnection:
@@ -93,11 +90,13 @@ def statement(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query")
     except duckdb.Error as e:
         raise QueryRefusedError(f"{what} is refused: it does not parse: {str(e).splitlines()[0]}") from None
     if len(found) != 1:
-        raise QueryRefusedError(f"{what} is refused: it holds {len(found)} statements; {REFUSED_HINT}")
+        raise QueryRefusedError(f"{what} is refused: it holds {len(found)} statements; {ONE_QUERY}")
     stmt = found[0]
     if stmt.type != duckdb.StatementType.SELECT:
-        kind = stmt.type.name.replace("VARIABLE_SET", "SET").replace("_", " ")
-        raise QueryRefusedError(f"{what} is refused: it is a {kind} statement, not a read-only query; {REFUSED_HINT}")
+        # Named by its first word: DuckDB files INSTALL under LOAD, RESET under SET.
+        words = stmt.query.split()
+        kind = words[0].upper() if words else stmt.type.name
+        raise QueryRefusedError(f"{what} is refused: {kind} is not a read-only query; {ONE_QUERY}")
     # DuckDB saw one SELECT; sqlglot must agree (and finds data-modifying clauses nested in it).
     check_query(sql, what)
     return stmt
@@ -116,7 +115,7 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> 
     try:
         return con.sql(stmt).to_arrow_table()
     except duckdb.PermissionException as e:
-        raise QueryRefusedError(f"{what} is refused: {str(e).splitlines()[0]}; {REFUSED_HINT}") from None
+        raise QueryRefusedError(f"{what} is refused: {str(e).splitlines()[0]}; {NO_ACCESS}") from None
     except duckdb.Error as e:
         raise IcefieldError(f"{what} failed: {e}") from None
 
