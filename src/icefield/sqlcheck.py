@@ -1,8 +1,8 @@
 """What SQL icefield accepts from users, judged by parsing it (sqlglot, DuckDB dialect).
 
 A *query* (``icefield sql``, a model, a ``sql`` gate) is exactly one read-only statement: a SELECT (with
-``WITH``, set operations, ``VALUES``, DuckDB's ``FROM``-first form) or a ``DESCRIBE``/``SUMMARIZE`` of
-one. A *filter* (``checks.filter``) is one expression over the batch's columns: no statement, no
+``WITH``, set operations, ``VALUES``, DuckDB's ``FROM``-first form and ``PIVOT ... IN (...)``) or a
+``DESCRIBE``/``SUMMARIZE`` of one. A *filter* (``checks.filter``) is one expression over the batch's columns: no statement, no
 subquery, no table. Everything else is refused with a :class:`~icefield.errors.QueryRefusedError` (a ``ConfigError``) that names
 what was refused and why.
 
@@ -31,7 +31,7 @@ _REFUSED_NODES = (
 )
 
 
-ONE_QUERY = "exactly one read-only query runs (SELECT, WITH ... SELECT, VALUES, DESCRIBE or SUMMARIZE)"
+ONE_QUERY = "exactly one read-only query runs (SELECT, WITH ... SELECT, VALUES, PIVOT, DESCRIBE or SUMMARIZE)"
 
 
 def _refused_types() -> tuple[type, ...]:
@@ -69,7 +69,7 @@ def check_query(sql: str, what: str = "the query") -> exp.Expr:
     if len(trees) != 1:
         raise QueryRefusedError(f"{what} is refused: it holds {len(trees)} statements; {ONE_QUERY}")
     tree = trees[0]
-    if not isinstance(tree, (exp.Query, exp.Values, exp.Describe, exp.Summarize)):
+    if not isinstance(tree, (exp.Query, exp.Values, exp.Describe, exp.Summarize, exp.Pivot)):
         raise QueryRefusedError(f"{what} is refused: {_kind(tree)} is not a read-only query; {ONE_QUERY}")
     refused = _refused_types()
     for node in tree.walk():
@@ -82,7 +82,7 @@ def check_expression(expr: str, what: str = "the filter") -> exp.Expr:
     """Check that ``expr`` is one SQL expression (DuckDB dialect) with no statement, subquery or table
     in it; return its parsed tree.
 
-    Raises :class:`QueryRefusedError` naming ``what`` and the reason.
+    Raises :class:`QueryRefusedError` naming ``what`` (say ``"filter 'x > 1'"``) and the reason.
     """
     import sqlglot
     from sqlglot import exp
@@ -93,17 +93,17 @@ def check_expression(expr: str, what: str = "the filter") -> exp.Expr:
         tree = sqlglot.parse_one(expr, read="duckdb", into=exp.Condition)
     except sqlglot.errors.SqlglotError:
         raise QueryRefusedError(
-            f"{what} {expr!r} is not one SQL expression (statements, ';' and unbalanced parentheses are refused); "
+            f"{what} is not one SQL expression (statements, ';' and unbalanced parentheses are refused); "
             "write a condition over the row's columns, e.g. amount > 0"
         ) from None
     refused = _refused_types()
     for node in tree.walk():
         if isinstance(node, (exp.Query, exp.Subquery, exp.Exists)):
-            raise QueryRefusedError(f"{what} {expr!r} holds a subquery; a filter sees only the row's own columns")
+            raise QueryRefusedError(f"{what} holds a subquery; a filter sees only the row's own columns")
         if isinstance(node, (exp.Table, exp.Values)):
-            raise QueryRefusedError(f"{what} {expr!r} names a table or table function; a filter sees only the row's own columns")
+            raise QueryRefusedError(f"{what} names a table or table function; a filter sees only the row's own columns")
         if isinstance(node, refused):
-            raise QueryRefusedError(f"{what} {expr!r} contains {_kind(node)}; a filter is one expression")
+            raise QueryRefusedError(f"{what} contains {_kind(node)}; a filter is one expression")
     return tree
 
 

@@ -187,6 +187,9 @@ def test_read_only_queries_still_work(tmp_path: Path) -> None:
         assert json.loads(res.output)["rows"] == expected, query
     res = CliRunner().invoke(cli, ["--project", str(root), "sql", "describe raw.events", "--json"])
     assert res.exit_code == 0 and [r["column_name"] for r in json.loads(res.output)["rows"]] == ["id", "v", "_source_file"]
+    res = CliRunner().invoke(cli, ["--project", str(root), "sql", "pivot (select id, v from raw.events) on v in ('x', 'y') using count(*)", "--json"])
+    assert res.exit_code == 0, res.output
+    assert sorted(json.loads(res.output)["rows"], key=lambda r: r["id"]) == [{"id": 1, "x": 1, "y": 0}, {"id": 2, "x": 0, "y": 1}]
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -226,8 +229,8 @@ def test_models_run_under_the_lock(tmp_path: Path) -> None:
 
 def test_sql_gates_run_under_the_lock(tmp_path: Path) -> None:
     from icefield.catalog import open_catalog
-    from icefield.config.gates import parse_gates
     from icefield.config import load_project
+    from icefield.config.gates import parse_gates
     from icefield.quality.gates import GateContext, run_gates
 
     root = _project(tmp_path / "p")

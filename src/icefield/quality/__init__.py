@@ -162,7 +162,7 @@ def _filter_rows(table: pa.Table, expr: str) -> set[int]:
     from icefield.engines import readonly
     from icefield.sqlcheck import check_expression
 
-    check_expression(expr, "filter")
+    check_expression(expr, f"filter {expr!r}")
     con = readonly.open_connection()
     try:
         names = readonly.distinct_names([*table.column_names, "__icefield_idx"], ignore_case=True)
