@@ -66,3 +66,8 @@ class PublishConflictError(TerminalError):
 
 class BranchMovedError(TransientError):
     """An audit branch is not at ``main``'s head when a batch is written on it (``main`` moved): cut it again."""
+
+
+class QueryRefusedError(ConfigError):
+    """SQL a user wrote (``icefield sql``, a model, a gate, a filter) is not one read-only query, or it
+    reached for a file, URL or extension the locked DuckDB connection does not allow."""

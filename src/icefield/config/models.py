@@ -294,9 +294,22 @@ class RegexCheck(_Model):
 
 
 class FilterRule(_Model):
-    """Rows for which the SQL expression is false are dropped and counted as ``filtered``."""
+    """Rows for which the SQL expression is false are dropped and counted as ``filtered``. The
+    expression is one condition over the row's columns: no statement, subquery or table."""
 
     filter: str
+
+    @field_validator("filter")
+    @classmethod
+    def _one_expression(cls, v: str) -> str:
+        from icefield.errors import ConfigError
+        from icefield.sqlcheck import check_expression
+
+        try:
+            check_expression(v)
+        except ConfigError as e:  # reported by pydantic with the check's path
+            raise ValueError(str(e)) from None
+        return v
 
 
 CHECK_TYPES: dict[str, type[_Model]] = {

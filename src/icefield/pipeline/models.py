@@ -4,6 +4,7 @@ unchanged inputs and SQL commits nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from icefield.engines import get_engine
-from icefield.errors import ConfigError
+from icefield.errors import ConfigError, IcefieldError
 from icefield.pipeline.results import BatchResult, RunResult
 from icefield.pipeline.runner import acquire_lease, new_run_id
 from icefield.write import TableWriter, batch_id_for, read_position, table_identifier
@@ -30,9 +31,12 @@ def run_model(
 ) -> RunResult:
     """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`.
 
-    Like a pipeline run, it holds the lease of its table while it runs (waiting up to ``wait`` seconds for
-    another run of it)."""
+    The model's SQL must be one read-only query; it runs on a locked DuckDB connection that reads only
+    the tables it names (:mod:`icefield.engines.readonly`). Raises :class:`ConfigError` when it is
+    refused or fails. Like a pipeline run, it holds the lease of its table while it runs (waiting up to
+    ``wait`` seconds for another run of it)."""
     from icefield.catalog import open_catalog
+    from icefield.engines import readonly
     from icefield.engines.local import LocalEngine
 
     try:
@@ -44,23 +48,24 @@ def run_model(
     engine = get_engine(project.config.engine)
     if not isinstance(engine, LocalEngine):
         raise ConfigError(f"models need an engine that runs SQL; {project.config.engine!r} does not")
+    what = f"{model.path}: the model's SQL"
+    with contextlib.closing(readonly.open_connection()) as parser:
+        readonly.statement(parser, model.sql, what)  # refused before anything is read
     started = time.perf_counter()
     result = RunResult(pipeline=f"model.{name}", table=model.target.table, run_id=run_id)
     with acquire_lease(catalog, model.target, run_id, f"model {name}", wait):
-        _run_model(project, model, catalog, engine, result, run_id)
+        _run_model(model, catalog, engine, result, run_id, what)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _run_model(project: Project, model: ModelConfig, catalog: Catalog, engine: LocalEngine, result: RunResult, run_id: str) -> None:
-    import duckdb
+def _run_model(model: ModelConfig, catalog: Catalog, engine: LocalEngine, result: RunResult, run_id: str, what: str) -> None:
+    from icefield.engines import readonly
+    from icefield.engines.local import tables_named
 
-    from icefield.engines.local import list_tables, tables_in_sql
-
-    wanted = tables_in_sql(model.sql)
     inputs: dict[str, int | None] = {}
-    for ident in list_tables(catalog):
-        if ".".join(ident) == model.target.table or (wanted is not None and ident[-1].lower() not in wanted):
+    for ident in tables_named(catalog, model.sql):
+        if ".".join(ident) == model.target.table:
             continue
         snap = catalog.load_table(ident).current_snapshot()
         inputs[".".join(ident)] = snap.snapshot_id if snap else None
@@ -73,9 +78,11 @@ def _run_model(project: Project, model: ModelConfig, catalog: Catalog, engine: L
         return
     con = engine.connect(catalog, model.sql)
     try:
-        data = con.sql(model.sql).to_arrow_table()
-    except duckdb.Error as e:
-        raise ConfigError(f"{model.path}: the model's SQL failed in DuckDB: {e}") from None
+        data = readonly.query(con, model.sql, what)
+    except IcefieldError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{e}; fix the model's SQL") from None
     finally:
         con.close()
     data = _iceberg_friendly(data)
