@@ -14,7 +14,8 @@ Each class carries the exit code of the ``icefield`` command it ends (``exit_cod
     ├── TerminalError             1   fix the input or the code first
     │   ├── ConfigError           2   fix the configuration or the command line
     │   │   ├── SecretError
-    │   │   ├── QueryError            a SQL query the database refused (syntax, unknown table)
+    │   │   ├── QueryError            a source database refused the query (syntax, unknown table)
+    │   │   ├── QueryRefusedError     SQL a user wrote that the locked DuckDB refuses
     │   │   └── MissingDependencyError
     │   ├── SourceError
     │   ├── SchemaError
@@ -65,7 +66,7 @@ class ConfigError(TerminalError):
 
 
 class QueryError(ConfigError):
-    """A SQL query was refused by the database that runs it (syntax error, unknown table or column)."""
+    """A source database refused a query (syntax error, unknown table or column, missing privilege)."""
 
 
 class InterruptedRunError(IcefieldError):
@@ -137,3 +138,8 @@ class PublishConflictError(TerminalError):
 
 class BranchMovedError(TransientError):
     """An audit branch is not at ``main``'s head when a batch is written on it (``main`` moved): cut it again."""
+
+
+class QueryRefusedError(ConfigError):
+    """SQL a user wrote (``icefield sql``, a model, a gate, a filter) is not one read-only query, or it
+    reached for a file, URL or extension the locked DuckDB connection does not allow."""

@@ -335,3 +335,22 @@ def test_cli_show_gives_exact_bytes_as_base64(lake):
     assert base64.b64decode(row["raw_bytes_base64"]) == b"\xff\xfe not text"
     assert show_quarantine(lk.catalog, TABLE)[1][0]["raw_bytes"] == b"\xff\xfe not text"
 
+
+
+def test_a_replay_refuses_while_a_run_writes_the_table_and_names_it(loaded):
+    """A replay writes the pipeline's table: it takes the table's lease as a run does, so a running
+    pipeline (or a second replay) and a replay never write it at once."""
+    from icefield.catalog import leases
+
+    lk = loaded
+    _set_pipeline(lk, _pipeline(["click", "view", "buy"]))
+    running = leases.acquire(lk.catalog, TABLE, "run-busy", "pipeline events")
+    try:
+        with pytest.raises(leases.LeaseHeldError, match="run run-busy of pipeline events"):
+            _replay(lk)
+        assert _ids(lk) == Counter({1: 1}), "nothing replayed while the run holds the table"
+        assert _replay(lk, dry_run=True).rows_committed == 2, "a dry run writes nothing and needs no lease"
+    finally:
+        running.release()
+    assert _replay(lk).rows_committed == 2
+    assert _ids(lk) == Counter({1: 1, 2: 1, 3: 1})

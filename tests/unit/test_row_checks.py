@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
 from icefield import ConfigError
 from icefield.config.models import PipelineConfig
@@ -154,8 +155,12 @@ def test_filter_rows_are_counted_as_filtered_not_bad():
 
 
 def test_invalid_filter_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"filter 'amount >>> 1' is not a valid SQL expression"):
-        check_rows(ORDERS, checks({"filter": "amount >>> 1"}))
+    # Refused when the pipeline is loaded: it is not one expression.
+    with pytest.raises(ValidationError, match=r"the filter is not one SQL expression.*amount >>> 1"):
+        checks({"filter": "amount >>> 1"})
+    # One expression, but DuckDB cannot run it over the batch.
+    with pytest.raises(ConfigError, match=r"(?s)filter 'nope\(amount\) > 1' failed: .*a filter must be a valid SQL expression"):
+        check_rows(ORDERS, checks({"filter": "nope(amount) > 1"}))
 
 
 def test_first_failing_check_wins():

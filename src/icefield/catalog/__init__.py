@@ -48,7 +48,7 @@ def sql_catalog(name: str, uri: str, warehouse: str, **props: str) -> Catalog:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             _enable_wal(Path(db_path))
     try:
-        catalog = SqlCatalog(name, uri=uri, warehouse=warehouse, **props)
+        catalog = _sql_catalog(SqlCatalog, name, uri, warehouse, props)
     except ModuleNotFoundError as e:
         raise MissingDependencyError(
             f"the catalog URI needs the database driver {e.name!r}: run `pip install icefield[postgres]`"
@@ -62,13 +62,40 @@ def sql_catalog(name: str, uri: str, warehouse: str, **props: str) -> Catalog:
     return catalog
 
 
+def _sql_catalog(cls: Any, name: str, uri: str, warehouse: str, props: dict[str, str]) -> Catalog:
+    """``cls(name, ...)``; when several processes open a new catalog database at once, pyiceberg's table
+    creation of the losers fails with "already exists": the tables are there then, so open it again."""
+    attempt = 1
+    while True:
+        try:
+            return cls(name, uri=uri, warehouse=warehouse, **props)  # type: ignore[no-any-return]
+        except Exception as e:
+            if attempt == 3 or "already exists" not in str(e):
+                raise
+            log.debug("catalog tables were created by another process meanwhile: %s", e)
+            attempt += 1
+
+
 def _enable_wal(db_path: Path) -> None:
     import sqlite3
+    import time
 
     con = sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)
     try:
-        # WAL is persistent in the file: readers never block the single writer.
-        con.execute("PRAGMA journal_mode=WAL")
+        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            return
+        # WAL is persistent in the file: readers never block the single writer. Switching needs the
+        # database to itself, and SQLite says "locked" at once (no busy wait) while another process that
+        # opens it too holds it: try again for a while.
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        while True:
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise ConfigError(f"cannot switch the catalog database {db_path} to WAL mode: {e}") from None
+                time.sleep(0.05)
     finally:
         con.close()
 

@@ -72,11 +72,18 @@ def init(out: Output, directory: Path, name: str | None) -> None:
     "--follow", is_flag=True,
     help="Keep consuming a streaming source (kafka, debezium) and commit every batch; stop with Ctrl-C or SIGTERM.",
 )
+@click.option(
+    "--wait", "wait", default="0", show_default=True,
+    help="How long to wait for another run writing the same table (30s, 10m, 1h); 0 refuses at once (exit 75).",
+)
 @json_option
 @pass_out
 @guarded
-def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> None:
-    """Run pipelines (and then models). Without NAMES: every pipeline, then every model."""
+def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait: str) -> None:
+    """Run pipelines (and then models). Without NAMES: every pipeline, then every model.
+
+    One run at a time writes a table: a run whose table another run is writing waits up to --wait, then
+    stops before reading anything (exit 75)."""
     from icefield.catalog import open_catalog
     from icefield.cli import INTERRUPTED
     from icefield.errors import ConfigError, IcefieldError, InterruptedRunError
@@ -95,14 +102,20 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool) -> N
         models = [] if no_models else sorted(project.models)
     if follow and (len(pipelines) != 1 or models):
         raise ConfigError("--follow runs one streaming pipeline: name exactly one pipeline, e.g. icefield run orders_cdc --follow")
+    from icefield.write.expire import parse_age
+
+    wait_s = parse_age(wait)
     catalog = open_catalog(project)
     run_id = new_run_id()
     results = []
     failed: IcefieldError | None = None
     failed_label = ""
     stop = _stop_on_signals() if follow else None
-    steps = [(f"pipeline {n}", lambda cb, n=n: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop)) for n in pipelines]
-    steps += [(f"model {n}", lambda cb, n=n: run_model(project, n, catalog, run_id)) for n in models]
+    steps = [
+        (f"pipeline {n}", lambda cb, n=n: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop, wait=wait_s))
+        for n in pipelines
+    ]
+    steps += [(f"model {n}", lambda cb, n=n: run_model(project, n, catalog, run_id, wait=wait_s)) for n in models]
     for label, step in steps:
         try:
             results.append(_run_one(out, step, label))
@@ -245,26 +258,40 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--limit", default=1000, show_default=True, help="Most rows to print in table format.")
+@click.option(
+    "--unrestricted", is_flag=True,
+    help="Trusted local use only: run any DuckDB SQL (several statements, files, URLs, extensions, settings) instead of one read-only query over the tables.",
+)
 @json_option
 @pass_out
 @guarded
-def sql(out: Output, query: str, fmt: str, limit: int) -> None:
-    """Run a SQL QUERY on DuckDB over the Iceberg tables (name them as namespace.table)."""
+def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> None:
+    """Run a SQL QUERY on DuckDB over the Iceberg tables (name them as namespace.table).
+
+    QUERY is one read-only statement (SELECT, WITH ... SELECT, VALUES, DESCRIBE, SUMMARIZE) that reads
+    only the project's tables: no other file, URL, database or extension. Output columns that share a
+    name are shown as name, name_1, name_2 ... in every format; JSON is {"columns": [...], "rows":
+    [{column: value}, ...]} with those names."""
+    from icefield.engines.readonly import distinct_names
     from icefield.inspect import run_query
 
-    result = run_query(out.project(), query)
+    result = run_query(out.project(), query, unrestricted=unrestricted)
+    names = distinct_names(result.column_names)
+    table_format = not out.as_json and fmt == "table"
+    # Rows are built by position: two output columns of one name (select * over a join) stay two.
+    columns = [c.to_pylist() for c in (result.slice(0, limit) if table_format else result).columns]
+    rows = [list(r) for r in zip(*columns, strict=True)]
     if out.as_json or fmt == "json":
-        out.emit({"columns": result.column_names, "rows": result.to_pylist()})
+        out.emit({"columns": names, "rows": [dict(zip(names, r, strict=True)) for r in rows]})
     elif fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(result.column_names)
-        for row in result.to_pylist():
-            w.writerow([_json_default(v) if v is not None and not isinstance(v, (int, float, str)) else v for v in row.values()])
+        w.writerow(names)
+        for row in rows:
+            w.writerow([_json_default(v) if v is not None and not isinstance(v, (int, float, str)) else v for v in row])
         sys.stdout.write(buf.getvalue())
     else:
-        rows = [list(r.values()) for r in result.slice(0, limit).to_pylist()]
-        out.table(None, result.column_names, rows)
+        out.table(None, names, rows)
         if result.num_rows > limit:
             out.print(f"({result.num_rows - limit} more rows; use --format csv for all)")
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from icefield.config.models import ModelConfig, PipelineConfig, ProjectConfig, TargetConfig
+from icefield.config.ownership import check_writers
 from icefield.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -128,15 +129,23 @@ def load_project(
     config = _validate(ProjectConfig, raw, project_file, sources)
 
     pipelines: dict[str, PipelineConfig] = {}
+    pipe_files: dict[str, Path] = {}
     for pipe_file in sorted((root_path / "pipelines").glob("*.y*ml")):
         pipe = _validate(PipelineConfig, _read_yaml(pipe_file), pipe_file)
         if pipe.name in pipelines:
             raise ConfigError(f"{pipe_file}: name: {pipe.name!r} is already used by another pipeline file; rename one")
         pipelines[pipe.name] = pipe
+        pipe_files[pipe.name] = pipe_file
     models: dict[str, ModelConfig] = {}
     for model_file in sorted((root_path / "models").glob("*.sql")):
         model = read_model(model_file)
         models[model.name] = model
+    check_writers(
+        [
+            *((f"pipeline {p.name}", pipe_files[p.name], p.target.table, p.target.shared) for p in pipelines.values()),
+            *((f"model {m.name}", Path(m.path), m.target.table, m.target.shared) for m in models.values()),
+        ]
+    )
     return Project(root=root_path, config=config, pipelines=pipelines, models=models, profile=profile)
 
 

@@ -215,6 +215,9 @@ class TargetConfig(_Model):
     # ``freeze`` refuses any change. Type changes are refused under every contract.
     contract: Literal["evolve", "additive-only", "freeze"] = "evolve"
     maintenance: MaintenanceConfig = Field(default_factory=MaintenanceConfig)
+    # One writer per table: a second pipeline or model writing the same table is refused when the project
+    # loads, unless every writer of it declares ``shared: true`` (each then needs batches of its own).
+    shared: bool = False
 
     @property
     def order_columns(self) -> list[str]:
@@ -291,9 +294,22 @@ class RegexCheck(_Model):
 
 
 class FilterRule(_Model):
-    """Rows for which the SQL expression is false are dropped and counted as ``filtered``."""
+    """Rows for which the SQL expression is false are dropped and counted as ``filtered``. The
+    expression is one condition over the row's columns: no statement, subquery or table."""
 
     filter: str
+
+    @field_validator("filter")
+    @classmethod
+    def _one_expression(cls, v: str) -> str:
+        from icefield.errors import ConfigError
+        from icefield.sqlcheck import check_expression
+
+        try:
+            check_expression(v)
+        except ConfigError as e:  # reported by pydantic with the check's path
+            raise ValueError(str(e)) from None
+        return v
 
 
 CHECK_TYPES: dict[str, type[_Model]] = {

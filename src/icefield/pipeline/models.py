@@ -4,6 +4,7 @@ unchanged inputs and SQL commits nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -12,23 +13,31 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from icefield.engines import get_engine
-from icefield.errors import ConfigError
+from icefield.errors import ConfigError, IcefieldError
 from icefield.pipeline.results import BatchResult, RunResult
-from icefield.pipeline.runner import new_run_id
+from icefield.pipeline.runner import acquire_lease, new_run_id
 from icefield.write import TableWriter, batch_id_for, read_position, table_identifier
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
     from icefield.config import Project
+    from icefield.config.models import ModelConfig
+    from icefield.engines.local import LocalEngine
 
 
-def run_model(project: Project, name: str, catalog: Catalog | None = None, run_id: str | None = None) -> RunResult:
-    """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`."""
-    import duckdb
+def run_model(
+    project: Project, name: str, catalog: Catalog | None = None, run_id: str | None = None, wait: float = 0.0
+) -> RunResult:
+    """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`.
 
+    The model's SQL must be one read-only query; it runs on a locked DuckDB connection that reads only
+    the tables it names (:mod:`icefield.engines.readonly`). Raises :class:`ConfigError` when it is
+    refused or fails. Like a pipeline run, it holds the lease of its table while it runs (waiting up to
+    ``wait`` seconds for another run of it)."""
     from icefield.catalog import open_catalog
-    from icefield.engines.local import LocalEngine, list_tables, tables_in_sql
+    from icefield.engines import readonly
+    from icefield.engines.local import LocalEngine
 
     try:
         model = project.models[name]
@@ -39,12 +48,24 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
     engine = get_engine(project.config.engine)
     if not isinstance(engine, LocalEngine):
         raise ConfigError(f"models need an engine that runs SQL; {project.config.engine!r} does not")
+    what = f"{model.path}: the model's SQL"
+    with contextlib.closing(readonly.open_connection()) as parser:
+        readonly.statement(parser, model.sql, what)  # refused before anything is read
     started = time.perf_counter()
     result = RunResult(pipeline=f"model.{name}", table=model.target.table, run_id=run_id)
-    wanted = tables_in_sql(model.sql)
+    with acquire_lease(catalog, model.target, run_id, f"model {name}", wait):
+        _run_model(model, catalog, engine, result, run_id, what)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_model(model: ModelConfig, catalog: Catalog, engine: LocalEngine, result: RunResult, run_id: str, what: str) -> None:
+    from icefield.engines import readonly
+    from icefield.engines.local import tables_named
+
     inputs: dict[str, int | None] = {}
-    for ident in list_tables(catalog):
-        if ".".join(ident) == model.target.table or (wanted is not None and ident[-1].lower() not in wanted):
+    for ident in tables_named(catalog, model.sql):
+        if ".".join(ident) == model.target.table:
             continue
         snap = catalog.load_table(ident).current_snapshot()
         inputs[".".join(ident)] = snap.snapshot_id if snap else None
@@ -52,14 +73,16 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
     position = {"sql": sql_hash, "inputs": inputs}
     writer = TableWriter(catalog, model.target, result.pipeline, engine)
     table = writer.load()
-    if read_position(table, result.pipeline) == position:
-        result.seconds = time.perf_counter() - started
-        return result
+    writer.base_position = read_position(table, result.pipeline)
+    if writer.base_position == position:
+        return
     con = engine.connect(catalog, model.sql)
     try:
-        data = con.sql(model.sql).to_arrow_table()
-    except duckdb.Error as e:
-        raise ConfigError(f"{model.path}: the model's SQL failed in DuckDB: {e}") from None
+        data = readonly.query(con, model.sql, what)
+    except IcefieldError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{e}; fix the model's SQL") from None
     finally:
         con.close()
     data = _iceberg_friendly(data)
@@ -72,8 +95,6 @@ def run_model(project: Project, name: str, catalog: Catalog | None = None, run_i
     result.batches.append(
         BatchResult(batch_id, data.num_rows, data.num_rows, 0, 0, wr.rows_deleted, wr.snapshot_id, wr.skipped, wr.seconds)
     )
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _iceberg_friendly(data: pa.Table) -> pa.Table:

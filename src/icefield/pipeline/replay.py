@@ -46,6 +46,7 @@ from icefield.pipeline.quarantine import (
     row_ids,
     upgrade,
 )
+from icefield.pipeline.runner import acquire_lease
 from icefield.quality import check_rows
 from icefield.quality.coerce import conform, parse_type, records_to_table
 from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
@@ -61,6 +62,7 @@ from icefield.write import (
     find_batch,
     table_identifier,
 )
+from icefield.write.commits import commit_transaction
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -244,7 +246,12 @@ def replay_quarantine(
                 f"pipeline {name!r} overwrites {table} (mode overwrite): replayed rows would replace what is there; "
                 "fix the source and rerun the pipeline instead"
             )
-        _Replay(catalog, engine, pipe, q.name(), run_id, result).run(mine)
+        if dry_run:
+            _Replay(catalog, engine, pipe, q.name(), run_id, result).run(mine)
+            continue
+        # A replay writes the pipeline's table: it holds its lease, as a run does (one at a time).
+        with acquire_lease(catalog, pipe.target, run_id, f"replay of pipeline {name}", 0.0):
+            _Replay(catalog, engine, pipe, q.name(), run_id, result).run(mine)
     result.seconds = time.perf_counter() - started
     log.info(
         "replay %s of %s: %d rows, %d committed, %d still quarantined, %d filtered, %d released after an interrupted replay",
@@ -333,7 +340,7 @@ class _Replay:
         def op(q: Table) -> None:
             tx = q.transaction()
             tx.delete(EqualTo("replay_id", rid), snapshot_properties=self._summary(f"{rid}:release"))  # type: ignore[call-arg,arg-type]
-            tx.commit_transaction()
+            commit_transaction(tx)
 
         self._commit(op)
 
@@ -349,7 +356,7 @@ class _Replay:
             for part in rows:
                 if part.num_rows:
                     tx.append(conform_to_table(q, part), snapshot_properties=props)
-            tx.commit_transaction()
+            commit_transaction(tx)
 
         self._commit(op)
 
@@ -496,7 +503,7 @@ def _give_row_ids(q: Table, run_id: str) -> Table:
     tx = q.transaction()
     tx.overwrite(conform_to_table(q, data), snapshot_properties={SUMMARY_BATCH_ID: f"row-ids:{run_id}", SUMMARY_RUN_ID: run_id})
     log.info("gave row ids to %d quarantined rows of %s", sum(len(i) for i in by_batch.values()), ".".join(q.name()))
-    return tx.commit_transaction()
+    return commit_transaction(tx)
 
 
 def _with_all_columns(rows: pa.Table) -> pa.Table:

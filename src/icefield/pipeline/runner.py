@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from icefield.catalog import leases
 from icefield.config.secrets import redact
 from icefield.engines import get_engine
 from icefield.errors import GateFailedError, IcefieldError
@@ -29,7 +30,9 @@ from icefield.write.datafiles import RECENT
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
+    from icefield.catalog.leases import Lease
     from icefield.config import PipelineConfig, Project
+    from icefield.config.models import TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def run_pipeline(
     max_batches: int | None = None,
     follow: bool = False,
     stop: threading.Event | None = None,
+    wait: float = 0.0,
 ) -> RunResult:
     """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
 
@@ -62,6 +66,10 @@ def run_pipeline(
     new records (:meth:`Source.follow`) until ``stop`` is set (the batch in progress is committed first)
     or ``max_batches`` is reached. Raises
     :class:`IcefieldError` subclasses; the partial result is attached as ``error.result``.
+
+    One run at a time writes a table: the run first takes the lease of its target table
+    (:mod:`icefield.catalog.leases`), waiting up to ``wait`` seconds while another run holds it, else
+    :class:`~icefield.catalog.leases.LeaseHeldError` (a transient error: nothing was read or written).
     """
     from icefield.catalog import open_catalog
 
@@ -80,6 +88,7 @@ def run_pipeline(
         threading.Thread(target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True).start()
     in_flight: SourceBatch | None = None
     ahead: Generator[SourceBatch, None, None] | None = None
+    lease = acquire_lease(catalog, pipe.target, run_id, f"pipeline {pipe.name}", wait)
     # What exists now (modules, classes, the catalog: ~150k objects) stays out of the garbage collector's
     # full passes while the run goes on, and young passes run every 50,000 allocations instead of 700. A
     # stream of messages allocates an object per message: with the defaults those passes cost more CPU
@@ -96,6 +105,7 @@ def run_pipeline(
         # A batch held on the audit branch is settled (published or still held) before anything new is read.
         table = auditor.resolve_held(writer.load())
         position = read_position(table, pipe.name)
+        writer.base_position = position  # what this run continues from; each commit checks it is still there
         schema = table.schema().as_arrow() if table is not None else None
         batches = source.follow(position, schema) if follow else source.read(position, schema)
         if project.config.read_ahead and not follow:  # following, a batch closes with the newest records
@@ -105,6 +115,7 @@ def run_pipeline(
             in_flight = batch
             res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
             in_flight = None
+            writer.base_position = batch.position
             result.batches.append(res)
             source.acknowledge(batch.position)
             failpoints.hit("after-acknowledge")
@@ -124,6 +135,7 @@ def run_pipeline(
         e.result = result  # type: ignore[attr-defined]
         raise
     finally:
+        lease.release()
         gc.set_threshold(*thresholds)
         gc.unfreeze()
         if keep_files:
@@ -138,6 +150,12 @@ def run_pipeline(
         result.rows_quarantined, result.rows_filtered,
     )
     return result
+
+
+def acquire_lease(catalog: Catalog, target: TargetConfig, run_id: str, writer: str, wait: float) -> Lease:
+    """The lease of ``target``'s table for this run (of a shared table: of this writer's share of it)."""
+    key = f"{target.table}#{writer}" if target.shared else target.table
+    return leases.acquire(catalog, key, run_id, writer, wait=wait)
 
 
 def maintain(catalog: Catalog, pipe: PipelineConfig, result: RunResult, n: int, quiet_until: list[int]) -> None:
@@ -192,6 +210,8 @@ def _run_batch(
     if table is not None and (snap := _already(table, batch_id)) is not None:
         log.info("batch %s is already committed as snapshot %s; skipping", batch_id, snap)
         return BatchResult(batch_id, batch.rows_in, 0, 0, 0, snapshot_id=snap, skipped=True)
+    if table is not None:
+        writer.check_position(table, batch_id)  # before its quarantined rows are written
 
     quarantined = [QuarantinedRow(r.check, r.reason, r.raw, r.coords, r.raw_bytes) for r in batch.rejected]
     data = batch.data

@@ -20,7 +20,7 @@ from icefield.config.models import (
     RegexCheck,
     UniqueCheck,
 )
-from icefield.errors import ConfigError
+from icefield.errors import ConfigError, IcefieldError
 from icefield.quality.coerce import CoercionError, converter, describe
 
 __all__ = ["RowCheckResult", "check_rows"]
@@ -155,16 +155,32 @@ def _unique(table: pa.Table, cols: list[str], res: RowCheckResult) -> None:
 
 
 def _filter_rows(table: pa.Table, expr: str) -> set[int]:
-    import duckdb
+    """The indices of the rows of ``table`` for which the filter ``expr`` is not true. ``expr`` must be
+    one expression (:func:`icefield.sqlcheck.check_expression`); it runs on a locked, read-only DuckDB
+    connection that holds only the batch. Columns whose names collide but for case are named as in
+    ``icefield sql`` (``id, Id`` are ``id, Id_1``)."""
+    from icefield.engines import readonly
+    from icefield.sqlcheck import check_expression
 
-    con = duckdb.connect()
+    check_expression(expr, f"filter {expr!r}")
+    con = readonly.open_connection()
     try:
-        keyed = table.append_column("__icefield_idx", row_numbers(table.num_rows))
+        names = readonly.distinct_names([*table.column_names, "__icefield_idx"], ignore_case=True)
+        keyed = table.append_column("__icefield_idx", row_numbers(table.num_rows)).rename_columns(names)
         con.register("batch", keyed)
+        readonly.lock(con)
+        # The expression stands on lines of its own, so that a trailing comment ends with it.
+        sql = f"SELECT {_q(names[-1])} FROM batch WHERE NOT coalesce((\n{expr}\n), false)"
         try:
-            out = con.execute(f"SELECT __icefield_idx FROM batch WHERE NOT coalesce(({expr}), false)").fetchall()
-        except duckdb.Error as e:
-            raise ConfigError(f"filter {expr!r} is not a valid SQL expression over the batch: {e}") from None
-        return {r[0] for r in out}
+            out = readonly.query(con, sql, f"filter {expr!r}")
+        except ConfigError:
+            raise
+        except IcefieldError as e:  # DuckDB could not run it: a column or function that does not exist
+            raise ConfigError(f"{e}; a filter must be a valid SQL expression over the batch's columns") from None
+        return set(out.column(0).to_pylist())
     finally:
         con.close()
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

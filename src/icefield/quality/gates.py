@@ -5,6 +5,10 @@ table (``shop.orders``), read straight from its Parquet files. Every aggregate g
 distinct ratio, accepted values, freshness) is one expression of a single ``SELECT`` over the view, so the
 whole set costs one scan; referential integrity is one anti-join per gate; custom SQL runs as written. No
 Python loop touches rows. Each gate gives a :class:`~icefield.pipeline.results.CheckResult`.
+
+Every table the gates read is bound before the first gate runs, and the connection is then locked to
+read-only use (:func:`icefield.engines.local.open_views`): a ``sql`` gate is one read-only query that
+reads only those tables' files.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
     import duckdb
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
+
+    from icefield.engines.local import Views
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +76,6 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _view(ident: tuple[str, ...]) -> str:
-    return f"{_q('_'.join(ident[:-1]))}.{_q(ident[-1])}"
-
-
 def _fmt(v: float | None) -> str:
     if v is None:
         return "none"
@@ -96,45 +98,76 @@ class _Run:
     """One evaluation: the connection, the checked time and the results so far."""
 
     def __init__(self, ctx: GateContext) -> None:
-        import duckdb
+        from icefield.engines.local import view_sql
 
         self.ctx = ctx
         self.now = ctx.now or dt.datetime.now(dt.UTC)
-        self.con: duckdb.DuckDBPyConnection = duckdb.connect()
         self.ident = tuple(ctx.table_name.split("."))
-        self.view = _view(self.ident)
-        self.registered: set[tuple[str, ...]] = set()
+        self.view = view_sql(self.ident)
+        self.views: Views | None = None
+        # Why a gate's tables could not be bound (by gate position), and referenced tables that do not exist.
+        self.unbound: dict[int, str] = {}
+        self.absent: set[tuple[str, ...]] = set()
         self.columns = {f.name: f.type for f in ctx.table.schema().as_arrow()}
         self.results: list[CheckResult] = []
         self.order: dict[str | None, int] = {}
         self.positions: list[int] = []
 
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        assert self.views is not None
+        return self.views.con
+
+    def open(self, gates: list[Any]) -> None:
+        """Bind the target at the snapshot under check and every other table the gates read at ``main``'s
+        head, then lock the connection (:func:`icefield.engines.local.open_views`). A gate whose table
+        would share a view with another (names equal but for case) is marked in ``unbound``."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        from icefield.engines.local import open_views, view_name
+
+        def key(ident: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(p.lower() for p in view_name(ident))
+
+        tables: dict[tuple[str, ...], tuple[Table, int | None]] = {self.ident: (self.ctx.table, self.ctx.snapshot_id)}
+        by_key = {key(self.ident): self.ident}
+        for i, gate in enumerate(gates):
+            for ident in self._reads(gate):
+                if ident in tables or ident in self.absent:
+                    continue
+                other = by_key.get(key(ident))
+                if other is not None:
+                    self.unbound[i] = (
+                        f"tables {'.'.join(other)} and {'.'.join(ident)} would both be the DuckDB view "
+                        f"{'.'.join(view_name(ident))} (DuckDB names ignore case); rename one of them"
+                    )
+                    continue
+                try:
+                    tables[ident] = (self.ctx.catalog.load_table(ident), None)
+                except NoSuchTableError:
+                    self.absent.add(ident)
+                    continue
+                by_key[key(ident)] = ident
+        self.views = open_views((ident, t, snap) for ident, (t, snap) in tables.items())
+
+    def _reads(self, gate: Any) -> list[tuple[str, ...]]:
+        """The tables ``gate`` reads besides the target."""
+        from icefield.engines.local import tables_named
+
+        if isinstance(gate, ReferencesGate):
+            return [tuple(gate.references.ref_table.split("."))]
+        if isinstance(gate, SqlGate):
+            return [i for i in tables_named(self.ctx.catalog, gate.sql.query.replace("{table}", self.view)) if i != self.ident]
+        return []
+
     def append(self, gate: Any, result: CheckResult) -> None:
         self.results.append(result)
         self.positions.append(self.order.get(gate.name, len(self.order)))
 
-    def register_target(self) -> None:
-        from icefield.engines.local import register_table
-
-        register_table(self.con, self.ctx.table, self.ident, snapshot_id=self.ctx.snapshot_id)
-        self.registered.add(self.ident)
-
-    def register(self, name: str) -> bool:
-        """Register table ``name`` (``namespace.table``) at ``main``'s head; False when it does not exist."""
-        from pyiceberg.exceptions import NoSuchTableError
-
-        from icefield.engines.local import register_table
-
-        ident = tuple(name.split("."))
-        if ident in self.registered:
-            return True
-        try:
-            table = self.ctx.catalog.load_table(ident)
-        except NoSuchTableError:
-            return False
-        register_table(self.con, table, ident)
-        self.registered.add(ident)
-        return True
+    def col(self, name: str, ident: tuple[str, ...] | None = None) -> str:
+        """Column ``name`` of table ``ident`` (the target by default) as its view names it, quoted."""
+        view = self.views.views.get(ident or self.ident) if self.views is not None else None
+        return _q(view.columns.get(name, name) if view is not None else name)
 
     def add(
         self, gate: Any, value: float | None, threshold: str, ok: bool, message: str, error: bool = False, check: str | None = None
@@ -181,20 +214,20 @@ def _literal(v: Any, t: pa.DataType) -> str:
 def _aggregate_exprs(run: _Run, gate: Any) -> list[str] | None:
     """The SQL aggregate expressions of ``gate`` over the view (None: not an aggregate gate)."""
     if isinstance(gate, NullRatioGate):
-        return [f"count(*) - count({_q(gate.null_ratio.column)})"]
+        return [f"count(*) - count({run.col(gate.null_ratio.column)})"]
     if isinstance(gate, DistinctRatioGate):
         cols = gate.distinct_ratio.columns
-        nonnull = " AND ".join(f"{_q(c)} IS NOT NULL" for c in cols)
-        key = _q(cols[0]) if len(cols) == 1 else "(" + ", ".join(_q(c) for c in cols) + ")"
+        nonnull = " AND ".join(f"{run.col(c)} IS NOT NULL" for c in cols)
+        key = run.col(cols[0]) if len(cols) == 1 else "(" + ", ".join(run.col(c) for c in cols) + ")"
         return [f"count(DISTINCT {key}) FILTER (WHERE {nonnull})", f"count(*) FILTER (WHERE {nonnull})"]
     if isinstance(gate, AcceptedValuesGate):
         spec = gate.accepted_values
         t = run.columns.get(spec.column, pa.string())
         values = ", ".join(_literal(v, t) for v in spec.values)
-        col = _q(spec.column)
+        col = run.col(spec.column)
         return [f"count(*) FILTER (WHERE {col} IS NOT NULL AND {col} NOT IN ({values}))"]
     if isinstance(gate, FreshnessGate):
-        return [f"epoch(max({_q(gate.freshness.column)}))"]
+        return [f"epoch(max({run.col(gate.freshness.column)}))"]
     return None
 
 
@@ -333,12 +366,14 @@ def _references(run: _Run, gate: ReferencesGate) -> None:
     threshold = f"<= {spec.max}"
     if run.missing(gate, [spec.column], threshold):
         return
+    from icefield.engines.local import view_sql
+
     ref_ident = tuple(spec.ref_table.split("."))
-    if ref_ident != run.ident and not run.register(spec.ref_table):
+    if ref_ident in run.absent:
         run.add(gate, None, threshold, False, f"referenced table {spec.ref_table} does not exist", error=True)
         return
-    ref_view = _view(ref_ident)
-    col, ref_col = _q(spec.column), _q(spec.ref_column)
+    ref_view = view_sql(ref_ident)
+    col, ref_col = run.col(spec.column), run.col(spec.ref_column, ref_ident)
     sql = (
         f"SELECT count(*) FROM {run.view} AS t WHERE t.{col} IS NOT NULL "
         f"AND NOT EXISTS (SELECT 1 FROM {ref_view} AS r WHERE r.{ref_col} = t.{col})"
@@ -353,28 +388,29 @@ def _references(run: _Run, gate: ReferencesGate) -> None:
 
 
 def _sql(run: _Run, gate: SqlGate) -> None:
-    import duckdb
-
-    from icefield.engines.local import tables_in_sql
+    from icefield.engines import readonly
+    from icefield.errors import IcefieldError
 
     spec = gate.sql
     query = spec.query.replace("{table}", run.view)
     threshold = _bounds(spec.min, spec.max) if spec.scalar else "0 rows"
-    for name in tables_in_sql(query) or set():
-        _register_by_name(run, name)
+    what = f"the query of gate {gate.name or gate.default_name()}"
     try:
         if spec.scalar:
-            rows = run.con.execute(query).fetchall()
-            if len(rows) != 1 or len(rows[0]) != 1:
-                run.add(gate, None, threshold, False, f"the query must return one value (one row, one column) when 'min'/'max' are set; it returned {len(rows)} row(s)", error=True)
+            result = readonly.query(run.con, query, what)
+            if result.num_rows != 1 or result.num_columns != 1:
+                run.add(gate, None, threshold, False, f"the query must return one value (one row, one column) when 'min'/'max' are set; it returned {result.num_rows} row(s)", error=True)
                 return
-            raw = rows[0][0]
+            raw = result.column(0)[0].as_py()
             value = float(raw) if raw is not None else None
         else:
-            row = _one(run.con, f"SELECT count(*) FROM ({query}) AS failing")
-            value = float(row[0]) if row else 0.0
-    except (duckdb.Error, TypeError, ValueError) as e:
-        run.add(gate, None, threshold, False, f"query failed: {e}".splitlines()[0], error=True)
+            readonly.statement(run.con, query, what)  # one read-only query, before it is wrapped
+            # On lines of their own: a trailing comment or ';' of the query ends with it.
+            body = query.rstrip().rstrip(";")
+            counted = readonly.query(run.con, f"SELECT count(*) FROM (\n{body}\n) AS failing", what)
+            value = float(counted.column(0)[0].as_py() or 0)
+    except (IcefieldError, TypeError, ValueError) as e:
+        run.add(gate, None, threshold, False, f"{e}".splitlines()[0], error=True)
         return
     if spec.scalar:
         ok = value is not None and _within(value, spec.min, spec.max)
@@ -384,15 +420,6 @@ def _sql(run: _Run, gate: SqlGate) -> None:
         run.add(gate, value, threshold, value == 0, f"the query returned {_fmt(value)} failing row(s)")
 
 
-def _register_by_name(run: _Run, name: str) -> None:
-    """Register every catalog table whose last name part is ``name`` (the way the SQL names it)."""
-    from icefield.engines.local import list_tables
-
-    for ident in list_tables(run.ctx.catalog):
-        if ident[-1].lower() == name and ident not in run.registered:
-            run.register(".".join(ident))
-
-
 def _expectations(run: _Run, gate: ExpectationsGate) -> None:
     from icefield.quality.expectations import run_suite
 
@@ -400,6 +427,8 @@ def _expectations(run: _Run, gate: ExpectationsGate) -> None:
     if not path.is_absolute() and run.ctx.root is not None:
         path = run.ctx.root / path
     data = run.con.sql(f"SELECT * FROM {run.view}").to_arrow_table()
+    # The suite names columns as the table does (the view renames those equal but for case).
+    data = data.rename_columns(list(run.columns))
     for outcome in run_suite(path, data):
         ok = outcome.success
         run.add(gate, outcome.value, outcome.threshold, ok, outcome.message, error=outcome.error and not ok, check=f"{gate.name}:{outcome.name}")
@@ -420,11 +449,13 @@ def run_gates(gates: list[Any], ctx: GateContext) -> list[CheckResult]:
         return []
     run = _Run(ctx)
     run.order = {g.name: i for i, g in enumerate(gates)}
+    run.open(gates)
     try:
-        run.register_target()
         n = _run_aggregates(run, gates)
-        for g in gates:
-            if isinstance(g, RowCountGate | RowCountChangeGate) and n is None:
+        for i, g in enumerate(gates):
+            if i in run.unbound:
+                run.add(g, None, "", False, run.unbound[i], error=True)
+            elif isinstance(g, RowCountGate | RowCountChangeGate) and n is None:
                 run.add(g, None, "", False, f"could not read snapshot {ctx.snapshot_id}", error=True)
             elif isinstance(g, RowCountGate):
                 assert n is not None

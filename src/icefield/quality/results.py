@@ -58,22 +58,26 @@ def store_results(catalog: Catalog, engine: Engine, results: list[CheckResult]) 
 def latest_results(catalog: Catalog, table: str, history: int = 1) -> list[dict[str, Any]]:
     """The results of the newest ``history`` evaluations of ``table``'s gates by each pipeline that writes
     it: newest evaluation first, checks in evaluation order within one. [] when nothing was checked yet."""
-    import duckdb
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.expressions import EqualTo
+
+    from icefield.engines import readonly
 
     try:
         t = catalog.load_table(tuple(QUALITY_RESULTS_TABLE.split(".")))
     except NoSuchTableError:
         return []
     data = t.scan(row_filter=EqualTo("table", table)).to_arrow()  # type: ignore[call-arg,arg-type]
-    con = duckdb.connect()
+    con = readonly.open_connection()
     try:
         con.register("r", data)
-        rows = con.sql(
+        readonly.lock(con)
+        rows = readonly.query(
+            con,
             "SELECT * EXCLUDE (rn, pos) FROM (SELECT *, dense_rank() OVER (PARTITION BY pipeline ORDER BY checked_at DESC) AS rn, "
-            f"row_number() OVER () AS pos FROM r) WHERE rn <= {int(history)} ORDER BY checked_at DESC, pipeline, pos"
-        ).to_arrow_table()
+            f"row_number() OVER () AS pos FROM r) WHERE rn <= {int(history)} ORDER BY checked_at DESC, pipeline, pos",
+            "the quality results query",
+        )
     finally:
         con.close()
     out: list[dict[str, Any]] = rows.to_pylist()

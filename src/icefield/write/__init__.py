@@ -22,8 +22,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
+from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
 from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
 from icefield.testing import failpoints
+from icefield.write.commits import commit_transaction
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import parse_partition
 from icefield.write.producers import merge_overwrite
@@ -39,20 +42,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "icefield.state."
-TOMBSTONE_SUFFIX = "__tombstones"
 TRUNCATED_AT = "icefield.truncated-at"
 SUMMARY_PIPELINE = "icefield.pipeline"
 SUMMARY_BATCH_ID = "icefield.batch-id"
 SUMMARY_RUN_ID = "icefield.run-id"
-QUARANTINE_SUFFIX = "__quarantine"
 
 DEFAULT_TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
-    "commit.retry.num-retries": "10",
-    "commit.retry.min-wait-ms": "50",
-    "commit.retry.max-wait-ms": "2000",
 }
 COMMIT_ATTEMPTS = 8
+
+
+class PositionMovedError(TransientError):
+    """The source position of a pipeline moved in its table while a batch was read: another run of the
+    pipeline committed meanwhile. The batch is not written (it may overlap what that run wrote)."""
+
+
+_UNCHECKED: Any = object()
 
 
 def batch_id_for(pipeline: str, key: str) -> str:
@@ -122,6 +128,10 @@ class TableWriter:
         self.pipeline = pipeline
         self.engine = engine
         self.identifier = table_identifier(target.table)
+        self.base_position: Any = _UNCHECKED
+        """The source position this run continues from (what the table held when the run read it, then each
+        batch's position). When set, a commit first checks that the table still holds it: another run of
+        the pipeline that moved it meanwhile fails the commit with :class:`PositionMovedError`."""
 
     # ------------------------------------------------------------------ table lifecycle
 
@@ -135,7 +145,7 @@ class TableWriter:
 
     def create(self, schema: pa.Schema) -> Table:
         """Create the target table for ``schema`` with the configured partition spec and properties."""
-        from pyiceberg.exceptions import TableAlreadyExistsError
+        from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 
         namespace = self.identifier[:-1]
         self.catalog.create_namespace_if_not_exists(namespace)
@@ -154,10 +164,12 @@ class TableWriter:
                 with tx.update_spec() as spec:
                     for f in fields:
                         spec.add_field(f.source, f.transform, f.name)
-            return tx.commit_transaction()
-        except TableAlreadyExistsError:
+            return commit_transaction(tx)
+        except (TableAlreadyExistsError, CommitFailedException) as e:
+            # Another run created it first (SQL catalogs say "Table already exists" either way): use theirs.
             table = self.load()
-            assert table is not None
+            if table is None:
+                raise CommitConflictError(f"creating table {self.target.table} failed: {e}; rerun") from e
             return table
 
     def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False) -> Table:
@@ -241,6 +253,7 @@ class TableWriter:
             done = find_batch(table, batch_id, ref=branch or "main")
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
+            self.check_position(table, batch_id)
             try:
                 return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch)
             except (CommitFailedException, ValidationException) as e:
@@ -259,6 +272,19 @@ class TableWriter:
             f"batch {batch_id} could not be committed to {self.target.table}: {COMMIT_ATTEMPTS} attempts met "
             "concurrent commits; rerun, or give each writer its own table"
         )
+
+    def check_position(self, table: Table, batch_id: str) -> None:
+        """Raise :class:`PositionMovedError` when ``table`` no longer holds :attr:`base_position` for this
+        pipeline (nothing to check until it is set)."""
+        if self.base_position is _UNCHECKED:
+            return
+        current = read_position(table, self.pipeline)
+        if _canonical(current) != _canonical(self.base_position):
+            raise PositionMovedError(
+                f"the position of pipeline {self.pipeline} in {self.target.table} moved while this run read batch "
+                f"{batch_id}: another run of {self.pipeline} committed meanwhile. This run stops without writing "
+                "the batch; rerun to continue from the new position"
+            )
 
     def _commit_once(
         self,
@@ -335,8 +361,14 @@ class TableWriter:
                     producer.delete_data_file(f)
                 for f in [*added, *add_deletes]:
                     producer.append_data_file(f)
+        elif encoded is not None:
+            # A position alone makes no snapshot, so nothing else would notice a commit to main since the
+            # table was loaded (and checked): require main unmoved, as a data commit does.
+            from pyiceberg.table.update import AssertRefSnapshotId
+
+            tx._requirements += (AssertRefSnapshotId(snapshot_id=head_id(table), ref=MAIN),)  # type: ignore[call-arg]
         failpoints.hit("before-commit")
-        committed = tx.commit_transaction()
+        committed = commit_transaction(tx)
         failpoints.hit("after-commit")
         snap = (committed.snapshot_by_name(branch) if branch else committed.current_snapshot()) if changed else None
         return WriteResult(
@@ -443,6 +475,10 @@ class TableWriter:
         # Files just written carry no spec id yet: they are written with the current spec.
         touched = {(spec.spec_id, _record_key(f.partition)) for f in added}
         return [t.file for t in tasks if (t.file.spec_id, _record_key(t.file.partition)) in touched]
+
+
+def _canonical(position: Any) -> str:
+    return json.dumps(position, sort_keys=True, separators=(",", ":"))
 
 
 def _record_key(record: Any) -> tuple[Any, ...]:

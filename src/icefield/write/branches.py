@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from icefield.errors import ConfigError, PublishConflictError
+from icefield.write.commits import commit_transaction
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -91,8 +92,10 @@ def cut_branch(table: Table, branch: str, force: bool = False) -> Table:
     Refuses to move a branch that holds unpublished commits unless ``force`` (the caller owns them: its own
     batch being rebased). Returns the refreshed table."""
     if not table.metadata.snapshots:
-        with table.transaction() as tx, tx.update_snapshot().fast_append():
+        tx = table.transaction()
+        with tx.update_snapshot().fast_append():
             pass
+        commit_transaction(tx)
         table = table.refresh()
     main = head_id(table)
     current = head_id(table, branch)
@@ -166,7 +169,7 @@ def publish(table: Table, branch: str) -> Published:
     # The requirement that comes with it asserts main still points where we read it: compare-and-swap.
     tx._stage(*tx._set_ref_snapshot(snapshot_id=head, ref_name=MAIN, type=SnapshotRefType.BRANCH))
     try:
-        tx.commit_transaction()
+        commit_transaction(tx)
     except CommitFailedException as e:
         table = table.refresh()
         raise _not_fast_forward(table, branch, head_id(table)) from e

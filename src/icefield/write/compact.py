@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from icefield.errors import CommitConflictError, ConfigError
+from icefield.write.commits import commit_transaction
 from icefield.write.deletes import is_file_scoped
 from icefield.write.expire import delete_paths
 
@@ -209,7 +210,7 @@ def _commit(table: Table, groups: list[list[Any]], added: list[Any], result: Com
             p.delete_data_file(f)
         for f in added:
             p.append_data_file(f)
-    committed = tx.commit_transaction()
+    committed = commit_transaction(tx)
     snap = committed.current_snapshot()
     result.snapshot_id = snap.snapshot_id if snap else None
     result.delete_files_removed = len(deletes)
