@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -378,6 +379,22 @@ def test_error_messages_print_markup_as_it_is(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ F21: noise
 
 
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """The CLI's logging set up in this process by the test, and undone afterwards."""
+    import logging
+
+    names = ["", "icefield", "icefield.ingest.kafka.client", "pyiceberg", "sqlglot"]
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names}
+    yield
+    for n, (level, handlers, propagate) in saved.items():
+        logger = logging.getLogger(n)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+@pytest.mark.usefixtures("cli_logging")
 def test_library_warnings_are_shown_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     """F21: pyiceberg's commit-retry warnings and sqlglot's "unsupported syntax" warnings were printed
     without -v. Now pyiceberg's need -v and sqlglot's -vv."""
@@ -393,15 +410,13 @@ def test_library_warnings_are_shown_only_when_asked(capsys: pytest.CaptureFixtur
         sqlglot.parse_one("LOAD httpfs", read="duckdb")
         return capsys.readouterr().err
 
-    try:
-        quiet, one, two = emitted(0), emitted(1), emitted(2)
-    finally:
-        _configure_logging(0, "text")
+    quiet, one, two = emitted(0), emitted(1), emitted(2)
     assert quiet == ""
     assert "Commit failed" in one and "unsupported syntax" not in one
     assert "Commit failed" in two and "unsupported syntax" in two
 
 
+@pytest.mark.usefixtures("cli_logging")
 def test_librdkafka_lines_are_shown_only_with_verbose(capsys: pytest.CaptureFixture[str]) -> None:
     """F21: with an unreachable broker, a run without -v printed about 900 `ERROR icefield.ingest.kafka:
     FAIL ...` lines (librdkafka's log and error callback) in 30 s. Now none without -v; the error that
@@ -418,11 +433,8 @@ def test_librdkafka_lines_are_shown_only_with_verbose(capsys: pytest.CaptureFixt
             reader.open(None)
         return capsys.readouterr().err, str(info.value)
 
-    try:
-        quiet, message = attempt(0)
-        loud, _ = attempt(1)
-    finally:
-        _configure_logging(0, "text")
+    quiet, message = attempt(0)
+    loud, _ = attempt(1)
     assert quiet == ""
     assert "Connection refused" in message
     assert loud.count("\n") >= 2 and "icefield.ingest.kafka.client" in loud

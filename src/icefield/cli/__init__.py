@@ -125,7 +125,8 @@ def cli(ctx: click.Context, project_dir: Path | None, profile: str | None, as_js
 
 
 KAFKA_CLIENT_LOGGER = "icefield.ingest.kafka.client"
-"""librdkafka's own log lines (hundreds a minute while a broker is down): shown with -v only."""
+"""The logger of librdkafka's own lines (``icefield.ingest.kafka.client_log``; hundreds a minute while a
+broker is down): shown with -v only. Named here so that the CLI starts without importing the source."""
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
