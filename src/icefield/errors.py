@@ -14,7 +14,7 @@ Each class carries the exit code of the ``icefield`` command it ends (``exit_cod
     ├── TerminalError             1   fix the input or the code first
     │   ├── ConfigError           2   fix the configuration or the command line
     │   │   ├── SecretError
-    │   │   ├── QueryError            a source database refused the query (syntax, unknown table)
+    │   │   ├── QueryError            a database (a source, DuckDB) cannot run a query as written
     │   │   ├── QueryRefusedError     SQL a user wrote that the locked DuckDB refuses
     │   │   └── MissingDependencyError
     │   ├── SourceError
@@ -66,7 +66,8 @@ class ConfigError(TerminalError):
 
 
 class QueryError(ConfigError):
-    """A source database refused a query (syntax error, unknown table or column, missing privilege)."""
+    """A database cannot run a query as written: a source database or DuckDB refused it (syntax error,
+    unknown table or column, missing privilege, a value it cannot convert)."""
 
 
 class InterruptedRunError(IcefieldError):

@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from icefield.errors import ConfigError, IcefieldError, QueryRefusedError
+from icefield.errors import ConfigError, IcefieldError, QueryError, QueryRefusedError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -109,6 +109,8 @@ def run_query(project: Project, query: str, catalog: Catalog | None = None, unre
                 return readonly.query(con, query)
             rel = con.sql(query)
             return rel.to_arrow_table() if rel is not None else _empty()
+        except (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError) as e:
+            raise QueryError(f"the query failed: {e}") from None  # syntax, unknown table or column: exit 2
         except duckdb.Error as e:
             raise IcefieldError(f"the query failed: {e}") from None
         finally:

@@ -261,13 +261,16 @@ def test_sigint_during_a_run_exits_130_with_one_json_document(tmp_path: Path) ->
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    """F19, F22: a missing table for `checks` (it said "No gate results", exit 0), a query with a syntax error, a table argument that is not
+    """F19, F22: a missing table for `checks` (it said "No gate results", exit 0), a query with a syntax
+    error, an unknown column or table (exit 1: "a run failed"), a table argument that is not
     namespace.table, negative counts and sizes: all usage errors (exit 2), each one line."""
     root = _project(tmp_path / "p")
     assert _icefield("--project", str(root), "run").returncode == EXIT_OK
     cases = {
         ("checks", "raw.nope"): "no table 'raw.nope'",
         ("sql", "selec 1"): "syntax error",
+        ("sql", "select nope from raw.events"): '"nope" not found',
+        ("sql", "select * from raw.nope"): "raw.nope",
         ("show", "notqualified"): "not a table name",
         ("show", "raw.events", "--snapshots", "-1"): "--snapshots",
         ("compact", "raw.events", "--target-file-size", "-1"): "--target-file-size",

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from icefield.errors import IcefieldError, QueryRefusedError
+from icefield.errors import IcefieldError, QueryError, QueryRefusedError
 from icefield.sqlcheck import ONE_QUERY, check_query
 
 if TYPE_CHECKING:
@@ -106,8 +106,9 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> 
     """Run ``sql`` (checked by :func:`statement`) on ``con`` and return its result as Arrow.
 
     Raises :class:`QueryRefusedError` (a ``ConfigError``) when the statement is refused or it reaches for something the locked
-    connection does not allow (a file, a URL, an extension), :class:`IcefieldError` when DuckDB fails
-    on it otherwise.
+    connection does not allow (a file, a URL, an extension), :class:`QueryError` (a ``ConfigError``)
+    when DuckDB cannot run it as written (unknown table or column, a type or value it cannot convert),
+    :class:`IcefieldError` when DuckDB fails on it otherwise.
     """
     import duckdb
 
@@ -116,6 +117,9 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> 
         return con.sql(stmt).to_arrow_table()
     except duckdb.PermissionException as e:
         raise QueryRefusedError(f"{what} is refused: {str(e).splitlines()[0]}; {NO_ACCESS}") from None
+    except (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError) as e:
+        # Binder, catalog and conversion errors: the query must change, a retry cannot help (exit 2).
+        raise QueryError(f"{what} failed: {e}") from None
     except duckdb.Error as e:
         raise IcefieldError(f"{what} failed: {e}") from None
 

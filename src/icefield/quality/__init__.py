@@ -20,7 +20,7 @@ from icefield.config.models import (
     RegexCheck,
     UniqueCheck,
 )
-from icefield.errors import ConfigError, IcefieldError
+from icefield.errors import ConfigError, IcefieldError, QueryRefusedError
 from icefield.quality.coerce import CoercionError, converter, describe
 
 __all__ = ["RowCheckResult", "check_rows"]
@@ -173,7 +173,7 @@ def _filter_rows(table: pa.Table, expr: str) -> set[int]:
         sql = f"SELECT {_q(names[-1])} FROM batch WHERE NOT coalesce((\n{expr}\n), false)"
         try:
             out = readonly.query(con, sql, f"filter {expr!r}")
-        except ConfigError:
+        except QueryRefusedError:
             raise
         except IcefieldError as e:  # DuckDB could not run it: a column or function that does not exist
             raise ConfigError(f"{e}; a filter must be a valid SQL expression over the batch's columns") from None
