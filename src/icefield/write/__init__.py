@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
+from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, TransientError
 from icefield.testing import failpoints
 from icefield.write.datafiles import write_data_files
-from icefield.write.partitioning import parse_partition
+from icefield.write.partitioning import check_partition_types, parse_partitions
 from icefield.write.producers import merge_overwrite
 from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
@@ -100,17 +100,22 @@ def read_position(table: Table | None, pipeline: str) -> dict[str, Any] | None:
 
 
 def load_existing(catalog: Catalog, name: str) -> Table:
-    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none."""
-    from pyiceberg.exceptions import NoSuchTableError
+    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none
+    or when ``name`` is not of that form."""
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
     try:
         return catalog.load_table(table_identifier(name))
-    except NoSuchTableError:
+    except (NoSuchTableError, NoSuchNamespaceError):
         raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
 
 
 def table_identifier(name: str) -> tuple[str, ...]:
-    return tuple(name.split("."))
+    """``(namespace, table)`` of a table name ``namespace.table``; :class:`ConfigError` for any other form."""
+    parts = tuple(name.split("."))
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{name!r} is not a table name: write it as namespace.table, e.g. raw.events (`icefield tables` lists them)")
+    return parts
 
 
 class TableWriter:
@@ -137,16 +142,18 @@ class TableWriter:
         """Create the target table for ``schema`` with the configured partition spec and properties."""
         from pyiceberg.exceptions import TableAlreadyExistsError
 
+        # Nothing that could never be written is created: a table's keys and partition spec cannot be
+        # fixed once it exists.
+        fields = parse_partitions(self.target.partition_by)
+        check_partition_types(self.target.table, fields, schema)
+        missing = [k for k in self.target.keys if k not in schema.names]
+        if missing and self.target.mode == "merge":
+            raise ConfigError(
+                f"table {self.target.table}: target.keys names {', '.join(map(repr, missing))}, which the data does "
+                f"not have (columns: {', '.join(schema.names)}); fix target.keys"
+            )
         namespace = self.identifier[:-1]
         self.catalog.create_namespace_if_not_exists(namespace)
-        fields = [parse_partition(p) for p in self.target.partition_by]
-        names = set(schema.names)
-        for f in fields:
-            if f.source not in names:
-                raise SchemaError(
-                    f"table {self.target.table}: partition_by names column {f.source!r}, which the data does not "
-                    f"have (columns: {', '.join(schema.names)}); fix target.partition_by"
-                )
         props = {**DEFAULT_TABLE_PROPERTIES, **self.target.properties}
         try:
             tx = self.catalog.create_table_transaction(self.identifier, schema=_nullable(schema), properties=props)
