@@ -77,9 +77,20 @@ def sqlite_relative_to(uri: str, base: Path) -> str:
     return make_url(uri).set(database=str(base / path)).render_as_string(hide_password=False)
 
 
+def _shown(uri: str) -> str:
+    """``uri`` as it may be shown: without its password, and without any secret resolved so far."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return redact(make_url(uri).render_as_string(hide_password=True))
+    except (ArgumentError, ValueError):
+        return redact(uri)
+
+
 def _in_memory(uri: str) -> ConfigError:
     return ConfigError(
-        f"catalog.uri {redact(uri)!r} is an in-memory SQLite database: every run would forget the tables it "
+        f"catalog.uri {_shown(uri)!r} is an in-memory SQLite database: every run would forget the tables it "
         "wrote and leave their files behind; give a file, e.g. sqlite:///.icefield/catalog.db (relative to "
         "the project), or leave catalog.uri unset"
     )
@@ -93,7 +104,7 @@ def _sqlite_database(uri: str) -> str | None:
     try:
         url = make_url(uri)
     except ArgumentError as e:
-        raise ConfigError(f"catalog.uri {redact(uri)!r} is not a database URL: {e}; e.g. sqlite:///.icefield/catalog.db") from None
+        raise ConfigError(f"catalog.uri {_shown(uri)!r} is not a database URL: {e}; e.g. sqlite:///.icefield/catalog.db") from None
     db = url.database or ""
     if db in ("", ":memory:") or "mode=memory" in db or url.query.get("mode") == "memory":
         return None
@@ -136,7 +147,7 @@ def _open_error(uri: str, e: Exception) -> Exception:
     from sqlalchemy.exc import OperationalError
 
     detail = str(getattr(e, "orig", None) or e)
-    message = f"cannot open the catalog at {redact(uri)!r}: {redact(detail.strip())}"
+    message = f"cannot open the catalog at {_shown(uri)!r}: {redact(detail.strip())}"
     if isinstance(e, OperationalError) and not uri.startswith("sqlite") and _UNREACHABLE.search(detail):
         return TransientError(f"{message}; the catalog server is unreachable, retry later")
     return ConfigError(f"{message}; fix catalog.uri")
@@ -149,7 +160,7 @@ def _check_sqlite_file(db_path: Path, uri: str) -> None:
 
     shown = redact(str(db_path))
     if db_path.is_dir():
-        raise ConfigError(f"catalog.uri {redact(uri)!r}: {shown} is a folder; give a database file, e.g. {shown}/catalog.db")
+        raise ConfigError(f"catalog.uri {_shown(uri)!r}: {shown} is a folder; give a database file, e.g. {shown}/catalog.db")
     if not db_path.exists() or db_path.stat().st_size == 0:
         return
     try:
@@ -160,14 +171,14 @@ def _check_sqlite_file(db_path: Path, uri: str) -> None:
             con.close()
     except sqlite3.DatabaseError as e:
         raise ConfigError(
-            f"catalog.uri {redact(uri)!r}: {shown} is not a SQLite database ({e}); point catalog.uri at a new "
+            f"catalog.uri {_shown(uri)!r}: {shown} is not a SQLite database ({e}); point catalog.uri at a new "
             "file or at an icefield catalog"
         ) from None
     foreign = sorted(n for n in names if not n.startswith(CATALOG_TABLE_PREFIXES) and not n.startswith("sqlite_"))
     if foreign:
         shown_tables = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ConfigError(
-            f"catalog.uri {redact(uri)!r}: {shown} holds tables that are not a catalog's ({shown_tables}): it is "
+            f"catalog.uri {_shown(uri)!r}: {shown} holds tables that are not a catalog's ({shown_tables}): it is "
             "another application's database, which icefield would change; point catalog.uri at a new file, "
             "e.g. sqlite:///.icefield/catalog.db"
         )
@@ -185,7 +196,7 @@ def _enable_wal(db_path: Path, uri: str) -> None:
         finally:
             con.close()
     except (OSError, sqlite3.Error) as e:
-        raise ConfigError(f"cannot open the catalog at {redact(uri)!r}: {redact(str(e))}; fix catalog.uri") from None
+        raise ConfigError(f"cannot open the catalog at {_shown(uri)!r}: {redact(str(e))}; fix catalog.uri") from None
 
 
 def _tune_sqlite_engine(catalog: Any) -> None:

@@ -284,8 +284,8 @@ class TargetConfig(_Model):
         parts = v.split(".")
         if len(parts) != 2 or not all(IDENTIFIER.match(p) for p in parts):
             raise ValueError(
-                f"table must be 'namespace.name' (exactly one dot; nested namespaces are not supported) of "
-                f"letters, digits and '_', got {v!r}"
+                "table must be 'namespace.name' (exactly one dot; nested namespaces are not supported) of "
+                "letters, digits and '_'"
             )
         return v
 
@@ -308,7 +308,7 @@ class TargetConfig(_Model):
         for key, value in v.items():
             if has_reference(value):
                 raise ValueError(
-                    f"properties.{key}: {value!r} holds a secret reference; table properties are stored in the "
+                    f"{key}: {value!r} holds a secret reference; table properties are stored in the "
                     "table's metadata in plain text, so they cannot hold secrets: write the value itself if it is "
                     "not secret, or remove the property"
                 )

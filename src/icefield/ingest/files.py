@@ -14,13 +14,14 @@ the project (a file of a declared root: the root as written, then the path insid
 Odd files never fail a run nor hold up the files after them: a file that cannot be decoded at all (an
 unknown extension, a broken Parquet file, a text encoding that does not decode, a header with a reserved
 name) goes to the quarantine as one ``decode`` row; a file removed before it is read is skipped with a
-warning (and read by the next run if it is back). Text files are read as UTF-8 (a byte order mark is
-dropped), or UTF-16/UTF-32 when they start with that byte order mark.
+warning (and read by the next run if it is back). A byte order mark is dropped; a CSV file that starts
+with a UTF-16 or UTF-32 one is read in that encoding (JSON Lines is UTF-8).
 
-Only the bytes that were fingerprinted are read. A text file that grew since its fingerprint is still
-being written: its last line, if it has no line end yet, is left for the next run (the file is recorded
-with the fingerprint of what was read, so the next run replaces it whole), instead of quarantining half
-a record that the next run would read whole.
+Only the bytes that were fingerprinted are read, so a file appended to meanwhile is read as it was. A
+text file whose last line has no line end yet, and that grows (now, or before it is ``SETTLE_SECONDS``
+old), is still being written: that line is left for the next run (the file is recorded with the
+fingerprint of what was read, so the next run replaces it whole) instead of quarantining half a record
+that the next run reads whole.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import logging
 import os
 import posixpath
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +89,11 @@ class _Snapshot:
 
 
 def _snapshot(path: Path, text: bool) -> _Snapshot:
-    """Fingerprint the file; for a ``text`` file still being written (it grew while it was fingerprinted)
-    whose last line has no line end yet, only the bytes up to that line (see the module docs). Raises
-    :class:`OSError` when the file cannot be read (``FileNotFoundError`` when it is gone)."""
+    """Fingerprint the file; for a ``text`` file whose last line has no line end yet and that is still
+    being written, only the bytes up to that line (see the module docs). Still being written: it grew
+    after it was fingerprinted, watched until it is :data:`SETTLE_SECONDS` old (a file not modified for
+    that long is not waited for). Raises :class:`OSError` when the file cannot be read
+    (``FileNotFoundError`` when it is gone)."""
     h = hashlib.sha256()
     size = 0
     upto: tuple[Any, int] | None = None  # the hash and size of the bytes up to the last line end
@@ -107,12 +111,27 @@ def _snapshot(path: Path, text: bool) -> _Snapshot:
             else:
                 h.update(chunk)
             size += len(chunk)
-        ended = not text or upto is None or upto[1] == size
-        if not ended and os.fstat(f.fileno()).st_size > size:
+        ended = not text or size == 0 or (upto is not None and upto[1] == size)
+        if not ended and _grows(f.fileno(), size):
             # The last line was being written when it was read: leave it for the next run.
             done, n = upto if upto is not None else (hashlib.sha256(), 0)
             return _Snapshot(f"{n}:{done.hexdigest()}", n)
     return _Snapshot(f"{size}:{h.hexdigest()}", size)
+
+
+SETTLE_SECONDS = 0.5
+"""How long a text file whose last line has no line end must go unmodified to count as written whole."""
+
+
+def _grows(fd: int, size: int) -> bool:
+    """Whether the open file ``fd``, of which ``size`` bytes were read, is being written: it has more
+    bytes, now or once it is :data:`SETTLE_SECONDS` old."""
+    st = os.fstat(fd)
+    age = time.time() - st.st_mtime
+    if st.st_size == size and 0 <= age < SETTLE_SECONDS:
+        time.sleep(SETTLE_SECONDS - age)
+        st = os.fstat(fd)
+    return st.st_size > size
 
 
 class _Unreadable(Exception):
@@ -147,33 +166,42 @@ class FilesSource(Source):
             folder = Path(declared).expanduser()
             self.roots.append((posixpath.normpath(declared), (folder if folder.is_absolute() else self.root / folder).resolve()))
         self.excluded = _icefield_paths(project)
-        self._check_pattern()
+        self.folder = self._check_pattern()
 
-    def _check_pattern(self) -> None:
-        """Refuse a glob whose fixed folder lies outside the allowed folders, before anything is listed."""
+    def _check_pattern(self) -> Path:
+        """The folder the glob matches in (its components before the first wildcard), resolved. Refuses a
+        glob whose folder lies outside the allowed folders, before anything is listed."""
         pattern = Path(self.cfg.path).expanduser()
         folder = Path(os.path.normpath(pattern if pattern.is_absolute() else self.root / pattern))
-        fixed = Path(*[p for p in _fixed_parts(folder.parts)]) if folder.parts else folder
+        fixed = Path(*_fixed_parts(folder.parts)) if folder.parts else folder
+        if fixed == folder:  # no wildcard: the glob names one file
+            fixed = fixed.parent
         if not any(_within(fixed, allowed) or _within(fixed.resolve(), allowed) for _, allowed in self.roots):
             raise ConfigError(
                 f"{self.where}.path {self.cfg.path!r} matches files in {fixed}, outside the project folder "
                 f"{self.root}{' and source.roots' if self.cfg.roots else ''}; keep the files in the project, or list "
                 f"their folder in source.roots (e.g. roots: [{fixed.as_posix()!r}])"
             )
+        return fixed.resolve()
 
     def list_files(self) -> list[Path]:
         """The files the glob matches, resolved (symbolic links followed), in name order, each once;
-        icefield's own files left out. Raises :class:`ConfigError` for a match outside the allowed folders."""
+        icefield's own files left out. Raises :class:`ConfigError` for a match that lies outside the
+        folder the glob matches in (a link out of it) and outside every declared root, or outside the
+        project folder and every declared root."""
         out: dict[Path, None] = {}
+        declared = [folder for prefix, folder in self.roots if prefix]
         for path in match_files(self.root, self.cfg.path):
             real = path.resolve()
             if any(_within(real, x) for x in self.excluded):
                 log.debug("%s: icefield's own file, not read", path)
                 continue
-            if not any(_within(real, allowed) for _, allowed in self.roots):
+            inside = any(_within(real, allowed) for _, allowed in self.roots)
+            if not inside or not (_within(real, self.folder) or any(_within(real, r) for r in declared)):
                 shown = f"{path} (a link to {real})" if real != Path(os.path.abspath(path)) else str(path)
+                where = f"the project folder {self.root}" if not inside else f"the folder the glob matches in, {self.folder}"
                 raise ConfigError(
-                    f"{self.where}.path {self.cfg.path!r} matches {shown}, outside the project folder {self.root}"
+                    f"{self.where}.path {self.cfg.path!r} matches {shown}, outside {where}"
                     f"{' and source.roots' if self.cfg.roots else ''}; remove the link or file, or list the folder "
                     f"that holds it in source.roots (e.g. roots: [{real.parent.as_posix()!r}])"
                 )
@@ -362,7 +390,7 @@ class FilesSource(Source):
         record = 0  # non-blank lines seen
         start = skip
         with _open_prefix(path, size) as f:
-            for lineno, line_bytes in enumerate(_utf8_lines(f, _encoding_of(path)), start=1):
+            for lineno, line_bytes in enumerate(_json_lines(f), start=1):
                 if not line_bytes.strip():
                     continue
                 record += 1
@@ -728,26 +756,20 @@ _BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
 
 
 def _encoding_of(path: Path) -> str:
-    """The text encoding of a file by its byte order mark: ``utf-8-sig`` (a UTF-8 BOM), ``utf-16``,
+    """The text encoding of a CSV file by its byte order mark: ``utf-8-sig`` (a UTF-8 BOM), ``utf-16``,
     ``utf-32``, else ``utf-8``."""
     with path.open("rb") as f:
         start = f.read(4)
     return next((enc for bom, enc in _BOMS if start.startswith(bom)), "utf-8")
 
 
-def _utf8_lines(f: IO[bytes], encoding: str) -> Iterator[bytes]:
-    """The lines of the binary file ``f`` in ``encoding`` as UTF-8 bytes, without a byte order mark."""
-    if encoding == "utf-8":
-        yield from f
-        return
-    if encoding == "utf-8-sig":
-        first = True
-        for line in f:
-            yield line.removeprefix(codecs.BOM_UTF8) if first else line
-            first = False
-        return
-    for text in io.TextIOWrapper(f, encoding=encoding, newline=""):
-        yield text.encode("utf-8")
+def _json_lines(f: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a JSON Lines file, the first without a UTF-8 byte order mark. (JSON Lines is UTF-8:
+    bytes that are not, a UTF-16 mark included, are a record's problem, kept exactly for the quarantine.)"""
+    first = True
+    for line in f:
+        yield line.removeprefix(codecs.BOM_UTF8) if first else line
+        first = False
 
 
 class _Prefix(io.RawIOBase):

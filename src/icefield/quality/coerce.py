@@ -360,7 +360,7 @@ def records_to_table(
         # A key that cannot be a column (empty, or in icefield's reserved namespace): its records are
         # refused whole, and it makes no column.
         for i, r in enumerate(records):
-            if k := next((k for k in r if k in unusable), None):
+            if (k := next((k for k in r if k in unusable), None)) is not None:
                 bad[i] = f"decode: key {k!r} {unusable[k]}; rename it in the record"
         for k in unusable:
             del columns[k]
