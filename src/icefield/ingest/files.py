@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import codecs
+import contextlib
 import csv
 import hashlib
 import io
@@ -390,7 +391,11 @@ class FilesSource(Source):
         record = 0  # non-blank lines seen
         start = skip
         with _open_prefix(path, size) as f:
-            for lineno, line_bytes in enumerate(_json_lines(f), start=1):
+            for lineno, line_bytes in enumerate(f, start=1):
+                if lineno == 1:
+                    # JSON Lines is UTF-8; its byte order mark is no part of the first record. (Other bytes
+                    # that are not UTF-8, a UTF-16 mark included, are a record's problem, kept exactly.)
+                    line_bytes = line_bytes.removeprefix(codecs.BOM_UTF8)
                 if not line_bytes.strip():
                     continue
                 record += 1
@@ -695,7 +700,7 @@ class _Gone(Exception):
 
 
 def _within(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+    return path.is_relative_to(folder)
 
 
 def _fixed_parts(parts: tuple[str, ...]) -> list[str]:
@@ -763,15 +768,6 @@ def _encoding_of(path: Path) -> str:
     return next((enc for bom, enc in _BOMS if start.startswith(bom)), "utf-8")
 
 
-def _json_lines(f: IO[bytes]) -> Iterator[bytes]:
-    """The lines of a JSON Lines file, the first without a UTF-8 byte order mark. (JSON Lines is UTF-8:
-    bytes that are not, a UTF-16 mark included, are a record's problem, kept exactly for the quarantine.)"""
-    first = True
-    for line in f:
-        yield line.removeprefix(codecs.BOM_UTF8) if first else line
-        first = False
-
-
 class _Prefix(io.RawIOBase):
     """The first ``size`` bytes of a file, as a file."""
 
@@ -795,21 +791,11 @@ class _Prefix(io.RawIOBase):
         super().close()
 
 
-class _open_prefix:
-    """Open the first ``size`` bytes of a file (the bytes a snapshot fingerprinted) for reading."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path = path
-        self.size = size
-        self.file: IO[bytes] | None = None
-
-    def __enter__(self) -> IO[bytes]:
-        self.file = io.BufferedReader(_Prefix(self.path.open("rb", buffering=0), self.size), buffer_size=1 << 20)
-        return self.file
-
-    def __exit__(self, *exc: object) -> None:
-        if self.file is not None:
-            self.file.close()
+@contextlib.contextmanager
+def _open_prefix(path: Path, size: int) -> Iterator[IO[bytes]]:
+    """The first ``size`` bytes of a file (the bytes a snapshot fingerprinted), open for reading."""
+    with io.BufferedReader(_Prefix(path.open("rb", buffering=0), size), buffer_size=1 << 20) as f:
+        yield f
 
 
 def _same_shape(a: SourceBatch, b: SourceBatch) -> bool:
