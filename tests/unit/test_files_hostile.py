@@ -137,17 +137,21 @@ def test_a_file_a_position_names_by_its_absolute_path_is_not_loaded_again(lake, 
     assert res.batches == [] and len(lk.rows(TABLE)) == 1
 
 
-def test_icefield_state_and_warehouse_are_never_read(lake):
+@pytest.mark.parametrize("project", [None, {"name": "p", "catalog": {"uri": "sqlite:///catalog.db"}, "warehouse": "lake"}])
+def test_icefield_state_and_warehouse_are_never_read(lake, project):
     """F12: ``path: "**/*"`` ingested the project's own ``.icefield/`` (catalog DB, WAL, Avro manifests,
-    Parquet, metadata JSON), more of it at every run."""
-    lk = lake({"ev": files_pipeline("**/*", format="jsonl")})
+    Parquet, metadata JSON), more of it at every run; nor are a catalog database or a warehouse kept
+    elsewhere in the project."""
+    lk = lake({"ev": files_pipeline("**/*", format="jsonl")}, project)
     write(lk.root, "drop/a.jsonl", '{"id": 1}\n')
     for _ in range(2):
         conserved(lk.run("ev"))
         write(lk.root, f"drop/{time.monotonic_ns()}.jsonl", '{"id": 2}\n')
     names = set(read_position(lk.table(TABLE), "ev")["files"]) | {r["source"] for r in quarantine(lk)}
-    assert not [n for n in names if ".icefield" in n]
+    assert not [n for n in names if n.startswith((".icefield", "catalog.db", "lake/"))]
     assert "drop/a.jsonl" in names
+    if project:
+        assert (lk.root / "catalog.db").is_file() and list((lk.root / "lake").rglob("*.parquet"))
 
 
 # ------------------------------------------------------------------------------------- F14: odd files

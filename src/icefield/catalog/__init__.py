@@ -77,6 +77,21 @@ def sqlite_relative_to(uri: str, base: Path) -> str:
     return make_url(uri).set(database=str(base / path)).render_as_string(hide_password=False)
 
 
+def sqlite_path(uri: str, base: Path) -> Path | None:
+    """The database file of a SQLite catalog URI (relative to ``base`` when relative), or None when ``uri``
+    is not a SQLite file URI."""
+    if not uri.startswith("sqlite"):
+        return None
+    try:
+        db = _sqlite_database(uri)
+    except ConfigError:
+        return None
+    if db is None:
+        return None
+    path = Path(db).expanduser()
+    return path if path.is_absolute() else base / path
+
+
 def _shown(uri: str) -> str:
     """``uri`` as it may be shown: without its password, and without any secret resolved so far."""
     from sqlalchemy.engine import make_url

@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from icefield.columns import column_name_problem, constant
 from icefield.config.models import FilesSourceConfig
 from icefield.config.secrets import has_reference
-from icefield.errors import ConfigError
+from icefield.errors import ConfigError, SourceError
 from icefield.ingest import (
     Rejected,
     Source,
@@ -221,8 +221,11 @@ class FilesSource(Source):
                 name = posixpath.join(prefix, inside) if prefix else inside
                 break
         legacy = real.as_posix()
-        known = set(loaded) | ({partial.get("file")} if partial else set())
-        return legacy if name not in known and legacy in known else name
+
+        def known(n: str) -> bool:
+            return n in loaded or (partial is not None and partial.get("file") == n)
+
+        return legacy if not known(name) and known(legacy) else name
 
     def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
         """Batches of the new and changed files. With ``group_files``, the new files are read as one stream
@@ -328,7 +331,9 @@ class FilesSource(Source):
             if at == skip:
                 raise _Gone from None
             reason = "the file was removed while it was read"
-        except (_Unreadable, OSError, UnicodeError, csv.Error, pa.ArrowException) as e:
+        except OSError as e:  # the file is there but cannot be read (permissions, I/O): not its content's fault
+            raise SourceError(f"{rel}: cannot be read: {e}; fix the file's access, then rerun") from e
+        except (_Unreadable, UnicodeError, csv.Error, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
             reason = str(e) if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}"
         what = "the whole file" if at == 0 else f"the file from record {at + 1} on"
         log.warning("%s: %s; %s goes to the quarantine", rel, reason, what)
@@ -722,17 +727,12 @@ def _icefield_paths(project: Project) -> list[Path]:
     if warehouse is not None:
         paths.append(warehouse)
     uri = project.catalog_uri()
-    if uri.startswith("sqlite") and not has_reference(uri):
-        from icefield.catalog import sqlite_relative_to
-        from icefield.errors import IcefieldError
+    if not has_reference(uri):
+        from icefield.catalog import sqlite_path
 
-        try:
-            db = sqlite_relative_to(uri, project.root).split("///", 1)[1].split("?", 1)[0]
-        except (IcefieldError, IndexError):
-            db = ""
-        if db:
-            base = Path(db).resolve()
-            paths.extend(base.with_name(base.name + suffix) for suffix in ("", "-wal", "-shm", "-journal"))
+        if (db := sqlite_path(uri, project.root)) is not None:
+            db = db.resolve()
+            paths.extend(db.with_name(db.name + suffix) for suffix in ("", "-wal", "-shm", "-journal"))
     return paths
 
 
