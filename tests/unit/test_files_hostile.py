@@ -286,6 +286,26 @@ def test_a_file_removed_between_the_listing_and_the_read_is_skipped(lake, monkey
     assert [r["id"] for r in lk.rows(TABLE, "id")] == [1, 2]
 
 
+def test_a_file_removed_between_its_fingerprint_and_its_read_is_skipped(lake, monkeypatch, caplog):
+    import icefield.ingest.files as files
+
+    lk = lake({"ev": files_pipeline()})
+    write(lk.root, "drop/a.jsonl", '{"id": 1}\n')
+    write(lk.root, "drop/b.jsonl", '{"id": 2}\n')
+    real = files._snapshot
+
+    def snapshot_then_remove(path: Path, text: bool) -> Any:
+        snap = real(path, text)
+        if path.name == "a.jsonl":
+            path.unlink()
+        return snap
+
+    monkeypatch.setattr(files, "_snapshot", snapshot_then_remove)
+    conserved(lk.run("ev"))
+    assert [r["id"] for r in lk.rows(TABLE)] == [2]
+    assert "drop/a.jsonl: cannot be read" in caplog.text and "the next run tries it again" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------- F22
 
 

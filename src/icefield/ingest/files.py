@@ -13,8 +13,8 @@ the project (a file of a declared root: the root as written, then the path insid
 
 Odd files never fail a run nor hold up the files after them: a file that cannot be decoded at all (an
 unknown extension, a broken Parquet file, a text encoding that does not decode, a header with a reserved
-name) goes to the quarantine as one ``decode`` row; a file removed before it is read is skipped with a
-warning (and read by the next run if it is back). A byte order mark is dropped; a CSV file that starts
+name) goes to the quarantine as one ``decode`` row; a file that cannot be read (removed since it was
+listed, no permission) is skipped with a warning, and the next run tries it again. A byte order mark is dropped; a CSV file that starts
 with a UTF-16 or UTF-32 one is read in that encoding (JSON Lines is UTF-8).
 
 Only the bytes that were fingerprinted are read, so a file appended to meanwhile is read as it was. A
@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from icefield.columns import column_name_problem, constant
 from icefield.config.models import FilesSourceConfig
 from icefield.config.secrets import has_reference
-from icefield.errors import ConfigError, SourceError
+from icefield.errors import ConfigError
 from icefield.ingest import (
     Rejected,
     Source,
@@ -313,26 +313,24 @@ class FilesSource(Source):
                         describe=describe,
                     ), grouping
                     replace = False
-            except _Gone:
-                log.warning("%s: removed before it was read; skipped, the next run reads it if it is back", rel)
+            except _Unavailable as e:
+                # Batches of the file already committed stay; its position makes the next run resume.
+                log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
             partial = None
 
     def _guarded_chunks(self, path: Path, rel: str, skip: int, snap: _Snapshot) -> Iterator[_Chunk]:
-        """The chunks of :meth:`_chunks` (each with ``whole=False``). A file removed before its first chunk
-        raises :class:`_Gone`; a file (or its rest) that cannot be decoded ends with one chunk holding one
-        ``decode`` row (``whole=True``) for the quarantine, so it never stops the run."""
+        """The chunks of :meth:`_chunks` (each with ``whole=False``). A file that cannot be read (removed,
+        no permission: not its content's fault) raises :class:`_Unavailable`; a file (or its rest) that
+        cannot be decoded ends with one chunk holding one ``decode`` row (``whole=True``) for the
+        quarantine, so it never stops the run."""
         at = skip
         try:
             for chunk in self._chunks(path, rel, skip, snap):
                 at = chunk[5]
                 yield (*chunk, False)
             return
-        except FileNotFoundError:
-            if at == skip:
-                raise _Gone from None
-            reason = "the file was removed while it was read"
-        except OSError as e:  # the file is there but cannot be read (permissions, I/O): not its content's fault
-            raise SourceError(f"{rel}: cannot be read: {e}; fix the file's access, then rerun") from e
+        except OSError as e:
+            raise _Unavailable(e.strerror or str(e)) from None
         except (_Unreadable, UnicodeError, csv.Error, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
             reason = str(e) if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}"
         what = "the whole file" if at == 0 else f"the file from record {at + 1} on"
@@ -648,9 +646,9 @@ class FilesSource(Source):
             if not emitted:
                 typed, _, _ = self._type_parquet(pf.schema_arrow.empty_table().rename_columns(names), rel, skip)
                 yield typed, [], [], [], skip, skip, None
-        except FileNotFoundError:
+        except (FileNotFoundError, PermissionError):
             raise
-        except (pa.ArrowInvalid, OSError) as e:
+        except (pa.ArrowInvalid, OSError) as e:  # Arrow reports a corrupt file as an OSError too
             raise _Unreadable(f"not a readable Parquet file: {e}") from None
 
     def _type_parquet(self, table: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[Rejected], Describe]:
@@ -700,8 +698,8 @@ class _peekable:
         return False
 
 
-class _Gone(Exception):
-    """The file was removed between the listing and its first read."""
+class _Unavailable(Exception):
+    """The file cannot be read now (removed since it was listed, no permission...)."""
 
 
 def _within(path: Path, folder: Path) -> bool:
