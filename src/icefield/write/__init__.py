@@ -24,11 +24,11 @@ import pyarrow.compute as pc
 
 from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
-from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
+from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, TransientError
 from icefield.testing import failpoints
 from icefield.write.commits import commit_transaction
 from icefield.write.datafiles import write_data_files
-from icefield.write.partitioning import parse_partition
+from icefield.write.partitioning import check_partition_types, parse_partitions
 from icefield.write.producers import merge_overwrite
 from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
@@ -50,7 +50,9 @@ SUMMARY_RUN_ID = "icefield.run-id"
 DEFAULT_TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
 }
-COMMIT_ATTEMPTS = 8
+COMMIT_ATTEMPTS = 40
+COMMIT_SECONDS = 300.0
+"""A commit that keeps losing to concurrent commits gives up after this many attempts or seconds."""
 
 
 class PositionMovedError(TransientError):
@@ -106,17 +108,22 @@ def read_position(table: Table | None, pipeline: str) -> dict[str, Any] | None:
 
 
 def load_existing(catalog: Catalog, name: str) -> Table:
-    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none."""
-    from pyiceberg.exceptions import NoSuchTableError
+    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none
+    or when ``name`` is not of that form."""
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
     try:
         return catalog.load_table(table_identifier(name))
-    except NoSuchTableError:
+    except (NoSuchTableError, NoSuchNamespaceError):
         raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
 
 
 def table_identifier(name: str) -> tuple[str, ...]:
-    return tuple(name.split("."))
+    """``(namespace, table)`` of a table name ``namespace.table``; :class:`ConfigError` for any other form."""
+    parts = tuple(name.split("."))
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{name!r} is not a table name: write it as namespace.table, e.g. raw.events (`icefield tables` lists them)")
+    return parts
 
 
 class TableWriter:
@@ -147,16 +154,18 @@ class TableWriter:
         """Create the target table for ``schema`` with the configured partition spec and properties."""
         from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 
+        # Nothing that could never be written is created: a table's keys and partition spec cannot be
+        # fixed once it exists.
+        fields = parse_partitions(self.target.partition_by)
+        check_partition_types(self.target.table, fields, schema)
+        missing = [k for k in self.target.keys if k not in schema.names]
+        if missing and self.target.mode == "merge":
+            raise ConfigError(
+                f"table {self.target.table}: target.keys names {', '.join(map(repr, missing))}, which the data does "
+                f"not have (columns: {', '.join(schema.names)}); fix target.keys"
+            )
         namespace = self.identifier[:-1]
         self.catalog.create_namespace_if_not_exists(namespace)
-        fields = [parse_partition(p) for p in self.target.partition_by]
-        names = set(schema.names)
-        for f in fields:
-            if f.source not in names:
-                raise SchemaError(
-                    f"table {self.target.table}: partition_by names column {f.source!r}, which the data does not "
-                    f"have (columns: {', '.join(schema.names)}); fix target.partition_by"
-                )
         props = {**DEFAULT_TABLE_PROPERTIES, **self.target.properties}
         try:
             tx = self.catalog.create_table_transaction(self.identifier, schema=_nullable(schema), properties=props)
@@ -241,6 +250,7 @@ class TableWriter:
         unknown_outcome = (OSError, TransientError, CommitStateUnknownException, DBAPIError)
         started = time.perf_counter()
         delay = 0.05
+        written = _Written()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             if attempt > 1 or table is None:
                 table = self.load()
@@ -255,12 +265,15 @@ class TableWriter:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             self.check_position(table, batch_id)
             try:
-                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch)
+                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, written)
             except (CommitFailedException, ValidationException) as e:
-                # Nothing landed (pyiceberg guarantees it for these two): replan on the new snapshot.
-                log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
+                # Nothing landed (pyiceberg guarantees it for these two): check again and replan on the new
+                # snapshot (the data files of an append are written once and kept for the next attempt).
+                log.info("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
+                if time.perf_counter() - started > COMMIT_SECONDS:
+                    break
                 time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)
             except unknown_outcome as e:
                 # Unknown outcome: the swap may or may not have landed. Look, never delete.
                 table = self.load()
@@ -269,8 +282,8 @@ class TableWriter:
                     return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snap, False, time.perf_counter() - started)
                 raise TransientError(f"commit of batch {batch_id} to {self.target.table} failed: {e}; it stays pending, rerun to retry") from e
         raise CommitConflictError(
-            f"batch {batch_id} could not be committed to {self.target.table}: {COMMIT_ATTEMPTS} attempts met "
-            "concurrent commits; rerun, or give each writer its own table"
+            f"batch {batch_id} could not be committed to {self.target.table}: every attempt in "
+            f"{time.perf_counter() - started:.0f} s met concurrent commits; rerun, or give each writer its own table"
         )
 
     def check_position(self, table: Table, batch_id: str) -> None:
@@ -297,6 +310,7 @@ class TableWriter:
         started: float,
         truncate_at: list[Any] | None = None,
         branch: str | None = None,
+        written: _Written | None = None,
     ) -> WriteResult:
         from icefield.write.branches import MAIN, SUMMARY_POSITION, head_id
 
@@ -332,7 +346,7 @@ class TableWriter:
             rows_written, conflict = plan.rows_written, plan.conflict_filter
         else:
             if data.num_rows:
-                added = self.write_files(table, data)
+                added = (written or _Written()).files(table, lambda: self.write_files(table, data))
             if mode == "overwrite":
                 removed = self._files_to_overwrite(table, added)
             elif replace_file is not None and replace_file[0] in table.schema().as_arrow().names:
@@ -475,6 +489,21 @@ class TableWriter:
         # Files just written carry no spec id yet: they are written with the current spec.
         touched = {(spec.spec_id, _record_key(f.partition)) for f in added}
         return [t.file for t in tasks if (t.file.spec_id, _record_key(t.file.partition)) in touched]
+
+
+class _Written:
+    """The data files one attempt of an append or overwrite wrote, for the next attempt of the same batch:
+    they depend only on the table's schema and partition spec, and a failed commit never deletes them."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._files: list[Any] = []
+
+    def files(self, table: Table, write: Any) -> list[Any]:
+        key = (table.metadata.current_schema_id, table.metadata.default_spec_id)
+        if key != self._key:
+            self._files, self._key = write(), key
+        return self._files
 
 
 def _canonical(position: Any) -> str:
