@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
 from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
+from icefield.tables import plan_files
 from icefield.testing import failpoints
 from icefield.write.commits import commit_transaction
 from icefield.write.datafiles import write_data_files
@@ -438,7 +439,7 @@ class TableWriter:
             plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
         batch = batch.filter(pc.invert(flag))
         if table.current_snapshot() is not None:
-            tasks = list(table.scan().plan_files())
+            tasks = plan_files(table, "truncate it")
             plan.remove = [task.file for task in tasks]
             plan.remove_deletes = [d for task in tasks for d in task.delete_files or ()]  # the commit drops repeats
         if batch.num_rows:
@@ -465,16 +466,88 @@ class TableWriter:
         return write_data_files(table, conform_to_table(table, data), sort_by=keys, rows=rows, segments=segments)
 
     def _files_to_overwrite(self, table: Table, added: list[Any]) -> list[Any]:
-        spec = table.spec()
-        whole = self.target.overwrite == "table" or spec.is_unpartitioned()
+        """The data files an overwrite of ``added`` (the batch's files, just written) replaces: every file
+        with ``overwrite: table`` or an unpartitioned table, else those in the partitions of the current
+        spec the batch touches.
+
+        A file written under an older spec (another engine evolved the spec) is matched on the partition
+        fields both specs share (same source column, same transform): if its values there differ from every
+        touched partition's it holds none of their rows and stays. Otherwise it goes, and when its rows do
+        not all fall in touched partitions (the new spec cuts finer), the rows of untouched ones are written
+        again into files of the current spec, which are appended to ``added``: no row outside the batch's
+        partitions is lost. Raises :class:`ConfigError` for a table with equality delete files."""
         if table.current_snapshot() is None:
             return []
-        tasks = list(table.scan().plan_files())
-        if whole:
+        spec = table.spec()
+        tasks = plan_files(table, "overwrite it")
+        if self.target.overwrite == "table" or spec.is_unpartitioned():
             return [t.file for t in tasks]
         # Files just written carry no spec id yet: they are written with the current spec.
-        touched = {(spec.spec_id, _record_key(f.partition)) for f in added}
-        return [t.file for t in tasks if (t.file.spec_id, _record_key(t.file.partition)) in touched]
+        touched = {_record_key(f.partition) for f in added}
+        removed: list[Any] = []
+        mixed: list[Any] = []
+        for task in tasks:
+            f = task.file
+            if f.spec_id == spec.spec_id:
+                if _record_key(f.partition) in touched:
+                    removed.append(f)
+                continue
+            shared = _shared_fields(table.specs()[f.spec_id], spec)
+            if tuple(f.partition[i] for i, _ in shared) not in {tuple(p[j] for _, j in shared) for p in touched}:
+                continue
+            if len(shared) == len(spec.fields):  # all its rows are in one touched partition
+                removed.append(f)
+            else:  # the current spec may cut its rows into several partitions: look at them
+                mixed.append(task)
+        kept: list[pa.Table] = []
+        for task in mixed:
+            outside = _rows_outside(table, task, touched)
+            if outside is not None:
+                removed.append(task.file)
+                kept.append(outside)
+        if any(t.num_rows for t in kept):
+            added.extend(self.write_files(table, pa.concat_tables(kept)))
+        return removed
+
+
+def _shared_fields(old: Any, new: Any) -> list[tuple[int, int]]:
+    """``(index in old, index in new)`` of the partition fields of two specs with the same source column
+    and transform (their partition values are comparable)."""
+    index = {(f.source_id, str(f.transform)): j for j, f in enumerate(new.fields)}
+    return [(i, index[(f.source_id, str(f.transform))]) for i, f in enumerate(old.fields) if (f.source_id, str(f.transform)) in index]
+
+
+def _rows_outside(table: Table, task: Any, touched: set[tuple[Any, ...]]) -> pa.Table | None:
+    """The rows of the scan ``task``'s file (its deletes applied) whose partition in the table's current
+    spec is not in ``touched``; None when no row is in a touched partition (the file stays as it is)."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+
+    from icefield.columns import row_numbers
+
+    spec, schema = table.spec(), table.schema()
+    data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table([task])
+    if not data.num_rows:
+        return None
+    names = [f"__part_{i}" for i in range(len(spec.fields))]
+    parts = {}
+    for field, name in zip(spec.fields, names, strict=True):
+        source = schema.find_field(field.source_id)
+        parts[name] = field.transform.pyarrow_transform(source.field_type)(data.column(source.name))
+    rows = row_numbers(data.num_rows)
+    # Each distinct partition (nulls included) with its rows, then the partition as the writer records it.
+    groups = pa.table({**parts, "__row": rows}).group_by(names, use_threads=False).aggregate([("__row", "list")])
+    lists = groups.column("__row_list").combine_chunks()
+    inside: list[pa.Array] = []
+    for i, values in enumerate(groups.select(names).to_pylist()):
+        fields = [PartitionFieldValue(field=f, value=values[n]) for f, n in zip(spec.fields, names, strict=True)]
+        if _record_key(PartitionKey(field_values=fields, partition_spec=spec, schema=schema).partition) in touched:
+            inside.append(lists[i].values)
+    if not inside:
+        return None
+    mask = pc.is_in(rows, value_set=pa.concat_arrays(inside))
+    return data.filter(pc.invert(mask))
 
 
 def _canonical(position: Any) -> str:
