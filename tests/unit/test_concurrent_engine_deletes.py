@@ -6,7 +6,9 @@ in merge-on-read mode, say) marks a row of one of those files in a position dele
 one more commit lands after that delete, the replacing commit must still see the delete and replan:
 otherwise the rewritten file brings the deleted row back. The check covers every snapshot since the
 operation planned, not only the newest one. The rival engine runs in a process of its own; icefield's
-operation is held between its plan and its commit while the rival commits.
+operation is held between its plan and its commit while the rival commits. The last test checks the
+producers' validation itself, as Iceberg's commit retry runs it (icefield's writers commit once and
+replan on a conflict, so the end-to-end tests pass by that replan too).
 """
 
 from __future__ import annotations
@@ -221,3 +223,46 @@ def test_the_held_merge_in_the_d1_finding_keeps_one_version_of_the_key(tmp_path:
     assert rows[20] == ["updated20"], rows.get(20)
     assert all(len(v) == 1 for v in rows.values()) and len(rows) == 201
     assert len(calls) == 2, "the compaction replanned"
+
+
+@pytest.mark.parametrize(
+    ("producer", "second"),
+    [("merge", ("delete", 170)), ("compaction", ("append", 999))],
+)
+def test_the_commit_validation_finds_a_delete_followed_by_another_commit(tmp_path: Path, producer: str, second: tuple[str, int]) -> None:
+    """The producers' own check, as Iceberg's retry runs it (refresh, then validate against every snapshot
+    since the base): a commit that replaces the file of keys 1-100 fails with ``ValidationException`` when
+    another engine's delete in that file landed after the base, even with one more commit after it."""
+    from pyiceberg.exceptions import ValidationException
+    from pyiceberg.table.snapshots import Operation
+
+    from icefield.write.producers import Rewrite, merge_overwrite
+
+    w = _two_files(tmp_path, **{"commit.retry.num-retries": "1", "commit.retry.min-wait-ms": "1"})
+    table = w.load()
+    assert table is not None
+    (first,) = [t.file for t in table.scan().plan_files() if _holds(t.file, 20)]
+    tx = table.transaction()
+    if producer == "merge":
+        cm = merge_overwrite(tx, {}, None)
+    else:
+        cm = Rewrite(operation=Operation.REPLACE, transaction=tx, io=table.io, branch="main", snapshot_properties={})
+        cm.referenced = set()
+    with cm as p:
+        p.delete_data_file(first)
+    _rival(tmp_path, ("delete", 20), second)
+
+    # pyiceberg's own commit retries once here (the table says so): it refreshes and validates the window.
+    with pytest.raises(ValidationException, match="found new delete for replaced data file"):
+        tx.commit_transaction()
+    rows = _versions(w)
+    assert 20 not in rows and rows[1] == ["a1"]
+
+
+def _holds(data_file: Any, key: int) -> bool:
+    """Whether ``key`` is within the file's bounds of ``k`` (field id 1)."""
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.types import LongType
+
+    low, high = data_file.lower_bounds[1], data_file.upper_bounds[1]
+    return bool(from_bytes(LongType(), low) <= key <= from_bytes(LongType(), high))
