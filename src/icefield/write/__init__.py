@@ -173,34 +173,65 @@ class TableWriter:
                 raise CommitConflictError(f"creating table {self.target.table} failed: {e}; rerun") from e
             return table
 
-    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False) -> Table:
+    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> Table:
         """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
 
         The differences are classified (:func:`icefield.quality.contracts.classify`); if the contract
         refuses one, :class:`SchemaError` is raised before anything is written. Accepted new columns are
         added (optional) and accepted promotions applied in one schema commit; a dropped column accepted
-        by ``evolve`` stays in the table and the batch's rows get nulls. ``open_schema``: see
-        :func:`classify`. Returns the (refreshed) table.
+        by ``evolve`` stays in the table (made optional if it was required) and the batch's rows get nulls.
+        ``open_schema``: see :func:`classify`. ``data`` holds the batch's rows when the caller has them: a
+        required column (another engine's ``NOT NULL``) then stays required unless a row really has a null
+        in it; without it the Arrow field's nullability decides. A merge key or an identifier field of the
+        table never becomes optional: a batch with a null there is refused. A change Iceberg itself refuses
+        is a :class:`SchemaError` too. Returns the (refreshed) table.
         """
-        from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
+        from icefield.quality.contracts import (
+            DROPPED,
+            NEW_COLUMN,
+            NOW_OPTIONAL,
+            PROMOTION,
+            classify,
+            enforce,
+            null_columns,
+        )
 
-        changes = classify(table.schema(), schema, open_schema=open_schema)
+        current_schema = table.schema()
+        nulls = None
+        if data is not None:
+            rows, deletes = split_deletes(data, self.target.delete_column)
+            nulls = null_columns(rows.filter(pc.invert(deletes)))  # a delete's row is never written
+        changes = classify(current_schema, schema, open_schema=open_schema, nulls=nulls)
         if not changes:
             return table
-        enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=self.target.keys)
-        structural = {c.column.split(".")[0] for c in changes if c.kind in (ADDITIVE, WIDENING)}
-        dropped = [c.column for c in changes if c.kind not in (ADDITIVE, WIDENING)]
+        identifiers = sorted(current_schema.identifier_field_names())
+        enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=[*self.target.keys, *identifiers])
+        grown = {c.column.split(".")[0] for c in changes if c.change in (NEW_COLUMN, PROMOTION)}
+        dropped = [c.column for c in changes if c.change == DROPPED]
         if dropped:
             log.warning("batch of %s lacks columns %s; the table keeps them and the rows get nulls", self.target.table, dropped)
-        if not structural:
+        # A required column the rows leave null (or lack) becomes optional; no other column changes nullability.
+        relaxed = [c.column for c in changes if c.change == NOW_OPTIONAL or (c.change == DROPPED and _required(current_schema, c.column))]
+        if not grown and not relaxed:
             return table
-        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.kind in (ADDITIVE, WIDENING)))
-        current = table.schema().as_arrow()
+        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.change != DROPPED))
+        current = current_schema.as_arrow()
         # New columns, nested ones too, are optional (existing rows have no value); existing ones keep
-        # their nullability unless the change says otherwise. union_by_name never drops a column.
-        fields = [_optional_if_new(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in structural]
-        with table.update_schema() as upd:
-            upd.union_by_name(pa.schema(fields))
+        # the table's nullability. union_by_name never drops a column.
+        fields = [_like_table(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in grown]
+        try:
+            with table.update_schema() as upd:
+                if fields:
+                    upd.union_by_name(pa.schema(fields))
+                for path in relaxed:
+                    upd.make_column_optional(path)
+        except ValueError as e:  # pyiceberg's own checks (a pydantic ValidationError is one)
+            ids = f"; its identifier fields ({', '.join(identifiers)}) must stay required" if identifiers else ""
+            raise SchemaError(
+                f"table {self.target.table}: Iceberg refused the schema change "
+                f"({'; '.join(c.describe() for c in changes if c.change != DROPPED)}): {e}{ids}. Nothing was written and "
+                "the batch stays pending: fix the source, or the table's schema with the engine that owns it, and rerun"
+            ) from e
         return table.refresh()
 
     # ------------------------------------------------------------------ commits
@@ -558,14 +589,28 @@ def _record_key(record: Any) -> tuple[Any, ...]:
     return tuple(record[i] for i in range(len(record))) if record is not None else ()
 
 
-def _optional_if_new(f: pa.Field, existing: pa.Field | None) -> pa.Field:
-    """``f`` with every field the table lacks (at any depth of structs) made nullable."""
+def _like_table(f: pa.Field, existing: pa.Field | None) -> pa.Field:
+    """``f`` as the schema update should take it: a field the table lacks (at any depth) is optional, a
+    field it has keeps the table's nullability (only an explicit change relaxes one)."""
     if existing is None:
         return f.with_nullable(True).with_type(_all_optional(f.type))
-    if pa.types.is_struct(f.type) and pa.types.is_struct(existing.type):
-        children = [_optional_if_new(c, existing.type.field(c.name) if existing.type.get_field_index(c.name) >= 0 else None) for c in f.type]
-        return f.with_type(pa.struct(children))
-    return f
+    t, old = f.type, existing.type
+    if pa.types.is_struct(t) and pa.types.is_struct(old):
+        t = pa.struct([_like_table(c, old.field(c.name) if old.get_field_index(c.name) >= 0 else None) for c in t])
+    elif pa.types.is_map(t) and pa.types.is_map(old):
+        t = pa.map_(_like_table(t.key_field, old.key_field), _like_table(t.item_field, old.item_field))
+    elif pa.types.is_large_list(t) and (pa.types.is_list(old) or pa.types.is_large_list(old)):
+        t = pa.large_list(_like_table(t.value_field, old.value_field))
+    elif pa.types.is_list(t) and (pa.types.is_list(old) or pa.types.is_large_list(old)):
+        t = pa.list_(_like_table(t.value_field, old.value_field))
+    return f.with_type(t).with_nullable(existing.nullable)
+
+
+def _required(schema: Any, path: str) -> bool:
+    try:
+        return bool(schema.find_field(path).required)
+    except ValueError:
+        return False
 
 
 def _all_optional(t: pa.DataType) -> pa.DataType:
