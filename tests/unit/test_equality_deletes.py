@@ -10,54 +10,17 @@ read metadata (``tables``, ``expire``) still work.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from icefield.cli import EXIT_USAGE, cli
 from icefield.errors import ConfigError
-
-
-def add_equality_deletes(table: Any, column: str, values: list[Any]) -> Any:
-    """Commit an equality delete file on ``column`` (the rows whose ``column`` is one of ``values``) in a
-    ``delete`` snapshot, as Flink or Iceberg's Java ``RowDelta`` writes one. ``table`` is unpartitioned.
-    Returns the refreshed table."""
-    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
-    from pyiceberg.table.snapshots import Operation
-    from pyiceberg.typedef import Record
-
-    from icefield.write.producers import RowDelta
-
-    field = table.schema().find_field(column)
-    arrow_type = table.schema().as_arrow().field(column).type
-    schema = pa.schema([pa.field(column, arrow_type, nullable=False, metadata={b"PARQUET:field_id": str(field.field_id).encode()})])
-    path = table.location_provider().new_data_location(f"{uuid.uuid4()}-eq-deletes.parquet")
-    with table.io.new_output(path).create(overwrite=True) as stream:
-        pq.write_table(pa.table([pa.array(values, arrow_type)], schema=schema), stream)
-    delete_file = DataFile.from_args(
-        content=DataFileContent.EQUALITY_DELETES,
-        file_path=path,
-        file_format=FileFormat.PARQUET,
-        partition=Record(),
-        record_count=len(values),
-        file_size_in_bytes=len(table.io.new_input(path)),
-        equality_ids=[field.field_id],
-        sort_order_id=None,
-        key_metadata=None,
-    )
-    delete_file.spec_id = table.spec().spec_id
-    tx = table.transaction()
-    producer = RowDelta(operation=Operation.DELETE, transaction=tx, io=table.io, branch="main", snapshot_properties={})
-    producer.referenced = set()
-    with producer as p:
-        p.append_data_file(delete_file)
-    return tx.commit_transaction()
+from icefield.testing.iceberg import add_equality_deletes
 
 
 def _project(root: Path, mode: str = "merge") -> Path:
