@@ -27,14 +27,21 @@ def table_name(table: Table) -> str:
 
 
 def equality_deletes_message(table: Table, action: str) -> str:
-    """The refusal of a table with equality delete files: what cannot be done and how to fold them."""
+    """The refusal of a table with equality delete files: what cannot be done and the Spark calls that
+    fold the deletes into the data files and drop them (Iceberg's dangling-delete removal skips an
+    unpartitioned table, whose folded delete files go at its next commit: a second rewrite)."""
     name = table_name(table)
     catalog = getattr(getattr(table, "catalog", None), "name", None) or "<catalog>"
+    qualified = f"{catalog}.{name}"
+    calls = [
+        f"CALL {catalog}.system.rewrite_data_files(table => '{qualified}', options => map('delete-file-threshold', '1', "
+        "'use-starting-sequence-number', 'false', 'remove-dangling-deletes', 'true'))"
+    ]
+    if len(table.specs()) == 1 and table.spec().is_unpartitioned():
+        calls.append(f"CALL {catalog}.system.rewrite_data_files(table => '{qualified}', options => map('rewrite-all', 'true'))")
     return (
         f"table {name} has equality delete files (written by Flink or Iceberg's Java API), which icefield cannot "
-        f"apply, so it cannot {action}; fold them into the data files with Spark, then rerun: CALL "
-        f"{catalog}.system.rewrite_data_files(table => '{name}', options => map('delete-file-threshold', '1', "
-        "'remove-dangling-deletes', 'true'))"
+        f"apply, so it cannot {action}; fold them into the data files with Spark, then rerun: {'; '.join(calls)}"
     )
 
 

@@ -75,7 +75,7 @@ def test_sql_merge_and_compact_of_a_table_with_equality_deletes_exit_2_naming_th
         assert "Traceback" not in err, err
         message = _refused(docs)
         assert "t.m has equality delete files" in message, message
-        assert "rewrite_data_files(table => 't.m'" in message and "then rerun" in message, message
+        assert "then rerun: CALL icefield.system.rewrite_data_files(table => 'icefield.t.m'" in message, message
         if args[0] != "run":  # `run` adds its result document (the CLI's concern)
             assert len(docs) == 1, docs
 

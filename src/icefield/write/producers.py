@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table, Transaction
     from pyiceberg.table.update.snapshot import CommitWindow
 
+EQUALITY_IDS_FIELD_ID = 135  # data_file.equality_ids in Iceberg's manifest schema
 MERGE_ISOLATION = "write.merge.isolation-level"
 """Iceberg's table property for the isolation of ``MERGE`` commits (Spark honours it too): ``serializable``
 (the default; any data file added meanwhile conflicts) or ``snapshot`` (only those that may hold the
@@ -277,10 +278,27 @@ def _restamped(entry: Any, status: Any, snapshot_id: int | None) -> Any:
 
 
 class _DeleteManifestWriter(ManifestWriterV2):
-    """pyiceberg's v2 manifest writer for delete files (content ``deletes``)."""
+    """pyiceberg's v2 manifest writer for delete files (content ``deletes``). ``equality_ids`` is written as
+    the spec's ``list<int>``: pyiceberg 0.12 writes ``list<long>``, which Java's reader cannot load
+    (``ClassCastException``) once a rewritten manifest carries an equality delete file of another engine."""
 
     def content(self) -> ManifestContent:
         return ManifestContent.DELETES
+
+    def _with_partition(self, format_version: Any) -> Any:
+        from pyiceberg.schema import Schema
+        from pyiceberg.types import IntegerType, ListType, NestedField, StructType
+
+        def fixed(field: Any) -> Any:
+            if field.field_id == EQUALITY_IDS_FIELD_ID:
+                t = field.field_type
+                return NestedField(field.field_id, field.name, ListType(t.element_id, IntegerType(), t.element_required), field.required, field.doc)
+            if isinstance(field.field_type, StructType):
+                return NestedField(field.field_id, field.name, StructType(*[fixed(f) for f in field.field_type.fields]), field.required, field.doc)
+            return field
+
+        schema = super()._with_partition(format_version)
+        return Schema(*[fixed(f) for f in schema.fields], schema_id=schema.schema_id)
 
     @property
     def _meta(self) -> dict[str, str]:
