@@ -153,3 +153,31 @@ def test_the_schema_alone_still_decides_without_the_rows() -> None:
     with_null = pa.table({"id": pa.array([1], pa.int64()), "s": pa.array([{"n": None}], pa.struct([("n", pa.int64())]))})
     assert null_columns(with_null) == {"s.n"}
     assert [(c.column, c.change) for c in classify(table, with_null.schema, nulls=null_columns(with_null))] == [("s.n", NOW_OPTIONAL)]
+
+
+def test_a_schema_change_iceberg_refuses_is_a_schema_error_naming_the_identifier_field(tmp_path: Path) -> None:
+    """Never pydantic's traceback out of ``update_schema``: a batch without the required struct that holds
+    the identifier field ``s.id`` (the struct would become optional, which Iceberg refuses) is a
+    SchemaError naming the field, and the table is unchanged."""
+    from pyiceberg.schema import Schema
+    from pyiceberg.types import LongType, NestedField, StringType, StructType
+
+    from icefield.catalog import sql_catalog
+    from icefield.config.models import TargetConfig
+    from icefield.engines.local import LocalEngine
+    from icefield.write import TableWriter
+
+    catalog = sql_catalog("icefield", f"sqlite:///{tmp_path / 'c.db'}", (tmp_path / "wh").resolve().as_uri())
+    catalog.create_namespace("t")
+    schema = Schema(
+        NestedField(1, "s", StructType(NestedField(2, "id", LongType(), required=True)), required=True),
+        NestedField(3, "v", StringType(), required=False),
+        identifier_field_ids=[2],
+    )
+    table = catalog.create_table(("t", "x"), schema=schema)
+    writer = TableWriter(catalog, TargetConfig(table="t.x", mode="append"), "p", LocalEngine())
+    batch = pa.table({"v": ["a"]})
+
+    with pytest.raises(SchemaError, match=r"Iceberg refused the schema change .*identifier fields \(s\.id\)"):
+        writer.evolve(table, batch.schema)
+    assert catalog.load_table(("t", "x")).schema() == table.schema()

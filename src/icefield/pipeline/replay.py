@@ -49,7 +49,7 @@ from icefield.pipeline.quarantine import (
 from icefield.pipeline.runner import acquire_lease
 from icefield.quality import check_rows
 from icefield.quality.coerce import conform, parse_type, records_to_table
-from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
+from icefield.quality.contracts import ADDITIVE, WIDENING
 from icefield.tables import read_arrow
 from icefield.testing import failpoints
 from icefield.write import (
@@ -404,7 +404,7 @@ class _Replay:
         control = self.pipe.target.delete_column
         if table is not None:
             schema = data.schema.remove(data.schema.get_field_index(control)) if control and control in data.column_names else data.schema
-            target = self._target_schema(table, schema)
+            target = self._target_schema(table, schema, data)
             typed, type_bad = conform(data, target)
             if control and control in data.column_names and control not in typed.column_names:
                 typed = typed.append_column(control, data.column(control))
@@ -423,14 +423,13 @@ class _Replay:
         good = data.take(pa.array(passed, pa.int64()))
         return _Verdict(good, [at[k] for k in passed], failed, filtered)
 
-    def _target_schema(self, table: Table, schema: pa.Schema) -> pa.Schema:
-        """The table's schema once the contract took the replayed rows' changes (raises SchemaError if it
-        refuses one). A dry run only plans the changes; a real replay applies them."""
+    def _target_schema(self, table: Table, schema: pa.Schema, data: pa.Table) -> pa.Schema:
+        """The table's schema once the contract took the replayed rows' (``data``'s) changes (raises
+        SchemaError if it refuses one). A dry run only plans the changes; a real replay applies them."""
         if not self.result.dry_run:
-            return self.writer.evolve(table, schema, open_schema=True).schema().as_arrow()
+            return self.writer.evolve(table, schema, open_schema=True, data=data).schema().as_arrow()
         current = table.schema().as_arrow()
-        changes = classify(current, schema, open_schema=True)
-        enforce(changes, self.pipe.target.contract, self.pipe.target.table, self.pipe.name, protected=self.pipe.target.keys)
+        changes = self.writer.schema_changes(table, schema, open_schema=True, data=data)
         changed = {c.column.split(".")[0] for c in changes if c.kind in (ADDITIVE, WIDENING)}
         fields = [schema.field(f.name) if f.name in changed else f for f in current]
         return pa.schema(fields + [f for f in schema if f.name in changed and f.name not in current.names])

@@ -173,6 +173,23 @@ class TableWriter:
                 raise CommitConflictError(f"creating table {self.target.table} failed: {e}; rerun") from e
             return table
 
+    def schema_changes(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> list[Any]:
+        """The schema changes rows of ``schema`` (and ``data``, their values, when known) ask of ``table``
+        (:func:`icefield.quality.contracts.classify`), once the target's contract accepted them all: raises
+        :class:`SchemaError` otherwise. A merge key or an identifier field of the table is protected (see
+        :meth:`evolve`). Changes nothing."""
+        from icefield.quality.contracts import classify, enforce, null_columns
+
+        nulls = None
+        if data is not None:
+            rows, deletes = split_deletes(data, self.target.delete_column)
+            nulls = null_columns(rows.filter(pc.invert(deletes)))  # a delete's row is never written
+        changes = classify(table.schema(), schema, open_schema=open_schema, nulls=nulls)
+        if changes:
+            identifiers = sorted(table.schema().identifier_field_names())
+            enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=[*self.target.keys, *identifiers])
+        return changes
+
     def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> Table:
         """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
 
@@ -186,26 +203,13 @@ class TableWriter:
         table never becomes optional: a batch with a null there is refused. A change Iceberg itself refuses
         is a :class:`SchemaError` too. Returns the (refreshed) table.
         """
-        from icefield.quality.contracts import (
-            DROPPED,
-            NEW_COLUMN,
-            NOW_OPTIONAL,
-            PROMOTION,
-            classify,
-            enforce,
-            null_columns,
-        )
+        from icefield.quality.contracts import DROPPED, NEW_COLUMN, NOW_OPTIONAL, PROMOTION
 
-        current_schema = table.schema()
-        nulls = None
-        if data is not None:
-            rows, deletes = split_deletes(data, self.target.delete_column)
-            nulls = null_columns(rows.filter(pc.invert(deletes)))  # a delete's row is never written
-        changes = classify(current_schema, schema, open_schema=open_schema, nulls=nulls)
+        changes = self.schema_changes(table, schema, open_schema, data)
         if not changes:
             return table
+        current_schema = table.schema()
         identifiers = sorted(current_schema.identifier_field_names())
-        enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=[*self.target.keys, *identifiers])
         grown = {c.column.split(".")[0] for c in changes if c.change in (NEW_COLUMN, PROMOTION)}
         dropped = [c.column for c in changes if c.change == DROPPED]
         if dropped:
@@ -226,11 +230,12 @@ class TableWriter:
                 for path in relaxed:
                     upd.make_column_optional(path)
         except ValueError as e:  # pyiceberg's own checks (a pydantic ValidationError is one)
-            ids = f"; its identifier fields ({', '.join(identifiers)}) must stay required" if identifiers else ""
+            ids = f"; its identifier fields ({', '.join(identifiers)}) and the structs holding them must stay required" if identifiers else ""
+            reason = " ".join(str(e).split("For further information")[0].split())
             raise SchemaError(
-                f"table {self.target.table}: Iceberg refused the schema change "
-                f"({'; '.join(c.describe() for c in changes if c.change != DROPPED)}): {e}{ids}. Nothing was written and "
-                "the batch stays pending: fix the source, or the table's schema with the engine that owns it, and rerun"
+                f"table {self.target.table}: Iceberg refused the schema change ({'; '.join(c.describe() for c in changes)}): "
+                f"{reason}{ids}. Nothing was written and the batch stays pending: fix the source, or the table's schema "
+                "with the engine that owns it, and rerun"
             ) from e
         return table.refresh()
 
