@@ -36,10 +36,6 @@ if TYPE_CHECKING:
     from pyiceberg.table.update.snapshot import CommitWindow
 
 EQUALITY_IDS_FIELD_ID = 135  # data_file.equality_ids in Iceberg's manifest schema
-MERGE_ISOLATION = "write.merge.isolation-level"
-"""Iceberg's table property for the isolation of ``MERGE`` commits (Spark honours it too): ``serializable``
-(the default; any data file added meanwhile conflicts) or ``snapshot`` (only those that may hold the
-merged keys do)."""
 
 
 def validate_no_new_deletes(table: Table, window: CommitWindow, data_files: Iterable[Any]) -> None:
@@ -92,13 +88,15 @@ class MergeOverwrite(_OverwriteFiles):
 
     def _validate_window(self, table: Table, window: CommitWindow) -> None:
         """The checks of a merge: no data file added meanwhile that may hold the merged keys (any added data
-        file under serializable isolation); every data file removed here still in the table, and without
-        new deletes."""
+        file under serializable isolation, the default of the table property pyiceberg reads for these
+        commits, ``write.delete.isolation-level``); every data file removed here still in the table, and
+        without new deletes."""
         from pyiceberg.expressions import AlwaysFalse
+        from pyiceberg.table.snapshots import IsolationLevel
 
         head = window.head
         assert head is not None  # an empty window is not validated
-        serializable = table.metadata.properties.get(MERGE_ISOLATION, "serializable") != "snapshot"
+        serializable = table.metadata.isolation_level(self._isolation_operation) == IsolationLevel.SERIALIZABLE
         if serializable or self.conflict_filter is not None:
             _validate_added_data_files(table, head, None if serializable else self.conflict_filter, window.base)
         if self._predicate != AlwaysFalse():  # rows removed by a filter (icefield names its files instead)
