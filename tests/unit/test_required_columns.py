@@ -24,7 +24,7 @@ from icefield.errors import SchemaError
 from icefield.quality.contracts import NOW_OPTIONAL, classify
 
 
-def _project(root: Path, contract: str = "evolve", identifier: bool = True) -> Path:
+def _project(root: Path, contract: str = "evolve", identifier: bool = True, delete_column: str | None = None) -> Path:
     """A project whose pipeline ``p`` merges ``drop/*.jsonl`` by ``id`` into ``t.items``, a table created as
     Spark creates one: ``id`` required (and its identifier field), ``name`` required, ``v`` optional."""
     from pyiceberg.schema import Schema
@@ -36,7 +36,9 @@ def _project(root: Path, contract: str = "evolve", identifier: bool = True) -> P
     (root / "pipelines").mkdir(parents=True)
     (root / "drop").mkdir()
     (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "req"}))
-    target = {"table": "t.items", "mode": "merge", "keys": ["id"], "contract": contract}
+    target: dict[str, Any] = {"table": "t.items", "mode": "merge", "keys": ["id"], "contract": contract}
+    if delete_column:
+        target["delete_column"] = delete_column
     pipe = {"name": "p", "source": {"type": "files", "path": "drop/*.jsonl", "file_column": None}, "target": target}
     (root / "pipelines" / "p.yaml").write_text(yaml.safe_dump(pipe))
     catalog = open_catalog(load_project(root))
@@ -98,6 +100,17 @@ def test_a_null_in_a_required_column_that_is_no_key_makes_it_optional_under_evol
     schema = _table(root).schema()
     assert not schema.find_field("name").required, "a real null widens the column (contract evolve)"
     assert schema.find_field("id").required and schema.identifier_field_ids == [1]
+
+
+def test_the_nulls_of_a_delete_row_do_not_make_a_column_optional(tmp_path: Path) -> None:
+    """A delete (a CDC ``op=d``) carries only its key: its empty ``name`` is never written, so ``name``
+    stays required while the delete applies."""
+    root = _project(tmp_path / "p", delete_column="_deleted")
+    _drop(root, "a.jsonl", [{"id": 1, "name": None, "v": None, "_deleted": True}, {"id": 5, "name": "e", "v": None, "_deleted": False}])
+    _run(root)
+    table = _table(root)
+    assert table.schema().find_field("name").required
+    assert sorted(r["id"] for r in table.scan().to_arrow().to_pylist()) == [2, 5]
 
 
 def test_a_null_in_a_required_column_is_refused_under_freeze(tmp_path: Path) -> None:

@@ -180,13 +180,18 @@ class TableWriter:
         :meth:`evolve`). Changes nothing."""
         from icefield.quality.contracts import classify, enforce, null_columns
 
+        current = table.schema()
         nulls = None
         if data is not None:
             rows, deletes = split_deletes(data, self.target.delete_column)
-            nulls = null_columns(rows.filter(pc.invert(deletes)))  # a delete's row is never written
-        changes = classify(table.schema(), schema, open_schema=open_schema, nulls=nulls)
+            nulls = null_columns(rows)
+            # A delete's row is never written: its nulls count only once a required column has some (rare,
+            # and the filter copies the batch).
+            if any(_required(current, c) for c in nulls) and pc.any(deletes).as_py():
+                nulls = null_columns(rows.filter(pc.invert(deletes)))
+        changes = classify(current, schema, open_schema=open_schema, nulls=nulls)
         if changes:
-            identifiers = sorted(table.schema().identifier_field_names())
+            identifiers = sorted(current.identifier_field_names())
             enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=[*self.target.keys, *identifiers])
         return changes
 
