@@ -25,6 +25,7 @@ from icefield.columns import constant, internal, row_numbers
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles, readonly
 from icefield.engines.readonly import distinct_names
 from icefield.errors import ConfigError
+from icefield.tables import plan_files
 from icefield.write.deletes import (
     DeleteCache,
     deleted_positions,
@@ -180,7 +181,7 @@ class LocalEngine(Engine):
         pending = batch.append_column(_DEL, flag)
         updated: pa.Table | None = None  # merge-on-read: new versions of stored keys, written with the inserts
         if table.current_snapshot() is not None:
-            tasks = list(table.scan().plan_files())
+            tasks = plan_files(table, "merge into it")
             candidates = prune_by_key_bounds(tasks, table.schema(), batch.select(keys), keys, probe.bounds)
             plan.files_scanned = len(tasks)
             log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
@@ -491,7 +492,7 @@ def register_table(
     columns = dict(zip(arrow_schema.names, names, strict=True))
     if snapshot_id is None and (current := table.current_snapshot()) is not None:
         snapshot_id = current.snapshot_id
-    tasks = list(table.scan(snapshot_id=snapshot_id).plan_files()) if snapshot_id is not None else []
+    tasks = plan_files(table, "read it", snapshot_id=snapshot_id) if snapshot_id is not None else []
     positional = all(d.content == DataFileContent.POSITION_DELETES for t in tasks for d in t.delete_files)
     deletes = any(t.delete_files for t in tasks)
     # The anti-join on deleted rows adds these two columns to the files' own.
@@ -847,7 +848,7 @@ def _drop_tombstoned(tombstones: Table, rows: pa.Table, keys: list[str], order: 
     """``rows`` without those whose key has a tombstone at least as new; returns them and the count dropped."""
     if tombstones.current_snapshot() is None:
         return rows, 0
-    tasks = prune_by_key_bounds(list(tombstones.scan().plan_files()), tombstones.schema(), rows.select(keys), keys)
+    tasks = prune_by_key_bounds(plan_files(tombstones, "merge with it"), tombstones.schema(), rows.select(keys), keys)
     direct = not _has_renames(tombstones)
     stale_keys: list[pa.Table] = []
     for group in _groups(tasks, keys[0], tombstones.schema(), group_bytes):
