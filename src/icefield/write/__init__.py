@@ -316,6 +316,8 @@ class TableWriter:
                     break
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 1.0)
+            except BranchMovedError:
+                raise  # nothing was written: the caller cuts the branch again
             except unknown_outcome as e:
                 # Unknown outcome: the swap may or may not have landed. Look, never delete.
                 table = self.load()
