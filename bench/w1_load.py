@@ -274,7 +274,8 @@ def _peer_icefield(a: dict[str, Any], out: Path) -> dict[str, Any]:
     if a["case"] == "parquet":
         name = "orders_files"
         # A drop of new files: they share a batch, so the load is one commit (as the peers make).
-        source = {"type": "files", "path": str(Path(a["files"][0]).parent / "*.parquet"), "format": "parquet", "group_files": True}
+        folder = str(Path(a["files"][0]).parent)  # outside the project: a declared root
+        source = {"type": "files", "path": f"{folder}/*.parquet", "roots": [folder], "format": "parquet", "group_files": True}
     else:
         name = "orders_pg"
         source = {"type": "sql", "url": a["pg_url"], "table": "orders", "cursor": "updated_at"}

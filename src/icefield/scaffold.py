@@ -14,6 +14,8 @@ catalog:
   name: icefield
   # uri defaults to SQLite under .icefield/; for PostgreSQL:
   # uri: "postgresql+psycopg2://icefield:${env:CATALOG_PASSWORD}@127.0.0.1:5432/lake"
+# warehouse: a folder (relative to the project) or an object store URI (s3://bucket/path); it may be
+# a secret reference, as in the prod profile below.
 warehouse: .icefield/warehouse
 engine: local
 profiles:

@@ -110,3 +110,21 @@ def test_postgres_source_incremental_with_ties_updates_and_types(tmp_path: Path,
         "order_id": "long", "customer": "string", "amount": "decimal(10, 2)", "paid": "boolean",
         "placed": "date", "updated_at": "timestamptz",
     }
+
+
+def test_a_refused_catalog_login_is_configuration_and_an_unreachable_server_transient(tmp_path: Path, pg_url: str) -> None:
+    """F19: every catalog failure was a ConfigError (exit 2), an unreachable server included; a wrong
+    password or a missing database cannot be retried away (2), a server that does not answer can (75)."""
+    from icefield.errors import ConfigError, TransientError
+
+    user_pw, host = pg_url.split("://", 1)[1].split("@", 1)
+    user = user_pw.split(":", 1)[0]
+    hostport, _, _db = host.partition("/")
+    wrong_password = f"postgresql+psycopg2://{user}:not-the-password@{host}"
+    with pytest.raises(ConfigError, match="password authentication failed") as info:
+        sql_catalog("lake", wrong_password, (tmp_path / "wh").as_uri())
+    assert "not-the-password" not in str(info.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        sql_catalog("lake", pg_url.rsplit("/", 1)[0] + "/no_such_database", (tmp_path / "wh").as_uri())
+    with pytest.raises(TransientError, match="unreachable"):
+        sql_catalog("lake", f"postgresql+psycopg2://{user}:x@{hostport.split(':')[0]}:1/lake", (tmp_path / "wh").as_uri())

@@ -309,3 +309,149 @@ def test_spark_reads_a_copy_on_write_rewrite_of_dictionary_columns(project: Proj
     assert list(zip(*(scanned.column(c).to_pylist() for c in ("id", "kind", "note")), strict=True)) == expected
     duck = run_query(project, "SELECT id, kind, note FROM raw.dict_cow ORDER BY id")
     assert [tuple(r.values()) for r in duck.to_pylist()] == expected
+
+
+# ------------------------------------------------------------------ other engines' writes (issue 13, interop)
+
+
+def _with_pipeline(project: Project, name: str, body: str, files: dict[str, str]) -> Project:
+    _write(project.root, f"pipelines/{name}.yaml", f"name: {name}\n{body}")
+    for rel, text in files.items():
+        _write(project.root, f"data/{name}/{rel}", text)
+    return load_project(project.root)
+
+
+def test_a_spark_delete_and_insert_during_an_icefield_merge_are_kept(
+    project: Project, spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RELIABILITY.md B6 (interop finding D1, r3): while an icefield copy-on-write merge of id 10 is between
+    its plan and its commit, Spark deletes id 5 of the file the merge rewrites (merge-on-read: a position
+    delete file), then inserts a row. icefield's commit conflicts and it replans: id 5 stays deleted, the insert
+    stays, id 10 has its one new version, in every reader."""
+    from icefield.testing import failpoints
+
+    table = "raw.b6"
+    project = _with_pipeline(
+        project, "b6",
+        "source: {type: files, path: 'data/b6/*.csv', format: csv, file_column: null}\n"
+        f"target: {{table: {table}, mode: merge, keys: [id]}}\n",
+        {"a.csv": _csv(BASE)},
+    )
+    assert run_pipeline(project, "b6").rows_committed == len(BASE)
+    # Snapshot isolation: Spark's insert alone does not make the merge replan; only the delete can.
+    spark.sql(
+        f"ALTER TABLE {CATALOG}.{table} SET TBLPROPERTIES ('write.delete.mode'='merge-on-read', "
+        "'write.merge.isolation-level'='snapshot', 'write.update.isolation-level'='snapshot', "
+        "'write.delete.isolation-level'='snapshot')"
+    )
+    inserted = _row(99, "s", 9.5)
+    hits: dict[str, int] = {}
+    real = failpoints.hit
+
+    def hit(name: str) -> None:
+        hits[name] = hits.get(name, 0) + 1
+        if name == "before-commit" and hits[name] == 1:
+            spark.sql(f"DELETE FROM {CATALOG}.{table} WHERE id = 5")
+            spark.sql(
+                f"INSERT INTO {CATALOG}.{table} VALUES ({inserted[0]}, '{inserted[1]}', {inserted[2]}, "
+                f"DATE '{inserted[3].isoformat()}', TIMESTAMP_NTZ '{inserted[4].isoformat(sep=' ')}')"
+            )
+        real(name)
+
+    monkeypatch.setattr(failpoints, "hit", hit)
+    merged = _row(10, "m", 123.0)
+    _write(project.root, "data/b6/b.csv", _csv([merged]))
+    res = run_pipeline(project, "b6")
+
+    assert res.rows_committed == 1
+    expected = sorted([r for r in BASE if r[0] not in (5, 10)] + [merged, inserted])
+    assert _spark_rows(spark, table) == _iceberg_rows(project, table) == _duckdb_rows(project, table) == expected
+    assert hits["before-commit"] == 2, "icefield's first commit conflicted and it replanned"
+    ops = [tuple(r) for r in spark.sql(f"SELECT operation, summary['added-position-deletes'] FROM {CATALOG}.{table}.snapshots ORDER BY committed_at").collect()]
+    assert ops[-3][0] == "delete" and ops[-3][1] == "1", f"Spark's DELETE was not merge-on-read: {ops}"
+
+
+def test_icefield_merges_into_a_spark_table_with_identifier_fields(project: Project, spark: Any) -> None:
+    """Interop finding D2: a Spark table with ``id BIGINT NOT NULL`` and ``SET IDENTIFIER FIELDS id`` is a
+    merge target; the key stays required and the identifier field stays."""
+    table = "spk.items"
+    spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {CATALOG}.spk")
+    spark.sql(
+        f"CREATE TABLE {CATALOG}.{table} (id BIGINT NOT NULL, kind STRING, amount DOUBLE, day DATE, ts TIMESTAMP_NTZ) "
+        "USING iceberg TBLPROPERTIES ('format-version'='2')"
+    )
+    spark.sql(f"ALTER TABLE {CATALOG}.{table} SET IDENTIFIER FIELDS id")
+    _changes_view(spark, "items_seed", BASE[:3])
+    spark.sql(f"INSERT INTO {CATALOG}.{table} SELECT * FROM items_seed")
+    changes = [_row(2, "u", 2.5), _row(30, "n", 3.0)]
+    project = _with_pipeline(
+        project, "items",
+        "source: {type: files, path: 'data/items/*.csv', format: csv, file_column: null}\n"
+        f"target: {{table: {table}, mode: merge, keys: [id]}}\n",
+        {"a.csv": _csv(changes)},
+    )
+    res = run_pipeline(project, "items")
+
+    assert res.rows_committed == 2 and res.conserved
+    schema = open_catalog(project).load_table(table).schema()
+    assert schema.find_field("id").required and schema.identifier_field_names() == {"id"}
+    expected = sorted({r[0]: r for r in BASE[:3] + changes}.values())
+    assert _spark_rows(spark, table) == _iceberg_rows(project, table) == expected
+    # Spark still sees its key as NOT NULL.
+    assert not next(f for f in spark.table(f"{CATALOG}.{table}").schema.fields if f.name == "id").nullable
+
+
+def test_a_table_with_equality_deletes_is_refused_with_the_spark_call_that_fixes_it(project: Project, spark: Any) -> None:
+    """Interop finding D3: Spark applies an equality delete file; icefield refuses the table with a
+    configuration error naming the Spark call to run, and that very call makes the table readable and
+    mergeable by icefield again."""
+    from icefield.errors import ConfigError
+    from icefield.testing.iceberg import add_equality_deletes
+
+    table = "raw.eq"
+    project = _with_pipeline(
+        project, "eq",
+        "source: {type: files, path: 'data/eq/*.csv', format: csv, file_column: null}\n"
+        f"target: {{table: {table}, mode: merge, keys: [id]}}\n",
+        {"a.csv": _csv(BASE)},
+    )
+    assert run_pipeline(project, "eq").rows_committed == len(BASE)
+    add_equality_deletes(open_catalog(project).load_table(table), "id", [3, 4])
+    expected = [r for r in BASE if r[0] not in (3, 4)]
+    assert _spark_rows(spark, table) == expected, "Spark applies the equality delete file"
+
+    with pytest.raises(ConfigError, match=r"raw\.eq has equality delete files") as refused:
+        run_query(project, f"SELECT count(*) FROM {table}")
+    calls = str(refused.value).split("then rerun: ", 1)[1].split("; ")
+    for call in calls:
+        assert call.startswith(f"CALL {CATALOG}.system.rewrite_data_files(table => '{CATALOG}.{table}'"), call
+        spark.sql(call)
+
+    assert _iceberg_rows(project, table) == _duckdb_rows(project, table) == _spark_rows(spark, table) == expected
+    more = [_row(3, "back", 1.0)]
+    _write(project.root, "data/eq/b.csv", _csv(more))
+    assert run_pipeline(project, "eq").rows_committed == 1
+    assert _spark_rows(spark, table) == _duckdb_rows(project, table) == sorted(expected + more)
+
+
+def test_an_overwrite_after_spark_adds_a_partition_field_replaces_the_day(project: Project, spark: Any) -> None:
+    """Interop finding D5: ``mode: overwrite`` by day; Spark adds ``bucket(4, id)``; a reload of one day
+    leaves that day with the reloaded rows only, in Spark too."""
+    table = "raw.daily"
+    days = [dt.date(2026, 11, d) for d in (1, 2, 3)]
+    first = [(i, "d1", 1.0, days[i % 3], dt.datetime(2026, 11, 1, 12, 0, i % 60)) for i in range(1, 31)]
+    project = _with_pipeline(
+        project, "daily",
+        "source: {type: files, path: 'data/daily/*.csv', format: csv, file_column: null}\n"
+        f"target: {{table: {table}, mode: overwrite, partition_by: [day]}}\n",
+        {"a.csv": _csv(first)},
+    )
+    assert run_pipeline(project, "daily").rows_committed == 30
+    spark.sql(f"ALTER TABLE {CATALOG}.{table} ADD PARTITION FIELD bucket(4, id)")
+    # ids 100-107 fall in all four buckets: every old row of that day is in a partition the reload touches
+    reload = [(i, "d2", 2.0, days[1], dt.datetime(2026, 11, 1, 12, 0, i % 60)) for i in range(100, 108)]
+    _write(project.root, "data/daily/b.csv", _csv(reload))
+    assert run_pipeline(project, "daily").rows_committed == len(reload)
+
+    counts = {(r[0], r[1]): r[2] for r in spark.sql(f"SELECT day, kind, count(*) FROM {CATALOG}.{table} GROUP BY day, kind").collect()}
+    assert counts == {(days[0], "d1"): 10, (days[1], "d2"): 8, (days[2], "d1"): 10}

@@ -334,3 +334,18 @@ def test_processes_opening_a_new_project_at_once_all_get_its_catalog(tmp_path: P
         for p in procs:
             _, err = p.communicate(timeout=300)
             assert p.returncode == 0, err
+
+
+def test_a_branch_commit_after_main_moved_says_so_for_the_audit_to_cut_it_again(catalog: Any) -> None:
+    """The audit rebases on BranchMovedError; the writer used to turn it into a plain TransientError
+    (as if the commit's outcome were unknown), so a run failed (exit 75) instead of rebasing."""
+    from icefield.errors import BranchMovedError
+    from icefield.write.branches import cut_branch
+
+    w = writer(catalog)
+    w.commit(rows(1), "b1", None, "r")
+    table = cut_branch(w.load(), "audit")
+    w.commit(rows(2), "b2", None, "r")  # main moves after the cut
+    with pytest.raises(BranchMovedError):
+        w.commit(rows(3), "b3", None, "r", table=w.load(), branch="audit")
+    assert table is not None

@@ -56,10 +56,22 @@ def test_not_null_names_the_column():
     assert res.failures_by_check == {"not_null": 2}
 
 
-def test_not_null_on_a_missing_column_fails_every_row():
-    res = check_rows(ORDERS.slice(0, 2), checks({"not_null": ["customer"]}))
-    assert set(res.bad) == {0, 1}
-    assert res.bad[0] == ("not_null", "not_null: column 'customer' is missing")
+@pytest.mark.parametrize(
+    "check",
+    [
+        {"not_null": ["customer"]},
+        {"accepted_values": {"column": "customer", "values": ["a"]}},
+        {"regex": {"column": "customer", "pattern": "^a"}},
+        {"range": {"column": "customer", "min": 1}},
+    ],
+)
+def test_a_check_on_a_column_the_data_lacks_is_a_configuration_error(check):
+    """F20: a check on a column that is in neither the batch nor the table (a typo) is a configuration
+    error, not a quarantine of every row (the batch is the table's columns conformed, so a column it lacks
+    is in neither)."""
+    with pytest.raises(ConfigError, match=r"names column 'customer', which is in neither the data nor the table") as info:
+        check_rows(ORDERS.slice(0, 2), checks(check))
+    assert "id" in str(info.value)  # the columns there are
 
 
 def test_unique_flags_every_row_of_a_duplicated_key():

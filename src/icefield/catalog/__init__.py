@@ -2,16 +2,22 @@
 
 The layout is the one Java's ``JdbcCatalog`` uses, so Spark and Trino can share it under the same
 catalog name. icefield only configures pyiceberg here; it never re-implements a catalog.
+
+A SQLite catalog is a file of the project's: a relative path in its URI is relative to the project
+folder (never to the current directory), an in-memory database is refused (every run would forget the
+tables it wrote), and so is a database that holds tables other than a catalog's (another application's
+database would get the catalog's tables and be switched to WAL for good).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icefield.config.secrets import resolve
-from icefield.errors import ConfigError, MissingDependencyError
+from icefield.config.secrets import redact, resolve
+from icefield.errors import ConfigError, MissingDependencyError, TransientError
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -21,32 +27,120 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 60
+CATALOG_TABLE_PREFIXES = ("iceberg_", "icefield_")
+"""The tables a SQLite catalog database may hold: pyiceberg's (``iceberg_tables``,
+``iceberg_namespace_properties``) and icefield's own."""
+
+# A server that refused or dropped the connection, or could not be reached in time: a retry may succeed.
+_UNREACHABLE = re.compile(
+    r"connection refused|could not connect|timeout expired|timed out|no route to host|network is unreachable|"
+    r"server closed the connection|connection reset|could not translate host name|name or service not known|"
+    r"temporary failure in name resolution|the database system is (starting up|shutting down)|too many connections",
+    re.IGNORECASE,
+)
 
 
 def open_catalog(project: Project) -> Catalog:
     """Open the project's catalog, creating the SQLite file (in WAL mode) when it is the default.
 
-    Raises :class:`ConfigError` for an unusable URI and :class:`MissingDependencyError` when the
-    database driver is missing.
+    Raises :class:`ConfigError` for an unusable URI or a refused login, :class:`TransientError` when the
+    catalog server cannot be reached, and :class:`MissingDependencyError` when the database driver is
+    missing.
     """
     cfg = project.config.catalog
-    uri = resolve(project.catalog_uri(), where=f"{project.root / 'icefield.yaml'}: catalog.uri")
+    where = f"{project.root / 'icefield.yaml'}: catalog"
+    uri = sqlite_relative_to(resolve(project.catalog_uri(), where=f"{where}.uri", base_dir=project.root), project.root)
     warehouse = project.warehouse_uri()
-    if warehouse.startswith("file://"):
-        Path(warehouse.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-    props = {k: resolve(v, where=f"catalog.properties.{k}") for k, v in cfg.properties.items()}
+    local = project.warehouse_path()
+    if local is not None:
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot create the warehouse folder {local}: {e.strerror}; fix 'warehouse'") from None
+    props = {k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()}
     return sql_catalog(cfg.name, uri, warehouse, **props)
 
 
+def sqlite_relative_to(uri: str, base: Path) -> str:
+    """``uri`` with the path of a SQLite database made absolute against ``base`` when it is relative; other
+    URIs as they are. Raises :class:`ConfigError` for an in-memory SQLite database."""
+    if not uri.startswith("sqlite"):
+        return uri
+    db = _sqlite_database(uri)
+    if db is None:
+        raise _in_memory(uri)
+    path = Path(db).expanduser()
+    if path.is_absolute():
+        return uri
+    from sqlalchemy.engine import make_url
+
+    return make_url(uri).set(database=str(base / path)).render_as_string(hide_password=False)
+
+
+def sqlite_path(uri: str, base: Path) -> Path | None:
+    """The database file of a SQLite catalog URI (relative to ``base`` when relative), or None when ``uri``
+    is not a SQLite file URI."""
+    if not uri.startswith("sqlite"):
+        return None
+    try:
+        db = _sqlite_database(uri)
+    except ConfigError:
+        return None
+    if db is None:
+        return None
+    path = Path(db).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _shown(uri: str) -> str:
+    """``uri`` as it may be shown: without its password, and without any secret resolved so far."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return redact(make_url(uri).render_as_string(hide_password=True))
+    except (ArgumentError, ValueError):
+        return redact(uri)
+
+
+def _in_memory(uri: str) -> ConfigError:
+    return ConfigError(
+        f"catalog.uri {_shown(uri)!r} is an in-memory SQLite database: every run would forget the tables it "
+        "wrote and leave their files behind; give a file, e.g. sqlite:///.icefield/catalog.db (relative to "
+        "the project), or leave catalog.uri unset"
+    )
+
+
+def _sqlite_database(uri: str) -> str | None:
+    """The database file of a SQLite URL, or None when the database is in memory."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError as e:
+        raise ConfigError(f"catalog.uri {_shown(uri)!r} is not a database URL: {e}; e.g. sqlite:///.icefield/catalog.db") from None
+    db = url.database or ""
+    if db in ("", ":memory:") or "mode=memory" in db or url.query.get("mode") == "memory":
+        return None
+    if db.startswith("file:"):  # a SQLite URI filename (uri=true)
+        db = db.removeprefix("file:").split("?", 1)[0]
+    return db
+
+
 def sql_catalog(name: str, uri: str, warehouse: str, **props: str) -> Catalog:
-    """Build a pyiceberg ``SqlCatalog`` for ``uri`` (SQLAlchemy URL) and ``warehouse`` (URI)."""
+    """Build a pyiceberg ``SqlCatalog`` for ``uri`` (SQLAlchemy URL) and ``warehouse`` (URI).
+
+    A SQLite database must be a file (absolute path) that is new or holds only a catalog's tables."""
     from pyiceberg.catalog.sql import SqlCatalog
 
     if uri.startswith("sqlite"):
-        db_path = uri.split("///", 1)[1] if "///" in uri else ""
-        if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            _enable_wal(Path(db_path))
+        db = _sqlite_database(uri)
+        if db is None:
+            raise _in_memory(uri)
+        db_path = Path(db).expanduser()
+        _check_sqlite_file(db_path, uri)
+        _enable_wal(db_path, uri)
     try:
         catalog = _sql_catalog(SqlCatalog, name, uri, warehouse, props)
     except ModuleNotFoundError as e:
@@ -54,9 +148,8 @@ def sql_catalog(name: str, uri: str, warehouse: str, **props: str) -> Catalog:
             f"the catalog URI needs the database driver {e.name!r}: run `pip install icefield[postgres]`"
         ) from e
     except Exception as e:  # SQLAlchemy raises many types for a bad URL or an unreachable server
-        from icefield.config.secrets import redact
-
-        raise ConfigError(f"cannot open the catalog at {redact(uri)!r}: {redact(str(e))}") from None
+        # Not chained: the driver's exception holds the URL, password included.
+        raise _open_error(uri, e) from None
     if uri.startswith("sqlite"):
         _tune_sqlite_engine(catalog)
     return catalog
@@ -76,28 +169,76 @@ def _sql_catalog(cls: Any, name: str, uri: str, warehouse: str, props: dict[str,
             attempt += 1
 
 
-def _enable_wal(db_path: Path) -> None:
+def _open_error(uri: str, e: Exception) -> Exception:
+    """The icefield error for a catalog that cannot be opened: :class:`TransientError` when its server cannot
+    be reached (a retry may succeed), :class:`ConfigError` otherwise (a refused login, a missing database,
+    a bad URL: a retry cannot help)."""
+    from sqlalchemy.exc import OperationalError
+
+    detail = str(getattr(e, "orig", None) or e)
+    message = f"cannot open the catalog at {_shown(uri)!r}: {redact(detail.strip())}"
+    if isinstance(e, OperationalError) and not uri.startswith("sqlite") and _UNREACHABLE.search(detail):
+        return TransientError(f"{message}; the catalog server is unreachable, retry later")
+    return ConfigError(f"{message}; fix catalog.uri")
+
+
+def _check_sqlite_file(db_path: Path, uri: str) -> None:
+    """Refuse a SQLite catalog path that is a folder, a file that is no SQLite database, or the database of
+    another application (tables other than a catalog's). Opens it read-only: nothing is changed."""
+    import sqlite3
+
+    shown = redact(str(db_path))
+    if db_path.is_dir():
+        raise ConfigError(f"catalog.uri {_shown(uri)!r}: {shown} is a folder; give a database file, e.g. {shown}/catalog.db")
+    if not db_path.exists() or db_path.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(
+            f"catalog.uri {_shown(uri)!r}: {shown} is not a SQLite database ({e}); point catalog.uri at a new "
+            "file or at an icefield catalog"
+        ) from None
+    foreign = sorted(n for n in names if not n.startswith(CATALOG_TABLE_PREFIXES) and not n.startswith("sqlite_"))
+    if foreign:
+        shown_tables = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"catalog.uri {_shown(uri)!r}: {shown} holds tables that are not a catalog's ({shown_tables}): it is "
+            "another application's database, which icefield would change; point catalog.uri at a new file, "
+            "e.g. sqlite:///.icefield/catalog.db"
+        )
+
+
+def _enable_wal(db_path: Path, uri: str) -> None:
     import sqlite3
     import time
 
-    con = sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)
     try:
-        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-            return
-        # WAL is persistent in the file: readers never block the single writer. Switching needs the
-        # database to itself, and SQLite says "locked" at once (no busy wait) while another process that
-        # opens it too holds it: try again for a while.
-        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
-        while True:
-            try:
-                con.execute("PRAGMA journal_mode=WAL")
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(db_path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
                 return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise ConfigError(f"cannot switch the catalog database {db_path} to WAL mode: {e}") from None
-                time.sleep(0.05)
-    finally:
-        con.close()
+            # WAL is persistent in the file: readers never block the single writer. Switching needs the
+            # database to itself, and SQLite says "locked" at once (no busy wait) while another process
+            # that opens it too holds it: try again for a while.
+            deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+            while True:
+                try:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    return
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            con.close()
+    except (OSError, sqlite3.Error) as e:
+        raise ConfigError(f"cannot open the catalog at {_shown(uri)!r}: {redact(str(e))}; fix catalog.uri") from None
 
 
 def _tune_sqlite_engine(catalog: Any) -> None:

@@ -43,20 +43,45 @@ class Project:
         return self.root / STATE_DIR
 
     def catalog_uri(self) -> str:
-        """The catalog's SQLAlchemy URL (secret references unresolved)."""
+        """The catalog's SQLAlchemy URL (secret references unresolved; a relative SQLite path is made
+        absolute against the project folder when the catalog is opened, see :mod:`icefield.catalog`)."""
         if self.config.catalog.uri:
             return self.config.catalog.uri
         return f"sqlite:///{(self.state_dir / 'catalog.db').as_posix()}"
 
     def warehouse_uri(self) -> str:
-        """The warehouse location as a URI (``file://`` for local folders)."""
-        wh = self.config.warehouse
-        if "://" in wh:
-            return wh
-        path = Path(wh)
+        """The warehouse location: the URI of an object store (``s3://...``) as given, or a local folder
+        (relative to the project folder) as a location every reader takes to that folder.
+
+        Secret references (``${env:NAME}``, ``${file:PATH}``) are resolved. A local folder is a ``file://``
+        URI when its path needs no escaping; otherwise (a space, ``%``, ``#``, non-ASCII...) it is the plain
+        absolute path: pyiceberg and Hadoop take the path of a ``file://`` URI as it is written while
+        pyarrow and other URI parsers decode it, so only a path that reads the same either way is
+        written as a URI. Raises :class:`ConfigError` for an unresolvable reference."""
+        path = self.warehouse_path()
+        if path is None:
+            return self._warehouse()
+        return local_location(path)
+
+    def warehouse_path(self) -> Path | None:
+        """The warehouse's local folder (absolute, resolved), or None when it is an object store."""
+        wh = self._warehouse()
+        if wh.startswith("file:"):
+            from urllib.parse import unquote, urlparse
+
+            # A file URI is decoded, as the URI standard reads it.
+            wh = unquote(urlparse(wh).path)
+        elif "://" in wh:
+            return None
+        path = Path(wh).expanduser()
         if not path.is_absolute():
             path = self.root / path
-        return path.resolve().as_uri()
+        return path.resolve()
+
+    def _warehouse(self) -> str:
+        from icefield.config.secrets import resolve
+
+        return resolve(self.config.warehouse, where=f"{self.root / PROJECT_FILE}: warehouse", base_dir=self.root).strip()
 
     def pipeline(self, name: str) -> PipelineConfig:
         try:
@@ -67,6 +92,16 @@ class Project:
                 f"no pipeline named {name!r} in {self.root / 'pipelines'} (known: {known}); "
                 "check the name or add pipelines/<name>.yaml"
             ) from None
+
+
+def local_location(path: Path) -> str:
+    """The location of the local folder or file ``path`` (absolute) for table metadata: ``file://`` and the
+    path when no character of it needs escaping in a URI, else the plain path (see
+    :meth:`Project.warehouse_uri`)."""
+    from urllib.parse import unquote
+
+    uri = path.as_uri()
+    return uri if unquote(uri) == uri else path.as_posix()
 
 
 def find_project_root(start: Path | None = None) -> Path:

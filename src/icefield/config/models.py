@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from icefield.config.gates import GateConfig, parse_gates
+from icefield.config.secrets import has_reference
+from icefield.errors import ConfigError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -70,10 +73,16 @@ class SqlSourceConfig(_Model):
 
 
 class FilesSourceConfig(_Model):
-    """CSV, JSON Lines or Parquet files matched by a glob; incremental by the set of files loaded."""
+    """CSV, JSON Lines or Parquet files matched by a glob; incremental by the set of files loaded.
+
+    ``path`` is a glob relative to the project folder. The files it matches must lie in the project
+    folder, or in one of the folders listed in ``roots`` (absolute, or relative to the project): a match
+    elsewhere, a symbolic link included, is refused (see :mod:`icefield.ingest.files`)."""
 
     type: Literal["files"]
     path: str
+    roots: list[str] = Field(default_factory=list)
+    """Folders outside the project that ``path`` may match files in (absolute or project-relative)."""
     format: Literal["csv", "jsonl", "parquet", "auto"] = "auto"
     columns: dict[str, str] | None = None
     delimiter: str = ","
@@ -88,6 +97,52 @@ class FilesSourceConfig(_Model):
         if len(v) != 1:
             raise ValueError(f"delimiter must be one character, got {v!r}")
         return v
+
+    @field_validator("file_column")
+    @classmethod
+    def _file_column_name(cls, v: str | None) -> str | None:
+        if v is not None:
+            from icefield.columns import column_name_problem
+
+            if problem := column_name_problem(v):
+                raise ValueError(f"file_column {v!r} {problem}; pick another name")
+        return v
+
+    @field_validator("roots")
+    @classmethod
+    def _plain_folders(cls, v: list[str]) -> list[str]:
+        for root in v:
+            if not root.strip() or any(c in root for c in "*?["):
+                raise ValueError(f"roots: {root!r} must be a folder path (no glob characters), absolute or relative to the project")
+        return v
+
+    @model_validator(mode="after")
+    def _inside_the_project(self) -> FilesSourceConfig:
+        # Known at load time without the project's folder: a path that is absolute, or climbs out of
+        # the project with '..', needs a declared root. Where the matches really are (symbolic links
+        # included) is checked when the files are listed.
+        if self.roots:
+            return self
+        p = self.path.replace("\\", "/")
+        if p.startswith("/") or re.match(r"^[A-Za-z]:", p) or posixpath.normpath(p).split("/")[0] == "..":
+            raise ValueError(
+                f"path {self.path!r} reaches outside the project folder; give a glob relative to the project "
+                "(e.g. 'data/*.csv'), or list the folder that holds the files in 'roots' "
+                f"(e.g. roots: [{_folder_of(p)!r}])"
+            )
+        return self
+
+
+def _folder_of(pattern: str) -> str:
+    """The folder a glob matches in: its components before the first one with a wildcard (the
+    pattern's folder when it has no wildcard)."""
+    out: list[str] = []
+    parts = pattern.split("/")
+    for part in parts:
+        if any(c in part for c in "*?["):
+            return "/".join(out) or "."
+        out.append(part)
+    return posixpath.dirname(pattern) or "."
 
 
 class KafkaSourceConfig(_Model):
@@ -230,8 +285,36 @@ class TargetConfig(_Model):
     @classmethod
     def _qualified(cls, v: str) -> str:
         parts = v.split(".")
-        if len(parts) < 2 or not all(IDENTIFIER.match(p) for p in parts):
-            raise ValueError(f"table must be 'namespace.name' of letters, digits and '_', got {v!r}")
+        if len(parts) != 2 or not all(IDENTIFIER.match(p) for p in parts):
+            raise ValueError(
+                "table must be 'namespace.name' (exactly one dot; nested namespaces are not supported) of "
+                "letters, digits and '_'"
+            )
+        return v
+
+    @field_validator("partition_by")
+    @classmethod
+    def _partitions(cls, v: list[str]) -> list[str]:
+        from icefield.config.partitions import parse_partitions
+
+        try:
+            parse_partitions(v)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("target.partition_by: ")) from None
+        return v
+
+    @field_validator("properties")
+    @classmethod
+    def _no_secret_references(cls, v: dict[str, str]) -> dict[str, str]:
+        # Table properties are stored in the table's metadata in plain text, for every reader of the
+        # table to see: a secret resolved into them would leak, so a reference is refused, not resolved.
+        for key, value in v.items():
+            if has_reference(value):
+                raise ValueError(
+                    f"{key}: {value!r} holds a secret reference; table properties are stored in the "
+                    "table's metadata in plain text, so they cannot hold secrets: write the value itself if it is "
+                    "not secret, or remove the property"
+                )
         return v
 
     @model_validator(mode="after")
@@ -258,6 +341,33 @@ class AcceptedValuesSpec(_Model):
     column: str
     values: list[Any]
 
+    @field_validator("values")
+    @classmethod
+    def _one_kind(cls, v: list[Any]) -> list[Any]:
+        # The values are compared with the column's values: they must be of one kind (numbers, text,
+        # booleans), as a column is of one type. Nulls are left out (a null value passes every check).
+        kinds = {_value_kind(x) for x in v if x is not None}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"the values mix {' and '.join(sorted(kinds))}; a column holds one kind of value: quote them all "
+                "for a text column, or none for a number column"
+            )
+        if "a list or mapping" in kinds:
+            raise ValueError("the values must be numbers, text or booleans, not lists or mappings")
+        return v
+
+
+def _value_kind(x: Any) -> str:
+    if isinstance(x, bool):
+        return "booleans"
+    if isinstance(x, (int, float)):
+        return "numbers"
+    if isinstance(x, str):
+        return "text"
+    if isinstance(x, (list, dict)):
+        return "a list or mapping"
+    return type(x).__name__
+
 
 class RegexSpec(_Model):
     column: str
@@ -266,10 +376,23 @@ class RegexSpec(_Model):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, v: str) -> str:
+        # Checks run on Arrow, whose regular expressions are RE2 (linear time): no lookaround nor
+        # backreferences, which Python's ``re`` would accept. Compile the pattern there.
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         try:
             re.compile(v)
         except re.error as e:
             raise ValueError(f"pattern {v!r} is not a valid regular expression: {e}") from None
+        try:
+            pc.match_substring_regex(pa.array([""], pa.string()), v)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            reason = str(e).removeprefix("Invalid regular expression: ")
+            raise ValueError(
+                f"pattern {v!r} is not a valid regular expression for RE2, the engine checks run on ({reason}): "
+                "RE2 has no lookahead, lookbehind nor backreferences; rewrite the pattern without them"
+            ) from None
         return v
 
 

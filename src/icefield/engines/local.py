@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.columns import constant, row_numbers
+from icefield.columns import constant, internal, row_numbers
 from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles, readonly
 from icefield.engines.readonly import distinct_names
 from icefield.errors import ConfigError
+from icefield.tables import plan_files
 from icefield.write.deletes import (
     DeleteCache,
     deleted_positions,
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
     from icefield.config.models import TargetConfig
 
 log = logging.getLogger(__name__)
+
+# Working columns (a batch row's delete flag; a stored row's file, position and row number; a pending
+# version's order columns), in icefield's reserved namespace: no column of the data can be named so.
+_DEL, _FILE, _POS, _ROW, _NEW = internal("del"), internal("file"), internal("pos"), internal("row"), internal("new_")
 
 IN_LIST_LIMIT = 5_000
 
@@ -173,10 +178,10 @@ class LocalEngine(Engine):
             plan.tombstones = batch.filter(flag).select(keys + order)
             if on_tombstones is not None:
                 on_tombstones(plan.tombstones)
-        pending = batch.append_column("__del", flag)
+        pending = batch.append_column(_DEL, flag)
         updated: pa.Table | None = None  # merge-on-read: new versions of stored keys, written with the inserts
         if table.current_snapshot() is not None:
-            tasks = list(table.scan().plan_files())
+            tasks = plan_files(table, "merge into it")
             candidates = prune_by_key_bounds(tasks, table.schema(), batch.select(keys), keys, probe.bounds)
             plan.files_scanned = len(tasks)
             log.debug("merge into %s: %d of %d files may hold the %d keys", target.table, len(candidates), len(tasks), batch.num_rows)
@@ -184,7 +189,7 @@ class LocalEngine(Engine):
                 pending, updated = self._mark(table, candidates, pending, plan, keys, order, newest)
             else:
                 pending = self._rewrite(table, candidates, pending, plan, keys, order, newest, write_files, probe)
-        remaining = pending.filter(pc.invert(pending.column("__del"))).drop(["__del"])
+        remaining = pending.filter(pc.invert(pending.column(_DEL))).drop([_DEL])
         if newest and tombstones is not None and remaining.num_rows:
             remaining, dropped = _drop_tombstoned(tombstones, remaining, keys, order, self.group_bytes)
             plan.rows_stale += dropped
@@ -328,9 +333,9 @@ class LocalEngine(Engine):
                 continue
             matched = existing.filter(hit)
             updates.append(ups)
-            files = matched.column("__file")
+            files = matched.column(_FILE)
             for i in pc.unique(files).to_pylist():
-                positions = matched.column("__pos").filter(pc.equal(files, i)).combine_chunks()
+                positions = matched.column(_POS).filter(pc.equal(files, i)).combine_chunks()
                 old_files, old_positions = earlier.get(i, ([], None))
                 if old_positions is not None:
                     positions = pa.concat_arrays([old_positions, positions])
@@ -338,7 +343,7 @@ class LocalEngine(Engine):
                 plan.remove_deletes.extend(old_files)
                 plan.referenced.append(group[i].file)
         plan.add_deletes = write_position_deletes(table, marks)
-        return pending, pa.concat_tables(updates) if updates else pending.drop(["__del"]).slice(0, 0)
+        return pending, pa.concat_tables(updates) if updates else pending.drop([_DEL]).slice(0, 0)
 
     # ------------------------------------------------------------------ SQL
 
@@ -487,7 +492,7 @@ def register_table(
     columns = dict(zip(arrow_schema.names, names, strict=True))
     if snapshot_id is None and (current := table.current_snapshot()) is not None:
         snapshot_id = current.snapshot_id
-    tasks = list(table.scan(snapshot_id=snapshot_id).plan_files()) if snapshot_id is not None else []
+    tasks = plan_files(table, "read it", snapshot_id=snapshot_id) if snapshot_id is not None else []
     positional = all(d.content == DataFileContent.POSITION_DELETES for t in tasks for d in t.delete_files)
     deletes = any(t.delete_files for t in tasks)
     # The anti-join on deleted rows adds these two columns to the files' own.
@@ -589,13 +594,13 @@ def _in_key_order(tasks: list[Any], first_key: str, schema: Any) -> list[Any]:
 
 
 def _read_group(table: Table, tasks: list[Any], direct: bool) -> pa.Table:
-    """Read ``tasks`` in parallel into one table typed as the table's schema, with an ``__file`` column
+    """Read ``tasks`` in parallel into one table typed as the table's schema, with an ``_FILE`` column
     giving each row's index in ``tasks``."""
     schema = table.schema().as_arrow()
 
     def read(i: int) -> pa.Table:
         t = _read_file(table, tasks[i], direct, schema)
-        return t.append_column("__file", constant(i, t.num_rows, pa.int32()))
+        return t.append_column(_FILE, constant(i, t.num_rows, pa.int32()))
 
     workers = max(1, min(len(tasks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -667,7 +672,7 @@ def _stored_as_dictionary(metadata: Any, schema: pa.Schema, plain: set[str]) -> 
 def _claim(
     existing: pa.Table, pending: pa.Table, plan: MergePlan, keys: list[str], order: list[str], newest: bool
 ) -> tuple[pa.Array | None, pa.Table, pa.Table]:
-    """Match the ``pending`` batch rows (with their ``__del`` flag) against ``existing`` stored rows.
+    """Match the ``pending`` batch rows (with their ``_DEL`` flag) against ``existing`` stored rows.
 
     Returns the mask of the stored rows to replace or delete (None when there are none), the batch rows
     still pending (those that matched here, and with ``newest`` those older than the stored version,
@@ -685,9 +690,9 @@ def _claim(
             return None, pending, pending.slice(0, 0)
     mine_mask = _key_mask(pending, existing.filter(hit).select(keys), keys)
     mine = pending.filter(mine_mask)
-    is_del = mine.column("__del")
+    is_del = mine.column(_DEL)
     plan.rows_deleted += pc.sum(is_del).as_py() or 0
-    ups = mine.filter(pc.invert(is_del)).drop(["__del"])
+    ups = mine.filter(pc.invert(is_del)).drop([_DEL])
     plan.rows_updated += ups.num_rows
     return hit, pending.filter(pc.invert(mine_mask)), ups
 
@@ -749,8 +754,8 @@ def _read_keys(
     table: Table, tasks: list[Any], columns: list[str], cache: DeleteCache, probe: _Probe
 ) -> tuple[pa.Table, dict[int, tuple[list[Any], pa.Array | None]]]:
     """The ``columns`` of the live rows of ``tasks`` whose key column holds one of the ``probe``'s
-    values (read and probed in parallel, columns matched by field id), with ``__file`` (the task's
-    index) and ``__pos`` (the row's position in its file).
+    values (read and probed in parallel, columns matched by field id), with ``_FILE`` (the task's
+    index) and ``_POS`` (the row's position in its file).
     Also returns, per task index, its file-scoped delete files and the positions they delete (to carry
     into a new one)."""
     import pyarrow.parquet as pq
@@ -787,7 +792,7 @@ def _read_keys(
         if dead:
             live = pc.invert(pc.is_in(pos, value_set=pa.concat_arrays(dead)))
             t, pos = t.filter(live), pos.filter(live)
-        return t.append_column("__file", constant(i, t.num_rows, pa.int32())).append_column("__pos", pos)
+        return t.append_column(_FILE, constant(i, t.num_rows, pa.int32())).append_column(_POS, pos)
 
     workers = max(1, min(len(tasks), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -800,8 +805,8 @@ def _key_mask(existing: pa.Table, batch_keys: pa.Table, keys: list[str]) -> pa.A
     if len(keys) == 1:
         k = keys[0]
         return pc.fill_null(pc.is_in(existing.column(k).combine_chunks(), value_set=batch_keys.column(k).combine_chunks()), False)
-    idx = existing.select(keys).append_column("__row", row_numbers(existing.num_rows))
-    matched = idx.join(batch_keys, keys=keys, join_type="left semi", use_threads=False).column("__row")
+    idx = existing.select(keys).append_column(_ROW, row_numbers(existing.num_rows))
+    matched = idx.join(batch_keys, keys=keys, join_type="left semi", use_threads=False).column(_ROW)
     mask = constant(False, existing.num_rows, pa.bool_())
     if len(matched):
         mask = pc.is_in(row_numbers(existing.num_rows), value_set=matched.combine_chunks())
@@ -823,27 +828,27 @@ def _split_newer(
     """Split the rows of ``existing`` that ``hit`` marks into those the pending version is newer than
     (returned as a mask over ``existing``) and the keys whose pending version is not newer."""
     rows = row_numbers(existing.num_rows)
-    old = existing.select(keys + order).append_column("__row", rows).filter(hit)
+    old = existing.select(keys + order).append_column(_ROW, rows).filter(hit)
     joined, newer = _versions(old, pending, keys, order)
-    replace_rows = joined.column("__row").filter(newer)
+    replace_rows = joined.column(_ROW).filter(newer)
     stale = joined.filter(pc.invert(newer)).select(keys)
     mask = pc.is_in(rows, value_set=replace_rows.combine_chunks())
     return mask, stale
 
 
 def _versions(old: pa.Table, new: pa.Table, keys: list[str], order: list[str]) -> tuple[pa.Table, pa.Array]:
-    """``old`` joined with the rows of ``new`` that have its keys (their order columns as ``__new_*``),
+    """``old`` joined with the rows of ``new`` that have its keys (their order columns as ``_NEW + name``),
     and the mask of the joined rows whose ``new`` version is strictly newer."""
-    renamed = new.select(keys + order).rename_columns(keys + [f"__new_{c}" for c in order])
+    renamed = new.select(keys + order).rename_columns(keys + [_NEW + c for c in order])
     joined = old.join(renamed, keys=keys, join_type="inner", use_threads=False)
-    return joined, newer_mask([joined.column(f"__new_{c}") for c in order], [joined.column(c) for c in order])
+    return joined, newer_mask([joined.column(_NEW + c) for c in order], [joined.column(c) for c in order])
 
 
 def _drop_tombstoned(tombstones: Table, rows: pa.Table, keys: list[str], order: list[str], group_bytes: int) -> tuple[pa.Table, int]:
     """``rows`` without those whose key has a tombstone at least as new; returns them and the count dropped."""
     if tombstones.current_snapshot() is None:
         return rows, 0
-    tasks = prune_by_key_bounds(list(tombstones.scan().plan_files()), tombstones.schema(), rows.select(keys), keys)
+    tasks = prune_by_key_bounds(plan_files(tombstones, "merge with it"), tombstones.schema(), rows.select(keys), keys)
     direct = not _has_renames(tombstones)
     stale_keys: list[pa.Table] = []
     for group in _groups(tasks, keys[0], tombstones.schema(), group_bytes):

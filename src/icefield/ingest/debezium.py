@@ -136,7 +136,7 @@ class DebeziumSource(Source):
         from icefield.ingest.kafka import KafkaReader, consumer_config
 
         where = f"pipeline {self.pipeline.name!r}: source"
-        conf = consumer_config(self.cfg, self.pipeline.name, where)  # type: ignore[arg-type]  # topic implies bootstrap_servers
+        conf = consumer_config(self.cfg, self.pipeline.name, where, base_dir=self.root)  # type: ignore[arg-type]  # topic implies bootstrap_servers
         reader = self._reader = KafkaReader(conf, self.cfg.topic_names, start=self.cfg.start)
         if self._stopping.is_set():
             reader.stop()

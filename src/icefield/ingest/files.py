@@ -4,29 +4,54 @@ Incremental by the set of files already loaded: the committed position maps each
 relative to the project) to a fingerprint of its bytes. A new file is loaded; a file whose bytes changed
 is reloaded and its earlier rows are replaced in the same commit (so it is never skipped nor doubled);
 an unchanged file is skipped. Each file is one batch.
+
+Where files may be read: the glob matches in the project folder, or in the folders the source lists in
+``roots``. Every match is resolved (symbolic links followed) and refused with a :class:`ConfigError` when
+it lies outside those folders; icefield's own state (``.icefield/``, the catalog database, a local
+warehouse) is never read. A file is named, in the position and the file column, by its path relative to
+the project (a file of a declared root: the root as written, then the path inside it).
+
+Odd files never fail a run nor hold up the files after them: a file that cannot be decoded at all (an
+unknown extension, a broken Parquet file, a text encoding that does not decode, a header with a reserved
+name) goes to the quarantine as one ``decode`` row; a file that cannot be read (removed since it was
+listed, no permission) is skipped with a warning, and the next run tries it again. A byte order mark is dropped; a CSV file that starts
+with a UTF-16 or UTF-32 one is read in that encoding (JSON Lines is UTF-8).
+
+Only the bytes that were fingerprinted are read, so a file appended to meanwhile is read as it was. A
+text file whose last line has no line end yet, and that grows (now, or before it is ``SETTLE_SECONDS``
+old), is still being written: that line is left for the next run (the file is recorded with the
+fingerprint of what was read, so the next run replaces it whole) instead of quarantining half a record
+that the next run reads whole.
 """
 
 from __future__ import annotations
 
 import bisect
+import codecs
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
+import os
+import posixpath
 import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from icefield.columns import constant
+from icefield.columns import column_name_problem, constant
 from icefield.config.models import FilesSourceConfig
-from icefield.errors import ConfigError, SourceError
+from icefield.config.secrets import has_reference
+from icefield.errors import ConfigError
 from icefield.ingest import (
     Rejected,
     Source,
@@ -34,7 +59,6 @@ from icefield.ingest import (
     SourceCapabilities,
     match_files,
     rebatch,
-    relative_name,
 )
 from icefield.quality.coerce import cast_column, infer_type, parse_type, records_to_table
 
@@ -48,17 +72,71 @@ Describe = Callable[[list[int]], list[tuple[str, str]]]
 _Short = tuple[int, str, bytes | None, int]
 
 _FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+_HEAD_BYTES = 64 << 10
+"""How much of a file a whole-file quarantine row keeps (the file itself stays where it is)."""
 
 
 def fingerprint(path: Path) -> str:
     """``<size>:<sha256>`` of a file's bytes."""
+    return _snapshot(path, text=False).fp
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a run reads of a file: its first ``size`` bytes, whose fingerprint is ``fp``."""
+
+    fp: str
+    size: int
+
+
+def _snapshot(path: Path, text: bool) -> _Snapshot:
+    """Fingerprint the file; for a ``text`` file whose last line has no line end yet and that is still
+    being written, only the bytes up to that line (see the module docs). Still being written: it grew
+    after it was fingerprinted, watched until it is :data:`SETTLE_SECONDS` old (a file not modified for
+    that long is not waited for). Raises :class:`OSError` when the file cannot be read
+    (``FileNotFoundError`` when it is gone)."""
     h = hashlib.sha256()
     size = 0
+    upto: tuple[Any, int] | None = None  # the hash and size of the bytes up to the last line end
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
-            h.update(chunk)
+            if text:
+                view = memoryview(chunk)
+                j = chunk.rfind(b"\n")
+                if j >= 0:
+                    h.update(view[: j + 1])
+                    upto = (h.copy(), size + j + 1)
+                    h.update(view[j + 1 :])
+                else:
+                    h.update(chunk)
+            else:
+                h.update(chunk)
             size += len(chunk)
-    return f"{size}:{h.hexdigest()}"
+        ended = not text or size == 0 or (upto is not None and upto[1] == size)
+        if not ended and _grows(f.fileno(), size):
+            # The last line was being written when it was read: leave it for the next run.
+            done, n = upto if upto is not None else (hashlib.sha256(), 0)
+            return _Snapshot(f"{n}:{done.hexdigest()}", n)
+    return _Snapshot(f"{size}:{h.hexdigest()}", size)
+
+
+SETTLE_SECONDS = 0.5
+"""How long a text file whose last line has no line end must go unmodified to count as written whole."""
+
+
+def _grows(fd: int, size: int) -> bool:
+    """Whether the open file ``fd``, of which ``size`` bytes were read, is being written: it has more
+    bytes, now or once it is :data:`SETTLE_SECONDS` old."""
+    st = os.fstat(fd)
+    age = time.time() - st.st_mtime
+    if st.st_size == size and 0 <= age < SETTLE_SECONDS:
+        time.sleep(SETTLE_SECONDS - age)
+        st = os.fstat(fd)
+    return st.st_size > size
+
+
+class _Unreadable(Exception):
+    """A file (or the rest of one) that cannot be decoded; it goes to the quarantine as one row."""
 
 
 class FilesSource(Source):
@@ -82,9 +160,72 @@ class FilesSource(Source):
                 f"pipeline {pipeline.name!r}: source.file_column: a files source in mode 'append' needs the "
                 "file column to replace a changed file's rows; set it (default '_source_file')"
             )
+        self.where = f"pipeline {pipeline.name!r}: source"
+        # Where matches may lie: (the name a file there gets as a prefix, the folder resolved).
+        self.roots: list[tuple[str, Path]] = [("", self.root.resolve())]
+        for declared in self.cfg.roots:
+            folder = Path(declared).expanduser()
+            self.roots.append((posixpath.normpath(declared), (folder if folder.is_absolute() else self.root / folder).resolve()))
+        self.excluded = _icefield_paths(project)
+        self.folder = self._check_pattern()
+
+    def _check_pattern(self) -> Path:
+        """The folder the glob matches in (its components before the first wildcard), resolved. Refuses a
+        glob whose folder lies outside the allowed folders, before anything is listed."""
+        pattern = Path(self.cfg.path).expanduser()
+        folder = Path(os.path.normpath(pattern if pattern.is_absolute() else self.root / pattern))
+        fixed = Path(*_fixed_parts(folder.parts)) if folder.parts else folder
+        if fixed == folder:  # no wildcard: the glob names one file
+            fixed = fixed.parent
+        if not any(_within(fixed, allowed) or _within(fixed.resolve(), allowed) for _, allowed in self.roots):
+            raise ConfigError(
+                f"{self.where}.path {self.cfg.path!r} matches files in {fixed}, outside the project folder "
+                f"{self.root}{' and source.roots' if self.cfg.roots else ''}; keep the files in the project, or list "
+                f"their folder in source.roots (e.g. roots: [{fixed.as_posix()!r}])"
+            )
+        return fixed.resolve()
 
     def list_files(self) -> list[Path]:
-        return match_files(self.root, self.cfg.path)
+        """The files the glob matches, resolved (symbolic links followed), in name order, each once;
+        icefield's own files left out. Raises :class:`ConfigError` for a match that lies outside the
+        folder the glob matches in (a link out of it) and outside every declared root, or outside the
+        project folder and every declared root."""
+        out: dict[Path, None] = {}
+        declared = [folder for prefix, folder in self.roots if prefix]
+        for path in match_files(self.root, self.cfg.path):
+            real = path.resolve()
+            if any(_within(real, x) for x in self.excluded):
+                log.debug("%s: icefield's own file, not read", path)
+                continue
+            inside = any(_within(real, allowed) for _, allowed in self.roots)
+            if not inside or not (_within(real, self.folder) or any(_within(real, r) for r in declared)):
+                shown = f"{path} (a link to {real})" if real != Path(os.path.abspath(path)) else str(path)
+                where = f"the project folder {self.root}" if not inside else f"the folder the glob matches in, {self.folder}"
+                raise ConfigError(
+                    f"{self.where}.path {self.cfg.path!r} matches {shown}, outside {where}"
+                    f"{' and source.roots' if self.cfg.roots else ''}; remove the link or file, or list the folder "
+                    f"that holds it in source.roots (e.g. roots: [{real.parent.as_posix()!r}])"
+                )
+            out.setdefault(real)
+        return list(out)
+
+    def _name(self, real: Path, loaded: dict[str, str], partial: dict[str, Any] | None) -> str:
+        """The name of the file ``real`` in positions and the file column: its path relative to the
+        project, or, in a declared root, the root as written and the path inside it. A file a position
+        already knows by its absolute path (the name files outside the project had before roots) keeps
+        that name, so it is neither loaded again nor its rows orphaned."""
+        name = real.as_posix()
+        for prefix, folder in self.roots:
+            if _within(real, folder):
+                inside = real.relative_to(folder).as_posix()
+                name = posixpath.join(prefix, inside) if prefix else inside
+                break
+        legacy = real.as_posix()
+
+        def known(n: str) -> bool:
+            return n in loaded or (partial is not None and partial.get("file") == n)
+
+        return legacy if not known(name) and known(legacy) else name
 
     def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
         """Batches of the new and changed files. With ``group_files``, the new files are read as one stream
@@ -123,8 +264,14 @@ class FilesSource(Source):
         self._learned: dict[str, pa.DataType] = {}
         self._schema = schema
         for path in self.list_files():
-            rel = relative_name(self.root, path)
-            fp = fingerprint(path)
+            rel = self._name(path, loaded, partial)
+            fmt = self._format_or_none(path)
+            try:
+                snap = _snapshot(path, text=fmt in ("csv", "jsonl"))
+            except OSError as e:
+                log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e.strerror or e)
+                continue
+            fp = snap.fp
             previous = loaded.get(rel)
             if previous == fp:
                 continue
@@ -138,43 +285,73 @@ class FilesSource(Source):
                     replace = True  # the file changed while it was half loaded: replace that half too
             grouping = self.cfg.group_files and not replace
             self._shift = (self._fill if grouping else 0) - skip
-            chunks = _peekable(self._chunks(path, rel, skip))
-            for chunk in chunks:
-                data, raw, coords, rejected, start, end, describe = chunk
-                if self.cfg.file_column:
-                    data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
-                last = chunks.exhausted()
-                if last:
-                    loaded[rel] = fp
-                    new_state: dict[str, Any] = {"files": dict(loaded)}
-                else:
-                    new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
-                yield SourceBatch(
-                    data=data,
-                    position=new_state,
-                    key=f"files:{rel}:{previous}->{fp}#{start}",
-                    raw=raw,
-                    coords=coords,
-                    rejected=rejected,
-                    replace_file=rel if replace else None,
-                    coord_label=rel,
-                    coord_offset=start,
-                    open_schema=self._format(path) == "jsonl",
-                    describe=describe,
-                ), grouping
-                replace = False
+            chunks = _peekable(self._guarded_chunks(path, rel, skip, snap))
+            try:
+                for chunk in chunks:
+                    data, raw, coords, rejected, start, end, describe, whole = chunk
+                    if self.cfg.file_column:
+                        data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
+                    last = chunks.exhausted()
+                    if last:
+                        loaded[rel] = fp
+                        new_state: dict[str, Any] = {"files": dict(loaded)}
+                    else:
+                        new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
+                    yield SourceBatch(
+                        data=data,
+                        position=new_state,
+                        key=f"files:{rel}:{previous}->{fp}#{start}",
+                        raw=raw,
+                        coords=coords,
+                        rejected=rejected,
+                        replace_file=rel if replace else None,
+                        coord_label=rel,
+                        coord_offset=start,
+                        # Records carry no schema of their own (JSON), or a file that could not be decoded
+                        # tells nothing about the columns: a column absent here is not dropped.
+                        open_schema=whole or fmt == "jsonl",
+                        describe=describe,
+                    ), grouping
+                    replace = False
+            except _Unavailable as e:
+                # Batches of the file already committed stay; its position makes the next run resume.
+                log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
             partial = None
+
+    def _guarded_chunks(self, path: Path, rel: str, skip: int, snap: _Snapshot) -> Iterator[_Chunk]:
+        """The chunks of :meth:`_chunks` (each with ``whole=False``). A file that cannot be read (removed,
+        no permission: not its content's fault) raises :class:`_Unavailable`; a file (or its rest) that
+        cannot be decoded ends with one chunk holding one ``decode`` row (``whole=True``) for the
+        quarantine, so it never stops the run."""
+        at = skip
+        try:
+            for chunk in self._chunks(path, rel, skip, snap):
+                at = chunk[5]
+                yield (*chunk, False)
+            return
+        except OSError as e:
+            raise _Unavailable(e.strerror or str(e)) from None
+        except (_Unreadable, UnicodeError, csv.Error, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            reason = str(e) if isinstance(e, _Unreadable) else f"{type(e).__name__}: {e}"
+        what = "the whole file" if at == 0 else f"the file from record {at + 1} on"
+        log.warning("%s: %s; %s goes to the quarantine", rel, reason, what)
+        raw, exact = _head(path)
+        row = Rejected(raw, rel if at == 0 else f"{rel}:record {at + 1}+", "decode", f"decode: {reason}; {what} is quarantined", raw_bytes=exact)
+        yield pa.table({}), None, None, [row], at, at + 1, None, True
 
     # ------------------------------------------------------------------ decoding
 
-    def _format(self, path: Path) -> str:
+    def _format_or_none(self, path: Path) -> str | None:
         if self.cfg.format != "auto":
             return self.cfg.format
-        fmt = _FORMATS.get(path.suffix.lower())
+        return _FORMATS.get(path.suffix.lower())
+
+    def _format(self, path: Path) -> str:
+        fmt = self._format_or_none(path)
         if fmt is None:
-            raise SourceError(
-                f"cannot tell the format of {path.name!r} from its extension; set source.format to "
-                "csv, jsonl or parquet"
+            raise _Unreadable(
+                f"cannot tell the format of {path.name!r} from its extension; name it .csv, .jsonl or .parquet, "
+                "or set source.format to csv, jsonl or parquet"
             )
         return fmt
 
@@ -198,26 +375,30 @@ class FilesSource(Source):
         next multiple of ``batch_size`` records counted from ``self._shift`` (at most ``batch_size`` later)."""
         return start + self.batch_size - (start + self._shift) % self.batch_size
 
-    def _chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
-        """Decoded chunks of at most ``batch_size`` source records, after the first ``skip`` records, cut
-        where ``_end`` says."""
+    def _chunks(self, path: Path, rel: str, skip: int, snap: _Snapshot) -> Iterator[Chunk]:
+        """Decoded chunks of at most ``batch_size`` source records of the file's first ``snap.size`` bytes,
+        after the first ``skip`` records, cut where ``_end`` says."""
         fmt = self._format(path)
         if fmt == "jsonl":
-            yield from self._jsonl_chunks(path, rel, skip)
+            yield from self._jsonl_chunks(path, rel, skip, snap.size)
         elif fmt == "csv":
-            yield from self._csv_chunks(path, rel, skip)
+            yield from self._csv_chunks(path, rel, skip, snap.size)
         else:
             yield from self._parquet_chunks(path, rel, skip)
 
-    def _jsonl_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
+    def _jsonl_chunks(self, path: Path, rel: str, skip: int, size: int) -> Iterator[Chunk]:
         rows: list[dict[str, Any]] = []
         raw: list[str] = []
         coords: list[str] = []
         rejected: list[Rejected] = []
         record = 0  # non-blank lines seen
         start = skip
-        with path.open("rb") as f:
+        with _open_prefix(path, size) as f:
             for lineno, line_bytes in enumerate(f, start=1):
+                if lineno == 1:
+                    # JSON Lines is UTF-8; its byte order mark is no part of the first record. (Other bytes
+                    # that are not UTF-8, a UTF-16 mark included, are a record's problem, kept exactly.)
+                    line_bytes = line_bytes.removeprefix(codecs.BOM_UTF8)
                 if not line_bytes.strip():
                     continue
                 record += 1
@@ -238,11 +419,18 @@ class FilesSource(Source):
         coords: list[str],
         rejected: list[Rejected],
     ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
+        fc = self.cfg.file_column
+        if fc and any(fc in r for r in rows):
+            # The file column is icefield's to fill: a record that has a key of that name is refused whole.
+            keep = [i for i, r in enumerate(rows) if fc not in r]
+            for i in sorted(set(range(len(rows))) - set(keep)):
+                rejected.append(Rejected(raw[i], coords[i], "decode", f"decode: {_file_column_clash(fc, 'key')}"))
+            rows, raw, coords = [rows[i] for i in keep], [raw[i] for i in keep], [coords[i] for i in keep]
         table, bad = records_to_table(rows, self._types(), self.declared or ())
         self._learn(table)
         return split_bad(table, raw, coords, rejected, bad)
 
-    def _csv_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
+    def _csv_chunks(self, path: Path, rel: str, skip: int, size: int) -> Iterator[Chunk]:
         """Chunks of at most ``batch_size`` CSV records (the position counts records, good or not).
 
         Fields are read as bytes and typed strictly, so that no value can fail the file: a field that is
@@ -251,26 +439,56 @@ class FilesSource(Source):
         record that is not UTF-8) is read on, from the first record not yet handed out, by Python's csv
         module, which counts records the same way.
         """
-        with path.open(newline="", encoding="utf-8", errors="replace") as f:
-            names = next(csv.reader(f, delimiter=self.cfg.delimiter), None)
-        if not names:
+        encoding = _encoding_of(path)
+        with _open_prefix(path, size) as raw:
+            text = io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="")
+            header = next(csv.reader(text, delimiter=self.cfg.delimiter), None)
+        if not header:
             yield pa.table({}), [], [], [], skip, skip, None
             return
+        names = self._column_names(header)
         cursor = _CsvCursor(skip)
         block = _CSV_BLOCK
         while True:
             try:
-                yield from self._csv_arrow(path, rel, names, cursor, block)
+                yield from self._csv_arrow(path, rel, names, cursor, block, size, encoding)
                 return
             except pa.ArrowInvalid as e:
                 if "straddl" in str(e) and block < _MAX_CSV_BLOCK:
                     block *= 8  # a record longer than a block: read on with bigger blocks
                     continue
                 log.info("%s: %s; reading on from record %d with the tolerant CSV reader", rel, e, cursor.next + 1)
-                yield from self._csv_tolerant(path, rel, names, cursor)
+                yield from self._csv_tolerant(path, rel, names, cursor, size, encoding)
                 return
 
-    def _csv_arrow(self, path: Path, rel: str, names: list[str], cursor: _CsvCursor, block: int) -> Iterator[Chunk]:
+    def _column_names(self, header: list[str]) -> list[str]:
+        """The column names of a file's header, made usable: an empty name becomes ``column_<position>``
+        (1-based) and a repeated one ``<name>_<n>`` (n = 2, 3... the next name not taken). A name in icefield's
+        reserved namespace, or the file column's name, fails the file (:class:`_Unreadable`)."""
+        for name in header:
+            if name and (problem := column_name_problem(name)) is not None:
+                raise _Unreadable(f"column {name!r} {problem}; rename it in the file")
+            if name and name == self.cfg.file_column:
+                raise _Unreadable(_file_column_clash(name, "column"))
+        taken = set(header)
+        out: list[str] = []
+        seen: set[str] = set()
+        for i, name in enumerate(header):
+            new = name or f"column_{i + 1}"
+            if new in seen or (not name and new in taken):
+                base, n = new, 2
+                while f"{base}_{n}" in taken or f"{base}_{n}" in seen:
+                    n += 1
+                new = f"{base}_{n}"
+            if new != name:
+                log.info("column %d of the header, %r, is read as %r", i + 1, name, new)
+            seen.add(new)
+            out.append(new)
+        return out
+
+    def _csv_arrow(
+        self, path: Path, rel: str, names: list[str], cursor: _CsvCursor, block: int, size: int, encoding: str
+    ) -> Iterator[Chunk]:
         # Records of the wrong shape: the index of each (all of them: they place the good records), and
         # the text and field count of those not handed out yet.
         bad_at: list[int] = []
@@ -284,33 +502,39 @@ class FilesSource(Source):
             return "skip"
 
         quiet = _arrow_handler_errors_kept_quiet(on_invalid)
-        with quiet:  # Arrow parses the first block when it opens the file
-            reader = pacsv.open_csv(
-                path,
-                # One thread: Arrow reports the number of a bad record only when it reads in order.
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=block),
-                parse_options=pacsv.ParseOptions(
-                    delimiter=self.cfg.delimiter, newlines_in_values=True, invalid_row_handler=on_invalid
-                ),
-                convert_options=pacsv.ConvertOptions(
-                    column_types=dict.fromkeys(names, pa.binary()), strings_can_be_null=True, null_values=_CSV_NULLS
-                ),
-            )
-        seen = 0  # valid records read so far
-        pending = _Pending(names)
-        while True:
-            try:
-                with quiet:
-                    rb = reader.read_next_batch()
-            except StopIteration:
-                break
-            bad_at.sort()
-            rec = _record_indices(seen, rb.num_rows, bad_at)
-            seen += rb.num_rows
-            first = bisect.bisect_left(rec, cursor.next)
-            pending.add(pa.Table.from_batches([rb]).slice(first), rec[first:])
-            while pending.last() >= self._end(cursor.next):
-                yield self._csv_take(pending, invalid, rel, cursor, self._end(cursor.next))
+        with _open_prefix(path, size) as source:
+            with quiet:  # Arrow parses the first block when it opens the file
+                reader = pacsv.open_csv(
+                    source,
+                    # One thread: Arrow reports the number of a bad record only when it reads in order. The
+                    # header's names are replaced by the usable ones (see _column_names); record numbers
+                    # still count the header line.
+                    read_options=pacsv.ReadOptions(
+                        use_threads=False, block_size=block, column_names=names, skip_rows=1,
+                        encoding="utf8" if encoding.startswith("utf-8") else encoding,
+                    ),
+                    parse_options=pacsv.ParseOptions(
+                        delimiter=self.cfg.delimiter, newlines_in_values=True, invalid_row_handler=on_invalid
+                    ),
+                    convert_options=pacsv.ConvertOptions(
+                        column_types=dict.fromkeys(names, pa.binary()), strings_can_be_null=True, null_values=_CSV_NULLS
+                    ),
+                )
+            seen = 0  # valid records read so far
+            pending = _Pending(names)
+            while True:
+                try:
+                    with quiet:
+                        rb = reader.read_next_batch()
+                except StopIteration:
+                    break
+                bad_at.sort()
+                rec = _record_indices(seen, rb.num_rows, bad_at)
+                seen += rb.num_rows
+                first = bisect.bisect_left(rec, cursor.next)
+                pending.add(pa.Table.from_batches([rb]).slice(first), rec[first:])
+                while pending.last() >= self._end(cursor.next):
+                    yield self._csv_take(pending, invalid, rel, cursor, self._end(cursor.next))
         total = max([cursor.next, pending.last() + 1] + [r + 1 for r in invalid])
         while cursor.next < total or not cursor.emitted:
             yield self._csv_take(pending, invalid, rel, cursor, min(self._end(cursor.next), total))
@@ -326,12 +550,16 @@ class FilesSource(Source):
         cursor.next, cursor.emitted = end, True
         return self._csv_chunk(strings, recs, short, rel, start, end)
 
-    def _csv_tolerant(self, path: Path, rel: str, names: list[str], cursor: _CsvCursor) -> Iterator[Chunk]:
+    def _csv_tolerant(
+        self, path: Path, rel: str, names: list[str], cursor: _CsvCursor, size: int, encoding: str
+    ) -> Iterator[Chunk]:
+        if not encoding.startswith("utf-8"):
+            raise _Unreadable(f"not a readable {encoding.upper()} CSV file; fix the file or set source.delimiter")
         limit = csv.field_size_limit()
         csv.field_size_limit(sys.maxsize)
         try:
-            with path.open("rb") as raw:
-                text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+            with _open_prefix(path, size) as raw:
+                text = io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
                 records = csv.reader(text, delimiter=self.cfg.delimiter)
                 next(records, None)
                 rec = -1
@@ -356,7 +584,7 @@ class FilesSource(Source):
                 if rows or short or not cursor.emitted or rec + 1 > cursor.next:
                     yield self._csv_rows_chunk(rows, recs, short, names, rel, cursor, max(rec + 1, cursor.next))
         except csv.Error as e:
-            raise SourceError(f"{rel}: not a readable CSV file: {e}; fix the file or set source.delimiter") from None
+            raise _Unreadable(f"not a readable CSV file: {e}; fix the file or set source.delimiter") from None
         finally:
             csv.field_size_limit(limit)
 
@@ -385,13 +613,15 @@ class FilesSource(Source):
         cols: dict[str, pa.Array] = {}
         for name in strings.column_names:
             if strings.num_rows == 0:
-                # No value to type: the known type or none at all, so that no schema change is implied.
-                cols[name] = pa.array([], types.get(name) or pa.null())
+                # No value to type: the known type, or no column at all (as a file without records has
+                # none), so that no schema change is implied and no table is created with an untyped column.
+                if name in types:
+                    cols[name] = pa.array([], types[name])
                 continue
             text = _utf8_column(name, strings.column(name), bad)
             t = types.get(name) or _infer_csv_type(text)
             cols[name] = cast_column(name, text, t, bad)
-        table = pa.table(cols)
+        table = pa.table(cols) if cols else pa.table({"_": pa.nulls(strings.num_rows)}).drop(["_"])
         if strings.num_rows:
             self._learn(table)
         delimiter = self.cfg.delimiter
@@ -406,17 +636,20 @@ class FilesSource(Source):
     def _parquet_chunks(self, path: Path, rel: str, skip: int) -> Iterator[Chunk]:
         try:
             pf = pq.ParquetFile(path)
+            names = self._column_names(pf.schema_arrow.names)
             batches = rebatch(pf.iter_batches(batch_size=self.batch_size), self.batch_size, skip, first=self._end(skip) - skip)
             emitted = False
             for start, table in batches:
                 emitted = True
-                typed, rejected, describe = self._type_parquet(table, rel, start)
+                typed, rejected, describe = self._type_parquet(table.rename_columns(names), rel, start)
                 yield typed, None, None, rejected, start, start + table.num_rows, describe
             if not emitted:
-                typed, _, _ = self._type_parquet(pf.schema_arrow.empty_table(), rel, skip)
+                typed, _, _ = self._type_parquet(pf.schema_arrow.empty_table().rename_columns(names), rel, skip)
                 yield typed, [], [], [], skip, skip, None
-        except (pa.ArrowInvalid, OSError) as e:
-            raise SourceError(f"{rel}: not a readable Parquet file: {e}") from None
+        except (FileNotFoundError, PermissionError):
+            raise
+        except (pa.ArrowInvalid, OSError) as e:  # Arrow reports a corrupt file as an OSError too
+            raise _Unreadable(f"not a readable Parquet file: {e}") from None
 
     def _type_parquet(self, table: pa.Table, rel: str, start: int) -> tuple[pa.Table, list[Rejected], Describe]:
         types = self._types()
@@ -424,8 +657,11 @@ class FilesSource(Source):
         cols = {
             name: cast_column(name, table.column(name), types[name], bad) if name in types else table.column(name).combine_chunks()
             for name in table.column_names
+            # A column of no type (all nulls, Arrow's null type) and of no known type is left out: there
+            # is no value to type it by, and a table cannot have an untyped column.
+            if name in types or not pa.types.is_null(table.schema.field(name).type)
         }
-        typed = pa.table(cols)
+        typed = pa.table(cols) if cols else pa.table({"_": pa.nulls(table.num_rows)}).drop(["_"])
         self._learn(typed)
         return _split_bad_lazy(typed, table, bad, lambda i: f"{rel}#{start + i}")
 
@@ -433,19 +669,21 @@ class FilesSource(Source):
 # (rows, raw records, coordinates, rejected records, first record, end record, describe): columnar
 # formats keep no raw text per good row; ``describe`` makes it for the rows a check sends to quarantine.
 Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int, Describe | None]
+# A chunk and whether it is the quarantine row of a file (or its rest) that could not be decoded.
+_Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int, Describe | None, bool]
 
 
 class _peekable:
     """An iterator that can tell whether another item follows the one just returned."""
 
-    def __init__(self, it: Iterator[Chunk]) -> None:
+    def __init__(self, it: Iterator[_Chunk]) -> None:
         self._it = it
-        self._next: list[Chunk] = []
+        self._next: list[_Chunk] = []
 
     def __iter__(self) -> _peekable:
         return self
 
-    def __next__(self) -> Chunk:
+    def __next__(self) -> _Chunk:
         if self._next:
             return self._next.pop()
         return next(self._it)
@@ -458,6 +696,104 @@ class _peekable:
         except StopIteration:
             return True
         return False
+
+
+class _Unavailable(Exception):
+    """The file cannot be read now (removed since it was listed, no permission...)."""
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path.is_relative_to(folder)
+
+
+def _fixed_parts(parts: tuple[str, ...]) -> list[str]:
+    """The components of a glob before the first one with a wildcard (the glob's fixed folder)."""
+    out: list[str] = []
+    for part in parts:
+        if any(c in part for c in "*?["):
+            break
+        out.append(part)
+    return out
+
+
+def _icefield_paths(project: Project) -> list[Path]:
+    """icefield's own files and folders in the project, which a files source never reads: the state folder
+    (``.icefield/``: the default catalog, the warehouse by default), a local warehouse elsewhere, and a
+    SQLite catalog database elsewhere (with its journal files)."""
+    paths = [project.state_dir.resolve()]
+    warehouse = project.warehouse_path()
+    if warehouse is not None:
+        paths.append(warehouse)
+    uri = project.catalog_uri()
+    if not has_reference(uri):
+        from icefield.catalog import sqlite_path
+
+        if (db := sqlite_path(uri, project.root)) is not None:
+            db = db.resolve()
+            paths.extend(db.with_name(db.name + suffix) for suffix in ("", "-wal", "-shm", "-journal"))
+    return paths
+
+
+def _file_column_clash(name: str, what: str) -> str:
+    return (
+        f"{what} {name!r} has the name of the file column (source.file_column), which icefield fills with the "
+        "file's name; rename it in the file, or set source.file_column to another name"
+    )
+
+
+def _head(path: Path) -> tuple[str, bytes | None]:
+    """The start of a file for its whole-file quarantine row: text, and the exact bytes when not UTF-8."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(_HEAD_BYTES)
+    except OSError:
+        return "", None
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "backslashreplace"), data
+
+
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]  # UTF-32 LE starts like UTF-16 LE
+
+
+def _encoding_of(path: Path) -> str:
+    """The text encoding of a CSV file by its byte order mark: ``utf-8-sig`` (a UTF-8 BOM), ``utf-16``,
+    ``utf-32``, else ``utf-8``."""
+    with path.open("rb") as f:
+        start = f.read(4)
+    return next((enc for bom, enc in _BOMS if start.startswith(bom)), "utf-8")
+
+
+class _Prefix(io.RawIOBase):
+    """The first ``size`` bytes of a file, as a file."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self._f = f
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self._left)
+        if n <= 0:
+            return 0
+        got = self._f.readinto(memoryview(b)[:n])  # type: ignore[attr-defined]
+        self._left -= got or 0
+        return got or 0
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+@contextlib.contextmanager
+def _open_prefix(path: Path, size: int) -> Iterator[IO[bytes]]:
+    """The first ``size`` bytes of a file (the bytes a snapshot fingerprinted), open for reading."""
+    with io.BufferedReader(_Prefix(path.open("rb", buffering=0), size), buffer_size=1 << 20) as f:
+        yield f
 
 
 def _same_shape(a: SourceBatch, b: SourceBatch) -> bool:
@@ -728,10 +1064,11 @@ def _split_bad_lazy(
 def split_bad(
     table: pa.Table, raw: list[str], coords: list[str], rejected: list[Rejected], bad: dict[int, str]
 ) -> tuple[pa.Table, list[str], list[str], list[Rejected]]:
-    """Move the rows listed in ``bad`` (index -> reason) from ``table``/``raw``/``coords`` to ``rejected``."""
+    """Move the rows listed in ``bad`` (index -> reason) from ``table``/``raw``/``coords`` to ``rejected`` (the
+    check is the reason's prefix: ``decode`` or ``type``)."""
     if not bad:
         return table, raw, coords, rejected
     keep = [i for i in range(table.num_rows) if i not in bad]
     for i in sorted(bad):
-        rejected.append(Rejected(raw[i], coords[i], "type", bad[i]))
+        rejected.append(Rejected(raw[i], coords[i], "decode" if bad[i].startswith("decode:") else "type", bad[i]))
     return table.take(pa.array(keep, pa.int64())), [raw[i] for i in keep], [coords[i] for i in keep], rejected

@@ -49,6 +49,8 @@ from icefield.ingest.files import decode_json_line, split_bad
 from icefield.quality.coerce import cast_column, records_to_table
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from icefield.config import PipelineConfig, Project
 
 log = logging.getLogger(__name__)
@@ -652,21 +654,22 @@ class _ConsumerFields(Protocol):
     properties: dict[str, str]
 
 
-def consumer_config(cfg: _ConsumerFields, pipeline: str, where: str) -> dict[str, str]:
+def consumer_config(cfg: _ConsumerFields, pipeline: str, where: str, base_dir: Path | None = None) -> dict[str, str]:
     """The librdkafka settings of a source config with ``bootstrap_servers``, ``group_id`` and
     ``properties`` (the ``kafka`` source's; a ``debezium`` source's too), secret references resolved
-    and registered for redaction. The group defaults to ``icefield.<pipeline>``. Raises
-    :class:`ConfigError` for a property that conflicts with a source field."""
+    (a relative ``${file:...}`` against ``base_dir``, the project folder) and registered for redaction.
+    The group defaults to ``icefield.<pipeline>``. Raises :class:`ConfigError` for a property that
+    conflicts with a source field."""
     conf: dict[str, str] = {}
     for key, value in cfg.properties.items():
         if key in ("bootstrap.servers", "group.id"):
             field_name = "bootstrap_servers" if key == "bootstrap.servers" else "group_id"
             raise ConfigError(f"{where}.properties.{key}: set source.{field_name} instead")
-        resolved = resolve(value, where=f"{where}.properties.{key}")
+        resolved = resolve(value, where=f"{where}.properties.{key}", base_dir=base_dir)
         if _SECRET_KEYS.search(key):
             register_secret(resolved)
         conf[key] = resolved
-    conf["bootstrap.servers"] = resolve(cfg.bootstrap_servers, where=f"{where}.bootstrap_servers")
+    conf["bootstrap.servers"] = resolve(cfg.bootstrap_servers, where=f"{where}.bootstrap_servers", base_dir=base_dir)
     conf["group.id"] = cfg.group_id or f"icefield.{pipeline}"
     conf.setdefault("client.id", f"icefield.{pipeline}")
     return conf
@@ -686,11 +689,12 @@ class KafkaSource(Source):
         self.batch_size = batch_size
         self.decoder = JsonDecoder()
         self.read_ahead = project.config.read_ahead > 0
+        self.root = project.root
         self.reader: KafkaReader | None = None
         self._stop_requested = False
 
     def _open(self, position: dict[str, Any] | None) -> KafkaReader:
-        conf = consumer_config(self.cfg, self.pipeline, self.where)
+        conf = consumer_config(self.cfg, self.pipeline, self.where, base_dir=self.root)
         reader = self.reader = KafkaReader(conf, self.cfg.topic_names, start=self.cfg.start, timestamps=self.cfg.metadata_columns)
         if self._stop_requested:
             reader.stop()

@@ -89,7 +89,7 @@ def _run_model(model: ModelConfig, catalog: Catalog, engine: LocalEngine, result
     if table is None:
         table = writer.create(data.schema)
     else:
-        writer.evolve(table, data.schema)
+        writer.evolve(table, data.schema, data=data)
     batch_id = batch_id_for(result.pipeline, json.dumps(position, sort_keys=True))
     wr = writer.commit(data, batch_id, position, run_id)
     result.batches.append(

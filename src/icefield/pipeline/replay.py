@@ -49,7 +49,8 @@ from icefield.pipeline.quarantine import (
 from icefield.pipeline.runner import acquire_lease
 from icefield.quality import check_rows
 from icefield.quality.coerce import conform, parse_type, records_to_table
-from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
+from icefield.quality.contracts import ADDITIVE, WIDENING
+from icefield.tables import read_arrow
 from icefield.testing import failpoints
 from icefield.write import (
     QUARANTINE_SUFFIX,
@@ -109,7 +110,7 @@ def list_quarantines(catalog: Catalog) -> list[QuarantineInfo]:
         q = catalog.load_table(ident)
         names = set(q.schema().as_arrow().names)
         cols = [c for c in ("pipeline", "check", "quarantined_at", "replay_id") if c in names]
-        data = q.scan(selected_fields=tuple(cols)).to_arrow()
+        data = read_arrow(q, "list its quarantine", selected_fields=tuple(cols))
         times = data.column("quarantined_at") if "quarantined_at" in cols else None
         claimed = data.column("replay_id") if "replay_id" in cols else None
         out.append(
@@ -134,7 +135,7 @@ def show_quarantine(
     ``check`` or ``pipeline``: ``(rows matching, rows)``. Each row has every quarantine column (``raw_bytes``
     as bytes or None). Raises :class:`ConfigError` when the table has no quarantine."""
     q = _load_quarantine(catalog, table)
-    data = q.scan().to_arrow()
+    data = read_arrow(q, "show it")
     for col, value in (("check", check), ("pipeline", pipeline)):
         if value is not None:
             data = data.filter(pc.equal(data.column(col), value))
@@ -229,7 +230,7 @@ def replay_quarantine(
     if not dry_run:
         q = upgrade(qwriter, q)
         q = _give_row_ids(q, run_id)
-    rows = _with_all_columns(q.scan().to_arrow())
+    rows = _with_all_columns(read_arrow(q, "replay it"))
     names = sorted({p for p in rows.column("pipeline").to_pylist() if p is not None})
     for name in names:
         if pipeline is not None and name != pipeline:
@@ -403,7 +404,7 @@ class _Replay:
         control = self.pipe.target.delete_column
         if table is not None:
             schema = data.schema.remove(data.schema.get_field_index(control)) if control and control in data.column_names else data.schema
-            target = self._target_schema(table, schema)
+            target = self._target_schema(table, schema, data)
             typed, type_bad = conform(data, target)
             if control and control in data.column_names and control not in typed.column_names:
                 typed = typed.append_column(control, data.column(control))
@@ -422,14 +423,13 @@ class _Replay:
         good = data.take(pa.array(passed, pa.int64()))
         return _Verdict(good, [at[k] for k in passed], failed, filtered)
 
-    def _target_schema(self, table: Table, schema: pa.Schema) -> pa.Schema:
-        """The table's schema once the contract took the replayed rows' changes (raises SchemaError if it
-        refuses one). A dry run only plans the changes; a real replay applies them."""
+    def _target_schema(self, table: Table, schema: pa.Schema, data: pa.Table) -> pa.Schema:
+        """The table's schema once the contract took the replayed rows' (``data``'s) changes (raises
+        SchemaError if it refuses one). A dry run only plans the changes; a real replay applies them."""
         if not self.result.dry_run:
-            return self.writer.evolve(table, schema, open_schema=True).schema().as_arrow()
+            return self.writer.evolve(table, schema, open_schema=True, data=data).schema().as_arrow()
         current = table.schema().as_arrow()
-        changes = classify(current, schema, open_schema=True)
-        enforce(changes, self.pipe.target.contract, self.pipe.target.table, self.pipe.name, protected=self.pipe.target.keys)
+        changes = self.writer.schema_changes(table, schema, open_schema=True, data=data)
         changed = {c.column.split(".")[0] for c in changes if c.kind in (ADDITIVE, WIDENING)}
         fields = [schema.field(f.name) if f.name in changed else f for f in current]
         return pa.schema(fields + [f for f in schema if f.name in changed and f.name not in current.names])
@@ -486,7 +486,7 @@ def _reject_constant(name: str) -> Any:
 
 def _give_row_ids(q: Table, run_id: str) -> Table:
     """Rows written before quarantines had ``row_id`` get one (one rewrite of the table, once)."""
-    data = q.scan().to_arrow()
+    data = read_arrow(q, "replay it")
     missing = pc.is_null(data.column("row_id"))
     if data.num_rows == 0 or not pc.any(missing).as_py():
         return q

@@ -217,7 +217,7 @@ def _run_batch(
     data = batch.data
     control = pipe.target.delete_column
     if table is not None:
-        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema)
+        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema, data=data)
         data, bad = conform(data, table.schema().as_arrow())
         if control and control in batch.data.column_names and control not in data.column_names:
             data = data.append_column(control, batch.data.column(control))

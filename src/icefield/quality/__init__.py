@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.columns import row_numbers
+from icefield.columns import column_name_problem, internal, row_numbers
 from icefield.config.models import (
     AcceptedValuesCheck,
     CheckConfig,
@@ -20,10 +20,12 @@ from icefield.config.models import (
     RegexCheck,
     UniqueCheck,
 )
-from icefield.errors import ConfigError, IcefieldError, QueryRefusedError
+from icefield.errors import ConfigError, IcefieldError, QueryRefusedError, SchemaError
 from icefield.quality.coerce import CoercionError, converter, describe
 
 __all__ = ["RowCheckResult", "check_rows"]
+
+_IDX = internal("idx")  # a working column: no column of the data can be named so
 
 
 @dataclass
@@ -52,15 +54,28 @@ def _indices(mask: pa.Array | pa.ChunkedArray) -> list[int]:
     return pc.indices_nonzero(mask).to_pylist()  # type: ignore[no-any-return]
 
 
-def _col(table: pa.Table, name: str, check: str) -> pa.ChunkedArray | None:
+def _col(table: pa.Table, name: str, check: str) -> pa.ChunkedArray:
+    """The column ``name`` a ``check`` is declared on. The batch holds every column of the table (conformed
+    to it), so a column it lacks is in neither the data nor the table: a misspelt name, refused as a
+    configuration error rather than failing every row."""
     if name in table.column_names:
         return table.column(name)
-    return None
+    raise ConfigError(
+        f"checks: {check} names column {name!r}, which is in neither the data nor the table "
+        f"(columns: {', '.join(table.column_names)}); fix the column name in the check"
+    )
 
 
 def check_rows(table: pa.Table, checks: list[CheckConfig]) -> RowCheckResult:
-    """Run ``checks`` over ``table``. A row is reported under the first check it fails, in declared order."""
+    """Run ``checks`` over ``table``. A row is reported under the first check it fails, in declared order.
+
+    Raises :class:`ConfigError` when a check names a column ``table`` lacks (``table`` is the batch conformed
+    to the target table, so it lacks only columns neither has) and :class:`SchemaError` when a column of
+    ``table`` is named in icefield's reserved namespace (its working columns would meet it)."""
     res = RowCheckResult()
+    for name in table.column_names:
+        if (problem := column_name_problem(name)) is not None:
+            raise SchemaError(f"column {name!r} of the batch {problem}; rename it in the source (e.g. with an alias in its query)")
     n = table.num_rows
     if n == 0:
         return res
@@ -71,17 +86,12 @@ def check_rows(table: pa.Table, checks: list[CheckConfig]) -> RowCheckResult:
         elif isinstance(chk, NotNullCheck):
             for name in chk.not_null:
                 col = _col(table, name, "not_null")
-                if col is None:
-                    res._add("not_null", list(range(n)), lambda i, c=name: f"not_null: column {c!r} is missing")
-                else:
-                    res._add("not_null", _indices(pc.is_null(col)), lambda i, c=name: f"not_null: column {c!r} is null")
+                res._add("not_null", _indices(pc.is_null(col)), lambda i, c=name: f"not_null: column {c!r} is null")
         elif isinstance(chk, UniqueCheck):
             _unique(table, chk.unique, res)
         elif isinstance(chk, AcceptedValuesCheck):
             spec = chk.accepted_values
             col = _col(table, spec.column, "accepted_values")
-            if col is None:
-                continue
             values = pa.array(spec.values)
             try:
                 values = values.cast(col.type)
@@ -99,8 +109,6 @@ def check_rows(table: pa.Table, checks: list[CheckConfig]) -> RowCheckResult:
         elif isinstance(chk, RegexCheck):
             spec_r = chk.regex
             col = _col(table, spec_r.column, "regex")
-            if col is None:
-                continue
             text = col if pa.types.is_string(col.type) else pc.cast(col, pa.string())
             mask = pc.invert(pc.match_substring_regex(text, spec_r.pattern))
             res._add(
@@ -121,8 +129,6 @@ def _scalar(value: Any, t: pa.DataType, column: str) -> pa.Scalar:
 def _range(table: pa.Table, chk: RangeCheck, res: RowCheckResult) -> None:
     spec = chk.range
     col = _col(table, spec.column, "range")
-    if col is None:
-        return
     if spec.min is not None:
         lo = _scalar(spec.min, col.type, spec.column)
         res._add(
@@ -143,13 +149,13 @@ def _unique(table: pa.Table, cols: list[str], res: RowCheckResult) -> None:
     missing = [c for c in cols if c not in table.column_names]
     if missing:
         raise ConfigError(f"unique: column(s) {missing} are not in the data (columns: {table.column_names})")
-    keyed = table.select(cols).append_column("__idx", row_numbers(table.num_rows))
-    counts = keyed.group_by(cols, use_threads=False).aggregate([("__idx", "count")])
-    dup_keys = counts.filter(pc.greater(counts.column("__idx_count"), 1))
+    keyed = table.select(cols).append_column(_IDX, row_numbers(table.num_rows))
+    counts = keyed.group_by(cols, use_threads=False).aggregate([(_IDX, "count")])
+    dup_keys = counts.filter(pc.greater(counts.column(_IDX + "_count"), 1))
     if dup_keys.num_rows == 0:
         return
     joined = keyed.join(dup_keys.select(cols), keys=cols, join_type="inner")
-    idx = sorted(joined.column("__idx").to_pylist())
+    idx = sorted(joined.column(_IDX).to_pylist())
     label = ", ".join(cols)
     res._add("unique", idx, lambda i: f"unique: ({label}) = {describe(tuple(table.column(c)[i].as_py() for c in cols))} appears more than once in the batch")
 

@@ -20,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield.columns import column_name_problem
+
 # ASCII only: Python's int()/float()/Decimal() also take "１２", "١٢" and "1_000", which no data file means.
 _INT = re.compile(r"^[+-]?\d+$", re.ASCII)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
@@ -346,11 +348,22 @@ def records_to_table(
 ) -> tuple[pa.Table, dict[int, str]]:
     """Typed Arrow rows of decoded records (JSON objects): each column converted strictly to
     ``types[name]``, or to the type inferred from its values when ``types`` has none. ``names`` are
-    columns to have even if no record does. Returns the table and the bad rows with their reasons."""
+    columns to have even if no record does. A record with a key that cannot name a column (see
+    :func:`icefield.columns.column_name_problem`) is bad. Returns the table and the bad rows with their
+    reasons."""
     columns: dict[str, None] = dict.fromkeys(names)
     for r in records:
         columns.update(dict.fromkeys(r))
     bad: dict[int, str] = {}
+    unusable = {k: problem for k in columns if (problem := column_name_problem(k)) is not None}
+    if unusable:
+        # A key that cannot be a column (empty, or in icefield's reserved namespace): its records are
+        # refused whole, and it makes no column.
+        for i, r in enumerate(records):
+            if (k := next((k for k in r if k in unusable), None)) is not None:
+                bad[i] = f"decode: key {k!r} {unusable[k]}; rename it in the record"
+        for k in unusable:
+            del columns[k]
     cols: dict[str, pa.Array] = {}
     for name in columns:
         values = [r.get(name) for r in records]

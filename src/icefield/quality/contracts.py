@@ -13,7 +13,7 @@ column the table lacks                        additive    added as an optional c
 ``long`` into ``int``, ``double`` into        widening    the table's column is promoted
 ``float``, ``decimal(P2,S)`` into
 ``decimal(P1,S)`` with P2 > P1
-nullable into a required column               widening    the table's column becomes optional
+a null into a required column                 widening    the table's column becomes optional
 column the table has, absent from the batch   breaking    (``evolve``) kept; the batch's rows get nulls
 other decimal precision/scale                 breaking    refused ("narrowing": digits would be lost)
 any other type difference                     breaking    refused ("type change", e.g. ``long`` to
@@ -23,12 +23,15 @@ any other type difference                     breaking    refused ("type change"
 
 A batch type the table's type holds exactly (``int`` into ``long``, ``float`` into ``double``,
 ``decimal(8,2)`` into ``decimal(10,2)``, NOT NULL into a nullable column) is no change: the values are
-cast up exactly and the table keeps its schema. A new column of Arrow's ``null`` type (no value at
+cast up exactly and the table keeps its schema. Neither is a nullable Arrow field whose values hold no
+null (sources type every column nullable): a required column (another engine's ``NOT NULL``) stays
+required until a batch really brings a null; :func:`null_columns` says which columns do. A merge key or
+an identifier field of the table never becomes optional: a null there is refused. A new column of Arrow's ``null`` type (no value at
 all) carries no type and is not a change either; it is added once a batch gives it values. A rename
 cannot be told from a drop plus an add; the message points it out when the types match.
 
 Contracts: ``evolve`` (the default, today's behaviour) accepts additive and widening changes and
-dropped columns (written as nulls; never a merge key); ``additive-only`` accepts new columns only;
+dropped columns (written as nulls; never a merge key, and no key or identifier field becomes optional); ``additive-only`` accepts new columns only;
 ``freeze`` accepts no change. No contract accepts a type change or a narrowing. :func:`enforce` raises
 a :class:`SchemaError` that lists every change (column, old type, new type, classification) and names
 the contract that would accept each refused one, or how to fix it.
@@ -36,7 +39,7 @@ the contract that would accept each refused one, or how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -171,20 +174,56 @@ def _promotes(old: str, new: str) -> bool:
 # ------------------------------------------------------------------ classification
 
 
-def classify(old: Schema | pa.Schema, new: pa.Schema, open_schema: bool = False) -> list[SchemaChange]:
+def classify(
+    old: Schema | pa.Schema, new: pa.Schema, open_schema: bool = False, nulls: Collection[str] | None = None
+) -> list[SchemaChange]:
     """The changes the table (schema ``old``: an Iceberg or Arrow schema) would undergo to take rows of
     Arrow schema ``new``, in column order (the table's columns first, then the new ones).
 
     ``open_schema`` is for records that carry no schema of their own (JSON): a column absent from every
-    record of the batch is null there, not dropped. Pure: reads nothing, writes nothing.
+    record of the batch is null there, not dropped. ``nulls`` are the columns (dotted paths) where the
+    batch's rows hold a null (:func:`null_columns`): a required column becomes optional only if it is one
+    of them. Without ``nulls`` the Arrow field's nullability stands for its values. Pure: reads nothing,
+    writes nothing.
     """
     old_arrow = old if isinstance(old, pa.Schema) else old.as_arrow()
     out: list[SchemaChange] = []
-    _struct("", list(old_arrow), list(new), open_schema, out)
+    _struct("", list(old_arrow), list(new), open_schema, out, nulls)
     return out
 
 
-def _struct(prefix: str, old: Sequence[pa.Field], new: Sequence[pa.Field], open_schema: bool, out: list[SchemaChange]) -> None:
+def null_columns(data: pa.Table) -> set[str]:
+    """The columns of ``data`` that hold a null, as dotted paths (``address.zip``, ``tags.element``,
+    ``attrs.key`` / ``attrs.value``, as :func:`classify` names them). A field under a null struct, list or
+    map does not count: a required field of an optional struct has no value there either."""
+    out: set[str] = set()
+    for name, column in zip(data.column_names, data.columns, strict=True):
+        for chunk in column.chunks:
+            _nulls(name, chunk, out)
+    return out
+
+
+def _nulls(path: str, arr: pa.Array, out: set[str]) -> None:
+    if arr.null_count:
+        out.add(path)
+    t = arr.type
+    if isinstance(t, pa.DictionaryType):
+        return
+    if pa.types.is_struct(t):
+        valid = arr.is_valid() if arr.null_count else None
+        for i, f in enumerate(t):
+            child = arr.field(i)
+            _nulls(f"{path}.{f.name}", child if valid is None else child.filter(valid), out)
+    elif pa.types.is_map(t):
+        _nulls(path + ".key", arr.keys, out)
+        _nulls(path + ".value", arr.items, out)
+    elif _is_list(t):
+        _nulls(path + ".element", arr.flatten(), out)
+
+
+def _struct(
+    prefix: str, old: Sequence[pa.Field], new: Sequence[pa.Field], open_schema: bool, out: list[SchemaChange], nulls: Collection[str] | None
+) -> None:
     by_name = {f.name: f for f in new}
     old_names = {f.name for f in old}
     for of in old:
@@ -194,16 +233,16 @@ def _struct(prefix: str, old: Sequence[pa.Field], new: Sequence[pa.Field], open_
             if not open_schema:
                 out.append(SchemaChange(path, iceberg_type_name(of.type), None, BREAKING, DROPPED))
             continue
-        _field(path, of, nf, open_schema, out)
+        _field(path, of, nf, open_schema, out, nulls)
     for nf in new:
         if nf.name not in old_names and not pa.types.is_null(nf.type):
             out.append(SchemaChange(prefix + nf.name, None, iceberg_type_name(nf.type), ADDITIVE, NEW_COLUMN))
 
 
-def _field(path: str, of: pa.Field, nf: pa.Field, open_schema: bool, out: list[SchemaChange]) -> None:
+def _field(path: str, of: pa.Field, nf: pa.Field, open_schema: bool, out: list[SchemaChange], nulls: Collection[str] | None) -> None:
     ot, nt = of.type, nf.type
     o_name, n_name = iceberg_type_name(ot), iceberg_type_name(nt)
-    if not of.nullable and nf.nullable:
+    if not of.nullable and nf.nullable and (nulls is None or path in nulls):
         out.append(SchemaChange(path, o_name + " not null", n_name, WIDENING, NOW_OPTIONAL))
     if pa.types.is_null(nt):
         return
@@ -211,12 +250,12 @@ def _field(path: str, of: pa.Field, nf: pa.Field, open_schema: bool, out: list[S
         ot = ot.value_type if isinstance(ot, pa.DictionaryType) else ot
         nt = nt.value_type if isinstance(nt, pa.DictionaryType) else nt
     if pa.types.is_struct(ot) and pa.types.is_struct(nt):
-        _struct(path + ".", list(ot), list(nt), open_schema, out)
+        _struct(path + ".", list(ot), list(nt), open_schema, out, nulls)
     elif pa.types.is_map(ot) and pa.types.is_map(nt):
-        _field(path + ".key", ot.key_field, nt.key_field, open_schema, out)
-        _field(path + ".value", ot.item_field, nt.item_field, open_schema, out)
+        _field(path + ".key", ot.key_field, nt.key_field, open_schema, out, nulls)
+        _field(path + ".value", ot.item_field, nt.item_field, open_schema, out, nulls)
     elif _is_list(ot) and _is_list(nt):
-        _field(path + ".element", ot.value_field, nt.value_field, open_schema, out)
+        _field(path + ".element", ot.value_field, nt.value_field, open_schema, out, nulls)
     elif o_name == n_name or _fits(n_name, o_name):
         return
     elif _promotes(o_name, n_name):
@@ -231,10 +270,12 @@ def _field(path: str, of: pa.Field, nf: pa.Field, open_schema: bool, out: list[S
 
 
 def refused(changes: Iterable[SchemaChange], contract: str, protected: Iterable[str] = ()) -> list[SchemaChange]:
-    """The changes ``contract`` refuses. A dropped ``protected`` column (a merge key) is always refused."""
+    """The changes ``contract`` refuses. A ``protected`` column (a merge key, an identifier field of the
+    table) that is dropped or would become optional (the batch has rows without a value in it) is always
+    refused: such a row cannot be merged or identified."""
     keep = set(protected)
     accepts = _ACCEPTS[contract]
-    return [c for c in changes if c.change not in accepts or (c.change == DROPPED and c.column in keep)]
+    return [c for c in changes if c.change not in accepts or (c.change in (DROPPED, NOW_OPTIONAL) and c.column in keep)]
 
 
 def enforce(
@@ -269,6 +310,8 @@ def enforce(
     loosest = _strictest_accepting(bad, keep)
     if loosest is not None:
         lines.append(f"To accept them, set target.contract: {loosest} in the pipeline's file and rerun.")
+    elif all(c.change in (DROPPED, NOW_OPTIONAL) and c.column in keep for c in bad):
+        lines.append("Fix the source and rerun; no contract lets a key or identifier column go missing.")
     else:
         lines.append("Fix the source (or cast the column there) and rerun; no contract changes a column's type.")
     err = SchemaError("\n".join(lines))
@@ -286,6 +329,11 @@ def _strictest_accepting(changes: Sequence[SchemaChange], keep: set[str]) -> Con
 
 
 def _fix(c: SchemaChange, keep: set[str], changes: Sequence[SchemaChange]) -> str:
+    if c.change == NOW_OPTIONAL and c.column in keep:
+        return (
+            "it is a key (a merge key or an identifier field of the table) and rows of the batch have no value in "
+            f"it, which cannot be merged: filter or fill them in the source (e.g. `WHERE {c.column} IS NOT NULL`)"
+        )
     if c.change == DROPPED:
         if c.column in keep:
             return "it is a merge key: send the column again"

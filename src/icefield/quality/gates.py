@@ -319,21 +319,22 @@ def _run_aggregates(run: _Run, gates: list[Any]) -> int | None:
 
 def snapshot_row_count(table: Table, snapshot_id: int | None) -> int | None:
     """Rows in ``table`` at ``snapshot_id`` from the manifests' record counts (no data read), less the
-    distinct rows position delete files remove (only those small files are read); by a scan when
-    equality deletes apply. None when ``snapshot_id`` is None."""
+    distinct rows position delete files remove (only those small files are read). None when ``snapshot_id``
+    is None; :class:`ConfigError` when the table has equality delete files."""
     from pyiceberg.manifest import DataFileContent
 
+    from icefield.tables import plan_files, read_arrow
     from icefield.write.deletes import deleted_positions
 
     if snapshot_id is None:
         return None
-    tasks = list(table.scan(snapshot_id=snapshot_id).plan_files())
+    tasks = plan_files(table, "check it", snapshot_id=snapshot_id)
     total = sum(t.file.record_count for t in tasks)
     if not any(t.delete_files for t in tasks):
         return total
     if all(d.content == DataFileContent.POSITION_DELETES for t in tasks for d in t.delete_files):
         return total - deleted_positions(table, tasks).group_by(["file_path", "pos"]).aggregate([]).num_rows
-    return int(table.scan(snapshot_id=snapshot_id).to_arrow().num_rows)
+    return int(read_arrow(table, "check it", snapshot_id=snapshot_id).num_rows)
 
 
 def _row_count(run: _Run, gate: RowCountGate, n: int) -> None:

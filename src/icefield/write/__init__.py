@@ -25,10 +25,11 @@ import pyarrow.compute as pc
 from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
 from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
+from icefield.tables import plan_files, refusing_equality_deletes
 from icefield.testing import failpoints
 from icefield.write.commits import commit_transaction
 from icefield.write.datafiles import write_data_files
-from icefield.write.partitioning import parse_partition
+from icefield.write.partitioning import check_partition_types, parse_partitions
 from icefield.write.producers import merge_overwrite
 from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
@@ -50,7 +51,9 @@ SUMMARY_RUN_ID = "icefield.run-id"
 DEFAULT_TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
 }
-COMMIT_ATTEMPTS = 8
+COMMIT_ATTEMPTS = 40
+COMMIT_SECONDS = 300.0
+"""A commit that keeps losing to concurrent commits gives up after this many attempts or seconds."""
 
 
 class PositionMovedError(TransientError):
@@ -106,17 +109,22 @@ def read_position(table: Table | None, pipeline: str) -> dict[str, Any] | None:
 
 
 def load_existing(catalog: Catalog, name: str) -> Table:
-    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none."""
-    from pyiceberg.exceptions import NoSuchTableError
+    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none
+    or when ``name`` is not of that form."""
+    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 
     try:
         return catalog.load_table(table_identifier(name))
-    except NoSuchTableError:
+    except (NoSuchTableError, NoSuchNamespaceError):
         raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
 
 
 def table_identifier(name: str) -> tuple[str, ...]:
-    return tuple(name.split("."))
+    """``(namespace, table)`` of a table name ``namespace.table``; :class:`ConfigError` for any other form."""
+    parts = tuple(name.split("."))
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"{name!r} is not a table name: write it as namespace.table, e.g. raw.events (`icefield tables` lists them)")
+    return parts
 
 
 class TableWriter:
@@ -147,16 +155,18 @@ class TableWriter:
         """Create the target table for ``schema`` with the configured partition spec and properties."""
         from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 
+        # Nothing that could never be written is created: a table's keys and partition spec cannot be
+        # fixed once it exists.
+        fields = parse_partitions(self.target.partition_by)
+        check_partition_types(self.target.table, fields, schema)
+        missing = [k for k in self.target.keys if k not in schema.names]
+        if missing and self.target.mode == "merge":
+            raise ConfigError(
+                f"table {self.target.table}: target.keys names {', '.join(map(repr, missing))}, which the data does "
+                f"not have (columns: {', '.join(schema.names)}); fix target.keys"
+            )
         namespace = self.identifier[:-1]
         self.catalog.create_namespace_if_not_exists(namespace)
-        fields = [parse_partition(p) for p in self.target.partition_by]
-        names = set(schema.names)
-        for f in fields:
-            if f.source not in names:
-                raise SchemaError(
-                    f"table {self.target.table}: partition_by names column {f.source!r}, which the data does not "
-                    f"have (columns: {', '.join(schema.names)}); fix target.partition_by"
-                )
         props = {**DEFAULT_TABLE_PROPERTIES, **self.target.properties}
         try:
             tx = self.catalog.create_table_transaction(self.identifier, schema=_nullable(schema), properties=props)
@@ -172,34 +182,75 @@ class TableWriter:
                 raise CommitConflictError(f"creating table {self.target.table} failed: {e}; rerun") from e
             return table
 
-    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False) -> Table:
+    def schema_changes(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> list[Any]:
+        """The schema changes rows of ``schema`` (and ``data``, their values, when known) ask of ``table``
+        (:func:`icefield.quality.contracts.classify`), once the target's contract accepted them all: raises
+        :class:`SchemaError` otherwise. A merge key or an identifier field of the table is protected (see
+        :meth:`evolve`). Changes nothing."""
+        from icefield.quality.contracts import classify, enforce, null_columns
+
+        current = table.schema()
+        nulls = None
+        if data is not None:
+            rows, deletes = split_deletes(data, self.target.delete_column)
+            nulls = null_columns(rows)
+            # A delete's row is never written: its nulls count only once a required column has some (rare,
+            # and the filter copies the batch).
+            if any(_required(current, c) for c in nulls) and pc.any(deletes).as_py():
+                nulls = null_columns(rows.filter(pc.invert(deletes)))
+        changes = classify(current, schema, open_schema=open_schema, nulls=nulls)
+        if changes:
+            identifiers = sorted(current.identifier_field_names())
+            enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=[*self.target.keys, *identifiers])
+        return changes
+
+    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> Table:
         """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
 
         The differences are classified (:func:`icefield.quality.contracts.classify`); if the contract
         refuses one, :class:`SchemaError` is raised before anything is written. Accepted new columns are
         added (optional) and accepted promotions applied in one schema commit; a dropped column accepted
-        by ``evolve`` stays in the table and the batch's rows get nulls. ``open_schema``: see
-        :func:`classify`. Returns the (refreshed) table.
+        by ``evolve`` stays in the table (made optional if it was required) and the batch's rows get nulls.
+        ``open_schema``: see :func:`classify`. ``data`` holds the batch's rows when the caller has them: a
+        required column (another engine's ``NOT NULL``) then stays required unless a row really has a null
+        in it; without it the Arrow field's nullability decides. A merge key or an identifier field of the
+        table never becomes optional: a batch with a null there is refused. A change Iceberg itself refuses
+        is a :class:`SchemaError` too. Returns the (refreshed) table.
         """
-        from icefield.quality.contracts import ADDITIVE, WIDENING, classify, enforce
+        from icefield.quality.contracts import DROPPED, NEW_COLUMN, NOW_OPTIONAL, PROMOTION
 
-        changes = classify(table.schema(), schema, open_schema=open_schema)
+        changes = self.schema_changes(table, schema, open_schema, data)
         if not changes:
             return table
-        enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=self.target.keys)
-        structural = {c.column.split(".")[0] for c in changes if c.kind in (ADDITIVE, WIDENING)}
-        dropped = [c.column for c in changes if c.kind not in (ADDITIVE, WIDENING)]
+        current_schema = table.schema()
+        identifiers = sorted(current_schema.identifier_field_names())
+        grown = {c.column.split(".")[0] for c in changes if c.change in (NEW_COLUMN, PROMOTION)}
+        dropped = [c.column for c in changes if c.change == DROPPED]
         if dropped:
             log.warning("batch of %s lacks columns %s; the table keeps them and the rows get nulls", self.target.table, dropped)
-        if not structural:
+        # A required column the rows leave null (or lack) becomes optional; no other column changes nullability.
+        relaxed = [c.column for c in changes if c.change == NOW_OPTIONAL or (c.change == DROPPED and _required(current_schema, c.column))]
+        if not grown and not relaxed:
             return table
-        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.kind in (ADDITIVE, WIDENING)))
-        current = table.schema().as_arrow()
+        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.change != DROPPED))
+        current = current_schema.as_arrow()
         # New columns, nested ones too, are optional (existing rows have no value); existing ones keep
-        # their nullability unless the change says otherwise. union_by_name never drops a column.
-        fields = [_optional_if_new(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in structural]
-        with table.update_schema() as upd:
-            upd.union_by_name(pa.schema(fields))
+        # the table's nullability. union_by_name never drops a column.
+        fields = [_like_table(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in grown]
+        try:
+            with table.update_schema() as upd:
+                if fields:
+                    upd.union_by_name(pa.schema(fields))
+                for path in relaxed:
+                    upd.make_column_optional(path)
+        except ValueError as e:  # pyiceberg's own checks (a pydantic ValidationError is one)
+            ids = f"; its identifier fields ({', '.join(identifiers)}) and the structs holding them must stay required" if identifiers else ""
+            reason = " ".join(str(e).split("For further information")[0].split())
+            raise SchemaError(
+                f"table {self.target.table}: Iceberg refused the schema change ({'; '.join(c.describe() for c in changes)}): "
+                f"{reason}{ids}. Nothing was written and the batch stays pending: fix the source, or the table's schema "
+                "with the engine that owns it, and rerun"
+            ) from e
         return table.refresh()
 
     # ------------------------------------------------------------------ commits
@@ -241,6 +292,7 @@ class TableWriter:
         unknown_outcome = (OSError, TransientError, CommitStateUnknownException, DBAPIError)
         started = time.perf_counter()
         delay = 0.05
+        written = _Written()
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             if attempt > 1 or table is None:
                 table = self.load()
@@ -255,12 +307,17 @@ class TableWriter:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             self.check_position(table, batch_id)
             try:
-                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch)
+                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, written)
             except (CommitFailedException, ValidationException) as e:
-                # Nothing landed (pyiceberg guarantees it for these two): replan on the new snapshot.
-                log.warning("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
+                # Nothing landed (pyiceberg guarantees it for these two): check again and replan on the new
+                # snapshot (the data files of an append are written once and kept for the next attempt).
+                log.info("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
+                if time.perf_counter() - started > COMMIT_SECONDS:
+                    break
                 time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)
+            except BranchMovedError:
+                raise  # nothing was written: the caller cuts the branch again
             except unknown_outcome as e:
                 # Unknown outcome: the swap may or may not have landed. Look, never delete.
                 table = self.load()
@@ -269,8 +326,8 @@ class TableWriter:
                     return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snap, False, time.perf_counter() - started)
                 raise TransientError(f"commit of batch {batch_id} to {self.target.table} failed: {e}; it stays pending, rerun to retry") from e
         raise CommitConflictError(
-            f"batch {batch_id} could not be committed to {self.target.table}: {COMMIT_ATTEMPTS} attempts met "
-            "concurrent commits; rerun, or give each writer its own table"
+            f"batch {batch_id} could not be committed to {self.target.table}: every attempt in "
+            f"{time.perf_counter() - started:.0f} s met concurrent commits; rerun, or give each writer its own table"
         )
 
     def check_position(self, table: Table, batch_id: str) -> None:
@@ -297,6 +354,7 @@ class TableWriter:
         started: float,
         truncate_at: list[Any] | None = None,
         branch: str | None = None,
+        written: _Written | None = None,
     ) -> WriteResult:
         from icefield.write.branches import MAIN, SUMMARY_POSITION, head_id
 
@@ -332,7 +390,7 @@ class TableWriter:
             rows_written, conflict = plan.rows_written, plan.conflict_filter
         else:
             if data.num_rows:
-                added = self.write_files(table, data)
+                added = (written or _Written()).files(table, lambda: self.write_files(table, data))
             if mode == "overwrite":
                 removed = self._files_to_overwrite(table, added)
             elif replace_file is not None and replace_file[0] in table.schema().as_arrow().names:
@@ -341,7 +399,8 @@ class TableWriter:
                 from pyiceberg.expressions import EqualTo
 
                 if table.current_snapshot() is not None:
-                    tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary, branch=branch or MAIN)  # type: ignore[call-arg,arg-type]
+                    with refusing_equality_deletes(table, "replace a changed source file's rows in it"):
+                        tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary, branch=branch or MAIN)  # type: ignore[call-arg,arg-type]
         changed = bool(added or removed or add_deletes or remove_deletes)
         if encoded is not None:
             if branch is not None and changed:
@@ -438,7 +497,7 @@ class TableWriter:
             plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
         batch = batch.filter(pc.invert(flag))
         if table.current_snapshot() is not None:
-            tasks = list(table.scan().plan_files())
+            tasks = plan_files(table, "truncate it")
             plan.remove = [task.file for task in tasks]
             plan.remove_deletes = [d for task in tasks for d in task.delete_files or ()]  # the commit drops repeats
         if batch.num_rows:
@@ -465,16 +524,103 @@ class TableWriter:
         return write_data_files(table, conform_to_table(table, data), sort_by=keys, rows=rows, segments=segments)
 
     def _files_to_overwrite(self, table: Table, added: list[Any]) -> list[Any]:
-        spec = table.spec()
-        whole = self.target.overwrite == "table" or spec.is_unpartitioned()
+        """The data files an overwrite of ``added`` (the batch's files, just written) replaces: every file
+        with ``overwrite: table`` or an unpartitioned table, else those in the partitions of the current
+        spec the batch touches.
+
+        A file written under an older spec (another engine evolved the spec) is matched on the partition
+        fields both specs share (same source column, same transform): if its values there differ from every
+        touched partition's it holds none of their rows and stays. Otherwise it goes, and when its rows do
+        not all fall in touched partitions (the new spec cuts finer), the rows of untouched ones are written
+        again into files of the current spec, which are appended to ``added``: no row outside the batch's
+        partitions is lost. Raises :class:`ConfigError` for a table with equality delete files."""
         if table.current_snapshot() is None:
             return []
-        tasks = list(table.scan().plan_files())
-        if whole:
+        spec = table.spec()
+        tasks = plan_files(table, "overwrite it")
+        if self.target.overwrite == "table" or spec.is_unpartitioned():
             return [t.file for t in tasks]
         # Files just written carry no spec id yet: they are written with the current spec.
-        touched = {(spec.spec_id, _record_key(f.partition)) for f in added}
-        return [t.file for t in tasks if (t.file.spec_id, _record_key(t.file.partition)) in touched]
+        touched = {_record_key(f.partition) for f in added}
+        removed: list[Any] = []
+        mixed: list[Any] = []
+        for task in tasks:
+            f = task.file
+            if f.spec_id == spec.spec_id:
+                if _record_key(f.partition) in touched:
+                    removed.append(f)
+                continue
+            shared = _shared_fields(table.specs()[f.spec_id], spec)
+            if tuple(f.partition[i] for i, _ in shared) not in {tuple(p[j] for _, j in shared) for p in touched}:
+                continue
+            if len(shared) == len(spec.fields):  # all its rows are in one touched partition
+                removed.append(f)
+            else:  # the current spec may cut its rows into several partitions: look at them
+                mixed.append(task)
+        kept: list[pa.Table] = []
+        for task in mixed:
+            outside = _rows_outside(table, task, touched)
+            if outside is not None:
+                removed.append(task.file)
+                kept.append(outside)
+        if any(t.num_rows for t in kept):
+            added.extend(self.write_files(table, pa.concat_tables(kept)))
+        return removed
+
+
+def _shared_fields(old: Any, new: Any) -> list[tuple[int, int]]:
+    """``(index in old, index in new)`` of the partition fields of two specs with the same source column
+    and transform (their partition values are comparable)."""
+    index = {(f.source_id, str(f.transform)): j for j, f in enumerate(new.fields)}
+    return [(i, index[(f.source_id, str(f.transform))]) for i, f in enumerate(old.fields) if (f.source_id, str(f.transform)) in index]
+
+
+def _rows_outside(table: Table, task: Any, touched: set[tuple[Any, ...]]) -> pa.Table | None:
+    """The rows of the scan ``task``'s file (its deletes applied) whose partition in the table's current
+    spec is not in ``touched``; None when no row is in a touched partition (the file stays as it is)."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
+
+    from icefield.columns import row_numbers
+
+    spec, schema = table.spec(), table.schema()
+    data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table([task])
+    if not data.num_rows:
+        return None
+    names = [f"__part_{i}" for i in range(len(spec.fields))]
+    parts = {}
+    for field, name in zip(spec.fields, names, strict=True):
+        source = schema.find_field(field.source_id)
+        parts[name] = field.transform.pyarrow_transform(source.field_type)(data.column(source.name))
+    rows = row_numbers(data.num_rows)
+    # Each distinct partition (nulls included) with its rows, then the partition as the writer records it.
+    groups = pa.table({**parts, "__row": rows}).group_by(names, use_threads=False).aggregate([("__row", "list")])
+    lists = groups.column("__row_list").combine_chunks()
+    inside: list[pa.Array] = []
+    for i, values in enumerate(groups.select(names).to_pylist()):
+        fields = [PartitionFieldValue(field=f, value=values[n]) for f, n in zip(spec.fields, names, strict=True)]
+        if _record_key(PartitionKey(field_values=fields, partition_spec=spec, schema=schema).partition) in touched:
+            inside.append(lists[i].values)
+    if not inside:
+        return None
+    mask = pc.is_in(rows, value_set=pa.concat_arrays(inside))
+    return data.filter(pc.invert(mask))
+
+
+class _Written:
+    """The data files one attempt of an append or overwrite wrote, for the next attempt of the same batch:
+    they depend only on the table's schema and partition spec, and a failed commit never deletes them."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int] | None = None
+        self._files: list[Any] = []
+
+    def files(self, table: Table, write: Any) -> list[Any]:
+        key = (table.metadata.current_schema_id, table.metadata.default_spec_id)
+        if key != self._key:
+            self._files, self._key = write(), key
+        return self._files
 
 
 def _canonical(position: Any) -> str:
@@ -485,14 +631,28 @@ def _record_key(record: Any) -> tuple[Any, ...]:
     return tuple(record[i] for i in range(len(record))) if record is not None else ()
 
 
-def _optional_if_new(f: pa.Field, existing: pa.Field | None) -> pa.Field:
-    """``f`` with every field the table lacks (at any depth of structs) made nullable."""
+def _like_table(f: pa.Field, existing: pa.Field | None) -> pa.Field:
+    """``f`` as the schema update should take it: a field the table lacks (at any depth) is optional, a
+    field it has keeps the table's nullability (only an explicit change relaxes one)."""
     if existing is None:
         return f.with_nullable(True).with_type(_all_optional(f.type))
-    if pa.types.is_struct(f.type) and pa.types.is_struct(existing.type):
-        children = [_optional_if_new(c, existing.type.field(c.name) if existing.type.get_field_index(c.name) >= 0 else None) for c in f.type]
-        return f.with_type(pa.struct(children))
-    return f
+    t, old = f.type, existing.type
+    if pa.types.is_struct(t) and pa.types.is_struct(old):
+        t = pa.struct([_like_table(c, old.field(c.name) if old.get_field_index(c.name) >= 0 else None) for c in t])
+    elif pa.types.is_map(t) and pa.types.is_map(old):
+        t = pa.map_(_like_table(t.key_field, old.key_field), _like_table(t.item_field, old.item_field))
+    elif pa.types.is_large_list(t) and (pa.types.is_list(old) or pa.types.is_large_list(old)):
+        t = pa.large_list(_like_table(t.value_field, old.value_field))
+    elif pa.types.is_list(t) and (pa.types.is_list(old) or pa.types.is_large_list(old)):
+        t = pa.list_(_like_table(t.value_field, old.value_field))
+    return f.with_type(t).with_nullable(existing.nullable)
+
+
+def _required(schema: Any, path: str) -> bool:
+    try:
+        return bool(schema.find_field(path).required)
+    except ValueError:
+        return False
 
 
 def _all_optional(t: pa.DataType) -> pa.DataType:

@@ -127,18 +127,13 @@ def _partition_of(task: Any) -> tuple[Any, ...]:
 def plan(table: Table, target: int, min_input_files: int = 2) -> list[list[Any]]:
     """The groups of scan tasks to rewrite together (each at most ``target`` bytes of data files, one
     partition each), per the rules of the module doc."""
-    from pyiceberg.manifest import DataFileContent
+    from icefield.tables import plan_files
 
     if table.current_snapshot() is None:
         return []
     small = MIN_FILE_RATIO * target
     by_partition: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
-    for task in table.scan().plan_files():
-        if any(d.content == DataFileContent.EQUALITY_DELETES for d in task.delete_files or ()):
-            raise ConfigError(
-                f"{task.file.file_path} has equality delete files, which icefield does not apply; compact this table "
-                "with Spark's rewrite_data_files"
-            )
+    for task in plan_files(table, "compact it"):
         if task.delete_files or task.file.file_size_in_bytes < small:
             by_partition[_partition_of(task)].append(task)
     groups: list[list[Any]] = []

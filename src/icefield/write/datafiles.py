@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from icefield.columns import row_numbers
+from icefield.columns import internal, row_numbers
 from icefield.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -315,7 +315,7 @@ def write_data_files(
         col = data.column(name)
         return col.take(selected) if selected is not None else col
 
-    part_names = [f"__part_{i}" for i in range(len(spec.fields))]
+    part_names = [internal(f"part_{i}") for i in range(len(spec.fields))]
     keyed: dict[str, Any] = {}
     for field, name in zip(spec.fields, part_names, strict=True):
         source = schema.find_field(field.source_id)

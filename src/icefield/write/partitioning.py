@@ -1,44 +1,53 @@
-"""Partition specs from config: ``region``, ``day(updated_at)``, ``bucket(16, id)``, ``truncate(4, sku)``."""
+"""Partition specs from config: ``region``, ``day(updated_at)``, ``bucket(16, id)``, ``truncate(4, sku)``.
+
+The expressions are parsed and checked when the configuration loads (:mod:`icefield.config.partitions`);
+what needs the table's schema, whether each transform fits its column, is checked here before a table is
+created with them."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import pyarrow as pa
 
-from icefield.errors import ConfigError
+from icefield.config.partitions import FORMS, PartitionField, parse_partition, parse_partitions
+from icefield.errors import ConfigError, SchemaError
 
-_EXPR = re.compile(r"^\s*(?:(\w+)\s*\(\s*(?:(\d+)\s*,\s*)?(\w+)\s*\)|(\w+))\s*$")
-_TIME = {"year", "month", "day", "hour", "identity"}
-_PARAM = {"bucket", "truncate"}
+__all__ = ["FORMS", "PartitionField", "check_partition_types", "parse_partition", "parse_partitions"]
 
-
-@dataclass(frozen=True)
-class PartitionField:
-    source: str
-    transform: str  # pyiceberg's transform string: identity, day, bucket[16], truncate[4]
-    name: str
+_TRANSFORMS = ("identity", "year", "month", "day", "hour", "bucket[16]", "truncate[16]")
 
 
-def parse_partition(expr: str) -> PartitionField:
-    """Parse one ``partition_by`` entry. Raises :class:`ConfigError` naming the entry and the forms."""
-    m = _EXPR.match(expr)
-    forms = "column, year(col), month(col), day(col), hour(col), bucket(N, col), truncate(W, col)"
-    if not m:
-        raise ConfigError(f"target.partition_by: {expr!r} is not a partition expression; use one of: {forms}")
-    func, param, col, bare = m.groups()
-    if bare:
-        return PartitionField(bare, "identity", bare)
-    func = func.lower()
-    if func in _TIME:
-        if param:
-            raise ConfigError(f"target.partition_by: {expr!r}: {func}() takes only a column; write {func}({col})")
-        return PartitionField(col, func, col if func == "identity" else f"{col}_{func}")
-    if func in _PARAM:
-        if not param:
-            raise ConfigError(f"target.partition_by: {expr!r}: {func} needs a width, e.g. {func}(16, {col})")
-        if int(param) < 1:
-            raise ConfigError(
-                f"target.partition_by: {expr!r}: the {func} width must be a positive number, e.g. {func}(16, {col})"
+def check_partition_types(table: str, fields: list[PartitionField], schema: pa.Schema) -> None:
+    """Refuse, before a table is created, partition fields the table could never be written with: a
+    column the data does not have (:class:`SchemaError`), a transform that does not apply to its column's
+    type, or a field named like a column (:class:`ConfigError`, naming the column, its type and the
+    transforms that do apply)."""
+    from pyiceberg.io.pyarrow import _pyarrow_to_schema_without_ids
+    from pyiceberg.transforms import parse_transform
+
+    names = set(schema.names)
+    for f in fields:
+        if f.source not in names:
+            raise SchemaError(
+                f"table {table}: partition_by names column {f.source!r}, which the data does not "
+                f"have (columns: {', '.join(schema.names)}); fix target.partition_by"
             )
-        return PartitionField(col, f"{func}[{param}]", f"{col}_{func}")
-    raise ConfigError(f"target.partition_by: {expr!r}: unknown transform {func!r}; use one of: {forms}")
+    if not fields:
+        return
+    # The Iceberg types the table will get, as the writer converts the Arrow schema at creation.
+    used = pa.schema([schema.field(n) for n in sorted({f.source for f in fields})])
+    sources = _pyarrow_to_schema_without_ids(used, downcast_ns_timestamp_to_us=True)
+    columns = {c.name: c.field_type for c in sources.fields}
+    for f in fields:
+        t = columns[f.source]
+        if not parse_transform(f.transform).can_transform(t):
+            fits = [s.split("[")[0] for s in _TRANSFORMS if parse_transform(s).can_transform(t)]
+            raise ConfigError(
+                f"table {table}: target.partition_by: {f.function}() cannot partition column {f.source!r} of type "
+                f"{t}; for this column use one of: {', '.join(fits) or 'none (partition by another column)'}"
+            )
+        if f.name != f.source and f.name in names:
+            raise ConfigError(
+                f"table {table}: target.partition_by: the partition field {f.name!r} of {f.transform}({f.source}) "
+                f"has the name of a column; rename the column or partition otherwise"
+            )
+

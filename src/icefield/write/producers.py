@@ -3,9 +3,14 @@
 ``MergeOverwrite`` is pyiceberg's copy-on-write overwrite plus the conflict check Iceberg's Java API
 calls ``validateNoConflictingData``: when another writer committed data files that may hold the merged
 keys since the merge was planned, the commit fails with ``ValidationException`` instead of silently
-keeping both versions of a key. pyiceberg already refuses when a file this commit removes was removed
-by someone else. Together they make concurrent merges serializable: the loser replans on the new
-snapshot or fails loudly, and no update is lost.
+keeping both versions of a key. It also fails when a file this commit removes was removed by someone
+else, or got a new delete file (another engine's merge-on-read ``DELETE``, ``UPDATE`` or ``MERGE``).
+Together they make concurrent merges serializable: the loser replans on the new snapshot or fails
+loudly, and no update is lost.
+
+Every check looks at each snapshot committed between the operation's base (the snapshot it planned on)
+and the branch's head at commit time, whoever wrote it (:func:`validate_no_new_deletes` says why this
+matters for deletes).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pyiceberg.manifest import (
+    INITIAL_SEQUENCE_NUMBER,
     DataFileContent,
     ManifestContent,
     ManifestEntry,
@@ -20,11 +26,51 @@ from pyiceberg.manifest import (
     ManifestWriterV2,
 )
 from pyiceberg.table.update.snapshot import _OverwriteFiles  # pinned pyiceberg==0.12.0
-from pyiceberg.table.update.validate import _validate_added_data_files
+from pyiceberg.table.update.validate import _validate_added_data_files, _validate_data_files_exist
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from pyiceberg.expressions import BooleanExpression
-    from pyiceberg.table import Transaction
+    from pyiceberg.table import Table, Transaction
+    from pyiceberg.table.update.snapshot import CommitWindow
+
+EQUALITY_IDS_FIELD_ID = 135  # data_file.equality_ids in Iceberg's manifest schema
+
+
+def validate_no_new_deletes(table: Table, window: CommitWindow, data_files: Iterable[Any]) -> None:
+    """Raise ``ValidationException`` when a delete file committed after ``window.base`` (in any snapshot up
+    to ``window.head``, by any writer) applies to one of ``data_files``: a commit that replaces such a
+    file with a rewrite of the rows it read at the base would bring the deleted rows back.
+
+    As Iceberg's Java ``MergingSnapshotProducer.validateNoNewDeletesForDataFiles``, the deletes that count
+    are those with a sequence number after the *base* snapshot's. pyiceberg 0.12 compares with the head's,
+    so a delete followed by any other commit (an insert, another delete) escapes its check. A position
+    delete applies to a data file when it may name its path (its bounds) in its partition; an equality
+    delete when it is in the file's partition or unpartitioned (global)."""
+    from pyiceberg.exceptions import ValidationException
+    from pyiceberg.table.update.validate import _added_delete_files
+
+    files = [f for f in data_files if f.content == DataFileContent.DATA]
+    if table.format_version < 2 or window.head is None or not files:
+        return
+    added = _added_delete_files(table, window.head, None, None, window.base)
+    if added.is_empty():
+        return
+    base_seq = (window.base.sequence_number if window.base is not None else None) or INITIAL_SEQUENCE_NUMBER
+    specs = table.specs()
+    global_deletes = {
+        d for d in added.referenced_delete_files()
+        if d.content == DataFileContent.EQUALITY_DELETES and (spec := specs.get(d.spec_id)) is not None and spec.is_unpartitioned()
+    }
+    for f in files:
+        found = added.for_data_file(base_seq + 1, f, f.partition) | global_deletes
+        if found:
+            raise ValidationException(
+                f"Cannot commit, found new delete for replaced data file {f.file_path}: "
+                f"{', '.join(sorted(d.file_path for d in found))} (committed since snapshot "
+                f"{window.base.snapshot_id if window.base is not None else None})"
+            )
 
 
 class MergeOverwrite(_OverwriteFiles):
@@ -33,11 +79,38 @@ class MergeOverwrite(_OverwriteFiles):
     conflict_filter: BooleanExpression | None = None
 
     def _validate_concurrency(self) -> None:
-        super()._validate_concurrency()
+        """Check this commit against every snapshot since its base (pyiceberg's own check of new deletes
+        for the removed files misses some, see :func:`validate_no_new_deletes`, so it is not called)."""
         window = self._commit_window
-        if self.conflict_filter is None or window is None or window.is_empty() or window.head is None:
+        if window is None or window.is_empty() or window.head is None:
             return
-        _validate_added_data_files(self._transaction._table, window.head, self.conflict_filter, window.base)
+        self._validate_window(self._transaction._table, window)
+
+    def _validate_window(self, table: Table, window: CommitWindow) -> None:
+        """The checks of a merge: no data file added meanwhile that may hold the merged keys (any added data
+        file under serializable isolation, the default of the table property pyiceberg reads for these
+        commits, ``write.delete.isolation-level``); every data file removed here still in the table, and
+        without new deletes."""
+        from pyiceberg.expressions import AlwaysFalse
+        from pyiceberg.table.snapshots import IsolationLevel
+
+        head = window.head
+        assert head is not None  # an empty window is not validated
+        serializable = table.metadata.isolation_level(self._isolation_operation) == IsolationLevel.SERIALIZABLE
+        if serializable or self.conflict_filter is not None:
+            _validate_added_data_files(table, head, None if serializable else self.conflict_filter, window.base)
+        if self._predicate != AlwaysFalse():  # rows removed by a filter (icefield names its files instead)
+            from pyiceberg.table.update.validate import (
+                _validate_deleted_data_files,
+                _validate_no_new_delete_files,
+            )
+
+            _validate_no_new_delete_files(table, head, self._predicate, None, window.base)
+            _validate_deleted_data_files(table, head, self._predicate, window.base)
+        removed = {f for f in self._deleted_data_files if f.content == DataFileContent.DATA}
+        if removed:
+            _validate_data_files_exist(table, head, removed, window.base)
+            validate_no_new_deletes(table, window, removed)
 
 
 def merge_overwrite(
@@ -78,14 +151,10 @@ class RowDelta(MergeOverwrite):
 
     referenced: set[Any]
 
-    def _validate_concurrency(self) -> None:
-        from pyiceberg.table.update.validate import _validate_data_files_exist
-
-        super()._validate_concurrency()
-        window = self._commit_window
-        if not self.referenced or window is None or window.is_empty() or window.head is None:
-            return
-        _validate_data_files_exist(self._transaction._table, window.head, self.referenced, window.base)
+    def _validate_window(self, table: Table, window: CommitWindow) -> None:
+        super()._validate_window(table, window)
+        if self.referenced and window.head is not None:
+            _validate_data_files_exist(table, window.head, self.referenced, window.base)
 
     def _deleted_entries(self) -> list[Any]:
         from pyiceberg.exceptions import ValidationException
@@ -174,23 +243,14 @@ class RowDelta(MergeOverwrite):
 class Rewrite(RowDelta):
     """A compaction's commit (operation ``replace``: no row changes): removes data files and their delete
     files and adds the rewritten files. Concurrent appends do not conflict; it fails when a file it
-    removes was removed meanwhile, or got new deletes (Iceberg's ``RewriteFiles`` validation), since
-    either change would be lost."""
+    removes was removed meanwhile, or got new deletes in any snapshot since the compaction planned
+    (Iceberg's ``RewriteFiles`` validation), since either change would be lost."""
 
-    def _validate_concurrency(self) -> None:
-        from pyiceberg.table.update.validate import (
-            _validate_data_files_exist,
-            _validate_no_new_deletes_for_data_files,
-        )
-
-        window = self._commit_window
-        if window is None or window.is_empty() or window.head is None:
-            return
-        table = self._transaction._table
-        removed = set(self._deleted_data_files)
-        _validate_data_files_exist(table, window.head, removed, window.base)
-        data = {f for f in removed if f.content == DataFileContent.DATA}
-        _validate_no_new_deletes_for_data_files(table, window.head, None, data, window.base)
+    def _validate_window(self, table: Table, window: CommitWindow) -> None:
+        removed = {f for f in self._deleted_data_files if f.content == DataFileContent.DATA}
+        if window.head is not None:
+            _validate_data_files_exist(table, window.head, removed, window.base)
+            validate_no_new_deletes(table, window, removed)
 
     def _summary(self, snapshot_properties: dict[str, str] | None = None) -> Any:
         from pyiceberg.table.snapshots import Operation, Summary
@@ -216,10 +276,27 @@ def _restamped(entry: Any, status: Any, snapshot_id: int | None) -> Any:
 
 
 class _DeleteManifestWriter(ManifestWriterV2):
-    """pyiceberg's v2 manifest writer for delete files (content ``deletes``)."""
+    """pyiceberg's v2 manifest writer for delete files (content ``deletes``). ``equality_ids`` is written as
+    the spec's ``list<int>``: pyiceberg 0.12 writes ``list<long>``, which Java's reader cannot load
+    (``ClassCastException``) once a rewritten manifest carries an equality delete file of another engine."""
 
     def content(self) -> ManifestContent:
         return ManifestContent.DELETES
+
+    def _with_partition(self, format_version: Any) -> Any:
+        from pyiceberg.schema import Schema
+        from pyiceberg.types import IntegerType, ListType, NestedField, StructType
+
+        def fixed(field: Any) -> Any:
+            if field.field_id == EQUALITY_IDS_FIELD_ID:
+                t = field.field_type
+                return NestedField(field.field_id, field.name, ListType(t.element_id, IntegerType(), t.element_required), field.required, field.doc)
+            if isinstance(field.field_type, StructType):
+                return NestedField(field.field_id, field.name, StructType(*[fixed(f) for f in field.field_type.fields]), field.required, field.doc)
+            return field
+
+        schema = super()._with_partition(format_version)
+        return Schema(*[fixed(f) for f in schema.fields], schema_id=schema.schema_id)
 
     @property
     def _meta(self) -> dict[str, str]:

@@ -7,9 +7,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.columns import constant, row_numbers
+from icefield.columns import constant, internal, row_numbers
 
 __all__ = ["dedupe_latest", "newer_mask", "newer_than", "split_deletes"]
+
+_POS = internal("pos")  # a working column: no column of the data can be named so
 
 
 def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | None) -> pa.Table:
@@ -19,15 +21,15 @@ def dedupe_latest(data: pa.Table, keys: list[str], order_by: str | list[str] | N
         return data
     order = [order_by] if isinstance(order_by, str) else list(order_by or [])
     pos = row_numbers(data.num_rows)
-    work = data.append_column("__pos", pos)
+    work = data.append_column(_POS, pos)
     if order:
         # A version without an order_by value is older than any with one.
-        work = work.sort_by([*((c, "ascending", "at_start") for c in order), ("__pos", "ascending")])
-        work = work.set_column(work.schema.get_field_index("__pos"), "__pos", row_numbers(work.num_rows))
-    last = work.group_by(keys, use_threads=False).aggregate([("__pos", "max")])
-    picked = pc.sort_indices(last.column("__pos_max"))
-    idx = pc.take(last.column("__pos_max"), picked)
-    return work.take(idx).drop(["__pos"])
+        work = work.sort_by([*((c, "ascending", "at_start") for c in order), (_POS, "ascending")])
+        work = work.set_column(work.schema.get_field_index(_POS), _POS, row_numbers(work.num_rows))
+    last = work.group_by(keys, use_threads=False).aggregate([(_POS, "max")])
+    picked = pc.sort_indices(last.column(_POS + "_max"))
+    idx = pc.take(last.column(_POS + "_max"), picked)
+    return work.take(idx).drop([_POS])
 
 
 def newer_mask(new: list[pa.ChunkedArray | pa.Array], old: list[pa.ChunkedArray | pa.Array]) -> pa.ChunkedArray | pa.Array:
