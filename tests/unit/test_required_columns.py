@@ -134,8 +134,9 @@ def test_a_null_key_is_refused_with_the_fix_and_nothing_is_written(tmp_path: Pat
 
     assert res.exit_code == 1, (res.stdout, res.stderr)
     assert "Traceback" not in res.stderr
-    docs = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
-    errors = [d["error"] for d in docs if d.get("status") == "error"]
+    (doc,) = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]  # one document
+    docs = [doc]
+    errors = [d["error"] for d in docs if d.get("status") == "failed" and d.get("error")]
     assert errors and "column 'id': long not null -> long: widening (now optional): REFUSED" in errors[0], docs
     assert "WHERE id IS NOT NULL" in errors[0]
     table = _table(root)
