@@ -46,10 +46,6 @@ _current: Output | None = None
 """The Output of the command being run, for the last-resort handler of :func:`main`."""
 
 
-def _exit_code(e: IcefieldError) -> int:
-    return e.exit_code
-
-
 def internal_error_message(e: BaseException) -> str:
     """The one line an unexpected exception (a bug) is reported with."""
     return (
