@@ -246,9 +246,9 @@ def test_two_runs_started_together_land_every_row_once_and_the_second_says_why_i
     for p, (out, err) in zip(procs, outs, strict=True):
         assert "Traceback" not in err
         if p.returncode == 75:
-            doc = json.loads(out.strip().splitlines()[-1])
-            assert doc["status"] in ("error", "failed"), doc
-            assert "is being written by run" in out and "LeaseHeldError" in out
+            doc = json.loads(out)  # one document
+            assert doc["status"] == "failed" and doc["type"] == "LeaseHeldError", doc
+            assert "is being written by run" in doc["error"] and "read and wrote nothing" in doc["error"]
     table = open_catalog_of(root).load_table("raw.events")
     got = ids(table)
     assert len(got) == 40_000 and len(set(got)) == 40_000

@@ -289,7 +289,7 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
         w.writerow(names)
         for row in rows:
             w.writerow([_json_default(v) if v is not None and not isinstance(v, (int, float, str)) else v for v in row])
-        sys.stdout.write(buf.getvalue())
+        out.write(buf.getvalue())
     else:
         out.table(None, names, rows)
         if result.num_rows > limit:
