@@ -166,3 +166,17 @@ def test_a_project_path_that_needs_escaping_keeps_its_warehouse_inside(make_proj
         fs, path = pafs.FileSystem.from_uri(location)
         assert Path(path).resolve().is_relative_to(root.resolve()), location
     assert all(pafs.FileSystem.from_uri(f)[0].get_file_info(pafs.FileSystem.from_uri(f)[1]).is_file for f in seen["files"])
+
+
+def test_a_catalog_whose_driver_is_missing_names_the_package_to_install(tmp_path: Path) -> None:
+    """F19: a `mysql://` catalog said `pip install icefield[postgres]` (and Rich swallowed `[postgres]`)."""
+    from click.testing import CliRunner
+
+    from icefield.cli import cli
+
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "icefield.yaml").write_text("name: p\ncatalog: {uri: 'mysql://u:pw@127.0.0.1:1/lake'}\n")
+    res = CliRunner().invoke(cli, ["--project", str(root), "tables"])
+    assert res.exit_code == 2, res.output
+    assert "pip install mysqlclient" in res.output and "postgres" not in res.output

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icefield.config.secrets import redact, resolve
-from icefield.errors import ConfigError, MissingDependencyError, TransientError
+from icefield.errors import ConfigError, MissingDependencyError, TransientError, driver_install_hint
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -144,9 +144,8 @@ def sql_catalog(name: str, uri: str, warehouse: str, **props: str) -> Catalog:
     try:
         catalog = _sql_catalog(SqlCatalog, name, uri, warehouse, props)
     except ModuleNotFoundError as e:
-        raise MissingDependencyError(
-            f"the catalog URI needs the database driver {e.name!r}: run `pip install icefield[postgres]`"
-        ) from e
+        hint = "pip install 'icefield[postgres]'" if (e.name or "").startswith("psycopg2") else driver_install_hint(e.name)
+        raise MissingDependencyError(f"the catalog URI needs the database driver {e.name!r}: run `{hint}`") from e
     except Exception as e:  # SQLAlchemy raises many types for a bad URL or an unreachable server
         # Not chained: the driver's exception holds the URL, password included.
         raise _open_error(uri, e) from None
