@@ -274,7 +274,7 @@ DECODED: dict[str, tuple[pa.DataType, Any]] = {
     "raw": (pa.binary(), b"\x00\xffbytes"),
     "amount": (pa.decimal128(10, 2), D("-12345678.90")),
     "huge": (pa.string(), "123456789012345678901234567890123456789012.34567"),
-    "vnum": (pa.decimal128(38, 5), D("3.14159")),
+    "vnum": (pa.decimal128(38, 18), D("3.14159")),
     "day": (pa.date32(), dt.date(1969, 7, 20)),
     "ts_ms": (pa.timestamp("us"), WHEN.replace(microsecond=654000)),
     "ts_us": (pa.timestamp("us"), WHEN),

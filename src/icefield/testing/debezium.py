@@ -24,7 +24,8 @@ EPOCH = dt.datetime(1970, 1, 1)
 
 @dataclass(frozen=True)
 class Column:
-    """A PostgreSQL column as Debezium describes it: the Connect type, the logical name and parameters."""
+    """A PostgreSQL column as Debezium describes it: the Connect type, the logical name and parameters,
+    and the column's default (encoded as its values are; None: no default)."""
 
     name: str
     type: str
@@ -33,6 +34,7 @@ class Column:
     optional: bool = True
     items: dict[str, Any] | None = None
     fields: list[dict[str, Any]] | None = None
+    default: Any = None
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type}
@@ -46,6 +48,8 @@ class Column:
             out["version"] = 1
         if self.parameters:
             out["parameters"] = self.parameters
+        if self.default is not None:
+            out["default"] = self.default
         out["field"] = self.name
         return out
 
