@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import decimal
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from icefield.ingest.debezium_unchanged import UNAVAILABLE_VALUE
+from icefield.ingest.debezium_codec import UNAVAILABLE_VALUE
 from icefield.testing.debezium import Column, DebeziumTable, encode_variable_decimal, variable_decimal_column
 
 D = decimal.Decimal
@@ -200,6 +201,16 @@ def test_the_placeholder_is_a_value_like_any_other_outside_updates(lake: Any) ->
 # ------------------------------------------------------------------ ADD COLUMN ... DEFAULT
 
 
+@dataclass(frozen=True)
+class Defaulted(Column):
+    """A column with the default the connector puts in its schema (encoded as its values are)."""
+
+    given: Any = None
+
+    def schema(self) -> dict[str, Any]:
+        return {**super().schema(), "default": self.given}
+
+
 def added(columns: list[Column]) -> DebeziumTable:
     return DebeziumTable("users", columns)
 
@@ -207,9 +218,9 @@ def added(columns: list[Column]) -> DebeziumTable:
 BASE = [Column("id", "int32", optional=False), Column("name", "string")]
 WITH_DEFAULTS = [
     *BASE,
-    Column("c_added", "string", default="dflt"),
-    Column("c_added_int", "int32", optional=False, default=42),
-    Column("c_added_date", "int32", "io.debezium.time.Date", default=18294),
+    Defaulted("c_added", "string", given="dflt"),  # ADD COLUMN c_added text DEFAULT 'dflt'
+    Defaulted("c_added_int", "int32", optional=False, given=42),  # ADD COLUMN c_added_int integer NOT NULL DEFAULT 42
+    Defaulted("c_added_date", "int32", "io.debezium.time.Date", given=18294),  # ... date DEFAULT '2020-02-02'
     Column("c_plain", "string"),
 ]
 

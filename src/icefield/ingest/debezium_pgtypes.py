@@ -45,7 +45,7 @@ _ALIASES = {
     "interval": ("interval",),
 }  # fmt: skip
 _CANONICAL = {alias: name for name, aliases in _ALIASES.items() for alias in aliases}
-_TYPE = re.compile(r"^\s*(?P<name>[a-z][a-z0-9 ]*?)\s*(?:\(\s*(?P<args>[0-9 ,]*)\))?(?P<rest>[a-z ]*?)\s*(?P<array>(\[\s*\])*)\s*$")
+_TYPE = re.compile(r"^\s*(?P<name>[a-z][a-z0-9 ]*)\s*(?:\(\s*(?P<args>[0-9 ,]*)\))?(?P<rest>[a-z ]*?)\s*(?P<array>(\[\s*\])*)\s*$")
 
 
 @dataclass(frozen=True)

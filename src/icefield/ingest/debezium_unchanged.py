@@ -8,7 +8,8 @@ as the connector writes them (``UnchangedToastedPlaceholder``):
 - text, varchar, json, jsonb, xml, enum...: the placeholder text;
 - bytea: the placeholder's bytes (base64 text in JSON, kept as text without the embedded schema);
 - text[], varchar[], json[], jsonb[]: a list of the placeholder text alone;
-- integer[], bigint[], date[]: a list of the placeholder's byte values (95, 95, 100, ...).
+- integer[], bigint[], date[]: a list of the placeholder's byte values (95, 95, 100, ...);
+- without the embedded schema, arrays are typed as JSON text: the text of those lists.
 
 The placeholder means "unchanged", so it is only looked for in updates (``op = u``) and in inserts
 (``op = c``: an UPDATE of the primary key comes as a delete of the old key and an insert of the new one,
@@ -23,6 +24,7 @@ was a real insert of that text). A batch without any placeholder gets no such co
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Collection
 
 import pyarrow as pa
@@ -32,8 +34,12 @@ UNAVAILABLE_VALUE = "__debezium_unavailable_value"
 UNCHANGED = "__unchanged"
 
 _BYTES = UNAVAILABLE_VALUE.encode()
-_TEXT_FORMS = pa.array([UNAVAILABLE_VALUE, base64.b64encode(_BYTES).decode()], pa.string())
 _BYTE_VALUES = list(_BYTES)
+# As text: the placeholder, and what a column typed as text from values alone (no embedded schema) holds
+# for bytea (base64) and arrays (their JSON text, as icefield.quality.coerce writes it).
+_TEXT_FORMS = pa.array(
+    [UNAVAILABLE_VALUE, base64.b64encode(_BYTES).decode(), json.dumps([UNAVAILABLE_VALUE]), json.dumps(_BYTE_VALUES)], pa.string()
+)
 _CHANGES = pa.array(["u", "c"], pa.string())
 
 

@@ -24,8 +24,7 @@ EPOCH = dt.datetime(1970, 1, 1)
 
 @dataclass(frozen=True)
 class Column:
-    """A PostgreSQL column as Debezium describes it: the Connect type, the logical name and parameters,
-    and the column's default (encoded as its values are; None: no default)."""
+    """A PostgreSQL column as Debezium describes it: the Connect type, the logical name and parameters."""
 
     name: str
     type: str
@@ -34,7 +33,6 @@ class Column:
     optional: bool = True
     items: dict[str, Any] | None = None
     fields: list[dict[str, Any]] | None = None
-    default: Any = None
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type}
@@ -48,8 +46,6 @@ class Column:
             out["version"] = 1
         if self.parameters:
             out["parameters"] = self.parameters
-        if self.default is not None:
-            out["default"] = self.default
         out["field"] = self.name
         return out
 
