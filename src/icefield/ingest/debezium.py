@@ -7,7 +7,16 @@ target merges them by key with ``keep_newest``: duplicates and late events never
 
 A truncate (``op = t``) splits the stream: the batch that holds it empties the table in its commit,
 then applies the events after it. Tombstones (null values after a delete) carry no row: they count as
-filtered. Undecodable events go to the quarantine with their raw text and coordinates.
+filtered. Undecodable events, and events with a value the column's type cannot hold, go to the
+quarantine with their raw text and coordinates.
+
+Types: the embedded schema types each column (:mod:`icefield.ingest.debezium_types`); an unconstrained
+``numeric`` takes the type ``source.numeric`` declares; events without the schema are typed by
+``source.columns`` (PostgreSQL types) and ``source.connector`` (the connector's encoding settings), else
+from their values. Two columns travel to the writer and never land: ``_cdc_unchanged`` names the
+unchanged TOAST values of each update (the merge takes the row's previous value,
+:mod:`icefield.write.unchanged`), ``_cdc_defaults`` the defaults of columns the table lacks (stored rows
+take them, :mod:`icefield.write.defaults`).
 
 Files are read as append-only logs in name order; the position is the byte offset reached in each
 file, so lines appended later are read by the next run. Write whole lines.
