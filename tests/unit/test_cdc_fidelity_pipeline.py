@@ -276,3 +276,14 @@ def test_a_key_change_split_over_two_batches_takes_the_old_key_s_last_stored_val
     result = lk.run("toast")
     assert result.conserved
     assert toast_rows(lk) == [expected(2, "t2"), {**expected(1, "t1"), "id": 100}]
+
+
+def test_a_placeholder_configured_in_the_connector_is_recognised(lake: Any) -> None:
+    lk = lake({"toast": pipeline("toast", connector={"unavailable.value.placeholder": "<unchanged>"})})
+    write(lk.root, "toast-0001.jsonl", [TOAST.value("r", after=full(1, "t1"), lsn=10, commit_lsn=None)])
+    lk.run("toast")
+    update = {"id": 1, "t": "upd", "big": "<unchanged>", "arr": ["<unchanged>"], "iarr": list(b"<unchanged>")}
+    write(lk.root, "toast-0002.jsonl", [TOAST.value("u", after=update, lsn=20, commit_lsn=25)])
+    lk.run("toast")
+    (row,) = toast_rows(lk)
+    assert (row["t"], row["big"], row["arr"], row["iarr"]) == ("upd", expected(1, "t1")["big"], expected(1, "t1")["arr"], expected(1, "t1")["iarr"])

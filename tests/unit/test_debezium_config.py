@@ -31,7 +31,7 @@ def test_defaults(make_project: Any) -> None:
     cfg = loaded(make_project)
     assert cfg.numeric.default == "decimal(38,18)" and cfg.numeric.columns == {}
     assert (cfg.connector.decimal_handling_mode, cfg.connector.time_precision_mode, cfg.connector.interval_handling_mode) == ("precise", "adaptive", "numeric")
-    assert cfg.columns == {}
+    assert cfg.columns == {} and cfg.connector.unavailable_value_placeholder == "__debezium_unavailable_value"
 
 
 def test_settings_are_read_as_the_connector_spells_them(make_project: Any) -> None:

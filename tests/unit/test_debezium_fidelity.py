@@ -307,3 +307,16 @@ def test_defaults_of_columns_the_table_lacks_are_handed_over_and_given_to_older_
     assert got.rows.column("__defaults").to_pylist() == [{"c": "dflt", "n": 42, "day": dt.date(2020, 2, 2)}] * 2
     again = decode_events(values, table_schema=got.rows.select(["id", "name", "c", "n", "day"]).schema)
     assert "__defaults" not in again.rows.column_names, "columns the table has get nothing"
+
+
+def test_both_decode_paths_name_the_same_unchanged_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = DebeziumTable("toast", with_schema=False)
+    values = [plain.value("r", after={"id": i, "t": f"t{i}", "big": "x" * i}, lsn=i, commit_lsn=None) for i in range(1, 30)]
+    values += [plain.value("u", after={"id": i, "t": "u", "big": UNAVAILABLE_VALUE}, lsn=100 + i, commit_lsn=200) for i in range(1, 5)]
+    assert codec._fast_decode(values, None, None, codec.DEFAULT_MAX_RECORD_BYTES, codec.DEFAULT_MAX_DEPTH) is not None, "a batch the fast path takes"
+    fast = decode_events(values)
+    with monkeypatch.context() as m:
+        m.setattr(codec, "_FAST", False)
+        slow = decode_events(values)
+    assert fast.rows.to_pylist() == slow.rows.to_pylist()
+    assert fast.rows.column("__unchanged").to_pylist() == [None] * 29 + [["big"]] * 4

@@ -189,13 +189,15 @@ class NumericConfig(_Model):
 class ConnectorConfig(_Model):
     """How the Debezium connector encodes values (its own settings, spelled as in its config). An event
     with the embedded schema says it itself; events without it (``value.converter.schemas.enable=false``)
-    are read as these settings and the ``columns`` of the source say."""
+    are read as these settings and the ``columns`` of the source say. ``unavailable.value.placeholder``
+    is what it sends for an unchanged TOASTed value, with or without the schema."""
 
     decimal_handling_mode: Literal["precise", "double", "string"] = Field("precise", alias="decimal.handling.mode")
     time_precision_mode: Literal["adaptive", "adaptive_time_microseconds", "connect", "isostring"] = Field(
         "adaptive", alias="time.precision.mode"
     )
     interval_handling_mode: Literal["numeric", "string"] = Field("numeric", alias="interval.handling.mode")
+    unavailable_value_placeholder: str = Field("__debezium_unavailable_value", alias="unavailable.value.placeholder", min_length=1)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

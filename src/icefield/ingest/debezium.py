@@ -267,6 +267,7 @@ def _type_options(cfg: DebeziumSourceConfig) -> TypeOptions:
         c.decimal_handling_mode,
         c.time_precision_mode,
         c.interval_handling_mode,
+        c.unavailable_value_placeholder,
     )
 
 

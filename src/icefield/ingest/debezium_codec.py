@@ -215,16 +215,16 @@ def decode_events(
             log.debug("debezium decode: the columnar path gave up (%s); decoding record by record", e)
             fast = None
         if fast is not None:
-            return _marked(fast)
+            return _marked(fast, types)
     decoder = _Decoder(keys, coords, table_schema, max_record_bytes, max_depth, types)
     for i, value in enumerate(values):
         decoder.event(i, value)
-    return _marked(decoder.finish(values))
+    return _marked(decoder.finish(values), types)
 
 
-def _marked(decoded: DecodedEvents) -> DecodedEvents:
+def _marked(decoded: DecodedEvents, types: TypeOptions) -> DecodedEvents:
     """``decoded`` with its unchanged TOAST values named in the column :data:`UNCHANGED`."""
-    decoded.rows = mark_unchanged(decoded.rows, OP, (*META_COLUMNS, DEFAULTS))
+    decoded.rows = mark_unchanged(decoded.rows, OP, (*META_COLUMNS, DEFAULTS), types.placeholder)
     return decoded
 
 

@@ -125,6 +125,7 @@ class TypeOptions:
 
     numeric: NumericTypes = field(default_factory=NumericTypes)
     declared: Mapping[str, FieldPlan] = field(default_factory=dict)
+    placeholder: str = "__debezium_unavailable_value"
 
     @classmethod
     def from_settings(
@@ -135,16 +136,18 @@ class TypeOptions:
         decimal_mode: str = "precise",
         time_mode: str = "adaptive",
         interval_mode: str = "numeric",
+        placeholder: str = "__debezium_unavailable_value",
     ) -> TypeOptions:
-        """From a debezium source's ``numeric``, ``columns`` (PostgreSQL types) and ``connector`` settings.
-        Raises ValueError for a type name the config did not validate."""
+        """From a debezium source's ``numeric``, ``columns`` (PostgreSQL types) and ``connector`` settings
+        (``placeholder``: its ``unavailable.value.placeholder``). Raises ValueError for a type name the
+        config did not validate."""
         from icefield.ingest.debezium_pgtypes import field_schema, parse_postgres_type
 
         declared = {
             name: plan_field(field_schema(parse_postgres_type(t), decimal_mode, time_mode, interval_mode))
             for name, t in (columns or {}).items()
         }
-        return cls(NumericTypes.parse(numeric_default, numeric_columns or {}), declared)
+        return cls(NumericTypes.parse(numeric_default, numeric_columns or {}), declared, placeholder)
 
     def numeric_type(self, name: str, table_type: pa.DataType | None) -> pa.DataType:
         """The type of unconstrained numeric column ``name``: the one configured for it, else the type the

@@ -31,21 +31,33 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 UNAVAILABLE_VALUE = "__debezium_unavailable_value"
+"""The connector's default ``unavailable.value.placeholder``."""
 UNCHANGED = "__unchanged"
 
-_BYTES = UNAVAILABLE_VALUE.encode()
-_BYTE_VALUES = list(_BYTES)
-# As text: the placeholder, and what a column typed as text from values alone (no embedded schema) holds
-# for bytea (base64) and arrays (their JSON text, as icefield.quality.coerce writes it).
-_TEXT_FORMS = pa.array(
-    [UNAVAILABLE_VALUE, base64.b64encode(_BYTES).decode(), json.dumps([UNAVAILABLE_VALUE]), json.dumps(_BYTE_VALUES)], pa.string()
-)
 _CHANGES = pa.array(["u", "c"], pa.string())
 
 
-def mark_unchanged(rows: pa.Table, op_column: str, skip: Collection[str] = ()) -> pa.Table:
+class _Forms:
+    """The forms a placeholder takes: as text, the placeholder itself and what a column typed as text
+    from values alone (no embedded schema) holds for bytea (base64) and arrays (their JSON text, as
+    icefield.quality.coerce writes it); its bytes; its bytes as numbers."""
+
+    def __init__(self, placeholder: str) -> None:
+        self.text = placeholder
+        self.bytes = placeholder.encode()
+        self.numbers = list(self.bytes)
+        forms = [placeholder, base64.b64encode(self.bytes).decode(), json.dumps([placeholder]), json.dumps(self.numbers)]
+        self.texts = pa.array(forms, pa.string())
+
+
+_DEFAULT_FORMS = _Forms(UNAVAILABLE_VALUE)
+
+
+def mark_unchanged(rows: pa.Table, op_column: str, skip: Collection[str] = (), placeholder: str = UNAVAILABLE_VALUE) -> pa.Table:
     """``rows`` with the column :data:`UNCHANGED` naming, for each update or insert, its columns (but
-    ``skip``) that hold the unchanged-TOAST placeholder; ``rows`` itself when none holds one."""
+    ``skip``) that hold the unchanged-TOAST ``placeholder`` (the connector's
+    ``unavailable.value.placeholder``); ``rows`` itself when none holds one."""
+    forms = _DEFAULT_FORMS if placeholder == UNAVAILABLE_VALUE else _Forms(placeholder)
     if not rows.num_rows or op_column not in rows.column_names:
         return rows
     updates = pc.is_in(rows.column(op_column), value_set=_CHANGES)
@@ -55,7 +67,7 @@ def mark_unchanged(rows: pa.Table, op_column: str, skip: Collection[str] = ()) -
     for name in rows.column_names:
         if name in skip or name == op_column:
             continue
-        found = _placeholders(rows.column(name).combine_chunks())
+        found = _placeholders(rows.column(name).combine_chunks(), forms)
         if found is None:
             continue
         found = pc.and_(pc.fill_null(found, False), updates)
@@ -74,14 +86,14 @@ def mark_unchanged(rows: pa.Table, op_column: str, skip: Collection[str] = ()) -
     return rows.append_column(UNCHANGED, pa.array(names, pa.list_(pa.string())))
 
 
-def _placeholders(col: pa.Array) -> pa.Array | None:
+def _placeholders(col: pa.Array, forms: _Forms) -> pa.Array | None:
     """True where ``col`` holds the placeholder in the form the connector gives its type; None for a
     type that never holds one."""
     t = col.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return pc.is_in(col, value_set=_TEXT_FORMS.cast(t))
+        return pc.is_in(col, value_set=forms.texts.cast(t))
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return pc.equal(col, pa.scalar(_BYTES, t))
+        return pc.equal(col, pa.scalar(forms.bytes, t))
     if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
         return None
     item = t.value_type
@@ -90,19 +102,19 @@ def _placeholders(col: pa.Array) -> pa.Array | None:
     if not (text or numbers):
         return None
     lengths = pc.list_value_length(col)
-    candidates = pc.fill_null(pc.equal(lengths, 1 if text else len(_BYTE_VALUES)), False)
+    candidates = pc.fill_null(pc.equal(lengths, 1 if text else len(forms.numbers)), False)
     if not pc.any(candidates).as_py():
         return candidates
     if text:  # a list of one element: that element is the placeholder
-        firsts = pc.list_element(pc.if_else(candidates, col, pa.scalar([UNAVAILABLE_VALUE], t)), 0)
-        return pc.and_(candidates, pc.is_in(firsts, value_set=_TEXT_FORMS.slice(0, 1).cast(item)))
+        firsts = pc.list_element(pc.if_else(candidates, col, pa.scalar([forms.text], t)), 0)
+        return pc.and_(candidates, pc.is_in(firsts, value_set=forms.texts.slice(0, 1).cast(item)))
     out = [False] * len(col)
     where = pc.indices_nonzero(candidates)
     values = col.take(where)
     if pa.types.is_date32(item):
         values = values.cast(pa.list_(pa.int32()))
     for i, v in zip(where.to_pylist(), values.to_pylist(), strict=True):
-        out[i] = v == _BYTE_VALUES
+        out[i] = v == forms.numbers
     return pa.array(out, pa.bool_())
 
 
