@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.connect]
 
 D = decimal.Decimal
 TABLES = ["typ", "comp", "toast", "nv", "trunc"]
-KEYS = {"typ": ["id"], "comp": ["a", "b", "c"], "toast": ["id"], "nv": ["id"], "trunc": ["id"]}
+KEYS = {"typ": ["id"], "comp": ["a", "b", "c"], "toast": ["id"], "nv": ["id"], "trunc": ["id"], "modes": ["id"]}
 
 DDL = """
 CREATE TYPE mood AS ENUM ('happy', 'sad', 'ünï');
@@ -371,4 +371,99 @@ def test_every_postgresql_type_lands_as_postgresql_has_it(pg_url: str, debezium_
         assert len(via_sql) == len(via_pyiceberg)
         for s, p in zip(via_sql, via_pyiceberg, strict=True):
             assert same_json(s, p), f"{t}: icefield sql {s} != pyiceberg {p}"
+    engine.dispose()
+
+
+# ------------------------------------------------------------------ other connector settings
+
+MODES_DDL = (
+    "CREATE TABLE modes (id integer PRIMARY KEY, amount numeric(10,2), n numeric, d date, t time(3), ts timestamp(3),"
+    " tstz timestamptz, i interval)"
+)
+MODES_ROWS = (
+    "INSERT INTO modes VALUES (1, 12.50, 0.000001, '2000-02-29', '23:59:59.999', '1999-12-31 23:59:59.999', '2024-03-10 01:59:59 America/New_York', '1 year 2 mons 3 days 04:05:06.789'),"
+    " (2, -0.01, 12345.6, '0001-01-01', '00:00:00', '0001-01-01 00:00:00', '0001-01-01 00:00:00+00', '-1 mons'),"
+    " (3, NULL, 'NaN', NULL, NULL, NULL, NULL, NULL)"
+)
+DECLARED = {"amount": "numeric(10,2)", "n": "numeric", "d": "date", "t": "time(3)", "ts": "timestamp(3)", "tstz": "timestamptz", "i": "interval"}
+D1 = {"amount": D("12.50"), "n": D("0.000001"), "d": dt.date(2000, 2, 29), "t": dt.time(23, 59, 59, 999000), "ts": dt.datetime(1999, 12, 31, 23, 59, 59, 999000),
+      "tstz": dt.datetime(2024, 3, 10, 6, 59, 59, tzinfo=dt.UTC)}  # fmt: skip
+D2 = {"amount": D("-0.01"), "n": D("12345.6"), "d": dt.date(1, 1, 1), "t": dt.time(0, 0), "ts": dt.datetime(1, 1, 1), "tstz": dt.datetime(1, 1, 1, tzinfo=dt.UTC)}
+INTERVAL_1 = 37_091_106_789_000  # 1 year 2 mons 3 days 04:05:06.789 with the connector's 30.4375-day months
+
+
+@pytest.mark.parametrize(
+    ("config", "source", "expected", "quarantined"),
+    [
+        pytest.param(
+            {"decimal.handling.mode": "string", "time.precision.mode": "isostring", "interval.handling.mode": "string"},
+            {},
+            {1: {**D1, "amount": "12.50", "n": "0.000001", "i": "P1Y2M3DT4H5M6.789S"}, 2: {**D2, "amount": "-0.01", "n": "12345.6", "i": "P0Y-1M0DT0H0M0S"},
+             3: {"amount": None, "n": "NAN", "d": None, "t": None, "ts": None, "tstz": None, "i": None}},
+            set(),
+            id="schema, string decimals, isostring times, string intervals",
+        ),
+        pytest.param(
+            {"value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": "false"},
+            {"columns": DECLARED},
+            {1: {**D1, "i": INTERVAL_1}, 2: {**D2, "i": -2_629_800_000_000}, 3: dict.fromkeys(D1) | {"i": None}},
+            set(),
+            id="no schema, precise decimals, declared types",
+        ),
+        pytest.param(
+            {"value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": "false",
+             "decimal.handling.mode": "string", "time.precision.mode": "connect"},
+            {"columns": DECLARED, "connector": {"decimal.handling.mode": "string", "time.precision.mode": "connect"}},
+            {1: {**D1, "i": INTERVAL_1}, 2: {**D2, "i": -2_629_800_000_000}},
+            {3},  # numeric NaN, sent as 'NAN' text, cannot be a decimal
+            id="no schema, string decimals, connect times, declared types",
+        ),
+    ],
+)  # fmt: skip
+def test_connector_settings_are_respected_with_and_without_the_schema(
+    pg_url: str, debezium_capture: Any, kafka_server: Any, tmp_path: Path, config: dict[str, str], source: dict[str, Any], expected: dict[int, dict[str, Any]], quarantined: set[int]
+) -> None:
+    import sqlalchemy as sa
+
+    from icefield.catalog import open_catalog
+    from icefield.config import load_project
+    from icefield.errors import SourceError
+    from icefield.pipeline import run_pipeline
+
+    engine = sa.create_engine(pg_url)
+    run_sql(engine, MODES_DDL, MODES_ROWS)
+    topics = debezium_capture(pg_url, ["public.modes"], **config)
+    root = tmp_path / "proj"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "modes"}))
+    pipe = {
+        "name": "modes_cdc",
+        "source": {"type": "debezium", "topic": topics["public.modes"], "bootstrap_servers": kafka_server.bootstrap_servers, "max_wait_seconds": 1, **source},
+        "target": {"table": "cdc.modes", "keys": ["id"]},
+    }
+    (root / "pipelines" / "modes_cdc.yaml").write_text(yaml.safe_dump(pipe))
+    project = load_project(root, env={})
+    catalog = open_catalog(project)
+    deadline = time.monotonic() + 120
+    landed: dict[int, dict[str, Any]] = {}
+    while time.monotonic() < deadline:
+        try:
+            result = run_pipeline(project, "modes_cdc", catalog)
+            assert result.status == "success" and result.conserved, result.to_dict()
+        except SourceError as e:
+            if "does not exist" not in str(e):
+                raise
+        rows = lake_rows(catalog, "modes", ["id", *DECLARED]) or []
+        landed = {r.pop("id"): r for r in rows}
+        if len(landed) + len(quarantined) >= 3:
+            break
+        time.sleep(1.0)
+    assert landed == expected
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        bad = catalog.load_table("cdc.modes__quarantine").scan().to_arrow().to_pylist()
+    except NoSuchTableError:
+        bad = []
+    assert {json.loads(r["raw"])["after"]["id"] for r in bad} == quarantined
     engine.dispose()
