@@ -222,11 +222,14 @@ WITH_DEFAULTS = [
     Defaulted("c_added_int", "int32", optional=False, given=42),  # ADD COLUMN c_added_int integer NOT NULL DEFAULT 42
     Defaulted("c_added_date", "int32", "io.debezium.time.Date", given=18294),  # ... date DEFAULT '2020-02-02'
     Column("c_plain", "string"),
+    # ADD COLUMN c_added_at timestamptz DEFAULT now(): the connector cannot evaluate now() and writes the epoch.
+    Defaulted("c_added_at", "string", "io.debezium.time.ZonedTimestamp", given="1970-01-01T00:00:00.000000Z"),
 ]
 
 
 def users(lk: Any) -> list[tuple[Any, ...]]:
-    return [(r["id"], r["name"], r.get("c_added"), r.get("c_added_int"), r.get("c_added_date"), r.get("c_plain")) for r in lk.rows("cdc.users", "id")]
+    rows = lk.rows("cdc.users", "id")
+    return [(r["id"], r["name"], r.get("c_added"), r.get("c_added_int"), r.get("c_added_date"), r.get("c_plain"), r.get("c_added_at")) for r in rows]
 
 
 def test_rows_that_existed_when_a_column_was_added_with_a_default_get_it(lake: Any) -> None:
@@ -242,18 +245,18 @@ def test_rows_that_existed_when_a_column_was_added_with_a_default_get_it(lake: A
         "users-0002.jsonl",
         [
             old.value("u", after={"id": 2, "name": "before the alter"}, lsn=20, commit_lsn=21),
-            new.value("c", after={"id": 4, "name": "after", "c_added": "mine", "c_added_int": 7, "c_added_date": None, "c_plain": "p"}, lsn=30, commit_lsn=31),
-            new.value("u", after={"id": 3, "name": "u3 again", "c_added": "dflt", "c_added_int": 42, "c_added_date": 18294, "c_plain": None}, lsn=40, commit_lsn=41),
+            new.value("c", after={"id": 4, "name": "after", "c_added": "mine", "c_added_int": 7, "c_added_date": None, "c_plain": "p", "c_added_at": None}, lsn=30, commit_lsn=31),
+            new.value("u", after={"id": 3, "name": "u3 again", "c_added": "dflt", "c_added_int": 42, "c_added_date": 18294, "c_plain": None, "c_added_at": "2026-01-01T00:00:00Z"}, lsn=40, commit_lsn=41),
         ],
     )
     result = lk.run("users")
     assert result.conserved and result.status == "success"
-    day = dt.date(2020, 2, 2)
+    day, at = dt.date(2020, 2, 2), dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     assert users(lk) == [
-        (1, "u1", "dflt", 42, day, None),
-        (2, "before the alter", "dflt", 42, day, None),
-        (3, "u3 again", "dflt", 42, day, None),
-        (4, "after", "mine", 7, None, "p"),
+        (1, "u1", "dflt", 42, day, None, None),  # now()'s value is unknown: NULL, not the epoch
+        (2, "before the alter", "dflt", 42, day, None, None),
+        (3, "u3 again", "dflt", 42, day, None, at),
+        (4, "after", "mine", 7, None, "p", None),
     ]
     table = lk.table("cdc.users")
     assert "_cdc_defaults" not in table.schema().column_names and "_cdc_unchanged" not in table.schema().column_names
@@ -261,7 +264,7 @@ def test_rows_that_existed_when_a_column_was_added_with_a_default_get_it(lake: A
     # A later batch with the same schema gives nothing again (nor would ALTER COLUMN ... SET DEFAULT).
     write(lk.root, "users-0003.jsonl", [new.value("u", after={"id": 1, "name": "u1b", "c_added": None, "c_added_int": 42, "c_added_date": None, "c_plain": None}, lsn=50, commit_lsn=51)])
     lk.run("users")
-    assert users(lk)[0] == (1, "u1b", None, 42, None, None)
+    assert users(lk)[0] == (1, "u1b", None, 42, None, None, None)
     assert lk.snapshot_count("cdc.users") == snapshots + 1, "one commit: the batch's"
 
 
@@ -287,3 +290,19 @@ def test_a_placeholder_configured_in_the_connector_is_recognised(lake: Any) -> N
     lk.run("toast")
     (row,) = toast_rows(lk)
     assert (row["t"], row["big"], row["arr"], row["iarr"]) == ("upd", expected(1, "t1")["big"], expected(1, "t1")["arr"], expected(1, "t1")["iarr"])
+
+
+def test_unchanged_values_of_a_composite_key_come_from_that_key_s_row(lake: Any) -> None:
+    import datetime as dt
+
+    columns = [Column("day", "int32", "io.debezium.time.Date", optional=False), Column("k", "string", optional=False), Column("big", "string")]
+    table = DebeziumTable("comp", columns, key=("day", "k"))
+    target = {"table": "cdc.comp", "keys": ["day", "k"]}
+    lk = lake({"comp": {"source": {"type": "debezium", "path": "cdc/comp-*.jsonl"}, "target": target}})
+    rows = [{"day": d, "k": k, "big": f"{d}-{k} " * 500} for d in (0, 1) for k in ("a", "b")]
+    write(lk.root, "comp-0001.jsonl", [table.value("r", after=r, lsn=10 + i, commit_lsn=None) for i, r in enumerate(rows)])
+    lk.run("comp")
+    write(lk.root, "comp-0002.jsonl", [table.value("u", after={"day": 1, "k": "a", "big": UNAVAILABLE_VALUE}, lsn=20, commit_lsn=25)])
+    lk.run("comp")
+    got = {(r["day"], r["k"]): r["big"] for r in lk.rows("cdc.comp", "day", "k")}
+    assert got[(dt.date(1970, 1, 2), "a")] == "1-a " * 500

@@ -56,6 +56,7 @@ from icefield.ingest.debezium_types import (
     TypeOptions,
     common_type,
     convert_column,
+    default_stands_in,
     is_variable_decimal,
     plan_struct,
     widens_to,
@@ -577,6 +578,16 @@ class _Decoder:
                 continue
             for name, plan in schema.fields.items():
                 if not plan.has_default:
+                    continue
+                if default_stands_in(plan):
+                    if not self.has_table or name in self.table_types:
+                        continue
+                    note = (
+                        f"column {name!r}: the schema's default {describe(plan.default)} is what the connector writes for a "
+                        "default computed by a function (now(), gen_random_uuid()...); rows from before the column was added are left NULL"
+                    )
+                    if note not in self.notes:
+                        self.notes.append(note)
                     continue
                 held = out.get(name)
                 if held is None or positions[0] < held[1]:

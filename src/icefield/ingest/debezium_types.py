@@ -247,6 +247,23 @@ def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
     raise SchemaPlanError(f"unknown Connect type {describe(ctype)}")
 
 
+_EPOCH_TEXT = re.compile(r"^(1970-01-01(T00:00:00(\.0+)?)?|00:00(:00(\.0+)?)?)Z?$", re.ASCII)
+_ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def default_stands_in(plan: FieldPlan) -> bool:
+    """Whether the schema's default of a date, time, timestamp or uuid column is the value the connector
+    writes in place of a default it cannot evaluate (``now()``, ``gen_random_uuid()``...: the epoch, the
+    zero UUID) rather than a value PostgreSQL gave the rows. It cannot tell ``0``, ``''`` or ``false``
+    from the stand-ins of other types; those are taken as they are."""
+    d = plan.default
+    if plan.kind in ("date", "ts", "time"):
+        return d == 0
+    if plan.kind in ("zts", "isodate", "isotime", "isots"):
+        return isinstance(d, str) and bool(_EPOCH_TEXT.match(d))
+    return plan.label == "io.debezium.data.Uuid" and d == _ZERO_UUID
+
+
 def _decimal_params(params: Any, unconstrained: bool = False) -> tuple[int, int]:
     """``(precision, scale)`` of Decimal parameters: a scale alone (``money``) has a precision of 38;
     with ``unconstrained``, neither (numeric text without a declared precision) is ``(0, 0)``."""

@@ -146,12 +146,9 @@ def _key_filter(keys: list[str], wanted: set[Any]) -> Any:
     firsts = {k[0] for k in wanted if k[0] is not None}
     if not firsts:
         return AlwaysTrue()
-    try:
-        if len(firsts) <= IN_LIST_LIMIT:
-            return In(keys[0], firsts)  # type: ignore[call-arg,arg-type]
-        return And(GreaterThanOrEqual(keys[0], min(firsts)), LessThanOrEqual(keys[0], max(firsts)))  # type: ignore[call-arg,arg-type]
-    except (TypeError, ValueError):  # a key type pyiceberg cannot bind from Python values: read all
-        return AlwaysTrue()
+    if len(firsts) <= IN_LIST_LIMIT:
+        return In(keys[0], firsts)  # type: ignore[call-arg,arg-type]
+    return And(GreaterThanOrEqual(keys[0], min(firsts)), LessThanOrEqual(keys[0], max(firsts)))  # type: ignore[call-arg,arg-type]
 
 
 def _stored_rows(table: Table | None, wanted: set[Any], keys: list[str], columns: list[str], snapshot_id: int | None = None) -> tuple[pa.Table | None, dict[Any, int]]:
@@ -163,7 +160,10 @@ def _stored_rows(table: Table | None, wanted: set[Any], keys: list[str], columns
     if not all(c in names for c in [*keys, *columns]):
         return None, {}
     fields = tuple(dict.fromkeys([*keys, *columns]))
-    rows = table.scan(row_filter=_key_filter(keys, wanted), selected_fields=fields, snapshot_id=snapshot_id).to_arrow()
+    try:
+        rows = table.scan(row_filter=_key_filter(keys, wanted), selected_fields=fields, snapshot_id=snapshot_id).to_arrow()
+    except (TypeError, ValueError):  # a key value pyiceberg cannot bind to the column's type: read all
+        rows = table.scan(selected_fields=fields, snapshot_id=snapshot_id).to_arrow()
     where: dict[Any, int] = {}
     for j, k in enumerate(zip(*(rows.column(c).to_pylist() for c in keys), strict=True)):
         if k in wanted:
