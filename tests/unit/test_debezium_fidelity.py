@@ -320,3 +320,16 @@ def test_both_decode_paths_name_the_same_unchanged_values(monkeypatch: pytest.Mo
         slow = decode_events(values)
     assert fast.rows.to_pylist() == slow.rows.to_pylist()
     assert fast.rows.column("__unchanged").to_pylist() == [None] * 29 + [["big"]] * 4
+
+
+@pytest.mark.parametrize("table_type", [None, pa.float32(), pa.float64()], ids=["inferred", "real", "double"])
+def test_without_the_schema_non_finite_floats_stay_and_the_largest_real_is_one_value(table_type: pa.DataType | None) -> None:
+    """JsonConverter writes NaN and the infinities as text; a double column quarantined them as 'not a
+    finite number' without the schema, and kept them with it."""
+    values = [PLAIN.value("c", after={"id": i, "r": v}, lsn=i + 1) for i, v in enumerate([1.5, "NaN", 3.4028235e38, "-Infinity", "Infinity"])]
+    schema = pa.schema([("id", pa.int64()), ("r", table_type)]) if table_type is not None else None
+    got = decode_events(values, table_schema=schema)
+    assert got.rejected == []
+    one, nan, top, minus, plus = got.rows.column("r").to_pylist()
+    assert one == 1.5 and nan != nan and minus == float("-inf") and plus == float("inf")
+    assert top == (FLT_MAX if table_type == pa.float32() else 3.4028235e38)

@@ -660,6 +660,10 @@ class _Decoder:
                 arr = _iso_timestamps(values, t, text)
             if arr is None and pa.types.is_float64(t) and all(type(v) is float for v in values if v is not None):
                 arr = pa.array(values, t)  # JSON numbers with a fraction: finite doubles already
+            if arr is None and pa.types.is_floating(t) and _numbers_or_non_finite(values):
+                # JsonConverter writes a real's or a double's NaN and infinities as "NaN", "Infinity", "-Infinity":
+                # values of the type, kept as with the schema.
+                arr = convert_column(name, FieldPlan("float", t, str(t)), values, local)
             if arr is None:
                 arr = convert_values(name, values, t, local)
         else:
@@ -746,6 +750,8 @@ def _infer(values: Sequence[Any]) -> tuple[pa.DataType, pa.Array | None]:
         return pa.int64(), None
     if kinds == {int, float} or kinds == {float}:
         return pa.float64(), None
+    if str in kinds and kinds & {int, float} and _numbers_or_non_finite(values):
+        return pa.float64(), None  # numbers beside JsonConverter's "NaN" and "Infinity": doubles
     if kinds == {bool}:
         return pa.bool_(), None
     if kinds == {str}:
@@ -759,6 +765,14 @@ def _infer(values: Sequence[Any]) -> tuple[pa.DataType, pa.Array | None]:
             return (pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")), arr
         return infer_type(values), arr
     return infer_type(values), None
+
+
+_NON_FINITE_TEXT = frozenset({"NaN", "Infinity", "-Infinity"})
+
+
+def _numbers_or_non_finite(values: Sequence[Any]) -> bool:
+    """Whether every value is a JSON number or JsonConverter's text of a non-finite double."""
+    return all(v is None or type(v) in (int, float) or (type(v) is str and v in _NON_FINITE_TEXT) for v in values)
 
 
 def _iso_timestamps(values: Sequence[Any], t: pa.DataType, text: pa.Array | None = None) -> pa.Array | None:
