@@ -405,7 +405,7 @@ INTERVAL_1 = 37_091_106_789_000  # 1 year 2 mons 3 days 04:05:06.789 with the co
         ),
         pytest.param(
             {"value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": "false"},
-            {"columns": DECLARED},
+            {"postgres_types": DECLARED},
             {1: {**D1, "i": INTERVAL_1}, 2: {**D2, "i": -2_629_800_000_000}, 3: dict.fromkeys(D1) | {"i": None}},
             set(),
             id="no schema, precise decimals, declared types",
@@ -413,7 +413,7 @@ INTERVAL_1 = 37_091_106_789_000  # 1 year 2 mons 3 days 04:05:06.789 with the co
         pytest.param(
             {"value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": "false",
              "decimal.handling.mode": "string", "time.precision.mode": "connect"},
-            {"columns": DECLARED, "connector": {"decimal.handling.mode": "string", "time.precision.mode": "connect"}},
+            {"postgres_types": DECLARED, "connector": {"decimal.handling.mode": "string", "time.precision.mode": "connect"}},
             {1: {**D1, "i": INTERVAL_1}, 2: {**D2, "i": -2_629_800_000_000}},
             {3},  # numeric NaN, sent as 'NAN' text, cannot be a decimal
             id="no schema, string decimals, connect times, declared types",

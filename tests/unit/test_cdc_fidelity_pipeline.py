@@ -306,3 +306,21 @@ def test_unchanged_values_of_a_composite_key_come_from_that_key_s_row(lake: Any)
     lk.run("comp")
     got = {(r["day"], r["k"]): r["big"] for r in lk.rows("cdc.comp", "day", "k")}
     assert got[(dt.date(1970, 1, 2), "a")] == "1-a " * 500
+
+
+def test_replaying_a_cdc_quarantine_is_refused_and_changes_nothing(lake: Any) -> None:
+    """A quarantined row of a debezium source is a whole change event: replay decoded it as a row of its
+    own and added its envelope ('schema', 'payload') to the table as columns."""
+    from icefield import ConfigError
+    from icefield.pipeline.replay import replay_quarantine
+
+    days = DebeziumTable("days", [Column("id", "int32", optional=False), Column("d", "int32", "io.debezium.time.Date")])
+    lk = lake({"days": pipeline("days")})
+    # PostgreSQL's date 'infinity' arrives as a number of days past the year 9999: quarantined.
+    write(lk.root, "days-0001.jsonl", [days.value("c", after={"id": 1, "d": 0}, lsn=10, commit_lsn=11), days.value("c", after={"id": 2, "d": 2_932_897}, lsn=12, commit_lsn=13)])
+    lk.run("days")
+    before = (lk.table("cdc.days").schema().column_names, lk.rows("cdc.days", "id"))
+    with pytest.raises(ConfigError, match="change events"):
+        replay_quarantine(lk.project(), "cdc.days", lk.catalog)
+    assert (lk.table("cdc.days").schema().column_names, lk.rows("cdc.days", "id")) == before
+    assert len(lk.rows("cdc.days__quarantine", "raw")) == 1, "the event stays in the quarantine"

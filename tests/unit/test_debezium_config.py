@@ -31,7 +31,7 @@ def test_defaults(make_project: Any) -> None:
     cfg = loaded(make_project)
     assert cfg.numeric.default == "decimal(38,18)" and cfg.numeric.columns == {}
     assert (cfg.connector.decimal_handling_mode, cfg.connector.time_precision_mode, cfg.connector.interval_handling_mode) == ("precise", "adaptive", "numeric")
-    assert cfg.columns == {} and cfg.connector.unavailable_value_placeholder == "__debezium_unavailable_value"
+    assert cfg.postgres_types == {} and cfg.connector.unavailable_value_placeholder == "__debezium_unavailable_value"
 
 
 def test_settings_are_read_as_the_connector_spells_them(make_project: Any) -> None:
@@ -39,7 +39,7 @@ def test_settings_are_read_as_the_connector_spells_them(make_project: Any) -> No
         make_project,
         numeric={"default": "String", "columns": {"ratio": "DECIMAL( 20 , 4 )"}},
         connector={"decimal.handling.mode": "string", "time.precision.mode": "connect", "interval.handling.mode": "string"},
-        columns={"amount": "numeric(10,2)", "at": "timestamp(3) with time zone", "tags": "text[]"},
+        postgres_types={"amount": "numeric(10,2)", "at": "timestamp(3) with time zone", "tags": "text[]"},
     )
     assert cfg.numeric.default == "string" and cfg.numeric.columns == {"ratio": "decimal(20,4)"}
     assert (cfg.connector.decimal_handling_mode, cfg.connector.time_precision_mode) == ("string", "connect")
@@ -54,9 +54,9 @@ def test_settings_are_read_as_the_connector_spells_them(make_project: Any) -> No
         ({"numeric": {"defualt": "string"}}, ["defualt"]),
         ({"connector": {"decimal.handling.mode": "exact"}}, ["decimal.handling.mode", "'precise', 'double' or 'string'"]),
         ({"connector": {"binary.handling.mode": "hex"}}, ["binary.handling.mode"]),
-        ({"columns": {"amount": "money(2)x"}}, ["amount", "money(2)x"]),
-        ({"columns": {"blob": "blob"}}, ["blob", "not one icefield knows", "bytea"]),
-        ({"columns": {"at": "timestamp(9)"}}, ["at", "from 0 to 6"]),
+        ({"postgres_types": {"amount": "money(2)x"}}, ["amount", "money(2)x"]),
+        ({"postgres_types": {"blob": "blob"}}, ["blob", "not one icefield knows", "bytea"]),
+        ({"postgres_types": {"at": "timestamp(9)"}}, ["at", "from 0 to 6"]),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key_the_value_and_the_fix(make_project: Any, settings: dict[str, Any], expected: list[str]) -> None:

@@ -189,7 +189,7 @@ class NumericConfig(_Model):
 class ConnectorConfig(_Model):
     """How the Debezium connector encodes values (its own settings, spelled as in its config). An event
     with the embedded schema says it itself; events without it (``value.converter.schemas.enable=false``)
-    are read as these settings and the ``columns`` of the source say. ``unavailable.value.placeholder``
+    are read as these settings and the source's ``postgres_types`` say. ``unavailable.value.placeholder``
     is what it sends for an unchanged TOASTed value, with or without the schema."""
 
     decimal_handling_mode: Literal["precise", "double", "string"] = Field("precise", alias="decimal.handling.mode")
@@ -207,8 +207,8 @@ class DebeziumSourceConfig(_Model):
     ``topic``. Rows land with their version columns ``_cdc_commit_lsn``, ``_cdc_lsn`` (the event's
     ``source.sequence``), ``_cdc_op`` and ``_cdc_ts_ms``; the target merges by key, newest version wins.
 
-    ``numeric`` types unconstrained ``numeric`` columns; ``connector`` and ``columns`` (the PostgreSQL type
-    of each column, ``numeric(10,2)``, ``timestamp(3)``, ``text[]``...) type events that carry no schema."""
+    ``numeric`` types unconstrained ``numeric`` columns; ``connector`` and ``postgres_types`` (the PostgreSQL
+    type of columns, ``numeric(10,2)``, ``timestamp(3)``, ``text[]``...) type events that carry no schema."""
 
     type: Literal["debezium"]
     path: str | None = None
@@ -221,13 +221,13 @@ class DebeziumSourceConfig(_Model):
     max_record_bytes: int = Field(16 << 20, gt=0)
     numeric: NumericConfig = Field(default_factory=NumericConfig)
     connector: ConnectorConfig = Field(default_factory=lambda: ConnectorConfig.model_validate({}))
-    columns: dict[str, str] = Field(default_factory=dict)
+    postgres_types: dict[str, str] = Field(default_factory=dict)
 
     @property
     def topic_names(self) -> list[str]:
         return [self.topic] if self.topic is not None else []
 
-    @field_validator("columns")
+    @field_validator("postgres_types")
     @classmethod
     def _postgres_types(cls, v: dict[str, str]) -> dict[str, str]:
         from icefield.ingest.debezium_pgtypes import parse_postgres_type

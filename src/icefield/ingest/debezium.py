@@ -12,7 +12,7 @@ quarantine with their raw text and coordinates.
 
 Types: the embedded schema types each column (:mod:`icefield.ingest.debezium_types`); an unconstrained
 ``numeric`` takes the type ``source.numeric`` declares; events without the schema are typed by
-``source.columns`` (PostgreSQL types) and ``source.connector`` (the connector's encoding settings), else
+``source.postgres_types`` and ``source.connector`` (the connector's encoding settings), else
 from their values. Two columns travel to the writer and never land: ``_cdc_unchanged`` names the
 unchanged TOAST values of each update (the merge takes the row's previous value,
 :mod:`icefield.write.unchanged`), ``_cdc_defaults`` the defaults of columns the table lacks (stored rows
@@ -263,7 +263,7 @@ def _type_options(cfg: DebeziumSourceConfig) -> TypeOptions:
     return TypeOptions.from_settings(
         cfg.numeric.default,
         cfg.numeric.columns,
-        cfg.columns,
+        cfg.postgres_types,
         c.decimal_handling_mode,
         c.time_precision_mode,
         c.interval_handling_mode,

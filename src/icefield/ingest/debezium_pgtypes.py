@@ -3,7 +3,7 @@
 An event written with ``value.converter.schemas.enable=false`` carries bare JSON values: a ``date`` is a
 number of days, a ``numeric(10,2)`` base64 bytes or text or a double (``decimal.handling.mode``), a
 ``timestamp(3)`` milliseconds or microseconds (``time.precision.mode``). Given a column's PostgreSQL type
-(``source.columns``) and the connector's settings (``source.connector``), :func:`field_schema` returns
+(``source.postgres_types``) and the connector's settings (``source.connector``), :func:`field_schema` returns
 the Connect field schema the connector would have embedded, so those events are typed exactly as events
 with the schema are (:func:`icefield.ingest.debezium_types.plan_field`).
 """

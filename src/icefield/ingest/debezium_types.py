@@ -138,7 +138,7 @@ class TypeOptions:
         interval_mode: str = "numeric",
         placeholder: str = "__debezium_unavailable_value",
     ) -> TypeOptions:
-        """From a debezium source's ``numeric``, ``columns`` (PostgreSQL types) and ``connector`` settings
+        """From a debezium source's ``numeric``, ``postgres_types`` (as ``columns``) and ``connector`` settings
         (``placeholder``: its ``unavailable.value.placeholder``). Raises ValueError for a type name the
         config did not validate."""
         from icefield.ingest.debezium_pgtypes import field_schema, parse_postgres_type
