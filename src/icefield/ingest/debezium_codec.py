@@ -111,8 +111,8 @@ class Truncate:
 class DecodedEvents:
     """What :func:`decode_events` made of its input.
 
-    ``rows``: the table's columns, then :data:`META_COLUMNS`, one row per ``c``/``u``/``r``/``d`` event in
-    input order. ``truncates``, ``tombstones`` and ``rejected`` account for the other inputs;
+    ``rows``: the table's columns, then :data:`META_COLUMNS`, then :data:`DEFAULTS` and :data:`UNCHANGED`
+    when there are any, one row per ``c``/``u``/``r``/``d`` event in input order. ``truncates``, ``tombstones`` and ``rejected`` account for the other inputs;
     ``rejected_indices[k]`` is the input index of ``rejected[k]``. ``key_columns`` are the field names of
     the first decodable message key (empty without keys). ``notes`` say where a column's type was decided
     from the data or the schemas disagreed (also logged).
