@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     capture.add_argument("--prefix", default=None, help="topic prefix (default: the database name)")
     capture.add_argument("--name", default=None, help="connector name (default: <prefix>-cdc)")
     capture.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until it runs (120)")
+    capture.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a connector setting to add or override, e.g. --set interval.handling.mode=string (repeatable)",
+    )
     return parser
 
 
@@ -63,11 +71,18 @@ def _capture(args: argparse.Namespace) -> None:
     prefix = args.prefix or args.database
     name = args.name or f"{prefix}-cdc"
     slot = name.replace("-", "_").replace(".", "_")
+    overrides = {}
+    for setting in args.settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            raise StackError(f"--set {setting!r}: give KEY=VALUE, e.g. --set interval.handling.mode=string")
+        overrides[key.strip()] = value
     config = debezium_postgres_config(
         pg.connection_info(args.database),  # type: ignore[attr-defined]
         args.tables,
         topic_prefix=prefix,
         slot_name=slot,
+        **overrides,
     )
     connect.register_connector(name, config, timeout=args.timeout)  # type: ignore[attr-defined]
     print(f"connector {name}: RUNNING (slot {slot})")

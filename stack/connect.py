@@ -327,8 +327,10 @@ def debezium_postgres_config(
     ``connection`` holds ``host``, ``port``, ``user``, ``password`` and ``dbname`` (see
     :meth:`stack.postgres.Postgres.connection_info`). Uses the built-in ``pgoutput`` plugin, the
     replication slot ``slot_name`` and a publication (default ``<slot_name>_pub``) created for just
-    these tables. Change events go to the topics ``<topic_prefix>.<schema>.<table>``. ``overrides``
-    are added last (for example ``snapshot_mode="no_data"`` as ``**{"snapshot.mode": "no_data"}``).
+    these tables. Change events go to the topics ``<topic_prefix>.<schema>.<table>``. TRUNCATE is
+    captured (``skipped.operations=none``; Debezium skips it by default, and a table whose truncate is
+    skipped keeps rows PostgreSQL no longer has). ``overrides`` are added last (for example
+    ``snapshot_mode="no_data"`` as ``**{"snapshot.mode": "no_data"}``).
     """
     if not tables:
         raise StackError("give at least one table (schema.table) to capture")
@@ -346,6 +348,7 @@ def debezium_postgres_config(
         "publication.name": publication_name or f"{slot_name}_pub",
         "publication.autocreate.mode": "filtered",
         "table.include.list": ",".join(tables),
+        "skipped.operations": "none",
     }
     config.update(overrides)
     return {k: str(v) for k, v in config.items()}

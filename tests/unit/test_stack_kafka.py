@@ -10,6 +10,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stack import SERVICES, Connect, Kafka, get_service
@@ -172,3 +173,38 @@ def test_debezium_config_captures_only_the_given_tables() -> None:
     assert cfg["database.port"] == "5432" and cfg["snapshot.mode"] == "no_data"
     with pytest.raises(StackError, match="at least one table"):
         debezium_postgres_config(conn, [], topic_prefix="app", slot_name="s1")
+
+
+def test_debezium_config_captures_truncates_unless_told_otherwise() -> None:
+    """D5: Debezium skips TRUNCATE by default (skipped.operations=t), so a truncated table kept its rows."""
+    conn = {"host": "127.0.0.1", "port": 5432, "user": "u", "password": "p", "dbname": "app"}
+    assert debezium_postgres_config(conn, ["public.t"], topic_prefix="app", slot_name="s1")["skipped.operations"] == "none"
+    cfg = debezium_postgres_config(conn, ["public.t"], topic_prefix="app", slot_name="s1", **{"skipped.operations": "t"})
+    assert cfg["skipped.operations"] == "t"
+
+
+def test_stack_capture_registers_a_connector_that_captures_truncates_with_the_settings_given(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import stack.__main__ as cli
+
+    registered: list[tuple[str, dict[str, str]]] = []
+
+    class Running:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def status(self) -> Any:
+            return type("S", (), {"running": True})()
+
+        def connection_info(self, dbname: str) -> dict[str, Any]:
+            return {"host": "127.0.0.1", "port": 55432, "user": "icefield", "password": "icefield", "dbname": dbname}
+
+        def register_connector(self, name: str, config: dict[str, str], timeout: float) -> None:
+            registered.append((name, config))
+
+    monkeypatch.setattr(cli, "get_service", lambda name, **kw: Running(name))
+    assert cli.main(["capture", "shop", "public.orders", "--set", "interval.handling.mode=string", "--set", "decimal.handling.mode=string"]) == 0
+    ((name, config),) = registered
+    assert name == "shop-cdc" and config["skipped.operations"] == "none" and config["table.include.list"] == "public.orders"
+    assert config["interval.handling.mode"] == "string" and config["decimal.handling.mode"] == "string"
+    assert cli.main(["capture", "shop", "public.orders", "--set", "nonsense"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err

@@ -186,12 +186,84 @@ CDC_LSN = "_cdc_lsn"
 CDC_OP = "_cdc_op"
 CDC_TS_MS = "_cdc_ts_ms"
 CDC_DELETED = "_cdc_deleted"
+# Columns a debezium batch carries to the writer and that never land in the table: the columns of each
+# row whose value is PostgreSQL's unchanged TOAST placeholder (the merge takes the stored value), and the
+# defaults the embedded schema gives columns the table lacks (the writer gives them to the existing rows).
+CDC_UNCHANGED = "_cdc_unchanged"
+CDC_DEFAULTS = "_cdc_defaults"
+CDC_CONTROL_COLUMNS = frozenset({CDC_UNCHANGED, CDC_DEFAULTS})
+
+NUMERIC_DEFAULT = "decimal(38,18)"
+_NUMERIC_TYPE = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+
+
+def numeric_type_name(value: str) -> str:
+    """The canonical spelling of a type for unconstrained ``numeric`` columns: ``string`` or
+    ``decimal(P,S)`` with 1 <= P <= 38 and 0 <= S <= P. Raises ValueError naming the value and the fix."""
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text == "string":
+        return "string"
+    m = _NUMERIC_TYPE.match(text) if isinstance(text, str) else None
+    if m:
+        p, s = int(m.group(1)), int(m.group(2))
+        if 1 <= p <= 38 and 0 <= s <= p:
+            return f"decimal({p},{s})"
+    raise ValueError(
+        f"numeric type {value!r} is not one icefield stores unconstrained numeric as: use 'string' (PostgreSQL's "
+        "text, any value) or 'decimal(P,S)' with 1 <= P <= 38 and 0 <= S <= P (values that do not fit are quarantined)"
+    )
+
+
+class NumericConfig(_Model):
+    """The Iceberg type of PostgreSQL ``numeric`` columns declared without a precision (Debezium's
+    ``VariableScaleDecimal``, whose every value has its own scale). ``default`` applies to every such
+    column a table does not already have, ``columns`` names a type per column. A value that does not fit
+    the declared decimal goes to the quarantine with its raw event; ``string`` keeps PostgreSQL's text of
+    every value."""
+
+    default: str = NUMERIC_DEFAULT
+    columns: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("default")
+    @classmethod
+    def _default_type(cls, v: str) -> str:
+        return numeric_type_name(v)
+
+    @field_validator("columns")
+    @classmethod
+    def _column_types(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for name, t in v.items():
+            try:
+                out[name] = numeric_type_name(t)
+            except ValueError as e:
+                raise ValueError(f"column {name!r}: {e}") from None
+        return out
+
+
+class ConnectorConfig(_Model):
+    """How the Debezium connector encodes values (its own settings, spelled as in its config). An event
+    with the embedded schema says it itself; events without it (``value.converter.schemas.enable=false``)
+    are read as these settings and the source's ``postgres_types`` say. ``unavailable.value.placeholder``
+    is what it sends for an unchanged TOASTed value, with or without the schema."""
+
+    decimal_handling_mode: Literal["precise", "double", "string"] = Field("precise", alias="decimal.handling.mode")
+    time_precision_mode: Literal["adaptive", "adaptive_time_microseconds", "connect", "isostring"] = Field(
+        "adaptive", alias="time.precision.mode"
+    )
+    interval_handling_mode: Literal["numeric", "string"] = Field("numeric", alias="interval.handling.mode")
+    unavailable_value_placeholder: str = Field("__debezium_unavailable_value", alias="unavailable.value.placeholder", min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class DebeziumSourceConfig(_Model):
     """Debezium change events (PostgreSQL connector), from JSON Lines files (``path``) or a Kafka
     ``topic``. Rows land with their version columns ``_cdc_commit_lsn``, ``_cdc_lsn`` (the event's
-    ``source.sequence``), ``_cdc_op`` and ``_cdc_ts_ms``; the target merges by key, newest version wins."""
+    ``source.sequence``), ``_cdc_op`` and ``_cdc_ts_ms``; the target merges by key, newest version wins.
+
+    ``numeric`` types unconstrained ``numeric`` columns; ``connector`` and ``postgres_types`` (the PostgreSQL
+    type of columns, ``numeric(10,2)``, ``timestamp(3)``, ``text[]``...) type events that carry no schema."""
 
     type: Literal["debezium"]
     path: str | None = None
@@ -202,10 +274,25 @@ class DebeziumSourceConfig(_Model):
     max_wait_seconds: float = Field(5.0, gt=0)
     properties: dict[str, str] = Field(default_factory=dict)
     max_record_bytes: int = Field(16 << 20, gt=0)
+    numeric: NumericConfig = Field(default_factory=NumericConfig)
+    connector: ConnectorConfig = Field(default_factory=lambda: ConnectorConfig.model_validate({}))
+    postgres_types: dict[str, str] = Field(default_factory=dict)
 
     @property
     def topic_names(self) -> list[str]:
         return [self.topic] if self.topic is not None else []
+
+    @field_validator("postgres_types")
+    @classmethod
+    def _postgres_types(cls, v: dict[str, str]) -> dict[str, str]:
+        from icefield.ingest.debezium_pgtypes import parse_postgres_type
+
+        for name, t in v.items():
+            try:
+                parse_postgres_type(t)
+            except ValueError as e:  # reported by pydantic with the field's path
+                raise ValueError(f"column {name!r}: {e}") from None
+        return v
 
     @model_validator(mode="after")
     def _path_or_topic(self) -> DebeziumSourceConfig:

@@ -7,7 +7,16 @@ target merges them by key with ``keep_newest``: duplicates and late events never
 
 A truncate (``op = t``) splits the stream: the batch that holds it empties the table in its commit,
 then applies the events after it. Tombstones (null values after a delete) carry no row: they count as
-filtered. Undecodable events go to the quarantine with their raw text and coordinates.
+filtered. Undecodable events, and events with a value the column's type cannot hold, go to the
+quarantine with their raw text and coordinates.
+
+Types: the embedded schema types each column (:mod:`icefield.ingest.debezium_types`); an unconstrained
+``numeric`` takes the type ``source.numeric`` declares; events without the schema are typed by
+``source.postgres_types`` and ``source.connector`` (the connector's encoding settings), else
+from their values. Two columns travel to the writer and never land: ``_cdc_unchanged`` names the
+unchanged TOAST values of each update (the merge takes the row's previous value,
+:mod:`icefield.write.unchanged`), ``_cdc_defaults`` the defaults of columns the table lacks (stored rows
+take them, :mod:`icefield.write.defaults`).
 
 Files are read as append-only logs in name order; the position is the byte offset reached in each
 file, so lines appended later are read by the next run. Write whole lines.
@@ -26,10 +35,13 @@ import pyarrow.compute as pc
 
 from icefield.config.models import (
     CDC_COMMIT_LSN,
+    CDC_CONTROL_COLUMNS,
+    CDC_DEFAULTS,
     CDC_DELETED,
     CDC_LSN,
     CDC_OP,
     CDC_TS_MS,
+    CDC_UNCHANGED,
     DebeziumSourceConfig,
 )
 from icefield.errors import ConfigError
@@ -46,11 +58,19 @@ from icefield.ingest import (
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
     from icefield.ingest.debezium_codec import DecodedEvents
+    from icefield.ingest.debezium_types import TypeOptions
     from icefield.ingest.kafka import MessageBatch
 
 log = logging.getLogger(__name__)
 
-META = {"__seq_commit": CDC_COMMIT_LSN, "__seq_lsn": CDC_LSN, "__op": CDC_OP, "__ts_ms": CDC_TS_MS}
+META = {
+    "__seq_commit": CDC_COMMIT_LSN,
+    "__seq_lsn": CDC_LSN,
+    "__op": CDC_OP,
+    "__ts_ms": CDC_TS_MS,
+    "__unchanged": CDC_UNCHANGED,
+    "__defaults": CDC_DEFAULTS,
+}
 DROPPED_META = ("__index", "__txid")
 
 
@@ -64,6 +84,7 @@ class DebeziumSource(Source):
         self.root = project.root
         self.batch_size = batch_size
         self.read_ahead = project.config.read_ahead > 0
+        self.types = _type_options(self.cfg)
         self._reader: Any = None
         self._stopping = threading.Event()
         if pipeline.target.mode == "merge" and not pipeline.target.keys:
@@ -178,7 +199,9 @@ class DebeziumSource(Source):
     ) -> SourceBatch:
         from icefield.ingest.debezium_codec import decode_events, escape_raw
 
-        decoded = decode_events(values, keys, coords=coords, table_schema=_user_schema(schema), max_record_bytes=self.cfg.max_record_bytes)
+        decoded = decode_events(
+            values, keys, coords=coords, table_schema=_user_schema(schema), max_record_bytes=self.cfg.max_record_bytes, types=self.types
+        )
         data, filtered, truncate_at = to_rows(decoded)
         idx = data.column("__index").to_pylist()
         data = data.drop([c for c in DROPPED_META if c in data.column_names])
@@ -229,8 +252,23 @@ def to_rows(decoded: DecodedEvents) -> tuple[pa.Table, int, list[int] | None]:
 def _user_schema(schema: pa.Schema | None) -> pa.Schema | None:
     if schema is None:
         return None
-    meta = set(META.values()) | {CDC_DELETED}
+    meta = set(META.values()) | {CDC_DELETED} | CDC_CONTROL_COLUMNS
     return pa.schema([f for f in schema if f.name not in meta])
+
+
+def _type_options(cfg: DebeziumSourceConfig) -> TypeOptions:
+    from icefield.ingest.debezium_types import TypeOptions
+
+    c = cfg.connector
+    return TypeOptions.from_settings(
+        cfg.numeric.default,
+        cfg.numeric.columns,
+        cfg.postgres_types,
+        c.decimal_handling_mode,
+        c.time_precision_mode,
+        c.interval_handling_mode,
+        c.unavailable_value_placeholder,
+    )
 
 
 def _files_key(spans: dict[str, tuple[int, int]]) -> str:

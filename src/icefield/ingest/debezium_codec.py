@@ -27,7 +27,8 @@ prefix has only its payload parsed. Columns are then built column-wise (see ``de
 
 What this module does not do: the merge (deletes, truncates, dedupe by sequence), and filling
 PostgreSQL's unchanged TOAST values, which Debezium sends as the placeholder
-:data:`UNAVAILABLE_VALUE` in updates of tables without ``REPLICA IDENTITY FULL``.
+:data:`UNAVAILABLE_VALUE` in updates of tables without ``REPLICA IDENTITY FULL``: they are only marked
+(column :data:`UNCHANGED`), and the writer takes the stored value (:mod:`icefield.write.unchanged`).
 """
 
 from __future__ import annotations
@@ -49,13 +50,20 @@ import pyarrow.compute as pc
 from icefield.ingest import Rejected
 from icefield.ingest.debezium_types import (
     MIN_TS_US,
+    VARIABLE_SCALE_DECIMAL,
     FieldPlan,
     SchemaPlanError,
+    TypeOptions,
     common_type,
     convert_column,
+    default_stands_in,
+    is_variable_decimal,
     plan_struct,
     widens_to,
 )
+from icefield.ingest.debezium_unchanged import UNAVAILABLE_VALUE as UNAVAILABLE_VALUE
+from icefield.ingest.debezium_unchanged import UNCHANGED as UNCHANGED
+from icefield.ingest.debezium_unchanged import mark_unchanged
 from icefield.quality.coerce import _TS as ISO_TIMESTAMP
 from icefield.quality.coerce import convert_values, describe, infer_type
 
@@ -73,7 +81,10 @@ META_SCHEMA = pa.schema(
 )
 ROW_OPS = frozenset({"c", "u", "r", "d"})
 OPS = ROW_OPS | {"t"}
-UNAVAILABLE_VALUE = "__debezium_unavailable_value"
+DEFAULTS = "__defaults"
+"""A struct column of the defaults the embedded schema gives columns the table lacks (on every row), only
+when there are any; the writer gives them to the rows the table already holds."""
+_VARIABLE_PLAN = FieldPlan("vdecimal", pa.decimal128(38, 18), VARIABLE_SCALE_DECIMAL)
 
 DEFAULT_MAX_RECORD_BYTES = 8 << 20
 DEFAULT_MAX_DEPTH = 64
@@ -100,8 +111,8 @@ class Truncate:
 class DecodedEvents:
     """What :func:`decode_events` made of its input.
 
-    ``rows``: the table's columns, then :data:`META_COLUMNS`, one row per ``c``/``u``/``r``/``d`` event in
-    input order. ``truncates``, ``tombstones`` and ``rejected`` account for the other inputs;
+    ``rows``: the table's columns, then :data:`META_COLUMNS`, then :data:`DEFAULTS` and :data:`UNCHANGED`
+    when there are any, one row per ``c``/``u``/``r``/``d`` event in input order. ``truncates``, ``tombstones`` and ``rejected`` account for the other inputs;
     ``rejected_indices[k]`` is the input index of ``rejected[k]``. ``key_columns`` are the field names of
     the first decodable message key (empty without keys). ``notes`` say where a column's type was decided
     from the data or the schemas disagreed (also logged).
@@ -170,6 +181,7 @@ def decode_events(
     table_schema: pa.Schema | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     max_depth: int = DEFAULT_MAX_DEPTH,
+    types: TypeOptions | None = None,
 ) -> DecodedEvents:
     """Decode Debezium change events; see the module docstring for the contract.
 
@@ -177,7 +189,15 @@ def decode_events(
     its key). ``coords`` name each input in rejections (default ``"event <i>"``). ``table_schema`` is the
     target table's Arrow schema: events without an embedded schema are typed as the table expects
     (strictly: ``"12abc"`` never becomes 12), and embedded types that widen losslessly to the table's are
-    cast to it. Records over ``max_record_bytes`` or nested deeper than ``max_depth`` are rejected.
+    cast to it. ``types`` declares the type of unconstrained numeric columns and the PostgreSQL types of
+    columns of events without the embedded schema. Records over ``max_record_bytes`` or nested deeper than
+    ``max_depth`` are rejected.
+
+    Unchanged TOAST values (:data:`UNAVAILABLE_VALUE` in an update, in any of the forms the connector
+    gives it) are kept as they came and named in the column :data:`UNCHANGED` (see
+    :mod:`icefield.ingest.debezium_unchanged`); the defaults the embedded schema gives columns that
+    ``table_schema`` lacks are in the column :data:`DEFAULTS`, and rows of an older schema in the batch
+    take them.
 
     Raises only for programming errors (a value that is not bytes, str or None; mismatched lengths).
     """
@@ -186,20 +206,27 @@ def decode_events(
         raise ValueError(f"decode_events: {len(keys)} keys for {n} values; pass one key per value or none")
     if coords is not None and len(coords) != n:
         raise ValueError(f"decode_events: {len(coords)} coordinates for {n} values")
+    types = types or TypeOptions()
     if _FAST:
         try:
-            fast = _fast_decode(values, keys, table_schema, max_record_bytes, max_depth)
+            fast = _fast_decode(values, keys, table_schema, max_record_bytes, max_depth, types)
         # pyarrow built an array it cannot read back, or kept a field name that is not UTF-8 (only its
         # string values are validated): decode record by record, which rejects such records by name.
         except (pa.ArrowException, UnicodeDecodeError) as e:
             log.debug("debezium decode: the columnar path gave up (%s); decoding record by record", e)
             fast = None
         if fast is not None:
-            return fast
-    decoder = _Decoder(keys, coords, table_schema, max_record_bytes, max_depth)
+            return _marked(fast, types)
+    decoder = _Decoder(keys, coords, table_schema, max_record_bytes, max_depth, types)
     for i, value in enumerate(values):
         decoder.event(i, value)
-    return decoder.finish(values)
+    return _marked(decoder.finish(values), types)
+
+
+def _marked(decoded: DecodedEvents, types: TypeOptions) -> DecodedEvents:
+    """``decoded`` with its unchanged TOAST values named in the column :data:`UNCHANGED`."""
+    decoded.rows = mark_unchanged(decoded.rows, OP, (*META_COLUMNS, DEFAULTS), types.placeholder)
+    return decoded
 
 
 # ------------------------------------------------------------------ internals
@@ -240,12 +267,15 @@ class _Decoder:
         table_schema: pa.Schema | None,
         max_record_bytes: int,
         max_depth: int,
+        types: TypeOptions | None = None,
     ) -> None:
         self.keys = keys
         self.coords = coords
         self.table_types: dict[str, pa.DataType] = (
             {f.name: f.type for f in table_schema if f.name not in META_COLUMNS} if table_schema is not None else {}
         )
+        self.has_table = table_schema is not None
+        self.types = types or TypeOptions()
         self.max_bytes = max_record_bytes
         self.max_depth = max_depth
         self.prefixes: list[tuple[bytes, _Schema]] = []
@@ -511,12 +541,13 @@ class _Decoder:
             for p, row in enumerate(rows):
                 if name in row:
                     bad.setdefault(p, f"decode: column {name!r} collides with icefield's meta column of that name")
+        defaults = self._defaults(groups)
         cols: dict[str, pa.Array] = {}
         for name in names:
             if name in META_COLUMNS:
                 continue
             parts = [
-                self._part(name, schema, positions, group_columns.get(name), bad)
+                self._part(name, schema, positions, group_columns.get(name), bad, defaults.get(name))
                 for (schema, positions), group_columns in zip(groups, columns, strict=True)
             ]
             cols[name] = parts[0] if len(groups) == 1 else self._unify(name, parts, [pos for _, pos in groups], bad)
@@ -532,18 +563,93 @@ class _Decoder:
         cols[TS_MS] = pa.array(ts, pa.int64())
         cols[TXID] = pa.array(txids, pa.int64())
         cols[INDEX] = pa.array(index, pa.int64())
+        given = self._given_defaults(defaults, cols, n)
+        if given is not None:
+            cols[DEFAULTS] = given
         return pa.table(cols), bad
 
+    def _defaults(self, groups: list[tuple[_Schema | None, list[int]]]) -> dict[str, tuple[FieldPlan, int]]:
+        """The columns an embedded schema gives a default: ``(plan, position of the first row whose schema
+        has the column)``; rows before it that lack the column take the default (PostgreSQL gave it to
+        every row that existed when the column was added)."""
+        out: dict[str, tuple[FieldPlan, int]] = {}
+        for schema, positions in groups:
+            if schema is None or not positions:
+                continue
+            for name, plan in schema.fields.items():
+                if not plan.has_default:
+                    continue
+                if default_stands_in(plan):
+                    if not self.has_table or name in self.table_types:
+                        continue
+                    note = (
+                        f"column {name!r}: the schema's default {describe(plan.default)} is what the connector writes for a "
+                        "default computed by a function (now(), gen_random_uuid()...); rows from before the column was added are left NULL"
+                    )
+                    if note not in self.notes:
+                        self.notes.append(note)
+                    continue
+                held = out.get(name)
+                if held is None or positions[0] < held[1]:
+                    out[name] = (plan, positions[0])
+        return out
+
+    def _given_defaults(self, defaults: dict[str, tuple[FieldPlan, int]], cols: dict[str, pa.Array], n: int) -> pa.Array | None:
+        """The :data:`DEFAULTS` column: a struct of the defaults of the columns the table lacks, typed as
+        the batch's column, on every row; None when there are none (or no table yet: it is created with
+        the batch's columns and holds no other rows)."""
+        if not self.has_table or not n:
+            return None
+        fields, values = [], []
+        for name, (plan, _) in defaults.items():
+            if name in self.table_types or name not in cols:
+                continue
+            failed: dict[int, str] = {}
+            typed = convert_column(name, self._typed(name, plan, None), [plan.default], failed)
+            if failed:
+                self.notes.append(f"column {name!r}: the schema's default {describe(plan.default)} does not fit its type; existing rows keep NULL")
+                continue
+            if typed.type != cols[name].type:
+                try:
+                    typed = typed.cast(cols[name].type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    continue
+            fields.append(pa.field(name, typed.type))
+            values.append(typed)
+        if not fields:
+            return None
+        one = pa.StructArray.from_arrays(values, fields=fields)
+        return pa.repeat(one[0], n)
+
     def _part(
-        self, name: str, schema: _Schema | None, positions: list[int], values: Sequence[Any] | None, bad: dict[int, str]
+        self,
+        name: str,
+        schema: _Schema | None,
+        positions: list[int],
+        values: Sequence[Any] | None,
+        bad: dict[int, str],
+        default: tuple[FieldPlan, int] | None = None,
     ) -> pa.Array:
         """Column ``name`` of the rows at ``positions`` (which share ``schema``); ``values`` are its JSON
-        values (None: no row of the group has the column)."""
+        values (None: no row of the group has the column). ``default`` is ``(plan, position)``: the
+        default a later schema gives the column, for the rows before ``position`` whose schema lacks it."""
         target = self.table_types.get(name)
         if values is None or (schema is not None and name not in schema.fields):
+            if default is not None and schema is not None:
+                given, first = default
+                filled = [given.default if p < first else None for p in positions]
+                arr = convert_column(name, self._typed(name, given, target), filled, {})
+                return _to_table_type(arr, target) if target is not None and arr.type != target else arr
             return pa.nulls(len(positions), target or pa.null())
         local: dict[int, str] = {}
+        plan: FieldPlan | None
         if schema is None:
+            plan = self.types.declared.get(name)
+            if plan is None and _variable_decimals_shape(values, target):
+                plan = _VARIABLE_PLAN
+        else:
+            plan = schema.fields[name]
+        if plan is None:
             text: pa.Array | None = None
             if target is not None:
                 t = target
@@ -554,18 +660,25 @@ class _Decoder:
                 arr = _iso_timestamps(values, t, text)
             if arr is None and pa.types.is_float64(t) and all(type(v) is float for v in values if v is not None):
                 arr = pa.array(values, t)  # JSON numbers with a fraction: finite doubles already
+            if arr is None and pa.types.is_floating(t) and _numbers_or_non_finite(values):
+                # JsonConverter writes a real's or a double's NaN and infinities as "NaN", "Infinity", "-Infinity":
+                # values of the type, kept as with the schema.
+                arr = convert_column(name, FieldPlan("float", t, str(t)), values, local)
             if arr is None:
                 arr = convert_values(name, values, t, local)
         else:
-            plan = schema.fields[name]
-            if plan.kind == "vdecimal" and target is not None and pa.types.is_decimal(target):
-                plan = replace(plan, scale=min(target.scale, 38))
-            arr = convert_column(name, plan, values, local, self.notes)
+            arr = convert_column(name, self._typed(name, plan, target), values, local)
             if target is not None and arr.type != target:
-                arr = _to_table_type(arr, target, plan)
+                arr = _to_table_type(arr, target)
         for j, reason in local.items():
             bad.setdefault(positions[j], reason)
         return arr
+
+    def _typed(self, name: str, plan: FieldPlan, target: pa.DataType | None) -> FieldPlan:
+        """``plan`` with its declared type when the column is an unconstrained numeric."""
+        if plan.kind == "vdecimal" or (plan.kind == "dectext" and plan.precision == 0):
+            return replace(plan, type=self.types.numeric_type(name, target))
+        return plan
 
     def _unify(self, name: str, parts: list[pa.Array], positions: list[list[int]], bad: dict[int, str]) -> pa.Array:
         """Concatenate the parts of a column decoded under different schemas, in one common type."""
@@ -608,10 +721,18 @@ def _columns(rows: list[dict[str, Any]], names: list[str], exact: bool) -> dict[
     return {name: [r.get(name) for r in rows] for name in names}
 
 
-def _to_table_type(arr: pa.Array, target: pa.DataType, plan: FieldPlan) -> pa.Array:
-    """Cast to the table's type when that loses nothing (by type; for a VariableScaleDecimal, whose type
-    follows the data, by value); else keep the decoded type and let the writer classify the change."""
-    if widens_to(arr.type, target) or (plan.kind == "vdecimal" and pa.types.is_decimal(target)):
+def _variable_decimals_shape(values: Sequence[Any], target: pa.DataType | None) -> bool:
+    """Whether a column of an event without its schema is a VariableScaleDecimal (every value has its
+    ``{"scale", "value"}`` shape) that the table has no other type for."""
+    if target is not None and not (pa.types.is_decimal(target) or pa.types.is_string(target) or pa.types.is_large_string(target)):
+        return False
+    return any(v is not None for v in values) and all(v is None or is_variable_decimal(v) for v in values)
+
+
+def _to_table_type(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast to the table's type when that loses nothing (by type); else keep the decoded type and let the
+    writer classify the change."""
+    if widens_to(arr.type, target):
         try:
             return arr.cast(target, safe=True)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -629,6 +750,8 @@ def _infer(values: Sequence[Any]) -> tuple[pa.DataType, pa.Array | None]:
         return pa.int64(), None
     if kinds == {int, float} or kinds == {float}:
         return pa.float64(), None
+    if str in kinds and kinds & {int, float} and _numbers_or_non_finite(values):
+        return pa.float64(), None  # numbers beside JsonConverter's "NaN" and "Infinity": doubles
     if kinds == {bool}:
         return pa.bool_(), None
     if kinds == {str}:
@@ -642,6 +765,14 @@ def _infer(values: Sequence[Any]) -> tuple[pa.DataType, pa.Array | None]:
             return (pa.timestamp("us", tz="UTC") if zoned else pa.timestamp("us")), arr
         return infer_type(values), arr
     return infer_type(values), None
+
+
+_NON_FINITE_TEXT = frozenset({"NaN", "Infinity", "-Infinity"})
+
+
+def _numbers_or_non_finite(values: Sequence[Any]) -> bool:
+    """Whether every value is a JSON number or JsonConverter's text of a non-finite double."""
+    return all(v is None or type(v) in (int, float) or (type(v) is str and v in _NON_FINITE_TEXT) for v in values)
 
 
 def _iso_timestamps(values: Sequence[Any], t: pa.DataType, text: pa.Array | None = None) -> pa.Array | None:
@@ -859,10 +990,12 @@ def _fast_decode(
     table_schema: pa.Schema | None,
     max_record_bytes: int,
     max_depth: int,
+    types: TypeOptions | None = None,
 ) -> DecodedEvents | None:
     """A batch of schema-less envelopes decoded column-wise with pyarrow's JSON reader, exactly as the
     record path would decode it, or None whenever that cannot be proven (the caller then decodes it
-    record by record): the result has no rejections and no notes by construction."""
+    record by record): the result has no rejections and no notes by construction. Columns declared in
+    ``types`` are left to the record path."""
     n = len(values)
     index: Sequence[int] = range(n)
     present: Sequence[bytes | str | None] = values
@@ -963,6 +1096,8 @@ def _fast_decode(
     if names is None:
         return None
     known = set(names)
+    if types is not None and known & types.declared.keys():
+        return None
     for arr in (after, before):
         if pa.types.is_struct(arr.type) and not {arr.type.field(k).name for k in range(arr.type.num_fields)} <= known:
             return None

@@ -15,7 +15,7 @@ int8, int16, int32, int64                       number                     int8,
 float (float32), double (float64)               number, "NaN", "Infinity"  float32, float64
 boolean, string, bytes                          bool, text, base64         bool, string, binary
 org.apache.kafka.connect.data.Decimal           base64 unscaled bytes      decimal128(p, s) (string if p > 38)
-io.debezium.data.VariableScaleDecimal           {"scale", "value"}         decimal128(38, max scale) or string
+io.debezium.data.VariableScaleDecimal           {"scale", "value"}         the declared type (see below)
 io.debezium.time.Date, connect Date             days (int32)               date32
 io.debezium.time.Timestamp, connect Timestamp   ms (int64)                 timestamp[us]
 io.debezium.time.MicroTimestamp                 µs (int64)                 timestamp[us]
@@ -23,10 +23,18 @@ io.debezium.time.NanoTimestamp                  ns (int64)                 times
 io.debezium.time.ZonedTimestamp                 ISO-8601 with offset       timestamp[us, tz=UTC]
 io.debezium.time.Time, connect Time             ms (int32)                 time64[us]
 io.debezium.time.MicroTime, NanoTime            µs, ns (int64)             time64[us]
+io.debezium.time.IsoDate, IsoTime, IsoTimestamp ISO-8601 text, "Z"         date32, time64[us], timestamp[us]
 io.debezium.data.Uuid, Json, Enum, Xml, ...     text                       string
 array                                           list                       list<item>
 struct, map (Geometry, ...)                     object                     string (JSON text)
 ==============================================  =========================  ===============================
+
+A ``VariableScaleDecimal`` (PostgreSQL ``numeric`` without a precision) has no type of its own: every
+value carries its scale. Its column takes a declared type (:class:`NumericTypes`, ``decimal(38,18)``
+unless configured) whatever the values, so the table's type never depends on which value came first;
+a value that does not fit it exactly (more decimals than the scale, more integer digits than the
+precision allows) marks its row bad. As ``string`` a value is its exact text at its own scale, which
+is PostgreSQL's text of it.
 
 Dates and timestamps are kept to the years 1-9999 (PostgreSQL's ``infinity`` arrives as a huge number
 and is refused, not stored as a date no engine can read); times of day to [00:00, 24:00) (PostgreSQL's
@@ -36,9 +44,12 @@ and is refused, not stored as a date no engine can read); times of day to [00:00
 from __future__ import annotations
 
 import binascii
+import datetime as dt
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import re
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -48,6 +59,7 @@ import pyarrow.compute as pc
 from icefield.quality.coerce import CoercionError, describe
 
 DECIMAL = "org.apache.kafka.connect.data.Decimal"
+DECIMAL_TEXT = "icefield.DecimalText"  # see icefield.ingest.debezium_pgtypes
 VARIABLE_SCALE_DECIMAL = "io.debezium.data.VariableScaleDecimal"
 ZONED_TIMESTAMP = "io.debezium.time.ZonedTimestamp"
 
@@ -78,8 +90,81 @@ _TEMPORAL: dict[str, tuple[str, int]] = {
     "io.debezium.time.MicroTime": ("time", 1),
     "io.debezium.time.NanoTime": ("time", -1000),
 }
+# Logical names of ISO-8601 text (time.precision.mode=isostring): kind and Arrow type.
+_ISO: dict[str, tuple[str, pa.DataType]] = {
+    "io.debezium.time.IsoDate": ("isodate", pa.date32()),
+    "io.debezium.time.IsoTime": ("isotime", pa.time64("us")),
+    "io.debezium.time.IsoTimestamp": ("isots", pa.timestamp("us")),
+}
 # The JSON encoding Jackson (Kafka's JsonConverter) gives non-finite floating point numbers.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+NUMERIC_DEFAULT_TYPE = pa.decimal128(38, 18)
+
+
+@dataclass(frozen=True)
+class NumericTypes:
+    """The declared Arrow type of unconstrained ``numeric`` columns: ``columns`` by name, else ``default``
+    (``decimal128(p, s)`` or ``string``)."""
+
+    default: pa.DataType = NUMERIC_DEFAULT_TYPE
+    columns: Mapping[str, pa.DataType] = field(default_factory=dict)
+
+    def type_of(self, name: str) -> pa.DataType:
+        return self.columns.get(name, self.default)
+
+    @classmethod
+    def parse(cls, default: str, columns: Mapping[str, str]) -> NumericTypes:
+        """From the pipeline's ``numeric`` settings (``string`` or ``decimal(P,S)``, validated by the config)."""
+        return cls(_numeric_type(default), {k: _numeric_type(v) for k, v in columns.items()})
+
+
+@dataclass(frozen=True)
+class TypeOptions:
+    """What types columns beyond what the events say: the declared type of unconstrained ``numeric``
+    columns, and the plans of columns declared for events without the embedded schema (by name)."""
+
+    numeric: NumericTypes = field(default_factory=NumericTypes)
+    declared: Mapping[str, FieldPlan] = field(default_factory=dict)
+    placeholder: str = "__debezium_unavailable_value"
+
+    @classmethod
+    def from_settings(
+        cls,
+        numeric_default: str = "decimal(38,18)",
+        numeric_columns: Mapping[str, str] | None = None,
+        columns: Mapping[str, str] | None = None,
+        decimal_mode: str = "precise",
+        time_mode: str = "adaptive",
+        interval_mode: str = "numeric",
+        placeholder: str = "__debezium_unavailable_value",
+    ) -> TypeOptions:
+        """From a debezium source's ``numeric``, ``postgres_types`` (as ``columns``) and ``connector`` settings
+        (``placeholder``: its ``unavailable.value.placeholder``). Raises ValueError for a type name the
+        config did not validate."""
+        from icefield.ingest.debezium_pgtypes import field_schema, parse_postgres_type
+
+        declared = {
+            name: plan_field(field_schema(parse_postgres_type(t), decimal_mode, time_mode, interval_mode))
+            for name, t in (columns or {}).items()
+        }
+        return cls(NumericTypes.parse(numeric_default, numeric_columns or {}), declared, placeholder)
+
+    def numeric_type(self, name: str, table_type: pa.DataType | None) -> pa.DataType:
+        """The type of unconstrained numeric column ``name``: the one configured for it, else the type the
+        table already has (a decimal or text), else the default."""
+        if name in self.numeric.columns:
+            return self.numeric.columns[name]
+        if table_type is not None and (pa.types.is_decimal128(table_type) or pa.types.is_string(table_type) or pa.types.is_large_string(table_type)):
+            return pa.string() if not pa.types.is_decimal128(table_type) else table_type
+        return self.numeric.default
+
+
+def _numeric_type(name: str) -> pa.DataType:
+    text = name.strip().lower()
+    if text == "string":
+        return pa.string()
+    p, s = text.removeprefix("decimal(").removesuffix(")").split(",")
+    return pa.decimal128(int(p), int(s))
 
 
 class SchemaPlanError(ValueError):
@@ -89,8 +174,9 @@ class SchemaPlanError(ValueError):
 @dataclass(frozen=True)
 class FieldPlan:
     """How one column's JSON values become Arrow: ``kind`` selects the converter, ``type`` is the Arrow
-    type it produces (for ``vdecimal`` decided per column from the values), ``label`` names the Connect
-    type in messages."""
+    type it produces (for ``vdecimal`` the declared type, set by the caller), ``label`` names the Connect
+    type in messages. ``default`` is the schema's default value (JSON, as values are encoded) when
+    ``has_default``."""
 
     kind: str
     type: pa.DataType
@@ -99,6 +185,8 @@ class FieldPlan:
     precision: int = 0
     scale: int = 0
     item: FieldPlan | None = None
+    has_default: bool = False
+    default: Any = None
 
 
 def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
@@ -129,22 +217,26 @@ def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
     if ctype == "string":
         if name == ZONED_TIMESTAMP:
             return FieldPlan("zts", pa.timestamp("us", tz="UTC"), label)
+        iso = _ISO.get(name or "")
+        if iso is not None:
+            return FieldPlan(iso[0], iso[1], label)
+        if name == DECIMAL_TEXT:
+            # Declared without a schema (debezium_pgtypes): numeric text, typed as the column's decimal;
+            # without a precision the caller sets the declared type, as for a VariableScaleDecimal.
+            precision, scale = _decimal_params(schema.get("parameters") or {}, unconstrained=True)
+            if precision == 0 or precision > MAX_DECIMAL128_DIGITS:
+                return FieldPlan("dectext", NUMERIC_DEFAULT_TYPE if precision == 0 else pa.string(), label, precision=precision, scale=scale)
+            return FieldPlan("dectext", pa.decimal128(precision, scale), label, precision=precision, scale=scale)
         return FieldPlan("string", pa.string(), label)
     if ctype == "bytes":
         if name == DECIMAL:
-            params = schema.get("parameters") or {}
-            if not isinstance(params, dict):
-                raise SchemaPlanError(f"Decimal parameters must be an object, got {describe(params)}")
-            scale = _int_param(params, "scale", None)
-            precision = _int_param(params, "connect.decimal.precision", MAX_DECIMAL128_DIGITS)
-            if not 0 <= scale <= precision or not 1 <= precision <= MAX_NUMERIC_DIGITS:
-                raise SchemaPlanError(f"Decimal scale {scale} and precision {precision} are not valid")
+            precision, scale = _decimal_params(schema.get("parameters") or {})
             if precision > MAX_DECIMAL128_DIGITS:
                 return FieldPlan("decimal", pa.string(), label, precision=precision, scale=scale)
             return FieldPlan("decimal", pa.decimal128(precision, scale), label, precision=precision, scale=scale)
         return FieldPlan("bytes", pa.binary(), label)
     if ctype == "struct" and name == VARIABLE_SCALE_DECIMAL:
-        return FieldPlan("vdecimal", pa.decimal128(MAX_DECIMAL128_DIGITS, 0), label)
+        return FieldPlan("vdecimal", NUMERIC_DEFAULT_TYPE, label)
     if ctype == "array":
         item = plan_field(schema.get("items"), depth + 1)
         if item.kind in ("vdecimal", "list"):
@@ -153,6 +245,37 @@ def plan_field(schema: Any, depth: int = 0) -> FieldPlan:
     if ctype in ("struct", "map"):
         return FieldPlan("json", pa.string(), label)
     raise SchemaPlanError(f"unknown Connect type {describe(ctype)}")
+
+
+_EPOCH_TEXT = re.compile(r"^(1970-01-01(T00:00:00(\.0+)?)?|00:00(:00(\.0+)?)?)Z?$", re.ASCII)
+_ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def default_stands_in(plan: FieldPlan) -> bool:
+    """Whether the schema's default of a date, time, timestamp or uuid column is the value the connector
+    writes in place of a default it cannot evaluate (``now()``, ``gen_random_uuid()``...: the epoch, the
+    zero UUID) rather than a value PostgreSQL gave the rows. It cannot tell ``0``, ``''`` or ``false``
+    from the stand-ins of other types; those are taken as they are."""
+    d = plan.default
+    if plan.kind in ("date", "ts", "time"):
+        return d == 0
+    if plan.kind in ("zts", "isodate", "isotime", "isots"):
+        return isinstance(d, str) and bool(_EPOCH_TEXT.match(d))
+    return plan.label == "io.debezium.data.Uuid" and d == _ZERO_UUID
+
+
+def _decimal_params(params: Any, unconstrained: bool = False) -> tuple[int, int]:
+    """``(precision, scale)`` of Decimal parameters: a scale alone (``money``) has a precision of 38;
+    with ``unconstrained``, neither (numeric text without a declared precision) is ``(0, 0)``."""
+    if not isinstance(params, dict):
+        raise SchemaPlanError(f"Decimal parameters must be an object, got {describe(params)}")
+    if unconstrained and "scale" not in params and "connect.decimal.precision" not in params:
+        return 0, 0
+    scale = _int_param(params, "scale", None)
+    precision = _int_param(params, "connect.decimal.precision", MAX_DECIMAL128_DIGITS)
+    if not 0 <= scale <= precision or not 1 <= precision <= MAX_NUMERIC_DIGITS:
+        raise SchemaPlanError(f"Decimal scale {scale} and precision {precision} are not valid")
+    return precision, scale
 
 
 def _int_param(params: dict[str, Any], key: str, default: int | None) -> int:
@@ -176,21 +299,25 @@ def plan_struct(schema: Any) -> dict[str, FieldPlan]:
         if not isinstance(f, dict) or not isinstance(f.get("field"), str):
             raise SchemaPlanError(f"a struct field without a name: {describe(f)}")
         try:
-            out[f["field"]] = plan_field(f)
+            plan = plan_field(f)
         except SchemaPlanError as e:
             raise SchemaPlanError(f"field {f['field']!r}: {e}") from None
+        if "default" in f and f["default"] is not None:
+            plan = replace(plan, has_default=True, default=f["default"])
+        out[f["field"]] = plan
     return out
 
 
 # ------------------------------------------------------------------ column conversion
 
 
-def convert_column(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str], notes: list[str]) -> pa.Array:
+def convert_column(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str]) -> pa.Array:
     """Convert JSON values of column ``name`` to Arrow as ``plan`` says. Rows whose value does not fit are
-    recorded in ``bad`` (index -> reason, first reason wins) and get a null. ``notes`` receives what the
-    caller should say about a type decided from the data (a VariableScaleDecimal kept as text)."""
-    if plan.kind == "vdecimal":
-        return _variable_decimals(name, plan, values, bad, notes)
+    recorded in ``bad`` (index -> reason, first reason wins) and get a null."""
+    if plan.kind in ("vdecimal", "dectext"):
+        return _variable_decimals(name, plan, values, bad)
+    if plan.kind in _ISO_KINDS:
+        return _iso_column(name, plan, values, bad)
     if plan.kind == "list":
         return _lists(name, plan, values, bad)
     vector = _VECTOR.get(plan.kind)
@@ -405,8 +532,13 @@ def _scalar(plan: FieldPlan, v: Any) -> Any:
             f = _NON_FINITE[v]
         else:
             raise CoercionError("is not a number")
-        if plan.type == pa.float32() and math.isfinite(f) and abs(f) > 3.4028234663852886e38:
-            raise CoercionError("does not fit in a 32-bit float")
+        if plan.type == pa.float32() and math.isfinite(f):
+            # Rounded to the nearest float32 as the vectorised cast rounds it: PostgreSQL's largest real,
+            # sent as 3.4028235E38, is a hair above FLT_MAX as a double and is FLT_MAX as a float32.
+            try:
+                _FLOAT32.pack(f)
+            except OverflowError:
+                raise CoercionError("does not fit in a 32-bit float") from None
         return f
     if kind == "bool":
         if type(v) is not bool:
@@ -509,38 +641,161 @@ def _decimal_text(unscaled: int, scale: int) -> str:
     return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
 
 
-def _variable_decimals(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str], notes: list[str]) -> pa.Array:
-    """VariableScaleDecimal values ({"scale": s, "value": base64}) to decimal128(38, the largest scale seen),
-    or to their exact text when some value would need more than 38 digits at that scale."""
-    pairs: list[tuple[int, int] | None] = []
+def _variable_decimals(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str]) -> pa.Array:
+    """VariableScaleDecimal values ({"scale": s, "value": base64}), or numeric text (``dectext``), as
+    ``plan.type``: a ``decimal128(p, s)`` takes a value exactly or marks its row bad (more decimals than
+    ``s`` that are not zeros, more than ``p - s`` integer digits, NaN or an infinity); ``string`` takes
+    the exact text at the value's own scale."""
+    target = plan.type
+    parse = variable_decimal if plan.kind == "vdecimal" else decimal_text_value
+    as_text = pa.types.is_string(target)
+    p, s = (0, 0) if as_text else (target.precision, target.scale)
+    limit = 10**p
+    out: list[Any] = []
     for i, v in enumerate(values):
         if v is None:
-            pairs.append(None)
+            out.append(None)
             continue
         try:
-            if not isinstance(v, dict) or set(v) != {"scale", "value"}:
-                raise CoercionError('is not a {"scale", "value"} object')
-            scale = _to_int(v["scale"], 32)
-            if not -MAX_NUMERIC_SCALE <= scale <= MAX_NUMERIC_SCALE:
-                raise CoercionError(f"has a scale outside PostgreSQL's +-{MAX_NUMERIC_SCALE}")
-            unscaled = _unscaled(v["value"])
-            if scale < 0:
-                unscaled, scale = unscaled * 10**-scale, 0
-            pairs.append((unscaled, scale))
+            unscaled, scale = parse(v)
+            if as_text:
+                out.append(_decimal_text(unscaled, scale))
+                continue
+            if scale > s:
+                unscaled, rest = divmod(unscaled, 10 ** (scale - s))
+                if rest:
+                    raise CoercionError(f"has {scale} decimal places, more than the {s} of {target}")
+            else:
+                unscaled *= 10 ** (s - scale)
+            if abs(unscaled) >= limit:
+                raise CoercionError(f"has more than the {p - s} integer digits of {target}")
+            out.append(unscaled)
         except CoercionError as e:
-            pairs.append(None)
+            out.append(None)
+            bad.setdefault(
+                i,
+                f"decode: column {name!r} value {_describe_variable(v)} {e} ({plan.label}); declare the column's type "
+                "in source.numeric.columns (string keeps every value)",
+            )
+    if as_text:
+        return pa.array(out, pa.string())
+    return _decimal_array(out, target, s)
+
+
+def variable_decimal(v: Any) -> tuple[int, int]:
+    """A VariableScaleDecimal value ({"scale": s, "value": base64 unscaled}) as ``(unscaled, scale)`` with
+    a scale of at least 0. Raises CoercionError."""
+    if not isinstance(v, dict) or set(v) != {"scale", "value"}:
+        raise CoercionError('is not a {"scale", "value"} object')
+    scale = _to_int(v["scale"], 32)
+    if not -MAX_NUMERIC_SCALE <= scale <= MAX_NUMERIC_SCALE:
+        raise CoercionError(f"has a scale outside PostgreSQL's +-{MAX_NUMERIC_SCALE}")
+    unscaled = _unscaled(v["value"])
+    if scale < 0:
+        unscaled, scale = unscaled * 10**-scale, 0
+    return unscaled, scale
+
+
+_DECIMAL_TEXT = re.compile(r"^([+-]?)(\d+)(?:\.(\d*))?(?:[eE]([+-]?\d{1,5}))?$", re.ASCII)
+# decimal.handling.mode=string spells PostgreSQL's special numerics so; double mode as Jackson's doubles.
+_SPECIAL_NUMERIC = frozenset({"NAN", "POSITIVE_INFINITY", "NEGATIVE_INFINITY", "NaN", "Infinity", "-Infinity"})
+
+
+def decimal_text_value(v: Any) -> tuple[int, int]:
+    """Decimal text (``"-12.50"``, as ``decimal.handling.mode=string`` sends a numeric) as ``(unscaled,
+    scale)`` at the scale it is written with (at least 0). Raises CoercionError, also for NaN and the
+    infinities, which no decimal holds."""
+    if type(v) is not str:
+        raise CoercionError("is not decimal text")
+    if v in _SPECIAL_NUMERIC:
+        raise CoercionError("is not a finite number (PostgreSQL NaN or an infinity): a decimal cannot hold it")
+    m = _DECIMAL_TEXT.match(v)
+    if not m:
+        raise CoercionError("is not decimal text")
+    frac = m.group(3) or ""
+    unscaled = int(m.group(2) + frac)
+    scale = len(frac) - int(m.group(4) or 0)
+    if not -MAX_NUMERIC_SCALE <= scale <= MAX_NUMERIC_SCALE:
+        raise CoercionError(f"has a scale outside PostgreSQL's +-{MAX_NUMERIC_SCALE}")
+    if m.group(1) == "-":
+        unscaled = -unscaled
+    if scale < 0:
+        unscaled, scale = unscaled * 10**-scale, 0
+    return unscaled, scale
+
+
+def is_variable_decimal(v: Any) -> bool:
+    """Whether a JSON value has the shape of a VariableScaleDecimal (what events without a schema show)."""
+    return type(v) is dict and len(v) == 2 and "scale" in v and "value" in v
+
+
+def _describe_variable(v: Any) -> str:
+    """The value's decimal text when it is a well-formed VariableScaleDecimal, else its JSON form."""
+    if isinstance(v, str):
+        return describe(v, 80)
+    try:
+        return describe(_decimal_text(*variable_decimal(v)), 80)
+    except CoercionError:
+        return describe(v)
+
+
+def _iso_column(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str]) -> pa.Array:
+    """IsoDate, IsoTime and IsoTimestamp text (``time.precision.mode=isostring``: UTC, a trailing ``Z``)
+    as date32, time64[us] and timestamp[us], in the years 1-9999 and the times [00:00, 24:00)."""
+    out: list[Any] = []
+    parse = _ISO_PARSERS[plan.kind]
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            if type(v) is not str:
+                raise CoercionError("is not text")
+            out.append(parse(v))
+        except CoercionError as e:
+            out.append(None)
             bad.setdefault(i, f"decode: column {name!r} value {describe(v)} {e} ({plan.label})")
-    present = [p for p in pairs if p is not None]
-    top = max((s for _, s in present), default=plan.scale)
-    top = max(top, plan.scale)
-    limit = 10**MAX_DECIMAL128_DIGITS
-    if top <= MAX_DECIMAL128_DIGITS and all(abs(u * 10 ** (top - s)) < limit for u, s in present):
-        return _decimal_array([None if p is None else p[0] * 10 ** (top - p[1]) for p in pairs], pa.decimal128(MAX_DECIMAL128_DIGITS, top), top)
-    notes.append(
-        f"column {name!r} ({plan.label}) holds values that do not fit decimal(38, {top}); kept as exact text "
-        "(declare the PostgreSQL column numeric(p,s) with p <= 38, or set decimal.handling.mode=string)"
-    )
-    return pa.array([None if p is None else _decimal_text(*p) for p in pairs], pa.string())
+    storage = _storage_type(plan.type)
+    return pa.array(out, storage).view(plan.type)
+
+
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})Z?$", re.ASCII)
+_ISO_TIME = re.compile(r"^(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z?$", re.ASCII)
+_EPOCH_DATE = dt.date(1970, 1, 1)
+
+
+def _iso_days(v: str) -> int:
+    m = _ISO_DATE.match(v)
+    if not m:
+        raise CoercionError("is not a date in the years 1-9999 (PostgreSQL 'infinity' or a BC date?)")
+    try:
+        return (dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3))) - _EPOCH_DATE).days
+    except ValueError:
+        raise CoercionError("is not a date in the years 1-9999") from None
+
+
+def _iso_time_micros(v: str) -> int:
+    m = _ISO_TIME.match(v)
+    if not m or int(m.group(1)) > 23 or int(m.group(2)) > 59 or int(m.group(3)) > 59:
+        raise CoercionError("is not a time of day in [00:00, 24:00)")
+    frac = (m.group(4) or "").ljust(9, "0")
+    if frac[6:] != "000":
+        raise CoercionError("has nanoseconds that a microsecond column would lose")
+    return ((int(m.group(1)) * 60 + int(m.group(2))) * 60 + int(m.group(3))) * 1_000_000 + int(frac[:6])
+
+
+def _iso_ts_micros(v: str) -> int:
+    date, sep, time = v.partition("T")
+    if not sep:
+        raise CoercionError("is not an ISO-8601 timestamp")
+    if not _ISO_DATE.match(date):
+        raise CoercionError("is outside the years 1-9999 (PostgreSQL 'infinity' or a BC timestamp?)")
+    return _iso_days(date) * DAY_US + _iso_time_micros(time)
+
+
+_ISO_PARSERS: dict[str, Callable[[str], int]] = {"isodate": _iso_days, "isotime": _iso_time_micros, "isots": _iso_ts_micros}
+_ISO_KINDS = frozenset(_ISO_PARSERS)
+_FLOAT32 = struct.Struct("<f")
 
 
 def _zoned_timestamps(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str]) -> pa.Array:
@@ -597,7 +852,7 @@ def _lists(name: str, plan: FieldPlan, values: Sequence[Any], bad: dict[int, str
             bad.setdefault(i, f"decode: column {name!r} value {describe(v)} is not a list ({plan.label})")
         offsets.append(len(flat))
     item_bad: dict[int, str] = {}
-    items = convert_column(name, plan.item, flat, item_bad, [])
+    items = convert_column(name, plan.item, flat, item_bad)
     for j, reason in item_bad.items():
         bad.setdefault(owner[j], reason)
     mask = None if all(valid) else pa.array([not x for x in valid], pa.bool_())

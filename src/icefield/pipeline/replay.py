@@ -247,6 +247,12 @@ def replay_quarantine(
                 f"pipeline {name!r} overwrites {table} (mode overwrite): replayed rows would replace what is there; "
                 "fix the source and rerun the pipeline instead"
             )
+        if pipe.source.type == "debezium":
+            raise ConfigError(
+                f"pipeline {name!r} reads Debezium change events: its quarantined rows are whole events, which replay does "
+                f"not decode yet (it would land their envelope as columns of {table}); they stay in the quarantine. Fix what "
+                "refused them (source.numeric, source.postgres_types) for the events to come"
+            )
         if dry_run:
             _Replay(catalog, engine, pipe, q.name(), run_id, result).run(mine)
             continue

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from icefield.catalog import leases
+from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.secrets import redact
 from icefield.engines import get_engine
 from icefield.errors import GateFailedError, IcefieldError
@@ -262,9 +263,10 @@ def _already(table: Any, batch_id: str) -> int | None:
 
 
 def _table_schema(schema: pa.Schema, control: str | None) -> pa.Schema:
-    if control and control in schema.names:
-        return schema.remove(schema.get_field_index(control))
-    return schema
+    """``schema`` without the columns a batch carries to the writer only: the delete flag and a CDC
+    source's unchanged-value and default columns."""
+    drop = {control, *CDC_CONTROL_COLUMNS}
+    return pa.schema([f for f in schema if f.name not in drop], metadata=schema.metadata)
 
 
 def _take_bad(batch: SourceBatch, data: pa.Table, bad: dict[int, tuple[str, str]]) -> list[QuarantinedRow]:

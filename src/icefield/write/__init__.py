@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
 from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
@@ -31,6 +32,7 @@ from icefield.write.commits import commit_transaction
 from icefield.write.datafiles import write_data_files
 from icefield.write.partitioning import check_partition_types, parse_partitions
 from icefield.write.producers import merge_overwrite
+from icefield.write.unchanged import fill_unchanged
 from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
 if TYPE_CHECKING:
@@ -297,10 +299,8 @@ class TableWriter:
             if attempt > 1 or table is None:
                 table = self.load()
             if table is None:
-                control = self.target.delete_column
-                schema = data.schema
-                if control and control in schema.names:
-                    schema = schema.remove(schema.get_field_index(control))
+                control = {self.target.delete_column, *CDC_CONTROL_COLUMNS}
+                schema = pa.schema([f for f in data.schema if f.name not in control])
                 table = self.create(schema)
             done = find_batch(table, batch_id, ref=branch or "main")
             if done is not None:
@@ -365,6 +365,8 @@ class TableWriter:
                 f"{head_id(table)}: cut it again before writing"
             )
         encoded = json.dumps(position, sort_keys=True, separators=(",", ":")) if position is not None else None
+        if self.target.mode == "merge":
+            table = self._backfill_defaults(table, data, run_id, branch)
         tx = table.transaction()
         mode = self.target.mode
         added: list[Any] = []
@@ -378,6 +380,8 @@ class TableWriter:
         if mode == "merge":
             graves = self.tombstone_writer()
             data, rows_stale = self._after_truncation(table, data, truncate_at)
+            # Unchanged TOAST values of a CDC batch take the row's previous value (not a stored one past a truncate).
+            data = fill_unchanged(table, data, self.target, stored=truncate_at is None)
             if truncate_at is not None:
                 tx.set_properties({TRUNCATED_AT: json.dumps(truncate_at)})
                 plan = self._truncate_plan(table, data)
@@ -441,6 +445,17 @@ class TableWriter:
             False,
             time.perf_counter() - started,
         )
+
+    def _backfill_defaults(self, table: Table, data: pa.Table, run_id: str, branch: str | None) -> Table:
+        """The table after the stored rows got the defaults of columns the batch added (a CDC source's
+        ``ALTER TABLE ... ADD COLUMN ... DEFAULT``, :mod:`icefield.write.defaults`), in a commit of its own."""
+        from icefield.write.defaults import backfill_defaults, new_defaults
+
+        if branch is not None:
+            if new_defaults(table, data):
+                log.warning("%s: audited batches do not give stored rows the defaults of added columns; they read NULL", self.target.table)
+            return table
+        return backfill_defaults(table, data, self.write_files, {SUMMARY_PIPELINE: self.pipeline, SUMMARY_RUN_ID: run_id})
 
     def _merge(self, table: Table, data: pa.Table, graves: TableWriter | None, batch_id: str, run_id: str) -> MergePlan:
         """The engine's merge plan, the batch's deletes recorded in the tombstone table meanwhile (in a

@@ -1,0 +1,140 @@
+"""PostgreSQL column types as the Debezium connector encodes them, for events without the embedded schema.
+
+An event written with ``value.converter.schemas.enable=false`` carries bare JSON values: a ``date`` is a
+number of days, a ``numeric(10,2)`` base64 bytes or text or a double (``decimal.handling.mode``), a
+``timestamp(3)`` milliseconds or microseconds (``time.precision.mode``). Given a column's PostgreSQL type
+(``source.postgres_types``) and the connector's settings (``source.connector``), :func:`field_schema` returns
+the Connect field schema the connector would have embedded, so those events are typed exactly as events
+with the schema are (:func:`icefield.ingest.debezium_types.plan_field`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+DECIMAL = "org.apache.kafka.connect.data.Decimal"
+DECIMAL_TEXT = "icefield.DecimalText"
+"""A logical name of icefield's own (the connector never writes it): a numeric sent as text by
+``decimal.handling.mode=string``, typed as the decimal the column is."""
+
+# Canonical name -> the names PostgreSQL (and its users) spell it with.
+_ALIASES = {
+    "smallint": ("smallint", "int2", "smallserial"),
+    "integer": ("integer", "int", "int4", "serial"),
+    "bigint": ("bigint", "int8", "bigserial", "oid"),
+    "real": ("real", "float4"),
+    "double precision": ("double precision", "float8", "float"),
+    "numeric": ("numeric", "decimal"),
+    "money": ("money",),
+    "boolean": ("boolean", "bool"),
+    "text": ("text", "varchar", "character varying", "char", "character", "bpchar", "name", "citext",
+             "inet", "cidr", "macaddr", "macaddr8", "tsvector", "ltree", "int4range", "int8range", "numrange",
+             "tsrange", "tstzrange", "daterange"),
+    "bytea": ("bytea",),
+    "uuid": ("uuid",),
+    "json": ("json", "jsonb"),
+    "xml": ("xml",),
+    "enum": ("enum",),
+    "date": ("date",),
+    "time": ("time", "time without time zone"),
+    "timetz": ("timetz", "time with time zone"),
+    "timestamp": ("timestamp", "timestamp without time zone"),
+    "timestamptz": ("timestamptz", "timestamp with time zone"),
+    "interval": ("interval",),
+}  # fmt: skip
+_CANONICAL = {alias: name for name, aliases in _ALIASES.items() for alias in aliases}
+_TYPE = re.compile(r"^\s*(?P<name>[a-z][a-z0-9 ]*)\s*(?:\(\s*(?P<args>[0-9 ,]*)\))?(?P<rest>[a-z ]*?)\s*(?P<array>(\[\s*\])*)\s*$")
+
+
+@dataclass(frozen=True)
+class PostgresType:
+    """A parsed PostgreSQL type: its canonical ``name``, the modifiers (``numeric(p, s)``, ``time(p)``) and
+    whether it is an array."""
+
+    name: str
+    args: tuple[int, ...] = ()
+    array: bool = False
+
+
+def parse_postgres_type(text: str) -> PostgresType:
+    """``numeric(10,2)``, ``timestamp(3) with time zone``, ``text[]``... as a :class:`PostgresType`.
+    Raises ValueError naming the type and the accepted names."""
+    m = _TYPE.match(text.lower()) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(f"{text!r} is not a PostgreSQL type name such as numeric(10,2), timestamp(3) or text[]")
+    name = " ".join((m.group("name") + " " + (m.group("rest") or "")).split())
+    args = tuple(int(a) for a in (m.group("args") or "").replace(" ", "").split(",") if a)
+    canonical = _CANONICAL.get(name)
+    if canonical is None:
+        raise ValueError(f"PostgreSQL type {text!r} is not one icefield knows; use one of {', '.join(sorted(_CANONICAL))} (with [] for an array)")
+    if canonical == "numeric" and (len(args) > 2 or (args and not (1 <= args[0] <= 1000 and (len(args) == 1 or 0 <= args[1] <= args[0])))):
+        raise ValueError(f"PostgreSQL type {text!r}: numeric takes (precision) or (precision, scale) with 0 <= scale <= precision <= 1000")
+    if canonical in ("time", "timetz", "timestamp", "timestamptz", "interval") and (len(args) > 1 or (args and args[0] > 6)):
+        raise ValueError(f"PostgreSQL type {text!r}: a time precision is one number from 0 to 6")
+    return PostgresType(canonical, args, bool(m.group("array")))
+
+
+def field_schema(pg: PostgresType, decimal_mode: str = "precise", time_mode: str = "adaptive", interval_mode: str = "numeric") -> dict[str, Any]:
+    """The Connect field schema the PostgreSQL connector embeds for a column of type ``pg`` under the
+    given ``decimal.handling.mode``, ``time.precision.mode`` and ``interval.handling.mode``."""
+    item = _scalar_schema(pg, decimal_mode, time_mode, interval_mode)
+    if pg.array:
+        return {"type": "array", "items": item, "optional": True}
+    return item
+
+
+def _scalar_schema(pg: PostgresType, decimal_mode: str, time_mode: str, interval_mode: str) -> dict[str, Any]:
+    def logical(ctype: str, name: str, **extra: Any) -> dict[str, Any]:
+        return {"type": ctype, "optional": True, "name": name, **extra}
+
+    plain = {"smallint": "int16", "integer": "int32", "bigint": "int64", "real": "float", "double precision": "double",
+             "boolean": "boolean", "text": "string", "bytea": "bytes", "uuid": "string", "json": "string", "xml": "string",
+             "enum": "string"}  # fmt: skip
+    n = pg.name
+    if n in plain:
+        return {"type": plain[n], "optional": True}
+    if n in ("numeric", "money"):
+        if decimal_mode == "double":
+            return {"type": "double", "optional": True}
+        if decimal_mode == "string":
+            # Text, which the embedded schema would call a plain string: read back as the number it is.
+            return logical("string", DECIMAL_TEXT, parameters=_decimal_parameters(pg))
+        if n == "numeric" and not pg.args:
+            return logical("struct", "io.debezium.data.VariableScaleDecimal")
+        return logical("bytes", DECIMAL, parameters=_decimal_parameters(pg))
+    if n == "timetz":
+        return logical("string", "io.debezium.time.ZonedTime")
+    if n == "timestamptz":
+        return logical("string", "io.debezium.time.ZonedTimestamp")
+    if n == "interval":
+        return logical("string", "io.debezium.time.Interval") if interval_mode == "string" else logical("int64", "io.debezium.time.MicroDuration")
+    precision = pg.args[0] if pg.args else 6
+    if time_mode == "isostring":
+        return logical("string", {"date": "io.debezium.time.IsoDate", "time": "io.debezium.time.IsoTime", "timestamp": "io.debezium.time.IsoTimestamp"}[n])
+    if n == "date":
+        return logical("int32", "org.apache.kafka.connect.data.Date" if time_mode == "connect" else "io.debezium.time.Date")
+    if n == "time":
+        if time_mode == "connect":
+            return logical("int32", "org.apache.kafka.connect.data.Time")
+        if time_mode == "adaptive" and precision <= 3:
+            return logical("int32", "io.debezium.time.Time")
+        return logical("int64", "io.debezium.time.MicroTime")
+    # timestamp
+    if time_mode == "connect":
+        return logical("int64", "org.apache.kafka.connect.data.Timestamp")
+    return logical("int64", "io.debezium.time.Timestamp" if precision <= 3 else "io.debezium.time.MicroTimestamp")
+
+
+def _decimal_parameters(pg: PostgresType) -> dict[str, str]:
+    if pg.name == "money":
+        return {"scale": "2"}
+    if len(pg.args) == 2:
+        return {"scale": str(pg.args[1]), "connect.decimal.precision": str(pg.args[0])}
+    if len(pg.args) == 1:
+        return {"scale": "0", "connect.decimal.precision": str(pg.args[0])}
+    return {}
+
+
+__all__ = ["PostgresType", "field_schema", "parse_postgres_type"]
