@@ -181,3 +181,15 @@ def test_follow_commits_new_events_as_they_arrive_and_stops_when_asked(lake: Any
     assert not runner.is_alive(), "the follow loop ends once stopped"
     result = out["result"]
     assert len(result.batches) == 2 and result.conserved
+
+
+def test_a_first_batch_of_tombstones_alone_is_filtered_and_the_next_lands(lake: Any) -> None:
+    """A stream that starts with tombstones (a topic read from after some deletes) crashed the merge: the
+    empty batch had no key column to merge by (KeyError), and the pipeline never got past it."""
+    lk = lake({"users": PIPE})
+    write(lk.root, "0001.jsonl", ["null", "null"])
+    first = lk.run("users")
+    assert first.status == "success" and first.rows_filtered == 2 and first.conserved
+    write(lk.root, "0002.jsonl", [event("c", {"id": 1, "name": "one"}, 400, 401)])
+    second = lk.run("users")
+    assert second.rows_committed == 1 and users(lk) == [(1, "one")]

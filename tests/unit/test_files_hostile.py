@@ -154,6 +154,37 @@ def test_icefield_state_and_warehouse_are_never_read(lake, project):
         assert (lk.root / "catalog.db").is_file() and list((lk.root / "lake").rglob("*.parquet"))
 
 
+# ---------------------------------------------------------------------------------------- F12: debezium files
+
+
+CDC_PIPE = {"source": {"type": "debezium", "path": "cdc/*.jsonl"}, "target": {"table": "cdc.users", "keys": ["id"]}}
+
+
+@pytest.mark.parametrize("path", ["../../../etc/passw?", "/etc/hostname"])
+def test_a_debezium_glob_out_of_the_project_is_refused_when_the_project_loads(make_project, path):
+    """The debezium source reads change-event files too: the same confinement as a files source."""
+    root = make_project({"users": {**CDC_PIPE, "source": {"type": "debezium", "path": path}}})
+    with pytest.raises(ConfigError, match="outside the project folder"):
+        load_project(root, env={})
+
+
+def test_a_debezium_files_link_out_of_its_folder_is_refused_and_icefield_state_never_read(lake):
+    lk = lake({"users": CDC_PIPE})
+    write(lk.root, "secrets/token", "CANARY_FILESECRET_13\n")
+    write(lk.root, "cdc/0001.jsonl", "null\n")
+    (lk.root / "cdc" / "link.jsonl").symlink_to("../secrets/token")
+    with pytest.raises(ConfigError) as info:
+        lk.run("users")
+    assert "cdc/link.jsonl" in str(info.value) and "CANARY" not in str(info.value)
+    (lk.root / "cdc" / "link.jsonl").unlink()
+    lk2 = lake({"users": {**CDC_PIPE, "source": {"type": "debezium", "path": "**/*"}}})
+    write(lk2.root, "cdc/0001.jsonl", "null\n")
+    lk2.run("users")
+    lk2.run("users")  # the first run made .icefield/ (catalog, metadata): never read as change events
+    files = read_position(lk2.table("cdc.users"), "users")["files"] if lk2.catalog.table_exists("cdc.users") else {}
+    assert not [n for n in files if n.startswith(".icefield")]
+
+
 # ------------------------------------------------------------------------------------- F14: odd files
 
 

@@ -121,16 +121,21 @@ class FilesSourceConfig(_Model):
         # Known at load time without the project's folder: a path that is absolute, or climbs out of
         # the project with '..', needs a declared root. Where the matches really are (symbolic links
         # included) is checked when the files are listed.
-        if self.roots:
-            return self
-        p = self.path.replace("\\", "/")
-        if p.startswith("/") or re.match(r"^[A-Za-z]:", p) or posixpath.normpath(p).split("/")[0] == "..":
-            raise ValueError(
-                f"path {self.path!r} reaches outside the project folder; give a glob relative to the project "
-                "(e.g. 'data/*.csv'), or list the folder that holds the files in 'roots' "
-                f"(e.g. roots: [{_folder_of(p)!r}])"
-            )
+        if not self.roots:
+            folder = _folder_of(self.path.replace("\\", "/"))
+            _refuse_outside_the_project(self.path, f"or list the folder that holds the files in 'roots' (e.g. roots: [{folder!r}])")
         return self
+
+
+def _refuse_outside_the_project(path: str, alternative: str) -> None:
+    """Refuse a glob that is absolute or climbs out of the project with '..' (known without the project's
+    folder; where its matches really are, symbolic links included, is checked when files are listed)."""
+    p = path.replace("\\", "/")
+    if p.startswith("/") or re.match(r"^[A-Za-z]:", p) or posixpath.normpath(p).split("/")[0] == "..":
+        raise ValueError(
+            f"path {path!r} reaches outside the project folder; give a glob relative to the project "
+            f"(e.g. 'data/*.csv'), {alternative}"
+        )
 
 
 def _folder_of(pattern: str) -> str:
@@ -300,6 +305,8 @@ class DebeziumSourceConfig(_Model):
             raise ValueError("give exactly one of 'path' (JSON Lines files of change events) or 'topic' (a Kafka topic)")
         if self.topic is not None and not self.bootstrap_servers:
             raise ValueError("'topic' needs 'bootstrap_servers' (host:port of the Kafka brokers)")
+        if self.path is not None:
+            _refuse_outside_the_project(self.path, "or move the change-event files into the project")
         return self
 
 

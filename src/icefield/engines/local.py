@@ -164,6 +164,8 @@ class LocalEngine(Engine):
         older event never resurrects a deleted row. The plan's ``tombstones`` are the batch's deletes
         for the caller to record, handed to ``on_tombstones`` too before any file is read or written.
         """
+        if data.num_rows == 0:  # nothing to merge (a batch of Debezium tombstones may not even have the keys)
+            return MergePlan(conflict_filter=None)
         keys = list(target.keys)
         order = target.order_columns
         batch = dedupe_latest(_as_table_types(table, data), keys, order)

@@ -51,7 +51,6 @@ from icefield.ingest import (
     Source,
     SourceBatch,
     SourceCapabilities,
-    match_files,
     relative_name,
 )
 
@@ -59,6 +58,7 @@ if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
     from icefield.ingest.debezium_codec import DecodedEvents
     from icefield.ingest.debezium_types import TypeOptions
+    from icefield.ingest.files import FileScope
     from icefield.ingest.kafka import MessageBatch
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,12 @@ class DebeziumSource(Source):
         self.types = _type_options(self.cfg)
         self._reader: Any = None
         self._stopping = threading.Event()
+        self.scope: FileScope | None = None
+        if self.cfg.path is not None:
+            from icefield.ingest.files import FileScope
+
+            # Change-event files are read where a files source may read: in the project, never icefield's own.
+            self.scope = FileScope(project, self.cfg.path, [], f"pipeline {pipeline.name!r}: source")
         if pipeline.target.mode == "merge" and not pipeline.target.keys:
             raise ConfigError(
                 f"pipeline {pipeline.name!r}: target.keys: a debezium source merges by key; list the primary key "
@@ -106,7 +112,8 @@ class DebeziumSource(Source):
         lines: list[bytes | None] = []
         coords: list[str] = []
         spans: dict[str, tuple[int, int]] = {}
-        for path in match_files(self.root, self.cfg.path or ""):
+        assert self.scope is not None
+        for path in self.scope.list_files():
             rel = relative_name(self.root, path)
             start = offsets.get(rel, 0)
             size = path.stat().st_size

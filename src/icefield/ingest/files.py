@@ -139,6 +139,67 @@ class _Unreadable(Exception):
     """A file (or the rest of one) that cannot be decoded; it goes to the quarantine as one row."""
 
 
+class FileScope:
+    """Where a source that reads files may read: the project folder and the declared ``roots``, never
+    icefield's own files (:func:`_icefield_paths`). Every match is resolved (symbolic links followed) and must
+    stay in the folder the glob matches in (or a declared root); the glob's folder itself must lie in the
+    allowed folders, which is checked before anything is listed (:class:`ConfigError` naming the path and the
+    fix). Used by the ``files`` source and the ``debezium`` source's ``path``."""
+
+    def __init__(self, project: Project, pattern: str, roots: list[str], where: str) -> None:
+        self.root = project.root
+        self.pattern = pattern
+        self.declared_roots = list(roots)
+        self.where = where
+        # Where matches may lie: (the name a file there gets as a prefix, the folder resolved).
+        self.roots: list[tuple[str, Path]] = [("", self.root.resolve())]
+        for declared in roots:
+            folder = Path(declared).expanduser()
+            self.roots.append((posixpath.normpath(declared), (folder if folder.is_absolute() else self.root / folder).resolve()))
+        self.excluded = _icefield_paths(project)
+        self.folder = self._check_pattern()
+
+    def _check_pattern(self) -> Path:
+        """The folder the glob matches in (its components before the first wildcard), resolved. Refuses a
+        glob whose folder lies outside the allowed folders, before anything is listed."""
+        pattern = Path(self.pattern).expanduser()
+        folder = Path(os.path.normpath(pattern if pattern.is_absolute() else self.root / pattern))
+        fixed = Path(*_fixed_parts(folder.parts)) if folder.parts else folder
+        if fixed == folder:  # no wildcard: the glob names one file
+            fixed = fixed.parent
+        if not any(_within(fixed, allowed) or _within(fixed.resolve(), allowed) for _, allowed in self.roots):
+            raise ConfigError(
+                f"{self.where}.path {self.pattern!r} matches files in {fixed}, outside the project folder "
+                f"{self.root}{' and source.roots' if self.declared_roots else ''}; keep the files in the project, or list "
+                f"their folder in source.roots (e.g. roots: [{fixed.as_posix()!r}])"
+            )
+        return fixed.resolve()
+
+    def list_files(self) -> list[Path]:
+        """The files the glob matches, resolved (symbolic links followed), in name order, each once;
+        icefield's own files left out. Raises :class:`ConfigError` for a match that lies outside the
+        folder the glob matches in (a link out of it) and outside every declared root, or outside the
+        project folder and every declared root."""
+        out: dict[Path, None] = {}
+        declared = [folder for prefix, folder in self.roots if prefix]
+        for path in match_files(self.root, self.pattern):
+            real = path.resolve()
+            if any(_within(real, x) for x in self.excluded):
+                log.debug("%s: icefield's own file, not read", path)
+                continue
+            inside = any(_within(real, allowed) for _, allowed in self.roots)
+            if not inside or not (_within(real, self.folder) or any(_within(real, r) for r in declared)):
+                shown = f"{path} (a link to {real})" if real != Path(os.path.abspath(path)) else str(path)
+                where = f"the project folder {self.root}" if not inside else f"the folder the glob matches in, {self.folder}"
+                raise ConfigError(
+                    f"{self.where}.path {self.pattern!r} matches {shown}, outside {where}"
+                    f"{' and source.roots' if self.declared_roots else ''}; remove the link or file, or list the folder "
+                    f"that holds it in source.roots (e.g. roots: [{real.parent.as_posix()!r}])"
+                )
+            out.setdefault(real)
+        return list(out)
+
+
 class FilesSource(Source):
     capabilities = SourceCapabilities(incremental=True)
 
@@ -161,53 +222,12 @@ class FilesSource(Source):
                 "file column to replace a changed file's rows; set it (default '_source_file')"
             )
         self.where = f"pipeline {pipeline.name!r}: source"
-        # Where matches may lie: (the name a file there gets as a prefix, the folder resolved).
-        self.roots: list[tuple[str, Path]] = [("", self.root.resolve())]
-        for declared in self.cfg.roots:
-            folder = Path(declared).expanduser()
-            self.roots.append((posixpath.normpath(declared), (folder if folder.is_absolute() else self.root / folder).resolve()))
-        self.excluded = _icefield_paths(project)
-        self.folder = self._check_pattern()
-
-    def _check_pattern(self) -> Path:
-        """The folder the glob matches in (its components before the first wildcard), resolved. Refuses a
-        glob whose folder lies outside the allowed folders, before anything is listed."""
-        pattern = Path(self.cfg.path).expanduser()
-        folder = Path(os.path.normpath(pattern if pattern.is_absolute() else self.root / pattern))
-        fixed = Path(*_fixed_parts(folder.parts)) if folder.parts else folder
-        if fixed == folder:  # no wildcard: the glob names one file
-            fixed = fixed.parent
-        if not any(_within(fixed, allowed) or _within(fixed.resolve(), allowed) for _, allowed in self.roots):
-            raise ConfigError(
-                f"{self.where}.path {self.cfg.path!r} matches files in {fixed}, outside the project folder "
-                f"{self.root}{' and source.roots' if self.cfg.roots else ''}; keep the files in the project, or list "
-                f"their folder in source.roots (e.g. roots: [{fixed.as_posix()!r}])"
-            )
-        return fixed.resolve()
+        self.scope = FileScope(project, self.cfg.path, self.cfg.roots, self.where)
+        self.roots = self.scope.roots
 
     def list_files(self) -> list[Path]:
-        """The files the glob matches, resolved (symbolic links followed), in name order, each once;
-        icefield's own files left out. Raises :class:`ConfigError` for a match that lies outside the
-        folder the glob matches in (a link out of it) and outside every declared root, or outside the
-        project folder and every declared root."""
-        out: dict[Path, None] = {}
-        declared = [folder for prefix, folder in self.roots if prefix]
-        for path in match_files(self.root, self.cfg.path):
-            real = path.resolve()
-            if any(_within(real, x) for x in self.excluded):
-                log.debug("%s: icefield's own file, not read", path)
-                continue
-            inside = any(_within(real, allowed) for _, allowed in self.roots)
-            if not inside or not (_within(real, self.folder) or any(_within(real, r) for r in declared)):
-                shown = f"{path} (a link to {real})" if real != Path(os.path.abspath(path)) else str(path)
-                where = f"the project folder {self.root}" if not inside else f"the folder the glob matches in, {self.folder}"
-                raise ConfigError(
-                    f"{self.where}.path {self.cfg.path!r} matches {shown}, outside {where}"
-                    f"{' and source.roots' if self.cfg.roots else ''}; remove the link or file, or list the folder "
-                    f"that holds it in source.roots (e.g. roots: [{real.parent.as_posix()!r}])"
-                )
-            out.setdefault(real)
-        return list(out)
+        """The files the glob matches (see :meth:`FileScope.list_files`)."""
+        return self.scope.list_files()
 
     def _name(self, real: Path, loaded: dict[str, str], partial: dict[str, Any] | None) -> str:
         """The name of the file ``real`` in positions and the file column: its path relative to the

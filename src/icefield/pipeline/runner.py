@@ -233,7 +233,7 @@ def _run_batch(
     write_quarantine(catalog, engine, pipe.target.table, pipe.name, batch_id, run_id, quarantined)
     failpoints.hit("after-quarantine")
     if table is None:
-        table = writer.create(_table_schema(good.schema, control))
+        table = writer.create(_table_schema(good.schema, control), rows=good.num_rows > 0)
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
     wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at)

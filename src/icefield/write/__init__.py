@@ -153,8 +153,10 @@ class TableWriter:
         except NoSuchTableError:
             return None
 
-    def create(self, schema: pa.Schema) -> Table:
-        """Create the target table for ``schema`` with the configured partition spec and properties."""
+    def create(self, schema: pa.Schema, rows: bool = True) -> Table:
+        """Create the target table for ``schema`` with the configured partition spec and properties.
+        ``rows`` False: the batch has no row (all quarantined, filtered, or only Debezium tombstones), so its
+        schema may lack the merge keys, which later batches add."""
         from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
 
         # Nothing that could never be written is created: a table's keys and partition spec cannot be
@@ -162,7 +164,7 @@ class TableWriter:
         fields = parse_partitions(self.target.partition_by)
         check_partition_types(self.target.table, fields, schema)
         missing = [k for k in self.target.keys if k not in schema.names]
-        if missing and self.target.mode == "merge":
+        if missing and self.target.mode == "merge" and rows:
             raise ConfigError(
                 f"table {self.target.table}: target.keys names {', '.join(map(repr, missing))}, which the data does "
                 f"not have (columns: {', '.join(schema.names)}); fix target.keys"
@@ -301,7 +303,7 @@ class TableWriter:
             if table is None:
                 control = {self.target.delete_column, *CDC_CONTROL_COLUMNS}
                 schema = pa.schema([f for f in data.schema if f.name not in control])
-                table = self.create(schema)
+                table = self.create(schema, rows=data.num_rows > 0)
             done = find_batch(table, batch_id, ref=branch or "main")
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
