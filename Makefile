@@ -38,9 +38,10 @@ test-long: $(STAMP) ## Run the long reliability variants
 	ICEFIELD_LONG=1 $(BIN)/python -m pytest tests/reliability $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy, and the layers of the packages (.importlinter)
 	$(BIN)/ruff check src tests stack bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 .PHONY: bench
 bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales them)

@@ -181,12 +181,12 @@ def _warm_imports() -> None:
     import pyiceberg.table  # noqa: F401
 
     import icefield.engines.local  # noqa: F401
+    import icefield.iceberg.versions  # noqa: F401
     import icefield.ingest.debezium  # noqa: F401
     import icefield.ingest.debezium_codec  # noqa: F401
     import icefield.ingest.kafka  # noqa: F401
     import icefield.pipeline.audit  # noqa: F401
     import icefield.pipeline.quarantine  # noqa: F401
-    import icefield.write.versions  # noqa: F401
 
 
 def child_consume_only(args: dict[str, Any]) -> None:
@@ -290,8 +290,8 @@ def child_freshness(args: dict[str, Any]) -> None:
     from confluent_kafka import Producer
 
     from icefield.catalog import open_catalog
+    from icefield.iceberg.history import read_position
     from icefield.pipeline import run_pipeline
-    from icefield.write import read_position
 
     root = Path(args["root"])
     project = _project(root, args["bootstrap"], 100_000, 1.0, FRESH_TOPIC, merge_mode=args.get("merge_mode", "copy-on-write"))

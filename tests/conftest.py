@@ -1,5 +1,6 @@
 """Every test runs isolated: no ICEFIELD*/PYICEBERG* variables of the developer, a temporary HOME
-(pyiceberg reads ~/.pyiceberg.yaml), and an empty registry of secrets to redact. The download cache of
+(pyiceberg reads ~/.pyiceberg.yaml), an empty registry of secrets to redact, and failpoints disarmed
+again after a test that armed them. The download cache of
 the stack launchers (jars, the Debezium plugin) stays the developer's: ``ICEFIELD_CACHE`` is pinned to
 it, so the temporary HOME never makes a test fetch them again."""
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import settings
 from stack.maven import CACHE_ENV, cache_dir
 
+from icefield import failpoints
 from icefield.config import secrets
 
 # Property tests explore fixed examples in `make test`, so a CI run is reproducible and a finding is a
@@ -33,8 +35,10 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     monkeypatch.setenv(CACHE_ENV, _CACHE)
     saved = set(secrets._known)
     secrets._known.clear()
+    injector = failpoints.install(None)
     try:
         yield
     finally:
+        failpoints.install(injector)
         secrets._known.clear()
         secrets._known.update(saved)

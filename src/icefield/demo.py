@@ -229,10 +229,11 @@ def _customer_arrives(directory: Path, customer_id: int) -> None:
 def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output) -> dict[str, Any]:
     """Step 4 and 5 of the demo: a batch held by a gate, then its fix. Returns counts and self-checks."""
     from icefield.errors import GateFailedError
+    from icefield.iceberg.history import head_id, is_held
     from icefield.inspect import run_query
     from icefield.pipeline import run_pipeline
     from icefield.quality.results import latest_results
-    from icefield.write.branches import audit_branch, head_id, is_held
+    from icefield.write.branches import audit_branch
 
     branch = audit_branch("orders")
     customer, order_ids = _orders_before_their_customer(directory)

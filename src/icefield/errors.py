@@ -121,12 +121,12 @@ def driver_install_hint(module: str | None) -> str:
 
 
 class FailpointError(IcefieldError):
-    """Raised by a failpoint set in the ``ICEFIELD_FAILPOINT`` environment variable (tests only)."""
+    """Raised by a failpoint a test armed (:mod:`icefield.testing.failpoints`; tests only)."""
 
 
 class GateFailedError(TerminalError):
     """Error-severity gates failed: the batch stays on its audit branch and ``main`` is untouched.
-    ``checks`` holds the results (a list of :class:`~icefield.pipeline.results.CheckResult`)."""
+    ``checks`` holds the results (a list of :class:`~icefield.quality.results.CheckResult`)."""
 
     def __init__(self, message: str, checks: Sequence[object] = ()) -> None:
         super().__init__(message)

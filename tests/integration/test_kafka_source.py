@@ -18,8 +18,8 @@ from stack import Kafka
 
 from icefield.catalog import open_catalog
 from icefield.config import load_project
+from icefield.iceberg.history import read_position
 from icefield.pipeline.runner import run_pipeline
-from icefield.write import read_position
 
 pytestmark = pytest.mark.kafka
 
@@ -280,7 +280,7 @@ def _cli_run(root: Path, failpoint: str | None) -> subprocess.CompletedProcess[b
     if failpoint:
         env["ICEFIELD_FAILPOINT"] = failpoint
     return subprocess.run(
-        [sys.executable, "-m", "icefield.cli", "--project", str(root), "run"],
+        [sys.executable, "-m", "icefield.testing.failpoints", "--project", str(root), "run"],
         capture_output=True,
         env=env,
         timeout=300,

@@ -359,6 +359,7 @@ def test_a_spark_delete_and_insert_during_an_icefield_merge_are_kept(
         real(name)
 
     monkeypatch.setattr(failpoints, "hit", hit)
+    failpoints.arm()
     merged = _row(10, "m", 123.0)
     _write(project.root, "data/b6/b.csv", _csv([merged]))
     res = run_pipeline(project, "b6")

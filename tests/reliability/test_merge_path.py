@@ -23,7 +23,8 @@ from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import CommitConflictError
-from icefield.write import SUMMARY_BATCH_ID, TableWriter
+from icefield.iceberg.history import SUMMARY_BATCH_ID
+from icefield.write import TableWriter
 
 LONG = bool(os.environ.get("ICEFIELD_LONG"))
 MODES = ["copy-on-write", "merge-on-read"]
@@ -121,8 +122,10 @@ CHILD = r"""
 import json, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
+from icefield.testing import failpoints
+failpoints.arm()
 from reliability.test_merge_path import merge_writer, batch
-from icefield.write import read_position
+from icefield.iceberg.history import read_position
 root = Path(sys.argv[1])
 # Like a pipeline: resume after the position committed in the table, and let batch ids catch the rest.
 done = (read_position(merge_writer(root).load(), "p") or {{"i": -1}})["i"]
@@ -261,6 +264,8 @@ MERGER = r"""
 import json, random, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
+from icefield.testing import failpoints
+failpoints.arm()
 from reliability.test_merge_path import merge_writer, batch
 from icefield.errors import CommitConflictError
 root, proc, seconds, seed = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])

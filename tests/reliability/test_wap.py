@@ -27,8 +27,8 @@ from pyiceberg.serializers import FromInputFile
 from icefield.catalog import open_catalog
 from icefield.config import load_project
 from icefield.errors import GateFailedError
-from icefield.write import STATE_PREFIX, SUMMARY_BATCH_ID
-from icefield.write.branches import ancestors, audit_branch, head_id
+from icefield.iceberg.history import STATE_PREFIX, SUMMARY_BATCH_ID, ancestors, head_id
+from icefield.write.branches import audit_branch
 
 FILES = 6
 ROWS_PER_FILE = 50
@@ -138,7 +138,7 @@ def _cli(root: Path, failpoint: str | None) -> subprocess.CompletedProcess[str]:
     if failpoint:
         env["ICEFIELD_FAILPOINT"] = failpoint
     return subprocess.run(
-        [sys.executable, "-m", "icefield.cli", "--project", str(root), "run"], capture_output=True, text=True, env=env, timeout=300, check=False
+        [sys.executable, "-m", "icefield.testing.failpoints", "--project", str(root), "run"], capture_output=True, text=True, env=env, timeout=300, check=False
     )
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icefield.quality.coerce import cast_column, conform, convert_values, infer_type, parse_type
+from icefield.ingest.coerce import cast_column, conform, convert_values, infer_type, parse_type
 
 D = decimal.Decimal
 UTC = dt.UTC

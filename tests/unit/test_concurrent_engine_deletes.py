@@ -41,9 +41,9 @@ import pyarrow.parquet as pq
 from pyiceberg.table.snapshots import Operation
 
 from icefield.catalog import sql_catalog
-from icefield.write import conform_to_table
-from icefield.write.deletes import write_position_deletes
-from icefield.write.producers import RowDelta
+from icefield.iceberg.schema import conform_to_table
+from icefield.iceberg.deletes import write_position_deletes
+from icefield.iceberg.producers import RowDelta
 
 root, table_name, action, key = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 catalog = sql_catalog("icefield", f"sqlite:///{root / 'c.db'}", (root / "wh").resolve().as_uri())
@@ -121,6 +121,7 @@ def _hold_merge_commit(monkeypatch: pytest.MonkeyPatch, root: Path, *steps: tupl
         real(name)
 
     monkeypatch.setattr(failpoints, "hit", hit)
+    failpoints.arm()
     return hits
 
 
@@ -236,7 +237,7 @@ def test_the_commit_validation_finds_a_delete_followed_by_another_commit(tmp_pat
     from pyiceberg.exceptions import ValidationException
     from pyiceberg.table.snapshots import Operation
 
-    from icefield.write.producers import Rewrite, merge_overwrite
+    from icefield.iceberg.producers import Rewrite, merge_overwrite
 
     w = _two_files(tmp_path, **{"commit.retry.num-retries": "1", "commit.retry.min-wait-ms": "1"})
     table = w.load()

@@ -9,7 +9,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.types import DecimalType, IntegerType, LongType, NestedField, StringType, StructType
 
 from icefield import SchemaError
-from icefield.quality.contracts import (
+from icefield.write.contracts import (
     ADDITIVE,
     BREAKING,
     CONTRACTS,

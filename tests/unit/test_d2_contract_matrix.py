@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from icefield import SchemaError
-from icefield.quality.contracts import CONTRACTS, iceberg_type_name
-from icefield.write import find_batch, read_position
+from icefield.iceberg.history import find_batch, read_position
+from icefield.write.contracts import CONTRACTS, iceberg_type_name
 
 D = decimal.Decimal
 TABLE = "shop.items"

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from icefield import IcefieldError
 from icefield.cli import EXIT_FAILED, cli
+from icefield.iceberg.history import find_batch, read_position
 from icefield.testing import failpoints
-from icefield.write import find_batch, read_position
 
 TABLE = "raw.events"
 FILES = {
@@ -72,7 +72,7 @@ POINTS = [("before-quarantine", 2), ("after-quarantine", 2), ("after-data-files"
 @pytest.mark.parametrize(("point", "hit"), POINTS, ids=[f"{p}@{n}" for p, n in POINTS])
 def test_failpoint_mid_batch_leaves_it_pending_then_lands_it_once(lake, monkeypatch, point, hit):
     lk = _lake(lake)
-    failpoints._hits.clear()
+    failpoints.arm()
     monkeypatch.setenv(failpoints.ENV, f"{point}:raise@{hit}")
     with pytest.raises(IcefieldError, match=f"failpoint {point} fired") as info:
         lk.run("events")
@@ -105,7 +105,7 @@ def test_storage_error_mid_batch_leaves_it_pending_then_lands_it_once(lake):
 
 def test_cli_reports_the_pending_batch_and_exits_1(lake, monkeypatch):
     lk = _lake(lake)
-    failpoints._hits.clear()
+    failpoints.arm()
     monkeypatch.setenv(failpoints.ENV, "after-data-files:raise@4")
     res = CliRunner().invoke(cli, ["--project", str(lk.root), "run", "--json"])
     assert res.exit_code == EXIT_FAILED

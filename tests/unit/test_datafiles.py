@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from icefield.catalog import sql_catalog
-from icefield.write.datafiles import write_data_files
+from icefield.iceberg.datafiles import write_data_files
 
 
 def _table(catalog, name, schema, fields):
@@ -69,7 +69,7 @@ def _ids_per_file(table) -> list[list[int]]:
 def test_a_batch_smaller_than_the_target_file_is_split_one_file_per_core(tmp_path: Path, monkeypatch) -> None:
     """pyiceberg writes one thread per file: a batch that fits in one file would use one core. It is cut
     into one sorted, non-overlapping file per core, unless the pieces would be smaller than the floor."""
-    import icefield.write.datafiles as datafiles
+    import icefield.iceberg.datafiles as datafiles
 
     monkeypatch.setattr(datafiles, "cores", lambda: 2)
     monkeypatch.setattr(datafiles, "PARALLEL_FILE_BYTES", 16 << 10)
@@ -104,8 +104,8 @@ def test_a_batch_smaller_than_the_target_file_is_split_one_file_per_core(tmp_pat
 
 
 def test_a_batch_larger_than_cores_times_the_target_keeps_target_sized_files(monkeypatch) -> None:
-    import icefield.write.datafiles as datafiles
-    from icefield.write.datafiles import pack
+    import icefield.iceberg.datafiles as datafiles
+    from icefield.iceberg.datafiles import pack
 
     monkeypatch.setattr(datafiles, "PARALLEL_FILE_BYTES", 16 << 10)
     data = pa.table({"id": pa.array(range(100_000), pa.int64())})  # 800 kB
@@ -123,7 +123,7 @@ def test_only_columns_whose_values_repeat_are_dictionary_encoded_and_statistics_
     from pyiceberg.io.pyarrow import write_file
     from pyiceberg.table import WriteTask
 
-    from icefield.write.datafiles import dictionary_columns
+    from icefield.iceberg.datafiles import dictionary_columns
 
     catalog = sql_catalog("icefield", f"sqlite:///{tmp_path / 'c.db'}", (tmp_path / "wh").as_uri())
     catalog.create_namespace("t")
@@ -166,7 +166,7 @@ def test_sort_indices_keeps_sorted_runs_and_matches_a_full_stable_sort() -> None
     import numpy as np
     import pyarrow.compute as pc
 
-    from icefield.write.datafiles import _Chunks, sort_indices
+    from icefield.iceberg.datafiles import _Chunks, sort_indices
 
     rng = np.random.default_rng(3)
     stored = np.sort(rng.choice(1_000_000, 50_000, replace=False))

@@ -10,13 +10,15 @@ import pyarrow as pa
 import pytest
 
 from icefield.catalog import sql_catalog
+from icefield.config.durations import parse_age
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import ConfigError
-from icefield.write import TableWriter, read_position
-from icefield.write.branches import cut_branch, head_id, unpublished
+from icefield.iceberg.history import head_id, read_position, unpublished
+from icefield.write import TableWriter
+from icefield.write.branches import cut_branch
 from icefield.write.compact import compact_table
-from icefield.write.expire import expire_table, parse_age
+from icefield.write.expire import expire_table
 
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.string())])
 

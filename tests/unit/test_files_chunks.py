@@ -80,7 +80,7 @@ def test_sigkill_after_a_commit_inside_a_file(tmp_path: Path) -> None:
     _project(root, "jsonl")
     _write(root / "data" / "big.jsonl", "jsonl", [{"id": i, "v": i} for i in range(N)])
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
-    cmd = [sys.executable, "-m", "icefield.cli", "--project", str(root), "run"]
+    cmd = [sys.executable, "-m", "icefield.testing.failpoints", "--project", str(root), "run"]
     died = subprocess.run(cmd, env={**env, "ICEFIELD_FAILPOINT": "after-commit@3"}, capture_output=True, check=False)
     assert died.returncode == 137
     assert len(_ids(root)) == 3 * 128  # three commits landed

@@ -25,7 +25,7 @@ import pytest
 
 from icefield import ConfigError
 from icefield.config import load_project
-from icefield.write import read_position
+from icefield.iceberg.history import read_position
 
 TABLE = "raw.ev"
 

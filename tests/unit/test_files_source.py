@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from icefield.write import read_position
+from icefield.iceberg.history import read_position
 
 TABLE = "shop.orders"
 # Longer than the 16 characters pyiceberg keeps of string bounds, and sharing all of them: the column
@@ -343,6 +343,7 @@ def test_group_files_batches_that_end_inside_a_file_resume_there_after_a_failure
 
     monkeypatch.setenv(failpoints.ENV, "before-commit:raise@2")
     monkeypatch.setattr(failpoints, "_hits", {})
+    failpoints.arm()
     with pytest.raises(IcefieldError):
         run_pipeline(project, "ev", catalog)
     monkeypatch.delenv(failpoints.ENV)

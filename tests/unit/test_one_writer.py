@@ -30,7 +30,8 @@ from icefield.config import load_project
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import ConfigError
-from icefield.write import PositionMovedError, TableWriter, read_position
+from icefield.iceberg.history import read_position
+from icefield.write import PositionMovedError, TableWriter
 
 PIPE = "events"
 

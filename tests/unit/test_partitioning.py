@@ -6,7 +6,7 @@ import pytest
 from pyiceberg.transforms import parse_transform
 
 from icefield import ConfigError
-from icefield.write.partitioning import PartitionField, parse_partition
+from icefield.config.partitions import PartitionField, parse_partition
 
 
 @pytest.mark.parametrize(

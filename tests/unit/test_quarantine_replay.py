@@ -20,9 +20,9 @@ from click.testing import CliRunner
 
 from icefield import ConfigError, IcefieldError, SchemaError
 from icefield.cli import EXIT_OK, EXIT_USAGE, cli
+from icefield.iceberg.history import find_batch
 from icefield.pipeline.replay import list_quarantines, replay_quarantine, show_quarantine
 from icefield.testing import failpoints
-from icefield.write import find_batch
 
 TABLE = "raw.events"
 Q = TABLE + "__quarantine"
@@ -138,7 +138,7 @@ def test_dry_run_counts_and_writes_nothing(loaded):
 def test_interrupted_replay_resumes_exactly_once(loaded, monkeypatch, point):
     lk = loaded
     _set_pipeline(lk, _pipeline(["click", "view", "buy"]))
-    failpoints._hits.clear()
+    failpoints.arm()
     monkeypatch.setenv(failpoints.ENV, f"{point}:raise")
     with pytest.raises(IcefieldError, match=point):
         _replay(lk)
@@ -163,7 +163,7 @@ def test_interrupted_replay_resumes_exactly_once(loaded, monkeypatch, point):
 def test_a_claimed_row_that_fails_after_a_rule_change_is_unclaimed_not_lost(loaded, monkeypatch):
     lk = loaded
     _set_pipeline(lk, _pipeline(["click", "view", "buy"]))
-    failpoints._hits.clear()
+    failpoints.arm()
     monkeypatch.setenv(failpoints.ENV, "replay-after-claim:raise")
     with pytest.raises(IcefieldError):
         _replay(lk)
@@ -183,7 +183,7 @@ def test_sigkill_during_replay_then_rerun_lands_each_row_once(loaded, point):
     lk = loaded
     _set_pipeline(lk, _pipeline(["click", "view", "buy"]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
-    args = [sys.executable, "-m", "icefield.cli", "--project", str(lk.root), "quarantine", "replay", TABLE, "--json"]
+    args = [sys.executable, "-m", "icefield.testing.failpoints", "--project", str(lk.root), "quarantine", "replay", TABLE, "--json"]
     killed = subprocess.run(args, env={**env, failpoints.ENV: f"{point}:kill"}, capture_output=True, text=True, check=False)
     assert killed.returncode == 137, killed.stderr
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)

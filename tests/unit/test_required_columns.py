@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from icefield.cli import cli
 from icefield.errors import SchemaError
-from icefield.quality.contracts import NOW_OPTIONAL, classify
+from icefield.write.contracts import NOW_OPTIONAL, classify
 
 
 def _project(root: Path, contract: str = "evolve", identifier: bool = True, delete_column: str | None = None) -> Path:
@@ -149,7 +149,7 @@ def test_the_schema_alone_still_decides_without_the_rows() -> None:
     from pyiceberg.schema import Schema
     from pyiceberg.types import LongType, NestedField, StructType
 
-    from icefield.quality.contracts import null_columns
+    from icefield.write.contracts import null_columns
 
     table = Schema(
         NestedField(1, "id", LongType(), required=True),

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from icefield import ConfigError
-from icefield.write import read_position
+from icefield.iceberg.history import read_position
 
 SCHEMA = "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, amount NUMERIC(10,2), updated_at DATETIME)"
 

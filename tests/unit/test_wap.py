@@ -15,8 +15,8 @@ from pyiceberg.serializers import FromInputFile
 
 from icefield.cli import EXIT_FAILED, cli
 from icefield.errors import GateFailedError
-from icefield.write import STATE_PREFIX, SUMMARY_BATCH_ID
-from icefield.write.branches import audit_branch, head_id, is_held
+from icefield.iceberg.history import STATE_PREFIX, SUMMARY_BATCH_ID, head_id, is_held
+from icefield.write.branches import audit_branch
 
 BRANCH = audit_branch("events")
 NO_NEGATIVE = {"sql": "select * from {table} where amount < 0", "name": "no_negative"}
@@ -52,7 +52,7 @@ def position(lk: Any) -> dict[str, Any]:
 
 
 def batch_ids_on_main(lk: Any) -> list[str]:
-    from icefield.write.branches import ancestors
+    from icefield.iceberg.history import ancestors
 
     t = lk.table("raw.events")
     return [s.summary[SUMMARY_BATCH_ID] for s in ancestors(t.metadata, head_id(t)) if s.summary and s.summary[SUMMARY_BATCH_ID]]

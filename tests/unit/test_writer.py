@@ -18,17 +18,15 @@ from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import TransientError
-from icefield.write import (
+from icefield.iceberg.history import (
     STATE_PREFIX,
     SUMMARY_BATCH_ID,
     SUMMARY_PIPELINE,
     SUMMARY_RUN_ID,
-    TOMBSTONE_SUFFIX,
-    TableWriter,
-    batch_id_for,
     find_batch,
     read_position,
 )
+from icefield.write import TOMBSTONE_SUFFIX, TableWriter, batch_id_for
 
 PIPE = "orders_pipe"
 
@@ -390,7 +388,7 @@ def test_a_merging_run_takes_the_files_it_wrote_from_memory_with_the_same_rows_a
     disk, and releasing the hold forgets every file."""
     import pyarrow.parquet as pq
 
-    from icefield.write.datafiles import RECENT
+    from icefield.iceberg.datafiles import RECENT
 
     statuses = ["new", "paid", "shipped"]
 

@@ -11,12 +11,12 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from icefield.catalog import sql_catalog
+from icefield.catalog import load_existing, sql_catalog, table_identifier
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import ConfigError, SchemaError
 from icefield.quality import check_rows
-from icefield.write import TableWriter, load_existing, table_identifier
+from icefield.write import TableWriter
 
 DATA = pa.table(
     {

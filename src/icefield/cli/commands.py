@@ -102,7 +102,7 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait
         models = [] if no_models else sorted(project.models)
     if follow and (len(pipelines) != 1 or models):
         raise ConfigError("--follow runs one streaming pipeline: name exactly one pipeline, e.g. icefield run orders_cdc --follow")
-    from icefield.write.expire import parse_age
+    from icefield.config.durations import parse_age
 
     wait_s = parse_age(wait)
     catalog = open_catalog(project)
@@ -307,9 +307,8 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
 @guarded
 def checks(out: Output, table: str, history: int) -> None:
     """The latest gate results of TABLE (from icefield.quality_results)."""
-    from icefield.catalog import open_catalog
+    from icefield.catalog import load_existing, open_catalog
     from icefield.quality.results import latest_results
-    from icefield.write import load_existing
 
     catalog = open_catalog(out.project())
     load_existing(catalog, table)  # a misspelt table is an error, not "no results yet"
@@ -344,7 +343,7 @@ def _value(v: float | None) -> str:
 def _held_branch(table: Any, name: str, branch: str | None) -> str | None:
     """``branch``, or the one branch of ``table`` holding unpublished commits (None when none does)."""
     from icefield.errors import ConfigError
-    from icefield.write.branches import held_branches
+    from icefield.iceberg.history import held_branches
 
     if branch is not None:
         return branch
@@ -355,8 +354,7 @@ def _held_branch(table: Any, name: str, branch: str | None) -> str | None:
 
 
 def _load(out: Output, name: str) -> Any:
-    from icefield.catalog import open_catalog
-    from icefield.write import load_existing
+    from icefield.catalog import load_existing, open_catalog
 
     return load_existing(open_catalog(out.project()), name)
 

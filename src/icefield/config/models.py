@@ -290,7 +290,7 @@ class DebeziumSourceConfig(_Model):
     @field_validator("postgres_types")
     @classmethod
     def _postgres_types(cls, v: dict[str, str]) -> dict[str, str]:
-        from icefield.ingest.debezium_pgtypes import parse_postgres_type
+        from icefield.config.postgres_types import parse_postgres_type
 
         for name, t in v.items():
             try:
@@ -332,7 +332,7 @@ class MaintenanceConfig(_Model):
     @classmethod
     def _age(cls, v: str | None) -> str | None:
         if v is not None:
-            from icefield.write.expire import parse_age
+            from icefield.config.durations import parse_age
 
             try:
                 parse_age(v)
@@ -359,7 +359,7 @@ class TargetConfig(_Model):
     delete_column: str | None = None
     keep_newest: bool = False
     properties: dict[str, str] = Field(default_factory=dict)
-    # Schema contract (DESIGN.md rule 5, icefield.quality.contracts): ``evolve`` adds new columns, promotes
+    # Schema contract (DESIGN.md rule 5, icefield.write.contracts): ``evolve`` adds new columns, promotes
     # types Iceberg can widen and keeps dropped columns (nulls); ``additive-only`` adds columns only;
     # ``freeze`` refuses any change. Type changes are refused under every contract.
     contract: Literal["evolve", "additive-only", "freeze"] = "evolve"

@@ -4,7 +4,7 @@
 They are parsed and checked when the configuration loads, before any table exists: a spec fixed at a
 table's creation cannot be fixed later, so nothing that cannot work may reach it. Whether a transform fits
 its column's type needs the schema; the writer checks it before it creates the table
-(:func:`icefield.write.partitioning.check_partition_types`).
+(:func:`icefield.iceberg.partitioning.check_partition_types`).
 """
 
 from __future__ import annotations

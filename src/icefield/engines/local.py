@@ -3,7 +3,7 @@
 Merge (DESIGN.md rule 3): dedupe the batch by key, prune data files with the manifests (partition
 values, column bounds) and read only the candidates. Copy-on-write (the default) drops the rows whose key
 the batch names and hands back the files to remove and the rows to write in one overwrite commit;
-merge-on-read (``write.merge.mode: merge-on-read``, :mod:`icefield.write.deletes`) reads only the key
+merge-on-read (``write.merge.mode: merge-on-read``, :mod:`icefield.iceberg.deletes`) reads only the key
 columns and marks those rows in position delete files instead.
 """
 
@@ -22,18 +22,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.columns import constant, internal, row_numbers
-from icefield.engines import Engine, EngineCapabilities, MergePlan, WriteFiles, readonly
+from icefield.engines import readonly
+from icefield.engines.base import Engine, EngineCapabilities, MergePlan, WriteFiles
 from icefield.engines.readonly import distinct_names
 from icefield.errors import ConfigError
-from icefield.tables import plan_files
-from icefield.write.deletes import (
+from icefield.iceberg.deletes import (
     DeleteCache,
     deleted_positions,
     merge_on_read,
     scoped_deletes,
     write_position_deletes,
 )
-from icefield.write.versions import dedupe_latest, newer_mask, split_deletes
+from icefield.iceberg.planning import plan_files
+from icefield.iceberg.versions import dedupe_latest, newer_mask, split_deletes
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -218,8 +219,8 @@ class LocalEngine(Engine):
         never by the table; a file that holds no batch key is read but not rewritten."""
         from collections import deque
 
-        from icefield.write import narrow_type
-        from icefield.write.datafiles import RECENT, cores, sort_indices, target_file_size
+        from icefield.iceberg.datafiles import RECENT, cores, sort_indices, target_file_size
+        from icefield.iceberg.schema import narrow_type
 
         direct = not _has_renames(table)
         # Files are read with strings as they are stored (32-bit offsets): widening them to the schema's
@@ -624,7 +625,7 @@ def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema, plain: 
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
-    from icefield.write.datafiles import RECENT
+    from icefield.iceberg.datafiles import RECENT
 
     path = task.file.file_path
     plain_file = direct and not task.delete_files

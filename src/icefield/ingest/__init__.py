@@ -45,7 +45,7 @@ class SourceBatch:
     position once this batch is committed; ``key`` describes the source range deterministically (the batch
     id derives from it). ``replace_file`` names a source file whose earlier rows this batch replaces.
     ``open_schema`` is True when the records carry no schema of their own (JSON): a column absent from
-    every record is null for this batch, not a dropped column (see icefield.quality.contracts).
+    every record is null for this batch, not a dropped column (see icefield.write.contracts).
     """
 
     data: pa.Table

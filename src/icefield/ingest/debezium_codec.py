@@ -48,6 +48,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.ingest import Rejected
+from icefield.ingest.coerce import _TS as ISO_TIMESTAMP
+from icefield.ingest.coerce import convert_values, describe, infer_type
 from icefield.ingest.debezium_types import (
     MIN_TS_US,
     VARIABLE_SCALE_DECIMAL,
@@ -64,8 +66,6 @@ from icefield.ingest.debezium_types import (
 from icefield.ingest.debezium_unchanged import UNAVAILABLE_VALUE as UNAVAILABLE_VALUE
 from icefield.ingest.debezium_unchanged import UNCHANGED as UNCHANGED
 from icefield.ingest.debezium_unchanged import mark_unchanged
-from icefield.quality.coerce import _TS as ISO_TIMESTAMP
-from icefield.quality.coerce import convert_values, describe, infer_type
 
 log = logging.getLogger(__name__)
 

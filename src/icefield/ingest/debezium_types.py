@@ -56,7 +56,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from icefield.quality.coerce import CoercionError, describe
+from icefield.ingest.coerce import CoercionError, describe
 
 DECIMAL = "org.apache.kafka.connect.data.Decimal"
 DECIMAL_TEXT = "icefield.DecimalText"  # see icefield.ingest.debezium_pgtypes
@@ -141,7 +141,8 @@ class TypeOptions:
         """From a debezium source's ``numeric``, ``postgres_types`` (as ``columns``) and ``connector`` settings
         (``placeholder``: its ``unavailable.value.placeholder``). Raises ValueError for a type name the
         config did not validate."""
-        from icefield.ingest.debezium_pgtypes import field_schema, parse_postgres_type
+        from icefield.config.postgres_types import parse_postgres_type
+        from icefield.ingest.debezium_pgtypes import field_schema
 
         declared = {
             name: plan_field(field_schema(parse_postgres_type(t), decimal_mode, time_mode, interval_mode))

@@ -40,7 +40,7 @@ _CHANGES = pa.array(["u", "c"], pa.string())
 class _Forms:
     """The forms a placeholder takes: as text, the placeholder itself and what a column typed as text
     from values alone (no embedded schema) holds for bytea (base64) and arrays (their JSON text, as
-    icefield.quality.coerce writes it); its bytes; its bytes as numbers."""
+    icefield.ingest.coerce writes it); its bytes; its bytes as numbers."""
 
     def __init__(self, placeholder: str) -> None:
         self.text = placeholder

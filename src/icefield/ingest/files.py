@@ -60,7 +60,7 @@ from icefield.ingest import (
     match_files,
     rebatch,
 )
-from icefield.quality.coerce import cast_column, infer_type, parse_type, records_to_table
+from icefield.ingest.coerce import cast_column, infer_type, parse_type, records_to_table
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project

@@ -11,7 +11,7 @@ Two layers:
   polling until :meth:`KafkaReader.stop`. :meth:`KafkaReader.commit` writes the consumer-group
   offsets after the Iceberg commit.
 * :class:`KafkaSource`, the pipeline source: each batch's messages are decoded as JSON objects with
-  the typing rules of JSON Lines files (:mod:`icefield.ingest.files`, :mod:`icefield.quality.coerce`);
+  the typing rules of JSON Lines files (:mod:`icefield.ingest.files`, :mod:`icefield.ingest.coerce`);
   a message that is not UTF-8, not valid JSON, not an object or empty becomes a
   :class:`~icefield.ingest.Rejected` with the coordinates ``topic/partition/offset``.
 
@@ -45,8 +45,8 @@ from icefield.errors import ConfigError, MissingDependencyError, SourceError, Tr
 from icefield.ingest import LazyStrings as _Lazy
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
 from icefield.ingest.ahead import read_ahead
+from icefield.ingest.coerce import cast_column, records_to_table
 from icefield.ingest.files import decode_json_line, split_bad
-from icefield.quality.coerce import cast_column, records_to_table
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -33,7 +33,7 @@ from icefield.errors import (
     driver_install_hint,
 )
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch, row_coords
-from icefield.quality.coerce import convert_values, infer_type
+from icefield.ingest.coerce import convert_values, infer_type
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -317,7 +317,7 @@ class SqlSource(Source):
         import adbc_driver_postgresql.dbapi as adbc
         from sqlalchemy.dialects import postgresql
 
-        from icefield.quality.coerce import cast_column
+        from icefield.ingest.coerce import cast_column
 
         compiled = stmt.compile(dialect=postgresql.dialect(paramstyle="numeric_dollar"))
         params = [compiled.params[k] for k in compiled.positiontup or []]

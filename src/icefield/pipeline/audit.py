@@ -27,13 +27,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from icefield import failpoints
 from icefield.config.gates import blocking
+from icefield.config.models import TargetConfig
 from icefield.errors import BranchMovedError, CommitConflictError, GateFailedError, PublishConflictError
-from icefield.pipeline.results import CheckResult
+from icefield.iceberg.history import head_id, is_held
 from icefield.quality.gates import GateContext, run_gates
-from icefield.quality.results import store_results
-from icefield.testing import failpoints
-from icefield.write.branches import audit_branch, cut_branch, head_id, is_held, publish
+from icefield.quality.results import QUALITY_RESULTS_TABLE, CheckResult, evaluation_key, results_table
+from icefield.write import TableWriter, WriteResult, batch_id_for
+from icefield.write.branches import audit_branch, cut_branch, publish
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
 
     from icefield.config import PipelineConfig, Project
     from icefield.engines import Engine
-    from icefield.write import TableWriter, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,18 @@ class Auditor:
             f"batch {batch_id} of {self.pipe.target.table}: main moved during each of {REBASE_ATTEMPTS} audits; "
             "rerun when fewer writers commit to the table"
         )
+
+
+def store_results(catalog: Catalog, engine: Engine, results: list[CheckResult]) -> None:
+    """Append ``results`` (one evaluation of one pipeline's gates) to ``icefield.quality_results`` in one
+    commit, through the writer as any batch; its batch id derives from the evaluation
+    (:func:`~icefield.quality.results.evaluation_key`), so a retry of the same evaluation is not stored twice."""
+    if not results:
+        return
+    first = results[0]
+    target = TargetConfig(table=QUALITY_RESULTS_TABLE, mode="append")
+    writer = TableWriter(catalog, target, first.pipeline, engine)
+    writer.commit(results_table(results), batch_id_for("quality", evaluation_key(results)), None, first.run_id)
 
 
 def _reload(writer: TableWriter) -> Table:

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from icefield.catalog import table_identifier
 from icefield.engines import get_engine
 from icefield.errors import ConfigError, IcefieldError
+from icefield.iceberg.history import read_position
 from icefield.pipeline.results import BatchResult, RunResult
 from icefield.pipeline.runner import acquire_lease, new_run_id
-from icefield.write import TableWriter, batch_id_for, read_position, table_identifier
+from icefield.write import TableWriter, batch_id_for
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog

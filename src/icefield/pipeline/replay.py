@@ -37,8 +37,15 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield import failpoints
+from icefield.catalog import table_identifier
 from icefield.engines import get_engine
 from icefield.errors import ConfigError, TransientError
+from icefield.iceberg.commits import commit_transaction
+from icefield.iceberg.history import SUMMARY_BATCH_ID, SUMMARY_PIPELINE, SUMMARY_RUN_ID, find_batch
+from icefield.iceberg.planning import read_arrow
+from icefield.iceberg.schema import conform_to_table
+from icefield.ingest.coerce import conform, parse_type, records_to_table
 from icefield.pipeline.quarantine import (
     QUARANTINE_SCHEMA,
     quarantine_table_name,
@@ -48,22 +55,8 @@ from icefield.pipeline.quarantine import (
 )
 from icefield.pipeline.runner import acquire_lease
 from icefield.quality import check_rows
-from icefield.quality.coerce import conform, parse_type, records_to_table
-from icefield.quality.contracts import ADDITIVE, WIDENING
-from icefield.tables import read_arrow
-from icefield.testing import failpoints
-from icefield.write import (
-    QUARANTINE_SUFFIX,
-    SUMMARY_BATCH_ID,
-    SUMMARY_PIPELINE,
-    SUMMARY_RUN_ID,
-    TableWriter,
-    batch_id_for,
-    conform_to_table,
-    find_batch,
-    table_identifier,
-)
-from icefield.write.commits import commit_transaction
+from icefield.write import QUARANTINE_SUFFIX, TableWriter, batch_id_for
+from icefield.write.contracts import ADDITIVE, WIDENING
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CHECK_STATUSES = ("pass", "warn", "fail", "error")
+from icefield.quality.results import CheckResult
 
+__all__ = ["BatchResult", "CheckResult", "PendingBatch", "RunResult"]
 
 @dataclass
 class BatchResult:
@@ -24,33 +24,6 @@ class BatchResult:
     seconds: float = 0.0
     replaced_file: str | None = None
     failures_by_check: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class CheckResult:
-    """One gate (or one expectation of a suite) evaluated on one snapshot.
-
-    ``status``: ``pass``; ``warn`` (failed, severity warn); ``fail`` (failed, severity error); ``error``
-    (could not be evaluated: a missing column, a failing query). ``blocking`` is True when it holds the
-    batch: severity ``error`` and status ``fail`` or ``error``."""
-
-    pipeline: str
-    table: str
-    snapshot_id: int | None
-    branch: str
-    check: str
-    kind: str
-    value: float | None
-    threshold: str
-    status: str
-    severity: str
-    message: str
-    checked_at: dt.datetime
-    run_id: str
-
-    @property
-    def blocking(self) -> bool:
-        return self.severity == "error" and self.status in ("fail", "error")
 
 
 @dataclass

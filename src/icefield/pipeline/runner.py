@@ -12,21 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from icefield import failpoints
 from icefield.catalog import leases
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.secrets import redact
 from icefield.engines import get_engine
 from icefield.errors import GateFailedError, IcefieldError
+from icefield.iceberg.datafiles import RECENT
+from icefield.iceberg.history import read_position
 from icefield.ingest import SourceBatch, open_source
 from icefield.ingest.ahead import read_ahead
+from icefield.ingest.coerce import conform
 from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
 from icefield.pipeline.results import BatchResult, PendingBatch, RunResult
 from icefield.quality import check_rows
-from icefield.quality.coerce import conform
-from icefield.testing import failpoints
-from icefield.write import TableWriter, batch_id_for, read_position
-from icefield.write.datafiles import RECENT
+from icefield.write import TableWriter, batch_id_for
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -165,8 +166,8 @@ def maintain(catalog: Catalog, pipe: PipelineConfig, result: RunResult, n: int, 
     compaction that loses to a concurrent merge, or any other maintenance error, is logged and left for
     the next batch. Skipped while the table holds an audit batch (compacting main would stop its publish).
     A compaction that found nothing to do is not tried again for ``compact_every`` batches of the run."""
-    from icefield.write import load_existing
-    from icefield.write.branches import ancestors, head_id, held_branches
+    from icefield.catalog import load_existing
+    from icefield.iceberg.history import ancestors, head_id, held_branches
     from icefield.write.compact import SUMMARY_OPERATION, compact_table
     from icefield.write.expire import expire_table
 
@@ -257,7 +258,7 @@ def batch_file_column(pipe: PipelineConfig) -> str | None:
 
 
 def _already(table: Any, batch_id: str) -> int | None:
-    from icefield.write import find_batch
+    from icefield.iceberg.history import find_batch
 
     return find_batch(table, batch_id)
 

@@ -21,7 +21,7 @@ from icefield.config.models import (
     UniqueCheck,
 )
 from icefield.errors import ConfigError, IcefieldError, QueryRefusedError, SchemaError
-from icefield.quality.coerce import CoercionError, converter, describe
+from icefield.ingest.coerce import CoercionError, converter, describe
 
 __all__ = ["RowCheckResult", "check_rows"]
 

@@ -4,7 +4,7 @@ The snapshot (a branch head under audit, or ``main``'s new head) is exposed as t
 table (``shop.orders``), read straight from its Parquet files. Every aggregate gate (row count, null ratio,
 distinct ratio, accepted values, freshness) is one expression of a single ``SELECT`` over the view, so the
 whole set costs one scan; referential integrity is one anti-join per gate; custom SQL runs as written. No
-Python loop touches rows. Each gate gives a :class:`~icefield.pipeline.results.CheckResult`.
+Python loop touches rows. Each gate gives a :class:`~icefield.quality.results.CheckResult`.
 
 Every table the gates read is bound before the first gate runs, and the connection is then locked to
 read-only use (:func:`icefield.engines.local.open_views`): a ``sql`` gate is one read-only query that
@@ -33,7 +33,7 @@ from icefield.config.gates import (
     RowCountGate,
     SqlGate,
 )
-from icefield.pipeline.results import CheckResult
+from icefield.quality.results import CheckResult
 
 if TYPE_CHECKING:
     import duckdb
@@ -323,8 +323,8 @@ def snapshot_row_count(table: Table, snapshot_id: int | None) -> int | None:
     is None; :class:`ConfigError` when the table has equality delete files."""
     from pyiceberg.manifest import DataFileContent
 
-    from icefield.tables import plan_files, read_arrow
-    from icefield.write.deletes import deleted_positions
+    from icefield.iceberg.deletes import deleted_positions
+    from icefield.iceberg.planning import plan_files, read_arrow
 
     if snapshot_id is None:
         return None

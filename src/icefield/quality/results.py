@@ -1,21 +1,47 @@
-"""The results of gates, kept in the Iceberg table ``icefield.quality_results`` (one row per check per
-evaluation), appended through the same writer as any batch so every engine can query them."""
+"""The results of gates (:class:`CheckResult`) and the Iceberg table ``icefield.quality_results`` that keeps
+them (one row per check per evaluation), so every engine can query them. The pipeline appends them
+through the same writer as any batch (:func:`icefield.pipeline.audit.store_results`)."""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from icefield.config.models import TargetConfig
-from icefield.write import TableWriter, batch_id_for
-
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
 
-    from icefield.engines import Engine
-    from icefield.pipeline.results import CheckResult
+CHECK_STATUSES = ("pass", "warn", "fail", "error")
+
+
+@dataclass
+class CheckResult:
+    """One gate (or one expectation of a suite) evaluated on one snapshot.
+
+    ``status``: ``pass``; ``warn`` (failed, severity warn); ``fail`` (failed, severity error); ``error``
+    (could not be evaluated: a missing column, a failing query). ``blocking`` is True when it holds the
+    batch: severity ``error`` and status ``fail`` or ``error``."""
+
+    pipeline: str
+    table: str
+    snapshot_id: int | None
+    branch: str
+    check: str
+    kind: str
+    value: float | None
+    threshold: str
+    status: str
+    severity: str
+    message: str
+    checked_at: dt.datetime
+    run_id: str
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == "error" and self.status in ("fail", "error")
+
 
 QUALITY_RESULTS_TABLE = "icefield.quality_results"
 
@@ -38,21 +64,21 @@ RESULTS_SCHEMA = pa.schema(
 )
 
 
-def store_results(catalog: Catalog, engine: Engine, results: list[CheckResult]) -> None:
-    """Append ``results`` (one evaluation of one pipeline's gates) to ``icefield.quality_results`` in one
-    commit; the commit's batch id is made of the pipeline, the snapshot, the run and the time, so a retry
-    of the same evaluation is not stored twice."""
-    if not results:
-        return
-    first = results[0]
+def results_table(results: list[CheckResult]) -> pa.Table:
+    """``results`` as rows of :data:`RESULTS_SCHEMA`."""
     cols: dict[str, list[Any]] = {f.name: [] for f in RESULTS_SCHEMA}
     for r in results:
         for name in cols:
             cols[name].append(getattr(r, name))
-    data = pa.table(cols, schema=RESULTS_SCHEMA)
-    key = f"{first.table}\x00{first.snapshot_id}\x00{first.run_id}\x00{first.checked_at.isoformat()}"
-    target = TargetConfig(table=QUALITY_RESULTS_TABLE, mode="append")
-    TableWriter(catalog, target, first.pipeline, engine).commit(data, batch_id_for("quality", key), None, first.run_id)
+    return pa.table(cols, schema=RESULTS_SCHEMA)
+
+
+def evaluation_key(results: list[CheckResult]) -> str:
+    """What identifies one evaluation of one pipeline's gates (``results``, not empty): the table, the
+    snapshot, the run and the time. The batch id of the commit that stores them derives from it, so a
+    retry of the same evaluation is not stored twice."""
+    first = results[0]
+    return f"{first.table}\x00{first.snapshot_id}\x00{first.run_id}\x00{first.checked_at.isoformat()}"
 
 
 def latest_results(catalog: Catalog, table: str, history: int = 1) -> list[dict[str, Any]]:

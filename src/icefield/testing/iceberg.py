@@ -23,8 +23,8 @@ def add_equality_deletes(table: Table, column: str, values: list[Any]) -> Table:
     from pyiceberg.table.snapshots import Operation
     from pyiceberg.typedef import Record
 
-    from icefield.write.commits import commit_transaction
-    from icefield.write.producers import RowDelta
+    from icefield.iceberg.commits import commit_transaction
+    from icefield.iceberg.producers import RowDelta
 
     if not table.spec().is_unpartitioned():
         raise ValueError(f"add_equality_deletes writes into unpartitioned tables only; {table.name()} is partitioned")

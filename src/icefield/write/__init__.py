@@ -22,33 +22,40 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from icefield import failpoints
+from icefield.catalog import table_identifier
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
+from icefield.config.partitions import parse_partitions
 from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
-from icefield.tables import plan_files, refusing_equality_deletes
-from icefield.testing import failpoints
-from icefield.write.commits import commit_transaction
-from icefield.write.datafiles import write_data_files
-from icefield.write.partitioning import check_partition_types, parse_partitions
-from icefield.write.producers import merge_overwrite
+from icefield.iceberg.commits import commit_transaction
+from icefield.iceberg.datafiles import write_data_files
+from icefield.iceberg.history import (
+    STATE_PREFIX,
+    SUMMARY_BATCH_ID,
+    SUMMARY_PIPELINE,
+    SUMMARY_RUN_ID,
+    find_batch,
+    read_position,
+)
+from icefield.iceberg.partitioning import check_partition_types
+from icefield.iceberg.planning import plan_files, refusing_equality_deletes
+from icefield.iceberg.producers import merge_overwrite
+from icefield.iceberg.schema import conform_to_table
+from icefield.iceberg.versions import dedupe_latest, newer_than, split_deletes
 from icefield.write.unchanged import fill_unchanged
-from icefield.write.versions import dedupe_latest, newer_than, split_deletes
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
     from icefield.config.models import TargetConfig
-    from icefield.engines import Engine, MergePlan
+    from icefield.engines.base import Engine, MergePlan
 
 log = logging.getLogger(__name__)
 
-STATE_PREFIX = "icefield.state."
 TRUNCATED_AT = "icefield.truncated-at"
-SUMMARY_PIPELINE = "icefield.pipeline"
-SUMMARY_BATCH_ID = "icefield.batch-id"
-SUMMARY_RUN_ID = "icefield.run-id"
 
 DEFAULT_TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
@@ -84,49 +91,6 @@ class WriteResult:
     snapshot_id: int | None
     skipped: bool
     seconds: float
-
-
-def find_batch(table: Table, batch_id: str, ref: str = "main") -> int | None:
-    """Return the id of the snapshot that committed ``batch_id`` in the history of ``ref`` (default
-    ``main``), or None. Snapshots outside that history (a discarded audit branch, a rolled-back commit)
-    do not count: their batch was never published and must be written again."""
-    from icefield.write.branches import ancestors, head_id
-
-    for snap in ancestors(table.metadata, head_id(table, ref)):
-        summary = snap.summary
-        if summary is not None and summary[SUMMARY_BATCH_ID] == batch_id:
-            return snap.snapshot_id
-    return None
-
-
-def read_position(table: Table | None, pipeline: str) -> dict[str, Any] | None:
-    """The source position committed by ``pipeline`` into ``table`` (None if it never committed)."""
-    if table is None:
-        return None
-    raw = table.metadata.properties.get(STATE_PREFIX + pipeline)
-    if raw is None:
-        return None
-    value: dict[str, Any] = json.loads(raw)
-    return value
-
-
-def load_existing(catalog: Catalog, name: str) -> Table:
-    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none
-    or when ``name`` is not of that form."""
-    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
-
-    try:
-        return catalog.load_table(table_identifier(name))
-    except (NoSuchTableError, NoSuchNamespaceError):
-        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from None
-
-
-def table_identifier(name: str) -> tuple[str, ...]:
-    """``(namespace, table)`` of a table name ``namespace.table``; :class:`ConfigError` for any other form."""
-    parts = tuple(name.split("."))
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"{name!r} is not a table name: write it as namespace.table, e.g. raw.events (`icefield tables` lists them)")
-    return parts
 
 
 class TableWriter:
@@ -188,10 +152,10 @@ class TableWriter:
 
     def schema_changes(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> list[Any]:
         """The schema changes rows of ``schema`` (and ``data``, their values, when known) ask of ``table``
-        (:func:`icefield.quality.contracts.classify`), once the target's contract accepted them all: raises
+        (:func:`icefield.write.contracts.classify`), once the target's contract accepted them all: raises
         :class:`SchemaError` otherwise. A merge key or an identifier field of the table is protected (see
         :meth:`evolve`). Changes nothing."""
-        from icefield.quality.contracts import classify, enforce, null_columns
+        from icefield.write.contracts import classify, enforce, null_columns
 
         current = table.schema()
         nulls = None
@@ -211,7 +175,7 @@ class TableWriter:
     def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> Table:
         """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
 
-        The differences are classified (:func:`icefield.quality.contracts.classify`); if the contract
+        The differences are classified (:func:`icefield.write.contracts.classify`); if the contract
         refuses one, :class:`SchemaError` is raised before anything is written. Accepted new columns are
         added (optional) and accepted promotions applied in one schema commit; a dropped column accepted
         by ``evolve`` stays in the table (made optional if it was required) and the batch's rows get nulls.
@@ -221,7 +185,7 @@ class TableWriter:
         table never becomes optional: a batch with a null there is refused. A change Iceberg itself refuses
         is a :class:`SchemaError` too. Returns the (refreshed) table.
         """
-        from icefield.quality.contracts import DROPPED, NEW_COLUMN, NOW_OPTIONAL, PROMOTION
+        from icefield.write.contracts import DROPPED, NEW_COLUMN, NOW_OPTIONAL, PROMOTION
 
         changes = self.schema_changes(table, schema, open_schema, data)
         if not changes:
@@ -358,7 +322,7 @@ class TableWriter:
         branch: str | None = None,
         written: _Written | None = None,
     ) -> WriteResult:
-        from icefield.write.branches import MAIN, SUMMARY_POSITION, head_id
+        from icefield.iceberg.history import MAIN, SUMMARY_POSITION, head_id
 
         summary = {SUMMARY_PIPELINE: self.pipeline, SUMMARY_BATCH_ID: batch_id, SUMMARY_RUN_ID: run_id}
         if branch is not None and head_id(table, branch) != head_id(table):
@@ -504,7 +468,7 @@ class TableWriter:
         ``data`` that is not a delete (the table as it is after a truncate and then ``data``)."""
         from pyiceberg.expressions import AlwaysTrue
 
-        from icefield.engines import MergePlan
+        from icefield.engines.base import MergePlan
 
         t = self.target
         batch = dedupe_latest(data, t.keys, t.order_columns)
@@ -680,33 +644,3 @@ def _all_optional(t: pa.DataType) -> pa.DataType:
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema])
-
-
-def conform_to_table(table: Table, data: pa.Table) -> pa.Table:
-    """Select and order ``data``'s columns as the table's schema (missing columns become nulls).
-    Strings and binaries keep their offset width (``string`` where the schema says ``large_string``) and
-    their dictionary encoding: they are written alike, and converting them copies every value."""
-    target = table.schema().as_arrow()
-    cols, fields = [], []
-    for f in target:
-        if f.name in data.column_names:
-            col = data.column(f.name)
-            stored = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
-            if col.type != f.type and narrow_type(stored) != narrow_type(f.type):
-                col = col.cast(f.type)
-            cols.append(col)
-            fields.append(f.with_type(col.type))
-        else:
-            cols.append(pa.nulls(data.num_rows, type=f.type))
-            fields.append(f)
-    return pa.table(cols, schema=pa.schema(fields, metadata=target.metadata))
-
-
-def narrow_type(t: pa.DataType) -> pa.DataType:
-    """``t`` with 32-bit offsets where it has 64-bit ones (``large_string`` -> ``string``, ``large_binary`` ->
-    ``binary``; other types as they are)."""
-    if pa.types.is_large_string(t):
-        return pa.string()
-    if pa.types.is_large_binary(t):
-        return pa.binary()
-    return t

@@ -21,68 +21,30 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from icefield.errors import ConfigError, PublishConflictError
-from icefield.write.commits import commit_transaction
+from icefield.iceberg.commits import commit_transaction
+from icefield.iceberg.history import (
+    MAIN,
+    STATE_PREFIX,
+    SUMMARY_PIPELINE,
+    SUMMARY_POSITION,
+    ancestors,
+    branches,
+    head_id,
+    is_held,
+    unpublished,
+)
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
-    from pyiceberg.table.metadata import TableMetadata
-    from pyiceberg.table.snapshots import Snapshot
 
 log = logging.getLogger(__name__)
 
-MAIN = "main"
 AUDIT_BRANCH_PREFIX = "icefield-audit-"
-SUMMARY_POSITION = "icefield.position"
 
 
 def audit_branch(pipeline: str) -> str:
     """The audit branch of ``pipeline``."""
     return AUDIT_BRANCH_PREFIX + pipeline
-
-
-def head_id(table: Table, ref: str = MAIN) -> int | None:
-    """The snapshot id ``ref`` points at, or None when the ref does not exist."""
-    r = table.metadata.refs.get(ref)
-    return r.snapshot_id if r is not None else None
-
-
-def ancestors(metadata: TableMetadata, snapshot_id: int | None) -> list[Snapshot]:
-    """``snapshot_id`` and its ancestors, newest first (stops where history was expired)."""
-    by_id = {s.snapshot_id: s for s in metadata.snapshots}
-    out: list[Snapshot] = []
-    current = by_id.get(snapshot_id) if snapshot_id is not None else None
-    while current is not None:
-        out.append(current)
-        current = by_id.get(current.parent_snapshot_id) if current.parent_snapshot_id is not None else None
-    return out
-
-
-def unpublished(table: Table, branch: str) -> list[Snapshot]:
-    """The snapshots on ``branch`` that ``main``'s history lacks, oldest first ([] when none)."""
-    if branch == MAIN or branch not in table.metadata.refs:
-        return []
-    published = {s.snapshot_id for s in ancestors(table.metadata, head_id(table))}
-    out = []
-    for s in ancestors(table.metadata, head_id(table, branch)):
-        if s.snapshot_id in published:
-            break
-        out.append(s)
-    return list(reversed(out))
-
-
-def is_held(table: Table, branch: str) -> bool:
-    """True when ``branch`` holds commits that are not on ``main``."""
-    return bool(unpublished(table, branch))
-
-
-def branches(table: Table) -> list[str]:
-    """The table's branches other than ``main``."""
-    return sorted(name for name, ref in table.metadata.refs.items() if name != MAIN and str(ref.snapshot_ref_type) == "branch")
-
-
-def held_branches(table: Table) -> list[str]:
-    """The branches (other than ``main``) that hold commits ``main`` lacks."""
-    return [b for b in branches(table) if is_held(table, b)]
 
 
 def cut_branch(table: Table, branch: str, force: bool = False) -> Table:
@@ -142,8 +104,6 @@ def publish(table: Table, branch: str) -> Published:
     """
     from pyiceberg.exceptions import CommitFailedException
     from pyiceberg.table.refs import SnapshotRefType
-
-    from icefield.write import STATE_PREFIX, SUMMARY_PIPELINE
 
     if branch not in table.metadata.refs:
         raise ConfigError(f"table {_name(table)} has no branch {branch!r} (branches: {', '.join(branches(table)) or 'none'})")

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from icefield.errors import CommitConflictError, ConfigError
-from icefield.write.commits import commit_transaction
-from icefield.write.deletes import is_file_scoped
+from icefield.iceberg.commits import commit_transaction
+from icefield.iceberg.deletes import is_file_scoped
 from icefield.write.expire import delete_paths
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ def compact_table(
     gets no snapshot."""
     from pyiceberg.exceptions import CommitFailedException, ValidationException
 
-    from icefield.write import load_existing
-    from icefield.write.datafiles import target_file_size as default_target
+    from icefield.catalog import load_existing
+    from icefield.iceberg.datafiles import target_file_size as default_target
 
     if min_input_files < 1:
         raise ConfigError(f"min_input_files={min_input_files}: give 1 or more")
@@ -127,7 +127,7 @@ def _partition_of(task: Any) -> tuple[Any, ...]:
 def plan(table: Table, target: int, min_input_files: int = 2) -> list[list[Any]]:
     """The groups of scan tasks to rewrite together (each at most ``target`` bytes of data files, one
     partition each), per the rules of the module doc."""
-    from icefield.tables import plan_files
+    from icefield.iceberg.planning import plan_files
 
     if table.current_snapshot() is None:
         return []
@@ -160,8 +160,8 @@ def _rewrite(table: Table, groups: list[list[Any]], target: int, sort_by: list[s
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
-    from icefield.write import conform_to_table
-    from icefield.write.datafiles import write_data_files
+    from icefield.iceberg.datafiles import write_data_files
+    from icefield.iceberg.schema import conform_to_table
 
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     added: list[Any] = []
@@ -187,7 +187,7 @@ def _rewrite(table: Table, groups: list[list[Any]], target: int, sort_by: list[s
 def _commit(table: Table, groups: list[list[Any]], added: list[Any], result: CompactionResult) -> None:
     from pyiceberg.table.snapshots import Operation
 
-    from icefield.write.producers import Rewrite
+    from icefield.iceberg.producers import Rewrite
 
     removed = [t.file for g in groups for t in g]
     deletes = {d.file_path: d for g in groups for t in g for d in t.delete_files or () if is_file_scoped(d) == t.file.file_path}

@@ -72,9 +72,9 @@ def backfill_defaults(
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
-    from icefield.write.commits import commit_transaction
+    from icefield.iceberg.commits import commit_transaction
+    from icefield.iceberg.producers import merge_overwrite
     from icefield.write.expire import delete_paths
-    from icefield.write.producers import merge_overwrite
 
     defaults = new_defaults(table, data)
     if not defaults:

@@ -18,12 +18,12 @@ default keeps seven days (no retry waits that long).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from icefield.config.durations import parse_age
 from icefield.errors import CommitConflictError, ConfigError
 
 if TYPE_CHECKING:
@@ -34,18 +34,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_AGE = "7d"
 ATTEMPTS = 4
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_age(value: str | int | float) -> float:
-    """Seconds in an age such as ``7d``, ``12h``, ``30m``, ``0`` (a number alone is seconds)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    m = _AGE.match(str(value))
-    if m is None:
-        raise ConfigError(f"older_than={value!r} is not an age; give one like '7d', '12h', '30m' or '0' (seconds)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
 
 
 @dataclass
@@ -74,7 +62,7 @@ def expire_table(
     files only they reached. Returns what was done."""
     from pyiceberg.exceptions import CommitFailedException
 
-    from icefield.write import load_existing
+    from icefield.catalog import load_existing
 
     if retain_last < 1:
         raise ConfigError(f"retain_last={retain_last}: keep at least 1 snapshot (the current one)")
@@ -121,7 +109,7 @@ def expire_table(
 
 def expirable(table: Table, cutoff_ms: int, retain_last: int) -> set[int]:
     """The ids of the snapshots to expire: older than ``cutoff_ms`` and not kept by the rules above."""
-    from icefield.write.branches import MAIN, ancestors, head_id, unpublished
+    from icefield.iceberg.history import MAIN, ancestors, head_id, unpublished
 
     md = table.metadata
     keep = {s.snapshot_id for s in ancestors(md, head_id(table))[:retain_last]}

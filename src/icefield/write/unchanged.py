@@ -208,7 +208,7 @@ HISTORY_LIMIT = 20
 def _rows_before_deletion(table: Table | None, wanted: set[Any], keys: list[str], columns: list[str]) -> tuple[pa.Table | None, dict[Any, int]]:
     """The last stored version of each of the ``wanted`` keys, which the table no longer holds: found in
     the snapshots before the current one (at most :data:`HISTORY_LIMIT`)."""
-    from icefield.write.branches import ancestors, head_id
+    from icefield.iceberg.history import ancestors, head_id
 
     if table is None or not wanted:
         return None, {}

@@ -1,4 +1,5 @@
-"""Partition specs from config: ``region``, ``day(updated_at)``, ``bucket(16, id)``, ``truncate(4, sku)``.
+"""Whether partition fields (``region``, ``day(updated_at)``, ``bucket(16, id)``, ``truncate(4, sku)``) fit
+the data they would partition.
 
 The expressions are parsed and checked when the configuration loads (:mod:`icefield.config.partitions`);
 what needs the table's schema, whether each transform fits its column, is checked here before a table is
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from icefield.config.partitions import FORMS, PartitionField, parse_partition, parse_partitions
+from icefield.config.partitions import PartitionField
 from icefield.errors import ConfigError, SchemaError
 
-__all__ = ["FORMS", "PartitionField", "check_partition_types", "parse_partition", "parse_partitions"]
+__all__ = ["check_partition_types"]
 
 _TRANSFORMS = ("identity", "year", "month", "day", "hour", "bucket[16]", "truncate[16]")
 
