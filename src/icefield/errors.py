@@ -20,7 +20,8 @@ Each class carries the exit code of the ``icefield`` command it ends (``exit_cod
     │   ├── SourceError
     │   ├── SchemaError
     │   ├── GateFailedError
-    │   └── PublishConflictError
+    │   ├── PublishConflictError
+    │   └── IntegrityError        a change would lose or gain rows: refused, nothing committed
     ├── InterruptedRunError     130   stopped by SIGINT (Ctrl-C)
     └── FailpointError                tests only
 """
@@ -135,6 +136,12 @@ class GateFailedError(TerminalError):
 
 class PublishConflictError(TerminalError):
     """A branch cannot be fast-forwarded onto ``main``: ``main`` has commits the branch lacks."""
+
+
+class IntegrityError(TerminalError):
+    """A check that guards a table's content failed: the change would lose or gain rows (a compaction that
+    wrote another number of rows than it read). Nothing of it was committed; the message names the table
+    and the counts."""
 
 
 class BranchMovedError(TransientError):

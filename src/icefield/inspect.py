@@ -20,8 +20,8 @@ def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict
 
     Raises :class:`ConfigError` when the table does not exist.
     """
-    from icefield.catalog import load_existing
     from icefield.iceberg.history import is_held
+    from icefield.iceberg.tables import load_existing
 
     t = load_existing(catalog, name)
     schema = t.schema()

@@ -65,7 +65,7 @@ def check_query(sql: str, what: str = "the query") -> exp.Expr:
     try:
         trees = [t for t in sqlglot.parse(sql, read="duckdb") if t is not None]
     except sqlglot.errors.SqlglotError as e:
-        raise QueryRefusedError(f"{what} is refused: it does not parse as DuckDB SQL ({str(e).splitlines()[0]}); {ONE_QUERY}") from None
+        raise QueryRefusedError(f"{what} is refused: it does not parse as DuckDB SQL ({str(e).splitlines()[0]}); {ONE_QUERY}") from e
     if len(trees) != 1:
         raise QueryRefusedError(f"{what} is refused: it holds {len(trees)} statements; {ONE_QUERY}")
     tree = trees[0]
@@ -91,11 +91,11 @@ def check_expression(expr: str, what: str = "the filter") -> exp.Expr:
         raise QueryRefusedError(f"{what} is empty; write a SQL expression over the row's columns, e.g. amount > 0")
     try:
         tree = sqlglot.parse_one(expr, read="duckdb", into=exp.Condition)
-    except sqlglot.errors.SqlglotError:
+    except sqlglot.errors.SqlglotError as e:
         raise QueryRefusedError(
             f"{what} is not one SQL expression (statements, ';' and unbalanced parentheses are refused); "
             "write a condition over the row's columns, e.g. amount > 0"
-        ) from None
+        ) from e
     refused = _refused_types()
     for node in tree.walk():
         if isinstance(node, (exp.Query, exp.Subquery, exp.Exists)):

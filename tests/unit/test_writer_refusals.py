@@ -11,10 +11,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from icefield.catalog import load_existing, sql_catalog, table_identifier
+from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import ConfigError, SchemaError
+from icefield.iceberg.tables import load_existing, table_identifier
 from icefield.quality import check_rows
 from icefield.write import TableWriter
 

@@ -21,7 +21,6 @@ from icefield.errors import ConfigError, MissingDependencyError, TransientError,
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
-    from pyiceberg.table import Table
 
     from icefield.config import Project
 
@@ -60,25 +59,6 @@ def open_catalog(project: Project) -> Catalog:
             raise ConfigError(f"{where}: cannot create the warehouse folder {local}: {e.strerror}; fix 'warehouse'") from None
     props = {k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()}
     return sql_catalog(cfg.name, uri, warehouse, **props)
-
-
-def table_identifier(name: str) -> tuple[str, ...]:
-    """``(namespace, table)`` of a table name ``namespace.table``; :class:`ConfigError` for any other form."""
-    parts = tuple(name.split("."))
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"{name!r} is not a table name: write it as namespace.table, e.g. raw.events (`icefield tables` lists them)")
-    return parts
-
-
-def load_existing(catalog: Catalog, name: str) -> Table:
-    """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none
-    or when ``name`` is not of that form."""
-    from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
-
-    try:
-        return catalog.load_table(table_identifier(name))
-    except (NoSuchTableError, NoSuchNamespaceError) as e:
-        raise ConfigError(f"no table {name!r} in the catalog; `icefield tables` lists them") from e
 
 
 def sqlite_relative_to(uri: str, base: Path) -> str:

@@ -307,7 +307,8 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
 @guarded
 def checks(out: Output, table: str, history: int) -> None:
     """The latest gate results of TABLE (from icefield.quality_results)."""
-    from icefield.catalog import load_existing, open_catalog
+    from icefield.catalog import open_catalog
+    from icefield.iceberg.tables import load_existing
     from icefield.quality.results import latest_results
 
     catalog = open_catalog(out.project())
@@ -354,7 +355,8 @@ def _held_branch(table: Any, name: str, branch: str | None) -> str | None:
 
 
 def _load(out: Output, name: str) -> Any:
-    from icefield.catalog import load_existing, open_catalog
+    from icefield.catalog import open_catalog
+    from icefield.iceberg.tables import load_existing
 
     return load_existing(open_catalog(out.project()), name)
 

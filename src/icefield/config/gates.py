@@ -1,4 +1,5 @@
-"""Typed gates: dataset checks a pipeline runs on the snapshot it just wrote (DESIGN.md rule 6).
+"""Typed gates: dataset checks a pipeline runs on the snapshot it just wrote (``docs/architecture.md``,
+"The write path", rule 6).
 
 Each gate is a mapping with exactly one kind key (``row_count``, ``freshness``, ...) plus the optional
 keys ``severity`` (``error``, the default, or ``warn``) and ``name``::

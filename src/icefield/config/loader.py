@@ -203,7 +203,7 @@ def read_model(path: Path) -> ModelConfig:
     try:
         meta = yaml.safe_load("\n".join(h for h in header if ":" in h)) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: the '-- key: value' header is not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: the '-- key: value' header is not valid YAML: {e}") from e
     if not isinstance(meta, dict) or "target" not in meta:
         raise ConfigError(
             f"{path}: a model starts with a header naming its table, e.g. '-- target: shop.daily_revenue' "
@@ -255,9 +255,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from e
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -270,9 +270,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                 )
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: the YAML nests too deeply (or an alias refers to itself); flatten it") from None
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path}: the YAML nests too deeply (or an alias refers to itself); flatten it") from e
     finally:
         loader.dispose()
     if data is None:

@@ -359,7 +359,7 @@ class TargetConfig(_Model):
     delete_column: str | None = None
     keep_newest: bool = False
     properties: dict[str, str] = Field(default_factory=dict)
-    # Schema contract (DESIGN.md rule 5, icefield.write.contracts): ``evolve`` adds new columns, promotes
+    # Schema contract (docs/architecture.md, "The write path", rule 5; icefield.write.contracts): ``evolve`` adds new columns, promotes
     # types Iceberg can widen and keeps dropped columns (nulls); ``additive-only`` adds columns only;
     # ``freeze`` refuses any change. Type changes are refused under every contract.
     contract: Literal["evolve", "additive-only", "freeze"] = "evolve"

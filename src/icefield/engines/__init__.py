@@ -1,6 +1,7 @@
-"""Engines run merges, transforms and queries. Capabilities are data, never ``if engine == ...``.
+"""Engines land batches and run queries. Capabilities are data, never ``if engine == ...``.
 
-Built-in: ``local`` (DuckDB + Arrow, one process). A registry maps names to lazy loaders.
+The contract is :mod:`icefield.engines.base`. Built-in: ``local`` (DuckDB + Arrow, one process). A registry
+maps names to lazy loaders.
 """
 
 from __future__ import annotations

@@ -1,4 +1,38 @@
-"""The engine contract: what the pipeline asks of an engine, and what an engine declares it can do."""
+"""The engine contract: what the pipeline asks of an engine, and what an engine declares it can do.
+
+**The seam.** For each batch the writer (:class:`icefield.write.TableWriter`) asks the engine one thing:
+*stage this batch in this table under this mode, as one transaction* (:meth:`Engine.stage`, given a
+:class:`WriteRequest`). The engine returns the transaction uncommitted (:class:`StagedWrite`); icefield then
+puts the source position into that same transaction (the table property ``icefield.state.<pipeline>``) and
+commits it through the one commit path (:mod:`icefield.iceberg.commits`). So the data and the position land
+in one atomic metadata swap whatever the engine, and every engine gets the same batch-id check, conflict
+replans and unknown-outcome resolution: a conflict calls :meth:`Engine.stage` again on the fresh table.
+Everything else about a batch is the writer's and engine-neutral: creating the table, schema contracts and
+evolution, the batch id and position checks, CDC preparation (truncates, unchanged values, column defaults)
+and the tombstone table.
+
+What an engine can do is data (:class:`EngineCapabilities`), read by the core (``supports_merge`` for merge
+targets, ``supports_sql`` for models), never its class or name.
+
+**The local engine** (:class:`icefield.engines.local.LocalEngine`) writes the data files in this process
+(DuckDB and Arrow) and stages them with pyiceberg's snapshot producers
+(:class:`icefield.engines.files.FileEngine`).
+
+**A distributed engine (Spark)** cannot hand pyiceberg data files back to this process, and it need not:
+its :meth:`Engine.stage` writes the batch on a staging branch of the table (``icefield-stage-<pipeline>``,
+cut from the ``main`` the request's table is at), with Spark's own writer (``INSERT INTO`` / ``MERGE INTO``
+``... .branch_<name>``, the request's ``summary`` as snapshot properties, so the staged snapshot carries the
+batch id). It then returns a transaction that fast-forwards ``main`` to that branch head: pyiceberg's
+``_set_ref_snapshot`` with the requirement that ``main`` is still where it was, exactly as write-audit-publish
+publishes (:func:`icefield.write.branches.publish`). icefield adds the position to that transaction and commits
+it: the batch and the position become visible on ``main`` in one commit. A conflict (``main`` moved) fails the
+compare-and-swap; the commit path calls ``stage`` again, which cuts the staging branch again from the new
+``main`` and reruns the write; a batch whose fast-forward landed is found by its batch id in ``main``'s history.
+The staging branch is left for the next batch to move. A request for an audit branch (``request.branch``
+is not ``main``: write-audit-publish) is written on that branch directly (its snapshot carries the summary,
+the position included) and answered with an empty transaction; the publish moves ``main`` later. See
+``docs/architecture.md``, section "Engines".
+"""
 
 from __future__ import annotations
 
@@ -6,65 +40,94 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import pyarrow as pa
+from icefield.iceberg.history import MAIN
 
 if TYPE_CHECKING:
-    from pyiceberg.table import Table
+    import duckdb
+    import pyarrow as pa
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table, Transaction
 
     from icefield.config.models import TargetConfig
 
 
 @dataclass(frozen=True)
 class EngineCapabilities:
+    """What an engine can do, as data the core reads (never ``if engine == ...``)."""
+
     supports_merge: bool = False
+    """Lands batches of ``merge`` targets (upserts and deletes by key)."""
     supports_sql: bool = False
+    """Runs SQL over the tables: models and ``icefield sql`` (:meth:`Engine.connect`)."""
     distributed: bool = False
-
-
-WriteFiles = Callable[..., list[Any]]
-"""``write_files(table, data, rows=None, segments=None)``: writes ``data`` (or the rows ``rows`` of it, an
-index array, each of the ``segments`` of ``rows`` in files of its own) as data files of ``table``, sorted
-by the target's keys within each partition or segment (callers need not sort); returns the uncommitted
-DataFiles."""
+    """Runs beyond this process (a cluster): worth its start-up only for big batches."""
 
 
 @dataclass
-class MergePlan:
-    """The outcome of a merge, ready to commit: data files to remove, data files written (uncommitted),
-    the conflict filter for the commit, and counts. A merge-on-read merge also adds position delete
-    files (``add_deletes``), may replace older ones (``remove_deletes``), and names the data files its
-    deletes refer to (``referenced``), which must still be in the table when it commits."""
+class WriteRequest:
+    """What the pipeline asks of an engine for one batch: stage ``data`` in the table under ``target.mode``
+    (``append``, ``overwrite`` or ``merge`` by ``target.keys``), as one transaction on ``branch`` whose
+    snapshots carry ``summary`` (``icefield.pipeline``, ``icefield.batch-id``, ``icefield.run-id``; on an audit
+    branch also the position, ``icefield.position``).
 
-    remove: list[Any] = field(default_factory=list)
-    add: list[Any] = field(default_factory=list)
-    add_deletes: list[Any] = field(default_factory=list)
-    remove_deletes: list[Any] = field(default_factory=list)
-    referenced: list[Any] = field(default_factory=list)
-    conflict_filter: Any = None
+    ``data`` is typed as the table and prepared by the writer (schema evolved, CDC values filled, versions a
+    truncate erased dropped); it may hold the target's delete flag column (``target.delete_column``).
+    ``replace_file`` (append) is ``(column, value)``: rows whose column holds the value are replaced (a source
+    file that changed). ``truncate`` (merge) empties the table in the same transaction first.
+    ``tombstones`` (merge with ``target.keep_newest``) is the table of deleted keys and the version that
+    deleted them: an older version of such a key is not written. The batch's own deletes are handed to
+    ``on_tombstones`` as soon as the engine knows them (the writer records them in the tombstone table
+    before the data commit), or returned in :attr:`StagedWrite.tombstones`. ``memo`` is the engine's own,
+    kept across the attempts of one batch (e.g. files an attempt wrote that the next can stage again).
+    """
+
+    data: pa.Table
+    target: TargetConfig
+    summary: dict[str, str]
+    branch: str = MAIN
+    replace_file: tuple[str, str] | None = None
+    truncate: bool = False
+    tombstones: Table | None = None
+    on_tombstones: Callable[[pa.Table], None] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StagedWrite:
+    """An engine's answer to a :class:`WriteRequest`: the batch as one uncommitted ``transaction`` of the
+    table (icefield adds the position and commits it), whether it changes data (``changed``: False when it
+    holds nothing, and then only the position moves), and counts of what it did."""
+
+    transaction: Transaction
+    changed: bool
     rows_written: int = 0
     rows_deleted: int = 0
     rows_updated: int = 0
     rows_inserted: int = 0
     rows_stale: int = 0
+    files_added: int = 0
+    files_removed: int = 0
     files_scanned: int = 0
     files_read: int = 0
     tombstones: pa.Table | None = None
+    """The batch's deletes (keys and version) when they were not handed to ``on_tombstones``."""
 
 
 class Engine:
-    """Base class of engines."""
+    """Base class of engines: :meth:`stage` lands batches; :meth:`connect` runs SQL where
+    ``capabilities.supports_sql``."""
 
     name: ClassVar[str] = "base"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities()
 
-    def merge(
-        self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None,
-        on_tombstones: Callable[[pa.Table], None] | None = None,
-    ) -> MergePlan:
-        """Merge ``data`` (already typed as the table) into ``table`` by ``target.keys``: write the new
-        data files with ``write_files`` and return what the commit must remove and add. With
-        ``target.keep_newest``, only strictly newer versions replace stored rows, and ``tombstones``
-        (deleted keys with their version) stop older versions from resurrecting deleted keys; the
-        batch's own deletes (the plan's ``tombstones``) are handed to ``on_tombstones`` as soon as they
-        are known, so that the caller records them while the data files are written."""
-        raise NotImplementedError
+    def stage(self, table: Table, request: WriteRequest) -> StagedWrite:
+        """Stage the batch of ``request`` in ``table`` (as loaded for this attempt) as one uncommitted
+        transaction (see the module doc). Raises pyiceberg's ``CommitFailedException`` or
+        ``ValidationException`` when the table moved under it (the commit path calls it again on the fresh
+        table), icefield errors for what no retry can fix."""
+        raise NotImplementedError(f"engine {self.name!r} cannot land batches")
+
+    def connect(self, catalog: Catalog, sql: str | None = None, unrestricted: bool = False) -> duckdb.DuckDBPyConnection:
+        """A connection on which ``sql`` (a read-only query over the catalog's tables) runs, where
+        ``capabilities.supports_sql``."""
+        raise NotImplementedError(f"engine {self.name!r} does not run SQL")

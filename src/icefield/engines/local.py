@@ -1,6 +1,6 @@
 """The ``local`` engine: DuckDB and Arrow in one process.
 
-Merge (DESIGN.md rule 3): dedupe the batch by key, prune data files with the manifests (partition
+Merge (``docs/architecture.md``, "The write path", rule 3): dedupe the batch by key, prune data files with the manifests (partition
 values, column bounds) and read only the candidates. Copy-on-write (the default) drops the rows whose key
 the batch names and hands back the files to remove and the rows to write in one overwrite commit;
 merge-on-read (``write.merge.mode: merge-on-read``, :mod:`icefield.iceberg.deletes`) reads only the key
@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from icefield.columns import constant, internal, row_numbers
 from icefield.engines import readonly
-from icefield.engines.base import Engine, EngineCapabilities, MergePlan, WriteFiles
+from icefield.engines.base import EngineCapabilities
+from icefield.engines.files import FileEngine, MergePlan, WriteFiles
 from icefield.engines.readonly import distinct_names
 from icefield.errors import ConfigError
 from icefield.iceberg.deletes import (
@@ -139,7 +140,7 @@ def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, key
     return out
 
 
-class LocalEngine(Engine):
+class LocalEngine(FileEngine):
     name = "local"
     capabilities = EngineCapabilities(supports_merge=True, supports_sql=True, distributed=False)
     # Merge-on-read and the tombstone check read candidate files in groups of about this many Parquet
@@ -151,7 +152,8 @@ class LocalEngine(Engine):
         self, table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles, tombstones: Table | None = None,
         on_tombstones: Callable[[pa.Table], None] | None = None,
     ) -> MergePlan:
-        """Copy-on-write merge of ``data`` into ``table`` by ``target.keys`` (DESIGN.md rule 3).
+        """Copy-on-write merge of ``data`` into ``table`` by ``target.keys`` (``docs/architecture.md``, "The
+        write path", rule 3).
 
         Only files whose key bounds may hold a batch key are read; a file that really holds one is
         rewritten with the matching rows replaced by their new versions (so files keep tight key

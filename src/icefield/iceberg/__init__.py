@@ -1,8 +1,8 @@
 """The floor: engine-neutral primitives over Iceberg table files, for every layer above.
 
 Each module is one concern of a table as files and metadata, and none knows of pipelines, sources,
-checks or engines (it imports only :mod:`icefield.errors`, :mod:`icefield.columns`, :mod:`icefield.config`
-and :mod:`icefield.failpoints` from icefield):
+checks or engines (from icefield it imports only the base: :mod:`icefield.errors`, :mod:`icefield.columns`,
+:mod:`icefield.config`):
 
 - :mod:`~icefield.iceberg.datafiles`: writing Arrow data as Iceberg data files (Parquet with field ids and
   statistics), and the data files this process wrote lately (``RECENT``);
@@ -16,7 +16,8 @@ and :mod:`icefield.failpoints` from icefield):
 - :mod:`~icefield.iceberg.history`: refs, ancestry, and what icefield's commits carry (batch ids and
   source positions);
 - :mod:`~icefield.iceberg.commits`: the one commit path (retries, conflict replans, unknown outcomes);
-- :mod:`~icefield.iceberg.storage`: errors of the object store that a retry may get past.
+- :mod:`~icefield.iceberg.tables`: tables by name, and the errors of the object store under them that a
+  retry may get past.
 
 See ``docs/architecture.md``, section "Layers".
 """

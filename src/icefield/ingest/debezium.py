@@ -1,9 +1,10 @@
 """The ``debezium`` source: Debezium change events, from JSON Lines files or from a Kafka topic.
 
 Events are decoded by :mod:`icefield.ingest.debezium_codec` into rows with their version: the
-event's ``source.sequence`` as ``_cdc_commit_lsn`` and ``_cdc_lsn`` (DESIGN.md rule 3: order by commit
-LSN, then LSN, never by LSN alone), ``_cdc_op`` and ``_cdc_ts_ms``, and ``_cdc_deleted`` for deletes. The
-target merges them by key with ``keep_newest``: duplicates and late events never undo newer changes.
+event's ``source.sequence`` as ``_cdc_commit_lsn`` and ``_cdc_lsn`` (``docs/architecture.md``, "The write
+path", rule 3: order by commit LSN, then LSN, never by LSN alone), ``_cdc_op`` and ``_cdc_ts_ms``, and
+``_cdc_deleted`` for deletes. The target merges them by key with ``keep_newest``: duplicates and late events
+never undo newer changes.
 
 A truncate (``op = t``) splits the stream: the batch that holds it empties the table in its commit,
 then applies the events after it. Tombstones (null values after a delete) carry no row: they count as

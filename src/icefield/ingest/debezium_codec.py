@@ -13,7 +13,8 @@ Ordering. A change's position is ``source.sequence`` = ``["<commit LSN>", "<LSN>
 meta columns ``__seq_commit`` and ``__seq_lsn`` (null elements are 0; without a sequence both are
 ``source.lsn``). Order changes by the pair, lexicographically (:func:`sequence_key`), **never by the LSN
 alone**: PostgreSQL's per-row LSNs interleave across concurrent transactions, so a row of a transaction
-that committed later can carry a smaller LSN than a row of one that committed earlier (RELIABILITY.md C3).
+that committed later can carry a smaller LSN than a row of one that committed earlier
+(``docs/architecture.md``, "The write path", rule 3).
 Snapshot reads carry ``[null, "<lsn>"]``, so they sort before every streamed change.
 
 Other meta columns: ``__op`` (``c``/``u``/``r``/``d``), ``__ts_ms`` (``source.ts_ms``, the commit time in

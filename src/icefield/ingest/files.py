@@ -215,7 +215,7 @@ class FilesSource(Source):
             try:
                 self.declared = {k: parse_type(v) for k, v in self.cfg.columns.items()}
             except ValueError as e:
-                raise ConfigError(f"pipeline {pipeline.name!r}: source.columns: {e}") from None
+                raise ConfigError(f"pipeline {pipeline.name!r}: source.columns: {e}") from e
         if pipeline.target.mode == "append" and not self.cfg.file_column:
             raise ConfigError(
                 f"pipeline {pipeline.name!r}: source.file_column: a files source in mode 'append' needs the "

@@ -4,12 +4,12 @@ Two layers:
 
 * :class:`KafkaReader`, the reusable reading core (the ``debezium`` source builds on it): it assigns
   every partition of the topics itself (no subscription, so no group rebalance), seeks each one to
-  the position given (the table's, DESIGN.md rule 1; the consumer group's committed offset is only a
-  hint for partitions the table does not know; then ``start``), and yields :class:`MessageBatch`
-  objects bounded by a record count and a time limit. :meth:`KafkaReader.batches` stops at the high
-  watermarks seen when it opened ("consume what is there and stop"), or with ``follow`` keeps
-  polling until :meth:`KafkaReader.stop`. :meth:`KafkaReader.commit` writes the consumer-group
-  offsets after the Iceberg commit.
+  the position given (the table's: ``docs/architecture.md``, "The write path", rule 1; the consumer
+  group's committed offset is only a hint for partitions the table does not know; then ``start``), and
+  yields :class:`MessageBatch` objects bounded by a record count and a time limit.
+  :meth:`KafkaReader.batches` stops at the high watermarks seen when it opened ("consume what is there
+  and stop"), or with ``follow`` keeps polling until :meth:`KafkaReader.stop`.
+  :meth:`KafkaReader.commit` writes the consumer-group offsets after the Iceberg commit.
 * :class:`KafkaSource`, the pipeline source: each batch's messages are decoded as JSON objects with
   the typing rules of JSON Lines files (:mod:`icefield.ingest.files`, :mod:`icefield.ingest.coerce`);
   a message that is not UTF-8, not valid JSON, not an object or empty becomes a
@@ -86,7 +86,7 @@ def import_confluent_kafka() -> Any:
     try:
         import confluent_kafka
     except ImportError as e:
-        raise MissingDependencyError(f"the kafka source needs confluent-kafka ({e}): run `{INSTALL_HINT}`") from None
+        raise MissingDependencyError(f"the kafka source needs confluent-kafka ({e}): run `{INSTALL_HINT}`") from e
     return confluent_kafka
 
 
@@ -116,7 +116,7 @@ def position_offsets(state: Mapping[str, Any] | None) -> dict[TopicPartition, in
             for partition, offset in partitions.items()
         }
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise SourceError(f"the stored Kafka position {state!r} is not {{'topics': {{topic: {{partition: offset}}}}}}: {e}") from None
+        raise SourceError(f"the stored Kafka position {state!r} is not {{'topics': {{topic: {{partition: offset}}}}}}: {e}") from e
 
 
 def range_key(start: Mapping[TopicPartition, int], end: Mapping[TopicPartition, int]) -> str:

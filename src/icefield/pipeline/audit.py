@@ -1,4 +1,4 @@
-"""Write-audit-publish for one pipeline run (DESIGN.md rule 6).
+"""Write-audit-publish for one pipeline run (``docs/architecture.md``, "The write path", rule 6).
 
 Semantics (what a user can rely on):
 
@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 from icefield import failpoints
 from icefield.config.gates import blocking
 from icefield.config.models import TargetConfig
-from icefield.errors import BranchMovedError, CommitConflictError, GateFailedError, PublishConflictError
+from icefield.errors import BranchMovedError, GateFailedError, PublishConflictError
+from icefield.iceberg.commits import Retry, commit
 from icefield.iceberg.history import head_id, is_held
 from icefield.quality.gates import GateContext, run_gates
 from icefield.quality.results import QUALITY_RESULTS_TABLE, CheckResult, evaluation_key, results_table
@@ -142,18 +143,18 @@ class Auditor:
 
         if isinstance(table, StagedTable):  # just created: a staged table cannot be refreshed
             table = _reload(writer)
-        for attempt in range(REBASE_ATTEMPTS):
-            # A rebase (attempt > 0) moves the branch off our own audited, unpublished batch: allowed.
-            table = cut_branch(table, self.branch, force=attempt > 0)
+        rebase = [False]  # a rebase moves the branch off our own audited, unpublished batch: allowed
+
+        def attempt(table: Table) -> WriteResult:
+            table = cut_branch(table, self.branch, force=rebase[0])
+            rebase[0] = True
             main = head_id(table)
-            try:
-                wr = writer.commit(
-                    data, batch_id, position, self.run_id, replace_file=replace_file, table=table, branch=self.branch, truncate_at=truncate_at
-                )
-            except BranchMovedError as e:
-                log.info("pipeline %s: %s; cutting the branch again", self.pipe.name, e)
-                table = _reload(writer)
-                continue
+            # A BranchMovedError (main moved since the cut) or a PublishConflictError (main moved during the
+            # audit) replans: the branch is cut again from the new main and the batch, still in memory,
+            # written, audited and published again.
+            wr = writer.commit(
+                data, batch_id, position, self.run_id, replace_file=replace_file, table=table, branch=self.branch, truncate_at=truncate_at
+            )
             if wr.skipped or wr.snapshot_id is None:
                 return wr  # already published, or nothing but a position to move (set on main directly)
             audited = _reload(writer)
@@ -161,15 +162,17 @@ class Auditor:
             if any(r.blocking for r in results):
                 raise self._held(results, wr.snapshot_id, main, rerun=False)
             failpoints.hit("before-publish")
-            try:
-                publish(audited, self.branch)
-                return wr
-            except PublishConflictError as e:
-                log.warning("pipeline %s: main moved during the audit of batch %s; rewriting it on the new main (%s)", self.pipe.name, batch_id, e)
-                table = _reload(writer)
-        raise CommitConflictError(
-            f"batch {batch_id} of {self.pipe.target.table}: main moved during each of {REBASE_ATTEMPTS} audits; "
-            "rerun when fewer writers commit to the table"
+            publish(audited, self.branch)
+            return wr
+
+        return commit(
+            f"the audit of batch {batch_id} of {self.pipe.target.table}",
+            lambda: _reload(writer),
+            attempt,
+            table=table,
+            retry=Retry(REBASE_ATTEMPTS),
+            replan=(BranchMovedError, PublishConflictError),
+            advice="rerun when fewer writers commit to the table",
         )
 
 

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from icefield.catalog import table_identifier
 from icefield.engines import get_engine
 from icefield.errors import ConfigError, IcefieldError
 from icefield.iceberg.history import read_position
+from icefield.iceberg.tables import table_identifier
 from icefield.pipeline.results import BatchResult, RunResult
 from icefield.pipeline.runner import acquire_lease, new_run_id
 from icefield.write import TableWriter, batch_id_for
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from icefield.config import Project
     from icefield.config.models import ModelConfig
-    from icefield.engines.local import LocalEngine
+    from icefield.engines import Engine
 
 
 def run_model(
@@ -39,7 +39,6 @@ def run_model(
     ``wait`` seconds for another run of it)."""
     from icefield.catalog import open_catalog
     from icefield.engines import readonly
-    from icefield.engines.local import LocalEngine
 
     try:
         model = project.models[name]
@@ -48,7 +47,7 @@ def run_model(
     catalog = catalog or open_catalog(project)
     run_id = run_id or new_run_id()
     engine = get_engine(project.config.engine)
-    if not isinstance(engine, LocalEngine):
+    if not engine.capabilities.supports_sql:
         raise ConfigError(f"models need an engine that runs SQL; {project.config.engine!r} does not")
     what = f"{model.path}: the model's SQL"
     with contextlib.closing(readonly.open_connection()) as parser:
@@ -61,7 +60,7 @@ def run_model(
     return result
 
 
-def _run_model(model: ModelConfig, catalog: Catalog, engine: LocalEngine, result: RunResult, run_id: str, what: str) -> None:
+def _run_model(model: ModelConfig, catalog: Catalog, engine: Engine, result: RunResult, run_id: str, what: str) -> None:
     from icefield.engines import readonly
     from icefield.engines.local import tables_named
 
@@ -84,7 +83,7 @@ def _run_model(model: ModelConfig, catalog: Catalog, engine: LocalEngine, result
     except IcefieldError as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{e}; fix the model's SQL") from None
+        raise ConfigError(f"{e}; fix the model's SQL") from e
     finally:
         con.close()
     data = _iceberg_friendly(data)

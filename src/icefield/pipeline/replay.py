@@ -1,4 +1,5 @@
-"""Quarantine list, show and replay (DESIGN.md rule 4): bad rows are kept, then retried.
+"""Quarantine list, show and replay (``docs/architecture.md``, "The write path", rule 4): bad rows are kept,
+then retried.
 
 :func:`replay_quarantine` re-validates the quarantined rows of a table with the pipeline's *current*
 rules: the raw record is decoded again, typed with the table's current schema and the pipeline's
@@ -38,13 +39,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield import failpoints
-from icefield.catalog import table_identifier
 from icefield.engines import get_engine
-from icefield.errors import ConfigError, TransientError
-from icefield.iceberg.commits import commit_transaction
+from icefield.errors import ConfigError
+from icefield.iceberg.commits import Retry, batch_landed, commit, commit_transaction
 from icefield.iceberg.history import SUMMARY_BATCH_ID, SUMMARY_PIPELINE, SUMMARY_RUN_ID, find_batch
 from icefield.iceberg.planning import read_arrow
 from icefield.iceberg.schema import conform_to_table
+from icefield.iceberg.tables import table_identifier
 from icefield.ingest.coerce import conform, parse_type, records_to_table
 from icefield.pipeline.quarantine import (
     QUARANTINE_SCHEMA,
@@ -59,6 +60,8 @@ from icefield.write import QUARANTINE_SUFFIX, TableWriter, batch_id_for
 from icefield.write.contracts import ADDITIVE, WIDENING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
@@ -145,8 +148,8 @@ def _load_quarantine(catalog: Catalog, table: str) -> Table:
 
     try:
         return catalog.load_table(table_identifier(quarantine_table_name(table)))
-    except NoSuchTableError:
-        raise ConfigError(f"table {table!r} has no quarantine ({quarantine_table_name(table)}); `icefield quarantine list` lists them") from None
+    except NoSuchTableError as e:
+        raise ConfigError(f"table {table!r} has no quarantine ({quarantine_table_name(table)}); `icefield quarantine list` lists them") from e
 
 
 # ------------------------------------------------------------------ replay
@@ -337,18 +340,21 @@ class _Replay:
     def _release(self, rid: str) -> None:
         from pyiceberg.expressions import EqualTo
 
-        def op(q: Table) -> None:
-            tx = q.transaction()
-            tx.delete(EqualTo("replay_id", rid), snapshot_properties=self._summary(f"{rid}:release"))  # type: ignore[call-arg,arg-type]
-            commit_transaction(tx)
+        tag = f"{rid}:release"
 
-        self._commit(op)
+        def op(q: Table) -> bool:
+            tx = q.transaction()
+            tx.delete(EqualTo("replay_id", rid), snapshot_properties=self._summary(tag))  # type: ignore[call-arg,arg-type]
+            commit_transaction(tx)
+            return True
+
+        self._commit(op, tag)
 
     def _rewrite(self, gone: list[str], rows: list[pa.Table], tag: str) -> None:
         """One quarantine commit: delete the rows whose ``row_id`` is in ``gone``, append ``rows``."""
         from pyiceberg.expressions import In
 
-        def op(q: Table) -> None:
+        def op(q: Table) -> bool:
             tx = q.transaction()
             props = self._summary(tag)
             if gone:
@@ -357,21 +363,21 @@ class _Replay:
                 if part.num_rows:
                     tx.append(conform_to_table(q, part), snapshot_properties=props)
             commit_transaction(tx)
+            return True
 
-        self._commit(op)
+        self._commit(op, tag)
 
-    def _commit(self, op: Any) -> None:
-        from pyiceberg.exceptions import CommitFailedException
-
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            q = self.catalog.load_table(self.qname)
-            try:
-                op(q)
-                return
-            except CommitFailedException as e:
-                log.warning("quarantine commit of %s conflicted (attempt %d): %s", ".".join(self.qname), attempt, e)
-                time.sleep(0.05 * attempt)
-        raise TransientError(f"the quarantine {'.'.join(self.qname)} kept changing under the replay; rerun `icefield quarantine replay`")
+    def _commit(self, op: Callable[[Table], bool], tag: str) -> None:
+        """One quarantine commit (``op``, tagged ``tag`` as its batch id), replanned on a fresh quarantine
+        while other commits win."""
+        commit(
+            f"the quarantine commit {tag} of {'.'.join(self.qname)}",
+            lambda: self.catalog.load_table(self.qname),
+            op,
+            retry=Retry(COMMIT_ATTEMPTS),
+            landed=batch_landed(tag, lambda _: True),
+            advice="rerun `icefield quarantine replay`",
+        )
 
     def _summary(self, tag: str) -> dict[str, str]:
         return {SUMMARY_PIPELINE: self.pipe.name, SUMMARY_BATCH_ID: tag, SUMMARY_RUN_ID: self.run_id}
@@ -485,6 +491,21 @@ def _reject_constant(name: str) -> Any:
 
 def _give_row_ids(q: Table, run_id: str) -> Table:
     """Rows written before quarantines had ``row_id`` get one (one rewrite of the table, once)."""
+    tag = f"row-ids:{run_id}"
+    return commit(
+        f"giving row ids to the quarantine {'.'.join(q.name())}",
+        q.refresh,
+        lambda t: _with_row_ids(t, tag, run_id),
+        table=q,
+        retry=Retry(COMMIT_ATTEMPTS),
+        landed=batch_landed(tag, lambda _: q),
+        advice="rerun `icefield quarantine replay`",
+    )
+
+
+def _with_row_ids(q: Table, tag: str, run_id: str) -> Table:
+    """One attempt of :func:`_give_row_ids` on ``q`` as loaded: the committed table (``q`` when every row
+    has its id)."""
     data = read_arrow(q, "replay it")
     missing = pc.is_null(data.column("row_id"))
     if data.num_rows == 0 or not pc.any(missing).as_py():
@@ -500,7 +521,7 @@ def _give_row_ids(q: Table, run_id: str) -> Table:
             ids[i] = rid
     data = data.set_column(data.schema.get_field_index("row_id"), "row_id", pa.array(ids, pa.string()))
     tx = q.transaction()
-    tx.overwrite(conform_to_table(q, data), snapshot_properties={SUMMARY_BATCH_ID: f"row-ids:{run_id}", SUMMARY_RUN_ID: run_id})
+    tx.overwrite(conform_to_table(q, data), snapshot_properties={SUMMARY_BATCH_ID: tag, SUMMARY_RUN_ID: run_id})
     log.info("gave row ids to %d quarantined rows of %s", sum(len(i) for i in by_batch.values()), ".".join(q.name()))
     return commit_transaction(tx)
 

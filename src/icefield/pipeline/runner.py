@@ -166,8 +166,8 @@ def maintain(catalog: Catalog, pipe: PipelineConfig, result: RunResult, n: int, 
     compaction that loses to a concurrent merge, or any other maintenance error, is logged and left for
     the next batch. Skipped while the table holds an audit batch (compacting main would stop its publish).
     A compaction that found nothing to do is not tried again for ``compact_every`` batches of the run."""
-    from icefield.catalog import load_existing
     from icefield.iceberg.history import ancestors, head_id, held_branches
+    from icefield.iceberg.tables import load_existing
     from icefield.write.compact import SUMMARY_OPERATION, compact_table
     from icefield.write.expire import expire_table
 

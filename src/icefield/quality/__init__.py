@@ -96,7 +96,7 @@ def check_rows(table: pa.Table, checks: list[CheckConfig]) -> RowCheckResult:
             try:
                 values = values.cast(col.type)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise ConfigError(f"accepted_values for {spec.column!r}: the values {spec.values!r} do not fit the column type {col.type}: {e}") from None
+                raise ConfigError(f"accepted_values for {spec.column!r}: the values {spec.values!r} do not fit the column type {col.type}: {e}") from e
             mask = pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=values)))
             allowed = ", ".join(map(str, spec.values))
             res._add(
@@ -123,7 +123,7 @@ def _scalar(value: Any, t: pa.DataType, column: str) -> pa.Scalar:
     try:
         return pa.scalar(converter(t)(value), type=t)
     except (CoercionError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-        raise ConfigError(f"range for {column!r}: the bound {value!r} does not fit the column type {t}: {e}") from None
+        raise ConfigError(f"range for {column!r}: the bound {value!r} does not fit the column type {t}: {e}") from e
 
 
 def _range(table: pa.Table, chk: RangeCheck, res: RowCheckResult) -> None:
@@ -182,7 +182,7 @@ def _filter_rows(table: pa.Table, expr: str) -> set[int]:
         except QueryRefusedError:
             raise
         except IcefieldError as e:  # DuckDB could not run it: a column or function that does not exist
-            raise ConfigError(f"{e}; a filter must be a valid SQL expression over the batch's columns") from None
+            raise ConfigError(f"{e}; a filter must be a valid SQL expression over the batch's columns") from e
         return set(out.column(0).to_pylist())
     finally:
         con.close()

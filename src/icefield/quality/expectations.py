@@ -54,10 +54,10 @@ def load_suite(path: Path) -> dict[str, Any]:
     Raises :class:`ConfigError` naming the file and what is wrong."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"expectation suite {path} does not exist; fix the 'suite' path of the gate (relative to the project folder)") from None
+    except FileNotFoundError as e:
+        raise ConfigError(f"expectation suite {path} does not exist; fix the 'suite' path of the gate (relative to the project folder)") from e
     except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"expectation suite {path} is not readable JSON: {e}") from None
+        raise ConfigError(f"expectation suite {path} is not readable JSON: {e}") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("expectations"), list):
         raise ConfigError(f"expectation suite {path}: expected a JSON object with an 'expectations' list (GX 1.x format)")
     for i, item in enumerate(doc["expectations"]):

@@ -1,4 +1,5 @@
-"""Gates: dataset checks run on one snapshot of a table, compiled to DuckDB SQL (DESIGN.md rule 6).
+"""Gates: dataset checks run on one snapshot of a table, compiled to DuckDB SQL (``docs/architecture.md``,
+"The write path", rule 6).
 
 The snapshot (a branch head under audit, or ``main``'s new head) is exposed as the view named like the
 table (``shop.orders``), read straight from its Parquet files. Every aggregate gate (row count, null ratio,

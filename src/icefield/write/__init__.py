@@ -1,4 +1,5 @@
-"""The writer: one Iceberg commit per batch, with the source position inside it (DESIGN.md rules 1-2).
+"""The writer: one Iceberg commit per batch, with the source position inside it (``docs/architecture.md``,
+"The write path", rules 1-2).
 
 Every commit carries the snapshot summary entries ``icefield.pipeline``, ``icefield.batch-id`` and
 ``icefield.run-id``, and sets the table property ``icefield.state.<pipeline>`` to the source position
@@ -13,7 +14,6 @@ import contextvars
 import hashlib
 import json
 import logging
-import random
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,27 +23,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield import failpoints
-from icefield.catalog import table_identifier
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
 from icefield.config.partitions import parse_partitions
-from icefield.errors import BranchMovedError, CommitConflictError, ConfigError, SchemaError, TransientError
-from icefield.iceberg.commits import commit_transaction
-from icefield.iceberg.datafiles import write_data_files
+from icefield.engines.base import StagedWrite, WriteRequest
+from icefield.engines.files import data_file_writer
+from icefield.errors import BranchMovedError, ConfigError, SchemaError, TransientError
+from icefield.iceberg.commits import Retry, batch_landed, commit, commit_transaction
 from icefield.iceberg.history import (
+    MAIN,
     STATE_PREFIX,
     SUMMARY_BATCH_ID,
     SUMMARY_PIPELINE,
+    SUMMARY_POSITION,
     SUMMARY_RUN_ID,
+    encode_position,
     find_batch,
+    head_id,
     read_position,
 )
 from icefield.iceberg.partitioning import check_partition_types
-from icefield.iceberg.planning import plan_files, refusing_equality_deletes
-from icefield.iceberg.producers import merge_overwrite
-from icefield.iceberg.schema import conform_to_table
-from icefield.iceberg.versions import dedupe_latest, newer_than, split_deletes
+from icefield.iceberg.tables import load_table, table_identifier
+from icefield.iceberg.versions import newer_than, split_deletes
 from icefield.write.unchanged import fill_unchanged
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
     from pyiceberg.table import Table
 
     from icefield.config.models import TargetConfig
-    from icefield.engines.base import Engine, MergePlan
+    from icefield.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,13 @@ class WriteResult:
     snapshot_id: int | None
     skipped: bool
     seconds: float
+    rows_updated: int = 0
+    rows_inserted: int = 0
+    rows_stale: int = 0
+    """Versions a merge dropped as not newer than the stored one (``keep_newest``)."""
+    files_scanned: int = 0
+    """Data files a merge planned over (the table's), of which it read ``files_read``."""
+    files_read: int = 0
 
 
 class TableWriter:
@@ -102,6 +111,8 @@ class TableWriter:
         self.pipeline = pipeline
         self.engine = engine
         self.identifier = table_identifier(target.table)
+        if target.mode == "merge" and not engine.capabilities.supports_merge:
+            raise ConfigError(f"table {target.table}: target.mode merge needs an engine that merges; engine {engine.name!r} does not")
         self.base_position: Any = _UNCHECKED
         """The source position this run continues from (what the table held when the run read it, then each
         batch's position). When set, a commit first checks that the table still holds it: another run of
@@ -110,18 +121,16 @@ class TableWriter:
     # ------------------------------------------------------------------ table lifecycle
 
     def load(self) -> Table | None:
-        from pyiceberg.exceptions import NoSuchTableError
-
-        try:
-            return self.catalog.load_table(self.identifier)
-        except NoSuchTableError:
-            return None
+        """The target table as the catalog has it now, or None when there is none yet (raises
+        :class:`TransientError` when the object store is unreachable)."""
+        return load_table(self.catalog, self.identifier)
 
     def create(self, schema: pa.Schema, rows: bool = True) -> Table:
-        """Create the target table for ``schema`` with the configured partition spec and properties.
-        ``rows`` False: the batch has no row (all quarantined, filtered, or only Debezium tombstones), so its
-        schema may lack the merge keys, which later batches add."""
-        from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError
+        """Create the target table for ``schema`` with the configured partition spec and properties, and
+        return it as loaded (the table another run created meanwhile, if one did). ``rows`` False: the batch
+        has no row (all quarantined, filtered, or only Debezium tombstones), so its schema may lack the merge
+        keys, which later batches add."""
+        from pyiceberg.exceptions import TableAlreadyExistsError
 
         # Nothing that could never be written is created: a table's keys and partition spec cannot be
         # fixed once it exists.
@@ -133,22 +142,28 @@ class TableWriter:
                 f"table {self.target.table}: target.keys names {', '.join(map(repr, missing))}, which the data does "
                 f"not have (columns: {', '.join(schema.names)}); fix target.keys"
             )
-        namespace = self.identifier[:-1]
-        self.catalog.create_namespace_if_not_exists(namespace)
         props = {**DEFAULT_TABLE_PROPERTIES, **self.target.properties}
-        try:
-            tx = self.catalog.create_table_transaction(self.identifier, schema=_nullable(schema), properties=props)
-            if fields:
-                with tx.update_spec() as spec:
-                    for f in fields:
-                        spec.add_field(f.source, f.transform, f.name)
-            return commit_transaction(tx)
-        except (TableAlreadyExistsError, CommitFailedException) as e:
-            # Another run created it first (SQL catalogs say "Table already exists" either way): use theirs.
-            table = self.load()
-            if table is None:
-                raise CommitConflictError(f"creating table {self.target.table} failed: {e}; rerun") from e
-            return table
+
+        def attempt(existing: Table | None) -> Table:
+            if existing is not None:  # another run created it first: use theirs
+                return existing
+            self.catalog.create_namespace_if_not_exists(self.identifier[:-1])
+            try:
+                tx = self.catalog.create_table_transaction(self.identifier, schema=_nullable(schema), properties=props)
+                if fields:
+                    with tx.update_spec() as spec:
+                        for f in fields:
+                            spec.add_field(f.source, f.transform, f.name)
+                commit_transaction(tx)
+            except TableAlreadyExistsError:
+                pass  # created meanwhile (SQL catalogs may say so with CommitFailedException too: a replan)
+            # Loaded, not the staged table the creation returns (which cannot be refreshed): engines and
+            # the commit path reload the tables they are given.
+            return self._existing()
+
+        return commit(
+            f"creating table {self.target.table}", self.load, attempt, landed=lambda t: t, retry=Retry(COMMIT_ATTEMPTS, COMMIT_SECONDS)
+        )
 
     def schema_changes(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> list[Any]:
         """The schema changes rows of ``schema`` (and ``data``, their values, when known) ask of ``table``
@@ -187,39 +202,50 @@ class TableWriter:
         """
         from icefield.write.contracts import DROPPED, NEW_COLUMN, NOW_OPTIONAL, PROMOTION
 
-        changes = self.schema_changes(table, schema, open_schema, data)
-        if not changes:
-            return table
-        current_schema = table.schema()
-        identifiers = sorted(current_schema.identifier_field_names())
-        grown = {c.column.split(".")[0] for c in changes if c.change in (NEW_COLUMN, PROMOTION)}
-        dropped = [c.column for c in changes if c.change == DROPPED]
-        if dropped:
-            log.warning("batch of %s lacks columns %s; the table keeps them and the rows get nulls", self.target.table, dropped)
-        # A required column the rows leave null (or lack) becomes optional; no other column changes nullability.
-        relaxed = [c.column for c in changes if c.change == NOW_OPTIONAL or (c.change == DROPPED and _required(current_schema, c.column))]
-        if not grown and not relaxed:
-            return table
-        log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.change != DROPPED))
-        current = current_schema.as_arrow()
-        # New columns, nested ones too, are optional (existing rows have no value); existing ones keep
-        # the table's nullability. union_by_name never drops a column.
-        fields = [_like_table(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in grown]
-        try:
-            with table.update_schema() as upd:
-                if fields:
-                    upd.union_by_name(pa.schema(fields))
-                for path in relaxed:
-                    upd.make_column_optional(path)
-        except ValueError as e:  # pyiceberg's own checks (a pydantic ValidationError is one)
-            ids = f"; its identifier fields ({', '.join(identifiers)}) and the structs holding them must stay required" if identifiers else ""
-            reason = " ".join(str(e).split("For further information")[0].split())
-            raise SchemaError(
-                f"table {self.target.table}: Iceberg refused the schema change ({'; '.join(c.describe() for c in changes)}): "
-                f"{reason}{ids}. Nothing was written and the batch stays pending: fix the source, or the table's schema "
-                "with the engine that owns it, and rerun"
-            ) from e
-        return table.refresh()
+        def attempt(table: Table) -> Table:
+            changes = self.schema_changes(table, schema, open_schema, data)
+            if not changes:
+                return table
+            current_schema = table.schema()
+            identifiers = sorted(current_schema.identifier_field_names())
+            grown = {c.column.split(".")[0] for c in changes if c.change in (NEW_COLUMN, PROMOTION)}
+            dropped = [c.column for c in changes if c.change == DROPPED]
+            if dropped:
+                log.warning("batch of %s lacks columns %s; the table keeps them and the rows get nulls", self.target.table, dropped)
+            # A required column the rows leave null (or lack) becomes optional; no other column changes nullability.
+            relaxed = [c.column for c in changes if c.change == NOW_OPTIONAL or (c.change == DROPPED and _required(current_schema, c.column))]
+            if not grown and not relaxed:
+                return table
+            log.info("schema of %s: %s", self.target.table, "; ".join(c.describe() for c in changes if c.change != DROPPED))
+            current = current_schema.as_arrow()
+            # New columns, nested ones too, are optional (existing rows have no value); existing ones keep
+            # the table's nullability. union_by_name never drops a column.
+            fields = [_like_table(f, current.field(f.name) if f.name in current.names else None) for f in schema if f.name in grown]
+            tx = table.transaction()
+            try:
+                with tx.update_schema() as upd:
+                    if fields:
+                        upd.union_by_name(pa.schema(fields))
+                    for path in relaxed:
+                        upd.make_column_optional(path)
+            except ValueError as e:  # pyiceberg's own checks (a pydantic ValidationError is one)
+                ids = f"; its identifier fields ({', '.join(identifiers)}) and the structs holding them must stay required" if identifiers else ""
+                reason = " ".join(str(e).split("For further information")[0].split())
+                raise SchemaError(
+                    f"table {self.target.table}: Iceberg refused the schema change ({'; '.join(c.describe() for c in changes)}): "
+                    f"{reason}{ids}. Nothing was written and the batch stays pending: fix the source, or the table's schema "
+                    "with the engine that owns it, and rerun"
+                ) from e
+            return commit_transaction(tx)
+
+        return commit(f"the schema change of {self.target.table}", self._existing, attempt, table=table, retry=Retry(COMMIT_ATTEMPTS, COMMIT_SECONDS))
+
+    def _existing(self) -> Table:
+        """The target table as the catalog has it now; :class:`ConfigError` when it was dropped."""
+        table = self.load()
+        if table is None:
+            raise ConfigError(f"table {self.target.table} was dropped while this run wrote it; rerun")
+        return table
 
     # ------------------------------------------------------------------ commits
 
@@ -250,50 +276,33 @@ class TableWriter:
         :class:`TransientError` when the outcome stays unknown and :class:`BranchMovedError` when
         ``branch`` is not at ``main``'s head.
         """
-        from pyiceberg.exceptions import (
-            CommitFailedException,
-            CommitStateUnknownException,
-            ValidationException,
-        )
-        from sqlalchemy.exc import DBAPIError
-
-        unknown_outcome = (OSError, TransientError, CommitStateUnknownException, DBAPIError)
         started = time.perf_counter()
-        delay = 0.05
-        written = _Written()
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            if attempt > 1 or table is None:
-                table = self.load()
+        ref = branch or MAIN
+        memo: dict[str, Any] = {}  # the engine's own, across the attempts of this batch
+
+        def attempt(table: Table | None) -> WriteResult:
             if table is None:
                 control = {self.target.delete_column, *CDC_CONTROL_COLUMNS}
                 schema = pa.schema([f for f in data.schema if f.name not in control])
                 table = self.create(schema, rows=data.num_rows > 0)
-            done = find_batch(table, batch_id, ref=branch or "main")
+            done = find_batch(table, batch_id, ref=ref)
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             self.check_position(table, batch_id)
-            try:
-                return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, written)
-            except (CommitFailedException, ValidationException) as e:
-                # Nothing landed (pyiceberg guarantees it for these two): check again and replan on the new
-                # snapshot (the data files of an append are written once and kept for the next attempt).
-                log.info("commit of batch %s to %s conflicted (attempt %d): %s", batch_id, self.target.table, attempt, e)
-                if time.perf_counter() - started > COMMIT_SECONDS:
-                    break
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 1.0)
-            except BranchMovedError:
-                raise  # nothing was written: the caller cuts the branch again
-            except unknown_outcome as e:
-                # Unknown outcome: the swap may or may not have landed. Look, never delete.
-                table = self.load()
-                if table is not None and (snap := find_batch(table, batch_id, ref=branch or "main")) is not None:
-                    log.warning("commit of batch %s reported %r but landed as snapshot %s", batch_id, e, snap)
-                    return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snap, False, time.perf_counter() - started)
-                raise TransientError(f"commit of batch {batch_id} to {self.target.table} failed: {e}; it stays pending, rerun to retry") from e
-        raise CommitConflictError(
-            f"batch {batch_id} could not be committed to {self.target.table}: every attempt in "
-            f"{time.perf_counter() - started:.0f} s met concurrent commits; rerun, or give each writer its own table"
+            return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, memo)
+
+        def landed(snapshot_id: int) -> WriteResult:
+            return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snapshot_id, False, time.perf_counter() - started)
+
+        first: Any = table  # a table, or None: the table does not exist yet (as self.load says)
+        return commit(
+            f"batch {batch_id} of {self.target.table}",
+            self.load,
+            attempt,
+            table=first,
+            landed=batch_landed(batch_id, landed, ref),
+            retry=Retry(COMMIT_ATTEMPTS, COMMIT_SECONDS),
+            advice="rerun to retry",
         )
 
     def check_position(self, table: Table, batch_id: str) -> None:
@@ -302,7 +311,7 @@ class TableWriter:
         if self.base_position is _UNCHECKED:
             return
         current = read_position(table, self.pipeline)
-        if _canonical(current) != _canonical(self.base_position):
+        if encode_position(current) != encode_position(self.base_position):
             raise PositionMovedError(
                 f"the position of pipeline {self.pipeline} in {self.target.table} moved while this run read batch "
                 f"{batch_id}: another run of {self.pipeline} committed meanwhile. This run stops without writing "
@@ -320,77 +329,39 @@ class TableWriter:
         started: float,
         truncate_at: list[Any] | None = None,
         branch: str | None = None,
-        written: _Written | None = None,
+        memo: dict[str, Any] | None = None,
     ) -> WriteResult:
-        from icefield.iceberg.history import MAIN, SUMMARY_POSITION, head_id
-
+        """One attempt of :meth:`commit` on ``table`` as loaded: the engine stages the batch as one
+        transaction (:meth:`~icefield.engines.base.Engine.stage`), the position goes into it, and it is
+        committed."""
         summary = {SUMMARY_PIPELINE: self.pipeline, SUMMARY_BATCH_ID: batch_id, SUMMARY_RUN_ID: run_id}
         if branch is not None and head_id(table, branch) != head_id(table):
             raise BranchMovedError(
                 f"branch {branch!r} of {self.target.table} is at snapshot {head_id(table, branch)}, main at "
                 f"{head_id(table)}: cut it again before writing"
             )
-        encoded = json.dumps(position, sort_keys=True, separators=(",", ":")) if position is not None else None
+        encoded = encode_position(position) if position is not None else None
+        if branch is not None and encoded is not None:
+            # Audited: main's position moves only when the publish moves main's data (a batch that changes
+            # no data makes no snapshot, and sets the position on main below).
+            summary[SUMMARY_POSITION] = encoded
+        rows_stale = 0
+        graves = None
         if self.target.mode == "merge":
             table = self._backfill_defaults(table, data, run_id, branch)
-        tx = table.transaction()
-        mode = self.target.mode
-        added: list[Any] = []
-        removed: list[Any] = []
-        add_deletes: list[Any] = []
-        remove_deletes: list[Any] = []
-        referenced: list[Any] = []
-        rows_deleted = 0
-        rows_written = data.num_rows
-        conflict = None
-        if mode == "merge":
             graves = self.tombstone_writer()
             data, rows_stale = self._after_truncation(table, data, truncate_at)
             # Unchanged TOAST values of a CDC batch take the row's previous value (not a stored one past a truncate).
             data = fill_unchanged(table, data, self.target, stored=truncate_at is None)
-            if truncate_at is not None:
-                tx.set_properties({TRUNCATED_AT: json.dumps(truncate_at)})
-                plan = self._truncate_plan(table, data)
-                self._record_tombstones(graves, plan.tombstones, batch_id, run_id)
-            else:
-                plan = self._merge(table, data, graves, batch_id, run_id)
-            plan.rows_stale += rows_stale
-            added, removed, rows_deleted = plan.add, plan.remove, plan.rows_deleted
-            add_deletes, remove_deletes, referenced = plan.add_deletes, plan.remove_deletes, plan.referenced
-            rows_written, conflict = plan.rows_written, plan.conflict_filter
-        else:
-            if data.num_rows:
-                added = (written or _Written()).files(table, lambda: self.write_files(table, data))
-            if mode == "overwrite":
-                removed = self._files_to_overwrite(table, added)
-            elif replace_file is not None and replace_file[0] in table.schema().as_arrow().names:
-                # Copy-on-write delete of the rows the changed source file gave before; pyiceberg reads the
-                # candidate files and rewrites those that also hold other rows (bounds alone can't tell).
-                from pyiceberg.expressions import EqualTo
-
-                if table.current_snapshot() is not None:
-                    with refusing_equality_deletes(table, "replace a changed source file's rows in it"):
-                        tx.delete(EqualTo(replace_file[0], replace_file[1]), snapshot_properties=summary, branch=branch or MAIN)  # type: ignore[call-arg,arg-type]
-        changed = bool(added or removed or add_deletes or remove_deletes)
-        if encoded is not None:
-            if branch is not None and changed:
-                # Audited: main's position moves only when the publish moves main's data.
-                summary[SUMMARY_POSITION] = encoded
-            else:
-                tx.set_properties({STATE_PREFIX + self.pipeline: encoded})
+        request = WriteRequest(data, self.target, summary, branch or MAIN, replace_file, truncate=truncate_at is not None, memo=memo if memo is not None else {})
+        staged = self._stage(table, request, graves, batch_id, run_id)
+        tx = staged.transaction
+        if truncate_at is not None:
+            tx.set_properties({TRUNCATED_AT: json.dumps(truncate_at)})
+        if encoded is not None and (branch is None or not staged.changed):
+            tx.set_properties({STATE_PREFIX + self.pipeline: encoded})
         failpoints.hit("after-data-files")
-        if changed:
-            if add_deletes or remove_deletes or removed:
-                deltas = set(referenced) if add_deletes or remove_deletes else None
-                producer_cm = merge_overwrite(tx, summary, conflict, branch=branch or MAIN, referenced=deltas)
-            else:
-                producer_cm = tx.update_snapshot(snapshot_properties=summary, branch=branch or MAIN).fast_append()
-            with producer_cm as producer:
-                for f in [*removed, *{d.file_path: d for d in remove_deletes}.values()]:
-                    producer.delete_data_file(f)
-                for f in [*added, *add_deletes]:
-                    producer.append_data_file(f)
-        elif encoded is not None:
+        if not staged.changed and encoded is not None:
             # A position alone makes no snapshot, so nothing else would notice a commit to main since the
             # table was loaded (and checked): require main unmoved, as a data commit does.
             from pyiceberg.table.update import AssertRefSnapshotId
@@ -399,18 +370,45 @@ class TableWriter:
         failpoints.hit("before-commit")
         committed = commit_transaction(tx)
         failpoints.hit("after-commit")
-        snap = (committed.snapshot_by_name(branch) if branch else committed.current_snapshot()) if changed else None
+        snap = (committed.snapshot_by_name(branch) if branch else committed.current_snapshot()) if staged.changed else None
         return WriteResult(
             self.target.table,
             batch_id,
-            rows_written,
-            rows_deleted,
-            len(added),
-            len(removed),
+            staged.rows_written,
+            staged.rows_deleted,
+            staged.files_added,
+            staged.files_removed,
             snap.snapshot_id if snap else None,
             False,
             time.perf_counter() - started,
+            rows_updated=staged.rows_updated,
+            rows_inserted=staged.rows_inserted,
+            rows_stale=staged.rows_stale + rows_stale,
+            files_scanned=staged.files_scanned,
+            files_read=staged.files_read,
         )
+
+    def _stage(self, table: Table, request: WriteRequest, graves: TableWriter | None, batch_id: str, run_id: str) -> StagedWrite:
+        """The engine's staged batch, its deletes recorded in the tombstone table (``graves``) meanwhile, in a
+        thread of their own as soon as the engine hands them over, and in any case before this returns: a
+        failed stage raises its own error once the recording ended."""
+        if graves is None:
+            return self.engine.stage(table, request)
+        recording: list[Future[None]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tombstones") as pool:
+
+            def record(tombstones: pa.Table) -> None:
+                run = contextvars.copy_context().run
+                recording.append(pool.submit(run, self._record_tombstones, graves, tombstones, batch_id, run_id))
+
+            if not request.truncate:
+                request.tombstones, request.on_tombstones = graves.load(), record
+            staged = self.engine.stage(table, request)
+            for future in recording:
+                future.result()
+        if not recording:  # a truncate, or an engine that did not hand them over
+            self._record_tombstones(graves, staged.tombstones, batch_id, run_id)
+        return staged
 
     def _backfill_defaults(self, table: Table, data: pa.Table, run_id: str, branch: str | None) -> Table:
         """The table after the stored rows got the defaults of columns the batch added (a CDC source's
@@ -422,26 +420,6 @@ class TableWriter:
                 log.warning("%s: audited batches do not give stored rows the defaults of added columns; they read NULL", self.target.table)
             return table
         return backfill_defaults(table, data, self.write_files, {SUMMARY_PIPELINE: self.pipeline, SUMMARY_RUN_ID: run_id})
-
-    def _merge(self, table: Table, data: pa.Table, graves: TableWriter | None, batch_id: str, run_id: str) -> MergePlan:
-        """The engine's merge plan, the batch's deletes recorded in the tombstone table meanwhile (in a
-        thread of their own, as soon as the engine knows them) and before the plan is returned; a failed
-        merge raises its own error once the recording ended."""
-        if graves is None:
-            return self.engine.merge(table, data, self.target, self.write_files)
-        recording: list[Future[None]] = []
-
-        def record(tombstones: pa.Table) -> None:
-            run = contextvars.copy_context().run
-            recording.append(pool.submit(run, self._record_tombstones, graves, tombstones, batch_id, run_id))
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tombstones") as pool:
-            plan = self.engine.merge(table, data, self.target, self.write_files, tombstones=graves.load(), on_tombstones=record)
-            for future in recording:
-                future.result()
-        if not recording:  # an engine that did not hand them over
-            self._record_tombstones(graves, plan.tombstones, batch_id, run_id)
-        return plan
 
     @staticmethod
     def _record_tombstones(graves: TableWriter | None, tombstones: pa.Table | None, batch_id: str, run_id: str) -> None:
@@ -463,29 +441,6 @@ class TableWriter:
         kept = data.filter(keep)
         return kept, data.num_rows - kept.num_rows
 
-    def _truncate_plan(self, table: Table, data: pa.Table) -> MergePlan:
-        """A merge plan that removes every data file and writes the newest version of each key in
-        ``data`` that is not a delete (the table as it is after a truncate and then ``data``)."""
-        from pyiceberg.expressions import AlwaysTrue
-
-        from icefield.engines.base import MergePlan
-
-        t = self.target
-        batch = dedupe_latest(data, t.keys, t.order_columns)
-        plan = MergePlan(conflict_filter=AlwaysTrue())
-        batch, flag = split_deletes(batch, t.delete_column)
-        if t.keep_newest and pc.any(flag).as_py():
-            plan.tombstones = batch.filter(flag).select(t.keys + t.order_columns)
-        batch = batch.filter(pc.invert(flag))
-        if table.current_snapshot() is not None:
-            tasks = plan_files(table, "truncate it")
-            plan.remove = [task.file for task in tasks]
-            plan.remove_deletes = [d for task in tasks for d in task.delete_files or ()]  # the commit drops repeats
-        if batch.num_rows:
-            plan.add = self.write_files(table, batch)  # sorted by key there
-        plan.rows_written = plan.rows_inserted = batch.num_rows
-        return plan
-
     def tombstone_writer(self) -> TableWriter | None:
         """The writer of ``<table>__tombstones`` (deleted keys and the version that deleted them), kept for
         ``keep_newest`` merges with deletes; None for other targets."""
@@ -501,116 +456,7 @@ class TableWriter:
         """Write ``data`` (or its rows ``rows``, in ``segments`` of their own files) as Parquet data files
         of ``table`` (not yet committed), sorted by the target's keys within each partition or segment.
         Returns the DataFiles."""
-        keys = [k for k in self.target.keys if k in data.column_names]
-        return write_data_files(table, conform_to_table(table, data), sort_by=keys, rows=rows, segments=segments)
-
-    def _files_to_overwrite(self, table: Table, added: list[Any]) -> list[Any]:
-        """The data files an overwrite of ``added`` (the batch's files, just written) replaces: every file
-        with ``overwrite: table`` or an unpartitioned table, else those in the partitions of the current
-        spec the batch touches.
-
-        A file written under an older spec (another engine evolved the spec) is matched on the partition
-        fields both specs share (same source column, same transform): if its values there differ from every
-        touched partition's it holds none of their rows and stays. Otherwise it goes, and when its rows do
-        not all fall in touched partitions (the new spec cuts finer), the rows of untouched ones are written
-        again into files of the current spec, which are appended to ``added``: no row outside the batch's
-        partitions is lost. Raises :class:`ConfigError` for a table with equality delete files."""
-        if table.current_snapshot() is None:
-            return []
-        spec = table.spec()
-        tasks = plan_files(table, "overwrite it")
-        if self.target.overwrite == "table" or spec.is_unpartitioned():
-            return [t.file for t in tasks]
-        # Files just written carry no spec id yet: they are written with the current spec.
-        touched = {_record_key(f.partition) for f in added}
-        removed: list[Any] = []
-        mixed: list[Any] = []
-        for task in tasks:
-            f = task.file
-            if f.spec_id == spec.spec_id:
-                if _record_key(f.partition) in touched:
-                    removed.append(f)
-                continue
-            shared = _shared_fields(table.specs()[f.spec_id], spec)
-            if tuple(f.partition[i] for i, _ in shared) not in {tuple(p[j] for _, j in shared) for p in touched}:
-                continue
-            if len(shared) == len(spec.fields):  # all its rows are in one touched partition
-                removed.append(f)
-            else:  # the current spec may cut its rows into several partitions: look at them
-                mixed.append(task)
-        kept: list[pa.Table] = []
-        for task in mixed:
-            outside = _rows_outside(table, task, touched)
-            if outside is not None:
-                removed.append(task.file)
-                kept.append(outside)
-        if any(t.num_rows for t in kept):
-            added.extend(self.write_files(table, pa.concat_tables(kept)))
-        return removed
-
-
-def _shared_fields(old: Any, new: Any) -> list[tuple[int, int]]:
-    """``(index in old, index in new)`` of the partition fields of two specs with the same source column
-    and transform (their partition values are comparable)."""
-    index = {(f.source_id, str(f.transform)): j for j, f in enumerate(new.fields)}
-    return [(i, index[(f.source_id, str(f.transform))]) for i, f in enumerate(old.fields) if (f.source_id, str(f.transform)) in index]
-
-
-def _rows_outside(table: Table, task: Any, touched: set[tuple[Any, ...]]) -> pa.Table | None:
-    """The rows of the scan ``task``'s file (its deletes applied) whose partition in the table's current
-    spec is not in ``touched``; None when no row is in a touched partition (the file stays as it is)."""
-    from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.io.pyarrow import ArrowScan
-    from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
-
-    from icefield.columns import row_numbers
-
-    spec, schema = table.spec(), table.schema()
-    data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table([task])
-    if not data.num_rows:
-        return None
-    names = [f"__part_{i}" for i in range(len(spec.fields))]
-    parts = {}
-    for field, name in zip(spec.fields, names, strict=True):
-        source = schema.find_field(field.source_id)
-        parts[name] = field.transform.pyarrow_transform(source.field_type)(data.column(source.name))
-    rows = row_numbers(data.num_rows)
-    # Each distinct partition (nulls included) with its rows, then the partition as the writer records it.
-    groups = pa.table({**parts, "__row": rows}).group_by(names, use_threads=False).aggregate([("__row", "list")])
-    lists = groups.column("__row_list").combine_chunks()
-    inside: list[pa.Array] = []
-    for i, values in enumerate(groups.select(names).to_pylist()):
-        fields = [PartitionFieldValue(field=f, value=values[n]) for f, n in zip(spec.fields, names, strict=True)]
-        if _record_key(PartitionKey(field_values=fields, partition_spec=spec, schema=schema).partition) in touched:
-            inside.append(lists[i].values)
-    if not inside:
-        return None
-    mask = pc.is_in(rows, value_set=pa.concat_arrays(inside))
-    return data.filter(pc.invert(mask))
-
-
-class _Written:
-    """The data files one attempt of an append or overwrite wrote, for the next attempt of the same batch:
-    they depend only on the table's schema and partition spec, and a failed commit never deletes them."""
-
-    def __init__(self) -> None:
-        self._key: tuple[int, int] | None = None
-        self._files: list[Any] = []
-
-    def files(self, table: Table, write: Any) -> list[Any]:
-        key = (table.metadata.current_schema_id, table.metadata.default_spec_id)
-        if key != self._key:
-            self._files, self._key = write(), key
-        return self._files
-
-
-def _canonical(position: Any) -> str:
-    return json.dumps(position, sort_keys=True, separators=(",", ":"))
-
-
-def _record_key(record: Any) -> tuple[Any, ...]:
-    return tuple(record[i] for i in range(len(record))) if record is not None else ()
-
+        return data_file_writer(self.target)(table, data, rows, segments)
 
 def _like_table(f: pa.Field, existing: pa.Field | None) -> pa.Field:
     """``f`` as the schema update should take it: a field the table lacks (at any depth) is optional, a

@@ -27,9 +27,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icefield.errors import CommitConflictError, ConfigError
-from icefield.iceberg.commits import commit_transaction
+from icefield.errors import ConfigError, IntegrityError
+from icefield.iceberg.commits import Retry, commit, commit_transaction
 from icefield.iceberg.deletes import is_file_scoped
+from icefield.iceberg.tables import load_existing
 from icefield.write.expire import delete_paths
 
 if TYPE_CHECKING:
@@ -73,16 +74,14 @@ def compact_table(
     """Compact ``table_name`` (see the module doc). ``sort_by`` orders the rows within each new file (the
     merge keys keep later merges pruning well). Returns what was done; a table with nothing to compact
     gets no snapshot."""
-    from pyiceberg.exceptions import CommitFailedException, ValidationException
-
-    from icefield.catalog import load_existing
     from icefield.iceberg.datafiles import target_file_size as default_target
 
     if min_input_files < 1:
         raise ConfigError(f"min_input_files={min_input_files}: give 1 or more")
     started = time.perf_counter()
-    for attempt in range(1, ATTEMPTS + 1):
-        table = load_existing(catalog, table_name)
+    written: list[tuple[Table, list[Any]]] = []  # the files of the attempt in flight
+
+    def attempt(table: Table) -> CompactionResult:
         missing = [c for c in sort_by or [] if c not in table.schema().column_names]
         if missing:
             raise ConfigError(f"sort_by: {', '.join(missing)} not in table {table_name}; its columns: {', '.join(table.schema().column_names)}")
@@ -95,16 +94,9 @@ def compact_table(
         if dry_run or not groups:
             result.seconds = time.perf_counter() - started
             return result
-        added: list[Any] = []
-        try:
-            added = _rewrite(table, groups, target, sort_by or [], result)
-            _commit(table, groups, added, result)
-        except (CommitFailedException, ValidationException) as e:
-            # Nothing landed: the files written for it are no one's; replan on the new snapshot.
-            log.warning("compaction of %s conflicted (attempt %d): %s", table_name, attempt, e)
-            _remove_files(table, added)
-            time.sleep(0.1 * attempt)
-            continue
+        written[:] = [(table, [])]
+        written[0][1].extend(_rewrite(table, groups, target, sort_by or [], result))
+        _commit(table, groups, written[0][1], result)
         result.seconds = time.perf_counter() - started
         log.info(
             "compacted %s: %d files (%d delete files) -> %d in %d partitions, %d rows, %d purged, snapshot %s",
@@ -112,9 +104,20 @@ def compact_table(
             result.partitions, result.rows, result.rows_purged, result.snapshot_id,
         )
         return result
-    raise CommitConflictError(
-        f"compaction of {table_name} met concurrent rewrites or deletes of its files {ATTEMPTS} times; run it again when "
-        "the table's merges are quieter"
+
+    def forget() -> None:
+        # Nothing landed: the files written for it are no one's.
+        for table, files in written:
+            _remove_files(table, files)
+        written.clear()
+
+    return commit(
+        f"compaction of {table_name}",
+        lambda: load_existing(catalog, table_name),
+        attempt,
+        retry=Retry(ATTEMPTS, delay=0.1),
+        on_conflict=forget,
+        advice="run it again when the table's merges are quieter",
     )
 
 
@@ -178,7 +181,10 @@ def _rewrite(table: Table, groups: list[list[Any]], target: int, sort_by: list[s
         written = sum(f.record_count for f in files)
         if written != data.num_rows:  # never commit a rewrite that lost or gained a row
             _remove_files(table, [*added, *files])
-            raise RuntimeError(f"compaction of {result.table}: read {data.num_rows} rows, wrote {written}; nothing was committed")
+            raise IntegrityError(
+                f"compaction of {result.table}: read {data.num_rows} rows, wrote {written}; nothing was committed and the "
+                f"table is as it was. Report it with the output of `icefield show --json {result.table}`"
+            )
         added.extend(files)
         del data
     return added

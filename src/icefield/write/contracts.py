@@ -1,4 +1,4 @@
-"""Schema contracts (DESIGN.md rule 5): what a batch's schema asks of the table, and whether the
+"""Schema contracts (``docs/architecture.md``, "The write path", rule 5): what a batch's schema asks of the table, and whether the
 pipeline's contract allows it.
 
 :func:`classify` compares the table's schema (old) with an incoming batch's schema (new) and returns

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from icefield.config.durations import parse_age
-from icefield.errors import CommitConflictError, ConfigError
+from icefield.errors import ConfigError
+from icefield.iceberg.commits import Retry, commit, commit_transaction
+from icefield.iceberg.tables import load_existing
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -60,51 +62,74 @@ def expire_table(
 ) -> ExpireResult:
     """Expire ``table_name``'s snapshots older than ``older_than`` (see the module doc) and delete the
     files only they reached. Returns what was done."""
-    from pyiceberg.exceptions import CommitFailedException
-
-    from icefield.catalog import load_existing
-
     if retain_last < 1:
         raise ConfigError(f"retain_last={retain_last}: keep at least 1 snapshot (the current one)")
     age = parse_age(older_than)
     started = time.perf_counter()
-    for attempt in range(1, ATTEMPTS + 1):
-        table = load_existing(catalog, table_name)
+    tried: list[_Expiry] = []  # the plan of the attempt in flight
+
+    def attempt(table: Table) -> _Expiry:
+        from pyiceberg.table.update.snapshot import ExpireSnapshots
+
         cutoff_ms = int((time.time() - age) * 1000)
         expired = expirable(table, cutoff_ms, retain_last)
         result = ExpireResult(table=table_name, dry_run=dry_run)
         result.snapshots_expired = len(expired)
         result.snapshots_kept = len(table.metadata.snapshots) - len(expired)
-        if not expired:
-            result.seconds = time.perf_counter() - started
-            return result
         planned = {s.snapshot_id for s in table.metadata.snapshots}
+        if not expired:
+            return _Expiry(result, expired, planned, {})
         doomed = _unreachable(table, expired)
         if dry_run:
             _count(result, doomed)
-            result.seconds = time.perf_counter() - started
-            return result
-        try:
-            table.maintenance.expire_snapshots().by_ids(sorted(expired)).commit()
-        except CommitFailedException as e:
-            log.warning("expiry of %s conflicted (attempt %d): %s", table_name, attempt, e)
-            time.sleep(0.1 * attempt)
-            continue
+            return _Expiry(result, expired, planned, {})
+        tried[:] = [_Expiry(result, expired, planned, doomed)]
+        tx = table.transaction()
+        ExpireSnapshots(transaction=tx).by_ids(sorted(expired)).commit()
+        commit_transaction(tx)
+        return tried[0]
+
+    def landed(table: Table) -> _Expiry | None:
+        # After an unknown outcome: it landed when none of the snapshots it expired is left (their files are
+        # then deleted as after any expiry); when it did not, none is.
+        left = {s.snapshot_id for s in table.metadata.snapshots}
+        return tried[0] if tried and not tried[0].expired & left else None
+
+    expiry = commit(
+        f"expiry of {table_name}",
+        lambda: load_existing(catalog, table_name),
+        attempt,
+        retry=Retry(ATTEMPTS, delay=0.1),
+        landed=landed,
+        advice="run it again",
+    )
+    result = expiry.result
+    if expiry.expired and not dry_run:
         # The commit landed on the metadata we planned from, or on a newer one that only added snapshots:
         # never delete what one of those reaches (the kept ones were accounted for in the plan).
         table = load_existing(catalog, table_name)
-        still = _reachable(table, [s for s in table.metadata.snapshots if s.snapshot_id not in planned])
-        doomed = {p: v for p, v in doomed.items() if p not in still}
+        still = _reachable(table, [s for s in table.metadata.snapshots if s.snapshot_id not in expiry.planned])
+        doomed = {p: v for p, v in expiry.doomed.items() if p not in still}
         _count(result, doomed)
         delete_paths(table, list(doomed))
-        result.seconds = time.perf_counter() - started
         log.info(
             "expired %d snapshots of %s (kept %d): deleted %d data/delete files and %d metadata files, %d bytes",
             result.snapshots_expired, table_name, result.snapshots_kept, result.data_files_deleted,
             result.metadata_files_deleted, result.bytes_deleted,
         )
-        return result
-    raise CommitConflictError(f"expiry of {table_name} met concurrent commits {ATTEMPTS} times; run it again")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class _Expiry:
+    """An attempt's outcome: the result so far, the snapshots it expired, those the table had when it was
+    planned, and the files only the expired ones reached (to delete once the commit landed)."""
+
+    result: ExpireResult
+    expired: set[int]
+    planned: set[int]
+    doomed: dict[str, tuple[bool, int]]
 
 
 def expirable(table: Table, cutoff_ms: int, retain_last: int) -> set[int]:
