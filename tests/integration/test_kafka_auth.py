@@ -34,9 +34,14 @@ from icefield.config import load_project
 
 pytestmark = pytest.mark.kafka
 
-KAFKA_SASL_USERS = {"icefield": "Ice!field#pw-5521", "nobody": "No!body#pw-7730", "reader": "Read!er#pw-1149"}
+KAFKA_SASL_USERS = {
+    "icefield": "Ice!field#pw-5521",
+    "nobody": "No!body#pw-7730",
+    "reader": "Read!er#pw-1149",
+    "describer": "Desc!riber#pw-3388",
+}
 """The users of ``kafka_sasl_server`` and their passwords: ``icefield`` may do anything (a super user);
-``nobody`` has no ACL; ``reader`` has what :meth:`SaslKafka.grant_read` grants it."""
+``nobody`` has no ACL; the others what :meth:`SaslKafka.grant` grants them."""
 
 WRONG_PASSWORD = "Wr0ng!pass#word-4417"
 FAST = 20.0
@@ -49,8 +54,8 @@ class SaslKafka(Kafka):
     ACL authorizer; its PLAINTEXT listener (``bootstrap_servers``, user ANONYMOUS) is a super user, for
     the tests' own producing and ACL changes."""
 
-    def grant_read(self, topic: str, user: str) -> None:
-        """Allow ``user`` to describe and read ``topic`` (and nothing else: no consumer group)."""
+    def grant(self, user: str, topic: str, topic_operations: tuple[str, ...] = ("DESCRIBE", "READ"), group: str | None = None) -> None:
+        """Allow ``user`` the ``topic_operations`` on ``topic`` and, if given, Read on consumer group ``group``."""
         from confluent_kafka.admin import (
             AclBinding,
             AclOperation,
@@ -62,9 +67,13 @@ class SaslKafka(Kafka):
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         acls = [
-            AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, f"User:{user}", "*", op, AclPermissionType.ALLOW)
-            for op in (AclOperation.DESCRIBE, AclOperation.READ)
+            AclBinding(ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, f"User:{user}", "*", AclOperation[op], AclPermissionType.ALLOW)
+            for op in topic_operations
         ]
+        if group is not None:
+            acls.append(AclBinding(
+                ResourceType.GROUP, group, ResourcePatternType.LITERAL, f"User:{user}", "*", AclOperation.READ, AclPermissionType.ALLOW
+            ))
         for future in admin.create_acls(acls).values():
             future.result(timeout=60)
 
@@ -198,7 +207,8 @@ def test_the_right_password_loads_the_topic(tmp_path: Path, kafka_sasl_server: S
 def test_a_user_without_acls_exits_2_naming_the_acls(tmp_path: Path, kafka_sasl_server: SaslKafka) -> None:
     topic = make_topic(kafka_sasl_server)
     produce(kafka_sasl_server, topic, [b'{"id": 1}'])
-    kafka_sasl_server.grant_read(topic, "reader")
+    kafka_sasl_server.grant("reader", topic)
+    kafka_sasl_server.grant("describer", topic, ("DESCRIBE",), group="icefield.events")
     assert kafka_sasl_server.sasl_bootstrap_servers is not None
 
     # No ACL at all: the topic is refused.
@@ -214,6 +224,13 @@ def test_a_user_without_acls_exits_2_naming_the_acls(tmp_path: Path, kafka_sasl_
     assert code == 2, (code, out, err)
     assert "refused user 'reader' access to consumer group 'icefield.events'" in err, err
     assert "source.group_id" in err and "the broker's ACLs" in err, err
+    assert took < FAST, took
+
+    # The topic and the group may be described, not read: the broker refuses the fetch, while polling.
+    root = make_project(tmp_path / "describer", {"type": "kafka", "topic": topic}, "describer", kafka_sasl_server.sasl_bootstrap_servers)
+    code, out, err, took = icefield(root, KAFKA_SASL_USERS["describer"], "run")
+    assert code == 2, (code, out, err)
+    assert f"refused user 'describer' access to topic '{topic}'" in err and "Read on the topic" in err, err
     assert took < FAST, took
 
 
