@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import decimal
 import functools
+import itertools
 import logging
 import re
 import threading
@@ -79,10 +80,10 @@ CONSUMER_DEFAULTS: dict[str, str] = {
 }
 """Consumer settings a reader uses unless its configuration sets them."""
 _SECRET_KEYS = re.compile(r"password|secret|token|credentials|key$", re.IGNORECASE)
-SLICE_SECONDS = 0.5
-"""While :meth:`KafkaReader.open` waits for the broker, how long each metadata or offset request may take
-before the client's reports are read: a refused login shows there (within about a second) rather than
-as a timeout."""
+SLICE_SECONDS = (0.5, 1.0, 2.0, 4.0)
+"""While :meth:`KafkaReader.open` waits for the broker, how long its first, second... metadata or offset
+requests may take (the last value for the rest) before the client's reports are read: a refused login
+shows there (within about a second) rather than as a timeout, and a slow broker still gets longer waits."""
 _REFUSALS: dict[str, str] = {
     "_AUTHENTICATION": "login",  # librdkafka: the broker refused the SASL login (or its mechanism)
     "SASL_AUTHENTICATION_FAILED": "login",
@@ -305,9 +306,9 @@ class KafkaReader:
         """``call(timeout=seconds)``, retried for up to ``timeout`` seconds while Kafka says a retry can
         help (a partition without a leader yet, just after the broker started; a broker not answering yet).
 
-        Each attempt may take :data:`SLICE_SECONDS`; between attempts the client's reports are read, so a
-        refused login or access ends the wait at once (:class:`ConfigError`): librdkafka retries those
-        forever by itself and only ever says "timed out" to the call.
+        Each attempt may take the next of :data:`SLICE_SECONDS`; between attempts the client's reports are
+        read, so a refused login or access ends the wait at once (:class:`ConfigError`): librdkafka retries
+        those forever by itself and only ever says "timed out" to the call.
         """
         deadline = time.monotonic() + self.timeout
         codes = self._ck.KafkaError
@@ -318,10 +319,11 @@ class KafkaReader:
         }
         # What a call says when its slice ran out: the broker is not answering (yet), or refuses us.
         waiting = {codes._TIMED_OUT, codes._TRANSPORT, codes._ALL_BROKERS_DOWN}
-        while True:
+        for attempt in itertools.count():
             began = time.monotonic()
+            wait = SLICE_SECONDS[min(attempt, len(SLICE_SECONDS) - 1)]
             try:
-                return call(timeout=max(min(deadline - began, SLICE_SECONDS), 0.01))
+                return call(timeout=max(min(deadline - began, wait), 0.01))
             except self._ck.KafkaException as e:
                 err: Any = e.args[0] if e.args else None
                 refused = self._refused(err) or self._serve_reports()
@@ -332,7 +334,7 @@ class KafkaReader:
                 if err.code() not in waiting:
                     log.info("Kafka at %s: %s; retrying", self.bootstrap, redact(str(e)))
                     time.sleep(0.2)
-                elif time.monotonic() - began < SLICE_SECONDS / 2:
+                elif time.monotonic() - began < wait / 2:
                     time.sleep(0.1)  # it failed at once (connection refused): no busy loop
 
     def _serve_reports(self) -> ConfigError | None:
