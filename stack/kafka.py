@@ -103,8 +103,8 @@ class Kafka(JavaService):
         extra_properties: Mapping[str, str] | None = None,
     ) -> None:
         """Configure the launcher; touches nothing on disk. Raises :class:`StackError` for a bad port or
-        SASL settings it cannot write (one without the other, a quote, backslash or line break in a
-        user or password)."""
+        SASL settings it cannot write (one without the other; a quote, backslash, ``=``, ``;``, space or
+        line break in a user or password)."""
         super().__init__(base_dir, fast=fast)
         self._port = port if port is not None else read_port_env(KAFKA_PORT_ENV, KAFKA_PORT_DEFAULT)
         self._controller_port = (
@@ -117,8 +117,8 @@ class Kafka(JavaService):
         for text in (*(sasl_users or {}).keys(), *(sasl_users or {}).values()):
             # Written inside a quoted JAAS value of a properties file: keep it free of escapes.
             if not text or any(c in text for c in '"\\\n\r;= '):
-                raise StackError(f"Kafka SASL users and passwords must be non-empty without quotes, backslashes, "
-                                 f"'=', ';', spaces or line breaks; got {text!r}")
+                raise StackError("Kafka SASL users and passwords must be non-empty, without quotes, backslashes, "
+                                 "'=', ';', spaces or line breaks")  # the value is not shown: it may be a password
         self._sasl_port = sasl_port
         self.sasl_users = dict(sasl_users or {})
         self.extra_properties = dict(extra_properties or {})
