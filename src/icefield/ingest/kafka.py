@@ -350,9 +350,10 @@ class KafkaReader:
             client_log.warning("Kafka client: %s", redact(err.str()))
         return self._refusal
 
-    def _refused(self, err: Any) -> ConfigError | None:
+    def _refused(self, err: Any, topic: str | None = None) -> ConfigError | None:
         """The :class:`ConfigError` for a Kafka error that says the broker refused this client's login or
-        access (see :data:`_REFUSALS`), naming what to fix; None for any other error."""
+        access (see :data:`_REFUSALS`), naming what to fix (``topic``: the topic concerned, if known);
+        None for any other error."""
         if err is None:
             return None
         codes = self._ck.KafkaError
@@ -370,9 +371,10 @@ class KafkaReader:
                 "if the broker expects others"
             )
         if kind == "topic":
-            topics = ", ".join(map(repr, self.topics))
+            topics = [topic] if topic else self.topics
+            named = f"topic {topics[0]!r}" if len(topics) == 1 else "topics " + ", ".join(map(repr, topics))
             return ConfigError(
-                f"Kafka at {self.bootstrap} refused {who} access to topic {topics} ({what}); grant it Describe and "
+                f"Kafka at {self.bootstrap} refused {who} access to {named} ({what}); grant it Describe and "
                 f"Read on the topic in the broker's ACLs, {relogin}. Kafka says this of a topic that does not "
                 "exist too: check source.topic"
             )
@@ -392,7 +394,7 @@ class KafkaReader:
         for topic in self.topics:
             meta = self._retrying(functools.partial(self._consumer.list_topics, topic))
             info = meta.topics.get(topic)
-            refused = self._refused(info.error) if info is not None else None
+            refused = self._refused(info.error, topic) if info is not None else None
             if refused is not None:
                 raise refused
             if info is None or info.error is not None or not info.partitions:
@@ -548,7 +550,7 @@ class KafkaReader:
             if m.offset() > self.positions.get(tp, -1):
                 self.positions[tp] = m.offset()  # past trailing transaction markers
             return
-        refused = self._refused(err)
+        refused = self._refused(err, m.topic())
         if refused is not None:
             raise refused
         if err.fatal() or not err.retriable():
