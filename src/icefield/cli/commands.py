@@ -249,12 +249,50 @@ def tables(out: Output) -> None:
     for ident in list_tables(catalog):
         t = catalog.load_table(ident)
         snap = t.current_snapshot()
-        rows = int(snap.summary["total-records"] or 0) if snap and snap.summary else 0
-        docs.append({"table": ".".join(ident), "rows": rows, "snapshots": len(t.metadata.snapshots), "current_snapshot": snap.snapshot_id if snap else None, "location": t.metadata.location})
+        rows, note = _live_rows(t, snap)
+        doc = {"table": ".".join(ident), "rows": rows, "snapshots": len(t.metadata.snapshots), "current_snapshot": snap.snapshot_id if snap else None, "location": t.metadata.location}
+        docs.append({**doc, "rows_note": note} if note else doc)
     if out.as_json:
         out.emit({"tables": docs})
     else:
-        out.table("Tables", ["table", "rows", "snapshots", "current snapshot"], [[d["table"], d["rows"], d["snapshots"], d["current_snapshot"]] for d in docs])
+        out.table(
+            "Tables", ["table", "rows", "snapshots", "current snapshot"],
+            [[d["table"], d["rows"] if d["rows"] is not None else "unknown", d["snapshots"], d["current_snapshot"]] for d in docs],
+        )
+        for d in docs:
+            if d["rows"] is None:
+                out.print("{table}: rows unknown, {note}", table=d["table"], note=d["rows_note"])
+
+
+def _live_rows(table: Any, snap: Any) -> tuple[int | None, str | None]:
+    """The rows a reader of ``table``'s current snapshot sees, and None or why they are unknown.
+
+    The snapshot summary's ``total-records`` counts the rows of the data files, deleted ones included. A
+    merge-on-read table (icefield's ``write.merge.mode: merge-on-read``, Spark, Trino) marks deleted rows
+    in position delete files: their distinct positions within live data files are subtracted (only the
+    small delete files are read). Equality delete files (Flink, Iceberg's Java API) say which rows they
+    delete by value, which takes reading the data: the count is unknown (None) and the note says so."""
+    summary = snap.summary if snap is not None else None
+    if summary is None:
+        return 0, None
+
+    def total(key: str) -> int:
+        return int(summary[key] or 0)
+
+    if total("total-equality-deletes"):
+        return None, (
+            f"{total('total-equality-deletes'):,} rows are deleted by equality delete files (written by Flink or Iceberg's Java API), "
+            "which icefield cannot apply; rewrite the table with Spark's rewrite_data_files to fold them"
+        )
+    if not total("total-position-deletes"):
+        return total("total-records"), None
+    from icefield.errors import ConfigError
+    from icefield.quality.gates import snapshot_row_count
+
+    try:
+        return snapshot_row_count(table, snap.snapshot_id), None
+    except ConfigError as e:  # equality delete files the summary did not count
+        return None, str(e)
 
 
 @cli.command()

@@ -389,7 +389,7 @@ def run_plan(
             if blocked:
                 reason = _skip_reason(node, blocked[0], *fell[blocked[0]])
                 fell[node.id] = fell[blocked[0]]
-                log.warning("run %s: %s skipped: %s", out.run_id, node.id, reason)
+                log.info("run %s: %s skipped: %s", out.run_id, node.id, reason)
                 record(node, _blank(node, out.run_id, "skipped", reason=reason))
                 continue
             current = node
