@@ -1,4 +1,4 @@
-"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, compact, expire, quarantine, demo."""
+"""The CLI commands: init, run, plan, tables, show, sql, checks, publish, discard, compact, expire, quarantine, demo."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -97,7 +97,7 @@ class Plan:
 
     nodes: tuple[Node, ...]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
     def __len__(self) -> int:
@@ -156,15 +156,16 @@ def tables_read(sql: str) -> set[tuple[str | None, str]] | None:
     return {(t.db or None, t.name) for t in found if t.name and not isinstance(t.this, exp.Func)}
 
 
-def _duckdb_reads(sql: str, writers: dict[str, list[str]]) -> list[str]:
-    """The tables written by the project (``writers``: table -> node ids) that ``sql`` reads, matched as
-    DuckDB matches names: without regard to case (an unqualified name reaches only namespace ``main``).
-    Of written tables equal but for case, the one ``sql`` spells exactly, else all of them."""
-    refs = tables_read(sql)
-    if refs is None:
-        # Unparsable SQL is refused when the node runs; until then it waits for nothing.
-        return []
-    named = {f"{s or 'main'}.{n}" for s, n in refs}
+def _qualified(refs: set[tuple[str | None, str]]) -> set[str]:
+    """``namespace.table`` of each reference of :func:`tables_read` (an unqualified name reaches
+    namespace ``main``, as in the query engine)."""
+    return {f"{s or 'main'}.{n}" for s, n in refs}
+
+
+def _written_reads(named: set[str], writers: dict[str, list[str]]) -> list[str]:
+    """The tables written by the project (``writers``: table -> node ids) that a query naming ``named``
+    reads, matched as DuckDB matches names: without regard to case. Of written tables equal but for case,
+    the one the query spells exactly, else all of them (the query engine refuses the ambiguous name)."""
     folded = {t.lower() for t in named}
     groups: dict[str, list[str]] = {}
     for table in writers:
@@ -178,26 +179,30 @@ def _duckdb_reads(sql: str, writers: dict[str, list[str]]) -> list[str]:
 
 
 def _reads_of(project: Project, kind: NodeKind, name: str, writers: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """What node ``kind name`` reads: (every table named, the written tables among them)."""
+    """What node ``kind name`` reads: (every table it names but its own, the tables of the project among
+    them). SQL that does not parse names nothing: it is refused when the node runs."""
     from icefield.config.gates import ReferencesGate, SqlGate
 
-    if kind == "model":
-        model = project.models[name]
-        refs = tables_read(model.sql) or set()
-        return sorted({f"{s or 'main'}.{n}" for s, n in refs} - {model.target.table}), _duckdb_reads(model.sql, writers)
-    pipe = project.pipelines[name]
     named: set[str] = set()
     written: list[str] = []
-    for gate in pipe.gates:
-        if isinstance(gate, ReferencesGate):
-            named.add(gate.references.ref_table)
-            if gate.references.ref_table in writers:  # the gate loads the table by its exact Iceberg name
-                written.append(gate.references.ref_table)
-        elif isinstance(gate, SqlGate):
-            query = gate.sql.query.replace("{table}", pipe.target.table)
-            named.update(f"{s or 'main'}.{n}" for s, n in tables_read(query) or set())
-            written.extend(_duckdb_reads(query, writers))
-    return sorted(named - {pipe.target.table}), written
+    if kind == "model":
+        model = project.models[name]
+        own = model.target.table
+        named = _qualified(tables_read(model.sql) or set())
+        written = _written_reads(named, writers)
+    else:
+        pipe = project.pipelines[name]
+        own = pipe.target.table
+        for gate in pipe.gates:
+            if isinstance(gate, ReferencesGate):
+                named.add(gate.references.ref_table)
+                if gate.references.ref_table in writers:  # the gate loads the table by its exact Iceberg name
+                    written.append(gate.references.ref_table)
+            elif isinstance(gate, SqlGate):
+                refs = _qualified(tables_read(gate.sql.query.replace("{table}", own)) or set())
+                named |= refs
+                written.extend(_written_reads(refs, writers))
+    return sorted(named - {own}), written
 
 
 def _graph(project: Project) -> dict[str, Node]:
