@@ -201,8 +201,7 @@ def _gates_summary(r: Any) -> str:
 @guarded
 def tables(out: Output) -> None:
     """List the Iceberg tables of the catalog with their row counts and snapshots."""
-    from icefield.catalog import open_catalog
-    from icefield.engines.local import list_tables
+    from icefield.catalog import list_tables, open_catalog
 
     catalog = open_catalog(out.project())
     docs = []
@@ -272,8 +271,7 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
     only the project's tables: no other file, URL, database or extension. Output columns that share a
     name are shown as name, name_1, name_2 ... in every format; JSON is {"columns": [...], "rows":
     [{column: value}, ...]} with those names."""
-    from icefield.engines.readonly import distinct_names
-    from icefield.inspect import run_query
+    from icefield.query import distinct_names, run_query
 
     result = run_query(out.project(), query, unrestricted=unrestricted)
     names = distinct_names(result.column_names)

@@ -1,15 +1,16 @@
-"""Read-only SQL on DuckDB: the one lock that every query a user writes runs under (``icefield sql``,
-models, ``sql`` gates, ``checks.filter``) and the gates and quality results that icefield compiles.
+"""The lock of the query seam: every query a user writes (``icefield sql``, models, ``sql`` gates,
+``checks.filter``) and the gates and quality results that icefield compiles run on DuckDB under it.
 
 Two layers, each enough on its own for most of what they stop:
 
 - the statement: DuckDB's own parser must see exactly one statement of type SELECT, and sqlglot must
   agree it is one read-only query (:func:`icefield.sqlcheck.check_query`), so COPY, ATTACH, INSTALL,
   LOAD, SET/RESET, PRAGMA, CALL, CREATE, DROP, INSERT and a second statement never run;
-- the connection (:func:`lock`): once the views are bound, DuckDB may read only the data files the
-  views need (``allowed_paths``), nothing else: no other file, directory listing, URL, database or
-  extension (``enable_external_access=false``, no auto-install or auto-load of extensions, no Python
-  replacement scans), and the configuration is locked so no statement can undo it.
+- the connection (:func:`lock`): once the views are bound (:func:`icefield.query.open_views`), DuckDB
+  may read only the data files the views need (``allowed_paths``), nothing else: no other file,
+  directory listing, URL, database or extension (``enable_external_access=false``, no auto-install or
+  auto-load of extensions, no Python replacement scans), and the configuration is locked so no
+  statement can undo it.
 
 ``unrestricted`` connections (``icefield sql --unrestricted``, for trusted local use) skip both.
 """
