@@ -4,7 +4,8 @@ connection.
 
 - :func:`connect`: a locked read-only connection with a view for each table a query names, at its
   current snapshot; :func:`open_views` binds given tables at given snapshots (a branch head under
-  audit); :func:`run_query` is ``icefield sql``'s query.
+  audit); :func:`run_query` runs one query over a project's tables (as Arrow; :func:`query_rows` as
+  the Python rows ``icefield sql`` prints).
 - :mod:`icefield.query.readonly`: the lock (:func:`statement`, :func:`query`, :func:`lock`).
 - :mod:`icefield.query.policy`: where an access policy (column masks, row filters) rewrites each view
   as it is built (:class:`ViewPolicy`, entered with :func:`view_policy`; none by default), so that
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from icefield.query.policy import ViewPolicy, ViewRule, current_policy, view_policy
 from icefield.query.readonly import NO_ACCESS, distinct_names, lock, open_connection, query, statement
-from icefield.query.run import run_query
+from icefield.query.run import Rows, query_rows, run_query
 from icefield.query.views import (
     View,
     Views,
@@ -32,6 +33,7 @@ from icefield.query.views import (
 
 __all__ = [
     "NO_ACCESS",
+    "Rows",
     "View",
     "ViewPolicy",
     "ViewRule",
@@ -44,6 +46,7 @@ __all__ = [
     "open_connection",
     "open_views",
     "query",
+    "query_rows",
     "register_table",
     "run_query",
     "statement",

@@ -294,4 +294,6 @@ def _duck_types(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[str]:
     import pyarrow as pa
 
     plain = pa.schema([pa.field(f"c{i}", f.type) for i, f in enumerate(schema)])
-    return [str(t) for t in con.from_arrow(plain.empty_table()).types]
+    # Empty columns made of nulls: ``Schema.empty_table`` converts Python lists, which loads pandas.
+    empty = pa.Table.from_arrays([pa.nulls(0, f.type) for f in plain], schema=plain)
+    return [str(t) for t in con.from_arrow(empty).types]
