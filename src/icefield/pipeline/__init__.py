@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
-from icefield.pipeline.models import run_model
-from icefield.pipeline.results import BatchResult, CheckResult, RunResult
-from icefield.pipeline.runner import run_pipeline
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from icefield.pipeline.models import run_model
+    from icefield.pipeline.results import BatchResult, CheckResult, RunResult
+    from icefield.pipeline.runner import run_pipeline
 
 __all__ = ["BatchResult", "CheckResult", "RunResult", "run_model", "run_pipeline"]
+
+# Imported when first used: importing one module of the package (``icefield.pipeline.results``, as the
+# gates do) does not load the runner and everything it needs.
+_LAZY = {
+    "run_model": "icefield.pipeline.models",
+    "BatchResult": "icefield.pipeline.results",
+    "CheckResult": "icefield.pipeline.results",
+    "RunResult": "icefield.pipeline.results",
+    "run_pipeline": "icefield.pipeline.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'icefield.pipeline' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

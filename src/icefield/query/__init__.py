@@ -2,10 +2,10 @@
 (``icefield sql``, models, ``sql`` gates and the gates icefield compiles), on a locked read-only
 connection.
 
-- :func:`connect`: a locked read-only connection with a view for each table a query names, at its
-  current snapshot; :func:`open_views` binds given tables at given snapshots (a branch head under
-  audit); :func:`run_query` runs one query over a project's tables (as Arrow; :func:`query_rows` as
-  the Python rows ``icefield sql`` prints).
+- :func:`connect`: a locked read-only connection with a view for each table a query names (and no
+  other), at the snapshots given (by default the current ones); :func:`open_views` binds given tables
+  at given snapshots (a branch head under audit); :func:`run_query` runs one query over a project's
+  tables (as Arrow; :func:`query_rows` as the Python rows ``icefield sql`` prints).
 - :mod:`icefield.query.readonly`: the lock (:func:`statement`, :func:`query`, :func:`lock`).
 - :mod:`icefield.query.policy`: where an access policy (column masks, row filters) rewrites each view
   as it is built (:class:`ViewPolicy`, entered with :func:`view_policy`; none by default), so that

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -78,15 +78,22 @@ class Views:
         self.close()
 
 
-def connect(catalog: Catalog, sql: str | None, unrestricted: bool = False, policy: ViewPolicy | None = None) -> Views:
+def connect(
+    catalog: Catalog,
+    sql: str | None,
+    snapshots: Mapping[Ident, int | None] | None = None,
+    unrestricted: bool = False,
+    policy: ViewPolicy | None = None,
+) -> Views:
     """A DuckDB connection where each catalog table ``sql`` names (:func:`tables_named`) is a view
-    ``namespace.table`` over its current snapshot, locked to read-only use unless ``unrestricted``
-    (:func:`open_views`); run ``sql`` on it with :func:`icefield.query.query`. ``sql`` None binds every
-    table of the catalog.
+    ``namespace.table`` over the snapshot ``snapshots`` gives it (by default its current one), locked
+    to read-only use unless ``unrestricted`` (:func:`open_views`); run ``sql`` on it with
+    :func:`icefield.query.query`. ``sql`` None binds every table of the catalog.
 
     Raises :class:`ConfigError` when two of those tables would be one DuckDB view."""
     tables = named_tables(catalog, sql)
-    return open_views(((ident, t, None) for ident, t in tables.items()), unrestricted=unrestricted, policy=policy)
+    pinned = snapshots or {}
+    return open_views(((ident, t, pinned.get(ident)) for ident, t in tables.items()), unrestricted=unrestricted, policy=policy)
 
 
 def named_tables(catalog: Catalog, sql: str | None) -> dict[Ident, Table]:
