@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from icefield.errors import IcefieldError, QueryError, QueryRefusedError
 from icefield.query.readonly import open_connection, run, statement
-from icefield.query.views import Views, connect, open_views
+from icefield.query.views import named_tables, open_views
 
 if TYPE_CHECKING:
     import duckdb
@@ -87,16 +86,17 @@ def _run(
     from icefield.sqlcheck import table_refs
 
     try:
-        if not unrestricted:
-            # Refused before any table is opened.
-            with contextlib.closing(open_connection()) as parser:
-                statement(parser, sql)
-        views: Views
-        if table_refs(sql) == set():  # names no table: no catalog is opened
-            views = open_views([], unrestricted=unrestricted)
-        else:
-            views = connect(catalog(), sql, unrestricted=unrestricted)
-        with views:
+        # One connection checks the statement and then holds the views (each new one costs ~15 ms).
+        con = open_connection(unrestricted)
+        try:
+            if not unrestricted:
+                statement(con, sql)  # refused before any table is opened
+            # A query that names no table opens no catalog.
+            tables = {} if table_refs(sql) == set() else named_tables(catalog(), sql)
+        except BaseException:
+            con.close()
+            raise
+        with open_views(((ident, t, None) for ident, t in tables.items()), unrestricted=unrestricted, con=con) as views:
             if not unrestricted:
                 return run(views.con, sql, fetch)
             rel = views.con.sql(sql)

@@ -138,13 +138,18 @@ def tables_named(catalog: Catalog, sql: str) -> list[Ident]:
 
 
 def open_views(
-    tables: Iterable[tuple[Ident, Table, int | None]], unrestricted: bool = False, policy: ViewPolicy | None = None
+    tables: Iterable[tuple[Ident, Table, int | None]],
+    unrestricted: bool = False,
+    policy: ViewPolicy | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> Views:
     """A new DuckDB connection with each ``(ident, table, snapshot_id)`` bound as the view
     ``namespace.table`` (:func:`register_table`; ``snapshot_id`` None for the current snapshot), then
     locked to read-only use, reading only those views' files (:func:`icefield.query.readonly.lock`),
     unless ``unrestricted``. The one way icefield opens DuckDB over tables for SQL that users write.
     ``policy`` (by default the one in effect, :func:`icefield.query.view_policy`) rewrites each view.
+    ``con`` (from :func:`icefield.query.open_connection`, nothing bound on it yet) is used instead of a
+    new connection; it is closed when binding fails.
 
     Raises :class:`ConfigError` when two tables would be one view (DuckDB names ignore case, and a
     nested namespace's dots become ``_``): DuckDB could not tell them apart."""
@@ -159,8 +164,8 @@ def open_views(
                 "(DuckDB names ignore case, and a nested namespace's dots become '_'), so SQL cannot tell them apart; "
                 "rename one of them, or read it with another engine"
             )
-    con = open_connection(unrestricted)
-    out = Views(con)
+    out = Views(con if con is not None else open_connection(unrestricted))
+    con = out.con
     try:
         for ident, table, snapshot_id in wanted:
             out.views[ident] = register_table(con, table, ident, snapshot_id=snapshot_id, policy=policy)
