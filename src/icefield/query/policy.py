@@ -9,6 +9,9 @@ The policy in effect is entered by whoever runs the query (an entry point, a req
 test) with :func:`view_policy`; nothing sets one by default, and none applies then. It is a context
 variable: a thread started inside ``with view_policy(...)`` sees it only when it runs in a copy of the
 context (``contextvars.copy_context().run``), as icefield's own worker threads do.
+
+A policy binds what locked connections read (:mod:`icefield.query.readonly`); unrestricted SQL
+(``icefield sql --unrestricted``) sees the governed views too, but may read the data files directly.
 """
 
 from __future__ import annotations
