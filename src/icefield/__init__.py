@@ -13,7 +13,8 @@ import os
 # the environment wins. mimalloc reads it once, when pyarrow loads: import icefield first.
 os.environ.setdefault("MIMALLOC_PURGE_DELAY", "-1")
 
-from icefield.config import Project, load_project
+from typing import TYPE_CHECKING, Any
+
 from icefield.errors import (
     CommitConflictError,
     ConfigError,
@@ -26,9 +27,35 @@ from icefield.errors import (
     TerminalError,
     TransientError,
 )
-from icefield.pipeline import BatchResult, CheckResult, RunResult, run_model, run_pipeline
+
+if TYPE_CHECKING:
+    from icefield.config import Project, load_project
+    from icefield.pipeline import BatchResult, CheckResult, RunResult, run_model, run_pipeline
 
 __version__ = "0.1.0"
+
+# Imported when first used: a command that never runs a pipeline (``icefield sql``) never loads the
+# pipeline's libraries (pyiceberg, SQLAlchemy, Arrow).
+_LAZY = {
+    "Project": "icefield.config",
+    "load_project": "icefield.config",
+    "BatchResult": "icefield.pipeline",
+    "CheckResult": "icefield.pipeline",
+    "RunResult": "icefield.pipeline",
+    "run_model": "icefield.pipeline",
+    "run_pipeline": "icefield.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'icefield' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "BatchResult",

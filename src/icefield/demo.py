@@ -84,7 +84,8 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
     from icefield.catalog import open_catalog
     from icefield.config import load_project
     from icefield.examples.shop import cdc, generate
-    from icefield.inspect import describe_table, run_query
+    from icefield.inspect import describe_table
+    from icefield.query import run_query
 
     started = time.perf_counter()
     copy_example(directory, fresh)
@@ -182,7 +183,7 @@ def _cdc_matches(project: Any, catalog: Any, db_path: Path) -> bool:
     from decimal import Decimal
 
     from icefield.examples.shop.cdc import source_rows
-    from icefield.inspect import run_query
+    from icefield.query import run_query
 
     def norm(row: dict[str, Any]) -> tuple[Any, ...]:
         amount = row["amount"]
@@ -232,9 +233,9 @@ def _customer_arrives(directory: Path, customer_id: int) -> None:
 def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output) -> dict[str, Any]:
     """Step 4 and 5 of the demo: a batch held by a gate, then its fix. Returns counts and self-checks."""
     from icefield.errors import GateFailedError
-    from icefield.inspect import run_query
     from icefield.pipeline import run_pipeline
     from icefield.quality.results import latest_results
+    from icefield.query import run_query
     from icefield.write.branches import audit_branch, head_id, is_held
 
     branch = audit_branch("orders")

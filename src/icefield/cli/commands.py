@@ -15,7 +15,7 @@ from rich.text import Text
 
 from icefield.cli import EXIT_FAILED, cli, guarded
 from icefield.cli.output import Output, _json_default
-from icefield.write.expire import DEFAULT_AGE
+from icefield.config.ages import DEFAULT_AGE
 
 pass_out = click.make_pass_decorator(Output)
 
@@ -96,7 +96,7 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait
     the_plan = build_plan(project, names, models=not no_models)
     if follow and (len(the_plan) != 1 or the_plan.nodes[0].kind != "pipeline"):
         raise ConfigError("--follow runs one streaming pipeline: name exactly one pipeline, e.g. icefield run orders_cdc --follow")
-    from icefield.write.expire import parse_age
+    from icefield.config.ages import parse_age
 
     wait_s = parse_age(wait)
     catalog = open_catalog(project)
@@ -241,8 +241,7 @@ def _gates_summary(r: Any) -> str:
 @guarded
 def tables(out: Output) -> None:
     """List the Iceberg tables of the catalog with their row counts and snapshots."""
-    from icefield.catalog import open_catalog
-    from icefield.engines.local import list_tables
+    from icefield.catalog import list_tables, open_catalog
 
     catalog = open_catalog(out.project())
     docs = []
@@ -350,15 +349,18 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
     only the project's tables: no other file, URL, database or extension. Output columns that share a
     name are shown as name, name_1, name_2 ... in every format; JSON is {"columns": [...], "rows":
     [{column: value}, ...]} with those names."""
-    from icefield.engines.readonly import distinct_names
-    from icefield.inspect import run_query
+    from icefield.query import distinct_names, query_rows
 
-    result = run_query(out.project(), query, unrestricted=unrestricted)
-    names = distinct_names(result.column_names)
+    def catalog() -> Any:  # opened only for a query that names a table
+        from icefield.catalog import open_catalog
+
+        return open_catalog(out.project())
+
     table_format = not out.as_json and fmt == "table"
+    result = query_rows(query, catalog, unrestricted=unrestricted, limit=limit if table_format else None)
+    names = distinct_names(result.columns)
     # Rows are built by position: two output columns of one name (select * over a join) stay two.
-    columns = [c.to_pylist() for c in (result.slice(0, limit) if table_format else result).columns]
-    rows = [list(r) for r in zip(*columns, strict=True)]
+    rows = [list(r) for r in result.rows]
     if out.as_json or fmt == "json":
         out.emit({"columns": names, "rows": [dict(zip(names, r, strict=True)) for r in rows]})
     elif fmt == "csv":
@@ -370,8 +372,8 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
         out.write(buf.getvalue())
     else:
         out.table(None, names, rows)
-        if result.num_rows > limit:
-            out.print(f"({result.num_rows - limit} more rows; use --format csv for all)")
+        if result.total > limit:
+            out.print(f"({result.total - limit} more rows; use --format csv for all)")
 
 
 # ---------------------------------------------------------------------------------------------- gates

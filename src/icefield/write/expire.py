@@ -18,12 +18,12 @@ default keeps seven days (no retry waits that long).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from icefield.config.ages import DEFAULT_AGE, parse_age
 from icefield.errors import CommitConflictError, ConfigError
 
 if TYPE_CHECKING:
@@ -32,20 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AGE = "7d"
 ATTEMPTS = 4
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_age(value: str | int | float) -> float:
-    """Seconds in an age such as ``7d``, ``12h``, ``30m``, ``0`` (a number alone is seconds)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    m = _AGE.match(str(value))
-    if m is None:
-        raise ConfigError(f"older_than={value!r} is not an age; give one like '7d', '12h', '30m' or '0' (seconds)")
-    return float(m.group(1)) * _UNIT[m.group(2)]
 
 
 @dataclass

@@ -1,0 +1,26 @@
+"""Ages such as ``7d``, ``12h``, ``30m`` (snapshot expiry, waits): parsed where the configuration is
+validated and by the commands that take one, without loading the writer."""
+
+from __future__ import annotations
+
+import re
+
+from icefield.errors import ConfigError
+
+__all__ = ["DEFAULT_AGE", "parse_age"]
+
+DEFAULT_AGE = "7d"
+"""The age of the snapshots ``icefield expire`` removes when none is given."""
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(value: str | int | float) -> float:
+    """Seconds in an age such as ``7d``, ``12h``, ``30m``, ``0`` (a number alone is seconds)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = _AGE.match(str(value))
+    if m is None:
+        raise ConfigError(f"older_than={value!r} is not an age; give one like '7d', '12h', '30m' or '0' (seconds)")
+    return float(m.group(1)) * _UNIT[m.group(2)]
