@@ -1,3 +1,3 @@
-from icefield.cli import main
+from icefield.__main__ import main
 
 main()
