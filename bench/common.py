@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,16 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tuned_if(icefield: bool) -> AbstractContextManager[None]:
+    """The process of a child that runs icefield is tuned as the ``icefield`` program tunes its own
+    (:func:`icefield.process.tuned`, entered before pyarrow loads); a peer's process is left as it is."""
+    if not icefield:
+        return nullcontext()
+    from icefield.process import tuned
+
+    return tuned()
 
 
 def emit(seconds: float, result: dict[str, Any], peak_mb: float | None = None) -> None:

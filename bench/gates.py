@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, machine, measure_runs, print_table, runs, scale, work_dir
+from bench.common import emit, machine, measure_runs, print_table, runs, scale, tuned_if, work_dir
 from bench.w2_merge import _catalog, base_rows
 
 NAMESPACE = "bench"
@@ -173,7 +173,8 @@ PEERS = {"icefield": _peer_icefield, "duckdb": _peer_duckdb, "gx": _peer_gx}
 
 
 def child(args: dict[str, Any]) -> None:
-    res = PEERS[args["peer"]](Path(args["root"]), args["doc"])
+    with tuned_if(args["peer"] == "icefield"):
+        res = PEERS[args["peer"]](Path(args["root"]), args["doc"])
     emit(res["seconds"], res["result"])
 
 

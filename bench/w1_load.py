@@ -58,6 +58,7 @@ from bench.common import (
     runs,
     scale,
     table_digest,
+    tuned_if,
     work_dir,
 )
 
@@ -500,7 +501,8 @@ def child(args: dict[str, Any]) -> None:
         emit(0.0, digest(args["digest"]))
         return
     out = Path(args["out"])
-    res = PEERS[args["peer"]](args, out)
+    with tuned_if(args["peer"] == "icefield"):
+        res = PEERS[args["peer"]](args, out)
     emit(
         res["seconds"],
         {"locator": res["locator"], "info": res.get("info", {}), "peak_rss_mb": own_peak_rss_mb()},

@@ -27,6 +27,7 @@ from bench.common import (
     runs,
     scale,
     table_digest,
+    tuned_if,
     work_dir,
 )
 
@@ -216,8 +217,9 @@ def _set_merge_mode(root: Path, ident: str, mode: str) -> None:
 
 def child(args: dict[str, Any]) -> None:
     root = Path(args["root"])
-    _set_merge_mode(root, args["table"], args.get("merge_mode", "copy-on-write"))
-    res = PEERS[args["peer"]](root, args["table"], args["changes"])
+    with tuned_if(args["peer"] == "icefield"):
+        _set_merge_mode(root, args["table"], args.get("merge_mode", "copy-on-write"))
+        res = PEERS[args["peer"]](root, args["table"], args["changes"])
     peak = peak_rss_mb()  # the merge's own peak: the check below reads the whole table
     table = _catalog(root).load_table(args["table"])
     digest = table_digest(table.scan().to_arrow(), "order_id")

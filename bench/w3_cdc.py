@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, machine, median, print_table, runs, scale, table_digest, work_dir
+from bench.common import emit, machine, median, print_table, runs, scale, table_digest, tuned_if, work_dir
 
 PARTITIONS = 4
 TOPIC = "pg.public.orders"
@@ -425,4 +425,5 @@ CHILDREN = {
 
 if __name__ == "__main__":
     arguments = json.loads(sys.argv[1])
-    CHILDREN[arguments["peer"]](arguments)
+    with tuned_if(arguments["peer"] in ("icefield", "freshness")):
+        CHILDREN[arguments["peer"]](arguments)

@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, machine, measure_runs, median, print_table, runs, scale, work_dir
+from bench.common import emit, machine, measure_runs, median, print_table, runs, scale, tuned_if, work_dir
 from icefield.errors import SourceError
 
 PARTITIONS = 4
@@ -216,7 +216,8 @@ PEERS = {"consume-only": _peer_consume_only, "icefield": _peer_icefield}
 
 
 def child(args: dict[str, Any]) -> None:
-    seconds, result = PEERS[args["peer"]](args)
+    with tuned_if(args["peer"] == "icefield"):
+        seconds, result = PEERS[args["peer"]](args)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)  # this process, all its threads, start-up included
     emit(seconds, result)

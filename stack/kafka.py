@@ -15,6 +15,11 @@ Ports: the broker listens on ``$ICEFIELD_KAFKA_PORT`` (19092) and the controller
 ``$ICEFIELD_KAFKA_CONTROLLER_PORT`` (19093; never 9093, Alertmanager's default), both on 127.0.0.1
 only, PLAINTEXT. The broker is ready when a Kafka Metadata request lists it and every existing partition
 has a leader (checked over the wire protocol here, so the launcher needs no Python Kafka client).
+
+Optionally (``sasl_port`` with ``sasl_users``, for tests of logins) a third listener, ``SASL_PLAINTEXT``
+with the PLAIN mechanism, accepts the given users; the PLAINTEXT listeners stay as they are (the probe,
+the controller and the brokers' own traffic use them). ``extra_properties`` are added to (and override)
+``server.properties``: an authorizer and its ``super.users``, say.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import socket
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +80,10 @@ class Kafka(JavaService):
     19092 / 19093. ``fast`` changes nothing here: Kafka never fsyncs by default. Topics are created
     on first use (``auto.create.topics.enable``) with one partition; the internal topics have one
     replica.
+
+    ``sasl_port`` and ``sasl_users`` (``{user: password}``) add a ``SASL_PLAINTEXT`` listener on that
+    port where those users log in with the PLAIN mechanism (both or neither; the other listeners and
+    :meth:`probe` are unchanged). ``extra_properties`` are written last into ``server.properties``.
     """
 
     name = "kafka"
@@ -88,8 +98,13 @@ class Kafka(JavaService):
         fast: bool = False,
         heap: str = KAFKA_HEAP,
         version: str = KAFKA_VERSION,
+        sasl_port: int | None = None,
+        sasl_users: Mapping[str, str] | None = None,
+        extra_properties: Mapping[str, str] | None = None,
     ) -> None:
-        """Configure the launcher; touches nothing on disk. Raises :class:`StackError` for a bad port."""
+        """Configure the launcher; touches nothing on disk. Raises :class:`StackError` for a bad port or
+        SASL settings it cannot write (one without the other; a quote, backslash, ``=``, ``;``, space or
+        line break in a user or password)."""
         super().__init__(base_dir, fast=fast)
         self._port = port if port is not None else read_port_env(KAFKA_PORT_ENV, KAFKA_PORT_DEFAULT)
         self._controller_port = (
@@ -97,11 +112,21 @@ class Kafka(JavaService):
             if controller_port is not None
             else read_port_env(KAFKA_CONTROLLER_PORT_ENV, KAFKA_CONTROLLER_PORT_DEFAULT)
         )
-        for p in (self._port, self._controller_port):
+        if (sasl_port is None) != (not sasl_users):
+            raise StackError("Kafka's SASL listener needs both sasl_port and sasl_users (a user and its password)")
+        for text in (*(sasl_users or {}).keys(), *(sasl_users or {}).values()):
+            # Written inside a quoted JAAS value of a properties file: keep it free of escapes.
+            if not text or any(c in text for c in '"\\\n\r;= '):
+                raise StackError("Kafka SASL users and passwords must be non-empty, without quotes, backslashes, "
+                                 "'=', ';', spaces or line breaks")  # the value is not shown: it may be a password
+        self._sasl_port = sasl_port
+        self.sasl_users = dict(sasl_users or {})
+        self.extra_properties = dict(extra_properties or {})
+        for p in self.ports():
             if not 1 <= p <= 65535:
                 raise StackError(f"Kafka port {p} is out of range 1-65535")
-        if self._port == self._controller_port:
-            raise StackError(f"Kafka's broker and controller ports must differ (both {self._port})")
+        if len(set(self.ports())) != len(self.ports()):
+            raise StackError(f"Kafka's ports must differ (broker, controller, SASL: {self.ports()})")
         self.heap = heap
         self.version = version
 
@@ -116,6 +141,16 @@ class Kafka(JavaService):
         return self._controller_port
 
     @property
+    def sasl_port(self) -> int | None:
+        """The SASL_PLAINTEXT (PLAIN) client port, if the broker has one."""
+        return self._sasl_port
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        """``127.0.0.1:<sasl_port>``, for clients that log in with one of ``sasl_users``; None without it."""
+        return f"{self.host}:{self._sasl_port}" if self._sasl_port is not None else None
+
+    @property
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:<port>``, what clients put in ``bootstrap.servers``."""
         return f"{self.host}:{self.port}"
@@ -125,7 +160,8 @@ class Kafka(JavaService):
         return self.bootstrap_servers
 
     def ports(self) -> tuple[int, ...]:
-        return (self.port, self.controller_port)
+        extra = (self._sasl_port,) if self._sasl_port is not None else ()
+        return (self.port, self.controller_port, *extra)
 
     @property
     def data_dir(self) -> Path:
@@ -180,6 +216,16 @@ class Kafka(JavaService):
             "log.retention.hours": "24",
             "log.segment.bytes": str(256 << 20),
         }
+        if self._sasl_port is not None:
+            settings["listeners"] += f",SASL_PLAINTEXT://{h}:{self._sasl_port}"
+            settings["advertised.listeners"] += f",SASL_PLAINTEXT://{h}:{self._sasl_port}"
+            settings["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            settings["sasl.enabled.mechanisms"] = "PLAIN"
+            users = " ".join(f'user_{user}="{password}"' for user, password in self.sasl_users.items())
+            settings["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+            )
+        settings.update(self.extra_properties)
         return properties_text(settings, "stack/kafka.py")
 
     def _format(self) -> None:

@@ -1,19 +1,16 @@
 """icefield: an open-source lakehouse data platform that lands data in Apache Iceberg.
 
 The public surface is small on purpose; everything else lives in private-by-convention modules.
+Importing icefield changes nothing in the process and loads neither pyarrow nor pyiceberg: the names
+below load their modules when first used (a program tunes its process with :mod:`icefield.process`,
+which has to come before pyarrow loads).
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+from typing import TYPE_CHECKING, Any
 
-# Arrow's allocator (mimalloc) hands freed pages back to the system 10 ms after they are freed. A pipeline
-# frees and allocates batch-sized buffers all the time, and a CDC run spent 12% of its CPU in the kernel
-# zeroing the pages it got back. They are kept for reuse instead (the process keeps its peak); a value set in
-# the environment wins. mimalloc reads it once, when pyarrow loads: import icefield first.
-os.environ.setdefault("MIMALLOC_PURGE_DELAY", "-1")
-
-from icefield.config import Project, load_project
 from icefield.errors import (
     CommitConflictError,
     ConfigError,
@@ -26,9 +23,36 @@ from icefield.errors import (
     TerminalError,
     TransientError,
 )
-from icefield.pipeline import BatchResult, CheckResult, RunResult, run_model, run_pipeline
+
+if TYPE_CHECKING:
+    from icefield.config import Project, load_project
+    from icefield.pipeline import BatchResult, CheckResult, RunResult, run_model, run_pipeline
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Project": "icefield.config",
+    "load_project": "icefield.config",
+    "BatchResult": "icefield.pipeline",
+    "CheckResult": "icefield.pipeline",
+    "RunResult": "icefield.pipeline",
+    "run_model": "icefield.pipeline",
+    "run_pipeline": "icefield.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'icefield' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "BatchResult",

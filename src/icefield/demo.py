@@ -4,8 +4,10 @@ It copies the example project, generates its sources, loads them, changes the so
 rows, a late clickstream file, a corrected rates file), loads again incrementally, runs a third time to
 show that nothing changes, builds the ``daily_revenue`` model and shows tables, snapshots, quarantined
 rows and a query. Then orders arrive before their customer: the orders pipeline's referential-integrity
-gate holds the batch on its audit branch (``main`` untouched) until the customer is loaded and a rerun
-publishes it. It checks its own numbers against the generator's and reports ``ok``.
+gate holds the batch on its audit branch (``main`` untouched) until the customer arrives; the last run of
+the project (in plan order: customers, then orders, then the model) loads it, publishes the held batch and
+rebuilds the model, so the demo ends with every table and model up to date (a rerun commits nothing). It
+checks its own numbers against the generator's and reports ``ok``.
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ def copy_example(directory: Path, fresh: bool) -> None:
 
 
 def _run_all(project: Any, catalog: Any) -> list[RunResult]:
-    from icefield.pipeline import run_model, run_pipeline
-    from icefield.pipeline.runner import new_run_id
+    """Run the project's plan as `icefield run` does: every pipeline and model, each after what it reads.
+    Raises the first failure."""
+    from icefield.pipeline import run_plan
 
-    run_id = new_run_id()
-    results = [run_pipeline(project, name, catalog, run_id) for name in sorted(project.pipelines)]
-    results += [run_model(project, name, catalog, run_id) for name in sorted(project.models)]
-    return results
+    done = run_plan(project, catalog=catalog)
+    if done.failures:
+        raise done.failures[0][1]
+    return done.results
 
 
 def _summary(results: list[RunResult]) -> list[list[Any]]:
@@ -81,7 +84,8 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
     from icefield.catalog import open_catalog
     from icefield.config import load_project
     from icefield.examples.shop import cdc, generate
-    from icefield.inspect import describe_table, run_query
+    from icefield.inspect import describe_table
+    from icefield.query import run_query
 
     started = time.perf_counter()
     copy_example(directory, fresh)
@@ -167,7 +171,7 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
         "checks": checks,
         "directory": str(directory),
         "seconds": round(seconds, 2),
-        "tables": {**counts, "shop.orders": gated["orders"], "shop.customers": gated["customers"]},
+        "tables": {**counts, "shop.orders": gated["orders"], "shop.customers": gated["customers"], "analytics.daily_revenue": gated["daily_revenue"]},
         "gates": gated,
         "runs": {"first": [r.to_dict() for r in first], "second": [r.to_dict() for r in second], "third": [r.to_dict() for r in third]},
     }
@@ -179,7 +183,7 @@ def _cdc_matches(project: Any, catalog: Any, db_path: Path) -> bool:
     from decimal import Decimal
 
     from icefield.examples.shop.cdc import source_rows
-    from icefield.inspect import run_query
+    from icefield.query import run_query
 
     def norm(row: dict[str, Any]) -> tuple[Any, ...]:
         amount = row["amount"]
@@ -230,9 +234,9 @@ def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output
     """Step 4 and 5 of the demo: a batch held by a gate, then its fix. Returns counts and self-checks."""
     from icefield.errors import GateFailedError
     from icefield.iceberg.history import head_id, is_held
-    from icefield.inspect import run_query
     from icefield.pipeline import run_pipeline
     from icefield.quality.results import latest_results
+    from icefield.query import run_query
     from icefield.write.branches import audit_branch
 
     branch = audit_branch("orders")
@@ -259,12 +263,14 @@ def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output
 
     visible_while_held = in_main(order_ids)
     _customer_arrives(directory, customer)
-    run_pipeline(project, "customers", catalog)
-    rerun = run_pipeline(project, "orders", catalog)
+    # `icefield run`: the plan loads customers before orders (the orders' gate reads shop.customers) and
+    # rebuilds daily_revenue after orders, so every table and model is up to date when the demo ends.
+    rerun = {r.pipeline: r for r in _run_all(project, catalog)}["orders"]
     final = catalog.load_table("shop.orders")
     out.print(
-        "\n5. The customer arrives and is loaded. The orders rerun checks the held batch again, the gate passes, and main is "
-        "fast-forwarded to it (snapshot {snapshot}): {visible} held orders are now visible.\n",
+        "\n5. The customer arrives. `icefield run` loads it first (the orders' gate reads shop.customers), then checks the "
+        "held batch again: the gate passes and main is fast-forwarded to it (snapshot {snapshot}): {visible} held orders are "
+        "now visible, and analytics.daily_revenue is rebuilt from them.\n",
         snapshot=head_id(final), visible=in_main(order_ids),
     )
     count = lambda t: int(run_query(project, f"select count(*) as n from {t}", catalog).column("n")[0].as_py())  # noqa: E731
@@ -273,6 +279,7 @@ def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output
         "failing": failing,
         "orders": count("shop.orders"),
         "customers": count("shop.customers"),
+        "daily_revenue": count("analytics.daily_revenue"),
         "checks": {
             "the gate held the orders of an unknown customer": failing == ["references(customer_id)"],
             "main kept its snapshot while the batch was held": head_id(held) == before and is_held(held, branch) and visible_while_held == 0,

@@ -1,18 +1,12 @@
-"""Read-only views of the catalog for people and scripts: table descriptions and SQL queries."""
+"""Read-only views of the catalog for people and scripts: table descriptions (queries: :mod:`icefield.query`)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from icefield.errors import ConfigError, IcefieldError, QueryError, QueryRefusedError
-
 if TYPE_CHECKING:
-    import pyarrow as pa
     from pyiceberg.catalog import Catalog
-
-    from icefield.config import Project
 
 
 def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict[str, Any]:
@@ -76,50 +70,3 @@ def _storage(summary: Any, snapshots: int) -> dict[str, Any]:
         "bytes": total("total-files-size"),
         "snapshots": snapshots,
     }
-
-
-def run_query(project: Project, query: str, catalog: Catalog | None = None, unrestricted: bool = False) -> pa.Table:
-    """Run ``query`` on DuckDB with the project's Iceberg tables as ``namespace.table`` views.
-
-    By default ``query`` must be exactly one read-only statement (SELECT, WITH ... SELECT, VALUES,
-    DESCRIBE, SUMMARIZE) and runs on a locked connection that reads only the files of the tables it
-    names: no other file, URL, database or extension, and no setting can change
-    (:mod:`icefield.engines.readonly`). ``unrestricted`` (trusted local use) runs any DuckDB SQL,
-    several statements included, with full file and network access, and returns the last result.
-
-    Raises :class:`QueryRefusedError` (a ``ConfigError``) when the query is refused, :class:`IcefieldError` when it fails.
-    """
-    import duckdb
-
-    from icefield.catalog import open_catalog
-    from icefield.engines import get_engine, readonly
-
-    engine = get_engine(project.config.engine)
-    if not engine.capabilities.supports_sql:
-        raise ConfigError(f"engine {project.config.engine!r} does not run SQL")
-    try:
-        if not unrestricted:
-            # Refused before any table is opened.
-            with contextlib.closing(readonly.open_connection()) as parser:
-                readonly.statement(parser, query)
-        catalog = catalog or open_catalog(project)
-        con = engine.connect(catalog, query, unrestricted=unrestricted)  # type: ignore[attr-defined]
-        try:
-            if not unrestricted:
-                return readonly.query(con, query)
-            rel = con.sql(query)
-            return rel.to_arrow_table() if rel is not None else _empty()
-        except (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError) as e:
-            raise QueryError(f"the query failed: {e}") from None  # syntax, unknown table or column: exit 2
-        except duckdb.Error as e:
-            raise IcefieldError(f"the query failed: {e}") from None
-        finally:
-            con.close()
-    except QueryRefusedError as e:
-        raise QueryRefusedError(f"{e}. For trusted local use, `icefield sql --unrestricted` runs any DuckDB SQL") from None
-
-
-def _empty() -> pa.Table:
-    import pyarrow as pa
-
-    return pa.table({})

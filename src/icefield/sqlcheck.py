@@ -8,7 +8,7 @@ what was refused and why.
 
 This module only parses; it imports nothing of icefield but the errors, so the configuration can check
 filters when a project is loaded. The DuckDB side of the same rules (its own parser must agree, and the
-connection is locked) is :mod:`icefield.engines.readonly`.
+connection is locked) is :mod:`icefield.query.readonly`.
 """
 
 from __future__ import annotations

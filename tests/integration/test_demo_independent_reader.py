@@ -14,7 +14,7 @@ from icefield.catalog import open_catalog
 from icefield.cli.output import Output
 from icefield.config import load_project
 from icefield.demo import run_demo
-from icefield.inspect import run_query
+from icefield.query import run_query
 
 READER = r"""
 import hashlib, json, sys

@@ -26,7 +26,7 @@ from stack.spark import SparkNotInstalled, import_pyspark, spark_session_for_pro
 
 from icefield import Project, load_project, run_pipeline
 from icefield.catalog import open_catalog
-from icefield.inspect import run_query
+from icefield.query import run_query
 from icefield.write.compact import compact_table
 
 pytestmark = [

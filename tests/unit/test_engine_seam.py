@@ -3,7 +3,7 @@ as one transaction; icefield puts the position into it and commits it. An engine
 back to icefield (Spark) writes the batch on a staging branch with its own commit and returns the
 fast-forward of ``main``: the batch and the position still land on ``main`` in one commit, a conflict
 replans, and a rerun finds the batch by its id. What an engine can do is data (``capabilities``), never its
-class: a merge target needs ``supports_merge``, a model ``supports_sql``."""
+class: a merge target needs ``supports_merge``."""
 
 from __future__ import annotations
 
@@ -112,34 +112,3 @@ class _NoMerge(Engine):
 def test_a_merge_target_needs_an_engine_that_declares_merges(catalog: Any) -> None:
     with pytest.raises(ConfigError, match="needs an engine that merges; engine 'appends-only' does not"):
         TableWriter(catalog, TargetConfig(table="raw.events", mode="merge", keys=["id"]), "p", _NoMerge())
-
-
-def test_a_model_runs_on_any_engine_that_declares_sql(make_project: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The core asks the engine's capabilities, not its class: an engine of another class that declares
-    ``supports_sql`` runs models; one that does not is refused with the reason."""
-    from icefield.config import load_project
-    from icefield.engines.local import LocalEngine
-    from icefield.pipeline import models
-
-    class Delegating(Engine):
-        """Another engine class, which runs SQL (here through the local engine)."""
-
-        name: ClassVar[str] = "delegating"
-        capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(supports_sql=True)
-
-        def stage(self, table: Any, request: WriteRequest) -> StagedWrite:
-            return LocalEngine().stage(table, request)
-
-        def connect(self, catalog: Any, sql: str | None = None, unrestricted: bool = False) -> Any:
-            return LocalEngine().connect(catalog, sql, unrestricted)
-
-    root = make_project()
-    (root / "models").mkdir()
-    (root / "models" / "numbers.sql").write_text("-- target: marts.numbers\n-- mode: overwrite\nSELECT 1 AS one\n")
-    project = load_project(root)
-    monkeypatch.setattr(models, "get_engine", lambda name: Delegating())
-    result = models.run_model(project, "numbers")
-    assert [b.rows_committed for b in result.batches] == [1]
-    monkeypatch.setattr(models, "get_engine", lambda name: _NoMerge())
-    with pytest.raises(ConfigError, match="models need an engine that runs SQL"):
-        models.run_model(project, "numbers")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from icefield.catalog import sql_catalog
-from icefield.config.durations import parse_age
+from icefield.config.ages import parse_age
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import ConfigError

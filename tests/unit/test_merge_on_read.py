@@ -144,7 +144,7 @@ def test_bad_merge_mode_settings_name_the_fix(tmp_path: Path) -> None:
 def test_sql_reads_the_files_directly_without_the_deleted_rows(tmp_path: Path) -> None:
     import duckdb
 
-    from icefield.engines.local import register_table
+    from icefield.query import register_table
 
     w = _writer(tmp_path)
     w.commit(_batch([(k, f"v{k}") for k in range(50)]), "b0", None, "r")

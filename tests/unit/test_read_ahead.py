@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,17 +117,10 @@ def test_a_pipeline_reads_ahead_or_in_turn_with_the_same_result(tmp_path: Path) 
     assert [r["id"] for r in tables[0]] == sorted(f * 100 + i for f in range(5) for i in range(50))
 
 
-def test_a_run_keeps_what_existed_before_it_out_of_full_collections_and_gives_it_back(tmp_path: Path) -> None:
-    """run_pipeline freezes the objects that exist when it starts (gc.freeze: full collections, set off
-    by a stream of messages, then skip them) and spaces young collections out; it gives both back when it
-    ends, also when it fails."""
-    import gc
-
+def _gc_project(tmp_path: Path) -> Any:
     import yaml
 
     from icefield.config import load_project
-    from icefield.errors import IcefieldError
-    from icefield.pipeline import runner
 
     root = tmp_path / "p"
     (root / "pipelines").mkdir(parents=True)
@@ -135,20 +129,52 @@ def test_a_run_keeps_what_existed_before_it_out_of_full_collections_and_gives_it
     (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "gc"}))
     pipe = {"name": "ev", "source": {"type": "files", "path": "data/*.jsonl", "format": "jsonl"}, "target": {"table": "raw.ev"}}
     (root / "pipelines" / "ev.yaml").write_text(yaml.safe_dump(pipe))
-    project = load_project(root)
+    return load_project(root)
+
+
+def test_a_run_called_directly_leaves_the_garbage_collector_alone(tmp_path: Path) -> None:
+    """A library call (a service, an Airflow worker) changes no process state: run_pipeline used to freeze
+    the objects of the whole process and change its collection thresholds, for every caller, and two runs
+    in two threads gave back each other's settings."""
+    import gc
+
+    from icefield.pipeline import runner
+
     before = gc.get_threshold()
     assert gc.get_freeze_count() == 0
     during: list[tuple[int, tuple[int, ...]]] = []
-    result = runner.run_pipeline(project, "ev", on_batch=lambda _: during.append((gc.get_freeze_count(), gc.get_threshold())))
+    result = runner.run_pipeline(_gc_project(tmp_path), "ev", on_batch=lambda _: during.append((gc.get_freeze_count(), gc.get_threshold())))
+    assert result.rows_committed == 2
+    assert during == [(0, before)]
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_a_tuned_run_keeps_what_existed_before_it_out_of_full_collections_and_gives_it_back(tmp_path: Path) -> None:
+    """Inside icefield.process.tuned (as the icefield program runs it), run_pipeline freezes the objects that
+    exist when it starts (gc.freeze: full collections, set off by a stream of messages, then skip them)
+    and young collections are spaced out; both are given back when the tuning ends, also when the run
+    fails."""
+    import gc
+
+    from icefield import process
+    from icefield.errors import IcefieldError
+    from icefield.pipeline import runner
+
+    project = _gc_project(tmp_path)
+    before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    during: list[tuple[int, tuple[int, ...]]] = []
+    with process.tuned():
+        result = runner.run_pipeline(project, "ev", on_batch=lambda _: during.append((gc.get_freeze_count(), gc.get_threshold())))
     assert result.rows_committed == 2 and during
     frozen, thresholds = during[0]
-    assert frozen > 1000 and thresholds[0] == max(before[0], runner.YOUNG_COLLECTION_EVERY) and thresholds[1:] == before[1:]
+    assert frozen > 1000 and thresholds[0] == max(before[0], process.YOUNG_COLLECTION_EVERY) and thresholds[1:] == before[1:]
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
 
     def fail(_: object) -> None:
         raise IcefieldError("stop here")
 
-    (root / "data" / "b.jsonl").write_text('{"id": 3}\n')
-    with pytest.raises(IcefieldError, match="stop here"):
+    (project.root / "data" / "b.jsonl").write_text('{"id": 3}\n')
+    with pytest.raises(IcefieldError, match="stop here"), process.tuned():
         runner.run_pipeline(project, "ev", on_batch=fail)
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before

@@ -124,11 +124,11 @@ def test_the_connection_is_locked_even_past_the_statement_check(tmp_path: Path) 
 
     from icefield.catalog import open_catalog
     from icefield.config import load_project
-    from icefield.engines.local import LocalEngine
+    from icefield.query import connect
 
     root = _project(tmp_path / "p")
     catalog = open_catalog(load_project(root, env={}))
-    con = LocalEngine().connect(catalog, "select * from raw.events")
+    con = connect(catalog, "select * from raw.events").con
     try:
         assert con.sql("select count(*) from raw.events").fetchall() == [(2,)]
         settings = con.sql(

@@ -26,7 +26,7 @@ from icefield.catalog import open_catalog
 from icefield.cli import cli
 from icefield.config import load_project
 from icefield.errors import ConfigError, IcefieldError
-from icefield.inspect import run_query
+from icefield.query import run_query
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_tables_equal_but_for_case_are_never_mixed_up(project: tuple[Any, Any]) 
 
 
 def test_a_nested_namespace_and_its_underscored_twin_are_never_mixed_up(project: tuple[Any, Any]) -> None:
-    from icefield.engines.local import open_views
+    from icefield.query import open_views
 
     p, catalog = project
     nested = _table(catalog, "a.b.t", pa.table({"who": ["nested"]}))

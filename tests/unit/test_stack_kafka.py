@@ -52,6 +52,33 @@ def test_broker_config_binds_localhost_with_single_replica_internal_topics(tmp_p
     assert all(props[k] == "1" for k in props if k.endswith("replication.factor"))
 
 
+def test_a_sasl_listener_is_added_beside_the_plaintext_ones(tmp_path: Path) -> None:
+    plain = Kafka(tmp_path, port=1111, controller_port=2222)
+    kafka = Kafka(
+        tmp_path, port=1111, controller_port=2222, sasl_port=3333, sasl_users={"alice": "pw#1!x", "bob": "b0b"},
+        extra_properties={"super.users": "User:ANONYMOUS"},
+    )
+    props = dict(line.split("=", 1) for line in kafka.server_properties().splitlines() if "=" in line and not line.startswith("#"))
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:1111,CONTROLLER://127.0.0.1:2222,SASL_PLAINTEXT://127.0.0.1:3333"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:1111,SASL_PLAINTEXT://127.0.0.1:3333"
+    assert props["listener.security.protocol.map"] == "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    assert props["inter.broker.listener.name"] == "PLAINTEXT" and props["controller.listener.names"] == "CONTROLLER"
+    assert props["sasl.enabled.mechanisms"] == "PLAIN"
+    assert props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.plain.PlainLoginModule required user_alice="pw#1!x" user_bob="b0b";'
+    )
+    assert props["super.users"] == "User:ANONYMOUS"
+    assert kafka.ports() == (1111, 2222, 3333) and kafka.sasl_bootstrap_servers == "127.0.0.1:3333"
+    assert plain.ports() == (1111, 2222) and plain.sasl_bootstrap_servers is None
+    assert "SASL" not in plain.server_properties()
+    with pytest.raises(StackError, match="both sasl_port and sasl_users"):
+        Kafka(tmp_path, port=1111, controller_port=2222, sasl_port=3333)
+    with pytest.raises(StackError, match="must differ"):
+        Kafka(tmp_path, port=1111, controller_port=2222, sasl_port=1111, sasl_users={"a": "b"})
+    with pytest.raises(StackError, match="quotes"):
+        Kafka(tmp_path, port=1111, controller_port=2222, sasl_port=3333, sasl_users={"a": 'p"w'})
+
+
 def test_connect_worker_config_points_at_kafka_and_the_plugin_path(tmp_path: Path) -> None:
     connect = Connect(tmp_path, port=3333, bootstrap_servers="127.0.0.1:4444")
     connect._plugins = tmp_path / "plugins"

@@ -196,7 +196,7 @@ def test_columns_stored_under_sanitized_names_keep_their_values_in_a_merge_and_i
     merge rewrote every untouched row of them as NULL and the SQL view showed NULLs."""
     import duckdb
 
-    from icefield.engines.local import register_table
+    from icefield.query import register_table
 
     w = TableWriter(catalog, TargetConfig(table="shop.orders", mode="merge", keys=["id"]), PIPE, LocalEngine())
     first = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "order-amount": [10.0, 20.0, 30.0], "info": [{"zip-code": "a"}] * 3})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,16 @@ def open_catalog(project: Project) -> Catalog:
             raise ConfigError(f"{where}: cannot create the warehouse folder {local}: {e.strerror}; fix 'warehouse'") from None
     props = {k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()}
     return sql_catalog(cfg.name, uri, warehouse, **props)
+
+
+def list_tables(catalog: Catalog, namespaces: Callable[[tuple[str, ...]], bool] | None = None) -> list[tuple[str, ...]]:
+    """The identifiers of the catalog's tables, sorted; only those of the namespaces ``namespaces``
+    accepts when it is given (the others are not listed)."""
+    out: list[tuple[str, ...]] = []
+    for ns in catalog.list_namespaces():
+        if namespaces is None or namespaces(ns):
+            out.extend(catalog.list_tables(ns))
+    return sorted(out)
 
 
 def sqlite_relative_to(uri: str, base: Path) -> str:

@@ -1,4 +1,4 @@
-"""The CLI commands: init, run, tables, show, sql, checks, publish, discard, compact, expire, quarantine, demo."""
+"""The CLI commands: init, run, plan, tables, show, sql, checks, publish, discard, compact, expire, quarantine, demo."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rich.text import Text
 
 from icefield.cli import EXIT_FAILED, cli, guarded
 from icefield.cli.output import Output, _json_default
-from icefield.write.expire import DEFAULT_AGE
+from icefield.config.ages import DEFAULT_AGE
 
 pass_out = click.make_pass_decorator(Output)
 
@@ -80,68 +80,116 @@ def init(out: Output, directory: Path, name: str | None) -> None:
 @pass_out
 @guarded
 def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait: str) -> None:
-    """Run pipelines (and then models). Without NAMES: every pipeline, then every model.
+    """Run pipelines and models in plan order (`icefield plan` shows it). Without NAMES: every pipeline and
+    every model; with NAMES: only those.
 
-    One run at a time writes a table: a run whose table another run is writing waits up to --wait, then
-    stops before reading anything (exit 75)."""
+    A model runs after the pipelines and models whose tables it reads, a pipeline after those whose
+    tables its gates read; a node that fails skips the nodes that read what it writes, and the others run
+    on. The exit code is the first failure's. One run at a time writes a table: a run whose table another
+    run is writing waits up to --wait, then stops before reading anything (exit 75)."""
     from icefield.catalog import open_catalog
     from icefield.cli import INTERRUPTED
-    from icefield.errors import ConfigError, IcefieldError, InterruptedRunError
-    from icefield.pipeline import run_model, run_pipeline
-    from icefield.pipeline.runner import new_run_id
+    from icefield.errors import ConfigError, InterruptedRunError
+    from icefield.pipeline.plan import build_plan, run_plan
 
     project = out.project()
-    pipelines = [n for n in names if n in project.pipelines]
-    models = [n for n in names if n in project.models]
-    unknown = [n for n in names if n not in project.pipelines and n not in project.models]
-    if unknown:
-        known = ", ".join(sorted([*project.pipelines, *project.models])) or "none"
-        raise ConfigError(f"unknown pipeline or model {', '.join(map(repr, unknown))} (known: {known})")
-    if not names:
-        pipelines = sorted(project.pipelines)
-        models = [] if no_models else sorted(project.models)
-    if follow and (len(pipelines) != 1 or models):
+    the_plan = build_plan(project, names, models=not no_models)
+    if follow and (len(the_plan) != 1 or the_plan.nodes[0].kind != "pipeline"):
         raise ConfigError("--follow runs one streaming pipeline: name exactly one pipeline, e.g. icefield run orders_cdc --follow")
-    from icefield.config.durations import parse_age
+    from icefield.config.ages import parse_age
 
     wait_s = parse_age(wait)
     catalog = open_catalog(project)
-    run_id = new_run_id()
-    results = []
-    failed: IcefieldError | None = None
-    failed_label = ""
     stop = _stop_on_signals() if follow else None
-    steps = [
-        (f"pipeline {n}", lambda cb, n=n: run_pipeline(project, n, catalog, run_id, on_batch=cb, follow=follow, stop=stop, wait=wait_s))
-        for n in pipelines
-    ]
-    steps += [(f"model {n}", lambda cb, n=n: run_model(project, n, catalog, run_id, wait=wait_s)) for n in models]
-    for label, step in steps:
+    with _Progress(out) as progress:
         try:
-            results.append(_run_one(out, step, label))
-        except KeyboardInterrupt:
-            failed, failed_label = InterruptedRunError(INTERRUPTED), label
-        except IcefieldError as e:
-            failed, failed_label = e, label
-            res = getattr(e, "result", None)
-            if res is not None:
-                results.append(res)
-        if failed is not None:
-            break
-    doc: dict[str, Any] = {"status": "failed" if failed else "ok", "run_id": run_id, "results": [r.to_dict() for r in results]}
-    if failed is not None:
-        # One line on stderr, or one JSON document on stdout: the results and the error together.
-        doc.update(status="interrupted" if isinstance(failed, InterruptedRunError) else "failed", error=f"{failed_label}: {failed}", type=type(failed).__name__)
+            done = run_plan(
+                project, the_plan, catalog, wait=wait_s, follow=follow, stop=stop,
+                on_start=progress.start, on_batch=progress.batch, on_result=progress.done,
+            )
+        except InterruptedRunError as stopped:
+            done = stopped.result  # type: ignore[attr-defined]
+    # The CLI's own words for an interruption; every other error as the node raised it.
+    failures = [(node, InterruptedRunError(INTERRUPTED) if isinstance(e, InterruptedRunError) else e) for node, e in done.failures]
+    doc: dict[str, Any] = {"status": done.status, "run_id": done.run_id, "results": [r.to_dict() for r in done.results]}
+    ending = done.error
+    if ending is not None:
+        # One line on stderr per failure, or one JSON document on stdout: the results and the errors together.
+        label, failed = failures[done.failures.index(ending)]
+        doc.update(error=f"{label}: {failed}", type=type(failed).__name__)
+        doc["errors"] = [{"node": n, "error": str(e), "type": type(e).__name__} for n, e in failures]
         if out.verbose:
-            logging.getLogger("icefield.cli").error("details", exc_info=failed)
+            for _, e in done.failures:
+                logging.getLogger("icefield.cli").error("details", exc_info=e)
     if out.as_json:
         out.emit(doc)
     else:
-        if failed is not None:
-            out.error(f"{failed_label}: {failed}", kind=type(failed).__name__)
-        _print_results(out, results)
-    if failed is not None:
-        raise SystemExit(failed.exit_code)
+        for label, failed in failures:
+            out.error(f"{label}: {failed}", kind=type(failed).__name__)
+        _print_results(out, done.results)
+    if ending is not None:
+        raise SystemExit(done.exit_code)
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--no-models", is_flag=True, help="Plan only pipelines, not the SQL models.")
+@json_option
+@pass_out
+@guarded
+def plan(out: Output, names: tuple[str, ...], no_models: bool) -> None:
+    """Show the order `icefield run` runs pipelines and models in, and what each waits for (runs nothing).
+
+    A model waits for the pipelines and models that write the tables its SQL reads; a pipeline for those
+    that write the tables its gates read (references, sql). A cycle is refused (exit 2)."""
+    from icefield.pipeline.plan import build_plan
+
+    the_plan = build_plan(out.project(), names, models=not no_models)
+    if out.as_json:
+        out.emit({"status": "ok", **the_plan.to_dict()})
+        return
+    rows = [
+        [i + 1, n.id, n.table, ", ".join(f"{u} ({', '.join(n.tables_from(u))})" for u in n.upstream), ", ".join(n.reads)]
+        for i, n in enumerate(the_plan.nodes)
+    ]
+    out.table("Plan", ["#", "node", "writes", "runs after (tables it reads of them)", "reads"], rows)
+
+
+class _Progress:
+    """A spinner per running pipeline or model on a terminal (nothing with --json or without a terminal)."""
+
+    def __init__(self, out: Output) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress: Any = None
+        if not out.as_json and sys.stderr.isatty():
+            # The description holds names from the project: plain text, never markup.
+            self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=out.err_console, transient=True)
+        self.task: Any = None
+        self.rows = 0
+
+    def __enter__(self) -> _Progress:
+        if self.progress is not None:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def start(self, node: Any) -> None:
+        if self.progress is not None:
+            self.task, self.rows = self.progress.add_task(f"{node.id}: starting", total=None), 0
+
+    def batch(self, node: Any, b: Any) -> None:
+        if self.progress is not None and self.task is not None:
+            self.rows += b.rows_committed
+            self.progress.update(self.task, description=f"{node.id}: {self.rows:,} rows committed")
+
+    def done(self, node: Any, result: Any) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
 
 
 def _stop_on_signals() -> threading.Event:
@@ -158,30 +206,22 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _run_one(out: Output, fn: Any, label: str) -> Any:
-    if out.as_json or not sys.stderr.isatty():
-        return fn(None)
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    # The description holds names from the project: plain text, never markup.
-    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=out.err_console, transient=True) as progress:
-        task = progress.add_task(f"{label}: starting", total=None)
-        rows = 0
-
-        def on_batch(b: Any) -> None:
-            nonlocal rows
-            rows += b.rows_committed
-            progress.update(task, description=f"{label}: {rows:,} rows committed")
-
-        return fn(on_batch)
-
-
 def _print_results(out: Output, results: list[Any]) -> None:
+    """The run's table; with a status column when some pipeline or model did not succeed, and a line
+    per skipped one saying why."""
     rows = []
+    statuses = any(r.status != "success" for r in results)
     for r in results:
         committed_batches = sum(1 for b in r.batches if not b.skipped)
-        rows.append([r.pipeline, r.table, committed_batches, r.rows_in, r.rows_committed, r.rows_quarantined, r.rows_filtered, len(r.snapshots), _gates_summary(r), f"{r.seconds:.2f}s"])
-    out.table("Run", ["pipeline", "table", "batches", "rows in", "committed", "quarantined", "filtered", "snapshots", "gates", "time"], rows)
+        rows.append(
+            [r.pipeline, r.table, *([r.status] if statuses else []), committed_batches, r.rows_in, r.rows_committed, r.rows_quarantined,
+             r.rows_filtered, len(r.snapshots), _gates_summary(r), f"{r.seconds:.2f}s"]
+        )
+    columns = ["pipeline", "table", *(["status"] if statuses else []), "batches", "rows in", "committed", "quarantined", "filtered", "snapshots", "gates", "time"]
+    out.table("Run", columns, rows)
+    for r in results:
+        if r.status == "skipped":
+            out.print("{pipeline} skipped: {reason}", pipeline=r.pipeline, reason=r.reason)
 
 
 def _gates_summary(r: Any) -> str:
@@ -201,20 +241,57 @@ def _gates_summary(r: Any) -> str:
 @guarded
 def tables(out: Output) -> None:
     """List the Iceberg tables of the catalog with their row counts and snapshots."""
-    from icefield.catalog import open_catalog
-    from icefield.engines.local import list_tables
+    from icefield.catalog import list_tables, open_catalog
 
     catalog = open_catalog(out.project())
     docs = []
     for ident in list_tables(catalog):
         t = catalog.load_table(ident)
         snap = t.current_snapshot()
-        rows = int(snap.summary["total-records"] or 0) if snap and snap.summary else 0
-        docs.append({"table": ".".join(ident), "rows": rows, "snapshots": len(t.metadata.snapshots), "current_snapshot": snap.snapshot_id if snap else None, "location": t.metadata.location})
+        rows, note = _live_rows(t, snap)
+        doc = {"table": ".".join(ident), "rows": rows, "snapshots": len(t.metadata.snapshots), "current_snapshot": snap.snapshot_id if snap else None, "location": t.metadata.location}
+        docs.append({**doc, "rows_note": note} if note else doc)
     if out.as_json:
         out.emit({"tables": docs})
     else:
-        out.table("Tables", ["table", "rows", "snapshots", "current snapshot"], [[d["table"], d["rows"], d["snapshots"], d["current_snapshot"]] for d in docs])
+        out.table(
+            "Tables", ["table", "rows", "snapshots", "current snapshot"],
+            [[d["table"], d["rows"] if d["rows"] is not None else "unknown", d["snapshots"], d["current_snapshot"]] for d in docs],
+        )
+        for d in docs:
+            if d["rows"] is None:
+                out.print("{table}: rows unknown, {note}", table=d["table"], note=d["rows_note"])
+
+
+def _live_rows(table: Any, snap: Any) -> tuple[int | None, str | None]:
+    """The rows a reader of ``table``'s current snapshot sees, and None or why they are unknown.
+
+    The snapshot summary's ``total-records`` counts the rows of the data files, deleted ones included. A
+    merge-on-read table (icefield's ``write.merge.mode: merge-on-read``, Spark, Trino) marks deleted rows
+    in position delete files: their distinct positions within live data files are subtracted (only the
+    small delete files are read). Equality delete files (Flink, Iceberg's Java API) say which rows they
+    delete by value, which takes reading the data: the count is unknown (None) and the note says so."""
+    summary = snap.summary if snap is not None else None
+    if summary is None:
+        return 0, None
+
+    def total(key: str) -> int:
+        return int(summary[key] or 0)
+
+    if total("total-equality-deletes"):
+        return None, (
+            f"{total('total-equality-deletes'):,} rows are deleted by equality delete files (written by Flink or Iceberg's Java API), "
+            "which icefield cannot apply; rewrite the table with Spark's rewrite_data_files to fold them"
+        )
+    if not total("total-position-deletes"):
+        return total("total-records"), None
+    from icefield.errors import ConfigError
+    from icefield.quality.gates import snapshot_row_count
+
+    try:
+        return snapshot_row_count(table, snap.snapshot_id), None
+    except ConfigError as e:  # equality delete files the summary did not count
+        return None, str(e)
 
 
 @cli.command()
@@ -272,15 +349,18 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
     only the project's tables: no other file, URL, database or extension. Output columns that share a
     name are shown as name, name_1, name_2 ... in every format; JSON is {"columns": [...], "rows":
     [{column: value}, ...]} with those names."""
-    from icefield.engines.readonly import distinct_names
-    from icefield.inspect import run_query
+    from icefield.query import distinct_names, query_rows
 
-    result = run_query(out.project(), query, unrestricted=unrestricted)
-    names = distinct_names(result.column_names)
+    def catalog() -> Any:  # opened only for a query that names a table
+        from icefield.catalog import open_catalog
+
+        return open_catalog(out.project())
+
     table_format = not out.as_json and fmt == "table"
+    result = query_rows(query, catalog, unrestricted=unrestricted, limit=limit if table_format else None)
+    names = distinct_names(result.columns)
     # Rows are built by position: two output columns of one name (select * over a join) stay two.
-    columns = [c.to_pylist() for c in (result.slice(0, limit) if table_format else result).columns]
-    rows = [list(r) for r in zip(*columns, strict=True)]
+    rows = [list(r) for r in result.rows]
     if out.as_json or fmt == "json":
         out.emit({"columns": names, "rows": [dict(zip(names, r, strict=True)) for r in rows]})
     elif fmt == "csv":
@@ -292,8 +372,8 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
         out.write(buf.getvalue())
     else:
         out.table(None, names, rows)
-        if result.num_rows > limit:
-            out.print(f"({result.num_rows - limit} more rows; use --format csv for all)")
+        if result.total > limit:
+            out.print(f"({result.total - limit} more rows; use --format csv for all)")
 
 
 # ---------------------------------------------------------------------------------------------- gates

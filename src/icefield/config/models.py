@@ -332,7 +332,7 @@ class MaintenanceConfig(_Model):
     @classmethod
     def _age(cls, v: str | None) -> str | None:
         if v is not None:
-            from icefield.config.durations import parse_age
+            from icefield.config.ages import parse_age
 
             try:
                 parse_age(v)
@@ -480,7 +480,8 @@ class RegexSpec(_Model):
         except re.error as e:
             raise ValueError(f"pattern {v!r} is not a valid regular expression: {e}") from None
         try:
-            pc.match_substring_regex(pa.array([""], pa.string()), v)
+            # On a null (the pattern compiles all the same): converting a Python value would load pandas.
+            pc.match_substring_regex(pa.nulls(1, pa.string()), v)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
             reason = str(e).removeprefix("Invalid regular expression: ")
             raise ValueError(

@@ -12,7 +12,7 @@ evolution, the batch id and position checks, CDC preparation (truncates, unchang
 and the tombstone table.
 
 What an engine can do is data (:class:`EngineCapabilities`), read by the core (``supports_merge`` for merge
-targets, ``supports_sql`` for models), never its class or name.
+targets), never its class or name.
 
 **The local engine** (:class:`icefield.engines.local.LocalEngine`) writes the data files in this process
 (DuckDB and Arrow) and stages them with pyiceberg's snapshot producers
@@ -43,9 +43,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from icefield.iceberg.history import MAIN
 
 if TYPE_CHECKING:
-    import duckdb
     import pyarrow as pa
-    from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table, Transaction
 
     from icefield.config.models import TargetConfig
@@ -58,7 +56,7 @@ class EngineCapabilities:
     supports_merge: bool = False
     """Lands batches of ``merge`` targets (upserts and deletes by key)."""
     supports_sql: bool = False
-    """Runs SQL over the tables: models and ``icefield sql`` (:meth:`Engine.connect`)."""
+    """Runs SQL over the tables itself (today every query runs on the query seam, :mod:`icefield.query`)."""
     distributed: bool = False
     """Runs beyond this process (a cluster): worth its start-up only for big batches."""
 
@@ -114,8 +112,8 @@ class StagedWrite:
 
 
 class Engine:
-    """Base class of engines: :meth:`stage` lands batches; :meth:`connect` runs SQL where
-    ``capabilities.supports_sql``."""
+    """Base class of engines: :meth:`stage` lands batches. (SQL over the tables, for ``icefield sql``, models
+    and gates, runs on the query seam, :mod:`icefield.query`.)"""
 
     name: ClassVar[str] = "base"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities()
@@ -126,8 +124,3 @@ class Engine:
         ``ValidationException`` when the table moved under it (the commit path calls it again on the fresh
         table), icefield errors for what no retry can fix."""
         raise NotImplementedError(f"engine {self.name!r} cannot land batches")
-
-    def connect(self, catalog: Catalog, sql: str | None = None, unrestricted: bool = False) -> duckdb.DuckDBPyConnection:
-        """A connection on which ``sql`` (a read-only query over the catalog's tables) runs, where
-        ``capabilities.supports_sql``."""
-        raise NotImplementedError(f"engine {self.name!r} does not run SQL")

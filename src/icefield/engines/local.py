@@ -1,7 +1,7 @@
 """The ``local`` engine: DuckDB and Arrow in one process.
 
-Merge (``docs/architecture.md``, "The write path", rule 3): dedupe the batch by key, prune data files with the manifests (partition
-values, column bounds) and read only the candidates. Copy-on-write (the default) drops the rows whose key
+Merge (``docs/architecture.md``, "The write path", rule 3): dedupe the batch by key, prune data files with
+the manifests (partition values, column bounds) and read only the candidates. Copy-on-write (the default) drops the rows whose key
 the batch names and hands back the files to remove and the rows to write in one overwrite commit;
 merge-on-read (``write.merge.mode: merge-on-read``, :mod:`icefield.iceberg.deletes`) reads only the key
 columns and marks those rows in position delete files instead.
@@ -10,11 +10,9 @@ columns and marks those rows in position delete files instead.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,26 +20,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.columns import constant, internal, row_numbers
-from icefield.engines import readonly
 from icefield.engines.base import EngineCapabilities
 from icefield.engines.files import FileEngine, MergePlan, WriteFiles
-from icefield.engines.readonly import distinct_names
-from icefield.errors import ConfigError
 from icefield.iceberg.deletes import (
     DeleteCache,
-    deleted_positions,
     merge_on_read,
     scoped_deletes,
     write_position_deletes,
 )
-from icefield.iceberg.planning import plan_files
+from icefield.iceberg.planning import has_renames, plan_files
 from icefield.iceberg.versions import dedupe_latest, newer_mask, split_deletes
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
 
-    import duckdb
-    from pyiceberg.catalog import Catalog
     from pyiceberg.expressions import BooleanExpression
     from pyiceberg.table import Table
 
@@ -224,7 +216,7 @@ class LocalEngine(FileEngine):
         from icefield.iceberg.datafiles import RECENT, cores, sort_indices, target_file_size
         from icefield.iceberg.schema import narrow_type
 
-        direct = not _has_renames(table)
+        direct = not has_renames(table)
         # Files are read with strings as they are stored (32-bit offsets): widening them to the schema's
         # large_string copies every value, and gathers run slower on them.
         schema = pa.schema([f.with_type(narrow_type(f.type)) for f in table.schema().as_arrow()])
@@ -349,222 +341,6 @@ class LocalEngine(FileEngine):
                 plan.referenced.append(group[i].file)
         plan.add_deletes = write_position_deletes(table, marks)
         return pending, pa.concat_tables(updates) if updates else pending.drop([_DEL]).slice(0, 0)
-
-    # ------------------------------------------------------------------ SQL
-
-    def connect(self, catalog: Catalog, sql: str | None = None, unrestricted: bool = False) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection where each Iceberg table (those ``sql`` names, or all) is a view
-        ``namespace.table`` over its current snapshot (:func:`register_table`), locked to read-only
-        use (:mod:`icefield.engines.readonly`) unless ``unrestricted``; run ``sql`` with
-        :func:`icefield.engines.readonly.query`.
-
-        Raises :class:`ConfigError` when two of those tables would be one DuckDB view."""
-        idents = tables_named(catalog, sql) if sql is not None else list_tables(catalog)
-        return open_views(((ident, catalog.load_table(ident), None) for ident in idents), unrestricted=unrestricted).con
-
-
-def list_tables(catalog: Catalog) -> list[tuple[str, ...]]:
-    out: list[tuple[str, ...]] = []
-    for ns in catalog.list_namespaces():
-        out.extend(catalog.list_tables(ns))
-    return sorted(out)
-
-
-def tables_named(catalog: Catalog, sql: str) -> list[tuple[str, ...]]:
-    """The catalog tables whose view ``sql`` may read: those it names as ``namespace.table``, matched
-    without regard to case as DuckDB matches names (an unqualified name reaches only namespace
-    ``main``). Of tables that would be one view (``raw.events`` and ``raw.Events``), only the one
-    ``sql`` spells exactly is taken; when it spells none or several of them exactly, all are returned
-    and :func:`open_views` refuses them. All tables when ``sql`` cannot be parsed."""
-    from icefield.sqlcheck import table_refs
-
-    refs = table_refs(sql)
-    idents = list_tables(catalog)
-    if refs is None:
-        return idents
-    named = {(s or "main", n) for s, n in refs}
-    named_folded = {(s.lower(), n.lower()) for s, n in named}
-    groups: dict[tuple[str, str], list[tuple[str, ...]]] = {}
-    for ident in idents:
-        schema, name = view_name(ident)
-        if (schema.lower(), name.lower()) in named_folded:
-            groups.setdefault((schema.lower(), name.lower()), []).append(ident)
-    found = []
-    for group in groups.values():
-        exact = [i for i in group if view_name(i) in named]
-        found.extend(exact if len(group) > 1 and len(exact) == 1 else group)
-    return sorted(found)
-
-
-def view_name(ident: tuple[str, ...]) -> tuple[str, str]:
-    """The DuckDB schema and view names of table ``ident``: ``raw.events`` is ``raw.events``, and a
-    nested namespace ``a.b.t`` is ``a_b.t``."""
-    return "_".join(ident[:-1]), ident[-1]
-
-
-def view_sql(ident: tuple[str, ...]) -> str:
-    """The quoted DuckDB name of table ``ident``'s view, for SQL."""
-    schema, name = view_name(ident)
-    return f"{_quote(schema)}.{_quote(name)}"
-
-
-@dataclass
-class View:
-    """An Iceberg table bound as a DuckDB view: its quoted name, the view's column name for each
-    Iceberg column name (they differ only for names that collide but for case) and the data files the
-    view reads (those a locked connection must allow)."""
-
-    name: str
-    columns: dict[str, str]
-    paths: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Views:
-    """A DuckDB connection with Iceberg tables bound as views (by identifier)."""
-
-    con: duckdb.DuckDBPyConnection
-    views: dict[tuple[str, ...], View] = field(default_factory=dict)
-
-
-def open_views(tables: Iterable[tuple[tuple[str, ...], Table, int | None]], unrestricted: bool = False) -> Views:
-    """A new DuckDB connection with each ``(ident, table, snapshot_id)`` bound as the view
-    ``namespace.table`` (:func:`register_table`; ``snapshot_id`` None for the current snapshot), then
-    locked to read-only use, reading only those views' files (:func:`icefield.engines.readonly.lock`),
-    unless ``unrestricted``. The one way icefield opens DuckDB over tables for SQL that users write.
-
-    Raises :class:`ConfigError` when two tables would be one view (DuckDB names ignore case, and a
-    nested namespace's dots become ``_``): DuckDB could not tell them apart."""
-    wanted = list(tables)
-    by_view: dict[tuple[str, str], tuple[str, ...]] = {}
-    for ident, _, _ in wanted:
-        schema, name = view_name(ident)
-        other = by_view.setdefault((schema.lower(), name.lower()), ident)
-        if other != ident:
-            raise ConfigError(
-                f"tables {'.'.join(other)} and {'.'.join(ident)} would both be the DuckDB view {schema}.{name} "
-                "(DuckDB names ignore case, and a nested namespace's dots become '_'), so SQL cannot tell them apart; "
-                "rename one of them, or read it with another engine"
-            )
-    con = readonly.open_connection(unrestricted)
-    out = Views(con)
-    try:
-        for ident, table, snapshot_id in wanted:
-            out.views[ident] = register_table(con, table, ident, snapshot_id=snapshot_id)
-        if not unrestricted:
-            readonly.lock(con, [p for v in out.views.values() for p in v.paths])
-    except BaseException:
-        con.close()
-        raise
-    return out
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_string(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
-
-
-def register_table(
-    con: duckdb.DuckDBPyConnection, table: Table, ident: tuple[str, ...], snapshot_id: int | None = None
-) -> View:
-    """Expose ``table`` to DuckDB as the view ``<namespace>.<name>`` (:func:`view_name`), at
-    ``snapshot_id`` (a branch head, say) or by default at its current snapshot, with the table's current
-    schema (a rename or an added column needs no snapshot, so a snapshot's own schema may be stale).
-    Columns are read by Iceberg field id, never by name; names that collide but for case are renamed
-    (``id, Id, ID`` are ``id, Id_1, ID_2``: :func:`icefield.engines.readonly.distinct_names`). Returns
-    the :class:`View`.
-
-    Reads the snapshot's Parquet files directly (fast, no copy) when they are local and carry field ids
-    (the table has no name mapping), leaving out the rows position delete files remove (an anti-join on
-    the file and row number); otherwise (equality deletes, remote files, files mapped by name) reads
-    them with pyiceberg's Arrow scan, which applies deletes and maps columns by field id too.
-    """
-    from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.io.pyarrow import ArrowScan
-    from pyiceberg.manifest import DataFileContent
-
-    schema_name, _ = view_name(ident)
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema_name)}")
-    view = view_sql(ident)
-    # Objects registered beside the view are named by a digest: "a.b_t" and "a_b.t" must not share one.
-    tag = hashlib.sha256("\x00".join(ident).encode()).hexdigest()[:16]
-    schema = table.schema()
-    arrow_schema = schema.as_arrow()
-    names = distinct_names(arrow_schema.names, ignore_case=True)
-    columns = dict(zip(arrow_schema.names, names, strict=True))
-    if snapshot_id is None and (current := table.current_snapshot()) is not None:
-        snapshot_id = current.snapshot_id
-    tasks = plan_files(table, "read it", snapshot_id=snapshot_id) if snapshot_id is not None else []
-    positional = all(d.content == DataFileContent.POSITION_DELETES for t in tasks for d in t.delete_files)
-    deletes = any(t.delete_files for t in tasks)
-    # The anti-join on deleted rows adds these two columns to the files' own.
-    reserved = deletes and bool({"file_row_number", "__icefield_file"} & {n.lower() for n in names})
-    if tasks and schema.fields and _by_field_id(table) and positional and not reserved and all(
-        t.file.file_path.startswith(("file://", "/")) for t in tasks
-    ):
-        paths = [t.file.file_path.removeprefix("file://") for t in tasks]
-        files_sql = "[" + ",".join(_sql_string(p) for p in paths) + "]"
-        # Each field id maps to its view name and type; a file without the column reads NULL.
-        types = _duck_types(con, arrow_schema)
-        fields = ", ".join(
-            f"{f.field_id}: {{name: {_sql_string(n)}, type: {_sql_string(t)}, default_value: NULL}}"
-            for f, n, t in zip(schema.fields, names, types, strict=True)
-        )
-        reader = f"read_parquet({files_sql}, schema = MAP {{{fields}}}"
-        source = f"{reader}) AS d"
-        if deletes:
-            # Rows that position delete files remove: an anti-join on (file, row number in the file).
-            deleted = f"__icefield_deleted_{tag}"
-            con.register(deleted, deleted_positions(table, tasks))
-            source = (
-                f"{reader}, filename='__icefield_file', file_row_number=true) AS d "
-                f"ANTI JOIN {_quote(deleted)} AS x ON x.file_path = d.__icefield_file AND x.pos = d.file_row_number"
-            )
-        cols = ", ".join(f"d.{_quote(n)}" for n in names)
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {cols} FROM {source}")
-        return View(view, columns, paths)
-    # Projected on the current schema (not the snapshot's, as table.scan(snapshot_id=...) would).
-    data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table(tasks) if tasks else arrow_schema.empty_table()
-    tmp = f"__icefield_{tag}"
-    con.register(tmp, data.rename_columns(names))
-    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {_quote(tmp)}")
-    return View(view, columns)
-
-
-def _by_field_id(table: Table) -> bool:
-    """True when DuckDB can read the table's files by field id: they carry field ids (no name mapping
-    says otherwise: files added without them come with one) and no nested field was renamed (nested
-    fields are matched by name)."""
-    if table.metadata.name_mapping() is not None:
-        return False
-    return all(f.field_type.is_primitive for f in table.schema().fields) or not _has_renames(table)
-
-
-def _has_renames(table: Table) -> bool:
-    """True if Parquet columns cannot be matched by name, so that reads must map them by field id: a
-    field id ever had two names, or a name two field ids (dropped and re-added), or a name is stored
-    under another one (pyiceberg writes a name that is not a valid Avro name, such as ``order-amount``,
-    as ``order_x2Damount``)."""
-    from pyiceberg.schema import index_name_by_id, sanitize_column_names
-
-    names: dict[int, str] = {}
-    ids: dict[str, int] = {}
-    for schema in table.metadata.schemas:
-        if index_name_by_id(sanitize_column_names(schema)) != index_name_by_id(schema):
-            return True
-        for f in schema.fields:
-            if names.setdefault(f.field_id, f.name) != f.name or ids.setdefault(f.name, f.field_id) != f.field_id:
-                return True
-    return False
-
-
-def _duck_types(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[str]:
-    """The DuckDB type of each field of ``schema``, as SQL."""
-    plain = pa.schema([pa.field(f"c{i}", f.type) for i, f in enumerate(schema)])
-    return [str(t) for t in con.from_arrow(plain.empty_table()).types]
 
 
 def _groups(tasks: list[Any], first_key: str, schema: Any, limit: int) -> list[list[Any]]:
@@ -854,7 +630,7 @@ def _drop_tombstoned(tombstones: Table, rows: pa.Table, keys: list[str], order: 
     if tombstones.current_snapshot() is None:
         return rows, 0
     tasks = prune_by_key_bounds(plan_files(tombstones, "merge with it"), tombstones.schema(), rows.select(keys), keys)
-    direct = not _has_renames(tombstones)
+    direct = not has_renames(tombstones)
     stale_keys: list[pa.Table] = []
     for group in _groups(tasks, keys[0], tombstones.schema(), group_bytes):
         dead = _read_group(tombstones, group, direct).select(keys + order)

@@ -70,3 +70,21 @@ def read_arrow(table: Table, action: str, **scan: Any) -> pa.Table:
     equality delete files."""
     with refusing_equality_deletes(table, action):
         return table.scan(**scan).to_arrow()
+
+
+def has_renames(table: Table) -> bool:
+    """True if Parquet columns cannot be matched by name, so that reads must map them by field id: a
+    field id ever had two names, or a name two field ids (dropped and re-added), or a name is stored
+    under another one (pyiceberg writes a name that is not a valid Avro name, such as ``order-amount``,
+    as ``order_x2Damount``)."""
+    from pyiceberg.schema import index_name_by_id, sanitize_column_names
+
+    names: dict[int, str] = {}
+    ids: dict[str, int] = {}
+    for schema in table.metadata.schemas:
+        if index_name_by_id(sanitize_column_names(schema)) != index_name_by_id(schema):
+            return True
+        for f in schema.fields:
+            if names.setdefault(f.field_id, f.name) != f.name or ids.setdefault(f.name, f.field_id) != f.field_id:
+                return True
+    return False

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import decimal
 import functools
+import itertools
 import logging
 import re
 import threading
@@ -41,7 +42,7 @@ import pyarrow.compute as pc
 
 from icefield.config.models import KafkaSourceConfig
 from icefield.config.secrets import redact, register_secret, resolve
-from icefield.errors import ConfigError, MissingDependencyError, SourceError, TransientError
+from icefield.errors import ConfigError, IcefieldError, MissingDependencyError, SourceError, TransientError
 from icefield.ingest import LazyStrings as _Lazy
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
 from icefield.ingest.ahead import read_ahead
@@ -79,6 +80,20 @@ CONSUMER_DEFAULTS: dict[str, str] = {
 }
 """Consumer settings a reader uses unless its configuration sets them."""
 _SECRET_KEYS = re.compile(r"password|secret|token|credentials|key$", re.IGNORECASE)
+SLICE_SECONDS = (0.5, 1.0, 2.0, 4.0)
+"""While :meth:`KafkaReader.open` waits for the broker, how long its first, second... metadata or offset
+requests may take (the last value for the rest) before the client's reports are read: a refused login
+shows there (within about a second) rather than as a timeout, and a slow broker still gets longer waits."""
+_REFUSALS: dict[str, str] = {
+    "_AUTHENTICATION": "login",  # librdkafka: the broker refused the SASL login (or its mechanism)
+    "SASL_AUTHENTICATION_FAILED": "login",
+    "UNSUPPORTED_SASL_MECHANISM": "login",
+    "TOPIC_AUTHORIZATION_FAILED": "topic",
+    "GROUP_AUTHORIZATION_FAILED": "group",
+    "CLUSTER_AUTHORIZATION_FAILED": "cluster",
+}
+"""Kafka error codes (by name) of a broker that refuses this client's login or access: only changed
+credentials or ACLs help, never a retry. Kind: ``login``, or what access was refused."""
 
 
 def import_confluent_kafka() -> Any:
@@ -232,6 +247,8 @@ class KafkaReader:
         """High watermark of each partition when :meth:`open` ran: where a run without ``follow`` stops."""
         self._eof: set[TopicPartition] = set()
         self._client_error: str | None = None
+        self._refusal: ConfigError | None = None
+        """The error for a login or access the broker refused, as the client reported it (``error_cb``)."""
 
     @property
     def bootstrap(self) -> str:
@@ -244,7 +261,9 @@ class KafkaReader:
         A partition's start is the table's ``position`` if it has one, else the consumer group's
         committed offset (a hint), else the low or high watermark (``start``). Raises
         :class:`SourceError` if a topic does not exist or the stored position lies beyond a partition's
-        end (the topic was recreated), :class:`TransientError` if Kafka cannot be reached.
+        end (the topic was recreated), :class:`ConfigError` if the broker refuses the login
+        (``sasl.*`` settings) or access to a topic, the consumer group or the cluster (its ACLs), as soon
+        as the client reports it, and :class:`TransientError` if Kafka cannot be reached.
         """
         ck = self._ck = import_confluent_kafka()
         stored = position_offsets(position)
@@ -260,26 +279,37 @@ class KafkaReader:
             partitions = self._partitions()
             tps = [ck.TopicPartition(t, p) for t, p in partitions]
             committed = {
-                (tp.topic, tp.partition): tp.offset for tp in self._retrying(lambda: consumer.committed(tps, timeout=self.timeout))
+                (tp.topic, tp.partition): tp.offset for tp in self._retrying(functools.partial(consumer.committed, tps))
             }
             starts: dict[TopicPartition, int] = {}
             for tp in partitions:
                 low, high = self._retrying(functools.partial(
-                    consumer.get_watermark_offsets, ck.TopicPartition(*tp), timeout=self.timeout, cached=False
+                    consumer.get_watermark_offsets, ck.TopicPartition(*tp), cached=False
                 ))
                 self.ends[tp] = high
                 starts[tp] = self._start_offset(tp, stored.get(tp), committed.get(tp, -1), low, high)
             consumer.assign([ck.TopicPartition(t, p, off) for (t, p), off in starts.items()])
         except ck.KafkaException as e:
             self.close()
+            refused = self._refused(e.args[0] if e.args else None) or self._refusal
+            if refused is not None:
+                raise refused from e
             last = f" (the client last reported: {self._client_error})" if self._client_error else ""
             raise TransientError(f"cannot read Kafka at {self.bootstrap}: {redact(str(e))}{last}; check that it runs and rerun") from e
+        except IcefieldError:
+            self.close()
+            raise
         self.positions = starts
         log.info("reading %s from %s; end offsets %s", self.topics, starts, self.ends)
 
-    def _retrying(self, call: Callable[[], Any]) -> Any:
-        """``call()``, retried for up to ``timeout`` seconds while Kafka says a retry can help (a partition
-        without a leader yet, just after the broker started)."""
+    def _retrying(self, call: Callable[..., Any]) -> Any:
+        """``call(timeout=seconds)``, retried for up to ``timeout`` seconds while Kafka says a retry can
+        help (a partition without a leader yet, just after the broker started; a broker not answering yet).
+
+        Each attempt may take the next of :data:`SLICE_SECONDS`; between attempts the client's reports are
+        read, so a refused login or access ends the wait at once (:class:`ConfigError`): librdkafka retries
+        those forever by itself and only ever says "timed out" to the call.
+        """
         deadline = time.monotonic() + self.timeout
         codes = self._ck.KafkaError
         # Codes of a broker that just started: its group coordinator and partition leaders settle in.
@@ -287,21 +317,86 @@ class KafkaReader:
             codes.NOT_COORDINATOR, codes.COORDINATOR_LOAD_IN_PROGRESS, codes.COORDINATOR_NOT_AVAILABLE,
             codes.LEADER_NOT_AVAILABLE, codes.NOT_LEADER_FOR_PARTITION,
         }
-        while True:
+        # What a call says when its slice ran out: the broker is not answering (yet), or refuses us.
+        waiting = {codes._TIMED_OUT, codes._TRANSPORT, codes._ALL_BROKERS_DOWN}
+        for attempt in itertools.count():
+            began = time.monotonic()
+            wait = SLICE_SECONDS[min(attempt, len(SLICE_SECONDS) - 1)]
             try:
-                return call()
+                return call(timeout=max(min(deadline - began, wait), 0.01))
             except self._ck.KafkaException as e:
                 err: Any = e.args[0] if e.args else None
-                if err is None or not (err.retriable() or err.code() in settling) or time.monotonic() >= deadline:
+                refused = self._refused(err) or self._serve_reports()
+                if refused is not None:
+                    raise refused from e
+                if err is None or not (err.retriable() or err.code() in settling | waiting) or time.monotonic() >= deadline:
                     raise
-                log.info("Kafka at %s: %s; retrying", self.bootstrap, redact(str(e)))
-                time.sleep(0.2)
+                if err.code() not in waiting:
+                    log.info("Kafka at %s: %s; retrying", self.bootstrap, redact(str(e)))
+                    time.sleep(0.2)
+                elif time.monotonic() - began < wait / 2:
+                    time.sleep(0.1)  # it failed at once (connection refused): no busy loop
+
+    def _serve_reports(self) -> ConfigError | None:
+        """Read the client's pending reports (before any partition is assigned, so no message is taken):
+        ``error_cb`` runs, and consumer errors (a refused consumer group comes as one) are looked at.
+        Returns the error for a refused login or access, if one was reported."""
+        event = self._consumer.poll(0)
+        err = event.error() if event is not None else None
+        if err is not None:
+            refused = self._refused(err)
+            if refused is not None:
+                return refused
+            client_log.warning("Kafka client: %s", redact(err.str()))
+        return self._refusal
+
+    def _refused(self, err: Any, topic: str | None = None) -> ConfigError | None:
+        """The :class:`ConfigError` for a Kafka error that says the broker refused this client's login or
+        access (see :data:`_REFUSALS`), naming what to fix (``topic``: the topic concerned, if known);
+        None for any other error."""
+        if err is None:
+            return None
+        codes = self._ck.KafkaError
+        kind = next((k for name, k in _REFUSALS.items() if getattr(codes, name, None) == err.code()), None)
+        if kind is None:
+            return None
+        what = redact(err.str())
+        user = self.config.get("sasl.username")
+        who = f"user {redact(str(user))!r}" if user else "this client"
+        relogin = "or log in as a user that has it (sasl.username and sasl.password in source.properties)"
+        if kind == "login":
+            return ConfigError(
+                f"Kafka at {self.bootstrap} refused the login of {who} ({what}); fix sasl.username and sasl.password "
+                "in source.properties (or the secret they reference), and sasl.mechanism and security.protocol "
+                "if the broker expects others"
+            )
+        if kind == "topic":
+            topics = [topic] if topic else self.topics
+            named = f"topic {topics[0]!r}" if len(topics) == 1 else "topics " + ", ".join(map(repr, topics))
+            return ConfigError(
+                f"Kafka at {self.bootstrap} refused {who} access to {named} ({what}); grant it Describe and "
+                f"Read on the topic in the broker's ACLs, {relogin}. Kafka says this of a topic that does not "
+                "exist too: check source.topic"
+            )
+        if kind == "group":
+            group = redact(str(self.config.get("group.id", "?")))
+            return ConfigError(
+                f"Kafka at {self.bootstrap} refused {who} access to consumer group {group!r} ({what}); grant it "
+                f"Read on the group in the broker's ACLs, set source.group_id to a group it may use, {relogin}"
+            )
+        return ConfigError(
+            f"Kafka at {self.bootstrap} refused {who} a cluster operation ({what}); grant it the cluster "
+            f"permission in the broker's ACLs, {relogin}"
+        )
 
     def _partitions(self) -> list[TopicPartition]:
         out = []
         for topic in self.topics:
-            meta = self._consumer.list_topics(topic, timeout=self.timeout)
+            meta = self._retrying(functools.partial(self._consumer.list_topics, topic))
             info = meta.topics.get(topic)
+            refused = self._refused(info.error, topic) if info is not None else None
+            if refused is not None:
+                raise refused
             if info is None or info.error is not None or not info.partitions:
                 why = f" ({info.error.str()})" if info is not None and info.error is not None else ""
                 raise SourceError(
@@ -377,6 +472,8 @@ class KafkaReader:
                     break
                 with self._polling:
                     polled = consumer.consume(min(max_messages - count, POLL_CHUNK), timeout=min(left, 0.5))
+                if self._refusal is not None:  # reported by error_cb during this poll
+                    raise self._refusal
                 if not polled:
                     if not follow and time.monotonic() - last_progress > self.stall_seconds:
                         short = {f"{t}/{p}": (off, self.ends[(t, p)]) for (t, p), off in self.positions.items()
@@ -453,6 +550,9 @@ class KafkaReader:
             if m.offset() > self.positions.get(tp, -1):
                 self.positions[tp] = m.offset()  # past trailing transaction markers
             return
+        refused = self._refused(err, m.topic())
+        if refused is not None:
+            raise refused
         if err.fatal() or not err.retriable():
             raise TransientError(f"Kafka at {self.bootstrap} reported {redact(err.str())}; rerun once it is fixed")
         log.warning("Kafka reported %s; retrying", redact(err.str()))
@@ -475,8 +575,12 @@ class KafkaReader:
         return True
 
     def _on_client_error(self, err: Any) -> None:
-        """librdkafka's error callback: it retries by itself and calls this on every failed attempt."""
+        """librdkafka's error callback: it retries by itself and calls this on every failed attempt (from
+        inside a poll or consume of this consumer). A refused login or access is kept: the read ends with
+        it at the next poll, since librdkafka would retry it forever."""
         self._client_error = redact(err.str())
+        if self._refusal is None:
+            self._refusal = self._refused(err)
         client_log.warning("Kafka client: %s", self._client_error)
 
     def close(self) -> None:

@@ -34,11 +34,11 @@ def run_model(
     """Run the SQL model ``name`` and write its result to its target table. Returns a :class:`RunResult`.
 
     The model's SQL must be one read-only query; it runs on a locked DuckDB connection that reads only
-    the tables it names (:mod:`icefield.engines.readonly`). Raises :class:`ConfigError` when it is
-    refused or fails. Like a pipeline run, it holds the lease of its table while it runs (waiting up to
-    ``wait`` seconds for another run of it)."""
+    the tables it names, at the snapshots its position records (:mod:`icefield.query`). Raises
+    :class:`ConfigError` when it is refused or fails. Like a pipeline run, it holds the lease of its table
+    while it runs (waiting up to ``wait`` seconds for another run of it)."""
     from icefield.catalog import open_catalog
-    from icefield.engines import readonly
+    from icefield.query import readonly
 
     try:
         model = project.models[name]
@@ -46,9 +46,7 @@ def run_model(
         raise ConfigError(f"no model named {name!r} in {project.root / 'models'} (known: {', '.join(sorted(project.models)) or 'none'})") from None
     catalog = catalog or open_catalog(project)
     run_id = run_id or new_run_id()
-    engine = get_engine(project.config.engine)
-    if not engine.capabilities.supports_sql:
-        raise ConfigError(f"models need an engine that runs SQL; {project.config.engine!r} does not")
+    engine = get_engine(project.config.engine)  # writes the result; the query runs on the query seam
     what = f"{model.path}: the model's SQL"
     with contextlib.closing(readonly.open_connection()) as parser:
         readonly.statement(parser, model.sql, what)  # refused before anything is read
@@ -61,15 +59,12 @@ def run_model(
 
 
 def _run_model(model: ModelConfig, catalog: Catalog, engine: Engine, result: RunResult, run_id: str, what: str) -> None:
-    from icefield.engines import readonly
-    from icefield.engines.local import tables_named
+    from icefield.query import named_tables, open_views, readonly
 
-    inputs: dict[str, int | None] = {}
-    for ident in tables_named(catalog, model.sql):
-        if ".".join(ident) == model.target.table:
-            continue
-        snap = catalog.load_table(ident).current_snapshot()
-        inputs[".".join(ident)] = snap.snapshot_id if snap else None
+    # Each input is loaded once and read at the snapshot the position records, even if it moves meanwhile.
+    tables = named_tables(catalog, model.sql)
+    snapshots = {ident: snap.snapshot_id if (snap := t.current_snapshot()) else None for ident, t in tables.items()}
+    inputs = {".".join(ident): snap for ident, snap in snapshots.items() if ".".join(ident) != model.target.table}
     sql_hash = hashlib.sha256(model.sql.encode()).hexdigest()[:16]
     position = {"sql": sql_hash, "inputs": inputs}
     writer = TableWriter(catalog, model.target, result.pipeline, engine)
@@ -77,15 +72,13 @@ def _run_model(model: ModelConfig, catalog: Catalog, engine: Engine, result: Run
     writer.base_position = read_position(table, result.pipeline)
     if writer.base_position == position:
         return
-    con = engine.connect(catalog, model.sql)
-    try:
-        data = readonly.query(con, model.sql, what)
-    except IcefieldError as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{e}; fix the model's SQL") from e
-    finally:
-        con.close()
+    with open_views((ident, t, snapshots[ident]) for ident, t in tables.items()) as views:
+        try:
+            data = readonly.query(views.con, model.sql, what)
+        except IcefieldError as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{e}; fix the model's SQL") from e
     data = _iceberg_friendly(data)
     if table is None:
         table = writer.create(data.schema)

@@ -96,7 +96,7 @@ class QuarantineInfo:
 
 def list_quarantines(catalog: Catalog) -> list[QuarantineInfo]:
     """Every ``<table>__quarantine`` of the catalog with its row counts (empty ones included)."""
-    from icefield.engines.local import list_tables
+    from icefield.catalog import list_tables
 
     out = []
     for ident in list_tables(catalog):

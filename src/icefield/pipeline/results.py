@@ -47,13 +47,16 @@ class RunResult:
     pipeline: str
     table: str
     run_id: str
-    status: str = "success"  # success | failed | held (a gate held a batch on its audit branch)
+    # success | failed | held (a gate held a batch on its audit branch) | skipped (not run: a pipeline or model
+    # it reads failed or was held in the same run, see icefield.pipeline.plan; ``reason`` says which)
+    status: str = "success"
     batches: list[BatchResult] = field(default_factory=list)
     checks: list[CheckResult] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
     pending: PendingBatch | None = None
     compactions: int = 0  # compactions that ran between batches (target.maintenance)
+    reason: str | None = None  # why a skipped run did not run
 
     @property
     def rows_in(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from icefield import failpoints
+from icefield import failpoints, process
 from icefield.catalog import leases
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.secrets import redact
@@ -45,10 +44,6 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-YOUNG_COLLECTION_EVERY = 50_000
-"""Allocations between two young garbage collections while a pipeline runs (Python's default is 700)."""
-
-
 def run_pipeline(
     project: Project,
     name: str,
@@ -72,6 +67,9 @@ def run_pipeline(
     One run at a time writes a table: the run first takes the lease of its target table
     (:mod:`icefield.catalog.leases`), waiting up to ``wait`` seconds while another run holds it, else
     :class:`~icefield.catalog.leases.LeaseHeldError` (a transient error: nothing was read or written).
+
+    The run leaves the process's state as it is (the collector, the environment): a program that owns its
+    process tunes it by running pipelines inside :func:`icefield.process.tuned`, as the CLI does.
     """
     from icefield.catalog import open_catalog
 
@@ -91,13 +89,10 @@ def run_pipeline(
     in_flight: SourceBatch | None = None
     ahead: Generator[SourceBatch, None, None] | None = None
     lease = acquire_lease(catalog, pipe.target, run_id, f"pipeline {pipe.name}", wait)
-    # What exists now (modules, classes, the catalog: ~150k objects) stays out of the garbage collector's
-    # full passes while the run goes on, and young passes run every 50,000 allocations instead of 700. A
-    # stream of messages allocates an object per message: with the defaults those passes cost more CPU
-    # than receiving the messages (W3, W6). Both are undone when the run ends.
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(thresholds[0], YOUNG_COLLECTION_EVERY), *thresholds[1:])
+    # In a tuned process (icefield.process.tuned: the CLI, a worker), what exists now (modules, classes, the
+    # catalog: ~150k objects) stays out of the garbage collector's full passes while the run goes on: a
+    # stream of messages sets them off. Called directly, the run leaves the collector as it is.
+    process.freeze()
     # A merging run keeps the data files it writes in memory: the next batch's copy-on-write merge reads
     # them back (most of them, when changes spread over the table) without decoding Parquet.
     keep_files = pipe.target.mode == "merge"
@@ -138,8 +133,6 @@ def run_pipeline(
         raise
     finally:
         lease.release()
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
         if keep_files:
             RECENT.release()
         if ahead is not None:

@@ -165,7 +165,7 @@ def _filter_rows(table: pa.Table, expr: str) -> set[int]:
     one expression (:func:`icefield.sqlcheck.check_expression`); it runs on a locked, read-only DuckDB
     connection that holds only the batch. Columns whose names collide but for case are named as in
     ``icefield sql`` (``id, Id`` are ``id, Id_1``)."""
-    from icefield.engines import readonly
+    from icefield.query import readonly
     from icefield.sqlcheck import check_expression
 
     check_expression(expr, f"filter {expr!r}")

@@ -8,7 +8,7 @@ whole set costs one scan; referential integrity is one anti-join per gate; custo
 Python loop touches rows. Each gate gives a :class:`~icefield.quality.results.CheckResult`.
 
 Every table the gates read is bound before the first gate runs, and the connection is then locked to
-read-only use (:func:`icefield.engines.local.open_views`): a ``sql`` gate is one read-only query that
+read-only use (:func:`icefield.query.open_views`): a ``sql`` gate is one read-only query that
 reads only those tables' files.
 """
 
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
-    from icefield.engines.local import Views
+    from icefield.query import Views
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class _Run:
     """One evaluation: the connection, the checked time and the results so far."""
 
     def __init__(self, ctx: GateContext) -> None:
-        from icefield.engines.local import view_sql
+        from icefield.query import view_sql
 
         self.ctx = ctx
         self.now = ctx.now or dt.datetime.now(dt.UTC)
@@ -121,11 +121,11 @@ class _Run:
 
     def open(self, gates: list[Any]) -> None:
         """Bind the target at the snapshot under check and every other table the gates read at ``main``'s
-        head, then lock the connection (:func:`icefield.engines.local.open_views`). A gate whose table
+        head, then lock the connection (:func:`icefield.query.open_views`). A gate whose table
         would share a view with another (names equal but for case) is marked in ``unbound``."""
         from pyiceberg.exceptions import NoSuchTableError
 
-        from icefield.engines.local import open_views, view_name
+        from icefield.query import open_views, view_name
 
         def key(ident: tuple[str, ...]) -> tuple[str, ...]:
             return tuple(p.lower() for p in view_name(ident))
@@ -153,7 +153,7 @@ class _Run:
 
     def _reads(self, gate: Any) -> list[tuple[str, ...]]:
         """The tables ``gate`` reads besides the target."""
-        from icefield.engines.local import tables_named
+        from icefield.query import tables_named
 
         if isinstance(gate, ReferencesGate):
             return [tuple(gate.references.ref_table.split("."))]
@@ -368,7 +368,7 @@ def _references(run: _Run, gate: ReferencesGate) -> None:
     threshold = f"<= {spec.max}"
     if run.missing(gate, [spec.column], threshold):
         return
-    from icefield.engines.local import view_sql
+    from icefield.query import view_sql
 
     ref_ident = tuple(spec.ref_table.split("."))
     if ref_ident in run.absent:
@@ -390,8 +390,8 @@ def _references(run: _Run, gate: ReferencesGate) -> None:
 
 
 def _sql(run: _Run, gate: SqlGate) -> None:
-    from icefield.engines import readonly
     from icefield.errors import IcefieldError
+    from icefield.query import readonly
 
     spec = gate.sql
     query = spec.query.replace("{table}", run.view)

@@ -87,7 +87,7 @@ def latest_results(catalog: Catalog, table: str, history: int = 1) -> list[dict[
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.expressions import EqualTo
 
-    from icefield.engines import readonly
+    from icefield.query import readonly
 
     try:
         t = catalog.load_table(tuple(QUALITY_RESULTS_TABLE.split(".")))

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from icefield.config.durations import parse_age
+from icefield.config.ages import DEFAULT_AGE, parse_age
 from icefield.errors import ConfigError
 from icefield.iceberg.commits import Retry, commit, commit_transaction
 from icefield.iceberg.tables import load_existing
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AGE = "7d"
 ATTEMPTS = 4
 
 

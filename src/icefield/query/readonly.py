@@ -1,15 +1,16 @@
-"""Read-only SQL on DuckDB: the one lock that every query a user writes runs under (``icefield sql``,
-models, ``sql`` gates, ``checks.filter``) and the gates and quality results that icefield compiles.
+"""The lock of the query seam: every query a user writes (``icefield sql``, models, ``sql`` gates,
+``checks.filter``) and the gates and quality results that icefield compiles run on DuckDB under it.
 
 Two layers, each enough on its own for most of what they stop:
 
 - the statement: DuckDB's own parser must see exactly one statement of type SELECT, and sqlglot must
   agree it is one read-only query (:func:`icefield.sqlcheck.check_query`), so COPY, ATTACH, INSTALL,
   LOAD, SET/RESET, PRAGMA, CALL, CREATE, DROP, INSERT and a second statement never run;
-- the connection (:func:`lock`): once the views are bound, DuckDB may read only the data files the
-  views need (``allowed_paths``), nothing else: no other file, directory listing, URL, database or
-  extension (``enable_external_access=false``, no auto-install or auto-load of extensions, no Python
-  replacement scans), and the configuration is locked so no statement can undo it.
+- the connection (:func:`lock`): once the views are bound (:func:`icefield.query.open_views`), DuckDB
+  may read only the data files the views need (``allowed_paths``), nothing else: no other file,
+  directory listing, URL, database or extension (``enable_external_access=false``, no auto-install or
+  auto-load of extensions, no Python replacement scans), and the configuration is locked so no
+  statement can undo it.
 
 ``unrestricted`` connections (``icefield sql --unrestricted``, for trusted local use) skip both.
 """
@@ -17,8 +18,8 @@ Two layers, each enough on its own for most of what they stop:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from icefield.errors import IcefieldError, QueryError, QueryRefusedError
 from icefield.sqlcheck import ONE_QUERY, check_query
@@ -29,7 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["distinct_names", "lock", "open_connection", "query", "statement"]
+__all__ = ["distinct_names", "lock", "open_connection", "query", "run", "statement"]
+
+T = TypeVar("T")
 
 # Settings of every connection that runs SQL a user wrote: extensions are never fetched or loaded on
 # demand (a query naming ``read_csv('http://...')`` would otherwise install httpfs).
@@ -110,11 +113,17 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, what: str = "the query") -> 
     when DuckDB cannot run it as written (unknown table or column, a type or value it cannot convert),
     :class:`IcefieldError` when DuckDB fails on it otherwise.
     """
+    return run(con, sql, lambda rel: rel.to_arrow_table(), what)
+
+
+def run(con: duckdb.DuckDBPyConnection, sql: str, fetch: Callable[[duckdb.DuckDBPyRelation], T], what: str = "the query") -> T:
+    """Check ``sql`` (:func:`statement`) and return what ``fetch`` takes from its relation on ``con``
+    (:func:`query` takes it as Arrow). Raises as :func:`query` does, for errors of ``fetch`` too."""
     import duckdb
 
     stmt = statement(con, sql, what)
     try:
-        return con.sql(stmt).to_arrow_table()
+        return fetch(con.sql(stmt))
     except duckdb.PermissionException as e:
         raise QueryRefusedError(f"{what} is refused: {str(e).splitlines()[0]}; {NO_ACCESS}") from None
     except (duckdb.ProgrammingError, duckdb.DataError, duckdb.NotSupportedError) as e:

@@ -1,10 +1,16 @@
-"""Ages and durations in configuration: ``7d``, ``12h``, ``30m``, ``0``."""
+"""Ages such as ``7d``, ``12h``, ``30m`` (snapshot expiry, waits): parsed where the configuration is
+validated and by the commands that take one, without loading the writer."""
 
 from __future__ import annotations
 
 import re
 
 from icefield.errors import ConfigError
+
+__all__ = ["DEFAULT_AGE", "parse_age"]
+
+DEFAULT_AGE = "7d"
+"""The age of the snapshots ``icefield expire`` removes when none is given."""
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
