@@ -50,6 +50,20 @@ def load_table(catalog: Catalog, identifier: tuple[str, ...]) -> Table | None:
             return None
 
 
+def ensure_namespace(catalog: Catalog, namespace: tuple[str, ...]) -> None:
+    """Create ``namespace`` unless it exists. Two runs creating it at once both succeed: the SQL catalog
+    reports the loser's insert as a unique-key violation (not as "already exists"), so a failed creation
+    is accepted when the namespace is there afterwards, and raised as it is when not."""
+    from pyiceberg.exceptions import NamespaceAlreadyExistsError
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        catalog.create_namespace_if_not_exists(namespace)
+    except (NamespaceAlreadyExistsError, IntegrityError):
+        if not catalog.namespace_exists(namespace):
+            raise
+
+
 def load_existing(catalog: Catalog, name: str) -> Table:
     """The table ``name`` (``namespace.table``); :class:`ConfigError` naming the fix when there is none
     or when ``name`` is not of that form, :class:`TransientError` when the object store is unreachable."""

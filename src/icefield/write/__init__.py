@@ -44,7 +44,7 @@ from icefield.iceberg.history import (
     read_position,
 )
 from icefield.iceberg.partitioning import check_partition_types
-from icefield.iceberg.tables import load_table, table_identifier
+from icefield.iceberg.tables import ensure_namespace, load_table, table_identifier
 from icefield.iceberg.versions import newer_than, split_deletes
 from icefield.write.unchanged import fill_unchanged
 
@@ -147,7 +147,7 @@ class TableWriter:
         def attempt(existing: Table | None) -> Table:
             if existing is not None:  # another run created it first: use theirs
                 return existing
-            self.catalog.create_namespace_if_not_exists(self.identifier[:-1])
+            ensure_namespace(self.catalog, self.identifier[:-1])
             try:
                 tx = self.catalog.create_table_transaction(self.identifier, schema=_nullable(schema), properties=props)
                 if fields:
