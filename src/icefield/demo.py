@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 from icefield.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from icefield.cli.output import Output
+    from icefield.observe.events import Observer
     from icefield.pipeline import RunResult
 
 
@@ -61,12 +64,12 @@ def copy_example(directory: Path, fresh: bool) -> None:
         shutil.copytree(src, directory, dirs_exist_ok=True)
 
 
-def _run_all(project: Any, catalog: Any) -> list[RunResult]:
+def _run_all(project: Any, catalog: Any, observers: Sequence[Observer] = ()) -> list[RunResult]:
     """Run the project's plan as `icefield run` does: every pipeline and model, each after what it reads.
     Raises the first failure."""
     from icefield.pipeline import run_plan
 
-    done = run_plan(project, catalog=catalog)
+    done = run_plan(project, catalog=catalog, observers=observers)
     if done.failures:
         raise done.failures[0][1]
     return done.results
@@ -79,8 +82,9 @@ def _summary(results: list[RunResult]) -> list[list[Any]]:
     ]
 
 
-def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
-    """Run the demo in ``directory``. Returns a JSON-able report with ``ok`` and the checks it made."""
+def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Observer] = ()) -> dict[str, Any]:
+    """Run the demo in ``directory``. Returns a JSON-able report with ``ok`` and the checks it made.
+    ``observers`` receive the events of every run of the demo (:mod:`icefield.observe.events`)."""
     from icefield.catalog import open_catalog
     from icefield.config import load_project
     from icefield.examples.shop import cdc, generate
@@ -98,7 +102,7 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
               "{files} clickstream files, a rates CSV\n",
               directory=directory, orders=gen.orders, customers=gen.customers, files=len(gen.clickstream_files))
 
-    first = _run_all(project, catalog)
+    first = _run_all(project, catalog, observers)
     out.table("1. First load", cols, _summary(first))
 
     mut = generate.mutate(directory)
@@ -114,11 +118,11 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
               inserted=len(mut.inserted_order_ids), updated=len(mut.updated_order_ids), bad=len(gen.bad_order_ids),
               late=mut.late_lines, currency=rates.currency, day=rates.day, events=changes.events, inserts=changes.inserts,
               updates=changes.updates, deletes=changes.deletes, redelivered=changes.redelivered)
-    second = _run_all(project, catalog)
+    second = _run_all(project, catalog, observers)
     out.table("2. Incremental load", cols, _summary(second))
 
     nothing = cdc.capture(directory)
-    third = _run_all(project, catalog)
+    third = _run_all(project, catalog, observers)
     out.table("3. Rerun with nothing new", cols, _summary(third))
     cdc_ok = _cdc_matches(project, catalog, gen.db_path)
 
@@ -143,7 +147,7 @@ def run_demo(directory: Path, fresh: bool, out: Output) -> dict[str, Any]:
     revenue = run_query(project, "select * from analytics.daily_revenue order by day desc limit 5", catalog)
     out.table("Query: select * from analytics.daily_revenue order by day desc limit 5", revenue.column_names, [list(r.values()) for r in revenue.to_pylist()])
 
-    gated = _held_batch_and_fix(directory, project, catalog, out)
+    gated = _held_batch_and_fix(directory, project, catalog, out, observers)
 
     expected_orders = mut.orders - len(gen.bad_order_ids)
     checks = {
@@ -230,7 +234,7 @@ def _customer_arrives(directory: Path, customer_id: int) -> None:
         )
 
 
-def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output) -> dict[str, Any]:
+def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output, observers: Sequence[Observer]) -> dict[str, Any]:
     """Step 4 and 5 of the demo: a batch held by a gate, then its fix. Returns counts and self-checks."""
     from icefield.errors import GateFailedError
     from icefield.iceberg.history import head_id, is_held
@@ -244,7 +248,7 @@ def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output
     before = head_id(catalog.load_table("shop.orders"))
     failing: list[str] = []
     try:
-        run_pipeline(project, "orders", catalog)
+        run_pipeline(project, "orders", catalog, observers=observers)
     except GateFailedError as e:
         failing = [getattr(c, "check", "") for c in e.checks]
     held = catalog.load_table("shop.orders")
@@ -265,7 +269,7 @@ def _held_batch_and_fix(directory: Path, project: Any, catalog: Any, out: Output
     _customer_arrives(directory, customer)
     # `icefield run`: the plan loads customers before orders (the orders' gate reads shop.customers) and
     # rebuilds daily_revenue after orders, so every table and model is up to date when the demo ends.
-    rerun = {r.pipeline: r for r in _run_all(project, catalog)}["orders"]
+    rerun = {r.pipeline: r for r in _run_all(project, catalog, observers)}["orders"]
     final = catalog.load_table("shop.orders")
     out.print(
         "\n5. The customer arrives. `icefield run` loads it first (the orders' gate reads shop.customers), then checks the "

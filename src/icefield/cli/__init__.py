@@ -141,11 +141,13 @@ def _configure_logging(verbose: int, log_format: str) -> None:
     Levels: icefield WARNING (-v INFO, -vv DEBUG); librdkafka's lines only with -v; pyiceberg's warnings
     (commit retries) only with -v; sqlglot's parser warnings only with -vv."""
     from icefield.observe import JsonFormatter, RedactingFilter, RedactingFormatter
+    from icefield.observe.events import ContextFilter
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = _StderrHandler()
     handler._icefield = True  # type: ignore[attr-defined]
     handler.addFilter(RedactingFilter())
+    handler.addFilter(ContextFilter())  # run_id, pipeline, batch_id on every record of a run
     handler.setFormatter(JsonFormatter() if log_format == "json" else RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not getattr(h, "_icefield", False)] + [handler]

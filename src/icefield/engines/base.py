@@ -107,6 +107,8 @@ class StagedWrite:
     files_removed: int = 0
     files_scanned: int = 0
     files_read: int = 0
+    bytes_read: int = 0
+    """Bytes of the data files read (``files_read`` of them)."""
     tombstones: pa.Table | None = None
     """The batch's deletes (keys and version) when they were not handed to ``on_tombstones``."""
 

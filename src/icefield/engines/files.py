@@ -58,6 +58,7 @@ class MergePlan:
     rows_stale: int = 0
     files_scanned: int = 0
     files_read: int = 0
+    bytes_read: int = 0
     tombstones: pa.Table | None = None
 
 
@@ -139,7 +140,7 @@ class FileEngine(Engine):
         if plan is not None:
             staged.rows_written, staged.rows_deleted = plan.rows_written, plan.rows_deleted
             staged.rows_updated, staged.rows_inserted, staged.rows_stale = plan.rows_updated, plan.rows_inserted, plan.rows_stale
-            staged.files_scanned, staged.files_read = plan.files_scanned, plan.files_read
+            staged.files_scanned, staged.files_read, staged.bytes_read = plan.files_scanned, plan.files_read, plan.bytes_read
             staged.tombstones = plan.tombstones
         return staged
 

@@ -261,6 +261,7 @@ class LocalEngine(FileEngine):
                     task, future = reads.popleft()
                     existing, found = future.result()
                     plan.files_read += 1
+                    plan.bytes_read += task.file.file_size_in_bytes
                     if not len(found):
                         continue
                     probed = _as_table_types(table, existing.select(claim_columns).take(found))
@@ -325,6 +326,7 @@ class LocalEngine(FileEngine):
             # probed with the batch keys within its own key bounds.
             existing, earlier = _read_keys(table, group, keys + order, cache, _Probe(table.schema(), keys[0], pending.column(keys[0])))
             plan.files_read += len(group)
+            plan.bytes_read += sum(t.file.file_size_in_bytes for t in group)
             hit, pending, ups = _claim(existing, pending, plan, keys, order, newest)
             if hit is None:
                 continue

@@ -1,4 +1,5 @@
-"""Observability: JSON logs with correlation ids (metrics and lineage follow the same results)."""
+"""Observability: the event stream of a run (:mod:`icefield.observe.events`) and JSON logs with correlation
+ids. Metrics, lineage and audit observe the same events."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ class RedactingFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the run id when set."""
+    """One JSON object per line: time, level, logger, message; ``run_id``, ``pipeline`` and ``batch_id`` when
+    the record has them (a handler with :class:`~icefield.observe.events.ContextFilter` sets them on every
+    record emitted during a run), and the event's fields under ``event`` for the lines of the logging observer."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -40,11 +43,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
-        for key in ("run_id", "pipeline", "batch_id"):
+        for key in ("run_id", "pipeline", "batch_id", "event"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:
             out["error"] = redact(self.formatException(record.exc_info))
         if record.stack_info:
             out["stack"] = redact(self.formatStack(record.stack_info))
-        return redact(json.dumps(out, ensure_ascii=False))
+        return redact(json.dumps(out, ensure_ascii=False, default=str))

@@ -32,7 +32,8 @@ from icefield.config.gates import blocking
 from icefield.config.models import TargetConfig
 from icefield.errors import BranchMovedError, GateFailedError, PublishConflictError
 from icefield.iceberg.commits import Retry, commit
-from icefield.iceberg.history import head_id, is_held
+from icefield.iceberg.history import SUMMARY_BATCH_ID, head_id, is_held
+from icefield.observe.events import BatchHeld, BatchPublished, EventStream, GateEvaluated
 from icefield.quality.gates import GateContext, run_gates
 from icefield.quality.results import QUALITY_RESULTS_TABLE, CheckResult, evaluation_key, results_table
 from icefield.write import TableWriter, WriteResult, batch_id_for
@@ -54,7 +55,15 @@ REBASE_ATTEMPTS = 5
 class Auditor:
     """Runs a pipeline's gates and, when it has error gates, writes through its audit branch."""
 
-    def __init__(self, project: Project, catalog: Catalog, engine: Engine, pipe: PipelineConfig, run_id: str) -> None:
+    def __init__(
+        self,
+        project: Project,
+        catalog: Catalog,
+        engine: Engine,
+        pipe: PipelineConfig,
+        run_id: str,
+        events: EventStream | None = None,
+    ) -> None:
         self.project = project
         self.catalog = catalog
         self.engine = engine
@@ -64,6 +73,7 @@ class Auditor:
         self.branch = audit_branch(pipe.name)
         self.wap = blocking(self.gates)
         self.checks: list[CheckResult] = []
+        self.events = events if events is not None else EventStream(run_id, pipe.name)
 
     # ---------------------------------------------------------------------------------------- gates
 
@@ -83,12 +93,40 @@ class Auditor:
         results = run_gates(self.gates, ctx)
         store_results(self.catalog, self.engine, results)
         self.checks.extend(results)
+        for r in results:
+            self.events.emit(
+                GateEvaluated,
+                table=r.table,
+                gate=r.check,
+                status=r.status,
+                blocking=r.blocking,
+                snapshot_id=r.snapshot_id,
+                branch=r.branch,
+                message=r.message,
+            )
         return results
 
-    def _held(self, results: list[CheckResult], snapshot_id: int | None, main: int | None, rerun: bool) -> GateFailedError:
+    def _held(
+        self,
+        results: list[CheckResult],
+        snapshot_id: int | None,
+        main: int | None,
+        rerun: bool,
+        batch_id: str | None = None,
+    ) -> GateFailedError:
         failing = [r for r in results if r.blocking]
         table = self.pipe.target.table
-        lines = "\n".join(f"  - {r.check} ({r.status}): {r.message} (threshold {r.threshold})" for r in failing)
+        self.events.emit(
+            BatchHeld,
+            table=table,
+            batch_id=batch_id,
+            snapshot_id=snapshot_id,
+            branch=self.branch,
+            gates=tuple(r.check for r in failing),
+        )
+        lines = "\n".join(
+            f"  - {r.check} ({r.status}): {r.message} (threshold {r.threshold})" for r in failing
+        )
         when = "still fail on the held batch" if rerun else "failed"
         return GateFailedError(
             f"{len(failing)} error gate(s) {when} on snapshot {snapshot_id} of {table} (branch {self.branch}); "
@@ -109,11 +147,26 @@ class Auditor:
             return table
         head = head_id(table, self.branch)
         main = head_id(table)
-        log.info("pipeline %s: branch %s holds snapshot %s; checking it again", self.pipe.name, self.branch, head)
+        log.info(
+            "pipeline %s: branch %s holds snapshot %s; checking it again", self.pipe.name, self.branch, head
+        )
+        snap = table.snapshot_by_id(head) if head is not None else None
+        batch_id = (
+            snap.summary.additional_properties.get(SUMMARY_BATCH_ID)
+            if snap is not None and snap.summary is not None
+            else None
+        )
         results = self.evaluate(table, head, main, self.branch)
         if any(r.blocking for r in results):
-            raise self._held(results, head, main, rerun=True)
+            raise self._held(results, head, main, rerun=True, batch_id=batch_id)
         publish(table, self.branch)
+        self.events.emit(
+            BatchPublished,
+            table=self.pipe.target.table,
+            batch_id=batch_id,
+            snapshot_id=head,
+            branch=self.branch,
+        )
         return table.refresh()
 
     # ---------------------------------------------------------------------------------------- one batch
@@ -160,9 +213,16 @@ class Auditor:
             audited = _reload(writer)
             results = self.evaluate(audited, wr.snapshot_id, main, self.branch)
             if any(r.blocking for r in results):
-                raise self._held(results, wr.snapshot_id, main, rerun=False)
+                raise self._held(results, wr.snapshot_id, main, rerun=False, batch_id=batch_id)
             failpoints.hit("before-publish")
             publish(audited, self.branch)
+            self.events.emit(
+                BatchPublished,
+                table=self.pipe.target.table,
+                batch_id=batch_id,
+                snapshot_id=wr.snapshot_id,
+                branch=self.branch,
+            )
             return wr
 
         return commit(

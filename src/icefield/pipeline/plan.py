@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from icefield.config.secrets import redact
 from icefield.errors import ConfigError, GateFailedError, IcefieldError, InterruptedRunError
+from icefield.observe.events import EventStream, NodeSkipped, Observer
 from icefield.pipeline.results import BatchResult, RunResult
 
 if TYPE_CHECKING:
@@ -357,6 +358,7 @@ def run_plan(
     on_start: StartCallback | None = None,
     on_batch: BatchCallback | None = None,
     on_result: ResultCallback | None = None,
+    observers: Sequence[Observer] = (),
 ) -> PlanResult:
     """Run the nodes of ``plan`` (default: :func:`build_plan` of the whole project) in order, under one
     ``run_id``. Returns a :class:`PlanResult` listing every node's result.
@@ -367,6 +369,8 @@ def run_plan(
     partial result, and each node that runs after it, directly or not, is recorded as ``skipped`` with the
     reason; the others run. ``on_start(node)`` is called before a node runs, ``on_batch(node, batch)`` after
     each batch a pipeline commits, ``on_result(node, result)`` once per node, skipped ones included.
+    ``observers`` receive the events of every node's run (:mod:`icefield.observe.events`), and a
+    node-skipped event for each node that did not run.
 
     Raises :class:`InterruptedRunError` on SIGINT (KeyboardInterrupt), with the partial
     :class:`PlanResult` (the rest of the nodes skipped) as ``error.result``. Any other exception (a bug)
@@ -394,14 +398,15 @@ def run_plan(
             if blocked:
                 reason = _skip_reason(node, blocked[0], *fell[blocked[0]])
                 fell[node.id] = fell[blocked[0]]
-                log.info("run %s: %s skipped: %s", out.run_id, node.id, reason)
-                record(node, _blank(node, out.run_id, "skipped", reason=reason))
+                blank = _blank(node, out.run_id, "skipped", reason=reason)
+                EventStream(out.run_id, blank.pipeline, observers).emit(NodeSkipped, table=node.table, reason=reason)
+                record(node, blank)
                 continue
             current = node
             if on_start is not None:
                 on_start(node)
             try:
-                result = _run_node(project, node, catalog, out.run_id, wait, follow, stop, on_batch)
+                result = _run_node(project, node, catalog, out.run_id, wait, follow, stop, on_batch, observers)
             except IcefieldError as e:
                 held = isinstance(e, GateFailedError)
                 fell[node.id] = (node.id, "was held by its gates" if held else "failed")
@@ -435,19 +440,20 @@ def _run_node(
     follow: bool,
     stop: threading.Event | None,
     on_batch: BatchCallback | None,
+    observers: Sequence[Observer],
 ) -> RunResult:
     from icefield.pipeline.models import run_model
     from icefield.pipeline.runner import run_pipeline
 
     if node.kind == "model":
-        return run_model(project, node.name, catalog, run_id, wait=wait)
+        return run_model(project, node.name, catalog, run_id, wait=wait, observers=observers)
 
     def batch_done(b: BatchResult) -> None:
         assert on_batch is not None
         on_batch(node, b)
 
     cb = batch_done if on_batch is not None else None
-    return run_pipeline(project, node.name, catalog, run_id, on_batch=cb, follow=follow, stop=stop, wait=wait)
+    return run_pipeline(project, node.name, catalog, run_id, on_batch=cb, follow=follow, stop=stop, wait=wait, observers=observers)
 
 
 def _skip_reason(node: Node, up: str, root: str, what: str) -> str:

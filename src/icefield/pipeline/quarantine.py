@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from icefield.config.models import TargetConfig
-from icefield.write import QUARANTINE_SUFFIX, TableWriter
+from icefield.write import QUARANTINE_SUFFIX, TableWriter, WriteResult
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -111,15 +111,22 @@ def quarantine_rows(
 
 
 def write_quarantine(
-    catalog: Catalog, engine: Engine, table: str, pipeline: str, batch_id: str, run_id: str, rows: list[QuarantinedRow]
-) -> None:
+    catalog: Catalog,
+    engine: Engine,
+    table: str,
+    pipeline: str,
+    batch_id: str,
+    run_id: str,
+    rows: list[QuarantinedRow],
+) -> WriteResult | None:
     """Append ``rows`` to the quarantine of ``table`` in one commit tagged with ``batch_id`` (skipped if
-    that batch is already there)."""
+    that batch is already there). Returns the commit's result (None without rows)."""
     if not rows:
-        return
+        return None
     writer = quarantine_writer(catalog, engine, table, pipeline)
     existing = writer.load()
     if existing is not None:
         existing = upgrade(writer, existing)
-    writer.commit(quarantine_rows(rows, pipeline, batch_id, run_id), batch_id, None, run_id, table=existing)
-
+    return writer.commit(
+        quarantine_rows(rows, pipeline, batch_id, run_id), batch_id, None, run_id, table=existing
+    )

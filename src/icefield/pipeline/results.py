@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
+from icefield.observe.events import BatchCommitted, EventStream, RunFinished, SourceRef, TableRef, plain
 from icefield.quality.results import CheckResult
 
-__all__ = ["BatchResult", "CheckResult", "PendingBatch", "RunResult"]
+__all__ = ["BatchResult", "CheckResult", "PendingBatch", "RunResult", "emit_batch", "emit_finished"]
 
 @dataclass
 class BatchResult:
@@ -24,6 +26,21 @@ class BatchResult:
     seconds: float = 0.0
     replaced_file: str | None = None
     failures_by_check: dict[str, int] = field(default_factory=dict)
+    rows_updated: int = 0
+    """Of ``rows_committed`` (a merge): rows that replaced a stored version, and rows new to the table."""
+    rows_inserted: int = 0
+    rows_stale: int = 0
+    """Rows a merge dropped as not newer than the stored version (``keep_newest``); counted in ``rows_committed``."""
+    files_added: int = 0
+    files_removed: int = 0
+    files_scanned: int = 0
+    """Data files a merge planned over, of which it read ``files_read`` (``bytes_read`` bytes)."""
+    files_read: int = 0
+    bytes_added: int = 0
+    bytes_removed: int = 0
+    bytes_read: int = 0
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: ``read`` (waiting for the source), ``schema``, ``checks``, ``quarantine``, ``commit``."""
 
 
 @dataclass
@@ -57,6 +74,14 @@ class RunResult:
     pending: PendingBatch | None = None
     compactions: int = 0  # compactions that ran between batches (target.maintenance)
     reason: str | None = None  # why a skipped run did not run
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    source: SourceRef | None = None
+    """What the run read: the source's kind and URI without secrets (for a model: ``model`` and its SQL file)."""
+    inputs: list[TableRef] = field(default_factory=list)
+    """The Iceberg tables the run read, at the snapshots it read (a model's inputs)."""
+    outputs: list[TableRef] = field(default_factory=list)
+    """The tables the run committed to, at the last snapshot it committed (its target; the quarantine)."""
 
     @property
     def rows_in(self) -> int:
@@ -83,7 +108,7 @@ class RunResult:
         return self.rows_in == self.rows_committed + self.rows_quarantined + self.rows_filtered
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: plain(v) for k, v in asdict(self).items()}
         d.update(
             rows_in=self.rows_in,
             rows_committed=self.rows_committed,
@@ -93,3 +118,55 @@ class RunResult:
             conserved=self.conserved,
         )
         return d
+
+
+def emit_batch(events: EventStream, table: str, res: BatchResult) -> None:
+    """Emit the batch-committed event of ``res`` (a batch of ``table``): its counts are the result's, counted once."""
+    events.emit(
+        BatchCommitted,
+        table=table,
+        batch_id=res.batch_id,
+        snapshot_id=res.snapshot_id,
+        skipped=res.skipped,
+        rows_in=res.rows_in,
+        rows_committed=res.rows_committed,
+        rows_quarantined=res.rows_quarantined,
+        rows_filtered=res.rows_filtered,
+        rows_updated=res.rows_updated,
+        rows_inserted=res.rows_inserted,
+        rows_deleted=res.rows_deleted,
+        rows_stale=res.rows_stale,
+        files_added=res.files_added,
+        files_removed=res.files_removed,
+        files_scanned=res.files_scanned,
+        files_read=res.files_read,
+        bytes_added=res.bytes_added,
+        bytes_removed=res.bytes_removed,
+        bytes_read=res.bytes_read,
+        failures_by_check=dict(res.failures_by_check),
+        stages=dict(res.stages),
+        seconds=res.seconds,
+    )
+
+
+def emit_finished(events: EventStream, result: RunResult) -> None:
+    """Emit the run-finished event of ``result`` (a run that ended, however)."""
+    assert result.started_at is not None and result.finished_at is not None
+    events.emit(
+        RunFinished,
+        table=result.table,
+        status=result.status,
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        seconds=result.seconds,
+        batches=len(result.batches),
+        rows_in=result.rows_in,
+        rows_committed=result.rows_committed,
+        rows_quarantined=result.rows_quarantined,
+        rows_filtered=result.rows_filtered,
+        source=result.source,
+        inputs=tuple(result.inputs),
+        outputs=tuple(result.outputs),
+        error=result.error,
+        pending_batch=result.pending.batch_id if result.pending else None,
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -22,9 +24,21 @@ from icefield.iceberg.history import read_position
 from icefield.ingest import SourceBatch, open_source
 from icefield.ingest.ahead import read_ahead
 from icefield.ingest.coerce import conform
+from icefield.ingest.identity import source_ref
+from icefield.observe.events import (
+    BatchStarted,
+    ErrorRaised,
+    EventStream,
+    MaintenanceDone,
+    Observer,
+    RunStarted,
+    SchemaChanged,
+    TableRef,
+    now,
+)
 from icefield.pipeline.audit import Auditor
-from icefield.pipeline.quarantine import QuarantinedRow, write_quarantine
-from icefield.pipeline.results import BatchResult, PendingBatch, RunResult
+from icefield.pipeline.quarantine import QuarantinedRow, quarantine_table_name, write_quarantine
+from icefield.pipeline.results import BatchResult, PendingBatch, RunResult, emit_batch, emit_finished
 from icefield.quality import check_rows
 from icefield.write import TableWriter, batch_id_for
 
@@ -54,6 +68,7 @@ def run_pipeline(
     follow: bool = False,
     stop: threading.Event | None = None,
     wait: float = 0.0,
+    observers: Sequence[Observer] = (),
 ) -> RunResult:
     """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
 
@@ -63,6 +78,11 @@ def run_pipeline(
     new records (:meth:`Source.follow`) until ``stop`` is set (the batch in progress is committed first)
     or ``max_batches`` is reached. Raises
     :class:`IcefieldError` subclasses; the partial result is attached as ``error.result``.
+
+    The run emits its events (:mod:`icefield.observe.events`) to the logging observer, then to each of
+    ``observers``: run started, then per batch: batch started, schema changed, gates evaluated, held or
+    published, batch committed (with every count); maintenance done; error; and always, last, run finished
+    (also when the run fails). ``on_batch`` is called with each batch's result after its commit.
 
     One run at a time writes a table: the run first takes the lease of its target table
     (:mod:`icefield.catalog.leases`), waiting up to ``wait`` seconds while another run holds it, else
@@ -74,31 +94,108 @@ def run_pipeline(
     from icefield.catalog import open_catalog
 
     pipe = project.pipeline(name)
-    catalog = catalog or open_catalog(project)
     run_id = run_id or new_run_id()
+    events = EventStream(run_id, pipe.name, observers)
+    result = RunResult(
+        pipeline=pipe.name,
+        table=pipe.target.table,
+        run_id=run_id,
+        started_at=now(),
+        source=source_ref(pipe, project.root),
+    )
+    started = time.perf_counter()
+    written: dict[str, int | None] = {}  # table -> the last snapshot this run committed to it
+    in_flight = _InFlight()  # the batch being written (pending if the run fails)
+    with events.running():
+        events.emit(RunStarted, table=pipe.target.table, source=result.source)
+        try:
+            catalog = catalog or open_catalog(project)
+            _run(
+                project,
+                pipe,
+                catalog,
+                events,
+                result,
+                written,
+                in_flight,
+                on_batch,
+                max_batches,
+                follow,
+                stop,
+                wait,
+            )
+        except IcefieldError as e:
+            result.status = "held" if isinstance(e, GateFailedError) else "failed"
+            result.error = redact(str(e))
+            pending = in_flight.batch_id
+            if pending is not None:
+                result.pending = PendingBatch(pending, redact(in_flight.key), in_flight.rows_in, result.error, type(e).__name__)
+            # Logged (by the logging observer) with the id of the batch that stays pending.
+            with events.batch(pending) if pending is not None else contextlib.nullcontext():
+                events.emit(ErrorRaised, batch_id=pending, error=result.error, error_type=type(e).__name__, exit_code=e.exit_code)
+            e.result = result  # type: ignore[attr-defined]
+            raise
+        except BaseException as e:  # an interruption, or a bug: the run still reports how it ended
+            result.status = "failed"
+            result.error = redact(f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            result.finished_at = now()
+            result.seconds = time.perf_counter() - started
+            result.outputs = [TableRef(t, snap) for t, snap in written.items()]
+            emit_finished(events, result)
+    return result
+
+
+@dataclass
+class _InFlight:
+    """The batch a run is writing: its id, source range and rows (``batch_id`` None between batches)."""
+
+    batch_id: str | None = None
+    key: str = ""
+    rows_in: int = 0
+
+
+
+def _run(
+    project: Project,
+    pipe: PipelineConfig,
+    catalog: Catalog,
+    events: EventStream,
+    result: RunResult,
+    written: dict[str, int | None],
+    in_flight: _InFlight,
+    on_batch: ProgressCallback | None,
+    max_batches: int | None,
+    follow: bool,
+    stop: threading.Event | None,
+    wait: float,
+) -> None:
+    """The body of :func:`run_pipeline`: lease, source, batches; ``result`` filled as they commit."""
+    run_id = result.run_id
     engine = get_engine(project.config.engine)
     writer = TableWriter(catalog, pipe.target, pipe.name, engine)
-    auditor = Auditor(project, catalog, engine, pipe, run_id)
-    result = RunResult(pipeline=pipe.name, table=pipe.target.table, run_id=run_id, checks=auditor.checks)
-    started = time.perf_counter()
+    auditor = Auditor(project, catalog, engine, pipe, run_id, events)
+    result.checks = auditor.checks
     batch_size = pipe.batch_size or project.config.batch_size
-    source = open_source(pipe, project, batch_size)
-    log.info("run %s of pipeline %s started", run_id, pipe.name)
-    if stop is not None:
-        threading.Thread(target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True).start()
-    in_flight: SourceBatch | None = None
-    ahead: Generator[SourceBatch, None, None] | None = None
     lease = acquire_lease(catalog, pipe.target, run_id, f"pipeline {pipe.name}", wait)
-    # In a tuned process (icefield.process.tuned: the CLI, a worker), what exists now (modules, classes, the
-    # catalog: ~150k objects) stays out of the garbage collector's full passes while the run goes on: a
-    # stream of messages sets them off. Called directly, the run leaves the collector as it is.
-    process.freeze()
+    source = None
+    ahead: Generator[SourceBatch, None, None] | None = None
     # A merging run keeps the data files it writes in memory: the next batch's copy-on-write merge reads
     # them back (most of them, when changes spread over the table) without decoding Parquet.
     keep_files = pipe.target.mode == "merge"
     if keep_files:
         RECENT.hold()
     try:
+        source = open_source(pipe, project, batch_size)
+        if stop is not None:
+            threading.Thread(
+                target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True
+            ).start()
+        # In a tuned process (icefield.process.tuned: the CLI, a worker), what exists now (modules, classes,
+        # the catalog: ~150k objects) stays out of the garbage collector's full passes while the run goes
+        # on: a stream of messages sets them off. Called directly, the run leaves the collector as it is.
+        process.freeze()
         # A batch held on the audit branch is settled (published or still held) before anything new is read.
         table = auditor.resolve_held(writer.load())
         position = read_position(table, pipe.name)
@@ -106,45 +203,51 @@ def run_pipeline(
         schema = table.schema().as_arrow() if table is not None else None
         batches = source.follow(position, schema) if follow else source.read(position, schema)
         if project.config.read_ahead and not follow:  # following, a batch closes with the newest records
+            # The reading thread logs with this run's ids (not a batch's: it reads the next one).
             batches = ahead = read_ahead(batches, source.stop, project.config.read_ahead, f"read-{pipe.name}")
         quiet_until = [0]  # maintenance: no look at the table before this batch number (after a no-op)
-        for n, batch in enumerate(batches):
-            in_flight = batch
-            res = _run_batch(catalog, engine, writer, pipe, batch, run_id, auditor)
-            in_flight = None
+        n = 0
+        while True:
+            waited = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            read_seconds = time.perf_counter() - waited
+            batch_id = batch_id_for(pipe.name, batch.key)
+            in_flight.batch_id, in_flight.key, in_flight.rows_in = batch_id, batch.key, batch.rows_in
+            with events.batch(batch_id):
+                res = _run_batch(
+                    catalog,
+                    engine,
+                    writer,
+                    pipe,
+                    batch,
+                    batch_id,
+                    run_id,
+                    auditor,
+                    events,
+                    written,
+                    read_seconds,
+                )
+            in_flight.batch_id = None
             writer.base_position = batch.position
             result.batches.append(res)
             source.acknowledge(batch.position)
             failpoints.hit("after-acknowledge")
-            maintain(catalog, pipe, result, n, quiet_until)
+            maintain(catalog, pipe, result, n, quiet_until, events)
             if on_batch is not None:
                 on_batch(res)
-            if max_batches is not None and n + 1 >= max_batches:
+            n += 1
+            if max_batches is not None and n >= max_batches:
                 break
-    except IcefieldError as e:
-        result.status = "held" if isinstance(e, GateFailedError) else "failed"
-        result.error = redact(str(e))
-        if in_flight is not None:
-            result.pending = PendingBatch(
-                batch_id_for(pipe.name, in_flight.key), redact(in_flight.key), in_flight.rows_in, result.error, type(e).__name__
-            )
-            log.error("run %s of pipeline %s: batch %s stays pending: %s", run_id, pipe.name, result.pending.batch_id, result.error)
-        e.result = result  # type: ignore[attr-defined]
-        raise
     finally:
         lease.release()
         if keep_files:
             RECENT.release()
         if ahead is not None:
             ahead.close()  # joins the reading thread before the source is closed under it
-        source.close()
-        result.seconds = time.perf_counter() - started
-    log.info(
-        "run %s of pipeline %s: %d batches, %d rows in, %d committed, %d quarantined, %d filtered",
-        run_id, pipe.name, len(result.batches), result.rows_in, result.rows_committed,
-        result.rows_quarantined, result.rows_filtered,
-    )
-    return result
+        if source is not None:
+            source.close()
 
 
 def acquire_lease(catalog: Catalog, target: TargetConfig, run_id: str, writer: str, wait: float) -> Lease:
@@ -153,7 +256,14 @@ def acquire_lease(catalog: Catalog, target: TargetConfig, run_id: str, writer: s
     return leases.acquire(catalog, key, run_id, writer, wait=wait)
 
 
-def maintain(catalog: Catalog, pipe: PipelineConfig, result: RunResult, n: int, quiet_until: list[int]) -> None:
+def maintain(
+    catalog: Catalog,
+    pipe: PipelineConfig,
+    result: RunResult,
+    n: int,
+    quiet_until: list[int],
+    events: EventStream | None = None,
+) -> None:
     """After batch ``n`` of a run: compact the target once ``compact_every`` commits landed since its last
     compaction (and then expire old snapshots), as ``target.maintenance`` asks. Never fails the run: a
     compaction that loses to a concurrent merge, or any other maintenance error, is logged and left for
@@ -183,8 +293,28 @@ def maintain(catalog: Catalog, pipe: PipelineConfig, result: RunResult, n: int, 
             quiet_until[0] = n + m.compact_every
             return
         result.compactions += 1
+        if events is not None:
+            events.emit(
+                MaintenanceDone,
+                table=pipe.target.table,
+                operation="compact",
+                snapshot_id=done.snapshot_id,
+                files_added=done.files_added,
+                files_removed=done.files_removed + done.delete_files_removed,
+            )
         if m.expire_older_than is not None:
-            expire_table(catalog, pipe.target.table, older_than=m.expire_older_than, retain_last=m.retain_last)
+            gone = expire_table(
+                catalog, pipe.target.table, older_than=m.expire_older_than, retain_last=m.retain_last
+            )
+            if events is not None:
+                events.emit(
+                    MaintenanceDone,
+                    table=pipe.target.table,
+                    operation="expire",
+                    snapshot_id=None,
+                    files_removed=gone.data_files_deleted,
+                    snapshots_expired=gone.snapshots_expired,
+                )
     except IcefieldError as e:
         log.warning("maintenance of %s after batch %d skipped: %s", pipe.target.table, n + 1, e)
     except Exception as e:  # a conflict with a concurrent writer, an I/O error: the data is safe either way
@@ -197,41 +327,82 @@ def _stop_when_set(stop: threading.Event, source: Any) -> None:
 
 
 def _run_batch(
-    catalog: Catalog, engine: Any, writer: TableWriter, pipe: PipelineConfig, batch: SourceBatch, run_id: str, auditor: Auditor
+    catalog: Catalog,
+    engine: Any,
+    writer: TableWriter,
+    pipe: PipelineConfig,
+    batch: SourceBatch,
+    batch_id: str,
+    run_id: str,
+    auditor: Auditor,
+    events: EventStream,
+    written: dict[str, int | None],
+    read_seconds: float,
 ) -> BatchResult:
+    """Decide where each row of ``batch`` goes and commit it; emits the batch's events (inside the batch's
+    logging context) and returns its result, from which the batch-committed event is built."""
     started = time.perf_counter()
-    batch_id = batch_id_for(pipe.name, batch.key)
+    clock = _Stages(read_seconds)
+    events.emit(BatchStarted, batch_id=batch_id, rows_in=batch.rows_in)
     table = writer.load()
     if table is not None and (snap := _already(table, batch_id)) is not None:
-        log.info("batch %s is already committed as snapshot %s; skipping", batch_id, snap)
-        return BatchResult(batch_id, batch.rows_in, 0, 0, 0, snapshot_id=snap, skipped=True)
+        res = BatchResult(
+            batch_id,
+            batch.rows_in,
+            0,
+            0,
+            0,
+            snapshot_id=snap,
+            skipped=True,
+            seconds=time.perf_counter() - started,
+        )
+        emit_batch(events, pipe.target.table, res)
+        return res
     if table is not None:
         writer.check_position(table, batch_id)  # before its quarantined rows are written
 
     quarantined = [QuarantinedRow(r.check, r.reason, r.raw, r.coords, r.raw_bytes) for r in batch.rejected]
     data = batch.data
     control = pipe.target.delete_column
+
+    def schema_changed(changes: list[str]) -> None:
+        events.emit(SchemaChanged, table=pipe.target.table, batch_id=batch_id, changes=tuple(changes))
+
     if table is not None:
-        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema, data=data)
+        table = writer.evolve(
+            table,
+            _table_schema(data.schema, control),
+            open_schema=batch.open_schema,
+            data=data,
+            on_change=schema_changed,
+        )
         data, bad = conform(data, table.schema().as_arrow())
         if control and control in batch.data.column_names and control not in data.column_names:
             data = data.append_column(control, batch.data.column(control))
         quarantined.extend(_take_bad(batch, data, {i: ("type", r) for i, r in bad.items()}))
         data = _drop(data, set(bad))
         batch = _reindexed(batch, data, set(bad))
+    clock.lap("schema")
     checks = check_rows(data, pipe.checks)
     failed = dict(checks.bad)
     quarantined.extend(_take_bad(batch, data, failed))
     good = _drop(data, set(failed) | checks.filtered)
+    clock.lap("checks")
     failpoints.hit("before-quarantine")
-    write_quarantine(catalog, engine, pipe.target.table, pipe.name, batch_id, run_id, quarantined)
+    qr = write_quarantine(catalog, engine, pipe.target.table, pipe.name, batch_id, run_id, quarantined)
+    if qr is not None and qr.snapshot_id is not None and not qr.skipped:
+        written[quarantine_table_name(pipe.target.table)] = qr.snapshot_id
     failpoints.hit("after-quarantine")
+    clock.lap("quarantine")
     if table is None:
         table = writer.create(_table_schema(good.schema, control), rows=good.num_rows > 0)
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
     wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at)
-    return BatchResult(
+    clock.lap("commit")
+    if wr.snapshot_id is not None and not wr.skipped:
+        written[pipe.target.table] = wr.snapshot_id
+    res = BatchResult(
         batch_id=batch_id,
         rows_in=batch.rows_in,
         rows_committed=good.num_rows,
@@ -243,7 +414,33 @@ def _run_batch(
         seconds=time.perf_counter() - started,
         replaced_file=batch.replace_file,
         failures_by_check=checks.failures_by_check,
+        rows_updated=wr.rows_updated,
+        rows_inserted=wr.rows_inserted,
+        rows_stale=wr.rows_stale,
+        files_added=wr.files_added,
+        files_removed=wr.files_removed,
+        files_scanned=wr.files_scanned,
+        files_read=wr.files_read,
+        bytes_added=wr.bytes_added,
+        bytes_removed=wr.bytes_removed,
+        bytes_read=wr.bytes_read,
+        stages=clock.stages,
     )
+    emit_batch(events, pipe.target.table, res)
+    return res
+
+
+class _Stages:
+    """Seconds per stage of one batch, measured lap by lap (``read``: how long the run waited for it)."""
+
+    def __init__(self, read_seconds: float) -> None:
+        self.stages: dict[str, float] = {"read": read_seconds}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        t = time.perf_counter()
+        self.stages[stage] = t - self._last
+        self._last = t
 
 
 def batch_file_column(pipe: PipelineConfig) -> str | None:

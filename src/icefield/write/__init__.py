@@ -49,6 +49,8 @@ from icefield.iceberg.versions import newer_than, split_deletes
 from icefield.write.unchanged import fill_unchanged
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
 
@@ -100,6 +102,10 @@ class WriteResult:
     files_scanned: int = 0
     """Data files a merge planned over (the table's), of which it read ``files_read``."""
     files_read: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    """Bytes of the files the commit added (data and delete files), from its snapshot's summary."""
+    bytes_removed: int = 0
 
 
 class TableWriter:
@@ -187,7 +193,14 @@ class TableWriter:
             enforce(changes, self.target.contract, self.target.table, self.pipeline, protected=[*self.target.keys, *identifiers])
         return changes
 
-    def evolve(self, table: Table, schema: pa.Schema, open_schema: bool = False, data: pa.Table | None = None) -> Table:
+    def evolve(
+        self,
+        table: Table,
+        schema: pa.Schema,
+        open_schema: bool = False,
+        data: pa.Table | None = None,
+        on_change: Callable[[list[str]], None] | None = None,
+    ) -> Table:
         """Bring the table's schema to what rows of ``schema`` need, as the target's contract allows.
 
         The differences are classified (:func:`icefield.write.contracts.classify`); if the contract
@@ -198,7 +211,8 @@ class TableWriter:
         required column (another engine's ``NOT NULL``) then stays required unless a row really has a null
         in it; without it the Arrow field's nullability decides. A merge key or an identifier field of the
         table never becomes optional: a batch with a null there is refused. A change Iceberg itself refuses
-        is a :class:`SchemaError` too. Returns the (refreshed) table.
+        is a :class:`SchemaError` too. Returns the (refreshed) table. ``on_change`` is called with the changes
+        (described) once the schema change committed.
         """
         from icefield.write.contracts import DROPPED, NEW_COLUMN, NOW_OPTIONAL, PROMOTION
 
@@ -236,7 +250,10 @@ class TableWriter:
                     f"{reason}{ids}. Nothing was written and the batch stays pending: fix the source, or the table's schema "
                     "with the engine that owns it, and rerun"
                 ) from e
-            return commit_transaction(tx)
+            committed = commit_transaction(tx)
+            if on_change is not None:
+                on_change([c.describe() for c in changes if c.change != DROPPED or c.column in relaxed])
+            return committed
 
         return commit(f"the schema change of {self.target.table}", self._existing, attempt, table=table, retry=Retry(COMMIT_ATTEMPTS, COMMIT_SECONDS))
 
@@ -386,6 +403,9 @@ class TableWriter:
             rows_stale=staged.rows_stale + rows_stale,
             files_scanned=staged.files_scanned,
             files_read=staged.files_read,
+            bytes_read=staged.bytes_read,
+            bytes_added=_summary_int(snap, "added-files-size"),
+            bytes_removed=_summary_int(snap, "removed-files-size"),
         )
 
     def _stage(self, table: Table, request: WriteRequest, graves: TableWriter | None, batch_id: str, run_id: str) -> StagedWrite:
@@ -490,3 +510,15 @@ def _all_optional(t: pa.DataType) -> pa.DataType:
 
 def _nullable(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def _summary_int(snap: Any, key: str) -> int:
+    """The integer ``key`` of a snapshot's summary (0 without a snapshot or the key)."""
+    if snap is None or snap.summary is None:
+        return 0
+    value = (
+        snap.summary.additional_properties.get(key)
+        if hasattr(snap.summary, "additional_properties")
+        else None
+    )
+    return int(value) if value else 0
