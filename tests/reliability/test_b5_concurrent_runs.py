@@ -319,9 +319,9 @@ def test_b5_writers_of_the_same_batches_without_a_lease_commit_each_batch_once(t
         subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(p), str(batches), mode], env=env, stderr=subprocess.PIPE, text=True)
         for p in range(procs)
     ]
-    for c in children:
-        _, err = c.communicate(timeout=600)
-        assert c.returncode == 0, err
+    errors = [(c.returncode, err) for c, (_, err) in ((c, c.communicate(timeout=600)) for c in children)]
+    for code, err in errors:  # every child waited for and its pipe closed before the first assertion
+        assert code == 0, err
     from icefield.catalog import sql_catalog
 
     cat = sql_catalog("race", f"sqlite:///{tmp_path / 'catalog.db'}", (tmp_path / "warehouse").as_uri())

@@ -138,7 +138,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def _configure_logging(verbose: int, log_format: str) -> None:
     """One handler on the root logger, so that every library's records are redacted and formatted too.
-    Levels: icefield WARNING (-v INFO, -vv DEBUG); librdkafka's lines only with -v; pyiceberg's warnings
+    Levels: icefield WARNING (-v INFO, -vv DEBUG); the run's events and librdkafka's lines only with -v; pyiceberg's warnings
     (commit retries) only with -v; sqlglot's parser warnings only with -vv."""
     from icefield.observe import JsonFormatter, RedactingFilter, RedactingFormatter
     from icefield.observe.events import ContextFilter
@@ -156,6 +156,9 @@ def _configure_logging(verbose: int, log_format: str) -> None:
     ours.setLevel(level)
     ours.propagate = True
     logging.getLogger(KAFKA_CLIENT_LOGGER).setLevel(level if verbose else logging.CRITICAL + 1)
+    # The run's events (icefield.observe.events) with -v only: without it the command prints the results
+    # and the error itself, once.
+    logging.getLogger("icefield.events").setLevel(level if verbose else logging.CRITICAL + 1)
     logging.getLogger("pyiceberg").setLevel(logging.WARNING if verbose else logging.ERROR)
     logging.getLogger("sqlglot").setLevel(logging.WARNING if verbose >= 2 else logging.ERROR)
 

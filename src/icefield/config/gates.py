@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from icefield.config.ages import seconds_in
+
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class _Spec(BaseModel):
@@ -41,16 +41,12 @@ def _ratio(v: float | None, key: str) -> float | None:
 def duration_seconds(value: str | int | float) -> float:
     """Seconds in ``value``: a number of seconds or ``<n><unit>`` with unit s, m, h, d or w (``90m``).
     Raises ValueError naming the value."""
-    if isinstance(value, bool):
+    seconds = seconds_in(value)
+    if seconds is None or (isinstance(value, str) and not value.strip()[-1:].isalpha()):  # a string names its unit
         raise ValueError(f"max_age must be a duration like '30m', '2h', '1d' or a number of seconds, got {value!r}")
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ValueError(f"max_age must be positive, got {value!r}")
-        return float(value)
-    m = _DURATION.match(value)
-    if m is None or float(m.group(1)) <= 0:
-        raise ValueError(f"max_age must be a duration like '30m', '2h', '1d' or a number of seconds, got {value!r}")
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"max_age must be positive, got {value!r}")
+    return seconds
 
 
 # ---------------------------------------------------------------------------------------- specs

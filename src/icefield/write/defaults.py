@@ -73,13 +73,14 @@ def backfill_defaults(
     from pyiceberg.io.pyarrow import ArrowScan
 
     from icefield.iceberg.commits import commit_transaction
+    from icefield.iceberg.planning import plan_files
     from icefield.iceberg.producers import merge_overwrite
     from icefield.write.expire import delete_paths
 
     defaults = new_defaults(table, data)
     if not defaults:
         return table
-    tasks = list(table.scan().plan_files())
+    tasks = plan_files(table, "fill the default of a new column in it")
     scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
     added: list[Any] = []
     rows = 0
