@@ -1,0 +1,132 @@
+"""Orphan cleanup: delete the files under a table's location that nothing of the table reaches.
+
+A commit writes its data files, manifests, manifest list and metadata file before the catalog swaps the
+table's pointer; a commit that fails (a lost conflict, a crash, a killed process) leaves them behind, and
+nothing else ever deletes them (``icefield expire`` deletes only what expired snapshots reached). A crashed
+compaction or an abandoned audit branch leaves files the same way. ``remove_orphans`` lists the files under
+the table's ``data/`` and ``metadata/`` folders (:func:`icefield.iceberg.storage.list_files`) and deletes
+those that are
+
+- reached by nothing: no snapshot of the table's metadata (every branch and tag, held audit branches
+  included), no manifest list, manifest or data or delete file entry of one of them (deleted entries too),
+  no statistics or partition-statistics file, not the current metadata file nor one in its metadata log;
+- and older than the age guard (``older_than``, default 3 days), measured from when the cleanup starts.
+
+The guard is what makes cleanup safe beside writers: a commit in flight has written files the table does
+not reach yet, and they must not be taken. Every file a commit adds is written during that commit, so a
+commit that takes less than ``older_than`` never loses one; a guard shorter than the slowest commit
+(``0s``) is only safe while nothing writes the table. The table is loaded after the listing and again
+before deleting, so that a commit landing meanwhile is accounted for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from icefield.config.ages import DEFAULT_ORPHAN_AGE, parse_age
+from icefield.iceberg.storage import list_files, path_key
+from icefield.iceberg.tables import load_existing
+from icefield.write.expire import delete_paths
+
+if TYPE_CHECKING:
+    from pyiceberg.catalog import Catalog
+    from pyiceberg.table import Table
+
+log = logging.getLogger(__name__)
+
+FOLDERS = ("data", "metadata")
+"""The folders under a table's location that cleanup looks in (anything else there is left alone)."""
+
+VERSION_HINT = "version-hint.text"
+
+
+@dataclass
+class OrphanResult:
+    """What an orphan cleanup did (or, with ``dry_run``, would do)."""
+
+    table: str
+    files_listed: int = 0
+    files_reachable: int = 0
+    orphans: int = 0
+    """Files nothing reaches that are older than the guard: deleted (or, dry run, to delete)."""
+    orphan_bytes: int = 0
+    too_young: int = 0
+    """Files nothing reaches yet that are newer than the guard (a commit in flight may own them): kept."""
+    files_deleted: int = 0
+    bytes_deleted: int = 0
+    older_than_seconds: float = 0.0
+    seconds: float = 0.0
+    dry_run: bool = False
+
+
+def remove_orphans(
+    catalog: Catalog,
+    table_name: str,
+    *,
+    older_than: str | int | float = DEFAULT_ORPHAN_AGE,
+    dry_run: bool = False,
+) -> OrphanResult:
+    """Delete ``table_name``'s orphan files older than ``older_than`` (see the module doc); with
+    ``dry_run`` only count them. Returns the counts. Raises :class:`~icefield.errors.ConfigError` for an
+    unknown table or a bad age, :class:`~icefield.errors.TransientError` when the store is unreachable."""
+    age = parse_age(older_than)
+    started = time.perf_counter()
+    cutoff = time.time() - age  # before listing: a file written after the cleanup started is never old enough
+    table = load_existing(catalog, table_name)
+    result = OrphanResult(table=table_name, older_than_seconds=age, dry_run=dry_run)
+    location = table.metadata.location.rstrip("/")
+    listed = [f for folder in FOLDERS for f in list_files(table.io, f"{location}/{folder}")]
+    result.files_listed = len(listed)
+
+    # Loaded after the listing: whatever a commit that landed before the listing wrote is reached here.
+    table = load_existing(catalog, table_name)
+    manifests: dict[str, list[str]] = {}
+    reached = reachable_files(table, manifests)
+    candidates = [f for f in listed if path_key(f.uri) not in reached and not f.uri.endswith(VERSION_HINT)]
+    result.files_reachable = len(listed) - len(candidates)
+    old = [f for f in candidates if f.mtime < cutoff]
+    result.too_young = len(candidates) - len(old)
+    if old and not dry_run:
+        # A commit may have landed since: reach its metadata too (the manifests already read are reused).
+        latest = load_existing(catalog, table_name)
+        if latest.metadata_location != table.metadata_location:
+            reached |= reachable_files(latest, manifests)
+            old = [f for f in old if path_key(f.uri) not in reached]
+    result.orphans = len(old)
+    result.orphan_bytes = sum(f.size for f in old)
+    if old and not dry_run:
+        delete_paths(table, [f.uri for f in old])
+        result.files_deleted, result.bytes_deleted = result.orphans, result.orphan_bytes
+        log.info("removed %d orphan files (%d bytes) of %s older than %.0f s", result.files_deleted, result.bytes_deleted, table_name, age)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def reachable_files(table: Table, manifests: dict[str, list[str]] | None = None) -> set[str]:
+    """The keys (:func:`~icefield.iceberg.storage.path_key`) of every file ``table``'s metadata reaches: the
+    current metadata file and those of its metadata log, statistics and partition-statistics files, and
+    for every snapshot its manifest list, manifests and the files of their entries (deleted entries too:
+    never less than a reader of any snapshot could open). ``manifests`` caches the entries of manifests
+    already read (a manifest never changes)."""
+    md = table.metadata
+    cache: dict[str, list[str]] = manifests if manifests is not None else {}
+    out: set[str] = set()
+    if table.metadata_location:
+        out.add(path_key(table.metadata_location))
+    out.update(path_key(e.metadata_file) for e in md.metadata_log)
+    out.update(path_key(s.statistics_path) for s in md.statistics)
+    out.update(path_key(s.statistics_path) for s in md.partition_statistics)
+    for snap in md.snapshots:
+        out.add(path_key(snap.manifest_list))
+        for manifest in snap.manifests(table.io):
+            out.add(path_key(manifest.manifest_path))
+            files = cache.get(manifest.manifest_path)
+            if files is None:
+                files = [e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False)]
+                cache[manifest.manifest_path] = files
+            out.update(path_key(p) for p in files)
+    return out
+

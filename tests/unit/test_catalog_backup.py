@@ -1,0 +1,209 @@
+"""Catalog backup, restore, verify and register (``icefield catalog ...``): a lost catalog database comes
+back from a backup and every pipeline resumes exactly once; a table whose catalog row was lost comes back
+from its newest metadata file; verify tells a faithful backup from a stale or broken one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from icefield.catalog import open_catalog
+from icefield.cli import EXIT_FAILED, EXIT_USAGE, cli
+from icefield.config import load_project
+
+PIPELINES = {
+    "events": {
+        "source": {"type": "files", "path": "data/events/*.jsonl", "format": "jsonl", "columns": {"id": "long", "v": "string"}},
+        "target": {"table": "raw.events", "mode": "append"},
+    },
+    "users": {
+        "source": {"type": "files", "path": "data/users/*.jsonl", "format": "jsonl", "columns": {"id": "long", "v": "string"}},
+        "target": {"table": "raw.users", "mode": "merge", "keys": ["id"]},
+    },
+}
+
+
+def _invoke(root: Path, *args: str) -> tuple[int, Any]:
+    res = CliRunner().invoke(cli, ["--project", str(root), *args, "--json"])
+    try:
+        return res.exit_code, json.loads(res.stdout)
+    except ValueError:
+        return res.exit_code, res.output
+
+
+def _drop(root: Path, folder: str, name: str, rows: list[tuple[int, str]]) -> None:
+    d = root / "data" / folder
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.jsonl").write_text("".join(json.dumps({"id": i, "v": v}) + "\n" for i, v in rows))
+
+
+def _rows(root: Path, table: str) -> list[tuple[int, str]]:
+    catalog = open_catalog(load_project(root, env={}))
+    try:
+        return sorted((r["id"], r["v"]) for r in catalog.load_table(table).scan().to_arrow().to_pylist())
+    finally:
+        catalog.engine.dispose()  # type: ignore[attr-defined]
+
+
+def _ran(root: Path) -> dict[str, Any]:
+    code, doc = _invoke(root, "run")
+    assert code == 0, doc
+    return {r["pipeline"]: r for r in doc["results"]}
+
+
+def _destroy_catalog(root: Path) -> None:
+    for p in (root / ".icefield").glob("catalog.db*"):
+        p.unlink()
+
+
+@pytest.fixture
+def project(make_project: Any) -> Path:
+    root: Path = make_project(PIPELINES)
+    _drop(root, "events", "a", [(1, "a1"), (2, "a2")])
+    with (root / "data" / "events" / "a.jsonl").open("a") as f:
+        f.write('{"id": "not a number", "v": "bad"}\n')  # quarantined: raw.events__quarantine exists
+    _drop(root, "users", "a", [(1, "u1"), (2, "u2")])
+    _ran(root)
+    return root
+
+
+def test_backup_destroy_restore_and_every_pipeline_resumes_exactly_once(project: Path, tmp_path: Path) -> None:
+    code, backup = _invoke(project, "catalog", "backup", str(tmp_path / "backups"))
+    assert code == 0, backup
+    assert backup["tables"] == 3, "raw.events, raw.users and the bookkeeping table raw.events__quarantine"
+    _destroy_catalog(project)
+    code, doc = _invoke(project, "tables")
+    assert code == 0 and doc["tables"] == [], "the catalog database is gone: no table is known"
+
+    code, restored = _invoke(project, "catalog", "restore", str(tmp_path / "backups"))  # the folder: its newest backup
+    assert code == 0, restored
+    assert {t["status"] for t in restored["tables"]} == {"restored"}
+
+    _drop(project, "events", "b", [(3, "b3")])
+    _drop(project, "users", "b", [(2, "u2-new"), (4, "u4")])
+    results = _ran(project)
+    assert (results["events"]["rows_in"], results["users"]["rows_in"]) == (1, 2), "only the second batch is read: the first is not re-landed"
+    assert _rows(project, "raw.events") == [(1, "a1"), (2, "a2"), (3, "b3")]
+    assert _rows(project, "raw.users") == [(1, "u1"), (2, "u2-new"), (4, "u4")]
+    code, quarantine = _invoke(project, "quarantine", "show", "raw.events")
+    assert code == 0 and quarantine["total"] == 1, "the quarantine came back with its row, once"
+    again = _ran(project)
+    assert all(r["rows_in"] == 0 for r in again.values()), "a rerun finds nothing new"
+
+
+def test_backups_are_versioned_files_never_overwritten_and_restore_refuses_a_catalog_with_tables(project: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "b"
+    first = _invoke(project, "catalog", "backup", str(dest))[1]
+    second = _invoke(project, "catalog", "backup", str(dest))[1]
+    assert first["path"] != second["path"] and len(list(dest.glob("icefield-catalog-*.json"))) == 2
+    doc = json.loads(Path(first["path"]).read_text())
+    assert doc["format"] == "icefield-catalog-backup" and doc["format_version"] == 1 and doc["created_at"].endswith("Z")
+    (users,) = [t for t in doc["tables"] if t["table"] == "raw.users"]
+    assert users["metadata_location"].endswith(".metadata.json") and "icefield.state.users" in users["properties"]
+    assert {tuple(n["namespace"]) for n in doc["namespaces"]} >= {("raw",)}
+
+    code, err = _invoke(project, "catalog", "restore", first["path"])
+    assert code == EXIT_USAGE and "--force" in err["error"] and "raw.events" in err["error"]
+    code, forced = _invoke(project, "catalog", "restore", first["path"], "--force")
+    assert code == 0 and {t["status"] for t in forced["tables"]} == {"unchanged"}
+
+    code, err = _invoke(project, "catalog", "backup", "s3://bucket/backups")
+    assert code == EXIT_USAGE and "local folder" in err["error"]
+
+    into = tmp_path / "other.db"
+    code, other = _invoke(project, "catalog", "restore", first["path"], "--into", f"sqlite:///{into}")
+    assert code == 0 and {t["status"] for t in other["tables"]} == {"restored"}
+    con = sqlite3.connect(into)
+    assert {r[0] for r in con.execute("select table_name from iceberg_tables")} >= {"events", "users"}
+    con.close()
+
+
+def test_a_commit_during_the_backup_is_read_again_not_torn(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import icefield.write.backups as backups
+
+    catalog = open_catalog(load_project(project, env={}))
+    loads: list[tuple[str, ...]] = []
+    real = backups.load_table
+
+    def load_and_commit_once(cat: Any, ident: tuple[str, ...]) -> Any:
+        loads.append(ident)
+        table = real(cat, ident)
+        if ident == ("raw", "events") and loads.count(ident) == 1:
+            _drop(project, "events", "c", [(9, "c9")])
+            _ran(project)  # a commit lands after raw.events was read
+        return table
+
+    monkeypatch.setattr(backups, "load_table", load_and_commit_once)
+    res = backups.backup_catalog(catalog, tmp_path / "b")
+    assert res.rounds == 2, "the moved table was noticed and the catalog read again"
+    doc = json.loads(Path(res.path).read_text())
+    (events,) = [t for t in doc["tables"] if t["table"] == "raw.events"]
+    assert events["metadata_location"] == catalog.load_table("raw.events").metadata_location
+    catalog.engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_register_recovers_a_table_whose_catalog_row_was_deleted(project: Path) -> None:
+    before = _invoke(project, "show", "raw.users")[1]
+    con = sqlite3.connect(project / ".icefield" / "catalog.db")
+    con.execute("delete from iceberg_tables where table_name = 'users'")
+    con.commit()
+    con.close()
+    code, err = _invoke(project, "show", "raw.users")
+    assert code == EXIT_USAGE
+
+    code, reg = _invoke(project, "catalog", "register", "raw.users")
+    assert code == 0, reg
+    assert reg["current_snapshot_id"] == before["snapshots"][-1]["snapshot_id"]
+    code, err = _invoke(project, "catalog", "register", "raw.users")
+    assert code == EXIT_USAGE and "already" in err["error"]
+
+    _drop(project, "users", "b", [(5, "u5")])
+    assert _ran(project)["users"]["rows_in"] == 1, "the position came back with the table"
+    assert _rows(project, "raw.users") == [(1, "u1"), (2, "u2"), (5, "u5")]
+
+
+def test_register_refuses_two_metadata_files_of_the_newest_version(project: Path) -> None:
+    t = _invoke(project, "show", "raw.events")[1]
+    meta = Path(t["location"].removeprefix("file://")) / "metadata"
+    newest = max(meta.glob("*.metadata.json"))
+    version = newest.name.split("-", 1)[0]
+    shutil.copy(newest, meta / f"{version}-00000000-0000-0000-0000-000000000000.metadata.json")  # a lost race's file
+    con = sqlite3.connect(project / ".icefield" / "catalog.db")
+    con.execute("delete from iceberg_tables where table_name = 'events'")
+    con.commit()
+    con.close()
+    code, err = _invoke(project, "catalog", "register", "raw.events")
+    assert code == EXIT_USAGE and "--metadata-file" in err["error"] and version in err["error"]
+    code, reg = _invoke(project, "catalog", "register", "raw.events", "--metadata-file", str(newest))
+    assert code == 0 and reg["metadata_location"] == str(newest)
+
+
+def test_verify_passes_a_fresh_backup_and_reports_moved_and_broken_tables(project: Path, tmp_path: Path) -> None:
+    path = _invoke(project, "catalog", "backup", str(tmp_path / "b"))[1]["path"]
+    code, ok = _invoke(project, "catalog", "verify", path)
+    assert code == 0, ok
+    assert {t["table"]: t["status"] for t in ok["tables"]}["raw.users"] == "ok"
+    (users,) = [t for t in ok["tables"] if t["table"] == "raw.users"]
+    assert users["restored_rows"] == users["live_rows"] == 2
+
+    _drop(project, "events", "b", [(3, "b3")])
+    _ran(project)  # raw.events moves on after the backup
+    code, doc = _invoke(project, "catalog", "verify", path)
+    assert code == EXIT_FAILED
+    status = {t["table"]: t for t in doc["tables"]}
+    assert status["raw.events"]["status"] == "moved" and "take a new backup" in status["raw.events"]["message"]
+    assert status["raw.events"]["restored_rows"] == 2 and status["raw.users"]["status"] == "ok"
+
+    backup = json.loads(Path(path).read_text())
+    (u,) = [t for t in backup["tables"] if t["table"] == "raw.users"]
+    Path(u["metadata_location"].removeprefix("file://")).unlink()  # the backup now points at a deleted file
+    code, doc = _invoke(project, "catalog", "verify", path)
+    status = {t["table"]: t for t in doc["tables"]}
+    assert code == EXIT_FAILED and status["raw.users"]["status"] == "unreadable"
+    assert "icefield catalog register raw.users" in status["raw.users"]["message"]
