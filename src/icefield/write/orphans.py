@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from icefield.config.ages import DEFAULT_ORPHAN_AGE, parse_age
+from icefield.errors import TransientError
 from icefield.iceberg.storage import list_files, path_key
 from icefield.iceberg.tables import load_existing
 from icefield.write.expire import delete_paths
@@ -41,6 +42,7 @@ FOLDERS = ("data", "metadata")
 """The folders under a table's location that cleanup looks in (anything else there is left alone)."""
 
 VERSION_HINT = "version-hint.text"
+ATTEMPTS = 5
 
 
 @dataclass
@@ -75,25 +77,24 @@ def remove_orphans(
     age = parse_age(older_than)
     started = time.perf_counter()
     cutoff = time.time() - age  # before listing: a file written after the cleanup started is never old enough
-    table = load_existing(catalog, table_name)
+    table = load_existing(catalog, table_name)  # only for its location and file IO
     result = OrphanResult(table=table_name, older_than_seconds=age, dry_run=dry_run)
     location = table.metadata.location.rstrip("/")
     listed = [f for folder in FOLDERS for f in list_files(table.io, f"{location}/{folder}")]
     result.files_listed = len(listed)
 
     # Loaded after the listing: whatever a commit that landed before the listing wrote is reached here.
-    table = load_existing(catalog, table_name)
     manifests: dict[str, list[str]] = {}
-    reached = reachable_files(table, manifests)
+    table, reached = _reach(catalog, table_name, manifests)
     candidates = [f for f in listed if path_key(f.uri) not in reached and not f.uri.endswith(VERSION_HINT)]
     result.files_reachable = len(listed) - len(candidates)
     old = [f for f in candidates if f.mtime < cutoff]
     result.too_young = len(candidates) - len(old)
     if old and not dry_run:
         # A commit may have landed since: reach its metadata too (the manifests already read are reused).
-        latest = load_existing(catalog, table_name)
+        latest, more = _reach(catalog, table_name, manifests)
         if latest.metadata_location != table.metadata_location:
-            reached |= reachable_files(latest, manifests)
+            reached |= more
             old = [f for f in old if path_key(f.uri) not in reached]
     result.orphans = len(old)
     result.orphan_bytes = sum(f.size for f in old)
@@ -103,6 +104,24 @@ def remove_orphans(
         log.info("removed %d orphan files (%d bytes) of %s older than %.0f s", result.files_deleted, result.bytes_deleted, table_name, age)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _reach(catalog: Catalog, table_name: str, manifests: dict[str, list[str]]) -> tuple[Table, set[str]]:
+    """The table freshly loaded and what it reaches. A snapshot expired meanwhile has its manifest list or
+    manifests deleted under the reading: the table is loaded again and read again."""
+    error: FileNotFoundError | None = None
+    for _ in range(ATTEMPTS):
+        table = load_existing(catalog, table_name)
+        try:
+            return table, reachable_files(table, manifests)
+        except FileNotFoundError as e:
+            log.info("a file %s names went missing while it was read (an expiry meanwhile): reading it again: %s", table_name, e)
+            error = e
+    raise TransientError(
+        f"orphan cleanup of {table_name}: a manifest the table's metadata names was missing in each of {ATTEMPTS} reads "
+        f"({error}); nothing was deleted. Run it again once expiry is done; if it persists the table lost a file: "
+        f"check `icefield show {table_name}`"
+    ) from error
 
 
 def reachable_files(table: Table, manifests: dict[str, list[str]] | None = None) -> set[str]:
