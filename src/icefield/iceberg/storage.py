@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
+from icefield.errors import ConfigError
 from icefield.iceberg.tables import reaching_storage
 
 if TYPE_CHECKING:
@@ -47,12 +48,15 @@ def list_files(io: FileIO, location: str) -> list[StoredFile]:
 
     Lists through ``io``'s pyarrow filesystem for the location's scheme. Raises
     :class:`~icefield.errors.TransientError` when the store cannot be reached, ``OSError`` for other
-    storage errors, and ``TypeError`` for a FileIO that cannot list (not pyarrow's)."""
+    storage errors, and :class:`~icefield.errors.ConfigError` for a FileIO that cannot list (not pyarrow's)."""
     from pyarrow import fs as pafs
     from pyiceberg.io.pyarrow import PyArrowFileIO
 
     if not isinstance(io, PyArrowFileIO):
-        raise TypeError(f"listing needs pyiceberg's PyArrowFileIO, not {type(io).__name__}: set py-io-impl to pyiceberg.io.pyarrow.PyArrowFileIO")
+        raise ConfigError(
+            f"listing {location} needs pyiceberg's PyArrowFileIO, not {type(io).__name__}: set the catalog property "
+            "py-io-impl to pyiceberg.io.pyarrow.PyArrowFileIO"
+        )
     scheme, netloc, path = io.parse_location(location, io.properties)
     filesystem = io.fs_by_scheme(scheme, netloc)
     base = location.rstrip("/")
