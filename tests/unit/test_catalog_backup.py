@@ -207,3 +207,28 @@ def test_verify_passes_a_fresh_backup_and_reports_moved_and_broken_tables(projec
     status = {t["table"]: t for t in doc["tables"]}
     assert code == EXIT_FAILED and status["raw.users"]["status"] == "unreadable"
     assert "icefield catalog register raw.users" in status["raw.users"]["message"]
+
+
+def test_restore_newest_keeps_the_commits_made_after_the_backup(project: Path, tmp_path: Path) -> None:
+    path = _invoke(project, "catalog", "backup", str(tmp_path / "b"))[1]["path"]
+    _drop(project, "events", "b", [(3, "b3")])
+    _ran(project)  # committed after the backup
+    _destroy_catalog(project)
+
+    code, restored = _invoke(project, "catalog", "restore", path, "--newest")
+    assert code == 0, restored
+    newer = {t["table"]: t["newer_than_backup"] for t in restored["tables"]}
+    assert newer["raw.events"] is True and newer["raw.users"] is False
+    assert _rows(project, "raw.events") == [(1, "a1"), (2, "a2"), (3, "b3")]
+    assert _ran(project)["events"]["rows_in"] == 0, "b.jsonl is in the restored position: not read again"
+
+
+def test_restoring_an_older_backup_lands_the_later_batches_again_exactly_once(project: Path, tmp_path: Path) -> None:
+    path = _invoke(project, "catalog", "backup", str(tmp_path / "b"))[1]["path"]
+    _drop(project, "events", "b", [(3, "b3")])
+    _ran(project)  # committed after the backup: the restored table does not hold it
+    _destroy_catalog(project)
+    assert _invoke(project, "catalog", "restore", path)[0] == 0
+    assert _rows(project, "raw.events") == [(1, "a1"), (2, "a2")]
+    assert _ran(project)["events"]["rows_in"] == 1, "the restored position lacks b.jsonl: it is read again"
+    assert _rows(project, "raw.events") == [(1, "a1"), (2, "a2"), (3, "b3")]

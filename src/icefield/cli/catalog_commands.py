@@ -55,18 +55,22 @@ def _open_target(out: Output, into: str | None) -> Any:
 @click.argument("backup", type=str)
 @click.option("--into", default=None, help="Restore into the SQL catalog at this URI (e.g. sqlite:///restored.db) instead of the project's.")
 @click.option("--force", is_flag=True, help="Restore into a catalog that holds tables: the backup's tables are registered over them.")
+@click.option(
+    "--newest", is_flag=True,
+    help="Register each table at the newest metadata file under its location instead of the backup's (keeps the commits made after the backup).",
+)
 @json_option
 @pass_out
 @guarded
-def catalog_restore(out: Output, backup: str, into: str | None, force: bool) -> None:
+def catalog_restore(out: Output, backup: str, into: str | None, force: bool, newest: bool) -> None:
     """Rebuild a catalog from BACKUP (a backup file, or the folder of backups: its newest) by registering
-    each table at its metadata location. Refuses a catalog that holds tables unless --force. Exit 1 when a
-    table could not be restored."""
+    each table at its metadata location (with --newest: at its newest metadata file). Refuses a catalog
+    that holds tables unless --force. Exit 1 when a table could not be restored."""
     from icefield.write.backups import read_backup, restore_catalog
 
     path, doc = read_backup(backup)
     target = _open_target(out, into)
-    res = restore_catalog(target, doc, force=force, backup=str(path))
+    res = restore_catalog(target, doc, force=force, newest=newest, backup=str(path))
     failed = res.failed
     if out.as_json:
         out.emit({"status": "failed" if failed else "ok", "backup": res.backup, "created_at": doc.get("created_at"), "namespaces": res.namespaces, "tables": res.tables})

@@ -232,8 +232,10 @@ class RestoreResult:
         return [t for t in self.tables if t["status"] == "failed"]
 
 
-def restore_catalog(catalog: Catalog, doc: dict[str, Any], *, force: bool = False, backup: str = "") -> RestoreResult:
-    """Register the namespaces (with their properties) and tables of the backup ``doc`` into ``catalog``.
+def restore_catalog(catalog: Catalog, doc: dict[str, Any], *, force: bool = False, newest: bool = False, backup: str = "") -> RestoreResult:
+    """Register the namespaces (with their properties) and tables of the backup ``doc`` into ``catalog``:
+    each table at the backup's metadata file, or with ``newest`` at the newest metadata file under its
+    location (see :func:`newest_metadata`: the commits made after the backup are kept).
 
     Refuses (:class:`ConfigError`, nothing changed) a catalog that holds tables, unless ``force``: then a
     table already there at the backup's metadata stays, one at another metadata is replaced (only its
@@ -261,6 +263,12 @@ def restore_catalog(catalog: Catalog, doc: dict[str, Any], *, force: bool = Fals
         name, location = entry["table"], entry["metadata_location"]
         item: dict[str, Any] = {"table": name, "metadata_location": location}
         try:
+            if newest:
+                from pyiceberg.io import load_file_io
+
+                table_location = entry["location"].rstrip("/")
+                location = newest_metadata(load_file_io(catalog.properties, table_location), table_location, name)
+                item.update(metadata_location=location, newer_than_backup=location != entry["metadata_location"])
             ensure_namespace(catalog, ident[:-1])
             current = load_table(catalog, ident)
             if current is not None and current.metadata_location == location:
