@@ -76,7 +76,13 @@ def catalog_restore(out: Output, backup: str, into: str | None, force: bool, new
         out.emit({"status": "failed" if failed else "ok", "backup": res.backup, "created_at": doc.get("created_at"), "namespaces": res.namespaces, "tables": res.tables})
     else:
         out.print("Restored from {backup} (taken {created}):", backup=res.backup, created=doc.get("created_at"))
-        out.table("Tables", ["table", "status", "metadata", "error"], [[t["table"], t["status"], t["metadata_location"], t.get("error", "")] for t in res.tables])
+        out.table(
+            "Tables", ["table", "status", "metadata", *(["newer than the backup"] if newest else []), "error"],
+            [
+                [t["table"], t["status"], t["metadata_location"], *(["yes" if t.get("newer_than_backup") else ""] if newest else []), t.get("error", "")]
+                for t in res.tables
+            ],
+        )
     if failed:
         raise SystemExit(EXIT_FAILED)
 
