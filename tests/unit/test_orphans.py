@@ -71,7 +71,9 @@ def test_a_failed_commits_files_go_once_older_than_the_guard_and_fresh_ones_stay
     old_orphans = _failed_commit(w, "old")
     junk_manifest = Path(w.load().metadata.location.removeprefix("file://")) / "metadata" / "snap-crashed.avro"  # type: ignore[union-attr]
     junk_manifest.write_bytes(b"x" * 100)
-    for p in [*old_orphans, junk_manifest]:
+    checksum = junk_manifest.parent / f".{Path(w.load().metadata_location).name}.crc"  # type: ignore[union-attr]
+    checksum.write_bytes(b"crc")  # Hadoop's checksum of a reached file: kept with it
+    for p in [*old_orphans, junk_manifest, checksum]:
         os.utime(p, (OLD, OLD))
     fresh = _failed_commit(w, "fresh")  # a commit in flight: unreached, but new
     on_disk = _files(tmp_path)
@@ -85,6 +87,7 @@ def test_a_failed_commits_files_go_once_older_than_the_guard_and_fresh_ones_stay
     assert res.files_deleted == len(old_orphans) + 1 and res.bytes_deleted == dry.orphan_bytes
     assert _files(tmp_path) == on_disk - {*old_orphans, junk_manifest}
     assert all(p.exists() for p in fresh), "a file newer than the guard is never taken"
+    assert checksum.exists()
     assert _every_snapshot(w) == before
     assert remove_orphans(w.catalog, "t.e").files_deleted == 0, "a second cleanup finds nothing"
 
@@ -224,3 +227,13 @@ def test_maintenance_removes_orphans_after_expiry_and_says_so(lake: Any) -> None
     done = [e for e in seen if isinstance(e, MaintenanceDone) and e.operation == "orphans"]
     assert done and sum(e.files_removed for e in done) == 1 and not junk.exists()
     assert sorted(r["id"] for r in lk.rows("raw.e")) == [1, 2, 3, 4, 5]
+
+
+def test_orphans_in_maintenance_need_a_compaction_and_an_age(make_project: Any) -> None:
+    from icefield.config import load_project
+
+    source = {"type": "files", "path": "data/*.jsonl", "format": "jsonl", "columns": {"id": "long"}}
+    for maintenance, expected in (({"orphans_older_than": "3d"}, "set 'compact_every' too"), ({"compact_every": 5, "orphans_older_than": "later"}, "'later'")):
+        root = make_project({"e": {"source": source, "target": {"table": "raw.e", "maintenance": maintenance}}})
+        with pytest.raises(ConfigError, match=expected):
+            load_project(root, env={})

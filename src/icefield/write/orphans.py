@@ -43,6 +43,8 @@ FOLDERS = ("data", "metadata")
 
 VERSION_HINT = "version-hint.text"
 ATTEMPTS = 5
+SHORT_GUARD = 3600.0
+"""A guard shorter than this gets a warning: a Spark job's commit can take that long."""
 
 
 @dataclass
@@ -75,6 +77,11 @@ def remove_orphans(
     ``dry_run`` only count them. Returns the counts. Raises :class:`~icefield.errors.ConfigError` for an
     unknown table or a bad age, :class:`~icefield.errors.TransientError` when the store is unreachable."""
     age = parse_age(older_than)
+    if age < SHORT_GUARD:
+        log.warning(
+            "orphan cleanup of %s with a guard of %.0f s: the files of a commit in flight that takes longer are deleted; "
+            "use it only while nothing writes the table", table_name, age,
+        )
     started = time.perf_counter()
     cutoff = time.time() - age  # before listing: a file written after the cleanup started is never old enough
     table = load_existing(catalog, table_name)  # only for its location and file IO
@@ -86,7 +93,7 @@ def remove_orphans(
     # Loaded after the listing: whatever a commit that landed before the listing wrote is reached here.
     manifests: dict[str, list[str]] = {}
     table, reached = _reach(catalog, table_name, manifests)
-    candidates = [f for f in listed if path_key(f.uri) not in reached and not f.uri.endswith(VERSION_HINT)]
+    candidates = [f for f in listed if not _kept(f.uri, reached)]
     result.files_reachable = len(listed) - len(candidates)
     old = [f for f in candidates if f.mtime < cutoff]
     result.too_young = len(candidates) - len(old)
@@ -95,7 +102,7 @@ def remove_orphans(
         latest, more = _reach(catalog, table_name, manifests)
         if latest.metadata_location != table.metadata_location:
             reached |= more
-            old = [f for f in old if path_key(f.uri) not in reached]
+            old = [f for f in old if not _kept(f.uri, reached)]
     result.orphans = len(old)
     result.orphan_bytes = sum(f.size for f in old)
     if old and not dry_run:
@@ -104,6 +111,15 @@ def remove_orphans(
         log.info("removed %d orphan files (%d bytes) of %s older than %.0f s", result.files_deleted, result.bytes_deleted, table_name, age)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _kept(uri: str, reached: set[str]) -> bool:
+    """True when ``uri`` is reached, is a version hint, or is the checksum (``.name.crc``, written beside
+    each file by Hadoop's local filesystem) of a reached file."""
+    if path_key(uri) in reached or uri.endswith(VERSION_HINT):
+        return True
+    folder, _, name = uri.rpartition("/")
+    return name.startswith(".") and name.endswith(".crc") and path_key(f"{folder}/{name[1:-4]}") in reached
 
 
 def _reach(catalog: Catalog, table_name: str, manifests: dict[str, list[str]]) -> tuple[Table, set[str]]:
