@@ -9,9 +9,11 @@ tables come back with their history and every pipeline resumes where the backup 
 - :func:`backup_catalog` writes one new file per backup (``icefield-catalog-<UTC time>.json``, never over
   an earlier one) holding a format version, the time, the catalog's name and warehouse, the namespaces and
   each table's metadata location, location, properties, current snapshot and snapshot ids. It is
-  *consistent*: the tables are read, then every table's metadata location (and the list of tables) is read
-  again; when something moved, the whole read is done again. Locations never come back once left, so when
-  the second read equals the first, every location was current at one instant between the two reads.
+  *consistent*: every location in it was current at one instant. A SQL catalog's table rows are read in
+  one statement (the database gives them as of one instant) and the metadata files they name never
+  change. Other catalogs are read table by table, then every table's metadata location (and the list of
+  tables) is read again, and the whole read is done again when something moved: locations never come back
+  once left, so when the second read equals the first, every location was current at one instant between.
 - :func:`restore_catalog` registers the backup's namespaces and tables into a catalog (refusing one that
   holds tables unless ``force``).
 - :func:`verify_backup` compares the tables of a catalog restored from a backup with the live ones.
@@ -132,6 +134,48 @@ def _write_new(folder: Path, now: dt.datetime, text: str) -> Path:
 
 def _consistent_tables(catalog: Catalog) -> tuple[list[dict[str, Any]], int]:
     """Every table's entry, all current at one instant (see the module doc), and the reads it took."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    if isinstance(catalog, SqlCatalog):
+        return _sql_tables(catalog), 1
+    return _reread_tables(catalog)
+
+
+def _sql_tables(catalog: Any) -> list[dict[str, Any]]:
+    """The tables of a SQL catalog from one SELECT of its table rows: the database gives every row as it was
+    at one instant, however many commits land meanwhile; the metadata files they name never change."""
+    from pyiceberg.catalog import Catalog as PyCatalog
+    from pyiceberg.catalog.sql import IcebergTables
+    from pyiceberg.io import load_file_io
+    from pyiceberg.serializers import FromInputFile
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.orm import Session
+
+    stmt = select(IcebergTables.table_namespace, IcebergTables.table_name, IcebergTables.metadata_location).where(
+        IcebergTables.catalog_name == catalog.name
+    )
+    if (type_filter := catalog._iceberg_type_filter()) is not None:  # views of other engines are not tables
+        stmt = stmt.where(type_filter)
+    try:
+        with Session(catalog.engine) as session:
+            rows = session.execute(stmt).all()
+    except SQLAlchemyError as e:
+        raise TransientError(f"reading the tables of catalog {catalog.name!r} failed ({type(e).__name__}); run it again") from None
+    entries = []
+    for namespace, name, location in sorted(rows, key=lambda r: (r[0], r[1])):
+        if not location:
+            continue  # a row without metadata is no table pyiceberg loads either
+        ident = (*PyCatalog.identifier_to_tuple(namespace), name)
+        io = load_file_io(catalog.properties, location)
+        with reaching_storage(f"reading the metadata of {'.'.join(ident)}"):
+            md = FromInputFile.table_metadata(io.new_input(location))
+        entries.append(_entry_of(ident, location, md))
+    return entries
+
+
+def _reread_tables(catalog: Catalog) -> tuple[list[dict[str, Any]], int]:
+    """For catalogs without one statement that reads every table: read, read again, compare."""
     for n in range(1, MAX_ROUNDS + 1):
         idents = list_tables(catalog)
         entries: list[dict[str, Any]] = []
@@ -155,11 +199,14 @@ def _location(catalog: Catalog, ident: tuple[str, ...]) -> str | None:
 
 
 def _entry(ident: tuple[str, ...], table: Table) -> dict[str, Any]:
-    md = table.metadata
+    return _entry_of(ident, table.metadata_location, table.metadata)
+
+
+def _entry_of(ident: tuple[str, ...], metadata_location: str, md: Any) -> dict[str, Any]:
     return {
         "table": ".".join(ident),
         "identifier": list(ident),
-        "metadata_location": table.metadata_location,
+        "metadata_location": metadata_location,
         "location": md.location,
         "format_version": md.format_version,
         "current_snapshot_id": md.current_snapshot_id,
@@ -171,12 +218,15 @@ def _entry(ident: tuple[str, ...], table: Table) -> dict[str, Any]:
 
 def _namespaces(catalog: Catalog) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    todo = list(catalog.list_namespaces())
+    todo = [tuple(n) for n in catalog.list_namespaces()]
+    seen = set(todo)
     while todo:
-        ns = tuple(todo.pop(0))
+        ns = todo.pop(0)
         out.append({"namespace": list(ns), "properties": dict(catalog.load_namespace_properties(ns))})
         with contextlib.suppress(NotImplementedError):  # a catalog without nested namespaces
-            todo.extend(tuple(c) for c in catalog.list_namespaces(ns) if tuple(c) != ns)
+            children = [tuple(c) for c in catalog.list_namespaces(ns)]
+            todo.extend(c for c in children if c not in seen)
+            seen.update(children)
     return sorted(out, key=lambda d: d["namespace"])
 
 
