@@ -261,3 +261,51 @@ def test_restoring_an_older_backup_lands_the_later_batches_again_exactly_once(pr
     assert _rows(project, "raw.events") == [(1, "a1"), (2, "a2")]
     assert _ran(project)["events"]["rows_in"] == 1, "the restored position lacks b.jsonl: it is read again"
     assert _rows(project, "raw.events") == [(1, "a1"), (2, "a2"), (3, "b3")]
+
+
+LOCKSTEP = r"""
+import sys
+from pathlib import Path
+import pyarrow as pa
+from icefield.catalog import sql_catalog
+from icefield.config.models import TargetConfig
+from icefield.engines.local import LocalEngine
+from icefield.write import TableWriter
+root, rounds = Path(sys.argv[1]), int(sys.argv[2])
+cat = sql_catalog("icefield", f"sqlite:///{root / 'c.db'}", (root / "wh").as_uri())
+writers = [TableWriter(cat, TargetConfig(table=f"t.{n}", mode="append"), n, LocalEngine()) for n in ("a", "b")]
+for r in range(rounds):  # t.a always commits batch r before t.b does
+    for w in writers:
+        w.commit(pa.table({"r": pa.array([r], pa.int64())}), f"r{r}", {"r": r}, "run")
+    (root / "progress").write_text(str(r))
+"""
+
+
+def test_backups_taken_while_another_process_commits_are_never_torn(tmp_path: Path) -> None:
+    """A process commits to t.a then t.b, round after round; every backup taken meanwhile holds t.a at the
+    same round as t.b or one ahead, never behind (a torn backup would read t.a before a round and t.b
+    after it)."""
+    import os
+    import subprocess
+    import sys
+
+    from icefield.catalog import sql_catalog
+    from icefield.write.backups import backup_catalog
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
+    child = subprocess.Popen([sys.executable, "-c", LOCKSTEP, str(tmp_path), "40"], env=env, stderr=subprocess.PIPE, text=True)
+    cat = sql_catalog("icefield", f"sqlite:///{tmp_path / 'c.db'}", (tmp_path / "wh").as_uri())
+    gaps = []
+    try:
+        while child.poll() is None:
+            if not (tmp_path / "progress").exists():
+                continue
+            doc = json.loads(Path(backup_catalog(cat, tmp_path / "backups").path).read_text())
+            n = {t["table"]: len(t["snapshot_ids"]) for t in doc["tables"]}
+            gaps.append(n["t.a"] - n["t.b"])
+    finally:
+        _, err = child.communicate(timeout=120)
+        cat.engine.dispose()  # type: ignore[attr-defined]
+    assert child.returncode == 0, err
+    assert len(gaps) >= 3, f"only {len(gaps)} backups were taken while the writer ran"
+    assert set(gaps) <= {0, 1}, f"torn backups: t.a minus t.b snapshots = {sorted(set(gaps))}"
