@@ -237,3 +237,20 @@ def test_orphans_in_maintenance_need_a_compaction_and_an_age(make_project: Any) 
         root = make_project({"e": {"source": source, "target": {"table": "raw.e", "maintenance": maintenance}}})
         with pytest.raises(ConfigError, match=expected):
             load_project(root, env={})
+
+
+def test_a_location_another_table_shares_is_refused_and_nothing_is_deleted(tmp_path: Path) -> None:
+    w = _writer(tmp_path)
+    _merge(w, range(5), "a")
+    t = w.load()
+    assert t is not None
+    w.catalog.register_table(("t", "twin"), t.metadata_location)  # a second name for the same files
+    twin = TableWriter(w.catalog, TargetConfig(table="t.twin", mode="append"), "p2", LocalEngine())
+    twin.commit(pa.table({"k": [100], "v": ["twin"]}, schema=SCHEMA), "x", None, "r")  # files t.e does not reach
+    _age_everything(tmp_path)
+    kept = _files(tmp_path)
+
+    with pytest.raises(ConfigError, match="table t.twin keeps its metadata under this table's location"):
+        remove_orphans(w.catalog, "t.e", older_than=0)
+    assert _files(tmp_path) == kept
+    assert sorted(r["k"] for r in w.catalog.load_table("t.twin").scan().to_arrow().to_pylist()) == [0, 1, 2, 3, 4, 100]

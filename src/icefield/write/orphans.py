@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from icefield.config.ages import DEFAULT_ORPHAN_AGE, parse_age
-from icefield.errors import TransientError
+from icefield.errors import ConfigError, TransientError
 from icefield.iceberg.storage import list_files, path_key
-from icefield.iceberg.tables import load_existing
+from icefield.iceberg.tables import load_existing, load_table
 from icefield.write.expire import delete_paths
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ def remove_orphans(
     manifests: dict[str, list[str]] = {}
     table, reached = _reach(catalog, table_name, manifests)
     candidates = [f for f in listed if not _kept(f.uri, reached)]
+    _refuse_shared_location(catalog, table_name, [f.uri for f in candidates if f.uri.endswith(".metadata.json")])
     result.files_reachable = len(listed) - len(candidates)
     old = [f for f in candidates if f.mtime < cutoff]
     result.too_young = len(candidates) - len(old)
@@ -111,6 +112,47 @@ def remove_orphans(
         log.info("removed %d orphan files (%d bytes) of %s older than %.0f s", result.files_deleted, result.bytes_deleted, table_name, age)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _refuse_shared_location(catalog: Catalog, table_name: str, unreached_metadata: list[str]) -> None:
+    """Refuse (:class:`ConfigError`) when one of ``unreached_metadata`` is the current metadata file of a
+    table of the catalog: another table (or another name of this one) keeps its files under this table's
+    location, and what this table does not reach may be that table's."""
+    if not unreached_metadata:
+        return
+    # This table's own current file is one when a commit landed after it was loaded: not another table's.
+    current = {k: name for k, name in _current_metadata(catalog).items() if name != table_name}
+    shared = sorted(u for u in unreached_metadata if path_key(u) in current)
+    if shared:
+        raise ConfigError(
+            f"orphan cleanup of {table_name}: table {current[path_key(shared[0])]} keeps its metadata under this table's location "
+            f"({shared[0]}), so files this table does not reach may be that table's; nothing was deleted. Give each table "
+            "its own location (register one of them again elsewhere), then clean up"
+        )
+
+
+def _current_metadata(catalog: Catalog) -> dict[str, str]:
+    """The current metadata file of every table of the catalog (key -> ``namespace.table``): one statement for a SQL
+    catalog, else each table loaded."""
+    from pyiceberg.catalog.sql import IcebergTables, SqlCatalog
+
+    if isinstance(catalog, SqlCatalog):
+        from sqlalchemy import select
+        from sqlalchemy.orm import Session
+
+        stmt = select(IcebergTables.table_namespace, IcebergTables.table_name, IcebergTables.metadata_location).where(
+            IcebergTables.catalog_name == catalog.name
+        )
+        with Session(catalog.engine) as session:
+            return {path_key(loc): f"{ns}.{name}" for ns, name, loc in session.execute(stmt).all() if loc}
+    from icefield.catalog import list_tables
+
+    out = {}
+    for ident in list_tables(catalog):
+        table = load_table(catalog, ident)
+        if table is not None and table.metadata_location:
+            out[path_key(table.metadata_location)] = ".".join(ident)
+    return out
 
 
 def _kept(uri: str, reached: set[str]) -> bool:
