@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from icefield.errors import ConfigError
+from icefield.errors import ConfigError, TerminalError
 from icefield.iceberg.tables import reaching_storage
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ def list_files(io: FileIO, location: str) -> list[StoredFile]:
     """Every file under the folder (or prefix) ``location``, recursively; [] when there is none.
 
     Lists through ``io``'s pyarrow filesystem for the location's scheme. Raises
-    :class:`~icefield.errors.TransientError` when the store cannot be reached, ``OSError`` for other
-    storage errors, and :class:`~icefield.errors.ConfigError` for a FileIO that cannot list (not pyarrow's)."""
+    :class:`~icefield.errors.TransientError` when the store cannot be reached,
+    :class:`~icefield.errors.TerminalError` for other storage errors, and :class:`~icefield.errors.ConfigError` for a FileIO that cannot list (not pyarrow's)."""
     from pyarrow import fs as pafs
     from pyiceberg.io.pyarrow import PyArrowFileIO
 
@@ -61,11 +61,13 @@ def list_files(io: FileIO, location: str) -> list[StoredFile]:
     filesystem = io.fs_by_scheme(scheme, netloc)
     base = location.rstrip("/")
     root = path.rstrip("/")
-    with reaching_storage(f"listing {location}"):
-        try:
+    try:
+        with reaching_storage(f"listing {location}"):
             infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-        except FileNotFoundError:
-            return []
+    except FileNotFoundError:
+        return []
+    except OSError as e:  # a refused permission, a bad bucket: a retry cannot help
+        raise TerminalError(f"listing {location} failed: {e}; check that the warehouse can be read there") from e
     out: list[StoredFile] = []
     for info in infos:
         if info.type != pafs.FileType.File:
