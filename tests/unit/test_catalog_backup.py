@@ -115,6 +115,13 @@ def test_backups_are_versioned_files_never_overwritten_and_restore_refuses_a_cat
 
     code, err = _invoke(project, "catalog", "backup", "s3://bucket/backups")
     assert code == EXIT_USAGE and "local folder" in err["error"]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**doc, "tables": [{"table": "raw.users"}]}))
+    code, err = _invoke(project, "catalog", "restore", str(broken), "--force")
+    assert code == EXIT_USAGE and "metadata_location" in err["error"]
+    broken.write_text(json.dumps({**doc, "format_version": 99}))
+    code, err = _invoke(project, "catalog", "verify", str(broken))
+    assert code == EXIT_USAGE and "newer icefield" in err["error"]
 
     into = tmp_path / "other.db"
     code, other = _invoke(project, "catalog", "restore", first["path"], "--into", f"sqlite:///{into}")

@@ -262,6 +262,12 @@ def read_backup(source: str | Path) -> tuple[Path, dict[str, Any]]:
     version = doc.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ConfigError(f"backup {path}: format_version {version!r} is newer than this icefield reads ({FORMAT_VERSION}); restore it with a newer icefield")
+    tables, namespaces = doc.get("tables"), doc.get("namespaces")
+    keys = ("table", "identifier", "metadata_location", "location")
+    if not isinstance(tables, list) or not all(isinstance(t, dict) and all(k in t for k in keys) for t in tables):
+        raise ConfigError(f"backup {path}: \"tables\" must list entries with {', '.join(keys)}; the file was changed or cut short, use another backup")
+    if not isinstance(namespaces, list) or not all(isinstance(n, dict) and isinstance(n.get("namespace"), list) for n in namespaces):
+        raise ConfigError(f"backup {path}: \"namespaces\" must list entries with a namespace; the file was changed or cut short, use another backup")
     return path, doc
 
 
