@@ -243,6 +243,10 @@ def test_verify_passes_a_fresh_backup_and_reports_moved_and_broken_tables(projec
     status = {t["table"]: t for t in doc["tables"]}
     assert code == EXIT_FAILED and status["raw.users"]["status"] == "unreadable"
     assert "icefield catalog register raw.users" in status["raw.users"]["message"]
+    code, doc = _invoke(project, "catalog", "restore", path, "--into", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    restored = {t["table"]: t["status"] for t in doc["tables"]}
+    assert code == EXIT_FAILED and doc["status"] == "failed"
+    assert restored == {"raw.events": "restored", "raw.events__quarantine": "restored", "raw.users": "failed"}, "one lost table does not stop the others"
 
 
 def test_restore_newest_keeps_the_commits_made_after_the_backup(project: Path, tmp_path: Path) -> None:
