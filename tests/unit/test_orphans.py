@@ -254,3 +254,19 @@ def test_a_location_another_table_shares_is_refused_and_nothing_is_deleted(tmp_p
         remove_orphans(w.catalog, "t.e", older_than=0)
     assert _files(tmp_path) == kept
     assert sorted(r["k"] for r in w.catalog.load_table("t.twin").scan().to_arrow().to_pylist()) == [0, 1, 2, 3, 4, 100]
+
+
+def test_a_table_that_lost_a_manifest_list_is_refused_not_cleaned(tmp_path: Path) -> None:
+    from icefield.errors import TerminalError
+
+    w = _writer(tmp_path)
+    _merge(w, range(5), "a")
+    _merge(w, range(5), "b")
+    t = w.load()
+    assert t is not None
+    Path(t.metadata.snapshots[0].manifest_list.removeprefix("file://")).unlink()  # a broken history
+    _age_everything(tmp_path)
+    kept = _files(tmp_path)
+    with pytest.raises(TerminalError, match="missing"):
+        remove_orphans(w.catalog, "t.e", older_than=0)
+    assert _files(tmp_path) == kept

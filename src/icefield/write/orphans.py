@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from icefield.config.ages import DEFAULT_ORPHAN_AGE, parse_age
-from icefield.errors import ConfigError, TransientError
+from icefield.errors import ConfigError, TerminalError, TransientError
 from icefield.iceberg.storage import list_files, path_key
 from icefield.iceberg.tables import load_existing, load_table
 from icefield.write.expire import delete_paths
@@ -168,13 +168,20 @@ def _reach(catalog: Catalog, table_name: str, manifests: dict[str, list[str]]) -
     """The table freshly loaded and what it reaches. A snapshot expired meanwhile has its manifest list or
     manifests deleted under the reading: the table is loaded again and read again."""
     error: FileNotFoundError | None = None
+    seen: str | None = None
     for _ in range(ATTEMPTS):
         table = load_existing(catalog, table_name)
         try:
             return table, reachable_files(table, manifests)
         except FileNotFoundError as e:
+            if seen == table.metadata_location:  # missing again in the same metadata: not an expiry meanwhile
+                raise TerminalError(
+                    f"orphan cleanup of {table_name}: a manifest list or manifest its metadata names is missing ({e}); "
+                    "nothing was deleted. The table lost a file (restored from an old backup whose snapshots were expired "
+                    f"since?): check `icefield catalog verify` and `icefield show {table_name}`"
+                ) from e
             log.info("a file %s names went missing while it was read (an expiry meanwhile): reading it again: %s", table_name, e)
-            error = e
+            error, seen = e, table.metadata_location
     raise TransientError(
         f"orphan cleanup of {table_name}: a manifest the table's metadata names was missing in each of {ATTEMPTS} reads "
         f"({error}); nothing was deleted. Run it again once expiry is done; if it persists the table lost a file: "
