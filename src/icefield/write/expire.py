@@ -215,17 +215,19 @@ def _count(result: ExpireResult, doomed: dict[str, tuple[bool, int]]) -> None:
     result.bytes_deleted = sum(size for _, size in doomed.values())
 
 
-def delete_paths(table: Table, paths: list[str]) -> None:
+def delete_paths(table: Table, paths: list[str]) -> list[str]:
     """Delete ``paths`` through the table's file IO, in parallel; a file that cannot be deleted is logged
-    and left (it costs space, not correctness)."""
+    and left (it costs space, not correctness). Returns the paths left."""
 
-    def one(path: str) -> None:
+    def one(path: str) -> str | None:
         try:
             table.io.delete(path)
         except FileNotFoundError:
             pass  # already gone: the goal holds
         except OSError as e:  # left behind costs space, not correctness
             log.warning("could not delete %s: %s", path, e)
+            return path
+        return None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(one, paths))
+        return [p for p in pool.map(one, paths) if p is not None]

@@ -107,8 +107,9 @@ def remove_orphans(
     result.orphans = len(old)
     result.orphan_bytes = sum(f.size for f in old)
     if old and not dry_run:
-        delete_paths(table, [f.uri for f in old])
-        result.files_deleted, result.bytes_deleted = result.orphans, result.orphan_bytes
+        left = set(delete_paths(table, [f.uri for f in old]))
+        result.files_deleted = sum(1 for f in old if f.uri not in left)
+        result.bytes_deleted = sum(f.size for f in old if f.uri not in left)
         log.info("removed %d orphan files (%d bytes) of %s older than %.0f s", result.files_deleted, result.bytes_deleted, table_name, age)
     result.seconds = time.perf_counter() - started
     return result
