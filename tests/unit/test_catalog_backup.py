@@ -299,6 +299,7 @@ def test_backups_taken_while_another_process_commits_are_never_torn(tmp_path: Pa
     import os
     import subprocess
     import sys
+    import time
 
     from icefield.catalog import sql_catalog
     from icefield.write.backups import backup_catalog
@@ -310,6 +311,7 @@ def test_backups_taken_while_another_process_commits_are_never_torn(tmp_path: Pa
     try:
         while child.poll() is None:
             if not (tmp_path / "progress").exists():
+                time.sleep(0.05)
                 continue
             doc = json.loads(Path(backup_catalog(cat, tmp_path / "backups").path).read_text())
             n = {t["table"]: len(t["snapshot_ids"]) for t in doc["tables"]}
