@@ -7,10 +7,14 @@ import re
 
 from icefield.errors import ConfigError
 
-__all__ = ["DEFAULT_AGE", "parse_age", "seconds_in"]
+__all__ = ["DEFAULT_AGE", "DEFAULT_ORPHAN_AGE", "parse_age", "seconds_in"]
 
 DEFAULT_AGE = "7d"
 """The age of the snapshots ``icefield expire`` removes when none is given."""
+
+DEFAULT_ORPHAN_AGE = "3d"
+"""The age guard of ``icefield orphans`` when none is given: far longer than any commit takes, so the files
+of a commit in flight are never taken."""
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -327,8 +327,12 @@ class MaintenanceConfig(_Model):
     # newest ``retain_last``.
     expire_older_than: str | None = None
     retain_last: int = Field(default=1, ge=1)
+    # After each compaction (and expiry), delete the table's orphan files older than this age
+    # (icefield.write.orphans): the age guards the files of a commit in flight, so keep it longer than
+    # any commit of any writer of the table takes (3d is safe; 0s only where nothing else writes it).
+    orphans_older_than: str | None = None
 
-    @field_validator("expire_older_than")
+    @field_validator("expire_older_than", "orphans_older_than")
     @classmethod
     def _age(cls, v: str | None) -> str | None:
         if v is not None:
@@ -342,8 +346,9 @@ class MaintenanceConfig(_Model):
 
     @model_validator(mode="after")
     def _expire_needs_compact(self) -> MaintenanceConfig:
-        if self.expire_older_than is not None and self.compact_every is None:
-            raise ValueError("'expire_older_than' runs after a compaction: set 'compact_every' too")
+        for key in ("expire_older_than", "orphans_older_than"):
+            if getattr(self, key) is not None and self.compact_every is None:
+                raise ValueError(f"'{key}' runs after a compaction: set 'compact_every' too")
         return self
 
 

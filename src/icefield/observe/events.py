@@ -191,7 +191,7 @@ class BatchPublished(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class MaintenanceDone(Event):
-    """Maintenance ran on a table between batches (``operation``: compact, expire)."""
+    """Maintenance ran on a table between batches (``operation``: compact, expire, orphans)."""
 
     kind: ClassVar[str] = "maintenance_done"
     table: str

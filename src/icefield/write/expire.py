@@ -4,7 +4,9 @@ Every copy-on-write merge, overwrite and compaction leaves the files it replaced
 so that time travel and readers of older snapshots keep working; without expiry a table's storage only
 grows (a streaming merge rewrites files every few seconds). ``expire_table`` removes the snapshots older
 than ``older_than`` from the table's metadata, as Iceberg's ``expireSnapshots`` does, and then deletes
-the files that only those snapshots reached: data and delete files, manifests and manifest lists.
+the files that only those snapshots reached: data and delete files, manifests and manifest lists, and
+the statistics (Puffin) and partition-statistics files that only those snapshots' entries name (Trino
+and Spark write them; their entries leave the metadata in the same commit).
 
 Always kept: the newest ``retain_last`` snapshots of ``main``; the head of every branch and tag; every
 snapshot of an audit branch that ``main`` has not published; every snapshot newer than the cutoff. A file
@@ -68,6 +70,7 @@ def expire_table(
     tried: list[_Expiry] = []  # the plan of the attempt in flight
 
     def attempt(table: Table) -> _Expiry:
+        from pyiceberg.table.update import RemovePartitionStatisticsUpdate
         from pyiceberg.table.update.snapshot import ExpireSnapshots
 
         cutoff_ms = int((time.time() - age) * 1000)
@@ -79,12 +82,17 @@ def expire_table(
         if not expired:
             return _Expiry(result, expired, planned, {})
         doomed = _unreachable(table, expired)
+        doomed.update(_statistics_only_of(table, expired))
         if dry_run:
             _count(result, doomed)
             return _Expiry(result, expired, planned, {})
         tried[:] = [_Expiry(result, expired, planned, doomed)]
         tx = table.transaction()
         ExpireSnapshots(transaction=tx).by_ids(sorted(expired)).commit()
+        # pyiceberg drops the expired snapshots' statistics entries, not their partition statistics.
+        gone_stats = sorted({p.snapshot_id for p in table.metadata.partition_statistics if p.snapshot_id in expired})
+        if gone_stats:
+            tx._apply(tuple(RemovePartitionStatisticsUpdate.model_validate({"snapshot-id": i}) for i in gone_stats))
         commit_transaction(tx)
         return tried[0]
 
@@ -108,6 +116,7 @@ def expire_table(
         # never delete what one of those reaches (the kept ones were accounted for in the plan).
         table = load_existing(catalog, table_name)
         still = _reachable(table, [s for s in table.metadata.snapshots if s.snapshot_id not in expiry.planned])
+        still.update(_statistics_paths(table))
         doomed = {p: v for p, v in expiry.doomed.items() if p not in still}
         _count(result, doomed)
         delete_paths(table, list(doomed))
@@ -167,6 +176,24 @@ def _unreachable(table: Table, expired: set[int]) -> dict[str, tuple[bool, int]]
     return out
 
 
+def _statistics_paths(table: Table) -> set[str]:
+    """The statistics (Puffin) and partition-statistics files the table's metadata names."""
+    md = table.metadata
+    return {s.statistics_path for s in [*md.statistics, *md.partition_statistics]}
+
+
+def _statistics_only_of(table: Table, expired: set[int]) -> dict[str, tuple[bool, int]]:
+    """The statistics and partition-statistics files only the ``expired`` snapshots' entries name (Trino
+    and Spark write them; a path another kept snapshot's entry names stays): path -> (False, size)."""
+    md = table.metadata
+    kept = {s.statistics_path for s in [*md.statistics, *md.partition_statistics] if s.snapshot_id not in expired}
+    return {
+        s.statistics_path: (False, s.file_size_in_bytes)
+        for s in [*md.statistics, *md.partition_statistics]
+        if s.snapshot_id in expired and s.statistics_path not in kept
+    }
+
+
 def _reachable(table: Table, snapshots: list[Any]) -> set[str]:
     """Every file ``snapshots`` reach: manifest lists, manifests, and their live data and delete files."""
     seen: set[str] = set()
@@ -188,17 +215,19 @@ def _count(result: ExpireResult, doomed: dict[str, tuple[bool, int]]) -> None:
     result.bytes_deleted = sum(size for _, size in doomed.values())
 
 
-def delete_paths(table: Table, paths: list[str]) -> None:
+def delete_paths(table: Table, paths: list[str]) -> list[str]:
     """Delete ``paths`` through the table's file IO, in parallel; a file that cannot be deleted is logged
-    and left (it costs space, not correctness)."""
+    and left (it costs space, not correctness). Returns the paths left."""
 
-    def one(path: str) -> None:
+    def one(path: str) -> str | None:
         try:
             table.io.delete(path)
         except FileNotFoundError:
             pass  # already gone: the goal holds
         except OSError as e:  # left behind costs space, not correctness
             log.warning("could not delete %s: %s", path, e)
+            return path
+        return None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(one, paths))
+        return [p for p in pool.map(one, paths) if p is not None]
