@@ -201,3 +201,24 @@ def test_the_tombstones_command_prunes_by_hand_and_refuses_a_bad_age(lake: Any) 
     assert lk.table("cdc.users" + TOMBSTONE_SUFFIX).scan().to_arrow().num_rows == 0
     res = CliRunner().invoke(cli, ["--project", str(lk.root), "tombstones", "cdc.users", "--older-than", "soon", "--json"])
     assert res.exit_code == EXIT_USAGE and "'soon'" in json.loads(res.stdout)["error"]
+
+
+def test_a_tombstone_recorded_while_the_prune_commits_is_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from icefield.write import tombstones
+
+    writer, now = deleted_old_and_new(tmp_path)
+    real, calls = tombstones._commit, []
+
+    def racing(table: Any, removed: list[Any], added: list[Any], res: Any) -> None:
+        calls.append(len(removed))
+        if len(calls) == 1:  # key 1 deleted again, at a newer version, after the prune read its old tombstone
+            writer.commit(events([(1, "back", 25, 13)]), "b3", None, "r")
+            writer.commit(events([(1, None, 26, 14)]), "b4", None, "r")
+        real(table, removed, added, res)
+
+    monkeypatch.setattr(tombstones, "_commit", racing)
+    res = prune_tombstones(writer.catalog, "cdc.t", older_than="1h", now=now)
+    assert len(calls) == 2, "the prune conflicted with the recording and replanned"
+    assert res.tombstones_removed == 1 and set(graves(writer)) == {1, 3}, "key 1's new tombstone stays, key 2's old one goes"
+    writer.commit(events([(1, "v1", 10, 1)]), "late", None, "r")
+    assert data(writer) == {4: "v4"}
