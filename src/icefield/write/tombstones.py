@@ -66,7 +66,11 @@ OPERATION = "tombstones"
 
 @dataclass
 class PruneResult:
-    """What a prune did (or, with ``dry_run``, would do) to ``table``'s tombstone table."""
+    """What a prune did (or, with ``dry_run``, would do) to ``table``'s tombstone table
+    (``tombstones_table``): ``tombstones_removed`` older than the horizon deleted; ``tombstones_kept``
+    newer ones written again because they shared a file with a removed one (files of newer tombstones only
+    are not read); ``tombstones_stamped`` of those without a recorded time, stamped now; ``snapshot_id`` is
+    the tombstone table's new snapshot (None: nothing was older, or ``dry_run``)."""
 
     table: str
     tombstones_table: str
