@@ -195,6 +195,8 @@ def test_the_tombstones_command_prunes_by_hand_and_refuses_a_bad_age(lake: Any) 
     lk.run("users")
     res = CliRunner().invoke(cli, ["--project", str(lk.root), "tombstones", "cdc.users", "--older-than", "30d", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["tombstones_removed"] == 0
+    res = CliRunner().invoke(cli, ["--project", str(lk.root), "tombstones", "cdc.users", "--older-than", "0s", "--dry-run"])
+    assert res.exit_code == 0 and "Would delete 1 tombstone(s) of cdc.users older than 0s" in res.stdout
     res = CliRunner().invoke(cli, ["--project", str(lk.root), "tombstones", "cdc.users", "--older-than", "0s", "--json"])
     doc = json.loads(res.stdout)
     assert res.exit_code == 0 and (doc["tombstones_removed"], doc["tombstones_table"]) == (1, "cdc.users" + TOMBSTONE_SUFFIX)
