@@ -169,3 +169,31 @@ def orphans(out: Output, table: str, older_than: str, dry_run: bool) -> None:
             "{files_reachable} reachable files kept, {too_young} unreached but newer files kept.",
             **{**vars(res), "table": table, "older_than": older_than},
         )
+
+
+@cli.command()
+@click.argument("table", type=TABLE)
+@click.option(
+    "--older-than", required=True,
+    help="Delete tombstones recorded longer ago than this (30d, 12h): longer than any source may redeliver an event.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@json_option
+@pass_out
+@guarded
+def tombstones(out: Output, table: str, older_than: str, dry_run: bool) -> None:
+    """Prune TABLE's tombstones (the deleted keys of a CDC merge, kept in TABLE__tombstones) recorded
+    longer ago than --older-than, in one commit. A redelivered older version of a key deleted before that
+    horizon is merged again (the key comes back); inside it, it stays deleted."""
+    from icefield.catalog import open_catalog
+    from icefield.write.tombstones import prune_tombstones
+
+    res = prune_tombstones(open_catalog(out.project()), table, older_than=older_than, dry_run=dry_run)
+    if out.as_json:
+        out.emit({"status": "ok", **vars(res)})
+    else:
+        out.print(
+            ("Would delete" if dry_run else "Deleted") + " {tombstones_removed} tombstone(s) of {table} older than {older_than}; "
+            "{tombstones_kept} newer ones kept in the files it rewrote.",
+            **{**vars(res), "table": table, "older_than": older_than},
+        )

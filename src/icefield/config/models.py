@@ -331,8 +331,12 @@ class MaintenanceConfig(_Model):
     # (icefield.write.orphans): the age guards the files of a commit in flight, so keep it longer than
     # any commit of any writer of the table takes (3d is safe; 0s only where nothing else writes it).
     orphans_older_than: str | None = None
+    # After each compaction (expiry and orphan cleanup), delete the tombstones of ``<table>__tombstones``
+    # recorded longer ago than this age (icefield.write.tombstones): keep it longer than any source may
+    # redeliver an event, since a redelivered older version of a key deleted before the horizon comes back.
+    tombstones_older_than: str | None = None
 
-    @field_validator("expire_older_than", "orphans_older_than")
+    @field_validator("expire_older_than", "orphans_older_than", "tombstones_older_than")
     @classmethod
     def _age(cls, v: str | None) -> str | None:
         if v is not None:
@@ -346,7 +350,7 @@ class MaintenanceConfig(_Model):
 
     @model_validator(mode="after")
     def _expire_needs_compact(self) -> MaintenanceConfig:
-        for key in ("expire_older_than", "orphans_older_than"):
+        for key in ("expire_older_than", "orphans_older_than", "tombstones_older_than"):
             if getattr(self, key) is not None and self.compact_every is None:
                 raise ValueError(f"'{key}' runs after a compaction: set 'compact_every' too")
         return self
@@ -424,6 +428,11 @@ class TargetConfig(_Model):
             raise ValueError("'delete_column', 'order_by' and 'keep_newest' only apply to mode 'merge'")
         if self.keep_newest and not self.order_by:
             raise ValueError("'keep_newest' needs 'order_by' (the columns that say which version is newer)")
+        if self.maintenance.tombstones_older_than is not None and not (self.keep_newest and self.delete_column):
+            raise ValueError(
+                "'maintenance.tombstones_older_than' prunes the tombstones of a merge with 'keep_newest' and "
+                "'delete_column' (a change data capture target); this target keeps none: remove the key"
+            )
         return self
 
 

@@ -17,6 +17,9 @@ from icefield.errors import ConfigError
 
 QUARANTINE_SUFFIX = "__quarantine"
 TOMBSTONE_SUFFIX = "__tombstones"
+# The column of ``<table>__tombstones`` that says when icefield recorded each tombstone (UTC): the age
+# the tombstone horizon (``target.maintenance.tombstones_older_than``) is counted from.
+TOMBSTONED_AT = "_tombstoned_at"
 RESERVED_SUFFIXES = (QUARANTINE_SUFFIX, TOMBSTONE_SUFFIX)
 
 

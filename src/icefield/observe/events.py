@@ -191,7 +191,9 @@ class BatchPublished(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class MaintenanceDone(Event):
-    """Maintenance ran on a table between batches (``operation``: compact, expire, orphans)."""
+    """Maintenance ran on a table between batches (``operation``: compact, expire, orphans, tombstones).
+    ``snapshot_id`` is the new snapshot of the table it committed to (for ``tombstones``, of
+    ``<table>__tombstones``); ``tombstones_removed`` counts the tombstones a ``tombstones`` prune deleted."""
 
     kind: ClassVar[str] = "maintenance_done"
     table: str
@@ -200,6 +202,7 @@ class MaintenanceDone(Event):
     files_added: int = 0
     files_removed: int = 0
     snapshots_expired: int = 0
+    tombstones_removed: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

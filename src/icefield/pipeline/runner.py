@@ -265,7 +265,7 @@ def maintain(
     events: EventStream | None = None,
 ) -> None:
     """After batch ``n`` of a run: compact the target once ``compact_every`` commits landed since its last
-    compaction (and then expire old snapshots and delete orphan files), as ``target.maintenance`` asks. Never fails the run: a
+    compaction (and then expire old snapshots, delete orphan files and prune old tombstones), as ``target.maintenance`` asks. Never fails the run: a
     compaction that loses to a concurrent merge, or any other maintenance error, is logged and left for
     the next batch. Skipped while the table holds an audit batch (compacting main would stop its publish).
     A compaction that found nothing to do is not tried again for ``compact_every`` batches of the run."""
@@ -274,6 +274,8 @@ def maintain(
     from icefield.write.compact import SUMMARY_OPERATION, compact_table
     from icefield.write.expire import expire_table
     from icefield.write.orphans import remove_orphans
+    from icefield.write.tombstones import OPERATION as TOMBSTONES
+    from icefield.write.tombstones import prune_tombstones
 
     m = pipe.target.maintenance
     if m.compact_every is None or n < quiet_until[0]:
@@ -325,6 +327,18 @@ def maintain(
                     operation="orphans",
                     snapshot_id=None,
                     files_removed=orphans.files_deleted,
+                )
+        if m.tombstones_older_than is not None:
+            pruned = prune_tombstones(catalog, pipe.target.table, older_than=m.tombstones_older_than)
+            if events is not None:
+                events.emit(
+                    MaintenanceDone,
+                    table=pipe.target.table,
+                    operation=TOMBSTONES,
+                    snapshot_id=pruned.snapshot_id,
+                    files_added=pruned.files_added,
+                    files_removed=pruned.files_removed,
+                    tombstones_removed=pruned.tombstones_removed,
                 )
     except IcefieldError as e:
         log.warning("maintenance of %s after batch %d skipped: %s", pipe.target.table, n + 1, e)

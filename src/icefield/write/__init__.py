@@ -26,6 +26,7 @@ from icefield import failpoints
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
+from icefield.config.ownership import TOMBSTONED_AT
 from icefield.config.partitions import parse_partitions
 from icefield.engines.base import StagedWrite, WriteRequest
 from icefield.engines.files import data_file_writer
@@ -445,9 +446,15 @@ class TableWriter:
     def _record_tombstones(graves: TableWriter | None, tombstones: pa.Table | None, batch_id: str, run_id: str) -> None:
         """Record a batch's deletes (keys and version) in the tombstone table. Before the data commit: a
         tombstone that lands first only blocks versions older than a delete this batch applies on its
-        rerun; the reverse order could resurrect a row."""
+        rerun; the reverse order could resurrect a row. Each is stamped with the time it is recorded
+        (:data:`~icefield.config.ownership.TOMBSTONED_AT`), which the tombstone horizon counts from
+        (:mod:`icefield.write.tombstones`); a key deleted again at a newer version gets a new stamp."""
         if graves is not None and tombstones is not None and tombstones.num_rows:
-            graves.commit(tombstones, f"{batch_id}#tombstones", None, run_id)
+            stamped = _stamped(tombstones)
+            table = graves.load()
+            if table is not None and TOMBSTONED_AT not in table.schema().column_names:
+                graves.evolve(table, stamped.schema)  # a tombstone table from before the stamp: it gains the column
+            graves.commit(stamped, f"{batch_id}#tombstones", None, run_id, table=table)
 
     def _after_truncation(self, table: Table, data: pa.Table, truncate_at: list[Any] | None) -> tuple[pa.Table, int]:
         """``data`` without the versions a truncate erased (not newer than the last truncate, or than
@@ -477,6 +484,14 @@ class TableWriter:
         of ``table`` (not yet committed), sorted by the target's keys within each partition or segment.
         Returns the DataFiles."""
         return data_file_writer(self.target)(table, data, rows, segments)
+
+def _stamped(tombstones: pa.Table) -> pa.Table:
+    """``tombstones`` with the column :data:`TOMBSTONED_AT` set to now (UTC, microseconds)."""
+    if TOMBSTONED_AT in tombstones.column_names:
+        tombstones = tombstones.drop_columns([TOMBSTONED_AT])
+    now = pa.scalar(int(time.time() * 1_000_000), pa.timestamp("us", tz="UTC"))
+    return tombstones.append_column(TOMBSTONED_AT, pa.repeat(now, tombstones.num_rows))
+
 
 def _like_table(f: pa.Field, existing: pa.Field | None) -> pa.Field:
     """``f`` as the schema update should take it: a field the table lacks (at any depth) is optional, a
