@@ -1,4 +1,4 @@
-"""RELIABILITY.md B5 with a real Kafka broker: one ``kafka`` pipeline (append) and one ``debezium`` pipeline
+"""docs/reliability.md B5 with a real Kafka broker: one ``kafka`` pipeline (append) and one ``debezium`` pipeline
 reading a Kafka topic (merge), each run by 2 and 4 processes at once while messages keep arriving: every
 message lands exactly once (each key at its newest version); the losers wait or refuse with exit 75."""
 

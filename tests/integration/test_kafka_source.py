@@ -1,4 +1,4 @@
-"""The ``kafka`` source against a real broker: exactly once into Iceberg, reruns, poison, and RELIABILITY.md
+"""The ``kafka`` source against a real broker: exactly once into Iceberg, reruns, poison, and docs/reliability.md
 C6 (a kill between the Iceberg commit and the consumer-offset commit, both orders)."""
 
 from __future__ import annotations

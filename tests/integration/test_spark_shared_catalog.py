@@ -324,7 +324,7 @@ def _with_pipeline(project: Project, name: str, body: str, files: dict[str, str]
 def test_a_spark_delete_and_insert_during_an_icefield_merge_are_kept(
     project: Project, spark: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """RELIABILITY.md B6 (interop finding D1, r3): while an icefield copy-on-write merge of id 10 is between
+    """docs/reliability.md B6 (interop finding D1, r3): while an icefield copy-on-write merge of id 10 is between
     its plan and its commit, Spark deletes id 5 of the file the merge rewrites (merge-on-read: a position
     delete file), then inserts a row. icefield's commit conflicts and it replans: id 5 stays deleted, the insert
     stays, id 10 has its one new version, in every reader."""

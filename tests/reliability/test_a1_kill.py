@@ -1,4 +1,4 @@
-"""RELIABILITY.md A1 (small): SIGKILL `icefield run` at random moments during a multi-batch load.
+"""docs/reliability.md A1 (small): SIGKILL `icefield run` at random moments during a multi-batch load.
 
 After the kills and a clean run to the end, the table must equal the source exactly (0 lost, 0
 duplicated, 0 unexpected, 0 divergent) and every snapshot in the history must be readable and hold a

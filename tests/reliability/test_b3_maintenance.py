@@ -1,4 +1,4 @@
-"""RELIABILITY.md B3: writers while compaction, expiry and orphan cleanup run, each in its own process: no
+"""docs/reliability.md B3: writers while compaction, expiry and orphan cleanup run, each in its own process: no
 file a snapshot reaches is deleted, no row is lost or duplicated.
 
 Two writers commit batches (one appends new keys, one merges, copy-on-write, over a small hot key range),

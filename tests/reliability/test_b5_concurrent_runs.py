@@ -1,4 +1,4 @@
-"""RELIABILITY.md B5: the same pipeline run by 2 and 4 processes at once, for every source kind and mode
+"""docs/reliability.md B5: the same pipeline run by 2 and 4 processes at once, for every source kind and mode
 that runs without a server (``files`` append / merge / overwrite, ``sql`` cursor append / merge and full
 load, ``debezium`` files into a merge), while the source keeps growing. Every source row ends in the table
 exactly once (each key at its newest version in merge mode); the losers wait (``--wait``) or refuse with

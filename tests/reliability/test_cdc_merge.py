@@ -1,4 +1,4 @@
-"""CDC semantics of the merge (RELIABILITY.md C1-C4) at the writer: change events with a
+"""CDC semantics of the merge (docs/reliability.md C1-C4) at the writer: change events with a
 ``[commit LSN, LSN]`` sequence merged with ``keep_newest``. Each test prints its seed and the four counts
 (lost, duplicated, unexpected, divergent) against an oracle that keeps, per key, the event with the
 greatest sequence; any non-zero count fails."""

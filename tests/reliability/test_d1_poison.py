@@ -1,4 +1,4 @@
-"""RELIABILITY.md D1: 1% poison mixed into 100k good records.
+"""docs/reliability.md D1: 1% poison mixed into 100k good records.
 
 Each source format renders the same seeded records, good and poisoned (truncated records, invalid UTF-8,
 wrong types, NaN, a 10 MB record good and one bad, deep nesting, null keys, records of the wrong shape,

@@ -1,4 +1,4 @@
-"""RELIABILITY.md D3: fuzz the Debezium envelope parser and record decoder.
+"""docs/reliability.md D3: fuzz the Debezium envelope parser and record decoder.
 
 Arbitrary bytes and text, and valid Debezium 3.6 PostgreSQL events mutated at the byte level (flips,
 cuts, insertions) and at the JSON level (any node of the schema, the payload or the source replaced by

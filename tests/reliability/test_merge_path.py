@@ -1,4 +1,4 @@
-"""Reliability of the merge path (RELIABILITY.md A2, A3, B1, B2, C5) and a property test of merge
+"""Reliability of the merge path (docs/reliability.md A2, A3, B1, B2, C5) and a property test of merge
 against an in-memory oracle. Each test prints its seed and the four counts (lost, duplicated,
 unexpected, divergent) against its oracle; any non-zero count fails. The merge tests run in both merge
 modes: copy-on-write (files rewritten) and merge-on-read (position delete files)."""

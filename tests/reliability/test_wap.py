@@ -1,4 +1,4 @@
-"""Reliability of write-audit-publish (DESIGN.md rule 6; RELIABILITY.md A2 and B4 on the audited path).
+"""Reliability of write-audit-publish (DESIGN.md rule 6; docs/reliability.md A2 and B4 on the audited path).
 
 - Every metadata version the catalog ever held is replayed: ``main``'s rows always equal the rows of the
   source files its position names (data and position move in one swap), and a batch that failed its gate

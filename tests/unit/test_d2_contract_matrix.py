@@ -1,4 +1,4 @@
-"""RELIABILITY.md D2: the schema contract matrix.
+"""docs/reliability.md D2: the schema contract matrix.
 
 A typed source (a SQLite table read by the ``sql`` source, full load, whole-table overwrite) lands its
 rows; then its schema changes (new column, widened type, narrower type, type change, dropped column, or a

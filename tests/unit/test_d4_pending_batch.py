@@ -1,4 +1,4 @@
-"""RELIABILITY.md D4: a write error in the middle of a batch.
+"""docs/reliability.md D4: a write error in the middle of a batch.
 
 Three files are three batches; the second one fails while it is being written (a failpoint raising at
 each point of the write path, or a storage error: its partition folder cannot be created). The run

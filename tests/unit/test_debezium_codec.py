@@ -439,7 +439,7 @@ def test_parse_sequence():
 
 
 def test_interleaved_transactions_order_by_commit_then_lsn_not_by_lsn():
-    """RELIABILITY.md C3: T1 writes key 1 at LSN 100 and commits at 300; T2 writes key 1 at LSN 200 and
+    """docs/reliability.md C3: T1 writes key 1 at LSN 100 and commits at 300; T2 writes key 1 at LSN 200 and
     commits at 250 first. T1's row is the newer one although its LSN is smaller."""
     table = DebeziumTable("orders")
     values = [
