@@ -25,11 +25,12 @@ Port: ``$ICEFIELD_REST_PORT`` (18181), 127.0.0.1 only. Ready when ``GET /v1/conf
 from __future__ import annotations
 
 import logging
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .base import StackError
+from .base import ServiceNotInstalled, StackError
 from .jvm import JavaService, find_java, read_port_env
 from .maven import POMS_DIR, cache_dir, copy_dependencies
 
@@ -40,6 +41,7 @@ REST_PORT_ENV = "ICEFIELD_REST_PORT"
 REST_PORT_DEFAULT = 18181
 REST_POM = POMS_DIR / "rest-catalog.xml"
 LAUNCHER = Path(__file__).resolve().parent / "java" / "RestCatalogServer.java"
+JDK_INSTALL_HINT = "apt-get install openjdk-17-jdk-headless"
 
 
 def rest_libs(version: str = ICEBERG_VERSION) -> Path:
@@ -116,8 +118,16 @@ class RestCatalog(JavaService):
         return self.state_dir / "rest.env"
 
     def install(self) -> None:
-        """Find Java 17+ and assemble the jars (Maven, cached); raise ServiceNotInstalled naming the fix."""
-        self._java = find_java()
+        """Find Java 17+ with its compiler (the launcher is a source file, compiled in memory at every start:
+        a JRE alone cannot run it) and assemble the jars (Maven, cached); raise ServiceNotInstalled naming
+        the fix."""
+        java = find_java()
+        if not Path(os.path.realpath(java)).with_name("javac").is_file():
+            raise ServiceNotInstalled(
+                f"{java} is a Java runtime without the compiler the REST catalog's launcher needs: run "
+                f"`{JDK_INSTALL_HINT}` or point JAVA_HOME at a JDK"
+            )
+        self._java = java
         self._libs = rest_libs(self.version)
 
     def prepare(self) -> None:
