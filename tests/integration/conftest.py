@@ -5,7 +5,8 @@ for tests that use them. Each reuses the developer's stack server (``python -m s
 stack-up``) when one runs from the default state dir, so repeated runs skip initdb and storage
 formatting; each stops its server at the end of the session only if it started it. When a default
 port is taken by another process (another checkout's server), a free port is used instead.
-``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them.
+``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them. ``rest_server`` (the Iceberg REST
+catalog) always starts its own server, with a token, in a temporary state dir on a free port.
 """
 
 from __future__ import annotations

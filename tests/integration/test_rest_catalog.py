@@ -102,8 +102,27 @@ def test_merge_pipeline_through_the_rest_catalog_with_an_oauth2_credential(
     assert [(r["id"], r["status"]) for r in json.loads(out)["rows"]] == [(1, "new"), (2, "paid"), (3, "new")]
     loaded = open_catalog(project).load_table(table)
     assert loaded.properties.get("write.merge.mode") == merge_mode
-    # The writer lease of a REST catalog lives in the project's lease database.
+
+
+def test_a_held_lease_stops_a_second_run_through_the_rest_catalog(
+    tmp_path: Path, rest_server: RestCatalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server has no database of icefield's: the writer lease lives in the project's lease database."""
+    from icefield.catalog import leases
+
+    monkeypatch.setenv("ICEFIELD_TEST_REST_TOKEN", _token(rest_server))
+    root = _project(tmp_path / "p", rest_server.url())
+    _write(root, "pipelines/ev.yaml", "name: ev\nsource: {type: files, path: 'data/*.csv'}\ntarget: {table: lease.ev}\n")
+    _write(root, "data/a.csv", "id\n1\n")
+    project = load_project(root)
+    held = leases.acquire(open_catalog(project), "lease.ev", "run-elsewhere", "pipeline ev")
+    try:
+        with pytest.raises(leases.LeaseHeldError, match="run run-elsewhere of pipeline ev"):
+            run_pipeline(project, "ev")
+    finally:
+        held.release()
     assert (root / ".icefield" / "leases.db").is_file()
+    assert run_pipeline(project, "ev").rows_committed == 1
 
 
 def test_a_refused_token_is_a_config_error_that_does_not_show_it(
