@@ -1,4 +1,5 @@
-"""The catalog: pyiceberg's ``SqlCatalog`` on SQLite (embedded default) or PostgreSQL.
+"""The catalog: pyiceberg's ``SqlCatalog`` on SQLite (embedded default) or PostgreSQL, or its ``RestCatalog``
+on an Iceberg REST catalog server (``catalog.type: rest``).
 
 The layout is the one Java's ``JdbcCatalog`` uses, so Spark and Trino can share it under the same
 catalog name. icefield only configures pyiceberg here; it never re-implements a catalog.
@@ -42,9 +43,10 @@ _UNREACHABLE = re.compile(
 
 
 def open_catalog(project: Project) -> Catalog:
-    """Open the project's catalog, creating the SQLite file (in WAL mode) when it is the default.
+    """Open the project's catalog, creating the SQLite file (in WAL mode) when it is the default; a REST
+    catalog is asked for its configuration (see :func:`_open_rest`).
 
-    Raises :class:`ConfigError` for an unusable URI or a refused login, :class:`TransientError` when the
+    Raises :class:`ConfigError` for an unusable URI or a refused login (token, credential, password), :class:`TransientError` when the
     catalog server cannot be reached, and :class:`MissingDependencyError` when the database driver is
     missing.
     """
