@@ -36,12 +36,12 @@ demo: $(CORE_STAMP) ## Run the shop demo on the embedded default (SQLite catalog
 	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
 
 .PHONY: test
-test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka and Kafka Connect natively; fetches jars with Maven; installs icefield alone in a clean venv)
+test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect and an Iceberg REST catalog natively; fetches jars with Maven; installs icefield alone in a clean venv)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Run the tests that need no server
-	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not s3 and not airflow and not trino and not slow and not packaging" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not s3 and not airflow and not trino and not slow and not packaging" $(PYTEST_ARGS)
 
 .PHONY: test-long
 test-long: $(STAMP) ## Run the long reliability variants
@@ -58,7 +58,7 @@ bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales the
 	$(BIN)/python -m bench
 
 .PHONY: stack-up
-stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect"
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest"
 	$(BIN)/python -m stack up $(SERVICES)
 
 .PHONY: stack-down

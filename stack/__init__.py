@@ -27,11 +27,13 @@ from .kafka import (
     Kafka,
 )
 from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
+from .rest_catalog import REST_PORT_DEFAULT, REST_PORT_ENV, RestCatalog
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
     Kafka.name: Kafka,
     Connect.name: Connect,
+    RestCatalog.name: RestCatalog,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -59,7 +61,10 @@ __all__ = [
     "Kafka",
     "PG_PORT_DEFAULT",
     "PG_PORT_ENV",
+    "REST_PORT_DEFAULT",
+    "REST_PORT_ENV",
     "SERVICES",
+    "RestCatalog",
     "STACK_DIR_ENV",
     "Postgres",
     "Service",

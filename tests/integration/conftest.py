@@ -5,7 +5,8 @@ for tests that use them. Each reuses the developer's stack server (``python -m s
 stack-up``) when one runs from the default state dir, so repeated runs skip initdb and storage
 formatting; each stops its server at the end of the session only if it started it. When a default
 port is taken by another process (another checkout's server), a free port is used instead.
-``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them.
+``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them. ``rest_server`` (the Iceberg REST
+catalog) always starts its own server, with a token, in a temporary state dir on a free port.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from stack import (
     Connect,
     Kafka,
     Postgres,
+    RestCatalog,
 )
 from stack.base import LOCALHOST, port_open
 
 PG_READY_TIMEOUT = 120.0
 KAFKA_READY_TIMEOUT = 120.0
 CONNECT_READY_TIMEOUT = 180.0
+REST_READY_TIMEOUT = 120.0
 
 
 def _free_port() -> int:
@@ -102,6 +105,22 @@ def connect_server(kafka_server: Kafka, pg_server: Postgres) -> Iterator[Connect
     if not server.status().running and not os.environ.get(CONNECT_PORT_ENV) and port_open(LOCALHOST, server.port):
         server = Connect(kafka=kafka_server, port=_free_port())
     yield from _running(server, CONNECT_READY_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestCatalog]:
+    """A running Iceberg REST catalog server (Iceberg's reference implementation, JdbcCatalog on SQLite) on
+    127.0.0.1 that requires the bearer token ``rest_server.token`` (or the OAuth2 ``rest_server.credential``).
+
+    Its own state dir and a free port, never the developer's stack server (which has no token). Raises (as
+    a fixture error, never a skip) if Java or Maven is missing or the server does not start.
+    """
+    server = RestCatalog(
+        tmp_path_factory.mktemp("stack"), port=_free_port(),
+        token="icefield-test-token-" + uuid.uuid4().hex,
+        credential="icefield-test-client:" + uuid.uuid4().hex,
+    )
+    yield from _running(server, REST_READY_TIMEOUT)
 
 
 def _read(path: Path) -> str:

@@ -95,7 +95,7 @@ def test_unknown_nested_key_in_project_file(make_project):
     msg = config_error(root)
     assert str(root / "icefield.yaml") in msg
     assert "catalog.url: unknown key" in msg
-    assert "allowed keys here: type, name, uri, properties" in msg
+    assert "allowed keys here: type, name, uri, warehouse, token, credential, leases, properties" in msg
 
 
 @pytest.mark.parametrize(

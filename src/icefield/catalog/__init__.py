@@ -1,4 +1,5 @@
-"""The catalog: pyiceberg's ``SqlCatalog`` on SQLite (embedded default) or PostgreSQL.
+"""The catalog: pyiceberg's ``SqlCatalog`` on SQLite (embedded default) or PostgreSQL, or its ``RestCatalog``
+on an Iceberg REST catalog server (``catalog.type: rest``).
 
 The layout is the one Java's ``JdbcCatalog`` uses, so Spark and Trino can share it under the same
 catalog name. icefield only configures pyiceberg here; it never re-implements a catalog.
@@ -42,14 +43,17 @@ _UNREACHABLE = re.compile(
 
 
 def open_catalog(project: Project) -> Catalog:
-    """Open the project's catalog, creating the SQLite file (in WAL mode) when it is the default.
+    """Open the project's catalog, creating the SQLite file (in WAL mode) when it is the default; a REST
+    catalog is asked for its configuration (see :func:`_open_rest`).
 
-    Raises :class:`ConfigError` for an unusable URI or a refused login, :class:`TransientError` when the
+    Raises :class:`ConfigError` for an unusable URI or a refused login (token, credential, password), :class:`TransientError` when the
     catalog server cannot be reached, and :class:`MissingDependencyError` when the database driver is
     missing.
     """
     cfg = project.config.catalog
     where = f"{project.root / 'icefield.yaml'}: catalog"
+    if cfg.type == "rest":
+        return _open_rest(project)
     uri = sqlite_relative_to(resolve(project.catalog_uri(), where=f"{where}.uri", base_dir=project.root), project.root)
     warehouse = project.warehouse_uri()
     local = project.warehouse_path()
@@ -60,6 +64,98 @@ def open_catalog(project: Project) -> Catalog:
             raise ConfigError(f"{where}: cannot create the warehouse folder {local}: {e.strerror}; fix 'warehouse'") from None
     props = {k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()}
     return sql_catalog(cfg.name, uri, warehouse, **props)
+
+
+def _open_rest(project: Project) -> Catalog:
+    """Open the project's Iceberg REST catalog (pyiceberg's ``RestCatalog``) and attach the engine of its
+    lease database (see :mod:`icefield.catalog.leases`): the server has no database of icefield's.
+
+    pyiceberg asks the server for its configuration (``GET /v1/config``, after the OAuth2 exchange for a
+    ``credential``) when the catalog is built, so an unreachable server or a refused login shows here."""
+    from pyiceberg.catalog.rest import RestCatalog
+
+    cfg = project.config.catalog
+    where = f"{project.root / 'icefield.yaml'}: catalog"
+    assert cfg.uri is not None  # the config model requires it for a REST catalog
+    uri = resolve(cfg.uri, where=f"{where}.uri", base_dir=project.root).rstrip("/")
+    props: dict[str, str] = {
+        k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()
+    }
+    props["uri"] = uri
+    if cfg.warehouse is not None:
+        # Without it the server chooses each table's location (the project's warehouse key is not sent:
+        # a REST server takes a warehouse name or its own location, never a client's folder).
+        props["warehouse"] = resolve(cfg.warehouse, where=f"{where}.warehouse", base_dir=project.root)
+    if cfg.token is not None:
+        props["token"] = resolve(cfg.token, where=f"{where}.token", base_dir=project.root)
+    if cfg.credential is not None:
+        props["credential"] = resolve(cfg.credential, where=f"{where}.credential", base_dir=project.root)
+        # The spec's token endpoint unless the properties name another (an external identity provider);
+        # pyiceberg's implicit fallback to it is deprecated and warns.
+        props.setdefault("oauth2-server-uri", f"{uri}/v1/oauth/tokens")
+    try:
+        catalog = RestCatalog(cfg.name, **props)
+    except Exception as e:
+        # Not chained: pyiceberg's and requests' messages may carry the token or the credential.
+        raise _rest_error(uri, e) from None
+    leases_uri = sqlite_relative_to(
+        resolve(cfg.leases, where=f"{where}.leases", base_dir=project.root)
+        if cfg.leases
+        else f"sqlite:///{(project.state_dir / 'leases.db').as_posix()}",
+        project.root,
+    )
+    catalog.lease_engine = _lease_engine(leases_uri)  # type: ignore[attr-defined]
+    return catalog
+
+
+def _rest_error(uri: str, e: Exception) -> Exception:
+    """The icefield error for a REST catalog that cannot be opened: :class:`TransientError` when the server
+    cannot be reached or fails (5xx; a retry may succeed), :class:`ConfigError` for a refused login or any
+    other refusal (a retry cannot help)."""
+    import requests
+    from pyiceberg.exceptions import (
+        AuthorizationExpiredError,
+        BadRequestError,
+        ForbiddenError,
+        OAuthError,
+        ServerError,
+        ServiceUnavailableError,
+        UnauthorizedError,
+    )
+
+    shown = redact(uri)
+    detail = redact(str(e).strip())[:300]
+    if isinstance(e, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return TransientError(
+            f"cannot reach the REST catalog at {shown!r} ({type(e).__name__}); the catalog server is unreachable, "
+            "retry later, or fix catalog.uri"
+        )
+    if isinstance(e, ServerError | ServiceUnavailableError):
+        return TransientError(f"the REST catalog at {shown!r} failed: {detail}; retry later")
+    if isinstance(e, UnauthorizedError | ForbiddenError | OAuthError | AuthorizationExpiredError):
+        return ConfigError(
+            f"the REST catalog at {shown!r} refused the login: {detail}; fix catalog.token or catalog.credential"
+        )
+    if isinstance(e, BadRequestError):
+        return ConfigError(f"the REST catalog at {shown!r} refused the request: {detail}; fix catalog.uri and catalog.warehouse")
+    return ConfigError(f"cannot open the REST catalog at {shown!r}: {type(e).__name__}: {detail}; fix catalog.uri")
+
+
+def _lease_engine(uri: str) -> Any:
+    """The SQLAlchemy engine of a REST catalog's lease database (created on first use when SQLite)."""
+    from sqlalchemy import create_engine
+
+    if uri.startswith("sqlite"):
+        db = _sqlite_database(uri)
+        if db is None:
+            raise ConfigError(f"catalog.leases {_shown(uri)!r} is an in-memory database: leases must outlive a run; give a file")
+        Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return create_engine(uri, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S} if uri.startswith("sqlite") else {})
+    except ModuleNotFoundError as e:
+        raise MissingDependencyError(f"catalog.leases needs the database driver {e.name!r}: run `{driver_install_hint(e.name)}`") from e
+    except Exception as e:
+        raise ConfigError(f"catalog.leases {_shown(uri)!r} is not a usable database URL: {redact(str(e))}; fix catalog.leases") from None
 
 
 def list_tables(catalog: Catalog, namespaces: Callable[[tuple[str, ...]], bool] | None = None) -> list[tuple[str, ...]]:

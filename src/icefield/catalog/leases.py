@@ -14,7 +14,9 @@ next run then takes the lease over. A holder that stalled longer than ``ttl`` ma
 commits are then still checked by the writer (batch ids and the source position it started from), so
 nothing lands twice.
 
-Catalogs without a SQL database (none today) get no lease; the writer's checks still hold.
+A REST catalog has no database of icefield's: its leases live in the database ``catalog.leases`` names
+(SQLite under ``.icefield/leases.db`` by default, which serialises runs on one machine; a shared
+PostgreSQL serialises them everywhere). A catalog with neither gets no lease; the writer's checks still hold.
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ def acquire(catalog: Catalog, key: str, run_id: str, writer: str, wait: float = 
     naming that run. A lease whose holder died (its process is gone on this host, or its heartbeat is
     older than its ttl) is taken over. Returns the :class:`Lease`; release it when the run ends.
     """
-    engine = getattr(catalog, "engine", None)
+    # A SQL catalog's own database; a REST catalog's lease database (attached by ``open_catalog``).
+    engine = getattr(catalog, "engine", None) or getattr(catalog, "lease_engine", None)
     if engine is None:
         log.debug("catalog %s has no SQL database: no lease for %s", getattr(catalog, "name", "?"), key)
         return Lease(None, key, None)

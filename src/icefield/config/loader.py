@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from icefield.config.models import ModelConfig, PipelineConfig, ProjectConfig, TargetConfig
 from icefield.config.ownership import check_writers
+from icefield.config.secrets import has_reference
 from icefield.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -366,8 +367,18 @@ _VALUE_REPR.maxstring = _VALUE_REPR.maxother = 120
 _SECRET_KEY = re.compile(r"ur[il]|dsn|propert|passw|secret|token|credential|key|auth|sasl", re.IGNORECASE)
 
 
+_SECRET_VALUE_KEY = re.compile(r"passw|secret|token|credential", re.IGNORECASE)
+
+
 def _shown(value: Any) -> str:
-    """``repr(value)`` bounded in length and depth, however big the value is."""
+    """``repr(value)`` bounded in length and depth, however big the value is; in a mapping (a whole section
+    refused by a check across its keys), the values of keys that hold secrets (a token, a credential, a
+    password) are masked unless they are references (``${env:...}``), which hold none."""
+    if isinstance(value, dict):
+        value = {
+            k: "***" if isinstance(k, str) and _SECRET_VALUE_KEY.search(k) and isinstance(v, str) and not has_reference(v) else v
+            for k, v in value.items()
+        }
     return _VALUE_REPR.repr(value)
 
 

@@ -26,12 +26,44 @@ class _Model(BaseModel):
 
 
 class CatalogConfig(_Model):
-    """Where table metadata lives. ``uri`` is a SQLAlchemy URL (SQLite or PostgreSQL)."""
+    """Where table metadata lives.
 
-    type: Literal["sql"] = "sql"
+    ``type: sql`` (the default): ``uri`` is a SQLAlchemy URL (SQLite or PostgreSQL). ``type: rest``: an
+    Iceberg REST catalog server at ``uri`` (``http(s)://...``), logged in with a bearer ``token`` or an
+    OAuth2 ``credential`` (``client_id:client_secret``), both secrets (``${env:...}``/``${file:...}``);
+    ``warehouse`` is the warehouse name or location sent to the server (default: the project's
+    warehouse); ``leases`` is the SQLAlchemy URL of the database that holds the writer leases (default:
+    SQLite under ``<project>/.icefield/leases.db``). The REST-only keys are refused for ``type: sql``.
+    """
+
+    type: Literal["sql", "rest"] = "sql"
     name: str = DEFAULT_CATALOG_NAME
-    uri: str | None = None  # default: sqlite under <project>/.icefield/catalog.db
+    uri: str | None = None  # sql default: sqlite under <project>/.icefield/catalog.db; rest: required
+    warehouse: str | None = None
+    token: str | None = None
+    credential: str | None = None
+    leases: str | None = None
     properties: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_rest(self) -> CatalogConfig:
+        rest_only = [k for k in ("warehouse", "token", "credential", "leases") if getattr(self, k) is not None]
+        if self.type == "sql":
+            if rest_only:
+                raise ValueError(
+                    f"{', '.join(rest_only)} apply to a REST catalog only; set catalog.type: rest, or remove them"
+                )
+            return self
+        if not self.uri:
+            raise ValueError("a REST catalog needs catalog.uri, the server's URL, e.g. http://127.0.0.1:8181")
+        if not has_reference(self.uri) and not re.match(r"^https?://[^/\s]+", self.uri):
+            raise ValueError(
+                f"catalog.uri {self.uri!r} is not an http(s) URL; a REST catalog's uri is its server, "
+                "e.g. http://127.0.0.1:8181"
+            )
+        if self.token is not None and self.credential is not None:
+            raise ValueError("give catalog.token or catalog.credential, not both")
+        return self
 
 
 class ProjectConfig(_Model):
