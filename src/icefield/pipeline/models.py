@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from icefield.config.secrets import redact
 from icefield.engines import get_engine
 from icefield.errors import ConfigError, IcefieldError
 from icefield.iceberg.history import read_position
 from icefield.iceberg.tables import table_identifier
 from icefield.observe.events import (
     BatchStarted,
-    ErrorRaised,
     EventStream,
     Observer,
     RunStarted,
@@ -30,7 +28,7 @@ from icefield.observe.events import (
     TableRef,
     now,
 )
-from icefield.pipeline.results import BatchResult, RunResult, emit_batch, emit_finished
+from icefield.pipeline.results import BatchResult, RunResult, emit_batch, reporting
 from icefield.pipeline.runner import acquire_lease, new_run_id
 from icefield.write import TableWriter, batch_id_for
 
@@ -76,10 +74,9 @@ def run_model(
         source=SourceRef("model", "file://" + str(Path(model.path).absolute())),
     )
     events = EventStream(run_id, result.pipeline, observers)
-    started = time.perf_counter()
     with events.running():
         events.emit(RunStarted, table=result.table, source=result.source)
-        try:
+        with reporting(events, result):
             what = f"{model.path}: the model's SQL"
             with contextlib.closing(readonly.open_connection()) as parser:
                 readonly.statement(parser, model.sql, what)  # refused before anything is read
@@ -87,26 +84,6 @@ def run_model(
             engine = get_engine(project.config.engine)  # writes the result; the query runs on the query seam
             with acquire_lease(catalog, model.target, run_id, f"model {name}", wait):
                 _run_model(model, catalog, engine, result, run_id, what, events)
-        except IcefieldError as e:
-            result.status = "failed"
-            result.error = redact(str(e))
-            events.emit(
-                ErrorRaised,
-                batch_id=None,
-                error=result.error,
-                error_type=type(e).__name__,
-                exit_code=e.exit_code,
-            )
-            e.result = result  # type: ignore[attr-defined]
-            raise
-        except BaseException as e:  # an interruption, or a bug: the run still reports how it ended
-            result.status = "failed"
-            result.error = redact(f"{type(e).__name__}: {e}")
-            raise
-        finally:
-            result.finished_at = now()
-            result.seconds = time.perf_counter() - started
-            emit_finished(events, result)
     return result
 
 

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from icefield.observe.events import BatchCommitted, EventStream, RunFinished, SourceRef, TableRef, plain
+from icefield.config.secrets import redact
+from icefield.errors import GateFailedError, IcefieldError
+from icefield.observe.events import (
+    BatchCommitted,
+    ErrorRaised,
+    EventStream,
+    RunFinished,
+    SourceRef,
+    TableRef,
+    now,
+    plain,
+)
 from icefield.quality.results import CheckResult
 
-__all__ = ["BatchResult", "CheckResult", "PendingBatch", "RunResult", "emit_batch", "emit_finished"]
+__all__ = ["BatchResult", "CheckResult", "PendingBatch", "RunResult", "emit_batch", "emit_finished", "reporting"]
 
 @dataclass
 class BatchResult:
@@ -170,3 +184,39 @@ def emit_finished(events: EventStream, result: RunResult) -> None:
         error=result.error,
         pending_batch=result.pending.batch_id if result.pending else None,
     )
+
+
+@contextlib.contextmanager
+def reporting(
+    events: EventStream,
+    result: RunResult,
+    pending: Callable[[IcefieldError], str | None] | None = None,
+    before_finish: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """The end of a run, however it ends: an :class:`IcefieldError` sets ``result``'s status (``held`` for
+    failing gates, else ``failed``) and error, emits the error event (with the id of the batch that stays
+    pending, which ``pending(error)`` names after recording it in ``result``; logged inside that batch's
+    context), attaches ``result`` to the error as ``error.result`` and re-raises it; any other exception (an
+    interruption, a bug) marks the run failed and propagates. Always, last: the end time and seconds are
+    set, ``before_finish()`` runs, and the run-finished event is emitted."""
+    started = time.perf_counter()
+    try:
+        yield
+    except IcefieldError as e:
+        result.status = "held" if isinstance(e, GateFailedError) else "failed"
+        result.error = redact(str(e))
+        batch_id = pending(e) if pending is not None else None
+        with events.batch(batch_id) if batch_id is not None else contextlib.nullcontext():
+            events.emit(ErrorRaised, batch_id=batch_id, error=result.error, error_type=type(e).__name__, exit_code=e.exit_code)
+        e.result = result  # type: ignore[attr-defined]
+        raise
+    except BaseException as e:  # an interruption, or a bug: the run still reports how it ended
+        result.status = "failed"
+        result.error = redact(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        result.finished_at = now()
+        result.seconds = time.perf_counter() - started
+        if before_finish is not None:
+            before_finish()
+        emit_finished(events, result)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from icefield.catalog import leases
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.secrets import redact
 from icefield.engines import get_engine
-from icefield.errors import GateFailedError, IcefieldError
+from icefield.errors import IcefieldError
 from icefield.iceberg.datafiles import RECENT
 from icefield.iceberg.history import read_position
 from icefield.ingest import SourceBatch, open_source
@@ -27,7 +26,6 @@ from icefield.ingest.coerce import conform
 from icefield.ingest.identity import source_ref
 from icefield.observe.events import (
     BatchStarted,
-    ErrorRaised,
     EventStream,
     MaintenanceDone,
     Observer,
@@ -38,7 +36,7 @@ from icefield.observe.events import (
 )
 from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, quarantine_table_name, write_quarantine
-from icefield.pipeline.results import BatchResult, PendingBatch, RunResult, emit_batch, emit_finished
+from icefield.pipeline.results import BatchResult, PendingBatch, RunResult, emit_batch, reporting
 from icefield.quality import check_rows
 from icefield.write import TableWriter, batch_id_for
 
@@ -103,47 +101,22 @@ def run_pipeline(
         started_at=now(),
         source=source_ref(pipe, project.root),
     )
-    started = time.perf_counter()
     written: dict[str, int | None] = {}  # table -> the last snapshot this run committed to it
     in_flight = _InFlight()  # the batch being written (pending if the run fails)
+
+    def pending(e: IcefieldError) -> str | None:
+        if in_flight.batch_id is not None:
+            result.pending = PendingBatch(in_flight.batch_id, redact(in_flight.key), in_flight.rows_in, redact(str(e)), type(e).__name__)
+        return in_flight.batch_id
+
+    def outputs() -> None:
+        result.outputs = [TableRef(t, snap) for t, snap in written.items()]
+
     with events.running():
         events.emit(RunStarted, table=pipe.target.table, source=result.source)
-        try:
+        with reporting(events, result, pending, outputs):
             catalog = catalog or open_catalog(project)
-            _run(
-                project,
-                pipe,
-                catalog,
-                events,
-                result,
-                written,
-                in_flight,
-                on_batch,
-                max_batches,
-                follow,
-                stop,
-                wait,
-            )
-        except IcefieldError as e:
-            result.status = "held" if isinstance(e, GateFailedError) else "failed"
-            result.error = redact(str(e))
-            pending = in_flight.batch_id
-            if pending is not None:
-                result.pending = PendingBatch(pending, redact(in_flight.key), in_flight.rows_in, result.error, type(e).__name__)
-            # Logged (by the logging observer) with the id of the batch that stays pending.
-            with events.batch(pending) if pending is not None else contextlib.nullcontext():
-                events.emit(ErrorRaised, batch_id=pending, error=result.error, error_type=type(e).__name__, exit_code=e.exit_code)
-            e.result = result  # type: ignore[attr-defined]
-            raise
-        except BaseException as e:  # an interruption, or a bug: the run still reports how it ended
-            result.status = "failed"
-            result.error = redact(f"{type(e).__name__}: {e}")
-            raise
-        finally:
-            result.finished_at = now()
-            result.seconds = time.perf_counter() - started
-            result.outputs = [TableRef(t, snap) for t, snap in written.items()]
-            emit_finished(events, result)
+            _run(project, pipe, catalog, events, result, written, in_flight, on_batch, max_batches, follow, stop, wait)
     return result
 
 
