@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -134,33 +134,15 @@ class RunResult:
         return d
 
 
+_BATCH_EVENT_FIELDS = tuple(f.name for f in fields(BatchCommitted) if f.name not in ("run_id", "pipeline", "at", "table"))
+"""The fields a batch-committed event copies from its :class:`BatchResult` (every one it has, same name)."""
+
+
 def emit_batch(events: EventStream, table: str, res: BatchResult) -> None:
     """Emit the batch-committed event of ``res`` (a batch of ``table``): its counts are the result's, counted once."""
-    events.emit(
-        BatchCommitted,
-        table=table,
-        batch_id=res.batch_id,
-        snapshot_id=res.snapshot_id,
-        skipped=res.skipped,
-        rows_in=res.rows_in,
-        rows_committed=res.rows_committed,
-        rows_quarantined=res.rows_quarantined,
-        rows_filtered=res.rows_filtered,
-        rows_updated=res.rows_updated,
-        rows_inserted=res.rows_inserted,
-        rows_deleted=res.rows_deleted,
-        rows_stale=res.rows_stale,
-        files_added=res.files_added,
-        files_removed=res.files_removed,
-        files_scanned=res.files_scanned,
-        files_read=res.files_read,
-        bytes_added=res.bytes_added,
-        bytes_removed=res.bytes_removed,
-        bytes_read=res.bytes_read,
-        failures_by_check=dict(res.failures_by_check),
-        stages=dict(res.stages),
-        seconds=res.seconds,
-    )
+    values = {name: getattr(res, name) for name in _BATCH_EVENT_FIELDS}
+    values.update(failures_by_check=dict(res.failures_by_check), stages=dict(res.stages))
+    events.emit(BatchCommitted, table=table, **values)
 
 
 def emit_finished(events: EventStream, result: RunResult) -> None:
