@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from icefield.config.secrets import redact, resolve
+from icefield.config.secrets import redact, register_secret, resolve
 from icefield.errors import ConfigError, MissingDependencyError, TransientError, driver_install_hint
 
 if TYPE_CHECKING:
@@ -63,7 +63,42 @@ def open_catalog(project: Project) -> Catalog:
         except OSError as e:
             raise ConfigError(f"{where}: cannot create the warehouse folder {local}: {e.strerror}; fix 'warehouse'") from None
     props = {k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()}
+    props.update(storage_properties(project))
     return sql_catalog(cfg.name, uri, warehouse, **props)
+
+
+FILE_IO_PREFIXES = ("s3.", "gcs.", "adls.", "hdfs.", "client.", "py-io-impl", "pyarrow.")
+"""Catalog properties that configure the FileIO (how table files are reached), not the catalog itself."""
+
+
+def file_io_properties(properties: dict[str, str]) -> dict[str, str]:
+    """The FileIO properties of a catalog's ``properties`` (:data:`FILE_IO_PREFIXES`): what another catalog
+    over the same tables (a scratch catalog, a restore target) needs to reach their files."""
+    return {k: v for k, v in properties.items() if k.startswith(FILE_IO_PREFIXES)}
+
+
+def storage_properties(project: Project) -> dict[str, str]:
+    """pyiceberg's FileIO properties (``s3.*``) for the project's ``storage`` section, secrets resolved
+    (and registered, so nothing shows them). Empty when the section is empty."""
+    st = project.config.storage
+    where = f"{project.root / 'icefield.yaml'}: storage"
+    out: dict[str, str] = {}
+    for key, prop in (
+        ("endpoint", "s3.endpoint"),
+        ("region", "s3.region"),
+        ("access_key", "s3.access-key-id"),
+        ("secret_key", "s3.secret-access-key"),
+        ("session_token", "s3.session-token"),
+    ):
+        value = getattr(st, key)
+        if value is not None:
+            resolved = resolve(value, where=f"{where}.{key}", base_dir=project.root)
+            if key in ("secret_key", "session_token"):
+                register_secret(resolved)
+            out[prop] = resolved
+    if st.path_style is not None:
+        out["s3.path-style-access"] = "true" if st.path_style else "false"
+    return out
 
 
 def _open_rest(project: Project) -> Catalog:
@@ -81,6 +116,7 @@ def _open_rest(project: Project) -> Catalog:
     props: dict[str, str] = {
         k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()
     }
+    props.update(storage_properties(project))
     props["uri"] = uri
     if cfg.warehouse is not None:
         # Without it the server chooses each table's location (the project's warehouse key is not sent:

@@ -27,7 +27,8 @@ def catalog() -> None:
 @guarded
 def catalog_backup(out: Output, dest: str) -> None:
     """Write a consistent backup of the project's catalog (namespaces; each table's metadata location and
-    properties) as a new JSON file in the folder DEST. Earlier backups are never overwritten."""
+    properties) as a new JSON file in the folder DEST, or under the object-store prefix DEST (s3://bucket/backups,
+    reached with the project's storage settings). Earlier backups are never overwritten."""
     from icefield.catalog import open_catalog
     from icefield.write.backups import backup_catalog
 
@@ -41,14 +42,14 @@ def catalog_backup(out: Output, dest: str) -> None:
 
 def _open_target(out: Output, into: str | None) -> Any:
     """The project's catalog, or the SQL catalog at ``into`` (same catalog name and warehouse)."""
-    from icefield.catalog import open_catalog, sql_catalog, sqlite_relative_to
+    from icefield.catalog import open_catalog, sql_catalog, sqlite_relative_to, storage_properties
     from icefield.config.secrets import resolve
 
     project = out.project()
     if into is None:
         return open_catalog(project)
     uri = sqlite_relative_to(resolve(into, where="--into", base_dir=Path.cwd()), Path.cwd())
-    return sql_catalog(project.config.catalog.name, uri, project.warehouse_uri())
+    return sql_catalog(project.config.catalog.name, uri, project.warehouse_uri(), **storage_properties(project))
 
 
 @catalog.command("restore")
@@ -66,9 +67,10 @@ def catalog_restore(out: Output, backup: str, into: str | None, force: bool, new
     """Rebuild a catalog from BACKUP (a backup file, or the folder of backups: its newest) by registering
     each table at its metadata location (with --newest: at its newest metadata file). Refuses a catalog
     that holds tables unless --force. Exit 1 when a table could not be restored."""
+    from icefield.catalog import storage_properties
     from icefield.write.backups import read_backup, restore_catalog
 
-    path, doc = read_backup(backup)
+    path, doc = read_backup(backup, storage_properties(out.project()))
     target = _open_target(out, into)
     res = restore_catalog(target, doc, force=force, newest=newest, backup=str(path))
     failed = res.failed
@@ -96,17 +98,17 @@ def catalog_verify(out: Output, backup: str) -> None:
     """Restore BACKUP into a scratch catalog in a temporary folder and check that every table reads the
     same rows, current snapshot and snapshots as in the live catalog. Exit 1 when one does not (a table
     that moved on since the backup counts: take a new backup)."""
-    from icefield.catalog import open_catalog
-    from icefield.write.backups import read_backup, verify_backup
+    from icefield.catalog import open_catalog, storage_properties
+    from icefield.write.backups import backup_name, read_backup, verify_backup
 
-    path, doc = read_backup(backup)
     project = out.project()
+    path, doc = read_backup(backup, storage_properties(project))
     res = verify_backup(open_catalog(project), doc, backup=str(path), warehouse=project.warehouse_uri())
     if out.as_json:
         out.emit({"status": "ok" if res.ok else "failed", "backup": res.backup, "created_at": doc.get("created_at"), "tables": res.tables})
     else:
         out.table(
-            f"Backup {path.name} (taken {doc.get('created_at')})", ["table", "status", "rows (restored)", "rows (live)", "message"],
+            f"Backup {backup_name(path)} (taken {doc.get('created_at')})", ["table", "status", "rows (restored)", "rows (live)", "message"],
             [[t["table"], t["status"], t.get("restored_rows", ""), t.get("live_rows", ""), t.get("message", "")] for t in res.tables],
         )
     if not res.ok:

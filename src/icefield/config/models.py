@@ -66,12 +66,44 @@ class CatalogConfig(_Model):
         return self
 
 
+class StorageConfig(_Model):
+    """How icefield reaches an S3-compatible object store: the warehouse (``warehouse: s3://bucket/prefix``)
+    and any other ``s3://`` location (an archive tier). Every key is optional: without them pyarrow's
+    defaults apply (AWS, credentials from the environment or the instance).
+
+    ``endpoint`` is the server's URL (``http://127.0.0.1:7070`` for a local server; none for AWS);
+    ``path_style`` addresses buckets as ``<endpoint>/<bucket>`` rather than ``<bucket>.<endpoint>``
+    (needed by most servers other than AWS); ``access_key``, ``secret_key`` and ``session_token`` are
+    secrets: give them as ``${env:NAME}`` or ``${file:PATH}`` references (see :mod:`icefield.config.secrets`).
+    They become pyiceberg's ``s3.*`` FileIO properties, which win over ``catalog.properties``."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    path_style: bool | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> StorageConfig:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("give storage.access_key and storage.secret_key together (or neither, for the environment's credentials)")
+        if self.session_token is not None and self.access_key is None:
+            raise ValueError("storage.session_token goes with storage.access_key and storage.secret_key")
+        if self.endpoint is not None and not has_reference(self.endpoint) and not re.match(r"^https?://[^/\s]+/?$", self.endpoint):
+            raise ValueError(
+                f"storage.endpoint {self.endpoint!r} is not an http(s) URL of a server; give e.g. http://127.0.0.1:7070"
+            )
+        return self
+
+
 class ProjectConfig(_Model):
     """The contents of ``icefield.yaml`` after profiles and environment overrides are applied."""
 
     name: str = "icefield"
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     warehouse: str = ".icefield/warehouse"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
     engine: Literal["local"] = "local"
     namespace: str = "default"
     batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)

@@ -416,6 +416,12 @@ def _read_file(table: Table, task: Any, direct: bool, schema: pa.Schema, plain: 
         meta = pq.read_metadata(local)
         keep = _stored_as_dictionary(meta, schema, plain) if plain is not None else []
         raw = pq.ParquetFile(local, metadata=meta, read_dictionary=keep or None).read()
+    elif raw is None and plain_file:
+        # An object store's file, through the table's FileIO (one open: the footer, then the columns).
+        with table.io.new_input(path).open() as f:
+            meta = pq.read_metadata(f)
+            keep = _stored_as_dictionary(meta, schema, plain) if plain is not None else []
+            raw = pq.ParquetFile(f, metadata=meta, read_dictionary=keep or None).read()
     elif raw is None:
         t = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table([task])
         return t.cast(schema) if t.schema != schema else t

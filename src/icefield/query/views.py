@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from icefield.errors import ConfigError, QueryRefusedError
 from icefield.query.policy import ViewPolicy, current_policy
 from icefield.query.readonly import distinct_names, lock, open_connection
+from icefield.query.stores import duck_path, readable_store
 
 if TYPE_CHECKING:
     import duckdb
@@ -196,10 +197,12 @@ def register_table(
     default the one in effect) may mask columns and filter rows (:class:`icefield.query.ViewRule`).
     Returns the :class:`View`.
 
-    Reads the snapshot's Parquet files directly (fast, no copy) when they are local and carry field ids
-    (the table has no name mapping), leaving out the rows position delete files remove (an anti-join on
-    the file and row number); otherwise (equality deletes, remote files, files mapped by name) reads
-    them with pyiceberg's Arrow scan, which applies deletes and maps columns by field id too.
+    Reads the snapshot's Parquet files directly (fast, no copy, pruned and streamed by DuckDB) when they
+    carry field ids (the table has no name mapping) and lie in a local folder or an object store DuckDB
+    reaches through the table's own pyarrow filesystem (:mod:`icefield.query.stores`), leaving out the
+    rows position delete files remove (an anti-join on the file and row number); otherwise (equality
+    deletes, files mapped by name) reads them with pyiceberg's Arrow scan, which applies deletes and
+    maps columns by field id too.
 
     Raises :class:`ConfigError` when the policy's rule names a column the view lacks or is not one SQL
     expression.
@@ -228,9 +231,9 @@ def register_table(
     # The anti-join on deleted rows adds these two columns to the files' own.
     reserved = deletes and bool({"file_row_number", "__icefield_file"} & {n.lower() for n in names})
     if tasks and schema.fields and _by_field_id(table) and positional and not reserved and all(
-        t.file.file_path.startswith(("file://", "/")) for t in tasks
+        t.file.file_path.startswith(("file://", "/")) or readable_store(t.file.file_path) for t in tasks
     ):
-        view.paths = [t.file.file_path.removeprefix("file://") for t in tasks]
+        view.paths = [duck_path(con, table, t.file.file_path) for t in tasks]
         files_sql = "[" + ",".join(_sql_string(p) for p in view.paths) + "]"
         # Each field id maps to its view name and type; a file without the column reads NULL.
         types = _duck_types(con, arrow_schema)

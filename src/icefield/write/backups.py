@@ -7,7 +7,8 @@ the catalog is a small JSON document, and a restore registers each table at its 
 tables come back with their history and every pipeline resumes where the backup saw it.
 
 - :func:`backup_catalog` writes one new file per backup (``icefield-catalog-<UTC time>.json``, never over
-  an earlier one) holding a format version, the time, the catalog's name and warehouse, the namespaces and
+  an earlier one) into a local folder or an object-store prefix (``s3://bucket/backups``, reached with the
+  catalog's storage properties) holding a format version, the time, the catalog's name and warehouse, the namespaces and
   each table's metadata location, location, properties, current snapshot and snapshot ids. It is
   *consistent*: every location in it was current at one instant. A SQL catalog's table rows are read in
   one statement (the database gives them as of one instant) and the metadata files they name never
@@ -73,10 +74,12 @@ class BackupResult:
 
 
 def backup_catalog(catalog: Catalog, dest: str | Path, *, warehouse: str | None = None) -> BackupResult:
-    """Write a consistent backup of ``catalog`` (see the module doc) as a new file in the folder ``dest``
-    (created if missing). Raises :class:`ConfigError` for an object-store destination or a folder that
-    cannot be written, :class:`TransientError` when the catalog kept changing for :data:`MAX_ROUNDS` reads."""
-    folder = _local_folder(dest, "backup destination")
+    """Write a consistent backup of ``catalog`` (see the module doc) as a new file in the folder or
+    object-store prefix ``dest`` (a folder is created if missing). Raises :class:`ConfigError` for a
+    destination that cannot be written, :class:`TransientError` when the catalog kept changing for
+    :data:`MAX_ROUNDS` reads or the object store cannot be reached."""
+    remote = _remote(dest)
+    folder = None if remote else _local_folder(dest, "backup destination")
     tables, rounds = _consistent_tables(catalog)
     namespaces = _namespaces(catalog)
     now = dt.datetime.now(dt.UTC)
@@ -88,23 +91,64 @@ def backup_catalog(catalog: Catalog, dest: str | Path, *, warehouse: str | None 
         "namespaces": namespaces,
         "tables": tables,
     }
-    path = _write_new(folder, now, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    path: str | Path
+    if remote is not None:
+        path = _write_new_remote(_file_io(catalog.properties, remote), remote, now, text)
+    else:
+        assert folder is not None
+        path = _write_new(folder, now, text)
     log.info("backed up %d tables and %d namespaces of catalog %s to %s (%d reads)", len(tables), len(namespaces), catalog.name, path, rounds)
     return BackupResult(path=str(path), created_at=doc["created_at"], tables=len(tables), namespaces=len(namespaces), rounds=rounds)  # type: ignore[arg-type]
 
 
-def _local_folder(dest: str | Path, what: str) -> Path:
+def _remote(dest: str | Path) -> str | None:
+    """``dest`` without a trailing ``/`` when it is an object-store location (``s3://...``), else None."""
     text = str(dest)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text) and not text.startswith("file://"):
-        raise ConfigError(
-            f"{what} {text!r}: backups go to a local folder for now, not to an object store; give a folder "
-            "(e.g. backups/) and copy the files to the bucket with its own tools"
-        )
+        return text.rstrip("/")
+    return None
+
+
+def _file_io(properties: dict[str, str], location: str) -> Any:
+    """The FileIO (pyiceberg's, from the catalog's storage properties) that reaches ``location``."""
+    from pyiceberg.io import load_file_io
+
+    return load_file_io(dict(properties), location)
+
+
+def _local_folder(dest: str | Path, what: str) -> Path:
+    text = str(dest)
     if text.startswith("file://"):
         from urllib.parse import unquote, urlparse
 
         text = unquote(urlparse(text).path)
     return Path(text).expanduser()
+
+
+def _backup_name(now: dt.datetime, n: int) -> str:
+    return f"{BACKUP_PREFIX}{now.strftime('%Y%m%dT%H%M%S.%fZ')}{'' if n == 0 else f'-{n}'}.json"
+
+
+def _write_new_remote(io: Any, prefix: str, now: dt.datetime, text: str) -> str:
+    """Write ``text`` as a new backup object under ``prefix``, never over an existing one (an object is
+    written whole or not at all, so no temporary name is needed)."""
+    data = text.encode("utf-8")
+    try:
+        with reaching_storage(f"writing a backup under {prefix}"):
+            for n in range(100):
+                path = f"{prefix}/{_backup_name(now, n)}"
+                try:
+                    with io.new_output(path).create(overwrite=False) as f:
+                        f.write(data)
+                    return path
+                except FileExistsError:
+                    continue
+    except (TransientError, ConfigError):
+        raise
+    except OSError as e:
+        raise ConfigError(f"backup destination {prefix}: cannot write a backup there ({e}); check the storage credentials and the bucket") from e
+    raise ConfigError(f"backup destination {prefix}: 100 backups named {_backup_name(now, 0)[:-5]}*.json exist already")
 
 
 def _write_new(folder: Path, now: dt.datetime, text: str) -> Path:
@@ -117,15 +161,14 @@ def _write_new(folder: Path, now: dt.datetime, text: str) -> Path:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-            stamp = now.strftime("%Y%m%dT%H%M%S.%fZ")
             for n in range(100):
-                path = folder / f"{BACKUP_PREFIX}{stamp}{'' if n == 0 else f'-{n}'}.json"
+                path = folder / _backup_name(now, n)
                 try:
                     os.link(tmp, path)  # fails when the name exists: an earlier backup is never replaced
                     return path
                 except FileExistsError:
                     continue
-            raise ConfigError(f"backup destination {folder}: 100 backups named {BACKUP_PREFIX}{stamp}*.json exist already")
+            raise ConfigError(f"backup destination {folder}: 100 backups named {_backup_name(now, 0)[:-5]}*.json exist already")
         finally:
             os.unlink(tmp)
     except OSError as e:
@@ -238,25 +281,40 @@ def newest_backup(folder: Path) -> Path:
     found = sorted(folder.glob(f"{BACKUP_PREFIX}*.json"))
     if not found:
         raise ConfigError(f"backup {folder}: the folder holds no {BACKUP_PREFIX}*.json file; give a backup file or the folder `icefield catalog backup` wrote to")
-    return max(found, key=lambda p: (_stamp(p), p.name))
+    return max(found, key=lambda p: (_stamp(p.name), p.name))
 
 
-def _stamp(p: Path) -> str:
-    return p.name.removeprefix(BACKUP_PREFIX).split("-")[0]
+def _stamp(name: str) -> str:
+    return name.removeprefix(BACKUP_PREFIX).split("-")[0]
 
 
-def read_backup(source: str | Path) -> tuple[Path, dict[str, Any]]:
-    """The backup file ``source`` (or the newest in the folder ``source``) and its document. Raises
+def backup_name(path: str | Path) -> str:
+    """The file name of the backup at ``path`` (a local path or an object-store location)."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def read_backup(source: str | Path, properties: dict[str, str] | None = None) -> tuple[str | Path, dict[str, Any]]:
+    """The backup file ``source`` (or the newest in the folder or object-store prefix ``source``) and its
+    document; an object store is reached with the storage ``properties`` (the catalog's). Raises
     :class:`ConfigError` when it is missing, not a backup, or of a newer format than this icefield reads."""
-    path = _local_folder(source, "backup")
-    if path.is_dir():
-        path = newest_backup(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"backup {path}: no such file; give a file `icefield catalog backup` wrote, or its folder") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"backup {path}: cannot read it as JSON ({e}); give a file `icefield catalog backup` wrote") from e
+    path: str | Path
+    remote = _remote(source)
+    if remote is not None:
+        path, text = _read_remote(_file_io(properties or {}, remote), remote)
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"backup {path}: cannot read it as JSON ({e}); give a file `icefield catalog backup` wrote") from e
+    else:
+        path = _local_folder(source, "backup")
+        if path.is_dir():
+            path = newest_backup(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"backup {path}: no such file; give a file `icefield catalog backup` wrote, or its folder") from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"backup {path}: cannot read it as JSON ({e}); give a file `icefield catalog backup` wrote") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ConfigError(f"backup {path}: not an icefield catalog backup (no \"format\": \"{FORMAT}\"); give a file `icefield catalog backup` wrote")
     version = doc.get("format_version")
@@ -269,6 +327,24 @@ def read_backup(source: str | Path) -> tuple[Path, dict[str, Any]]:
     if not isinstance(namespaces, list) or not all(isinstance(n, dict) and isinstance(n.get("namespace"), list) for n in namespaces):
         raise ConfigError(f"backup {path}: \"namespaces\" must list entries with a namespace; the file was changed or cut short, use another backup")
     return path, doc
+
+
+def _read_remote(io: Any, location: str) -> tuple[str, str]:
+    """The backup object at ``location`` (a ``.json`` object) or the newest under the prefix ``location``,
+    and its text."""
+    if not location.endswith(".json"):
+        found = [f.uri for f in list_files(io, location) if backup_name(f.uri).startswith(BACKUP_PREFIX) and f.uri.endswith(".json")]
+        if not found:
+            raise ConfigError(
+                f"backup {location}: the prefix holds no {BACKUP_PREFIX}*.json object; give a backup or the prefix "
+                "`icefield catalog backup` wrote to"
+            )
+        location = max(found, key=lambda u: (_stamp(backup_name(u)), backup_name(u)))
+    try:
+        with reaching_storage(f"reading the backup {location}"), io.new_input(location).open() as f:
+            return location, f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"backup {location}: no such object; give a backup `icefield catalog backup` wrote, or its prefix") from None
 
 
 # ---------------------------------------------------------------------------------------------- restore
@@ -383,11 +459,14 @@ def verify_backup(live: Catalog, doc: dict[str, Any], *, backup: str = "", wareh
     catalog committed to since the backup is ``moved`` (the backup restores it as it was; the restored
     table is still compared with the live one at the backup's snapshot). Never raises for one table's
     problem: it is reported in its entry."""
-    from icefield.catalog import sql_catalog
+    from icefield.catalog import file_io_properties, sql_catalog
 
     result = VerifyResult(backup=backup)
     with tempfile.TemporaryDirectory(prefix="icefield-verify-") as tmp:
-        scratch = sql_catalog(live.name, f"sqlite:///{Path(tmp) / 'catalog.db'}", warehouse or live.properties.get("warehouse", Path(tmp).as_uri()))
+        scratch = sql_catalog(
+            live.name, f"sqlite:///{Path(tmp) / 'catalog.db'}", warehouse or live.properties.get("warehouse", Path(tmp).as_uri()),
+            **file_io_properties(live.properties),
+        )
         try:
             restored = restore_catalog(scratch, doc, backup=backup)
             failed = {t["table"]: t.get("error", "") for t in restored.failed}
