@@ -28,7 +28,7 @@ from .kafka import (
 )
 from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
 from .rest_catalog import REST_PORT_DEFAULT, REST_PORT_ENV, RestCatalog
-from .s3 import S3_PORT_DEFAULT, S3_PORT_ENV, S3Account, S3Server
+from .s3 import S3_PORT_DEFAULT, S3_PORT_ENV, S3Account, S3Server, S3Settings
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
@@ -71,6 +71,7 @@ __all__ = [
     "S3_PORT_ENV",
     "S3Account",
     "S3Server",
+    "S3Settings",
     "STACK_DIR_ENV",
     "Postgres",
     "Service",

@@ -41,8 +41,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .base import (
     Service,
@@ -93,6 +94,33 @@ class S3Account:
 
     def __repr__(self) -> str:
         return f"S3Account(access_key={self.access_key!r}, role={self.role!r}, secret_key='***')"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """One bucket of a running S3 server with a writer and a read-only reader, as plain strings for clients.
+
+    ``endpoint`` is ``http://127.0.0.1:<port>``, path-style addressing, region ``region`` (us-east-1).
+    ``writer_key``/``writer_secret`` own ``bucket``: list, get, put and delete. ``reader_key``/
+    ``reader_secret`` list and get, and are refused put and delete (HTTP 403 AccessDenied). ``server`` is
+    the launcher (root account, more accounts and buckets). ``repr`` hides the secrets.
+    """
+
+    endpoint: str
+    region: str
+    bucket: str
+    writer_key: str
+    writer_secret: str = field(repr=False)
+    reader_key: str
+    reader_secret: str = field(repr=False)
+    server: S3Server = field(repr=False)
+
+    def storage(self, *, reader: bool = False) -> dict[str, Any]:
+        """icefield's ``storage:`` settings for the writer (or the reader): ``endpoint``, ``region``,
+        ``path_style`` (True), ``access_key``, ``secret_key``."""
+        key, secret = (self.reader_key, self.reader_secret) if reader else (self.writer_key, self.writer_secret)
+        return {"endpoint": self.endpoint, "region": self.region, "path_style": True,
+                "access_key": key, "secret_key": secret}
 
 
 def versitygw_binary() -> Path:
@@ -415,6 +443,21 @@ class S3Server(Service):
             args += ["--grant-read", ",".join(r.access_key for r in readers)]
         self._admin(args)
 
+    def provision(self, bucket: str, *, writer_key: str | None = None, reader_key: str | None = None) -> S3Settings:
+        """Create a writer, a read-only reader and ``bucket`` owned by the writer; return the settings clients use.
+
+        Raises :class:`StackError` like :meth:`create_account` and :meth:`create_bucket` (an existing
+        account or bucket included).
+        """
+        writer = self.create_account(writer_key)
+        reader = self.create_account(reader_key)
+        self.create_bucket(bucket, writer, readers=[reader])
+        return S3Settings(
+            endpoint=self.url(), region=self.region, bucket=bucket,
+            writer_key=writer.access_key, writer_secret=writer.secret_key,
+            reader_key=reader.access_key, reader_secret=reader.secret_key, server=self,
+        )
+
     def list_accounts(self) -> str:
         """Return ``versitygw admin list-users`` output (keys and roles, never secrets)."""
         return self._admin(["list-users"])
@@ -454,6 +497,7 @@ __all__ = [
     "ROLES",
     "S3Account",
     "S3Server",
+    "S3Settings",
     "S3_PORT_DEFAULT",
     "S3_PORT_ENV",
     "S3_REGION",
