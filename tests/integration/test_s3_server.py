@@ -127,7 +127,6 @@ def test_start_is_idempotent_and_stop_ends_the_gateway_by_pid(tmp_path: Path) ->
         assert server.stop() is False
 
         # A restart keeps the root account, the IAM accounts and the buckets with their grants.
-        writer = None
         server.up(timeout=30)
         writer = server.create_account("keeper")
         server.create_bucket("kept-bucket", writer)
