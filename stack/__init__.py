@@ -28,12 +28,14 @@ from .kafka import (
 )
 from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
 from .rest_catalog import REST_PORT_DEFAULT, REST_PORT_ENV, RestCatalog
+from .s3 import S3_PORT_DEFAULT, S3_PORT_ENV, S3Account, S3Server, S3Settings
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
     Kafka.name: Kafka,
     Connect.name: Connect,
     RestCatalog.name: RestCatalog,
+    S3Server.name: S3Server,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -65,6 +67,11 @@ __all__ = [
     "REST_PORT_ENV",
     "SERVICES",
     "RestCatalog",
+    "S3_PORT_DEFAULT",
+    "S3_PORT_ENV",
+    "S3Account",
+    "S3Server",
+    "S3Settings",
     "STACK_DIR_ENV",
     "Postgres",
     "Service",
