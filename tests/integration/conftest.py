@@ -6,8 +6,8 @@ stack-up``) when one runs from the default state dir, so repeated runs skip init
 formatting; each stops its server at the end of the session only if it started it. When a default
 port is taken by another process (another checkout's server), a free port is used instead.
 ``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them. ``rest_server`` (the Iceberg REST
-catalog) always starts its own server, with a token, in a temporary state dir on a free port; so does
-``s3_server`` (versitygw), with a bucket, a writer and a read-only reader made for the session.
+catalog) always starts its own server, with a token, in a temporary state dir on a free port. ``s3_server``
+(versitygw) is in ``tests/conftest.py``: the core suites run on it too (``tests/stores.py``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from stack import (
     Kafka,
     Postgres,
     RestCatalog,
-    S3Server,
-    S3Settings,
 )
 from stack.base import LOCALHOST, port_open
 
@@ -39,7 +37,6 @@ PG_READY_TIMEOUT = 120.0
 KAFKA_READY_TIMEOUT = 120.0
 CONNECT_READY_TIMEOUT = 180.0
 REST_READY_TIMEOUT = 120.0
-S3_READY_TIMEOUT = 60.0
 
 
 def _free_port() -> int:
@@ -125,32 +122,6 @@ def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestCatalo
         credential="icefield-test-client:" + uuid.uuid4().hex,
     )
     yield from _running(server, REST_READY_TIMEOUT)
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
-    """A running S3 server (versitygw, POSIX backend) on 127.0.0.1 with a bucket, a writer and a reader
-    made for the session: ``endpoint``, ``region``, ``bucket``, ``writer_key``/``writer_secret`` (list, get,
-    put, delete), ``reader_key``/``reader_secret`` (list and get; put and delete refused with 403
-    AccessDenied), ``storage(reader=False)`` (icefield's ``storage:`` settings) and ``server`` (the
-    launcher, for more accounts and buckets). See :class:`stack.s3.S3Settings`.
-
-    Its own state dir and a free port, never the developer's stack server. Raises (as a fixture error,
-    never a skip) if Go is missing (the first use builds versitygw) or the server does not start.
-    """
-    server = S3Server(tmp_path_factory.mktemp("stack"), port=_free_port())
-    server.up(timeout=S3_READY_TIMEOUT)
-    try:
-        yield server.provision("icefield-test", writer_key="icefield-writer", reader_key="icefield-reader")
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_prefix(s3_server: S3Settings) -> str:
-    """A fresh ``s3://<bucket>/<uuid>`` prefix (no trailing slash) in the session's bucket, for one test.
-    Nothing is deleted afterwards: the server's state dir goes with the session."""
-    return f"s3://{s3_server.bucket}/{uuid.uuid4().hex}"
 
 
 def _read(path: Path) -> str:

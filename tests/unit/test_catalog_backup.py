@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.stores import STORES, Store, make_store
 
 from icefield.catalog import open_catalog
 from icefield.cli import EXIT_FAILED, EXIT_USAGE, cli
@@ -62,9 +63,8 @@ def _destroy_catalog(root: Path) -> None:
         p.unlink()
 
 
-@pytest.fixture
-def project(make_project: Any) -> Path:
-    root: Path = make_project(PIPELINES)
+def _project(make_project: Any, store: Store | None = None) -> Path:
+    root: Path = make_project(PIPELINES, store.project() if store is not None else None)
     _drop(root, "events", "a", [(1, "a1"), (2, "a2")])
     with (root / "data" / "events" / "a.jsonl").open("a") as f:
         f.write('{"id": "not a number", "v": "bad"}\n')  # quarantined: raw.events__quarantine exists
@@ -73,15 +73,28 @@ def project(make_project: Any) -> Path:
     return root
 
 
-def test_backup_destroy_restore_and_every_pipeline_resumes_exactly_once(project: Path, tmp_path: Path) -> None:
-    code, backup = _invoke(project, "catalog", "backup", str(tmp_path / "backups"))
+@pytest.fixture
+def project(make_project: Any) -> Path:
+    return _project(make_project)
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+def test_backup_destroy_restore_and_every_pipeline_resumes_exactly_once(make_project: Any, store: Store, tmp_path: Path) -> None:
+    """On a local warehouse with a local backup folder, and on S3 with the backups under an S3 prefix."""
+    project = _project(make_project, store)
+    backups = store.location("backups") if store.kind == "s3" else str(tmp_path / "backups")
+    code, backup = _invoke(project, "catalog", "backup", backups)
     assert code == 0, backup
     assert backup["tables"] == 3, "raw.events, raw.users and the bookkeeping table raw.events__quarantine"
     _destroy_catalog(project)
     code, doc = _invoke(project, "tables")
     assert code == 0 and doc["tables"] == [], "the catalog database is gone: no table is known"
 
-    code, restored = _invoke(project, "catalog", "restore", str(tmp_path / "backups"))  # the folder: its newest backup
+    code, restored = _invoke(project, "catalog", "restore", backups)  # the folder (prefix): its newest backup
     assert code == 0, restored
     assert {t["status"] for t in restored["tables"]} == {"restored"}
 
@@ -113,8 +126,6 @@ def test_backups_are_versioned_files_never_overwritten_and_restore_refuses_a_cat
     code, forced = _invoke(project, "catalog", "restore", first["path"], "--force")
     assert code == 0 and {t["status"] for t in forced["tables"]} == {"unchanged"}
 
-    code, err = _invoke(project, "catalog", "backup", "s3://bucket/backups")
-    assert code == EXIT_USAGE and "local folder" in err["error"]
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({**doc, "tables": [{"table": "raw.users"}]}))
     code, err = _invoke(project, "catalog", "restore", str(broken), "--force")
