@@ -78,6 +78,12 @@ class InterruptedRunError(IcefieldError):
     exit_code: ClassVar[int] = EXIT_INTERRUPTED
 
 
+class StorageRefusedError(ConfigError):
+    """The object store refused a request with the configured credentials (access denied, an unknown key,
+    a bad signature, no such bucket): a retry cannot help until the ``storage`` settings or the account's
+    grants change. Nothing of the refused change landed."""
+
+
 class SecretError(ConfigError):
     """A ``${env:NAME}`` or ``${file:PATH}`` reference cannot be resolved."""
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from icefield.errors import CommitConflictError, IcefieldError, TransientError
 from icefield.iceberg.history import MAIN, find_batch
-from icefield.iceberg.tables import unreachable
+from icefield.iceberg.tables import refusal, refused, unreachable
 
 if TYPE_CHECKING:
     from pyiceberg.table import Table
@@ -121,6 +121,9 @@ def _resolve(what: str, load: Callable[[], T], landed: Callable[[T], R | None] |
     from sqlalchemy.exc import DBAPIError
 
     why = f"the object store is unreachable ({error})" if unreachable(error) else str(error)
+    if refused(error):
+        # Refused before the catalog moved (files are written first): nothing landed, and no retry helps.
+        raise refusal(f"{what} failed", error) from error
     if landed is not None:
         try:
             result = landed(load())

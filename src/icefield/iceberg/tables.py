@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from icefield.errors import ConfigError, TransientError
+from icefield.errors import ConfigError, StorageRefusedError, TransientError
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -26,6 +26,13 @@ _UNREACHABLE = re.compile(
     r"failed to connect|timed out|no route to host|network is unreachable|could not resolve host|"
     r"name or service not known|temporary failure in name resolution|curlCode: (6|7|28)\b",
     re.IGNORECASE,
+)
+# An S3 server's answers that no retry changes: the credentials or the bucket are wrong, or the account
+# may not do this (a read-only account writing). pyarrow names the AWS error code in its message.
+_REFUSED = re.compile(
+    r"ACCESS_DENIED|AccessDenied|Access Denied|INVALID_ACCESS_KEY_ID|InvalidAccessKeyId|SIGNATURE_DOES_NOT_MATCH|"
+    r"SignatureDoesNotMatch|NO_SUCH_BUCKET|NoSuchBucket|AllAccessDisabled|AccountProblem|"
+    r"HTTP response code: 403|HTTP status 403",
 )
 _NETWORK_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError", "ServerTimeoutError")
 
@@ -87,13 +94,37 @@ def unreachable(e: BaseException) -> bool:
     return False
 
 
+def refused(e: BaseException) -> bool:
+    """True when ``e`` (or an error it was raised from) is the object store refusing the request for good:
+    access denied, unknown access key, bad signature, no such bucket."""
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and _REFUSED.search(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def refusal(what: str, e: BaseException) -> StorageRefusedError:
+    """The :class:`StorageRefusedError` for ``what`` (``writing batch 1a2b of raw.events``) refused with ``e``."""
+    return StorageRefusedError(
+        f"{what}: the object store refused it ({e}); the storage credentials may not do this here: give an "
+        "account that may (storage.access_key / storage.secret_key), or fix the warehouse's bucket"
+    )
+
+
 @contextmanager
 def reaching_storage(what: str) -> Iterator[None]:
-    """Run the block; an error saying the object store cannot be reached becomes :class:`TransientError`
-    naming what was being done (``what``), its cause kept. Other errors pass unchanged."""
+    """Run the block; an error saying the object store cannot be reached becomes :class:`TransientError`,
+    one saying it refused the request (:func:`refused`) :class:`StorageRefusedError`, each naming what was
+    being done (``what``), its cause kept. Other errors pass unchanged."""
     try:
         yield
     except OSError as e:
+        if refused(e):
+            raise refusal(what, e) from e
         if not unreachable(e):
             raise
         raise TransientError(f"{what}: the object store is unreachable ({e}); retry later") from e
