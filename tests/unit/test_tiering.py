@@ -253,8 +253,7 @@ def test_pipeline_maintenance_archives_after_a_compaction_and_reports_the_counts
     cold = tmp_path / "cold"
     lk = lake({"p": _pipeline({"compact_every": 1, "archive_older_than": "30d", "archive_location": str(cold)})})
     (lk.root / "drop").mkdir()
-    for b, day in enumerate([(2020, 1, 1), (2020, 1, 2), None]):
-        when = "2020-01-0%dT10:00:00Z" % day[2] if day else "2999-01-01T10:00:00Z"
+    for b, when in enumerate(["2020-01-01T10:00:00Z", "2020-01-02T10:00:00Z", "2999-01-01T10:00:00Z"]):
         lines = [json.dumps({"k": 10 * b + i, "v": f"v{b}", "ts": when}) for i in range(3)]
         (lk.root / "drop" / f"b{b}.jsonl").write_text("\n".join(lines) + "\n")
     seen: list[Any] = []
