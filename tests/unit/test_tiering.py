@@ -303,3 +303,5 @@ def test_the_archive_command_moves_old_partitions_and_says_so_in_json(lake: Any,
     assert res.exit_code == 0 and "Nothing to archive in t.ev" in res.stdout
     res = CliRunner().invoke(cli, ["--project", str(lk.root), "archive", "t.ev", "--older-than", "soon", "--location", str(cold), "--json"])
     assert res.exit_code == EXIT_USAGE and "'soon'" in json.loads(res.stdout)["error"]
+    res = CliRunner().invoke(cli, ["--project", str(lk.root), "archive", "t.ev", "--json"])
+    assert res.exit_code == EXIT_USAGE and "give --older-than and --location" in json.loads(res.stdout)["error"]
