@@ -1,7 +1,8 @@
 """Cold-data tiering (``icefield archive``, ``target.maintenance.archive_older_than``): the partitions of a
 time-partitioned table older than an age are rewritten under an archive location in one ``replace``
 snapshot; readers see the same rows; a second run does nothing; a concurrent merge makes it replan; once
-the old snapshots expire, the data has left the table's own location."""
+the old snapshots expire, the data has left the table's own location. One test runs on a local folder and
+on the S3 server (``tests/stores.py``)."""
 
 from __future__ import annotations
 
