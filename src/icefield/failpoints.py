@@ -10,7 +10,8 @@ Points on the write path: ``after-data-files`` (a batch's data files are written
 batch is committed, e.g. Kafka consumer offsets committed); write-audit-publish adds ``before-publish`` (the
 batch is on its audit branch and passed its gates; ``main`` has not moved). Points of a quarantine replay:
 ``replay-after-claim`` (rows claimed, not landed), ``replay-after-commit`` (landed in the table, still in the
-quarantine).
+quarantine). The rewrites of maintenance (compaction, archiving) have ``rewrite-before-commit`` (the new files are
+written, nothing committed).
 """
 
 from __future__ import annotations

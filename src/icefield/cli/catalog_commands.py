@@ -1,4 +1,4 @@
-"""The CLI commands of the catalog and the storage: catalog backup / restore / verify / register, orphans."""
+"""The CLI commands of the catalog and the storage: catalog backup / restore / verify / register, orphans, tombstones, archive."""
 
 from __future__ import annotations
 
@@ -197,5 +197,54 @@ def tombstones(out: Output, table: str, older_than: str, dry_run: bool) -> None:
         out.print(
             ("Would delete" if dry_run else "Deleted") + " {tombstones_removed} tombstone(s) of {table} older than {older_than}; "
             "{tombstones_kept} newer ones kept in the files it rewrote.",
+            **{**vars(res), "table": table, "older_than": older_than},
+        )
+
+
+# ---------------------------------------------------------------------------------------------- archive
+
+
+@cli.command()
+@click.argument("table", type=TABLE)
+@click.option(
+    "--older-than", default=None,
+    help="Move the partitions whose time range ended longer ago than this (180d, 12h). Default: the archive_older_than of the pipeline that writes TABLE.",
+)
+@click.option(
+    "--location", default=None,
+    help="Where they go: s3://bucket/prefix, file:///folder or /folder (files under LOCATION/<namespace>/<table>/data/). Default: the pipeline's archive_location.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would move; change nothing.")
+@json_option
+@pass_out
+@guarded
+def archive(out: Output, table: str, older_than: str | None, location: str | None, dry_run: bool) -> None:
+    """Move TABLE's old partitions to a cheaper storage tier: the data files of the partitions (of a time
+    partition field: day(ts), month(ts), ...) older than --older-than are rewritten under --location, their
+    deletes applied, in one 'replace' snapshot; readers see the same rows. Files already there stay. The
+    old files leave the table's own location when `icefield expire` removes the snapshots before."""
+    from icefield.catalog import open_catalog
+    from icefield.errors import ConfigError
+    from icefield.write.tiering import archive_table
+
+    project = out.project()
+    declared = next((p.target.maintenance for p in project.pipelines.values() if p.target.table == table and p.target.maintenance.archive_location), None)
+    older_than = older_than or (declared.archive_older_than if declared else None)
+    location = location or (declared.archive_location if declared else None)
+    if older_than is None or location is None:
+        raise ConfigError(
+            f"archive of {table}: give --older-than and --location (e.g. --older-than 180d --location s3://cold-bucket/archive), "
+            "or declare archive_older_than and archive_location in the target.maintenance of the pipeline that writes it"
+        )
+    res = archive_table(open_catalog(project), table, older_than=older_than, location=location, dry_run=dry_run)
+    if out.as_json:
+        out.emit({"status": "ok", **vars(res)})
+    elif not res.files_moved:
+        out.print("Nothing to archive in {table}: no data file of a partition older than {older_than} outside {location}.", table=table, older_than=older_than, location=res.location)
+    else:
+        out.print(
+            ("Would move" if dry_run else "Moved") + " {files_moved} file(s) of {partitions} partition(s) of {table} older than {older_than} "
+            "({bytes:,} bytes, {rows:,} rows) to {location}"
+            + ("; nothing committed." if dry_run else " as {files_written} file(s), {delete_files_removed} delete file(s) applied; snapshot {snapshot_id} ({seconds:.2f} s)."),
             **{**vars(res), "table": table, "older_than": older_than},
         )

@@ -399,8 +399,25 @@ class MaintenanceConfig(_Model):
     # recorded longer ago than this age (icefield.write.tombstones): keep it longer than any source may
     # redeliver an event, since a redelivered older version of a key deleted before the horizon comes back.
     tombstones_older_than: str | None = None
+    # After each compaction (before expiry), move the partitions whose time range ended longer ago than
+    # this age under ``archive_location`` (an s3:// URI, a file:// URI or an absolute folder), in one replace
+    # snapshot (icefield.write.tiering); the table needs a time partition field (day(ts), ...).
+    archive_older_than: str | None = None
+    archive_location: str | None = None
 
-    @field_validator("expire_older_than", "orphans_older_than", "tombstones_older_than")
+    @field_validator("archive_location")
+    @classmethod
+    def _location(cls, v: str | None) -> str | None:
+        if v is not None:
+            from icefield.config.archive import archive_location
+
+            try:
+                archive_location(v)
+            except Exception as e:  # ConfigError: reported by pydantic with the field's path
+                raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("expire_older_than", "orphans_older_than", "tombstones_older_than", "archive_older_than")
     @classmethod
     def _age(cls, v: str | None) -> str | None:
         if v is not None:
@@ -414,9 +431,13 @@ class MaintenanceConfig(_Model):
 
     @model_validator(mode="after")
     def _expire_needs_compact(self) -> MaintenanceConfig:
-        for key in ("expire_older_than", "orphans_older_than", "tombstones_older_than"):
+        for key in ("expire_older_than", "orphans_older_than", "tombstones_older_than", "archive_older_than"):
             if getattr(self, key) is not None and self.compact_every is None:
                 raise ValueError(f"'{key}' runs after a compaction: set 'compact_every' too")
+        if self.archive_older_than is not None and self.archive_location is None:
+            raise ValueError("'archive_older_than' needs 'archive_location' (where the old partitions go, e.g. s3://cold-bucket/archive)")
+        if self.archive_location is not None and self.archive_older_than is None:
+            raise ValueError("'archive_location' needs 'archive_older_than' (the age past which a partition moves there, e.g. 180d)")
         return self
 
 

@@ -165,9 +165,10 @@ class RecentFiles:
 RECENT = RecentFiles(512 << 20)
 
 
-def _write_file(table: Table, tasks: Iterator[Any]) -> list[Any]:
+def _write_file(table: Table, tasks: Iterator[Any], data_location: str | None = None) -> list[Any]:
     """pyiceberg's ``write_file`` (0.12), with the dictionary encoding of ``dictionary_columns`` and the
-    per-table work (schema, writer properties, statistics plan, config) done once instead of per file."""
+    per-table work (schema, writer properties, statistics plan, config) done once instead of per file.
+    ``data_location`` replaces the table's data folder (``write.data.path``) for these files."""
     from pyiceberg.io.fileformat import FileFormatFactory
     from pyiceberg.io.pyarrow import (
         _get_parquet_writer_kwargs,
@@ -191,7 +192,10 @@ def _write_file(table: Table, tasks: Iterator[Any]) -> list[Any]:
     if file_format != FileFormat.PARQUET:
         raise ConfigError(f"table property write.format.default={file_format.value!r}: icefield writes Parquet only; unset it")
     format_model = FileFormatFactory.get(file_format)
-    locations = load_location_provider(table_location=meta.location, table_properties=props)
+    # The location provider lays the files out (partition folders, object-store hashing) under the data
+    # folder; another one (an archive tier) keeps that layout.
+    layout = props if data_location is None else {**props, TableProperties.WRITE_DATA_PATH: data_location.rstrip("/")}
+    locations = load_location_provider(table_location=meta.location, table_properties=layout)
     table_schema = meta.schema()
     file_schema = sanitize_column_names(table_schema)
     downcast = Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE) or False
@@ -250,6 +254,7 @@ def write_data_files(
     split: bool = True,
     rows: pa.Array | None = None,
     segments: list[int] | None = None,
+    data_location: str | None = None,
 ) -> list[Any]:
     """Write ``data`` (typed as the table's schema) as data files of ``table``'s current spec, sorted by
     ``sort_by`` within each partition. ``rows`` (indices) writes only those rows of ``data``, gathered
@@ -259,7 +264,8 @@ def write_data_files(
     compaction). ``segments`` (with ``rows``, unpartitioned tables) are the increasing offsets in ``rows``,
     from 0, where a segment starts that the caller has put in order: each segment is written to files of its own and
     rows are not sorted across segments (a merge rewrites each stored file into its own, keeping its key
-    range). Returns the uncommitted DataFiles."""
+    range). ``data_location`` (a folder or prefix URI, written through ``table.io``) replaces the table's
+data folder (an archive tier). Returns the uncommitted DataFiles."""
     from pyiceberg.io.pyarrow import pyarrow_to_schema
     from pyiceberg.partitioning import PartitionFieldValue, PartitionKey
     from pyiceberg.table import WriteTask
@@ -305,7 +311,7 @@ def write_data_files(
                 WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=_Gather(chunks, indices.slice(lo, hi - lo)), schema=task_schema)  # type: ignore[arg-type]
                 for lo, hi in ranges
             )
-        return _write_file(table, tasks)
+        return _write_file(table, tasks, data_location)
 
     # Partitioned: the partition values and sort keys of the rows are sorted (a small table), then each
     # file's rows are gathered in its writing thread, as above.
@@ -344,7 +350,7 @@ def write_data_files(
                 gather = _Gather(chunks, final.slice(lo + a, b - a))
                 yield WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=gather, partition_key=key, schema=task_schema)  # type: ignore[arg-type]
 
-    return _write_file(table, partition_tasks())
+    return _write_file(table, partition_tasks(), data_location)
 
 
 def sort_indices(data: pa.Table, columns: list[str]) -> pa.Array | None:

@@ -191,9 +191,12 @@ class BatchPublished(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class MaintenanceDone(Event):
-    """Maintenance ran on a table between batches (``operation``: compact, expire, orphans, tombstones).
-    ``snapshot_id`` is the new snapshot of the table it committed to (for ``tombstones``, of
-    ``<table>__tombstones``); ``tombstones_removed`` counts the tombstones a ``tombstones`` prune deleted."""
+    """Maintenance ran on a table between batches (``operation``: compact, archive, expire, orphans,
+    tombstones). ``snapshot_id`` is the new snapshot of the table it committed to (for ``tombstones``, of
+    ``<table>__tombstones``); ``tombstones_removed`` counts the tombstones a ``tombstones`` prune deleted;
+    ``partitions_archived`` and ``rows_archived`` the old partitions an ``archive`` moved to the archive
+    location and their rows (its ``files_removed`` are the hot data and delete files, ``files_added`` the
+    archive's)."""
 
     kind: ClassVar[str] = "maintenance_done"
     table: str
@@ -203,6 +206,8 @@ class MaintenanceDone(Event):
     files_removed: int = 0
     snapshots_expired: int = 0
     tombstones_removed: int = 0
+    partitions_archived: int = 0
+    rows_archived: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -410,7 +415,8 @@ def _describe(e: Event) -> str:
     if isinstance(e, BatchPublished):
         return f"batch {e.batch_id} of {e.pipeline} published: {e.table} main is now snapshot {e.snapshot_id} (from {e.branch})"
     if isinstance(e, MaintenanceDone):
-        return f"{e.operation} of {e.table} done: snapshot {e.snapshot_id}, {e.files_added} files added, {e.files_removed} removed"
+        moved = f"; {e.partitions_archived} partitions ({e.rows_archived} rows) moved to the archive" if e.operation == "archive" else ""
+        return f"{e.operation} of {e.table} done: snapshot {e.snapshot_id}, {e.files_added} files added, {e.files_removed} removed{moved}"
     if isinstance(e, ErrorRaised):
         pending = f"; batch {e.batch_id} stays pending" if e.batch_id else ""
         return (

@@ -238,7 +238,8 @@ def maintain(
     events: EventStream | None = None,
 ) -> None:
     """After batch ``n`` of a run: compact the target once ``compact_every`` commits landed since its last
-    compaction (and then expire old snapshots, delete orphan files and prune old tombstones), as ``target.maintenance`` asks. Never fails the run: a
+    compaction, then archive old partitions, and (when one of them committed) expire old snapshots, delete
+    orphan files and prune old tombstones, as ``target.maintenance`` asks. Never fails the run: a
     compaction that loses to a concurrent merge, or any other maintenance error, is logged and left for
     the next batch. Skipped while the table holds an audit batch (compacting main would stop its publish).
     A compaction that found nothing to do is not tried again for ``compact_every`` batches of the run."""
@@ -267,17 +268,22 @@ def maintain(
         done = compact_table(catalog, pipe.target.table, sort_by=list(pipe.target.keys) or None)
         if done.snapshot_id is None:
             quiet_until[0] = n + m.compact_every
+        else:
+            result.compactions += 1
+            if events is not None:
+                events.emit(
+                    MaintenanceDone,
+                    table=pipe.target.table,
+                    operation="compact",
+                    snapshot_id=done.snapshot_id,
+                    files_added=done.files_added,
+                    files_removed=done.files_removed + done.delete_files_removed,
+                )
+        # Archiving is due with the compaction, whether or not that found files to rewrite: a table that
+        # appends one file per partition per batch has nothing to compact, and still ages.
+        archived = _archive(catalog, pipe, n, events) if m.archive_older_than is not None else None
+        if done.snapshot_id is None and archived is None:
             return
-        result.compactions += 1
-        if events is not None:
-            events.emit(
-                MaintenanceDone,
-                table=pipe.target.table,
-                operation="compact",
-                snapshot_id=done.snapshot_id,
-                files_added=done.files_added,
-                files_removed=done.files_removed + done.delete_files_removed,
-            )
         if m.expire_older_than is not None:
             gone = expire_table(
                 catalog, pipe.target.table, older_than=m.expire_older_than, retain_last=m.retain_last
@@ -317,6 +323,36 @@ def maintain(
         log.warning("maintenance of %s after batch %d skipped: %s", pipe.target.table, n + 1, e)
     except Exception as e:  # a conflict with a concurrent writer, an I/O error: the data is safe either way
         log.warning("maintenance of %s after batch %d failed: %r; the next one retries", pipe.target.table, n + 1, e)
+
+
+def _archive(catalog: Catalog, pipe: PipelineConfig, n: int, events: EventStream | None) -> int | None:
+    """Archive the target's old partitions as ``target.maintenance`` asks (icefield.write.tiering); returns
+    the archive's snapshot id (None: nothing was old). An icefield error (a table without a time partition
+    field, a lost race) is logged and leaves the rest of the maintenance to run."""
+    from icefield.write.tiering import OPERATION, archive_table
+
+    m = pipe.target.maintenance
+    assert m.archive_older_than is not None and m.archive_location is not None  # the config requires both
+    try:
+        moved = archive_table(
+            catalog, pipe.target.table, older_than=m.archive_older_than, location=m.archive_location,
+            sort_by=list(pipe.target.keys) or None,
+        )
+    except IcefieldError as e:
+        log.warning("archive of %s after batch %d skipped: %s", pipe.target.table, n + 1, e)
+        return None
+    if events is not None and moved.snapshot_id is not None:
+        events.emit(
+            MaintenanceDone,
+            table=pipe.target.table,
+            operation=OPERATION,
+            snapshot_id=moved.snapshot_id,
+            files_added=moved.files_written,
+            files_removed=moved.files_moved + moved.delete_files_removed,
+            partitions_archived=moved.partitions,
+            rows_archived=moved.rows,
+        )
+    return moved.snapshot_id
 
 
 def _stop_when_set(stop: threading.Event, source: Any) -> None:

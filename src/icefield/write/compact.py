@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from icefield.errors import ConfigError, IntegrityError
 from icefield.iceberg.commits import Retry, commit, commit_transaction
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 MIN_FILE_RATIO = 0.75
 ATTEMPTS = 4
 SUMMARY_OPERATION = "icefield.operation"
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -79,24 +82,24 @@ def compact_table(
     if min_input_files < 1:
         raise ConfigError(f"min_input_files={min_input_files}: give 1 or more")
     started = time.perf_counter()
-    written: list[tuple[Table, list[Any]]] = []  # the files of the attempt in flight
 
-    def attempt(table: Table) -> CompactionResult:
+    def attempt(table: Table, written: list[Any]) -> CompactionResult:
         missing = [c for c in sort_by or [] if c not in table.schema().column_names]
         if missing:
             raise ConfigError(f"sort_by: {', '.join(missing)} not in table {table_name}; its columns: {', '.join(table.schema().column_names)}")
         target = target_file_size or default_target(table.metadata)
         groups = plan(table, target, min_input_files)
         result = CompactionResult(table=table_name, dry_run=dry_run)
-        result.partitions = len({_partition_of(t) for g in groups for t in g})
+        result.partitions = len({partition_of(t) for g in groups for t in g})
         result.files_removed = sum(len(g) for g in groups)
         result.bytes_before = sum(t.file.file_size_in_bytes for g in groups for t in g)
         if dry_run or not groups:
             result.seconds = time.perf_counter() - started
             return result
-        written[:] = [(table, [])]
-        written[0][1].extend(_rewrite(table, groups, target, sort_by or [], result))
-        _commit(table, groups, written[0][1], result)
+        written.extend(_rewrite(table, groups, target, sort_by or [], result))
+        result.snapshot_id, result.delete_files_removed = replace_files(table, [t for g in groups for t in g], written, "compact")
+        result.files_added = len(written)
+        result.bytes_after = sum(f.file_size_in_bytes for f in written)
         result.seconds = time.perf_counter() - started
         log.info(
             "compacted %s: %d files (%d delete files) -> %d in %d partitions, %d rows, %d purged, snapshot %s",
@@ -105,6 +108,27 @@ def compact_table(
         )
         return result
 
+    return rewrite_commit(
+        catalog, table_name, f"compaction of {table_name}", attempt, advice="run it again when the table's merges are quieter"
+    )
+
+
+def rewrite_commit(
+    catalog: Catalog, table_name: str, what: str, attempt: Callable[[Table, list[Any]], R], *, advice: str
+) -> R:
+    """Run ``attempt(table, written)`` on ``table_name`` freshly loaded until its commit lands (through
+    :func:`icefield.iceberg.commits.commit`, at most ``ATTEMPTS`` attempts), and return what it returns.
+    ``attempt`` adds each data file it writes to ``written`` and commits with :func:`replace_files`.
+    After a conflict (nothing of the attempt landed) those files are deleted before the next attempt;
+    past the last one, :class:`~icefield.errors.CommitConflictError` names ``what`` and ``advice``.
+    The rewrites of compaction and of archiving (:mod:`icefield.write.tiering`) share it."""
+    written: list[tuple[Table, list[Any]]] = []  # the files of the attempt in flight
+
+    def run(table: Table) -> R:
+        files: list[Any] = []
+        written[:] = [(table, files)]
+        return attempt(table, files)
+
     def forget() -> None:
         # Nothing landed: the files written for it are no one's.
         for table, files in written:
@@ -112,16 +136,17 @@ def compact_table(
         written.clear()
 
     return commit(
-        f"compaction of {table_name}",
+        what,
         lambda: load_existing(catalog, table_name),
-        attempt,
+        run,
         retry=Retry(ATTEMPTS, delay=0.1),
         on_conflict=forget,
-        advice="run it again when the table's merges are quieter",
+        advice=advice,
     )
 
 
-def _partition_of(task: Any) -> tuple[Any, ...]:
+def partition_of(task: Any) -> tuple[Any, ...]:
+    """The partition of a scan task's data file: its spec id, then its partition values."""
     p = task.file.partition
     values = tuple(p[i] for i in range(len(p))) if p is not None else ()
     return (task.file.spec_id, *values)
@@ -138,72 +163,108 @@ def plan(table: Table, target: int, min_input_files: int = 2) -> list[list[Any]]
     by_partition: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
     for task in plan_files(table, "compact it"):
         if task.delete_files or task.file.file_size_in_bytes < small:
-            by_partition[_partition_of(task)].append(task)
+            by_partition[partition_of(task)].append(task)
     groups: list[list[Any]] = []
     for tasks in by_partition.values():
         with_deletes = any(t.delete_files for t in tasks)
         if not with_deletes and len(tasks) < max(min_input_files, 2):
             continue  # one small file alone gains nothing
-        tasks.sort(key=lambda t: t.file.file_path)
-        group: list[Any] = []
-        size = 0
-        for t in tasks:
-            if group and size + t.file.file_size_in_bytes > target:
-                groups.append(group)
-                group, size = [], 0
-            group.append(t)
-            size += t.file.file_size_in_bytes
-        groups.append(group)
+        groups.extend(pack(tasks, target))
     # A lone file without deletes left at the end of a partition's packing rewrites to itself: drop it.
     return [g for g in groups if len(g) > 1 or g[0].delete_files]
 
 
+def pack(tasks: list[Any], target: int) -> list[list[Any]]:
+    """``tasks`` (of one partition) in groups of at most ``target`` bytes of data files (a larger file is a
+    group alone), in the order of their paths."""
+    groups: list[list[Any]] = []
+    group: list[Any] = []
+    size = 0
+    for t in sorted(tasks, key=lambda t: t.file.file_path):
+        if group and size + t.file.file_size_in_bytes > target:
+            groups.append(group)
+            group, size = [], 0
+        group.append(t)
+        size += t.file.file_size_in_bytes
+    if group:
+        groups.append(group)
+    return groups
+
+
 def _rewrite(table: Table, groups: list[list[Any]], target: int, sort_by: list[str], result: CompactionResult) -> list[Any]:
     """Read each group with its deletes applied, and write it as new data files (not committed)."""
+    added: list[Any] = []
+    for group in groups:
+        files, rows = rewrite_group(table, group, target, sort_by, table_name=result.table, what="compaction", written=added)
+        result.rows += rows
+        result.rows_purged += sum(t.file.record_count for t in group) - rows
+        added.extend(files)
+    return added
+
+
+def rewrite_group(
+    table: Table,
+    group: list[Any],
+    target: int,
+    sort_by: list[str],
+    *,
+    table_name: str,
+    what: str,
+    written: Sequence[Any] = (),
+    data_location: str | None = None,
+) -> tuple[list[Any], int]:
+    """Read the data files of ``group`` (scan tasks) with their deletes applied and write the rows as new
+    data files of ``table``'s current spec, of about ``target`` bytes on disk, sorted by ``sort_by``, under
+    ``data_location`` (default: the table's data folder). Returns the new files (not committed) and the
+    rows read. Raises :class:`~icefield.errors.IntegrityError` (naming ``what`` of ``table_name``) when the
+    files written hold another number of rows than was read; its files and those of ``written`` (the
+    caller's earlier groups) are then deleted."""
     from pyiceberg.expressions import AlwaysTrue
     from pyiceberg.io.pyarrow import ArrowScan
 
     from icefield.iceberg.datafiles import write_data_files
     from icefield.iceberg.schema import conform_to_table
 
-    scan = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue())
-    added: list[Any] = []
-    for group in groups:
-        data = scan.to_table(group)
-        stored = sum(t.file.record_count for t in group)
-        result.rows += data.num_rows
-        result.rows_purged += stored - data.num_rows
-        if not data.num_rows:
-            continue
-        # Files of about ``target`` bytes on disk: the Arrow size to cut at, by this group's own ratio.
-        arrow_target = max(1, int(target * data.nbytes / max(1, sum(t.file.file_size_in_bytes for t in group))))
-        files = write_data_files(table, conform_to_table(table, data), sort_by=sort_by, target_bytes=arrow_target, split=False)
-        written = sum(f.record_count for f in files)
-        if written != data.num_rows:  # never commit a rewrite that lost or gained a row
-            _remove_files(table, [*added, *files])
-            raise IntegrityError(
-                f"compaction of {result.table}: read {data.num_rows} rows, wrote {written}; nothing was committed and the "
-                f"table is as it was. Report it with the output of `icefield show --json {result.table}`"
-            )
-        added.extend(files)
-        del data
-    return added
+    data = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(group)
+    rows = data.num_rows
+    if not rows:
+        return [], 0
+    # Files of about ``target`` bytes on disk: the Arrow size to cut at, by this group's own ratio.
+    arrow_target = max(1, int(target * data.nbytes / max(1, sum(t.file.file_size_in_bytes for t in group))))
+    files = write_data_files(
+        table, conform_to_table(table, data), sort_by=sort_by, target_bytes=arrow_target, split=False, data_location=data_location
+    )
+    del data
+    stored = sum(f.record_count for f in files)
+    if stored != rows:  # never commit a rewrite that lost or gained a row
+        _remove_files(table, [*written, *files])
+        raise IntegrityError(
+            f"{what} of {table_name}: read {rows} rows, wrote {stored}; nothing was committed and the "
+            f"table is as it was. Report it with the output of `icefield show --json {table_name}`"
+        )
+    return files, rows
 
 
-def _commit(table: Table, groups: list[list[Any]], added: list[Any], result: CompactionResult) -> None:
+def replace_files(table: Table, tasks: list[Any], added: list[Any], operation: str) -> tuple[int | None, int]:
+    """Commit one ``replace`` snapshot of ``table`` (summary ``icefield.operation``: ``operation``) that
+    removes the data files of ``tasks`` and their file-scoped delete files and adds ``added``. It fails
+    (a conflict: replan) when one of those data files was removed or got new deletes since ``table`` was
+    loaded. Returns the new snapshot's id and the number of delete files removed."""
     from pyiceberg.table.snapshots import Operation
 
+    from icefield import failpoints
     from icefield.iceberg.producers import Rewrite
 
-    removed = [t.file for g in groups for t in g]
-    deletes = {d.file_path: d for g in groups for t in g for d in t.delete_files or () if is_file_scoped(d) == t.file.file_path}
+    removed = [t.file for t in tasks]
+    deletes = {d.file_path: d for t in tasks for d in t.delete_files or () if is_file_scoped(d) == t.file.file_path}
+    failpoints.hit("rewrite-before-commit")
     tx = table.transaction()
     producer = Rewrite(
         operation=Operation.REPLACE,
         transaction=tx,
         io=table.io,
         branch="main",
-        snapshot_properties={SUMMARY_OPERATION: "compact"},
+        snapshot_properties={SUMMARY_OPERATION: operation},
     )
     producer.referenced = set()
     with producer as p:
@@ -213,10 +274,7 @@ def _commit(table: Table, groups: list[list[Any]], added: list[Any], result: Com
             p.append_data_file(f)
     committed = commit_transaction(tx)
     snap = committed.current_snapshot()
-    result.snapshot_id = snap.snapshot_id if snap else None
-    result.delete_files_removed = len(deletes)
-    result.files_added = len(added)
-    result.bytes_after = sum(f.file_size_in_bytes for f in added)
+    return (snap.snapshot_id if snap else None), len(deletes)
 
 
 def _remove_files(table: Table, files: list[Any]) -> None:
