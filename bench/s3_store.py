@@ -3,6 +3,8 @@
 
 - W1: the 8 Parquet files of ``bench.w1_load`` (1M rows x BENCH_SCALE) appended by a ``files`` pipeline
   (one commit), into a fresh catalog and warehouse each run.
+- SQL: ``icefield sql``'s read path on the W2 base table: a scan of two columns over every row, and a
+  key-range lookup of 100 rows that DuckDB prunes to one row group per file.
 - W2: ``bench.w2_merge``'s base table (1M rows x BENCH_SCALE, unpartitioned) made once per store, then
   100k x BENCH_SCALE uniform changes merged into a fresh clone (registered on the base table's metadata)
   each run, copy-on-write and merge-on-read.
@@ -106,9 +108,22 @@ def _w2(args: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "cpu": cpu, "bytes": res.bytes_added, "read": res.bytes_read, "digest": digest["hash"], "rows": digest["rows"]}
 
 
+def _query(args: dict[str, Any]) -> dict[str, Any]:
+    """``icefield sql``'s path: the table's views on a locked DuckDB connection, then the query."""
+    from icefield.query import connect, query
+
+    catalog = _catalog(args)
+    cpu0, t0 = _cpu(), time.perf_counter()
+    with connect(catalog, args["sql"]) as views:
+        got = query(views.con, args["sql"])
+    seconds, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    rows = got.to_pylist()
+    return {"seconds": seconds, "cpu": cpu, "bytes": 0, "rows": len(rows), "digest": json.dumps(rows, default=str)}
+
+
 def child(args: dict[str, Any]) -> None:
     with tuned_if(True):
-        res = (_w1 if args["workload"] == "w1" else _w2)(args)
+        res = {"w1": _w1, "w2": _w2, "query": _query}[args["workload"]](args)
     emit(res.pop("seconds"), res)
 
 
@@ -179,13 +194,21 @@ def run() -> list[dict[str, Any]]:
             bases = {k: _base(s, state, k, n) for k, s in stores.items()}
             for mode in ("copy-on-write", "merge-on-read"):
                 cases.append((f"W2 merge {m:,} uniform changes, {mode}", {"workload": "w2", "mode": mode, "changes": str(changes)}))
+            # icefield sql on the base table: a scan of two columns, and a point lookup (row groups pruned).
+            for label, sql in (
+                ("SQL: sum of one column over all rows", f"select count(*) as n, sum(amount) as s from bench.base_{n}"),
+                ("SQL: 100 rows by key range (pruned)", f"select order_id, note from bench.base_{n} where order_id between {n // 2} and {n // 2 + 99} order by 1"),
+            ):
+                cases.append((label, {"workload": "query", "sql": sql}))
             for label, case in cases:
                 row: dict[str, Any] = {"case": label}
                 for kind, store in stores.items():
                     got = []
                     for r in range(reps):
                         args = {**case, **store, "catalog_db": str(state / f"{kind}.db")}
-                        if case["workload"] == "w1":
+                        if case["workload"] == "query":
+                            args["catalog_db"] = str(state / f"{kind}.db")
+                        elif case["workload"] == "w1":
                             args["out"] = str(state / f"w1-{kind}-{r}-{time.time_ns()}")
                             args["catalog_db"] = str(Path(args["out"]) / ".icefield" / "catalog.db")
                         else:
