@@ -290,3 +290,30 @@ def test_run_plan_reports_every_node_to_on_result(tmp_path: Path) -> None:
     done = run_plan(project, build_plan(project), on_result=lambda node, r: seen.append((node.id, r.status)))
     assert seen == [("pipeline bad", "failed"), ("model m", "skipped")]
     assert done.status == "failed" and done.exit_code == EXIT_FAILED and done.failures[0][0] == "pipeline bad"
+
+
+def test_a_sigint_that_pyarrow_turned_into_a_failure_ends_the_run_as_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGINT that arrives inside a pyarrow call comes back as ``ArrowCancelled`` ("received signal 2"),
+    which the step it interrupted reports as its own failure: the run said "failed", exit 1, and ran the
+    next nodes (the Ctrl-C test failed so under load). It is an interruption: exit 130, the rest skipped."""
+    import pyarrow as pa
+
+    from icefield.cli import EXIT_INTERRUPTED
+    from icefield.errors import TerminalError
+    from icefield.write import TableWriter
+
+    root = _project(tmp_path / "p", {"a": {"target": {"table": "raw.a"}}, "b": {"target": {"table": "raw.b"}}}, {})
+    _drop(root, "a", "1.jsonl", [{"id": 1}])
+    _drop(root, "b", "1.jsonl", [{"id": 2}])
+
+    def cancelled(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            raise pa.lib.ArrowCancelled("Operation cancelled. Detail: received signal 2")
+        except pa.lib.ArrowCancelled as e:
+            raise TerminalError("writing the batch failed: Operation cancelled") from e
+
+    monkeypatch.setattr(TableWriter, "commit", cancelled)
+    code, doc, err = _cli(root, "run")
+    assert code == EXIT_INTERRUPTED, (doc, err)
+    assert doc["status"] == "interrupted" and doc["type"] == "InterruptedRunError"
+    assert [r["status"] for r in doc["results"]] == ["failed", "skipped"], "the pipeline after it does not run"

@@ -408,6 +408,8 @@ def run_plan(
             try:
                 result = _run_node(project, node, catalog, out.run_id, wait, follow, stop, on_batch, observers)
             except IcefieldError as e:
+                if by_interrupt(e):
+                    raise KeyboardInterrupt from e
                 held = isinstance(e, GateFailedError)
                 fell[node.id] = (node.id, "was held by its gates" if held else "failed")
                 out.failures.append((node.id, e))
@@ -429,6 +431,20 @@ def run_plan(
         interrupted.result = out  # type: ignore[attr-defined]
         raise interrupted from None
     return out
+
+
+def by_interrupt(e: BaseException) -> bool:
+    """True when ``e`` was caused by SIGINT: a ``KeyboardInterrupt`` in its chain, or pyarrow's
+    ``ArrowCancelled`` (pyarrow turns a SIGINT that arrives inside one of its calls into a cancelled
+    operation, which icefield code may have wrapped as a failure of the step it was in)."""
+    seen: set[int] = set()
+    err: BaseException | None = e
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, KeyboardInterrupt) or type(err).__name__ == "ArrowCancelled":
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _run_node(
