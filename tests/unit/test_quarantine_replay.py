@@ -81,11 +81,12 @@ def _write(lk: Any, name: str, lines: list[Any]) -> None:
 
 
 @pytest.fixture
-def loaded(lake: Any) -> Any:
+def loaded(lake: Any, store: Store) -> Any:
     lk = lake({"events": _pipeline(["click", "view"])})
     _write(lk, "a.jsonl", LINES)
     res = lk.run("events")
     assert (res.rows_committed, res.rows_quarantined) == (1, 6)
+    assert all(lk.table(t).location().startswith(store.uri) for t in (TABLE, Q)), "the tables live in the store"
     return lk
 
 
