@@ -1,6 +1,7 @@
 """Compaction (``icefield compact``): small files and files with deletes are rewritten into fewer files in
 one ``replace`` snapshot, without changing a row; a concurrent merge that removes or marks a file being
-rewritten makes the compaction replan instead of losing that merge."""
+rewritten makes the compaction replan instead of losing that merge. Each test runs on a local folder and on
+the S3 server (``tests/stores.py``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from tests.stores import STORES, Store, make_store
 
-from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import ConfigError
@@ -21,8 +23,13 @@ from icefield.write.compact import compact_table, plan
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.string()), ("day", pa.int32()), ("_deleted", pa.bool_())])
 
 
-def _writer(root: Path, mode: str = "merge-on-read", **target: Any) -> TableWriter:
-    catalog = sql_catalog("icefield", f"sqlite:///{root / 'c.db'}", (root / "wh").resolve().as_uri())
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+def _writer(root: Path, store: Store, mode: str = "merge-on-read", **target: Any) -> TableWriter:
+    catalog = store.catalog(root / "c.db")
     cfg = TargetConfig(table="t.m", mode="merge", keys=["k"], delete_column="_deleted", properties={"write.merge.mode": mode}, **target)
     return TableWriter(catalog, cfg, "p", LocalEngine())
 
@@ -57,8 +64,8 @@ def _history(w: TableWriter, n: int) -> TableWriter:
     return w
 
 
-def test_compaction_rewrites_small_files_and_deletes_into_one_file_and_changes_no_row(tmp_path: Path) -> None:
-    w = _history(_writer(tmp_path), 6)
+def test_compaction_rewrites_small_files_and_deletes_into_one_file_and_changes_no_row(tmp_path: Path, store: Store) -> None:
+    w = _history(_writer(tmp_path, store), 6)
     before_rows = _rows(w)
     files, deletes = _files(w)
     assert files >= 6 and deletes >= 5
@@ -76,7 +83,9 @@ def test_compaction_rewrites_small_files_and_deletes_into_one_file_and_changes_n
     assert snap.summary["total-records"] == str(len(before_rows)) and snap.summary["total-position-deletes"] == "0"
     # The pipeline's position and history stay readable; the rewritten file is sorted by the key.
     assert json.loads(t.metadata.properties["icefield.state.p"]) == {"n": 5}
-    keys = pa.parquet.read_table(next(iter(t.scan().plan_files())).file.file_path.removeprefix("file://")).column("k").to_pylist()
+    (task,) = t.scan().plan_files()
+    assert store.exists(task.file.file_path)
+    keys = pq.read_table(t.io.new_input(task.file.file_path).open()).column("k").to_pylist()
     assert keys == sorted(keys)
 
     again = compact_table(w.catalog, "t.m")
@@ -87,8 +96,8 @@ def test_compaction_rewrites_small_files_and_deletes_into_one_file_and_changes_n
     assert {r["k"]: r["v"] for r in _rows(w)} == expected
 
 
-def test_a_partitioned_table_is_compacted_per_partition_and_large_files_are_left_alone(tmp_path: Path) -> None:
-    w = _history(_writer(tmp_path, mode="copy-on-write", partition_by=["day"]), 4)
+def test_a_partitioned_table_is_compacted_per_partition_and_large_files_are_left_alone(tmp_path: Path, store: Store) -> None:
+    w = _history(_writer(tmp_path, store, mode="copy-on-write", partition_by=["day"]), 4)
     t = w.load()
     assert t is not None
     before_rows = _rows(w)
@@ -107,8 +116,8 @@ def test_a_partitioned_table_is_compacted_per_partition_and_large_files_are_left
     assert compact_table(w.catalog, "t.m", target_file_size=1).files_removed == 0
 
 
-def test_dry_run_commits_nothing_and_bad_options_name_the_fix(tmp_path: Path) -> None:
-    w = _history(_writer(tmp_path), 3)
+def test_dry_run_commits_nothing_and_bad_options_name_the_fix(tmp_path: Path, store: Store) -> None:
+    w = _history(_writer(tmp_path, store), 3)
     t = w.load()
     assert t is not None
     head = t.current_snapshot().snapshot_id  # type: ignore[union-attr]
@@ -122,14 +131,16 @@ def test_dry_run_commits_nothing_and_bad_options_name_the_fix(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("rival", ["merge-on-read", "copy-on-write"])
-def test_a_merge_committed_during_the_compaction_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rival: str) -> None:
+def test_a_merge_committed_during_the_compaction_is_kept(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, rival: str
+) -> None:
     """A merge that marks (merge-on-read) or rewrites (copy-on-write) a file while the compaction rewrites it
     lands first; the compaction's commit then fails its validation, replans on the new snapshot and keeps
     the merge's changes."""
     import icefield.write.compact as compact
 
-    w = _history(_writer(tmp_path), 3)
-    rival_writer = _writer(tmp_path, mode=rival)
+    w = _history(_writer(tmp_path, store), 3)
+    rival_writer = _writer(tmp_path, store, mode=rival)
     if rival == "copy-on-write":
         t = w.load()
         assert t is not None
@@ -140,7 +151,7 @@ def test_a_merge_committed_during_the_compaction_is_kept(tmp_path: Path, monkeyp
 
     def rewrite_then_race(table: Any, groups: Any, target: int, sort_by: list[str], result: Any) -> Any:
         added = real(table, groups, target, sort_by, result)
-        calls.append([f.file_path.removeprefix("file://") for f in added])
+        calls.append([f.file_path for f in added])
         if len(calls) == 1:  # the merge lands between the compaction's read and its commit
             rival_writer.commit(_batch([(0, "raced"), (11, None)]), "race", None, "r")
         return added
@@ -151,11 +162,12 @@ def test_a_merge_committed_during_the_compaction_is_kept(tmp_path: Path, monkeyp
     rows = {r["k"]: r["v"] for r in _rows(w)}
     assert rows[0] == "raced" and 11 not in rows
     assert res.snapshot_id is not None
-    assert not any(Path(f).exists() for f in calls[0]), "the files of the attempt that lost were removed"
-    assert all(Path(f).exists() for f in calls[1])
+    assert calls[0] and calls[1]
+    assert not any(store.exists(f) for f in calls[0]), "the files of the attempt that lost were removed"
+    assert all(store.exists(f) for f in calls[1])
 
 
-def test_a_pipeline_with_compact_every_keeps_its_merge_on_read_table_compact(tmp_path: Path) -> None:
+def test_a_pipeline_with_compact_every_keeps_its_merge_on_read_table_compact(tmp_path: Path, store: Store) -> None:
     """``target.maintenance``: every ``compact_every`` commits the runner compacts between batches (and
     expires old snapshots); the rows are those of a run without maintenance, and the run never fails for
     it."""
@@ -174,7 +186,7 @@ def test_a_pipeline_with_compact_every_keeps_its_merge_on_read_table_compact(tmp
             if b:
                 ops += [{"k": (b - 1) * 10 + 1, "v": f"u{b}", "_deleted": False}, {"k": (b - 1) * 10 + 2, "v": "", "_deleted": True}]
             (root / "drop" / f"b{b}.jsonl").write_text("".join(json.dumps(o) + "\n" for o in ops))
-        (root / "icefield.yaml").write_text(yaml.safe_dump({"name": name}))
+        (root / "icefield.yaml").write_text(yaml.safe_dump(store.project(name=name, warehouse=store.location(name))))
         target: dict[str, Any] = {"table": "t.m", "mode": "merge", "keys": ["k"], "delete_column": "_deleted",
                                   "properties": {"write.merge.mode": "merge-on-read"}}
         if maintenance:

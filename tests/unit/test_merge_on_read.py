@@ -1,7 +1,8 @@
 """Merge-on-read (``write.merge.mode: merge-on-read``): a merge marks the rows it replaces or deletes in
 position delete files and writes only the new versions, instead of rewriting the files that hold them.
 Each data file keeps at most one delete file; a copy-on-write rewrite or a truncate takes the delete files
-of the data files it removes with them; bad settings get an error that names the fix."""
+of the data files it removes with them; bad settings get an error that names the fix. Each test runs on a
+local folder and on the S3 server (``tests/stores.py``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from tests.stores import STORES, Store, make_store
 
-from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import ConfigError
@@ -20,8 +21,13 @@ from icefield.write import TableWriter
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.string()), ("seq", pa.int64()), ("_deleted", pa.bool_())])
 
 
-def _writer(root: Path, mode: str = "merge-on-read", **target: Any) -> TableWriter:
-    catalog = sql_catalog("icefield", f"sqlite:///{root / 'c.db'}", (root / "wh").resolve().as_uri())
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+def _writer(root: Path, store: Store, mode: str = "merge-on-read", **target: Any) -> TableWriter:
+    catalog = store.catalog(root / "c.db")
     cfg = TargetConfig(table="t.m", mode="merge", keys=["k"], delete_column="_deleted", properties={"write.merge.mode": mode}, **target)
     return TableWriter(catalog, cfg, "p", LocalEngine())
 
@@ -46,8 +52,8 @@ def _layout(w: TableWriter) -> dict[str, list[str]]:
     return {Path(task.file.file_path).name: sorted(Path(d.file_path).name for d in task.delete_files) for task in t.scan().plan_files()}
 
 
-def test_a_merge_marks_rows_in_delete_files_and_rewrites_nothing(tmp_path: Path) -> None:
-    w = _writer(tmp_path)
+def test_a_merge_marks_rows_in_delete_files_and_rewrites_nothing(tmp_path: Path, store: Store) -> None:
+    w = _writer(tmp_path, store)
     w.commit(_batch([(k, "a") for k in range(10)]), "b0", None, "r")
     w.commit(_batch([(k, "b") for k in range(10, 20)]), "b1", None, "r")
     before = _layout(w)
@@ -58,6 +64,7 @@ def test_a_merge_marks_rows_in_delete_files_and_rewrites_nothing(tmp_path: Path)
     after = _layout(w)
     assert set(before) < set(after), "the old data files stay; one new file holds the new version and the insert"
     assert [len(after[f]) for f in before] == [1, 1], "each touched file got one delete file"
+    assert set(after) | {d for ds in after.values() for d in ds} <= store.names(), "every live file is in the store"
     t = w.load()
     assert t is not None
     summary = t.current_snapshot().summary  # type: ignore[union-attr]
@@ -68,8 +75,8 @@ def test_a_merge_marks_rows_in_delete_files_and_rewrites_nothing(tmp_path: Path)
     assert _rows(w) == expected
 
 
-def test_a_data_file_keeps_one_delete_file_holding_every_marked_row(tmp_path: Path) -> None:
-    w = _writer(tmp_path)
+def test_a_data_file_keeps_one_delete_file_holding_every_marked_row(tmp_path: Path, store: Store) -> None:
+    w = _writer(tmp_path, store)
     w.commit(_batch([(k, "a") for k in range(10)]), "b0", None, "r")
     w.commit(_batch([(1, None)]), "b1", None, "r")
     first = _layout(w)
@@ -88,8 +95,8 @@ def test_a_data_file_keeps_one_delete_file_holding_every_marked_row(tmp_path: Pa
     assert summary["total-position-deletes"] == "4" and summary["total-delete-files"] == "2"
 
 
-def test_copy_on_write_takes_a_rewritten_files_delete_file_with_it(tmp_path: Path) -> None:
-    w = _writer(tmp_path)
+def test_copy_on_write_takes_a_rewritten_files_delete_file_with_it(tmp_path: Path, store: Store) -> None:
+    w = _writer(tmp_path, store)
     w.commit(_batch([(k, "a") for k in range(10)]), "b0", None, "r")
     w.commit(_batch([(k, "b") for k in range(10, 20)]), "b1", None, "r")
     w.commit(_batch([(1, None), (11, None)]), "b2", None, "r")
@@ -106,8 +113,8 @@ def test_copy_on_write_takes_a_rewritten_files_delete_file_with_it(tmp_path: Pat
     assert _rows(w) == {k: ("cow" if k == 2 else "a") for k in range(10) if k != 1} | {k: "b" for k in range(10, 20) if k != 11}
 
 
-def test_a_truncate_removes_the_delete_files_too(tmp_path: Path) -> None:
-    w = _writer(tmp_path, order_by="seq", keep_newest=True)
+def test_a_truncate_removes_the_delete_files_too(tmp_path: Path, store: Store) -> None:
+    w = _writer(tmp_path, store, order_by="seq", keep_newest=True)
     w.commit(_batch([(k, "a") for k in range(5)], seq=1), "b0", None, "r")
     w.commit(_batch([(1, None)], seq=2), "b1", None, "r")
     w.commit(_batch([(9, "after")], seq=4), "b2", None, "r", truncate_at=[3])
@@ -118,8 +125,8 @@ def test_a_truncate_removes_the_delete_files_too(tmp_path: Path) -> None:
     assert _rows(w) == {9: "after"}
 
 
-def test_older_versions_never_replace_newer_ones(tmp_path: Path) -> None:
-    w = _writer(tmp_path, order_by="seq", keep_newest=True)
+def test_older_versions_never_replace_newer_ones(tmp_path: Path, store: Store) -> None:
+    w = _writer(tmp_path, store, order_by="seq", keep_newest=True)
     w.commit(_batch([(1, "v5"), (2, "v5")], seq=5), "b0", None, "r")
     res = w.commit(pa.concat_tables([_batch([(1, "v3")], seq=3), _batch([(2, "v7")], seq=7)]), "b1", None, "r")
     assert res.rows_written == 1
@@ -129,8 +136,8 @@ def test_older_versions_never_replace_newer_ones(tmp_path: Path) -> None:
     assert all(len(d) <= 1 for d in _layout(w).values())
 
 
-def test_bad_merge_mode_settings_name_the_fix(tmp_path: Path) -> None:
-    w = _writer(tmp_path, mode="merge-on-write")
+def test_bad_merge_mode_settings_name_the_fix(tmp_path: Path, store: Store) -> None:
+    w = _writer(tmp_path, store, mode="merge-on-write")
     with pytest.raises(ConfigError, match=r"write.merge.mode='merge-on-write'.*'copy-on-write' or 'merge-on-read'"):
         w.commit(_batch([(1, "a")]), "b0", None, "r")
         w.commit(_batch([(1, "b")]), "b1", None, "r")
@@ -141,12 +148,12 @@ def test_bad_merge_mode_settings_name_the_fix(tmp_path: Path) -> None:
         v1.commit(_batch([(1, "b")]), "b1", None, "r")
 
 
-def test_sql_reads_the_files_directly_without_the_deleted_rows(tmp_path: Path) -> None:
+def test_sql_reads_the_files_directly_without_the_deleted_rows(tmp_path: Path, store: Store) -> None:
     import duckdb
 
     from icefield.query import register_table
 
-    w = _writer(tmp_path)
+    w = _writer(tmp_path, store)
     w.commit(_batch([(k, f"v{k}") for k in range(50)]), "b0", None, "r")
     w.commit(_batch([(3, None), (4, "four"), (60, "sixty")]), "b1", None, "r")
     t = w.load()
@@ -159,10 +166,10 @@ def test_sql_reads_the_files_directly_without_the_deleted_rows(tmp_path: Path) -
     assert len(views) == 1 and "read_parquet" in views[0][0] and "ANTI JOIN" in views[0][0], "the files are read directly, not copied"
 
 
-def test_row_counts_come_from_the_manifests_less_the_distinct_deleted_rows(tmp_path: Path) -> None:
+def test_row_counts_come_from_the_manifests_less_the_distinct_deleted_rows(tmp_path: Path, store: Store) -> None:
     from icefield.quality.gates import snapshot_row_count
 
-    w = _writer(tmp_path)
+    w = _writer(tmp_path, store)
     w.commit(_batch([(k, "a") for k in range(30)]), "b0", None, "r")
     w.commit(_batch([(1, None), (2, "b"), (40, "c")]), "b1", None, "r")
     w.commit(_batch([(2, None), (3, None), (1, "back")]), "b2", None, "r")

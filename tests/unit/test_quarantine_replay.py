@@ -1,7 +1,8 @@
 """Quarantine replay: rows re-validated with the pipeline's current rules move into the table exactly
 once, whatever point a replay is interrupted at (failpoints, SIGKILL); rows that still fail stay with
 their new reason; filtered rows leave; the contract still decides about new columns; old quarantine
-tables are upgraded. Plus ``icefield quarantine list|show|replay`` with ``--json`` and exit codes."""
+tables are upgraded. Plus ``icefield quarantine list|show|replay`` with ``--json`` and exit codes. Each test runs with
+its warehouse on a local folder and on the S3 server (``tests/stores.py``); the source files stay local."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 import yaml
 from click.testing import CliRunner
+from tests.stores import STORES, Store, make_store
 
 from icefield import ConfigError, IcefieldError, SchemaError
 from icefield.cli import EXIT_OK, EXIT_USAGE, cli
@@ -35,6 +39,21 @@ LINES: list[Any] = [
     {"id": 6, "kind": "refund"},  # fails accepted_values; later a filter drops it
     {"id": None, "kind": "view"},  # fails not_null
 ]
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+@pytest.fixture
+def lake(lake: Callable[..., Any], store: Store) -> Callable[..., Any]:
+    """The shared ``lake`` (``tests/unit/conftest.py``) with the project's warehouse in ``store``."""
+
+    def make(pipelines: dict[str, dict[str, Any]], project: dict[str, Any] | None = None) -> Any:
+        return lake(pipelines, store.project(**(project or {})))
+
+    return make
 
 
 def _pipeline(kinds: list[str], **extra: Any) -> dict[str, Any]:
@@ -62,11 +81,12 @@ def _write(lk: Any, name: str, lines: list[Any]) -> None:
 
 
 @pytest.fixture
-def loaded(lake: Any) -> Any:
+def loaded(lake: Any, store: Store) -> Any:
     lk = lake({"events": _pipeline(["click", "view"])})
     _write(lk, "a.jsonl", LINES)
     res = lk.run("events")
     assert (res.rows_committed, res.rows_quarantined) == (1, 6)
+    assert all(lk.table(t).location().startswith(store.uri) for t in (TABLE, Q)), "the tables live in the store"
     return lk
 
 

@@ -1,17 +1,20 @@
 """Write-audit-publish through pipeline runs (DESIGN.md rule 6): a failing error gate leaves main at its
 snapshot and holds the batch on the audit branch; a passing one publishes data and position in one swap;
 the held branch blocks its pipeline until a rerun passes, ``icefield publish`` or ``icefield discard``; each
-way the batch lands exactly once. Also: warn-only gates, the results table and ``icefield checks``."""
+way the batch lands exactly once. Also: warn-only gates, the results table and ``icefield checks``. Each test runs with
+its warehouse on a local folder and on the S3 server (``tests/stores.py``); the source files stay local."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from pyiceberg.serializers import FromInputFile
+from tests.stores import STORES, Store, make_store
 
 from icefield.cli import EXIT_FAILED, cli
 from icefield.errors import GateFailedError
@@ -21,6 +24,21 @@ from icefield.write.branches import audit_branch
 BRANCH = audit_branch("events")
 NO_NEGATIVE = {"sql": "select * from {table} where amount < 0", "name": "no_negative"}
 FEW_NULLS = {"null_ratio": {"column": "v", "max": 0.5}, "severity": "warn"}
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+@pytest.fixture
+def lake(lake: Callable[..., Any], store: Store) -> Callable[..., Any]:
+    """The shared ``lake`` (``tests/unit/conftest.py``) with the project's warehouse in ``store``."""
+
+    def make(pipelines: dict[str, dict[str, Any]], project: dict[str, Any] | None = None) -> Any:
+        return lake(pipelines, store.project(**(project or {})))
+
+    return make
 
 
 def events(gates: list[dict[str, Any]], mode: str = "append") -> dict[str, Any]:
@@ -77,7 +95,7 @@ def held(lake):
     return lk
 
 
-def test_a_passing_gate_publishes_data_and_position_in_one_swap(lake):
+def test_a_passing_gate_publishes_data_and_position_in_one_swap(lake, store):
     lk = lake({"events": events([NO_NEGATIVE, FEW_NULLS])})
     add(lk, "a.jsonl", (1, "x", 1.0), (2, None, 2.0))
     res = lk.run("events")
@@ -87,6 +105,7 @@ def test_a_passing_gate_publishes_data_and_position_in_one_swap(lake):
     (snap,) = res.snapshots
     assert head_id(table) == snap == head_id(table, BRANCH)  # main was fast-forwarded to the audited snapshot
     assert "data/a.jsonl" in position(lk)["files"]
+    assert table.location().startswith(store.uri) and store.exists(table.metadata_location), "the table lives in the store"
 
     # Replay every metadata version: main's snapshot and the position always move together, and the
     # batch sat on the branch (audited) in a version where main did not have it yet.

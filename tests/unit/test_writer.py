@@ -1,6 +1,7 @@
 """The writer on a real SQLite catalog: position and batch id in the same commit as the data, idempotent
 batches, merge (updates, inserts, deletes, versions in one batch), overwrite of partitions or of the
-whole table, and conservation of rows through a pipeline run."""
+whole table, and conservation of rows through a pipeline run. Each test that writes runs on a local folder
+and on the S3 server (``tests/stores.py``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from pyiceberg.serializers import FromInputFile
+from tests.stores import STORES, Store, make_store
 
-from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.errors import TransientError
@@ -31,9 +32,14 @@ from icefield.write import TOMBSTONE_SUFFIX, TableWriter, batch_id_for
 PIPE = "orders_pipe"
 
 
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
 @pytest.fixture
-def catalog(tmp_path: Path) -> Iterator[Any]:
-    cat = sql_catalog("test", f"sqlite:///{tmp_path / 'catalog.db'}", (tmp_path / "warehouse").as_uri())
+def catalog(tmp_path: Path, store: Store) -> Iterator[Any]:
+    cat = store.catalog(tmp_path / "catalog.db", name="test")
     yield cat
     cat.engine.dispose()
 
@@ -232,10 +238,10 @@ def test_merge_of_string_keys_typed_as_string(catalog):
     assert [v for _, v in content(w.load(), "k", "v")] == ["a", "b", "a", "b"]
 
 
-def test_merge_model_with_a_text_key_runs_twice(lake):
+def test_merge_model_with_a_text_key_runs_twice(lake, store):
     from icefield import run_model
 
-    lk = lake({"c": {"source": {"type": "files", "path": "drops/*.jsonl"}, "target": {"table": "shop.events"}}})
+    lk = lake({"c": {"source": {"type": "files", "path": "drops/*.jsonl"}, "target": {"table": "shop.events"}}}, store.project())
     (lk.root / "models").mkdir()
     (lk.root / "models" / "latest.sql").write_text(
         "-- target: shop.latest\n-- mode: merge\n-- keys: [sku]\nselect sku, max(v) as v from shop.events group by sku\n"
@@ -284,7 +290,7 @@ def test_overwrite_of_an_unpartitioned_table_replaces_everything(catalog):
 # ------------------------------------------------------------------ conservation through a run
 
 
-def test_rows_in_equal_committed_plus_quarantined_plus_filtered(lake):
+def test_rows_in_equal_committed_plus_quarantined_plus_filtered(lake, store):
     body = {
         "source": {"type": "files", "path": "drops/*.jsonl"},
         "target": {"table": "shop.events"},
@@ -295,7 +301,7 @@ def test_rows_in_equal_committed_plus_quarantined_plus_filtered(lake):
             {"range": {"column": "n", "min": 0}},
         ],
     }
-    lk = lake({"events": body})
+    lk = lake({"events": body}, store.project())
     lines = [
         {"id": 1, "kind": "click", "n": 1},
         {"id": 2, "kind": "heartbeat", "n": 1},  # filtered
@@ -318,6 +324,7 @@ def test_rows_in_equal_committed_plus_quarantined_plus_filtered(lake):
         assert batch.rows_in == batch.rows_committed + batch.rows_quarantined + batch.rows_filtered
     # The counts are what the tables hold.
     assert [r["id"] for r in lk.rows("shop.events", "id")] == [1, 10]
+    assert lk.table("shop.events").location().startswith(store.uri), "the table lives in the store"
     quarantine = lk.rows("shop.events__quarantine", "source")
     assert len(quarantine) == res.rows_quarantined
     assert sorted(q["check"] for q in quarantine) == ["accepted_values", "decode", "not_null", "not_null", "range", "type", "type"]
@@ -372,7 +379,7 @@ def test_copy_on_write_rewrites_only_the_files_holding_a_key_each_in_key_order(c
     assert len(rows) == 200 - 1 + 2
     import pyarrow.parquet as pq
 
-    files = {f.file.file_path: pq.read_table(f.file.file_path.removeprefix("file://"), columns=["id"]).column("id").to_pylist() for f in table.scan().plan_files()}
+    files = {f.file.file_path: pq.read_table(table.io.new_input(f.file.file_path).open(), columns=["id"]).column("id").to_pylist() for f in table.scan().plan_files()}
     assert all(ids == sorted(ids) for ids in files.values())
     spans = {(min(ids), max(ids)): path in before for path, ids in files.items()}
     # The files of keys 0-98 and 200-298 are kept; those holding 102 and 310 are rewritten with their
