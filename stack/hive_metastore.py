@@ -1,7 +1,10 @@
 """A Hive Metastore: Apache Hive's standalone metastore (Thrift), from Maven Central jars.
 
-The server is ``org.apache.hadoop.hive.metastore.HiveMetaStore`` of ``hive-standalone-metastore`` 3.1
-on an embedded Derby database, with a local warehouse folder. Hive 3.1, not 4: Hive 4's metastore
+The server is the metastore of ``hive-standalone-metastore`` 3.1 (``HiveMetaStore.HMSHandler``) on an
+embedded Derby database, with a local warehouse folder. It is started through a small launcher,
+``stack/java/HiveMetastoreServer.java``, run as a single source file (nothing is built), because Hive
+3.1's own main class (``HiveMetaStore``) binds every interface: the launcher serves the same handler,
+processor and transport on 127.0.0.1 only. Hive 3.1, not 4: Hive 4's metastore
 dropped the Thrift calls pyiceberg's ``HiveCatalog`` makes (``get_table`` answers "Invalid method
 name"). Its database schema (the transaction tables included, which DataNucleus's auto-creation leaves
 out and table locks need) is created once, before the first start, by Hive's own schema tool
@@ -19,15 +22,14 @@ scripts`` (see :func:`stack.maven.cache_dir`). Layout under ``state_dir`` (``<ba
     hive.log                  the server's output
     pid, lock
 
-Port: ``$ICEFIELD_HIVE_PORT`` (19083). Hive 3.1's metastore has no setting for its listen address
-(``metastore.thrift.bind.host`` came with Hive 4): it listens on every interface, on a development
-machine's port; clients use ``thrift://127.0.0.1:<port>``. Ready when a Thrift ``get_all_databases``
-call answers.
+Port: ``$ICEFIELD_HIVE_PORT`` (19083), 127.0.0.1 only. Ready when a Thrift ``get_all_databases`` call
+answers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 import tarfile
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 from xml.sax.saxutils import escape
 
-from .base import StackError, file_lock, run_command
+from .base import ServiceNotInstalled, StackError, file_lock, run_command
 from .jvm import JavaService, find_java, read_port_env
 from .maven import POMS_DIR, cache_dir, copy_dependencies, ensure_artifact
 
@@ -48,6 +50,8 @@ HIVE_PORT_DEFAULT = 19083
 HIVE_POM = POMS_DIR / "hive-metastore.xml"
 SCHEMA_TOOL = "org.apache.hadoop.hive.metastore.tools.MetastoreSchemaTool"
 SCHEMA_TIMEOUT_S = 300.0
+LAUNCHER = Path(__file__).resolve().parent / "java" / "HiveMetastoreServer.java"
+JDK_INSTALL_HINT = "apt-get install openjdk-17-jdk-headless"
 
 
 def hive_home(version: str = HIVE_VERSION) -> Path:
@@ -108,8 +112,9 @@ class HiveMetastore(JavaService):
     """
 
     name = "hive"
-    main_class = "org.apache.hadoop.hive.metastore.HiveMetaStore"
+    main_class = "HiveMetastoreServer"
     heap = "512m"
+    _home: Path | None = None  # set by install(): the folder the schema tool reads its scripts from
 
     def __init__(
         self,
@@ -151,9 +156,15 @@ class HiveMetastore(JavaService):
         return self.state_dir / "conf" / "metastore-site.xml"
 
     def install(self) -> None:
-        """Find Java 17+ and assemble the jars and the schema scripts (Maven, cached); raise
-        ServiceNotInstalled naming the fix."""
-        self._java = find_java()
+        """Find Java 17+ with its compiler (the launcher is a source file, compiled in memory at every start)
+        and assemble the jars and the schema scripts (Maven, cached); raise ServiceNotInstalled naming the fix."""
+        java = find_java()
+        if not Path(os.path.realpath(java)).with_name("javac").is_file():
+            raise ServiceNotInstalled(
+                f"{java} is a Java runtime without the compiler the Hive Metastore's launcher needs: run "
+                f"`{JDK_INSTALL_HINT}` or point JAVA_HOME at a JDK"
+            )
+        self._java = java
         self._libs = hive_libs(self.version)
         self._home = hive_schema_scripts(self.version)
 
@@ -190,7 +201,7 @@ class HiveMetastore(JavaService):
             self._init_schema()
 
     def _init_schema(self) -> None:
-        assert self._java is not None and self._libs is not None, "install() first"
+        assert self._java is not None and self._libs is not None and self._home is not None, "install() first"
         logger.info("creating the Hive Metastore schema in %s", self.database)
         env = self.environment()
         env["METASTORE_HOME"] = str(self._home)
@@ -214,9 +225,11 @@ class HiveMetastore(JavaService):
         return f"{self.config_file.parent}:{self._libs}/*"
 
     def command(self) -> list[str]:
-        """``java -cp <conf>:<libs>/* HiveMetaStore`` (the configuration comes from the classpath)."""
+        """``java -cp <conf>:<libs>/* HiveMetastoreServer.java <port>`` (a single source file, compiled in
+        memory at start; the configuration comes from the classpath)."""
         assert self._java is not None and self._libs is not None, "install() first"
-        return [self._java, *self.jvm_options(), f"-Dderby.system.home={self.state_dir.absolute()}", "-cp", self._classpath(), self.main_class]
+        derby = f"-Dderby.system.home={self.state_dir.absolute()}"
+        return [self._java, *self.jvm_options(), derby, "-cp", self._classpath(), str(LAUNCHER), str(self.port)]
 
     def probe(self) -> bool:
         """True when a Thrift ``get_all_databases`` call gets a reply (not an exception)."""
