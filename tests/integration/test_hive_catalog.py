@@ -89,6 +89,23 @@ def test_merge_pipeline_lands_once_through_the_hive_metastore(tmp_path: Path, hi
     assert [(r["id"], r["status"]) for r in json.loads(out)["rows"]] == [(1, "new"), (2, "paid"), (3, "new")]
 
 
+def test_a_held_lease_stops_a_second_run_through_the_hive_metastore(tmp_path: Path, hive_server: HiveMetastore) -> None:
+    """The metastore has no table of icefield's: the writer lease lives in the project's lease database."""
+    from icefield.catalog import leases
+
+    root = _project(tmp_path / "p", hive_server.url())
+    _write(root, "pipelines/ev.yaml", "name: ev\nsource: {type: files, path: 'data/*.csv'}\ntarget: {table: lease.ev}\n")
+    _write(root, "data/a.csv", "id\n1\n")
+    project = load_project(root)
+    held = leases.acquire(open_catalog(project), "lease.ev", "run-elsewhere", "pipeline ev")
+    try:
+        with pytest.raises(leases.LeaseHeldError, match="run run-elsewhere of pipeline ev"):
+            run_pipeline(project, "ev")
+    finally:
+        held.release()
+    assert run_pipeline(project, "ev").rows_committed == 1
+
+
 def test_an_unreachable_metastore_is_transient_and_named(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on (bound, never listening)
         s.bind(("127.0.0.1", 0))
