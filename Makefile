@@ -25,7 +25,7 @@ $(CORE_STAMP): pyproject.toml | $(BIN)/python
 	touch $(CORE_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[postgres,spark,kafka,dev,gx]"
+	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,dev,gx]"
 	touch $(STAMP) $(CORE_STAMP)
 
 .PHONY: venv
@@ -41,7 +41,7 @@ test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Ic
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Run the tests that need no server
-	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not s3 and not airflow and not trino and not slow and not packaging" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not hive and not s3 and not airflow and not trino and not slow and not packaging" $(PYTEST_ARGS)
 
 .PHONY: test-long
 test-long: $(STAMP) ## Run the long reliability variants
@@ -58,7 +58,7 @@ bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales the
 	$(BIN)/python -m bench
 
 .PHONY: stack-up
-stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest s3"
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3"
 	$(BIN)/python -m stack up $(SERVICES)
 
 .PHONY: stack-down

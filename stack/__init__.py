@@ -19,6 +19,7 @@ from .base import (
     default_base_dir,
 )
 from .connect import CONNECT_PORT_DEFAULT, CONNECT_PORT_ENV, Connect
+from .hive_metastore import HIVE_PORT_DEFAULT, HIVE_PORT_ENV, HiveMetastore
 from .kafka import (
     KAFKA_CONTROLLER_PORT_DEFAULT,
     KAFKA_CONTROLLER_PORT_ENV,
@@ -35,6 +36,7 @@ SERVICES: dict[str, type[Service]] = {
     Kafka.name: Kafka,
     Connect.name: Connect,
     RestCatalog.name: RestCatalog,
+    HiveMetastore.name: HiveMetastore,
     S3Server.name: S3Server,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
@@ -56,6 +58,9 @@ __all__ = [
     "CONNECT_PORT_DEFAULT",
     "CONNECT_PORT_ENV",
     "Connect",
+    "HIVE_PORT_DEFAULT",
+    "HIVE_PORT_ENV",
+    "HiveMetastore",
     "KAFKA_CONTROLLER_PORT_DEFAULT",
     "KAFKA_CONTROLLER_PORT_ENV",
     "KAFKA_PORT_DEFAULT",

@@ -6,8 +6,8 @@ stack-up``) when one runs from the default state dir, so repeated runs skip init
 formatting; each stops its server at the end of the session only if it started it. When a default
 port is taken by another process (another checkout's server), a free port is used instead.
 ``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them. ``rest_server`` (the Iceberg REST
-catalog) always starts its own server, with a token, in a temporary state dir on a free port. ``s3_server``
-(versitygw) is in ``tests/conftest.py``: the core suites run on it too (``tests/stores.py``).
+catalog) always starts its own server, with a token, in a temporary state dir on a free port; so does
+``hive_server`` (a Hive Metastore). ``s3_server`` (versitygw) is in ``tests/conftest.py``: the core suites run on it too (``tests/stores.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from stack import (
     KAFKA_PORT_ENV,
     PG_PORT_ENV,
     Connect,
+    HiveMetastore,
     Kafka,
     Postgres,
     RestCatalog,
@@ -37,6 +38,7 @@ PG_READY_TIMEOUT = 120.0
 KAFKA_READY_TIMEOUT = 120.0
 CONNECT_READY_TIMEOUT = 180.0
 REST_READY_TIMEOUT = 120.0
+HIVE_READY_TIMEOUT = 180.0
 
 
 def _free_port() -> int:
@@ -122,6 +124,18 @@ def rest_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestCatalo
         credential="icefield-test-client:" + uuid.uuid4().hex,
     )
     yield from _running(server, REST_READY_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def hive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HiveMetastore]:
+    """A running Hive Metastore (Hive's standalone metastore 3.1 on embedded Derby) at
+    ``hive_server.url()`` (``thrift://127.0.0.1:<port>``), its warehouse in its own state dir.
+
+    Its own state dir and a free port, never the developer's stack server. Raises (as a fixture error,
+    never a skip) if Java or Maven is missing or the metastore does not start.
+    """
+    server = HiveMetastore(tmp_path_factory.mktemp("stack"), port=_free_port())
+    yield from _running(server, HIVE_READY_TIMEOUT)
 
 
 def _read(path: Path) -> str:

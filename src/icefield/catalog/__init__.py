@@ -1,5 +1,6 @@
-"""The catalog: pyiceberg's ``SqlCatalog`` on SQLite (embedded default) or PostgreSQL, or its ``RestCatalog``
-on an Iceberg REST catalog server (``catalog.type: rest``).
+"""The catalog: pyiceberg's ``SqlCatalog`` on SQLite (embedded default) or PostgreSQL, its ``RestCatalog``
+on an Iceberg REST catalog server (``catalog.type: rest``), or its ``HiveCatalog`` on a Hive Metastore
+(``catalog.type: hive``).
 
 The layout is the one Java's ``JdbcCatalog`` uses, so Spark and Trino can share it under the same
 catalog name. icefield only configures pyiceberg here; it never re-implements a catalog.
@@ -44,7 +45,8 @@ _UNREACHABLE = re.compile(
 
 def open_catalog(project: Project) -> Catalog:
     """Open the project's catalog, creating the SQLite file (in WAL mode) when it is the default; a REST
-    catalog is asked for its configuration (see :func:`_open_rest`).
+    catalog is asked for its configuration (see :func:`_open_rest`), a Hive Metastore for its databases
+    (see :func:`_open_hive`).
 
     Raises :class:`ConfigError` for an unusable URI or a refused login (token, credential, password), :class:`TransientError` when the
     catalog server cannot be reached, and :class:`MissingDependencyError` when the database driver is
@@ -54,6 +56,8 @@ def open_catalog(project: Project) -> Catalog:
     where = f"{project.root / 'icefield.yaml'}: catalog"
     if cfg.type == "rest":
         return _open_rest(project)
+    if cfg.type == "hive":
+        return _open_hive(project)
     uri = sqlite_relative_to(resolve(project.catalog_uri(), where=f"{where}.uri", base_dir=project.root), project.root)
     warehouse = project.warehouse_uri()
     local = project.warehouse_path()
@@ -144,6 +148,67 @@ def _open_rest(project: Project) -> Catalog:
     return catalog
 
 
+def _open_hive(project: Project) -> Catalog:
+    """Open the project's Hive Metastore (pyiceberg's ``HiveCatalog``, over Thrift) and attach the engine of
+    its lease database, as for a REST catalog: the metastore holds no table of icefield's.
+
+    pyiceberg connects on the first call only, so one cheap call (``get_all_databases``) is made here:
+    an unreachable metastore shows as :class:`TransientError` when the catalog is opened, not in the
+    middle of a run. Tables go under their database's location, which the metastore gives every
+    database it creates (its own warehouse folder); ``catalog.warehouse`` is pyiceberg's fallback for a
+    database without one."""
+    try:
+        from pyiceberg.catalog.hive import HiveCatalog
+    except ModuleNotFoundError as e:
+        raise MissingDependencyError(
+            f"catalog.type: hive needs the Thrift library {e.name!r}: run `pip install 'icefield[hive]'`"
+        ) from e
+
+    cfg = project.config.catalog
+    where = f"{project.root / 'icefield.yaml'}: catalog"
+    assert cfg.uri is not None  # the config model requires it for a Hive catalog
+    uri = resolve(cfg.uri, where=f"{where}.uri", base_dir=project.root).rstrip("/")
+    props: dict[str, str] = {
+        k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()
+    }
+    props.update(storage_properties(project))
+    props["uri"] = uri
+    if cfg.warehouse is not None:
+        props["warehouse"] = resolve(cfg.warehouse, where=f"{where}.warehouse", base_dir=project.root)
+    try:
+        catalog = HiveCatalog(cfg.name, **props)
+        catalog.list_namespaces()
+    except Exception as e:
+        raise _hive_error(uri, e) from None
+    leases_uri = sqlite_relative_to(
+        resolve(cfg.leases, where=f"{where}.leases", base_dir=project.root)
+        if cfg.leases
+        else f"sqlite:///{(project.state_dir / 'leases.db').as_posix()}",
+        project.root,
+    )
+    catalog.lease_engine = _lease_engine(leases_uri)  # type: ignore[attr-defined]
+    return catalog
+
+
+def _hive_error(uri: str, e: Exception) -> Exception:
+    """The icefield error for a Hive Metastore that cannot be opened: :class:`TransientError` when it
+    cannot be reached or drops the connection (a retry may succeed), :class:`ConfigError` when it answers
+    with a refusal (a retry cannot help)."""
+    from thrift.transport.TTransport import TTransportException
+
+    shown = redact(uri)
+    detail = redact(str(e).strip())[:300]
+    if isinstance(e, TTransportException | OSError):
+        return TransientError(
+            f"cannot reach the Hive Metastore at {shown!r} ({detail or type(e).__name__}); the metastore is "
+            "unreachable, retry later, or fix catalog.uri"
+        )
+    return ConfigError(
+        f"the Hive Metastore at {shown!r} refused the request: {type(e).__name__}: {detail}; fix catalog.uri "
+        "(a Hive Metastore 2 or 3: Hive 4's metastore lacks the Thrift calls pyiceberg makes)"
+    )
+
+
 def _rest_error(uri: str, e: Exception) -> Exception:
     """The icefield error for a REST catalog that cannot be opened: :class:`TransientError` when the server
     cannot be reached or fails (5xx; a retry may succeed), :class:`ConfigError` for a refused login or any
@@ -178,7 +243,7 @@ def _rest_error(uri: str, e: Exception) -> Exception:
 
 
 def _lease_engine(uri: str) -> Any:
-    """The SQLAlchemy engine of a REST catalog's lease database (created on first use when SQLite)."""
+    """The SQLAlchemy engine of a REST or Hive catalog's lease database (created on first use when SQLite)."""
     from sqlalchemy import create_engine
 
     if uri.startswith("sqlite"):

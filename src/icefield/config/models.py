@@ -33,12 +33,15 @@ class CatalogConfig(_Model):
     OAuth2 ``credential`` (``client_id:client_secret``), both secrets (``${env:...}``/``${file:...}``);
     ``warehouse`` is the warehouse name or location sent to the server (default: the project's
     warehouse); ``leases`` is the SQLAlchemy URL of the database that holds the writer leases (default:
-    SQLite under ``<project>/.icefield/leases.db``). The REST-only keys are refused for ``type: sql``.
+    SQLite under ``<project>/.icefield/leases.db``). ``type: hive``: a Hive Metastore at ``uri``
+    (``thrift://host:port``); ``warehouse`` and ``leases`` as for REST (``warehouse``: the location of
+    tables whose namespace has none; the metastore gives every database one by default), no login keys.
+    The server-only keys are refused for ``type: sql``; ``token`` and ``credential`` for ``type: hive``.
     """
 
-    type: Literal["sql", "rest"] = "sql"
+    type: Literal["sql", "rest", "hive"] = "sql"
     name: str = DEFAULT_CATALOG_NAME
-    uri: str | None = None  # sql default: sqlite under <project>/.icefield/catalog.db; rest: required
+    uri: str | None = None  # sql default: sqlite under <project>/.icefield/catalog.db; rest, hive: required
     warehouse: str | None = None
     token: str | None = None
     credential: str | None = None
@@ -49,11 +52,18 @@ class CatalogConfig(_Model):
     def _check_rest(self) -> CatalogConfig:
         rest_only = [k for k in ("warehouse", "token", "credential", "leases") if getattr(self, k) is not None]
         if self.type == "sql":
-            if rest_only:
+            if rest_only and {"token", "credential"} & set(rest_only):
                 raise ValueError(
                     f"{', '.join(rest_only)} apply to a REST catalog only; set catalog.type: rest, or remove them"
                 )
+            if rest_only:
+                raise ValueError(
+                    f"{', '.join(rest_only)} apply to a REST or Hive catalog only; set catalog.type: rest or "
+                    "catalog.type: hive, or remove them"
+                )
             return self
+        if self.type == "hive":
+            return self._check_hive()
         if not self.uri:
             raise ValueError("a REST catalog needs catalog.uri, the server's URL, e.g. http://127.0.0.1:8181")
         if not has_reference(self.uri) and not re.match(r"^https?://[^/\s]+", self.uri):
@@ -63,6 +73,21 @@ class CatalogConfig(_Model):
             )
         if self.token is not None and self.credential is not None:
             raise ValueError("give catalog.token or catalog.credential, not both")
+        return self
+
+    def _check_hive(self) -> CatalogConfig:
+        login = [k for k in ("token", "credential") if getattr(self, k) is not None]
+        if login:
+            raise ValueError(
+                f"{', '.join(login)} apply to a REST catalog only: a Hive Metastore takes no login here; remove them"
+            )
+        if not self.uri:
+            raise ValueError("a Hive catalog needs catalog.uri, the metastore's Thrift URI, e.g. thrift://127.0.0.1:9083")
+        if not has_reference(self.uri) and not re.fullmatch(r"thrift://[^/\s:,]+:\d+/?", self.uri):
+            raise ValueError(
+                f"catalog.uri {self.uri!r} is not a Thrift URI with a port; a Hive catalog's uri is its metastore, "
+                "e.g. thrift://127.0.0.1:9083"
+            )
         return self
 
 
