@@ -202,3 +202,23 @@ def test_an_unreachable_object_store_is_a_transient_failure(tmp_path: Path) -> N
     )
     assert done.returncode == EXIT_TRANSIENT, done.stderr
     assert "object store is unreachable" in done.stderr and "internal error" not in done.stderr
+
+
+def test_a_catalog_connection_dropped_during_a_commit_is_transient_and_resolved_by_looking(catalog: Any) -> None:
+    """A Hive Metastore's Thrift connection dropping during a commit (``TTransportException``, no OSError)
+    went out as an internal error (exit 1). It is an unknown outcome: the table is looked at (the batch did
+    not land) and the failure is transient (exit 75), the batch pending."""
+    from thrift.transport.TTransport import TTransportException
+
+    from icefield.errors import TransientError
+    from icefield.iceberg.commits import Retry, commit
+
+    w = _writer(catalog)
+    w.commit(pa.table({"k": [1], "v": ["a"]}, schema=SCHEMA), "b1", {"at": 1}, "r")
+
+    def attempt(table: Any) -> Any:
+        raise TTransportException(TTransportException.END_OF_FILE, "TSocket read 0 bytes")
+
+    with pytest.raises(TransientError, match="TSocket read 0 bytes") as got:
+        commit("batch b2 of t.e", w.load, attempt, retry=Retry(2, 5), landed=lambda t: None)
+    assert got.value.exit_code == EXIT_TRANSIENT

@@ -100,6 +100,10 @@ def commit(
             conflict = e
         except (OSError, CommitStateUnknownException, DBAPIError) as e:
             return _resolve(what, load, landed, e, advice)
+        except Exception as e:
+            if not unreachable(e):  # a catalog client's own connection error (a Hive Metastore's Thrift)
+                raise
+            return _resolve(what, load, landed, e, advice)
         # Nothing landed (pyiceberg guarantees it for its two): replan on the new snapshot.
         log.info("%s conflicted (attempt %d of %d): %s", what, n, retry.attempts, conflict)
         if on_conflict is not None:

@@ -34,7 +34,10 @@ _REFUSED = re.compile(
     r"SignatureDoesNotMatch|NO_SUCH_BUCKET|NoSuchBucket|AllAccessDisabled|AccountProblem|"
     r"HTTP response code: 403|HTTP status 403",
 )
-_NETWORK_ERRORS = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError", "ServerTimeoutError")
+_NETWORK_ERRORS = (
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError", "ServerTimeoutError",
+    "TTransportException",  # a Hive Metastore's Thrift connection dropped
+)
 
 
 def table_identifier(name: str) -> tuple[str, ...]:
