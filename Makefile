@@ -36,7 +36,7 @@ demo: $(CORE_STAMP) ## Run the shop demo on the embedded default (SQLite catalog
 	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
 
 .PHONY: test
-test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog and an S3 server (versitygw) natively; fetches jars with Maven, builds versitygw once with Go; installs icefield alone in a clean venv)
+test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog, a Hive Metastore and an S3 server (versitygw) natively; fetches jars with Maven, builds versitygw once with Go; installs icefield alone in a clean venv)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
