@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -34,6 +35,8 @@ from tests.stores import STORES, Store, make_store
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
+from typing import Any
+
 import pyarrow as pa
 from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
@@ -41,11 +44,10 @@ from icefield.engines.local import LocalEngine
 from icefield.errors import TransientError
 from icefield.write import TableWriter
 
-root, role, start, batches, store = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
+root, role, guard_from, batches, store = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
 cat = sql_catalog("b3", f"sqlite:///{root / 'catalog.db'}", store["uri"], **store["props"])
 stop = root / "stop"
 schema = pa.schema([("k", pa.int64()), ("v", pa.string())])
-RESOLUTION = 1.0
 
 def retried(fn):
     for _ in range(50):
@@ -78,7 +80,7 @@ else:
             elif role == "expire":
                 expire_table(cat, "t.b3", older_than=0, retain_last=1)
             else:
-                deleted += remove_orphans(cat, "t.b3", older_than=time.time() - start + RESOLUTION).files_deleted
+                deleted += remove_orphans(cat, "t.b3", older_than=time.time() - guard_from).files_deleted
             runs += 1
         except TransientError:
             pass
@@ -132,13 +134,14 @@ def test_b3_writers_beside_compaction_expiry_and_orphan_cleanup_lose_nothing(tmp
     # The concurrent window opens on a whole second, more than the resolution after the planted files were
     # written: every file written from then on is a commit's in flight, every file before it older than the guard.
     start = math.floor(time.time()) + 1.0 + RESOLUTION
+    guard_from = start - RESOLUTION  # the cleaner may take an unreached file whose time is before this
     time.sleep(start - time.time())
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
 
     def spawn(role: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tmp_path), role, repr(start), str(batches), json.dumps({"uri": store.uri, "props": store.props})],
+            [sys.executable, "-c", WORKER, str(tmp_path), role, repr(guard_from), str(batches), json.dumps({"uri": store.uri, "props": store.props})],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
@@ -177,7 +180,54 @@ def test_b3_writers_beside_compaction_expiry_and_orphan_cleanup_lose_nothing(tmp
     assert (lost, duplicated, unexpected, divergent) == (0, 0, 0, 0)
     assert "orphans runs=" in report and "compact runs=" in report and compactions + len(table.metadata.snapshots) > 0
 
-    remove_orphans(cat, "t.b3", older_than=time.time() - start + RESOLUTION)  # once more, now that everything is quiet
+    remove_orphans(cat, "t.b3", older_than=time.time() - guard_from)  # once more, now that everything is quiet
     assert not any(store.exists(p) for p in planted), "the failed commit's files, older than the window, were taken"
     _reached_files_exist(cat.load_table("t.b3"))
+    cat.engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_orphan_cleanup_reads_again_when_expiry_deletes_a_manifest_it_has_opened(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race B3 found on S3: the cleaner opens an old snapshot's manifest (S3: a HEAD), expiry deletes it, the
+    read that follows fails (S3: NoSuchKey from the GET; a local file once open stays readable). The cleaner
+    reads the table again and goes on, deleting nothing a snapshot reaches."""
+    from pyiceberg.io.pyarrow import PyArrowFile
+
+    from icefield.catalog import sql_catalog
+    from icefield.config.models import TargetConfig
+    from icefield.engines.local import LocalEngine
+    from icefield.write import TableWriter
+    from icefield.write.expire import expire_table
+    from icefield.write.orphans import remove_orphans
+
+    cat = sql_catalog("b3", f"sqlite:///{tmp_path / 'catalog.db'}", store.uri, **store.props)
+    schema = pa.schema([("k", pa.int64()), ("v", pa.string())])
+    w = TableWriter(cat, TargetConfig(table="t.b3", mode="merge", keys=["k"]), "p", LocalEngine())
+    for label in ("a", "b"):  # the second merge replaces every row: the first snapshot's manifest is its alone
+        w.commit(pa.table({"k": list(range(20)), "v": [label] * 20}, schema=schema), label, None, "r")
+    table = w.load()
+    assert table is not None and len(table.metadata.snapshots) == 2
+    first, second = table.metadata.snapshots
+    doomed = {m.manifest_path for m in first.manifests(table.io)} - {m.manifest_path for m in second.manifests(table.io)}
+    assert doomed
+
+    real_open = PyArrowFile.open
+    opened: list[str] = []
+
+    def open_then_expire(self: PyArrowFile, seekable: bool = True) -> Any:
+        stream = real_open(self, seekable)
+        if self.location in doomed and not opened:
+            opened.append(self.location)
+            expire_table(cat, "t.b3", older_than=0, retain_last=1)  # deletes the manifest just opened
+        return stream
+
+    monkeypatch.setattr(PyArrowFile, "open", open_then_expire)
+    result = remove_orphans(cat, "t.b3", older_than=0)
+    monkeypatch.undo()
+    assert opened and not store.exists(opened[0]), "expiry deleted the manifest between its opening and its reading"
+    table = cat.load_table("t.b3")
+    assert len(table.metadata.snapshots) == 1 and result.files_listed > 0
+    assert _reached_files_exist(table) > 0
+    assert sorted(r["v"] for r in table.scan().to_arrow().to_pylist()) == ["b"] * 20
     cat.engine.dispose()  # type: ignore[attr-defined]
