@@ -192,11 +192,15 @@ def _reach(catalog: Catalog, table_name: str, manifests: dict[str, list[str]]) -
     ) from error
 
 
+MISSING_OBJECT = ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND")
+"""How pyarrow's S3 errors name a 404 of a GetObject: NoSuchKey, or a 404 whose answer named no error code."""
+
+
 def _gone(e: OSError) -> bool:
     """Whether ``e`` says the file read is gone: missing when opened (``FileNotFoundError``), or an S3 object
-    deleted between its opening (a HEAD) and its reading (the GET answers NoSuchKey, which pyarrow raises as a
-    plain ``OSError``; a local file once open stays readable)."""
-    return isinstance(e, FileNotFoundError) or "NO_SUCH_KEY" in str(e)
+    deleted between its opening (a HEAD) and its reading (the GET answers 404, which pyarrow raises as a plain
+    ``OSError``, see :data:`MISSING_OBJECT`; a local file once open stays readable)."""
+    return isinstance(e, FileNotFoundError) or any(f"AWS Error {code} during GetObject" in str(e) for code in MISSING_OBJECT)
 
 
 def reachable_files(table: Table, manifests: dict[str, list[str]] | None = None) -> set[str]:
