@@ -2,7 +2,8 @@
 
 After the kills and a clean run to the end, the table must equal the source exactly (0 lost, 0
 duplicated, 0 unexpected, 0 divergent) and every snapshot in the history must be readable and hold a
-whole number of batches (never half a batch).
+whole number of batches (never half a batch). Runs on a local folder and on the S3 server
+(``tests/stores.py``): the source database stays local, the warehouse moves.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from tests.stores import STORES, Store, make_store
 
 from icefield.catalog import open_catalog
 from icefield.config import load_project
@@ -26,9 +29,14 @@ ROWS = 40_000
 BATCH = 400
 
 
-def _make_project(root: Path, rng: random.Random) -> dict[int, tuple[int, str, str]]:
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+def _make_project(root: Path, store: Store, rng: random.Random) -> dict[int, tuple[int, str, str]]:
     (root / "pipelines").mkdir(parents=True)
-    (root / "icefield.yaml").write_text("name: a1\n")
+    (root / "icefield.yaml").write_text(yaml.safe_dump(store.project(name="a1")))
     (root / "pipelines" / "events.yaml").write_text(
         "name: events\n"
         "source: {type: sql, url: 'sqlite:///src.db', table: events, cursor: updated_at}\n"
@@ -75,12 +83,12 @@ def _run(root: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.timeout(900)
-def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store: Store) -> None:
     seed = int(os.environ.get("ICEFIELD_SEED", random.randrange(1 << 30)))
     print(f"seed={seed} kills={KILLS}")
     rng = random.Random(seed)
     root = tmp_path / "proj"
-    oracle = _make_project(root, rng)
+    oracle = _make_project(root, store, rng)
 
     kills = 0
     for _ in range(KILLS):
@@ -104,6 +112,7 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path) -> Non
     assert kills >= KILLS // 2, "the kills should land while the load runs"
 
     table = open_catalog(load_project(root)).load_table("raw.events")
+    assert table.metadata.location.startswith(store.uri), "the table lives in the store"
     rows = table.scan().to_arrow().to_pylist()
     seen: dict[int, int] = {}
     divergent = unexpected = 0

@@ -10,22 +10,33 @@ window, are protected, as a guard longer than a commit protects them in producti
 is reachability: a file the cleaner sees unreached must not become reached by a commit landing meanwhile
 (a new snapshot reuses its parent's manifests and files, a compaction replaces them). A guard of ``0s``
 beside writers is unsafe by design (it takes the files of a commit in flight): the docs say so.
+
+Runs on a local folder and on the S3 server (``tests/stores.py``). An object store keeps a file's time to
+the whole second (S3's LastModified), so the window opens on a whole second and the cleaner's guard is one
+second longer than the window: a file written inside it never looks older than the guard, and one written
+before it (the failed commit's) always does, on either store.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
+from tests.stores import STORES, Store, make_store
 
 WORKER = r"""
-import sys, time
+import json, sys, time
 from pathlib import Path
+from typing import Any
+
 import pyarrow as pa
 from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
@@ -33,8 +44,8 @@ from icefield.engines.local import LocalEngine
 from icefield.errors import TransientError
 from icefield.write import TableWriter
 
-root, role, start, batches = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-cat = sql_catalog("b3", f"sqlite:///{root / 'catalog.db'}", (root / "warehouse").as_uri())
+root, role, guard_from, batches, store = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
+cat = sql_catalog("b3", f"sqlite:///{root / 'catalog.db'}", store["uri"], **store["props"])
 stop = root / "stop"
 schema = pa.schema([("k", pa.int64()), ("v", pa.string())])
 
@@ -69,7 +80,7 @@ else:
             elif role == "expire":
                 expire_table(cat, "t.b3", older_than=0, retain_last=1)
             else:
-                deleted += remove_orphans(cat, "t.b3", older_than=time.time() - start).files_deleted
+                deleted += remove_orphans(cat, "t.b3", older_than=time.time() - guard_from).files_deleted
             runs += 1
         except TransientError:
             pass
@@ -93,8 +104,17 @@ def _reached_files_exist(table: object) -> int:
     return len(paths)
 
 
+RESOLUTION = 1.0
+"""Seconds: how finely a store keeps a file's time (S3's LastModified is whole seconds)."""
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
 @pytest.mark.timeout(300)
-def test_b3_writers_beside_compaction_expiry_and_orphan_cleanup_lose_nothing(tmp_path: Path) -> None:
+def test_b3_writers_beside_compaction_expiry_and_orphan_cleanup_lose_nothing(tmp_path: Path, store: Store) -> None:
     from icefield.catalog import sql_catalog
     from icefield.config.models import TargetConfig
     from icefield.engines.local import LocalEngine
@@ -103,24 +123,25 @@ def test_b3_writers_beside_compaction_expiry_and_orphan_cleanup_lose_nothing(tmp
     from icefield.write.orphans import remove_orphans
 
     batches = 30
-    cat = sql_catalog("b3", f"sqlite:///{tmp_path / 'catalog.db'}", (tmp_path / "warehouse").as_uri())
+    cat = sql_catalog("b3", f"sqlite:///{tmp_path / 'catalog.db'}", store.uri, **store.props)
     schema = pa.schema([("k", pa.int64()), ("v", pa.string())])
     w = TableWriter(cat, TargetConfig(table="t.b3", mode="merge", keys=["k"]), "seed", LocalEngine())
     w.commit(pa.table({"k": list(range(200000, 200050)), "v": ["seed"] * 50}, schema=schema), "seed", None, "r")
     table = w.load()
-    assert table is not None
-    planted = [Path(f.file_path.removeprefix("file://")) for f in write_data_files(table, pa.table({"k": [-1], "v": ["lost"]}, schema=schema))]
-    old = time.time() - 3600
-    for p in planted:
-        os.utime(p, (old, old))
-    time.sleep(0.05)
-    start = time.time()  # the concurrent window opens: every file written from here on is a commit's in flight
+    assert table is not None and table.metadata.location.startswith(store.uri)
+    planted = [f.file_path for f in write_data_files(table, pa.table({"k": [-1], "v": ["lost"]}, schema=schema))]
+    assert planted and all(store.exists(p) for p in planted)
+    # The concurrent window opens on a whole second, more than the resolution after the planted files were
+    # written: every file written from then on is a commit's in flight, every file before it older than the guard.
+    start = math.floor(time.time()) + 1.0 + RESOLUTION
+    guard_from = start - RESOLUTION  # the cleaner may take an unreached file whose time is before this
+    time.sleep(start - time.time())
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
 
     def spawn(role: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(tmp_path), role, repr(start), str(batches)],
+            [sys.executable, "-c", WORKER, str(tmp_path), role, repr(guard_from), str(batches), json.dumps({"uri": store.uri, "props": store.props})],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
 
@@ -159,7 +180,54 @@ def test_b3_writers_beside_compaction_expiry_and_orphan_cleanup_lose_nothing(tmp
     assert (lost, duplicated, unexpected, divergent) == (0, 0, 0, 0)
     assert "orphans runs=" in report and "compact runs=" in report and compactions + len(table.metadata.snapshots) > 0
 
-    remove_orphans(cat, "t.b3", older_than=time.time() - start)  # once more, now that everything is quiet
-    assert not any(p.exists() for p in planted), "the failed commit's files, older than the window, were taken"
+    remove_orphans(cat, "t.b3", older_than=time.time() - guard_from)  # once more, now that everything is quiet
+    assert not any(store.exists(p) for p in planted), "the failed commit's files, older than the window, were taken"
     _reached_files_exist(cat.load_table("t.b3"))
+    cat.engine.dispose()  # type: ignore[attr-defined]
+
+
+def test_orphan_cleanup_reads_again_when_expiry_deletes_a_manifest_it_has_opened(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race B3 found on S3: the cleaner opens an old snapshot's manifest (S3: a HEAD), expiry deletes it, the
+    read that follows fails (S3: NoSuchKey from the GET; a local file once open stays readable). The cleaner
+    reads the table again and goes on, deleting nothing a snapshot reaches."""
+    from pyiceberg.io.pyarrow import PyArrowFile
+
+    from icefield.catalog import sql_catalog
+    from icefield.config.models import TargetConfig
+    from icefield.engines.local import LocalEngine
+    from icefield.write import TableWriter
+    from icefield.write.expire import expire_table
+    from icefield.write.orphans import remove_orphans
+
+    cat = sql_catalog("b3", f"sqlite:///{tmp_path / 'catalog.db'}", store.uri, **store.props)
+    schema = pa.schema([("k", pa.int64()), ("v", pa.string())])
+    w = TableWriter(cat, TargetConfig(table="t.b3", mode="merge", keys=["k"]), "p", LocalEngine())
+    for label in ("a", "b"):  # the second merge replaces every row: the first snapshot's manifest is its alone
+        w.commit(pa.table({"k": list(range(20)), "v": [label] * 20}, schema=schema), label, None, "r")
+    table = w.load()
+    assert table is not None and len(table.metadata.snapshots) == 2
+    first, second = table.metadata.snapshots
+    doomed = {m.manifest_path for m in first.manifests(table.io)} - {m.manifest_path for m in second.manifests(table.io)}
+    assert doomed
+
+    real_open = PyArrowFile.open
+    opened: list[str] = []
+
+    def open_then_expire(self: PyArrowFile, seekable: bool = True) -> Any:
+        stream = real_open(self, seekable)
+        if self.location in doomed and not opened:
+            opened.append(self.location)
+            expire_table(cat, "t.b3", older_than=0, retain_last=1)  # deletes the manifest just opened
+        return stream
+
+    monkeypatch.setattr(PyArrowFile, "open", open_then_expire)
+    result = remove_orphans(cat, "t.b3", older_than=0)
+    monkeypatch.undo()
+    assert opened and not store.exists(opened[0]), "expiry deleted the manifest between its opening and its reading"
+    table = cat.load_table("t.b3")
+    assert len(table.metadata.snapshots) == 1 and result.files_listed > 0
+    assert _reached_files_exist(table) > 0
+    assert sorted(r["v"] for r in table.scan().to_arrow().to_pylist()) == ["b"] * 20
     cat.engine.dispose()  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """Reliability of the merge path (docs/reliability.md A2, A3, B1, B2, C5) and a property test of merge
 against an in-memory oracle. Each test prints its seed and the four counts (lost, duplicated,
 unexpected, divergent) against its oracle; any non-zero count fails. The merge tests run in both merge
-modes: copy-on-write (files rewritten) and merge-on-read (position delete files)."""
+modes: copy-on-write (files rewritten) and merge-on-read (position delete files), on a local folder and on
+the S3 server (``tests/stores.py``); a child process gets the store as JSON (``Store(**json.loads(arg))``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.stores import STORES, Store, make_store
 
 from icefield.catalog import sql_catalog
 from icefield.config.models import TargetConfig
@@ -31,14 +33,30 @@ MODES = ["copy-on-write", "merge-on-read"]
 SCHEMA = pa.schema([("k", pa.int64()), ("v", pa.string()), ("_deleted", pa.bool_())])
 
 
-def catalog_at(root: Path) -> Any:
-    return sql_catalog("icefield", f"sqlite:///{root / 'catalog.db'}", (root / "warehouse").resolve().as_uri())
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
 
 
-def merge_writer(root: Path, table: str = "t.m", mode: str = "copy-on-write") -> TableWriter:
+CHILD_PATHS = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent.parent)]
+"""What a child script puts first on ``sys.path``: the tests folder (``reliability.test_merge_path``) and the
+repository (``tests.stores``)."""
+
+
+def as_arg(store: Store) -> str:
+    """``store`` for a child process's argv: the child rebuilds it with ``Store(**json.loads(arg))``."""
+    return json.dumps({"kind": store.kind, "uri": store.uri, "props": store.props})
+
+
+def catalog_at(root: Path, store: Store) -> Any:
+    """The SQL catalog in ``root`` (``catalog.db``) whose warehouse is ``store``."""
+    return sql_catalog("icefield", f"sqlite:///{root / 'catalog.db'}", store.uri, **store.props)
+
+
+def merge_writer(root: Path, store: Store, table: str = "t.m", mode: str = "copy-on-write") -> TableWriter:
     """The merge writer of ``table``; ``mode`` (``write.merge.mode``) applies when it creates the table."""
     target = TargetConfig(table=table, mode="merge", keys=["k"], delete_column="_deleted", properties={"write.merge.mode": mode})
-    return TableWriter(catalog_at(root), target, "p", LocalEngine())
+    return TableWriter(catalog_at(root, store), target, "p", LocalEngine())
 
 
 def batch(ops: list[tuple[int, str | None]]) -> pa.Table:
@@ -73,13 +91,15 @@ def rows(writer: TableWriter) -> list[dict[str, Any]]:
     return [] if table is None else table.scan().to_arrow().to_pylist()
 
 
-def referenced_files_exist(writer: TableWriter) -> bool:
+def referenced_files_exist(writer: TableWriter, store: Store) -> bool:
+    """Whether every data and delete file a snapshot of the writer's table reads is in ``store``."""
     table = writer.load()
     assert table is not None
+    assert table.metadata.location.startswith(store.uri), "the table lives in the store"
     for snap in table.metadata.snapshots:
         for task in table.scan(snapshot_id=snap.snapshot_id).plan_files():
             for f in [task.file, *task.delete_files]:
-                if not Path(f.file_path.removeprefix("file://")).exists():
+                if not store.exists(f.file_path):
                     return False
     return True
 
@@ -97,10 +117,11 @@ def referenced_files_exist(writer: TableWriter) -> bool:
     )
 )
 def test_random_upserts_and_deletes_match_the_oracle(
-    tmp_path_factory: pytest.TempPathFactory, mode: str, batches: list[list[tuple[int, str | None]]]
+    tmp_path_factory: pytest.TempPathFactory, store: Store, mode: str, batches: list[list[tuple[int, str | None]]]
 ) -> None:
     root = tmp_path_factory.mktemp("prop")
-    writer = merge_writer(root, mode=mode)
+    here = Store(store.kind, store.location(root.name), store.props)  # each example its own warehouse
+    writer = merge_writer(root, here, mode=mode)
     oracle: dict[int, str] = {}
     for i, ops in enumerate(batches):
         writer.commit(batch(ops), f"b{i}", None, "r")
@@ -109,8 +130,8 @@ def test_random_upserts_and_deletes_match_the_oracle(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_c5_three_versions_of_a_key_in_one_batch(tmp_path: Path, mode: str) -> None:
-    writer = merge_writer(tmp_path, mode=mode)
+def test_c5_three_versions_of_a_key_in_one_batch(tmp_path: Path, store: Store, mode: str) -> None:
+    writer = merge_writer(tmp_path, store, mode=mode)
     writer.commit(batch([(1, "a"), (2, "x")]), "b0", None, "r")
     writer.commit(batch([(1, "v1"), (1, "v2"), (1, "v3"), (2, None), (2, "back")]), "b1", None, "r")
     assert sorted((r["k"], r["v"]) for r in rows(writer)) == [(1, "v3"), (2, "back")]
@@ -121,42 +142,52 @@ def test_c5_three_versions_of_a_key_in_one_batch(tmp_path: Path, mode: str) -> N
 CHILD = r"""
 import json, sys
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {paths!r}
 from icefield.testing import failpoints
 failpoints.arm()
 from reliability.test_merge_path import merge_writer, batch
+from tests.stores import Store
 from icefield.iceberg.history import read_position
-root = Path(sys.argv[1])
+root, store = Path(sys.argv[1]), Store(**json.loads(sys.argv[3]))
 # Like a pipeline: resume after the position committed in the table, and let batch ids catch the rest.
-done = (read_position(merge_writer(root).load(), "p") or {{"i": -1}})["i"]
+done = (read_position(merge_writer(root, store).load(), "p") or {{"i": -1}})["i"]
 for i, ops in enumerate(json.loads(Path(sys.argv[2]).read_text())):
     if i > done:
-        merge_writer(root).commit(batch([tuple(o) for o in ops]), f"b{{i}}", {{"i": i}}, "run")
+        merge_writer(root, store).commit(batch([tuple(o) for o in ops]), f"b{{i}}", {{"i": i}}, "run")
 """
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("point", ["after-data-files", "before-commit", "after-commit"])
-def test_a2_failpoints_on_the_merge_path(tmp_path: Path, point: str, mode: str) -> None:
+POINTS = ["after-data-files", "before-commit", "after-commit"]
+S3_A2 = [("after-data-files", "merge-on-read"), ("before-commit", "copy-on-write"), ("after-commit", "merge-on-read")]
+"""On S3 each failpoint once, the merge modes taking turns (every case there adds a few seconds)."""
+
+
+@pytest.mark.parametrize(
+    ("store", "point", "mode"),
+    [("local", p, m) for m in MODES for p in POINTS] + [pytest.param("s3", p, m, marks=pytest.mark.s3) for p, m in S3_A2],
+    indirect=["store"],
+)
+def test_a2_failpoints_on_the_merge_path(tmp_path: Path, store: Store, point: str, mode: str) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed={seed} point={point} mode={mode}")
-    merge_writer(tmp_path, mode=mode).create(SCHEMA.remove(2))
+    merge_writer(tmp_path, store, mode=mode).create(SCHEMA.remove(2))
     rng = random.Random(seed)
     plan = [[(rng.randrange(30), None if rng.random() < 0.2 else f"v{i}-{j}") for j in range(rng.randrange(1, 15))] for i in range(8)]
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
-    script = CHILD.format(tests=str(Path(__file__).resolve().parent.parent))
+    script = CHILD.format(paths=CHILD_PATHS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
     kill_at = rng.randrange(1, len(plan) + 1)
-    died = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(plan_file)], env={**env, "ICEFIELD_FAILPOINT": f"{point}@{kill_at}"}, capture_output=True, text=True, check=False)
+    argv = [sys.executable, "-c", script, str(tmp_path), str(plan_file), as_arg(store)]
+    died = subprocess.run(argv, env={**env, "ICEFIELD_FAILPOINT": f"{point}@{kill_at}"}, capture_output=True, text=True, check=False)
     assert died.returncode == 137, died.stderr
     # The restart replays every batch: those that landed are found by batch id and skipped.
-    ok = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(plan_file)], env=env, capture_output=True, text=True, check=False)
+    ok = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     oracle: dict[int, str] = {}
     for ops in plan:
         apply(oracle, [tuple(o) for o in ops])  # type: ignore[misc]
-    writer = merge_writer(tmp_path)
+    writer = merge_writer(tmp_path, store)
     c = counts(rows(writer), oracle)
     print(f"lost={c[0]} duplicated={c[1]} unexpected={c[2]} divergent={c[3]}")
     assert c == (0, 0, 0, 0)
@@ -166,7 +197,7 @@ def test_a2_failpoints_on_the_merge_path(tmp_path: Path, point: str, mode: str) 
     assert len(ids) == len(set(ids)), "no batch committed twice"
     assert set(ids) <= {f"b{i}" for i in range(len(plan))}
     # A batch that changes nothing (deletes of absent keys) commits only its position, no snapshot.
-    assert referenced_files_exist(writer)
+    assert referenced_files_exist(writer, store)
 
 
 # ---------------------------------------------------------------------------------------- A3 commit outcomes
@@ -206,12 +237,12 @@ class FlakyCatalog:
 
 @pytest.mark.parametrize("merge_mode", MODES)
 @pytest.mark.parametrize("mode", ["failed-before", "landed-then-error", "unknown-not-landed"])
-def test_a3_commit_outcome_matrix(tmp_path: Path, mode: str, merge_mode: str) -> None:
+def test_a3_commit_outcome_matrix(tmp_path: Path, store: Store, mode: str, merge_mode: str) -> None:
     from icefield.errors import TransientError
 
-    plain = merge_writer(tmp_path, mode=merge_mode)
+    plain = merge_writer(tmp_path, store, mode=merge_mode)
     plain.commit(batch([(1, "a"), (2, "b")]), "b0", None, "r")
-    flaky = FlakyCatalog(catalog_at(tmp_path), mode)
+    flaky = FlakyCatalog(catalog_at(tmp_path, store), mode)
     writer = TableWriter(flaky, plain.target, "p", LocalEngine())  # type: ignore[arg-type]
     if mode == "unknown-not-landed":
         with pytest.raises(TransientError, match="stays pending"):
@@ -224,51 +255,56 @@ def test_a3_commit_outcome_matrix(tmp_path: Path, mode: str, merge_mode: str) ->
     assert table is not None
     ids = [s.summary[SUMMARY_BATCH_ID] for s in table.metadata.snapshots if s.summary]
     assert ids == ["b0", "b1"], "committed exactly once"
-    assert referenced_files_exist(plain), "no referenced file was deleted"
+    assert referenced_files_exist(plain, store), "no referenced file was deleted"
 
 
 # ---------------------------------------------------------------------------------------- B1, B2 concurrency
 
 APPENDER = r"""
-import sys
+import json, sys
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {paths!r}
 import pyarrow as pa
 from reliability.test_merge_path import catalog_at
+from tests.stores import Store
 from icefield.config.models import TargetConfig
 from icefield.engines.local import LocalEngine
 from icefield.write import TableWriter
-root, proc, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-w = TableWriter(catalog_at(root), TargetConfig(table="t.a", mode="append"), "p", LocalEngine())
+root, proc, n, store = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Store(**json.loads(sys.argv[4]))
+w = TableWriter(catalog_at(root, store), TargetConfig(table="t.a", mode="append"), "p", LocalEngine())
 for i in range(n):
     w.commit(pa.table({{"proc": [proc], "i": [i]}}), f"p{{proc}}-{{i}}", None, "r")
 """
 
 
-def test_b1_concurrent_appenders(tmp_path: Path) -> None:
+def test_b1_concurrent_appenders(tmp_path: Path, store: Store) -> None:
     procs, each = (8, 50) if LONG else (4, 20)
-    TableWriter(catalog_at(tmp_path), TargetConfig(table="t.a", mode="append"), "p", LocalEngine()).create(
+    TableWriter(catalog_at(tmp_path, store), TargetConfig(table="t.a", mode="append"), "p", LocalEngine()).create(
         pa.schema([("proc", pa.int64()), ("i", pa.int64())])
     )
-    script = APPENDER.format(tests=str(Path(__file__).resolve().parent.parent))
+    script = APPENDER.format(paths=CHILD_PATHS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
-    children = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(p), str(each)], env=env, stderr=subprocess.PIPE, text=True) for p in range(procs)]
+    children = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(p), str(each), as_arg(store)], env=env, stderr=subprocess.PIPE, text=True) for p in range(procs)]
     for c in children:
         _, err = c.communicate(timeout=600)
         assert c.returncode == 0, err
-    got = sorted((r["proc"], r["i"]) for r in catalog_at(tmp_path).load_table("t.a").scan().to_arrow().to_pylist())
+    table = catalog_at(tmp_path, store).load_table("t.a")
+    assert table.metadata.location.startswith(store.uri), "the table lives in the store"
+    got = sorted((r["proc"], r["i"]) for r in table.scan().to_arrow().to_pylist())
     assert got == [(p, i) for p in range(procs) for i in range(each)], "exactly one row per acknowledged append"
 
 
 MERGER = r"""
 import json, random, sys, time
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path[:0] = {paths!r}
 from icefield.testing import failpoints
 failpoints.arm()
 from reliability.test_merge_path import merge_writer, batch
+from tests.stores import Store
 from icefield.errors import CommitConflictError
 root, proc, seconds, seed = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+store = Store(**json.loads(sys.argv[5]))
 rng = random.Random(seed * 100 + proc)
 log = open(root / f"log-{{proc}}.jsonl", "a")
 deadline = time.monotonic() + seconds
@@ -277,7 +313,7 @@ while time.monotonic() < deadline:
     ops = [(rng.randrange(100), None if rng.random() < 0.15 else f"p{{proc}}-{{i}}-{{j}}") for j in range(rng.randrange(1, 8))]
     bid = f"p{{proc}}-{{i}}"
     try:
-        res = merge_writer(root).commit(batch(ops), bid, None, "r")
+        res = merge_writer(root, store).commit(batch(ops), bid, None, "r")
         log.write(json.dumps({{"batch": bid, "ops": ops, "snapshot": res.snapshot_id}}) + "\n")
         log.flush()
     except CommitConflictError:
@@ -287,15 +323,20 @@ while time.monotonic() < deadline:
 """
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_b2_conflicting_mergers_lose_no_update(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("store", "mode"),
+    # On S3 in one mode (each run takes its 15 s): copy-on-write, whose merges read the other mergers' files remotely.
+    [("local", m) for m in MODES] + [pytest.param("s3", "copy-on-write", marks=pytest.mark.s3)],
+    indirect=["store"],
+)
+def test_b2_conflicting_mergers_lose_no_update(tmp_path: Path, store: Store, mode: str) -> None:
     seed = random.randrange(1 << 30)
     procs, seconds = 4, (60.0 if LONG else 15.0)
     print(f"seed={seed} procs={procs} seconds={seconds} mode={mode}")
-    merge_writer(tmp_path, mode=mode).commit(batch([(k, "init") for k in range(100)]), "init", None, "r")
-    script = MERGER.format(tests=str(Path(__file__).resolve().parent.parent))
+    merge_writer(tmp_path, store, mode=mode).commit(batch([(k, "init") for k in range(100)]), "init", None, "r")
+    script = MERGER.format(paths=CHILD_PATHS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD")}
-    children = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(p), str(seconds), str(seed)], env=env, stderr=subprocess.PIPE, text=True) for p in range(procs)]
+    children = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(p), str(seconds), str(seed), as_arg(store)], env=env, stderr=subprocess.PIPE, text=True) for p in range(procs)]
     for c in children:
         _, err = c.communicate(timeout=600)
         assert c.returncode == 0, err
@@ -313,9 +354,9 @@ def test_b2_conflicting_mergers_lose_no_update(tmp_path: Path, mode: str) -> Non
                 acknowledged[rec["batch"]] = [tuple(o) for o in rec["ops"]]  # type: ignore[misc]
     # A batch that changes nothing (it only deletes keys another merger deleted first) makes no snapshot.
     assert all(v is None for ops in no_ops.values() for _, v in ops), f"only pure deletes may be no-ops: {no_ops}"
-    writer = merge_writer(tmp_path)
+    writer = merge_writer(tmp_path, store)
     table = writer.load()
-    assert table is not None
+    assert table is not None and table.metadata.location.startswith(store.uri)
     history = [s.summary[SUMMARY_BATCH_ID] for s in table.metadata.snapshots if s.summary]
     assert history[0] == "init"
     committed = history[1:]
@@ -330,13 +371,13 @@ def test_b2_conflicting_mergers_lose_no_update(tmp_path: Path, mode: str) -> Non
     assert c == (0, 0, 0, 0)
 
 
-def test_b2_conflict_error_when_retries_run_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_b2_conflict_error_when_retries_run_out(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """A merger that keeps losing gets CommitConflictError (loud), never a silent lost update."""
     import icefield.write as write
 
-    writer = merge_writer(tmp_path)
+    writer = merge_writer(tmp_path, store)
     writer.commit(batch([(1, "a")]), "b0", None, "r")
-    other = merge_writer(tmp_path)
+    other = merge_writer(tmp_path, store)
 
     class RacingEngine(LocalEngine):
         """Plans the merge, then lets another writer commit on the same key before it can."""
@@ -347,7 +388,7 @@ def test_b2_conflict_error_when_retries_run_out(tmp_path: Path, monkeypatch: pyt
             return plan
 
     monkeypatch.setattr(write, "COMMIT_ATTEMPTS", 3)
-    loser = TableWriter(catalog_at(tmp_path), writer.target, "p", RacingEngine())
+    loser = TableWriter(catalog_at(tmp_path, store), writer.target, "p", RacingEngine())
     with pytest.raises(CommitConflictError, match="could not be committed"):
         loser.commit(batch([(1, "mine")]), "mine", None, "r")
     assert [r["v"] for r in rows(writer)][0].startswith("other-")

@@ -7,7 +7,8 @@
   has not moved) followed by a clean run: 0 lost, 0 duplicated, 0 unexpected, 0 divergent.
 - Another writer commits to ``main`` while a batch is being audited: its commit is kept and the batch is
   rebased, published once.
-Each test prints its seed and the four counts against its oracle.
+Each test prints its seed and the four counts against its oracle, and runs on a local folder and on the S3
+server (``tests/stores.py``): the source files stay local, the warehouse moves.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 from pyiceberg.serializers import FromInputFile
+from tests.stores import STORES, Store, make_store
 
 from icefield.catalog import open_catalog
 from icefield.config import load_project
@@ -35,12 +38,18 @@ ROWS_PER_FILE = 50
 BRANCH = audit_branch("events")
 
 
-def _project(root: Path, rng: random.Random, bad_file: int | None = None) -> dict[int, tuple[str, float]]:
-    """A project whose pipeline ``events`` loads data/*.jsonl (one batch per file) under an error gate
-    (no negative amount). File ``bad_file`` carries one negative amount. Returns the oracle of good rows."""
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+def _project(root: Path, store: Store, rng: random.Random, bad_file: int | None = None) -> dict[int, tuple[str, float]]:
+    """A project whose warehouse is ``store`` and whose pipeline ``events`` loads data/*.jsonl (one batch per
+    file) under an error gate (no negative amount). File ``bad_file`` carries one negative amount. Returns
+    the oracle of good rows."""
     (root / "pipelines").mkdir(parents=True)
     (root / "data").mkdir()
-    (root / "icefield.yaml").write_text("name: wap\n")
+    (root / "icefield.yaml").write_text(yaml.safe_dump(store.project(name="wap")))
     (root / "pipelines" / "events.yaml").write_text(
         "name: events\n"
         "source: {type: files, path: 'data/*.jsonl', format: jsonl, columns: {id: long, v: string, amount: double}}\n"
@@ -99,13 +108,13 @@ def _replay(table: Any, forbidden: set[int] = frozenset()) -> int:  # type: igno
     return len(paths)
 
 
-def test_readers_of_main_never_see_a_held_batch_and_data_moves_with_its_position(tmp_path: Path) -> None:
+def test_readers_of_main_never_see_a_held_batch_and_data_moves_with_its_position(tmp_path: Path, store: Store) -> None:
     seed = int(os.environ.get("ICEFIELD_SEED", random.randrange(1 << 30)))
     print(f"seed={seed}")
     rng = random.Random(seed)
     bad = rng.randrange(1, FILES)
     root = tmp_path / "proj"
-    oracle = _project(root, rng, bad_file=bad)
+    oracle = _project(root, store, rng, bad_file=bad)
     project = load_project(root, env={})
     catalog = open_catalog(project)
     from icefield import run_pipeline
@@ -114,6 +123,7 @@ def test_readers_of_main_never_see_a_held_batch_and_data_moves_with_its_position
         with pytest.raises(GateFailedError):
             run_pipeline(project, "events", catalog)
         table = catalog.load_table("raw.events")
+        assert table.metadata.location.startswith(store.uri), "the table lives in the store"
         main_rows = set(table.scan().to_arrow().column("id").to_pylist())
         assert main_rows == set().union(*(_file_ids(f) for f in range(bad)))  # everything before the bad file
         versions = _replay(table, forbidden=_file_ids(bad))
@@ -142,12 +152,21 @@ def _cli(root: Path, failpoint: str | None) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("failpoint", ["after-commit@2", "after-commit@5", "before-publish@1", "before-publish@3", "after-data-files@4"])
-def test_a_crash_on_the_audited_path_then_a_clean_run_loses_and_duplicates_nothing(tmp_path: Path, failpoint: str) -> None:
+FAILPOINTS = ["after-commit@2", "after-commit@5", "before-publish@1", "before-publish@3", "after-data-files@4"]
+S3_FAILPOINTS = ["after-commit@2", "before-publish@1", "after-data-files@4"]
+"""On S3, each failpoint once (a crashed run there takes twice as long)."""
+
+
+@pytest.mark.parametrize(
+    ("store", "failpoint"),
+    [("local", f) for f in FAILPOINTS] + [pytest.param("s3", f, marks=pytest.mark.s3) for f in S3_FAILPOINTS],
+    indirect=["store"],
+)
+def test_a_crash_on_the_audited_path_then_a_clean_run_loses_and_duplicates_nothing(tmp_path: Path, store: Store, failpoint: str) -> None:
     seed = int(os.environ.get("ICEFIELD_SEED", random.randrange(1 << 30)))
     print(f"seed={seed} failpoint={failpoint}")
     root = tmp_path / "proj"
-    oracle = _project(root, random.Random(seed))
+    oracle = _project(root, store, random.Random(seed))
     crashed = _cli(root, failpoint)
     assert crashed.returncode == 137, crashed.stderr  # the failpoint killed the run mid-flight
     clean = _cli(root, None)
@@ -155,6 +174,7 @@ def test_a_crash_on_the_audited_path_then_a_clean_run_loses_and_duplicates_nothi
     catalog = open_catalog(load_project(root, env={}))
     try:
         table = catalog.load_table("raw.events")
+        assert table.metadata.location.startswith(store.uri), "the table lives in the store"
         assert _counts(table.scan().to_arrow().to_pylist(), oracle) == (0, 0, 0, 0)
         _replay(table)
         history = [b for s in ancestors(table.metadata, head_id(table)) if s.summary and (b := s.summary[SUMMARY_BATCH_ID])]
@@ -164,7 +184,9 @@ def test_a_crash_on_the_audited_path_then_a_clean_run_loses_and_duplicates_nothi
         catalog.engine.dispose()
 
 
-def test_a_commit_on_main_during_the_audit_is_kept_and_the_batch_is_rebased(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_commit_on_main_during_the_audit_is_kept_and_the_batch_is_rebased(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from icefield import run_pipeline
     from icefield.config.models import TargetConfig
     from icefield.engines.local import LocalEngine
@@ -172,7 +194,7 @@ def test_a_commit_on_main_during_the_audit_is_kept_and_the_batch_is_rebased(tmp_
     from icefield.write import TableWriter
 
     root = tmp_path / "proj"
-    oracle = _project(root, random.Random(1))
+    oracle = _project(root, store, random.Random(1))
     project = load_project(root, env={})
     catalog = open_catalog(project)
     real = audit.run_gates
@@ -192,6 +214,7 @@ def test_a_commit_on_main_during_the_audit_is_kept_and_the_batch_is_rebased(tmp_
         assert result.status == "success"
         assert len(audited) == FILES + 1  # the third batch was audited twice: before and after its rebase
         table = catalog.load_table("raw.events")
+        assert table.metadata.location.startswith(store.uri), "the table lives in the store"
         rows = table.scan().to_arrow().to_pylist()
         oracle[10_000] = ("other", 5.0)
         assert _counts(rows, oracle) == (0, 0, 0, 0)

@@ -168,13 +168,15 @@ def _kept(uri: str, reached: set[str]) -> bool:
 def _reach(catalog: Catalog, table_name: str, manifests: dict[str, list[str]]) -> tuple[Table, set[str]]:
     """The table freshly loaded and what it reaches. A snapshot expired meanwhile has its manifest list or
     manifests deleted under the reading: the table is loaded again and read again."""
-    error: FileNotFoundError | None = None
+    error: OSError | None = None
     seen: str | None = None
     for _ in range(ATTEMPTS):
         table = load_existing(catalog, table_name)
         try:
             return table, reachable_files(table, manifests)
-        except FileNotFoundError as e:
+        except OSError as e:
+            if not _gone(e):
+                raise
             if seen == table.metadata_location:  # missing again in the same metadata: not an expiry meanwhile
                 raise TerminalError(
                     f"orphan cleanup of {table_name}: a manifest list or manifest its metadata names is missing ({e}); "
@@ -188,6 +190,17 @@ def _reach(catalog: Catalog, table_name: str, manifests: dict[str, list[str]]) -
         f"({error}); nothing was deleted. Run it again once expiry is done; if it persists the table lost a file: "
         f"check `icefield show {table_name}`"
     ) from error
+
+
+MISSING_OBJECT = ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND")
+"""How pyarrow's S3 errors name a 404 of a GetObject: NoSuchKey, or a 404 whose answer named no error code."""
+
+
+def _gone(e: OSError) -> bool:
+    """Whether ``e`` says the file read is gone: missing when opened (``FileNotFoundError``), or an S3 object
+    deleted between its opening (a HEAD) and its reading (the GET answers 404, which pyarrow raises as a plain
+    ``OSError``, see :data:`MISSING_OBJECT`; a local file once open stays readable)."""
+    return isinstance(e, FileNotFoundError) or any(f"AWS Error {code} during GetObject" in str(e) for code in MISSING_OBJECT)
 
 
 def reachable_files(table: Table, manifests: dict[str, list[str]] | None = None) -> set[str]:
