@@ -30,6 +30,15 @@ from .kafka import (
 from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
 from .rest_catalog import REST_PORT_DEFAULT, REST_PORT_ENV, RestCatalog
 from .s3 import S3_PORT_DEFAULT, S3_PORT_ENV, S3Account, S3Server, S3Settings
+from .spark_cluster import (
+    SPARK_PORT_DEFAULT,
+    SPARK_PORT_ENV,
+    SPARK_UI_PORT_DEFAULT,
+    SPARK_UI_PORT_ENV,
+    SPARK_WORKER_UI_PORT_DEFAULT,
+    SPARK_WORKER_UI_PORT_ENV,
+    SparkCluster,
+)
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
@@ -38,6 +47,7 @@ SERVICES: dict[str, type[Service]] = {
     RestCatalog.name: RestCatalog,
     HiveMetastore.name: HiveMetastore,
     S3Server.name: S3Server,
+    SparkCluster.name: SparkCluster,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -77,6 +87,13 @@ __all__ = [
     "S3Account",
     "S3Server",
     "S3Settings",
+    "SPARK_PORT_DEFAULT",
+    "SPARK_PORT_ENV",
+    "SPARK_UI_PORT_DEFAULT",
+    "SPARK_UI_PORT_ENV",
+    "SPARK_WORKER_UI_PORT_DEFAULT",
+    "SPARK_WORKER_UI_PORT_ENV",
+    "SparkCluster",
     "STACK_DIR_ENV",
     "Postgres",
     "Service",

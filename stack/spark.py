@@ -257,6 +257,43 @@ def import_pyspark() -> Any:
     return pyspark
 
 
+def catalog_conf(
+    catalog_name: str,
+    jdbc_url: str,
+    warehouse: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+) -> dict[str, str]:
+    """Return the Spark settings that make icefield's catalog Spark's default Iceberg catalog.
+
+    The Iceberg SQL extensions, session time zone UTC, ``catalog_name`` as the default catalog, and
+    ``spark.sql.catalog.<catalog_name>.*``: Java's ``JdbcCatalog`` on ``jdbc_url`` (schema V1, the one
+    pyiceberg's ``SqlCatalog`` shares), the ``warehouse`` URI, the catalog cache off, a 60 s lock wait
+    for SQLite, and ``jdbc.user``/``jdbc.password`` when given. What :func:`spark_session` sets and
+    what a cluster's application (``deploy/k8s/spark``) must set to share the catalog.
+    """
+    prefix = f"spark.sql.catalog.{catalog_name}"
+    settings = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.extensions": CATALOG_EXTENSIONS,
+        "spark.sql.defaultCatalog": catalog_name,
+        prefix: "org.apache.iceberg.spark.SparkCatalog",
+        f"{prefix}.type": "jdbc",
+        f"{prefix}.uri": jdbc_url,
+        f"{prefix}.warehouse": warehouse,
+        f"{prefix}.jdbc.schema-version": "V1",
+        f"{prefix}.cache-enabled": "false",
+    }
+    if _sqlite_path(jdbc_url) is not None:
+        settings[f"{prefix}.jdbc.busy_timeout"] = str(SQLITE_BUSY_TIMEOUT_MS)
+    if user is not None:
+        settings[f"{prefix}.jdbc.user"] = user
+    if password is not None:
+        settings[f"{prefix}.jdbc.password"] = password
+    return settings
+
+
 def spark_session(
     catalog_name: str,
     catalog_uri_jdbc: str,
@@ -270,7 +307,7 @@ def spark_session(
     conf: Mapping[str, str] | None = None,
     jars: Sequence[Path | str] | None = None,
 ) -> SparkSession:
-    """Start a local Spark session whose Iceberg catalog ``catalog_name`` is icefield's catalog.
+    """Start a Spark session whose Iceberg catalog ``catalog_name`` is icefield's catalog.
 
     ``catalog_uri_jdbc`` is the catalog database as a JDBC URL (``jdbc:sqlite:/abs/catalog.db``,
     ``jdbc:postgresql://host:port/db``) or as icefield's SQLAlchemy URL, translated by
@@ -279,7 +316,8 @@ def spark_session(
     shared tables. ``warehouse_uri`` is the warehouse (``file:///...``; a plain path is turned
     into one) and is used only for tables Spark creates.
 
-    The session: ``master`` (``local[2]``), driver bound to 127.0.0.1 with the UI and the console
+    The session: ``master`` (``local[2]``, or a standalone cluster's ``spark://127.0.0.1:7077``: see
+    :mod:`stack.spark_cluster`), driver bound to 127.0.0.1 with the UI and the console
     progress bar off, ``spark.driver.memory=memory``, the Iceberg SQL extensions (``MERGE INTO``,
     ``CALL``), session time zone UTC, ``catalog_name`` as the default catalog, the catalog cache
     off (so Spark sees commits made by pyiceberg at once, not after 30 s), and jars from
@@ -317,7 +355,6 @@ def spark_session(
     _ensure_java()
     os.environ.setdefault("SPARK_LOCAL_IP", LOCALHOST)  # else Spark warns and picks the first NIC's address
 
-    prefix = f"spark.sql.catalog.{catalog_name}"
     settings: dict[str, str] = {
         "spark.jars": ",".join(str(p) for p in jar_paths),
         "spark.driver.memory": memory,
@@ -325,22 +362,8 @@ def spark_session(
         "spark.driver.bindAddress": LOCALHOST,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.sql.session.timeZone": "UTC",
-        "spark.sql.extensions": CATALOG_EXTENSIONS,
-        "spark.sql.defaultCatalog": catalog_name,
-        prefix: "org.apache.iceberg.spark.SparkCatalog",
-        f"{prefix}.type": "jdbc",
-        f"{prefix}.uri": jdbc_url,
-        f"{prefix}.warehouse": warehouse,
-        f"{prefix}.jdbc.schema-version": "V1",
-        f"{prefix}.cache-enabled": "false",
+        **catalog_conf(catalog_name, jdbc_url, warehouse, user=user, password=password),
     }
-    if sqlite_db is not None:
-        settings[f"{prefix}.jdbc.busy_timeout"] = str(SQLITE_BUSY_TIMEOUT_MS)
-    if user is not None:
-        settings[f"{prefix}.jdbc.user"] = user
-    if password is not None:
-        settings[f"{prefix}.jdbc.password"] = password
     settings.update(conf or {})
 
     builder = SparkSession.builder.master(master).appName(app)
