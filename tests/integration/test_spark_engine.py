@@ -139,14 +139,15 @@ def _assert_same(projects: dict[str, Project], name: str, table: str, results: d
     assert sp == lp and sp is not None
 
 
-def _assert_published_with_position(project: Project, name: str, table: str) -> None:
+def _assert_published_with_position(project: Project, name: str, table: str, result: Any) -> None:
     """``main``'s head is Spark's snapshot, carrying the batch id, and no metadata version has ``main`` there
     without the batch's position: they moved in one commit."""
     tbl = open_catalog(project).load_table(table)
     head = tbl.current_snapshot()
     assert head is not None and head.summary is not None
     assert head.summary.additional_properties.get("engine-name") == "spark"
-    assert head.summary[SUMMARY_BATCH_ID].startswith(name)
+    assert head.summary[SUMMARY_BATCH_ID] == result.batches[-1].batch_id and head.summary["icefield.pipeline"] == name
+    assert head.snapshot_id == result.batches[-1].snapshot_id
     position = tbl.metadata.properties[STATE_PREFIX + name]
     versions = [FromInputFile.table_metadata(tbl.io.new_input(e.metadata_file)) for e in tbl.metadata.metadata_log]
     first = next(md for md in [*versions, tbl.metadata] if md.refs.get(MAIN) and md.refs[MAIN].snapshot_id == head.snapshot_id)
@@ -159,13 +160,13 @@ def test_an_append_with_a_quarantined_row_lands_the_same(projects: dict[str, Pro
     results = _run_both(projects, "app")
     _assert_same(projects, "app", "raw.app", results)
     assert results["spark"].rows_quarantined == 1 and results["spark"].rows_committed == 10
-    _assert_published_with_position(projects["spark"], "app", "raw.app")
+    _assert_published_with_position(projects["spark"], "app", "raw.app", results["spark"])
 
     _feed(projects, "data/app/b.csv", APPEND_SECOND)
     results = _run_both(projects, "app")
     _assert_same(projects, "app", "raw.app", results)
     assert len(_rows(projects["spark"], "raw.app")) == 15
-    _assert_published_with_position(projects["spark"], "app", "raw.app")
+    _assert_published_with_position(projects["spark"], "app", "raw.app", results["spark"])
 
     # A rerun adds nothing.
     before = head_id(open_catalog(projects["spark"]).load_table("raw.app"))
@@ -178,7 +179,7 @@ def test_an_append_with_a_quarantined_row_lands_the_same(projects: dict[str, Pro
     results = _run_both(projects, "app")
     _assert_same(projects, "app", "raw.app", results)
     assert sorted(r[0] for r in _rows(projects["spark"], "raw.app")) == [*range(1, 11), 20, 21, 40]
-    _assert_published_with_position(projects["spark"], "app", "raw.app")
+    _assert_published_with_position(projects["spark"], "app", "raw.app", results["spark"])
 
 
 @pytest.mark.parametrize("name", ["cow", "mor"])
@@ -194,7 +195,7 @@ def test_a_merge_with_deletes_lands_the_same(projects: dict[str, Project], spark
     assert results["spark"].batches[0].rows_deleted == 2 and results["spark"].batches[0].rows_updated == 2
     rows = {r[0]: r for r in _rows(projects["spark"], table)}
     assert 3 not in rows and 11 not in rows and 99 not in rows and rows[7][1:3] == ("w", 7.5) and 31 in rows
-    _assert_published_with_position(projects["spark"], name, table)
+    _assert_published_with_position(projects["spark"], name, table, results["spark"])
     tbl = open_catalog(projects["spark"]).load_table(table)
     deletes = [t for t in tbl.scan().plan_files() if t.delete_files]
     assert bool(deletes) == (name == "mor"), "write.merge.mode decides between rewritten files and delete files"

@@ -186,8 +186,9 @@ class SparkEngine(Engine):
                 return (
                     f"MERGE INTO {dest} t USING {view} s ON FALSE "
                     f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({select}) "
-                    f"WHEN NOT MATCHED BY SOURCE AND t.{_q(column)} = :replaced THEN DELETE",
-                    {"replaced": value},
+                    # the value as hex: no quoting to get wrong (Iceberg's MERGE rewrite leaves named parameters unbound)
+                    f"WHEN NOT MATCHED BY SOURCE AND t.{_q(column)} = decode(unhex('{value.encode().hex()}'), 'UTF-8') THEN DELETE",
+                    {},
                     False,
                 )
             return f"INSERT INTO {dest} SELECT {select} FROM {view} s", {}, False
