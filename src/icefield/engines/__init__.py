@@ -7,7 +7,6 @@ The contract is :mod:`icefield.engines.base`. Built-in: ``local`` (DuckDB + Arro
 from __future__ import annotations
 
 import importlib
-
 from typing import TYPE_CHECKING
 
 from icefield.engines.base import Engine, EngineCapabilities
