@@ -67,6 +67,11 @@ def _project(root: Path, engine: str) -> Project:
             f"target: {{table: raw.{name}, mode: merge, keys: [id], delete_column: deleted, "
             f"properties: {{write.merge.mode: {mode}}}}}\n",
         )
+    _write(
+        root, "pipelines/ovw.yaml",
+        "name: ovw\nsource: {type: files, path: 'data/ovw/*.csv', format: csv, file_column: null}\n"
+        "target: {table: raw.ovw, mode: overwrite, partition_by: [kind]}\n",
+    )
     project = load_project(root)
     open_catalog(project)  # icefield creates the catalog database (WAL) before Spark opens it
     return project
@@ -202,6 +207,18 @@ def test_a_merge_with_deletes_lands_the_same(projects: dict[str, Project], spark
 
     results = _run_both(projects, name)
     assert results["spark"].rows_in == 0 and _rows(projects["spark"], table) == _rows(projects["local"], table)
+
+
+def test_an_overwrite_replaces_the_partitions_the_batch_touches(projects: dict[str, Project], spark: Any) -> None:
+    _feed(projects, "data/ovw/a.csv", FIRST)
+    _assert_same(projects, "ovw", "raw.ovw", _run_both(projects, "ovw"))
+    _feed(projects, "data/ovw/b.csv", [(100, "x", 1.0, "false"), (101, "x", 2.0, "false")])
+    results = _run_both(projects, "ovw")
+    _assert_same(projects, "ovw", "raw.ovw", results)
+    kinds = [(r[1], r[0]) for r in _rows(projects["spark"], "raw.ovw")]
+    assert sorted(i for k, i in kinds if k == "x") == [100, 101], "partition x was replaced"
+    assert sorted(i for k, i in kinds if k != "x") == [i for i in range(1, 21) if i % 3 != 0], "y and z stayed"
+    _assert_published_with_position(projects["spark"], "ovw", "raw.ovw", results["spark"])
 
 
 def test_a_batch_already_on_main_is_skipped(projects: dict[str, Project], spark: Any) -> None:
