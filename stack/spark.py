@@ -34,7 +34,18 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+
+# The jars and the catalog settings the spark engine uses at run time are icefield's
+# (icefield.engines.spark_session); this module fetches those jars and starts sessions for tests and benchmarks.
+from icefield.engines.spark_session import (  # noqa: F401 - ICEBERG_VERSION, POSTGRES_JDBC, SQLITE_JDBC: re-exported
+    ARTIFACTS,
+    CATALOG_EXTENSIONS,
+    ICEBERG_RUNTIME,
+    ICEBERG_VERSION,
+    POSTGRES_JDBC,
+    SQLITE_BUSY_TIMEOUT_MS,
+    SQLITE_JDBC,
+)
 
 from .base import LOCALHOST, ServiceNotInstalled, StackError, file_lock
 from .jvm import java_major
@@ -61,16 +72,6 @@ INSTALL_HINT = "pip install -r requirements/spark.txt"
 JAVA_INSTALL_HINT = "apt-get install openjdk-17-jdk-headless"
 SUPPORTED_JAVA = (17, 21)
 
-ICEBERG_VERSION = "1.11.0"
-ICEBERG_RUNTIME = f"org.apache.iceberg:iceberg-spark-runtime-4.1_2.13:{ICEBERG_VERSION}"
-SQLITE_JDBC = "org.xerial:sqlite-jdbc:3.53.0.0"  # the version Iceberg 1.11 itself tests with
-POSTGRES_JDBC = "org.postgresql:postgresql:42.7.14"
-ARTIFACTS: tuple[str, ...] = (ICEBERG_RUNTIME, SQLITE_JDBC, POSTGRES_JDBC)
-"""Maven coordinates (group:artifact:version) of every jar a session puts on ``spark.jars``."""
-
-CATALOG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
-SQLITE_BUSY_TIMEOUT_MS = 60_000
-"""How long a SQLite catalog connection waits for a lock (both sides: icefield uses the same 60 s)."""
 
 _COORD = re.compile(r"^([\w.\-]+):([\w.\-]+):([\w.\-]+)$")
 
@@ -132,55 +133,16 @@ def ensure_jars(
 
 
 def jdbc_url_from_sqlalchemy(url: str) -> tuple[str, str | None, str | None]:
-    """Translate a SQLAlchemy catalog URL to ``(jdbc_url, user, password)`` for Java's JdbcCatalog.
-
-    * ``sqlite:///rel/catalog.db`` / ``sqlite:////abs/catalog.db`` (any ``sqlite+driver``) ->
-      ``jdbc:sqlite:/abs/catalog.db`` (a relative path is made absolute against the current
-      directory; query parameters are dropped). An in-memory database cannot be shared: refused.
-    * ``postgresql[+driver]://user:pass@host:port/db?sslmode=...`` ->
-      ``jdbc:postgresql://host:port/db?sslmode=...`` with the user and password returned apart
-      (decoded), never inside the URL.
-    * A URL that already starts with ``jdbc:`` is returned unchanged with no user or password.
-
-    Raises :class:`StackError` for other databases or an unparsable URL (the password is never
-    repeated in the message).
-    """
-    if url.startswith("jdbc:"):
-        return url, None, None
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    """Translate a SQLAlchemy catalog URL to ``(jdbc_url, user, password)`` for Java's JdbcCatalog: the spark
+    engine's translation (:func:`icefield.engines.spark_session.jdbc_url_from_sqlalchemy`), raising
+    :class:`StackError` for what it refuses."""
+    from icefield.engines.spark_session import jdbc_url_from_sqlalchemy as translate
+    from icefield.errors import ConfigError
 
     try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StackError(f"not a SQLAlchemy URL: {url.split('://', 1)[0]}://...") from None
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or database.startswith("file::memory:"):
-            raise StackError("an in-memory SQLite catalog cannot be shared with Spark: give the database a file")
-        if database.startswith("file:"):  # sqlite:///file:path?uri=true
-            database = database.removeprefix("file:").split("?", 1)[0]
-        path = Path(database).expanduser().absolute()
-        return f"jdbc:sqlite:{path.as_posix()}", None, None
-    if backend == "postgresql":
-        host = parsed.host or LOCALHOST
-        if ":" in host:  # IPv6 literal
-            host = f"[{host}]"
-        hostport = f"{host}:{parsed.port}" if parsed.port else host
-        jdbc = f"jdbc:postgresql://{hostport}/{quote(parsed.database or '', safe='')}"
-        if parsed.query:
-            pairs = []
-            for key, value in parsed.query.items():
-                for item in (value,) if isinstance(value, str) else value:
-                    pairs.append(f"{quote(key, safe='')}={quote(item, safe='')}")
-            jdbc += "?" + "&".join(pairs)
-        password = parsed.password
-        return jdbc, parsed.username, str(password) if password is not None else None
-    raise StackError(
-        f"cannot give Spark a {backend!r} catalog: icefield shares SQLite and PostgreSQL catalogs "
-        "(jdbc:sqlite:, jdbc:postgresql:)"
-    )
+        return translate(url)
+    except ConfigError as e:
+        raise StackError(str(e)) from None
 
 
 def _sqlite_path(jdbc_url: str) -> Path | None:

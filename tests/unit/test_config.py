@@ -152,7 +152,7 @@ def test_bad_value_in_pipeline_names_key_and_value(make_project, body, where, va
     [
         ({"batch_size": -1}, "batch_size", "-1"),
         ({"batch_size": 0}, "batch_size", "0"),
-        ({"engine": "spark"}, "engine", "'spark'"),
+        ({"engine": "flink"}, "engine", "'flink'"),
         ({"catalog": {"type": "glue"}}, "catalog.type", "'glue'"),
     ],
 )

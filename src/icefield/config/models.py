@@ -122,6 +122,24 @@ class StorageConfig(_Model):
         return self
 
 
+class SparkConfig(_Model):
+    """The Spark session of ``engine: spark`` (:mod:`icefield.engines.spark_session`).
+
+    ``master`` is the Spark master (``local[N]``, ``spark://host:7077``, ``k8s://...``); ``memory`` the
+    driver's memory; ``jars_dir`` the folder holding the Iceberg runtime and JDBC driver jars (relative to the
+    project; default: the icefield cache's ``jars`` folder) or ``jars`` the jar files one by one; ``conf``
+    more Spark settings, applied last (they win)."""
+
+    master: str = "local[2]"
+    memory: str = "2g"
+    jars_dir: str | None = None
+    jars: list[str] = Field(default_factory=list)
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+EngineName = Literal["local", "spark"]
+
+
 class ProjectConfig(_Model):
     """The contents of ``icefield.yaml`` after profiles and environment overrides are applied."""
 
@@ -129,7 +147,8 @@ class ProjectConfig(_Model):
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     warehouse: str = ".icefield/warehouse"
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    engine: Literal["local"] = "local"
+    engine: EngineName = "local"
+    spark: SparkConfig = Field(default_factory=SparkConfig)
     namespace: str = "default"
     batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
     read_ahead: int = Field(1, ge=0, le=4)
@@ -676,6 +695,8 @@ class PipelineConfig(_Model):
     checks: list[CheckConfig] = Field(default_factory=list)
     gates: list[GateConfig] = Field(default_factory=list)
     batch_size: int | None = Field(None, gt=0)
+    engine: EngineName | None = None
+    """The engine that lands this pipeline's batches (default: the project's ``engine``)."""
 
     @model_validator(mode="before")
     @classmethod

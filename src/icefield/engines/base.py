@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyiceberg.table import Table, Transaction
 
+    from icefield.config import Project
     from icefield.config.models import TargetConfig
 
 
@@ -119,6 +120,12 @@ class Engine:
 
     name: ClassVar[str] = "base"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities()
+
+    @classmethod
+    def for_project(cls, project: Project | None) -> Engine:
+        """The engine for ``project`` (``None``: no project, e.g. a writer used on its own); engines that need
+        settings of the project override this."""
+        return cls()
 
     def stage(self, table: Table, request: WriteRequest) -> StagedWrite:
         """Stage the batch of ``request`` in ``table`` (as loaded for this attempt) as one uncommitted

@@ -81,7 +81,7 @@ def run_model(
             with contextlib.closing(readonly.open_connection()) as parser:
                 readonly.statement(parser, model.sql, what)  # refused before anything is read
             catalog = catalog or open_catalog(project)
-            engine = get_engine(project.config.engine)  # writes the result; the query runs on the query seam
+            engine = get_engine(project.config.engine, project)  # writes the result; the query runs on the query seam
             with acquire_lease(catalog, model.target, run_id, f"model {name}", wait):
                 _run_model(model, catalog, engine, result, run_id, what, events)
     return result

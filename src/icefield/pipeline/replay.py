@@ -221,7 +221,7 @@ def replay_quarantine(
     if pipeline is not None and (wanted := project.pipeline(pipeline)).target.table != table:
         raise ConfigError(f"pipeline {pipeline!r} writes {wanted.target.table}, not {table}")
     q = _load_quarantine(catalog, table)
-    engine = get_engine(project.config.engine)
+    engine = get_engine(project.config.engine, project)
     qwriter = quarantine_writer(catalog, engine, table, pipeline or "replay")
     if not dry_run:
         q = upgrade(qwriter, q)

@@ -146,7 +146,7 @@ def _run(
 ) -> None:
     """The body of :func:`run_pipeline`: lease, source, batches; ``result`` filled as they commit."""
     run_id = result.run_id
-    engine = get_engine(project.config.engine)
+    engine = get_engine(pipe.engine or project.config.engine, project)
     writer = TableWriter(catalog, pipe.target, pipe.name, engine)
     auditor = Auditor(project, catalog, engine, pipe, run_id, events)
     result.checks = auditor.checks

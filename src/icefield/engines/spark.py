@@ -1,0 +1,245 @@
+"""The ``spark`` engine: Spark 4.1 with the Iceberg runtime writes each batch, icefield publishes it with the
+position in one commit (the design is in :mod:`icefield.engines.base`, "A distributed engine").
+
+:meth:`SparkEngine.stage`, for a batch of ``main``:
+
+1. cuts the staging branch ``icefield-stage-<pipeline>`` at the ``main`` the request's table is at
+   (``ALTER TABLE ... CREATE OR REPLACE BRANCH ... AS OF VERSION``; on a table without a snapshot, Iceberg gives
+   the new branch an empty one);
+2. hands the batch (Arrow, typed as the table by the writer) to Spark and writes it on that branch with Iceberg's
+   Spark writer: ``INSERT INTO`` (append), ``INSERT OVERWRITE`` (overwrite: dynamic by partition, or of the whole
+   table with ``overwrite: table`` or an unpartitioned table), ``MERGE INTO`` (merge by ``target.keys``, deletes
+   by ``target.delete_column``; the table's ``write.merge.mode`` picks copy-on-write or merge-on-read). The
+   request's ``summary`` (``icefield.pipeline``, ``icefield.batch-id``, ``icefield.run-id``) goes on the
+   snapshot through the session settings ``spark.sql.iceberg.snapshot-property.<key>``, set for that statement
+   only;
+3. loads the table again and returns a transaction that fast-forwards ``main`` to the branch head, with the
+   requirement that ``main`` is still where it was. The writer adds the position and commits it: the batch and the
+   position appear on ``main`` in one commit. If ``main`` moved meanwhile, the commit path calls ``stage`` again.
+
+A batch for an audit branch (write-audit-publish) is written on that branch directly and answered with an empty
+transaction. ``keep_newest`` merges (change data capture: versions compared with stored rows, tombstones) are
+refused with a :class:`ConfigError` that names the fix (``engine: local`` for that pipeline).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from icefield.engines.base import Engine, EngineCapabilities, StagedWrite, WriteRequest
+from icefield.errors import ConfigError
+from icefield.iceberg.history import MAIN, SUMMARY_BATCH_ID, SUMMARY_PIPELINE, head_id
+from icefield.iceberg.versions import dedupe_latest
+
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+
+    from icefield.config import Project
+
+log = logging.getLogger(__name__)
+
+STAGE_PREFIX = "icefield-stage-"
+SNAPSHOT_PROPERTY = "spark.sql.iceberg.snapshot-property."
+"""Session settings whose suffix Iceberg's Spark writer puts in the summary of every snapshot it commits."""
+OVERWRITE_MODE = "spark.sql.sources.partitionOverwriteMode"
+
+# One statement at a time: the snapshot properties and the overwrite mode are settings of the one session.
+_session_lock = threading.RLock()
+
+
+def staging_branch(pipeline: str) -> str:
+    """The branch a pipeline's batches are written on before ``main`` is moved to them."""
+    return STAGE_PREFIX + pipeline
+
+
+def _q(name: str) -> str:
+    """``name`` as a Spark SQL identifier."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+class SparkEngine(Engine):
+    """Lands batches with Spark's Iceberg writer on a staging branch; ``main`` moves with the position."""
+
+    name: ClassVar[str] = "spark"
+    capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(supports_merge=True, distributed=True)
+
+    def __init__(self, project: Project | None = None, session: Any = None) -> None:
+        self._project = project
+        self._session = session
+        self.timings: list[tuple[str, float]] = []
+        """``(batch id, seconds)`` of each :meth:`stage`: the Spark work of the batch."""
+
+    @classmethod
+    def for_project(cls, project: Project | None) -> Engine:
+        if project is None:
+            raise ConfigError("engine spark needs the project (its catalog and its spark settings): pass it to get_engine")
+        return cls(project)
+
+    @property
+    def spark(self) -> Any:
+        """The Spark session, started on first use (:func:`icefield.engines.spark_session.project_session`)."""
+        if self._session is None:
+            from icefield.engines.spark_session import project_session
+
+            assert self._project is not None
+            self._session = project_session(self._project)
+        return self._session
+
+    def _catalog_name(self) -> str:
+        if self._project is not None:
+            return self._project.config.catalog.name
+        return str(self.spark.conf.get("spark.sql.defaultCatalog"))
+
+    def stage(self, table: Table, request: WriteRequest) -> StagedWrite:
+        """Write the batch on the staging branch (or the audit branch) with Spark and return the fast-forward of
+        ``main`` (see the module doc)."""
+        target, data = request.target, request.data
+        if target.mode == "merge" and target.keep_newest:
+            raise ConfigError(
+                f"target {target.table}: keep_newest merges (change data capture) do not run on engine spark yet; "
+                "set engine: local in this pipeline"
+            )
+        whole_table = target.mode == "overwrite" and (target.overwrite == "table" or table.spec().is_unpartitioned())
+        if not data.num_rows and not request.truncate and not whole_table and request.replace_file is None:
+            return StagedWrite(table.transaction(), changed=False)
+        started = time.perf_counter()
+        ident = table.name()
+        base = ".".join(_q(p) for p in (self._catalog_name(), *ident))
+        main = head_id(table)
+        columns = table.schema().column_names
+        with _session_lock:
+            spark = self.spark
+            if request.branch == MAIN:
+                ref = staging_branch(request.summary[SUMMARY_PIPELINE])
+                self._cut(spark, base, ref, main)
+            else:
+                ref = request.branch
+            before = head_id(table, ref) if request.branch != MAIN else main
+            view = f"icefield_batch_{uuid.uuid4().hex[:12]}"
+            batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" else data
+            spark.createDataFrame(batch).createOrReplaceTempView(view)
+            try:
+                statement, args, dynamic = self._statement(table, request, f"{base}.{_q('branch_' + ref)}", view, columns, whole_table)
+                self._run(spark, statement, args, request.summary, dynamic)
+            finally:
+                spark.catalog.dropTempView(view)
+        fresh = table.catalog.load_table(ident)
+        if head_id(fresh) != main:
+            from pyiceberg.exceptions import CommitFailedException
+
+            raise CommitFailedException(f"main of {'.'.join(ident)} moved while Spark wrote the batch on {ref!r}")
+        head = head_id(fresh, ref)
+        changed = head != before
+        tx = fresh.transaction()
+        staged = StagedWrite(tx, changed)
+        if changed and head is not None:
+            snap = fresh.snapshot_by_id(head)
+            assert snap is not None and snap.summary is not None
+            summary = snap.summary.additional_properties
+            if summary.get(SUMMARY_BATCH_ID) != request.summary.get(SUMMARY_BATCH_ID):
+                raise ConfigError(
+                    f"Spark committed snapshot {head} on {ref!r} of {'.'.join(ident)} without the batch id "
+                    f"{request.summary.get(SUMMARY_BATCH_ID)!r}: this Iceberg runtime ignores {SNAPSHOT_PROPERTY}*; "
+                    "use the Iceberg Spark runtime 1.11 or newer"
+                )
+            _count(staged, summary, target.mode == "merge" and not request.truncate)
+            if request.branch == MAIN:
+                from pyiceberg.table.refs import SnapshotRefType
+
+                # The requirement that comes with it asserts main still points where it was: compare-and-swap.
+                tx._stage(*tx._set_ref_snapshot(snapshot_id=head, ref_name=MAIN, type=SnapshotRefType.BRANCH))
+        seconds = time.perf_counter() - started
+        self.timings.append((request.summary.get(SUMMARY_BATCH_ID, ""), seconds))
+        log.info("spark staged batch %s of %s on %s in %.1fs", request.summary.get(SUMMARY_BATCH_ID), ".".join(ident), ref, seconds)
+        return staged
+
+    @staticmethod
+    def _cut(spark: Any, base: str, ref: str, main: int | None) -> None:
+        """Point the staging branch ``ref`` at ``main`` (a new branch of a table without a snapshot gets an
+        empty one)."""
+        if main is None:
+            spark.sql(f"ALTER TABLE {base} DROP BRANCH IF EXISTS {_q(ref)}")
+            spark.sql(f"ALTER TABLE {base} CREATE BRANCH {_q(ref)}")
+        else:
+            spark.sql(f"ALTER TABLE {base} CREATE OR REPLACE BRANCH {_q(ref)} AS OF VERSION {main}")
+
+    @staticmethod
+    def _statement(
+        table: Table, request: WriteRequest, dest: str, view: str, columns: list[str], whole_table: bool
+    ) -> tuple[str, dict[str, Any], bool]:
+        """The SQL statement that writes the batch (view ``view``) on ``dest`` (the table's branch), its named
+        arguments, and whether the overwrite is dynamic (by partition)."""
+        target, data = request.target, request.data
+        have = set(data.column_names)
+        select = ", ".join(f"s.{_q(c)}" if c in have else f"NULL AS {_q(c)}" for c in columns)
+        if target.mode == "overwrite":
+            return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s", {}, not whole_table
+        if target.mode == "append":
+            if request.replace_file is not None and request.replace_file[0] in columns:
+                # One snapshot: the rows the changed source file gave before go, the batch comes in.
+                column, value = request.replace_file
+                cols = ", ".join(_q(c) for c in columns)
+                return (
+                    f"MERGE INTO {dest} t USING {view} s ON FALSE "
+                    f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({select}) "
+                    # the value as hex: no quoting to get wrong (Iceberg's MERGE rewrite leaves named parameters unbound)
+                    f"WHEN NOT MATCHED BY SOURCE AND t.{_q(column)} = decode(unhex('{value.encode().hex()}'), 'UTF-8') THEN DELETE",
+                    {},
+                    False,
+                )
+            return f"INSERT INTO {dest} SELECT {select} FROM {view} s", {}, False
+        # merge
+        flag = target.delete_column if target.delete_column in have else None
+        deleted = f"coalesce(CAST(s.{_q(flag)} AS BOOLEAN), false)" if flag else "false"
+        if request.truncate:
+            return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s WHERE NOT {deleted}", {}, False
+        on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in target.keys)
+        sets = ", ".join(f"t.{_q(c)} = s.{_q(c)}" for c in columns if c in have)
+        cols = ", ".join(_q(c) for c in columns)
+        clauses = [f"WHEN MATCHED AND {deleted} THEN DELETE"] if flag else []
+        clauses += [f"WHEN MATCHED THEN UPDATE SET {sets}", f"WHEN NOT MATCHED AND NOT {deleted} THEN INSERT ({cols}) VALUES ({select})"]
+        return f"MERGE INTO {dest} t USING {view} s ON {on} " + " ".join(clauses), {}, False
+
+    @staticmethod
+    def _run(spark: Any, statement: str, args: dict[str, Any], summary: dict[str, str], dynamic: bool) -> None:
+        """Run ``statement`` with ``summary`` as the properties of the snapshots it commits (and the dynamic
+        partition overwrite mode when ``dynamic``); the session settings are put back afterwards."""
+        conf = spark.conf
+        settings = {SNAPSHOT_PROPERTY + k: v for k, v in summary.items()}
+        settings[OVERWRITE_MODE] = "dynamic" if dynamic else "static"
+        previous = {k: conf.get(k, None) for k in settings}
+        for k, v in settings.items():
+            conf.set(k, v)
+        try:
+            log.debug("spark: %s", statement)
+            spark.sql(statement, args=args or None)
+        except Exception as e:
+            if type(e).__name__ in ("AnalysisException", "ParseException"):
+                raise ConfigError(f"Spark refused the batch's statement ({e}); the statement was: {statement}") from e
+            raise
+        finally:
+            for k, v in previous.items():
+                if v is None:
+                    conf.unset(k)
+                else:
+                    conf.set(k, v)
+
+
+def _count(staged: StagedWrite, summary: dict[str, str], merge: bool) -> None:
+    """Fill ``staged``'s counts from the summary of the snapshot Spark committed."""
+
+    def n(key: str) -> int:
+        return int(summary.get(key, 0) or 0)
+
+    staged.rows_written = n("added-records")
+    staged.files_added = n("added-data-files")
+    staged.files_removed = n("deleted-data-files")
+    if merge:
+        prefix = "spark.merge-into.num-target-rows-"
+        staged.rows_updated, staged.rows_inserted = n(prefix + "updated"), n(prefix + "inserted")
+        staged.rows_deleted = n(prefix + "deleted")
+

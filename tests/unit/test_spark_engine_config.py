@@ -1,0 +1,79 @@
+"""``engine: spark`` in the configuration, without starting Spark: the project and pipeline settings, the catalog
+properties Spark is given (the same database and warehouse as icefield's catalog), and what is refused before
+any Spark work, with the fix in the message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from icefield import load_project
+from icefield.catalog import sql_catalog
+from icefield.config.models import TargetConfig
+from icefield.engines import get_engine
+from icefield.engines.spark import SparkEngine
+from icefield.engines.spark_session import catalog_settings, find_jars, jdbc_url_from_sqlalchemy
+from icefield.errors import ConfigError
+from icefield.write import TableWriter
+
+
+def _project(root: Path, yaml: str, pipeline: str = "") -> object:
+    (root / "pipelines").mkdir(parents=True)
+    (root / "icefield.yaml").write_text(yaml)
+    (root / "pipelines" / "p.yaml").write_text(
+        "name: p\nsource: {type: files, path: 'data/*.csv'}\ntarget: {table: raw.p}\n" + pipeline
+    )
+    return load_project(root)
+
+
+def test_a_project_and_a_pipeline_choose_the_spark_engine(tmp_path: Path) -> None:
+    project = _project(
+        tmp_path / "a",
+        "name: a\nengine: spark\nspark: {master: 'spark://127.0.0.1:7077', memory: 4g, conf: {spark.executor.cores: '2'}}\n",
+    )
+    cfg = project.config  # type: ignore[attr-defined]
+    assert cfg.engine == "spark" and cfg.spark.master == "spark://127.0.0.1:7077" and cfg.spark.conf == {"spark.executor.cores": "2"}
+    engine = get_engine(cfg.engine, project)  # type: ignore[arg-type]
+    assert isinstance(engine, SparkEngine) and engine.capabilities.supports_merge and engine.capabilities.distributed
+
+    local = _project(tmp_path / "b", "name: b\n", pipeline="engine: spark\n")
+    assert local.pipeline("p").engine == "spark" and local.config.engine == "local"  # type: ignore[attr-defined]
+
+
+def test_the_spark_engine_needs_the_project(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="engine spark needs the project"):
+        get_engine("spark")
+
+
+def test_spark_is_given_the_catalog_database_and_warehouse_of_icefield(tmp_path: Path) -> None:
+    db = tmp_path / "catalog.db"
+    settings = catalog_settings("icefield", f"sqlite:///{db}", str(tmp_path / "wh"))
+    assert settings["spark.sql.catalog.icefield"] == "org.apache.iceberg.spark.SparkCatalog"
+    assert settings["spark.sql.catalog.icefield.type"] == "jdbc"
+    assert settings["spark.sql.catalog.icefield.uri"] == f"jdbc:sqlite:{db}"
+    assert settings["spark.sql.catalog.icefield.warehouse"] == (tmp_path / "wh").as_uri()
+    assert settings["spark.sql.catalog.icefield.cache-enabled"] == "false"
+    assert settings["spark.sql.catalog.icefield.jdbc.schema-version"] == "V1"
+    url, user, password = jdbc_url_from_sqlalchemy("postgresql+psycopg2://ice:s%40cret@db.local:5433/cat?sslmode=require")
+    assert (url, user, password) == ("jdbc:postgresql://db.local:5433/cat?sslmode=require", "ice", "s@cret")
+    with pytest.raises(ConfigError, match="in-memory SQLite catalog cannot be shared"):
+        jdbc_url_from_sqlalchemy("sqlite://")
+
+
+def test_missing_jars_are_named_with_the_command_that_fetches_them(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"iceberg-spark-runtime-4\.1_2\.13-1\.11\.0\.jar.*python -m stack\.spark jars"):
+        find_jars(tmp_path)
+
+
+def test_a_keep_newest_merge_is_refused_before_spark_starts(tmp_path: Path) -> None:
+    catalog = sql_catalog("test", f"sqlite:///{tmp_path / 'catalog.db'}", (tmp_path / "warehouse").as_uri())
+    try:
+        target = TargetConfig(table="raw.cdc", mode="merge", keys=["id"], order_by="v", keep_newest=True)
+        writer = TableWriter(catalog, target, "p", SparkEngine())  # no session: it would start on first use
+        rows = pa.table({"id": pa.array([1], pa.int64()), "v": pa.array([1], pa.int64())})
+        with pytest.raises(ConfigError, match="keep_newest merges .* do not run on engine spark yet; set engine: local"):
+            writer.commit(rows, "b1", {"i": 1}, "run")
+    finally:
+        catalog.engine.dispose()
