@@ -30,6 +30,7 @@ from .kafka import (
 from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
 from .rest_catalog import REST_PORT_DEFAULT, REST_PORT_ENV, RestCatalog
 from .s3 import S3_PORT_DEFAULT, S3_PORT_ENV, S3Account, S3Server, S3Settings
+from .trino import TRINO_PORT_DEFAULT, TRINO_PORT_ENV, Trino
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
@@ -38,6 +39,7 @@ SERVICES: dict[str, type[Service]] = {
     RestCatalog.name: RestCatalog,
     HiveMetastore.name: HiveMetastore,
     S3Server.name: S3Server,
+    Trino.name: Trino,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -84,6 +86,9 @@ __all__ = [
     "ServiceStartError",
     "ServiceStatus",
     "StackError",
+    "TRINO_PORT_DEFAULT",
+    "TRINO_PORT_ENV",
+    "Trino",
     "default_base_dir",
     "get_service",
 ]
