@@ -25,7 +25,7 @@ $(CORE_STAMP): pyproject.toml | $(BIN)/python
 	touch $(CORE_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,dev,gx]"
+	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,trino,dev,gx]"
 	touch $(STAMP) $(CORE_STAMP)
 
 .PHONY: venv

@@ -266,6 +266,35 @@ class Trino(JavaService):
         path.chmod(0o600)  # it holds the database password
         return path
 
+    def add_project_catalog(self, project_root: Path | str, name: str | None = None) -> Path:
+        """Write the Trino catalog of the icefield project at ``project_root`` (:meth:`add_catalog` with its
+        catalog database, user, password, ``catalog.name`` and warehouse); ``name`` is the Trino catalog's
+        name (default: ``catalog.name``). Returns the file; Trino loads it at its next start.
+
+        The project's catalog must be a ``type: sql`` catalog on PostgreSQL (Trino's JDBC catalog needs a
+        server database; an embedded SQLite file would be written by two processes). Raises
+        :class:`StackError` naming the fix otherwise.
+        """
+        from sqlalchemy.engine import make_url
+
+        from icefield import load_project
+        from icefield.config.secrets import resolve
+
+        project = load_project(Path(project_root))
+        cfg = project.config.catalog
+        where = f"{project.root / 'icefield.yaml'}: catalog.uri"
+        url = make_url(resolve(project.catalog_uri(), where=where, base_dir=project.root)) if cfg.type == "sql" else None
+        if url is None or not url.drivername.startswith("postgresql"):
+            raise StackError(
+                f"{where}: Trino shares a catalog through a PostgreSQL database; give the project "
+                "`catalog: {uri: postgresql+psycopg2://user:${env:PGPASSWORD}@127.0.0.1:5432/lake}`"
+            )
+        jdbc = f"jdbc:postgresql://{url.host or '127.0.0.1'}:{url.port or 5432}/{url.database}"
+        warehouse = project.warehouse_uri()
+        return self.add_catalog(
+            name or cfg.name, jdbc, url.username or "", url.password or "", warehouse, catalog_name=cfg.name
+        )
+
     def jvm_options(self) -> list[str]:
         """Trino's recommended JVM options with a modest heap (the machine is shared with other services)."""
         return [

@@ -33,10 +33,10 @@ import pytest
 import trino.dbapi
 from click.testing import CliRunner
 from stack import Trino
+from tests.integration.conftest import TrinoLake
 
 from icefield import load_project, run_pipeline
 from icefield.cli import cli
-from tests.integration.conftest import TrinoLake
 
 pytestmark = [pytest.mark.trino, pytest.mark.postgres, pytest.mark.timeout(900)]
 
