@@ -94,14 +94,23 @@ def trino_server(version: str = TRINO_VERSION) -> Path:
         top = f"trino-server-{version}/"
         with tempfile.TemporaryDirectory(prefix=".unpack-", dir=home) as tmp:
             try:
-                # One streaming pass: listing the members first would decompress the 800 MB twice.
+                # Two streaming passes (random access into a .tar.gz decompresses from the start at every
+                # seek). The plugins share jars through hard links: a kept plugin's link may point into a
+                # plugin that is not kept, so the first pass lists those targets and the second extracts
+                # them too (each before its links, as tar stores them), then their plugins are removed.
+                with tarfile.open(archive, "r|gz") as tar:
+                    kept = [m for m in tar if m.name.startswith(top) and _kept(m.name[len(top):])]
+                wanted = {m.name for m in kept} | {m.linkname for m in kept if m.islnk()}
                 with tarfile.open(archive, "r|gz") as tar:
                     for member in tar:
-                        if member.name.startswith(top) and _kept(member.name[len(top):]):
+                        if member.name in wanted:
                             tar.extract(member, tmp, filter="data")
             except (OSError, tarfile.TarError) as e:
                 raise StackError(f"cannot unpack {archive}: {e}; delete it and retry to fetch it again") from e
             staging = Path(tmp) / top.rstrip("/")
+            for plugin in (staging / "plugin").iterdir() if (staging / "plugin").is_dir() else ():
+                if plugin.name not in KEPT_PLUGINS:
+                    shutil.rmtree(plugin)
             if not (staging / "lib").is_dir() or not (staging / "plugin" / "iceberg").is_dir():
                 raise StackError(f"{archive} holds no lib/ or plugin/iceberg/ under {top}: not a Trino server tarball")
             (staging / _UNPACKED_STAMP).write_text(f"{version}\n")
@@ -262,7 +271,8 @@ class Trino(JavaService):
         }
         path = self.catalog_file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(properties_text(settings, "stack/trino.py add_catalog()"))
+        header = "# Written by stack/trino.py (Trino.add_catalog); Trino reads it when it starts.\n"
+        path.write_text(header + "".join(f"{k}={v}\n" for k, v in settings.items()))
         path.chmod(0o600)  # it holds the database password
         return path
 

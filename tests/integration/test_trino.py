@@ -112,6 +112,8 @@ def test_trino_reads_what_icefield_lands(tmp_path: Path, trino_server: Trino, tr
         assert trin == duck
         assert len(trin["rows"]) == expected
     assert [r["score"] for r in _sql_json(root, f"SELECT score FROM {NS}.cu_{tag} ORDER BY id", "--engine", "trino")["rows"]] == [10, 21, 30, 40]
+    code, out = _cli(root, "sql", "--engine", "trino", "--limit", "2", f"SELECT name FROM {NS}.cu_{tag} ORDER BY id")
+    assert code == 0 and "ann" in out and "bob" in out and "cid" not in out and "2 more rows" in out
 
 
 def test_trino_errors_name_the_fix(tmp_path: Path, trino_server: Trino, trino_lake: TrinoLake) -> None:
