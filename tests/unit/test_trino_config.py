@@ -92,3 +92,18 @@ def test_sql_on_trino_needs_a_server_and_sends_only_reads(tmp_path: Path) -> Non
     for statement in ("DELETE FROM a.b", "/* x */ INSERT INTO a.b VALUES 1", "EXPLAIN ANALYZE DELETE FROM a.b"):
         res = CliRunner().invoke(cli, ["--project", str(root), "sql", "--engine", "trino", statement])
         assert res.exit_code == 2 and "--unrestricted" in res.output, statement
+
+
+def test_sql_on_trino_is_refused_under_an_access_policy(tmp_path: Path) -> None:
+    from icefield import load_project
+    from icefield.errors import QueryRefusedError
+    from icefield.query import view_policy
+    from icefield.query.trino import trino_rows
+
+    class MaskNothing:
+        def rule(self, view: object) -> None:
+            return None
+
+    project = load_project(_project(tmp_path / "p", "trino: {uri: 'http://127.0.0.1:9'}\n"))
+    with view_policy(MaskNothing()), pytest.raises(QueryRefusedError, match="Trino does not apply it"):
+        trino_rows(project, "SELECT 1")

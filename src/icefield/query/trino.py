@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 from icefield.config.secrets import resolve
 from icefield.errors import ConfigError, IcefieldError, QueryError, QueryRefusedError, TransientError
+from icefield.query.policy import current_policy
 from icefield.query.run import Rows
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ def trino_rows(project: Project, sql: str, unrestricted: bool = False, limit: in
     for this project; return at most ``limit`` rows (all without one) and the count of all.
 
     Raises :class:`ConfigError` when ``trino:`` is missing, the client is not installed or the login is
-    refused; :class:`QueryRefusedError` for a statement other than a read (without ``unrestricted``);
+    refused; :class:`QueryRefusedError` for a statement other than a read (without ``unrestricted``) or
+    while an access policy (:func:`~icefield.query.policy.view_policy`) is in force, which Trino would bypass;
     :class:`TransientError` (exit 75) naming the URI when the server cannot be reached or is out of
     resources; :class:`QueryError` (exit 2) with Trino's message when the query fails as written;
     :class:`IcefieldError` when Trino fails it otherwise.
@@ -45,6 +47,12 @@ def trino_rows(project: Project, sql: str, unrestricted: bool = False, limit: in
         raise ConfigError(
             f"{project.root / 'icefield.yaml'} names no Trino server: add "
             "`trino: {uri: http://127.0.0.1:18080, catalog: <Trino catalog of this project>}` (see docs/trino.md)"
+        )
+    if current_policy() is not None:
+        # The policy rewrites icefield's DuckDB views; Trino reads the tables itself and would bypass it.
+        raise QueryRefusedError(
+            "an access policy (view_policy) is in force and Trino does not apply it: run the query on DuckDB "
+            "(icefield sql without --engine trino), or govern the Trino catalog with Trino's access control"
         )
     if not unrestricted and not _READ.match(_COMMENTS.sub(" ", sql).strip()):
         raise QueryRefusedError(
