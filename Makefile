@@ -25,7 +25,7 @@ $(CORE_STAMP): pyproject.toml | $(BIN)/python
 	touch $(CORE_STAMP)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,dev,gx]"
+	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,trino,dev,gx]"
 	touch $(STAMP) $(CORE_STAMP)
 
 .PHONY: venv
@@ -36,7 +36,7 @@ demo: $(CORE_STAMP) ## Run the shop demo on the embedded default (SQLite catalog
 	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
 
 .PHONY: test
-test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog, a Hive Metastore and an S3 server (versitygw) natively; fetches jars with Maven, builds versitygw once with Go; installs icefield alone in a clean venv)
+test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog, a Hive Metastore, an S3 server (versitygw) and Trino 476 natively; fetches jars and the Trino server with Maven, builds versitygw once with Go; installs icefield alone in a clean venv)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
@@ -58,7 +58,7 @@ bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales the
 	$(BIN)/python -m bench
 
 .PHONY: stack-up
-stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark"
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark trino"
 	$(BIN)/python -m stack up $(SERVICES)
 
 .PHONY: stack-down

@@ -39,6 +39,7 @@ from .spark_cluster import (
     SPARK_WORKER_UI_PORT_ENV,
     SparkCluster,
 )
+from .trino import TRINO_PORT_DEFAULT, TRINO_PORT_ENV, Trino
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
@@ -48,6 +49,7 @@ SERVICES: dict[str, type[Service]] = {
     HiveMetastore.name: HiveMetastore,
     S3Server.name: S3Server,
     SparkCluster.name: SparkCluster,
+    Trino.name: Trino,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -101,6 +103,9 @@ __all__ = [
     "ServiceStartError",
     "ServiceStatus",
     "StackError",
+    "TRINO_PORT_DEFAULT",
+    "TRINO_PORT_ENV",
+    "Trino",
     "default_base_dir",
     "get_service",
 ]

@@ -58,7 +58,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="a connector setting to add or override, e.g. --set interval.handling.mode=string (repeatable)",
     )
+    catalog = commands.add_parser(
+        "trino-catalog", help="write Trino's Iceberg catalog for an icefield project (loaded at Trino's next start)"
+    )
+    catalog.add_argument("project", help="the icefield project folder (its catalog must be on PostgreSQL)")
+    catalog.add_argument("--name", default=None, help="the Trino catalog's name (default: the project's catalog.name)")
     return parser
+
+
+def _trino_catalog(args: argparse.Namespace) -> None:
+    trino = get_service("trino")
+    path = trino.add_project_catalog(args.project, args.name)  # type: ignore[attr-defined]
+    restart = " restart Trino to load it (python -m stack down trino; python -m stack up trino)" if trino.status().running else ""
+    print(f"trino catalog {path.stem}: written to {path};{restart or ' loaded when Trino starts'}")
 
 
 def _capture(args: argparse.Namespace) -> None:
@@ -117,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "capture":
             _capture(args)
+            return 0
+        if args.command == "trino-catalog":
+            _trino_catalog(args)
             return 0
         names = _select(args.services)
         if args.command == "up":

@@ -7,7 +7,8 @@ formatting; each stops its server at the end of the session only if it started i
 port is taken by another process (another checkout's server), a free port is used instead.
 ``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them. ``rest_server`` (the Iceberg REST
 catalog) always starts its own server, with a token, in a temporary state dir on a free port; so does
-``hive_server`` (a Hive Metastore). ``s3_server`` (versitygw) is in ``tests/conftest.py``: the core suites run on it too (``tests/stores.py``).
+``hive_server`` (a Hive Metastore), and ``trino_server`` (Trino 476, with one Iceberg catalog ``lake`` on
+the session database ``trino_lake``). ``s3_server`` (versitygw) is in ``tests/conftest.py``: the core suites run on it too (``tests/stores.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from stack import (
     Kafka,
     Postgres,
     RestCatalog,
+    Trino,
 )
 from stack.base import LOCALHOST, port_open
 
@@ -39,6 +42,7 @@ KAFKA_READY_TIMEOUT = 120.0
 CONNECT_READY_TIMEOUT = 180.0
 REST_READY_TIMEOUT = 120.0
 HIVE_READY_TIMEOUT = 180.0
+TRINO_READY_TIMEOUT = 300.0
 
 
 def _free_port() -> int:
@@ -136,6 +140,50 @@ def hive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HiveMetast
     """
     server = HiveMetastore(tmp_path_factory.mktemp("stack"), port=_free_port())
     yield from _running(server, HIVE_READY_TIMEOUT)
+
+
+@dataclass(frozen=True)
+class TrinoLake:
+    """The one icefield catalog the session's Trino serves: a PostgreSQL database (``url``, SQLAlchemy),
+    a warehouse folder and the catalog name both icefield (``catalog.name``) and Trino (its catalog) use.
+    Catalogs load when Trino starts, so the Trino tests share this database and tell their tables apart
+    by name."""
+
+    url: str
+    warehouse: Path
+    name: str = "lake"
+
+
+@pytest.fixture(scope="session")
+def trino_lake(pg_server: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrinoLake]:
+    """A session database and warehouse for the Trino tests (dropped at the end of the session)."""
+    db = f"trino_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create_database(db)
+    try:
+        yield TrinoLake(url=url, warehouse=tmp_path_factory.mktemp("trino-warehouse"))
+    finally:
+        pg_server.drop_database(db)
+
+
+@pytest.fixture(scope="session")
+def trino_server(pg_server: Postgres, trino_lake: TrinoLake, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trino]:
+    """A running Trino 476 at ``trino_server.url()`` with the Iceberg catalog ``lake`` on ``trino_lake``
+    (JDBC catalog on its PostgreSQL database, catalog name ``lake``, its warehouse).
+
+    Its own state dir and a free port, never the developer's stack server. Raises (as a fixture error,
+    never a skip) if Maven or a Java 24+ JDK is missing or Trino does not start.
+    """
+    server = Trino(tmp_path_factory.mktemp("stack"), port=_free_port())
+    db = trino_lake.url.rsplit("/", 1)[1]
+    server.add_catalog(
+        trino_lake.name,
+        f"jdbc:postgresql://{pg_server.host}:{pg_server.port}/{db}",
+        pg_server.user,
+        pg_server.password,
+        trino_lake.warehouse,
+        catalog_name=trino_lake.name,
+    )
+    yield from _running(server, TRINO_READY_TIMEOUT)
 
 
 def _read(path: Path) -> str:

@@ -337,18 +337,23 @@ def show(out: Output, table: str, max_snapshots: int) -> None:
 @click.option("--limit", default=1000, show_default=True, help="Most rows to print in table format.")
 @click.option(
     "--unrestricted", is_flag=True,
-    help="Trusted local use only: run any DuckDB SQL (several statements, files, URLs, extensions, settings) instead of one read-only query over the tables.",
+    help="Trusted local use only: run any DuckDB SQL (several statements, files, URLs, extensions, settings) instead of one read-only query over the tables; with --engine trino, send any statement.",
+)
+@click.option(
+    "--engine", type=click.Choice(["duckdb", "trino"]), default="duckdb", show_default=True,
+    help="Where the query runs: DuckDB in this process, or the Trino server named by trino: in icefield.yaml.",
 )
 @json_option
 @pass_out
 @guarded
-def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> None:
+def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool, engine: str) -> None:
     """Run a SQL QUERY on DuckDB over the Iceberg tables (name them as namespace.table).
 
     QUERY is one read-only statement (SELECT, WITH ... SELECT, VALUES, DESCRIBE, SUMMARIZE) that reads
     only the project's tables: no other file, URL, database or extension. Output columns that share a
     name are shown as name, name_1, name_2 ... in every format; JSON is {"columns": [...], "rows":
-    [{column: value}, ...]} with those names."""
+    [{column: value}, ...]} with those names. With --engine trino the query, in Trino's SQL, goes to the
+    project's Trino server (trino: in icefield.yaml) and its catalog for this project."""
     from icefield.query import distinct_names, query_rows
 
     def catalog() -> Any:  # opened only for a query that names a table
@@ -357,7 +362,12 @@ def sql(out: Output, query: str, fmt: str, limit: int, unrestricted: bool) -> No
         return open_catalog(out.project())
 
     table_format = not out.as_json and fmt == "table"
-    result = query_rows(query, catalog, unrestricted=unrestricted, limit=limit if table_format else None)
+    if engine == "trino":
+        from icefield.query.trino import trino_rows
+
+        result = trino_rows(out.project(), query, unrestricted=unrestricted, limit=limit if table_format else None)
+    else:
+        result = query_rows(query, catalog, unrestricted=unrestricted, limit=limit if table_format else None)
     names = distinct_names(result.columns)
     # Rows are built by position: two output columns of one name (select * over a join) stay two.
     rows = [list(r) for r in result.rows]

@@ -140,6 +140,29 @@ class SparkConfig(_Model):
 EngineName = Literal["local", "spark"]
 
 
+class TrinoConfig(_Model):
+    """The Trino server ``icefield sql --engine trino`` sends queries to.
+
+    ``uri`` is the server (``http(s)://host:port``); ``catalog`` the Trino catalog that maps to this
+    project's catalog (default: ``catalog.name``; the name of its ``etc/catalog/<name>.properties``);
+    ``user`` the Trino user queries run as; ``password`` (a secret: ``${env:...}``/``${file:...}``) logs in
+    with HTTP basic authentication, which Trino accepts over https only.
+    """
+
+    uri: str
+    catalog: str | None = None
+    user: str = "icefield"
+    password: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrinoConfig:
+        if not has_reference(self.uri) and not re.fullmatch(r"https?://[^/\s:]+(:\d+)?/?", self.uri):
+            raise ValueError(f"trino.uri {self.uri!r} is not a server URL; give e.g. http://127.0.0.1:18080")
+        if self.password is not None and not has_reference(self.uri) and not self.uri.startswith("https://"):
+            raise ValueError("trino.password is sent with basic authentication, which Trino accepts over https only: use an https:// uri or drop the password")
+        return self
+
+
 class ProjectConfig(_Model):
     """The contents of ``icefield.yaml`` after profiles and environment overrides are applied."""
 
@@ -149,6 +172,7 @@ class ProjectConfig(_Model):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     engine: EngineName = "local"
     spark: SparkConfig = Field(default_factory=SparkConfig)
+    trino: TrinoConfig | None = None
     namespace: str = "default"
     batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
     read_ahead: int = Field(1, ge=0, le=4)
