@@ -180,16 +180,16 @@ def test_a_delete_committed_during_a_compaction_stays_deleted(tmp_path: Path, mo
 
     w = _two_files(tmp_path, **{"write.merge.mode": "merge-on-read"})
     w.commit(_batch([20], "updated"), "u20", None, "r")  # a merge-on-read update: a delete file and a new row
-    real = compact._commit
+    real = compact.replace_files
     calls: list[int] = []
 
-    def held(table: Any, groups: Any, added: Any, result: Any) -> None:
+    def held(table: Any, tasks: Any, added: Any, operation: str) -> Any:
         calls.append(len(added))
         if len(calls) == 1:  # between the compaction's read and its commit
             _rival(tmp_path, ("delete", 30), ("append", 999))
-        real(table, groups, added, result)
+        return real(table, tasks, added, operation)
 
-    monkeypatch.setattr(compact, "_commit", held)
+    monkeypatch.setattr(compact, "replace_files", held)
     res = compact.compact_table(w.catalog, "t.m", sort_by=["k"])
 
     rows = _versions(w)
@@ -207,17 +207,17 @@ def test_the_held_merge_in_the_d1_finding_keeps_one_version_of_the_key(tmp_path:
     import icefield.write.compact as compact
 
     w = _two_files(tmp_path, **{"write.merge.mode": "merge-on-read"})
-    real = compact._commit
+    real = compact.replace_files
     calls: list[int] = []
 
-    def held(table: Any, groups: Any, added: Any, result: Any) -> None:
+    def held(table: Any, tasks: Any, added: Any, operation: str) -> Any:
         calls.append(len(added))
         if len(calls) == 1:
             w.commit(_batch([20], "updated"), "u20", None, "r")
             _rival(tmp_path, ("append", 999))
-        real(table, groups, added, result)
+        return real(table, tasks, added, operation)
 
-    monkeypatch.setattr(compact, "_commit", held)
+    monkeypatch.setattr(compact, "replace_files", held)
     compact.compact_table(w.catalog, "t.m", sort_by=["k"])
 
     rows = _versions(w)
