@@ -288,7 +288,9 @@ def test_after_spark_rewrite_expire_and_orphan_removal(case: Case) -> None:
         f"CALL {CATALOG}.system.rewrite_data_files(table => '{case.name}', "
         "options => map('rewrite-all', 'true', 'remove-dangling-deletes', 'true'))"
     )
-    assert case.content() == {0: 1}, case.content()  # one data file, the deletes applied and dropped
+    # One data file, the deletes applied (Iceberg's dangling-delete removal skips an unpartitioned table:
+    # the folded delete file stays listed until a later rewrite, and applies to nothing).
+    assert case.content().get(0) == 1, case.content()
     case.check()
     case.step(range(1300, 1303))
 
@@ -325,6 +327,7 @@ def test_a_table_with_equality_deletes_refuses_the_next_run_with_the_call_to_run
     """Spark applies equality delete files (written by Flink or Iceberg's Java API); icefield cannot, so its
     next merge fails with the Spark calls that fold them in and commits nothing. After those calls, the
     rerun lands the pending file: every row once."""
+    from icefield.errors import ConfigError
     from icefield.testing.iceberg import add_equality_deletes
 
     add_equality_deletes(open_catalog(case.project).load_table(f"{NS}.{case.table}"), "id", [3, 4])
@@ -334,10 +337,11 @@ def test_a_table_with_equality_deletes_refuses_the_next_run_with_the_call_to_run
 
     rows = [_row(i, "n") for i in (2, 4, 30)]
     pq.write_table(pa.Table.from_pylist(rows, schema=SPARK_SCHEMA), case.source_dir() / "eq.parquet")
-    res = run_pipeline(load_project(case.root), case.pipeline)
-    assert res.status == "failed" and res.rows_committed == 0
-    assert res.error and f"{NS}.{case.table} has equality delete files" in res.error, res.error
-    calls = res.error.split("then rerun: ", 1)[1].split("; ")
+    with pytest.raises(ConfigError, match=rf"table {NS}\.{case.table} has equality delete files") as refused:
+        run_pipeline(load_project(case.root), case.pipeline)
+    failed = refused.value.result  # type: ignore[attr-defined]
+    assert failed.status == "failed" and failed.rows_committed == 0 and failed.pending is not None
+    calls = str(refused.value).split("then rerun: ", 1)[1].split("; ")
     for call in calls:
         assert call.startswith(f"CALL {CATALOG}.system.rewrite_data_files(table => '{CATALOG}.{NS}.{case.table}'"), call
         case.spark.sql(call)
@@ -359,9 +363,13 @@ SPARK_CONFLICT = ("ValidationException", "CommitFailedException", "conflicting",
 def test_an_icefield_merge_loop_beside_a_spark_merge_loop_loses_no_update(case: Case, mode: str) -> None:
     """icefield runs (a merge of keys 1-5, the even keys and one new key, tagged ``i<n>``) in a thread, while
     Spark runs ``MERGE INTO`` (keys 1-5, multiples of 3 and one new key, tagged ``s<n>``) in a loop on the
-    same table. Every operation either commits or fails with a conflict error; the snapshot log holds each
-    committed one exactly once (the tag it brought), and the table at every snapshot, and at the end in
-    DuckDB and Spark, equals the replay of the committed operations in the log's order: no update is lost."""
+    same table. Every attempt either commits or fails with a conflict error (icefield replans by itself;
+    the Spark loop retries a conflicting MERGE up to 4 times, as a scheduler would); the snapshot log holds
+    each committed operation exactly once (the tag it brought), and the table at every snapshot, and at
+    the end in DuckDB and Spark, equals the replay of the committed operations in the log's order: no
+    update is lost."""
+    from icefield.errors import CommitConflictError
+
     case.modes(mode)
     case.spark.sql(f"ALTER TABLE {case.name} SET TBLPROPERTIES ('commit.retry.num-retries'='20')")
     base = {k: dict(r) for k, r in case.oracle.items()}
@@ -374,39 +382,46 @@ def test_an_icefield_merge_loop_beside_a_spark_merge_loop_loses_no_update(case: 
     def icefield_side() -> None:
         try:
             n = 0
-            while n < 4 or (not spark_done.is_set() and n < 30):
+            while n < 4 or (not spark_done.is_set() and n < 24):
                 tag = f"i{n}"
                 ops[tag] = [_row(k, tag) for k in sorted({*range(1, 6), *range(2, 21, 2), 100 + n})]
                 path = case.source_dir() / f"{tag}.parquet"
                 pq.write_table(pa.Table.from_pylist(ops[tag], schema=SPARK_SCHEMA), path)
-                res = run_pipeline(load_project(case.root), case.pipeline)
-                if res.status == "success":
+                try:
+                    res = run_pipeline(load_project(case.root), case.pipeline)
+                except CommitConflictError as e:
+                    failures.append(f"{tag}: {e}")
+                    path.unlink()  # never landed: the next run must not pick it up
+                else:
                     assert res.rows_committed == len(ops[tag]), res
                     committed.add(tag)
-                else:
-                    assert res.error and "concurrent commit" in res.error, res.error
-                    failures.append(f"{tag}: {res.error}")
-                    path.unlink()  # never landed: the next run must not pick it up
                 n += 1
+                # Bursts and quiet windows: a Spark MERGE (2-4 s here) that starts in a burst loses to an
+                # icefield commit; one that starts in a window commits, and icefield's next run replans.
+                time.sleep(0.2 if n % 2 else 5.0)
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
     worker = threading.Thread(target=icefield_side)
     worker.start()
     try:
-        for n in range(6):
+        for n in range(5):
             tag = f"s{n}"
             ops[tag] = [_row(k, tag) for k in sorted({*range(1, 6), *range(3, 21, 3), 200 + n})]
             case.spark.createDataFrame([tuple(r.values()) for r in ops[tag]], SPARK_DDL).createOrReplaceTempView("changes")
-            try:
-                case.spark.sql(
-                    f"MERGE INTO {case.name} t USING changes s ON t.id = s.id "
-                    "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
-                )
-                committed.add(tag)
-            except Exception as e:
-                assert any(word in str(e) for word in SPARK_CONFLICT), e
-                failures.append(f"{tag}: {str(e).splitlines()[0]}")
+            for _attempt in range(4):
+                try:
+                    case.spark.sql(
+                        f"MERGE INTO {case.name} t USING changes s ON t.id = s.id "
+                        "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+                    )
+                except Exception as e:
+                    cause = next((line for line in str(e).splitlines() if any(w in line for w in SPARK_CONFLICT)), None)
+                    assert cause, e
+                    failures.append(f"{tag}: {cause.strip()}")
+                else:
+                    committed.add(tag)
+                    break
     finally:
         spark_done.set()
         worker.join(timeout=600)
@@ -434,4 +449,4 @@ def test_an_icefield_merge_loop_beside_a_spark_merge_loop_loses_no_update(case: 
     case.oracle = replay
     case.check()
     assert any(t.startswith("s") for t in order) and any(t.startswith("i") for t in order), (order, failures)
-    print(f"{mode}: commit order {' '.join(order)}; {len(failures)} conflicts: {failures}")
+    print(f"{mode}: commit order {' '.join(order)}; {len(failures)} conflicts: {[f[:160] for f in failures]}")  # shown with -s
