@@ -22,18 +22,16 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import trino.dbapi
 from click.testing import CliRunner
 from stack import Trino
 from tests.integration.conftest import TrinoLake
+from tests.interop import MergeCase, next_run
+from tests.interop import row as _row
 
 from icefield import load_project, run_pipeline
 from icefield.cli import cli
@@ -41,7 +39,6 @@ from icefield.cli import cli
 pytestmark = [pytest.mark.trino, pytest.mark.postgres, pytest.mark.timeout(900)]
 
 NS = "tr"
-Row = dict[str, Any]
 
 
 def _write(root: Path, rel: str, text: str) -> None:
@@ -140,38 +137,12 @@ def _closed_port() -> int:
 
 # ------------------------------------------------------------------------- b. Trino -> icefield
 
-SCHEMA = pa.schema([("id", pa.int64()), ("kind", pa.string()), ("qty", pa.int32()), ("amount", pa.float64()), ("day", pa.date32())])
-
-
-def _row(i: int, kind: str = "a") -> Row:
-    return {"id": i, "kind": kind, "qty": i % 7, "amount": i * 1.5, "day": dt.date(2026, 11, 1 + i % 5)}
-
-
-@dataclass
-class Case:
+class Case(MergeCase):
     """One table fed by a merge pipeline (parquet files, key ``id``), its oracle and its Trino session."""
 
-    root: Path
-    table: str
-    sql: Callable[[str], list[tuple[Any, ...]]]
-    oracle: dict[int, Row] = field(default_factory=dict)
-    files: int = 0
-
-    def land(self, rows: list[Row]) -> int:
-        """Write ``rows`` as the next source file, run the pipeline, update the oracle; return rows committed."""
-        self.files += 1
-        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), self.root / "data" / f"{self.files:03d}.parquet")
-        res = run_pipeline(load_project(self.root), "p")
-        assert res.status == "success", res.error
-        # A merge replaces the whole row: a table column the source lacks becomes null.
-        columns = list(next(iter(self.oracle.values()))) if self.oracle else []
-        for r in rows:
-            self.oracle[r["id"]] = {**dict.fromkeys(columns), **r}
-        return res.rows_committed
-
-    def add_column(self, name: str) -> None:
-        for k in self.oracle:
-            self.oracle[k] = {**self.oracle[k], name: None}
+    def __init__(self, root: Path, table: str, sql: Callable[[str], list[tuple[Any, ...]]]) -> None:
+        super().__init__(root, table)
+        self.sql = sql
 
     def content(self) -> dict[int, int]:
         """How many files of each content kind (0 data, 1 position deletes, 2 equality deletes) the table's
@@ -180,22 +151,10 @@ class Case:
 
     def check(self) -> None:
         """The table equals the oracle, through DuckDB (icefield sql) and through Trino (icefield sql --engine trino)."""
-        columns = list(next(iter(self.oracle.values())))
+        columns = self.columns()
         query = f"SELECT {', '.join(columns)} FROM {NS}.{self.table} ORDER BY id"
-        expected = [[_norm(r.get(c)) for c in columns] for _, r in sorted(self.oracle.items())]
         for engine in ((), ("--engine", "trino")):
-            doc = _sql_json(self.root, query, *engine)
-            got = [[_norm(r[c]) for c in columns] for r in doc["rows"]]
-            assert len(got) == len(expected), (engine, len(got), len(expected))
-            assert got == expected, engine
-
-
-def _norm(v: Any) -> Any:
-    if isinstance(v, float | Decimal):
-        return round(float(v), 6)
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    return v
+            self.assert_rows(_sql_json(self.root, query, *engine)["rows"], columns, " ".join(engine) or "duckdb")
 
 
 @pytest.fixture
@@ -213,8 +172,7 @@ def case(tmp_path: Path, trino_server: Trino, trino_lake: TrinoLake) -> Case:
 def _next(c: Case, ids: range, kind: str = "n") -> None:
     """The next icefield run after Trino's change: new keys and two updated ones land exactly once (the
     earlier files are not read again: the position held), then the table equals the oracle."""
-    rows = [_row(i, kind) for i in ids] + [_row(2, "upd"), _row(4, "upd")]
-    assert c.land(rows) == len(rows)
+    next_run(c, ids, kind)
     c.check()
 
 
@@ -274,8 +232,7 @@ def test_after_trino_renames_a_column(case: Case) -> None:
     longer names a table column: under the default contract (evolve) it lands as a new column ``kind``,
     and ``category`` is null in the rows the source sends; every row lands once."""
     case.sql(f"ALTER TABLE {case.table} RENAME COLUMN kind TO category")
-    for k, r in case.oracle.items():
-        case.oracle[k] = {("category" if c == "kind" else c): v for c, v in r.items()}
+    case.rename_column("kind", "category")
     case.check()
     case.add_column("kind")
     _next(case, range(800, 803))
