@@ -188,6 +188,7 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store:
 
     kills = 0
     leaked: list[int] = []
+    jvm_exits: list[float] = []
     started = time.monotonic()
     for _ in range(load.kills):
         proc = _run(root)
@@ -211,9 +212,12 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store:
         assert proc.stderr is not None
         proc.stderr.close()
         # The driver's JVM ends with it (it reads its parent's pipe to the end); one still running is a leak.
-        deadline = time.monotonic() + JVM_GRACE
+        killed_at = time.monotonic()
+        deadline = killed_at + JVM_GRACE
         while any(_alive(j) for j in jvms) and time.monotonic() < deadline:
             time.sleep(0.2)
+        if jvms:
+            jvm_exits.append(time.monotonic() - killed_at)
         for j in jvms:
             if _alive(j):
                 leaked.append(j)
@@ -222,6 +226,8 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store:
     _, err = final.communicate(timeout=600)
     assert final.returncode == 0, err.decode()
     print(f"killed {kills} runs mid-flight in {time.monotonic() - started:.0f}s")
+    if jvm_exits:
+        print(f"the killed drivers' JVMs ended {max(jvm_exits):.1f}s after the kill at most")
     assert not leaked, f"the JVMs {leaked} outlived their killed driver"
     assert kills >= load.kills // 2, "the kills should land while the load runs"
 

@@ -16,6 +16,9 @@ position in one commit (the design is in :mod:`icefield.engines.base`, "A distri
 3. loads the table again and returns a transaction that fast-forwards ``main`` to the branch head, with the
    requirement that ``main`` is still where it was. The writer adds the position and commits it: the batch and the
    position appear on ``main`` in one commit. If ``main`` moved meanwhile, the commit path calls ``stage`` again.
+   So does a staged snapshot that does not sit right on the cut: Spark's writer rebased the batch onto a
+   commit another writer made on the branch meanwhile (a second driver, the JVM of a killed one), which must
+   not reach ``main`` with it.
 
 A batch for an audit branch (write-audit-publish) is written on that branch directly and answered with an empty
 transaction. ``keep_newest`` merges (change data capture: versions compared with stored rows, tombstones) are
