@@ -9,6 +9,8 @@ The ``spark`` case runs the same load on ``engine: spark`` (``local[1]``, marker
 ``icefield run`` process and its JVM child. Each run pays a Spark session start (~20 s), so it kills fewer
 times (:data:`SPARK_KILLS`, 3 by default) on a smaller load, and waits for each run's first batch on the
 staging branch before a random delay, so that every kill lands inside the load, not in the session start.
+Before them, one run dies (``os._exit``, as by SIGKILL) at the failpoint ``before-commit`` of its third batch,
+the one moment random kills rarely hit: the batch is on the staging branch and ``main`` has not moved to it.
 After each kill the JVM must end with its driver: one left running could still commit on the staging branch
 under the next run.
 """
@@ -34,11 +36,14 @@ from icefield.config import load_project
 from icefield.engines.spark import staging_branch
 from icefield.engines.spark_session import CACHE_ENV
 from icefield.iceberg.history import ancestors, head_id
+from icefield.testing.failpoints import ENV as FAILPOINT_ENV
 
 KILLS = int(os.environ.get("ICEFIELD_A1_KILLS", "50" if os.environ.get("ICEFIELD_LONG") else "10"))
 SPARK_KILLS = int(os.environ.get("ICEFIELD_A1_SPARK_KILLS", "3"))
 JVM_GRACE = 30.0
 """Seconds a killed driver's JVM may take to notice its parent is gone and exit."""
+STAGED_KILL = "before-commit:kill@3"
+"""The failpoint the spark case's first run dies at: the third batch is on the staging branch, main not moved."""
 
 
 @dataclass(frozen=True)
@@ -118,11 +123,16 @@ def _add_rows(root: Path, rng: random.Random, oracle: dict[int, tuple[int, str, 
         con.close()
 
 
-def _run(root: Path) -> subprocess.Popen[bytes]:
+def _run(root: Path, failpoint: str | None = None) -> subprocess.Popen[bytes]:
+    """``icefield run`` of the project at ``root`` in a process of its own; with ``failpoint``
+    (``ICEFIELD_FAILPOINT``'s syntax), armed to die there."""
     # the run's own settings only, but the cache the tests pin (the Spark jars are there)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ICEFIELD") or k == CACHE_ENV}
+    module = "icefield.cli"
+    if failpoint is not None:
+        env[FAILPOINT_ENV], module = failpoint, "icefield.testing.failpoints"
     return subprocess.Popen(
-        [sys.executable, "-m", "icefield.cli", "--project", str(root), "run"],
+        [sys.executable, "-m", module, "--project", str(root), "run"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
@@ -189,7 +199,35 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store:
     kills = 0
     leaked: list[int] = []
     jvm_exits: list[float] = []
+
+    def reap(proc: subprocess.Popen[bytes], jvms: list[int]) -> None:
+        """Wait for the killed run, then for its JVM: the driver's JVM ends with it (it reads its parent's
+        pipe to the end); one still running is a leak."""
+        proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+        killed_at = time.monotonic()
+        while any(_alive(j) for j in jvms) and time.monotonic() < killed_at + JVM_GRACE:
+            time.sleep(0.2)
+        if jvms:
+            jvm_exits.append(time.monotonic() - killed_at)
+        for j in jvms:
+            if _alive(j):
+                leaked.append(j)
+                os.kill(j, signal.SIGKILL)
+
     started = time.monotonic()
+    if engine == "spark":
+        # First a kill at the one moment random kills on Spark rarely hit, the batch written on the staging
+        # branch and main not yet moved to it (the third batch's): the next run must stage it again.
+        proc = _run(root, failpoint=STAGED_KILL)
+        jvms: list[int] = []
+        while proc.poll() is None:
+            jvms = jvms or _jvms(proc.pid)
+            time.sleep(0.2)
+        assert proc.returncode == 137, "the run died at its failpoint"
+        assert jvms, "a spark run's driver has its JVM child"
+        reap(proc, jvms)
     for _ in range(load.kills):
         proc = _run(root)
         if engine == "spark":
@@ -208,20 +246,7 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store:
             # The run loaded everything before its kill: give the next one rows to load, so that the
             # kills keep landing inside a load however fast it got.
             _add_rows(root, rng, oracle, load.rows // 4)
-        proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
-        # The driver's JVM ends with it (it reads its parent's pipe to the end); one still running is a leak.
-        killed_at = time.monotonic()
-        deadline = killed_at + JVM_GRACE
-        while any(_alive(j) for j in jvms) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if jvms:
-            jvm_exits.append(time.monotonic() - killed_at)
-        for j in jvms:
-            if _alive(j):
-                leaked.append(j)
-                os.kill(j, signal.SIGKILL)
+        reap(proc, jvms)
     final = _run(root)
     _, err = final.communicate(timeout=600)
     assert final.returncode == 0, err.decode()
@@ -256,6 +281,8 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store:
     on_main = {s.snapshot_id for s in history}
     abandoned = [s for s in table.metadata.snapshots if s.snapshot_id not in on_main and s.summary and s.summary.get("icefield.batch-id")]
     print(f"{len(history)} snapshots on main, {len(abandoned)} staged by a killed run and never published")
+    if engine == "spark":
+        assert abandoned, "the batch staged before the failpoint kill was staged again, not published as it was"
     previous: set[int] = set()
     for snap in history:
         ids = table.scan(snapshot_id=snap.snapshot_id).to_arrow().column("id").to_pylist()
