@@ -66,14 +66,7 @@ CASES = [
     pytest.param("local", "local", id="local"),
     pytest.param("s3", "local", marks=pytest.mark.s3, id="s3"),
     # The Spark session reaches a local warehouse only (it gets no S3 settings).
-    pytest.param(
-        "local", "spark", id="spark",
-        marks=[
-            pytest.mark.spark,
-            pytest.mark.timeout(1800),
-            pytest.mark.filterwarnings(r"ignore:unclosed <socket\.socket:ResourceWarning"),
-        ],
-    ),
+    pytest.param("local", "spark", id="spark", marks=pytest.mark.spark),
 ]
 
 
