@@ -346,14 +346,25 @@ def test_write_audit_publish_holds_a_failing_batch_on_the_audit_branch_and_publi
         assert _files(project, "aud", "raw.aud") == {f"data/aud/{x}.csv" for x in "abcd"}
 
 
-def _race_project(project: Project, name: str) -> Project:
-    """``project`` with the pipeline ``name`` appending ``data/<name>/*.csv`` to ``raw.<name>``."""
+def _race_project(project: Project, name: str, gate: str | None = None) -> Project:
+    """``project`` with the pipeline ``name`` appending ``data/<name>/*.csv`` to ``raw.<name>`` (behind the
+    error gate ``gate``, when given)."""
+    gates = f"gates:\n  - {{name: no_negative, sql: '{gate}'}}\n" if gate else ""
     _write(
         project.root, f"pipelines/{name}.yaml",
         f"name: {name}\nsource: {{type: files, path: 'data/{name}/*.csv', format: csv}}\n"
-        f"target: {{table: raw.{name}}}\n",
+        f"target: {{table: raw.{name}}}\n{gates}",
     )
     return load_project(project.root)
+
+
+def _rival(project: Project, table: str) -> None:
+    """Another writer appends rows 900, 901 and 902 to ``main`` of ``table`` (pyiceberg, no batch id)."""
+    import pyarrow as pa
+
+    tbl = open_catalog(project).load_table(table)
+    rows = [{"id": 900 + i, "kind": "r", "amount": float(i), "deleted": "false"} for i in range(3)]
+    tbl.append(pa.Table.from_pylist(rows, schema=tbl.schema().as_arrow()))
 
 
 @pytest.mark.parametrize("moment", ["before-fast-forward", "during-spark-write"])
@@ -364,8 +375,6 @@ def test_a_commit_on_main_before_the_fast_forward_stages_the_batch_again(
     it, or after (before the fast-forward, at the failpoint ``after-data-files``). The fast-forward's
     compare-and-swap fails, the commit path stages the batch again on a branch cut from the new ``main``, and
     both writers' rows are in the table exactly once, with the pipeline's position."""
-    import pyarrow as pa
-
     from icefield.engines.spark import SparkEngine
     from icefield.testing import failpoints
 
@@ -376,9 +385,7 @@ def test_a_commit_on_main_before_the_fast_forward_stages_the_batch_again(
     assert run_pipeline(project, name).status == "success"
 
     def rival() -> None:
-        tbl = open_catalog(project).load_table(table)
-        rows = [{"id": 900 + i, "kind": "r", "amount": float(i), "deleted": "false"} for i in range(3)]
-        tbl.append(pa.Table.from_pylist(rows, schema=tbl.schema().as_arrow()))
+        _rival(project, table)
 
     stagings: list[str] = []
     if moment == "before-fast-forward":
@@ -453,3 +460,40 @@ def test_a_commit_on_the_staging_branch_by_another_writer_never_reaches_main(
     assert sorted(r[0] for r in _rows(project, table)) == [*range(1, 11)], "the intruder's row stayed off main"
     assert len(stagings) == 2, "the batch was staged again"
     _assert_published_with_position(project, name, table, result)
+
+
+def test_a_commit_on_main_before_the_publish_writes_the_audited_batch_again(
+    projects: dict[str, Project], spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-audit-publish on Spark: another writer commits to ``main`` after the batch passed its gates on the
+    audit branch (failpoint ``before-publish``). The publish fails its compare-and-swap; the run cuts the audit
+    branch again from the new ``main``, Spark writes the batch there again, the gates pass and it is published:
+    both writers' rows once each, with the position."""
+    from icefield.testing import failpoints
+    from icefield.write.branches import audit_branch
+
+    name = "race_publish"
+    project = _race_project(projects["spark"], name, gate=NO_NEGATIVE)
+    table = f"raw.{name}"
+    _write(project.root, f"data/{name}/a.csv", _csv(FIRST[:5]))
+    assert run_pipeline(project, name).status == "success"
+
+    publishes: list[str] = []
+
+    def hit(point: str) -> None:
+        if point == "before-publish":
+            publishes.append(point)
+            if len(publishes) == 1:
+                _rival(project, table)
+
+    monkeypatch.setattr(failpoints, "hit", hit)
+    _write(project.root, f"data/{name}/b.csv", _csv(FIRST[5:10]))
+    with failpoints.armed():
+        result = run_pipeline(project, name)
+    assert result.status == "success", result.error
+    assert len(publishes) == 2, "the batch was written and audited again after the conflict"
+    assert sorted(r[0] for r in _rows(project, table)) == [*range(1, 11), 900, 901, 902], "both writers' rows, once each"
+    _assert_published_with_position(project, name, table, result, audit_branch(name))
+    assert _files(project, name, table) == {f"data/{name}/a.csv", f"data/{name}/b.csv"}
+    batches = _batch_ids_on_main(project, table)
+    assert len(batches) == len(set(batches)) == 2
