@@ -6,6 +6,11 @@ each run the tables hold the same rows, the quarantines the same rows, the runs 
 pipelines the same positions. On Spark, each batch is written on the staging branch by Spark's Iceberg writer
 and ``main`` moves to it in the commit that also moves the position; a batch already on ``main`` is skipped.
 
+Write-audit-publish runs on Spark as on the local engine (a failing gate holds the batch Spark wrote on the
+audit branch; ``icefield publish`` or a rerun with the rule fixed publishes it once). Conflicts: another writer
+committing to ``main`` while Spark writes the batch, before the fast-forward or before an audited publish makes
+the batch staged again from the new ``main``; one committing on the staging branch never reaches ``main``.
+
 One Spark session (local[2]) serves the module: it starts in about 20 s.
 """
 
