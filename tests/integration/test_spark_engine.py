@@ -6,6 +6,11 @@ each run the tables hold the same rows, the quarantines the same rows, the runs 
 pipelines the same positions. On Spark, each batch is written on the staging branch by Spark's Iceberg writer
 and ``main`` moves to it in the commit that also moves the position; a batch already on ``main`` is skipped.
 
+Write-audit-publish runs on Spark as on the local engine (a failing gate holds the batch Spark wrote on the
+audit branch; ``icefield publish`` or a rerun with the rule fixed publishes it once). Conflicts: another writer
+committing to ``main`` while Spark writes the batch, before the fast-forward or before an audited publish makes
+the batch staged again from the new ``main``; one committing on the staging branch never reaches ``main``.
+
 One Spark session (local[2]) serves the module: it starts in about 20 s.
 """
 
@@ -53,6 +58,17 @@ APPEND_FIRST = [(i, "a", float(i), "false") for i in range(1, 11)] + [(11, "bad"
 APPEND_SECOND = [(i, "b", float(i), "false") for i in range(20, 25)]
 
 
+NO_NEGATIVE = "select * from {table} where amount < 0"
+
+
+def _audited(rule: str) -> str:
+    """The pipeline ``aud``: appends behind an error gate (write-audit-publish)."""
+    return (
+        "name: aud\nsource: {type: files, path: 'data/aud/*.csv', format: csv}\n"
+        f"target: {{table: raw.aud}}\ngates:\n  - {{name: no_negative, sql: '{rule}'}}\n"
+    )
+
+
 def _project(root: Path, engine: str) -> Project:
     _write(root, "icefield.yaml", f"name: parity\nengine: {engine}\nspark: {{master: 'local[2]', memory: 1g}}\n")
     _write(
@@ -72,6 +88,7 @@ def _project(root: Path, engine: str) -> Project:
         "name: ovw\nsource: {type: files, path: 'data/ovw/*.csv', format: csv, file_column: null}\n"
         "target: {table: raw.ovw, mode: overwrite, partition_by: [kind]}\n",
     )
+    _write(root, "pipelines/aud.yaml", _audited(NO_NEGATIVE))
     project = load_project(root)
     open_catalog(project)  # icefield creates the catalog database (WAL) before Spark opens it
     return project
@@ -144,9 +161,10 @@ def _assert_same(projects: dict[str, Project], name: str, table: str, results: d
     assert sp == lp and sp is not None
 
 
-def _assert_published_with_position(project: Project, name: str, table: str, result: Any) -> None:
+def _assert_published_with_position(project: Project, name: str, table: str, result: Any, branch: str | None = None) -> None:
     """``main``'s head is Spark's snapshot, carrying the batch id, and no metadata version has ``main`` there
-    without the batch's position: they moved in one commit."""
+    without the batch's position: they moved in one commit. ``main`` was fast-forwarded to ``branch`` (default:
+    the staging branch)."""
     tbl = open_catalog(project).load_table(table)
     head = tbl.current_snapshot()
     assert head is not None and head.summary is not None
@@ -157,7 +175,7 @@ def _assert_published_with_position(project: Project, name: str, table: str, res
     versions = [FromInputFile.table_metadata(tbl.io.new_input(e.metadata_file)) for e in tbl.metadata.metadata_log]
     first = next(md for md in [*versions, tbl.metadata] if md.refs.get(MAIN) and md.refs[MAIN].snapshot_id == head.snapshot_id)
     assert first.properties.get(STATE_PREFIX + name) == position
-    assert head_id(tbl, "icefield-stage-" + name) == head.snapshot_id, "main was fast-forwarded to the staging branch"
+    assert head_id(tbl, branch or "icefield-stage-" + name) == head.snapshot_id, "main was fast-forwarded to the branch"
 
 
 def test_an_append_with_a_quarantined_row_lands_the_same(projects: dict[str, Project], spark: Any) -> None:
@@ -239,3 +257,248 @@ def test_a_batch_already_on_main_is_skipped(projects: dict[str, Project], spark:
     result = TableWriter(catalog, pipe.target, pipe.name, engine).commit(again, landed, read_position(table, "cow"), "rerun")
     assert result.skipped and engine.timings == []  # type: ignore[attr-defined]
     assert head_id(catalog.load_table("raw.cow")) == head_id(table)
+
+
+def _fail_both(projects: dict[str, Project], name: str) -> None:
+    from icefield.errors import GateFailedError
+
+    for engine, project in projects.items():
+        with pytest.raises(GateFailedError, match="no_negative"):
+            run_pipeline(project, name)
+        print(f"{name} on {engine}: held")
+
+
+def _files(project: Project, name: str, table: str) -> set[str]:
+    position = read_position(open_catalog(project).load_table(table), name)
+    assert position is not None
+    return set(position["files"])
+
+
+def _main_history(tbl: Any) -> list[Any]:
+    from icefield.iceberg.history import ancestors
+
+    return ancestors(tbl.metadata, head_id(tbl))
+
+
+def _batch_ids_on_main(project: Project, table: str) -> list[str]:
+    tbl = open_catalog(project).load_table(table)
+    return [s.summary[SUMMARY_BATCH_ID] for s in _main_history(tbl) if s.summary and s.summary.get(SUMMARY_BATCH_ID)]
+
+
+def test_write_audit_publish_holds_a_failing_batch_on_the_audit_branch_and_publishes_it_once(
+    projects: dict[str, Project], spark: Any
+) -> None:
+    """The gates of ``aud`` audit each batch Spark wrote on ``icefield-audit-aud``: a passing batch is published
+    with its position, a failing one stays on the branch (``main`` and its position untouched) until
+    ``icefield publish`` or a rerun with the rule fixed publishes it, exactly once; as on the local engine."""
+    from click.testing import CliRunner
+
+    from icefield.cli import cli
+    from icefield.iceberg.history import is_held
+    from icefield.write.branches import audit_branch
+
+    branch = audit_branch("aud")
+    sp = projects["spark"]
+    # A passing gate publishes the batch Spark wrote on the audit branch, with its position, in one commit.
+    _feed(projects, "data/aud/a.csv", APPEND_FIRST[:10])
+    results = _run_both(projects, "aud")
+    _assert_same(projects, "aud", "raw.aud", results)
+    _assert_published_with_position(sp, "aud", "raw.aud", results["spark"], branch)
+
+    # A failing gate holds the batch on the branch: main and its position stay.
+    published = head_id(open_catalog(sp).load_table("raw.aud"))
+    _feed(projects, "data/aud/b.csv", [(11, "bad", -1.0, "false"), (12, "b", 12.0, "false")])
+    _fail_both(projects, "aud")
+    for project in projects.values():
+        tbl = open_catalog(project).load_table("raw.aud")
+        assert is_held(tbl, branch) and "data/aud/b.csv" not in _files(project, "aud", "raw.aud")
+        held = sorted(tbl.scan(snapshot_id=head_id(tbl, branch)).to_arrow().column("id").to_pylist())
+        assert held == [*range(1, 13)], "the held batch is on the branch, for inspection"
+    tbl = open_catalog(sp).load_table("raw.aud")
+    assert head_id(tbl) == published and len(_rows(sp, "raw.aud")) == 10
+    held_snapshot = tbl.snapshot_by_id(head_id(tbl, branch))  # type: ignore[arg-type]
+    assert held_snapshot is not None and held_snapshot.summary is not None
+    assert held_snapshot.summary.additional_properties.get("engine-name") == "spark"
+    assert "icefield.position" in held_snapshot.summary.additional_properties, "the position rides on the held snapshot"
+
+    # `icefield publish` publishes the held batch with its position; the rerun reads nothing again.
+    for project in projects.values():
+        res = CliRunner().invoke(cli, ["--project", str(project.root), "publish", "raw.aud"])
+        assert res.exit_code == 0, res.output
+    tbl = open_catalog(sp).load_table("raw.aud")
+    assert head_id(tbl) == held_snapshot.snapshot_id and "data/aud/b.csv" in _files(sp, "aud", "raw.aud")
+    assert _rows(sp, "raw.aud") == _rows(projects["local"], "raw.aud") and len(_rows(sp, "raw.aud")) == 12
+    results = _run_both(projects, "aud")
+    assert results["spark"].rows_in == results["local"].rows_in == 0 and len(_rows(sp, "raw.aud")) == 12
+
+    # Held again, then the rule is fixed: the next run publishes the held batch and goes on.
+    _feed(projects, "data/aud/c.csv", [(13, "bad", -2.0, "false")])
+    _fail_both(projects, "aud")
+    held_id = head_id(open_catalog(sp).load_table("raw.aud"), branch)
+    fixed = {}
+    for engine, project in projects.items():
+        _write(project.root, "pipelines/aud.yaml", _audited(NO_NEGATIVE.replace("< 0", "< -10")))
+        _write(project.root, "data/aud/d.csv", _csv([(14, "d", 14.0, "false")]))
+        fixed[engine] = load_project(project.root)
+    results = _run_both(fixed, "aud")
+    _assert_same(fixed, "aud", "raw.aud", results)
+    assert sorted(r[0] for r in _rows(sp, "raw.aud")) == [*range(1, 15)]
+    tbl = open_catalog(sp).load_table("raw.aud")
+    assert held_id in [s.snapshot_id for s in _main_history(tbl)], "the held batch was published, not rewritten"
+    for project in projects.values():
+        batches = _batch_ids_on_main(project, "raw.aud")
+        assert len(batches) == len(set(batches)) == 4, "a, b, c and d, once each"
+        assert _files(project, "aud", "raw.aud") == {f"data/aud/{x}.csv" for x in "abcd"}
+
+
+def _race_project(project: Project, name: str, gate: str | None = None) -> Project:
+    """``project`` with the pipeline ``name`` appending ``data/<name>/*.csv`` to ``raw.<name>`` (behind the
+    error gate ``gate``, when given)."""
+    gates = f"gates:\n  - {{name: no_negative, sql: '{gate}'}}\n" if gate else ""
+    _write(
+        project.root, f"pipelines/{name}.yaml",
+        f"name: {name}\nsource: {{type: files, path: 'data/{name}/*.csv', format: csv}}\n"
+        f"target: {{table: raw.{name}}}\n{gates}",
+    )
+    return load_project(project.root)
+
+
+def _rival(project: Project, table: str) -> None:
+    """Another writer appends rows 900, 901 and 902 to ``main`` of ``table`` (pyiceberg, no batch id)."""
+    import pyarrow as pa
+
+    tbl = open_catalog(project).load_table(table)
+    rows = [{"id": 900 + i, "kind": "r", "amount": float(i), "deleted": "false"} for i in range(3)]
+    tbl.append(pa.Table.from_pylist(rows, schema=tbl.schema().as_arrow()))
+
+
+@pytest.mark.parametrize("moment", ["before-fast-forward", "during-spark-write"])
+def test_a_commit_on_main_before_the_fast_forward_stages_the_batch_again(
+    projects: dict[str, Project], spark: Any, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """Another writer commits to ``main`` after Spark's staging branch was cut: while Spark writes the batch on
+    it, or after (before the fast-forward, at the failpoint ``after-data-files``). The fast-forward's
+    compare-and-swap fails, the commit path stages the batch again on a branch cut from the new ``main``, and
+    both writers' rows are in the table exactly once, with the pipeline's position."""
+    from icefield.engines.spark import SparkEngine
+    from icefield.testing import failpoints
+
+    name = "race_" + moment.replace("-", "_")
+    project = _race_project(projects["spark"], name)
+    table = f"raw.{name}"
+    _write(project.root, f"data/{name}/a.csv", _csv(FIRST[:5]))
+    assert run_pipeline(project, name).status == "success"
+
+    def rival() -> None:
+        _rival(project, table)
+
+    stagings: list[str] = []
+    if moment == "before-fast-forward":
+
+        def hit(point: str) -> None:
+            if point == "after-data-files":
+                stagings.append(point)
+                if len(stagings) == 1:
+                    rival()
+
+        monkeypatch.setattr(failpoints, "hit", hit)
+    else:
+        real = SparkEngine._run
+
+        def run_beside_a_rival(*args: Any) -> None:
+            stagings.append(moment)
+            if len(stagings) == 1:
+                rival()
+            real(*args)
+
+        monkeypatch.setattr(SparkEngine, "_run", staticmethod(run_beside_a_rival))
+    _write(project.root, f"data/{name}/b.csv", _csv(FIRST[5:10]))
+    with failpoints.armed():
+        result = run_pipeline(project, name)
+    assert result.status == "success", result.error
+    assert len(stagings) == 2, "the batch was staged again after the conflict"
+    ids = sorted(r[0] for r in _rows(project, table))
+    assert ids == [*range(1, 11), 900, 901, 902], "both writers' rows, once each"
+    tbl = open_catalog(project).load_table(table)
+    head = tbl.current_snapshot()
+    assert head is not None and head.summary is not None and head.summary[SUMMARY_BATCH_ID] == result.batches[-1].batch_id
+    parent = tbl.snapshot_by_id(head.parent_snapshot_id)  # type: ignore[arg-type]
+    assert parent is not None and parent.summary is not None and SUMMARY_BATCH_ID not in parent.summary.additional_properties, (
+        "the batch was staged on top of the rival's commit"
+    )
+    assert _files(project, name, table) == {f"data/{name}/a.csv", f"data/{name}/b.csv"}
+    _assert_published_with_position(project, name, table, result)
+
+
+def test_a_commit_on_the_staging_branch_by_another_writer_never_reaches_main(
+    projects: dict[str, Project], spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer of the staging branch (a second driver of the pipeline, or the JVM of a killed one that
+    finished its commit) commits on it between the cut and Spark's write: Spark's append lands on top of it.
+    The engine sees the staged snapshot does not sit on the cut and stages the batch again: the other writer's
+    rows never reach ``main``."""
+    from icefield.engines.spark import SparkEngine, staging_branch
+
+    name = "intruder"
+    project = _race_project(projects["spark"], name)
+    table = f"raw.{name}"
+    _write(project.root, f"data/{name}/a.csv", _csv(FIRST[:5]))
+    assert run_pipeline(project, name).status == "success"
+    columns = open_catalog(project).load_table(table).schema().column_names
+    values = {"id": "900", "kind": "'r'", "amount": "0.0", "deleted": "'false'"}
+    row = ", ".join(values.get(c, "CAST(NULL AS STRING)") for c in columns)
+    branch = f"`{project.config.catalog.name}`.raw.{name}.`branch_{staging_branch(name)}`"
+
+    real = SparkEngine._run
+    stagings: list[str] = []
+
+    def run_after_an_intruder(session: Any, *args: Any) -> None:
+        stagings.append(args[0])
+        if len(stagings) == 1:
+            session.sql(f"INSERT INTO {branch} VALUES ({row})")
+        real(session, *args)
+
+    monkeypatch.setattr(SparkEngine, "_run", staticmethod(run_after_an_intruder))
+    _write(project.root, f"data/{name}/b.csv", _csv(FIRST[5:10]))
+    result = run_pipeline(project, name)
+    assert result.status == "success", result.error
+    assert sorted(r[0] for r in _rows(project, table)) == [*range(1, 11)], "the intruder's row stayed off main"
+    assert len(stagings) == 2, "the batch was staged again"
+    _assert_published_with_position(project, name, table, result)
+
+
+def test_a_commit_on_main_before_the_publish_writes_the_audited_batch_again(
+    projects: dict[str, Project], spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write-audit-publish on Spark: another writer commits to ``main`` after the batch passed its gates on the
+    audit branch (failpoint ``before-publish``). The publish fails its compare-and-swap; the run cuts the audit
+    branch again from the new ``main``, Spark writes the batch there again, the gates pass and it is published:
+    both writers' rows once each, with the position."""
+    from icefield.testing import failpoints
+    from icefield.write.branches import audit_branch
+
+    name = "race_publish"
+    project = _race_project(projects["spark"], name, gate=NO_NEGATIVE)
+    table = f"raw.{name}"
+    _write(project.root, f"data/{name}/a.csv", _csv(FIRST[:5]))
+    assert run_pipeline(project, name).status == "success"
+
+    publishes: list[str] = []
+
+    def hit(point: str) -> None:
+        if point == "before-publish":
+            publishes.append(point)
+            if len(publishes) == 1:
+                _rival(project, table)
+
+    monkeypatch.setattr(failpoints, "hit", hit)
+    _write(project.root, f"data/{name}/b.csv", _csv(FIRST[5:10]))
+    with failpoints.armed():
+        result = run_pipeline(project, name)
+    assert result.status == "success", result.error
+    assert len(publishes) == 2, "the batch was written and audited again after the conflict"
+    assert sorted(r[0] for r in _rows(project, table)) == [*range(1, 11), 900, 901, 902], "both writers' rows, once each"
+    _assert_published_with_position(project, name, table, result, audit_branch(name))
+    assert _files(project, name, table) == {f"data/{name}/a.csv", f"data/{name}/b.csv"}
+    batches = _batch_ids_on_main(project, table)
+    assert len(batches) == len(set(batches)) == 2

@@ -16,6 +16,9 @@ position in one commit (the design is in :mod:`icefield.engines.base`, "A distri
 3. loads the table again and returns a transaction that fast-forwards ``main`` to the branch head, with the
    requirement that ``main`` is still where it was. The writer adds the position and commits it: the batch and the
    position appear on ``main`` in one commit. If ``main`` moved meanwhile, the commit path calls ``stage`` again.
+   So does a staged snapshot that does not sit right on the cut: Spark's writer rebased the batch onto a
+   commit another writer made on the branch meanwhile (a second driver, the JVM of a killed one), which must
+   not reach ``main`` with it.
 
 A batch for an audit branch (write-audit-publish) is written on that branch directly and answered with an empty
 transaction. ``keep_newest`` merges (change data capture: versions compared with stored rows, tombstones) are
@@ -139,6 +142,16 @@ class SparkEngine(Engine):
         if changed and head is not None:
             snap = fresh.snapshot_by_id(head)
             assert snap is not None and snap.summary is not None
+            if not _sits_on(fresh, snap.parent_snapshot_id, before):
+                from pyiceberg.exceptions import CommitFailedException
+
+                # Another writer committed on the branch between the cut and Spark's commit (a second driver of
+                # the pipeline, the JVM of a killed one): Spark's writer rebased the batch onto its snapshot,
+                # which must not reach main with it. Stage again from a fresh cut.
+                raise CommitFailedException(
+                    f"another writer committed on {ref!r} of {'.'.join(ident)} while Spark wrote the batch: "
+                    f"the batch's snapshot {head} does not sit on {before}"
+                )
             summary = snap.summary.additional_properties
             if summary.get(SUMMARY_BATCH_ID) != request.summary.get(SUMMARY_BATCH_ID):
                 raise ConfigError(
@@ -227,6 +240,19 @@ class SparkEngine(Engine):
                     conf.unset(k)
                 else:
                     conf.set(k, v)
+
+
+def _sits_on(table: Table, parent: int | None, cut: int | None) -> bool:
+    """True when a snapshot whose parent is ``parent`` was committed right on the branch cut at ``cut``: its
+    parent is ``cut``, or (a table without a snapshot at the cut) the empty root snapshot Iceberg gave the new
+    branch."""
+    if cut is not None or parent is None:
+        return parent == cut
+    root = table.snapshot_by_id(parent)
+    if root is None or root.parent_snapshot_id is not None:
+        return False
+    summary = root.summary.additional_properties if root.summary is not None else {}
+    return not int(summary.get("added-records", 0) or 0)
 
 
 def _count(staged: StagedWrite, summary: dict[str, str], merge: bool) -> None:
