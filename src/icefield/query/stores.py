@@ -14,13 +14,14 @@ A local file is read by its path; a scheme this module does not know is left to 
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import duckdb
     from pyiceberg.table import Table
 
-__all__ = ["OBJECT_STORE_SCHEMES", "duck_path", "readable_store"]
+__all__ = ["OBJECT_STORE_SCHEMES", "PositionalFile", "duck_path", "readable_store"]
 
 OBJECT_STORE_SCHEMES = ("s3", "s3a", "s3n")
 """The schemes DuckDB reads through the table's pyarrow filesystem (pyiceberg maps all three to S3)."""
@@ -63,8 +64,73 @@ def _register(con: duckdb.DuckDBPyConnection, table: Table, scheme: str, path: s
 def _fsspec(filesystem: Any, scheme: str) -> Any:
     """``filesystem`` (pyarrow's) as an fsspec filesystem that answers to ``scheme://``: DuckDB routes a
     path to the registered filesystem whose protocol prefixes it, and the wrapper strips that prefix
-    (``s3://bucket/key`` -> ``bucket/key``, pyarrow's S3 path)."""
+    (``s3://bucket/key`` -> ``bucket/key``, pyarrow's S3 path). Files open for reading as
+    :class:`PositionalFile`."""
     from fsspec.implementations.arrow import ArrowFSWrapper
 
-    cls = type(f"IcefieldArrowFS_{scheme}", (ArrowFSWrapper,), {"protocol": scheme, "cachable": False})
+    def _open(self: Any, path: str, mode: str = "rb", block_size: int | None = None, **kwargs: Any) -> Any:
+        if mode != "rb":
+            return ArrowFSWrapper._open(self, path, mode, block_size, **kwargs)
+        return PositionalFile(self.fs.open_input_file(self._strip_protocol(path)))
+
+    cls = type(f"IcefieldArrowFS_{scheme}", (ArrowFSWrapper,), {"protocol": scheme, "cachable": False, "_open": _open})
     return cls(filesystem)
+
+
+class PositionalFile:
+    """A read-only file whose position is each thread's own, every read a positional one (``read_at``).
+
+    DuckDB reads a file from several threads through one handle, each read a ``seek`` then a ``read``:
+    with one shared position, another thread's seek lands between them and a read returns bytes of the
+    wrong place (a Parquet footer or page that does not decode: "ZSTD Decompression failure", "don't know
+    what type"). pyarrow's random-access files read at a position safely from any thread."""
+
+    def __init__(self, raf: Any) -> None:
+        self._raf = raf
+        self._size = int(raf.size())
+        self._at = threading.local()
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _pos(self) -> int:
+        return int(getattr(self._at, "pos", 0))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos(), 2: self._size}[whence]
+        self._at.pos = max(0, base + offset)
+        return int(self._at.pos)
+
+    def tell(self) -> int:
+        return self._pos()
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._pos()
+        if n is None or n < 0:
+            n = self._size - pos
+        n = max(0, min(n, self._size - pos))
+        data = self._raf.read_at(n, pos) if n else b""
+        self._at.pos = pos + len(data)
+        return bytes(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._raf.close()
+
+    def __enter__(self) -> PositionalFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
