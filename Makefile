@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 CORE_STAMP := $(VENV)/.icefield-core
 STAMP := $(VENV)/.icefield-test
 DEMO_DIR ?= build/demo
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 
 .DEFAULT_GOAL := help
 
