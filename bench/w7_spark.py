@@ -117,7 +117,8 @@ def child(args: dict[str, Any]) -> None:
         if res.status != "success":
             raise SystemExit(f"{args['workload']} on {args['engine']} failed: {res.error}")
         digest = table_digest(open_catalog(project).load_table(ident).scan().to_arrow(), "order_id")
-    emit(seconds, {"session": session, "batches": len(res.batches), "rows_committed": res.rows_committed, **digest})
+    batch_seconds = [round(b.seconds, 3) for b in res.batches]
+    emit(seconds, {"session": session, "batches": len(res.batches), "batch_seconds": batch_seconds, "rows_committed": res.rows_committed, **digest})
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -155,7 +156,7 @@ def _measure(case: dict[str, Any], engine: str, tmp: Path, reps: int) -> dict[st
         "run": round(median([g["run"] for g in got]), 3),
         "session": round(median([g["session"] for g in got]), 3),
         "total": round(median([g["run"] + g["session"] for g in got]), 3),
-        **{k: mid[k] for k in ("batches", "rows_committed", "rows", "hash", "peak_rss_mb")},
+        **{k: mid.get(k) for k in ("batches", "batch_seconds", "rows_committed", "rows", "hash", "peak_rss_mb")},
     }
 
 
@@ -217,17 +218,26 @@ def _fits(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return fits
 
 
+def _batches(side: dict[str, Any]) -> str:
+    """The seconds of each batch: ``first`` alone, or ``first; next (mean of the others) x count``."""
+    secs = side.get("batch_seconds") or []
+    if len(secs) < 2:
+        return ", ".join(f"{s:.2f}" for s in secs) or "-"
+    rest = secs[1:]
+    return f"{secs[0]:.2f}; {sum(rest) / len(rest):.2f} x{len(rest)}"
+
+
 def _print(results: list[dict[str, Any]], fits: list[dict[str, Any]]) -> None:
     rows = []
     for r in results:
         lo, sp = r["local"], r["spark"]
         rows.append([
             r["workload"].upper(), f"{r['rows']:,}", f"{lo['total']:.2f}", f"{sp['session']:.2f}", f"{sp['run']:.2f}",
-            f"{sp['total']:.2f}", f"{r['ratio']:.2f}", str(sp["batches"]), "yes",
+            f"{sp['total']:.2f}", f"{r['ratio']:.2f}", _batches(lo), _batches(sp), "yes",
         ])
     print_table(
         f"Spark engine ({MASTER}) vs local engine, seconds (median)",
-        ["workload", "rows", "local s", "spark session s", "spark run s", "spark total s", "spark/local", "batches", "same table"],
+        ["workload", "rows", "local s", "spark session s", "spark run s", "spark total s", "spark/local", "local batches s", "spark batches s", "same table"],
         rows,
     )
     if not fits:

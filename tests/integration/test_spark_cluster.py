@@ -240,7 +240,9 @@ def test_a_pipeline_runs_on_the_cluster_as_on_the_local_engine(
     """``engine: spark`` with ``spark.master: spark://127.0.0.1:<port>``: ``icefield run`` of an append and a merge
     with deletes lands the rows the local engine lands, and the master ran the icefield application with an
     executor on each worker that finished tasks of it."""
-    # The module's own driver holds both workers' cores while it lives; a second application would wait for them.
+    # The module's own driver (the `spark` fixture) holds both workers' cores while it lives: a second application
+    # would wait for them. This test stops it, so it stays the module's last; a driver on another master (the
+    # local[2] one of test_spark_engine.py) is left alone: `icefield run` starts its own in a process of its own.
     from pyspark.sql import SparkSession
 
     running = SparkSession.getActiveSession()
