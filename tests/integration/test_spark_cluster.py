@@ -7,6 +7,10 @@ executors, one on each worker, write an Iceberg table and, after a shuffle betwe
 aggregate of it. icefield (pyiceberg and ``icefield sql``'s reader) then reads both, compared with
 what Python computes from the same formula. The cluster's own JSON shows where the executors ran.
 
+A project with ``engine: spark`` and ``spark.master: spark://127.0.0.1:<port>`` runs an append and a merge with
+deletes through ``icefield run`` (a process of its own, one application per run) and lands the rows the local
+engine lands from the same files; each run's application had an executor on each worker that finished tasks.
+
 Needs ``pip install -r requirements/spark.txt``, Maven (the Iceberg runtime jars are fetched once)
 and Java 17: a missing piece fails the tests with the command to run; nothing is skipped.
 """
