@@ -9,10 +9,11 @@ which Spark's per-run overhead pays off.
   by a ``files`` pipeline (``mode: merge``, ``keys: [order_id]``, ``delete_column: _deleted``) into a fresh
   clone of the base table (registered on its metadata), copy-on-write.
 
-Each run is ``icefield.run_pipeline`` in a child process of its own (``python -m bench.w7_spark '<json>'``),
-as a pipeline run is. On Spark the child first starts the engine's session (``project_session``: the JVM,
-the Iceberg runtime, the JDBC catalog) and times it apart from the run: a process pays the session start
-once, each batch pays its own Spark work. Every result is checked: the table's row count and content hash
+Each run is ``icefield.run_pipeline`` in a child process of its own (``python -m bench.w7_spark '<json>'``), as
+a pipeline run is: ``BENCH_RUNS`` runs on the local engine (median), ``BENCH_W7_SPARK_RUNS`` (default 1) on
+Spark, the slow peer, as in the other workloads. On Spark the child first starts the engine's session
+(``project_session``: the JVM, the Iceberg runtime, the JDBC catalog) and times it apart from the run: a
+process pays the session start once, each batch its own Spark work (each batch's seconds are reported). Every result is checked: the table's row count and content hash
 (``bench.common.table_digest``) on Spark equal the local engine's.
 
 The fit: per workload and engine, least squares of seconds = a + b * rows over the measured sizes (total =
@@ -169,8 +170,12 @@ def run() -> list[dict[str, Any]]:
     w1_sizes = _sizes("BENCH_W7_W1", [100_000, 1_000_000, 4_000_000])
     w2_sizes = _sizes("BENCH_W7_W2", [250_000, 1_000_000])
     reps = runs()
+    spark_reps = int(os.environ.get("BENCH_W7_SPARK_RUNS", "1"))
     root = work_dir("w7")
-    print(f"W7 Spark engine ({MASTER}) vs local engine: W1 {w1_sizes}, W2 {w2_sizes} (10% changes); {reps} runs each; machine {machine()}")
+    print(
+        f"W7 Spark engine ({MASTER}) vs local engine: W1 {w1_sizes}, W2 {w2_sizes} (10% changes); "
+        f"{reps} runs on local, {spark_reps} on Spark; machine {machine()}"
+    )
     cases: list[dict[str, Any]] = []
     for n in w1_sizes:
         cases.append({"workload": "w1", "rows": n, "files": prepare_files(work_dir("w1"), n)})
@@ -189,7 +194,7 @@ def run() -> list[dict[str, Any]]:
         for case in cases:
             row: dict[str, Any] = {"workload": case["workload"], "rows": case["rows"]}
             for engine in ENGINES:
-                row[engine] = _measure(case, engine, Path(tmp), reps)
+                row[engine] = _measure(case, engine, Path(tmp), reps if engine == "local" else spark_reps)
             local, spark = row["local"], row["spark"]
             assert (local["rows"], local["hash"]) == (spark["rows"], spark["hash"]), f"{case['workload']} {case['rows']}: Spark and local tables differ"
             row["ratio"] = round(spark["total"] / local["total"], 2)
