@@ -7,13 +7,21 @@ executors, one on each worker, write an Iceberg table and, after a shuffle betwe
 aggregate of it. icefield (pyiceberg and ``icefield sql``'s reader) then reads both, compared with
 what Python computes from the same formula. The cluster's own JSON shows where the executors ran.
 
+A project with ``engine: spark`` and ``spark.master: spark://127.0.0.1:<port>`` runs an append and a merge with
+deletes through ``icefield run`` (a process of its own, one application per run) and lands the rows the local
+engine lands from the same files; each run's application had an executor on each worker that finished tasks.
+
 Needs ``pip install -r requirements/spark.txt``, Maven (the Iceberg runtime jars are fetched once)
 and Java 17: a missing piece fails the tests with the command to run; nothing is skipped.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +32,7 @@ from stack.base import LOCALHOST
 from stack.spark import SparkNotInstalled, import_pyspark, spark_session_for_project
 from stack.spark_cluster import SparkCluster
 
-from icefield import Project, load_project
+from icefield import Project, load_project, run_pipeline
 from icefield.catalog import open_catalog
 from icefield.query import run_query
 
@@ -171,3 +179,124 @@ def test_the_application_ran_executors_on_both_workers(
         stderr = Path(spark_cluster.work_dir(index)) / app_id / str(executors[0]["id"]) / "stderr"
         finished = stderr.read_text().count("Finished task")
         assert finished > 0, f"the executor on worker {index} finished no task; see {stderr}"
+
+
+# ------------------------------------------------------------------ a pipeline on the cluster
+
+PIPE_ROWS = 3_000
+HEADER = "id,kind,amount,deleted\n"
+
+
+def _pipeline_project(root: Path, engine: str, master: str) -> Project:
+    """The same two files pipelines on ``engine``: ``app`` appends, ``mer`` merges by ``id`` with deletes."""
+    root.mkdir(parents=True)
+    (root / "icefield.yaml").write_text(
+        f"name: onthecluster\nengine: {engine}\n"
+        f"spark: {{master: '{master}', memory: 1g, "
+        "conf: {spark.executor.memory: 1g, spark.executor.cores: '1', spark.cores.max: '2'}}\n"
+    )
+    (root / "pipelines").mkdir()
+    (root / "pipelines" / "app.yaml").write_text(
+        "name: app\nsource: {type: files, path: 'data/app/*.csv', format: csv}\ntarget: {table: raw.app}\n"
+    )
+    (root / "pipelines" / "mer.yaml").write_text(
+        "name: mer\nsource: {type: files, path: 'data/mer/*.csv', format: csv, file_column: null}\n"
+        "target: {table: raw.mer, mode: merge, keys: [id], delete_column: deleted}\n"
+    )
+    project = load_project(root)
+    open_catalog(project)  # icefield creates the catalog database (WAL) before Spark opens it
+    return project
+
+
+def _feed(roots: list[Path], rel: str, rows: list[tuple[Any, ...]]) -> None:
+    text = HEADER + "".join(",".join(str(v) for v in r) + "\n" for r in rows)
+    for root in roots:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _table_rows(project: Project, table: str) -> list[tuple[Any, ...]]:
+    data = open_catalog(project).load_table(table).scan().to_arrow()
+    names = [c for c in data.column_names if not c.startswith("_")]
+    return sorted(tuple(r[c] for c in names) for r in data.to_pylist())
+
+
+def _run_cli(project: Project) -> dict[str, Any]:
+    """``icefield run --json`` of every pipeline of ``project`` in a process of its own: its own driver (a process
+    has one SparkContext, and this one's may be on another master or catalog)."""
+    import icefield
+
+    src = str(Path(icefield.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "icefield.cli", "--project", str(project.root), "run", "--json"],
+        capture_output=True, text=True, env=env, timeout=480, check=False,
+    )
+    assert proc.returncode == 0, f"icefield run exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def test_a_pipeline_runs_on_the_cluster_as_on_the_local_engine(
+    tmp_path: Path, spark_cluster: SparkCluster
+) -> None:
+    """``engine: spark`` with ``spark.master: spark://127.0.0.1:<port>``: ``icefield run`` of an append and a merge
+    with deletes lands the rows the local engine lands, and the master ran the icefield application with an
+    executor on each worker that finished tasks of it."""
+    # The module's own driver (the `spark` fixture) holds both workers' cores while it lives: a second application
+    # would wait for them. This test stops it, so it stays the module's last; a driver on another master (the
+    # local[2] one of test_spark_engine.py) is left alone: `icefield run` starts its own in a process of its own.
+    from pyspark.sql import SparkSession
+
+    running = SparkSession.getActiveSession()
+    if running is not None and running.sparkContext.master == spark_cluster.url():
+        running.stop()
+
+    projects = {e: _pipeline_project(tmp_path / e, e, spark_cluster.url()) for e in ("local", "spark")}
+    roots = [p.root for p in projects.values()]
+    _feed(roots, "data/app/a.csv", [(i, f"k{i % KINDS}", _amount(i), "false") for i in range(PIPE_ROWS)])
+    _feed(roots, "data/mer/a.csv", [(i, f"k{i % KINDS}", _amount(i), "false") for i in range(PIPE_ROWS)])
+    apps_before = {a["id"] for a in (spark_cluster.master_state() or {}).get("completedapps", [])}
+
+    # The first run: an append and a first merge (all inserts). The second: more rows appended, and a merge
+    # that updates, deletes (one key absent) and inserts.
+    for step in (1, 2):
+        if step == 2:
+            _feed(roots, "data/app/b.csv", [(i, "b", 1.5, "false") for i in range(PIPE_ROWS, PIPE_ROWS + 500)])
+            changes = [(i, "u", 2.0, "false") for i in range(0, 600, 3)]
+            changes += [(i, "d", 0.0, "true") for i in range(1, 600, 3)] + [(10**9, "d", 0.0, "true")]
+            changes += [(i, "n", 3.0, "false") for i in range(PIPE_ROWS, PIPE_ROWS + 200)]
+            _feed(roots, "data/mer/b.csv", changes)
+        local = run_pipeline(projects["local"], "app"), run_pipeline(projects["local"], "mer")
+        assert all(r.status == "success" for r in local), [r.error for r in local]
+        started = time.monotonic()
+        doc = _run_cli(projects["spark"])
+        print(f"icefield run on the cluster, step {step}: {time.monotonic() - started:.1f}s")
+        assert doc["status"] == "ok", doc
+        got = {r["pipeline"]: r for r in doc["results"]}
+        assert [got[p]["status"] for p in ("app", "mer")] == ["success", "success"], doc
+        for r in local:
+            assert got[r.pipeline]["rows_committed"] == r.rows_committed, (got[r.pipeline], r)
+        for table in ("raw.app", "raw.mer"):
+            assert _table_rows(projects["spark"], table) == _table_rows(projects["local"], table), table
+            head = open_catalog(projects["spark"]).load_table(table).current_snapshot()
+            assert head is not None and head.summary is not None
+            assert head.summary.additional_properties.get("engine-name") == "spark", "Spark's writer made the snapshot"
+
+    assert len(_table_rows(projects["spark"], "raw.app")) == PIPE_ROWS + 500
+    assert len(_table_rows(projects["spark"], "raw.mer")) == PIPE_ROWS - 200 + 200
+
+    # The master ran one application per `icefield run`, named after the project, each with an executor on
+    # each worker that finished tasks.
+    master = spark_cluster.master_state()
+    assert master is not None, f"the master's JSON at {spark_cluster.ui_url}/json/ does not answer"
+    apps = [a for a in master["completedapps"] if a["id"] not in apps_before and a["name"] == "icefield-onthecluster"]
+    assert len(apps) == 2, f"expected the two runs' applications among {master['completedapps']}"
+    for app in apps:
+        for index in (1, 2):
+            folder = Path(spark_cluster.work_dir(index)) / app["id"]
+            executors = sorted(folder.iterdir()) if folder.is_dir() else []
+            assert len(executors) == 1, f"worker {index} ran {len(executors)} executors of {app['id']} ({folder})"
+            finished = (executors[0] / "stderr").read_text().count("Finished task")
+            assert finished > 0, f"the executor of {app['id']} on worker {index} finished no task; see {executors[0]}"
