@@ -16,6 +16,8 @@ compacts it in its own process:
 
 Every result is checked before a time is reported: the compacted table has the base table's row count
 and content hash (the compaction changes no row), no delete file is left, and fewer data files remain.
+Then each peer compacts one more clone, not timed, while a reader in the driver reads the whole table
+again and again: no read may fail or return another row count (``BENCH_W4_READERS=0`` skips it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bench.common import (
     emit,
     machine,
     measure_runs,
+    measure_subprocess,
     peak_rss_mb,
     print_table,
     runs,
@@ -254,17 +257,55 @@ def run() -> dict[str, Any]:
             row["spark_session_s"] = round(res["session_s"], 2)
             row["spark_warmup_s"] = round(res["warmup_s"], 2)
             row["spark_rewrite_data_files_s"] = round(res["rewrite_data_files_s"], 3)
+    if os.environ.get("BENCH_W4_READERS", "1") == "1":
+        for peer in peers:
+            row[f"{peer}_readers"] = readers_during(root, base["metadata"], peer, before["rows"], timeout)
     if row.get("spark_s") and row.get("icefield_s"):
         row["x_spark"] = round(row["spark_s"] / row["icefield_s"], 1)
     _print(row, peers)
     return row
 
 
+def readers_during(root: Path, metadata: str, peer: str, rows: int, timeout: float) -> dict[str, Any]:
+    """One more compaction by ``peer`` (not timed) while a reader in this process reads the whole table
+    again and again (pyiceberg: load, plan, read); every read must succeed and return ``rows`` rows,
+    before, during and after the compaction's commit. Returns the reads, the snapshots they saw, the
+    failures (their messages)."""
+    import threading
+
+    ident = clone(root, metadata, f"{peer}_readers")
+    stop = threading.Event()
+    seen: list[int] = []
+    failures: list[str] = []
+
+    def reader() -> None:
+        catalog = _catalog(root)
+        while not stop.is_set():
+            try:
+                table = catalog.load_table(ident)
+                n = table.scan().to_arrow().num_rows
+                seen.append(table.current_snapshot().snapshot_id)
+                if n != rows:
+                    failures.append(f"read {n} rows, expected {rows}")
+            except Exception as e:  # a reader that fails is what this check is for
+                failures.append(f"{type(e).__name__}: {e}"[:300])
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        measure_subprocess("bench.w4_compact", {"peer": peer, "root": str(root), "table": ident}, timeout=timeout)
+    finally:
+        stop.set()
+        thread.join()
+    return {"reads": len(seen) + len(failures), "snapshots": len(set(seen)), "failures": failures[:5], "failed": len(failures)}
+
+
 def _print(row: dict[str, Any], peers: list[str]) -> None:
-    cols = ["peer", "compaction s (median)", "runs s", "data files after", "delete files after", "peak MB", "same rows, no deletes"]
+    cols = ["peer", "compaction s (median)", "runs s", "data files after", "delete files after", "peak MB", "same rows, no deletes", "reads during it (failed)"]
     rows = [
         [p, row.get(f"{p}_s"), row.get(f"{p}_runs_s"), row.get(f"{p}_files_after"), row.get(f"{p}_delete_files_after"),
-         row.get(f"{p}_rss_mb"), "yes" if row.get(f"{p}_ok") else "NO"]
+         row.get(f"{p}_rss_mb"), "yes" if row.get(f"{p}_ok") else "NO",
+         f"{row[f'{p}_readers']['reads']} ({row[f'{p}_readers']['failed']})" if f"{p}_readers" in row else "-"]
         for p in peers
     ]
     print_table(f"W4 compaction: {row['case']}, {row['rows']:,} rows, {row['files_before']} data files before", cols, rows)
