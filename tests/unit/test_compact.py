@@ -130,6 +130,40 @@ def test_dry_run_commits_nothing_and_bad_options_name_the_fix(tmp_path: Path, st
         compact_table(w.catalog, "t.m", min_input_files=0)
 
 
+def test_a_group_that_fails_leaves_no_file_of_any_group_and_the_table_as_it_was(tmp_path: Path, store: Store) -> None:
+    """Small groups are rewritten two at a time: when one fails, the files the others wrote (before or
+    after the failure) are deleted and the error is raised; nothing is committed."""
+    from icefield import failpoints
+
+    w = _history(_writer(tmp_path, store), 6)
+    t = w.load()
+    assert t is not None
+    target = 2 * max(task.file.file_size_in_bytes for task in t.scan().plan_files())
+    assert len(plan(t, target)) >= 3, "several small groups"
+    before_rows, before_files = _rows(w), store.files()
+    head = t.current_snapshot().snapshot_id  # type: ignore[union-attr]
+    hits: list[str] = []
+
+    def injector(name: str) -> None:
+        if name == "rewrite-before-group":
+            hits.append(name)
+            if len(hits) == 2:
+                raise RuntimeError("injected: the second group fails")
+
+    previous = failpoints.install(injector)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            compact_table(w.catalog, "t.m", target_file_size=target)
+    finally:
+        failpoints.install(previous)
+    assert len(hits) >= 2
+    assert store.files() == before_files, "no file of any group is left behind"
+    assert w.load().current_snapshot().snapshot_id == head  # type: ignore[union-attr]
+    assert _rows(w) == before_rows
+    res = compact_table(w.catalog, "t.m", target_file_size=target)
+    assert res.files_added >= 3 and _rows(w) == before_rows
+
+
 @pytest.mark.parametrize("rival", ["merge-on-read", "copy-on-write"])
 def test_a_merge_committed_during_the_compaction_is_kept(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, rival: str

@@ -192,14 +192,46 @@ def pack(tasks: list[Any], target: int) -> list[list[Any]]:
     return groups
 
 
+OVERLAP_BYTES = 128 << 20  # groups up to this many bytes of data files are rewritten two at a time
+
+
 def _rewrite(table: Table, groups: list[list[Any]], target: int, sort_by: list[str], result: CompactionResult) -> list[Any]:
-    """Read each group with its deletes applied, and write it as new data files (not committed)."""
+    """Read each group with its deletes applied, and write it as new data files (not committed).
+
+    Writing a group's Parquet files runs on one core; when the groups are small (each at most
+    ``OVERLAP_BYTES`` of data files), two are rewritten at once so one is read while the other is written.
+    If a group fails, the files of every group are deleted once all have stopped, and its error raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from icefield import failpoints
+    from icefield.iceberg.datafiles import cores
+
+    def one(group: list[Any]) -> tuple[list[Any], int]:
+        failpoints.hit("rewrite-before-group")
+        return rewrite_group(table, group, target, sort_by, table_name=result.table, what="compaction")
+
+    small = all(sum(t.file.file_size_in_bytes for t in g) <= OVERLAP_BYTES for g in groups)
+    workers = 2 if small and len(groups) > 1 and cores() > 1 else 1
     added: list[Any] = []
-    for group in groups:
-        files, rows = rewrite_group(table, group, target, sort_by, table_name=result.table, what="compaction", written=added)
-        result.rows += rows
-        result.rows_purged += sum(t.file.record_count for t in group) - rows
-        added.extend(files)
+    error: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(one, g) for g in groups] if workers > 1 else []
+        for i, group in enumerate(groups):
+            try:
+                files, rows = futures[i].result() if futures else one(group)
+            except BaseException as e:  # the others finish first: their files must be deleted too
+                error = error or e
+                if not futures:
+                    break
+                for f in futures[i + 1 :]:
+                    f.cancel()  # not started: nothing to wait for
+                continue
+            result.rows += rows
+            result.rows_purged += sum(t.file.record_count for t in group) - rows
+            added.extend(files)
+    if error is not None:
+        _remove_files(table, added)
+        raise error
     return added
 
 
