@@ -256,7 +256,9 @@ def run() -> dict[str, Any]:
         if peer == "spark" and res:
             row["spark_session_s"] = round(res["session_s"], 2)
             row["spark_warmup_s"] = round(res["warmup_s"], 2)
-            row["spark_rewrite_data_files_s"] = round(res["rewrite_data_files_s"], 3)
+            # the last run's split of its time (its result is the one kept): rewrite_data_files, then the rest
+            row["spark_last_run_s"] = round(done[peer].seconds[-1], 3) if done[peer].seconds else None
+            row["spark_last_rewrite_data_files_s"] = round(res["rewrite_data_files_s"], 3)
     if os.environ.get("BENCH_W4_READERS", "1") == "1":
         for peer in peers:
             row[f"{peer}_readers"] = readers_during(root, base["metadata"], peer, before["rows"], timeout)
@@ -312,8 +314,8 @@ def _print(row: dict[str, Any], peers: list[str]) -> None:
     if "spark_session_s" in row:
         print(f"Spark session start {row['spark_session_s']} s and warm-up {row['spark_warmup_s']} s: excluded from its time")
     if "x_spark" in row:
-        print(f"spark / icefield: {row['x_spark']}x (Spark's rewrite_data_files alone: {row['spark_rewrite_data_files_s']} s, "
-              f"{round(row['spark_rewrite_data_files_s'] / row['icefield_s'], 1)}x)")
+        print(f"spark / icefield: {row['x_spark']}x (Spark's last run: {row['spark_last_run_s']} s, of which "
+              f"rewrite_data_files {row['spark_last_rewrite_data_files_s']} s)")
 
 
 if __name__ == "__main__":
