@@ -11,7 +11,8 @@ batch is committed, e.g. Kafka consumer offsets committed); write-audit-publish 
 batch is on its audit branch and passed its gates; ``main`` has not moved). Points of a quarantine replay:
 ``replay-after-claim`` (rows claimed, not landed), ``replay-after-commit`` (landed in the table, still in the
 quarantine). The rewrites of maintenance (compaction, archiving) have ``rewrite-before-commit`` (the new files are
-written, nothing committed).
+written, nothing committed); compaction has ``rewrite-before-group`` (a group of files is about to be rewritten,
+others may be under way).
 """
 
 from __future__ import annotations

@@ -130,6 +130,40 @@ def test_dry_run_commits_nothing_and_bad_options_name_the_fix(tmp_path: Path, st
         compact_table(w.catalog, "t.m", min_input_files=0)
 
 
+def test_a_group_that_fails_leaves_no_file_of_any_group_and_the_table_as_it_was(tmp_path: Path, store: Store) -> None:
+    """Small groups are rewritten two at a time: when one fails, the files the others wrote (before or
+    after the failure) are deleted and the error is raised; nothing is committed."""
+    from icefield import failpoints
+
+    w = _history(_writer(tmp_path, store), 6)
+    t = w.load()
+    assert t is not None
+    target = 2 * max(task.file.file_size_in_bytes for task in t.scan().plan_files())
+    assert len(plan(t, target)) >= 3, "several small groups"
+    before_rows, before_files = _rows(w), store.files()
+    head = t.current_snapshot().snapshot_id  # type: ignore[union-attr]
+    hits: list[str] = []
+
+    def injector(name: str) -> None:
+        if name == "rewrite-before-group":
+            hits.append(name)
+            if len(hits) == 2:
+                raise RuntimeError("injected: the second group fails")
+
+    previous = failpoints.install(injector)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            compact_table(w.catalog, "t.m", target_file_size=target)
+    finally:
+        failpoints.install(previous)
+    assert len(hits) >= 2
+    assert store.files() == before_files, "no file of any group is left behind"
+    assert w.load().current_snapshot().snapshot_id == head  # type: ignore[union-attr]
+    assert _rows(w) == before_rows
+    res = compact_table(w.catalog, "t.m", target_file_size=target)
+    assert res.files_added >= 3 and _rows(w) == before_rows
+
+
 @pytest.mark.parametrize("rival", ["merge-on-read", "copy-on-write"])
 def test_a_merge_committed_during_the_compaction_is_kept(
     tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch, rival: str
@@ -217,3 +251,41 @@ def test_a_pipeline_with_compact_every_keeps_its_merge_on_read_table_compact(tmp
         project("bad", {"expire_older_than": "7d"})
     with pytest.raises(Exception, match="'soon' is not an age"):
         project("bad2", {"compact_every": 2, "expire_older_than": "soon"})
+
+
+def test_the_compaction_reads_a_group_as_pyiceberg_scans_it_after_renames_added_columns_and_deletes(tmp_path: Path, store: Store) -> None:
+    """Compaction reads many small files at once (``read_group``) instead of through pyiceberg's scan; it
+    must return what the scan returns: files without field ids read by the name mapping after a rename,
+    a column added later read as nulls, two stored types of one column, position deletes applied."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+    from pyiceberg.types import LongType
+
+    from icefield.write.compact import read_group
+
+    catalog = store.catalog(tmp_path / "c.db")
+    catalog.create_namespace("t")
+    table = catalog.create_table("t.r", schema=pa.schema([("k", pa.int64()), ("v", pa.string())]), properties={"write.merge.mode": "merge-on-read"})
+    paths = []
+    for i, vtype in enumerate([pa.string(), pa.string(), pa.large_string()]):
+        path = f"{table.location()}/data/added-{i}.parquet"
+        with table.io.new_output(path).create() as out:
+            pq.write_table(pa.table({"k": pa.array(range(i * 10, i * 10 + 10), pa.int64()), "v": pa.array([f"s{i}"] * 10, vtype)}), out)
+        paths.append(path)
+    table.add_files(paths)  # Parquet files without field ids: read by the name mapping
+    with table.update_schema() as update:
+        update.rename_column("v", "w")
+        update.add_column("x", LongType())
+    changes = pa.table({"k": [1, 15, 29, 100], "w": ["u1", "u15", None, "new"], "x": [1, 2, None, 4], "_deleted": [False, False, True, False]})
+    cfg = TargetConfig(table="t.r", mode="merge", keys=["k"], delete_column="_deleted")
+    TableWriter(catalog, cfg, "p", LocalEngine()).commit(changes, "b1", None, "r")
+
+    table = catalog.load_table("t.r")
+    tasks = list(table.scan().plan_files())
+    assert len(tasks) == 4 and sum(1 for t in tasks if t.delete_files) == 3
+    expected = ArrowScan(table.metadata, table.io, table.schema(), AlwaysTrue()).to_table(tasks)
+    got = read_group(table, tasks)
+    assert got.schema == expected.schema
+    assert got.to_pylist() == expected.to_pylist()
+    assert got.num_rows == 30 and {r["k"]: r["w"] for r in got.to_pylist()}[15] == "u15"
+    assert sorted(r["k"] for r in got.to_pylist() if r["x"] is not None) == [1, 15, 100]
