@@ -107,6 +107,21 @@ def process_name(pid: int) -> str | None:
         return None
 
 
+def recorded_pid(pid_file: Path, command: str) -> int | None:
+    """The pid recorded in ``pid_file`` if that process is alive and runs ``command`` (its kernel command
+    name, e.g. ``java``); None otherwise: no file, no number, a process gone, or a reused pid."""
+    try:
+        text = pid_file.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    if not pid_alive(pid) or process_name(pid) not in (None, command):
+        return None
+    return pid
+
+
 def wait_for_exit(pid: int, timeout: float) -> bool:
     """Poll until ``pid`` is gone; return True if it went within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

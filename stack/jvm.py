@@ -29,9 +29,8 @@ from .base import (
     StackError,
     file_lock,
     kill_pid,
-    pid_alive,
     port_open,
-    process_name,
+    recorded_pid,
     run_command,
     tail,
 )
@@ -257,16 +256,7 @@ class JavaService(Service):
 
     def _running_pid(self) -> int | None:
         """The recorded pid if that process is alive and is a JVM (a reused pid reads as not running)."""
-        try:
-            text = self.pid_file.read_text().strip()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not text.isdigit():
-            return None
-        pid = int(text)
-        if not pid_alive(pid) or process_name(pid) not in (None, "java"):
-            return None
-        return pid
+        return recorded_pid(self.pid_file, "java")
 
 
 def properties_text(settings: Mapping[str, str], written_by: str) -> str:

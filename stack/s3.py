@@ -53,9 +53,8 @@ from .base import (
     StackError,
     file_lock,
     kill_pid,
-    pid_alive,
     port_open,
-    process_name,
+    recorded_pid,
     tail,
 )
 from .jvm import read_port_env, spawn_detached
@@ -396,16 +395,7 @@ class S3Server(Service):
 
     def _running_pid(self) -> int | None:
         """The recorded pid if that process is alive and is versitygw (a reused pid reads as not running)."""
-        try:
-            text = self.pid_file.read_text().strip()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if not text.isdigit():
-            return None
-        pid = int(text)
-        if not pid_alive(pid) or process_name(pid) not in (None, "versitygw"):
-            return None
-        return pid
+        return recorded_pid(self.pid_file, "versitygw")
 
     # ------------------------------------------------------------------ accounts and buckets
 

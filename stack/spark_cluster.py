@@ -48,9 +48,8 @@ from .base import (
     StackError,
     file_lock,
     kill_pid,
-    pid_alive,
     port_open,
-    process_name,
+    recorded_pid,
     tail,
 )
 from .jvm import read_port_env, spawn_detached
@@ -350,16 +349,7 @@ class SparkCluster(Service):
 
 def _running_pid(daemon: Daemon) -> int | None:
     """The recorded pid if that process is alive and is a JVM (a reused pid reads as not running)."""
-    try:
-        text = daemon.pid_file.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if not text.isdigit():
-        return None
-    pid = int(text)
-    if not pid_alive(pid) or process_name(pid) not in (None, "java"):
-        return None
-    return pid
+    return recorded_pid(daemon.pid_file, "java")
 
 
 def _get_json(url: str, timeout: float) -> dict[str, Any] | None:
