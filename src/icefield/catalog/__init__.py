@@ -105,6 +105,35 @@ def storage_properties(project: Project) -> dict[str, str]:
     return out
 
 
+def _server_properties(project: Project) -> tuple[str, dict[str, str]]:
+    """The URI (no trailing ``/``) and the pyiceberg properties of a catalog server (REST or Hive): the
+    catalog's ``properties``, the storage settings, ``uri`` and ``warehouse`` when given, secrets resolved."""
+    cfg = project.config.catalog
+    where = f"{project.root / 'icefield.yaml'}: catalog"
+    assert cfg.uri is not None  # the config model requires it for a catalog server
+    uri = resolve(cfg.uri, where=f"{where}.uri", base_dir=project.root).rstrip("/")
+    props = {k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()}
+    props.update(storage_properties(project))
+    props["uri"] = uri
+    if cfg.warehouse is not None:
+        props["warehouse"] = resolve(cfg.warehouse, where=f"{where}.warehouse", base_dir=project.root)
+    return uri, props
+
+
+def _with_leases(project: Project, catalog: Catalog) -> Catalog:
+    """``catalog`` (a server that holds no database of icefield's) with the engine of its lease database
+    attached: ``catalog.leases``, by default SQLite under the project's state folder."""
+    cfg = project.config.catalog
+    leases_uri = sqlite_relative_to(
+        resolve(cfg.leases, where=f"{project.root / 'icefield.yaml'}: catalog.leases", base_dir=project.root)
+        if cfg.leases
+        else f"sqlite:///{(project.state_dir / 'leases.db').as_posix()}",
+        project.root,
+    )
+    catalog.lease_engine = _lease_engine(leases_uri)  # type: ignore[attr-defined]
+    return catalog
+
+
 def _open_rest(project: Project) -> Catalog:
     """Open the project's Iceberg REST catalog (pyiceberg's ``RestCatalog``) and attach the engine of its
     lease database (see :mod:`icefield.catalog.leases`): the server has no database of icefield's.
@@ -115,17 +144,9 @@ def _open_rest(project: Project) -> Catalog:
 
     cfg = project.config.catalog
     where = f"{project.root / 'icefield.yaml'}: catalog"
-    assert cfg.uri is not None  # the config model requires it for a REST catalog
-    uri = resolve(cfg.uri, where=f"{where}.uri", base_dir=project.root).rstrip("/")
-    props: dict[str, str] = {
-        k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()
-    }
-    props.update(storage_properties(project))
-    props["uri"] = uri
-    if cfg.warehouse is not None:
-        # Without it the server chooses each table's location (the project's warehouse key is not sent:
-        # a REST server takes a warehouse name or its own location, never a client's folder).
-        props["warehouse"] = resolve(cfg.warehouse, where=f"{where}.warehouse", base_dir=project.root)
+    uri, props = _server_properties(project)
+    # Without catalog.warehouse a REST server chooses each table's location (the project's warehouse key is
+    # not sent: a REST server takes a warehouse name or its own location, never a client's folder).
     if cfg.token is not None:
         props["token"] = resolve(cfg.token, where=f"{where}.token", base_dir=project.root)
     if cfg.credential is not None:
@@ -138,14 +159,7 @@ def _open_rest(project: Project) -> Catalog:
     except Exception as e:
         # Not chained: pyiceberg's and requests' messages may carry the token or the credential.
         raise _rest_error(uri, e) from None
-    leases_uri = sqlite_relative_to(
-        resolve(cfg.leases, where=f"{where}.leases", base_dir=project.root)
-        if cfg.leases
-        else f"sqlite:///{(project.state_dir / 'leases.db').as_posix()}",
-        project.root,
-    )
-    catalog.lease_engine = _lease_engine(leases_uri)  # type: ignore[attr-defined]
-    return catalog
+    return _with_leases(project, catalog)
 
 
 def _open_hive(project: Project) -> Catalog:
@@ -164,30 +178,13 @@ def _open_hive(project: Project) -> Catalog:
             f"catalog.type: hive needs the Thrift library {e.name!r}: run `pip install 'icefield[hive]'`"
         ) from e
 
-    cfg = project.config.catalog
-    where = f"{project.root / 'icefield.yaml'}: catalog"
-    assert cfg.uri is not None  # the config model requires it for a Hive catalog
-    uri = resolve(cfg.uri, where=f"{where}.uri", base_dir=project.root).rstrip("/")
-    props: dict[str, str] = {
-        k: resolve(v, where=f"{where}.properties.{k}", base_dir=project.root) for k, v in cfg.properties.items()
-    }
-    props.update(storage_properties(project))
-    props["uri"] = uri
-    if cfg.warehouse is not None:
-        props["warehouse"] = resolve(cfg.warehouse, where=f"{where}.warehouse", base_dir=project.root)
+    uri, props = _server_properties(project)
     try:
-        catalog = HiveCatalog(cfg.name, **props)
+        catalog = HiveCatalog(project.config.catalog.name, **props)
         catalog.list_namespaces()
     except Exception as e:
         raise _hive_error(uri, e) from None
-    leases_uri = sqlite_relative_to(
-        resolve(cfg.leases, where=f"{where}.leases", base_dir=project.root)
-        if cfg.leases
-        else f"sqlite:///{(project.state_dir / 'leases.db').as_posix()}",
-        project.root,
-    )
-    catalog.lease_engine = _lease_engine(leases_uri)  # type: ignore[attr-defined]
-    return catalog
+    return _with_leases(project, catalog)
 
 
 def _hive_error(uri: str, e: Exception) -> Exception:
