@@ -6,7 +6,14 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from icefield.config.models import AcceptedValuesCheck, FilterRule, NotNullCheck, RangeCheck, RegexCheck, UniqueCheck
+from icefield.config.models import (
+    AcceptedValuesCheck,
+    FilterRule,
+    NotNullCheck,
+    RangeCheck,
+    RegexCheck,
+    UniqueCheck,
+)
 from icefield.errors import ConfigError
 from icefield.quality import check_rows
 from icefield.quality.frames import suspect_condition
