@@ -190,3 +190,56 @@ def test_a_merge_read_by_spark_keeps_the_newest_version_of_a_key(
     rows = {r[0]: r for r in _rows(projects["spark"], "raw.accounts")}
     assert rows[5][2] == "new" and rows[6][2] == "six" and rows[7][2] == "v7" and 500 in rows
     assert results["spark"].batches[0].rows_quarantined == 1
+
+
+@pytest.mark.postgres
+def test_a_postgres_source_with_a_timestamp_cursor_and_ties_lands_the_same(
+    projects: dict[str, Project], spark: Any, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's types through Spark's JDBC reader (int4, numeric, timestamp with and without time zone,
+    date) land as the local engine types them; rows sharing the cursor value (5 per second) are split between
+    Spark's ranges and the edges without a loss or a double."""
+    import datetime as dt
+    import decimal
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    t0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
+
+    def insert(ids: range) -> None:
+        rows = [
+            {"i": i, "q": i % 1000, "a": decimal.Decimal(f"{i}.25"), "d": dt.date(2026, 10, 1 + i % 28),
+             "l": dt.datetime(2026, 1, 1, 8, i % 60), "u": t0 + dt.timedelta(seconds=i // 5)}
+            for i in ids
+        ]
+        with engine.begin() as con:
+            con.execute(sa.text("insert into orders values (:i, :q, :a, :d, :l, :u)"), rows)
+
+    try:
+        with engine.begin() as con:
+            con.execute(sa.text(
+                "create table orders (order_id bigint primary key, qty int, amount numeric(10,2), placed date, "
+                "local_at timestamp, updated_at timestamptz not null)"
+            ))
+        insert(range(1, 401))
+        for project in projects.values():
+            _write(
+                project.root, "pipelines/pg.yaml",
+                f"name: pg\nsource: {{type: sql, url: '{pg_url}', table: orders, cursor: updated_at}}\n"
+                "target: {table: raw.pg_orders, mode: merge, keys: [order_id], partition_by: ['day(updated_at)']}\n"
+                "checks:\n  - range: {column: qty, max: 990}\n",
+            )
+        fresh = {engine: load_project(p.root) for engine, p in projects.items()}
+        results = _run_both(fresh, "pg", caplog)
+        assert any(" in 3 range(s)" in m for m in results["log"]), results["log"]
+        _assert_same(fresh, "pg", "raw.pg_orders", results)
+        # Rows at the committed second (400 // 5 = 80: ids 401-404) and after it.
+        insert(range(401, 431))
+        results = _run_both(fresh, "pg", caplog)
+        _assert_same(fresh, "pg", "raw.pg_orders", results)
+        assert results["spark"].batches[0].rows_committed == 30
+        ids = [r[0] for r in _rows(fresh["spark"], "raw.pg_orders")]
+        assert ids == list(range(1, 431))
+    finally:
+        engine.dispose()
