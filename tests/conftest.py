@@ -87,3 +87,16 @@ def s3_prefix(s3_server: S3Settings) -> str:
     return f"s3://{s3_server.bucket}/{uuid.uuid4().hex}"
 
 
+
+
+_jars_fetched: list[bool] = []
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the first test marked ``spark``: the Spark engine's jars in the icefield cache (fetched with
+    Maven on a new machine). The engine finds them there, and refuses to start without them."""
+    if item.get_closest_marker("spark") is not None and not _jars_fetched:
+        from stack.spark import ensure_jars
+
+        ensure_jars()
+        _jars_fetched.append(True)

@@ -77,3 +77,15 @@ def test_a_keep_newest_merge_is_refused_before_spark_starts(tmp_path: Path) -> N
             writer.commit(rows, "b1", {"i": 1}, "run")
     finally:
         catalog.engine.dispose()
+
+
+def test_an_s3_warehouse_reads_and_writes_through_iceberg_s3fileio_with_the_projects_storage_settings() -> None:
+    storage = {"s3.endpoint": "http://127.0.0.1:9000", "s3.region": "eu-west-1", "s3.access-key-id": "k",
+               "s3.secret-access-key": "s", "s3.path-style-access": "true"}
+    conf = catalog_settings("lake", "sqlite:////tmp/c.db", "s3://bucket/wh", storage)
+    p = "spark.sql.catalog.lake"
+    assert conf[f"{p}.io-impl"] == "org.apache.iceberg.aws.s3.S3FileIO"
+    assert conf[f"{p}.client.region"] == "eu-west-1"
+    assert (conf[f"{p}.s3.endpoint"], conf[f"{p}.s3.access-key-id"], conf[f"{p}.s3.secret-access-key"]) == ("http://127.0.0.1:9000", "k", "s")
+    assert conf[f"{p}.s3.path-style-access"] == "true" and conf[f"{p}.warehouse"] == "s3://bucket/wh"
+    assert f"{p}.io-impl" not in catalog_settings("lake", "sqlite:////tmp/c.db", "/tmp/wh")

@@ -38,8 +38,12 @@ ICEBERG_VERSION = "1.11.0"
 ICEBERG_RUNTIME = f"org.apache.iceberg:iceberg-spark-runtime-4.1_2.13:{ICEBERG_VERSION}"
 SQLITE_JDBC = "org.xerial:sqlite-jdbc:3.53.0.0"  # the version Iceberg 1.11 itself tests with
 POSTGRES_JDBC = "org.postgresql:postgresql:42.7.14"
-ARTIFACTS: tuple[str, ...] = (ICEBERG_RUNTIME, SQLITE_JDBC, POSTGRES_JDBC)
-"""Maven coordinates (group:artifact:version) of the jars a session puts on ``spark.jars``."""
+AWS_BUNDLE = f"org.apache.iceberg:iceberg-aws-bundle:{ICEBERG_VERSION}"
+"""Iceberg's S3FileIO and the AWS SDK it needs: on ``spark.jars`` when the warehouse is on an object store."""
+ARTIFACTS: tuple[str, ...] = (ICEBERG_RUNTIME, SQLITE_JDBC, POSTGRES_JDBC, AWS_BUNDLE)
+"""Maven coordinates (group:artifact:version) of the jars a session puts on ``spark.jars`` (the AWS bundle
+only for an ``s3://`` warehouse)."""
+S3_SCHEMES = ("s3://", "s3a://", "s3n://")
 CATALOG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 """How long a SQLite catalog connection waits for a lock (icefield's own connections wait as long)."""
@@ -65,11 +69,11 @@ def jar_name(coordinate: str) -> str:
     return f"{artifact}-{version}.jar"
 
 
-def find_jars(folder: Path | None = None) -> list[Path]:
-    """The jars of :data:`ARTIFACTS` in ``folder`` (default :func:`cache_jars_dir`); raises
-    :class:`ConfigError` naming the missing ones and the command that fetches them."""
+def find_jars(folder: Path | None = None, s3: bool = False) -> list[Path]:
+    """The jars of :data:`ARTIFACTS` in ``folder`` (default :func:`cache_jars_dir`), the AWS bundle only with
+    ``s3``; raises :class:`ConfigError` naming the missing ones and the command that fetches them."""
     where = folder if folder is not None else cache_jars_dir()
-    paths = [where / jar_name(c) for c in ARTIFACTS]
+    paths = [where / jar_name(c) for c in ARTIFACTS if s3 or c != AWS_BUNDLE]
     missing = [p.name for p in paths if not p.is_file() or p.stat().st_size == 0]
     if missing:
         raise ConfigError(
@@ -131,9 +135,11 @@ def jdbc_url_from_sqlalchemy(url: str) -> tuple[str, str | None, str | None]:
     )
 
 
-def catalog_settings(catalog_name: str, catalog_uri: str, warehouse_uri: str) -> dict[str, str]:
+def catalog_settings(catalog_name: str, catalog_uri: str, warehouse_uri: str, storage: dict[str, str] | None = None) -> dict[str, str]:
     """The Spark settings that make ``catalog_name`` an Iceberg catalog on icefield's catalog database
-    (``catalog_uri``, SQLAlchemy or JDBC) and warehouse: the properties both sides share."""
+    (``catalog_uri``, SQLAlchemy or JDBC) and warehouse: the properties both sides share. An object-store
+    warehouse (``s3://``) reads and writes through Iceberg's ``S3FileIO`` with ``storage``, pyiceberg's
+    ``s3.*`` properties of the project (:func:`icefield.catalog.storage_properties`), under Java's names."""
     jdbc_url, user, password = jdbc_url_from_sqlalchemy(catalog_uri)
     warehouse = str(warehouse_uri)
     if "://" not in warehouse:
@@ -150,6 +156,14 @@ def catalog_settings(catalog_name: str, catalog_uri: str, warehouse_uri: str) ->
     }
     if jdbc_url.startswith("jdbc:sqlite:"):
         settings[f"{prefix}.jdbc.busy_timeout"] = str(SQLITE_BUSY_TIMEOUT_MS)
+    if warehouse.startswith(S3_SCHEMES):
+        settings[f"{prefix}.io-impl"] = "org.apache.iceberg.aws.s3.S3FileIO"
+        props = storage or {}
+        # pyiceberg's s3.region is the AWS SDK's client.region in Java; the other keys have the same names.
+        settings[f"{prefix}.client.region"] = props.get("s3.region", "us-east-1")
+        for key in ("s3.endpoint", "s3.access-key-id", "s3.secret-access-key", "s3.session-token", "s3.path-style-access"):
+            if key in props:
+                settings[f"{prefix}.{key}"] = props[key]
     if user is not None:
         settings[f"{prefix}.jdbc.user"] = user
     if password is not None:
@@ -175,7 +189,7 @@ def project_session(project: Project) -> Any:
     """The Spark session of ``project``'s ``spark`` settings, on its catalog: the running one when it is on
     the same catalog, else a new one (``spark.master``, ``spark.memory``, jars, then ``spark.conf``, which
     wins). Raises :class:`ConfigError` when a session on another catalog runs in this process."""
-    from icefield.catalog import sqlite_relative_to
+    from icefield.catalog import sqlite_relative_to, storage_properties
     from icefield.config.secrets import resolve
 
     cfg = project.config.spark
@@ -187,7 +201,9 @@ def project_session(project: Project) -> Any:
         )
     where = f"{project.root / 'icefield.yaml'}: catalog.uri"
     uri = sqlite_relative_to(resolve(project.catalog_uri(), where=where, base_dir=project.root), project.root)
-    shared = catalog_settings(name, uri, project.warehouse_uri())
+    warehouse = project.warehouse_uri()
+    s3 = str(warehouse).startswith(S3_SCHEMES)
+    shared = catalog_settings(name, uri, warehouse, storage_properties(project) if s3 else None)
     import_pyspark()
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
@@ -206,7 +222,7 @@ def project_session(project: Project) -> Any:
         if cfg.jars:
             jars = [(project.root / j).absolute() for j in cfg.jars]
         else:
-            jars = find_jars((project.root / cfg.jars_dir).absolute() if cfg.jars_dir else None)
+            jars = find_jars((project.root / cfg.jars_dir).absolute() if cfg.jars_dir else None, s3=s3)
         settings = {
             "spark.jars": ",".join(str(p) for p in jars),
             "spark.driver.memory": cfg.memory,
