@@ -14,6 +14,7 @@ One Spark session (local[2]) serves the module.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ def _write(root: Path, rel: str, text: str) -> None:
 def _project(root: Path, engine: str, db: Path) -> Project:
     _write(root, "icefield.yaml", f"name: reads\nengine: {engine}\nspark: {{master: 'local[2]', memory: 1g, read_partitions: 3}}\n")
     source = f"source: {{type: sql, url: 'sqlite:///{db}', table: orders, cursor: seq}}\n"
-    _write(root, "pipelines/app.yaml", "name: app\n" + source + "target: {table: raw.orders, keys: [id]}\n" + CHECKS)
+    _write(root, "pipelines/app.yaml", "name: app\n" + source + "target: {table: raw.orders, keys: [id]}\nbatch_size: 100\n" + CHECKS)
     _write(
         root, "pipelines/upd.yaml",
         "name: upd\n" + source.replace("orders", "changes") + "target: {table: raw.accounts, mode: merge, keys: [id]}\n"
@@ -158,18 +159,22 @@ def test_spark_reads_checks_and_lands_an_incremental_sql_source_as_the_local_eng
     ]
     _insert(db, "orders", good + bad)
     results = _run_both(projects, "app", caplog)
-    # The 303 rows between the edges were read in 3 ranges of the cursor; 6 rows a check may refuse came back.
-    assert any(m.startswith("spark read 305 rows of the source in 3 range(s)") for m in results["log"]), results["log"]
-    assert "spark checks: 6 of 305 rows to check here" in results["log"]
-    batch = results["spark"].batches[0]
-    assert (batch.rows_in, batch.rows_committed, batch.rows_quarantined, batch.rows_filtered) == (305, 299, 5, 1)
+    # Batches of 100 rows (the ties at seq 40-44 inside the first): each batch's rows between its edges were
+    # read in 3 ranges of the cursor, and only the 6 rows a check may refuse came back.
+    reads = [re.match(r"spark read (\d+) rows of the source in (\d+) range", m) for m in results["log"]]
+    assert sum(int(m[1]) for m in reads if m) == 305 and {int(m[2]) for m in reads if m} == {3}, results["log"]
+    checked = [re.match(r"spark checks: (\d+) of", m) for m in results["log"]]
+    assert sum(int(m[1]) for m in checked if m) == 6
+    assert [b.rows_in for b in results["spark"].batches] == [100, 100, 100, 5]
+    total = [sum(getattr(b, k) for b in results["spark"].batches) for k in ("rows_in", "rows_committed", "rows_quarantined", "rows_filtered")]
+    assert total == [305, 299, 5, 1]
     _assert_same(projects, "app", "raw.orders", results)
     assert {r[2] for r in _quarantine(projects["spark"], "raw.orders")} == {"range", "not_null", "accepted_values", "unique"}
 
     # Later rows, two of them at the cursor value already committed (300): each lands once.
     _insert(db, "orders", [(2001, 300, "a", 1.0), (2002, 300, "b", 2.0), *((i, i, "u", float(i)) for i in range(301, 350))])
     results = _run_both(projects, "app", caplog)
-    assert results["spark"].batches[0].rows_committed == 51
+    assert sum(b.rows_committed for b in results["spark"].batches) == 51
     _assert_same(projects, "app", "raw.orders", results)
     # Nothing new: no batch on either engine.
     results = _run_both(projects, "app", caplog)

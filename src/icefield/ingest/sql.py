@@ -249,7 +249,7 @@ class SqlSource(Source):
         from_clause: Any = sel
         if self.cfg.query is not None:
             from_clause = text(self.cfg.query).columns(*[c for c in sel.columns]).subquery("q")
-        stmt = select(*[from_clause.c[n] for n in names])
+        stmt = base = select(*[from_clause.c[n] for n in names])
         cursor_col = self.cfg.cursor
         last: Any = None
         boundary: set[str] = set()
@@ -266,7 +266,7 @@ class SqlSource(Source):
             stmt = stmt.order_by(col.asc().nulls_first())
         if self._reader is not None and cursor_col is not None and (last is not None or not boundary):
             try:
-                yield from self._read_split(stmt, from_clause.c[cursor_col], names, types, cursor_col, last, boundary)
+                yield from self._read_split(base, from_clause.c[cursor_col], names, types, cursor_col, last, boundary)
             except exc.SQLAlchemyError as e:
                 raise self._error(e, "reading the source") from e
             return
@@ -299,57 +299,67 @@ class SqlSource(Source):
             raise self._error(e, "reading the source") from e
 
     def _read_split(
-        self, stmt: Any, col: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str, last: Any, boundary: set[str]
+        self, base: Any, col: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str, last: Any, boundary: set[str]
     ) -> Iterator[SourceBatch]:
-        """Everything after the position as one batch, read mostly by the engine (:meth:`read_with`).
+        """The rows after the position, read mostly by the engine (:meth:`read_with`), in batches of about
+        ``batch_size`` rows up to the newest cursor value when the read began.
 
-        The newest cursor value ``hi`` is read first. The engine reads the rows strictly between the committed
-        value ``last`` and ``hi`` (JDBC, split into ranges of the cursor); this process reads the rows at the
-        two edges: at ``last`` (those not loaded yet: the boundary's fingerprints) and at ``hi`` (whose
-        fingerprints are the new boundary), and, on a first run, the rows without a cursor value. So each row
-        is read by one reader only, and the position names exactly the rows the batch holds, whatever the
-        source commits meanwhile. The position and the batch key are those of :meth:`read` reading the same
-        rows as one chunk."""
+        A batch ends at the cursor value ``hi`` ``batch_size`` rows on (or the newest). The engine reads the rows
+        strictly between the committed value ``last`` and ``hi`` (JDBC, split into ranges of the cursor); this
+        process reads the rows at the two edges: at ``last`` (those not loaded yet: the boundary's fingerprints)
+        and at ``hi`` (whose fingerprints are the new boundary), and, on a first run, the rows without a cursor
+        value. So each row is read by one reader only, and the position names exactly the rows the batch holds,
+        whatever the source commits meanwhile. Positions and keys have the form :meth:`read` gives them; a
+        batch ends on a cursor value, never between rows sharing one."""
         from sqlalchemy import and_, func, or_, select
 
-        sub = stmt.order_by(None).subquery()
         with self.engine().connect() as con:
-            lo, hi = con.execute(select(func.min(sub.c[cursor]), func.max(sub.c[cursor]))).one()
-        if hi is None:
-            hi = last
-        edges_at = [col == last] if last is not None else [col.is_(None)]
-        if hi is not None and hi != last:
-            edges_at.append(col == hi)
-        edges = _Chunk.concat(list(self._chunks(stmt.where(or_(*edges_at)), names, types, cursor)), names)
-        if edges.size == 0:
-            edges.cursor_values = []
-        drop: set[int] = set()
-        if last is not None or boundary:
-            drop = {i for i in edges.equal(last) if self._fp(edges.raw_row(i)) in boundary}
-        middle = None
-        if last is None:
-            middle = col < hi if hi is not None else None
-        elif hi != last:
-            middle = and_(col > last, col < hi)
-        if middle is None and len(drop) == edges.size:
-            return
-        first_pos = {"cursor": _encode(last), "boundary": sorted(boundary)} if last is not None or boundary else None
-        new_last = hi if hi is not None else last
-        at_last = {self._fp(edges.raw_row(i)) for i in edges.equal(new_last) if i not in drop}
-        boundary = (boundary | at_last) if new_last == last else at_last
-        position = {"cursor": _encode(new_last), "boundary": sorted(boundary)}
-        key = f"sql:{json.dumps(first_pos, sort_keys=True)}->{json.dumps(position, sort_keys=True)}"
-        batch = self._batch(edges, drop, position, key)
-        if middle is not None:
-            inner = stmt.where(middle).order_by(None)
-            sql = str(inner.compile(dialect=self.engine().dialect, compile_kwargs={"literal_binds": True}))
-            lower = last if last is not None else lo
-            bounds = (_bound(lower), _bound(hi)) if _splittable(lower) and _splittable(hi) else None
-            url = self.engine().url.render_as_string(hide_password=False)
-            batch.frame = self._reader.read_jdbc(url, sql, cursor, bounds, batch.data)
-            batch.frame.order = (cursor,)
-            batch.data = batch.data.slice(0, 0)
-        yield batch
+            newest = con.execute(select(func.max(base.subquery().c[cursor]))).scalar()
+        while True:
+            after = base.where(col > last) if last is not None else base.where(col.is_not(None))
+            sub = after.subquery()
+            with self.engine().connect() as con:
+                lo = con.execute(select(func.min(sub.c[cursor]))).scalar()
+                cut = con.execute(select(sub.c[cursor]).order_by(sub.c[cursor]).limit(1).offset(max(self.batch_size - 1, 0))).scalar()
+            hi = newest if cut is None or newest is None or cut > newest else cut
+            if hi is None:
+                hi = last
+            edges_at = [col == last] if last is not None else [col.is_(None)]
+            if hi is not None and hi != last:
+                edges_at.append(col == hi)
+            edge_stmt = base.where(or_(*edges_at)).order_by(col.asc().nulls_first())
+            edges = _Chunk.concat(list(self._chunks(edge_stmt, names, types, cursor)), names)
+            if edges.size == 0:
+                edges.cursor_values = []
+            drop: set[int] = set()
+            if last is not None or boundary:
+                drop = {i for i in edges.equal(last) if self._fp(edges.raw_row(i)) in boundary}
+            middle = None
+            if last is None:
+                middle = col < hi if hi is not None else None
+            elif hi != last:
+                middle = and_(col > last, col < hi)
+            if middle is None and len(drop) == edges.size:
+                return
+            first_pos = {"cursor": _encode(last), "boundary": sorted(boundary)} if last is not None or boundary else None
+            new_last = hi if hi is not None else last
+            at_last = {self._fp(edges.raw_row(i)) for i in edges.equal(new_last) if i not in drop}
+            boundary = (boundary | at_last) if new_last == last else at_last
+            position = {"cursor": _encode(new_last), "boundary": sorted(boundary)}
+            key = f"sql:{json.dumps(first_pos, sort_keys=True)}->{json.dumps(position, sort_keys=True)}"
+            batch = self._batch(edges, drop, position, key)
+            if middle is not None:
+                sql = str(base.where(middle).compile(dialect=self.engine().dialect, compile_kwargs={"literal_binds": True}))
+                lower = last if last is not None else lo
+                bounds = (_bound(lower), _bound(hi)) if _splittable(lower) and _splittable(hi) else None
+                url = self.engine().url.render_as_string(hide_password=False)
+                batch.frame = self._reader.read_jdbc(url, sql, cursor, bounds, batch.data)
+                batch.frame.order = (cursor,)
+                batch.data = batch.data.slice(0, 0)
+            yield batch
+            if new_last in (last, newest):
+                return
+            last = new_last
 
     def _fp(self, row: tuple[Any, ...]) -> str:
         # The whole row, not its key: a row updated again within the cursor's resolution keeps the cursor
