@@ -83,6 +83,14 @@ def _project(root: Path, engine: str) -> Project:
             f"target: {{table: raw.{name}, mode: merge, keys: [id], delete_column: deleted, "
             f"properties: {{write.merge.mode: {mode}}}}}\n",
         )
+    for name, mode in (("cdc_cow", "copy-on-write"), ("cdc_mor", "merge-on-read")):
+        _write(
+            root, f"pipelines/{name}.yaml",
+            f"name: {name}\nsource: {{type: files, path: 'data/{name}/*.csv', format: csv, file_column: null}}\n"
+            f"target: {{table: raw.{name}, mode: merge, keys: [id], order_by: [tx, lsn], keep_newest: true, "
+            f"delete_column: deleted, properties: {{write.merge.mode: {mode}}}}}\n"
+            "checks:\n  - range: {column: amount, min: 0}\n",
+        )
     _write(
         root, "pipelines/ovw.yaml",
         "name: ovw\nsource: {type: files, path: 'data/ovw/*.csv', format: csv, file_column: null}\n"
@@ -222,6 +230,71 @@ def test_a_merge_with_deletes_lands_the_same(projects: dict[str, Project], spark
     tbl = open_catalog(projects["spark"]).load_table(table)
     deletes = [t for t in tbl.scan().plan_files() if t.delete_files]
     assert bool(deletes) == (name == "mor"), "write.merge.mode decides between rewritten files and delete files"
+
+    results = _run_both(projects, name)
+    assert results["spark"].rows_in == 0 and _rows(projects["spark"], table) == _rows(projects["local"], table)
+
+
+CDC_HEADER = "id,kind,amount,deleted,tx,lsn\n"
+# Change events of keys 1-8 and more, versioned by (tx, lsn): out of order, deleted, redelivered late.
+CDC_RUNS: list[list[tuple[Any, ...]]] = [
+    # key 1 twice (the newer version comes first in the batch), a bad row (quarantined)
+    [(1, "a", 1.0, "false", 10, 1), (1, "older", 0.5, "false", 10, 0),
+     *[(i, "a", float(i), "false", 10, i) for i in range(2, 10)], (50, "bad", -1.0, "false", 10, 50)],
+    # 2 newer; 3 older and 4 equal (stale); 5 deleted; 6 an older delete (stale); 7 newer by lsn alone;
+    # 20 deleted before it was ever inserted; 21 new
+    [(2, "b", 2.5, "false", 20, 1), (3, "old", 3.5, "false", 5, 9), (4, "same", 4.5, "false", 10, 4),
+     (5, None, 0.0, "true", 20, 2), (6, None, 0.0, "true", 9, 0), (7, "b", 7.5, "false", 10, 8),
+     (20, None, 0.0, "true", 20, 3), (21, "b", 21.0, "false", 20, 4)],
+    # late events: 5 and 20 not newer than their tombstones (no resurrection); 21 an equal delete and 9 a
+    # version without tx (NULL is oldest): stale; 8 deleted; 6 newer than its stale delete
+    [(5, "late", 5.5, "false", 15, 0), (20, "late", 20.5, "false", 20, 3), (21, None, 0.0, "true", 20, 4),
+     (9, "nul", 9.5, "false", None, 99), (8, None, 0.0, "true", 30, 1), (6, "c", 6.5, "false", 30, 0)],
+    # 5 and 20 come back with versions newer than their tombstones; 8's late update stays buried
+    [(5, "back", 5.0, "false", 40, 0), (20, "back", 20.0, "false", 20, 4), (8, "late", 8.5, "false", 25, 0)],
+]
+CDC_STALE = [0, 3, 4, 1]
+CDC_END = {1: ("a", 1.0), 2: ("b", 2.5), 3: ("a", 3.0), 4: ("a", 4.0), 5: ("back", 5.0), 6: ("c", 6.5), 7: ("b", 7.5),
+           9: ("a", 9.0), 20: ("back", 20.0), 21: ("b", 21.0)}  # fmt: skip
+
+
+def _graves(project: Project, table: str) -> list[tuple[Any, ...]]:
+    """The tombstones of ``table`` (key and version; none before its first delete)."""
+    if not open_catalog(project).table_exists(table + "__tombstones"):
+        return []
+    return _rows(project, table + "__tombstones")
+
+
+def _cdc_csv(rows: list[tuple[Any, ...]]) -> str:
+    return CDC_HEADER + "".join(",".join("" if v is None else str(v) for v in r) + "\n" for r in rows)
+
+
+@pytest.mark.parametrize("name", ["cdc_cow", "cdc_mor"])
+def test_a_keep_newest_merge_with_tombstones_lands_the_same(projects: dict[str, Project], spark: Any, name: str) -> None:
+    """Change data capture (``keep_newest``, ordered by ``[tx, lsn]``) on Spark: only a strictly newer version
+    replaces or deletes a stored row, a late older event never brings a deleted key back (its tombstone in
+    ``<table>__tombstones`` holds it), an equal version or one without ``tx`` is stale; the tables, the
+    tombstones, the quarantines, the counts (``rows_stale`` too) and the positions are those of the local
+    engine."""
+    table = f"raw.{name}"
+    for i, rows in enumerate(CDC_RUNS):
+        for project in projects.values():
+            _write(project.root, f"data/{name}/{'abcd'[i]}.csv", _cdc_csv(rows))
+        results = _run_both(projects, name)
+        _assert_same(projects, name, table, results)
+        stale = {engine: [b.rows_stale for b in r.batches] for engine, r in results.items()}
+        assert stale["spark"] == stale["local"] == [CDC_STALE[i]]
+        assert _graves(projects["spark"], table) == _graves(projects["local"], table)
+        _assert_published_with_position(projects["spark"], name, table, results["spark"])
+    assert results["spark"].batches[0].rows_inserted == 2, "5 and 20 came back"
+    rows = {r[0]: (r[1], r[2]) for r in _rows(projects["spark"], table)}
+    assert rows == CDC_END
+    graves = {r[0]: r[1:] for r in _graves(projects["spark"], table)}
+    assert graves == {5: (20, 2), 6: (9, 0), 8: (30, 1), 20: (20, 3), 21: (20, 4)}
+    assert len(_quarantine(projects["spark"], table)) == 1
+    tbl = open_catalog(projects["spark"]).load_table(table)
+    deletes = [t for t in tbl.scan().plan_files() if t.delete_files]
+    assert bool(deletes) == (name == "cdc_mor"), "write.merge.mode decides between rewritten files and delete files"
 
     results = _run_both(projects, name)
     assert results["spark"].rows_in == 0 and _rows(projects["spark"], table) == _rows(projects["local"], table)

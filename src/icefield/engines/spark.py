@@ -36,12 +36,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from icefield.engines.base import Engine, EngineCapabilities, StagedWrite, WriteRequest
 from icefield.errors import ConfigError
 from icefield.iceberg.history import MAIN, SUMMARY_BATCH_ID, SUMMARY_PIPELINE, head_id
-from icefield.iceberg.versions import dedupe_latest
+from icefield.iceberg.versions import dedupe_latest, split_deletes
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyiceberg.table import Table
 
     from icefield.config import Project
+    from icefield.config.models import TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ STAGE_PREFIX = "icefield-stage-"
 SNAPSHOT_PROPERTY = "spark.sql.iceberg.snapshot-property."
 """Session settings whose suffix Iceberg's Spark writer puts in the summary of every snapshot it commits."""
 OVERWRITE_MODE = "spark.sql.sources.partitionOverwriteMode"
+BURIED = "_icefield_buried"
+"""The column of a ``keep_newest`` merge's source that marks an upsert a tombstone at least as new holds back."""
+HIT = "_icefield_hit"
 
 # One statement at a time: the snapshot properties and the overwrite mode are settings of the one session.
 _session_lock = threading.RLock()
@@ -101,15 +106,18 @@ class SparkEngine(Engine):
         """Write the batch on the staging branch (or the audit branch) with Spark and return the fast-forward of
         ``main`` (see the module doc)."""
         target, data = request.target, request.data
-        if target.mode == "merge" and target.keep_newest:
-            raise ConfigError(
-                f"target {target.table}: keep_newest merges (change data capture) do not run on engine spark yet; "
-                "set engine: local in this pipeline"
-            )
         whole_table = target.mode == "overwrite" and (target.overwrite == "table" or table.spec().is_unpartitioned())
         if not data.num_rows and not request.truncate and not whole_table and request.replace_file is None:
             return StagedWrite(table.transaction(), changed=False)
         started = time.perf_counter()
+        batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" else data
+        newest = _keeps_newest(target, batch)
+        deletes = _deletes(target, batch) if newest else None
+        if deletes is not None and request.on_tombstones is not None and not request.truncate:
+            # The writer records them while Spark merges (before the data commit), as with the local engine.
+            request.on_tombstones(deletes)
+            deletes = None
+        stale = 0
         ident = table.name()
         base = ".".join(_q(p) for p in (self._catalog_name(), *ident))
         main = head_id(table)
@@ -123,10 +131,14 @@ class SparkEngine(Engine):
                 ref = request.branch
             before = head_id(table, ref) if request.branch != MAIN else main
             view = f"icefield_batch_{uuid.uuid4().hex[:12]}"
-            batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" else data
             spark.createDataFrame(batch).createOrReplaceTempView(view)
             try:
-                statement, args, dynamic = self._statement(table, request, f"{base}.{_q('branch_' + ref)}", view, columns, whole_table)
+                source, buried = view, False
+                if newest and not request.truncate:
+                    source, buried, stale = self._newest_source(spark, request, view, base, before)
+                statement, args, dynamic = self._statement(
+                    table, request, f"{base}.{_q('branch_' + ref)}", source, columns, whole_table, newest=newest, buried=buried
+                )
                 self._run(spark, statement, args, request.summary, dynamic)
             finally:
                 spark.catalog.dropTempView(view)
@@ -138,7 +150,7 @@ class SparkEngine(Engine):
         head = head_id(fresh, ref)
         changed = head != before
         tx = fresh.transaction()
-        staged = StagedWrite(tx, changed)
+        staged = StagedWrite(tx, changed, rows_stale=stale, tombstones=deletes)
         if changed and head is not None:
             snap = fresh.snapshot_by_id(head)
             assert snap is not None and snap.summary is not None
@@ -180,12 +192,63 @@ class SparkEngine(Engine):
         else:
             spark.sql(f"ALTER TABLE {base} CREATE OR REPLACE BRANCH {_q(ref)} AS OF VERSION {main}")
 
+    def _newest_source(self, spark: Any, request: WriteRequest, view: str, base: str, before: int | None) -> tuple[str, bool, int]:
+        """The source of a ``keep_newest`` merge of the batch (view ``view``) into the table ``base`` (at
+        snapshot ``before``, the branch as cut), whether it has the column :data:`BURIED`, and the count of
+        its stale rows.
+
+        ``BURIED`` is true for an upsert whose key has a tombstone at least as new in ``request.tombstones``
+        (read at the snapshot the writer loaded, as the local engine reads it): such a row is not inserted,
+        so a late older event never resurrects a deleted key. The stale rows, as the local engine counts
+        them, are the batch rows a stored version at least as new matches, and the buried rows of keys the
+        table does not hold: Spark's merge metrics count target rows only, so one query counts them on
+        the same snapshots before the merge."""
+        target = request.target
+        keys, order = target.keys, target.order_columns
+        on = " AND ".join(f"s.{_q(k)} = t.{_q(k)}" for k in keys)
+        picked = ", ".join(_q(c) for c in dict.fromkeys([*keys, *order]))
+        graves = request.tombstones
+        grave = graves.current_snapshot() if graves is not None else None
+        source, buried = view, False
+        if graves is not None and grave is not None:
+            dead = f"{'.'.join(_q(p) for p in (self._catalog_name(), *graves.name()))} VERSION AS OF {grave.snapshot_id}"
+            hit = ", ".join(f"s.{_q(k)}" for k in keys)
+            back = " AND ".join(f"s.{_q(k)} = b.{_q(k)}" for k in keys)
+            source = (
+                f"(SELECT s.*, (NOT {_deleted_sql(target, request.data)} AND b.{_q(HIT)} IS NOT NULL) AS {_q(BURIED)} "
+                f"FROM {view} s LEFT JOIN (SELECT DISTINCT {hit}, true AS {_q(HIT)} FROM {view} s "
+                f"JOIN (SELECT {picked} FROM {dead}) t ON {on} WHERE NOT {_newer_sql(order)}) b ON {back})"
+            )
+            buried = True
+        counts = []
+        if before is not None:
+            stored = f"(SELECT {picked} FROM {base} VERSION AS OF {before})"
+            counts.append(f"(SELECT count(*) FROM {source} s LEFT SEMI JOIN {stored} t ON {on} AND NOT {_newer_sql(order)})")
+            if buried:
+                counts.append(f"(SELECT count(*) FROM {source} s LEFT ANTI JOIN {stored} t ON {on} WHERE s.{_q(BURIED)})")
+        elif buried:
+            counts.append(f"(SELECT count(*) FROM {source} s WHERE s.{_q(BURIED)})")
+        stale = 0
+        if counts:
+            query = "SELECT " + " + ".join(counts)
+            log.debug("spark: %s", query)
+            try:
+                stale = int(spark.sql(query).collect()[0][0])
+            except Exception as e:
+                if type(e).__name__ in ("AnalysisException", "ParseException"):
+                    raise ConfigError(f"Spark refused the count of the batch's stale versions ({e}); the query was: {query}") from e
+                raise
+        return source, buried, stale
+
     @staticmethod
     def _statement(
-        table: Table, request: WriteRequest, dest: str, view: str, columns: list[str], whole_table: bool
+        table: Table, request: WriteRequest, dest: str, view: str, columns: list[str], whole_table: bool,
+        newest: bool = False, buried: bool = False,
     ) -> tuple[str, dict[str, Any], bool]:
-        """The SQL statement that writes the batch (view ``view``) on ``dest`` (the table's branch), its named
-        arguments, and whether the overwrite is dynamic (by partition)."""
+        """The SQL statement that writes the batch (view ``view``, or a subquery over it) on ``dest`` (the
+        table's branch), its named arguments, and whether the overwrite is dynamic (by partition). ``newest``:
+        a ``keep_newest`` merge (only a strictly newer version replaces or deletes a stored row); ``buried``:
+        the source has the column :data:`BURIED` (rows not to insert, :meth:`_newest_source`)."""
         target, data = request.target, request.data
         have = set(data.column_names)
         select = ", ".join(f"s.{_q(c)}" if c in have else f"NULL AS {_q(c)}" for c in columns)
@@ -207,14 +270,17 @@ class SparkEngine(Engine):
             return f"INSERT INTO {dest} SELECT {select} FROM {view} s", {}, False
         # merge
         flag = target.delete_column if target.delete_column in have else None
-        deleted = f"coalesce(CAST(s.{_q(flag)} AS BOOLEAN), false)" if flag else "false"
+        deleted = _deleted_sql(target, data)
         if request.truncate:
             return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s WHERE NOT {deleted}", {}, False
         on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in target.keys)
         sets = ", ".join(f"t.{_q(c)} = s.{_q(c)}" for c in columns if c in have)
         cols = ", ".join(_q(c) for c in columns)
-        clauses = [f"WHEN MATCHED AND {deleted} THEN DELETE"] if flag else []
-        clauses += [f"WHEN MATCHED THEN UPDATE SET {sets}", f"WHEN NOT MATCHED AND NOT {deleted} THEN INSERT ({cols}) VALUES ({select})"]
+        # keep_newest: an older or equal version leaves the stored row as it is (stale).
+        matched = f"WHEN MATCHED AND {_newer_sql(target.order_columns)}" if newest else "WHEN MATCHED"
+        insert = f"WHEN NOT MATCHED AND NOT {deleted}" + (f" AND NOT s.{_q(BURIED)}" if buried else "")
+        clauses = [f"{matched} AND {deleted} THEN DELETE"] if flag else []
+        clauses += [f"{matched} THEN UPDATE SET {sets}", f"{insert} THEN INSERT ({cols}) VALUES ({select})"]
         return f"MERGE INTO {dest} t USING {view} s ON {on} " + " ".join(clauses), {}, False
 
     @staticmethod
@@ -240,6 +306,41 @@ class SparkEngine(Engine):
                     conf.unset(k)
                 else:
                     conf.set(k, v)
+
+
+def _keeps_newest(target: TargetConfig, batch: pa.Table) -> bool:
+    """True for a ``keep_newest`` merge whose batch has the order columns (as the local engine decides)."""
+    order = target.order_columns
+    return target.mode == "merge" and target.keep_newest and bool(order) and all(c in batch.column_names for c in order)
+
+
+def _deletes(target: TargetConfig, batch: pa.Table) -> pa.Table | None:
+    """The deletes of ``batch`` (deduplicated by key) as tombstones: their keys and version; None without any."""
+    import pyarrow.compute as pc
+
+    _, flag = split_deletes(batch, target.delete_column)
+    if not pc.any(flag).as_py():
+        return None
+    return batch.filter(flag).select(target.keys + target.order_columns)
+
+
+def _deleted_sql(target: TargetConfig, data: pa.Table) -> str:
+    """Spark SQL that is true for a source row ``s`` that deletes its key (a NULL flag is an upsert)."""
+    flag = target.delete_column if target.delete_column in data.column_names else None
+    return f"coalesce(CAST(s.{_q(flag)} AS BOOLEAN), false)" if flag else "false"
+
+
+def _newer_sql(order: list[str], new: str = "s", old: str = "t") -> str:
+    """Spark SQL that is true where the version of ``new`` is strictly newer than that of ``old``: the columns
+    ``order`` compared in turn, NULL older than any value and equal to NULL (as
+    :func:`icefield.iceberg.versions.newer_mask`)."""
+    terms: list[str] = []
+    equal: list[str] = []
+    for c in order:
+        a, b = f"{new}.{_q(c)}", f"{old}.{_q(c)}"
+        terms.append(" AND ".join([*equal, f"(coalesce({a} > {b}, false) OR ({a} IS NOT NULL AND {b} IS NULL))"]))
+        equal.append(f"({a} <=> {b})")
+    return "(" + " OR ".join(f"({t})" for t in terms) + ")"
 
 
 def _sits_on(table: Table, parent: int | None, cut: int | None) -> bool:
