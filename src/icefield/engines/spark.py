@@ -171,7 +171,7 @@ class SparkEngine(Engine):
                     f"{request.summary.get(SUMMARY_BATCH_ID)!r}: this Iceberg runtime ignores {SNAPSHOT_PROPERTY}*; "
                     "use the Iceberg Spark runtime 1.11 or newer"
                 )
-            _count(staged, summary, target.mode == "merge" and not request.truncate)
+            _count(staged, summary, target.mode == "merge", request.truncate)
             if request.branch == MAIN:
                 from pyiceberg.table.refs import SnapshotRefType
 
@@ -356,8 +356,9 @@ def _sits_on(table: Table, parent: int | None, cut: int | None) -> bool:
     return not int(summary.get("added-records", 0) or 0)
 
 
-def _count(staged: StagedWrite, summary: dict[str, str], merge: bool) -> None:
-    """Fill ``staged``'s counts from the summary of the snapshot Spark committed."""
+def _count(staged: StagedWrite, summary: dict[str, str], merge: bool, truncate: bool = False) -> None:
+    """Fill ``staged``'s counts from the summary of the snapshot Spark committed (a truncating merge inserts
+    every row it writes, as the local engine counts it)."""
 
     def n(key: str) -> int:
         return int(summary.get(key, 0) or 0)
@@ -365,7 +366,9 @@ def _count(staged: StagedWrite, summary: dict[str, str], merge: bool) -> None:
     staged.rows_written = n("added-records")
     staged.files_added = n("added-data-files")
     staged.files_removed = n("deleted-data-files")
-    if merge:
+    if merge and truncate:
+        staged.rows_inserted = staged.rows_written
+    elif merge:
         prefix = "spark.merge-into.num-target-rows-"
         staged.rows_updated, staged.rows_inserted = n(prefix + "updated"), n(prefix + "inserted")
         staged.rows_deleted = n(prefix + "deleted")
