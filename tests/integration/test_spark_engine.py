@@ -1,7 +1,8 @@
 """``engine: spark`` lands the same batches as ``engine: local`` (marker ``spark``).
 
 Two projects hold the same pipelines and the same source files, one on each engine: an append with a row
-check (a bad row goes to quarantine), and merges by key with deletes, copy-on-write and merge-on-read. After
+check (a bad row goes to quarantine), merges by key with deletes, copy-on-write and merge-on-read, and change
+data capture (``keep_newest`` merges with tombstones, from a CSV change feed and from Debezium events). After
 each run the tables hold the same rows, the quarantines the same rows, the runs report the same counts and the
 pipelines the same positions. On Spark, each batch is written on the staging branch by Spark's Iceberg writer
 and ``main`` moves to it in the commit that also moves the position; a batch already on ``main`` is skipped.

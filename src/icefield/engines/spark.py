@@ -9,7 +9,8 @@ position in one commit (the design is in :mod:`icefield.engines.base`, "A distri
 2. hands the batch (Arrow, typed as the table by the writer) to Spark and writes it on that branch with Iceberg's
    Spark writer: ``INSERT INTO`` (append), ``INSERT OVERWRITE`` (overwrite: dynamic by partition, or of the whole
    table with ``overwrite: table`` or an unpartitioned table), ``MERGE INTO`` (merge by ``target.keys``, deletes
-   by ``target.delete_column``; the table's ``write.merge.mode`` picks copy-on-write or merge-on-read). The
+   by ``target.delete_column``; the table's ``write.merge.mode`` picks copy-on-write or merge-on-read; a
+   ``keep_newest`` merge as below). The
    request's ``summary`` (``icefield.pipeline``, ``icefield.batch-id``, ``icefield.run-id``) goes on the
    snapshot through the session settings ``spark.sql.iceberg.snapshot-property.<key>``, set for that statement
    only;
@@ -21,8 +22,26 @@ position in one commit (the design is in :mod:`icefield.engines.base`, "A distri
    not reach ``main`` with it.
 
 A batch for an audit branch (write-audit-publish) is written on that branch directly and answered with an empty
-transaction. ``keep_newest`` merges (change data capture: versions compared with stored rows, tombstones) are
-refused with a :class:`ConfigError` that names the fix (``engine: local`` for that pipeline).
+transaction.
+
+A ``keep_newest`` merge (change data capture: versions ordered by ``target.order_by``) lands as the local engine
+lands it (:meth:`icefield.engines.local.LocalEngine.merge`):
+
+- the ``MERGE INTO``'s matched clauses compare versions (``WHEN MATCHED AND <newer> AND <deleted> THEN DELETE``,
+  ``WHEN MATCHED AND <newer> THEN UPDATE``; ``<newer>`` is the order columns compared in turn, NULL the oldest),
+  so an older or equal version never replaces or deletes a stored row;
+- a new key is inserted only when its version is newer than its tombstone: the source is the batch left-joined
+  with ``request.tombstones`` (``<table>__tombstones``, read by Spark ``VERSION AS OF`` the snapshot the writer
+  loaded), which marks the upserts a tombstone at least as new holds back (:data:`BURIED`), so a late older
+  event never resurrects a deleted row;
+- the batch's deletes (keys and version) are handed to ``request.on_tombstones`` before any Spark work; the
+  writer records them in the tombstone table, in a commit of its own (landed by this engine too) that precedes
+  the data commit. A truncating batch returns them in :attr:`StagedWrite.tombstones` instead, as the local
+  engine does;
+- ``rows_stale`` (versions dropped as not newer) is counted by one Spark query before the merge, on the same
+  snapshots the merge reads (the branch cut and the tombstones as loaded): batch rows a stored version at least
+  as new matches, and upserts of keys the table lacks held back by a tombstone. Spark's merge metrics count
+  target rows only, so they cannot tell it.
 """
 
 from __future__ import annotations
