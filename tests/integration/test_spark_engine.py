@@ -18,6 +18,8 @@ One Spark session (local[2]) serves the module: it starts in about 20 s.
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +95,13 @@ def _project(root: Path, engine: str) -> Project:
             f"delete_column: deleted, properties: {{write.merge.mode: {mode}}}}}\n"
             "checks:\n  - range: {column: amount, min: 0}\n",
         )
+    # A change table read by its arrival order (seq), its versions ordered by `version`: Spark reads it itself.
+    _write(
+        root, "pipelines/cdc_sql.yaml",
+        f"name: cdc_sql\nsource: {{type: sql, url: 'sqlite:///{root.parent / 'changes.db'}', table: changes, cursor: seq}}\n"
+        "target: {table: raw.cdc_sql, mode: merge, keys: [id], order_by: version, keep_newest: true, delete_column: deleted}\n"
+        "checks:\n  - range: {column: amount, min: 0}\n",
+    )
     _write(root, "pipelines/users.yaml", "name: users\nsource: {type: debezium, path: 'cdc/users/*.jsonl'}\ntarget: {table: raw.users, keys: [id]}\n")
     _write(
         root, "pipelines/ovw.yaml",
@@ -108,6 +117,8 @@ def _project(root: Path, engine: str) -> Project:
 @pytest.fixture(scope="module")
 def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Project]:
     base = tmp_path_factory.mktemp("engines")
+    with sqlite3.connect(base / "changes.db") as con:
+        con.execute("CREATE TABLE changes (id INTEGER, seq INTEGER, version INTEGER, name TEXT, amount REAL, deleted INTEGER)")
     return {engine: _project(base / engine, engine) for engine in ("local", "spark")}
 
 
@@ -301,6 +312,43 @@ def test_a_keep_newest_merge_with_tombstones_lands_the_same(projects: dict[str, 
 
     results = _run_both(projects, name)
     assert results["spark"].rows_in == 0 and _rows(projects["spark"], table) == _rows(projects["local"], table)
+
+
+# (id, version, name, amount, deleted) in arrival order; seq is the position in this list.
+CHANGES: list[list[tuple[Any, ...]]] = [
+    [*((i, 10, f"v{i}", float(i), 0) for i in range(1, 7)), (50, 10, "bad", -1.0, 0)],
+    # 2 newer, 3 older and 4 equal (stale), 5 deleted, 6 an older delete (stale), 9 deleted before it existed
+    [(2, 20, "two", 2.5, 0), (3, 5, "old", 3.5, 0), (4, 10, "same", 4.5, 0), (5, 20, None, 0.0, 1), (6, 8, None, 0.0, 1),
+     (9, 20, None, 0.0, 1)],
+    # late: 5 older and 9 equal to their tombstones (held back); 6 newer; 1 twice (the newer version arrives first)
+    [(5, 15, "late", 5.5, 0), (9, 20, "late", 9.5, 0), (6, 30, "six", 6.5, 0), (1, 12, "one", 1.5, 0), (1, 11, "eleven", 1.1, 0)],
+]  # fmt: skip
+CHANGES_STALE = [0, 3, 2]
+
+
+def test_a_keep_newest_merge_of_a_sql_source_spark_reads_lands_the_same(
+    projects: dict[str, Project], spark: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``sql`` source Spark reads itself (the batch stays in Spark) merged with ``keep_newest``: the tombstones
+    are collected from Spark's rows, and the tables, tombstones, counts and positions are the local engine's."""
+    db = projects["spark"].root.parent / "changes.db"
+    seq = 0
+    for i, rows in enumerate(CHANGES):
+        with sqlite3.connect(db) as con:
+            for r in rows:
+                seq += 1
+                con.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?)", (r[0], seq, *r[1:]))
+        with caplog.at_level(logging.INFO, logger="icefield.engines.spark"):
+            results = _run_both(projects, "cdc_sql")
+        assert any(r.getMessage().startswith("spark read ") for r in caplog.records), "Spark read the source itself"
+        caplog.clear()
+        _assert_same(projects, "cdc_sql", "raw.cdc_sql", results)
+        stale = {engine: [b.rows_stale for b in r.batches] for engine, r in results.items()}
+        assert stale["spark"] == stale["local"] == [CHANGES_STALE[i]]
+        assert _graves(projects["spark"], "raw.cdc_sql") == _graves(projects["local"], "raw.cdc_sql")
+    rows = {r[0]: r[3] for r in _rows(projects["spark"], "raw.cdc_sql")}  # id, seq, version, name, amount
+    assert rows == {1: "one", 2: "two", 3: "v3", 4: "v4", 6: "six"}
+    assert {r[0] for r in _graves(projects["spark"], "raw.cdc_sql")} == {5, 6, 9}
 
 
 def _event(op: str, row: dict[str, Any] | None, commit: int | None, lsn: int, before: dict[str, Any] | None = None) -> str:

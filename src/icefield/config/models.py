@@ -128,13 +128,17 @@ class SparkConfig(_Model):
     ``master`` is the Spark master (``local[N]``, ``spark://host:7077``, ``k8s://...``); ``memory`` the
     driver's memory; ``jars_dir`` the folder holding the Iceberg runtime and JDBC driver jars (relative to the
     project; default: the icefield cache's ``jars`` folder) or ``jars`` the jar files one by one; ``conf``
-    more Spark settings, applied last (they win)."""
+    more Spark settings, applied last (they win). ``read_sources`` (default on): Spark reads ``sql`` sources
+    itself, with its JDBC reader split into ``read_partitions`` ranges of the cursor (default: Spark's default
+    parallelism), and runs the row checks over them; off: the source is read by this process and handed over."""
 
     master: str = "local[2]"
     memory: str = "2g"
     jars_dir: str | None = None
     jars: list[str] = Field(default_factory=list)
     conf: dict[str, str] = Field(default_factory=dict)
+    read_partitions: Annotated[int, Field(ge=1)] | None = None
+    read_sources: bool = True
 
 
 EngineName = Literal["local", "spark"]

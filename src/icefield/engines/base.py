@@ -60,6 +60,26 @@ class EngineCapabilities:
     """Runs SQL over the tables itself (today every query runs on the query seam, :mod:`icefield.query`)."""
     distributed: bool = False
     """Runs beyond this process (a cluster): worth its start-up only for big batches."""
+    dialect: str | None = None
+    """The SQL dialect (sqlglot's name) of the conditions :meth:`Engine.split` takes."""
+    reads: frozenset[str] = frozenset()
+    """Source types whose rows the engine reads itself, in parallel, keeping them out of this process
+    (:class:`Frame`): ``sql`` is a JDBC read split by the cursor range (:meth:`Engine.read_jdbc`)."""
+
+
+@dataclass
+class Frame:
+    """Rows of a batch the engine holds (read by its own readers, never brought into this process):
+    ``handle`` is the engine's (Spark: a temporary view of a checkpointed DataFrame), ``rows`` how many.
+    ``order`` names the columns that order the rows as the source did (a merge keeps the last of a key).
+
+    The core treats a frame as part of a batch: :meth:`Engine.split` takes out the rows a check or a type
+    could refuse (as Arrow, for the same checks and quarantine as every batch), the rest is written with the
+    batch (:attr:`WriteRequest.frame`), and :meth:`Engine.release` frees it."""
+
+    handle: Any
+    rows: int
+    order: tuple[str, ...] = ()
 
 
 @dataclass
@@ -89,6 +109,8 @@ class WriteRequest:
     tombstones: Table | None = None
     on_tombstones: Callable[[pa.Table], None] | None = None
     memo: dict[str, Any] = field(default_factory=dict)
+    frame: Frame | None = None
+    """More rows of the batch, held by the engine (:class:`Frame`), already checked: written with ``data``."""
 
 
 @dataclass
@@ -133,3 +155,21 @@ class Engine:
         ``ValidationException`` when the table moved under it (the commit path calls it again on the fresh
         table), icefield errors for what no retry can fix."""
         raise NotImplementedError(f"engine {self.name!r} cannot land batches")
+
+    def read_jdbc(self, url: str, select: str, column: str | None, bounds: tuple[str, str] | None, extra: pa.Table | None) -> Frame:
+        """Read the rows of ``select`` (SQL of the source database, a SELECT) from the database at ``url``
+        (a SQLAlchemy URL) with the engine's own readers, split into ranges of ``column`` between ``bounds``
+        (``(lower, upper)`` as text; None: one reader), plus the rows of ``extra`` read here; hold them as one
+        :class:`Frame`. Only engines whose :attr:`EngineCapabilities.reads` holds ``sql`` implement it."""
+        raise NotImplementedError(f"engine {self.name!r} does not read sources")
+
+    def split(self, frame: Frame, table: Table, suspect: str | None, columns: list[str]) -> tuple[Frame, pa.Table]:
+        """Take out of ``frame`` the rows that a row check may refuse (``suspect``: a boolean SQL expression of
+        the engine's dialect over the frame's columns, window functions allowed; None: none) or whose value
+        does not fit the type of ``table``'s column (a cast that fails), and return them as Arrow, as read;
+        the other rows are a new frame typed as ``table`` with ``columns`` (those of the batch, the delete flag
+        included), which the batch writes. ``frame`` is released."""
+        raise NotImplementedError(f"engine {self.name!r} does not read sources")
+
+    def release(self, frame: Frame) -> None:  # noqa: B027 - engines that hold frames free them here
+        """Free what ``frame`` holds (no-op when released already)."""

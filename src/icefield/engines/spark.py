@@ -52,7 +52,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from icefield.engines.base import Engine, EngineCapabilities, StagedWrite, WriteRequest
+from icefield.engines.base import Engine, EngineCapabilities, Frame, StagedWrite, WriteRequest
 from icefield.errors import ConfigError
 from icefield.iceberg.history import MAIN, SUMMARY_BATCH_ID, SUMMARY_PIPELINE, head_id
 from icefield.iceberg.versions import dedupe_latest, split_deletes
@@ -74,6 +74,8 @@ BURIED = "_icefield_buried"
 """The column of a ``keep_newest`` merge's source that marks an upsert a tombstone at least as new holds back."""
 HIT = "_icefield_hit"
 
+_JDBC_DRIVERS = {"sqlite": "org.sqlite.JDBC", "postgresql": "org.postgresql.Driver"}
+
 # One statement at a time: the snapshot properties and the overwrite mode are settings of the one session.
 _session_lock = threading.RLock()
 
@@ -92,13 +94,16 @@ class SparkEngine(Engine):
     """Lands batches with Spark's Iceberg writer on a staging branch; ``main`` moves with the position."""
 
     name: ClassVar[str] = "spark"
-    capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(supports_merge=True, distributed=True)
+    capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(
+        supports_merge=True, distributed=True, dialect="spark", reads=frozenset({"sql"})
+    )
 
     def __init__(self, project: Project | None = None, session: Any = None) -> None:
         self._project = project
         self._session = session
         self.timings: list[tuple[str, float]] = []
         """``(batch id, seconds)`` of each :meth:`stage`: the Spark work of the batch."""
+        self._frames: dict[str, Any] = {}  # view name -> its checkpointed DataFrame
 
     @classmethod
     def for_project(cls, project: Project | None) -> Engine:
@@ -126,15 +131,19 @@ class SparkEngine(Engine):
         ``main`` (see the module doc)."""
         target, data = request.target, request.data
         whole_table = target.mode == "overwrite" and (target.overwrite == "table" or table.spec().is_unpartitioned())
-        if not data.num_rows and not request.truncate and not whole_table and request.replace_file is None:
+        frame = request.frame
+        if frame is not None and not frame.rows:
+            frame = None
+        if not data.num_rows and frame is None and not request.truncate and not whole_table and request.replace_file is None:
             return StagedWrite(table.transaction(), changed=False)
         started = time.perf_counter()
-        batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" else data
-        newest = _keeps_newest(target, batch)
+        batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" and frame is None else data
+        newest = frame is None and _keeps_newest(target, batch.column_names)
         deletes = _deletes(target, batch) if newest else None
-        if deletes is not None and request.on_tombstones is not None and not request.truncate:
+        hand = request.on_tombstones if not request.truncate else None
+        if deletes is not None and hand is not None:
             # The writer records them while Spark merges (before the data commit), as with the local engine.
-            request.on_tombstones(deletes)
+            hand(deletes)
             deletes = None
         stale = 0
         ident = table.name()
@@ -150,11 +159,23 @@ class SparkEngine(Engine):
                 ref = request.branch
             before = head_id(table, ref) if request.branch != MAIN else main
             view = f"icefield_batch_{uuid.uuid4().hex[:12]}"
-            spark.createDataFrame(batch).createOrReplaceTempView(view)
+            names = batch.column_names
+            if frame is None:
+                spark.createDataFrame(batch).createOrReplaceTempView(view)
+            else:
+                df = self._with_frame(data, frame, request)
+                df.createOrReplaceTempView(view)
+                names = list(df.columns)
+                newest = _keeps_newest(target, names)
             try:
+                if frame is not None and newest:  # the deletes of the rows Spark holds, as tombstones
+                    deletes = self._frame_deletes(spark, target, view, names)
+                    if deletes is not None and hand is not None:
+                        hand(deletes)
+                        deletes = None
                 source, buried = view, False
                 if newest and not request.truncate:
-                    source, buried, stale = self._newest_source(spark, request, view, base, before)
+                    source, buried, stale = self._newest_source(spark, request, view, names, base, before)
                 statement, args, dynamic = self._statement(
                     table, request, f"{base}.{_q('branch_' + ref)}", source, columns, whole_table, newest=newest, buried=buried
                 )
@@ -201,6 +222,145 @@ class SparkEngine(Engine):
         log.info("spark staged batch %s of %s on %s in %.1fs", request.summary.get(SUMMARY_BATCH_ID), ".".join(ident), ref, seconds)
         return staged
 
+    def _with_frame(self, data: Any, frame: Frame, request: WriteRequest) -> Any:
+        """The batch as one DataFrame: the engine's ``frame`` (typed as the table by :meth:`split`) and the
+        rows of ``data`` cast to its types; a merge keeps the last version of each key (by ``order_by``, else
+        by the order the source gave: the frame's ``order``)."""
+        df = self._frames[frame.handle]
+        if data.num_rows:
+            more = self.spark.createDataFrame(data)
+            have = set(more.columns)
+            from pyspark.sql import functions as F
+
+            more = more.select(*[(F.col(_q(f.name)) if f.name in have else F.lit(None)).cast(f.dataType).alias(f.name) for f in df.schema])
+            df = df.unionByName(more)
+        target = request.target
+        if target.mode != "merge":
+            return df
+        from pyspark.sql import Window
+        from pyspark.sql import functions as F
+
+        order = list(target.order_columns) or list(frame.order)
+        by = [F.col(_q(c)).desc_nulls_last() for c in order] or [F.lit(1)]
+        rank = "__icefield_rank"
+        newest = Window.partitionBy(*[F.col(_q(k)) for k in target.keys]).orderBy(*by)
+        return df.withColumn(rank, F.row_number().over(newest)).filter(F.col(rank) == 1).drop(rank).localCheckpoint(eager=True)
+
+    # ------------------------------------------------------------------ reading sources (frames)
+
+    def read_jdbc(self, url: str, select: str, column: str | None, bounds: tuple[str, str] | None, extra: Any) -> Frame:
+        """Read ``select`` from the database at ``url`` with Spark's JDBC reader, in ``spark.read_partitions``
+        ranges of ``column`` between ``bounds`` (Spark's ``partitionColumn``, ``lowerBound``, ``upperBound``), plus
+        the rows of ``extra``; checkpointed (eagerly, on the executors), so every later step sees the rows read
+        once, never a second read of a source that moved meanwhile. See :meth:`Engine.read_jdbc`."""
+        from icefield.engines.spark_session import jdbc_url_from_sqlalchemy
+
+        jdbc, user, password = jdbc_url_from_sqlalchemy(url)
+        with _session_lock:
+            spark = self.spark
+            reader = (
+                spark.read.format("jdbc")
+                .option("url", jdbc)
+                .option("dbtable", f"({select}) icefield_source")
+                .option("fetchsize", "10000")
+                # a timestamp without a time zone stays one (Iceberg's timestamp, not timestamptz)
+                .option("preferTimestampNTZ", "true")
+            )
+            driver = _JDBC_DRIVERS.get(jdbc.split(":")[1])
+            if driver is not None:  # the jars are on Spark's class loader, which java.sql.DriverManager does not search
+                reader = reader.option("driver", driver)
+            if user is not None:
+                reader = reader.option("user", user)
+            if password is not None:
+                reader = reader.option("password", password)
+            parts = self.read_partitions()
+            if column is not None and bounds is not None and parts > 1:
+                reader = (
+                    reader.option("partitionColumn", column)
+                    .option("lowerBound", bounds[0])
+                    .option("upperBound", bounds[1])
+                    .option("numPartitions", str(parts))
+                )
+            started = time.perf_counter()
+            try:
+                df = reader.load()
+                ranges = df.rdd.getNumPartitions()
+                if extra is not None and extra.num_rows:
+                    from pyspark.sql import functions as F
+
+                    more = spark.createDataFrame(extra)
+                    df = df.unionByName(more.select(*[F.col(_q(f.name)).cast(f.dataType).alias(f.name) for f in df.schema]))
+                df = df.localCheckpoint(eager=True)
+            except Exception as e:
+                from icefield.errors import SourceError
+
+                if type(e).__name__ in ("AnalysisException", "ParseException"):
+                    raise ConfigError(f"Spark could not read the source ({_first_line(e)}); the query was: {select}") from e
+                raise SourceError(f"Spark's JDBC read of the source failed: {_first_line(e)}") from e
+            rows = df.count()
+            view = f"icefield_frame_{uuid.uuid4().hex[:12]}"
+            df.createOrReplaceTempView(view)
+            self._frames[view] = df
+        log.info("spark read %d rows of the source in %d range(s) in %.1fs", rows, ranges, time.perf_counter() - started)
+        return Frame(view, rows)
+
+    def read_partitions(self) -> int:
+        """How many ranges a source read is split into: ``spark.read_partitions``, else Spark's default
+        parallelism (the cores of ``local[N]``, of the cluster's workers)."""
+        configured = self._project.config.spark.read_partitions if self._project is not None else None
+        return configured or int(self.spark.sparkContext.defaultParallelism)
+
+    def split(self, frame: Frame, table: Table, suspect: str | None, columns: list[str]) -> tuple[Frame, Any]:
+        """See :meth:`Engine.split`: one pass marks each row (the check condition, or a value whose cast to the
+        table's type fails), the marked rows come back as Arrow, the others stay, cast to the table's types."""
+        base = ".".join(_q(p) for p in (self._catalog_name(), *table.name()))
+        with _session_lock:
+            spark = self.spark
+            df = self._frames.pop(frame.handle)
+            types = {f.name: f.dataType for f in spark.table(base).schema}
+            have = {f.name: f.dataType for f in df.schema}
+            marks = [f"({suspect})"] if suspect else []
+            for name, t in have.items():
+                if name in types and types[name] != t:
+                    marks.append(f"({_q(name)} IS NOT NULL AND try_cast({_q(name)} AS {types[name].simpleString()}) IS NULL)")
+            flag = "__icefield_suspect"
+            try:
+                marked = spark.sql(
+                    f"SELECT *, coalesce({' OR '.join(marks) or 'false'}, false) AS {flag} FROM {frame.handle}"
+                ).localCheckpoint(eager=True)
+            except Exception as e:
+                if type(e).__name__ in ("AnalysisException", "ParseException"):
+                    raise ConfigError(f"Spark could not run the batch's checks ({_first_line(e)}); fix the check") from e
+                raise
+            finally:
+                spark.catalog.dropTempView(frame.handle)
+            suspects = marked.filter(f"{flag}").drop(flag).toArrow()
+            select = []
+            for name in columns:
+                if name in types:
+                    source = _q(name) if name in have else "NULL"
+                    select.append(f"CAST({source} AS {types[name].simpleString()}) AS {_q(name)}")
+                elif name in have:
+                    select.append(_q(name))
+            view = f"icefield_frame_{uuid.uuid4().hex[:12]}"
+            marked.createOrReplaceTempView(view)
+            try:
+                good = spark.sql(f"SELECT {', '.join(select)} FROM {view} WHERE NOT {flag}").localCheckpoint(eager=True)
+            finally:
+                spark.catalog.dropTempView(view)
+            rows = good.count()
+            good.createOrReplaceTempView(view)
+            self._frames[view] = good
+        log.info("spark checks: %d of %d rows to check here", suspects.num_rows, frame.rows)
+        return Frame(view, rows, frame.order), suspects
+
+    def release(self, frame: Frame) -> None:
+        df = self._frames.pop(frame.handle, None)
+        if df is not None:
+            with _session_lock:
+                self.spark.catalog.dropTempView(frame.handle)
+                df.unpersist()
+
     @staticmethod
     def _cut(spark: Any, base: str, ref: str, main: int | None) -> None:
         """Point the staging branch ``ref`` at ``main`` (a new branch of a table without a snapshot gets an
@@ -211,8 +371,20 @@ class SparkEngine(Engine):
         else:
             spark.sql(f"ALTER TABLE {base} CREATE OR REPLACE BRANCH {_q(ref)} AS OF VERSION {main}")
 
-    def _newest_source(self, spark: Any, request: WriteRequest, view: str, base: str, before: int | None) -> tuple[str, bool, int]:
-        """The source of a ``keep_newest`` merge of the batch (view ``view``) into the table ``base`` (at
+    @staticmethod
+    def _frame_deletes(spark: Any, target: TargetConfig, view: str, names: list[str]) -> pa.Table | None:
+        """The deletes of the batch in ``view`` (deduplicated by key, columns ``names``) as tombstones: their
+        keys and version, collected from Spark; None without any."""
+        if target.delete_column not in names:
+            return None
+        picked = ", ".join(f"s.{_q(c)}" for c in dict.fromkeys([*target.keys, *target.order_columns]))
+        rows = spark.sql(f"SELECT {picked} FROM {view} s WHERE {_deleted_sql(target, names)}").toArrow()
+        return rows if rows.num_rows else None
+
+    def _newest_source(
+        self, spark: Any, request: WriteRequest, view: str, names: list[str], base: str, before: int | None
+    ) -> tuple[str, bool, int]:
+        """The source of a ``keep_newest`` merge of the batch (view ``view``, columns ``names``) into the table ``base`` (at
         snapshot ``before``, the branch as cut), whether it has the column :data:`BURIED`, and the count of
         its stale rows.
 
@@ -234,7 +406,7 @@ class SparkEngine(Engine):
             hit = ", ".join(f"s.{_q(k)}" for k in keys)
             back = " AND ".join(f"s.{_q(k)} = b.{_q(k)}" for k in keys)
             source = (
-                f"(SELECT s.*, (NOT {_deleted_sql(target, request.data)} AND b.{_q(HIT)} IS NOT NULL) AS {_q(BURIED)} "
+                f"(SELECT s.*, (NOT {_deleted_sql(target, names)} AND b.{_q(HIT)} IS NOT NULL) AS {_q(BURIED)} "
                 f"FROM {view} s LEFT JOIN (SELECT DISTINCT {hit}, true AS {_q(HIT)} FROM {view} s "
                 f"JOIN (SELECT {picked} FROM {dead}) t ON {on} WHERE NOT {_newer_sql(order)}) b ON {back})"
             )
@@ -289,7 +461,7 @@ class SparkEngine(Engine):
             return f"INSERT INTO {dest} SELECT {select} FROM {view} s", {}, False
         # merge
         flag = target.delete_column if target.delete_column in have else None
-        deleted = _deleted_sql(target, data)
+        deleted = _deleted_sql(target, data.column_names)
         if request.truncate:
             return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s WHERE NOT {deleted}", {}, False
         on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in target.keys)
@@ -327,10 +499,11 @@ class SparkEngine(Engine):
                     conf.set(k, v)
 
 
-def _keeps_newest(target: TargetConfig, batch: pa.Table) -> bool:
-    """True for a ``keep_newest`` merge whose batch has the order columns (as the local engine decides)."""
+def _keeps_newest(target: TargetConfig, names: list[str]) -> bool:
+    """True for a ``keep_newest`` merge whose batch (columns ``names``) has the order columns (as the local
+    engine decides)."""
     order = target.order_columns
-    return target.mode == "merge" and target.keep_newest and bool(order) and all(c in batch.column_names for c in order)
+    return target.mode == "merge" and target.keep_newest and bool(order) and all(c in names for c in order)
 
 
 def _deletes(target: TargetConfig, batch: pa.Table) -> pa.Table | None:
@@ -343,9 +516,10 @@ def _deletes(target: TargetConfig, batch: pa.Table) -> pa.Table | None:
     return batch.filter(flag).select(target.keys + target.order_columns)
 
 
-def _deleted_sql(target: TargetConfig, data: pa.Table) -> str:
-    """Spark SQL that is true for a source row ``s`` that deletes its key (a NULL flag is an upsert)."""
-    flag = target.delete_column if target.delete_column in data.column_names else None
+def _deleted_sql(target: TargetConfig, names: list[str]) -> str:
+    """Spark SQL that is true for a source row ``s`` (columns ``names``) that deletes its key (a NULL flag is
+    an upsert)."""
+    flag = target.delete_column if target.delete_column in names else None
     return f"coalesce(CAST(s.{_q(flag)} AS BOOLEAN), false)" if flag else "false"
 
 
@@ -360,6 +534,13 @@ def _newer_sql(order: list[str], new: str = "s", old: str = "t") -> str:
         terms.append(" AND ".join([*equal, f"(coalesce({a} > {b}, false) OR ({a} IS NOT NULL AND {b} IS NULL))"]))
         equal.append(f"({a} <=> {b})")
     return "(" + " OR ".join(f"({t})" for t in terms) + ")"
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (a Java exception's own, not py4j's call)."""
+    java = getattr(e, "java_exception", None)
+    text = (str(java) if java is not None else str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _sits_on(table: Table, parent: int | None, cut: int | None) -> bool:

@@ -20,6 +20,7 @@ from icefield.errors import ConfigError
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
+    from icefield.engines.base import Engine, Frame
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class SourceBatch:
     # ``describe(indices)`` -> ``(raw record, coordinates)`` of rows of ``data``, for sources that keep no
     # raw text per row but can make it on demand (columnar files).
     describe: Callable[[list[int]], list[tuple[str, str]]] | None = None
+    # Rows of the batch the engine read and holds (icefield.engines.base.Frame), besides ``data`` (which then
+    # holds none of them; its schema is the batch's). icefield.quality.frames says how they are checked.
+    frame: Frame | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
@@ -82,7 +86,7 @@ class SourceBatch:
 
     @property
     def rows_in(self) -> int:
-        return self.data.num_rows + len(self.rejected) + self.filtered
+        return self.data.num_rows + len(self.rejected) + self.filtered + (self.frame.rows if self.frame is not None else 0)
 
 
 def row_coords(label: str, names: list[str], row: tuple[Any, ...], keys: list[str], index: int) -> str:
@@ -172,6 +176,10 @@ class Source:
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once after the run."""
 
+    def read_with(self, engine: Engine) -> None:  # noqa: B027 - optional hook
+        """Offered by :func:`open_source` when ``engine`` reads this source type itself: the source may then
+        yield batches whose rows the engine holds (:attr:`SourceBatch.frame`)."""
+
 
 def rebatch(batches: Any, size: int, skip: int, first: int | None = None) -> Iterator[tuple[int, pa.Table]]:
     """Regroup Arrow record batches into tables of exactly ``size`` rows (the first of ``first`` rows when
@@ -212,8 +220,10 @@ _REGISTRY: dict[str, str] = {
 }
 
 
-def open_source(pipeline: PipelineConfig, project: Project, batch_size: int) -> Source:
-    """Instantiate the source a pipeline declares. Raises :class:`ConfigError` for unknown types."""
+def open_source(pipeline: PipelineConfig, project: Project, batch_size: int, engine: Engine | None = None) -> Source:
+    """Instantiate the source a pipeline declares. Raises :class:`ConfigError` for unknown types. When
+    ``engine`` reads sources of this type itself (:attr:`~icefield.engines.base.EngineCapabilities.reads`),
+    the source is offered it (:meth:`Source.read_with`)."""
     kind = pipeline.source.type
     try:
         module_name, cls_name = _REGISTRY[kind].split(":")
@@ -221,4 +231,6 @@ def open_source(pipeline: PipelineConfig, project: Project, batch_size: int) -> 
         raise ConfigError(f"unknown source type {kind!r}; use one of {sorted(_REGISTRY)}") from None
     cls = getattr(importlib.import_module(module_name), cls_name)
     source: Source = cls(pipeline, project, batch_size)
+    if engine is not None and kind in engine.capabilities.reads:
+        source.read_with(engine)
     return source

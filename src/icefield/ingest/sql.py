@@ -121,6 +121,8 @@ class SqlSource(Source):
         self.where = f"{self.file}: source.url"
         self.project_root = project.root
         self._engine: Engine | None = None
+        self._reader: Any = None  # an icefield engine that reads the source itself (read_with)
+        self._split_ok = project.config.spark.read_sources
         if self.cfg.cursor is None and pipeline.target.mode == "append":
             raise ConfigError(
                 f"pipeline {pipeline.name!r}: a sql source without 'cursor' is a full load, and mode 'append' "
@@ -199,6 +201,12 @@ class SqlSource(Source):
             return TransientError(f"{self.where}: cannot reach the source database while {doing} ({text}); check that it runs and rerun")
         return SourceError(f"{self.where}: {doing} failed ({text})")
 
+    def read_with(self, engine: Any) -> None:
+        """Let ``engine`` read the rows between the committed cursor value and the newest one (see
+        :meth:`_read_split`); not for full loads, nor when ``spark.read_sources`` is off."""
+        if self._split_ok and self.cfg.cursor is not None:
+            self._reader = engine
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
@@ -256,6 +264,12 @@ class SqlSource(Source):
             if last is not None:
                 stmt = stmt.where(col >= last)
             stmt = stmt.order_by(col.asc().nulls_first())
+        if self._reader is not None and cursor_col is not None and (last is not None or not boundary):
+            try:
+                yield from self._read_split(stmt, from_clause.c[cursor_col], names, types, cursor_col, last, boundary)
+            except exc.SQLAlchemyError as e:
+                raise self._error(e, "reading the source") from e
+            return
         try:
             chunks = self._chunks(stmt, names, types, cursor_col)
             if cursor_col is None:
@@ -283,6 +297,59 @@ class SqlSource(Source):
                 yield self._batch(chunk, drop, position, key)
         except exc.SQLAlchemyError as e:
             raise self._error(e, "reading the source") from e
+
+    def _read_split(
+        self, stmt: Any, col: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str, last: Any, boundary: set[str]
+    ) -> Iterator[SourceBatch]:
+        """Everything after the position as one batch, read mostly by the engine (:meth:`read_with`).
+
+        The newest cursor value ``hi`` is read first. The engine reads the rows strictly between the committed
+        value ``last`` and ``hi`` (JDBC, split into ranges of the cursor); this process reads the rows at the
+        two edges: at ``last`` (those not loaded yet: the boundary's fingerprints) and at ``hi`` (whose
+        fingerprints are the new boundary), and, on a first run, the rows without a cursor value. So each row
+        is read by one reader only, and the position names exactly the rows the batch holds, whatever the
+        source commits meanwhile. The position and the batch key are those of :meth:`read` reading the same
+        rows as one chunk."""
+        from sqlalchemy import and_, func, or_, select
+
+        sub = stmt.order_by(None).subquery()
+        with self.engine().connect() as con:
+            lo, hi = con.execute(select(func.min(sub.c[cursor]), func.max(sub.c[cursor]))).one()
+        if hi is None:
+            hi = last
+        edges_at = [col == last] if last is not None else [col.is_(None)]
+        if hi is not None and hi != last:
+            edges_at.append(col == hi)
+        edges = _Chunk.concat(list(self._chunks(stmt.where(or_(*edges_at)), names, types, cursor)), names)
+        if edges.size == 0:
+            edges.cursor_values = []
+        drop: set[int] = set()
+        if last is not None or boundary:
+            drop = {i for i in edges.equal(last) if self._fp(edges.raw_row(i)) in boundary}
+        middle = None
+        if last is None:
+            middle = col < hi if hi is not None else None
+        elif hi != last:
+            middle = and_(col > last, col < hi)
+        if middle is None and len(drop) == edges.size:
+            return
+        first_pos = {"cursor": _encode(last), "boundary": sorted(boundary)} if last is not None or boundary else None
+        new_last = hi if hi is not None else last
+        at_last = {self._fp(edges.raw_row(i)) for i in edges.equal(new_last) if i not in drop}
+        boundary = (boundary | at_last) if new_last == last else at_last
+        position = {"cursor": _encode(new_last), "boundary": sorted(boundary)}
+        key = f"sql:{json.dumps(first_pos, sort_keys=True)}->{json.dumps(position, sort_keys=True)}"
+        batch = self._batch(edges, drop, position, key)
+        if middle is not None:
+            inner = stmt.where(middle).order_by(None)
+            sql = str(inner.compile(dialect=self.engine().dialect, compile_kwargs={"literal_binds": True}))
+            lower = last if last is not None else lo
+            bounds = (_bound(lower), _bound(hi)) if _splittable(lower) and _splittable(hi) else None
+            url = self.engine().url.render_as_string(hide_password=False)
+            batch.frame = self._reader.read_jdbc(url, sql, cursor, bounds, batch.data)
+            batch.frame.order = (cursor,)
+            batch.data = batch.data.slice(0, 0)
+        yield batch
 
     def _fp(self, row: tuple[Any, ...]) -> str:
         # The whole row, not its key: a row updated again within the cursor's resolution keeps the cursor
@@ -448,6 +515,20 @@ def classify_db_error(e: BaseException) -> tuple[str, str]:
     return "other", text
 
 
+def _splittable(v: Any) -> bool:
+    """Whether Spark's JDBC reader can split a range of this cursor value's type (numbers, dates, times)."""
+    return isinstance(v, (int, float, decimal.Decimal, dt.date)) and not isinstance(v, bool)
+
+
+def _bound(v: Any) -> str:
+    """A cursor value as the bound text Spark's JDBC reader parses for the column's type."""
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is not None:
+            v = v.astimezone(dt.UTC).replace(tzinfo=None)
+        return v.isoformat(sep=" ")
+    return v.isoformat() if isinstance(v, dt.date) else str(v)
+
+
 def _adbc_available() -> bool:
     import importlib.util
 
@@ -503,6 +584,9 @@ class _Chunk:
             bad.update({offset + i: r for i, r in c.bad.items()})
             offset += c.size
         if all(c.rows is not None for c in chunks):
-            return _Chunk(typed, bad, names, rows=[r for c in chunks for r in (c.rows or [])])
+            values = [v for c in chunks for v in c.cursor_values] if all(isinstance(c.cursor_values, list) for c in chunks) else None
+            return _Chunk(typed, bad, names, rows=[r for c in chunks for r in (c.rows or [])], cursor_values=values)
         raw = pa.concat_tables([c.arrow_raw for c in chunks if c.arrow_raw is not None])
-        return _Chunk(typed, bad, names, arrow_raw=raw)
+        cursors = [c.cursor_values for c in chunks if c.cursor_values is not None]
+        column = pa.chunked_array([a for v in cursors for a in (v.chunks if isinstance(v, pa.ChunkedArray) else [v])]) if len(cursors) == len(chunks) else None
+        return _Chunk(typed, bad, names, arrow_raw=raw, cursor_values=column)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from icefield.config import PipelineConfig, Project
     from icefield.engines import Engine
+    from icefield.engines.base import Frame
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,13 @@ class Auditor:
         replace_file: tuple[str, str] | None,
         table: Table,
         truncate_at: list[Any] | None = None,
+        frame: Frame | None = None,
     ) -> WriteResult:
         """Commit one batch: straight to ``main`` (then report the gates) without error gates; else through
         the audit branch, published only when the error gates pass. Raises :class:`GateFailedError` when a
-        batch is held."""
+        batch is held. ``frame``: more rows of the batch, held by the engine (see :meth:`TableWriter.commit`)."""
         if not self.wap:
-            wr = writer.commit(data, batch_id, position, self.run_id, replace_file=replace_file, table=table, truncate_at=truncate_at)
+            wr = writer.commit(data, batch_id, position, self.run_id, replace_file=replace_file, table=table, truncate_at=truncate_at, frame=frame)
             if self.gates and wr.snapshot_id is not None and not wr.skipped:
                 committed = writer.load()
                 assert committed is not None
@@ -206,7 +208,8 @@ class Auditor:
             # audit) replans: the branch is cut again from the new main and the batch, still in memory,
             # written, audited and published again.
             wr = writer.commit(
-                data, batch_id, position, self.run_id, replace_file=replace_file, table=table, branch=self.branch, truncate_at=truncate_at
+                data, batch_id, position, self.run_id, replace_file=replace_file, table=table, branch=self.branch, truncate_at=truncate_at,
+                frame=frame,
             )
             if wr.skipped or wr.snapshot_id is None:
                 return wr  # already published, or nothing but a position to move (set on main directly)

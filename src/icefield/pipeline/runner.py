@@ -160,7 +160,7 @@ def _run(
     if keep_files:
         RECENT.hold()
     try:
-        source = open_source(pipe, project, batch_size)
+        source = open_source(pipe, project, batch_size, engine)
         if stop is not None:
             threading.Thread(
                 target=_stop_when_set, args=(stop, source), name=f"stop-{pipe.name}", daemon=True
@@ -374,15 +374,38 @@ def _run_batch(
     read_seconds: float,
 ) -> BatchResult:
     """Decide where each row of ``batch`` goes and commit it; emits the batch's events (inside the batch's
-    logging context) and returns its result, from which the batch-committed event is built."""
+    logging context) and returns its result, from which the batch-committed event is built. Rows the
+    engine holds (``batch.frame``) are freed when the batch is done, whatever happens."""
+    try:
+        return _decide_and_commit(catalog, engine, writer, pipe, batch, batch_id, run_id, auditor, events, written, read_seconds)
+    finally:
+        if batch.frame is not None:
+            engine.release(batch.frame)
+
+
+def _decide_and_commit(
+    catalog: Catalog,
+    engine: Any,
+    writer: TableWriter,
+    pipe: PipelineConfig,
+    batch: SourceBatch,
+    batch_id: str,
+    run_id: str,
+    auditor: Auditor,
+    events: EventStream,
+    written: dict[str, int | None],
+    read_seconds: float,
+) -> BatchResult:
+    """The body of :func:`_run_batch`."""
     started = time.perf_counter()
+    rows_in = batch.rows_in
     clock = _Stages(read_seconds)
-    events.emit(BatchStarted, batch_id=batch_id, rows_in=batch.rows_in)
+    events.emit(BatchStarted, batch_id=batch_id, rows_in=rows_in)
     table = writer.load()
     if table is not None and (snap := _already(table, batch_id)) is not None:
         res = BatchResult(
             batch_id,
-            batch.rows_in,
+            rows_in,
             0,
             0,
             0,
@@ -402,14 +425,22 @@ def _run_batch(
     def schema_changed(changes: list[str]) -> None:
         events.emit(SchemaChanged, table=pipe.target.table, batch_id=batch_id, changes=tuple(changes))
 
+    if batch.frame is not None:
+        # The engine holds the rows: the table takes the batch's schema first, then the engine hands back
+        # the rows a check or a type may refuse, decided below as every batch's rows are.
+        if table is None:
+            table = writer.create(_table_schema(data.schema, control))
+        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema, data=data, on_change=schema_changed)
+        data = _split_frame(engine, pipe, batch, table, control)
     if table is not None:
-        table = writer.evolve(
-            table,
-            _table_schema(data.schema, control),
-            open_schema=batch.open_schema,
-            data=data,
-            on_change=schema_changed,
-        )
+        if batch.frame is None:
+            table = writer.evolve(
+                table,
+                _table_schema(data.schema, control),
+                open_schema=batch.open_schema,
+                data=data,
+                on_change=schema_changed,
+            )
         data, bad = conform(data, table.schema().as_arrow())
         if control and control in batch.data.column_names and control not in data.column_names:
             data = data.append_column(control, batch.data.column(control))
@@ -432,14 +463,14 @@ def _run_batch(
         table = writer.create(_table_schema(good.schema, control), rows=good.num_rows > 0)
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
-    wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at)
+    wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at, frame=batch.frame)
     clock.lap("commit")
     if wr.snapshot_id is not None and not wr.skipped:
         written[pipe.target.table] = wr.snapshot_id
     res = BatchResult(
         batch_id=batch_id,
-        rows_in=batch.rows_in,
-        rows_committed=good.num_rows,
+        rows_in=rows_in,
+        rows_committed=good.num_rows + (batch.frame.rows if batch.frame is not None else 0),
         rows_quarantined=len(quarantined),
         rows_filtered=len(checks.filtered) + batch.filtered,
         rows_deleted=wr.rows_deleted,
@@ -462,6 +493,22 @@ def _run_batch(
     )
     emit_batch(events, pipe.target.table, res)
     return res
+
+
+def _split_frame(engine: Any, pipe: PipelineConfig, batch: SourceBatch, table: Any, control: str | None) -> pa.Table:
+    """Ask the engine for the rows of ``batch.frame`` a row check (:func:`icefield.quality.frames.suspect_condition`)
+    or the table's types may refuse; ``batch`` keeps the rest as its frame and those rows as its ``data``,
+    which is returned."""
+    from icefield.quality.frames import suspect_condition
+
+    columns = table.schema().column_names
+    if control and control in batch.data.column_names:
+        columns = [*columns, control]
+    suspect = suspect_condition(pipe.checks, columns, engine.capabilities.dialect)
+    assert batch.frame is not None
+    batch.frame, suspects = engine.split(batch.frame, table, suspect, columns)
+    batch.data = suspects
+    return suspects
 
 
 class _Stages:

@@ -28,7 +28,7 @@ from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
 from icefield.config.ownership import TOMBSTONED_AT
 from icefield.config.partitions import parse_partitions
-from icefield.engines.base import StagedWrite, WriteRequest
+from icefield.engines.base import Frame, StagedWrite, WriteRequest
 from icefield.engines.files import data_file_writer
 from icefield.errors import BranchMovedError, ConfigError, SchemaError, TransientError
 from icefield.iceberg.commits import Retry, batch_landed, commit, commit_transaction
@@ -277,6 +277,7 @@ class TableWriter:
         table: Table | None = None,
         truncate_at: list[Any] | None = None,
         branch: str | None = None,
+        frame: Frame | None = None,
     ) -> WriteResult:
         """Write ``data`` in one commit with ``position`` and ``batch_id``; retried on conflicts.
 
@@ -290,6 +291,8 @@ class TableWriter:
         (``icefield.position``) for the publish to apply, and the batch id is looked up in the branch's
         history; ``WriteResult.snapshot_id`` is then the branch's new head. A batch that changes no data
         sets its position on the table directly (there is nothing to audit).
+        ``frame`` holds more rows of the batch, held by the engine that read them
+        (:class:`~icefield.engines.base.Frame`): staged with ``data``.
         Raises :class:`CommitConflictError` when conflicts outlast the retries,
         :class:`TransientError` when the outcome stays unknown and :class:`BranchMovedError` when
         ``branch`` is not at ``main``'s head.
@@ -307,10 +310,11 @@ class TableWriter:
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             self.check_position(table, batch_id)
-            return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, memo)
+            return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, memo, frame)
 
         def landed(snapshot_id: int) -> WriteResult:
-            return WriteResult(self.target.table, batch_id, data.num_rows, 0, 0, 0, snapshot_id, False, time.perf_counter() - started)
+            rows = data.num_rows + (frame.rows if frame is not None else 0)
+            return WriteResult(self.target.table, batch_id, rows, 0, 0, 0, snapshot_id, False, time.perf_counter() - started)
 
         first: Any = table  # a table, or None: the table does not exist yet (as self.load says)
         return commit(
@@ -348,6 +352,7 @@ class TableWriter:
         truncate_at: list[Any] | None = None,
         branch: str | None = None,
         memo: dict[str, Any] | None = None,
+        frame: Frame | None = None,
     ) -> WriteResult:
         """One attempt of :meth:`commit` on ``table`` as loaded: the engine stages the batch as one
         transaction (:meth:`~icefield.engines.base.Engine.stage`), the position goes into it, and it is
@@ -371,7 +376,7 @@ class TableWriter:
             data, rows_stale = self._after_truncation(table, data, truncate_at)
             # Unchanged TOAST values of a CDC batch take the row's previous value (not a stored one past a truncate).
             data = fill_unchanged(table, data, self.target, stored=truncate_at is None)
-        request = WriteRequest(data, self.target, summary, branch or MAIN, replace_file, truncate=truncate_at is not None, memo=memo if memo is not None else {})
+        request = WriteRequest(data, self.target, summary, branch or MAIN, replace_file, truncate=truncate_at is not None, memo=memo if memo is not None else {}, frame=frame)
         staged = self._stage(table, request, graves, batch_id, run_id)
         tx = staged.transaction
         if truncate_at is not None:
