@@ -320,8 +320,10 @@ CHANGES: list[list[tuple[Any, ...]]] = [
     # 2 newer, 3 older and 4 equal (stale), 5 deleted, 6 an older delete (stale), 9 deleted before it existed
     [(2, 20, "two", 2.5, 0), (3, 5, "old", 3.5, 0), (4, 10, "same", 4.5, 0), (5, 20, None, 0.0, 1), (6, 8, None, 0.0, 1),
      (9, 20, None, 0.0, 1)],
-    # late: 5 older and 9 equal to their tombstones (held back); 6 newer; 1 twice (the newer version arrives first)
-    [(5, 15, "late", 5.5, 0), (9, 20, "late", 9.5, 0), (6, 30, "six", 6.5, 0), (1, 12, "one", 1.5, 0), (1, 11, "eleven", 1.1, 0)],
+    # late: 5 older and 9 equal to their tombstones (held back); 6 newer; 1 twice (the newer version arrives
+    # first); 4 twice at one version (the later arrival wins)
+    [(5, 15, "late", 5.5, 0), (9, 20, "late", 9.5, 0), (6, 30, "six", 6.5, 0), (1, 12, "one", 1.5, 0), (1, 11, "eleven", 1.1, 0),
+     (4, 13, "four-a", 4.1, 0), (4, 13, "four-b", 4.2, 0)],
 ]  # fmt: skip
 CHANGES_STALE = [0, 3, 2]
 
@@ -347,7 +349,7 @@ def test_a_keep_newest_merge_of_a_sql_source_spark_reads_lands_the_same(
         assert stale["spark"] == stale["local"] == [CHANGES_STALE[i]]
         assert _graves(projects["spark"], "raw.cdc_sql") == _graves(projects["local"], "raw.cdc_sql")
     rows = {r[0]: r[3] for r in _rows(projects["spark"], "raw.cdc_sql")}  # id, seq, version, name, amount
-    assert rows == {1: "one", 2: "two", 3: "v3", 4: "v4", 6: "six"}
+    assert rows == {1: "one", 2: "two", 3: "v3", 4: "four-b", 6: "six"}
     assert {r[0] for r in _graves(projects["spark"], "raw.cdc_sql")} == {5, 6, 9}
 
 

@@ -240,7 +240,8 @@ class SparkEngine(Engine):
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        order = list(target.order_columns) or list(frame.order)
+        # Equal versions of a key: the later one the source gave wins, as in dedupe_latest.
+        order = list(dict.fromkeys([*target.order_columns, *frame.order]))
         by = [F.col(_q(c)).desc_nulls_last() for c in order] or [F.lit(1)]
         rank = "__icefield_rank"
         newest = Window.partitionBy(*[F.col(_q(k)) for k in target.keys]).orderBy(*by)
