@@ -34,10 +34,10 @@ lands it (:meth:`icefield.engines.local.LocalEngine.merge`):
   with ``request.tombstones`` (``<table>__tombstones``, read by Spark ``VERSION AS OF`` the snapshot the writer
   loaded), which marks the upserts a tombstone at least as new holds back (:data:`BURIED`), so a late older
   event never resurrects a deleted row;
-- the batch's deletes (keys and version) are handed to ``request.on_tombstones`` before any Spark work; the
-  writer records them in the tombstone table, in a commit of its own (landed by this engine too) that precedes
-  the data commit. A truncating batch returns them in :attr:`StagedWrite.tombstones` instead, as the local
-  engine does;
+- the batch's deletes (keys and version) are handed to ``request.on_tombstones`` before any Spark work (rows
+  Spark holds, ``request.frame``: collected from Spark once the batch's view is made); the writer records them
+  in the tombstone table, in a commit of its own (landed by this engine too) that precedes the data commit. A
+  truncating batch returns them in :attr:`StagedWrite.tombstones` instead, as the local engine does;
 - ``rows_stale`` (versions dropped as not newer) is counted by one Spark query before the merge, on the same
   snapshots the merge reads (the branch cut and the tombstones as loaded): batch rows a stored version at least
   as new matches, and upserts of keys the table lacks held back by a tombstone. Spark's merge metrics count
