@@ -95,6 +95,14 @@ def _project(root: Path, engine: str) -> Project:
             f"delete_column: deleted, properties: {{write.merge.mode: {mode}}}}}\n"
             "checks:\n  - range: {column: amount, min: 0}\n",
         )
+    # the same change feed behind an error gate (write-audit-publish)
+    _write(
+        root, "pipelines/cdc_aud.yaml",
+        "name: cdc_aud\nsource: {type: files, path: 'data/cdc_aud/*.csv', format: csv, file_column: null}\n"
+        "target: {table: raw.cdc_aud, mode: merge, keys: [id], order_by: [tx, lsn], keep_newest: true, delete_column: deleted}\n"
+        "checks:\n  - range: {column: amount, min: 0}\n"
+        f"gates:\n  - {{name: no_negative, sql: '{NO_NEGATIVE}'}}\n",
+    )
     # A change table read by its arrival order (seq), its versions ordered by `version`: Spark reads it itself.
     _write(
         root, "pipelines/cdc_sql.yaml",
@@ -270,6 +278,22 @@ CDC_RUNS: list[list[tuple[Any, ...]]] = [
 CDC_STALE = [0, 3, 4, 1]
 CDC_END = {1: ("a", 1.0), 2: ("b", 2.5), 3: ("a", 3.0), 4: ("a", 4.0), 5: ("back", 5.0), 6: ("c", 6.5), 7: ("b", 7.5),
            9: ("a", 9.0), 20: ("back", 20.0), 21: ("b", 21.0)}  # fmt: skip
+
+
+def test_an_audited_keep_newest_merge_lands_the_same(projects: dict[str, Project], spark: Any) -> None:
+    """The change feed behind an error gate: Spark writes each batch on the audit branch, comparing versions with
+    the branch's rows and the tombstones, and the publish moves ``main``; as on the local engine."""
+    from icefield.write.branches import audit_branch
+
+    for i, rows in enumerate(CDC_RUNS):
+        for project in projects.values():
+            _write(project.root, f"data/cdc_aud/{'abcd'[i]}.csv", _cdc_csv(rows))
+        results = _run_both(projects, "cdc_aud")
+        _assert_same(projects, "cdc_aud", "raw.cdc_aud", results)
+        assert [b.rows_stale for b in results["spark"].batches] == [b.rows_stale for b in results["local"].batches] == [CDC_STALE[i]]
+        assert _graves(projects["spark"], "raw.cdc_aud") == _graves(projects["local"], "raw.cdc_aud")
+        _assert_published_with_position(projects["spark"], "cdc_aud", "raw.cdc_aud", results["spark"], audit_branch("cdc_aud"))
+    assert {r[0]: (r[1], r[2]) for r in _rows(projects["spark"], "raw.cdc_aud")} == CDC_END
 
 
 def _graves(project: Project, table: str) -> list[tuple[Any, ...]]:
