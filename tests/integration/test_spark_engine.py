@@ -1,7 +1,8 @@
 """``engine: spark`` lands the same batches as ``engine: local`` (marker ``spark``).
 
 Two projects hold the same pipelines and the same source files, one on each engine: an append with a row
-check (a bad row goes to quarantine), and merges by key with deletes, copy-on-write and merge-on-read. After
+check (a bad row goes to quarantine), merges by key with deletes, copy-on-write and merge-on-read, and change
+data capture (``keep_newest`` merges with tombstones, from a CSV change feed and from Debezium events). After
 each run the tables hold the same rows, the quarantines the same rows, the runs report the same counts and the
 pipelines the same positions. On Spark, each batch is written on the staging branch by Spark's Iceberg writer
 and ``main`` moves to it in the commit that also moves the position; a batch already on ``main`` is skipped.
@@ -16,6 +17,9 @@ One Spark session (local[2]) serves the module: it starts in about 20 s.
 
 from __future__ import annotations
 
+import json
+import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +87,30 @@ def _project(root: Path, engine: str) -> Project:
             f"target: {{table: raw.{name}, mode: merge, keys: [id], delete_column: deleted, "
             f"properties: {{write.merge.mode: {mode}}}}}\n",
         )
+    for name, mode in (("cdc_cow", "copy-on-write"), ("cdc_mor", "merge-on-read")):
+        _write(
+            root, f"pipelines/{name}.yaml",
+            f"name: {name}\nsource: {{type: files, path: 'data/{name}/*.csv', format: csv, file_column: null}}\n"
+            f"target: {{table: raw.{name}, mode: merge, keys: [id], order_by: [tx, lsn], keep_newest: true, "
+            f"delete_column: deleted, properties: {{write.merge.mode: {mode}}}}}\n"
+            "checks:\n  - range: {column: amount, min: 0}\n",
+        )
+    # the same change feed behind an error gate (write-audit-publish)
+    _write(
+        root, "pipelines/cdc_aud.yaml",
+        "name: cdc_aud\nsource: {type: files, path: 'data/cdc_aud/*.csv', format: csv, file_column: null}\n"
+        "target: {table: raw.cdc_aud, mode: merge, keys: [id], order_by: [tx, lsn], keep_newest: true, delete_column: deleted}\n"
+        "checks:\n  - range: {column: amount, min: 0}\n"
+        f"gates:\n  - {{name: no_negative, sql: '{NO_NEGATIVE}'}}\n",
+    )
+    # A change table read by its arrival order (seq), its versions ordered by `version`: Spark reads it itself.
+    _write(
+        root, "pipelines/cdc_sql.yaml",
+        f"name: cdc_sql\nsource: {{type: sql, url: 'sqlite:///{root.parent / 'changes.db'}', table: changes, cursor: seq}}\n"
+        "target: {table: raw.cdc_sql, mode: merge, keys: [id], order_by: version, keep_newest: true, delete_column: deleted}\n"
+        "checks:\n  - range: {column: amount, min: 0}\n",
+    )
+    _write(root, "pipelines/users.yaml", "name: users\nsource: {type: debezium, path: 'cdc/users/*.jsonl'}\ntarget: {table: raw.users, keys: [id]}\n")
     _write(
         root, "pipelines/ovw.yaml",
         "name: ovw\nsource: {type: files, path: 'data/ovw/*.csv', format: csv, file_column: null}\n"
@@ -97,6 +125,8 @@ def _project(root: Path, engine: str) -> Project:
 @pytest.fixture(scope="module")
 def projects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Project]:
     base = tmp_path_factory.mktemp("engines")
+    with sqlite3.connect(base / "changes.db") as con:
+        con.execute("CREATE TABLE changes (id INTEGER, seq INTEGER, version INTEGER, name TEXT, amount REAL, deleted INTEGER)")
     return {engine: _project(base / engine, engine) for engine in ("local", "spark")}
 
 
@@ -225,6 +255,179 @@ def test_a_merge_with_deletes_lands_the_same(projects: dict[str, Project], spark
 
     results = _run_both(projects, name)
     assert results["spark"].rows_in == 0 and _rows(projects["spark"], table) == _rows(projects["local"], table)
+
+
+CDC_HEADER = "id,kind,amount,deleted,tx,lsn\n"
+# Change events of keys 1-8 and more, versioned by (tx, lsn): out of order, deleted, redelivered late.
+CDC_RUNS: list[list[tuple[Any, ...]]] = [
+    # key 1 twice (the newer version comes first in the batch), a bad row (quarantined)
+    [(1, "a", 1.0, "false", 10, 1), (1, "older", 0.5, "false", 10, 0),
+     *[(i, "a", float(i), "false", 10, i) for i in range(2, 10)], (50, "bad", -1.0, "false", 10, 50)],
+    # 2 newer; 3 older and 4 equal (stale); 5 deleted; 6 an older delete (stale); 7 newer by lsn alone;
+    # 20 deleted before it was ever inserted; 21 new
+    [(2, "b", 2.5, "false", 20, 1), (3, "old", 3.5, "false", 5, 9), (4, "same", 4.5, "false", 10, 4),
+     (5, None, 0.0, "true", 20, 2), (6, None, 0.0, "true", 9, 0), (7, "b", 7.5, "false", 10, 8),
+     (20, None, 0.0, "true", 20, 3), (21, "b", 21.0, "false", 20, 4)],
+    # late events: 5 and 20 not newer than their tombstones (no resurrection); 21 an equal delete and 9 a
+    # version without tx (NULL is oldest): stale; 8 deleted; 6 newer than its stale delete
+    [(5, "late", 5.5, "false", 15, 0), (20, "late", 20.5, "false", 20, 3), (21, None, 0.0, "true", 20, 4),
+     (9, "nul", 9.5, "false", None, 99), (8, None, 0.0, "true", 30, 1), (6, "c", 6.5, "false", 30, 0)],
+    # 5 and 20 come back with versions newer than their tombstones; 8's late update stays buried
+    [(5, "back", 5.0, "false", 40, 0), (20, "back", 20.0, "false", 20, 4), (8, "late", 8.5, "false", 25, 0)],
+]
+CDC_STALE = [0, 3, 4, 1]
+CDC_END = {1: ("a", 1.0), 2: ("b", 2.5), 3: ("a", 3.0), 4: ("a", 4.0), 5: ("back", 5.0), 6: ("c", 6.5), 7: ("b", 7.5),
+           9: ("a", 9.0), 20: ("back", 20.0), 21: ("b", 21.0)}  # fmt: skip
+
+
+def test_an_audited_keep_newest_merge_lands_the_same(projects: dict[str, Project], spark: Any) -> None:
+    """The change feed behind an error gate: Spark writes each batch on the audit branch, comparing versions with
+    the branch's rows and the tombstones, and the publish moves ``main``; as on the local engine."""
+    from icefield.write.branches import audit_branch
+
+    for i, rows in enumerate(CDC_RUNS):
+        for project in projects.values():
+            _write(project.root, f"data/cdc_aud/{'abcd'[i]}.csv", _cdc_csv(rows))
+        results = _run_both(projects, "cdc_aud")
+        _assert_same(projects, "cdc_aud", "raw.cdc_aud", results)
+        assert [b.rows_stale for b in results["spark"].batches] == [b.rows_stale for b in results["local"].batches] == [CDC_STALE[i]]
+        assert _graves(projects["spark"], "raw.cdc_aud") == _graves(projects["local"], "raw.cdc_aud")
+        _assert_published_with_position(projects["spark"], "cdc_aud", "raw.cdc_aud", results["spark"], audit_branch("cdc_aud"))
+    assert {r[0]: (r[1], r[2]) for r in _rows(projects["spark"], "raw.cdc_aud")} == CDC_END
+
+
+def _graves(project: Project, table: str) -> list[tuple[Any, ...]]:
+    """The tombstones of ``table`` (key and version; none before its first delete)."""
+    if not open_catalog(project).table_exists(table + "__tombstones"):
+        return []
+    return _rows(project, table + "__tombstones")
+
+
+def _cdc_csv(rows: list[tuple[Any, ...]]) -> str:
+    return CDC_HEADER + "".join(",".join("" if v is None else str(v) for v in r) + "\n" for r in rows)
+
+
+@pytest.mark.parametrize("name", ["cdc_cow", "cdc_mor"])
+def test_a_keep_newest_merge_with_tombstones_lands_the_same(projects: dict[str, Project], spark: Any, name: str) -> None:
+    """Change data capture (``keep_newest``, ordered by ``[tx, lsn]``) on Spark: only a strictly newer version
+    replaces or deletes a stored row, a late older event never brings a deleted key back (its tombstone in
+    ``<table>__tombstones`` holds it), an equal version or one without ``tx`` is stale; the tables, the
+    tombstones, the quarantines, the counts (``rows_stale`` too) and the positions are those of the local
+    engine."""
+    table = f"raw.{name}"
+    for i, rows in enumerate(CDC_RUNS):
+        for project in projects.values():
+            _write(project.root, f"data/{name}/{'abcd'[i]}.csv", _cdc_csv(rows))
+        results = _run_both(projects, name)
+        _assert_same(projects, name, table, results)
+        stale = {engine: [b.rows_stale for b in r.batches] for engine, r in results.items()}
+        assert stale["spark"] == stale["local"] == [CDC_STALE[i]]
+        assert _graves(projects["spark"], table) == _graves(projects["local"], table)
+        _assert_published_with_position(projects["spark"], name, table, results["spark"])
+    assert results["spark"].batches[0].rows_inserted == 2, "5 and 20 came back"
+    rows = {r[0]: (r[1], r[2]) for r in _rows(projects["spark"], table)}
+    assert rows == CDC_END
+    graves = {r[0]: r[1:] for r in _graves(projects["spark"], table)}
+    assert graves == {5: (20, 2), 6: (9, 0), 8: (30, 1), 20: (20, 3), 21: (20, 4)}
+    assert len(_quarantine(projects["spark"], table)) == 1
+    tbl = open_catalog(projects["spark"]).load_table(table)
+    deletes = [t for t in tbl.scan().plan_files() if t.delete_files]
+    assert bool(deletes) == (name == "cdc_mor"), "write.merge.mode decides between rewritten files and delete files"
+
+    results = _run_both(projects, name)
+    assert results["spark"].rows_in == 0 and _rows(projects["spark"], table) == _rows(projects["local"], table)
+
+
+# (id, version, name, amount, deleted) in arrival order; seq is the position in this list.
+CHANGES: list[list[tuple[Any, ...]]] = [
+    [*((i, 10, f"v{i}", float(i), 0) for i in range(1, 7)), (50, 10, "bad", -1.0, 0)],
+    # 2 newer, 3 older and 4 equal (stale), 5 deleted, 6 an older delete (stale), 9 deleted before it existed
+    [(2, 20, "two", 2.5, 0), (3, 5, "old", 3.5, 0), (4, 10, "same", 4.5, 0), (5, 20, None, 0.0, 1), (6, 8, None, 0.0, 1),
+     (9, 20, None, 0.0, 1)],
+    # late: 5 older and 9 equal to their tombstones (held back); 6 newer; 1 twice (the newer version arrives
+    # first); 4 twice at one version (the later arrival wins)
+    [(5, 15, "late", 5.5, 0), (9, 20, "late", 9.5, 0), (6, 30, "six", 6.5, 0), (1, 12, "one", 1.5, 0), (1, 11, "eleven", 1.1, 0),
+     (4, 13, "four-a", 4.1, 0), (4, 13, "four-b", 4.2, 0)],
+]  # fmt: skip
+CHANGES_STALE = [0, 3, 2]
+
+
+def test_a_keep_newest_merge_of_a_sql_source_spark_reads_lands_the_same(
+    projects: dict[str, Project], spark: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``sql`` source Spark reads itself (the batch stays in Spark) merged with ``keep_newest``: the tombstones
+    are collected from Spark's rows, and the tables, tombstones, counts and positions are the local engine's."""
+    db = projects["spark"].root.parent / "changes.db"
+    seq = 0
+    for i, rows in enumerate(CHANGES):
+        with sqlite3.connect(db) as con:
+            for r in rows:
+                seq += 1
+                con.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?)", (r[0], seq, *r[1:]))
+        with caplog.at_level(logging.INFO, logger="icefield.engines.spark"):
+            results = _run_both(projects, "cdc_sql")
+        assert any(r.getMessage().startswith("spark read ") for r in caplog.records), "Spark read the source itself"
+        caplog.clear()
+        _assert_same(projects, "cdc_sql", "raw.cdc_sql", results)
+        stale = {engine: [b.rows_stale for b in r.batches] for engine, r in results.items()}
+        assert stale["spark"] == stale["local"] == [CHANGES_STALE[i]]
+        assert _graves(projects["spark"], "raw.cdc_sql") == _graves(projects["local"], "raw.cdc_sql")
+    rows = {r[0]: r[3] for r in _rows(projects["spark"], "raw.cdc_sql")}  # id, seq, version, name, amount
+    assert rows == {1: "one", 2: "two", 3: "v3", 4: "four-b", 6: "six"}
+    assert {r[0] for r in _graves(projects["spark"], "raw.cdc_sql")} == {5, 6, 9}
+
+
+def _event(op: str, row: dict[str, Any] | None, commit: int | None, lsn: int, before: dict[str, Any] | None = None) -> str:
+    """A Debezium 3.6 PostgreSQL change event as JsonConverter writes it with ``schemas.enable=false``."""
+    source = {
+        "version": "3.6.1.Final", "connector": "postgresql", "name": "app", "ts_ms": 1_790_000_000_000, "snapshot": "true" if op == "r" else "false",
+        "db": "app", "sequence": json.dumps([None if commit is None else str(commit), str(lsn)]), "schema": "public", "table": "users",
+        "txId": 700, "lsn": lsn, "xmin": None,
+    }  # fmt: skip
+    return json.dumps({"before": before, "after": row, "source": source, "op": op, "ts_ms": 1_790_000_000_001})
+
+
+def _user(i: int, name: str, commit: int | None, lsn: int, op: str = "u") -> str:
+    return _event(op, {"id": i, "name": name}, commit, lsn)
+
+
+def _gone(i: int, commit: int, lsn: int) -> str:
+    return _event("d", None, commit, lsn, before={"id": i})
+
+
+# One file per run; versions are (commit LSN, LSN), a snapshot read (op r) has no commit LSN (the oldest).
+USERS_RUNS: list[list[str]] = [
+    [*(_user(i, f"snap{i}", None, 100 + i, "r") for i in range(1, 5)), _user(1, "one", 200, 201), _gone(2, 210, 211),
+     _user(5, "five", 220, 221, "c"), _user(1, "older", 190, 191), "null"],
+    # 2's snapshot read redelivered after its delete; 5 deleted; 3 updated; 4 deleted
+    [_user(2, "snap2", None, 102, "r"), _gone(5, 230, 231), _user(3, "three", 240, 241), _gone(4, 235, 236)],
+    # 5's insert redelivered after its delete; 4's delete again; 2 inserted anew; 3's update again (equal)
+    [_user(5, "five", 220, 221, "c"), _gone(4, 235, 236), _user(2, "two", 250, 251, "c"), _user(3, "three", 240, 241)],
+    # an update from before the truncate, the truncate, then 6 inserted and deleted and 1 inserted anew
+    [_user(1, "late", 195, 196), _event("t", None, 300, 301), _user(6, "six", 310, 311, "c"), _user(1, "new", 320, 321, "c"),
+     _gone(6, 330, 331)],
+    # 6's insert redelivered after its delete; 1 updated
+    [_user(6, "six", 310, 311, "c"), _user(1, "newer", 340, 341)],
+]  # fmt: skip
+USERS_AFTER = [{1: "one", 3: "snap3", 4: "snap4", 5: "five"}, {1: "one", 3: "three"}, {1: "one", 2: "two", 3: "three"}, {1: "new"}, {1: "newer"}]
+
+
+def test_a_debezium_source_lands_the_same(projects: dict[str, Project], spark: Any) -> None:
+    """Debezium change events (files of JSON lines; the target merges with ``keep_newest`` by ``source.sequence``,
+    deletes by ``_cdc_deleted``): snapshot reads, redeliveries after deletes, a truncate (the batch replaces the
+    table), on Spark as on the local engine: tables, tombstones, counts, positions."""
+    for i, lines in enumerate(USERS_RUNS):
+        for project in projects.values():
+            _write(project.root, f"cdc/users/{i:04d}.jsonl", "".join(line + "\n" for line in lines))
+        results = _run_both(projects, "users")
+        _assert_same(projects, "users", "raw.users", results)
+        stale = {engine: [b.rows_stale for b in r.batches] for engine, r in results.items()}
+        assert stale["spark"] == stale["local"]
+        assert _graves(projects["spark"], "raw.users") == _graves(projects["local"], "raw.users")
+        names = {r["id"]: r["name"] for r in open_catalog(projects["spark"]).load_table("raw.users").scan().to_arrow().to_pylist()}
+        assert names == USERS_AFTER[i], f"after file {i}"
+    results = _run_both(projects, "users")
+    assert results["spark"].rows_in == 0
 
 
 def test_an_overwrite_replaces_the_partitions_the_batch_touches(projects: dict[str, Project], spark: Any) -> None:

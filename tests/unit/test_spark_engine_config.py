@@ -6,17 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from icefield import load_project
-from icefield.catalog import sql_catalog
-from icefield.config.models import TargetConfig
 from icefield.engines import get_engine
 from icefield.engines.spark import SparkEngine
 from icefield.engines.spark_session import catalog_settings, find_jars, jdbc_url_from_sqlalchemy
 from icefield.errors import ConfigError
-from icefield.write import TableWriter
 
 
 def _project(root: Path, yaml: str, pipeline: str = "") -> object:
@@ -65,18 +61,6 @@ def test_spark_is_given_the_catalog_database_and_warehouse_of_icefield(tmp_path:
 def test_missing_jars_are_named_with_the_command_that_fetches_them(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"iceberg-spark-runtime-4\.1_2\.13-1\.11\.0\.jar.*python -m stack\.spark jars"):
         find_jars(tmp_path)
-
-
-def test_a_keep_newest_merge_is_refused_before_spark_starts(tmp_path: Path) -> None:
-    catalog = sql_catalog("test", f"sqlite:///{tmp_path / 'catalog.db'}", (tmp_path / "warehouse").as_uri())
-    try:
-        target = TargetConfig(table="raw.cdc", mode="merge", keys=["id"], order_by="v", keep_newest=True)
-        writer = TableWriter(catalog, target, "p", SparkEngine())  # no session: it would start on first use
-        rows = pa.table({"id": pa.array([1], pa.int64()), "v": pa.array([1], pa.int64())})
-        with pytest.raises(ConfigError, match="keep_newest merges .* do not run on engine spark yet; set engine: local"):
-            writer.commit(rows, "b1", {"i": 1}, "run")
-    finally:
-        catalog.engine.dispose()
 
 
 def test_an_s3_warehouse_reads_and_writes_through_iceberg_s3fileio_with_the_projects_storage_settings() -> None:

@@ -9,7 +9,8 @@ position in one commit (the design is in :mod:`icefield.engines.base`, "A distri
 2. hands the batch (Arrow, typed as the table by the writer) to Spark and writes it on that branch with Iceberg's
    Spark writer: ``INSERT INTO`` (append), ``INSERT OVERWRITE`` (overwrite: dynamic by partition, or of the whole
    table with ``overwrite: table`` or an unpartitioned table), ``MERGE INTO`` (merge by ``target.keys``, deletes
-   by ``target.delete_column``; the table's ``write.merge.mode`` picks copy-on-write or merge-on-read). The
+   by ``target.delete_column``; the table's ``write.merge.mode`` picks copy-on-write or merge-on-read; a
+   ``keep_newest`` merge as below). The
    request's ``summary`` (``icefield.pipeline``, ``icefield.batch-id``, ``icefield.run-id``) goes on the
    snapshot through the session settings ``spark.sql.iceberg.snapshot-property.<key>``, set for that statement
    only;
@@ -21,8 +22,26 @@ position in one commit (the design is in :mod:`icefield.engines.base`, "A distri
    not reach ``main`` with it.
 
 A batch for an audit branch (write-audit-publish) is written on that branch directly and answered with an empty
-transaction. ``keep_newest`` merges (change data capture: versions compared with stored rows, tombstones) are
-refused with a :class:`ConfigError` that names the fix (``engine: local`` for that pipeline).
+transaction.
+
+A ``keep_newest`` merge (change data capture: versions ordered by ``target.order_by``) lands as the local engine
+lands it (:meth:`icefield.engines.local.LocalEngine.merge`):
+
+- the ``MERGE INTO``'s matched clauses compare versions (``WHEN MATCHED AND <newer> AND <deleted> THEN DELETE``,
+  ``WHEN MATCHED AND <newer> THEN UPDATE``; ``<newer>`` is the order columns compared in turn, NULL the oldest),
+  so an older or equal version never replaces or deletes a stored row;
+- a new key is inserted only when its version is newer than its tombstone: the source is the batch left-joined
+  with ``request.tombstones`` (``<table>__tombstones``, read by Spark ``VERSION AS OF`` the snapshot the writer
+  loaded), which marks the upserts a tombstone at least as new holds back (:data:`BURIED`), so a late older
+  event never resurrects a deleted row;
+- the batch's deletes (keys and version) are handed to ``request.on_tombstones`` before any Spark work (rows
+  Spark holds, ``request.frame``: collected from Spark once the batch's view is made); the writer records them
+  in the tombstone table, in a commit of its own (landed by this engine too) that precedes the data commit. A
+  truncating batch returns them in :attr:`StagedWrite.tombstones` instead, as the local engine does;
+- ``rows_stale`` (versions dropped as not newer) is counted by one Spark query before the merge, on the same
+  snapshots the merge reads (the branch cut and the tombstones as loaded): batch rows a stored version at least
+  as new matches, and upserts of keys the table lacks held back by a tombstone. Spark's merge metrics count
+  target rows only, so they cannot tell it.
 """
 
 from __future__ import annotations
@@ -36,12 +55,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from icefield.engines.base import Engine, EngineCapabilities, Frame, StagedWrite, WriteRequest
 from icefield.errors import ConfigError
 from icefield.iceberg.history import MAIN, SUMMARY_BATCH_ID, SUMMARY_PIPELINE, head_id
-from icefield.iceberg.versions import dedupe_latest
+from icefield.iceberg.versions import dedupe_latest, split_deletes
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyiceberg.table import Table
 
     from icefield.config import Project
+    from icefield.config.models import TargetConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +70,9 @@ STAGE_PREFIX = "icefield-stage-"
 SNAPSHOT_PROPERTY = "spark.sql.iceberg.snapshot-property."
 """Session settings whose suffix Iceberg's Spark writer puts in the summary of every snapshot it commits."""
 OVERWRITE_MODE = "spark.sql.sources.partitionOverwriteMode"
+BURIED = "_icefield_buried"
+"""The column of a ``keep_newest`` merge's source that marks an upsert a tombstone at least as new holds back."""
+HIT = "_icefield_hit"
 
 _JDBC_DRIVERS = {"sqlite": "org.sqlite.JDBC", "postgresql": "org.postgresql.Driver"}
 
@@ -106,11 +130,6 @@ class SparkEngine(Engine):
         """Write the batch on the staging branch (or the audit branch) with Spark and return the fast-forward of
         ``main`` (see the module doc)."""
         target, data = request.target, request.data
-        if target.mode == "merge" and target.keep_newest:
-            raise ConfigError(
-                f"target {target.table}: keep_newest merges (change data capture) do not run on engine spark yet; "
-                "set engine: local in this pipeline"
-            )
         whole_table = target.mode == "overwrite" and (target.overwrite == "table" or table.spec().is_unpartitioned())
         frame = request.frame
         if frame is not None and not frame.rows:
@@ -118,6 +137,15 @@ class SparkEngine(Engine):
         if not data.num_rows and frame is None and not request.truncate and not whole_table and request.replace_file is None:
             return StagedWrite(table.transaction(), changed=False)
         started = time.perf_counter()
+        batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" and frame is None else data
+        newest = frame is None and _keeps_newest(target, batch.column_names)
+        deletes = _deletes(target, batch) if newest else None
+        hand = request.on_tombstones if not request.truncate else None
+        if deletes is not None and hand is not None:
+            # The writer records them while Spark merges (before the data commit), as with the local engine.
+            hand(deletes)
+            deletes = None
+        stale = 0
         ident = table.name()
         base = ".".join(_q(p) for p in (self._catalog_name(), *ident))
         main = head_id(table)
@@ -131,13 +159,26 @@ class SparkEngine(Engine):
                 ref = request.branch
             before = head_id(table, ref) if request.branch != MAIN else main
             view = f"icefield_batch_{uuid.uuid4().hex[:12]}"
+            names = batch.column_names
             if frame is None:
-                batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" else data
                 spark.createDataFrame(batch).createOrReplaceTempView(view)
             else:
-                self._with_frame(data, frame, request).createOrReplaceTempView(view)
+                df = self._with_frame(data, frame, request)
+                df.createOrReplaceTempView(view)
+                names = list(df.columns)
+                newest = _keeps_newest(target, names)
             try:
-                statement, args, dynamic = self._statement(table, request, f"{base}.{_q('branch_' + ref)}", view, columns, whole_table)
+                if frame is not None and newest:  # the deletes of the rows Spark holds, as tombstones
+                    deletes = self._frame_deletes(spark, target, view, names)
+                    if deletes is not None and hand is not None:
+                        hand(deletes)
+                        deletes = None
+                source, buried = view, False
+                if newest and not request.truncate:
+                    source, buried, stale = self._newest_source(spark, request, view, names, base, before)
+                statement, args, dynamic = self._statement(
+                    table, request, f"{base}.{_q('branch_' + ref)}", source, columns, whole_table, newest=newest, buried=buried
+                )
                 self._run(spark, statement, args, request.summary, dynamic)
             finally:
                 spark.catalog.dropTempView(view)
@@ -149,7 +190,7 @@ class SparkEngine(Engine):
         head = head_id(fresh, ref)
         changed = head != before
         tx = fresh.transaction()
-        staged = StagedWrite(tx, changed)
+        staged = StagedWrite(tx, changed, rows_stale=stale, tombstones=deletes)
         if changed and head is not None:
             snap = fresh.snapshot_by_id(head)
             assert snap is not None and snap.summary is not None
@@ -170,7 +211,7 @@ class SparkEngine(Engine):
                     f"{request.summary.get(SUMMARY_BATCH_ID)!r}: this Iceberg runtime ignores {SNAPSHOT_PROPERTY}*; "
                     "use the Iceberg Spark runtime 1.11 or newer"
                 )
-            _count(staged, summary, target.mode == "merge" and not request.truncate)
+            _count(staged, summary, target.mode == "merge", request.truncate)
             if request.branch == MAIN:
                 from pyiceberg.table.refs import SnapshotRefType
 
@@ -199,7 +240,8 @@ class SparkEngine(Engine):
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        order = list(target.order_columns) or list(frame.order)
+        # Equal versions of a key: the later one the source gave wins, as in dedupe_latest.
+        order = list(dict.fromkeys([*target.order_columns, *frame.order]))
         by = [F.col(_q(c)).desc_nulls_last() for c in order] or [F.lit(1)]
         rank = "__icefield_rank"
         newest = Window.partitionBy(*[F.col(_q(k)) for k in target.keys]).orderBy(*by)
@@ -331,11 +373,74 @@ class SparkEngine(Engine):
             spark.sql(f"ALTER TABLE {base} CREATE OR REPLACE BRANCH {_q(ref)} AS OF VERSION {main}")
 
     @staticmethod
+    def _frame_deletes(spark: Any, target: TargetConfig, view: str, names: list[str]) -> pa.Table | None:
+        """The deletes of the batch in ``view`` (deduplicated by key, columns ``names``) as tombstones: their
+        keys and version, collected from Spark; None without any."""
+        if target.delete_column not in names:
+            return None
+        picked = ", ".join(f"s.{_q(c)}" for c in dict.fromkeys([*target.keys, *target.order_columns]))
+        rows = spark.sql(f"SELECT {picked} FROM {view} s WHERE {_deleted_sql(target, names)}").toArrow()
+        return rows if rows.num_rows else None
+
+    def _newest_source(
+        self, spark: Any, request: WriteRequest, view: str, names: list[str], base: str, before: int | None
+    ) -> tuple[str, bool, int]:
+        """The source of a ``keep_newest`` merge of the batch (view ``view``, columns ``names``) into the table ``base`` (at
+        snapshot ``before``, the branch as cut), whether it has the column :data:`BURIED`, and the count of
+        its stale rows.
+
+        ``BURIED`` is true for an upsert whose key has a tombstone at least as new in ``request.tombstones``
+        (read at the snapshot the writer loaded, as the local engine reads it): such a row is not inserted,
+        so a late older event never resurrects a deleted key. The stale rows, as the local engine counts
+        them, are the batch rows a stored version at least as new matches, and the buried rows of keys the
+        table does not hold: Spark's merge metrics count target rows only, so one query counts them on
+        the same snapshots before the merge."""
+        target = request.target
+        keys, order = target.keys, target.order_columns
+        on = " AND ".join(f"s.{_q(k)} = t.{_q(k)}" for k in keys)
+        picked = ", ".join(_q(c) for c in dict.fromkeys([*keys, *order]))
+        graves = request.tombstones
+        grave = graves.current_snapshot() if graves is not None else None
+        source, buried = view, False
+        if graves is not None and grave is not None:
+            dead = f"{'.'.join(_q(p) for p in (self._catalog_name(), *graves.name()))} VERSION AS OF {grave.snapshot_id}"
+            hit = ", ".join(f"s.{_q(k)}" for k in keys)
+            back = " AND ".join(f"s.{_q(k)} = b.{_q(k)}" for k in keys)
+            source = (
+                f"(SELECT s.*, (NOT {_deleted_sql(target, names)} AND b.{_q(HIT)} IS NOT NULL) AS {_q(BURIED)} "
+                f"FROM {view} s LEFT JOIN (SELECT DISTINCT {hit}, true AS {_q(HIT)} FROM {view} s "
+                f"JOIN (SELECT {picked} FROM {dead}) t ON {on} WHERE NOT {_newer_sql(order)}) b ON {back})"
+            )
+            buried = True
+        counts = []
+        if before is not None:
+            stored = f"(SELECT {picked} FROM {base} VERSION AS OF {before})"
+            counts.append(f"(SELECT count(*) FROM {source} s LEFT SEMI JOIN {stored} t ON {on} AND NOT {_newer_sql(order)})")
+            if buried:
+                counts.append(f"(SELECT count(*) FROM {source} s LEFT ANTI JOIN {stored} t ON {on} WHERE s.{_q(BURIED)})")
+        elif buried:
+            counts.append(f"(SELECT count(*) FROM {source} s WHERE s.{_q(BURIED)})")
+        stale = 0
+        if counts:
+            query = "SELECT " + " + ".join(counts)
+            log.debug("spark: %s", query)
+            try:
+                stale = int(spark.sql(query).collect()[0][0])
+            except Exception as e:
+                if type(e).__name__ in ("AnalysisException", "ParseException"):
+                    raise ConfigError(f"Spark refused the count of the batch's stale versions ({e}); the query was: {query}") from e
+                raise
+        return source, buried, stale
+
+    @staticmethod
     def _statement(
-        table: Table, request: WriteRequest, dest: str, view: str, columns: list[str], whole_table: bool
+        table: Table, request: WriteRequest, dest: str, view: str, columns: list[str], whole_table: bool,
+        newest: bool = False, buried: bool = False,
     ) -> tuple[str, dict[str, Any], bool]:
-        """The SQL statement that writes the batch (view ``view``) on ``dest`` (the table's branch), its named
-        arguments, and whether the overwrite is dynamic (by partition)."""
+        """The SQL statement that writes the batch (view ``view``, or a subquery over it) on ``dest`` (the
+        table's branch), its named arguments, and whether the overwrite is dynamic (by partition). ``newest``:
+        a ``keep_newest`` merge (only a strictly newer version replaces or deletes a stored row); ``buried``:
+        the source has the column :data:`BURIED` (rows not to insert, :meth:`_newest_source`)."""
         target, data = request.target, request.data
         have = set(data.column_names)
         select = ", ".join(f"s.{_q(c)}" if c in have else f"NULL AS {_q(c)}" for c in columns)
@@ -357,14 +462,17 @@ class SparkEngine(Engine):
             return f"INSERT INTO {dest} SELECT {select} FROM {view} s", {}, False
         # merge
         flag = target.delete_column if target.delete_column in have else None
-        deleted = f"coalesce(CAST(s.{_q(flag)} AS BOOLEAN), false)" if flag else "false"
+        deleted = _deleted_sql(target, data.column_names)
         if request.truncate:
             return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s WHERE NOT {deleted}", {}, False
         on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in target.keys)
         sets = ", ".join(f"t.{_q(c)} = s.{_q(c)}" for c in columns if c in have)
         cols = ", ".join(_q(c) for c in columns)
-        clauses = [f"WHEN MATCHED AND {deleted} THEN DELETE"] if flag else []
-        clauses += [f"WHEN MATCHED THEN UPDATE SET {sets}", f"WHEN NOT MATCHED AND NOT {deleted} THEN INSERT ({cols}) VALUES ({select})"]
+        # keep_newest: an older or equal version leaves the stored row as it is (stale).
+        matched = f"WHEN MATCHED AND {_newer_sql(target.order_columns)}" if newest else "WHEN MATCHED"
+        insert = f"WHEN NOT MATCHED AND NOT {deleted}" + (f" AND NOT s.{_q(BURIED)}" if buried else "")
+        clauses = [f"{matched} AND {deleted} THEN DELETE"] if flag else []
+        clauses += [f"{matched} THEN UPDATE SET {sets}", f"{insert} THEN INSERT ({cols}) VALUES ({select})"]
         return f"MERGE INTO {dest} t USING {view} s ON {on} " + " ".join(clauses), {}, False
 
     @staticmethod
@@ -392,6 +500,43 @@ class SparkEngine(Engine):
                     conf.set(k, v)
 
 
+def _keeps_newest(target: TargetConfig, names: list[str]) -> bool:
+    """True for a ``keep_newest`` merge whose batch (columns ``names``) has the order columns (as the local
+    engine decides)."""
+    order = target.order_columns
+    return target.mode == "merge" and target.keep_newest and bool(order) and all(c in names for c in order)
+
+
+def _deletes(target: TargetConfig, batch: pa.Table) -> pa.Table | None:
+    """The deletes of ``batch`` (deduplicated by key) as tombstones: their keys and version; None without any."""
+    import pyarrow.compute as pc
+
+    _, flag = split_deletes(batch, target.delete_column)
+    if not pc.any(flag).as_py():
+        return None
+    return batch.filter(flag).select(target.keys + target.order_columns)
+
+
+def _deleted_sql(target: TargetConfig, names: list[str]) -> str:
+    """Spark SQL that is true for a source row ``s`` (columns ``names``) that deletes its key (a NULL flag is
+    an upsert)."""
+    flag = target.delete_column if target.delete_column in names else None
+    return f"coalesce(CAST(s.{_q(flag)} AS BOOLEAN), false)" if flag else "false"
+
+
+def _newer_sql(order: list[str], new: str = "s", old: str = "t") -> str:
+    """Spark SQL that is true where the version of ``new`` is strictly newer than that of ``old``: the columns
+    ``order`` compared in turn, NULL older than any value and equal to NULL (as
+    :func:`icefield.iceberg.versions.newer_mask`)."""
+    terms: list[str] = []
+    equal: list[str] = []
+    for c in order:
+        a, b = f"{new}.{_q(c)}", f"{old}.{_q(c)}"
+        terms.append(" AND ".join([*equal, f"(coalesce({a} > {b}, false) OR ({a} IS NOT NULL AND {b} IS NULL))"]))
+        equal.append(f"({a} <=> {b})")
+    return "(" + " OR ".join(f"({t})" for t in terms) + ")"
+
+
 def _first_line(e: BaseException) -> str:
     """The first line of ``e``'s message (a Java exception's own, not py4j's call)."""
     java = getattr(e, "java_exception", None)
@@ -412,8 +557,9 @@ def _sits_on(table: Table, parent: int | None, cut: int | None) -> bool:
     return not int(summary.get("added-records", 0) or 0)
 
 
-def _count(staged: StagedWrite, summary: dict[str, str], merge: bool) -> None:
-    """Fill ``staged``'s counts from the summary of the snapshot Spark committed."""
+def _count(staged: StagedWrite, summary: dict[str, str], merge: bool, truncate: bool = False) -> None:
+    """Fill ``staged``'s counts from the summary of the snapshot Spark committed (a truncating merge inserts
+    every row it writes, as the local engine counts it)."""
 
     def n(key: str) -> int:
         return int(summary.get(key, 0) or 0)
@@ -421,7 +567,9 @@ def _count(staged: StagedWrite, summary: dict[str, str], merge: bool) -> None:
     staged.rows_written = n("added-records")
     staged.files_added = n("added-data-files")
     staged.files_removed = n("deleted-data-files")
-    if merge:
+    if merge and truncate:
+        staged.rows_inserted = staged.rows_written
+    elif merge:
         prefix = "spark.merge-into.num-target-rows-"
         staged.rows_updated, staged.rows_inserted = n(prefix + "updated"), n(prefix + "inserted")
         staged.rows_deleted = n(prefix + "deleted")

@@ -122,7 +122,7 @@ class SqlSource(Source):
         self.project_root = project.root
         self._engine: Engine | None = None
         self._reader: Any = None  # an icefield engine that reads the source itself (read_with)
-        self._split_ok = project.config.spark.read_sources and not (pipeline.target.mode == "merge" and pipeline.target.keep_newest)
+        self._split_ok = project.config.spark.read_sources
         if self.cfg.cursor is None and pipeline.target.mode == "append":
             raise ConfigError(
                 f"pipeline {pipeline.name!r}: a sql source without 'cursor' is a full load, and mode 'append' "
@@ -203,7 +203,7 @@ class SqlSource(Source):
 
     def read_with(self, engine: Any) -> None:
         """Let ``engine`` read the rows between the committed cursor value and the newest one (see
-        :meth:`_read_split`); not for full loads or ``keep_newest`` merges, nor when ``spark.read_sources`` is off."""
+        :meth:`_read_split`); not for full loads, nor when ``spark.read_sources`` is off."""
         if self._split_ok and self.cfg.cursor is not None:
             self._reader = engine
 
