@@ -120,6 +120,28 @@ def _server_properties(project: Project) -> tuple[str, dict[str, str]]:
     return uri, props
 
 
+def server_properties(project: Project) -> dict[str, str]:
+    """The properties of the project's catalog server (``catalog.type`` rest or hive), secrets resolved: the
+    catalog's ``properties``, the storage settings (``s3.*``), ``uri``, ``warehouse`` when given and, for
+    REST, the login (``token``, or ``credential`` with ``oauth2-server-uri``). pyiceberg's names, which are
+    also the names Iceberg's Java catalogs take (but ``s3.region``: Java's ``client.region``)."""
+    cfg = project.config.catalog
+    where = f"{project.root / 'icefield.yaml'}: catalog"
+    uri, props = _server_properties(project)
+    if cfg.type != "rest":
+        return props
+    # Without catalog.warehouse a REST server chooses each table's location (the project's warehouse key is
+    # not sent: a REST server takes a warehouse name or its own location, never a client's folder).
+    if cfg.token is not None:
+        props["token"] = resolve(cfg.token, where=f"{where}.token", base_dir=project.root)
+    if cfg.credential is not None:
+        props["credential"] = resolve(cfg.credential, where=f"{where}.credential", base_dir=project.root)
+        # The spec's token endpoint unless the properties name another (an external identity provider);
+        # pyiceberg's implicit fallback to it is deprecated and warns.
+        props.setdefault("oauth2-server-uri", f"{uri}/v1/oauth/tokens")
+    return props
+
+
 def _with_leases(project: Project, catalog: Catalog) -> Catalog:
     """``catalog`` (a server that holds no database of icefield's) with the engine of its lease database
     attached: ``catalog.leases``, by default SQLite under the project's state folder."""
@@ -143,17 +165,8 @@ def _open_rest(project: Project) -> Catalog:
     from pyiceberg.catalog.rest import RestCatalog
 
     cfg = project.config.catalog
-    where = f"{project.root / 'icefield.yaml'}: catalog"
-    uri, props = _server_properties(project)
-    # Without catalog.warehouse a REST server chooses each table's location (the project's warehouse key is
-    # not sent: a REST server takes a warehouse name or its own location, never a client's folder).
-    if cfg.token is not None:
-        props["token"] = resolve(cfg.token, where=f"{where}.token", base_dir=project.root)
-    if cfg.credential is not None:
-        props["credential"] = resolve(cfg.credential, where=f"{where}.credential", base_dir=project.root)
-        # The spec's token endpoint unless the properties name another (an external identity provider);
-        # pyiceberg's implicit fallback to it is deprecated and warns.
-        props.setdefault("oauth2-server-uri", f"{uri}/v1/oauth/tokens")
+    props = server_properties(project)
+    uri = props["uri"]
     try:
         catalog = RestCatalog(cfg.name, **props)
     except Exception as e:

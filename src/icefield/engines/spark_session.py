@@ -3,8 +3,9 @@ that is icefield's own catalog.
 
 The session's Iceberg ``SparkCatalog`` is Java's ``JdbcCatalog`` on the same database as icefield's SQL
 catalog (SQLite or PostgreSQL), under the same catalog name and with the same warehouse: a table committed by
-one side is the table the other loads (``docs/architecture.md``, section "Engines"). The catalog cache is
-off, so Spark sees icefield's commits at once.
+one side is the table the other loads (``docs/architecture.md``, section "Engines"). On a catalog server
+(``catalog.type`` rest or hive) it is Iceberg's ``RESTCatalog`` or ``HiveCatalog`` on the same server, with the
+same login. The catalog cache is off, so Spark sees icefield's commits at once.
 
 The jars (the Iceberg Spark runtime and the JDBC drivers) are not Python packages: they are found in the
 folder ``spark.jars_dir`` of ``icefield.yaml`` or in ``${ICEFIELD_CACHE:-${XDG_CACHE_HOME:-~/.cache}/icefield}/jars``
@@ -157,17 +158,46 @@ def catalog_settings(catalog_name: str, catalog_uri: str, warehouse_uri: str, st
     if jdbc_url.startswith("jdbc:sqlite:"):
         settings[f"{prefix}.jdbc.busy_timeout"] = str(SQLITE_BUSY_TIMEOUT_MS)
     if warehouse.startswith(S3_SCHEMES):
-        settings[f"{prefix}.io-impl"] = "org.apache.iceberg.aws.s3.S3FileIO"
-        props = storage or {}
-        # pyiceberg's s3.region is the AWS SDK's client.region in Java; the other keys have the same names.
-        settings[f"{prefix}.client.region"] = props.get("s3.region", "us-east-1")
-        for key in ("s3.endpoint", "s3.access-key-id", "s3.secret-access-key", "s3.session-token", "s3.path-style-access"):
-            if key in props:
-                settings[f"{prefix}.{key}"] = props[key]
+        settings.update(_s3_settings(prefix, storage or {}))
     if user is not None:
         settings[f"{prefix}.jdbc.user"] = user
     if password is not None:
         settings[f"{prefix}.jdbc.password"] = password
+    return settings
+
+
+def _s3_settings(prefix: str, props: dict[str, str]) -> dict[str, str]:
+    """Iceberg's ``S3FileIO`` for the catalog ``prefix`` with pyiceberg's ``s3.*`` properties ``props``."""
+    settings = {f"{prefix}.io-impl": "org.apache.iceberg.aws.s3.S3FileIO"}
+    # pyiceberg's s3.region is the AWS SDK's client.region in Java; the other keys have the same names.
+    settings[f"{prefix}.client.region"] = props.get("s3.region", "us-east-1")
+    for key in ("s3.endpoint", "s3.access-key-id", "s3.secret-access-key", "s3.session-token", "s3.path-style-access"):
+        if key in props:
+            settings[f"{prefix}.{key}"] = props[key]
+    return settings
+
+
+SERVER_KEYS = ("uri", "warehouse", "token", "credential", "oauth2-server-uri", "scope")
+"""The properties of a catalog server (pyiceberg's, :func:`icefield.catalog.server_properties`) that Iceberg's
+Java REST and Hive catalogs take under the same names."""
+
+
+def server_catalog_settings(catalog_name: str, kind: str, props: dict[str, str]) -> dict[str, str]:
+    """The Spark settings that make ``catalog_name`` an Iceberg catalog on icefield's catalog server: ``kind``
+    ``rest`` (Iceberg's ``RESTCatalog``: ``uri``, ``warehouse``, the ``token`` or the OAuth2 ``credential``)
+    or ``hive`` (``HiveCatalog``, a metastore at ``uri``); ``props`` are the project's catalog properties
+    (:func:`icefield.catalog.server_properties`). Tables on an object store (``s3.*`` properties, or an
+    ``s3://`` warehouse) are read and written through ``S3FileIO``."""
+    prefix = f"spark.sql.catalog.{catalog_name}"
+    settings = {
+        "spark.sql.extensions": CATALOG_EXTENSIONS,
+        prefix: "org.apache.iceberg.spark.SparkCatalog",
+        f"{prefix}.type": kind,
+        f"{prefix}.cache-enabled": "false",
+    }
+    settings.update({f"{prefix}.{k}": props[k] for k in SERVER_KEYS if k in props})
+    if any(k.startswith("s3.") for k in props) or props.get("warehouse", "").startswith(S3_SCHEMES):
+        settings.update(_s3_settings(prefix, props))
     return settings
 
 
@@ -195,15 +225,16 @@ def project_session(project: Project) -> Any:
     cfg = project.config.spark
     name = project.config.catalog.name
     if project.config.catalog.type != "sql":
-        raise ConfigError(
-            f"engine spark shares SQL catalogs (SQLite, PostgreSQL) only, not catalog.type {project.config.catalog.type!r}: "
-            "use engine: local for this project"
-        )
-    where = f"{project.root / 'icefield.yaml'}: catalog.uri"
-    uri = sqlite_relative_to(resolve(project.catalog_uri(), where=where, base_dir=project.root), project.root)
-    warehouse = project.warehouse_uri()
-    s3 = str(warehouse).startswith(S3_SCHEMES)
-    shared = catalog_settings(name, uri, warehouse, storage_properties(project) if s3 else None)
+        from icefield.catalog import server_properties
+
+        shared = server_catalog_settings(name, project.config.catalog.type, server_properties(project))
+        s3 = f"spark.sql.catalog.{name}.io-impl" in shared
+    else:
+        where = f"{project.root / 'icefield.yaml'}: catalog.uri"
+        uri = sqlite_relative_to(resolve(project.catalog_uri(), where=where, base_dir=project.root), project.root)
+        warehouse = project.warehouse_uri()
+        s3 = str(warehouse).startswith(S3_SCHEMES)
+        shared = catalog_settings(name, uri, warehouse, storage_properties(project) if s3 else None)
     import_pyspark()
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
