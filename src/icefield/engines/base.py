@@ -67,6 +67,11 @@ class EngineCapabilities:
     (:class:`Frame`): ``sql`` is a JDBC read split by the cursor range (:meth:`Engine.read_jdbc`)."""
 
 
+SUSPECT_COLUMN = "__icefield_suspect"
+"""A frame's column that marks rows its reader hands back itself (:meth:`Engine.split` returns them with the
+rows a check may refuse): rows the engine could not decode as the table is."""
+
+
 @dataclass
 class Frame:
     """Rows of a batch the engine holds (read by its own readers, never brought into this process):
@@ -161,6 +166,16 @@ class Engine:
         (a SQLAlchemy URL) with the engine's own readers, split into ranges of ``column`` between ``bounds``
         (``(lower, upper)`` as text; None: one reader), plus the rows of ``extra`` read here; hold them as one
         :class:`Frame`. Only engines whose :attr:`EngineCapabilities.reads` holds ``sql`` implement it."""
+        raise NotImplementedError(f"engine {self.name!r} does not read sources")
+
+    def read_kafka(
+        self, options: dict[str, str], ranges: dict[tuple[str, int], tuple[int, int]], decode: Callable[..., Any], schema: pa.Schema
+    ) -> Frame:
+        """Read the messages of ``ranges`` (``(topic, partition) -> (first offset, end offset)``) from Kafka
+        (consumer ``options``, librdkafka's names) with the engine's own readers, decoded where they are read by
+        ``decode`` (given Arrow batches of ``topic``, ``partition``, ``offset``, ``value`` and ``schema``, the
+        Arrow schema of the frame's rows as the engine holds them: it yields batches of that schema); hold them as
+        one :class:`Frame`. Only engines whose :attr:`EngineCapabilities.reads` holds ``kafka`` implement it."""
         raise NotImplementedError(f"engine {self.name!r} does not read sources")
 
     def split(self, frame: Frame, table: Table, suspect: str | None, columns: list[str]) -> tuple[Frame, pa.Table]:

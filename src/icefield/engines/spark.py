@@ -52,7 +52,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from icefield.engines.base import Engine, EngineCapabilities, Frame, StagedWrite, WriteRequest
+from icefield.engines.base import SUSPECT_COLUMN, Engine, EngineCapabilities, Frame, StagedWrite, WriteRequest
 from icefield.errors import ConfigError
 from icefield.iceberg.history import MAIN, SUMMARY_BATCH_ID, SUMMARY_PIPELINE, head_id
 from icefield.iceberg.versions import dedupe_latest, split_deletes
@@ -95,7 +95,7 @@ class SparkEngine(Engine):
 
     name: ClassVar[str] = "spark"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(
-        supports_merge=True, distributed=True, dialect="spark", reads=frozenset({"sql"})
+        supports_merge=True, distributed=True, dialect="spark", reads=frozenset({"sql", "kafka"})
     )
 
     def __init__(self, project: Project | None = None, session: Any = None) -> None:
@@ -177,7 +177,7 @@ class SparkEngine(Engine):
                 if newest and not request.truncate:
                     source, buried, stale = self._newest_source(spark, request, view, names, base, before)
                 statement, args, dynamic = self._statement(
-                    table, request, f"{base}.{_q('branch_' + ref)}", source, columns, whole_table, newest=newest, buried=buried
+                    table, request, f"{base}.{_q('branch_' + ref)}", source, columns, whole_table, set(names), newest=newest, buried=buried
                 )
                 self._run(spark, statement, args, request.summary, dynamic)
             finally:
@@ -224,16 +224,17 @@ class SparkEngine(Engine):
 
     def _with_frame(self, data: Any, frame: Frame, request: WriteRequest) -> Any:
         """The batch as one DataFrame: the engine's ``frame`` (typed as the table by :meth:`split`) and the
-        rows of ``data`` cast to its types; a merge keeps the last version of each key (by ``order_by``, else
+        rows of ``data`` cast to its types (a column only ``data`` has is null for the frame's rows); a merge keeps the last version of each key (by ``order_by``, else
         by the order the source gave: the frame's ``order``)."""
         df = self._frames[frame.handle]
         if data.num_rows:
-            more = self.spark.createDataFrame(data)
-            have = set(more.columns)
             from pyspark.sql import functions as F
 
-            more = more.select(*[(F.col(_q(f.name)) if f.name in have else F.lit(None)).cast(f.dataType).alias(f.name) for f in df.schema])
-            df = df.unionByName(more)
+            more = self.spark.createDataFrame(data)
+            types = {f.name: f.dataType for f in df.schema}
+            # A column only the rows of data have (the table gained it for them) is null in the frame's rows.
+            more = more.select(*[F.col(_q(c)).cast(types[c]).alias(c) if c in types else F.col(_q(c)) for c in more.columns])
+            df = df.unionByName(more, allowMissingColumns=True)
         target = request.target
         if target.mode != "merge":
             return df
@@ -305,6 +306,53 @@ class SparkEngine(Engine):
         log.info("spark read %d rows of the source in %d range(s) in %.1fs", rows, ranges, time.perf_counter() - started)
         return Frame(view, rows)
 
+    def read_kafka(
+        self, options: dict[str, str], ranges: dict[tuple[str, int], tuple[int, int]], decode: Any, schema: Any
+    ) -> Frame:
+        """Read the offset ranges with Spark's Kafka source (``assign``, ``startingOffsets``, ``endingOffsets``:
+        one Spark task per partition), decode them with ``decode`` in Spark's Python workers
+        (``mapInArrow``), and checkpoint the result (see :meth:`Engine.read_kafka`). ``schema`` is the Arrow
+        form of the rows ``decode`` yields; Spark's own types are derived from it."""
+        import json
+
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        topics = sorted({t for t, _ in ranges})
+        assign = {t: sorted(p for (u, p) in ranges if u == t) for t in topics}
+        start = {t: {str(p): ranges[(t, p)][0] for p in assign[t]} for t in topics}
+        end = {t: {str(p): ranges[(t, p)][1] for p in assign[t]} for t in topics}
+        with _session_lock:
+            spark = self.spark
+            reader = (
+                spark.read.format("kafka")
+                .option("assign", json.dumps(assign))
+                .option("startingOffsets", json.dumps(start))
+                .option("endingOffsets", json.dumps(end))
+                # offsets deleted by retention (or transaction markers) are gaps, as for icefield's own reader
+                .option("failOnDataLoss", "false")
+            )
+            for key, value in options.items():
+                if key not in ("group.id", "enable.auto.commit", "auto.offset.reset", "enable.partition.eof"):
+                    reader = reader.option(f"kafka.{key}", value)
+            started = time.perf_counter()
+            try:
+                raw = reader.load().select("topic", "partition", "offset", "value")
+                df = raw.mapInArrow(decode, from_arrow_schema(schema, prefer_timestamp_ntz=True)).localCheckpoint(eager=True)
+            except Exception as e:
+                from icefield.errors import SourceError
+
+                if "Failed to find data source: kafka" in str(e):
+                    from icefield.engines.spark_session import JARS_HINT
+
+                    raise ConfigError(f"Spark's Kafka source is not on spark.jars: run `{JARS_HINT}` and start again") from e
+                raise SourceError(f"Spark's read of Kafka failed: {_first_line(e)}") from e
+            rows = df.count()
+            view = f"icefield_frame_{uuid.uuid4().hex[:12]}"
+            df.createOrReplaceTempView(view)
+            self._frames[view] = df
+        log.info("spark read %d messages of %d partition(s) in %.1fs", rows, len(ranges), time.perf_counter() - started)
+        return Frame(view, rows)
+
     def read_partitions(self) -> int:
         """How many ranges a source read is split into: ``spark.read_partitions``, else Spark's default
         parallelism (the cores of ``local[N]``, of the cluster's workers)."""
@@ -321,10 +369,12 @@ class SparkEngine(Engine):
             types = {f.name: f.dataType for f in spark.table(base).schema}
             have = {f.name: f.dataType for f in df.schema}
             marks = [f"({suspect})"] if suspect else []
+            if SUSPECT_COLUMN in have:
+                marks.append(SUSPECT_COLUMN)
             for name, t in have.items():
                 if name in types and types[name] != t:
                     marks.append(f"({_q(name)} IS NOT NULL AND try_cast({_q(name)} AS {types[name].simpleString()}) IS NULL)")
-            flag = "__icefield_suspect"
+            flag = "__icefield_marked"
             try:
                 marked = spark.sql(
                     f"SELECT *, coalesce({' OR '.join(marks) or 'false'}, false) AS {flag} FROM {frame.handle}"
@@ -435,14 +485,14 @@ class SparkEngine(Engine):
     @staticmethod
     def _statement(
         table: Table, request: WriteRequest, dest: str, view: str, columns: list[str], whole_table: bool,
-        newest: bool = False, buried: bool = False,
+        have: set[str], newest: bool = False, buried: bool = False,
     ) -> tuple[str, dict[str, Any], bool]:
-        """The SQL statement that writes the batch (view ``view``, or a subquery over it) on ``dest`` (the
-        table's branch), its named arguments, and whether the overwrite is dynamic (by partition). ``newest``:
+        """The SQL statement that writes the batch (view ``view`` with the columns ``have``, or a subquery over
+        it) on ``dest`` (the table's branch), its named arguments, and whether the overwrite is dynamic (by
+        partition). ``newest``:
         a ``keep_newest`` merge (only a strictly newer version replaces or deletes a stored row); ``buried``:
         the source has the column :data:`BURIED` (rows not to insert, :meth:`_newest_source`)."""
-        target, data = request.target, request.data
-        have = set(data.column_names)
+        target = request.target
         select = ", ".join(f"s.{_q(c)}" if c in have else f"NULL AS {_q(c)}" for c in columns)
         if target.mode == "overwrite":
             return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s", {}, not whole_table
@@ -462,7 +512,7 @@ class SparkEngine(Engine):
             return f"INSERT INTO {dest} SELECT {select} FROM {view} s", {}, False
         # merge
         flag = target.delete_column if target.delete_column in have else None
-        deleted = _deleted_sql(target, data.column_names)
+        deleted = _deleted_sql(target, sorted(have))
         if request.truncate:
             return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s WHERE NOT {deleted}", {}, False
         on = " AND ".join(f"t.{_q(k)} = s.{_q(k)}" for k in target.keys)

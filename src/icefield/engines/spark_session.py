@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -41,9 +42,17 @@ SQLITE_JDBC = "org.xerial:sqlite-jdbc:3.53.0.0"  # the version Iceberg 1.11 itse
 POSTGRES_JDBC = "org.postgresql:postgresql:42.7.14"
 AWS_BUNDLE = f"org.apache.iceberg:iceberg-aws-bundle:{ICEBERG_VERSION}"
 """Iceberg's S3FileIO and the AWS SDK it needs: on ``spark.jars`` when the warehouse is on an object store."""
-ARTIFACTS: tuple[str, ...] = (ICEBERG_RUNTIME, SQLITE_JDBC, POSTGRES_JDBC, AWS_BUNDLE)
+SPARK_KAFKA = (
+    "org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1",
+    "org.apache.spark:spark-token-provider-kafka-0-10_2.13:4.1.1",
+    "org.apache.kafka:kafka-clients:3.9.1",
+    "org.apache.commons:commons-pool2:2.12.1",
+)
+"""Spark's Kafka source and what it needs (the 4.1 series' newest on Maven Central): the ``kafka`` source read
+by Spark itself. On ``spark.jars`` when they are in the jars folder."""
+ARTIFACTS: tuple[str, ...] = (ICEBERG_RUNTIME, SQLITE_JDBC, POSTGRES_JDBC, AWS_BUNDLE, *SPARK_KAFKA)
 """Maven coordinates (group:artifact:version) of the jars a session puts on ``spark.jars`` (the AWS bundle
-only for an ``s3://`` warehouse)."""
+only for an ``s3://`` warehouse, Spark's Kafka source when present)."""
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")
 CATALOG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -74,8 +83,11 @@ def find_jars(folder: Path | None = None, s3: bool = False) -> list[Path]:
     """The jars of :data:`ARTIFACTS` in ``folder`` (default :func:`cache_jars_dir`), the AWS bundle only with
     ``s3``; raises :class:`ConfigError` naming the missing ones and the command that fetches them."""
     where = folder if folder is not None else cache_jars_dir()
-    paths = [where / jar_name(c) for c in ARTIFACTS if s3 or c != AWS_BUNDLE]
+    paths = [where / jar_name(c) for c in ARTIFACTS if (s3 or c != AWS_BUNDLE) and c not in SPARK_KAFKA]
     missing = [p.name for p in paths if not p.is_file() or p.stat().st_size == 0]
+    kafka = [where / jar_name(c) for c in SPARK_KAFKA]
+    if all(p.is_file() and p.stat().st_size for p in kafka):
+        paths += kafka
     if missing:
         raise ConfigError(
             f"engine spark: the jars {', '.join(missing)} are not in {where}: run `{JARS_HINT}` (it fetches them "
@@ -263,6 +275,9 @@ def project_session(project: Project) -> Any:
             **shared,
             **cfg.conf,
         }
+        # Python code Spark runs (a source's decoder, in its Python workers) runs on this interpreter, with
+        # icefield, unless PYSPARK_PYTHON names another (pyspark reads only the variable, when it starts).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if cfg.master.startswith("local"):
             settings.setdefault("spark.driver.host", "127.0.0.1")
             settings.setdefault("spark.driver.bindAddress", "127.0.0.1")

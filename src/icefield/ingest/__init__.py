@@ -68,6 +68,10 @@ class SourceBatch:
     # Rows of the batch the engine read and holds (icefield.engines.base.Frame), besides ``data`` (which then
     # holds none of them; its schema is the batch's). icefield.quality.frames says how they are checked.
     frame: Frame | None = None
+    # ``redecode(batch, rows)``: for a frame whose rows the engine decoded, decode again here the rows it hands
+    # back (a check may refuse them, or the engine could not decode them as the table is): sets ``data``,
+    # ``raw`` and ``coords`` and adds to ``rejected``, as a batch read here would have them.
+    redecode: Callable[[SourceBatch, pa.Table], None] | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the

@@ -795,6 +795,9 @@ class KafkaSource(Source):
         self.root = project.root
         self.reader: KafkaReader | None = None
         self._stop_requested = False
+        self._engine: Any = None  # an icefield engine that reads and decodes the messages itself (read_with)
+        self._engine_reads = project.config.spark.read_sources
+        self.control = pipeline.target.delete_column
 
     def _open(self, position: dict[str, Any] | None) -> KafkaReader:
         conf = consumer_config(self.cfg, self.pipeline, self.where, base_dir=self.root)
@@ -814,6 +817,9 @@ class KafkaSource(Source):
         return self._batches(position, schema, follow=True)
 
     def _batches(self, position: dict[str, Any] | None, schema: pa.Schema | None, follow: bool) -> Iterator[SourceBatch]:
+        if self._engine is not None and not follow and schema is not None and not self.cfg.metadata_columns:
+            yield from self._engine_batches(position, schema, self.control)
+            return
         reader = self._open(position)
         if schema is not None and self.cfg.metadata_columns:
             schema = pa.schema([f for f in schema if f.name not in METADATA_COLUMNS])  # not in the messages
@@ -836,6 +842,51 @@ class KafkaSource(Source):
                 coord_label=",".join(self.cfg.topic_names),
             )
 
+    def read_with(self, engine: Any) -> None:
+        """Let ``engine`` read and decode the messages (:meth:`_engine_batches`) when ``spark.read_sources`` is on."""
+        if self._engine_reads:
+            self._engine = engine
+
+    def _engine_batches(self, position: dict[str, Any] | None, schema: pa.Schema, control: str | None) -> Iterator[SourceBatch]:
+        """The messages up to the end offsets the topics had when the read began, read by the engine
+        (:meth:`~icefield.engines.base.Engine.read_kafka`: one reader per partition) and decoded where they are
+        read by this source's decoder (:func:`decode_in_engine`), in batches of about ``batch_size`` messages
+        taken from every partition alike. The rows the engine hands back (a check may refuse them; a message it
+        could not decode as the table is: a new field, a bad value) are decoded again here
+        (:meth:`_redecode`), with this run's decoder, as a read here would decode them. Positions and batch keys
+        have the form the reader's batches have."""
+        reader = self._open(position)
+        cur, ends = dict(reader.positions), dict(reader.ends)
+        types = _with_control(schema, control)
+        out = engine_schema(types)
+        decode = functools.partial(decode_in_engine, types=types, out=out)
+        options = {k: str(v) for k, v in reader.config.items() if isinstance(v, (str, int, float, bool))}
+        while True:
+            active = sorted(tp for tp in cur if cur[tp] < ends[tp])
+            if not active:
+                return
+            per = max(1, -(-self.batch_size // len(active)))
+            end = {tp: min(ends[tp], cur[tp] + per) if tp in active else cur[tp] for tp in cur}
+            frame = self._engine.read_kafka(options, {tp: (cur[tp], end[tp]) for tp in active}, decode, out)
+            batch = SourceBatch(
+                data=schema.empty_table(),
+                position=position_state(end, position),
+                key=range_key(cur, end),
+                coord_label=",".join(self.cfg.topic_names),
+                frame=frame,
+                redecode=functools.partial(self._redecode, schema=schema),
+            )
+            yield batch
+            cur = end
+
+    def _redecode(self, batch: SourceBatch, rows: pa.Table, schema: pa.Schema) -> None:
+        """Decode here the messages of ``rows`` (the engine's columns :data:`VALUE_COLUMN` and the coordinates)."""
+        values = rows.column(VALUE_COLUMN).to_pylist()
+        topics, partitions, offsets = (rows.column(c).to_pylist() for c in (TOPIC_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN))
+        decoded = self.decoder.decode(values, lambda i: f"{topics[i]}/{partitions[i]}/{offsets[i]}", schema)
+        batch.data, batch.raw, batch.coords = decoded.data, decoded.raw, decoded.coords
+        batch.rejected = [*batch.rejected, *decoded.rejected]
+
     def acknowledge(self, position: dict[str, Any]) -> None:
         """Commit the consumer-group offsets of ``position`` (after the Iceberg commit; a hint only)."""
         if self.reader is not None:
@@ -852,6 +903,91 @@ class KafkaSource(Source):
 
 
 METADATA_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp")
+
+# ------------------------------------------------------------------------------------ decoding in an engine
+
+VALUE_COLUMN, TOPIC_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN = (
+    "__icefield_value", "__icefield_topic", "__icefield_partition", "__icefield_offset",
+)
+"""The columns a frame of messages keeps besides the table's: each message's value and coordinates."""
+
+
+def _with_control(schema: pa.Schema, control: str | None) -> pa.Schema:
+    """``schema`` with the delete flag ``control`` (a boolean) when the batch carries one."""
+    if control is None or control in schema.names:
+        return schema
+    return schema.append(pa.field(control, pa.bool_()))
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """``t`` with 32-bit offsets (string, binary, list), as Spark takes Arrow data by default."""
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_large_list(t) or pa.types.is_list(t):
+        return pa.list_(_plain(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _plain(f.type), f.nullable) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(_plain(t.key_type), _plain(t.item_type))
+    return t
+
+
+def engine_schema(types: pa.Schema) -> pa.Schema:
+    """The Arrow schema of a frame of decoded messages: the columns ``types`` (as an engine takes them), the
+    mark of the rows to decode again here (:data:`icefield.engines.base.SUSPECT_COLUMN`), each message's value
+    and coordinates."""
+    from icefield.engines.base import SUSPECT_COLUMN
+
+    fields = [pa.field(f.name, _plain(f.type)) for f in types]
+    return pa.schema([
+        *fields,
+        pa.field(SUSPECT_COLUMN, pa.bool_()),
+        pa.field(VALUE_COLUMN, pa.binary()),
+        pa.field(TOPIC_COLUMN, pa.string()),
+        pa.field(PARTITION_COLUMN, pa.int32()),
+        pa.field(OFFSET_COLUMN, pa.int64()),
+    ])
+
+
+def decode_in_engine(batches: Iterator[pa.RecordBatch], types: pa.Schema, out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Decode Kafka messages (Arrow batches of ``topic``, ``partition``, ``offset``, ``value``) where an engine
+    reads them (Spark's Python workers), with this source's decoder and the table's column types ``types``.
+
+    A message that decodes to one row of the table's columns is a row of the result (typed as ``out``). Any
+    other (a value the decoder refuses, a field the table does not have, several rows) is marked
+    (:data:`icefield.engines.base.SUSPECT_COLUMN`, its columns null) for the source to decode again where the
+    run is (:meth:`KafkaSource._redecode`): the quarantine and schema evolution stay the run's."""
+    known = set(types.names)
+    fields = [f for f in out if f.name in known]
+    for rb in batches:
+        values = rb.column("value").to_pylist()
+        topics, partitions, offsets = (rb.column(c).to_pylist() for c in ("topic", "partition", "offset"))
+        where = [f"{t}/{p}/{o}" for t, p, o in zip(topics, partitions, offsets, strict=True)]
+        decoded = JsonDecoder().decode(values, where.__getitem__, types)
+        data = decoded.data
+        index = decoded.index if decoded.index is not None else list(range(data.num_rows))
+        ok = [True] * data.num_rows
+        for name in data.column_names:
+            if name not in known:
+                ok = [a and b for a, b in zip(ok, pc.is_null(data.column(name)).to_pylist(), strict=True)]
+        count: dict[int, int] = {}
+        for m in index:
+            count[m] = count.get(m, 0) + 1
+        row_of: list[int | None] = [None] * len(values)
+        for k, m in enumerate(index):
+            if ok[k] and count[m] == 1:
+                row_of[m] = k
+        take = pa.array(row_of, pa.int64())
+        columns = [
+            data.column(f.name).take(take).cast(f.type) if f.name in data.column_names else pa.nulls(len(values), f.type)
+            for f in fields
+        ]
+        suspect = pa.array([r is None for r in row_of], pa.bool_())
+        columns += [suspect, rb.column("value"), rb.column("topic").cast(pa.string()), rb.column("partition").cast(pa.int32()),
+                    rb.column("offset").cast(pa.int64())]
+        yield pa.RecordBatch.from_arrays([c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in columns], schema=out)
 
 
 def _with_metadata(data: pa.Table, mb: MessageBatch, index: list[int] | None) -> pa.Table:

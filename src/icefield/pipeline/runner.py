@@ -425,15 +425,21 @@ def _decide_and_commit(
     def schema_changed(changes: list[str]) -> None:
         events.emit(SchemaChanged, table=pipe.target.table, batch_id=batch_id, changes=tuple(changes))
 
+    redecoded = False
     if batch.frame is not None:
         # The engine holds the rows: the table takes the batch's schema first, then the engine hands back
-        # the rows a check or a type may refuse, decided below as every batch's rows are.
+        # the rows a check or a type may refuse, decided below as every batch's rows are (decoded here again
+        # first when the engine decoded them: then they may add columns).
         if table is None:
             table = writer.create(_table_schema(data.schema, control))
-        table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema, data=data, on_change=schema_changed)
+        if batch.redecode is None:
+            table = writer.evolve(table, _table_schema(data.schema, control), open_schema=batch.open_schema, data=data, on_change=schema_changed)
+        seen = len(batch.rejected)
         data = _split_frame(engine, pipe, batch, table, control)
+        redecoded = batch.redecode is not None
+        quarantined.extend(QuarantinedRow(r.check, r.reason, r.raw, r.coords, r.raw_bytes) for r in batch.rejected[seen:])
     if table is not None:
-        if batch.frame is None:
+        if batch.frame is None or redecoded:
             table = writer.evolve(
                 table,
                 _table_schema(data.schema, control),
@@ -508,7 +514,9 @@ def _split_frame(engine: Any, pipe: PipelineConfig, batch: SourceBatch, table: A
     assert batch.frame is not None
     batch.frame, suspects = engine.split(batch.frame, table, suspect, columns)
     batch.data = suspects
-    return suspects
+    if batch.redecode is not None:
+        batch.redecode(batch, suspects)
+    return batch.data
 
 
 class _Stages:
