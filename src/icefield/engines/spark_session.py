@@ -51,8 +51,8 @@ SPARK_KAFKA = (
 """Spark's Kafka source and what it needs (the 4.1 series' newest on Maven Central): the ``kafka`` source read
 by Spark itself. On ``spark.jars`` when they are in the jars folder."""
 ARTIFACTS: tuple[str, ...] = (ICEBERG_RUNTIME, SQLITE_JDBC, POSTGRES_JDBC, AWS_BUNDLE, *SPARK_KAFKA)
-"""Maven coordinates (group:artifact:version) of the jars a session puts on ``spark.jars`` (the AWS bundle
-only for an ``s3://`` warehouse, Spark's Kafka source when present)."""
+"""Maven coordinates (group:artifact:version) of the jars a session puts on ``spark.jars`` (Spark's Kafka
+source when present)."""
 S3_SCHEMES = ("s3://", "s3a://", "s3n://")
 CATALOG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -80,10 +80,14 @@ def jar_name(coordinate: str) -> str:
 
 
 def find_jars(folder: Path | None = None, s3: bool = False) -> list[Path]:
-    """The jars of :data:`ARTIFACTS` in ``folder`` (default :func:`cache_jars_dir`), the AWS bundle only with
-    ``s3``; raises :class:`ConfigError` naming the missing ones and the command that fetches them."""
+    """The jars of :data:`ARTIFACTS` in ``folder`` (default :func:`cache_jars_dir`; Spark's Kafka source when
+    it is there); raises :class:`ConfigError` naming the missing ones and the command that fetches them.
+    ``s3`` is accepted for callers that know the warehouse is on S3 (the AWS bundle is always included)."""
     where = folder if folder is not None else cache_jars_dir()
-    paths = [where / jar_name(c) for c in ARTIFACTS if (s3 or c != AWS_BUNDLE) and c not in SPARK_KAFKA]
+    # The AWS bundle always: a process keeps its first session's JVM, whose Iceberg runtime would not find
+    # S3FileIO in the jars of a later session.
+    del s3
+    paths = [where / jar_name(c) for c in ARTIFACTS if c not in SPARK_KAFKA]
     missing = [p.name for p in paths if not p.is_file() or p.stat().st_size == 0]
     kafka = [where / jar_name(c) for c in SPARK_KAFKA]
     if all(p.is_file() and p.stat().st_size for p in kafka):
