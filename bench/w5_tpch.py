@@ -234,13 +234,15 @@ def _free_port() -> int:
 
 
 def start_postgres(root: Path) -> tuple[Any, bool]:
-    """The stack's PostgreSQL in the benchmark's own state dir (kept: it holds the landed catalog), on a free
-    port unless it already runs. Returns the launcher and whether this call started it."""
+    """The stack's PostgreSQL in the benchmark's own state dir (kept: it holds the landed catalog), started
+    on a free port (one left running from that dir is stopped first: its port is not known here). Returns
+    the launcher and whether this call started it."""
     from stack import Postgres
 
-    pg = Postgres(root / "stack", fast=True)
-    if not pg.status().running:
-        pg = Postgres(root / "stack", fast=True, port=_free_port())
+    left = Postgres(root / "stack", fast=True)
+    if left.status().running:
+        left.stop()
+    pg = Postgres(root / "stack", fast=True, port=_free_port())
     return pg, pg.up()
 
 
