@@ -23,6 +23,9 @@ once to warm up and check its answer, then ``BENCH_RUNS`` (default 3) timed runs
   timed beside it.
 - raw: DuckDB (the same version icefield uses) over the raw tpchgen Parquet files, one view per file: the
   limit, with no table format in the way.
+- files (only when ``BENCH_W5_PEERS`` names it): DuckDB over the data files of the Iceberg snapshots that
+  icefield wrote, by plain ``read_parquet`` (columns by name, views bound once, before the clock): what
+  the files' layout alone costs beside raw, and what icefield's binding and field-id reads add beside it.
 - trino: Trino 476 (``stack/trino.py``, own state dir, free port, 4 GB heap) with an Iceberg JDBC catalog
   on the same PostgreSQL database and warehouse; the trino client, time to the last row fetched.
 - spark: Spark SQL ``local[2]`` (4 GB driver) with the Iceberg runtime on the same catalog
@@ -39,7 +42,8 @@ before DuckDB reads a byte), and the ``count(*)`` over it. Target <= 1 s.
 
 Knobs: ``BENCH_SCALE`` (scale factor), ``BENCH_RUNS``, ``BENCH_W5_PEERS`` (default
 ``icefield,raw,trino,spark``), ``BENCH_W5_QUERIES`` (e.g. ``1,6,14``), ``BENCH_W5_FILES`` (10000),
-``BENCH_W5_CLI`` (0 skips the CLI runs).
+``BENCH_W5_CLI`` (0 skips the CLI runs), ``BENCH_W5_ROW_GROUP`` (rows per row group of the landed tables;
+a landing of its own).
 """
 
 from __future__ import annotations
@@ -276,6 +280,13 @@ def start_trino(root: Path, project_root: Path) -> tuple[Any, bool]:
 # ------------------------------------------------------------------------------------ landing
 
 
+def _row_group() -> int | None:
+    """``BENCH_W5_ROW_GROUP``: rows per Parquet row group of the landed tables (``write.parquet.row-group-limit``;
+    default: the writer's own, 1,048,576)."""
+    value = os.environ.get("BENCH_W5_ROW_GROUP")
+    return int(value) if value else None
+
+
 def _write_project(project_root: Path, catalog_uri: str, data: Path) -> None:
     (project_root / "pipelines").mkdir(parents=True, exist_ok=True)
     cfg = {
@@ -288,7 +299,10 @@ def _write_project(project_root: Path, catalog_uri: str, data: Path) -> None:
         pipe = {
             "name": t,
             "source": {"type": "files", "path": str(data / f"{t}.parquet"), "roots": [str(data)], "format": "parquet", "group_files": True},
-            "target": {"table": f"{NAMESPACE}.{t}", "mode": "append"},
+            "target": {
+                "table": f"{NAMESPACE}.{t}", "mode": "append",
+                "properties": {"write.parquet.row-group-limit": str(_row_group())} if _row_group() else {},
+            },
             "batch_size": 2_000_000,
         }
         (project_root / "pipelines" / f"{t}.yaml").write_text(json.dumps(pipe))
@@ -302,8 +316,9 @@ def land(root: Path, pg: Any, data: Path, sf: float) -> tuple[Path, dict[str, An
     import icefield
     from icefield.catalog import open_catalog
 
-    db = f"{PG_DB_PREFIX}_sf{str(sf).replace('.', '_')}"
-    project_root = root / f"project-sf{sf:g}"
+    rg = _row_group()
+    db = f"{PG_DB_PREFIX}_sf{str(sf).replace('.', '_')}" + (f"_rg{rg}" if rg else "")
+    project_root = root / (f"project-sf{sf:g}" + (f"-rg{rg}" if rg else ""))
     marker = project_root / ".landed.json"
     want = {t: pq.ParquetFile(data / f"{t}.parquet").metadata.num_rows for t in TABLES}
     if pg.psql(f"select count(*) from pg_database where datname = '{db}'") == "0":
@@ -432,6 +447,21 @@ def child(args: dict[str, Any]) -> None:
             con = duckdb.connect()
             for t in TABLES:
                 con.execute(f"create view {t} as select * from read_parquet('{Path(args['data']) / f'{t}.parquet'}')")
+
+            def run_one(sql: str) -> list[Any]:
+                return con.execute(sql).fetchall()
+
+        elif peer == "files":
+            import duckdb
+
+            import icefield
+            from icefield.catalog import open_catalog
+
+            catalog = open_catalog(icefield.load_project(Path(args["project"])))
+            con = duckdb.connect()
+            for t in TABLES:
+                paths = [task.file.file_path.removeprefix("file://") for task in catalog.load_table(f"{NAMESPACE}.{t}").scan().plan_files()]
+                con.execute(f"create view {t} as select * from read_parquet([{', '.join(repr(x) for x in paths)}])")
 
             def run_one(sql: str) -> list[Any]:
                 return con.execute(sql).fetchall()
