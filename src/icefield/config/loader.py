@@ -168,6 +168,7 @@ def load_project(
     pipe_files: dict[str, Path] = {}
     for pipe_file in sorted((root_path / "pipelines").glob("*.y*ml")):
         pipe = _validate(PipelineConfig, _read_yaml(pipe_file), pipe_file)
+        pipe = _with_scheduling_defaults(pipe, config, pipe_file)
         if pipe.name in pipelines:
             raise ConfigError(f"{pipe_file}: name: {pipe.name!r} is already used by another pipeline file; rename one")
         pipelines[pipe.name] = pipe
@@ -183,6 +184,19 @@ def load_project(
         ]
     )
     return Project(root=root_path, config=config, pipelines=pipelines, models=models, profile=profile)
+
+
+def _with_scheduling_defaults(pipe: PipelineConfig, config: ProjectConfig, pipe_file: Path) -> PipelineConfig:
+    """``pipe`` with the project's ``scheduling`` defaults under its own keys (see
+    :func:`icefield.config.scheduling.merge_scheduling`)."""
+    from icefield.config.scheduling import merge_scheduling
+
+    try:
+        merged = merge_scheduling(config.scheduling, pipe.scheduling)
+    except ValueError as e:
+        inherited = f" (with the defaults of {PROJECT_FILE}'s scheduling)" if config.scheduling.model_fields_set else ""
+        raise ConfigError(f"{pipe_file}: scheduling{inherited}: {e} (got {pipe.scheduling.model_dump(exclude_unset=True)!r})") from None
+    return pipe.model_copy(update={"scheduling": merged})
 
 
 def read_model(path: Path) -> ModelConfig:
