@@ -218,3 +218,17 @@ def test_an_environment_variable_sets_a_default(make_project):
     assert airflow_args(loaded.pipeline("orders").scheduling)["default_args"] == {"retries": 4}
     msg = refusal(make_project, {"orders": pipeline()}, env={"ICEFIELD__SCHEDULING__RETRIES": "-1"})
     assert "ICEFIELD__SCHEDULING__RETRIES: scheduling.retries: retries must be 0 or more" in msg
+
+
+def test_an_unquoted_cron_expression_is_refused_with_the_quoting_fix(make_project):
+    root = make_project({"orders": {"source": dict(FILES_SOURCE), "target": dict(TARGET)}})
+    (root / "pipelines" / "orders.yaml").write_text(
+        "name: orders\nsource: {type: files, path: 'landing/*.csv'}\ntarget: {table: shop.orders}\n"
+        "scheduling:\n  schedule: */15 * * * *\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_project(root, env={})
+    msg = str(info.value)
+    assert "orders.yaml: not valid YAML" in msg and "*/15 * * * *" in msg
+    assert "must be quoted: schedule: \"*/15 * * * *\"" in msg

@@ -285,7 +285,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                 )
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        # A cron expression written without quotes (schedule: */15 * * * *) reads as a YAML alias.
+        hint = (
+            "\nA value that starts with '*' (such as a cron expression) must be quoted: schedule: \"*/15 * * * *\""
+            if "alias" in str(getattr(e, "context", "") or "") or "alias" in str(getattr(e, "problem", "") or "")
+            else ""
+        )
+        raise ConfigError(f"{path}: not valid YAML: {e}{hint}") from e
     except RecursionError as e:
         raise ConfigError(f"{path}: the YAML nests too deeply (or an alias refers to itself); flatten it") from e
     finally:
