@@ -18,6 +18,7 @@ if TYPE_CHECKING:
         SqlSourceConfig,
         TargetConfig,
     )
+    from icefield.config.scheduling import SchedulingConfig, airflow_args
 
 __all__ = [
     "PROJECT_FILE",
@@ -28,8 +29,10 @@ __all__ = [
     "PipelineConfig",
     "Project",
     "ProjectConfig",
+    "SchedulingConfig",
     "SqlSourceConfig",
     "TargetConfig",
+    "airflow_args",
     "find_project_root",
     "load_project",
     "read_model",
@@ -45,6 +48,7 @@ _LAZY = {
         ["CatalogConfig", "FilesSourceConfig", "KafkaSourceConfig", "ModelConfig", "PipelineConfig", "ProjectConfig", "SqlSourceConfig", "TargetConfig"],
         "icefield.config.models",
     ),
+    **dict.fromkeys(["SchedulingConfig", "airflow_args"], "icefield.config.scheduling"),
 }
 
 

@@ -168,6 +168,7 @@ def load_project(
     pipe_files: dict[str, Path] = {}
     for pipe_file in sorted((root_path / "pipelines").glob("*.y*ml")):
         pipe = _validate(PipelineConfig, _read_yaml(pipe_file), pipe_file)
+        pipe = _with_scheduling_defaults(pipe, config, pipe_file)
         if pipe.name in pipelines:
             raise ConfigError(f"{pipe_file}: name: {pipe.name!r} is already used by another pipeline file; rename one")
         pipelines[pipe.name] = pipe
@@ -183,6 +184,19 @@ def load_project(
         ]
     )
     return Project(root=root_path, config=config, pipelines=pipelines, models=models, profile=profile)
+
+
+def _with_scheduling_defaults(pipe: PipelineConfig, config: ProjectConfig, pipe_file: Path) -> PipelineConfig:
+    """``pipe`` with the project's ``scheduling`` defaults under its own keys (see
+    :func:`icefield.config.scheduling.merge_scheduling`)."""
+    from icefield.config.scheduling import merge_scheduling
+
+    try:
+        merged = merge_scheduling(config.scheduling, pipe.scheduling)
+    except ValueError as e:
+        inherited = f" (with the defaults of {PROJECT_FILE}'s scheduling)" if config.scheduling.model_fields_set else ""
+        raise ConfigError(f"{pipe_file}: scheduling{inherited}: {e} (got {pipe.scheduling.model_dump(exclude_unset=True)!r})") from None
+    return pipe.model_copy(update={"scheduling": merged})
 
 
 def read_model(path: Path) -> ModelConfig:
@@ -271,7 +285,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                 )
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        # A cron expression written without quotes (schedule: */15 * * * *) reads as a YAML alias.
+        hint = (
+            "\nA value that starts with '*' (such as a cron expression) must be quoted: schedule: \"*/15 * * * *\""
+            if "alias" in str(getattr(e, "context", "") or "") or "alias" in str(getattr(e, "problem", "") or "")
+            else ""
+        )
+        raise ConfigError(f"{path}: not valid YAML: {e}{hint}") from e
     except RecursionError as e:
         raise ConfigError(f"{path}: the YAML nests too deeply (or an alias refers to itself); flatten it") from e
     finally:

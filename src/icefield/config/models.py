@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from icefield.config.gates import GateConfig, parse_gates
+from icefield.config.scheduling import SchedulingConfig
 from icefield.config.secrets import has_reference
 from icefield.errors import ConfigError
 
@@ -182,6 +183,8 @@ class ProjectConfig(_Model):
     read_ahead: int = Field(1, ge=0, le=4)
     """Batches a source reads and decodes (in a thread) while the one before is written; 0 reads in turn."""
     target_file_size_mb: int = Field(128, gt=0)
+    scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
+    """The scheduling every pipeline inherits, key by key, unless its own ``scheduling:`` sets the key."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
@@ -725,6 +728,9 @@ class PipelineConfig(_Model):
     batch_size: int | None = Field(None, gt=0)
     engine: EngineName | None = None
     """The engine that lands this pipeline's batches (default: the project's ``engine``)."""
+    scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
+    """When and how a scheduler runs the pipeline (:mod:`icefield.config.scheduling`); once the project is
+    loaded, the project's ``scheduling`` defaults are merged in."""
 
     @model_validator(mode="before")
     @classmethod
