@@ -860,7 +860,7 @@ class KafkaSource(Source):
         types = _with_control(schema, control)
         out = engine_schema(types)
         decode = functools.partial(decode_in_engine, types=types, out=out)
-        options = {k: str(v) for k, v in reader.config.items() if isinstance(v, (str, int, float, bool))}
+        options = java_consumer_options(reader.config)
         while True:
             active = sorted(tp for tp in cur if cur[tp] < ends[tp])
             if not active:
@@ -910,6 +910,39 @@ VALUE_COLUMN, TOPIC_COLUMN, PARTITION_COLUMN, OFFSET_COLUMN = (
     "__icefield_value", "__icefield_topic", "__icefield_partition", "__icefield_offset",
 )
 """The columns a frame of messages keeps besides the table's: each message's value and coordinates."""
+
+
+_JAVA_SAME = ("bootstrap.servers", "security.protocol", "client.id", "isolation.level", "client.rack")
+_JAAS_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def java_consumer_options(config: Mapping[str, Any]) -> dict[str, str]:
+    """The settings of a librdkafka consumer ``config`` that Kafka's Java client (an engine's Kafka reader)
+    takes, under its names: the servers, the security protocol, the SASL login (``sasl.username`` and
+    ``sasl.password`` become ``sasl.jaas.config`` for PLAIN and SCRAM), a PEM CA file as the trust store.
+    librdkafka's own tuning settings are left out. Raises :class:`ConfigError` for a SASL mechanism the
+    translation does not know (OAUTHBEARER, GSSAPI: read such a source with ``spark.read_sources: false``)."""
+    out = {k: str(config[k]) for k in _JAVA_SAME if k in config}
+    mechanism = config.get("sasl.mechanism", config.get("sasl.mechanisms"))
+    if mechanism is not None:
+        mechanism = str(mechanism).upper()
+        module = _JAAS_MODULES.get(mechanism)
+        if module is None:
+            raise ConfigError(
+                f"an engine cannot log in to Kafka with sasl.mechanism {mechanism!r} (it translates PLAIN and SCRAM "
+                "only); set spark: {read_sources: false} in icefield.yaml to read this source in the icefield process"
+            )
+        out["sasl.mechanism"] = mechanism
+        user, password = (str(config.get(k, "")).replace("\\", "\\\\").replace('"', '\\"') for k in ("sasl.username", "sasl.password"))
+        out["sasl.jaas.config"] = f'{module} required username="{user}" password="{password}";'
+    if "ssl.ca.location" in config:
+        out["ssl.truststore.type"] = "PEM"
+        out["ssl.truststore.location"] = str(config["ssl.ca.location"])
+    return out
 
 
 def _with_control(schema: pa.Schema, control: str | None) -> pa.Schema:
