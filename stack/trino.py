@@ -24,7 +24,7 @@ at the next restart (``stop()`` then ``up()``); the catalog files survive restar
 only the other files).
 
 Port: ``$ICEFIELD_TRINO_PORT`` (18080), 127.0.0.1 only. Ready when ``GET /v1/info`` says
-``"starting": false``.
+``"starting": false`` and ``SELECT 1`` runs.
 """
 
 from __future__ import annotations
@@ -375,13 +375,35 @@ class Trino(JavaService):
         ]
 
     def probe(self) -> bool:
-        """True when ``GET /v1/info`` answers with ``"starting": false``."""
+        """True when ``GET /v1/info`` answers with ``"starting": false`` and a query runs: the coordinator may
+        say it started before its node is announced to it, and answers ``NO_NODES_AVAILABLE`` until then."""
         try:
             with urllib.request.urlopen(f"{self.url()}/v1/info", timeout=2) as response:
                 info = json.loads(response.read())
         except (OSError, urllib.error.URLError, ValueError):
             return False
-        return isinstance(info, dict) and info.get("starting") is False
+        return isinstance(info, dict) and info.get("starting") is False and self._runs_a_query()
+
+    def _runs_a_query(self) -> bool:
+        """True when ``SELECT 1`` finishes without an error (Trino's HTTP protocol: POST, then follow
+        ``nextUri``)."""
+        request = urllib.request.Request(
+            f"{self.url()}/v1/statement", data=b"SELECT 1", headers={"X-Trino-User": "icefield"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                doc = json.loads(response.read())
+            for _ in range(100):
+                if not isinstance(doc, dict) or "error" in doc:
+                    return False
+                next_uri = doc.get("nextUri")
+                if not next_uri:
+                    return True
+                with urllib.request.urlopen(next_uri, timeout=5) as response:
+                    doc = json.loads(response.read())
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        return False
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         """As for every JVM service, with a longer default: Trino takes 20-30 s to start on two cores."""
