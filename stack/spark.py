@@ -4,7 +4,7 @@ Spark is not a server here: a ``local[2]`` session runs inside a JVM that pyspar
 of the calling Python process and that ends with ``spark.stop()`` (or with that process). So this
 module is a helper, not a :class:`~stack.base.Service`.
 
-* :func:`ensure_jars` fetches the Iceberg Spark runtime and the JDBC drivers with Maven, once, into
+* :func:`ensure_jars` fetches the Iceberg Spark runtime, the JDBC drivers, the Iceberg AWS bundle and Spark's Kafka source with Maven, once, into
   ``${ICEFIELD_CACHE:-${XDG_CACHE_HOME:-~/.cache}/icefield}/jars`` (outside the checkout). Spark's
   own Ivy resolution (``spark.jars.packages``) is never used: local paths go in ``spark.jars``.
 * :func:`spark_session` builds a ``local[2]`` session bound to 127.0.0.1 (UI off) whose Iceberg
