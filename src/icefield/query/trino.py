@@ -12,6 +12,7 @@ access control then governs.
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = ["trino_rows"]
 
+NO_NODES_WAIT = 30.0
+"""Seconds a query that Trino answers with ``NO_NODES_AVAILABLE`` is asked again for (a server that just
+started has not yet seen its node's catalogs) before it is a transient error."""
 _READ = re.compile(r"(?:select|with|values|show|describe|table|explain)\b", re.IGNORECASE)
 _COMMENTS = re.compile(r"(?:--[^\n]*(?:\n|$)|/\*.*?\*/|\s)+", re.DOTALL)
 INSTALL_HINT = "pip install 'icefield[trino]'"
@@ -85,10 +89,25 @@ def trino_rows(project: Project, sql: str, unrestricted: bool = False, limit: in
         max_attempts=2,
     )
     try:
-        cur = conn.cursor()
-        cur.execute(sql)
-        rows = [tuple(r) for r in cur.fetchall()]
-        columns = [d[0] for d in cur.description or []]
+        waited_until = time.monotonic() + NO_NODES_WAIT
+        while True:
+            try:
+                cur = conn.cursor()
+                cur.execute(sql)
+                rows = [tuple(r) for r in cur.fetchall()]
+                columns = [d[0] for d in cur.description or []]
+                break
+            except trino.exceptions.TrinoQueryError as e:
+                # A server that just started answers this until its node announces the catalog (seconds):
+                # nothing ran, so asking again is safe.
+                if e.error_name != "NO_NODES_AVAILABLE" or isinstance(e, trino.exceptions.TrinoUserError):
+                    raise
+                if time.monotonic() >= waited_until:
+                    raise TransientError(
+                        f"Trino at {uri} has no node for catalog {cfg.catalog or project.config.catalog.name!r} after "
+                        f"{NO_NODES_WAIT:.0f}s ({e.message}); check its workers and rerun"
+                    ) from None
+                time.sleep(0.5)
     except trino.exceptions.TrinoUserError as e:
         raise QueryError(f"the query failed on Trino at {uri}: {e.message}") from None
     except trino.exceptions.TrinoQueryError as e:
