@@ -188,20 +188,24 @@ def _run(
             read_seconds = time.perf_counter() - waited
             batch_id = batch_id_for(pipe.name, batch.key)
             in_flight.batch_id, in_flight.key, in_flight.rows_in = batch_id, batch.key, batch.rows_in
-            with events.batch(batch_id):
-                res = _run_batch(
-                    catalog,
-                    engine,
-                    writer,
-                    pipe,
-                    batch,
-                    batch_id,
-                    run_id,
-                    auditor,
-                    events,
-                    written,
-                    read_seconds,
-                )
+            try:
+                with events.batch(batch_id):
+                    res = _run_batch(
+                        catalog,
+                        engine,
+                        writer,
+                        pipe,
+                        batch,
+                        batch_id,
+                        run_id,
+                        auditor,
+                        events,
+                        written,
+                        read_seconds,
+                    )
+            finally:
+                if batch.frame is not None:  # rows the engine holds are freed whatever happened
+                    engine.release(batch.frame)
             in_flight.batch_id = None
             writer.base_position = batch.position
             result.batches.append(res)
@@ -374,29 +378,7 @@ def _run_batch(
     read_seconds: float,
 ) -> BatchResult:
     """Decide where each row of ``batch`` goes and commit it; emits the batch's events (inside the batch's
-    logging context) and returns its result, from which the batch-committed event is built. Rows the
-    engine holds (``batch.frame``) are freed when the batch is done, whatever happens."""
-    try:
-        return _decide_and_commit(catalog, engine, writer, pipe, batch, batch_id, run_id, auditor, events, written, read_seconds)
-    finally:
-        if batch.frame is not None:
-            engine.release(batch.frame)
-
-
-def _decide_and_commit(
-    catalog: Catalog,
-    engine: Any,
-    writer: TableWriter,
-    pipe: PipelineConfig,
-    batch: SourceBatch,
-    batch_id: str,
-    run_id: str,
-    auditor: Auditor,
-    events: EventStream,
-    written: dict[str, int | None],
-    read_seconds: float,
-) -> BatchResult:
-    """The body of :func:`_run_batch`."""
+    logging context) and returns its result, from which the batch-committed event is built."""
     started = time.perf_counter()
     rows_in = batch.rows_in
     clock = _Stages(read_seconds)
