@@ -255,14 +255,21 @@ class Airflow(Service):
             return True
 
     def _import_pools(self) -> None:
-        if self.project is None:
-            return
-        out = run_command([sys.executable, "-m", "icefield.integrations.airflow", "pools", str(self.project)],
+        if self.project is not None:
+            self.import_pools(self.project)
+
+    def import_pools(self, project: Path | str) -> list[str]:
+        """Create (or update) the pools of ``project``'s sources (``python -m icefield.integrations.airflow
+        pools``, then ``airflow pools import``): a task whose pool does not exist is never scheduled. Returns
+        the pool names."""
+        out = run_command([sys.executable, "-m", "icefield.integrations.airflow", "pools", str(project)],
                           env=self.environment(), timeout=120)
         pools = self.state_dir / "pools.json"
         pools.write_text(out.stdout)
-        if json.loads(out.stdout):
+        names = sorted(json.loads(out.stdout))
+        if names:
             self.airflow("pools", "import", str(pools), timeout=120)
+        return names
 
     def health(self, timeout: float = 5.0) -> dict[str, Any] | None:
         try:

@@ -346,6 +346,7 @@ def test_a_task_that_fails_on_its_first_attempt_is_retried_and_lands_every_row_o
         {"orders": _pipeline("orders", "raw.orders", "scheduling: {retries: 2, retry_delay: 1s}")},
         {"orders": _orders(1, 120)},
     )
+    server.import_pools(projects / fault)
     run_id = _trigger(server, f"icefield_{fault}")
     state, tasks = _finish(server, f"icefield_{fault}", run_id)
     assert state == "success", tasks
