@@ -354,3 +354,70 @@ def test_a_task_that_fails_on_its_first_attempt_is_retried_and_lands_every_row_o
     assert (projects / fault / "first-attempt-done").exists()
     assert _ids(projects / fault, "raw.orders") == list(range(1, 121))
     assert _xcom(server, f"icefield_{fault}", run_id, "orders")["rows_committed"] == 120
+
+
+def test_a_terminal_failure_fails_at_once_without_a_retry(server: Airflow) -> None:
+    projects: Path = server.projects  # type: ignore[attr-defined]
+    broken = _small(
+        projects / "broken", "broken",
+        {"orders": _pipeline("orders", "raw.orders", "scheduling: {retries: 3, retry_delay: 1s}").replace("cursor: updated_at", "cursor: nope")},
+        {"orders": _orders(1, 5)},
+    )
+    server.import_pools(broken)
+    run_id = _trigger(server, "icefield_broken")
+    state, tasks = _finish(server, "icefield_broken", run_id)
+    assert state == "failed"
+    assert (tasks["orders"]["state"], tasks["orders"]["try_number"]) == ("failed", 1)
+    log = _task_log(server, "icefield_broken", run_id, "orders")
+    assert "column 'nope' is not in the source" in log and "not retried" in log
+
+
+def _task_log(af: Airflow, dag_id: str, run_id: str, task: str, try_number: int = 1) -> str:
+    status, body = af.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}/logs/{try_number}")
+    assert status == 200, body
+    return json.dumps(body)
+
+
+def test_a_batch_held_by_its_gates_fails_its_task_and_passes_after_the_fix(server: Airflow) -> None:
+    projects: Path = server.projects  # type: ignore[attr-defined]
+    gate = "gates:\n      - references: {column: customer_id, to: raw.customers.id}\n    scheduling: {retries: 3, retry_delay: 1s}"
+    held = _small(
+        projects / "held", "held",
+        {"customers": _pipeline("customers", "raw.customers", source="customers"), "orders": _pipeline("orders", "raw.orders", gate)},
+        {"customers": [(1, 0, 0.0, "2026-01-01 00:00:00")], "orders": [*_orders(1, 10), (11, 99, 11.0, "2026-01-01 00:00:11")]},
+    )
+    server.import_pools(held)
+    run_id = _trigger(server, "icefield_held")
+    state, tasks = _finish(server, "icefield_held", run_id)
+    assert state == "failed"
+    assert tasks["customers"]["state"] == "success"
+    assert (tasks["orders"]["state"], tasks["orders"]["try_number"]) == ("failed", 1)  # held: not retried
+    log = _task_log(server, "icefield_held", run_id, "orders")
+    assert "held by its gates" in log and "references" in log
+    assert _ids(held, "raw.orders") == []  # main untouched: the batch waits on its audit branch
+
+    _rows(held, {"customers": [(99, 0, 0.0, "2026-01-01 00:01:00")]})  # the customer arrives
+    run_id = _trigger(server, "icefield_held")
+    state, tasks = _finish(server, "icefield_held", run_id)
+    assert state == "success", tasks
+    assert _ids(held, "raw.orders") == list(range(1, 12))
+
+
+def test_a_late_run_raises_its_deadline_alert(server: Airflow) -> None:
+    """The DAG stays paused, so its run never starts: one hour after its logical date, with a deadline of
+    one second, the scheduler finds it late and the triggerer calls icefield's alert."""
+    projects: Path = server.projects  # type: ignore[attr-defined]
+    late = _small(projects / "late", "late", {"orders": _pipeline("orders", "raw.orders")}, {"orders": _orders(1, 3)}, scheduling="scheduling: {deadline: 1s}\n")
+    server.import_pools(late)
+    run_id = _trigger(server, "icefield_late", logical_date=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), unpause=False)
+    alerts: Path = server.alerts  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 120
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not found:
+        if alerts.exists():
+            found = [a for a in map(json.loads, alerts.read_text().splitlines()) if a.get("dag_id") == "icefield_late"]
+        time.sleep(2)
+    assert found, f"no alert for icefield_late in {alerts}; triggerer log:\n{(server.state_dir / 'triggerer.log').read_text()[-3000:]}"
+    alert = found[0]
+    assert (alert["alert"], alert["run_id"], alert["pipelines"]) == ("IcefieldRunLate", run_id, ["orders"])
+    assert alert["deadline_after_logical_date"] == "0:00:01"
