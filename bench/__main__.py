@@ -1,4 +1,4 @@
-"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7]``: run the workloads (default all, in order) and write
+"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7] [airflow]``: run the workloads (default all, in order) and write
 ``build/bench/results.json`` (``BENCH_DIR`` moves it); each workload also keeps its own results."""
 
 from __future__ import annotations
@@ -7,7 +7,18 @@ import json
 import sys
 from typing import Any
 
-from bench import gates, s3_store, w1_load, w2_merge, w3_cdc, w4_compact, w5_tpch, w6_stream, w7_spark
+from bench import (
+    airflow_overhead,
+    gates,
+    s3_store,
+    w1_load,
+    w2_merge,
+    w3_cdc,
+    w4_compact,
+    w5_tpch,
+    w6_stream,
+    w7_spark,
+)
 from bench.common import machine, scale, work_dir
 
 WORKLOADS = {
@@ -20,6 +31,7 @@ WORKLOADS = {
     "gates": gates.run,
     "s3": s3_store.run,
     "w7": w7_spark.run,
+    "airflow": airflow_overhead.run,
 }
 
 
