@@ -59,11 +59,13 @@ from icefield.ingest import (
     SourceCapabilities,
     match_files,
     rebatch,
+    window_batches,
 )
 from icefield.ingest.coerce import cast_column, infer_type, parse_type, records_to_table
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
+    from icefield.config.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +275,16 @@ class FilesSource(Source):
             yield batch
         if group:
             yield _grouped(group)
+
+    def read_window(self, windows: list[Window], column: str, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Each window's rows (see :meth:`Source.read_window`): every file the glob matches is read whole,
+        whatever the position, and its rows are kept in the window their ``column`` falls in. The rows of all
+        the windows are held in memory until the files are read (pick a window size, or an interval, that
+        fits)."""
+        self._fill = 0
+        where = f"{self.where}: window.column"
+        batches = (batch for batch, _ in self._file_batches(None, schema))
+        yield from window_batches(batches, column, windows, where, self.cfg.path)
 
     def _file_batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[tuple[SourceBatch, bool]]:
         """Each file's batches, and whether a batch may share a batch with others (``group_files``, and
