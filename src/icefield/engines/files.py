@@ -224,7 +224,8 @@ def _window_plan(table: Table, request: WriteRequest, write_files: WriteFiles) -
         removed.append(task.file)
         deleted += n
         kept.append(data.filter(pc.invert(inside)))
-    rewritten = write_files(table, pa.concat_tables(kept)) if any(t.num_rows for t in kept) else []
+    # Files of other writers (or pyiceberg versions) may read as string or large_string: one type for the rewrite.
+    rewritten = write_files(table, pa.concat_tables(kept, promote_options="permissive")) if any(t.num_rows for t in kept) else []
     return removed, rewritten, deleted, flt
 
 

@@ -330,6 +330,11 @@ class SqlSource(Source):
         base = select(*[from_clause.c[n] for n in names])
         col = from_clause.c[column]
         kind = types[column]
+        if kind is not None and not (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
+            raise ConfigError(
+                f"{where}: column {column!r} of the source is {kind}, not a date or a timestamp: a window is cut on a date "
+                "or timestamp column; fix window.column"
+            )
         sqlite = self.engine().dialect.name == "sqlite"
         label = self.cfg.table or "query"
         for w in windows:
