@@ -187,3 +187,16 @@ def test_a_window_backfills_exactly_one_named_pipeline(make_project, names):
     res = cli("--project", str(root), "run", *names, "--window", "2026-01-01..2026-01-08")
     assert res.exit_code == 2, res.output
     assert "--window backfills one pipeline" in res.output
+
+
+def test_a_window_of_datetime_subclasses_holds_plain_utc_datetimes():
+    """Airflow hands its data interval as pendulum datetimes (a subclass): the window holds plain ones."""
+    from datetime import timedelta, timezone
+
+    class Stamp(datetime):
+        pass
+
+    tokyo = timezone(timedelta(hours=9))
+    w = Window(Stamp(2026, 1, 2, 9, tzinfo=tokyo), Stamp(2026, 1, 3, 9, tzinfo=tokyo))
+    assert type(w.start) is datetime and type(w.end) is datetime
+    assert w.label == "2026-01-02..2026-01-03" and w.split(86_400) == [w]

@@ -174,7 +174,9 @@ def parse_window(text: str) -> Window:
 
 def _instant(value: Any, name: str) -> datetime:
     if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        # A plain datetime, whatever subclass came in (Airflow's data intervals are pendulum's).
+        d = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return datetime(d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond, tzinfo=UTC)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     raise ValueError(f"window {name} {value!r} is not a date or datetime")

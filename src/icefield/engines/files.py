@@ -176,6 +176,11 @@ def window_filter(table: Table, column: str, start: datetime, end: datetime) -> 
     lo: Any
     hi: Any
     if isinstance(kind, DateType):
+        if start.time() != datetime.min.time() or end.time() != datetime.min.time():
+            raise ConfigError(
+                f"column {column!r} of table {'.'.join(table.name()[-2:])} holds dates, and window {Window(start, end).label} "
+                "cuts days; make window.size whole days (e.g. 1d)"
+            )
         lo, hi = DateLiteral((start - epoch).days), DateLiteral((end - epoch).days)
     elif isinstance(kind, (TimestampType, TimestamptzType)):
         lo, hi = TimestampLiteral((start - epoch) // timedelta(microseconds=1)), TimestampLiteral((end - epoch) // timedelta(microseconds=1))
