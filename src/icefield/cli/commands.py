@@ -256,7 +256,7 @@ def _print_results(out: Output, results: list[Any]) -> None:
     for r in results:
         if r.status == "skipped":
             out.print("{pipeline} skipped: {reason}", pipeline=r.pipeline, reason=r.reason)
-        if getattr(r, "window", None):
+        if getattr(r, "window", None) and r.status == "success":
             replaced = sum(b.rows_deleted for b in r.batches)
             out.print(
                 "{pipeline}: window {window} backfilled ({n} windows; {replaced} stored rows replaced); its position is unchanged",

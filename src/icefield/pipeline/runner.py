@@ -276,7 +276,7 @@ def _windows(project: Project, pipe: PipelineConfig, engine: Any, window: Window
     try:
         return window.split(pipe.window.seconds)
     except ValueError as e:
-        raise ConfigError(f"pipeline {pipe.name} (window.size {pipe.window.size}): {e}") from None
+        raise ConfigError(f"{where}: window.size {pipe.window.size}: {e}") from None
 
 
 def acquire_lease(catalog: Catalog, target: TargetConfig, run_id: str, writer: str, wait: float) -> Lease:
