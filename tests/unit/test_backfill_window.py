@@ -249,10 +249,24 @@ def test_a_window_column_the_table_has_as_text_is_refused(lake, db):
 
 
 def test_an_engine_that_cannot_replace_a_window_is_refused(lake, db):
+    import pyarrow as pa
+
+    from icefield.engines.base import EngineCapabilities
+    from icefield.engines.local import LocalEngine
+    from icefield.write import TableWriter
+
+    class Appender(LocalEngine):
+        name = "appender"
+        capabilities = EngineCapabilities(supports_merge=True)
+
     db.insert(day_rows(range(1, 2)))
-    lk = lake({"orders": sql_pipeline(db, engine="spark")})
-    with pytest.raises(ConfigError, match=r"engine 'spark' cannot replace a date window's rows.*engine: local"):
-        lk.run("orders", window=parse_window("2026-01-01..2026-01-02"))
+    lk = lake({"orders": sql_pipeline(db)})
+    lk.run("orders")
+    writer = TableWriter(lk.catalog, lk.project().pipeline("orders").target, "orders", Appender())
+    w = parse_window("2026-01-01..2026-01-02")
+    with pytest.raises(ConfigError, match=r"engine 'appender' cannot replace a date window's rows.*engine: local"):
+        writer.commit(pa.table({"id": [1]}), "b1", None, "r1", window=("updated_at", w.start, w.end))
+    assert len(table_rows(lk)) == 4
 
 
 # ------------------------------------------------------------------ files source
