@@ -359,3 +359,26 @@ def test_a_window_held_by_a_failing_gate_leaves_main_alone_and_passes_after_the_
     assert result.status == "success"
     assert [r["amount"] for r in table_rows(lk) if r["id"] == 21] == [5]
     assert read_position(lk.table("shop.orders"), "orders") == position
+
+
+def test_a_file_that_cannot_be_read_stops_a_files_backfill_before_its_rows_are_removed(lake, monkeypatch):
+    from icefield import TransientError
+    from icefield.ingest import files as files_module
+
+    body = {"source": {"type": "files", "path": "landing/*.csv"}, "target": {"table": "shop.orders"}, "window": dict(WINDOW)}
+    lk = lake({"orders": body})
+    write_csv(lk.root / "landing" / "a.csv", [(1, 10, "2026-01-02T10:00:00")])
+    write_csv(lk.root / "landing" / "b.csv", [(2, 20, "2026-01-02T11:00:00")])
+    lk.run("orders")
+    # The tests run as root, which reads any file: a refused read is simulated where the source opens the file.
+    real = files_module._snapshot
+
+    def refused(path: Path, text: bool) -> Any:
+        if path.name == "b.csv":
+            raise PermissionError(13, "Permission denied")
+        return real(path, text)
+
+    monkeypatch.setattr(files_module, "_snapshot", refused)
+    with pytest.raises(TransientError, match=r"landing/b\.csv: cannot be read \(Permission denied\); a window backfill reads every file"):
+        lk.run("orders", window=parse_window("2026-01-02..2026-01-03"))
+    assert sorted(r["id"] for r in table_rows(lk)) == [1, 2]
