@@ -382,3 +382,21 @@ def test_a_file_that_cannot_be_read_stops_a_files_backfill_before_its_rows_are_r
     with pytest.raises(TransientError, match=r"landing/b\.csv: cannot be read \(Permission denied\); a window backfill reads every file"):
         lk.run("orders", window=parse_window("2026-01-02..2026-01-03"))
     assert sorted(r["id"] for r in table_rows(lk)) == [1, 2]
+
+
+def test_a_plan_run_takes_the_window_as_a_start_end_pair_as_airflow_gives_it(lake, db):
+    from datetime import UTC, timedelta, timezone
+
+    from icefield.pipeline.plan import build_plan, run_plan
+
+    db.insert(day_rows(range(1, 4)))
+    lk = lake({"orders": sql_pipeline(db)})
+    project = lk.project()
+    tokyo = timezone(timedelta(hours=9))
+    interval = (datetime(2026, 1, 2, 9, tzinfo=tokyo), datetime(2026, 1, 3, tzinfo=UTC))
+    done = run_plan(project, build_plan(project, ["orders"], models=False), lk.catalog, window=interval)
+    (result,) = done.results
+    assert done.error is None and result.window == "2026-01-02..2026-01-03"
+    assert sorted(r["id"] for r in table_rows(lk)) == [20, 21, 22, 23]
+    bad = run_plan(project, build_plan(project, ["orders"], models=False), lk.catalog, window=("2026-01-02",))
+    assert isinstance(bad.error[1], ConfigError) and "is not an interval (start, end)" in str(bad.error[1])

@@ -44,6 +44,7 @@ from icefield.pipeline.results import BatchResult, RunResult
 
 if TYPE_CHECKING:
     import threading
+    from datetime import date
 
     from pyiceberg.catalog import Catalog
 
@@ -360,7 +361,7 @@ def run_plan(
     on_batch: BatchCallback | None = None,
     on_result: ResultCallback | None = None,
     observers: Sequence[Observer] = (),
-    window: Window | None = None,
+    window: Window | tuple[date, date] | None = None,
 ) -> PlanResult:
     """Run the nodes of ``plan`` (default: :func:`build_plan` of the whole project) in order, under one
     ``run_id``. Returns a :class:`PlanResult` listing every node's result.
@@ -372,8 +373,9 @@ def run_plan(
     reason; the others run. ``on_start(node)`` is called before a node runs, ``on_batch(node, batch)`` after
     each batch a pipeline commits, ``on_result(node, result)`` once per node, skipped ones included.
     ``observers`` receive the events of every node's run (:mod:`icefield.observe.events`), and a
-    node-skipped event for each node that did not run. ``window`` backfills that date interval in each
-    pipeline (see :func:`~icefield.pipeline.runner.run_pipeline`); models run as usual.
+    node-skipped event for each node that did not run. ``window`` (a :class:`~icefield.config.window.Window`
+    or a ``(start, end)`` pair) backfills that date interval in each pipeline (see
+    :func:`~icefield.pipeline.runner.run_pipeline`); models run as usual.
 
     Raises :class:`InterruptedRunError` on SIGINT (KeyboardInterrupt), with the partial
     :class:`PlanResult` (the rest of the nodes skipped) as ``error.result``. Any other exception (a bug)
@@ -460,7 +462,7 @@ def _run_node(
     stop: threading.Event | None,
     on_batch: BatchCallback | None,
     observers: Sequence[Observer],
-    window: Window | None = None,
+    window: Window | tuple[date, date] | None = None,
 ) -> RunResult:
     from icefield.pipeline.models import run_model
     from icefield.pipeline.runner import run_pipeline

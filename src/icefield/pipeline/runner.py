@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -16,6 +17,7 @@ from icefield import failpoints, process
 from icefield.catalog import leases
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.secrets import redact
+from icefield.config.window import Window
 from icefield.engines import get_engine
 from icefield.errors import IcefieldError
 from icefield.iceberg.datafiles import RECENT
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from icefield.catalog.leases import Lease
     from icefield.config import PipelineConfig, Project
     from icefield.config.models import TargetConfig
-    from icefield.config.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,12 @@ def run_pipeline(
     stop: threading.Event | None = None,
     wait: float = 0.0,
     observers: Sequence[Observer] = (),
-    window: Window | None = None,
+    window: Window | tuple[date, date] | None = None,
 ) -> RunResult:
     """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
 
-    With ``window`` (a backfill, :mod:`icefield.config.window`) the run reads instead the rows whose
+    With ``window`` (a backfill, :mod:`icefield.config.window`; a :class:`~icefield.config.window.Window` or a
+    ``(start, end)`` pair of datetimes or dates, as an Airflow data interval gives them) the run reads instead the rows whose
     ``window.column`` (the pipeline's ``window:`` block) lies in ``[window.start, window.end)``, whatever
     the pipeline's position, and replaces exactly those rows of the table: one batch and one commit per
     window of the pipeline's ``window.size``, each removing the stored rows of its window and adding the
@@ -103,6 +105,8 @@ def run_pipeline(
     from icefield.catalog import open_catalog
 
     pipe = project.pipeline(name)
+    if window is not None and not isinstance(window, Window):
+        window = _as_window(window)
     run_id = run_id or new_run_id()
     events = EventStream(run_id, pipe.name, observers)
     result = RunResult(
@@ -253,6 +257,17 @@ def _run(
             ahead.close()  # joins the reading thread before the source is closed under it
         if source is not None:
             source.close()
+
+
+def _as_window(pair: Any) -> Window:
+    """``(start, end)`` as a :class:`Window`; :class:`ConfigError` naming the value when it is not one."""
+    from icefield.errors import ConfigError
+
+    try:
+        start, end = pair
+        return Window(start, end)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"window {pair!r} is not an interval (start, end) of dates or datetimes: {e}") from None
 
 
 def _windows(project: Project, pipe: PipelineConfig, engine: Any, window: Window, follow: bool) -> list[Window]:
