@@ -24,8 +24,10 @@ $(CORE_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $(CORE_STAMP)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,trino,dev,gx]"
+AIRFLOW_CONSTRAINTS := constraints/airflow-3.3.2-py3.11.txt
+
+$(STAMP): pyproject.toml $(AIRFLOW_CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,trino,airflow,dev,gx]" -c $(AIRFLOW_CONSTRAINTS)
 	touch $(STAMP) $(CORE_STAMP)
 
 .PHONY: venv
@@ -36,7 +38,7 @@ demo: $(CORE_STAMP) ## Run the shop demo on the embedded default (SQLite catalog
 	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
 
 .PHONY: test
-test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog, a Hive Metastore, an S3 server (versitygw) and Trino 476 natively; fetches jars and the Trino server with Maven, builds versitygw once with Go; installs icefield alone in a clean venv)
+test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog, a Hive Metastore, an S3 server (versitygw), Trino 476 and Airflow 3 natively; fetches jars and the Trino server with Maven, builds versitygw once with Go; installs icefield alone in a clean venv)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .airflow import AIRFLOW_PORT_DEFAULT, AIRFLOW_PORT_ENV, Airflow
 from .base import (
     STACK_DIR_ENV,
     Service,
@@ -50,6 +51,7 @@ SERVICES: dict[str, type[Service]] = {
     S3Server.name: S3Server,
     SparkCluster.name: SparkCluster,
     Trino.name: Trino,
+    Airflow.name: Airflow,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -67,6 +69,9 @@ def get_service(name: str, **options: Any) -> Service:
 
 
 __all__ = [
+    "AIRFLOW_PORT_DEFAULT",
+    "AIRFLOW_PORT_ENV",
+    "Airflow",
     "CONNECT_PORT_DEFAULT",
     "CONNECT_PORT_ENV",
     "Connect",

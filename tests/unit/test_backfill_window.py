@@ -400,3 +400,22 @@ def test_a_plan_run_takes_the_window_as_a_start_end_pair_as_airflow_gives_it(lak
     assert sorted(r["id"] for r in table_rows(lk)) == [20, 21, 22, 23]
     bad = run_plan(project, build_plan(project, ["orders"], models=False), lk.catalog, window=("2026-01-02",))
     assert isinstance(bad.error[1], ConfigError) and "is not an interval (start, end)" in str(bad.error[1])
+
+
+def test_the_airflow_task_runs_a_window_backfill_of_its_data_interval(lake, db):
+    """The task the DAG factory runs (no Airflow needed on its success path) hands the data interval on."""
+    from datetime import UTC
+
+    from icefield.integrations.airflow.tasks import run_node
+
+    db.insert(day_rows(range(1, 4)))
+    lk = lake({"orders": sql_pipeline(db)})
+    lk.run("orders")
+    position = read_position(lk.table("shop.orders"), "orders")
+    db.execute("UPDATE orders SET amount = 1 WHERE id = 31")
+    interval = (datetime(2026, 1, 3, tzinfo=UTC), datetime(2026, 1, 4, tzinfo=UTC))
+    for _ in range(2):
+        summary = run_node(str(lk.root), "pipeline orders", window=interval)
+        assert summary["status"] == "success" and summary["rows_committed"] == 4
+    assert [r["amount"] for r in table_rows(lk) if r["id"] == 31] == [1] and len(table_rows(lk)) == 12
+    assert read_position(lk.table("shop.orders"), "orders") == position

@@ -122,14 +122,28 @@ def load_project(
     profile: str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    engine_checks: bool = True,
 ) -> Project:
     """Load and validate a project.
 
     ``root`` defaults to the nearest folder holding ``icefield.yaml``; ``profile`` (or the environment
     variable ``ICEFIELD_PROFILE``) selects one of the file's ``profiles``; ``env`` defaults to
     ``os.environ`` and supplies ``ICEFIELD__SECTION__KEY`` overrides; ``overrides`` are explicit values
-    (dotted keys) that win over everything. Raises :class:`ConfigError`.
+    (dotted keys) that win over everything. ``engine_checks=False`` leaves out the checks that load the
+    data engine (Arrow compiling a ``regex`` pattern), for a scheduler parsing the project often; a run
+    loads it with them. Raises :class:`ConfigError`.
     """
+    from icefield.config.models import ENGINE_CHECKS
+
+    token = ENGINE_CHECKS.set(engine_checks)
+    try:
+        return _load(root, profile, env, overrides)
+    finally:
+        ENGINE_CHECKS.reset(token)
+
+
+def _load(root: Path | str | None, profile: str | None, env: Mapping[str, str] | None, overrides: Mapping[str, Any] | None) -> Project:
     env = os.environ if env is None else env
     root_path = find_project_root() if root is None else Path(root).resolve()
     project_file = root_path / PROJECT_FILE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +19,12 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DEFAULT_CATALOG_NAME = "icefield"
 DEFAULT_BATCH_SIZE = 100_000
+
+
+ENGINE_CHECKS: ContextVar[bool] = ContextVar("icefield_engine_checks", default=True)
+"""False while a project loads for a scheduler's parse (``load_project(..., engine_checks=False)``): the
+checks that need the data engine loaded (a ``regex`` pattern compiled by Arrow's RE2) are left to the run,
+which loads the project again with them."""
 
 
 class _Model(BaseModel):
@@ -647,13 +654,15 @@ class RegexSpec(_Model):
     def _compiles(cls, v: str) -> str:
         # Checks run on Arrow, whose regular expressions are RE2 (linear time): no lookaround nor
         # backreferences, which Python's ``re`` would accept. Compile the pattern there.
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         try:
             re.compile(v)
         except re.error as e:
             raise ValueError(f"pattern {v!r} is not a valid regular expression: {e}") from None
+        if not ENGINE_CHECKS.get():
+            return v
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         try:
             # On a null (the pattern compiles all the same): converting a Python value would load pandas.
             pc.match_substring_regex(pa.nulls(1, pa.string()), v)

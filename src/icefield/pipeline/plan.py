@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from icefield.config.secrets import redact
 from icefield.errors import ConfigError, GateFailedError, IcefieldError, InterruptedRunError
 from icefield.observe.events import EventStream, NodeSkipped, Observer
-from icefield.pipeline.results import BatchResult, RunResult
 
 if TYPE_CHECKING:
     import threading
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
 
     from icefield.config import Project
     from icefield.config.window import Window
+    from icefield.pipeline.results import BatchResult, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +344,10 @@ class PlanResult:
 
 
 StartCallback = Callable[[Node], None]
-BatchCallback = Callable[[Node, BatchResult], None]
-ResultCallback = Callable[[Node, RunResult], None]
+# Strings: the results module loads pyarrow, and building a plan must not (the Airflow DAG factory builds
+# one each time Airflow parses the DAG file).
+BatchCallback = Callable[[Node, "BatchResult"], None]
+ResultCallback = Callable[[Node, "RunResult"], None]
 
 
 def run_plan(
@@ -381,6 +383,7 @@ def run_plan(
     :class:`PlanResult` (the rest of the nodes skipped) as ``error.result``. Any other exception (a bug)
     propagates."""
     from icefield.catalog import open_catalog
+    from icefield.pipeline.results import RunResult
     from icefield.pipeline.runner import new_run_id
 
     plan = plan if plan is not None else build_plan(project)
@@ -494,6 +497,8 @@ def _result_name(node: Node) -> str:
 
 def _blank(node: Node, run_id: str, status: str, error: str | None = None, reason: str | None = None) -> RunResult:
     """A result for a node that has none of its own: skipped, or failed before its run began."""
+    from icefield.pipeline.results import RunResult
+
     return RunResult(pipeline=_result_name(node), table=node.table, run_id=run_id, status=status, error=error, reason=reason)
 
 
