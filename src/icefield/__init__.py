@@ -26,6 +26,7 @@ from icefield.errors import (
 
 if TYPE_CHECKING:
     from icefield.config import Project, load_project
+    from icefield.config.window import Window
     from icefield.pipeline import BatchResult, CheckResult, RunResult, run_model, run_pipeline
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ _LAZY = {
     "RunResult": "icefield.pipeline",
     "run_model": "icefield.pipeline",
     "run_pipeline": "icefield.pipeline",
+    "Window": "icefield.config.window",
 }
 
 
@@ -69,6 +71,7 @@ __all__ = [
     "SourceError",
     "TerminalError",
     "TransientError",
+    "Window",
     "__version__",
     "load_project",
     "run_model",

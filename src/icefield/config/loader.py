@@ -183,6 +183,7 @@ def _load(root: Path | str | None, profile: str | None, env: Mapping[str, str] |
     for pipe_file in sorted((root_path / "pipelines").glob("*.y*ml")):
         pipe = _validate(PipelineConfig, _read_yaml(pipe_file), pipe_file)
         pipe = _with_scheduling_defaults(pipe, config, pipe_file)
+        _check_window(pipe, pipe_file)
         if pipe.name in pipelines:
             raise ConfigError(f"{pipe_file}: name: {pipe.name!r} is already used by another pipeline file; rename one")
         pipelines[pipe.name] = pipe
@@ -211,6 +212,29 @@ def _with_scheduling_defaults(pipe: PipelineConfig, config: ProjectConfig, pipe_
         inherited = f" (with the defaults of {PROJECT_FILE}'s scheduling)" if config.scheduling.model_fields_set else ""
         raise ConfigError(f"{pipe_file}: scheduling{inherited}: {e} (got {pipe.scheduling.model_dump(exclude_unset=True)!r})") from None
     return pipe.model_copy(update={"scheduling": merged})
+
+
+WINDOW_SOURCES = ("sql", "files")
+"""Source types a window backfill can re-read by date (a stream or a change log cannot be read by a column)."""
+
+
+def _check_window(pipe: PipelineConfig, pipe_file: Path) -> None:
+    """Refuse a ``window:`` the pipeline could never run: a source that cannot be read by date, a target
+    whose rows a window cannot replace."""
+    if pipe.window is None:
+        return
+    got = f"(got window: {pipe.window.model_dump()!r})"
+    if pipe.source.type not in WINDOW_SOURCES:
+        raise ConfigError(
+            f"{pipe_file}: window: a {pipe.source.type} source cannot be read again by date: a backfill by window "
+            f"re-reads a sql or files source {got}; remove the window key (replay a {pipe.source.type} source from "
+            "its retained offsets or files instead)"
+        )
+    if pipe.target.mode != "append":
+        raise ConfigError(
+            f"{pipe_file}: window: a window backfill replaces the window's rows of an append target, and "
+            f"target.mode is {pipe.target.mode!r} {got}; use target.mode append, or remove the window key"
+        )
 
 
 def read_model(path: Path) -> ModelConfig:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from icefield.config.gates import GateConfig, parse_gates
 from icefield.config.scheduling import SchedulingConfig
 from icefield.config.secrets import has_reference
+from icefield.config.window import WindowConfig
 from icefield.errors import ConfigError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -740,6 +741,8 @@ class PipelineConfig(_Model):
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
     """When and how a scheduler runs the pipeline (:mod:`icefield.config.scheduling`); once the project is
     loaded, the project's ``scheduling`` defaults are merged in."""
+    window: WindowConfig | None = None
+    """The date window a backfill run replaces (:mod:`icefield.config.window`); None: no backfill by window."""
 
     @model_validator(mode="before")
     @classmethod

@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from icefield.iceberg.history import MAIN
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pyarrow as pa
     from pyiceberg.table import Table, Transaction
 
@@ -62,6 +64,9 @@ class EngineCapabilities:
     """Runs beyond this process (a cluster): worth its start-up only for big batches."""
     dialect: str | None = None
     """The SQL dialect (sqlglot's name) of the conditions :meth:`Engine.split` takes."""
+    replaces_windows: bool = False
+    """Stages a :attr:`WriteRequest.replace_window`: the rows of a date window removed and the batch added in
+    one transaction (a window backfill, :mod:`icefield.config.window`)."""
     reads: frozenset[str] = frozenset()
     """Source types whose rows the engine reads itself, in parallel, keeping them out of this process
     (:class:`Frame`): ``sql`` is a JDBC read split by the cursor range (:meth:`Engine.read_jdbc`)."""
@@ -116,6 +121,10 @@ class WriteRequest:
     memo: dict[str, Any] = field(default_factory=dict)
     frame: Frame | None = None
     """More rows of the batch, held by the engine (:class:`Frame`), already checked: written with ``data``."""
+    replace_window: tuple[str, datetime, datetime] | None = None
+    """(append) ``(column, start, end)``: the stored rows with ``start <= column < end`` (UTC instants; a date
+    column compares with their dates) are removed in the same transaction as ``data`` is added (a window
+    backfill). Only engines whose capabilities say ``replaces_windows`` are asked."""
 
 
 @dataclass

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from icefield.columns import row_numbers
+from icefield.config.window import Window
 from icefield.engines.base import Engine, StagedWrite, WriteRequest
+from icefield.errors import ConfigError
 from icefield.iceberg.datafiles import write_data_files
 from icefield.iceberg.planning import plan_files, refusing_equality_deletes
 from icefield.iceberg.producers import merge_overwrite
@@ -27,6 +30,7 @@ from icefield.iceberg.schema import conform_to_table
 from icefield.iceberg.versions import dedupe_latest, split_deletes
 
 if TYPE_CHECKING:
+    from pyiceberg.expressions import BooleanExpression
     from pyiceberg.table import Table
 
     from icefield.config.models import TargetConfig
@@ -124,6 +128,12 @@ class FileEngine(Engine):
                 if table.current_snapshot() is not None:
                     with refusing_equality_deletes(table, "replace a changed source file's rows in it"):
                         tx.delete(EqualTo(column, value), snapshot_properties=request.summary, branch=request.branch)  # type: ignore[call-arg,arg-type]
+        window_deleted = 0
+        if request.replace_window is not None and target.mode == "append" and table.current_snapshot() is not None:
+            # One snapshot removes the window's stored rows and adds the batch's (see _window_plan).
+            window_removed, rewritten, window_deleted, conflict = _window_plan(table, request, write_files)
+            removed = [*removed, *window_removed]
+            added = [*added, *rewritten]  # a copy: the batch's own files are kept for the next attempt
         changed = bool(added or removed or add_deletes or remove_deletes)
         if changed:
             if add_deletes or remove_deletes or removed:
@@ -137,12 +147,91 @@ class FileEngine(Engine):
                 for f in [*added, *add_deletes]:
                     producer.append_data_file(f)
         staged = StagedWrite(tx, changed, rows_written=data.num_rows, files_added=len(added), files_removed=len(removed))
+        if window_deleted:
+            staged.rows_deleted = window_deleted
         if plan is not None:
             staged.rows_written, staged.rows_deleted = plan.rows_written, plan.rows_deleted
             staged.rows_updated, staged.rows_inserted, staged.rows_stale = plan.rows_updated, plan.rows_inserted, plan.rows_stale
             staged.files_scanned, staged.files_read, staged.bytes_read = plan.files_scanned, plan.files_read, plan.bytes_read
             staged.tombstones = plan.tombstones
         return staged
+
+
+def window_filter(table: Table, column: str, start: datetime, end: datetime) -> BooleanExpression:
+    """The Iceberg filter ``start <= column < end`` on ``table`` (``start`` and ``end`` UTC instants; a date
+    column compares with their dates, a timestamp without time zone with their UTC wall-clock time). Raises
+    :class:`ConfigError` when the table has no such column or it is not a date or a timestamp."""
+    from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
+    from pyiceberg.expressions.literals import DateLiteral, TimestampLiteral
+    from pyiceberg.types import DateType, TimestampType, TimestamptzType
+
+    try:
+        kind = table.schema().find_field(column).field_type
+    except ValueError:
+        raise ConfigError(
+            f"table {'.'.join(table.name()[-2:])} has no column {column!r} to cut windows on (columns: "
+            f"{', '.join(table.schema().column_names)}); fix window.column"
+        ) from None
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    lo: Any
+    hi: Any
+    if isinstance(kind, DateType):
+        if start.time() != datetime.min.time() or end.time() != datetime.min.time():
+            raise ConfigError(
+                f"column {column!r} of table {'.'.join(table.name()[-2:])} holds dates, and window {Window(start, end).label} "
+                "cuts days; make window.size whole days (e.g. 1d)"
+            )
+        lo, hi = DateLiteral((start - epoch).days), DateLiteral((end - epoch).days)
+    elif isinstance(kind, (TimestampType, TimestamptzType)):
+        lo, hi = TimestampLiteral((start - epoch) // timedelta(microseconds=1)), TimestampLiteral((end - epoch) // timedelta(microseconds=1))
+    else:
+        raise ConfigError(
+            f"column {column!r} of table {'.'.join(table.name()[-2:])} is {kind}, not a date or a timestamp: a window "
+            "is cut on a date or timestamp column; fix window.column"
+        )
+    return And(GreaterThanOrEqual(column, lo), LessThan(column, hi))  # type: ignore[call-arg,arg-type]
+
+
+def _window_plan(table: Table, request: WriteRequest, write_files: WriteFiles) -> tuple[list[Any], list[Any], int, BooleanExpression]:
+    """What replacing ``request.replace_window`` removes from ``table``, copy-on-write: the data files whose
+    column bounds lie wholly in the window go; a file that may hold rows on both sides is read (its deletes
+    applied) and, when some of its rows are in the window, replaced by a file of its other rows. Returns the
+    files to remove, the files written, the rows removed, and the window's filter (the commit's conflict
+    filter: a concurrent commit that adds rows in the window fails the commit, which is then planned again)."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.expressions.visitors import ROWS_MUST_MATCH, _StrictMetricsEvaluator
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    from icefield.iceberg.history import head_id
+
+    assert request.replace_window is not None
+    column, start, end = request.replace_window
+    flt = window_filter(table, column, start, end)
+    window = Window(start, end)
+    schema = table.schema()
+    strict = _StrictMetricsEvaluator(schema, flt).eval
+    removed: list[Any] = []
+    kept: list[pa.Table] = []
+    deleted = 0
+    for task in plan_files(table, "replace a window's rows in it", row_filter=flt, snapshot_id=head_id(table, request.branch)):
+        if not task.delete_files and strict(task.file) == ROWS_MUST_MATCH:
+            removed.append(task.file)
+            deleted += task.file.record_count
+            continue
+        data = ArrowScan(table.metadata, table.io, schema, AlwaysTrue()).to_table([task])
+        try:
+            inside = window.mask(data.column(column))
+        except ValueError as e:
+            raise ConfigError(f"table {'.'.join(table.name()[-2:])}: column {column!r}: {e}; fix window.column") from None
+        n = pc.sum(inside).as_py() or 0
+        if not n:
+            continue
+        removed.append(task.file)
+        deleted += n
+        kept.append(data.filter(pc.invert(inside)))
+    # Files of other writers (or pyiceberg versions) may read as string or large_string: one type for the rewrite.
+    rewritten = write_files(table, pa.concat_tables(kept, promote_options="permissive")) if any(t.num_rows for t in kept) else []
+    return removed, rewritten, deleted, flt
 
 
 def _truncate_plan(table: Table, data: pa.Table, target: TargetConfig, write_files: WriteFiles) -> MergePlan:

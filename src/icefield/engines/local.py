@@ -134,7 +134,7 @@ def prune_by_key_bounds(tasks: list[Any], schema: Any, keys_table: pa.Table, key
 
 class LocalEngine(FileEngine):
     name = "local"
-    capabilities = EngineCapabilities(supports_merge=True, supports_sql=True, distributed=False)
+    capabilities = EngineCapabilities(supports_merge=True, supports_sql=True, distributed=False, replaces_windows=True)
     # Merge-on-read and the tombstone check read candidate files in groups of about this many Parquet
     # bytes, which bounds their memory by the files they read, never by the table (copy-on-write streams
     # file by file, ``_rewrite``).

@@ -58,6 +58,8 @@ from icefield.iceberg.history import MAIN, SUMMARY_BATCH_ID, SUMMARY_PIPELINE, h
 from icefield.iceberg.versions import dedupe_latest, split_deletes
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pyarrow as pa
     from pyiceberg.table import Table
 
@@ -90,12 +92,31 @@ def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def _window_sql(table: Table, column: str, start: datetime, end: datetime) -> str:
+    """``start <= t.column < end`` in Spark SQL, the bounds typed as the table's column (a ``date``, a
+    ``timestamp`` without time zone compared as UTC wall-clock time, or a ``timestamptz``); the column is
+    checked by :func:`icefield.engines.files.window_filter`."""
+    from pyiceberg.types import DateType, TimestampType
+
+    from icefield.engines.files import window_filter
+
+    window_filter(table, column, start, end)  # a ConfigError for a missing column or one that is no date or time
+    kind = table.schema().find_field(column).field_type
+    if isinstance(kind, DateType):
+        lo, hi = f"DATE '{start.date().isoformat()}'", f"DATE '{end.date().isoformat()}'"
+    elif isinstance(kind, TimestampType):
+        lo, hi = (f"TIMESTAMP_NTZ '{t.replace(tzinfo=None).isoformat(sep=' ')}'" for t in (start, end))
+    else:
+        lo, hi = (f"TIMESTAMP_LTZ '{t.isoformat(sep=' ')}'" for t in (start, end))
+    return f"t.{_q(column)} >= {lo} AND t.{_q(column)} < {hi}"
+
+
 class SparkEngine(Engine):
     """Lands batches with Spark's Iceberg writer on a staging branch; ``main`` moves with the position."""
 
     name: ClassVar[str] = "spark"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(
-        supports_merge=True, distributed=True, dialect="spark", reads=frozenset({"sql", "kafka"})
+        supports_merge=True, distributed=True, dialect="spark", reads=frozenset({"sql", "kafka"}), replaces_windows=True
     )
 
     def __init__(self, project: Project | None = None, session: Any = None) -> None:
@@ -134,7 +155,10 @@ class SparkEngine(Engine):
         frame = request.frame
         if frame is not None and not frame.rows:
             frame = None
-        if not data.num_rows and frame is None and not request.truncate and not whole_table and request.replace_file is None:
+        if (
+            not data.num_rows and frame is None and not request.truncate and not whole_table and request.replace_file is None
+            and request.replace_window is None  # an emptied window still removes its stored rows
+        ):
             return StagedWrite(table.transaction(), changed=False)
         started = time.perf_counter()
         batch = dedupe_latest(data, target.keys, target.order_columns) if target.mode == "merge" and frame is None else data
@@ -497,6 +521,16 @@ class SparkEngine(Engine):
         if target.mode == "overwrite":
             return f"INSERT OVERWRITE {dest} SELECT {select} FROM {view} s", {}, not whole_table
         if target.mode == "append":
+            if request.replace_window is not None:
+                # One snapshot: the stored rows of the window go, the batch (the window's rows) comes in.
+                cols = ", ".join(_q(c) for c in columns)
+                return (
+                    f"MERGE INTO {dest} t USING {view} s ON FALSE "
+                    f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({select}) "
+                    f"WHEN NOT MATCHED BY SOURCE AND {_window_sql(table, *request.replace_window)} THEN DELETE",
+                    {},
+                    False,
+                )
             if request.replace_file is not None and request.replace_file[0] in columns:
                 # One snapshot: the rows the changed source file gave before go, the batch comes in.
                 column, value = request.replace_file

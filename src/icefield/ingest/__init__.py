@@ -20,6 +20,7 @@ from icefield.errors import ConfigError
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
+    from icefield.config.window import Window
     from icefield.engines.base import Engine, Frame
 
 
@@ -72,6 +73,9 @@ class SourceBatch:
     # back (a check may refuse them, or the engine could not decode them as the table is): sets ``data``,
     # ``raw`` and ``coords`` and adds to ``rejected``, as a batch read here would have them.
     redecode: Callable[[SourceBatch, pa.Table], None] | None = None
+    # The date window whose rows this batch replaces (a window backfill: :meth:`Source.read_window`); its
+    # ``position`` is then not the source's and is never committed.
+    window: Window | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
@@ -183,6 +187,87 @@ class Source:
     def read_with(self, engine: Engine) -> None:  # noqa: B027 - optional hook
         """Offered by :func:`open_source` when ``engine`` reads this source type itself: the source may then
         yield batches whose rows the engine holds (:attr:`SourceBatch.frame`)."""
+
+    def read_window(self, windows: list[Window], column: str, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Yield, for each of ``windows`` in order, one batch holding every row of the source whose
+        ``column`` lies in that window (:attr:`SourceBatch.window` set), whatever the committed position
+        says: a window backfill (:mod:`icefield.config.window`). Records the source cannot decode are left
+        out (the regular run quarantines them). Sources that cannot be read by date raise :class:`ConfigError`."""
+        raise ConfigError(f"a {type(self).__name__} cannot be read by date window; remove --window (or the pipeline's window key)")
+
+
+def window_mask(data: pa.Table, column: str, window: Window, where: str) -> pa.Array:
+    """Which rows of ``data`` have ``column`` in ``window`` (:meth:`Window.mask`). Raises :class:`ConfigError`
+    (naming ``where``) when ``data`` lacks the column or it is not a date or a timestamp."""
+    if column not in data.column_names:
+        raise ConfigError(
+            f"{where}: the source has no column {column!r} to cut windows on (columns: {', '.join(data.column_names)}); fix window.column"
+        )
+    try:
+        return window.mask(data.column(column))
+    except ValueError as e:
+        raise ConfigError(
+            f"{where}: column {column!r} of the source: {e}; fix window.column (a files source may declare the column's "
+            "type in source.columns, e.g. timestamp)"
+        ) from None
+
+
+def window_batches(batches: Iterator[SourceBatch], column: str, windows: list[Window], where: str, label: str) -> Iterator[SourceBatch]:
+    """Regroup ``batches`` (rows in any order) into one batch per window of ``windows`` holding the rows whose
+    ``column`` lies in it (see :func:`window_mask`), yielded in the order of ``windows`` once every batch was
+    read; rows in no window are left out, and so are the records the source rejected (their window is not
+    known). Each row keeps its raw record and coordinates, made when the quarantine asks for them."""
+    import logging
+
+    parts: list[list[tuple[SourceBatch, pa.Table, list[int]]]] = [[] for _ in windows]
+    rejected = 0
+    for batch in batches:
+        rejected += len(batch.rejected)
+        if not batch.data.num_rows:
+            continue
+        for i, w in enumerate(windows):
+            mask = window_mask(batch.data, column, w, where)
+            idx = mask.to_numpy(zero_copy_only=False).nonzero()[0].tolist()
+            if idx:
+                parts[i].append((batch, batch.data.take(pa.array(idx, pa.int64())), idx))
+    if rejected:
+        logging.getLogger(__name__).warning(
+            "%s: %d records could not be decoded and are left out of the window backfill (the regular run quarantines them)", where, rejected
+        )
+    for w, segments in zip(windows, parts, strict=True):
+        yield _window_batch(w, column, segments, label)
+
+
+def _window_batch(window: Window, column: str, segments: list[tuple[SourceBatch, pa.Table, list[int]]], label: str) -> SourceBatch:
+    """One window's rows (``segments``: each a source batch, its rows in the window, their indices there)."""
+    if segments:
+        data = pa.concat_tables([t for _, t, _ in segments], promote_options="permissive")
+    else:
+        data = pa.table({})
+    starts, n = [], 0
+    for _, t, _ in segments:
+        starts.append(n)
+        n += t.num_rows
+
+    def describe(indices: list[int]) -> list[tuple[str, str]]:
+        import bisect
+
+        out = []
+        for i in indices:
+            k = bisect.bisect_right(starts, i) - 1
+            batch, _, idx = segments[k]
+            out.extend(batch.describe_rows([idx[i - starts[k]]]))
+        return out
+
+    return SourceBatch(
+        data=data,
+        position={},
+        key=f"window:{column}:{window.label}",
+        coord_label=label,
+        open_schema=any(b.open_schema for b, _, _ in segments),
+        describe=describe,
+        window=window,
+    )
 
 
 def rebatch(batches: Any, size: int, skip: int, first: int | None = None) -> Iterator[tuple[int, pa.Table]]:

@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from icefield.columns import column_name_problem, constant
 from icefield.config.models import FilesSourceConfig
 from icefield.config.secrets import has_reference
-from icefield.errors import ConfigError
+from icefield.errors import ConfigError, TransientError
 from icefield.ingest import (
     Rejected,
     Source,
@@ -59,11 +59,13 @@ from icefield.ingest import (
     SourceCapabilities,
     match_files,
     rebatch,
+    window_batches,
 )
 from icefield.ingest.coerce import cast_column, infer_type, parse_type, records_to_table
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
+    from icefield.config.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +276,27 @@ class FilesSource(Source):
         if group:
             yield _grouped(group)
 
+    def read_window(self, windows: list[Window], column: str, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Each window's rows (see :meth:`Source.read_window`): every file the glob matches is read whole,
+        whatever the position, and its rows are kept in the window their ``column`` falls in. The rows of all
+        the windows are held in memory until the files are read (pick a window size, or an interval, that
+        fits). A file that cannot be read (removed, no permission) raises :class:`TransientError`: the window
+        would otherwise be replaced without its rows."""
+        self._fill = 0
+        self._whole = True
+        where = f"{self.where}: window.column"
+        batches = (batch for batch, _ in self._file_batches(None, schema))
+        yield from window_batches(batches, column, windows, where, self.cfg.path)
+
+    def _unreadable(self, rel: str, reason: str) -> None:
+        """A file that cannot be read: skipped by a regular run (its position makes the next run try it
+        again), fatal to a window backfill (:meth:`read_window`)."""
+        if getattr(self, "_whole", False):
+            raise TransientError(
+                f"{rel}: cannot be read ({reason}); a window backfill reads every file, or it would remove the rows this "
+                "file holds in the window: rerun once the file can be read"
+            )
+
     def _file_batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[tuple[SourceBatch, bool]]:
         """Each file's batches, and whether a batch may share a batch with others (``group_files``, and
         not the rows of a changed file). A groupable file's first chunk ends where the batch being filled
@@ -289,6 +312,7 @@ class FilesSource(Source):
             try:
                 snap = _snapshot(path, text=fmt in ("csv", "jsonl"))
             except OSError as e:
+                self._unreadable(rel, e.strerror or str(e))
                 log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e.strerror or e)
                 continue
             fp = snap.fp
@@ -335,6 +359,7 @@ class FilesSource(Source):
                     replace = False
             except _Unavailable as e:
                 # Batches of the file already committed stay; its position makes the next run resume.
+                self._unreadable(rel, str(e))
                 log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
             partial = None
 

@@ -32,13 +32,22 @@ from icefield.errors import (
     TransientError,
     driver_install_hint,
 )
-from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities, rebatch, row_coords
+from icefield.ingest import (
+    Rejected,
+    Source,
+    SourceBatch,
+    SourceCapabilities,
+    rebatch,
+    row_coords,
+    window_batches,
+)
 from icefield.ingest.coerce import convert_values, infer_type
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from icefield.config import PipelineConfig, Project
+    from icefield.config.window import Window
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +306,54 @@ class SqlSource(Source):
                 yield self._batch(chunk, drop, position, key)
         except exc.SQLAlchemyError as e:
             raise self._error(e, "reading the source") from e
+
+    def read_window(self, windows: list[Window], column: str, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """Each window's rows (see :meth:`Source.read_window`), read with ``column >= start AND column < end``
+        whatever the cursor, one query per window. SQLite keeps timestamps as text, whose order within a day
+        depends on how they were written ('T' or ' ', fractions or not): there the query takes whole days
+        around the window, compared as ISO text, and the exact cut is made on the typed values, as it is for
+        every database."""
+        from sqlalchemy import exc, select, text
+
+        sel, types = self._selectable()
+        if schema is not None:
+            for f in schema:
+                if f.name in types and types[f.name] is None:
+                    types[f.name] = f.type
+        names = list(types)
+        where = f"{self.file}: window.column"
+        if column not in types:
+            raise ConfigError(f"{where}: the source has no column {column!r} (columns: {', '.join(names)}); fix window.column")
+        from_clause: Any = sel
+        if self.cfg.query is not None:
+            from_clause = text(self.cfg.query).columns(*[c for c in sel.columns]).subquery("q")
+        base = select(*[from_clause.c[n] for n in names])
+        col = from_clause.c[column]
+        kind = types[column]
+        if kind is not None and not (pa.types.is_date(kind) or pa.types.is_timestamp(kind)):
+            raise ConfigError(
+                f"{where}: column {column!r} of the source is {kind}, not a date or a timestamp: a window is cut on a date "
+                "or timestamp column; fix window.column"
+            )
+        sqlite = self.engine().dialect.name == "sqlite"
+        label = self.cfg.table or "query"
+        for w in windows:
+            stmt = base
+            if sqlite:
+                day = dt.timedelta(days=1)
+                stmt = base.where(col >= (w.start - day).date().isoformat(), col < (w.end + day).date().isoformat())
+            elif kind is not None and pa.types.is_date(kind):
+                stmt = base.where(col >= w.start.date(), col < (w.end - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1))
+            elif kind is not None and pa.types.is_timestamp(kind):
+                aware = kind.tz is not None
+                stmt = base.where(col >= (w.start if aware else w.start.replace(tzinfo=None)), col < (w.end if aware else w.end.replace(tzinfo=None)))
+            else:
+                log.info("%s: the type of column %r is not known before reading: the window %s reads the whole source", where, column, w.label)
+            try:
+                read = [self._batch(chunk, set(), {}, "") for chunk in self._chunks(stmt, names, types, None)]
+            except exc.SQLAlchemyError as e:
+                raise self._error(e, f"reading window {w.label} of the source") from e
+            yield from window_batches(iter(read), column, [w], where, label)
 
     def _read_split(
         self, base: Any, col: Any, names: list[str], types: dict[str, pa.DataType | None], cursor: str, last: Any, boundary: set[str]

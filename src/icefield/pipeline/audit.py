@@ -40,6 +40,8 @@ from icefield.write import TableWriter, WriteResult, batch_id_for
 from icefield.write.branches import audit_branch, cut_branch, publish
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     import pyarrow as pa
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
@@ -182,12 +184,16 @@ class Auditor:
         table: Table,
         truncate_at: list[Any] | None = None,
         frame: Frame | None = None,
+        window: tuple[str, datetime, datetime] | None = None,
     ) -> WriteResult:
         """Commit one batch: straight to ``main`` (then report the gates) without error gates; else through
         the audit branch, published only when the error gates pass. Raises :class:`GateFailedError` when a
-        batch is held. ``frame``: more rows of the batch, held by the engine (see :meth:`TableWriter.commit`)."""
+        batch is held. ``frame``: more rows of the batch, held by the engine; ``window``: the date window the batch
+        replaces (see :meth:`TableWriter.commit`)."""
         if not self.wap:
-            wr = writer.commit(data, batch_id, position, self.run_id, replace_file=replace_file, table=table, truncate_at=truncate_at, frame=frame)
+            wr = writer.commit(
+                data, batch_id, position, self.run_id, replace_file=replace_file, table=table, truncate_at=truncate_at, frame=frame, window=window
+            )
             if self.gates and wr.snapshot_id is not None and not wr.skipped:
                 committed = writer.load()
                 assert committed is not None
@@ -209,7 +215,7 @@ class Auditor:
             # written, audited and published again.
             wr = writer.commit(
                 data, batch_id, position, self.run_id, replace_file=replace_file, table=table, branch=self.branch, truncate_at=truncate_at,
-                frame=frame,
+                frame=frame, window=window,
             )
             if wr.skipped or wr.snapshot_id is None:
                 return wr  # already published, or nothing but a position to move (set on main directly)

@@ -43,10 +43,12 @@ from icefield.observe.events import EventStream, NodeSkipped, Observer
 
 if TYPE_CHECKING:
     import threading
+    from datetime import date
 
     from pyiceberg.catalog import Catalog
 
     from icefield.config import Project
+    from icefield.config.window import Window
     from icefield.pipeline.results import BatchResult, RunResult
 
 log = logging.getLogger(__name__)
@@ -361,6 +363,7 @@ def run_plan(
     on_batch: BatchCallback | None = None,
     on_result: ResultCallback | None = None,
     observers: Sequence[Observer] = (),
+    window: Window | tuple[date, date] | None = None,
 ) -> PlanResult:
     """Run the nodes of ``plan`` (default: :func:`build_plan` of the whole project) in order, under one
     ``run_id``. Returns a :class:`PlanResult` listing every node's result.
@@ -372,7 +375,9 @@ def run_plan(
     reason; the others run. ``on_start(node)`` is called before a node runs, ``on_batch(node, batch)`` after
     each batch a pipeline commits, ``on_result(node, result)`` once per node, skipped ones included.
     ``observers`` receive the events of every node's run (:mod:`icefield.observe.events`), and a
-    node-skipped event for each node that did not run.
+    node-skipped event for each node that did not run. ``window`` (a :class:`~icefield.config.window.Window`
+    or a ``(start, end)`` pair) backfills that date interval in each pipeline (see
+    :func:`~icefield.pipeline.runner.run_pipeline`); models run as usual.
 
     Raises :class:`InterruptedRunError` on SIGINT (KeyboardInterrupt), with the partial
     :class:`PlanResult` (the rest of the nodes skipped) as ``error.result``. Any other exception (a bug)
@@ -409,7 +414,7 @@ def run_plan(
             if on_start is not None:
                 on_start(node)
             try:
-                result = _run_node(project, node, catalog, out.run_id, wait, follow, stop, on_batch, observers)
+                result = _run_node(project, node, catalog, out.run_id, wait, follow, stop, on_batch, observers, window)
             except IcefieldError as e:
                 if by_interrupt(e):
                     raise KeyboardInterrupt from e
@@ -460,6 +465,7 @@ def _run_node(
     stop: threading.Event | None,
     on_batch: BatchCallback | None,
     observers: Sequence[Observer],
+    window: Window | tuple[date, date] | None = None,
 ) -> RunResult:
     from icefield.pipeline.models import run_model
     from icefield.pipeline.runner import run_pipeline
@@ -472,7 +478,7 @@ def _run_node(
         on_batch(node, b)
 
     cb = batch_done if on_batch is not None else None
-    return run_pipeline(project, node.name, catalog, run_id, on_batch=cb, follow=follow, stop=stop, wait=wait, observers=observers)
+    return run_pipeline(project, node.name, catalog, run_id, on_batch=cb, follow=follow, stop=stop, wait=wait, observers=observers, window=window)
 
 
 def _skip_reason(node: Node, up: str, root: str, what: str) -> str:

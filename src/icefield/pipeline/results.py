@@ -45,6 +45,8 @@ class BatchResult:
     rows_inserted: int = 0
     rows_stale: int = 0
     """Rows a merge dropped as not newer than the stored version (``keep_newest``); counted in ``rows_committed``."""
+    window: str | None = None
+    """The date window the batch replaced (a backfill: ``2026-01-01..2026-01-02``); None for a regular batch."""
     files_added: int = 0
     files_removed: int = 0
     files_scanned: int = 0
@@ -90,6 +92,9 @@ class RunResult:
     reason: str | None = None  # why a skipped run did not run
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    window: str | None = None
+    """The interval a backfill run replaced (``2026-01-01..2026-01-08``, :mod:`icefield.config.window`); None
+    for a regular run."""
     source: SourceRef | None = None
     """What the run read: the source's kind and URI without secrets (for a model: ``model`` and its SQL file)."""
     inputs: list[TableRef] = field(default_factory=list)

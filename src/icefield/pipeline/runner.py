@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -16,6 +17,7 @@ from icefield import failpoints, process
 from icefield.catalog import leases
 from icefield.config.models import CDC_CONTROL_COLUMNS
 from icefield.config.secrets import redact
+from icefield.config.window import Window
 from icefield.engines import get_engine
 from icefield.errors import IcefieldError
 from icefield.iceberg.datafiles import RECENT
@@ -67,8 +69,19 @@ def run_pipeline(
     stop: threading.Event | None = None,
     wait: float = 0.0,
     observers: Sequence[Observer] = (),
+    window: Window | tuple[date, date] | None = None,
 ) -> RunResult:
     """Run the pipeline ``name`` until its source has nothing new. Returns the :class:`RunResult`.
+
+    With ``window`` (a backfill, :mod:`icefield.config.window`; a :class:`~icefield.config.window.Window` or a
+    ``(start, end)`` pair of datetimes or dates, as an Airflow data interval gives them) the run reads instead the rows whose
+    ``window.column`` (the pipeline's ``window:`` block) lies in ``[window.start, window.end)``, whatever
+    the pipeline's position, and replaces exactly those rows of the table: one batch and one commit per
+    window of the pipeline's ``window.size``, each removing the stored rows of its window and adding the
+    source's in one Iceberg commit (summary ``icefield.window``). The position of the regular run is
+    neither read nor moved, so a regular run before, between or after backfills loses nothing. Raises
+    :class:`ConfigError` when the pipeline declares no window, ``window`` is not aligned to its size, the
+    column is not a date or timestamp of the source and table, or the engine cannot replace windows.
 
     Every batch is committed on its own, so a failure keeps the batches before it; the failing batch
     stays pending (its position is not committed) and the next run retries it. After each commit the
@@ -92,6 +105,8 @@ def run_pipeline(
     from icefield.catalog import open_catalog
 
     pipe = project.pipeline(name)
+    if window is not None and not isinstance(window, Window):
+        window = _as_window(window)
     run_id = run_id or new_run_id()
     events = EventStream(run_id, pipe.name, observers)
     result = RunResult(
@@ -100,6 +115,7 @@ def run_pipeline(
         run_id=run_id,
         started_at=now(),
         source=source_ref(pipe, project.root),
+        window=window.label if window is not None else None,
     )
     written: dict[str, int | None] = {}  # table -> the last snapshot this run committed to it
     in_flight = _InFlight()  # the batch being written (pending if the run fails)
@@ -116,7 +132,7 @@ def run_pipeline(
         events.emit(RunStarted, table=pipe.target.table, source=result.source)
         with reporting(events, result, pending, outputs):
             catalog = catalog or open_catalog(project)
-            _run(project, pipe, catalog, events, result, written, in_flight, on_batch, max_batches, follow, stop, wait)
+            _run(project, pipe, catalog, events, result, written, in_flight, on_batch, max_batches, follow, stop, wait, window)
     return result
 
 
@@ -143,10 +159,12 @@ def _run(
     follow: bool,
     stop: threading.Event | None,
     wait: float,
+    window: Window | None = None,
 ) -> None:
     """The body of :func:`run_pipeline`: lease, source, batches; ``result`` filled as they commit."""
     run_id = result.run_id
     engine = get_engine(pipe.engine or project.config.engine, project)
+    windows = _windows(project, pipe, engine, window, follow) if window is not None else None
     writer = TableWriter(catalog, pipe.target, pipe.name, engine)
     auditor = Auditor(project, catalog, engine, pipe, run_id, events)
     result.checks = auditor.checks
@@ -171,10 +189,19 @@ def _run(
         process.freeze()
         # A batch held on the audit branch is settled (published or still held) before anything new is read.
         table = auditor.resolve_held(writer.load())
-        position = read_position(table, pipe.name)
-        writer.base_position = position  # what this run continues from; each commit checks it is still there
         schema = table.schema().as_arrow() if table is not None else None
-        batches = source.follow(position, schema) if follow else source.read(position, schema)
+        if windows is not None:
+            assert pipe.window is not None
+            if table is not None:
+                from icefield.engines.files import window_filter
+
+                window_filter(table, pipe.window.column, windows[0].start, windows[0].end)  # the column is a date or timestamp
+            # A backfill neither reads nor checks the position: it replaces rows by date, not by source range.
+            batches = source.read_window(windows, pipe.window.column, schema)
+        else:
+            position = read_position(table, pipe.name)
+            writer.base_position = position  # what this run continues from; each commit checks it is still there
+            batches = source.follow(position, schema) if follow else source.read(position, schema)
         if project.config.read_ahead and not follow:  # following, a batch closes with the newest records
             # The reading thread logs with this run's ids (not a batch's: it reads the next one).
             batches = ahead = read_ahead(batches, source.stop, project.config.read_ahead, f"read-{pipe.name}")
@@ -186,7 +213,11 @@ def _run(
             if batch is None:
                 break
             read_seconds = time.perf_counter() - waited
-            batch_id = batch_id_for(pipe.name, batch.key)
+            # A window's batch replaces the window whatever an earlier backfill of it committed (the source may
+            # have changed since): its id is this run's, so only this run's own retries find it done.
+            batch_id = batch_id_for(pipe.name, batch.key if batch.window is None else f"{batch.key}#run={run_id}")
+            if batch.window is not None and not batch.data.num_rows and not batch.rejected and writer.load() is None:
+                continue  # nothing to remove and nothing to add: no table is created for an empty window
             in_flight.batch_id, in_flight.key, in_flight.rows_in = batch_id, batch.key, batch.rows_in
             try:
                 with events.batch(batch_id):
@@ -207,9 +238,10 @@ def _run(
                 if batch.frame is not None:  # rows the engine holds are freed whatever happened
                     engine.release(batch.frame)
             in_flight.batch_id = None
-            writer.base_position = batch.position
             result.batches.append(res)
-            source.acknowledge(batch.position)
+            if batch.window is None:
+                writer.base_position = batch.position
+                source.acknowledge(batch.position)
             failpoints.hit("after-acknowledge")
             maintain(catalog, pipe, result, n, quiet_until, events)
             if on_batch is not None:
@@ -225,6 +257,41 @@ def _run(
             ahead.close()  # joins the reading thread before the source is closed under it
         if source is not None:
             source.close()
+
+
+def _as_window(pair: Any) -> Window:
+    """``(start, end)`` as a :class:`Window`; :class:`ConfigError` naming the value when it is not one."""
+    from icefield.errors import ConfigError
+
+    try:
+        start, end = pair
+        return Window(start, end)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"window {pair!r} is not an interval (start, end) of dates or datetimes: {e}") from None
+
+
+def _windows(project: Project, pipe: PipelineConfig, engine: Any, window: Window, follow: bool) -> list[Window]:
+    """The windows of the pipeline's ``window.size`` a backfill of ``window`` replaces one by one; raises
+    :class:`ConfigError` when the pipeline cannot be backfilled so (see :func:`run_pipeline`)."""
+    from icefield.errors import ConfigError
+
+    where = f"{project.root / 'pipelines'}/{pipe.name}.yaml"
+    if pipe.window is None:
+        raise ConfigError(
+            f"{where}: pipeline {pipe.name} declares no window, so it cannot be backfilled by date; add e.g. "
+            "window: {column: updated_at, size: 1d} (the date or timestamp column to cut on), or run it without a window"
+        )
+    if follow:
+        raise ConfigError(f"pipeline {pipe.name}: a window backfill reads a fixed interval and ends; run it without --follow")
+    if not engine.capabilities.replaces_windows:
+        raise ConfigError(
+            f"{where}: engine {engine.name!r} cannot replace a date window's rows in one commit; run the backfill with "
+            "the local engine (engine: local in the pipeline file), or without a window"
+        )
+    try:
+        return window.split(pipe.window.seconds)
+    except ValueError as e:
+        raise ConfigError(f"{where}: window.size {pipe.window.size}: {e}") from None
 
 
 def acquire_lease(catalog: Catalog, target: TargetConfig, run_id: str, writer: str, wait: float) -> Lease:
@@ -381,6 +448,7 @@ def _run_batch(
     logging context) and returns its result, from which the batch-committed event is built."""
     started = time.perf_counter()
     rows_in = batch.rows_in
+    window = batch.window
     clock = _Stages(read_seconds)
     events.emit(BatchStarted, batch_id=batch_id, rows_in=rows_in)
     table = writer.load()
@@ -399,6 +467,8 @@ def _run_batch(
         return res
     if table is not None:
         writer.check_position(table, batch_id)  # before its quarantined rows are written
+        if window is not None and not batch.data.num_columns:
+            batch.data = table.schema().as_arrow().empty_table()  # an empty window: its rows are removed
 
     quarantined = [QuarantinedRow(r.check, r.reason, r.raw, r.coords, r.raw_bytes) for r in batch.rejected]
     data = batch.data
@@ -451,7 +521,11 @@ def _run_batch(
         table = writer.create(_table_schema(good.schema, control), rows=good.num_rows > 0)
     file_column = batch_file_column(pipe)
     replace = (file_column, batch.replace_file) if batch.replace_file and file_column else None
-    wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at, frame=batch.frame)
+    if window is None:
+        wr = auditor.commit(writer, good, batch_id, batch.position, replace, table, truncate_at=batch.truncate_at, frame=batch.frame)
+    else:
+        assert pipe.window is not None
+        wr = auditor.commit(writer, good, batch_id, None, None, table, frame=batch.frame, window=(pipe.window.column, window.start, window.end))
     clock.lap("commit")
     if wr.snapshot_id is not None and not wr.skipped:
         written[pipe.target.table] = wr.snapshot_id
@@ -470,6 +544,7 @@ def _run_batch(
         rows_updated=wr.rows_updated,
         rows_inserted=wr.rows_inserted,
         rows_stale=wr.rows_stale,
+        window=window.label if window is not None else None,
         files_added=wr.files_added,
         files_removed=wr.files_removed,
         files_scanned=wr.files_scanned,

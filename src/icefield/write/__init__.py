@@ -28,6 +28,7 @@ from icefield.config.ownership import QUARANTINE_SUFFIX as QUARANTINE_SUFFIX
 from icefield.config.ownership import TOMBSTONE_SUFFIX as TOMBSTONE_SUFFIX
 from icefield.config.ownership import TOMBSTONED_AT
 from icefield.config.partitions import parse_partitions
+from icefield.config.window import SUMMARY_WINDOW, SUMMARY_WINDOW_COLUMN, Window
 from icefield.engines.base import Frame, StagedWrite, WriteRequest
 from icefield.engines.files import data_file_writer
 from icefield.errors import BranchMovedError, ConfigError, SchemaError, TransientError
@@ -51,6 +52,7 @@ from icefield.write.unchanged import fill_unchanged
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from pyiceberg.catalog import Catalog
     from pyiceberg.table import Table
@@ -278,6 +280,7 @@ class TableWriter:
         truncate_at: list[Any] | None = None,
         branch: str | None = None,
         frame: Frame | None = None,
+        window: tuple[str, datetime, datetime] | None = None,
     ) -> WriteResult:
         """Write ``data`` in one commit with ``position`` and ``batch_id``; retried on conflicts.
 
@@ -293,6 +296,10 @@ class TableWriter:
         sets its position on the table directly (there is nothing to audit).
         ``frame`` holds more rows of the batch, held by the engine that read them
         (:class:`~icefield.engines.base.Frame`): staged with ``data``.
+        ``window`` is ``(column, start, end)`` (a window backfill, :mod:`icefield.config.window`): the stored
+        rows with ``start <= column < end`` are removed in the same commit (``position`` is then None: a
+        backfill leaves the pipeline's position where it is), and the snapshot summary names the window
+        (``icefield.window``, ``icefield.window-column``).
         Raises :class:`CommitConflictError` when conflicts outlast the retries,
         :class:`TransientError` when the outcome stays unknown and :class:`BranchMovedError` when
         ``branch`` is not at ``main``'s head.
@@ -310,7 +317,7 @@ class TableWriter:
             if done is not None:
                 return WriteResult(self.target.table, batch_id, 0, 0, 0, 0, done, True, time.perf_counter() - started)
             self.check_position(table, batch_id)
-            return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, memo, frame)
+            return self._commit_once(table, data, batch_id, position, run_id, replace_file, started, truncate_at, branch, memo, frame, window)
 
         def landed(snapshot_id: int) -> WriteResult:
             rows = data.num_rows + (frame.rows if frame is not None else 0)
@@ -353,11 +360,19 @@ class TableWriter:
         branch: str | None = None,
         memo: dict[str, Any] | None = None,
         frame: Frame | None = None,
+        window: tuple[str, datetime, datetime] | None = None,
     ) -> WriteResult:
         """One attempt of :meth:`commit` on ``table`` as loaded: the engine stages the batch as one
         transaction (:meth:`~icefield.engines.base.Engine.stage`), the position goes into it, and it is
         committed."""
         summary = {SUMMARY_PIPELINE: self.pipeline, SUMMARY_BATCH_ID: batch_id, SUMMARY_RUN_ID: run_id}
+        if window is not None:
+            if not self.engine.capabilities.replaces_windows:
+                raise ConfigError(
+                    f"table {self.target.table}: engine {self.engine.name!r} cannot replace a date window's rows; run the "
+                    "backfill with the local engine (engine: local in the pipeline file)"
+                )
+            summary[SUMMARY_WINDOW], summary[SUMMARY_WINDOW_COLUMN] = Window(window[1], window[2]).label, window[0]
         if branch is not None and head_id(table, branch) != head_id(table):
             raise BranchMovedError(
                 f"branch {branch!r} of {self.target.table} is at snapshot {head_id(table, branch)}, main at "
@@ -376,7 +391,10 @@ class TableWriter:
             data, rows_stale = self._after_truncation(table, data, truncate_at)
             # Unchanged TOAST values of a CDC batch take the row's previous value (not a stored one past a truncate).
             data = fill_unchanged(table, data, self.target, stored=truncate_at is None)
-        request = WriteRequest(data, self.target, summary, branch or MAIN, replace_file, truncate=truncate_at is not None, memo=memo if memo is not None else {}, frame=frame)
+        request = WriteRequest(
+            data, self.target, summary, branch or MAIN, replace_file, truncate=truncate_at is not None, memo=memo if memo is not None else {},
+            frame=frame, replace_window=window,
+        )
         staged = self._stage(table, request, graves, batch_id, run_id)
         tx = staged.transaction
         if truncate_at is not None:
