@@ -47,7 +47,9 @@ def _demo(directory: Path) -> Path:
     return directory
 
 
-def _small(directory: Path, name: str, pipelines: dict[str, str], db_rows: dict[str, list[tuple[Any, ...]]], scheduling: str = "") -> Path:
+def _small(
+    directory: Path, name: str, pipelines: dict[str, str], db_rows: dict[str, list[tuple[Any, ...]]], scheduling: str = "", time_type: str = "TEXT"
+) -> Path:
     """A project ``name`` with a SQLite source ``data/src.db`` (tables ``db_rows``: id, customer_id,
     amount, updated_at) and the given pipeline files."""
     (directory / "pipelines").mkdir(parents=True)
@@ -57,14 +59,16 @@ def _small(directory: Path, name: str, pipelines: dict[str, str], db_rows: dict[
     )
     for pipe, text in pipelines.items():
         (directory / "pipelines" / f"{pipe}.yaml").write_text(textwrap.dedent(text))
-    _rows(directory, db_rows)
+    _rows(directory, db_rows, time_type)
     return directory
 
 
-def _rows(directory: Path, db_rows: dict[str, list[tuple[Any, ...]]]) -> None:
+def _rows(directory: Path, db_rows: dict[str, list[tuple[Any, ...]]], time_type: str = "TEXT") -> None:
+    """Insert (or replace) ``db_rows`` in the source; ``time_type`` is ``updated_at``'s declared type when the
+    table is created (TIMESTAMP: the table types it as a timestamp)."""
     with sqlite3.connect(directory / "data" / "src.db") as db:
         for table, rows in db_rows.items():
-            db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, customer_id INTEGER, amount REAL, updated_at TEXT)")
+            db.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, customer_id INTEGER, amount REAL, updated_at {time_type})")
             db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?)", rows)
 
 
@@ -421,3 +425,74 @@ def test_a_late_run_raises_its_deadline_alert(server: Airflow) -> None:
     alert = found[0]
     assert (alert["alert"], alert["run_id"], alert["pipelines"]) == ("IcefieldRunLate", run_id, ["orders"])
     assert alert["deadline_after_logical_date"] == "0:00:01"
+
+
+def _day_rows(first_id: int, day: int, n: int) -> list[tuple[Any, ...]]:
+    return [(first_id + i, 1, float(first_id + i), f"2026-01-{day:02d} {i % 24:02d}:{i % 60:02d}:00") for i in range(n)]
+
+
+def _backfill(af: Airflow, dag_id: str, start: str, end: str) -> list[str]:
+    """Backfill ``dag_id`` for the logical dates [start, end] through the REST API (reprocessing completed
+    runs) and wait until each of its runs ends; returns their states."""
+    status, body = af.api("POST", "backfills", {"dag_id": dag_id, "from_date": start, "to_date": end, "reprocess_behavior": "completed", "max_active_runs": 1})
+    assert status == 200, body
+    backfill_id = body["id"]
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        _, b = af.api("GET", f"backfills/{backfill_id}")
+        _, runs = af.api("GET", f"dags/{dag_id}/dagRuns?run_type=backfill&limit=100")
+        mine = [r for r in runs["dag_runs"] if str(r.get("dag_run_id", "")).startswith("backfill__") and r["state"] in ("success", "failed")]
+        if b.get("completed_at") and all(r["state"] in ("success", "failed") for r in runs["dag_runs"]):
+            failed = [r["dag_run_id"] for r in runs["dag_runs"] if r["state"] == "failed"]
+            if failed:
+                print(_task_log(af, dag_id, failed[0], "orders")[-4000:])
+            return [r["state"] for r in runs["dag_runs"]]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"backfill {backfill_id} of {dag_id} not done after {RUN_TIMEOUT:.0f}s: {b}, {len(mine)} runs ended")
+        time.sleep(2)
+
+
+def test_a_backfill_of_three_days_run_twice_gives_the_same_table_and_a_regular_run_between_loses_nothing(server: Airflow) -> None:
+    projects: Path = server.projects  # type: ignore[attr-defined]
+    rows = [r for day in range(1, 6) for r in _day_rows(day * 100, day, 20)]
+    bf = _small(
+        projects / "bf", "bf",
+        {"orders": _pipeline("orders", "raw.orders", "window: {column: updated_at, size: 1d}").replace("mode: merge, keys: [id]", "mode: append")},
+        {"orders": rows},
+        scheduling="scheduling: {schedule: '@daily'}\n",
+        time_type="TIMESTAMP",
+    )
+    server.import_pools(bf)
+    run_id = _trigger(server, "icefield_bf")  # the regular incremental run loads every row
+    state, _ = _finish(server, "icefield_bf", run_id)
+    assert state == "success"
+    assert _ids(bf, "raw.orders") == sorted(r[0] for r in rows)
+
+    # A correction in the source, inside the backfilled days, that the regular run cannot see (its cursor
+    # is past it): the backfill replaces those days with the source's rows.
+    _rows(bf, {"orders": [(205, 1, -1.0, "2026-01-02 05:05:00")]})
+    states = _backfill(server, "icefield_bf", "2026-01-02T00:00:00Z", "2026-01-04T00:00:00Z")
+    assert states and set(states) == {"success"}
+    first = _tables(bf)["raw.orders"]
+    assert first[0] == len(rows)
+    assert _amount(bf, 205) == -1.0
+
+    _rows(bf, {"orders": _day_rows(600, 6, 5)})  # new rows for the regular run
+    run_id = _trigger(server, "icefield_bf")
+    state, _ = _finish(server, "icefield_bf", run_id)
+    assert state == "success"
+    assert _ids(bf, "raw.orders") == sorted([r[0] for r in rows] + list(range(600, 605)))
+
+    states = _backfill(server, "icefield_bf", "2026-01-02T00:00:00Z", "2026-01-04T00:00:00Z")
+    assert set(states) == {"success"}
+    assert _ids(bf, "raw.orders") == sorted([r[0] for r in rows] + list(range(600, 605)))  # nothing twice, nothing lost
+    again = _tables(bf)["raw.orders"]
+    assert again[0] == first[0] + 5
+
+
+def _amount(project_dir: Path, order_id: int) -> float:
+    from icefield.catalog import open_catalog
+    from icefield.config import load_project
+
+    data = open_catalog(load_project(project_dir)).load_table("raw.orders").scan().to_arrow().to_pylist()
+    return next(r["amount"] for r in data if r["id"] == order_id)

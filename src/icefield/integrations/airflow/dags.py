@@ -77,8 +77,9 @@ class IcefieldNodeOperator(BaseOperator):
             return None
         run = context.get("dag_run")
         conf = (getattr(run, "conf", None) or {}) if run is not None else {}
-        run_type = str(getattr(run, "run_type", "") or "")
-        if not (run_type.endswith("backfill") or conf.get("window")):
+        run_type = getattr(run, "run_type", None)
+        run_type = str(getattr(run_type, "value", run_type) or "")
+        if not (run_type == "backfill" or conf.get("window")):
             return None
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if start is None or end is None or start >= end:

@@ -60,6 +60,7 @@ def summary(result: Any) -> dict[str, Any]:
         "batches": len(getattr(result, "batches", []) or []),
         "snapshots": list(d.get("snapshots") or []),
         "reason": result.reason,
+        "window": getattr(result, "window", None),
     }
 
 
