@@ -30,6 +30,7 @@ import bisect
 import codecs
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -38,7 +39,7 @@ import os
 import posixpath
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -64,6 +65,7 @@ from icefield.ingest.coerce import cast_column, infer_type, parse_type, records_
 
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
+    from icefield.engines.base import Engine, Frame
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,26 @@ class FilesSource(Source):
         self.where = f"pipeline {pipeline.name!r}: source"
         self.scope = FileScope(project, self.cfg.path, self.cfg.roots, self.where)
         self.roots = self.scope.roots
+        self.mode = pipeline.target.mode
+        self._engine: Engine | None = None  # an icefield engine that reads and decodes the files itself (read_with)
+        self._engine_reads = project.config.spark.read_sources
+        self._engine_files: dict[int, tuple[str, str]] = {}  # ordinal -> (name, format) of the files it read
+        self._frame: Frame | None = None  # the engine's records of those files, until the read ends
+
+    def read_with(self, engine: Engine) -> None:
+        """Let ``engine`` read and decode the chosen files (:meth:`_engine_read`) when ``spark.read_sources`` is
+        on; a merge target keeps the read here (the order of a key's rows within a batch is the source's)."""
+        if self._engine_reads and self.mode != "merge":
+            self._engine = engine
+
+    @classmethod
+    def _decoder(cls, spec: _EngineSpec) -> FilesSource:
+        """A source that only decodes (where an engine reads the files, :func:`decode_files_in_engine`): the
+        decoders of the source of ``spec``, with the table's types, in chunks of :data:`_ENGINE_CHUNK` records."""
+        dec = cls.__new__(cls)
+        dec.cfg, dec.declared, dec._schema = spec.cfg, spec.declared, spec.schema
+        dec.batch_size, dec._shift, dec._fill, dec._learned = _ENGINE_CHUNK, 0, 0, {}
+        return dec
 
     def list_files(self) -> list[Path]:
         """The files the glob matches (see :meth:`FileScope.list_files`)."""
@@ -254,35 +276,52 @@ class FilesSource(Source):
         and one of large files is not cut at every file's end. A changed file is always replaced in
         batches of its own."""
         group: list[SourceBatch] = []
+        pieces: list[_Piece | None] = []  # for each batch of ``group``: the engine's records it holds, if any
         self._fill = 0  # records in ``group``: where the next new file's first batch ends
-        for batch, groupable in self._file_batches(position, schema):
-            n = batch.rows_in
+        for batch, groupable, piece in self._file_batches(position, schema):
+            n = batch.rows_in if piece is None else piece.end - piece.start
             if groupable:
-                if group and (self._fill + n > self.batch_size or not _same_shape(group[0], batch)):
-                    yield _grouped(group)
-                    group, self._fill = [], 0
+                # A batch holds rows read here or rows the engine holds, never both.
+                if group and (
+                    self._fill + n > self.batch_size or not _same_shape(group[0], batch) or (pieces[0] is None) != (piece is None)
+                ):
+                    yield self._emit(group, pieces)
+                    group, pieces, self._fill = [], [], 0
                 group.append(batch)
+                pieces.append(piece)
                 self._fill += n
                 if self._fill >= self.batch_size:
-                    yield _grouped(group)
-                    group, self._fill = [], 0
+                    yield self._emit(group, pieces)
+                    group, pieces, self._fill = [], [], 0
                 continue
             if group:
-                yield _grouped(group)
-                group, self._fill = [], 0
-            yield batch
+                yield self._emit(group, pieces)
+                group, pieces, self._fill = [], [], 0
+            yield self._emit([batch], [piece])
         if group:
-            yield _grouped(group)
+            yield self._emit(group, pieces)
 
-    def _file_batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[tuple[SourceBatch, bool]]:
-        """Each file's batches, and whether a batch may share a batch with others (``group_files``, and
-        not the rows of a changed file). A groupable file's first chunk ends where the batch being filled
-        is full (``read`` keeps ``self._fill``), its later ones every ``batch_size`` records."""
-        state = position or {}
-        loaded: dict[str, str] = dict(state.get("files", {}))
-        partial: dict[str, Any] | None = state.get("partial")
-        self._learned: dict[str, pa.DataType] = {}
-        self._schema = schema
+    def _emit(self, group: list[SourceBatch], pieces: list[_Piece | None]) -> SourceBatch:
+        """The batch of ``group``; when the engine read its files, with the frame of their records (the engine's
+        rows are decoded here again where a check may refuse them or the engine could not decode them:
+        :meth:`_redecode`)."""
+        batch = _grouped(group)
+        held = [p for p in pieces if p is not None and p.end > p.start]
+        if not held:
+            return batch
+        assert self._engine is not None and self._frame is not None
+        where = " OR ".join(
+            f"({ENGINE_FILE} = {p.ordinal} AND {ENGINE_RECORD} >= {p.start} AND {ENGINE_RECORD} < {p.end})" for p in held
+        )
+        batch.frame = self._engine.take(self._frame, where)
+        batch.describe = None
+        batch.redecode = self._redecode
+        return batch
+
+    def _plans(self, loaded: dict[str, str], partial: dict[str, Any] | None) -> Iterator[_Plan]:
+        """The files to read, in name order, each with its snapshot (the bytes to read), the fingerprint it had
+        when last loaded, the records to skip and whether it replaces rows loaded before. A file that cannot
+        be read is skipped with a warning (the next run tries it again)."""
         for path in self.list_files():
             rel = self._name(path, loaded, partial)
             fmt = self._format_or_none(path)
@@ -303,40 +342,191 @@ class FilesSource(Source):
                     replace = False
                 else:
                     replace = True  # the file changed while it was half loaded: replace that half too
-            grouping = self.cfg.group_files and not replace
-            self._shift = (self._fill if grouping else 0) - skip
-            chunks = _peekable(self._guarded_chunks(path, rel, skip, snap))
-            try:
-                for chunk in chunks:
-                    data, raw, coords, rejected, start, end, describe, whole = chunk
-                    if self.cfg.file_column:
-                        data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
-                    last = chunks.exhausted()
-                    if last:
-                        loaded[rel] = fp
-                        new_state: dict[str, Any] = {"files": dict(loaded)}
-                    else:
-                        new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
-                    yield SourceBatch(
-                        data=data,
-                        position=new_state,
-                        key=f"files:{rel}:{previous}->{fp}#{start}",
-                        raw=raw,
-                        coords=coords,
-                        rejected=rejected,
-                        replace_file=rel if replace else None,
-                        coord_label=rel,
-                        coord_offset=start,
-                        # Records carry no schema of their own (JSON), or a file that could not be decoded
-                        # tells nothing about the columns: a column absent here is not dropped.
-                        open_schema=whole or fmt == "jsonl",
-                        describe=describe,
-                    ), grouping
-                    replace = False
-            except _Unavailable as e:
-                # Batches of the file already committed stay; its position makes the next run resume.
-                log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
+            yield _Plan(path, rel, fmt, snap, previous, skip, replace)
             partial = None
+
+    def _file_batches(
+        self, position: dict[str, Any] | None, schema: pa.Schema | None
+    ) -> Iterator[tuple[SourceBatch, bool, _Piece | None]]:
+        """Each file's batches, whether a batch may share a batch with others (``group_files``, and
+        not the rows of a changed file), and the records of it the engine holds (None: read here). A groupable
+        file's first chunk ends where the batch being filled is full (``read`` keeps ``self._fill``), its later
+        ones every ``batch_size`` records."""
+        state = position or {}
+        loaded: dict[str, str] = dict(state.get("files", {}))
+        partial: dict[str, Any] | None = state.get("partial")
+        self._learned: dict[str, pa.DataType] = {}
+        self._schema = schema
+        plans: Iterator[_Plan] | list[_Plan] = self._plans(loaded, partial)
+        counts: dict[int, int] = {}
+        ordinals: dict[str, int] = {}
+        self._frame = None
+        if self._engine is not None and schema is not None:
+            plans = list(plans)
+            counts, ordinals = self._engine_read(plans, schema)
+        try:
+            for plan in plans:
+                rel, fp, previous, replace = plan.rel, plan.snap.fp, plan.previous, plan.replace
+                ordinal = ordinals.get(rel)
+                grouping = self.cfg.group_files and not replace
+                self._shift = (self._fill if grouping else 0) - plan.skip
+                chunks = _peekable(
+                    self._guarded_chunks(plan.path, rel, plan.skip, plan.snap)
+                    if ordinal is None
+                    else self._engine_chunks(plan, counts.get(ordinal, 0))
+                )
+                try:
+                    for chunk in chunks:
+                        data, raw, coords, rejected, start, end, describe, whole = chunk
+                        if self.cfg.file_column:
+                            data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
+                        last = chunks.exhausted()
+                        if last:
+                            loaded[rel] = fp
+                            new_state: dict[str, Any] = {"files": dict(loaded)}
+                        else:
+                            new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
+                        yield SourceBatch(
+                            data=data,
+                            position=new_state,
+                            key=f"files:{rel}:{previous}->{fp}#{start}",
+                            raw=raw,
+                            coords=coords,
+                            rejected=rejected,
+                            replace_file=rel if replace else None,
+                            coord_label=rel,
+                            coord_offset=start,
+                            # Records carry no schema of their own (JSON), or a file that could not be decoded
+                            # tells nothing about the columns: a column absent here is not dropped.
+                            open_schema=whole or plan.fmt == "jsonl",
+                            describe=describe,
+                        ), grouping, None if ordinal is None else _Piece(ordinal, start, end)
+                        replace = False
+                except _Unavailable as e:
+                    # Batches of the file already committed stay; its position makes the next run resume.
+                    log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
+        finally:
+            if self._frame is not None:
+                assert self._engine is not None
+                self._engine.release(self._frame)
+                self._frame = None
+
+    # ------------------------------------------------------------------ reading in an engine
+
+    def _engine_read(self, plans: list[_Plan], schema: pa.Schema) -> tuple[dict[int, int], dict[str, int]]:
+        """Ask the engine to read and decode the files of ``plans`` it can (:meth:`_engine_can`) with this
+        source's decoders and the table's types (:func:`decode_files_in_engine`); keeps the frame of their
+        records (``self._frame``). Returns the records of each file read (by ordinal) and the ordinal of each
+        file the engine read, by name. A file the engine could not decode whole as the source reads it (it
+        changed since it was fingerprinted, it is not a readable file of its format) is left to the read here,
+        and so is every file when the engine's read fails."""
+        from icefield.errors import IcefieldError
+
+        assert self._engine is not None
+        chosen = [p for p in plans if self._engine_can(p, schema)]
+        if not chosen:
+            return {}, {}
+        files = {_local_key(p.path): (i, p.rel, p.snap.size, p.snap.fp, p.fmt or "") for i, p in enumerate(chosen)}
+        out = files_engine_schema(self._types(), self.cfg.file_column)
+        spec = _EngineSpec(self.cfg, self.declared, schema, files)
+        decode = functools.partial(decode_files_in_engine, spec=spec, out=out)
+        try:
+            frame, counts = self._engine.read_files(["file://" + k for k in files], decode, out, ENGINE_FILE)
+        except IcefieldError as e:
+            log.warning("the engine could not read the files (%s); they are read here", e)
+            return {}, {}
+        self._frame = frame
+        failed = {-k - 1 for k in counts if k < 0}
+        self._engine_files = {i: (p.rel, p.fmt or "") for i, p in enumerate(chosen) if i not in failed}
+        for i in sorted(failed):
+            log.info("%s: the engine could not read it as this source does; it is read here", chosen[i].rel)
+        return {k: v for k, v in counts.items() if k >= 0}, {p.rel: i for i, p in enumerate(chosen) if i not in failed}
+
+    def _engine_can(self, plan: _Plan, schema: pa.Schema) -> bool:
+        """Whether the engine may read the file of ``plan``: a CSV, Parquet or (without ``group_files``) JSON
+        Lines file, small enough for one read, whose name needs no escaping, and (CSV, Parquet) whose columns
+        are exactly the table's (a file with other columns changes the table: read here)."""
+        fmt, path = plan.fmt, plan.path
+        if fmt not in ("csv", "jsonl", "parquet") or plan.snap.size > _ENGINE_MAX_BYTES:
+            return False
+        if any(c in path.as_posix() for c in _ENGINE_UNSAFE):
+            return False
+        if fmt == "jsonl":
+            return not self.cfg.group_files  # batches of grouped files are shaped by their records' keys
+        try:
+            if fmt == "csv":
+                with _open_prefix(path, plan.snap.size) as raw:
+                    text = io.TextIOWrapper(raw, encoding=_encoding_of(path), errors="replace", newline="")
+                    header = next(csv.reader(text, delimiter=self.cfg.delimiter), None)
+                if not header:
+                    return False
+                names = self._column_names(header)
+            else:
+                names = self._column_names(pq.read_schema(path).names)
+        except (OSError, _Unreadable, UnicodeError, csv.Error, pa.ArrowException):
+            return False
+        table = {n for n in schema.names if n != self.cfg.file_column}
+        return set(names) <= set(self._types()) and table <= set(names) and len(set(names)) == len(names)
+
+    def _engine_chunks(self, plan: _Plan, records: int) -> Iterator[_Chunk]:
+        """The chunks of a file the engine read (``records`` records), cut where :meth:`_chunks` cuts them: each
+        holds no rows here (the engine holds them: :meth:`_emit`), only its columns (as a read here has them)."""
+        types = self._types()
+        if plan.fmt == "jsonl":
+            empty = pa.table({})
+        else:
+            if plan.fmt == "csv":
+                with _open_prefix(plan.path, plan.snap.size) as raw:
+                    text = io.TextIOWrapper(raw, encoding=_encoding_of(plan.path), errors="replace", newline="")
+                    header = next(csv.reader(text, delimiter=self.cfg.delimiter), None) or []
+            else:
+                header = pq.read_schema(plan.path).names
+            names = self._column_names(header)
+            empty = pa.schema([pa.field(n, types[n]) for n in names]).empty_table()
+        start = plan.skip
+        while True:
+            end = min(self._end(start), records) if records > start else start
+            yield empty, None, None, [], start, end, None, False
+            start = end
+            if start >= records:
+                return
+
+    def _redecode(self, batch: SourceBatch, rows: pa.Table) -> None:
+        """Set ``batch``'s rows from the engine's rows ``rows`` (those a check may refuse, those it could not decode
+        as the table is), as a read here would have them: JSON Lines records are decoded again from their bytes;
+        CSV and Parquet records keep the engine's values (their columns are the table's), and the ones it refused
+        are quarantined with its reasons (its decoders are this source's)."""
+        rows = rows.sort_by([(ENGINE_FILE, "ascending"), (ENGINE_RECORD, "ascending")])
+        files = rows.column(ENGINE_FILE).to_pylist()
+        coords = rows.column(ENGINE_COORDS).to_pylist()
+        fmts = {self._engine_files[f][1] for f in set(files)}
+        if fmts == {"jsonl"}:
+            (rel,) = {self._engine_files[f][0] for f in set(files)}  # JSON Lines files are never grouped
+            decoded: list[dict[str, Any]] = []
+            raw: list[str] = []
+            where: list[str] = []
+            rejected: list[Rejected] = []
+            for value, at in zip(rows.column(ENGINE_VALUE).to_pylist(), coords, strict=True):
+                decode_json_line(value, at, decoded, raw, where, rejected)
+            data, raw, where, rejected = self._rows_to_table(decoded, raw, where, rejected)
+            if self.cfg.file_column:
+                data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
+            batch.data, batch.raw, batch.coords = data, raw, where
+            batch.rejected = [*batch.rejected, *rejected]
+            return
+        reasons = rows.column(ENGINE_REASON).to_pylist()
+        keep = [i for i, r in enumerate(reasons) if r is None]
+        texts = rows.column(ENGINE_RAW).to_pylist()
+        checks, exact = rows.column(ENGINE_CHECK).to_pylist(), rows.column(ENGINE_RAW_BYTES).to_pylist()
+        refused = [
+            Rejected(texts[i] or "", coords[i], checks[i] or "decode", reasons[i], raw_bytes=exact[i])
+            for i, r in enumerate(reasons)
+            if r is not None
+        ]
+        own = [n for n in rows.column_names if n not in _ENGINE_COLUMNS]
+        batch.data = rows.take(pa.array(keep, pa.int64())).select(own)
+        batch.raw, batch.coords = [texts[i] or "" for i in keep], [coords[i] for i in keep]
+        batch.rejected = [*batch.rejected, *refused]
 
     def _guarded_chunks(self, path: Path, rel: str, skip: int, snap: _Snapshot) -> Iterator[_Chunk]:
         """The chunks of :meth:`_chunks` (each with ``whole=False``). A file that cannot be read (removed,
@@ -691,6 +881,221 @@ class FilesSource(Source):
 Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int, Describe | None]
 # A chunk and whether it is the quarantine row of a file (or its rest) that could not be decoded.
 _Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int, Describe | None, bool]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A file to read: its path and name, its format (None: unknown), the bytes to read (``snap``), its
+    fingerprint when last loaded (None: a new file), the records already loaded, whether it replaces rows."""
+
+    path: Path
+    rel: str
+    fmt: str | None
+    snap: _Snapshot
+    previous: str | None
+    skip: int
+    replace: bool
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Records ``start`` to ``end`` (exclusive) of the file the engine read as ``ordinal``."""
+
+    ordinal: int
+    start: int
+    end: int
+
+
+# ------------------------------------------------------------------------------------ decoding in an engine
+
+ENGINE_FILE, ENGINE_RECORD, ENGINE_VALUE, ENGINE_RAW, ENGINE_COORDS, ENGINE_CHECK, ENGINE_REASON, ENGINE_RAW_BYTES = (
+    "__icefield_file", "__icefield_record", "__icefield_value", "__icefield_raw", "__icefield_coords",
+    "__icefield_check", "__icefield_reason", "__icefield_raw_bytes",
+)
+"""The columns a frame of file records keeps besides the table's: the file (its ordinal in the read; a negative
+one, ``-ordinal - 1``, marks a file the engine could not decode whole), the record's index in it, the record's
+bytes (JSON Lines), its raw form and coordinates for the quarantine, and the check and reason that refused it."""
+_ENGINE_COLUMNS = frozenset({
+    ENGINE_FILE, ENGINE_RECORD, ENGINE_VALUE, ENGINE_RAW, ENGINE_COORDS, ENGINE_CHECK, ENGINE_REASON, ENGINE_RAW_BYTES,
+    "__icefield_suspect",
+})
+_ENGINE_CHUNK = 65536
+"""Records an engine's worker decodes at a time."""
+_ENGINE_MAX_BYTES = 1 << 30
+"""Bigger files are read here: an engine reads a file whole, as one value."""
+_ENGINE_UNSAFE = frozenset("*?[]{}\\:,")
+"""Characters of a path an engine's reader would take for a glob or a URI's parts: such files are read here."""
+
+
+@dataclass(frozen=True)
+class _EngineSpec:
+    """What an engine's workers need to decode the files as the source does (:func:`decode_files_in_engine`):
+    the source's settings, its declared types, the table's schema, and the files by local path: (ordinal,
+    name, bytes to read, their fingerprint, format)."""
+
+    cfg: FilesSourceConfig
+    declared: dict[str, pa.DataType] | None
+    schema: pa.Schema
+    files: dict[str, tuple[int, str, int, str, str]]
+
+
+def _local_key(path: Path) -> str:
+    return path.as_posix()
+
+
+def files_engine_schema(types: dict[str, pa.DataType], file_column: str | None) -> pa.Schema:
+    """The Arrow schema of a frame of decoded file records: the columns ``types`` (as an engine takes them), the
+    file column, the mark of the rows to decode again here (:data:`icefield.engines.base.SUSPECT_COLUMN`) and
+    the columns :data:`ENGINE_FILE` ... :data:`ENGINE_RAW_BYTES`."""
+    from icefield.engines.base import SUSPECT_COLUMN
+    from icefield.ingest.kafka import _plain
+
+    fields = [pa.field(n, _plain(t)) for n, t in types.items()]
+    if file_column and file_column not in types:
+        fields.append(pa.field(file_column, pa.string()))
+    return pa.schema([
+        *fields,
+        pa.field(SUSPECT_COLUMN, pa.bool_()),
+        pa.field(ENGINE_FILE, pa.int64()),
+        pa.field(ENGINE_RECORD, pa.int64()),
+        pa.field(ENGINE_VALUE, pa.binary()),
+        pa.field(ENGINE_RAW, pa.string()),
+        pa.field(ENGINE_COORDS, pa.string()),
+        pa.field(ENGINE_CHECK, pa.string()),
+        pa.field(ENGINE_REASON, pa.string()),
+        pa.field(ENGINE_RAW_BYTES, pa.binary()),
+    ])
+
+
+def decode_files_in_engine(batches: Iterator[pa.RecordBatch], spec: _EngineSpec, out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Decode files (Arrow batches of ``path``, as the engine names it, and ``content``) where an engine reads
+    them (Spark's Python workers), with the source's own decoders and the table's types: the first bytes the
+    source fingerprinted, one row per record (typed as ``out``).
+
+    A JSON Lines record that decodes to a row of the table's columns is a row; any other (not JSON, a bad value,
+    a key the table does not have) is marked (:data:`icefield.engines.base.SUSPECT_COLUMN`) with its bytes, for
+    the source to decode again where the run is (:meth:`FilesSource._redecode`). A CSV or Parquet record is a
+    row typed as the source types it, or a marked row with the check and reason the source's decoder refused it
+    with. A file whose bytes are not the ones fingerprinted, or that cannot be decoded whole (the source would
+    quarantine it, or the rest of it, as one record), is one row of file ``-ordinal - 1``: the source reads it
+    itself."""
+    import tempfile
+
+    dec = FilesSource._decoder(spec)
+    for rb in batches:
+        for uri, content in zip(rb.column("path").to_pylist(), rb.column("content").to_pylist(), strict=True):
+            ordinal, rel, size, fp, fmt = spec.files["/" + uri.removeprefix("file:").lstrip("/")]
+            data = content[:size]
+            if f"{len(data)}:{hashlib.sha256(data).hexdigest()}" != fp:
+                yield _engine_batch(out, dec.cfg.file_column, rel, -ordinal - 1, [-1], [None], None, suspect=[True])
+                continue
+            try:
+                if fmt == "jsonl":
+                    yield from _jsonl_in_engine(dec, data, ordinal, rel, out)
+                else:
+                    with tempfile.TemporaryDirectory(prefix="icefield-") as tmp:
+                        path = Path(tmp) / f"file.{fmt}"
+                        path.write_bytes(data)
+                        yield from _typed_in_engine(dec, path, fmt, ordinal, rel, size, out)
+            except (_Unreadable, UnicodeError, csv.Error, pa.ArrowException, OSError):
+                yield _engine_batch(out, dec.cfg.file_column, rel, -ordinal - 1, [-1], [None], None, suspect=[True])
+
+
+def _jsonl_in_engine(dec: FilesSource, data: bytes, ordinal: int, rel: str, out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The records of a JSON Lines file (as :meth:`FilesSource._jsonl_chunks` reads them), a batch per chunk."""
+    types = dec._types()
+    known = set(types)
+    fc = dec.cfg.file_column
+    recs: list[int] = []
+    values: list[bytes] = []
+    where: list[str] = []
+    objs: list[dict[str, Any] | None] = []
+    record = 0
+
+    def batch() -> pa.RecordBatch:
+        good = [i for i, o in enumerate(objs) if o is not None]
+        table, bad = records_to_table([o for o in objs if o is not None], types, dec.declared or ())
+        take: list[int | None] = [None] * len(objs)
+        for k, i in enumerate(good):
+            if k not in bad:
+                take[i] = k
+        return _engine_batch(out, fc, rel, ordinal, recs, take, table, suspect=[t is None for t in take], values=values, coords=where)
+
+    for lineno, line in enumerate(io.BytesIO(data), start=1):
+        if lineno == 1:
+            line = line.removeprefix(codecs.BOM_UTF8)
+        if not line.strip():
+            continue
+        rows: list[dict[str, Any]] = []
+        decode_json_line(line, f"{rel}:{lineno}", rows, [], [], [])
+        obj = rows[0] if rows else None
+        if obj is not None and (not set(obj) <= known or (fc and fc in obj)):
+            obj = None  # a key the table lacks, or the file column's: decoded again where the run is
+        recs.append(record)
+        values.append(line)
+        where.append(f"{rel}:{lineno}")
+        objs.append(obj)
+        record += 1
+        if len(recs) >= _ENGINE_CHUNK:
+            yield batch()
+            recs, values, where, objs = [], [], [], []
+    if recs:
+        yield batch()
+
+
+def _typed_in_engine(dec: FilesSource, path: Path, fmt: str, ordinal: int, rel: str, size: int, out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The records of a CSV or Parquet file (as :meth:`FilesSource._chunks` decodes them), a batch per chunk:
+    the typed rows, then the refused records."""
+    chunks = dec._csv_chunks(path, rel, 0, size) if fmt == "csv" else dec._parquet_chunks(path, rel, 0)
+    mark = ":row " if fmt == "csv" else "#"
+    shift = 1 if fmt == "csv" else 0
+    for typed, _, _, rejected, _, _, describe in chunks:
+        n = typed.num_rows
+        pairs = describe(list(range(n))) if describe is not None and n else []
+        refused = len(rejected)
+        coords = [c for _, c in pairs] + [r.coords for r in rejected]
+        yield _engine_batch(
+            out, dec.cfg.file_column, rel, ordinal,
+            [int(c.rsplit(mark, 1)[1]) - shift for c in coords],
+            [*range(n), *[None] * refused],
+            typed,
+            suspect=[False] * n + [True] * refused,
+            raws=[r for r, _ in pairs] + [r.raw for r in rejected],
+            coords=coords,
+            checks=[*[None] * n, *[r.check for r in rejected]],
+            reasons=[*[None] * n, *[r.reason for r in rejected]],
+            exact=[*[None] * n, *[r.raw_bytes for r in rejected]],
+        )
+
+
+def _engine_batch(
+    out: pa.Schema, fc: str | None, rel: str, ordinal: int, recs: list[int], take: list[int | None], typed: pa.Table | None,
+    *, suspect: list[bool], values: list[bytes] | None = None, raws: list[str] | None = None, coords: list[str] | None = None,
+    checks: Sequence[str | None] | None = None, reasons: Sequence[str | None] | None = None,
+    exact: Sequence[bytes | None] | None = None,
+) -> pa.RecordBatch:
+    """One batch of ``out``: row i holds row ``take[i]`` of ``typed`` (None: nulls) and the given columns."""
+    from icefield.engines.base import SUSPECT_COLUMN
+
+    n = len(recs)
+    extra: dict[str, Any] = {
+        SUSPECT_COLUMN: suspect, ENGINE_FILE: [ordinal] * n, ENGINE_RECORD: recs, ENGINE_VALUE: values, ENGINE_RAW: raws,
+        ENGINE_COORDS: coords, ENGINE_CHECK: checks, ENGINE_REASON: reasons, ENGINE_RAW_BYTES: exact,
+    }
+    index = pa.array(take, pa.int64())
+    columns: list[pa.Array] = []
+    for f in out:
+        if f.name in extra:
+            v = extra[f.name]
+            columns.append(pa.nulls(n, f.type) if v is None else pa.array(v, f.type))
+        elif f.name == fc:
+            columns.append(pa.array([rel] * n, f.type))
+        elif typed is not None and f.name in typed.column_names:
+            col = typed.column(f.name).take(index).cast(f.type)
+            columns.append(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        else:
+            columns.append(pa.nulls(n, f.type))
+    return pa.RecordBatch.from_arrays(columns, schema=out)
 
 
 class _peekable:
