@@ -274,7 +274,18 @@ class FilesSource(Source):
         cut every ``batch_size`` records: a batch holds the end of one file and the start of the next while
         they have the same columns, so a drop of many files lands in as few snapshots as its records need,
         and one of large files is not cut at every file's end. A changed file is always replaced in
-        batches of its own."""
+        batches of its own. When an engine reads the files (:meth:`read_with`), its records are freed once the
+        read ends."""
+        try:
+            yield from self._batches(position, schema)
+        finally:
+            if self._frame is not None:  # the engine's records of the files, each batch's taken from it
+                assert self._engine is not None
+                self._engine.release(self._frame)
+                self._frame = None
+
+    def _batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """The batches of :meth:`read`: each file's, grouped (see there)."""
         group: list[SourceBatch] = []
         pieces: list[_Piece | None] = []  # for each batch of ``group``: the engine's records it holds, if any
         self._fill = 0  # records in ``group``: where the next new file's first batch ends
@@ -315,7 +326,7 @@ class FilesSource(Source):
         )
         batch.frame = self._engine.take(self._frame, where)
         batch.describe = None
-        batch.redecode = self._redecode
+        batch.redecode = functools.partial(self._redecode, columns=batch.data.column_names)
         return batch
 
     def _plans(self, loaded: dict[str, str], partial: dict[str, Any] | None) -> Iterator[_Plan]:
@@ -364,52 +375,46 @@ class FilesSource(Source):
         if self._engine is not None and schema is not None:
             plans = list(plans)
             counts, ordinals = self._engine_read(plans, schema)
-        try:
-            for plan in plans:
-                rel, fp, previous, replace = plan.rel, plan.snap.fp, plan.previous, plan.replace
-                ordinal = ordinals.get(rel)
-                grouping = self.cfg.group_files and not replace
-                self._shift = (self._fill if grouping else 0) - plan.skip
-                chunks = _peekable(
-                    self._guarded_chunks(plan.path, rel, plan.skip, plan.snap)
-                    if ordinal is None
-                    else self._engine_chunks(plan, counts.get(ordinal, 0))
-                )
-                try:
-                    for chunk in chunks:
-                        data, raw, coords, rejected, start, end, describe, whole = chunk
-                        if self.cfg.file_column:
-                            data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
-                        last = chunks.exhausted()
-                        if last:
-                            loaded[rel] = fp
-                            new_state: dict[str, Any] = {"files": dict(loaded)}
-                        else:
-                            new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
-                        yield SourceBatch(
-                            data=data,
-                            position=new_state,
-                            key=f"files:{rel}:{previous}->{fp}#{start}",
-                            raw=raw,
-                            coords=coords,
-                            rejected=rejected,
-                            replace_file=rel if replace else None,
-                            coord_label=rel,
-                            coord_offset=start,
-                            # Records carry no schema of their own (JSON), or a file that could not be decoded
-                            # tells nothing about the columns: a column absent here is not dropped.
-                            open_schema=whole or plan.fmt == "jsonl",
-                            describe=describe,
-                        ), grouping, None if ordinal is None else _Piece(ordinal, start, end)
-                        replace = False
-                except _Unavailable as e:
-                    # Batches of the file already committed stay; its position makes the next run resume.
-                    log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
-        finally:
-            if self._frame is not None:
-                assert self._engine is not None
-                self._engine.release(self._frame)
-                self._frame = None
+        for plan in plans:
+            rel, fp, previous, replace = plan.rel, plan.snap.fp, plan.previous, plan.replace
+            ordinal = ordinals.get(rel)
+            grouping = self.cfg.group_files and not replace
+            self._shift = (self._fill if grouping else 0) - plan.skip
+            chunks = _peekable(
+                self._guarded_chunks(plan.path, rel, plan.skip, plan.snap)
+                if ordinal is None
+                else self._engine_chunks(plan, counts.get(ordinal, 0))
+            )
+            try:
+                for chunk in chunks:
+                    data, raw, coords, rejected, start, end, describe, whole = chunk
+                    if self.cfg.file_column:
+                        data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
+                    last = chunks.exhausted()
+                    if last:
+                        loaded[rel] = fp
+                        new_state: dict[str, Any] = {"files": dict(loaded)}
+                    else:
+                        new_state = {"files": dict(loaded), "partial": {"file": rel, "fp": fp, "rows": end}}
+                    yield SourceBatch(
+                        data=data,
+                        position=new_state,
+                        key=f"files:{rel}:{previous}->{fp}#{start}",
+                        raw=raw,
+                        coords=coords,
+                        rejected=rejected,
+                        replace_file=rel if replace else None,
+                        coord_label=rel,
+                        coord_offset=start,
+                        # Records carry no schema of their own (JSON), or a file that could not be decoded
+                        # tells nothing about the columns: a column absent here is not dropped.
+                        open_schema=whole or plan.fmt == "jsonl",
+                        describe=describe,
+                    ), grouping, None if ordinal is None else _Piece(ordinal, start, end)
+                    replace = False
+            except _Unavailable as e:
+                # Batches of the file already committed stay; its position makes the next run resume.
+                log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
 
     # ------------------------------------------------------------------ reading in an engine
 
@@ -445,7 +450,7 @@ class FilesSource(Source):
     def _engine_can(self, plan: _Plan, schema: pa.Schema) -> bool:
         """Whether the engine may read the file of ``plan``: a CSV, Parquet or (without ``group_files``) JSON
         Lines file, small enough for one read, whose name needs no escaping, and (CSV, Parquet) whose columns
-        are exactly the table's (a file with other columns changes the table: read here)."""
+        are all the table's (a file with a column the table lacks changes the table: read here)."""
         fmt, path = plan.fmt, plan.path
         if fmt not in ("csv", "jsonl", "parquet") or plan.snap.size > _ENGINE_MAX_BYTES:
             return False
@@ -465,8 +470,7 @@ class FilesSource(Source):
                 names = self._column_names(pq.read_schema(path).names)
         except (OSError, _Unreadable, UnicodeError, csv.Error, pa.ArrowException):
             return False
-        table = {n for n in schema.names if n != self.cfg.file_column}
-        return set(names) <= set(self._types()) and table <= set(names) and len(set(names)) == len(names)
+        return set(names) <= set(self._types())
 
     def _engine_chunks(self, plan: _Plan, records: int) -> Iterator[_Chunk]:
         """The chunks of a file the engine read (``records`` records), cut where :meth:`_chunks` cuts them: each
@@ -491,11 +495,11 @@ class FilesSource(Source):
             if start >= records:
                 return
 
-    def _redecode(self, batch: SourceBatch, rows: pa.Table) -> None:
+    def _redecode(self, batch: SourceBatch, rows: pa.Table, columns: list[str]) -> None:
         """Set ``batch``'s rows from the engine's rows ``rows`` (those a check may refuse, those it could not decode
         as the table is), as a read here would have them: JSON Lines records are decoded again from their bytes;
-        CSV and Parquet records keep the engine's values (their columns are the table's), and the ones it refused
-        are quarantined with its reasons (its decoders are this source's)."""
+        CSV and Parquet records keep the engine's values of the files' ``columns`` (all the table's), and the
+        ones it refused are quarantined with its reasons (its decoders are this source's)."""
         rows = rows.sort_by([(ENGINE_FILE, "ascending"), (ENGINE_RECORD, "ascending")])
         files = rows.column(ENGINE_FILE).to_pylist()
         coords = rows.column(ENGINE_COORDS).to_pylist()
@@ -523,7 +527,7 @@ class FilesSource(Source):
             for i, r in enumerate(reasons)
             if r is not None
         ]
-        own = [n for n in rows.column_names if n not in _ENGINE_COLUMNS]
+        own = [n for n in columns if n in rows.column_names]
         batch.data = rows.take(pa.array(keep, pa.int64())).select(own)
         batch.raw, batch.coords = [texts[i] or "" for i in keep], [coords[i] for i in keep]
         batch.rejected = [*batch.rejected, *refused]
@@ -915,10 +919,6 @@ ENGINE_FILE, ENGINE_RECORD, ENGINE_VALUE, ENGINE_RAW, ENGINE_COORDS, ENGINE_CHEC
 """The columns a frame of file records keeps besides the table's: the file (its ordinal in the read; a negative
 one, ``-ordinal - 1``, marks a file the engine could not decode whole), the record's index in it, the record's
 bytes (JSON Lines), its raw form and coordinates for the quarantine, and the check and reason that refused it."""
-_ENGINE_COLUMNS = frozenset({
-    ENGINE_FILE, ENGINE_RECORD, ENGINE_VALUE, ENGINE_RAW, ENGINE_COORDS, ENGINE_CHECK, ENGINE_REASON, ENGINE_RAW_BYTES,
-    "__icefield_suspect",
-})
 _ENGINE_CHUNK = 65536
 """Records an engine's worker decodes at a time."""
 _ENGINE_MAX_BYTES = 1 << 30
