@@ -22,6 +22,13 @@ text file whose last line has no line end yet, and that grows (now, or before it
 old), is still being written: that line is left for the next run (the file is recorded with the
 fingerprint of what was read, so the next run replaces it whole) instead of quarantining half a record
 that the next run reads whole.
+
+An engine that reads ``files`` sources itself (Spark; :meth:`FilesSource.read_with`) reads the chosen files once
+the table exists: the source still lists, fingerprints and chooses the files and cuts the batches, from the
+records the engine counts in each file (:meth:`FilesSource._engine_read`); the engine decodes the fingerprinted
+bytes with this module's decoders and the table's types (:func:`decode_files_in_engine`) and holds the records,
+each batch's taken out of that read. Records refused or not decodable as the table is come back to the run
+(:meth:`FilesSource._redecode`). A file it cannot read as this module does is read here (see ``docs/spark.md``).
 """
 
 from __future__ import annotations
@@ -442,10 +449,17 @@ class FilesSource(Source):
             return {}, {}
         self._frame = frame
         failed = {-k - 1 for k in counts if k < 0}
-        self._engine_files = {i: (p.rel, p.fmt or "") for i, p in enumerate(chosen) if i not in failed}
-        for i in sorted(failed):
-            log.info("%s: the engine could not read it as this source does; it is read here", chosen[i].rel)
-        return {k: v for k, v in counts.items() if k >= 0}, {p.rel: i for i, p in enumerate(chosen) if i not in failed}
+        # Each file the engine read has a row of record -1; one it left out (Spark's reader skips names that start
+        # with '_' or '.') has none: read here, never recorded as a file without records.
+        read = {i for i in counts if i >= 0 and i not in failed}
+        for i, p in enumerate(chosen):
+            if i not in read:
+                why = "could not decode it whole as this source does" if i in failed else "did not read it"
+                log.info("%s: the engine %s; it is read here", p.rel, why)
+        self._engine_files = {i: (p.rel, p.fmt or "") for i, p in enumerate(chosen) if i in read}
+        records = {i: counts[i] - 1 for i in read}
+        log.info("the engine read %d of %d files (%d records)", len(read), len(plans), sum(records.values()))
+        return records, {chosen[i].rel: i for i in read}
 
     def _engine_can(self, plan: _Plan, schema: pa.Schema) -> bool:
         """Whether the engine may read the file of ``plan``: a CSV, Parquet or (without ``group_files``) JSON
@@ -917,7 +931,8 @@ ENGINE_FILE, ENGINE_RECORD, ENGINE_VALUE, ENGINE_RAW, ENGINE_COORDS, ENGINE_CHEC
     "__icefield_check", "__icefield_reason", "__icefield_raw_bytes",
 )
 """The columns a frame of file records keeps besides the table's: the file (its ordinal in the read; a negative
-one, ``-ordinal - 1``, marks a file the engine could not decode whole), the record's index in it, the record's
+one, ``-ordinal - 1``, marks a file the engine could not decode whole), the record's index in it (-1: the row
+that tells the file was read), the record's
 bytes (JSON Lines), its raw form and coordinates for the quarantine, and the check and reason that refused it."""
 _ENGINE_CHUNK = 65536
 """Records an engine's worker decodes at a time."""
@@ -970,7 +985,8 @@ def files_engine_schema(types: dict[str, pa.DataType], file_column: str | None) 
 def decode_files_in_engine(batches: Iterator[pa.RecordBatch], spec: _EngineSpec, out: pa.Schema) -> Iterator[pa.RecordBatch]:
     """Decode files (Arrow batches of ``path``, as the engine names it, and ``content``) where an engine reads
     them (Spark's Python workers), with the source's own decoders and the table's types: the first bytes the
-    source fingerprinted, one row per record (typed as ``out``).
+    source fingerprinted, one row per record (typed as ``out``), after one row of record -1 that tells the file
+    was read.
 
     A JSON Lines record that decodes to a row of the table's columns is a row; any other (not JSON, a bad value,
     a key the table does not have) is marked (:data:`icefield.engines.base.SUSPECT_COLUMN`) with its bytes, for
@@ -986,6 +1002,7 @@ def decode_files_in_engine(batches: Iterator[pa.RecordBatch], spec: _EngineSpec,
         for uri, content in zip(rb.column("path").to_pylist(), rb.column("content").to_pylist(), strict=True):
             ordinal, rel, size, fp, fmt = spec.files["/" + uri.removeprefix("file:").lstrip("/")]
             data = content[:size]
+            yield _engine_batch(out, dec.cfg.file_column, rel, ordinal, [-1], [None], None, suspect=[True])  # read
             if f"{len(data)}:{hashlib.sha256(data).hexdigest()}" != fp:
                 yield _engine_batch(out, dec.cfg.file_column, rel, -ordinal - 1, [-1], [None], None, suspect=[True])
                 continue
