@@ -149,6 +149,7 @@ def _run_both(projects: dict[str, Project], name: str, caplog: pytest.LogCapture
             assert any(r.getMessage().startswith("spark read ") for r in caplog.records), "Spark read the files"
         if engine == "spark":
             reads = [(int(m[1]), int(m[2])) for m in found if m]
+            results["log"] = [r.getMessage() for r in caplog.records]
         else:
             assert not any(found)
     local, spark = projects["local"], projects["spark"]
@@ -229,11 +230,18 @@ def test_spark_reads_parquet_files_as_the_local_engine_does(
     _parquet(folder / "a0.parquet", 0, 20)
     results, reads = _run_both(projects, "parq", caplog)
     assert reads == []
-    # 180 rows whose amounts are text: one is no number, one is negative (a check).
+    # 180 rows whose amounts are text: one is no number, one is negative (a check). And a file whose pages are
+    # broken (its footer is whole): Spark's worker cannot decode it, the run reads it and quarantines it whole.
     amounts = [str(i * 0.25) for i in range(180)]
     amounts[7], amounts[150] = "12abc", "-1.5"
     _parquet(folder / "a1.parquet", 100, 180, amounts)
+    _parquet(folder / "a2.parquet", 300, 50)
+    broken = bytearray((folder / "a2.parquet").read_bytes())
+    broken[8:200] = b"\xab" * 192
+    _write(folder / "a2.parquet", bytes(broken))
+    assert pq.read_schema(folder / "a2.parquet").names == ["id", "kind", "amount"]
     results, reads = _run_both(projects, "parq", caplog)
     assert reads == [(1, 180)]
-    assert results["spark"].rows_in == 180 and results["spark"].rows_quarantined == 2
-    assert len(results["spark"].batches) == 2
+    assert f"{drop}/parquet/a2.parquet: the engine could not decode it whole as this source does; it is read here" in results["log"]
+    assert results["spark"].rows_in == 181 and results["spark"].rows_quarantined == 3
+    assert len(results["spark"].batches) == 3
