@@ -132,7 +132,9 @@ def _counts(result: Any) -> list[tuple[Any, ...]]:
     ]
 
 
-def _run_both(projects: dict[str, Project], name: str, caplog: pytest.LogCaptureFixture) -> tuple[dict[str, Any], list[tuple[int, int]]]:
+def _run_both(
+    projects: dict[str, Project], name: str, caplog: pytest.LogCaptureFixture, max_batches: int | None = None
+) -> tuple[dict[str, Any], list[tuple[int, int]]]:
     """Run ``name`` on both engines and check they land the same; returns the results and, of the Spark run,
     the ``(files, rows)`` of each read Spark made of the source."""
     results: dict[str, Any] = {}
@@ -141,7 +143,7 @@ def _run_both(projects: dict[str, Project], name: str, caplog: pytest.LogCapture
         caplog.clear()
         started = time.monotonic()
         with caplog.at_level(logging.INFO, logger="icefield.engines.spark"), caplog.at_level(logging.INFO, logger="icefield.ingest.files"):
-            results[engine] = run_pipeline(project, name)
+            results[engine] = run_pipeline(project, name, max_batches=max_batches)
         print(f"{name} on {engine}: {time.monotonic() - started:.1f}s, {len(results[engine].batches)} batches")
         assert results[engine].status == "success", results[engine].error
         found = [re.match(r"the engine read (\d+) of \d+ files \((\d+) records\)", r.getMessage()) for r in caplog.records]
@@ -211,12 +213,17 @@ def test_spark_reads_json_lines_files_as_the_local_engine_does(
     # the table lacks (the table gains it on both).
     records = [line.encode() for line in _jsonl(100, 225)]
     records[5:5] = [b"not json", b'{"id": 1, "kind": "\xff\xfe", "amount": 1.0}', b'{"id": 2, "kind": "k", "amount": "12abc"}']
-    records[50:50] = [b'{"id": 3, "kind": "k", "amount": -2.5}', b"", b'{"id": 4, "kind": "k", "amount": 1.5, "note": "new"}']
+    records[150:150] = [b'{"id": 3, "kind": "k", "amount": -2.5}', b"", b'{"id": 4, "kind": "k", "amount": 1.5, "note": "new"}']
     _write(folder / "a1.jsonl", b"\n".join(records) + b"\n")
+    # A run that stops after one batch leaves the file half loaded; the next one goes on from there.
+    results, reads = _run_both(projects, "events", caplog, max_batches=1)
+    assert reads == [(1, 230)] and results["spark"].rows_in == 100 and results["spark"].rows_quarantined == 3
+    position = read_position(open_catalog(projects["spark"]).load_table("raw.events"), "events")
+    assert position is not None and position["partial"]["rows"] == 100
     results, reads = _run_both(projects, "events", caplog)
     assert reads == [(1, 230)]
-    assert results["spark"].rows_in == 230 and results["spark"].rows_quarantined == 4
-    assert len(results["spark"].batches) == 3
+    assert results["spark"].rows_in == 130 and results["spark"].rows_quarantined == 1
+    assert len(results["spark"].batches) == 2
     assert "note" in open_catalog(projects["spark"]).load_table("raw.events").schema().column_names
     _write(folder / "a2.jsonl", "\n".join(_jsonl(500, 30)) + "\n")
     results, reads = _run_both(projects, "events", caplog)

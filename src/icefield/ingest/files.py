@@ -238,12 +238,22 @@ class FilesSource(Source):
         self._engine_reads = project.config.spark.read_sources
         self._engine_files: dict[int, tuple[str, str]] = {}  # ordinal -> (name, format) of the files it read
         self._frame: Frame | None = None  # the engine's records of those files, until the read ends
+        self._records: dict[int, int] = {}  # ordinal -> records of the file, as the engine counted them
+        self._taken: list[Frame] = []  # the batches' frames: those a run did not get to are freed on close
 
     def read_with(self, engine: Engine) -> None:
         """Let ``engine`` read and decode the chosen files (:meth:`_engine_read`) when ``spark.read_sources`` is
         on; a merge target keeps the read here (the order of a key's rows within a batch is the source's)."""
         if self._engine_reads and self.mode != "merge":
             self._engine = engine
+
+    def close(self) -> None:
+        """Free the frames of batches the run did not get to (read ahead when it stopped); the others are freed
+        already (releasing twice is a no-op)."""
+        if self._engine is not None:
+            for frame in self._taken:
+                self._engine.release(frame)
+        self._taken = []
 
     @classmethod
     def _decoder(cls, spec: _EngineSpec) -> FilesSource:
@@ -328,10 +338,16 @@ class FilesSource(Source):
         if not held:
             return batch
         assert self._engine is not None and self._frame is not None
-        where = " OR ".join(
-            f"({ENGINE_FILE} = {p.ordinal} AND {ENGINE_RECORD} >= {p.start} AND {ENGINE_RECORD} < {p.end})" for p in held
-        )
-        batch.frame = self._engine.take(self._frame, where)
+        # Whole files by ordinal (a batch may group thousands), the parts of files by their records.
+        whole = [p.ordinal for p in held if p.start == 0 and p.end == self._records.get(p.ordinal)]
+        terms = [f"({ENGINE_FILE} IN ({', '.join(map(str, whole))}) AND {ENGINE_RECORD} >= 0)"] if whole else []
+        terms += [
+            f"({ENGINE_FILE} = {p.ordinal} AND {ENGINE_RECORD} >= {p.start} AND {ENGINE_RECORD} < {p.end})"
+            for p in held
+            if p.ordinal not in whole
+        ]
+        batch.frame = self._engine.take(self._frame, " OR ".join(terms))
+        self._taken.append(batch.frame)
         batch.describe = None
         batch.redecode = functools.partial(self._redecode, columns=batch.data.column_names)
         return batch
@@ -376,12 +392,11 @@ class FilesSource(Source):
         self._learned: dict[str, pa.DataType] = {}
         self._schema = schema
         plans: Iterator[_Plan] | list[_Plan] = self._plans(loaded, partial)
-        counts: dict[int, int] = {}
         ordinals: dict[str, int] = {}
-        self._frame = None
+        self._frame, self._records = None, {}
         if self._engine is not None and schema is not None:
             plans = list(plans)
-            counts, ordinals = self._engine_read(plans, schema)
+            self._records, ordinals = self._engine_read(plans, schema)
         for plan in plans:
             rel, fp, previous, replace = plan.rel, plan.snap.fp, plan.previous, plan.replace
             ordinal = ordinals.get(rel)
@@ -390,7 +405,7 @@ class FilesSource(Source):
             chunks = _peekable(
                 self._guarded_chunks(plan.path, rel, plan.skip, plan.snap)
                 if ordinal is None
-                else self._engine_chunks(plan, counts.get(ordinal, 0))
+                else self._engine_chunks(plan, self._records.get(ordinal, 0))
             )
             try:
                 for chunk in chunks:
