@@ -190,12 +190,18 @@ def test_spark_reads_csv_files_as_the_local_engine_does(
     assert len(results["spark"].batches) == 4  # a1[0:200), a1[200:250) + b, c, d
     assert "note" in open_catalog(projects["spark"]).load_table("raw.csvs").schema().column_names
     # Next run: only the new files and b, which changed (its rows are replaced in the same commit). Spark's reader
-    # leaves out a name that starts with '_': the run reads _f itself.
-    _write(folder / "e.csv", _csv(900, 40))
-    _write(folder / "_f.csv", _csv(950, 10))
+    # leaves out a name that starts with '_': the run reads _f itself, and its rows share a batch with those of a2,
+    # which Spark holds, as on the local engine.
+    lines = _csv(950, 10).splitlines()
+    lines[2], lines[4] = "951,k1,-0.5", "953,k3,x"
+    _write(folder / "_f.csv", "\n".join(lines) + "\n")
+    lines = _csv(900, 40).splitlines()
+    lines[7] = "906,k1,-7.25"
+    _write(folder / "a2.csv", "\n".join(lines) + "\n")
     _write(folder / "b.csv", _csv(400, 125))
     results, reads = _run_both(projects, "csvs", caplog)
     assert reads == [(2, 165)]
+    assert [b.rows_in for b in results["spark"].batches] == [50, 125] and results["spark"].rows_quarantined == 3
     assert results["spark"].rows_in == 175 and [b.replaced_file for b in results["spark"].batches].count(f"{drop}/csv/b.csv") == 1
     # Nothing new: nothing read.
     results, reads = _run_both(projects, "csvs", caplog)

@@ -309,10 +309,7 @@ class FilesSource(Source):
         for batch, groupable, piece in self._file_batches(position, schema):
             n = batch.rows_in if piece is None else piece.end - piece.start
             if groupable:
-                # A batch holds rows read here or rows the engine holds, never both.
-                if group and (
-                    self._fill + n > self.batch_size or not _same_shape(group[0], batch) or (pieces[0] is None) != (piece is None)
-                ):
+                if group and (self._fill + n > self.batch_size or not _same_shape(group[0], batch)):
                     yield self._emit(group, pieces)
                     group, pieces, self._fill = [], [], 0
                 group.append(batch)
@@ -330,13 +327,16 @@ class FilesSource(Source):
             yield self._emit(group, pieces)
 
     def _emit(self, group: list[SourceBatch], pieces: list[_Piece | None]) -> SourceBatch:
-        """The batch of ``group``; when the engine read its files, with the frame of their records (the engine's
+        """The batch of ``group``; when the engine read files of it, with the frame of their records (the engine's
         rows are decoded here again where a check may refuse them or the engine could not decode them:
-        :meth:`_redecode`)."""
+        :meth:`_redecode`). Rows of the group read here (files the engine left to the run) stay in the batch's
+        data until then, so the batches are cut as on the local engine."""
         batch = _grouped(group)
         held = [p for p in pieces if p is not None and p.end > p.start]
         if not held:
             return batch
+        here = batch.data.num_rows
+        local = (batch.data, batch.describe_rows(list(range(here)))) if here else None
         assert self._engine is not None and self._frame is not None
         # Whole files by ordinal (a batch may group thousands), the parts of files by their records.
         whole = [p.ordinal for p in held if p.start == 0 and p.end == self._records.get(p.ordinal)]
@@ -349,7 +349,7 @@ class FilesSource(Source):
         batch.frame = self._engine.take(self._frame, " OR ".join(terms))
         self._taken.append(batch.frame)
         batch.describe = None
-        batch.redecode = functools.partial(self._redecode, columns=batch.data.column_names)
+        batch.redecode = functools.partial(self._redecode, columns=batch.data.column_names, local=local)
         return batch
 
     def _plans(self, loaded: dict[str, str], partial: dict[str, Any] | None) -> Iterator[_Plan]:
@@ -394,7 +394,9 @@ class FilesSource(Source):
         plans: Iterator[_Plan] | list[_Plan] = self._plans(loaded, partial)
         ordinals: dict[str, int] = {}
         self._frame, self._records = None, {}
-        if self._engine is not None and schema is not None:
+        # Spark decodes with the table's types: not before the table exists, nor while a declared column is not in
+        # it yet (the run adds it).
+        if self._engine is not None and schema is not None and set(self.declared or ()) <= set(schema.names):
             plans = list(plans)
             self._records, ordinals = self._engine_read(plans, schema)
         for plan in plans:
@@ -499,7 +501,7 @@ class FilesSource(Source):
                 names = self._column_names(pq.read_schema(path).names)
         except (OSError, _Unreadable, UnicodeError, csv.Error, pa.ArrowException):
             return False
-        return set(names) <= set(self._types())
+        return set(names) <= set(schema.names)
 
     def _engine_chunks(self, plan: _Plan, records: int) -> Iterator[_Chunk]:
         """The chunks of a file the engine read (``records`` records), cut where :meth:`_chunks` cuts them: each
@@ -524,11 +526,14 @@ class FilesSource(Source):
             if start >= records:
                 return
 
-    def _redecode(self, batch: SourceBatch, rows: pa.Table, columns: list[str]) -> None:
+    def _redecode(
+        self, batch: SourceBatch, rows: pa.Table, columns: list[str], local: tuple[pa.Table, list[tuple[str, str]]] | None = None
+    ) -> None:
         """Set ``batch``'s rows from the engine's rows ``rows`` (those a check may refuse, those it could not decode
         as the table is), as a read here would have them: JSON Lines records are decoded again from their bytes;
         CSV and Parquet records keep the engine's values of the files' ``columns`` (all the table's), and the
-        ones it refused are quarantined with its reasons (its decoders are this source's)."""
+        ones it refused are quarantined with its reasons (its decoders are this source's). ``local``: rows of
+        the batch read here, with their raw records and coordinates, which come first."""
         rows = rows.sort_by([(ENGINE_FILE, "ascending"), (ENGINE_RECORD, "ascending")])
         files = rows.column(ENGINE_FILE).to_pylist()
         coords = rows.column(ENGINE_COORDS).to_pylist()
@@ -557,8 +562,13 @@ class FilesSource(Source):
             if r is not None
         ]
         own = [n for n in columns if n in rows.column_names]
-        batch.data = rows.take(pa.array(keep, pa.int64())).select(own)
-        batch.raw, batch.coords = [texts[i] or "" for i in keep], [coords[i] for i in keep]
+        data = rows.take(pa.array(keep, pa.int64())).select(own)
+        raw, where = [texts[i] or "" for i in keep], [coords[i] for i in keep]
+        if local is not None:  # same columns (a batch groups files of one shape), typed here as the engine typed them
+            first, described = local
+            data = pa.concat_tables([first, data.select(first.column_names).cast(first.schema)])
+            raw, where = [r for r, _ in described] + raw, [c for _, c in described] + where
+        batch.data, batch.raw, batch.coords = data, raw, where
         batch.rejected = [*batch.rejected, *refused]
 
     def _guarded_chunks(self, path: Path, rel: str, skip: int, snap: _Snapshot) -> Iterator[_Chunk]:
