@@ -239,6 +239,7 @@ class FilesSource(Source):
         self._engine_files: dict[int, tuple[str, str]] = {}  # ordinal -> (name, format) of the files it read
         self._frame: Frame | None = None  # the engine's records of those files, until the read ends
         self._records: dict[int, int] = {}  # ordinal -> records of the file, as the engine counted them
+        self._engine_names: dict[str, list[str]] = {}  # the columns of each CSV or Parquet file it may read
         self._taken: list[Frame] = []  # the batches' frames: those a run did not get to are freed on close
 
     def read_with(self, engine: Engine) -> None:
@@ -501,6 +502,7 @@ class FilesSource(Source):
                 names = self._column_names(pq.read_schema(path).names)
         except (OSError, _Unreadable, UnicodeError, csv.Error, pa.ArrowException):
             return False
+        self._engine_names[plan.rel] = names
         return set(names) <= set(schema.names)
 
     def _engine_chunks(self, plan: _Plan, records: int) -> Iterator[_Chunk]:
@@ -510,14 +512,7 @@ class FilesSource(Source):
         if plan.fmt == "jsonl":
             empty = pa.table({})
         else:
-            if plan.fmt == "csv":
-                with _open_prefix(plan.path, plan.snap.size) as raw:
-                    text = io.TextIOWrapper(raw, encoding=_encoding_of(plan.path), errors="replace", newline="")
-                    header = next(csv.reader(text, delimiter=self.cfg.delimiter), None) or []
-            else:
-                header = pq.read_schema(plan.path).names
-            names = self._column_names(header)
-            empty = pa.schema([pa.field(n, types[n]) for n in names]).empty_table()
+            empty = pa.schema([pa.field(n, types[n]) for n in self._engine_names[plan.rel]]).empty_table()
         start = plan.skip
         while True:
             end = min(self._end(start), records) if records > start else start
