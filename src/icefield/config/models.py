@@ -139,7 +139,8 @@ class SparkConfig(_Model):
     project; default: the icefield cache's ``jars`` folder) or ``jars`` the jar files one by one; ``conf``
     more Spark settings, applied last (they win). ``read_sources`` (default on): Spark reads ``sql`` sources
     itself, with its JDBC reader split into ``read_partitions`` ranges of the cursor (default: Spark's default
-    parallelism), and runs the row checks over them; off: the source is read by this process and handed over."""
+    parallelism), ``kafka`` sources (offset ranges) and the files a ``files`` source chooses, and runs the row
+    checks over them; off: the source is read by this process and handed over."""
 
     master: str = "local[2]"
     memory: str = "2g"

@@ -69,7 +69,8 @@ class EngineCapabilities:
     one transaction (a window backfill, :mod:`icefield.config.window`)."""
     reads: frozenset[str] = frozenset()
     """Source types whose rows the engine reads itself, in parallel, keeping them out of this process
-    (:class:`Frame`): ``sql`` is a JDBC read split by the cursor range (:meth:`Engine.read_jdbc`)."""
+    (:class:`Frame`): ``sql`` is a JDBC read split by the cursor range (:meth:`Engine.read_jdbc`), ``kafka`` a read of
+    offset ranges (:meth:`Engine.read_kafka`), ``files`` a read of chosen files (:meth:`Engine.read_files`)."""
 
 
 SUSPECT_COLUMN = "__icefield_suspect"
@@ -185,6 +186,21 @@ class Engine:
         ``decode`` (given Arrow batches of ``topic``, ``partition``, ``offset``, ``value`` and ``schema``, the
         Arrow schema of the frame's rows as the engine holds them: it yields batches of that schema); hold them as
         one :class:`Frame`. Only engines whose :attr:`EngineCapabilities.reads` holds ``kafka`` implement it."""
+        raise NotImplementedError(f"engine {self.name!r} does not read sources")
+
+    def read_files(
+        self, paths: list[str], decode: Callable[..., Any], schema: pa.Schema, by: str
+    ) -> tuple[Frame, dict[Any, int]]:
+        """Read the files ``paths`` (``file://`` URIs) whole with the engine's own readers, decoded where they are
+        read by ``decode`` (given Arrow batches of ``path``, the file's URI as the engine names it, and ``content``,
+        its bytes; it yields batches of ``schema``, the Arrow schema of the frame's rows); hold them as one
+        :class:`Frame`, and return with it how many rows each value of the column ``by`` has. Only engines whose
+        :attr:`EngineCapabilities.reads` holds ``files`` implement it."""
+        raise NotImplementedError(f"engine {self.name!r} does not read sources")
+
+    def take(self, frame: Frame, where: str) -> Frame:
+        """The rows of ``frame`` for which ``where`` (a boolean SQL expression of the engine's dialect over the
+        frame's columns) is true, as a frame of their own (``frame`` stays as it is)."""
         raise NotImplementedError(f"engine {self.name!r} does not read sources")
 
     def split(self, frame: Frame, table: Table, suspect: str | None, columns: list[str]) -> tuple[Frame, pa.Table]:

@@ -116,7 +116,7 @@ class SparkEngine(Engine):
 
     name: ClassVar[str] = "spark"
     capabilities: ClassVar[EngineCapabilities] = EngineCapabilities(
-        supports_merge=True, distributed=True, dialect="spark", reads=frozenset({"sql", "kafka"}), replaces_windows=True
+        supports_merge=True, distributed=True, dialect="spark", reads=frozenset({"sql", "kafka", "files"}), replaces_windows=True
     )
 
     def __init__(self, project: Project | None = None, session: Any = None) -> None:
@@ -376,6 +376,41 @@ class SparkEngine(Engine):
             self._frames[view] = df
         log.info("spark read %d messages of %d partition(s) in %.1fs", rows, len(ranges), time.perf_counter() - started)
         return Frame(view, rows)
+
+    def read_files(self, paths: list[str], decode: Any, schema: Any, by: str) -> tuple[Frame, dict[Any, int]]:
+        """Read the files with Spark's ``binaryFile`` source (each file whole, in one task; small files share
+        one), decode them with ``decode`` in Spark's Python workers (``mapInArrow``), checkpoint the result and
+        count its rows by the column ``by`` (see :meth:`Engine.read_files`). ``schema`` is the Arrow form of the
+        rows ``decode`` yields; Spark's own types are derived from it."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        with _session_lock:
+            spark = self.spark
+            started = time.perf_counter()
+            try:
+                raw = spark.read.format("binaryFile").load(paths).select("path", "content")
+                df = raw.mapInArrow(decode, from_arrow_schema(schema, prefer_timestamp_ntz=True)).localCheckpoint(eager=True)
+                counts = {r[0]: int(r[1]) for r in df.groupBy(by).count().collect()}
+            except Exception as e:
+                from icefield.errors import SourceError
+
+                raise SourceError(f"Spark's read of the source files failed: {_first_line(e)}") from e
+            rows = sum(counts.values())
+            view = f"icefield_frame_{uuid.uuid4().hex[:12]}"
+            df.createOrReplaceTempView(view)
+            self._frames[view] = df
+        log.info("spark read %d files (%d rows) in %.1fs", len(paths), rows, time.perf_counter() - started)
+        return Frame(view, rows), counts
+
+    def take(self, frame: Frame, where: str) -> Frame:
+        """See :meth:`Engine.take`: checkpointed, so it outlives ``frame`` (released once the source is read)."""
+        with _session_lock:
+            df = self._frames[frame.handle].filter(where).localCheckpoint(eager=True)
+            rows = df.count()
+            view = f"icefield_frame_{uuid.uuid4().hex[:12]}"
+            df.createOrReplaceTempView(view)
+            self._frames[view] = df
+        return Frame(view, rows, frame.order)
 
     def read_partitions(self) -> int:
         """How many ranges a source read is split into: ``spark.read_partitions``, else Spark's default

@@ -22,6 +22,13 @@ text file whose last line has no line end yet, and that grows (now, or before it
 old), is still being written: that line is left for the next run (the file is recorded with the
 fingerprint of what was read, so the next run replaces it whole) instead of quarantining half a record
 that the next run reads whole.
+
+An engine that reads ``files`` sources itself (Spark; :meth:`FilesSource.read_with`) reads the chosen files once
+the table exists: the source still lists, fingerprints and chooses the files and cuts the batches, from the
+records the engine counts in each file (:meth:`FilesSource._engine_read`); the engine decodes the fingerprinted
+bytes with this module's decoders and the table's types (:func:`decode_files_in_engine`) and holds the records,
+each batch's taken out of that read. Records refused or not decodable as the table is come back to the run
+(:meth:`FilesSource._redecode`). A file it cannot read as this module does is read here (see ``docs/spark.md``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import bisect
 import codecs
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -38,7 +46,7 @@ import os
 import posixpath
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -66,6 +74,7 @@ from icefield.ingest.coerce import cast_column, infer_type, parse_type, records_
 if TYPE_CHECKING:
     from icefield.config import PipelineConfig, Project
     from icefield.config.window import Window
+    from icefield.engines.base import Engine, Frame
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +235,37 @@ class FilesSource(Source):
         self.where = f"pipeline {pipeline.name!r}: source"
         self.scope = FileScope(project, self.cfg.path, self.cfg.roots, self.where)
         self.roots = self.scope.roots
+        self.mode = pipeline.target.mode
+        self._engine: Engine | None = None  # an icefield engine that reads and decodes the files itself (read_with)
+        self._engine_reads = project.config.spark.read_sources
+        self._engine_files: dict[int, tuple[str, str]] = {}  # ordinal -> (name, format) of the files it read
+        self._frame: Frame | None = None  # the engine's records of those files, until the read ends
+        self._records: dict[int, int] = {}  # ordinal -> records of the file, as the engine counted them
+        self._engine_names: dict[str, list[str]] = {}  # the columns of each CSV or Parquet file it may read
+        self._taken: list[Frame] = []  # the batches' frames: those a run did not get to are freed on close
+
+    def read_with(self, engine: Engine) -> None:
+        """Let ``engine`` read and decode the chosen files (:meth:`_engine_read`) when ``spark.read_sources`` is
+        on; a merge target keeps the read here (the order of a key's rows within a batch is the source's)."""
+        if self._engine_reads and self.mode != "merge":
+            self._engine = engine
+
+    def close(self) -> None:
+        """Free the frames of batches the run did not get to (read ahead when it stopped); the others are freed
+        already (releasing twice is a no-op)."""
+        if self._engine is not None:
+            for frame in self._taken:
+                self._engine.release(frame)
+        self._taken = []
+
+    @classmethod
+    def _decoder(cls, spec: _EngineSpec) -> FilesSource:
+        """A source that only decodes (where an engine reads the files, :func:`decode_files_in_engine`): the
+        decoders of the source of ``spec``, with the table's types, in chunks of :data:`_ENGINE_CHUNK` records."""
+        dec = cls.__new__(cls)
+        dec.cfg, dec.declared, dec._schema = spec.cfg, spec.declared, spec.schema
+        dec.batch_size, dec._shift, dec._fill, dec._learned = _ENGINE_CHUNK, 0, 0, {}
+        return dec
 
     def list_files(self) -> list[Path]:
         """The files the glob matches (see :meth:`FileScope.list_files`)."""
@@ -254,27 +294,40 @@ class FilesSource(Source):
         cut every ``batch_size`` records: a batch holds the end of one file and the start of the next while
         they have the same columns, so a drop of many files lands in as few snapshots as its records need,
         and one of large files is not cut at every file's end. A changed file is always replaced in
-        batches of its own."""
+        batches of its own. When an engine reads the files (:meth:`read_with`), its records are freed once the
+        read ends."""
+        try:
+            yield from self._batches(position, schema)
+        finally:
+            if self._frame is not None:  # the engine's records of the files, each batch's taken from it
+                assert self._engine is not None
+                self._engine.release(self._frame)
+                self._frame = None
+
+    def _batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
+        """The batches of :meth:`read`: each file's, grouped (see there)."""
         group: list[SourceBatch] = []
+        pieces: list[_Piece | None] = []  # for each batch of ``group``: the engine's records it holds, if any
         self._fill = 0  # records in ``group``: where the next new file's first batch ends
-        for batch, groupable in self._file_batches(position, schema):
-            n = batch.rows_in
+        for batch, groupable, piece in self._file_batches(position, schema):
+            n = batch.rows_in if piece is None else piece.end - piece.start
             if groupable:
                 if group and (self._fill + n > self.batch_size or not _same_shape(group[0], batch)):
-                    yield _grouped(group)
-                    group, self._fill = [], 0
+                    yield self._emit(group, pieces)
+                    group, pieces, self._fill = [], [], 0
                 group.append(batch)
+                pieces.append(piece)
                 self._fill += n
                 if self._fill >= self.batch_size:
-                    yield _grouped(group)
-                    group, self._fill = [], 0
+                    yield self._emit(group, pieces)
+                    group, pieces, self._fill = [], [], 0
                 continue
             if group:
-                yield _grouped(group)
-                group, self._fill = [], 0
-            yield batch
+                yield self._emit(group, pieces)
+                group, pieces, self._fill = [], [], 0
+            yield self._emit([batch], [piece])
         if group:
-            yield _grouped(group)
+            yield self._emit(group, pieces)
 
     def read_window(self, windows: list[Window], column: str, schema: pa.Schema | None) -> Iterator[SourceBatch]:
         """Each window's rows (see :meth:`Source.read_window`): every file the glob matches is read whole,
@@ -285,7 +338,8 @@ class FilesSource(Source):
         self._fill = 0
         self._whole = True
         where = f"{self.where}: window.column"
-        batches = (batch for batch, _ in self._file_batches(None, schema))
+        self._engine = None  # a window is read here, whole: the engine's read is for the new files of a regular run
+        batches = (batch for batch, _, _ in self._file_batches(None, schema))
         yield from window_batches(batches, column, windows, where, self.cfg.path)
 
     def _unreadable(self, rel: str, reason: str) -> None:
@@ -297,15 +351,36 @@ class FilesSource(Source):
                 "file holds in the window: rerun once the file can be read"
             )
 
-    def _file_batches(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[tuple[SourceBatch, bool]]:
-        """Each file's batches, and whether a batch may share a batch with others (``group_files``, and
-        not the rows of a changed file). A groupable file's first chunk ends where the batch being filled
-        is full (``read`` keeps ``self._fill``), its later ones every ``batch_size`` records."""
-        state = position or {}
-        loaded: dict[str, str] = dict(state.get("files", {}))
-        partial: dict[str, Any] | None = state.get("partial")
-        self._learned: dict[str, pa.DataType] = {}
-        self._schema = schema
+    def _emit(self, group: list[SourceBatch], pieces: list[_Piece | None]) -> SourceBatch:
+        """The batch of ``group``; when the engine read files of it, with the frame of their records (the engine's
+        rows are decoded here again where a check may refuse them or the engine could not decode them:
+        :meth:`_redecode`). Rows of the group read here (files the engine left to the run) stay in the batch's
+        data until then, so the batches are cut as on the local engine."""
+        batch = _grouped(group)
+        held = [p for p in pieces if p is not None and p.end > p.start]
+        if not held:
+            return batch
+        here = batch.data.num_rows
+        local = (batch.data, batch.describe_rows(list(range(here)))) if here else None
+        assert self._engine is not None and self._frame is not None
+        # Whole files by ordinal (a batch may group thousands), the parts of files by their records.
+        whole = [p.ordinal for p in held if p.start == 0 and p.end == self._records.get(p.ordinal)]
+        terms = [f"({ENGINE_FILE} IN ({', '.join(map(str, whole))}) AND {ENGINE_RECORD} >= 0)"] if whole else []
+        terms += [
+            f"({ENGINE_FILE} = {p.ordinal} AND {ENGINE_RECORD} >= {p.start} AND {ENGINE_RECORD} < {p.end})"
+            for p in held
+            if p.ordinal not in whole
+        ]
+        batch.frame = self._engine.take(self._frame, " OR ".join(terms))
+        self._taken.append(batch.frame)
+        batch.describe = None
+        batch.redecode = functools.partial(self._redecode, columns=batch.data.column_names, local=local)
+        return batch
+
+    def _plans(self, loaded: dict[str, str], partial: dict[str, Any] | None) -> Iterator[_Plan]:
+        """The files to read, in name order, each with its snapshot (the bytes to read), the fingerprint it had
+        when last loaded, the records to skip and whether it replaces rows loaded before. A file that cannot
+        be read is skipped with a warning (the next run tries it again)."""
         for path in self.list_files():
             rel = self._name(path, loaded, partial)
             fmt = self._format_or_none(path)
@@ -327,9 +402,39 @@ class FilesSource(Source):
                     replace = False
                 else:
                     replace = True  # the file changed while it was half loaded: replace that half too
+            yield _Plan(path, rel, fmt, snap, previous, skip, replace)
+            partial = None
+
+    def _file_batches(
+        self, position: dict[str, Any] | None, schema: pa.Schema | None
+    ) -> Iterator[tuple[SourceBatch, bool, _Piece | None]]:
+        """Each file's batches, whether a batch may share a batch with others (``group_files``, and
+        not the rows of a changed file), and the records of it the engine holds (None: read here). A groupable
+        file's first chunk ends where the batch being filled is full (``read`` keeps ``self._fill``), its later
+        ones every ``batch_size`` records."""
+        state = position or {}
+        loaded: dict[str, str] = dict(state.get("files", {}))
+        partial: dict[str, Any] | None = state.get("partial")
+        self._learned: dict[str, pa.DataType] = {}
+        self._schema = schema
+        plans: Iterator[_Plan] | list[_Plan] = self._plans(loaded, partial)
+        ordinals: dict[str, int] = {}
+        self._frame, self._records = None, {}
+        # Spark decodes with the table's types: not before the table exists, nor while a declared column is not in
+        # it yet (the run adds it).
+        if self._engine is not None and schema is not None and set(self.declared or ()) <= set(schema.names):
+            plans = list(plans)
+            self._records, ordinals = self._engine_read(plans, schema)
+        for plan in plans:
+            rel, fp, previous, replace = plan.rel, plan.snap.fp, plan.previous, plan.replace
+            ordinal = ordinals.get(rel)
             grouping = self.cfg.group_files and not replace
-            self._shift = (self._fill if grouping else 0) - skip
-            chunks = _peekable(self._guarded_chunks(path, rel, skip, snap))
+            self._shift = (self._fill if grouping else 0) - plan.skip
+            chunks = _peekable(
+                self._guarded_chunks(plan.path, rel, plan.skip, plan.snap)
+                if ordinal is None
+                else self._engine_chunks(plan, self._records.get(ordinal, 0))
+            )
             try:
                 for chunk in chunks:
                     data, raw, coords, rejected, start, end, describe, whole = chunk
@@ -353,15 +458,139 @@ class FilesSource(Source):
                         coord_offset=start,
                         # Records carry no schema of their own (JSON), or a file that could not be decoded
                         # tells nothing about the columns: a column absent here is not dropped.
-                        open_schema=whole or fmt == "jsonl",
+                        open_schema=whole or plan.fmt == "jsonl",
                         describe=describe,
-                    ), grouping
+                    ), grouping, None if ordinal is None else _Piece(ordinal, start, end)
                     replace = False
             except _Unavailable as e:
                 # Batches of the file already committed stay; its position makes the next run resume.
                 self._unreadable(rel, str(e))
                 log.warning("%s: cannot be read (%s); skipped, the next run tries it again", rel, e)
-            partial = None
+
+    # ------------------------------------------------------------------ reading in an engine
+
+    def _engine_read(self, plans: list[_Plan], schema: pa.Schema) -> tuple[dict[int, int], dict[str, int]]:
+        """Ask the engine to read and decode the files of ``plans`` it can (:meth:`_engine_can`) with this
+        source's decoders and the table's types (:func:`decode_files_in_engine`); keeps the frame of their
+        records (``self._frame``). Returns the records of each file read (by ordinal) and the ordinal of each
+        file the engine read, by name. A file the engine could not decode whole as the source reads it (it
+        changed since it was fingerprinted, it is not a readable file of its format) is left to the read here,
+        and so is every file when the engine's read fails."""
+        from icefield.errors import IcefieldError
+
+        assert self._engine is not None
+        chosen = [p for p in plans if self._engine_can(p, schema)]
+        if not chosen:
+            return {}, {}
+        files = {_local_key(p.path): (i, p.rel, p.snap.size, p.snap.fp, p.fmt or "") for i, p in enumerate(chosen)}
+        out = files_engine_schema(self._types(), self.cfg.file_column)
+        spec = _EngineSpec(self.cfg, self.declared, schema, files)
+        decode = functools.partial(decode_files_in_engine, spec=spec, out=out)
+        try:
+            frame, counts = self._engine.read_files(["file://" + k for k in files], decode, out, ENGINE_FILE)
+        except IcefieldError as e:
+            log.warning("the engine could not read the files (%s); they are read here", e)
+            return {}, {}
+        self._frame = frame
+        failed = {-k - 1 for k in counts if k < 0}
+        # Each file the engine read has a row of record -1; one it left out (Spark's reader skips names that start
+        # with '_' or '.') has none: read here, never recorded as a file without records.
+        read = {i for i in counts if i >= 0 and i not in failed}
+        for i, p in enumerate(chosen):
+            if i not in read:
+                why = "could not decode it whole as this source does" if i in failed else "did not read it"
+                log.info("%s: the engine %s; it is read here", p.rel, why)
+        self._engine_files = {i: (p.rel, p.fmt or "") for i, p in enumerate(chosen) if i in read}
+        records = {i: counts[i] - 1 for i in read}
+        log.info("the engine read %d of %d files (%d records)", len(read), len(plans), sum(records.values()))
+        return records, {chosen[i].rel: i for i in read}
+
+    def _engine_can(self, plan: _Plan, schema: pa.Schema) -> bool:
+        """Whether the engine may read the file of ``plan``: a CSV, Parquet or (without ``group_files``) JSON
+        Lines file, small enough for one read, whose name needs no escaping, and (CSV, Parquet) whose columns
+        are all the table's (a file with a column the table lacks changes the table: read here)."""
+        fmt, path = plan.fmt, plan.path
+        if fmt not in ("csv", "jsonl", "parquet") or plan.snap.size > _ENGINE_MAX_BYTES:
+            return False
+        if any(c in path.as_posix() for c in _ENGINE_UNSAFE):
+            return False
+        if fmt == "jsonl":
+            return not self.cfg.group_files  # batches of grouped files are shaped by their records' keys
+        try:
+            if fmt == "csv":
+                with _open_prefix(path, plan.snap.size) as raw:
+                    text = io.TextIOWrapper(raw, encoding=_encoding_of(path), errors="replace", newline="")
+                    header = next(csv.reader(text, delimiter=self.cfg.delimiter), None)
+                if not header:
+                    return False
+                names = self._column_names(header)
+            else:
+                names = self._column_names(pq.read_schema(path).names)
+        except (OSError, _Unreadable, UnicodeError, csv.Error, pa.ArrowException):
+            return False
+        self._engine_names[plan.rel] = names
+        return set(names) <= set(schema.names)
+
+    def _engine_chunks(self, plan: _Plan, records: int) -> Iterator[_Chunk]:
+        """The chunks of a file the engine read (``records`` records), cut where :meth:`_chunks` cuts them: each
+        holds no rows here (the engine holds them: :meth:`_emit`), only its columns (as a read here has them)."""
+        types = self._types()
+        if plan.fmt == "jsonl":
+            empty = pa.table({})
+        else:
+            empty = pa.schema([pa.field(n, types[n]) for n in self._engine_names[plan.rel]]).empty_table()
+        start = plan.skip
+        while True:
+            end = min(self._end(start), records) if records > start else start
+            yield empty, None, None, [], start, end, None, False
+            start = end
+            if start >= records:
+                return
+
+    def _redecode(
+        self, batch: SourceBatch, rows: pa.Table, columns: list[str], local: tuple[pa.Table, list[tuple[str, str]]] | None = None
+    ) -> None:
+        """Set ``batch``'s rows from the engine's rows ``rows`` (those a check may refuse, those it could not decode
+        as the table is), as a read here would have them: JSON Lines records are decoded again from their bytes;
+        CSV and Parquet records keep the engine's values of the files' ``columns`` (all the table's), and the
+        ones it refused are quarantined with its reasons (its decoders are this source's). ``local``: rows of
+        the batch read here, with their raw records and coordinates, which come first."""
+        rows = rows.sort_by([(ENGINE_FILE, "ascending"), (ENGINE_RECORD, "ascending")])
+        files = rows.column(ENGINE_FILE).to_pylist()
+        coords = rows.column(ENGINE_COORDS).to_pylist()
+        fmts = {self._engine_files[f][1] for f in set(files)}
+        if fmts == {"jsonl"}:
+            (rel,) = {self._engine_files[f][0] for f in set(files)}  # JSON Lines files are never grouped
+            decoded: list[dict[str, Any]] = []
+            raw: list[str] = []
+            where: list[str] = []
+            rejected: list[Rejected] = []
+            for value, at in zip(rows.column(ENGINE_VALUE).to_pylist(), coords, strict=True):
+                decode_json_line(value, at, decoded, raw, where, rejected)
+            data, raw, where, rejected = self._rows_to_table(decoded, raw, where, rejected)
+            if self.cfg.file_column:
+                data = data.append_column(self.cfg.file_column, constant(rel, data.num_rows, pa.string()))
+            batch.data, batch.raw, batch.coords = data, raw, where
+            batch.rejected = [*batch.rejected, *rejected]
+            return
+        reasons = rows.column(ENGINE_REASON).to_pylist()
+        keep = [i for i, r in enumerate(reasons) if r is None]
+        texts = rows.column(ENGINE_RAW).to_pylist()
+        checks, exact = rows.column(ENGINE_CHECK).to_pylist(), rows.column(ENGINE_RAW_BYTES).to_pylist()
+        refused = [
+            Rejected(texts[i] or "", coords[i], checks[i] or "decode", reasons[i], raw_bytes=exact[i])
+            for i, r in enumerate(reasons)
+            if r is not None
+        ]
+        own = [n for n in columns if n in rows.column_names]
+        data = rows.take(pa.array(keep, pa.int64())).select(own)
+        raw, where = [texts[i] or "" for i in keep], [coords[i] for i in keep]
+        if local is not None:  # same columns (a batch groups files of one shape), typed here as the engine typed them
+            first, described = local
+            data = pa.concat_tables([first, data.select(first.column_names).cast(first.schema)])
+            raw, where = [r for r, _ in described] + raw, [c for _, c in described] + where
+        batch.data, batch.raw, batch.coords = data, raw, where
+        batch.rejected = [*batch.rejected, *refused]
 
     def _guarded_chunks(self, path: Path, rel: str, skip: int, snap: _Snapshot) -> Iterator[_Chunk]:
         """The chunks of :meth:`_chunks` (each with ``whole=False``). A file that cannot be read (removed,
@@ -716,6 +945,220 @@ class FilesSource(Source):
 Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int, Describe | None]
 # A chunk and whether it is the quarantine row of a file (or its rest) that could not be decoded.
 _Chunk = tuple[pa.Table, list[str] | None, list[str] | None, list[Rejected], int, int, Describe | None, bool]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A file to read: its path and name, its format (None: unknown), the bytes to read (``snap``), its
+    fingerprint when last loaded (None: a new file), the records already loaded, whether it replaces rows."""
+
+    path: Path
+    rel: str
+    fmt: str | None
+    snap: _Snapshot
+    previous: str | None
+    skip: int
+    replace: bool
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Records ``start`` to ``end`` (exclusive) of the file the engine read as ``ordinal``."""
+
+    ordinal: int
+    start: int
+    end: int
+
+
+# ------------------------------------------------------------------------------------ decoding in an engine
+
+ENGINE_FILE, ENGINE_RECORD, ENGINE_VALUE, ENGINE_RAW, ENGINE_COORDS, ENGINE_CHECK, ENGINE_REASON, ENGINE_RAW_BYTES = (
+    "__icefield_file", "__icefield_record", "__icefield_value", "__icefield_raw", "__icefield_coords",
+    "__icefield_check", "__icefield_reason", "__icefield_raw_bytes",
+)
+"""The columns a frame of file records keeps besides the table's: the file (its ordinal in the read; a negative
+one, ``-ordinal - 1``, marks a file the engine could not decode whole), the record's index in it (-1: the row
+that tells the file was read), the record's
+bytes (JSON Lines), its raw form and coordinates for the quarantine, and the check and reason that refused it."""
+_ENGINE_CHUNK = 65536
+"""Records an engine's worker decodes at a time."""
+_ENGINE_MAX_BYTES = 1 << 30
+"""Bigger files are read here: an engine reads a file whole, as one value."""
+_ENGINE_UNSAFE = frozenset("*?[]{}\\:,")
+"""Characters of a path an engine's reader would take for a glob or a URI's parts: such files are read here."""
+
+
+@dataclass(frozen=True)
+class _EngineSpec:
+    """What an engine's workers need to decode the files as the source does (:func:`decode_files_in_engine`):
+    the source's settings, its declared types, the table's schema, and the files by local path: (ordinal,
+    name, bytes to read, their fingerprint, format)."""
+
+    cfg: FilesSourceConfig
+    declared: dict[str, pa.DataType] | None
+    schema: pa.Schema
+    files: dict[str, tuple[int, str, int, str, str]]
+
+
+def _local_key(path: Path) -> str:
+    return path.as_posix()
+
+
+def files_engine_schema(types: dict[str, pa.DataType], file_column: str | None) -> pa.Schema:
+    """The Arrow schema of a frame of decoded file records: the columns ``types`` (as an engine takes them), the
+    file column, the mark of the rows to decode again here (:data:`icefield.engines.base.SUSPECT_COLUMN`) and
+    the columns :data:`ENGINE_FILE` ... :data:`ENGINE_RAW_BYTES`."""
+    from icefield.engines.base import SUSPECT_COLUMN
+    from icefield.ingest.kafka import _plain
+
+    fields = [pa.field(n, _plain(t)) for n, t in types.items()]
+    if file_column and file_column not in types:
+        fields.append(pa.field(file_column, pa.string()))
+    return pa.schema([
+        *fields,
+        pa.field(SUSPECT_COLUMN, pa.bool_()),
+        pa.field(ENGINE_FILE, pa.int64()),
+        pa.field(ENGINE_RECORD, pa.int64()),
+        pa.field(ENGINE_VALUE, pa.binary()),
+        pa.field(ENGINE_RAW, pa.string()),
+        pa.field(ENGINE_COORDS, pa.string()),
+        pa.field(ENGINE_CHECK, pa.string()),
+        pa.field(ENGINE_REASON, pa.string()),
+        pa.field(ENGINE_RAW_BYTES, pa.binary()),
+    ])
+
+
+def decode_files_in_engine(batches: Iterator[pa.RecordBatch], spec: _EngineSpec, out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Decode files (Arrow batches of ``path``, as the engine names it, and ``content``) where an engine reads
+    them (Spark's Python workers), with the source's own decoders and the table's types: the first bytes the
+    source fingerprinted, one row per record (typed as ``out``), after one row of record -1 that tells the file
+    was read.
+
+    A JSON Lines record that decodes to a row of the table's columns is a row; any other (not JSON, a bad value,
+    a key the table does not have) is marked (:data:`icefield.engines.base.SUSPECT_COLUMN`) with its bytes, for
+    the source to decode again where the run is (:meth:`FilesSource._redecode`). A CSV or Parquet record is a
+    row typed as the source types it, or a marked row with the check and reason the source's decoder refused it
+    with. A file whose bytes are not the ones fingerprinted, or that cannot be decoded whole (the source would
+    quarantine it, or the rest of it, as one record), is one row of file ``-ordinal - 1``: the source reads it
+    itself."""
+    import tempfile
+
+    dec = FilesSource._decoder(spec)
+    for rb in batches:
+        for uri, content in zip(rb.column("path").to_pylist(), rb.column("content").to_pylist(), strict=True):
+            ordinal, rel, size, fp, fmt = spec.files["/" + uri.removeprefix("file:").lstrip("/")]
+            data = content[:size]
+            yield _engine_batch(out, dec.cfg.file_column, rel, ordinal, [-1], [None], None, suspect=[True])  # read
+            if f"{len(data)}:{hashlib.sha256(data).hexdigest()}" != fp:
+                yield _engine_batch(out, dec.cfg.file_column, rel, -ordinal - 1, [-1], [None], None, suspect=[True])
+                continue
+            try:
+                if fmt == "jsonl":
+                    yield from _jsonl_in_engine(dec, data, ordinal, rel, out)
+                else:
+                    with tempfile.TemporaryDirectory(prefix="icefield-") as tmp:
+                        path = Path(tmp) / f"file.{fmt}"
+                        path.write_bytes(data)
+                        yield from _typed_in_engine(dec, path, fmt, ordinal, rel, size, out)
+            except (_Unreadable, UnicodeError, csv.Error, pa.ArrowException, OSError):
+                yield _engine_batch(out, dec.cfg.file_column, rel, -ordinal - 1, [-1], [None], None, suspect=[True])
+
+
+def _jsonl_in_engine(dec: FilesSource, data: bytes, ordinal: int, rel: str, out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The records of a JSON Lines file (as :meth:`FilesSource._jsonl_chunks` reads them), a batch per chunk."""
+    types = dec._types()
+    known = set(types)
+    fc = dec.cfg.file_column
+    recs: list[int] = []
+    values: list[bytes] = []
+    where: list[str] = []
+    objs: list[dict[str, Any] | None] = []
+    record = 0
+
+    def batch() -> pa.RecordBatch:
+        good = [i for i, o in enumerate(objs) if o is not None]
+        table, bad = records_to_table([o for o in objs if o is not None], types, dec.declared or ())
+        take: list[int | None] = [None] * len(objs)
+        for k, i in enumerate(good):
+            if k not in bad:
+                take[i] = k
+        return _engine_batch(out, fc, rel, ordinal, recs, take, table, suspect=[t is None for t in take], values=values, coords=where)
+
+    for lineno, line in enumerate(io.BytesIO(data), start=1):
+        if lineno == 1:
+            line = line.removeprefix(codecs.BOM_UTF8)
+        if not line.strip():
+            continue
+        rows: list[dict[str, Any]] = []
+        decode_json_line(line, f"{rel}:{lineno}", rows, [], [], [])
+        obj = rows[0] if rows else None
+        if obj is not None and (not set(obj) <= known or (fc and fc in obj)):
+            obj = None  # a key the table lacks, or the file column's: decoded again where the run is
+        recs.append(record)
+        values.append(line)
+        where.append(f"{rel}:{lineno}")
+        objs.append(obj)
+        record += 1
+        if len(recs) >= _ENGINE_CHUNK:
+            yield batch()
+            recs, values, where, objs = [], [], [], []
+    if recs:
+        yield batch()
+
+
+def _typed_in_engine(dec: FilesSource, path: Path, fmt: str, ordinal: int, rel: str, size: int, out: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The records of a CSV or Parquet file (as :meth:`FilesSource._chunks` decodes them), a batch per chunk:
+    the typed rows, then the refused records."""
+    chunks = dec._csv_chunks(path, rel, 0, size) if fmt == "csv" else dec._parquet_chunks(path, rel, 0)
+    mark = ":row " if fmt == "csv" else "#"
+    shift = 1 if fmt == "csv" else 0
+    for typed, _, _, rejected, _, _, describe in chunks:
+        n = typed.num_rows
+        pairs = describe(list(range(n))) if describe is not None and n else []
+        refused = len(rejected)
+        coords = [c for _, c in pairs] + [r.coords for r in rejected]
+        yield _engine_batch(
+            out, dec.cfg.file_column, rel, ordinal,
+            [int(c.rsplit(mark, 1)[1]) - shift for c in coords],
+            [*range(n), *[None] * refused],
+            typed,
+            suspect=[False] * n + [True] * refused,
+            raws=[r for r, _ in pairs] + [r.raw for r in rejected],
+            coords=coords,
+            checks=[*[None] * n, *[r.check for r in rejected]],
+            reasons=[*[None] * n, *[r.reason for r in rejected]],
+            exact=[*[None] * n, *[r.raw_bytes for r in rejected]],
+        )
+
+
+def _engine_batch(
+    out: pa.Schema, fc: str | None, rel: str, ordinal: int, recs: list[int], take: list[int | None], typed: pa.Table | None,
+    *, suspect: list[bool], values: list[bytes] | None = None, raws: list[str] | None = None, coords: list[str] | None = None,
+    checks: Sequence[str | None] | None = None, reasons: Sequence[str | None] | None = None,
+    exact: Sequence[bytes | None] | None = None,
+) -> pa.RecordBatch:
+    """One batch of ``out``: row i holds row ``take[i]`` of ``typed`` (None: nulls) and the given columns."""
+    from icefield.engines.base import SUSPECT_COLUMN
+
+    n = len(recs)
+    extra: dict[str, Any] = {
+        SUSPECT_COLUMN: suspect, ENGINE_FILE: [ordinal] * n, ENGINE_RECORD: recs, ENGINE_VALUE: values, ENGINE_RAW: raws,
+        ENGINE_COORDS: coords, ENGINE_CHECK: checks, ENGINE_REASON: reasons, ENGINE_RAW_BYTES: exact,
+    }
+    index = pa.array(take, pa.int64())
+    columns: list[pa.Array] = []
+    for f in out:
+        if f.name in extra:
+            v = extra[f.name]
+            columns.append(pa.nulls(n, f.type) if v is None else pa.array(v, f.type))
+        elif f.name == fc:
+            columns.append(pa.array([rel] * n, f.type))
+        elif typed is not None and f.name in typed.column_names:
+            col = typed.column(f.name).take(index).cast(f.type)
+            columns.append(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+        else:
+            columns.append(pa.nulls(n, f.type))
+    return pa.RecordBatch.from_arrays(columns, schema=out)
 
 
 class _peekable:
