@@ -459,7 +459,9 @@ def test_a_backfill_of_three_days_run_twice_gives_the_same_table_and_a_regular_r
         projects / "bf", "bf",
         {"orders": _pipeline("orders", "raw.orders", "window: {column: updated_at, size: 1d}").replace("mode: merge, keys: [id]", "mode: append")},
         {"orders": rows},
-        scheduling="scheduling: {schedule: '@daily'}\n",
+        # Unpausing a daily DAG starts its latest scheduled run beside ours: a run that finds the table being
+        # written stops with a transient error (exit 75) and is retried.
+        scheduling="scheduling: {schedule: '@daily', retries: 4, retry_delay: 2s}\n",
         time_type="TIMESTAMP",
     )
     server.import_pools(bf)
