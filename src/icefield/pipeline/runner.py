@@ -22,6 +22,7 @@ from icefield.engines import get_engine
 from icefield.errors import IcefieldError
 from icefield.iceberg.datafiles import RECENT
 from icefield.iceberg.history import read_position
+from icefield.iceberg.tables import load_table, table_identifier
 from icefield.ingest import SourceBatch, open_source
 from icefield.ingest.ahead import read_ahead
 from icefield.ingest.coerce import conform
@@ -38,7 +39,7 @@ from icefield.observe.events import (
 )
 from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, quarantine_table_name, write_quarantine
-from icefield.pipeline.results import BatchResult, PendingBatch, RunResult, emit_batch, reporting
+from icefield.pipeline.results import BatchResult, PendingBatch, RunResult, columns_of, emit_batch, reporting
 from icefield.quality import check_rows
 from icefield.write import TableWriter, batch_id_for
 
@@ -126,7 +127,9 @@ def run_pipeline(
         return in_flight.batch_id
 
     def outputs() -> None:
-        result.outputs = [TableRef(t, snap) for t, snap in written.items()]
+        # The schema of each table at the snapshot the run last committed: one catalog load per table
+        # written, at the end of the run (lineage's schema facet).
+        result.outputs = [TableRef(t, snap, _columns(catalog, t, snap)) for t, snap in written.items()]
 
     with events.running():
         events.emit(RunStarted, table=pipe.target.table, source=result.source)
@@ -257,6 +260,18 @@ def _run(
             ahead.close()  # joins the reading thread before the source is closed under it
         if source is not None:
             source.close()
+
+
+def _columns(catalog: Catalog | None, table: str, snapshot_id: int | None) -> tuple[tuple[str, str], ...]:
+    """``table``'s columns at ``snapshot_id`` for the run's outputs; () when the table cannot be loaded now (the
+    run's result stands; only its lineage lacks a schema)."""
+    if catalog is None:
+        return ()
+    try:
+        return columns_of(load_table(catalog, table_identifier(table)), snapshot_id)
+    except IcefieldError as e:
+        log.warning("the schema of %s for the run's outputs: %s", table, e)
+        return ()
 
 
 def _as_window(pair: Any) -> Window:

@@ -1,0 +1,283 @@
+"""OpenLineage run events (issue 19, item 4): every run of a project with `lineage:` sends a START and a
+COMPLETE (or FAIL) event, named by the OpenLineage naming conventions, with the facets a lineage server
+shows (schema, output statistics, data-quality assertions, column lineage of a model, the Iceberg snapshot
+and batch ids, the parent Airflow task), and every event validates against the OpenLineage JSON schemas
+(vendored under tests/data/openlineage; see its README)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from icefield.catalog import open_catalog
+from icefield.config import load_project
+from icefield.errors import ConfigError
+from icefield.observe.configured import configured_observers
+from icefield.observe.events import SourceRef
+from icefield.observe.lineage import airflow_parent, column_lineage, source_datasets
+from icefield.pipeline import run_plan
+from icefield.pipeline.plan import build_plan
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "openlineage"
+FACET_SCHEMA = Path(__file__).resolve().parents[2] / "src" / "icefield" / "observe" / "schemas" / "IcefieldRunFacet.json"
+
+
+def _registry() -> Registry:
+    resources = []
+    for path in [SCHEMAS / "OpenLineage.json", FACET_SCHEMA, *sorted((SCHEMAS / "facets").glob("*.json"))]:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        resources.append((doc["$id"], Resource.from_contents(doc)))
+    return Registry().with_resources(resources)
+
+
+REGISTRY = _registry()
+
+
+def _validate(event: dict[str, Any]) -> None:
+    """``event`` against OpenLineage.json (RunEvent), then each facet against the schema its ``_schemaURL``
+    names (every one must be a schema we have: an unknown facet fails)."""
+    Draft202012Validator({"$ref": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"}, registry=REGISTRY).validate(event)
+    facets: list[dict[str, Any]] = [*event["run"]["facets"].values(), *event["job"]["facets"].values()]
+    for ds in event["inputs"] + event["outputs"]:
+        facets += [*ds.get("facets", {}).values(), *ds.get("inputFacets", {}).values(), *ds.get("outputFacets", {}).values()]
+    for facet in facets:
+        url = facet["_schemaURL"]
+        base = url.split("#")[0]
+        assert REGISTRY.get(base) is not None, f"no schema for facet {url}"
+        Draft202012Validator({"$ref": url}, registry=REGISTRY).validate(facet)
+
+
+def _shop(tmp_path: Path, lineage: dict[str, Any] | None = None, *, bad_model: bool = False) -> Path:
+    """A project: SQLite tables orders and customers -> Iceberg shop.orders / shop.customers, a check and a
+    gate on orders, and a model with a join and an aggregate."""
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table orders (order_id integer, customer_id integer, amount real, status text)")
+        con.executemany(
+            "insert into orders values (?, ?, ?, ?)",
+            [(1, 10, 5.0, "paid"), (2, 10, 7.5, "paid"), (3, 11, 2.0, "cancelled"), (4, None, 1.0, "paid")],
+        )
+        con.execute("create table customers (customer_id integer, country text)")
+        con.executemany("insert into customers values (?, ?)", [(10, "FR"), (11, "DE")])
+    root = tmp_path / "proj"
+    (root / "pipelines").mkdir(parents=True)
+    (root / "models").mkdir()
+    project: dict[str, Any] = {"name": "shop"}
+    if lineage is not None:
+        project["lineage"] = lineage
+    (root / "icefield.yaml").write_text(yaml.safe_dump(project), encoding="utf-8")
+    url = f"sqlite:///{db}"
+    pipes = {
+        "orders": {
+            "source": {"type": "sql", "url": url, "table": "orders"},
+            "target": {"table": "shop.orders", "mode": "overwrite"},
+            "checks": [{"not_null": ["customer_id"]}],
+            "gates": [{"distinct_ratio": {"column": "order_id", "min": 1}}],
+        },
+        "customers": {"source": {"type": "sql", "url": url, "table": "customers"}, "target": {"table": "shop.customers", "mode": "overwrite"}},
+    }
+    for name, body in pipes.items():
+        (root / "pipelines" / f"{name}.yaml").write_text(yaml.safe_dump({"name": name, **body}, sort_keys=False), encoding="utf-8")
+    column = "o.no_such_column" if bad_model else "c.country"
+    (root / "models" / "revenue.sql").write_text(
+        "-- target: analytics.revenue\n-- mode: overwrite\n"
+        f"select {column} as country, o.customer_id, sum(o.amount) as revenue, count(*) as orders\n"
+        "from shop.orders as o join shop.customers as c on o.customer_id = c.customer_id\n"
+        "where o.status <> 'cancelled'\ngroup by 1, 2\n",
+        encoding="utf-8",
+    )
+    return root
+
+
+def _events(root: Path) -> list[dict[str, Any]]:
+    path = root / ".icefield" / "lineage.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _run(root: Path) -> Any:
+    project = load_project(root, env={})
+    catalog = open_catalog(project)
+    try:
+        return run_plan(project, build_plan(project), catalog, observers=configured_observers(project))
+    finally:
+        catalog.engine.dispose()
+
+
+def test_a_run_of_pipelines_and_a_model_sends_start_and_complete_per_node_with_their_datasets_and_facets(tmp_path: Path) -> None:
+    root = _shop(tmp_path, {"transport": "file"})
+    done = _run(root)
+    assert done.error is None, done.failures
+    events = _events(root)
+    for e in events:
+        _validate(e)
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        runs[e["run"]["runId"]].append(e)
+    # One START then one COMPLETE per node, sharing the run id; three nodes, three runs.
+    assert sorted(evs[0]["job"]["name"] for evs in runs.values()) == ["customers", "model.revenue", "orders"]
+    for evs in runs.values():
+        assert [e["eventType"] for e in evs] == ["START", "COMPLETE"]
+        assert {e["job"]["namespace"] for e in evs} == {"shop"}
+        assert evs[0]["eventTime"] <= evs[1]["eventTime"]
+    by_job = {evs[0]["job"]["name"]: evs[1] for evs in runs.values()}
+    project = load_project(root, env={})
+    warehouse = project.warehouse_uri()
+
+    # The pipeline: its SQLite source as input, its Iceberg table as output with schema, statistics, the
+    # snapshot the run committed as version, the checks' and gates' results, and the batches' ids.
+    orders = by_job["orders"]
+    assert [(i["namespace"], i["name"]) for i in orders["inputs"]] == [(f"sqlite:///{str(tmp_path / 'app.db').lstrip('/')}", "orders")]
+    outs = {o["name"]: o for o in orders["outputs"]}
+    target = outs["shop.orders"]
+    assert target["namespace"] == warehouse
+    assert [f["name"] for f in target["facets"]["schema"]["fields"]][:4] == ["order_id", "customer_id", "amount", "status"]
+    result = next(r for r in done.results if r.pipeline == "orders")
+    assert target["outputFacets"]["outputStatistics"]["rowCount"] == result.rows_committed == 3
+    assert target["outputFacets"]["outputStatistics"]["size"] == sum(b.bytes_added for b in result.batches) > 0
+    snapshot = open_catalog(project).load_table("shop.orders").current_snapshot()
+    assert snapshot is not None and target["facets"]["version"]["datasetVersion"] == str(snapshot.snapshot_id)
+    assertions = {a["assertion"]: a for a in target["facets"]["dataQualityAssertions"]["assertions"]}
+    assert assertions["distinct_ratio(order_id)"]["success"] is True
+    failing = [a for a in assertions.values() if a["success"] is False]
+    assert len(failing) == 1 and failing[0]["actual"] == "1", assertions  # the row without a customer
+    quarantine = [o for name, o in outs.items() if name != "shop.orders"]
+    assert len(quarantine) == 1 and quarantine[0]["outputFacets"]["outputStatistics"]["rowCount"] == 1
+    facet = orders["run"]["facets"]["icefield"]
+    assert facet["runId"] == done.run_id and facet["status"] == "success"
+    assert [(b["batchId"], b["snapshotId"]) for b in facet["batches"]] == [(b.batch_id, b.snapshot_id) for b in result.batches]
+
+    # The model: the tables it read as inputs (at the snapshots it read), its SQL, and column lineage.
+    model = by_job["model.revenue"]
+    assert model["job"]["facets"]["sql"]["query"].startswith("-- target")
+    assert {(i["namespace"], i["name"]) for i in model["inputs"]} == {(warehouse, "shop.orders"), (warehouse, "shop.customers")}
+    assert next(i for i in model["inputs"] if i["name"] == "shop.orders")["facets"]["version"]["datasetVersion"] == str(snapshot.snapshot_id)
+    out = model["outputs"][0]
+    assert out["name"] == "analytics.revenue"
+    lineage = out["facets"]["columnLineage"]["fields"]
+    simple = {k: sorted((f["name"], f["field"], f["transformations"][0]["subtype"]) for f in v["inputFields"]) for k, v in lineage.items()}
+    assert simple == {
+        "country": [("shop.customers", "country", "IDENTITY")],
+        "customer_id": [("shop.orders", "customer_id", "IDENTITY")],
+        "revenue": [("shop.orders", "amount", "AGGREGATION")],
+    }
+    indirect = {(f["name"], f["field"], f["transformations"][0]["subtype"]) for f in out["facets"]["columnLineage"]["dataset"]}
+    assert {("shop.orders", "customer_id", "JOIN"), ("shop.customers", "customer_id", "JOIN"), ("shop.orders", "status", "FILTER")} <= indirect
+
+
+def test_a_failing_model_sends_fail_with_its_error_and_the_pipelines_still_complete(tmp_path: Path) -> None:
+    root = _shop(tmp_path, {"transport": "file"}, bad_model=True)
+    done = _run(root)
+    assert done.error is not None
+    events = _events(root)
+    for e in events:
+        _validate(e)
+    ends = {e["job"]["name"]: e for e in events if e["eventType"] != "START"}
+    assert ends["orders"]["eventType"] == ends["customers"]["eventType"] == "COMPLETE"
+    failed = ends["model.revenue"]
+    assert failed["eventType"] == "FAIL"
+    assert "no_such_column" in failed["run"]["facets"]["errorMessage"]["message"]
+    assert failed["run"]["facets"]["icefield"]["status"] == "failed"
+    starts = [e for e in events if e["eventType"] == "START"]
+    assert sorted(e["run"]["runId"] for e in starts) == sorted(e["run"]["runId"] for e in ends.values())
+
+
+def test_inside_an_airflow_task_the_run_names_the_task_as_its_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _shop(tmp_path, {"transport": "file", "parent_namespace": "airflow-prod"})
+    for key, value in {"DAG_ID": "shop", "TASK_ID": "pipeline_orders", "DAG_RUN_ID": "manual__2026-12-07", "TRY_NUMBER": "2"}.items():
+        monkeypatch.setenv(f"AIRFLOW_CTX_{key}", value)
+    project = load_project(root, env={})
+    catalog = open_catalog(project)
+    try:
+        run_plan(project, build_plan(project, ("orders",), models=False), catalog, observers=configured_observers(project))
+    finally:
+        catalog.engine.dispose()
+    events = _events(root)
+    assert len(events) == 2
+    for e in events:
+        _validate(e)
+        parent = e["run"]["facets"]["parent"]
+        assert (parent["job"]["namespace"], parent["job"]["name"]) == ("airflow-prod", "shop.pipeline_orders")
+        assert (parent["root"]["job"]["namespace"], parent["root"]["job"]["name"]) == ("airflow-prod", "shop")
+    # Another try of the task is another parent run; the same try, the same.
+    first = airflow_parent({"AIRFLOW_CTX_DAG_ID": "shop", "AIRFLOW_CTX_TASK_ID": "t", "AIRFLOW_CTX_DAG_RUN_ID": "r", "AIRFLOW_CTX_TRY_NUMBER": "1"}, "ns")
+    again = airflow_parent({"AIRFLOW_CTX_DAG_ID": "shop", "AIRFLOW_CTX_TASK_ID": "t", "AIRFLOW_CTX_DAG_RUN_ID": "r", "AIRFLOW_CTX_TRY_NUMBER": "1"}, "ns")
+    retry = airflow_parent({"AIRFLOW_CTX_DAG_ID": "shop", "AIRFLOW_CTX_TASK_ID": "t", "AIRFLOW_CTX_DAG_RUN_ID": "r", "AIRFLOW_CTX_TRY_NUMBER": "2"}, "ns")
+    assert first is not None and again is not None and retry is not None
+    assert first.facet().run.runId == again.facet().run.runId != retry.facet().run.runId
+    assert airflow_parent({}, "ns") is None
+
+
+def test_the_cli_run_writes_lineage_to_the_configured_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from icefield.cli import cli
+
+    root = _shop(tmp_path, {"transport": "file", "path": "out/lineage.jsonl"})
+    monkeypatch.chdir(root)
+    res = CliRunner().invoke(cli, ["--json", "run", "customers"])
+    assert res.exit_code == 0, res.output
+    lines = (root / "out" / "lineage.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["eventType"] for line in lines] == ["START", "COMPLETE"]
+    assert not (root / ".icefield" / "lineage.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"transport": "http"}, "lineage.url is not set"),
+        ({"transport": "http", "url": "localhost:5000"}, "is not an http(s) URL"),
+        ({"transport": "file", "url": "http://127.0.0.1:5000"}, "set transport: http or drop url"),
+        ({"transport": "console", "path": "x.jsonl"}, "set transport: file or drop path"),
+        ({"transport": "kafka"}, "transport"),
+        ({"transport": "file", "namespace": " "}, "lineage.namespace is empty"),
+        ({"transport": "file", "colour": "blue"}, "colour"),
+    ],
+)
+def test_a_lineage_section_that_cannot_work_is_refused_naming_the_key(tmp_path: Path, section: dict[str, Any], message: str) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "p", "lineage": section}), encoding="utf-8")
+    with pytest.raises(ConfigError, match="lineage") as info:
+        load_project(root, env={})
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (SourceRef("sql", "postgresql+psycopg2://app@db.internal:5433/shop#sales.orders"), [("postgres://db.internal:5433", "shop.sales.orders")]),
+        (SourceRef("sql", "postgresql://app@db/shop#orders"), [("postgres://db:5432", "shop.public.orders")]),
+        (SourceRef("sql", "mysql+pymysql://u@m:3306/shop#orders"), [("mysql://m:3306", "shop.orders")]),
+        (SourceRef("kafka", "kafka://b1:9092,b2:9092/orders,refunds"), [("kafka://b1:9092", "orders"), ("kafka://b1:9092", "refunds")]),
+        (SourceRef("files", "file:///data/in/2026-*/*.csv"), [("file", "/data/in")]),
+        (SourceRef("debezium", "kafka://k:9092/pg.public.orders"), [("kafka://k:9092", "pg.public.orders")]),
+        (SourceRef("model", "file:///p/models/x.sql"), []),
+    ],
+)
+def test_sources_are_named_by_the_openlineage_naming_conventions(source: SourceRef, expected: list[tuple[str, str]]) -> None:
+    assert source_datasets(source) == expected
+
+
+def test_column_lineage_follows_columns_through_a_cte_a_join_and_an_aggregate() -> None:
+    fields, indirect = column_lineage(
+        "with paid as (select * from shop.orders where status = 'paid') "
+        "select c.country, date_trunc('day', p.created_at) as day, sum(p.amount * 2) as revenue "
+        "from paid p join shop.customers c on p.customer_id = c.id group by all",
+        {
+            "shop.orders": {"id": "long", "customer_id": "long", "amount": "double", "created_at": "timestamp", "status": "string"},
+            "shop.customers": {"id": "long", "country": "string"},
+        },
+    )
+    assert fields == {
+        "country": [("shop.customers", "country", "IDENTITY")],
+        "day": [("shop.orders", "created_at", "TRANSFORMATION")],
+        "revenue": [("shop.orders", "amount", "AGGREGATION")],
+    }
+    assert ("shop.orders", "status", "FILTER") in indirect and ("shop.customers", "id", "JOIN") in indirect
