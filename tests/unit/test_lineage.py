@@ -7,8 +7,12 @@ and batch ids, the parent Airflow task), and every event validates against the O
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import sqlite3
+import threading
 from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +285,66 @@ def test_column_lineage_follows_columns_through_a_cte_a_join_and_an_aggregate() 
         "revenue": [("shop.orders", "amount", "AGGREGATION")],
     }
     assert ("shop.orders", "status", "FILTER") in indirect and ("shop.customers", "id", "JOIN") in indirect
+
+
+class _Receiver(ThreadingHTTPServer):
+    """An OpenLineage HTTP receiver (what Marquez's /api/v1/lineage does with a POST: keeps the event)."""
+
+    def __init__(self, status: int = 201) -> None:
+        self.received: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.status = status
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.received.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+                self.send_response(outer.status)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_the_http_transport_posts_each_event_to_the_receiver_with_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    receiver = _Receiver()
+    try:
+        monkeypatch.setenv("LINEAGE_KEY", "s3cr3t")
+        root = _shop(tmp_path, {"transport": "http", "url": receiver.url, "api_key": "${env:LINEAGE_KEY}"})
+        done = _run(root)
+        assert done.error is None, done.failures
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    assert {(path, auth) for path, auth, _ in receiver.received} == {("/api/v1/lineage", "Bearer s3cr3t")}
+    events = [e for _, _, e in receiver.received]
+    for e in events:
+        _validate(e)
+    assert sorted((e["job"]["name"], e["eventType"]) for e in events) == sorted(
+        (job, state) for job in ("orders", "customers", "model.revenue") for state in ("START", "COMPLETE")
+    )
+    assert not (root / ".icefield" / "lineage.jsonl").exists()
+
+
+def test_a_receiver_that_is_down_costs_the_events_not_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = _shop(tmp_path, {"transport": "http", "url": f"http://127.0.0.1:{port}", "retries": 0, "timeout": 1})
+    project = load_project(root, env={})
+    catalog = open_catalog(project)
+    try:
+        with caplog.at_level(logging.WARNING, logger="icefield.observe.lineage"):
+            done = run_plan(project, build_plan(project, ("customers",), models=False), catalog, observers=configured_observers(project))
+    finally:
+        catalog.engine.dispose()
+    assert done.error is None and done.results[0].rows_committed == 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "icefield.observe.lineage"]
+    assert len(warnings) == 2 and all("not sent through the http transport" in w for w in warnings), warnings

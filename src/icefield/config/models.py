@@ -182,7 +182,8 @@ class LineageConfig(_Model):
 
     ``transport``: ``file`` (JSON lines appended to ``path``, default ``.icefield/lineage.jsonl`` under the
     project), ``http`` (POSTed to ``url`` + ``endpoint``: Marquez or any OpenLineage HTTP receiver; an
-    ``api_key`` is sent as a bearer token) or ``console`` (logged by the ``openlineage.client`` logger).
+    ``api_key`` is sent as a bearer token; each event waits ``timeout`` seconds and is retried ``retries``
+    times, then dropped with a warning: a receiver that is down slows a run, never fails it) or ``console`` (logged by the ``openlineage.client`` logger).
     ``namespace`` is the namespace of icefield's jobs (default: the project's ``name``);
     ``parent_namespace`` that of the Airflow jobs that run them (Airflow's ``[openlineage] namespace``,
     ``default`` unless set there).
@@ -194,6 +195,7 @@ class LineageConfig(_Model):
     endpoint: str = "api/v1/lineage"
     api_key: str | None = None
     timeout: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
     namespace: str | None = None
     parent_namespace: str = "default"
 

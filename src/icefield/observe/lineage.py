@@ -335,7 +335,7 @@ class LineageObserver:
         key = (event.run_id, event.pipeline)
         if isinstance(event, RunStarted):
             run = self._runs[key] = _Run(event, _run_uuid(event))
-            self.client.emit(self._event(RunState.START, run, event.at, [], [self._table(event.table)]))
+            self._send(self._event(RunState.START, run, event.at, [], [self._table(event.table)]))
             return
         run_or_none = self._runs.get(key)
         if run_or_none is None:
@@ -348,7 +348,17 @@ class LineageObserver:
             run_or_none.error = event
         elif isinstance(event, RunFinished):
             del self._runs[key]
-            self.client.emit(self._finished(run_or_none, event))
+            self._send(self._finished(run_or_none, event))
+
+    def _send(self, event: RunEvent) -> None:
+        # A receiver that is down or refuses an event costs the event, never the run (nor a traceback).
+        try:
+            self.client.emit(event)
+        except Exception as e:
+            log.warning(
+                "OpenLineage %s event of job %s (run %s) not sent through the %s transport: %s; check lineage: in icefield.yaml and that the receiver is up",
+                event.eventType.value if event.eventType else "?", event.job.name, event.run.runId, self.client.transport.kind, e,
+            )
 
     # -- events
 
@@ -564,7 +574,12 @@ def transport_for(config: LineageConfig, state_dir: Path, root: Path) -> Transpo
 
         assert config.url is not None  # validated
         auth = ApiKeyTokenProvider({"apiKey": resolve(config.api_key)}) if config.api_key else TokenProvider({})
-        return HttpTransport(HttpConfig(url=resolve(config.url), endpoint=config.endpoint, timeout=config.timeout, auth=auth))
+        from openlineage.client.transport.http_common import DEFAULT_RETRY_CONFIG
+
+        retry = {**DEFAULT_RETRY_CONFIG, "total": config.retries, "read": config.retries, "connect": config.retries}
+        return HttpTransport(
+            HttpConfig(url=resolve(config.url), endpoint=config.endpoint, timeout=config.timeout, auth=auth, retry=retry)
+        )
     from openlineage.client.transport.console import ConsoleConfig, ConsoleTransport
 
     return ConsoleTransport(ConsoleConfig())
