@@ -139,7 +139,7 @@ def test_a_run_of_pipelines_and_a_model_sends_start_and_complete_per_node_with_t
     # The pipeline: its SQLite source as input, its Iceberg table as output with schema, statistics, the
     # snapshot the run committed as version, the checks' and gates' results, and the batches' ids.
     orders = by_job["orders"]
-    assert [(i["namespace"], i["name"]) for i in orders["inputs"]] == [(f"sqlite:///{str(tmp_path / 'app.db').lstrip('/')}", "orders")]
+    assert [(i["namespace"], i["name"]) for i in orders["inputs"]] == [(f"sqlite://{tmp_path / 'app.db'}", "orders")]
     outs = {o["name"]: o for o in orders["outputs"]}
     target = outs["shop.orders"]
     assert target["namespace"] == warehouse
@@ -263,6 +263,7 @@ def test_a_lineage_section_that_cannot_work_is_refused_naming_the_key(tmp_path: 
         (SourceRef("files", "file:///data/in/2026-*/*.csv"), [("file", "/data/in")]),
         (SourceRef("debezium", "kafka://k:9092/pg.public.orders"), [("kafka://k:9092", "pg.public.orders")]),
         (SourceRef("model", "file:///p/models/x.sql"), []),
+        (SourceRef("sql", "sqlite:////srv/app.db#orders"), [("sqlite:///srv/app.db", "orders")]),
     ],
 )
 def test_sources_are_named_by_the_openlineage_naming_conventions(source: SourceRef, expected: list[tuple[str, str]]) -> None:
@@ -348,3 +349,36 @@ def test_a_receiver_that_is_down_costs_the_events_not_the_run(tmp_path: Path, ca
     assert done.error is None and done.results[0].rows_committed == 2
     warnings = [r.getMessage() for r in caplog.records if r.name == "icefield.observe.lineage"]
     assert len(warnings) == 2 and all("not sent through the http transport" in w for w in warnings), warnings
+
+
+def test_the_demo_sends_schema_valid_events_a_held_batch_fails_its_run_and_every_run_ends(tmp_path: Path) -> None:
+    from openlineage.client.transport.file import FileConfig, FileTransport
+
+    from icefield.cli.output import Output
+    from icefield.demo import run_demo
+    from icefield.observe.lineage import LineageObserver
+
+    path = tmp_path / "lineage.jsonl"
+    observer = LineageObserver(FileTransport(FileConfig(log_file_path=str(path), append=True)), "demo", "file:///warehouse")
+    report = run_demo(tmp_path / "demo", fresh=False, out=Output(as_json=True), observers=[observer])
+    assert report["ok"], report["checks"]
+    events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    runs: dict[str, list[str]] = defaultdict(list)
+    for e in events:
+        _validate(e)
+        runs[e["run"]["runId"]].append(e["eventType"])
+    assert all(states in (["START", "COMPLETE"], ["START", "FAIL"]) for states in runs.values()), runs
+    # The demo's gate holds a batch once: that run fails with the gate's verdict, and later runs complete.
+    failed = [e for e in events if e["eventType"] == "FAIL"]
+    assert failed and all(e["run"]["facets"]["icefield"]["status"] == "held" for e in failed)
+    held = failed[0]["outputs"]
+    assert any(a["success"] is False and a["severity"] == "error" for o in held for a in o["facets"].get("dataQualityAssertions", {}).get("assertions", []))
+    # Inputs: the demo's files by folder, its SQLite tables by their file, the model's Iceberg tables.
+    demo = (tmp_path / "demo").absolute()
+    inputs = {(e["job"]["name"], i["namespace"], i["name"]) for e in events for i in e["inputs"]}
+    assert {
+        ("rates", "file", str(demo / "data" / "rates")),
+        ("orders", f"sqlite://{demo / 'data' / 'shop.db'}", "orders"),
+        ("model.daily_revenue", "file:///warehouse", "shop.orders"),
+        ("model.daily_revenue", "file:///warehouse", "raw.rates"),
+    } <= inputs, inputs

@@ -109,7 +109,8 @@ def source_datasets(source: SourceRef) -> list[tuple[str, str]]:
 
     - PostgreSQL: ``postgres://host:port`` and ``database.schema.table`` (schema ``public`` when not given);
       MySQL: ``mysql://host:port`` and ``database.table``; other SQL databases ``<dialect>://host:port`` and
-      ``database.schema.table``; SQLite: ``sqlite://<absolute file>`` and the table. A source that reads
+      ``database.schema.table``; SQLite (no convention in the spec): ``sqlite://<absolute path of the file>``
+      and the table. A source that reads
       a query is named ``query:<hash of the query>``;
     - Kafka (and Debezium from Kafka): ``kafka://<first bootstrap server>`` and each topic;
     - files (and Debezium from files): ``file`` and the absolute folder the glob starts from;
@@ -137,9 +138,9 @@ def _sql_dataset(uri: str) -> tuple[str, str]:
     dialect = url.split("://", 1)[0].split("+", 1)[0]
     dialect = {"postgresql": "postgres", "mariadb": "mysql"}.get(dialect, dialect)
     parts = urlsplit(url)
-    if dialect == "sqlite":
-        path = url.split("://", 1)[1].lstrip("/")
-        return (f"sqlite:///{path}" if path else "sqlite://:memory:", what)
+    if dialect == "sqlite":  # sqlite:///<relative> or sqlite:////<absolute> (absolute in a SourceRef)
+        path = url.split("://", 1)[1][1:]
+        return (f"sqlite://{path}" if path else "sqlite://:memory:", what)
     host = parts.hostname or "localhost"
     port = parts.port or _DEFAULT_PORTS.get(dialect)
     namespace = f"{dialect}://{host}:{port}" if port else f"{dialect}://{host}"
