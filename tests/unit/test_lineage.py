@@ -382,3 +382,19 @@ def test_the_demo_sends_schema_valid_events_a_held_batch_fails_its_run_and_every
         ("model.daily_revenue", "file:///warehouse", "shop.orders"),
         ("model.daily_revenue", "file:///warehouse", "raw.rates"),
     } <= inputs, inputs
+
+
+def test_the_airflow_task_sends_the_events_of_its_node_with_the_task_as_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from icefield.integrations.airflow.tasks import run_node
+
+    root = _shop(tmp_path, {"transport": "file"})
+    for key, value in {"DAG_ID": "shop", "TASK_ID": "pipeline_customers", "DAG_RUN_ID": "scheduled__2026-12-07", "TRY_NUMBER": "1"}.items():
+        monkeypatch.setenv(f"AIRFLOW_CTX_{key}", value)
+    summary = run_node(str(root), "pipeline customers")
+    assert summary["status"] == "success"
+    events = _events(root)
+    assert [(e["job"]["name"], e["eventType"]) for e in events] == [("customers", "START"), ("customers", "COMPLETE")]
+    for e in events:
+        _validate(e)
+        assert e["run"]["facets"]["parent"]["job"]["name"] == "shop.pipeline_customers"
+        assert e["run"]["facets"]["parent"]["job"]["namespace"] == "default"

@@ -269,7 +269,7 @@ def _columns(catalog: Catalog | None, table: str, snapshot_id: int | None) -> tu
         return ()
     try:
         return columns_of(load_table(catalog, table_identifier(table)), snapshot_id)
-    except IcefieldError as e:
+    except Exception as e:  # this runs as the run ends, maybe on its error: it must not replace that error
         log.warning("the schema of %s for the run's outputs: %s", table, e)
         return ()
 
