@@ -29,7 +29,7 @@ from icefield.observe.events import (
     now,
 )
 from icefield.pipeline.results import BatchResult, RunResult, columns_of, emit_batch, reporting
-from icefield.pipeline.runner import acquire_lease, new_run_id
+from icefield.pipeline.runner import acquire_lease, new_run_id, output_columns
 from icefield.write import TableWriter, batch_id_for
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def _run_model(
         )
         result.batches.append(res)
         if wr.snapshot_id is not None and not wr.skipped:
-            result.outputs = [TableRef(model.target.table, wr.snapshot_id, columns_of(writer.load(), wr.snapshot_id))]
+            result.outputs = [TableRef(model.target.table, wr.snapshot_id, output_columns(catalog, model.target.table, wr.snapshot_id))]
         emit_batch(events, model.target.table, res)
 
 

@@ -129,7 +129,7 @@ def run_pipeline(
     def outputs() -> None:
         # The schema of each table at the snapshot the run last committed: one catalog load per table
         # written, at the end of the run (lineage's schema facet).
-        result.outputs = [TableRef(t, snap, _columns(catalog, t, snap)) for t, snap in written.items()]
+        result.outputs = [TableRef(t, snap, output_columns(catalog, t, snap)) for t, snap in written.items()]
 
     with events.running():
         events.emit(RunStarted, table=pipe.target.table, source=result.source)
@@ -262,7 +262,7 @@ def _run(
             source.close()
 
 
-def _columns(catalog: Catalog | None, table: str, snapshot_id: int | None) -> tuple[tuple[str, str], ...]:
+def output_columns(catalog: Catalog | None, table: str, snapshot_id: int | None) -> tuple[tuple[str, str], ...]:
     """``table``'s columns at ``snapshot_id`` for the run's outputs; () when the table cannot be loaded now (the
     run's result stands; only its lineage lacks a schema)."""
     if catalog is None:
