@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from jsonschema import Draft202012Validator
-from referencing import Registry, Resource
+from tests.openlineage_schemas import validate_event as _validate
 
 from icefield.catalog import open_catalog
 from icefield.config import load_project
@@ -30,34 +29,6 @@ from icefield.observe.events import SourceRef
 from icefield.observe.lineage import airflow_parent, column_lineage, source_datasets
 from icefield.pipeline import run_plan
 from icefield.pipeline.plan import build_plan
-
-SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "openlineage"
-FACET_SCHEMA = Path(__file__).resolve().parents[2] / "src" / "icefield" / "observe" / "schemas" / "IcefieldRunFacet.json"
-
-
-def _registry() -> Registry:
-    resources = []
-    for path in [SCHEMAS / "OpenLineage.json", FACET_SCHEMA, *sorted((SCHEMAS / "facets").glob("*.json"))]:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        resources.append((doc["$id"], Resource.from_contents(doc)))
-    return Registry().with_resources(resources)
-
-
-REGISTRY = _registry()
-
-
-def _validate(event: dict[str, Any]) -> None:
-    """``event`` against OpenLineage.json (RunEvent), then each facet against the schema its ``_schemaURL``
-    names (every one must be a schema we have: an unknown facet fails)."""
-    Draft202012Validator({"$ref": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"}, registry=REGISTRY).validate(event)
-    facets: list[dict[str, Any]] = [*event["run"]["facets"].values(), *event["job"]["facets"].values()]
-    for ds in event["inputs"] + event["outputs"]:
-        facets += [*ds.get("facets", {}).values(), *ds.get("inputFacets", {}).values(), *ds.get("outputFacets", {}).values()]
-    for facet in facets:
-        url = facet["_schemaURL"]
-        base = url.split("#")[0]
-        assert REGISTRY.get(base) is not None, f"no schema for facet {url}"
-        Draft202012Validator({"$ref": url}, registry=REGISTRY).validate(facet)
 
 
 def _shop(tmp_path: Path, lineage: dict[str, Any] | None = None, *, bad_model: bool = False) -> Path:
@@ -175,6 +146,31 @@ def test_a_run_of_pipelines_and_a_model_sends_start_and_complete_per_node_with_t
     }
     indirect = {(f["name"], f["field"], f["transformations"][0]["subtype"]) for f in out["facets"]["columnLineage"]["dataset"]}
     assert {("shop.orders", "customer_id", "JOIN"), ("shop.customers", "customer_id", "JOIN"), ("shop.orders", "status", "FILTER")} <= indirect
+
+
+def test_the_validator_refuses_an_event_the_spec_refuses(tmp_path: Path) -> None:
+    """The schemas are strict enough to catch what a receiver would refuse (the checks above can fail)."""
+    import copy
+
+    from jsonschema import ValidationError
+
+    root = _shop(tmp_path, {"transport": "file"})
+    _run(root)
+    event = _events(root)[-1]
+    _validate(event)
+    for path, value in [(("eventType",), "DONE"), (("run", "runId"), "c0564d548a62410d")]:
+        bad = copy.deepcopy(event)
+        bad[path[0]] = value if len(path) == 1 else {**bad[path[0]], path[1]: value}
+        with pytest.raises(ValidationError):
+            _validate(bad)
+    bad = copy.deepcopy(event)
+    del bad["outputs"][0]["facets"]["schema"]["_producer"]
+    with pytest.raises(ValidationError):
+        _validate(bad)
+    bad = copy.deepcopy(event)
+    bad["run"]["facets"]["icefield"]["batches"][0]["snapshotId"] = "not a number"
+    with pytest.raises(ValidationError):
+        _validate(bad)
 
 
 def test_a_failing_model_sends_fail_with_its_error_and_the_pipelines_still_complete(tmp_path: Path) -> None:
