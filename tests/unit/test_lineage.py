@@ -53,6 +53,7 @@ def _shop(tmp_path: Path, lineage: dict[str, Any] | None = None, *, bad_model: b
     url = f"sqlite:///{db}"
     pipes = {
         "orders": {
+            "description": "Orders from the shop's database",
             "source": {"type": "sql", "url": url, "table": "orders"},
             "target": {"table": "shop.orders", "mode": "overwrite"},
             "checks": [{"not_null": ["customer_id"]}],
@@ -110,6 +111,7 @@ def test_a_run_of_pipelines_and_a_model_sends_start_and_complete_per_node_with_t
     # The pipeline: its SQLite source as input, its Iceberg table as output with schema, statistics, the
     # snapshot the run committed as version, the checks' and gates' results, and the batches' ids.
     orders = by_job["orders"]
+    assert orders["job"]["facets"]["documentation"]["description"] == "Orders from the shop's database"
     assert [(i["namespace"], i["name"]) for i in orders["inputs"]] == [(f"sqlite://{tmp_path / 'app.db'}", "orders")]
     outs = {o["name"]: o for o in orders["outputs"]}
     target = outs["shop.orders"]

@@ -98,12 +98,14 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True)
 class RunStarted(Event):
-    """A run began (``sql``: a model's query, for lineage; None for a pipeline)."""
+    """A run began (``sql``: a model's query, for lineage; None for a pipeline; ``description``: the
+    pipeline's ``description``, when it has one)."""
 
     kind: ClassVar[str] = "run_started"
     table: str
     source: SourceRef
     sql: str | None = None
+    description: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,8 @@ START when the run starts, COMPLETE or FAIL when it finishes (FAIL also when a g
 data did not reach ``main``). Everything it reports comes from the events, counted once by the run:
 
 - the job: ``namespace`` (``lineage.namespace``, default the project's name) and the pipeline's name
-  (``model.<name>`` for a model), with a job-type facet and, for a model, its SQL;
+  (``model.<name>`` for a model), with a job-type facet, the pipeline's ``description`` and, for a model,
+  its SQL;
 - inputs: the source, named by the OpenLineage naming conventions (:func:`source_datasets`), and the
   Iceberg tables a model read (at the snapshot it read, with their schema);
 - outputs: the Iceberg tables the run wrote (namespace: the warehouse location, or the catalog's URI for a
@@ -373,7 +374,12 @@ class LineageObserver:
         run_facets: dict[str, Any] | None = None,
     ) -> RunEvent:
         from openlineage.client.event_v2 import InputDataset, Job, Run, RunEvent
-        from openlineage.client.facet_v2 import job_type_job, processing_engine_run, sql_job
+        from openlineage.client.facet_v2 import (
+            documentation_job,
+            job_type_job,
+            processing_engine_run,
+            sql_job,
+        )
 
         started = run.started
         kind = started.source.kind
@@ -382,6 +388,8 @@ class LineageObserver:
                 processingType="BATCH", integration="ICEFIELD", jobType=self.JOB_TYPES.get(kind, "PIPELINE"), producer=PRODUCER
             )
         }
+        if started.description:
+            job_facets["documentation"] = documentation_job.DocumentationJobFacet(description=started.description, producer=PRODUCER)
         if started.sql is not None:
             job_facets["sql"] = sql_job.SQLJobFacet(query=started.sql, dialect="duckdb", producer=PRODUCER)
         facets: dict[str, Any] = {

@@ -132,7 +132,7 @@ def run_pipeline(
         result.outputs = [TableRef(t, snap, output_columns(catalog, t, snap)) for t, snap in written.items()]
 
     with events.running():
-        events.emit(RunStarted, table=pipe.target.table, source=result.source)
+        events.emit(RunStarted, table=pipe.target.table, source=result.source, description=pipe.description)
         with reporting(events, result, pending, outputs):
             catalog = catalog or open_catalog(project)
             _run(project, pipe, catalog, events, result, written, in_flight, on_batch, max_batches, follow, stop, wait, window)
