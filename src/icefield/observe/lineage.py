@@ -544,6 +544,7 @@ def _run_uuid(started: RunStarted) -> str:
     return str(generate_static_uuid(started.at, f"{started.run_id}.{started.pipeline}".encode()))
 
 
+@functools.cache
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -553,6 +554,7 @@ def _version() -> str:
         return "0+unknown"
 
 
+@functools.cache
 def _openlineage_version() -> str:
     from importlib.metadata import version
 
