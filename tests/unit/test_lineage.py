@@ -56,7 +56,7 @@ def _shop(tmp_path: Path, lineage: dict[str, Any] | None = None, *, bad_model: b
             "description": "Orders from the shop's database",
             "source": {"type": "sql", "url": url, "table": "orders"},
             "target": {"table": "shop.orders", "mode": "overwrite"},
-            "checks": [{"not_null": ["customer_id"]}],
+            "checks": [{"not_null": ["customer_id"]}, {"range": {"column": "amount", "min": 0}}, {"filter": "order_id > 0"}],
             "gates": [{"distinct_ratio": {"column": "order_id", "min": 1}}],
         },
         "customers": {"source": {"type": "sql", "url": url, "table": "customers"}, "target": {"table": "shop.customers", "mode": "overwrite"}},
@@ -124,8 +124,10 @@ def test_a_run_of_pipelines_and_a_model_sends_start_and_complete_per_node_with_t
     assert snapshot is not None and target["facets"]["version"]["datasetVersion"] == str(snapshot.snapshot_id)
     assertions = {a["assertion"]: a for a in target["facets"]["dataQualityAssertions"]["assertions"]}
     assert assertions["distinct_ratio(order_id)"]["success"] is True
-    failing = [a for a in assertions.values() if a["success"] is False]
-    assert len(failing) == 1 and failing[0]["actual"] == "1", assertions  # the row without a customer
+    # Row checks: not_null rejected the row without a customer, range rejected none; filter rules are no check.
+    assert (assertions["not_null"]["success"], assertions["not_null"]["actual"]) == (False, "1")
+    assert (assertions["range"]["success"], assertions["range"]["actual"]) == (True, "0")
+    assert set(assertions) == {"distinct_ratio(order_id)", "not_null", "range"}
     quarantine = [o for name, o in outs.items() if name != "shop.orders"]
     assert len(quarantine) == 1 and quarantine[0]["outputFacets"]["outputStatistics"]["rowCount"] == 1
     facet = orders["run"]["facets"]["icefield"]

@@ -99,13 +99,15 @@ class Event:
 @dataclass(frozen=True, kw_only=True)
 class RunStarted(Event):
     """A run began (``sql``: a model's query, for lineage; None for a pipeline; ``description``: the
-    pipeline's ``description``, when it has one)."""
+    pipeline's ``description``, when it has one; ``checks``: the kinds of its row checks, ``not_null``,
+    ``range``..., the keys of :class:`BatchCommitted`'s ``failures_by_check``)."""
 
     kind: ClassVar[str] = "run_started"
     table: str
     source: SourceRef
     sql: str | None = None
     description: str | None = None
+    checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

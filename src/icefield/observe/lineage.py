@@ -505,11 +505,11 @@ class LineageObserver:
             Assertion(assertion=g.gate, success=g.status == "pass", severity=g.severity, description=g.message or None)
             for g in run.gates
         ]
-        failures: dict[str, int] = {}
+        failures: dict[str, int] = dict.fromkeys(run.started.checks, 0)  # checks that rejected no row pass
         for b in run.batches:
             for check, n in b.failures_by_check.items():
                 failures[check] = failures.get(check, 0) + n
-        out += [Assertion(assertion=check, success=n == 0, actual=str(n), expected="0") for check, n in sorted(failures.items())]
+        out += [Assertion(assertion=check, success=n == 0, actual=str(n), expected="0") for check, n in failures.items()]
         return out
 
     def _column_lineage(self, sql: str, inputs: tuple[TableRef, ...]) -> column_lineage_dataset.ColumnLineageDatasetFacet | None:

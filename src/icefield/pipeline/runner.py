@@ -132,7 +132,7 @@ def run_pipeline(
         result.outputs = [TableRef(t, snap, output_columns(catalog, t, snap)) for t, snap in written.items()]
 
     with events.running():
-        events.emit(RunStarted, table=pipe.target.table, source=result.source, description=pipe.description)
+        events.emit(RunStarted, table=pipe.target.table, source=result.source, description=pipe.description, checks=_check_kinds(pipe))
         with reporting(events, result, pending, outputs):
             catalog = catalog or open_catalog(project)
             _run(project, pipe, catalog, events, result, written, in_flight, on_batch, max_batches, follow, stop, wait, window)
@@ -260,6 +260,13 @@ def _run(
             ahead.close()  # joins the reading thread before the source is closed under it
         if source is not None:
             source.close()
+
+
+def _check_kinds(pipe: PipelineConfig) -> tuple[str, ...]:
+    """The kinds of ``pipe``'s row checks (each check is a mapping of one key: ``not_null``, ``range``...),
+    once each, in order; ``filter`` rules drop rows rather than check them and are left out."""
+    kinds = (next(iter(type(c).model_fields)) for c in pipe.checks)
+    return tuple(dict.fromkeys(k for k in kinds if k != "filter"))
 
 
 def output_columns(catalog: Catalog | None, table: str, snapshot_id: int | None) -> tuple[tuple[str, str], ...]:
