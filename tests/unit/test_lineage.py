@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import threading
 from collections import defaultdict
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,17 @@ def test_inside_an_airflow_task_the_run_names_the_task_as_its_parent(tmp_path: P
     assert first is not None and again is not None and retry is not None
     assert first.facet().run.runId == again.facet().run.runId != retry.facet().run.runId
     assert airflow_parent({}, "ns") is None
+    # With a logical date: the ids Airflow's OpenLineage provider gives the task instance and the DAG run.
+    from openlineage.client.uuid import generate_static_uuid
+
+    dated = airflow_parent({
+        "AIRFLOW_CTX_DAG_ID": "shop", "AIRFLOW_CTX_TASK_ID": "t", "AIRFLOW_CTX_DAG_RUN_ID": "scheduled__2026-12-06T00:00:00+00:00",
+        "AIRFLOW_CTX_TRY_NUMBER": "3", "AIRFLOW_CTX_LOGICAL_DATE": "2026-12-06T00:00:00+00:00",
+    }, "ns")
+    assert dated is not None
+    day = datetime(2026, 12, 6, tzinfo=UTC)
+    assert dated.facet().run.runId == str(generate_static_uuid(day, b"ns.shop.t.3.-1"))
+    assert dated.facet().root is not None and dated.facet().root.run.runId == str(generate_static_uuid(day, b"ns.shop.0"))
 
 
 def test_the_cli_run_writes_lineage_to_the_configured_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,7 +33,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -180,15 +180,24 @@ class AirflowParent:
     logical_date: str | None = None
 
     def facet(self) -> parent_run.ParentRunFacet:
-        """The parent-run facet: job ``dag_id.task_id`` in ``namespace`` (Airflow's naming), run ids derived
-        from the DAG run, task and try (the same ids for every icefield run inside one task try), and the
-        DAG run as the root."""
+        """The parent-run facet: job ``dag_id.task_id`` in ``namespace`` (Airflow's naming) and the DAG run
+        (job ``dag_id``) as the root. With a logical date, the run ids are those Airflow's OpenLineage provider
+        derives (UUID v7 of the logical date and ``namespace.dag_id.task_id.try.map_index``, map index -1 for a
+        task that is not mapped; the DAG run's from ``namespace.dag_id.<clear number>``, taken as 0: a DAG run
+        never cleared), so a lineage server joins icefield's runs to the task's own events. Without one (an
+        Airflow 3 run without a logical date) they are derived from the DAG run's id instead."""
         from openlineage.client.facet_v2 import parent_run
         from openlineage.client.uuid import generate_static_uuid
 
-        instant = _instant(self.logical_date)
-        task_run = generate_static_uuid(instant, f"{self.namespace}.{self.dag_id}.{self.task_id}.{self.dag_run_id}.{self.try_number}".encode())
-        dag_run = generate_static_uuid(instant, f"{self.namespace}.{self.dag_id}.{self.dag_run_id}".encode())
+        if self.logical_date and (instant := _instant(self.logical_date)) is not None:
+            task_data = f"{self.namespace}.{self.dag_id}.{self.task_id}.{self.try_number}.-1"
+            dag_data = f"{self.namespace}.{self.dag_id}.0"
+        else:
+            instant = datetime(1970, 1, 1, tzinfo=UTC)
+            task_data = f"{self.namespace}.{self.dag_id}.{self.dag_run_id}.{self.task_id}.{self.try_number}"
+            dag_data = f"{self.namespace}.{self.dag_id}.{self.dag_run_id}"
+        task_run = generate_static_uuid(instant, task_data.encode())
+        dag_run = generate_static_uuid(instant, dag_data.encode())
         return parent_run.ParentRunFacet(
             run=parent_run.Run(runId=str(task_run)),
             job=parent_run.Job(namespace=self.namespace, name=f"{self.dag_id}.{self.task_id}"),
@@ -212,13 +221,11 @@ def airflow_parent(environ: Mapping[str, str], namespace: str) -> AirflowParent 
     )
 
 
-def _instant(value: str | None) -> datetime:
-    if value:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            pass
-    return datetime(1970, 1, 1)
+def _instant(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- column lineage
