@@ -17,7 +17,7 @@ import icefield
 
 SRC = Path(icefield.__file__).resolve().parent  # the icefield under test, and its checkout's pyproject.toml
 ROOT = SRC.parents[1]
-LAZY_EXTRAS = {"thrift", "pyspark", "confluent_kafka", "great_expectations", "psycopg2", "adbc_driver_postgresql", "adbc_driver_manager", "trino", "airflow"}
+LAZY_EXTRAS = {"thrift", "pyspark", "confluent_kafka", "great_expectations", "psycopg2", "adbc_driver_postgresql", "adbc_driver_manager", "trino", "airflow", "openlineage", "attr"}
 """Modules of optional extras: imported only inside the functions that need them."""
 EXTRA_PACKAGES = {"airflow": ("src/icefield/integrations/airflow/dags.py",)}
 """Modules that belong to an extra and import it at module level: nothing imports them but the extra's own entry

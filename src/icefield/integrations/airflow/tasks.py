@@ -88,7 +88,10 @@ def run_node(
     kwargs: dict[str, Any] = {}
     if window is not None:
         kwargs["window"] = window
-    done = run_plan(project, Plan((node,)), wait=wait, **kwargs)
+    from icefield.observe.configured import configured_observers
+
+    # Lineage (lineage: in icefield.yaml) names this task, from the AIRFLOW_CTX_* variables, as the parent run.
+    done = run_plan(project, Plan((node,)), wait=wait, observers=configured_observers(project), **kwargs)
     result = done.results[0]
     if done.error is None:
         log.info("%s: %s", node_id, summary(result))
