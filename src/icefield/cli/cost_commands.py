@@ -41,14 +41,14 @@ def cost(out: Output, tables: tuple[str, ...], namespaces: tuple[str, ...], owne
     """Storage of TABLES (default: every table of the catalog) and its monthly price: bytes of the current
     snapshot, bytes only history keeps (time travel), metadata, orphan files, small files; totals per
     namespace and per owner. Prices come from the `cost:` block of icefield.yaml (docs/cost.md)."""
-    from icefield.catalog import open_catalog
+    from icefield.catalog import list_tables, open_catalog
     from icefield.iceberg.cost import grand_total, storage_costs, totals
 
     project = out.project()
     catalog = open_catalog(project)
     names: list[str] | None = list(tables) or None
     if names is None and namespaces:
-        names = [".".join(ident) for ns in namespaces for ident in catalog.list_tables((ns,))]
+        names = [".".join(ident) for ident in list_tables(catalog, lambda ns: ".".join(ns) in namespaces)]
     costs = [c for c in storage_costs(catalog, project, names) if (not namespaces or c.namespace in namespaces) and (not owners or c.owner in owners)]
     currency = project.config.cost.currency
     by_ns, by_owner, total = totals(costs, "namespace"), totals(costs, "owner"), grand_total(costs)

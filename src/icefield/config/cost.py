@@ -109,7 +109,7 @@ class CostConfig(BaseModel):
             try:
                 out[archive_location(str(prefix))] = storage_class
             except ConfigError as e:
-                raise ValueError(f"locations: {e}") from None
+                raise ValueError(str(e).replace("archive location", "location", 1)) from None
         return out
 
     @model_validator(mode="after")
