@@ -236,3 +236,22 @@ def test_sizes_and_defaults() -> None:
             parse_size(bad)
     default = CostConfig()
     assert (default.currency, default.storage_class, default.prices, default.small_file_bytes) == ("USD", "standard", {"standard": 0.023}, None)
+
+
+def test_delete_files_of_a_merge_on_read_table_count_in_the_current_snapshot(lake: Any) -> None:
+    pipes = {"orders": {**PIPELINES["orders"], "target": {**PIPELINES["orders"]["target"], "properties": {"write.merge.mode": "merge-on-read"}}}}
+    lk = lake(pipes, {"name": "c"})
+    _drop(lk.root, "orders", "a.jsonl", [{"id": i, "v": "a"} for i in range(50)])
+    assert lk.run("orders").conserved
+    _drop(lk.root, "orders", "b.jsonl", [{"id": 7, "v": "B"}])
+    assert lk.run("orders").conserved
+    tasks = list(lk.table("shop.orders").scan().plan_files())
+    deletes = {Path(d.file_path.removeprefix("file://")) for t in tasks for d in t.delete_files}
+    assert len(deletes) == 1, "the merge marked the replaced row in a position delete file"
+    (c,) = storage_costs(lk.catalog, lk.project(), ["shop.orders"])
+    expected = _expect(lk, "shop.orders", set())
+    assert _figures(c, expected) == expected
+    assert c.delete_bytes == sum(p.stat().st_size for p in deletes) and c.data_bytes + c.delete_bytes == c.current_bytes
+    assert c.history_bytes == 0, "merge-on-read keeps every data file current"
+    assert c.total_cost == pytest.approx(c.total_bytes / GB * 0.023), "without a cost block: S3 Standard's price"
+    assert c.currency == "USD"
