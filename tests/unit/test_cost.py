@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from tests.stores import STORES, Store, make_store
 
 from icefield.cli import EXIT_USAGE, cli
 from icefield.config import load_project
@@ -42,8 +43,9 @@ def _drop(root: Path, folder: str, name: str, rows: list[dict[str, Any]]) -> Non
     (root / "data" / folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def _lake(lake: Any, **cost: Any) -> Any:
-    lk = lake(PIPELINES, {"name": "c", "cost": {"currency": "EUR", "prices": PRICES, **cost}})
+def _lake(lake: Any, store: Store | None = None) -> Any:
+    cost = {"currency": "EUR", "prices": PRICES}
+    lk = lake(PIPELINES, store.project(cost=cost) if store else {"name": "c", "cost": cost})
     _drop(lk.root, "orders", "a.jsonl", [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}, {"id": 3, "v": "c"}, {"id": None, "v": "bad"}])
     _drop(lk.root, "clicks", "a.jsonl", [{"u": 1}])
     _drop(lk.root, "visits", "a.jsonl", [{"page": "x"}])
@@ -92,23 +94,52 @@ def _figures(c: TableCost, keys: Any) -> dict[str, int]:
     return {k: getattr(c, k) for k in keys}
 
 
-def test_each_byte_under_a_table_is_current_history_metadata_or_orphan_and_priced(lake: Any) -> None:
-    lk = _lake(lake)
-    orders = _folder(lk, "shop.orders")
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return make_store(request, tmp_path)
+
+
+def _stored(store: Store, lk: Any, table: str) -> tuple[str, dict[str, int], dict[str, int]]:
+    """The table's location and the sizes of the files under its data/ and metadata/ folders on the store,
+    by location."""
+    loc = lk.table(table).metadata.location.rstrip("/")
+    data = {f"{loc}/data/{p}": n for p, n in store.sizes(f"{loc}/data").items()}
+    meta = {f"{loc}/metadata/{p}": n for p, n in store.sizes(f"{loc}/metadata").items()}
+    return loc, data, meta
+
+
+def _planned(lk: Any, table: str, snapshot_id: int | None = None) -> set[str]:
+    t = lk.table(table)
+    tasks = t.scan(snapshot_id=snapshot_id).plan_files() if snapshot_id else t.scan().plan_files()
+    return {p for task in tasks for p in [task.file.file_path, *(d.file_path for d in task.delete_files)]}
+
+
+def test_each_byte_under_a_table_is_current_history_metadata_or_orphan_and_priced(lake: Any, store: Store) -> None:
+    lk = _lake(lake, store)
+    loc, _, _ = _stored(store, lk, "shop.orders")
     older = [s.snapshot_id for s in lk.table("shop.orders").metadata.snapshots[:-1]]
-    kept_by_history = set().union(*(_snapshot_files(lk, "shop.orders", s) for s in older)) - _snapshot_files(lk, "shop.orders")
+    kept_by_history = set().union(*(_planned(lk, "shop.orders", s) for s in older)) - _planned(lk, "shop.orders")
     assert len(kept_by_history) == 1, "the merge rewrote the first data file: only the first snapshot keeps it"
-    junk = orders / "data" / "id=junk" / "crashed-commit.parquet"  # an orphan: no snapshot names it
-    junk.parent.mkdir()
-    junk.write_bytes(b"P" * 1234)
-    stray = orders / "metadata" / "snap-crashed.avro"
-    stray.write_bytes(b"x" * 77)
+    junk, stray = f"{loc}/data/id=junk/crashed-commit.parquet", f"{loc}/metadata/snap-crashed.avro"  # no snapshot names them
+    store.put(junk, b"P" * 1234)
+    store.put(stray, b"x" * 77)
 
     costs = {c.table: c for c in storage_costs(lk.catalog, lk.project())}
     assert sorted(costs) == ["shop.orders", "shop.orders__quarantine", "web.clicks", "web.visits"]
     for name, c in costs.items():
         orphans = {junk, stray} if name == "shop.orders" else set()
-        expected = _expect(lk, name, orphans)
+        _, data, meta = _stored(store, lk, name)
+        current = _planned(lk, name)
+        assert current <= data.keys()
+        expected = {
+            "current_bytes": sum(data[p] for p in current),
+            "history_bytes": sum(n for p, n in data.items() if p not in current and p not in orphans),
+            "metadata_bytes": sum(n for p, n in meta.items() if p not in orphans),
+            "orphan_bytes": sum(n for p, n in {**data, **meta}.items() if p in orphans),
+            "total_bytes": sum(data.values()) + sum(meta.values()),
+            "current_files": len(current),
+            "orphan_files": len(orphans),
+        }
         assert _figures(c, expected) == expected, name
         assert c.current_bytes + c.history_bytes + c.metadata_bytes + c.orphan_bytes == c.total_bytes
         assert c.data_bytes == c.current_bytes and c.delete_bytes == 0  # copy-on-write: no delete files
@@ -116,7 +147,8 @@ def test_each_byte_under_a_table_is_current_history_metadata_or_orphan_and_price
         assert c.bytes_by_class == {"standard": c.total_bytes}
         assert c.currency == "EUR" and c.storage_class == "standard"
     o = costs["shop.orders"]
-    assert (o.history_files, o.history_bytes) == (1, sum(p.stat().st_size for p in kept_by_history))
+    _, data, _ = _stored(store, lk, "shop.orders")
+    assert (o.history_files, o.history_bytes) == (1, sum(data[p] for p in kept_by_history))
     assert (o.orphan_files, o.orphan_bytes) == (2, 1234 + 77)
     assert o.orphan_cost == pytest.approx((1234 + 77) / GB * PRICES["standard"])
     assert o.history_cost == pytest.approx(o.history_bytes / GB * PRICES["standard"])
@@ -131,7 +163,7 @@ def test_each_byte_under_a_table_is_current_history_metadata_or_orphan_and_price
     assert code == 0 and json.loads(out)["data_files_deleted"] == 1, out
     after = table_cost(lk.catalog, "shop.orders", lk.project().config.cost)
     assert after.history_bytes == 0 and after.current_bytes == o.current_bytes
-    assert not any(p.exists() for p in kept_by_history)
+    assert not any(store.exists(p) for p in kept_by_history)
 
 
 def test_small_files_are_those_under_the_configured_size(lake: Any) -> None:
