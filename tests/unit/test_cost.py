@@ -17,6 +17,7 @@ from icefield.config import load_project
 from icefield.config.cost import GB, CostConfig, parse_size
 from icefield.errors import ConfigError
 from icefield.iceberg.cost import TableCost, storage_costs, table_cost, totals
+from icefield.write.orphans import remove_orphans
 
 PRICES = {"standard": 0.02, "infrequent": 0.0125}
 PIPELINES: dict[str, dict[str, Any]] = {
@@ -146,10 +147,13 @@ def test_each_byte_under_a_table_is_current_history_metadata_or_orphan_and_price
         assert c.total_cost == pytest.approx(c.total_bytes / 2**30 * PRICES["standard"], rel=1e-12)
         assert c.bytes_by_class == {"standard": c.total_bytes}
         assert c.currency == "EUR" and c.storage_class == "standard"
+        assert sum(b for part, (_, b, _) in c.by_part().items() if part != "small") == c.total_bytes
     o = costs["shop.orders"]
     _, data, _ = _stored(store, lk, "shop.orders")
     assert (o.history_files, o.history_bytes) == (1, sum(data[p] for p in kept_by_history))
     assert (o.orphan_files, o.orphan_bytes) == (2, 1234 + 77)
+    dry = remove_orphans(lk.catalog, "shop.orders", older_than="0s", dry_run=True)
+    assert (dry.orphans, dry.orphan_bytes) == (o.orphan_files, o.orphan_bytes), "the orphans cleanup would delete"
     assert o.orphan_cost == pytest.approx((1234 + 77) / GB * PRICES["standard"])
     assert o.history_cost == pytest.approx(o.history_bytes / GB * PRICES["standard"])
     assert o.snapshots == 2 and costs["web.clicks"].history_bytes == 0, "appends keep every file current"
@@ -218,6 +222,20 @@ def test_owners_and_namespaces_sum_their_tables_and_a_location_sets_the_storage_
     assert code == 0 and "web.clicks" in out and "Per owner" in out and "sales" in out and "EUR" in out
     code, out = _invoke(lk.root, "cost", "no.such")
     assert code == EXIT_USAGE and "no.such" in out
+
+    # The project's owner is every pipeline's that names none.
+    _set_scheduling(lk.root, owner="platform")
+    by = {c.table: c for c in storage_costs(lk.catalog, lk.project())}
+    assert (by["web.visits"].owner, by["web.clicks"].owner) == ("platform", "web")
+
+
+def _set_scheduling(root: Path, **scheduling: Any) -> None:
+    import yaml
+
+    path = root / "icefield.yaml"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc["scheduling"] = scheduling
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
 
 
 def _set_cost(root: Path, **cost: Any) -> None:

@@ -107,6 +107,11 @@ class TableCost:
         """The figures as a JSON-able mapping."""
         return asdict(self)
 
+    def by_part(self) -> dict[str, tuple[int, int, float]]:
+        """``part -> (files, bytes, monthly price)`` for :data:`PARTS` and ``small`` (a share of ``current``):
+        one labelled sample per part, as the metrics exporter publishes them."""
+        return {p: (getattr(self, f"{p}_files"), getattr(self, f"{p}_bytes"), getattr(self, f"{p}_cost")) for p in (*PARTS, "small")}
+
 
 @dataclass
 class CostTotal:
