@@ -4,6 +4,7 @@ owner and namespace totals, JSON output and the ``cost:`` block's errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -305,3 +306,34 @@ def test_delete_files_of_a_merge_on_read_table_count_in_the_current_snapshot(lak
     assert c.history_bytes == 0, "merge-on-read keeps every data file current"
     assert c.total_cost == pytest.approx(c.total_bytes / GB * 0.023), "without a cost block: S3 Standard's price"
     assert c.currency == "USD"
+
+
+def test_files_moved_to_an_archive_location_are_priced_at_the_archive_class(lake: Any, tmp_path: Path) -> None:
+    cold = (tmp_path / "cold").resolve()
+    pipe = {
+        "source": {"type": "files", "path": "drop/*.jsonl", "format": "jsonl", "columns": {"k": "long", "v": "string", "ts": "timestamptz"}},
+        "target": {
+            "table": "t.ev", "mode": "merge", "keys": ["k"], "partition_by": ["day(ts)"],
+            "maintenance": {"compact_every": 1, "archive_older_than": "30d", "archive_location": str(cold)},
+        },
+        "scheduling": {"owner": "events"},
+    }
+    lk = lake({"p": pipe}, {"name": "c", "cost": {"prices": PRICES, "archive_class": "infrequent"}})
+    (lk.root / "drop").mkdir()
+    for b, when in enumerate(["2020-01-01T10:00:00Z", "2020-01-02T10:00:00Z", "2999-01-01T10:00:00Z"]):
+        (lk.root / "drop" / f"b{b}.jsonl").write_text("".join(json.dumps({"k": 10 * b + i, "v": f"v{b}", "ts": when}) + "\n" for i in range(3)))
+    assert lk.run("p").status == "success"
+    archived = {p: p.stat().st_size for p in cold.rglob("*") if p.is_file()}
+    current = {Path(p.removeprefix("file://")) for p in _planned(lk, "t.ev")}
+    assert archived and set(archived) <= current, "the old partitions' current files live in the archive"
+
+    (c,) = storage_costs(lk.catalog, lk.project())
+    assert c.owner == "events" and c.storage_class == "standard"
+    assert c.bytes_by_class == {"infrequent": sum(archived.values()), "standard": c.total_bytes - sum(archived.values())}
+    assert c.current_bytes == sum(archived.values()) + sum(p.stat().st_size for p in current - set(archived))
+    assert c.total_cost == pytest.approx((sum(archived.values()) * PRICES["infrequent"] + c.bytes_by_class["standard"] * PRICES["standard"]) / GB)
+    # The same from cost.locations, without archive_class.
+    project = lk.project()
+    config = project.config.model_copy(update={"cost": CostConfig(prices=PRICES, locations={str(cold): "infrequent"})})
+    (c2,) = storage_costs(lk.catalog, dataclasses.replace(project, config=config))
+    assert c2.bytes_by_class == c.bytes_by_class
