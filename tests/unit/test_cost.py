@@ -213,6 +213,7 @@ def test_owners_and_namespaces_sum_their_tables_and_a_location_sets_the_storage_
     assert {t["table"]: t["total_bytes"] for t in doc["tables"]} == {t: c.total_bytes for t, c in by.items()}
     assert doc["owners"]["sales"]["total_bytes"] == owners["sales"].total_bytes
     assert doc["namespaces"]["shop"]["orphan_bytes"] == 0
+    assert doc["namespaces"]["shop"]["history_files"] == by["shop.orders"].history_files == 1
     assert doc["total"]["total_bytes"] == sum(c.total_bytes for c in costs)
     assert doc["currency"] == "EUR" and doc["prices"] == PRICES
     code, out = _invoke(lk.root, "cost", "--owner", "web", "--json")

@@ -118,6 +118,11 @@ class CostTotal:
     """The sum of several tables' :class:`TableCost` (a namespace's, an owner's, all of them)."""
 
     tables: int = 0
+    current_files: int = 0
+    history_files: int = 0
+    metadata_files: int = 0
+    orphan_files: int = 0
+    small_files: int = 0
     current_bytes: int = 0
     history_bytes: int = 0
     metadata_bytes: int = 0
@@ -133,7 +138,9 @@ class CostTotal:
 
     def add(self, c: TableCost) -> None:
         self.tables += 1
-        for f in ("current", "history", "metadata", "orphan", "small", "total"):
+        for f in (*PARTS, "small"):
+            setattr(self, f"{f}_files", getattr(self, f"{f}_files") + getattr(c, f"{f}_files"))
+        for f in (*PARTS, "small", "total"):
             setattr(self, f"{f}_bytes", getattr(self, f"{f}_bytes") + getattr(c, f"{f}_bytes"))
             setattr(self, f"{f}_cost", getattr(self, f"{f}_cost") + getattr(c, f"{f}_cost"))
 
