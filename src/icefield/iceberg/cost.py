@@ -45,7 +45,7 @@ from icefield.config.ownership import RESERVED_SUFFIXES
 from icefield.errors import TerminalError, TransientError
 from icefield.iceberg.reach import gone, kept, reachable_files
 from icefield.iceberg.storage import list_files, path_key
-from icefield.iceberg.tables import load_existing
+from icefield.iceberg.tables import load_existing, reaching_storage
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
@@ -298,7 +298,8 @@ def _read(catalog: Catalog, name: str) -> tuple[Table, _Files]:
     for _ in range(ATTEMPTS):
         table = load_existing(catalog, name)
         try:
-            return table, _files(table)
+            with reaching_storage(f"reading the manifests of {name}"):  # an unreachable store: TransientError
+                return table, _files(table)
         except OSError as e:
             if not gone(e):
                 raise TerminalError(f"reading the manifests of {name} failed: {e}; check that the warehouse can be read") from e
