@@ -63,7 +63,7 @@ def cost(out: Output, tables: tuple[str, ...], namespaces: tuple[str, ...], owne
         })
         return
     if not costs:
-        out.print("No tables.")
+        out.print("No tables" + (" match --namespace or --owner." if namespaces or owners else " in the catalog."))
         return
     out.table(
         f"Storage per table (prices per month, {currency})",
