@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from icefield.config.cost import CostConfig
 from icefield.config.gates import GateConfig, parse_gates
 from icefield.config.scheduling import SchedulingConfig
 from icefield.config.secrets import has_reference
@@ -238,6 +239,8 @@ class ProjectConfig(_Model):
     target_file_size_mb: int = Field(128, gt=0)
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
     """The scheduling every pipeline inherits, key by key, unless its own ``scheduling:`` sets the key."""
+    cost: CostConfig = Field(default_factory=CostConfig)
+    """Storage prices per class for ``icefield cost`` (:mod:`icefield.config.cost`)."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
