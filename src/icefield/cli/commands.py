@@ -98,10 +98,17 @@ def init(out: Output, directory: Path, name: str | None) -> None:
     help="Backfill one pipeline for START..END (ISO dates or timestamps, UTC, end exclusive, aligned to the "
     "pipeline's window.size): replace exactly that window's rows, leaving its position alone.",
 )
+@click.option(
+    "--metrics-port", "metrics_port", type=click.IntRange(min=0, max=65535), default=None,
+    help="With --follow: serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: metrics.port "
+    "of icefield.yaml; 0 picks a free port).",
+)
 @json_option
 @pass_out
 @guarded
-def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait: str, window: Any) -> None:
+def run(
+    out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait: str, window: Any, metrics_port: int | None
+) -> None:
     """Run pipelines and models in plan order (`icefield plan` shows it). Without NAMES: every pipeline and
     every model; with NAMES: only those.
 
@@ -112,7 +119,11 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait
 
     With --window START..END one pipeline (named) is backfilled for that interval instead: the rows whose
     window column (its `window:` key) lies in it are read again and replace the table's rows of the
-    interval, one commit per window of its size; its position, and what a regular run loads, are untouched."""
+    interval, one commit per window of its size; its position, and what a regular run loads, are untouched.
+
+    With metrics.pushgateway in icefield.yaml the run pushes its metrics there when it ends (a push that
+    fails is logged, never fails the run); a --follow run serves them on /metrics (metrics.port or
+    --metrics-port)."""
     from icefield.catalog import open_catalog
     from icefield.cli import INTERRUPTED
     from icefield.errors import ConfigError, InterruptedRunError
@@ -134,12 +145,15 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait
 
     wait_s = parse_age(wait)
     catalog = open_catalog(project)
+    if metrics_port is not None and not follow:
+        raise ConfigError("--metrics-port serves the metrics of a following run: add --follow, or drop --metrics-port")
     stop = _stop_on_signals() if follow else None
-    with _Progress(out) as progress:
+    with _Metrics(project, follow, metrics_port) as metrics, _Progress(out) as progress:
         try:
             done = run_plan(
                 project, the_plan, catalog, wait=wait_s, follow=follow, stop=stop,
                 on_start=progress.start, on_batch=progress.batch, on_result=progress.done, window=window,
+                observers=metrics.observers,
             )
         except InterruptedRunError as stopped:
             done = stopped.result  # type: ignore[attr-defined]
@@ -224,6 +238,45 @@ class _Progress:
         if self.progress is not None and self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
+
+
+class _Metrics:
+    """The Prometheus side of ``run``: a metrics observer when the project pushes to a Pushgateway
+    (``metrics.pushgateway``) or a following run serves ``/metrics`` (``metrics.port`` or ``--metrics-port``).
+    On exit a run that did not follow pushes (failures are logged by :func:`icefield.observe.metrics.push`)
+    and the server stops."""
+
+    def __init__(self, project: Any, follow: bool, port: int | None) -> None:
+        self.config = project.config.metrics
+        self.root = project.root
+        self.port = port if port is not None else self.config.port if follow else None
+        self.gateway = self.config.pushgateway if not follow else None
+        self.observer: Any = None
+        self.server: Any = None
+
+    @property
+    def observers(self) -> list[Any]:
+        return [self.observer] if self.observer is not None else []
+
+    def __enter__(self) -> _Metrics:
+        if self.gateway is None and self.port is None:
+            return self
+        from icefield.observe.metrics import MetricsObserver, serve
+
+        self.observer = MetricsObserver()
+        if self.port is not None:
+            self.server = serve(self.observer.registry, self.config.host, self.port)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.gateway is not None and self.observer is not None:
+            from icefield.config.secrets import resolve
+            from icefield.observe.metrics import push
+
+            gateway = resolve(self.gateway, where="icefield.yaml: metrics.pushgateway", base_dir=self.root)
+            push(self.observer, gateway, self.config.job, timeout=self.config.timeout)
 
 
 def _stop_on_signals() -> threading.Event:
