@@ -60,7 +60,7 @@ bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales the
 	$(BIN)/python -m bench
 
 .PHONY: stack-up
-stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark trino airflow"
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark trino airflow pushgateway alertmanager prometheus"
 	$(BIN)/python -m stack up $(SERVICES)
 
 .PHONY: stack-down
