@@ -10,6 +10,7 @@ import logging
 import socket
 import urllib.request
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,22 @@ def test_yaml_example_of_docs_loads(make_project: Any) -> None:
     project = yaml.safe_load(block)
     cfg = load_project(make_project(project={"name": "test", **project}), env={}).config.metrics
     assert cfg.pushgateway and cfg.port
+
+
+def test_freshness_is_the_newest_timestamp_cursor_landed(lake: Any, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "shop.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, updated_at DATETIME)")
+    con.executemany("INSERT INTO orders VALUES (?, ?)", [(1, "2026-03-01 10:00:00"), (2, "2026-03-01 12:30:00"), (3, "2026-03-01 11:00:00")])
+    con.commit()
+    con.close()
+    pipe = {"source": {"type": "sql", "url": f"sqlite:///{db}", "table": "orders", "cursor": "updated_at"}, "target": {"table": "raw.orders"}, "batch_size": 2}
+    lk = lake({"orders": pipe})
+    obs = MetricsObserver()
+    res = lk.run("orders", observers=[obs])
+    assert res.rows_committed == 3 and len(res.batches) == 2
+    newest = _value(obs, "icefield_newest_cursor_timestamp_seconds", pipeline="orders", table="raw.orders")
+    assert newest == datetime(2026, 3, 1, 12, 30, tzinfo=UTC).timestamp()
+    assert max(b.cursor_time for b in res.batches if b.cursor_time is not None).timestamp() == newest

@@ -125,7 +125,8 @@ class BatchCommitted(Event):
     """A batch ended: committed as ``snapshot_id`` (None when it changed no data and only the position moved),
     or ``skipped`` because an earlier run committed it (its counts are then 0 but ``rows_in``). Conservation:
     ``rows_in == rows_committed + rows_quarantined + rows_filtered`` for a batch not skipped. ``stages`` are
-    seconds per stage (``checks``, ``quarantine``, ``write``...); ``seconds`` the whole batch."""
+    seconds per stage (``checks``, ``quarantine``, ``write``...); ``seconds`` the whole batch. ``cursor_time``
+    is the newest cursor value landed when the source's cursor is a timestamp (freshness), else None."""
 
     kind: ClassVar[str] = "batch_committed"
     table: str
@@ -150,6 +151,7 @@ class BatchCommitted(Event):
     failures_by_check: dict[str, int]
     stages: dict[str, float]
     seconds: float
+    cursor_time: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

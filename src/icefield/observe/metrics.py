@@ -38,7 +38,6 @@ from icefield.observe.events import (
     MaintenanceDone,
     NodeSkipped,
     RunFinished,
-    RunStarted,
     SchemaChanged,
 )
 
@@ -74,7 +73,7 @@ class MetricsObserver:
     - ``icefield_run_failed`` (gauge: 1 when the latest run failed, else 0), ``icefield_batch_held`` (gauge:
       1 while a batch of the latest run is held on the audit branch), ``icefield_last_run_timestamp_seconds``,
       ``icefield_last_success_timestamp_seconds``, ``icefield_last_commit_timestamp_seconds`` (gauges, Unix
-      time);
+      time), ``icefield_newest_cursor_timestamp_seconds`` (the newest timestamp cursor landed: freshness);
     - ``icefield_last_run_rows_{in,committed,quarantined,filtered}`` (gauges: the latest run's counts);
     - ``icefield_gate_results_total{gate,status}``, ``icefield_batches_held_total``,
       ``icefield_batches_published_total``, ``icefield_schema_changes_total``,
@@ -86,7 +85,7 @@ class MetricsObserver:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
-        self._tables: dict[str, str] = {}  # pipeline -> its table, from run_started (errors carry no table)
+        self._newest: dict[tuple[str, str], float] = {}  # the newest cursor time per (pipeline, table)
         r = self.registry
         pt = PIPELINE_TABLE
         self.rows = {
@@ -121,6 +120,12 @@ class MetricsObserver:
         self.last_commit = Gauge(
             "icefield_last_commit_timestamp_seconds", "When the latest batch with rows was committed (Unix time).", pt, registry=r
         )
+        self.newest_cursor = Gauge(
+            "icefield_newest_cursor_timestamp_seconds",
+            "The newest cursor value landed, when the source's cursor is a timestamp (Unix time).",
+            pt,
+            registry=r,
+        )
         self.last_run_rows = {
             name: Gauge(f"icefield_last_run_rows_{name}", f"Rows {name} by the latest run.", pt, registry=r)
             for name in ("in", "committed", "quarantined", "filtered")
@@ -141,9 +146,7 @@ class MetricsObserver:
             self._observe(event)
 
     def _observe(self, e: Event) -> None:
-        if isinstance(e, RunStarted):
-            self._tables[e.pipeline] = e.table
-        elif isinstance(e, BatchCommitted):
+        if isinstance(e, BatchCommitted):
             labels = (e.pipeline, e.table)
             self.batches.labels(*labels, "skipped" if e.skipped else "committed").inc()
             if e.skipped:  # an earlier run committed it: its rows are that run's
@@ -162,6 +165,10 @@ class MetricsObserver:
                 self.stage_seconds.labels(*labels, stage).observe(seconds)
             if e.snapshot_id is not None:
                 self.last_commit.labels(*labels).set(e.at.timestamp())
+            if e.cursor_time is not None:
+                newest = max(self._newest.get(labels, 0.0), e.cursor_time.timestamp())
+                self._newest[labels] = newest
+                self.newest_cursor.labels(*labels).set(newest)
         elif isinstance(e, GateEvaluated):
             self.gates.labels(e.pipeline, e.table, e.gate, e.status).inc()
         elif isinstance(e, BatchHeld):
