@@ -212,3 +212,31 @@ def test_freshness_is_the_newest_timestamp_cursor_landed(lake: Any, tmp_path: Pa
     newest = _value(obs, "icefield_newest_cursor_timestamp_seconds", pipeline="orders", table="raw.orders")
     assert newest == datetime(2026, 3, 1, 12, 30, tzinfo=UTC).timestamp()
     assert max(b.cursor_time for b in res.batches if b.cursor_time is not None).timestamp() == newest
+
+
+def test_metrics_show_exports_the_table_statistics_of_the_manifests(lake: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    lk = lake({"orders": ORDERS})
+    (lk.root / "data").mkdir()
+    for i in range(3):  # three runs, three small data files
+        (lk.root / "data" / f"{i}.jsonl").write_text(_orders([{"id": i * 10 + j, "amount": 1.0, "status": "paid"} for j in range(i + 1)]))
+        assert lk.run("orders").status == "success"
+    monkeypatch.chdir(lk.root)
+    res = CliRunner().invoke(cli, ["metrics", "show"])
+    assert res.exit_code == 0, res.output
+    got = {
+        (s.name, s.labels.get("table")): s.value
+        for family in text_string_to_metric_families(res.stdout) for s in family.samples
+    }
+    table = lk.table("raw.orders")
+    files = table.inspect.files().to_pylist()  # pyiceberg's own reading of the manifests
+    data = [f for f in files if f["content"] == 0]
+    assert got[("icefield_table_data_files", "raw.orders")] == len(data) == 3
+    assert got[("icefield_table_delete_files", "raw.orders")] == len(files) - len(data)
+    assert got[("icefield_table_small_files", "raw.orders")] == len(data)  # a few rows each: far below 0.75 of 512 MB
+    assert got[("icefield_table_bytes", "raw.orders")] == sum(f["file_size_in_bytes"] for f in files)
+    assert got[("icefield_table_records", "raw.orders")] == sum(f["record_count"] for f in data) == 6
+    assert got[("icefield_table_snapshots", "raw.orders")] == len(table.metadata.snapshots)
+    assert got[("icefield_table_stats_errors", None)] == 0
+    assert {t for _, t in got} >= {"raw.orders"}

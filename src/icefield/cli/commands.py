@@ -1,4 +1,5 @@
-"""The CLI commands: init, run, plan, tables, show, sql, checks, publish, discard, compact, expire, quarantine, demo."""
+"""The CLI commands: init, run, plan, tables, show, sql, checks, publish, discard, compact, expire, quarantine,
+metrics, demo."""
 
 from __future__ import annotations
 
@@ -789,6 +790,55 @@ def quarantine_replay(out: Output, table: str, pipeline: str | None, dry_run: bo
     )
     if res.failures_by_check:
         out.print("still failing: {counts}", counts=_counts(res.failures_by_check))
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+@cli.group()
+def metrics() -> None:
+    """Prometheus metrics of the tables (docs/metrics.md): data files, delete files, small files, bytes,
+    records and snapshots per table, read from the manifests."""
+
+
+def _table_stats_registry(out: Output) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from icefield.catalog import open_catalog
+    from icefield.inspect import TableStatsCollector
+    from icefield.write.compact import MIN_FILE_RATIO
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TableStatsCollector(open_catalog(out.project()), MIN_FILE_RATIO))  # type: ignore[arg-type]
+    return registry
+
+
+@metrics.command("serve")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=9465, show_default=True, help="The port of /metrics (0: a free one).")
+@click.option("--host", default=None, help="The address to bind (default: metrics.host of icefield.yaml, 127.0.0.1).")
+@pass_out
+@guarded
+def metrics_serve(out: Output, port: int, host: str | None) -> None:
+    """Serve the tables' statistics on http://HOST:PORT/metrics until Ctrl-C or SIGTERM; every scrape reads
+    the catalog and the current snapshot's manifests of each table."""
+    from icefield.observe.metrics import serve
+
+    registry = _table_stats_registry(out)
+    stop = _stop_on_signals()
+    with serve(registry, host or out.project().config.metrics.host, port) as server:
+        out.print("Serving table statistics on {url} (Ctrl-C stops)", url=server.url)
+        stop.wait()
+
+
+@metrics.command("show")
+@pass_out
+@guarded
+def metrics_show(out: Output) -> None:
+    """Print the tables' statistics once, in Prometheus' text format (for node_exporter's textfile collector,
+    or a look)."""
+    from prometheus_client import generate_latest
+
+    click.echo(generate_latest(_table_stats_registry(out)).decode(), nl=False)
 
 
 def _counts(counts: dict[str, int]) -> str:
