@@ -137,3 +137,66 @@ def test_a_failing_run_alerts_through_alertmanager_and_a_successful_run_resolves
     assert scraped("icefield_run_failed") == 0
     # 1 of 3 rows quarantined is above the 5% threshold: that alert fires too.
     _wait("IcefieldQuarantineRateHigh firing", lambda: stack.webhook.received("IcefieldQuarantineRateHigh", "firing", **labels))
+
+
+def _produce(bootstrap: str, topic: str, ids: range) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    for i in ids:
+        producer.produce(topic, value=json.dumps({"id": i, "status": "paid"}).encode(), key=str(i).encode())
+    assert producer.flush(30) == 0
+
+
+def _scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    return {
+        s.name: s.value
+        for f in text_string_to_metric_families(text) for s in f.samples
+        if s.labels.get("pipeline") == "events" and s.labels.get("table") == "raw.events" and len(s.labels) == 2
+    }
+
+
+@pytest.mark.kafka
+def test_a_following_run_serves_its_metrics_on_127_0_0_1(kafka_server: Any, kafka_topic: Any, tmp_path: Path) -> None:
+    import signal
+
+    from tests.conftest import free_port
+
+    topic = kafka_topic(partitions=1)
+    _produce(kafka_server.bootstrap_servers, topic, range(20))
+    root = tmp_path / "proj"
+    (root / "pipelines").mkdir(parents=True)
+    port = free_port()
+    (root / "icefield.yaml").write_text(yaml.safe_dump({"name": "streams", "metrics": {"port": port}}), encoding="utf-8")
+    pipe = {
+        "name": "events",
+        "source": {"type": "kafka", "bootstrap_servers": kafka_server.bootstrap_servers, "topic": topic, "max_wait_seconds": 0.5},
+        "target": {"table": "raw.events"},
+        "batch_size": 10_000,
+    }
+    (root / "pipelines" / "events.yaml").write_text(yaml.safe_dump(pipe), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icefield", "--project", str(root), "run", "events", "--follow", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        _wait("20 rows on /metrics", lambda: _scrape(url).get("icefield_rows_committed_total") == 20, timeout=60)
+        _produce(kafka_server.bootstrap_servers, topic, range(20, 25))
+        _wait("25 rows on /metrics", lambda: _scrape(url).get("icefield_rows_committed_total") == 25, timeout=60)
+        batches = _scrape(url).get("icefield_batch_duration_seconds_count")
+        assert batches is not None and batches >= 2  # one batch at least per produce
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["results"][0]["rows_committed"] == 25
+    assert _scrape(url) == {}, "the server stops with the run"
