@@ -267,7 +267,8 @@ class Alertmanager(_Binary):
 class Prometheus(_Binary):
     """Prometheus on 127.0.0.1 only: scrapes ``pushgateway`` every ``scrape_interval``, evaluates ``rules``
     (default the project's rules file) every ``evaluation_interval`` and alerts ``alertmanager``. Both
-    default to the stack's services (their ports from the environment)."""
+    default to the stack's services (their ports from the environment). ``targets`` adds scrape jobs: job
+    name to ``host:port`` list (a following run's ``/metrics``, ``icefield metrics serve``)."""
 
     name = "prometheus"
     binary = "prometheus"
@@ -285,6 +286,7 @@ class Prometheus(_Binary):
         rules: list[Path] | None = None,
         scrape_interval: str = "15s",
         evaluation_interval: str = "15s",
+        targets: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__(base_dir, port=port, fast=fast)
         self.pushgateway = pushgateway or Pushgateway(self.base_dir)
@@ -292,6 +294,7 @@ class Prometheus(_Binary):
         self.rules = rules if rules is not None else [RULES_FILE]
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
+        self.targets = dict(targets or {})
 
     @property
     def config_file(self) -> Path:
@@ -309,7 +312,8 @@ class Prometheus(_Binary):
                     "job_name": "pushgateway",
                     "honor_labels": True,  # keep the job and pipeline labels the runs pushed
                     "static_configs": [{"targets": [f"{self.pushgateway.host}:{self.pushgateway.port}"]}],
-                }
+                },
+                *({"job_name": job, "static_configs": [{"targets": list(hosts)}]} for job, hosts in self.targets.items()),
             ],
         }
         self.config_file.write_text(

@@ -241,21 +241,24 @@ class PrometheusStack:
     pushgateway: Pushgateway
     alertmanager: Alertmanager
     webhook: AlertWebhook
+    tables_port: int
+    """The port Prometheus scrapes ``icefield metrics serve`` on (job ``icefield-tables``); a test starts it."""
 
 
 @pytest.fixture(scope="session")
 def prometheus_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusStack]:
     """Pushgateway, Alertmanager (every alert to an in-test webhook, at once) and Prometheus (scraping the
-    Pushgateway and evaluating the project's rules every second), each on a free port of 127.0.0.1 in a
+    Pushgateway and ``tables_port``, evaluating the project's rules every second), each on a free port of 127.0.0.1 in a
     temporary state dir, stopped at the end. Raises (a fixture error, never a skip) if Debian's packages are
     missing or a server does not start."""
     base = tmp_path_factory.mktemp("stack")
     webhook = AlertWebhook()
     pushgateway = Pushgateway(base, port=_free_port())
     alertmanager = Alertmanager(base, port=_free_port(), webhook=webhook.url)
+    tables_port = _free_port()
     prometheus = Prometheus(
         base, port=_free_port(), pushgateway=pushgateway, alertmanager=alertmanager,
-        scrape_interval="1s", evaluation_interval="1s",
+        scrape_interval="1s", evaluation_interval="1s", targets={"icefield-tables": [f"{LOCALHOST}:{tables_port}"]},
     )
     started: list[Any] = []
     try:
@@ -263,7 +266,7 @@ def prometheus_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prome
             if server.start():  # stopped at the end even when it never becomes ready
                 started.append(server)
             server.wait_ready(PROMETHEUS_READY_TIMEOUT)
-        yield PrometheusStack(prometheus, pushgateway, alertmanager, webhook)
+        yield PrometheusStack(prometheus, pushgateway, alertmanager, webhook, tables_port)
     finally:
         for server in reversed(started):
             server.stop()

@@ -59,10 +59,10 @@ def test_the_stack_prometheus_configuration_is_valid(prometheus_stack: Prometheu
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def _project(root: Path, gateway: str) -> Path:
+def _project(root: Path, gateway: str, job: str = "icefield-test") -> Path:
     (root / "pipelines").mkdir(parents=True)
     (root / "icefield.yaml").write_text(
-        yaml.safe_dump({"name": "alerting", "metrics": {"pushgateway": gateway, "job": "icefield-test"}}), encoding="utf-8"
+        yaml.safe_dump({"name": "alerting", "metrics": {"pushgateway": gateway, "job": job}}), encoding="utf-8"
     )
     pipe = {
         "name": "orders",
@@ -200,3 +200,37 @@ def test_a_following_run_serves_its_metrics_on_127_0_0_1(kafka_server: Any, kafk
     assert proc.returncode == 0, stderr[-3000:]
     assert json.loads(stdout)["results"][0]["rows_committed"] == 25
     assert _scrape(url) == {}, "the server stops with the run"
+
+
+def test_prometheus_scrapes_the_table_statistics_of_metrics_serve(prometheus_stack: PrometheusStack, tmp_path: Path) -> None:
+    import signal
+
+    stack = prometheus_stack
+    root = _project(tmp_path / "proj", stack.pushgateway.url(), job="icefield-tables-test")
+    con = sqlite3.connect(root / "shop.db")
+    con.execute("create table orders (id integer primary key, status text)")
+    for i in range(3):  # three runs: three data files
+        con.execute("insert into orders values (?, 'paid')", (i,))
+        con.commit()
+        assert _icefield(root, "run")[0] == 0
+    con.close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icefield", "--project", str(root), "metrics", "serve", "--port", str(stack.tables_port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        def stat(name: str) -> float | None:
+            rows = _query(stack, f'{name}{{job="icefield-tables",table="raw.orders"}}')
+            return float(rows[0]["value"][1]) if rows else None
+
+        _wait("icefield_table_data_files scraped", lambda: stat("icefield_table_data_files") == 3)
+        assert stat("icefield_table_records") == 3
+        assert stat("icefield_table_small_files") == 3
+        assert stat("icefield_table_delete_files") == 0
+        snapshots = stat("icefield_table_snapshots")
+        assert snapshots is not None and snapshots >= 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr[-3000:]
