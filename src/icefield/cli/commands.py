@@ -149,12 +149,14 @@ def run(
     if metrics_port is not None and not follow:
         raise ConfigError("--metrics-port serves the metrics of a following run: add --follow, or drop --metrics-port")
     stop = _stop_on_signals() if follow else None
-    with _Metrics(project, follow, metrics_port) as metrics, _Progress(out) as progress:
+    from icefield.observe.metrics import run_metrics
+
+    with run_metrics(project.config.metrics, project.root, follow=follow, port=metrics_port) as observers, _Progress(out) as progress:
         try:
             done = run_plan(
                 project, the_plan, catalog, wait=wait_s, follow=follow, stop=stop,
                 on_start=progress.start, on_batch=progress.batch, on_result=progress.done, window=window,
-                observers=metrics.observers,
+                observers=observers,
             )
         except InterruptedRunError as stopped:
             done = stopped.result  # type: ignore[attr-defined]
@@ -239,45 +241,6 @@ class _Progress:
         if self.progress is not None and self.task is not None:
             self.progress.remove_task(self.task)
             self.task = None
-
-
-class _Metrics:
-    """The Prometheus side of ``run``: a metrics observer when the project pushes to a Pushgateway
-    (``metrics.pushgateway``) or a following run serves ``/metrics`` (``metrics.port`` or ``--metrics-port``).
-    On exit a run that did not follow pushes (failures are logged by :func:`icefield.observe.metrics.push`)
-    and the server stops."""
-
-    def __init__(self, project: Any, follow: bool, port: int | None) -> None:
-        self.config = project.config.metrics
-        self.root = project.root
-        self.port = port if port is not None else self.config.port if follow else None
-        self.gateway = self.config.pushgateway if not follow else None
-        self.observer: Any = None
-        self.server: Any = None
-
-    @property
-    def observers(self) -> list[Any]:
-        return [self.observer] if self.observer is not None else []
-
-    def __enter__(self) -> _Metrics:
-        if self.gateway is None and self.port is None:
-            return self
-        from icefield.observe.metrics import MetricsObserver, serve
-
-        self.observer = MetricsObserver()
-        if self.port is not None:
-            self.server = serve(self.observer.registry, self.config.host, self.port)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.server is not None:
-            self.server.close()
-        if self.gateway is not None and self.observer is not None:
-            from icefield.config.secrets import resolve
-            from icefield.observe.metrics import push
-
-            gateway = resolve(self.gateway, where="icefield.yaml: metrics.pushgateway", base_dir=self.root)
-            push(self.observer, gateway, self.config.job, timeout=self.config.timeout)
 
 
 def _stop_on_signals() -> threading.Event:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import push_to_gateway, start_http_server
@@ -28,6 +30,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from icefield.errors import ConfigError
+
+if TYPE_CHECKING:
+    from icefield.config.models import MetricsConfig
 from icefield.observe.events import (
     BatchCommitted,
     BatchHeld,
@@ -43,7 +48,7 @@ from icefield.observe.events import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MetricsObserver", "MetricsServer", "PIPELINE_TABLE", "push", "serve"]
+__all__ = ["MetricsObserver", "MetricsServer", "PIPELINE_TABLE", "push", "run_metrics", "serve"]
 
 PIPELINE_TABLE = ("pipeline", "table")
 
@@ -305,3 +310,31 @@ def samples(registry: CollectorRegistry, name: str) -> Iterator[tuple[dict[str, 
         for s in family.samples:
             if s.name == name:
                 yield dict(s.labels), s.value
+
+
+@contextmanager
+def run_metrics(
+    config: MetricsConfig, base_dir: Path, *, follow: bool = False, port: int | None = None
+) -> Iterator[list[MetricsObserver]]:
+    """The metrics of a run as the project configures them (``metrics:`` of ``icefield.yaml``): yields the
+    observers to register on the run, none when the project neither pushes nor serves. A run that does not
+    follow pushes to ``config.pushgateway`` when the block ends (however it ends; a failed push is logged); a
+    following run serves ``/metrics`` on ``port`` (else ``config.port``) at ``config.host`` during the block.
+    ``base_dir`` is the project folder (secret references in the Pushgateway URL are resolved from it).
+    Raises :class:`~icefield.errors.ConfigError` when the port cannot be bound."""
+    from icefield.config.secrets import resolve
+
+    port = port if port is not None else config.port if follow else None
+    gateway = config.pushgateway if not follow else None
+    if gateway is None and port is None:
+        yield []
+        return
+    observer = MetricsObserver()
+    server = serve(observer.registry, config.host, port) if port is not None else None
+    try:
+        yield [observer]
+    finally:
+        if server is not None:
+            server.close()
+        if gateway is not None:
+            push(observer, resolve(gateway, where="icefield.yaml: metrics.pushgateway", base_dir=base_dir), config.job, config.timeout)

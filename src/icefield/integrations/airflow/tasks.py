@@ -88,7 +88,10 @@ def run_node(
     kwargs: dict[str, Any] = {}
     if window is not None:
         kwargs["window"] = window
-    done = run_plan(project, Plan((node,)), wait=wait, **kwargs)
+    from icefield.observe.metrics import run_metrics
+
+    with run_metrics(project.config.metrics, project.root) as observers:  # pushes when metrics.pushgateway is set
+        done = run_plan(project, Plan((node,)), wait=wait, observers=observers, **kwargs)
     result = done.results[0]
     if done.error is None:
         log.info("%s: %s", node_id, summary(result))
