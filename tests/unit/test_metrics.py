@@ -240,3 +240,57 @@ def test_metrics_show_exports_the_table_statistics_of_the_manifests(lake: Any, m
     assert got[("icefield_table_snapshots", "raw.orders")] == len(table.metadata.snapshots)
     assert got[("icefield_table_stats_errors", None)] == 0
     assert {t for _, t in got} >= {"raw.orders"}
+
+
+class _CommitsFirst:
+    """Wraps the real catalog: before the next commit of the run goes through, ``before()`` commits to the
+    same table (a concurrent writer), so the run's commit meets a real conflict and is retried."""
+
+    def __init__(self, inner: Any, before: Any) -> None:
+        self.inner = inner
+        self.before = before
+        self.fired = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def load_table(self, ident: Any) -> Any:
+        table = self.inner.load_table(ident)
+        table.catalog = self
+        return table
+
+    def commit_table(self, table: Any, requirements: Any, updates: Any) -> Any:
+        if not self.fired:
+            self.fired = True
+            self.before()
+        return self.inner.commit_table(table, requirements, updates)
+
+
+def test_commit_retries_are_counted_where_the_commit_retries(lake: Any) -> None:
+    import pyarrow as pa
+
+    from icefield import run_pipeline
+    from icefield.config.models import TargetConfig
+    from icefield.engines.local import LocalEngine
+    from icefield.write import TableWriter
+
+    lk = lake({"orders": ORDERS})
+    (lk.root / "data").mkdir()
+    (lk.root / "data" / "a.jsonl").write_text(_orders([{"id": 1, "amount": 1.0, "status": "paid"}]))
+    assert lk.run("orders").status == "success"  # the table exists
+
+    def concurrent() -> None:
+        other = TableWriter(lk.catalog, TargetConfig(table="raw.orders"), "other", LocalEngine())
+        schema = lk.table("raw.orders").schema().as_arrow()
+        row = {f.name: None for f in schema}
+        row.update(id=99, amount=2.0, status="paid")
+        other.commit(pa.Table.from_pylist([row], schema=schema), "concurrent-batch", None, "other-run")
+
+    (lk.root / "data" / "b.jsonl").write_text(_orders([{"id": 2, "amount": 1.0, "status": "paid"}]))
+    obs = MetricsObserver()
+    wrapped = _CommitsFirst(lk.catalog, concurrent)
+    res = run_pipeline(lk.project(), "orders", catalog=wrapped, observers=[obs])
+    assert res.status == "success" and wrapped.fired
+    assert [b.commit_conflicts for b in res.batches] == [1]
+    assert _value(obs, "icefield_commit_retries_total", pipeline="orders", table="raw.orders") == 1
+    assert sorted(r["id"] for r in lk.rows("raw.orders")) == [1, 2, 99]

@@ -126,7 +126,8 @@ class BatchCommitted(Event):
     or ``skipped`` because an earlier run committed it (its counts are then 0 but ``rows_in``). Conservation:
     ``rows_in == rows_committed + rows_quarantined + rows_filtered`` for a batch not skipped. ``stages`` are
     seconds per stage (``checks``, ``quarantine``, ``write``...); ``seconds`` the whole batch. ``cursor_time``
-    is the newest cursor value landed when the source's cursor is a timestamp (freshness), else None."""
+    is the newest cursor value landed when the source's cursor is a timestamp (freshness), else None;
+    ``commit_conflicts`` the attempts of its commit that met a concurrent commit and were retried."""
 
     kind: ClassVar[str] = "batch_committed"
     table: str
@@ -151,6 +152,7 @@ class BatchCommitted(Event):
     failures_by_check: dict[str, int]
     stages: dict[str, float]
     seconds: float
+    commit_conflicts: int = 0
     cursor_time: datetime | None = None
 
 

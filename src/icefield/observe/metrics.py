@@ -83,7 +83,8 @@ class MetricsObserver:
     - ``icefield_gate_results_total{gate,status}``, ``icefield_batches_held_total``,
       ``icefield_batches_published_total``, ``icefield_schema_changes_total``,
       ``icefield_maintenance_total{operation}``, ``icefield_nodes_skipped_total``;
-    - ``icefield_run_errors_total{pipeline,error_type}`` and ``icefield_commit_conflicts_total{pipeline}``
+    - ``icefield_commit_retries_total`` (commit attempts of committed batches that met a concurrent commit),
+      ``icefield_run_errors_total{pipeline,error_type}`` and ``icefield_commit_conflicts_total{pipeline}``
       (runs ended by a commit conflict that outlasted the retries).
     """
 
@@ -142,6 +143,9 @@ class MetricsObserver:
         self.maintenance = Counter("icefield_maintenance", "Maintenance operations done between batches.", (*pt, "operation"), registry=r)
         self.skipped = Counter("icefield_nodes_skipped", "Plan nodes not run because a node they read failed.", pt, registry=r)
         self.errors = Counter("icefield_run_errors", "Errors that ended a run, by type.", ("pipeline", "error_type"), registry=r)
+        self.retries = Counter(
+            "icefield_commit_retries", "Commit attempts of batches that met a concurrent commit and were retried.", pt, registry=r
+        )
         self.conflicts = Counter(
             "icefield_commit_conflicts", "Runs ended by a commit conflict that outlasted the retries.", ("pipeline",), registry=r
         )
@@ -165,6 +169,7 @@ class MetricsObserver:
             self.bytes_added.labels(*labels).inc(e.bytes_added)
             self.bytes_removed.labels(*labels).inc(e.bytes_removed)
             self.bytes_read.labels(*labels).inc(e.bytes_read)
+            self.retries.labels(*labels).inc(e.commit_conflicts)
             self.batch_seconds.labels(*labels).observe(e.seconds)
             for stage, seconds in e.stages.items():
                 self.stage_seconds.labels(*labels, stage).observe(seconds)

@@ -553,6 +553,7 @@ def _run_batch(
         bytes_removed=wr.bytes_removed,
         bytes_read=wr.bytes_read,
         stages=clock.stages,
+        commit_conflicts=wr.commit_conflicts,
         cursor_time=cursor_time(batch.position) if window is None else None,
     )
     emit_batch(events, pipe.target.table, res)
