@@ -224,7 +224,8 @@ class MetricsObserver:
 
 
 class _PipelineView(Collector):
-    """The samples of one pipeline in another registry (what one Pushgateway group holds)."""
+    """The samples of one pipeline in another registry (what one Pushgateway group holds), without the
+    ``*_created`` series (a pushed group is one run's: its creation times say nothing more)."""
 
     def __init__(self, source: CollectorRegistry, pipeline: str) -> None:
         self.source = source
@@ -232,7 +233,9 @@ class _PipelineView(Collector):
 
     def collect(self) -> Iterable[Metric]:
         for family in self.source.collect():
-            samples = [s for s in family.samples if s.labels.get("pipeline") == self.pipeline]
+            samples = [
+                s for s in family.samples if s.labels.get("pipeline") == self.pipeline and not s.name.endswith("_created")
+            ]
             if samples:
                 out = Metric(family.name, family.documentation, family.type, family.unit)
                 out.samples = samples
