@@ -43,7 +43,7 @@ test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Ic
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Run the tests that need no server
-	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not hive and not s3 and not airflow and not trino and not slow and not packaging" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not hive and not s3 and not airflow and not trino and not prometheus and not slow and not packaging" $(PYTEST_ARGS)
 
 .PHONY: test-long
 test-long: $(STAMP) ## Run the long reliability variants
