@@ -149,14 +149,16 @@ def run(
     if metrics_port is not None and not follow:
         raise ConfigError("--metrics-port serves the metrics of a following run: add --follow, or drop --metrics-port")
     stop = _stop_on_signals() if follow else None
+    from icefield.observe.configured import configured_observers
     from icefield.observe.metrics import run_metrics
 
-    with run_metrics(project.config.metrics, project.root, follow=follow, port=metrics_port) as observers, _Progress(out) as progress:
+    lineage = configured_observers(project)
+    with run_metrics(project.config.metrics, project.root, follow=follow, port=metrics_port) as metrics, _Progress(out) as progress:
         try:
             done = run_plan(
                 project, the_plan, catalog, wait=wait_s, follow=follow, stop=stop,
                 on_start=progress.start, on_batch=progress.batch, on_result=progress.done, window=window,
-                observers=observers,
+                observers=[*lineage, *metrics],
             )
         except InterruptedRunError as stopped:
             done = stopped.result  # type: ignore[attr-defined]
