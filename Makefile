@@ -43,7 +43,7 @@ test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Ic
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Run the tests that need no server
-	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not hive and not s3 and not airflow and not trino and not slow and not packaging" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not hive and not s3 and not airflow and not trino and not prometheus and not slow and not packaging" $(PYTEST_ARGS)
 
 .PHONY: test-long
 test-long: $(STAMP) ## Run the long reliability variants
@@ -60,7 +60,7 @@ bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales the
 	$(BIN)/python -m bench
 
 .PHONY: stack-up
-stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark trino airflow"
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark trino airflow pushgateway alertmanager prometheus"
 	$(BIN)/python -m stack up $(SERVICES)
 
 .PHONY: stack-down

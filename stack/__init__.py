@@ -29,6 +29,17 @@ from .kafka import (
     Kafka,
 )
 from .postgres import PG_PORT_DEFAULT, PG_PORT_ENV, Postgres
+from .prometheus import (
+    ALERTMANAGER_PORT_DEFAULT,
+    ALERTMANAGER_PORT_ENV,
+    PROMETHEUS_PORT_DEFAULT,
+    PROMETHEUS_PORT_ENV,
+    PUSHGATEWAY_PORT_DEFAULT,
+    PUSHGATEWAY_PORT_ENV,
+    Alertmanager,
+    Prometheus,
+    Pushgateway,
+)
 from .rest_catalog import REST_PORT_DEFAULT, REST_PORT_ENV, RestCatalog
 from .s3 import S3_PORT_DEFAULT, S3_PORT_ENV, S3Account, S3Server, S3Settings
 from .spark_cluster import (
@@ -52,6 +63,9 @@ SERVICES: dict[str, type[Service]] = {
     SparkCluster.name: SparkCluster,
     Trino.name: Trino,
     Airflow.name: Airflow,
+    Pushgateway.name: Pushgateway,
+    Alertmanager.name: Alertmanager,
+    Prometheus.name: Prometheus,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -71,7 +85,10 @@ def get_service(name: str, **options: Any) -> Service:
 __all__ = [
     "AIRFLOW_PORT_DEFAULT",
     "AIRFLOW_PORT_ENV",
+    "ALERTMANAGER_PORT_DEFAULT",
+    "ALERTMANAGER_PORT_ENV",
     "Airflow",
+    "Alertmanager",
     "CONNECT_PORT_DEFAULT",
     "CONNECT_PORT_ENV",
     "Connect",
@@ -85,6 +102,12 @@ __all__ = [
     "Kafka",
     "PG_PORT_DEFAULT",
     "PG_PORT_ENV",
+    "PROMETHEUS_PORT_DEFAULT",
+    "PROMETHEUS_PORT_ENV",
+    "PUSHGATEWAY_PORT_DEFAULT",
+    "PUSHGATEWAY_PORT_ENV",
+    "Prometheus",
+    "Pushgateway",
     "REST_PORT_DEFAULT",
     "REST_PORT_ENV",
     "SERVICES",

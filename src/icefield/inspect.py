@@ -1,12 +1,16 @@
-"""Read-only views of the catalog for people and scripts: table descriptions (queries: :mod:`icefield.query`)."""
+"""Read-only views of the catalog for people and scripts: table descriptions and statistics (queries:
+:mod:`icefield.query`)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
+
+log = logging.getLogger(__name__)
 
 
 def describe_table(catalog: Catalog, name: str, max_snapshots: int = 20) -> dict[str, Any]:
@@ -70,3 +74,82 @@ def _storage(summary: Any, snapshots: int) -> dict[str, Any]:
         "bytes": total("total-files-size"),
         "snapshots": snapshots,
     }
+
+
+TABLE_STATS = ("data_files", "delete_files", "small_files", "bytes", "records", "snapshots")
+"""The statistics :func:`table_stats` reads per table (``icefield metrics serve`` exports them)."""
+
+
+def table_stats(table: Any, small_file_bytes: float) -> dict[str, int]:
+    """Statistics of ``table``'s current snapshot, read from its manifests: live data files, delete files,
+    data files smaller than ``small_file_bytes``, bytes of all live files, records in the data files (before
+    deletes are applied), and the snapshots the metadata keeps. All 0 but ``snapshots`` for an empty table."""
+    stats = dict.fromkeys(TABLE_STATS, 0)
+    stats["snapshots"] = len(table.metadata.snapshots)
+    snap = table.current_snapshot()
+    if snap is None:
+        return stats
+    for manifest in snap.manifests(table.io):
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            f = entry.data_file
+            stats["bytes"] += f.file_size_in_bytes
+            if int(f.content) == 0:  # DataFileContent.DATA
+                stats["data_files"] += 1
+                stats["records"] += f.record_count
+                stats["small_files"] += f.file_size_in_bytes < small_file_bytes
+            else:
+                stats["delete_files"] += 1
+    return stats
+
+
+def small_file_bytes(table: Any, ratio: float) -> float:
+    """The size below which a data file of ``table`` is small: ``ratio`` of its target file size
+    (``write.target-file-size-bytes``; compaction's rule, :mod:`icefield.write.compact`)."""
+    from icefield.iceberg.datafiles import target_file_size
+
+    return ratio * target_file_size(table.metadata)
+
+
+class TableStatsCollector:
+    """A Prometheus collector of :func:`table_stats` for every table of ``catalog``, read at each scrape:
+    ``icefield_table_<stat>{table}`` gauges (``icefield_table_bytes``, ``icefield_table_small_files``...).
+    A table that cannot be read is logged and left out of that scrape; ``icefield_table_stats_errors`` counts
+    them per scrape."""
+
+    def __init__(self, catalog: Catalog, small_ratio: float) -> None:
+        self.catalog = catalog
+        self.small_ratio = small_ratio
+
+    def describe(self) -> list[Any]:
+        return []  # no eager collect when registered: the catalog is read at scrape time only
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from icefield.catalog import list_tables
+
+        help_ = {
+            "data_files": "Live data files of the table's current snapshot.",
+            "delete_files": "Live delete files (position and equality) of the current snapshot.",
+            "small_files": "Live data files smaller than the compaction threshold (0.75 of the target file size).",
+            "bytes": "Bytes of the live data and delete files of the current snapshot.",
+            "records": "Records in the live data files (before deletes are applied).",
+            "snapshots": "Snapshots the table's metadata keeps (history for time travel).",
+        }
+        families = {k: GaugeMetricFamily(f"icefield_table_{k}", help_[k], labels=["table"]) for k in TABLE_STATS}
+        errors = 0
+        for ident in list_tables(self.catalog):
+            name = ".".join(ident)
+            try:
+                table = self.catalog.load_table(ident)
+                stats = table_stats(table, small_file_bytes(table, self.small_ratio))
+            except Exception as e:  # one unreadable table leaves the others exported
+                errors += 1
+                log.warning("cannot read the statistics of %s: %s", name, e)
+                continue
+            for k, v in stats.items():
+                families[k].add_metric([name], v)
+        yield from families.values()
+        err = GaugeMetricFamily("icefield_table_stats_errors", "Tables whose statistics could not be read at this scrape.")
+        err.add_metric([], errors)
+        yield err

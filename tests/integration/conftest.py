@@ -28,10 +28,13 @@ from stack import (
     KAFKA_CONTROLLER_PORT_ENV,
     KAFKA_PORT_ENV,
     PG_PORT_ENV,
+    Alertmanager,
     Connect,
     HiveMetastore,
     Kafka,
     Postgres,
+    Prometheus,
+    Pushgateway,
     RestCatalog,
     Trino,
 )
@@ -43,6 +46,7 @@ CONNECT_READY_TIMEOUT = 180.0
 REST_READY_TIMEOUT = 120.0
 HIVE_READY_TIMEOUT = 180.0
 TRINO_READY_TIMEOUT = 300.0
+PROMETHEUS_READY_TIMEOUT = 60.0
 
 
 def _free_port() -> int:
@@ -184,6 +188,89 @@ def trino_server(pg_server: Postgres, trino_lake: TrinoLake, tmp_path_factory: p
         catalog_name=trino_lake.name,
     )
     yield from _running(server, TRINO_READY_TIMEOUT)
+
+
+class AlertWebhook:
+    """A webhook receiver for Alertmanager on 127.0.0.1 (``url``): keeps every alert it is sent, in order,
+    with the notification's status (``firing`` or ``resolved``) as ``alert["status"]``."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.alerts: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with hook.lock:
+                    hook.alerts.extend(body.get("alerts", []))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOCALHOST, 0), Handler)
+        self.url = f"http://{LOCALHOST}:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def received(self, alertname: str, status: str, **labels: str) -> list[dict[str, Any]]:
+        """The alerts received so far named ``alertname`` with ``status`` and ``labels``."""
+        with self.lock:
+            return [
+                a for a in self.alerts
+                if a.get("status") == status and a["labels"].get("alertname") == alertname
+                and all(a["labels"].get(k) == v for k, v in labels.items())
+            ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class PrometheusStack:
+    """Prometheus, the Pushgateway and Alertmanager of a test session, and the webhook Alertmanager sends to."""
+
+    prometheus: Prometheus
+    pushgateway: Pushgateway
+    alertmanager: Alertmanager
+    webhook: AlertWebhook
+    tables_port: int
+    """The port Prometheus scrapes ``icefield metrics serve`` on (job ``icefield-tables``); a test starts it."""
+
+
+@pytest.fixture(scope="session")
+def prometheus_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusStack]:
+    """Pushgateway, Alertmanager (every alert to an in-test webhook, at once) and Prometheus (scraping the
+    Pushgateway and ``tables_port``, evaluating the project's rules every second), each on a free port of 127.0.0.1 in a
+    temporary state dir, stopped at the end. Raises (a fixture error, never a skip) if Debian's packages are
+    missing or a server does not start."""
+    base = tmp_path_factory.mktemp("stack")
+    webhook = AlertWebhook()
+    pushgateway = Pushgateway(base, port=_free_port())
+    alertmanager = Alertmanager(base, port=_free_port(), webhook=webhook.url)
+    tables_port = _free_port()
+    prometheus = Prometheus(
+        base, port=_free_port(), pushgateway=pushgateway, alertmanager=alertmanager,
+        scrape_interval="1s", evaluation_interval="1s", targets={"icefield-tables": [f"{LOCALHOST}:{tables_port}"]},
+    )
+    started: list[Any] = []
+    try:
+        for server in (pushgateway, alertmanager, prometheus):
+            if server.start():  # stopped at the end even when it never becomes ready
+                started.append(server)
+            server.wait_ready(PROMETHEUS_READY_TIMEOUT)
+        yield PrometheusStack(prometheus, pushgateway, alertmanager, webhook, tables_port)
+    finally:
+        for server in reversed(started):
+            server.stop()
+        webhook.close()
 
 
 def _read(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""The CLI commands: init, run, plan, tables, show, sql, checks, publish, discard, compact, expire, quarantine, demo."""
+"""The CLI commands: init, run, plan, tables, show, sql, checks, publish, discard, compact, expire, quarantine,
+metrics, demo."""
 
 from __future__ import annotations
 
@@ -98,10 +99,17 @@ def init(out: Output, directory: Path, name: str | None) -> None:
     help="Backfill one pipeline for START..END (ISO dates or timestamps, UTC, end exclusive, aligned to the "
     "pipeline's window.size): replace exactly that window's rows, leaving its position alone.",
 )
+@click.option(
+    "--metrics-port", "metrics_port", type=click.IntRange(min=0, max=65535), default=None,
+    help="With --follow: serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: metrics.port "
+    "of icefield.yaml; 0 picks a free port).",
+)
 @json_option
 @pass_out
 @guarded
-def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait: str, window: Any) -> None:
+def run(
+    out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait: str, window: Any, metrics_port: int | None
+) -> None:
     """Run pipelines and models in plan order (`icefield plan` shows it). Without NAMES: every pipeline and
     every model; with NAMES: only those.
 
@@ -112,7 +120,11 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait
 
     With --window START..END one pipeline (named) is backfilled for that interval instead: the rows whose
     window column (its `window:` key) lies in it are read again and replace the table's rows of the
-    interval, one commit per window of its size; its position, and what a regular run loads, are untouched."""
+    interval, one commit per window of its size; its position, and what a regular run loads, are untouched.
+
+    With metrics.pushgateway in icefield.yaml the run pushes its metrics there when it ends (a push that
+    fails is logged, never fails the run); a --follow run serves them on /metrics (metrics.port or
+    --metrics-port)."""
     from icefield.catalog import open_catalog
     from icefield.cli import INTERRUPTED
     from icefield.errors import ConfigError, InterruptedRunError
@@ -134,16 +146,19 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait
 
     wait_s = parse_age(wait)
     catalog = open_catalog(project)
+    if metrics_port is not None and not follow:
+        raise ConfigError("--metrics-port serves the metrics of a following run: add --follow, or drop --metrics-port")
     stop = _stop_on_signals() if follow else None
     from icefield.observe.configured import configured_observers
+    from icefield.observe.metrics import run_metrics
 
-    observers = configured_observers(project)
-    with _Progress(out) as progress:
+    lineage = configured_observers(project)
+    with run_metrics(project.config.metrics, project.root, follow=follow, port=metrics_port) as metrics, _Progress(out) as progress:
         try:
             done = run_plan(
                 project, the_plan, catalog, wait=wait_s, follow=follow, stop=stop,
                 on_start=progress.start, on_batch=progress.batch, on_result=progress.done, window=window,
-                observers=observers,
+                observers=[*lineage, *metrics],
             )
         except InterruptedRunError as stopped:
             done = stopped.result  # type: ignore[attr-defined]
@@ -740,6 +755,55 @@ def quarantine_replay(out: Output, table: str, pipeline: str | None, dry_run: bo
     )
     if res.failures_by_check:
         out.print("still failing: {counts}", counts=_counts(res.failures_by_check))
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+@cli.group()
+def metrics() -> None:
+    """Prometheus metrics of the tables (docs/metrics.md): data files, delete files, small files, bytes,
+    records and snapshots per table, read from the manifests."""
+
+
+def _table_stats_registry(out: Output) -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from icefield.catalog import open_catalog
+    from icefield.inspect import TableStatsCollector
+    from icefield.write.compact import MIN_FILE_RATIO
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TableStatsCollector(open_catalog(out.project()), MIN_FILE_RATIO))  # type: ignore[arg-type]
+    return registry
+
+
+@metrics.command("serve")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=9465, show_default=True, help="The port of /metrics (0: a free one).")
+@click.option("--host", default=None, help="The address to bind (default: metrics.host of icefield.yaml, 127.0.0.1).")
+@pass_out
+@guarded
+def metrics_serve(out: Output, port: int, host: str | None) -> None:
+    """Serve the tables' statistics on http://HOST:PORT/metrics until Ctrl-C or SIGTERM; every scrape reads
+    the catalog and the current snapshot's manifests of each table."""
+    from icefield.observe.metrics import serve
+
+    registry = _table_stats_registry(out)
+    stop = _stop_on_signals()
+    with serve(registry, host or out.project().config.metrics.host, port) as server:
+        out.print("Serving table statistics on {url} (Ctrl-C stops)", url=server.url)
+        stop.wait()
+
+
+@metrics.command("show")
+@pass_out
+@guarded
+def metrics_show(out: Output) -> None:
+    """Print the tables' statistics once, in Prometheus' text format (for node_exporter's textfile collector,
+    or a look)."""
+    from prometheus_client import generate_latest
+
+    click.echo(generate_latest(_table_stats_registry(out)).decode(), nl=False)
 
 
 def _counts(counts: dict[str, int]) -> str:

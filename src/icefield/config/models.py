@@ -178,6 +178,50 @@ class TrinoConfig(_Model):
         return self
 
 
+class MetricsConfig(_Model):
+    """Prometheus metrics of runs (``docs/metrics.md``).
+
+    ``pushgateway`` is the Pushgateway a batch run (``icefield run``) pushes its metrics to when it ends
+    (``http(s)://host:port``; unset: no push), under job ``job`` and one group per pipeline; ``port`` the
+    port a following run (``icefield run --follow``) serves ``/metrics`` on (unset: not served unless
+    ``--metrics-port`` is given), bound to ``host`` (127.0.0.1 by default: only this machine scrapes it);
+    ``timeout`` the seconds a push may take. A push that fails is logged and never fails the run."""
+
+    pushgateway: str | None = None
+    job: str = "icefield"
+    port: int | None = None
+    host: str = "127.0.0.1"
+    timeout: float = 10.0
+
+    @field_validator("pushgateway")
+    @classmethod
+    def _gateway(cls, v: str | None) -> str | None:
+        if v is not None and not has_reference(v) and not re.fullmatch(r"https?://[^/\s:]+(:\d+)?(/\S*)?", v):
+            raise ValueError(f"metrics.pushgateway {v!r} is not a Pushgateway URL; give e.g. http://127.0.0.1:9091")
+        return v.rstrip("/") if v is not None else None
+
+    @field_validator("job")
+    @classmethod
+    def _job(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", v):
+            raise ValueError(f"metrics.job {v!r} must be a plain name (letters, digits, _ . : -), e.g. icefield")
+        return v
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= 65535:
+            raise ValueError(f"metrics.port {v} is not a TCP port: give 1..65535, e.g. 9464")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"metrics.timeout {v} must be more than 0 seconds, e.g. 10")
+        return v
+
+
 class LineageConfig(_Model):
     """Where OpenLineage run events go (``lineage:`` in ``icefield.yaml``; see docs/lineage.md).
 
@@ -241,6 +285,8 @@ class ProjectConfig(_Model):
     """The scheduling every pipeline inherits, key by key, unless its own ``scheduling:`` sets the key."""
     cost: CostConfig = Field(default_factory=CostConfig)
     """Storage prices per class for ``icefield cost`` (:mod:`icefield.config.cost`)."""
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    """Prometheus: the Pushgateway batch runs push to, the port following runs serve ``/metrics`` on."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

@@ -7,8 +7,10 @@ a registry maps names to lazy loaders so optional backends import only when used
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +105,27 @@ def row_coords(label: str, names: list[str], row: tuple[Any, ...], keys: list[st
     if present:
         return f"{label} " + ",".join(f"{k}={row[names.index(k)]}" for k in present)
     return f"{label} row {index}"
+
+
+_DATETIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")
+
+
+def cursor_time(position: dict[str, Any] | None) -> dt.datetime | None:
+    """The newest cursor value a position holds when the cursor is a timestamp (a ``sql`` source's cursor
+    column of a date-time type, or text of the form ``YYYY-MM-DD HH:MM...``), in UTC (a value without a zone is read as UTC); None for any other
+    position. The freshness metric is measured from it (:mod:`icefield.observe.metrics`)."""
+    cursor = (position or {}).get("cursor")
+    if isinstance(cursor, dict) and cursor.get("t") == "datetime" and isinstance(cursor.get("v"), str):
+        text = cursor["v"]
+    elif isinstance(cursor, str) and _DATETIME_TEXT.match(cursor):  # SQLite keeps date-times as text
+        text = cursor
+    else:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 class LazyStrings(Sequence[str]):

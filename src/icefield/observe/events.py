@@ -134,7 +134,9 @@ class BatchCommitted(Event):
     """A batch ended: committed as ``snapshot_id`` (None when it changed no data and only the position moved),
     or ``skipped`` because an earlier run committed it (its counts are then 0 but ``rows_in``). Conservation:
     ``rows_in == rows_committed + rows_quarantined + rows_filtered`` for a batch not skipped. ``stages`` are
-    seconds per stage (``checks``, ``quarantine``, ``write``...); ``seconds`` the whole batch."""
+    seconds per stage (``checks``, ``quarantine``, ``write``...); ``seconds`` the whole batch. ``cursor_time``
+    is the newest cursor value landed when the source's cursor is a timestamp (freshness), else None;
+    ``commit_conflicts`` the attempts of its commit that met a concurrent commit and were retried."""
 
     kind: ClassVar[str] = "batch_committed"
     table: str
@@ -159,6 +161,8 @@ class BatchCommitted(Event):
     failures_by_check: dict[str, int]
     stages: dict[str, float]
     seconds: float
+    commit_conflicts: int = 0
+    cursor_time: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -151,6 +151,7 @@ def _run_model(
             files_removed=wr.files_removed,
             bytes_added=wr.bytes_added,
             bytes_removed=wr.bytes_removed,
+            commit_conflicts=wr.commit_conflicts,
             stages={"read": read, "commit": time.perf_counter() - started - read},
         )
         result.batches.append(res)

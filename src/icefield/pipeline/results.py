@@ -72,6 +72,11 @@ class BatchResult:
     bytes_read: int = 0
     stages: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: ``read`` (waiting for the source), ``schema``, ``checks``, ``quarantine``, ``commit``."""
+    commit_conflicts: int = 0
+    """Attempts of the batch's commit that met a concurrent commit and were planned again."""
+    cursor_time: datetime | None = None
+    """The newest cursor value the batch landed, when the source's cursor is a timestamp (a ``sql`` source
+    with a date-time cursor column); None otherwise."""
 
 
 @dataclass

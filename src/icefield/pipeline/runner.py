@@ -23,7 +23,7 @@ from icefield.errors import IcefieldError
 from icefield.iceberg.datafiles import RECENT
 from icefield.iceberg.history import read_position
 from icefield.iceberg.tables import load_table, table_identifier
-from icefield.ingest import SourceBatch, open_source
+from icefield.ingest import SourceBatch, cursor_time, open_source
 from icefield.ingest.ahead import read_ahead
 from icefield.ingest.coerce import conform
 from icefield.ingest.identity import source_ref
@@ -575,6 +575,8 @@ def _run_batch(
         bytes_removed=wr.bytes_removed,
         bytes_read=wr.bytes_read,
         stages=clock.stages,
+        commit_conflicts=wr.commit_conflicts,
+        cursor_time=cursor_time(batch.position) if window is None else None,
     )
     emit_batch(events, pipe.target.table, res)
     return res

@@ -11,6 +11,7 @@ batch id, never by deleting files.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hashlib
 import json
 import logging
@@ -109,6 +110,8 @@ class WriteResult:
     bytes_added: int = 0
     """Bytes of the files the commit added (data and delete files), from its snapshot's summary."""
     bytes_removed: int = 0
+    commit_conflicts: int = 0
+    """Attempts of this commit that met a concurrent commit and were planned again (0: the first landed)."""
 
 
 class TableWriter:
@@ -324,15 +327,23 @@ class TableWriter:
             return WriteResult(self.target.table, batch_id, rows, 0, 0, 0, snapshot_id, False, time.perf_counter() - started)
 
         first: Any = table  # a table, or None: the table does not exist yet (as self.load says)
-        return commit(
+        conflicts = 0
+
+        def conflicted() -> None:
+            nonlocal conflicts
+            conflicts += 1
+
+        result = commit(
             f"batch {batch_id} of {self.target.table}",
             self.load,
             attempt,
             table=first,
             landed=batch_landed(batch_id, landed, ref),
             retry=Retry(COMMIT_ATTEMPTS, COMMIT_SECONDS),
+            on_conflict=conflicted,
             advice="rerun to retry",
         )
+        return dataclasses.replace(result, commit_conflicts=conflicts) if conflicts else result
 
     def check_position(self, table: Table, batch_id: str) -> None:
         """Raise :class:`PositionMovedError` when ``table`` no longer holds :attr:`base_position` for this

@@ -89,9 +89,13 @@ def run_node(
     if window is not None:
         kwargs["window"] = window
     from icefield.observe.configured import configured_observers
+    from icefield.observe.metrics import run_metrics
 
-    # Lineage (lineage: in icefield.yaml) names this task, from the AIRFLOW_CTX_* variables, as the parent run.
-    done = run_plan(project, Plan((node,)), wait=wait, observers=configured_observers(project), **kwargs)
+    # Lineage (lineage: in icefield.yaml) names this task, from the AIRFLOW_CTX_* variables, as the parent run;
+    # metrics are pushed when metrics.pushgateway is set.
+    observers = configured_observers(project)
+    with run_metrics(project.config.metrics, project.root) as metrics:
+        done = run_plan(project, Plan((node,)), wait=wait, observers=[*observers, *metrics], **kwargs)
     result = done.results[0]
     if done.error is None:
         log.info("%s: %s", node_id, summary(result))
