@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from icefield.config.gates import GateConfig, parse_gates
+from icefield.config.logs import LogsConfig
 from icefield.config.scheduling import SchedulingConfig
 from icefield.config.secrets import has_reference
 from icefield.config.window import WindowConfig
@@ -194,6 +195,8 @@ class ProjectConfig(_Model):
     target_file_size_mb: int = Field(128, gt=0)
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
     """The scheduling every pipeline inherits, key by key, unless its own ``scheduling:`` sets the key."""
+    logs: LogsConfig = Field(default_factory=LogsConfig)
+    """Format, level, file and shipping of the log lines (:mod:`icefield.config.logs`)."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
