@@ -274,7 +274,8 @@ class VictoriaLogsHandler(logging.Handler):
                 if 400 <= e.code < 500 and e.code not in (408, 429):
                     break  # the store refuses these lines: sending them again cannot help
             except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, DNS
-                error = f"{type(e).__name__}: {e}"
+                cause = e.reason if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException) else e
+                error = f"{type(cause).__name__}: {cause}"
         self.dropped += len(batch)
         log.warning(
             "could not ship %d log lines to %s after %d attempts (%s); they are dropped, the run goes on and the "
