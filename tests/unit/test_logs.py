@@ -355,3 +355,31 @@ def test_the_shippers_own_warnings_are_not_shipped(store: _Store) -> None:
         logging.getLogger("icefield.logs").removeHandler(h)
         h.close()
     assert store.requests == []
+
+
+def test_an_airflow_task_adds_the_projects_file_and_shipper_for_its_run_only(
+    store: _Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In an Airflow task the process's logging is Airflow's: run_node adds the project's logs.file and
+    logs.ship beside it for the run (project_handlers), and takes them away after, flushed."""
+    from icefield.config.logs import LogsConfig
+    from icefield.observe.logs import project_handlers
+
+    for var, value in AIRFLOW_ENV.items():
+        monkeypatch.setenv(var, value)
+    config = LogsConfig.model_validate(
+        {"format": "json", "level": "info", "file": "logs/task.jsonl", "ship": {"url": store.url, "flush_seconds": 30}}
+    )
+    logger = logging.getLogger("icefield.test_logs.task")
+    logger.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    before = list(root.handlers)
+    with project_handlers(config, tmp_path), EventStream("run-10", "orders").running():
+        logger.info("in the task")
+        logger.debug("below logs.level")
+    assert root.handlers == before
+    logger.info("after the task")
+    (local,) = [json.loads(x) for x in (tmp_path / "logs" / "task.jsonl").read_text(encoding="utf-8").splitlines()]
+    (shipped,) = store.lines()  # shipped by the flush on leaving the block, not 30 s later
+    for doc in (local, shipped):
+        assert (doc["message"], doc["run_id"], doc["dag_id"], doc["try_number"]) == ("in the task", "run-10", "icefield_shop", 2)

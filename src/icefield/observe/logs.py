@@ -12,8 +12,9 @@ to VictoriaLogs.
   refuses is retried, then dropped with one warning on the ``icefield.logs`` logger (which the handler does
   not ship: it would only loop). :meth:`VictoriaLogsHandler.flush` (called by :func:`logging.shutdown` at
   exit) waits a bounded time for the queue to drain.
-- :func:`install_handlers` is for entry points (the CLI, an Airflow task): it replaces icefield's handlers on
-  the root logger by the ones a :class:`LogSettings` asks for.
+- :func:`install_handlers` is for the CLI: it replaces icefield's handlers on the root logger by the ones a
+  :class:`LogSettings` asks for; :func:`project_handlers` adds a project's file and shipper for the time of
+  an Airflow task, beside Airflow's own handlers.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from icefield.config.logs import INGEST_PATH, LogShipConfig
+from icefield.config.logs import INGEST_PATH, LogsConfig, LogShipConfig
 from icefield.config.secrets import redact, resolve
 from icefield.errors import ConfigError
 from icefield.observe import JsonFormatter, RedactingFilter, RedactingFormatter
@@ -43,8 +44,9 @@ __all__ = [
     "AirflowFilter",
     "LogSettings",
     "VictoriaLogsHandler",
-    "install_handlers",
     "ingest_url",
+    "install_handlers",
+    "project_handlers",
     "remove_handlers",
 ]
 
@@ -306,10 +308,11 @@ class LogSettings:
     ship_url: str | None = None
     base_dir: Path | None = None
 
-    def handlers(self, stderr: logging.Handler) -> list[logging.Handler]:
+    def handlers(self, stderr: logging.Handler | None) -> list[logging.Handler]:
         """The handlers these settings ask for, each with the redacting, run and Airflow filters: the file's
-        (or ``stderr``), then the shipper's. Raises :class:`ConfigError` when the file cannot be opened."""
-        local: logging.Handler
+        (else ``stderr``, unless None), then the shipper's. Raises :class:`ConfigError` when the file cannot be
+        opened."""
+        local: logging.Handler | None
         if self.file is not None:
             try:
                 self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -322,8 +325,9 @@ class LogSettings:
             local.setFormatter(JsonFormatter() if self.format == "json" else RedactingFormatter(FILE_TEXT_FORMAT))
         else:
             local = stderr
-            local.setFormatter(JsonFormatter() if self.format == "json" else RedactingFormatter(TEXT_FORMAT))
-        out = [local]
+            if local is not None:
+                local.setFormatter(JsonFormatter() if self.format == "json" else RedactingFormatter(TEXT_FORMAT))
+        out = [local] if local is not None else []
         if self.ship is not None or self.ship_url is not None:
             ship = self.ship or LogShipConfig(url=self.ship_url or "")
             out.append(VictoriaLogsHandler.from_config(ship, self.base_dir, url=self.ship_url))
@@ -355,15 +359,23 @@ def remove_handlers(handlers: Sequence[logging.Handler], logger: logging.Logger 
 
 
 @contextlib.contextmanager
-def handlers_installed(settings: LogSettings, stderr: logging.Handler | None = None) -> Iterator[list[logging.Handler]]:
-    """``settings``' handlers added to the root logger for the block (an Airflow task's run), then removed,
-    flushed and closed. Other handlers (Airflow's own) stay; the block's lines reach both."""
-    made = settings.handlers(stderr or logging.StreamHandler())
-    root = logging.getLogger()
+def project_handlers(config: LogsConfig, root: Path) -> Iterator[list[logging.Handler]]:
+    """For a program that runs a project inside a process whose logging it does not own (an Airflow task):
+    the ``logs.file`` and ``logs.ship`` handlers of ``config`` (``root`` the project folder) added to the
+    root logger for the block, at ``logs.level``, then removed, flushed and closed. The process's own
+    handlers (Airflow's task log) stay; nothing is added without ``file`` or ``ship``."""
+    file = None
+    if config.file is not None:
+        file = Path(config.file).expanduser()
+        file = file if file.is_absolute() else root / file
+    level = getattr(logging, config.level.upper())
+    settings = LogSettings(format=config.format, level=level, file=file, ship=config.ship, base_dir=root)
+    made = settings.handlers(None)
+    target = logging.getLogger()
     for h in made:
-        h.setLevel(settings.level)
-        root.addHandler(h)
+        h.setLevel(level)
+        target.addHandler(h)
     try:
         yield made
     finally:
-        remove_handlers(made, root)
+        remove_handlers(made, target)

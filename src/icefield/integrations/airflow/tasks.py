@@ -88,7 +88,11 @@ def run_node(
     kwargs: dict[str, Any] = {}
     if window is not None:
         kwargs["window"] = window
-    done = run_plan(project, Plan((node,)), wait=wait, **kwargs)
+    from icefield.observe.logs import project_handlers
+
+    # The project's logs.file and logs.ship beside Airflow's task log: JSON lines with the task's ids.
+    with project_handlers(project.config.logs, project.root):
+        done = run_plan(project, Plan((node,)), wait=wait, **kwargs)
     result = done.results[0]
     if done.error is None:
         log.info("%s: %s", node_id, summary(result))
