@@ -66,6 +66,8 @@ TIME_FIELD = "ts"
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 FILE_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _TAG = "_icefield"
+_NUDGE = "\x00nudge"
+"""Put on the shipping queue to wake the shipper (never a JSON line)."""
 
 
 class AirflowFilter(logging.Filter):
@@ -138,7 +140,7 @@ class VictoriaLogsHandler(logging.Handler):
         self._queue: queue.Queue[str] = queue.Queue(maxsize=queue_size)
         self._pending = 0  # lines queued or in a batch being posted
         self._done = threading.Condition()
-        self._wake = threading.Event()
+        self._hurry = 0  # flushes or a close in progress: the shipper takes what is queued without waiting
         self._closing = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -196,28 +198,39 @@ class VictoriaLogsHandler(logging.Handler):
 
     def flush(self) -> None:
         """Wait until every queued line is shipped or dropped, at most ``flush_timeout`` seconds."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None:
             return
         deadline = time.monotonic() + self.flush_timeout
-        self._wake.set()
         with self._done:
-            while self._pending > 0 and self._thread.is_alive():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._done.wait(min(left, 0.1))
-                self._wake.set()
+            self._hurry += 1
+        try:
+            self._nudge()
+            with self._done:
+                while self._pending > 0 and thread.is_alive():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._done.wait(min(left, 0.1))
+        finally:
+            with self._done:
+                self._hurry -= 1
 
     def close(self) -> None:
         """Flush, then stop the background thread (lines still queued after ``flush_timeout`` are lost)."""
         try:
             self.flush()
             self._closing = True
-            self._wake.set()
+            self._nudge()
             if self._thread is not None:
                 self._thread.join(timeout=self.timeout_seconds + 1)
         finally:
             super().close()
+
+    def _nudge(self) -> None:
+        """Wake the shipper if it waits for lines (a full queue means it is not waiting)."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_NUDGE)
 
     # ------------------------------------------------------------------ the shipper thread
 
@@ -226,9 +239,11 @@ class VictoriaLogsHandler(logging.Handler):
             batch = self._collect()
             if batch:
                 self._ship(batch)
-                with self._done:
-                    self._pending -= len(batch)
-                    self._done.notify_all()
+            with self._done:
+                self._pending -= len(batch)
+                self._done.notify_all()
+            if not batch and not self._closing:
+                time.sleep(0.01)  # a flush found the queue empty: let it see that before looking again
             if self._overflow:
                 n, self._overflow = self._overflow, 0
                 log.warning("the log shipping queue to %s was full: %d log lines dropped (the run goes on)", self.url, n)
@@ -236,26 +251,26 @@ class VictoriaLogsHandler(logging.Handler):
                 return
 
     def _collect(self) -> list[str]:
-        """Up to ``batch_size`` lines: the first to come, then those queued within ``flush_seconds`` of it
-        (only those already queued when a flush or close asks for them now)."""
-        try:
-            first = self._queue.get(timeout=0.05 if self._closing or self._wake.is_set() else self.flush_seconds)
-        except queue.Empty:
-            self._wake.clear()
-            return []
-        batch = [first]
+        """Up to ``batch_size`` lines: the first to come, then those queued within ``flush_seconds`` of it; only
+        those queued already while a flush or close is in progress."""
+        batch: list[str] = []
         deadline = time.monotonic() + self.flush_seconds
         while len(batch) < self.batch_size:
+            hurry = self._hurry > 0 or self._closing
+            wait = self.flush_seconds if not batch else deadline - time.monotonic()
             try:
-                if self._wake.is_set() or self._closing:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                batch.append(self._queue.get(timeout=left))
+                line = self._queue.get_nowait() if hurry else self._queue.get(timeout=wait) if wait > 0 else None
             except queue.Empty:
-                break
+                line = None
+            if line is None:
+                if batch or hurry:
+                    break
+                continue  # nothing for flush_seconds: wait again
+            if line is _NUDGE:
+                continue  # the loop looks at _hurry and _closing again
+            if not batch:
+                deadline = time.monotonic() + self.flush_seconds
+            batch.append(line)
         return batch
 
     def _ship(self, batch: list[str]) -> None:
