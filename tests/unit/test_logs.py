@@ -200,6 +200,22 @@ def test_cli_flags_win_over_the_logs_block(tmp_path: Path) -> None:
     assert proc.returncode == 0 and " INFO icefield.events: run " in text and not text.lstrip().startswith("{")
 
 
+def test_a_run_shipping_to_a_store_that_is_down_succeeds_and_says_so_in_its_local_log(tmp_path: Path) -> None:
+    down = _Store()
+    url = down.url
+    down.close()  # connection refused from now on
+    root = _sqlite_project(tmp_path, {"format": "json", "level": "info", "file": "logs/icefield.jsonl",
+                                      "ship": {"url": url, "retries": 1}})
+    t0 = time.monotonic()
+    proc = _icefield("--json", "run", "orders", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - t0 < 60
+    lines = [json.loads(x) for x in (root / "logs" / "icefield.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert any(d["event"]["event"] == "run_finished" for d in lines if "event" in d)
+    warnings = [d["message"] for d in lines if d["logger"] == "icefield.logs"]
+    assert warnings and all(f"log lines to {url} after 2 attempts (ConnectionRefusedError" in w for w in warnings)
+
+
 def test_a_bad_log_ship_url_is_a_usage_error() -> None:
     res = CliRunner().invoke(cli, ["--log-ship", "127.0.0.1:9428", "tables"])
     assert res.exit_code == 2

@@ -137,6 +137,9 @@ class VictoriaLogsHandler(logging.Handler):
         self.flush_timeout = flush_timeout
         self.backoff = backoff
         self.setFormatter(JsonFormatter())
+        # A filter, not only a test in emit: filters run before the handler's lock is taken, and the shipper
+        # warns while logging.shutdown holds that lock to flush.
+        self.addFilter(lambda record: record.name != log.name)
         self._queue: queue.Queue[str] = queue.Queue(maxsize=queue_size)
         self._pending = 0  # lines queued or in a batch being posted
         self._done = threading.Condition()
@@ -169,7 +172,7 @@ class VictoriaLogsHandler(logging.Handler):
     # ------------------------------------------------------------------ the logging thread's side
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name == log.name or self._closing:
+        if self._closing:
             return
         try:
             line = self.format(record)
