@@ -194,7 +194,7 @@ class VictoriaLogsHandler(logging.Handler):
             return
         with self._start_lock:
             if self._thread is None:
-                # Not a copy of the logging thread's context: the shipper's own lines belong to no run.
+                # Daemon: a process that forgets to close it still exits (logging.shutdown flushes it first).
                 t = threading.Thread(target=self._loop, name="icefield-log-shipper", daemon=True)
                 t.start()
                 self._thread = t
