@@ -73,7 +73,7 @@ def _run(root: Path, env: dict[str, str] | None = None) -> str:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "could not ship" not in proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["status"] == "success"
+    assert doc["status"] == "ok"
     return str(doc["run_id"])
 
 
