@@ -399,3 +399,32 @@ def test_an_airflow_task_adds_the_projects_file_and_shipper_for_its_run_only(
     (shipped,) = store.lines()  # shipped by the flush on leaving the block, not 30 s later
     for doc in (local, shipped):
         assert (doc["message"], doc["run_id"], doc["dag_id"], doc["try_number"]) == ("in the task", "run-10", "icefield_shop", 2)
+
+
+def test_run_node_of_an_airflow_task_ships_the_runs_lines_with_the_tasks_ids(
+    store: _Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generated DAGs' task callable (run_node, in the task's process): the project's logs.ship gets the
+    run's lines with the task's DAG, task, run and try; the XCom summary's run_id finds them."""
+    from icefield.integrations.airflow.tasks import run_node
+
+    for var, value in AIRFLOW_ENV.items():
+        monkeypatch.setenv(var, value)
+    root = _sqlite_project(tmp_path, {"format": "json", "level": "info", "ship": {"url": store.url}})
+    # As in a task's process: icefield's loggers unset, the root's level (Airflow's INFO) applies.
+    loggers = {logging.getLogger(): logging.INFO, logging.getLogger("icefield"): logging.NOTSET,
+               logging.getLogger("icefield.events"): logging.NOTSET}
+    saved = {lg: lg.level for lg in loggers}
+    for lg, level in loggers.items():
+        lg.setLevel(level)
+    try:
+        summary = run_node(str(root), "pipeline orders")
+    finally:
+        for lg, level in saved.items():
+            lg.setLevel(level)
+    assert summary["status"] == "success" and summary["rows_committed"] == 50
+    ours = [d for d in store.lines() if d.get("run_id") == summary["run_id"]]
+    assert [d["event"]["event"] for d in ours if "event" in d].count("batch_committed") == 3
+    assert {(d["dag_id"], d["task_id"], d["try_number"], d["pipeline"]) for d in ours} == {
+        ("icefield_shop", "pipeline_orders", 2, "orders")
+    }
