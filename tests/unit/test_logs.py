@@ -428,3 +428,19 @@ def test_run_node_of_an_airflow_task_ships_the_runs_lines_with_the_tasks_ids(
     assert {(d["dag_id"], d["task_id"], d["try_number"], d["pipeline"]) for d in ours} == {
         ("icefield_shop", "pipeline_orders", 2, "orders")
     }
+
+
+def test_shipped_lines_are_redacted(store: _Store, shipper_logger: logging.Logger) -> None:
+    from icefield.config.secrets import register_secret
+
+    secret = "CANARY_ship_5e1d"
+    register_secret(secret)
+    h = VictoriaLogsHandler(store.url, flush_seconds=0.05)
+    shipper_logger.addHandler(h)
+    try:
+        raise ValueError(f"login refused for {secret}")
+    except ValueError:
+        shipper_logger.exception("connecting with password %s failed", secret)
+    h.flush()
+    (line,) = store.lines()
+    assert secret not in json.dumps(line) and "***" in line["message"] and "***" in line["error"]
