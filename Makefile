@@ -27,7 +27,7 @@ $(CORE_STAMP): pyproject.toml | $(BIN)/python
 AIRFLOW_CONSTRAINTS := constraints/airflow-3.3.2-py3.11.txt
 
 $(STAMP): pyproject.toml $(AIRFLOW_CONSTRAINTS) | $(BIN)/python
-	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,trino,airflow,dev,gx]" -c $(AIRFLOW_CONSTRAINTS)
+	$(BIN)/pip install -e ".[postgres,spark,kafka,hive,trino,airflow,lineage,dev,gx]" -c $(AIRFLOW_CONSTRAINTS)
 	touch $(STAMP) $(CORE_STAMP)
 
 .PHONY: venv

@@ -64,6 +64,22 @@ class Store:
         infos = self._fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         return sorted(i.path[len(base) :].lstrip("/") for i in infos if i.type == pafs.FileType.File)
 
+    def sizes(self, under: str = "") -> dict[str, int]:
+        """The size in bytes of every file under the warehouse (or under ``under``), by its path relative to it."""
+        from pyarrow import fs as pafs
+
+        base = self._root if not under else self._path(under)
+        infos = self._fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        return {i.path[len(base) :].lstrip("/"): int(i.size) for i in infos if i.type == pafs.FileType.File}
+
+    def put(self, location: str, data: bytes) -> None:
+        """Write ``data`` as the file ``location`` (a location of this store)."""
+        path = self._path(location)
+        if self.kind == "local":  # S3's folders are prefixes: nothing to make
+            self._fs.create_dir(path.rpartition("/")[0], recursive=True)
+        with self._fs.open_output_stream(path) as out:
+            out.write(data)
+
     def names(self, under: str = "") -> set[str]:
         """The base names of :meth:`files`."""
         return {p.rsplit("/", 1)[-1] for p in self.files(under)}

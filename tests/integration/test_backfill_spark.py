@@ -52,6 +52,18 @@ def test_a_spark_backfill_replaces_its_windows_in_one_snapshot_each(tmp_path: Pa
     _write(root, "data/a.csv", _csv(days))
     project = load_project(root)
     catalog = open_catalog(project)
+    from icefield.engines.spark_session import project_session
+
+    # The test's own session, stopped at the end: the Spark modules after this one start sessions of their
+    # own projects (a session left running would be reused on this project's catalog).
+    session = project_session(project)
+    try:
+        _backfill_twice(root, project, catalog, days)
+    finally:
+        session.stop()
+
+
+def _backfill_twice(root: Path, project: Any, catalog: Any, days: list[tuple[int, int, str]]) -> None:
     run_pipeline(project, "orders", catalog=catalog)
     position = read_position(catalog.load_table("raw.orders"), "orders")
     before = _rows(catalog)

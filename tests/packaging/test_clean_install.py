@@ -25,8 +25,8 @@ PIP_CACHE = os.environ.get("PIP_CACHE_DIR") or str(Path(os.environ.get("XDG_CACH
 """pip's cache, read when the module is collected: the tests run with a temporary HOME, and the install
 would otherwise download every wheel again."""
 
-NOT_IN_THE_CORE = ("pyspark", "great_expectations", "confluent_kafka", "psycopg2", "adbc_driver_postgresql")
-"""Modules of the extras (spark, gx, kafka, postgres)."""
+NOT_IN_THE_CORE = ("pyspark", "great_expectations", "confluent_kafka", "psycopg2", "adbc_driver_postgresql", "openlineage")
+"""Modules of the extras (spark, gx, kafka, postgres, lineage)."""
 
 BUILD_LEFTOVERS = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", ".icefield", ".stack")
 

@@ -21,7 +21,7 @@ from stack.maven import copy_dependencies
 
 
 def test_services_start_in_dependency_order() -> None:
-    assert list(SERVICES) == ["postgres", "kafka", "connect", "rest", "hive", "s3", "spark", "trino"]
+    assert list(SERVICES) == ["postgres", "kafka", "connect", "rest", "hive", "s3", "spark", "trino", "airflow"]
     assert isinstance(get_service("kafka"), Kafka)
 
 

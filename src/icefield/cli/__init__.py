@@ -212,6 +212,7 @@ def _configure_logging(flags: _LogFlags, project: Any = None) -> None:
 # Register the commands (each module adds its own to ``cli``).
 from icefield.cli import catalog_commands as _catalog_commands  # noqa: E402,F401
 from icefield.cli import commands as _commands  # noqa: E402,F401
+from icefield.cli import cost_commands as _cost_commands  # noqa: E402,F401
 
 
 def _thread_excepthook(args: Any) -> None:

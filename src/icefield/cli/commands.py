@@ -135,11 +135,15 @@ def run(out: Output, names: tuple[str, ...], no_models: bool, follow: bool, wait
     wait_s = parse_age(wait)
     catalog = open_catalog(project)
     stop = _stop_on_signals() if follow else None
+    from icefield.observe.configured import configured_observers
+
+    observers = configured_observers(project)
     with _Progress(out) as progress:
         try:
             done = run_plan(
                 project, the_plan, catalog, wait=wait_s, follow=follow, stop=stop,
                 on_start=progress.start, on_batch=progress.batch, on_result=progress.done, window=window,
+                observers=observers,
             )
         except InterruptedRunError as stopped:
             done = stopped.result  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from icefield.config.cost import CostConfig
 from icefield.config.gates import GateConfig, parse_gates
 from icefield.config.logs import LogsConfig
 from icefield.config.scheduling import SchedulingConfig
@@ -178,6 +179,48 @@ class TrinoConfig(_Model):
         return self
 
 
+class LineageConfig(_Model):
+    """Where OpenLineage run events go (``lineage:`` in ``icefield.yaml``; see docs/lineage.md).
+
+    ``transport``: ``file`` (JSON lines appended to ``path``, default ``.icefield/lineage.jsonl`` under the
+    project), ``http`` (POSTed to ``url`` + ``endpoint``: Marquez or any OpenLineage HTTP receiver; an
+    ``api_key`` is sent as a bearer token; each event waits ``timeout`` seconds and is retried ``retries``
+    times, then dropped with a warning: a receiver that is down slows a run, never fails it) or ``console`` (logged by the ``openlineage.client`` logger).
+    ``namespace`` is the namespace of icefield's jobs (default: the project's ``name``);
+    ``parent_namespace`` that of the Airflow jobs that run them (Airflow's ``[openlineage] namespace``,
+    ``default`` unless set there).
+    """
+
+    transport: Literal["file", "http", "console"] = "file"
+    path: str | None = None
+    url: str | None = None
+    endpoint: str = "api/v1/lineage"
+    api_key: str | None = None
+    timeout: float = Field(5.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)
+    namespace: str | None = None
+    parent_namespace: str = "default"
+
+    @model_validator(mode="after")
+    def _check(self) -> LineageConfig:
+        if self.transport == "http":
+            if not self.url:
+                raise ValueError("lineage.transport is http but lineage.url is not set; give the receiver's URL, e.g. url: http://127.0.0.1:5000 (Marquez)")
+            if not has_reference(self.url) and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.url):
+                raise ValueError(f"lineage.url {self.url!r} is not an http(s) URL; give e.g. http://127.0.0.1:5000")
+        elif self.url is not None:
+            raise ValueError(f"lineage.url is set but lineage.transport is {self.transport!r}; set transport: http or drop url")
+        if self.path is not None and self.transport != "file":
+            raise ValueError(f"lineage.path is set but lineage.transport is {self.transport!r}; set transport: file or drop path")
+        if self.path is not None and not self.path.strip():
+            raise ValueError("lineage.path is empty; give a file for the JSON lines, e.g. .icefield/lineage.jsonl, or drop it for that default")
+        for key in ("namespace", "parent_namespace"):
+            value = getattr(self, key)
+            if value is not None and not value.strip():
+                raise ValueError(f"lineage.{key} is empty; give a name, e.g. {key}: shop, or drop the key")
+        return self
+
+
 class ProjectConfig(_Model):
     """The contents of ``icefield.yaml`` after profiles and environment overrides are applied."""
 
@@ -188,6 +231,8 @@ class ProjectConfig(_Model):
     engine: EngineName = "local"
     spark: SparkConfig = Field(default_factory=SparkConfig)
     trino: TrinoConfig | None = None
+    lineage: LineageConfig | None = None
+    """OpenLineage run events for every run (None: none are sent)."""
     namespace: str = "default"
     batch_size: int = Field(DEFAULT_BATCH_SIZE, gt=0)
     read_ahead: int = Field(1, ge=0, le=4)
@@ -197,6 +242,8 @@ class ProjectConfig(_Model):
     """The scheduling every pipeline inherits, key by key, unless its own ``scheduling:`` sets the key."""
     logs: LogsConfig = Field(default_factory=LogsConfig)
     """Format, level, file and shipping of the log lines (:mod:`icefield.config.logs`)."""
+    cost: CostConfig = Field(default_factory=CostConfig)
+    """Storage prices per class for ``icefield cost`` (:mod:`icefield.config.cost`)."""
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 

@@ -16,6 +16,9 @@ checks or engines (from icefield it imports only the base: :mod:`icefield.errors
 - :mod:`~icefield.iceberg.history`: refs, ancestry, and what icefield's commits carry (batch ids and
   source positions);
 - :mod:`~icefield.iceberg.commits`: the one commit path (retries, conflict replans, unknown outcomes);
+- :mod:`~icefield.iceberg.reach`: the files a table's metadata reaches (orphan cleanup, storage cost);
+- :mod:`~icefield.iceberg.cost`: the storage a table keeps (current, history, metadata, orphans, small
+  files) and its monthly price;
 - :mod:`~icefield.iceberg.tables`: tables by name, and the errors of the object store under them that a
   retry may get past.
 

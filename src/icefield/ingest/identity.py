@@ -19,14 +19,14 @@ def source_ref(pipe: PipelineConfig, root: Path) -> SourceRef:
     """The :class:`SourceRef` of ``pipe``'s source (``root``: the project folder, that relative paths start
     from). No password, token or resolved secret appears in the URI:
 
-    - ``sql``: the database URL without its password, then ``#schema.table`` or ``#query:<hash of the query>``;
+    - ``sql``: the database URL without its password (a SQLite file's absolute path), then ``#schema.table`` or ``#query:<hash of the query>``;
     - ``files``: ``file://`` and the absolute glob;
     - ``kafka``: ``kafka://<bootstrap servers>/<topic>[,<topic>...]``;
     - ``debezium``: the file glob or the Kafka topic, as above.
     """
     src = pipe.source
     if isinstance(src, SqlSourceConfig):
-        uri = _database(src.url)
+        uri = _database(src.url, root)
         if src.table is not None:
             uri += "#" + (f"{src.db_schema}.{src.table}" if src.db_schema else src.table)
         else:
@@ -41,13 +41,17 @@ def source_ref(pipe: PipelineConfig, root: Path) -> SourceRef:
     return SourceRef(src.type, redact(uri))
 
 
-def _database(url: str) -> str:
-    """``url`` without its password (and without query parameters, which may carry tokens)."""
+def _database(url: str, root: Path) -> str:
+    """``url`` without its password (and without query parameters, which may carry tokens); a SQLite file
+    named relative to the project folder ``root`` made absolute (the file the source opens)."""
     try:
         from sqlalchemy.engine import URL, make_url
 
         parsed = make_url(url)
     except Exception:  # not a URL SQLAlchemy knows: keep the scheme only
         return url.split(":", 1)[0] + "://"
-    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database)
+    database = parsed.database
+    if parsed.drivername.startswith("sqlite") and database and database != ":memory:" and not database.startswith("/"):
+        database = str((root / database).absolute())
+    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, database)
     return bare.render_as_string(hide_password=False)

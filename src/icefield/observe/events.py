@@ -74,10 +74,12 @@ class SourceRef:
 @dataclass(frozen=True)
 class TableRef:
     """An Iceberg table a run read or wrote, at the snapshot it read or the last one it committed (None when
-    it read an empty table or committed nothing)."""
+    it read an empty table or committed nothing); ``columns``: its schema at that snapshot, as (name, Iceberg
+    type) pairs (empty when unknown)."""
 
     table: str
     snapshot_id: int | None = None
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,9 +98,16 @@ class Event:
 
 @dataclass(frozen=True, kw_only=True)
 class RunStarted(Event):
+    """A run began (``sql``: a model's query, for lineage; None for a pipeline; ``description``: the
+    pipeline's ``description``, when it has one; ``checks``: the kinds of its row checks, ``not_null``,
+    ``range``..., the keys of :class:`BatchCommitted`'s ``failures_by_check``)."""
+
     kind: ClassVar[str] = "run_started"
     table: str
     source: SourceRef
+    sql: str | None = None
+    description: str | None = None
+    checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,7 +163,9 @@ class BatchCommitted(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class GateEvaluated(Event):
-    """One gate's result on a snapshot (``status``: passed, failed, error; ``blocking`` when it holds the batch)."""
+    """One gate's result on a snapshot (``status``: pass, warn, fail, error, as
+    :class:`~icefield.quality.results.CheckResult`'s; ``blocking`` when it holds the batch; ``severity``:
+    error or warn, as configured)."""
 
     kind: ClassVar[str] = "gate_evaluated"
     table: str
@@ -164,6 +175,7 @@ class GateEvaluated(Event):
     snapshot_id: int | None
     branch: str
     message: str
+    severity: str = "error"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,7 +271,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(value, (SourceRef, TableRef)):
-        return {f.name: getattr(value, f.name) for f in fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (tuple, list)):
         return [plain(v) for v in value]
     if isinstance(value, dict):

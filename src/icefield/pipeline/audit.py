@@ -106,6 +106,7 @@ class Auditor:
                 snapshot_id=r.snapshot_id,
                 branch=r.branch,
                 message=r.message,
+                severity=r.severity,
             )
         return results
 

@@ -28,8 +28,8 @@ from icefield.observe.events import (
     TableRef,
     now,
 )
-from icefield.pipeline.results import BatchResult, RunResult, emit_batch, reporting
-from icefield.pipeline.runner import acquire_lease, new_run_id
+from icefield.pipeline.results import BatchResult, RunResult, columns_of, emit_batch, reporting
+from icefield.pipeline.runner import acquire_lease, new_run_id, output_columns
 from icefield.write import TableWriter, batch_id_for
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def run_model(
     )
     events = EventStream(run_id, result.pipeline, observers)
     with events.running():
-        events.emit(RunStarted, table=result.table, source=result.source)
+        events.emit(RunStarted, table=result.table, source=result.source, sql=model.sql)
         with reporting(events, result):
             what = f"{model.path}: the model's SQL"
             with contextlib.closing(readonly.open_connection()) as parser:
@@ -106,7 +106,8 @@ def _run_model(
     inputs = {
         ".".join(ident): snap for ident, snap in snapshots.items() if ".".join(ident) != model.target.table
     }
-    result.inputs = [TableRef(t, snap) for t, snap in sorted(inputs.items())]
+    loaded = {".".join(ident): t for ident, t in tables.items()}
+    result.inputs = [TableRef(t, snap, columns_of(loaded[t], snap)) for t, snap in sorted(inputs.items())]
     sql_hash = hashlib.sha256(model.sql.encode()).hexdigest()[:16]
     position = {"sql": sql_hash, "inputs": inputs}
     writer = TableWriter(catalog, model.target, result.pipeline, engine)
@@ -154,7 +155,7 @@ def _run_model(
         )
         result.batches.append(res)
         if wr.snapshot_id is not None and not wr.skipped:
-            result.outputs = [TableRef(model.target.table, wr.snapshot_id)]
+            result.outputs = [TableRef(model.target.table, wr.snapshot_id, output_columns(catalog, model.target.table, wr.snapshot_id))]
         emit_batch(events, model.target.table, res)
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icefield.config.secrets import redact
 from icefield.errors import GateFailedError, IcefieldError
@@ -23,7 +23,22 @@ from icefield.observe.events import (
 )
 from icefield.quality.results import CheckResult
 
-__all__ = ["BatchResult", "CheckResult", "PendingBatch", "RunResult", "emit_batch", "emit_finished", "reporting"]
+if TYPE_CHECKING:
+    from pyiceberg.table import Table
+
+__all__ = ["BatchResult", "CheckResult", "PendingBatch", "RunResult", "columns_of", "emit_batch", "emit_finished", "reporting"]
+
+
+def columns_of(table: Table | None, snapshot_id: int | None) -> tuple[tuple[str, str], ...]:
+    """The top-level columns of ``table`` at ``snapshot_id`` (its current schema when the snapshot is None or
+    unknown) as (name, Iceberg type) pairs, for the tables a run's events name (lineage's schema facet)."""
+    if table is None:
+        return ()
+    schema = table.schema()
+    snap = table.snapshot_by_id(snapshot_id) if snapshot_id is not None else None
+    if snap is not None and snap.schema_id is not None:
+        schema = table.schemas().get(snap.schema_id, schema)
+    return tuple((f.name, str(f.field_type)) for f in schema.fields)
 
 @dataclass
 class BatchResult:

@@ -22,6 +22,7 @@ from icefield.engines import get_engine
 from icefield.errors import IcefieldError
 from icefield.iceberg.datafiles import RECENT
 from icefield.iceberg.history import read_position
+from icefield.iceberg.tables import load_table, table_identifier
 from icefield.ingest import SourceBatch, open_source
 from icefield.ingest.ahead import read_ahead
 from icefield.ingest.coerce import conform
@@ -38,7 +39,7 @@ from icefield.observe.events import (
 )
 from icefield.pipeline.audit import Auditor
 from icefield.pipeline.quarantine import QuarantinedRow, quarantine_table_name, write_quarantine
-from icefield.pipeline.results import BatchResult, PendingBatch, RunResult, emit_batch, reporting
+from icefield.pipeline.results import BatchResult, PendingBatch, RunResult, columns_of, emit_batch, reporting
 from icefield.quality import check_rows
 from icefield.write import TableWriter, batch_id_for
 
@@ -126,10 +127,12 @@ def run_pipeline(
         return in_flight.batch_id
 
     def outputs() -> None:
-        result.outputs = [TableRef(t, snap) for t, snap in written.items()]
+        # The schema of each table at the snapshot the run last committed: one catalog load per table
+        # written, at the end of the run (lineage's schema facet).
+        result.outputs = [TableRef(t, snap, output_columns(catalog, t, snap)) for t, snap in written.items()]
 
     with events.running():
-        events.emit(RunStarted, table=pipe.target.table, source=result.source)
+        events.emit(RunStarted, table=pipe.target.table, source=result.source, description=pipe.description, checks=_check_kinds(pipe))
         with reporting(events, result, pending, outputs):
             catalog = catalog or open_catalog(project)
             _run(project, pipe, catalog, events, result, written, in_flight, on_batch, max_batches, follow, stop, wait, window)
@@ -257,6 +260,25 @@ def _run(
             ahead.close()  # joins the reading thread before the source is closed under it
         if source is not None:
             source.close()
+
+
+def _check_kinds(pipe: PipelineConfig) -> tuple[str, ...]:
+    """The kinds of ``pipe``'s row checks (each check is a mapping of one key: ``not_null``, ``range``...),
+    once each, in order; ``filter`` rules drop rows rather than check them and are left out."""
+    kinds = (next(iter(type(c).model_fields)) for c in pipe.checks)
+    return tuple(dict.fromkeys(k for k in kinds if k != "filter"))
+
+
+def output_columns(catalog: Catalog | None, table: str, snapshot_id: int | None) -> tuple[tuple[str, str], ...]:
+    """``table``'s columns at ``snapshot_id`` for the run's outputs; () when the table cannot be loaded now (the
+    run's result stands; only its lineage lacks a schema)."""
+    if catalog is None:
+        return ()
+    try:
+        return columns_of(load_table(catalog, table_identifier(table)), snapshot_id)
+    except Exception as e:  # this runs as the run ends, maybe on its error: it must not replace that error
+        log.warning("the schema of %s for the run's outputs: %s", table, e)
+        return ()
 
 
 def _as_window(pair: Any) -> Window:

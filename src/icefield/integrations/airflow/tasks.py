@@ -88,11 +88,13 @@ def run_node(
     kwargs: dict[str, Any] = {}
     if window is not None:
         kwargs["window"] = window
+    from icefield.observe.configured import configured_observers
     from icefield.observe.logs import project_handlers
 
-    # The project's logs.file and logs.ship beside Airflow's task log: JSON lines with the task's ids.
+    # Lineage (lineage: in icefield.yaml) names this task, from the AIRFLOW_CTX_* variables, as the parent run;
+    # the project's logs.file and logs.ship go beside Airflow's task log: JSON lines with the task's ids.
     with project_handlers(project.config.logs, project.root):
-        done = run_plan(project, Plan((node,)), wait=wait, **kwargs)
+        done = run_plan(project, Plan((node,)), wait=wait, observers=configured_observers(project), **kwargs)
     result = done.results[0]
     if done.error is None:
         log.info("%s: %s", node_id, summary(result))
