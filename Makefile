@@ -38,12 +38,12 @@ demo: $(CORE_STAMP) ## Run the shop demo on the embedded default (SQLite catalog
 	$(BIN)/icefield demo --dir $(DEMO_DIR) --fresh
 
 .PHONY: test
-test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog, a Hive Metastore, an S3 server (versitygw), Trino 476 and Airflow 3 natively; fetches jars and the Trino server with Maven, builds versitygw once with Go; installs icefield alone in a clean venv)
+test: $(STAMP) ## Run every test (starts PostgreSQL, Kafka, Kafka Connect, an Iceberg REST catalog, a Hive Metastore, an S3 server (versitygw), Trino 476, Airflow 3 and VictoriaLogs natively; fetches jars and the Trino server with Maven, builds versitygw and VictoriaLogs once with Go; installs icefield alone in a clean venv)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Run the tests that need no server
-	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not hive and not s3 and not airflow and not trino and not prometheus and not slow and not packaging" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not postgres and not kafka and not connect and not spark and not rest and not hive and not s3 and not airflow and not trino and not prometheus and not victorialogs and not slow and not packaging" $(PYTEST_ARGS)
 
 .PHONY: test-long
 test-long: $(STAMP) ## Run the long reliability variants
@@ -60,7 +60,7 @@ bench: $(STAMP) ## Run the benchmarks beside their peers (BENCH_SCALE scales the
 	$(BIN)/python -m bench
 
 .PHONY: stack-up
-stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark trino airflow pushgateway alertmanager prometheus"
+stack-up: $(STAMP) ## Start native services: make stack-up SERVICES="postgres kafka connect rest hive s3 spark trino airflow pushgateway alertmanager prometheus victorialogs"
 	$(BIN)/python -m stack up $(SERVICES)
 
 .PHONY: stack-down

@@ -52,6 +52,7 @@ from .spark_cluster import (
     SparkCluster,
 )
 from .trino import TRINO_PORT_DEFAULT, TRINO_PORT_ENV, Trino
+from .victorialogs import VICTORIALOGS_PORT_DEFAULT, VICTORIALOGS_PORT_ENV, VictoriaLogs
 
 SERVICES: dict[str, type[Service]] = {
     Postgres.name: Postgres,
@@ -66,6 +67,7 @@ SERVICES: dict[str, type[Service]] = {
     Pushgateway.name: Pushgateway,
     Alertmanager.name: Alertmanager,
     Prometheus.name: Prometheus,
+    VictoriaLogs.name: VictoriaLogs,
 }
 """Registered services by name, in start order (``down`` stops them in reverse)."""
 
@@ -134,6 +136,9 @@ __all__ = [
     "TRINO_PORT_DEFAULT",
     "TRINO_PORT_ENV",
     "Trino",
+    "VICTORIALOGS_PORT_DEFAULT",
+    "VICTORIALOGS_PORT_ENV",
+    "VictoriaLogs",
     "default_base_dir",
     "get_service",
 ]

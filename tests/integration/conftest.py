@@ -7,7 +7,7 @@ formatting; each stops its server at the end of the session only if it started i
 port is taken by another process (another checkout's server), a free port is used instead.
 ``ICEFIELD_STACK_DIR`` and the ``ICEFIELD_*_PORT`` variables move them. ``rest_server`` (the Iceberg REST
 catalog) always starts its own server, with a token, in a temporary state dir on a free port; so does
-``hive_server`` (a Hive Metastore), and ``trino_server`` (Trino 476, with one Iceberg catalog ``lake`` on
+``hive_server`` (a Hive Metastore), ``victorialogs_server`` (VictoriaLogs, the central log store), and ``trino_server`` (Trino 476, with one Iceberg catalog ``lake`` on
 the session database ``trino_lake``). ``s3_server`` (versitygw) is in ``tests/conftest.py``: the core suites run on it too (``tests/stores.py``).
 """
 
@@ -37,6 +37,7 @@ from stack import (
     Pushgateway,
     RestCatalog,
     Trino,
+    VictoriaLogs,
 )
 from stack.base import LOCALHOST, port_open
 
@@ -47,6 +48,7 @@ REST_READY_TIMEOUT = 120.0
 HIVE_READY_TIMEOUT = 180.0
 TRINO_READY_TIMEOUT = 300.0
 PROMETHEUS_READY_TIMEOUT = 60.0
+VICTORIALOGS_READY_TIMEOUT = 60.0
 
 
 def _free_port() -> int:
@@ -144,6 +146,18 @@ def hive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HiveMetast
     """
     server = HiveMetastore(tmp_path_factory.mktemp("stack"), port=_free_port())
     yield from _running(server, HIVE_READY_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def victorialogs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaLogs]:
+    """A running VictoriaLogs at ``victorialogs_server.url()`` (``http://127.0.0.1:<port>``, icefield's
+    ``logs.ship.url``); ``victorialogs_server.query(logsql)`` reads lines back.
+
+    Its own state dir and a free port, never the developer's stack server. Raises (as a fixture error, never
+    a skip) if Go is missing (the first use builds VictoriaLogs, a few minutes) or the server does not start.
+    """
+    server = VictoriaLogs(tmp_path_factory.mktemp("stack"), port=_free_port())
+    yield from _running(server, VICTORIALOGS_READY_TIMEOUT)
 
 
 @dataclass(frozen=True)

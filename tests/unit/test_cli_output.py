@@ -405,10 +405,10 @@ def test_library_warnings_are_shown_only_when_asked(capsys: pytest.CaptureFixtur
 
     import sqlglot
 
-    from icefield.cli import _configure_logging
+    from icefield.cli import _configure_logging, _LogFlags
 
     def emitted(verbose: int) -> str:
-        _configure_logging(verbose, "text")
+        _configure_logging(_LogFlags(verbose=verbose))
         logging.getLogger("pyiceberg.table").warning("Commit failed due to a concurrent update, retrying (1/10)")
         sqlglot.parse_one("LOAD httpfs", read="duckdb")
         return capsys.readouterr().err
@@ -425,12 +425,12 @@ def test_librdkafka_lines_are_shown_only_with_verbose(capsys: pytest.CaptureFixt
     FAIL ...` lines (librdkafka's log and error callback) in 30 s. Now none without -v; the error that
     ends the read carries the client's last complaint."""
     pytest.importorskip("confluent_kafka")
-    from icefield.cli import _configure_logging
+    from icefield.cli import _configure_logging, _LogFlags
     from icefield.errors import TransientError
     from icefield.ingest.kafka import KafkaReader
 
     def attempt(verbose: int) -> tuple[str, str]:
-        _configure_logging(verbose, "text")
+        _configure_logging(_LogFlags(verbose=verbose))
         reader = KafkaReader({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"}, ["t"], timeout=3)
         with pytest.raises(TransientError) as info:
             reader.open(None)

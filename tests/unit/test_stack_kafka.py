@@ -22,7 +22,8 @@ from stack.maven import copy_dependencies
 
 def test_services_start_in_dependency_order() -> None:
     assert list(SERVICES) == [
-        "postgres", "kafka", "connect", "rest", "hive", "s3", "spark", "trino", "airflow", "pushgateway", "alertmanager", "prometheus"
+        "postgres", "kafka", "connect", "rest", "hive", "s3", "spark", "trino", "airflow", "pushgateway", "alertmanager", "prometheus",
+        "victorialogs",
     ]
     assert isinstance(get_service("kafka"), Kafka)
 

@@ -15,6 +15,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import click
 
 from icefield.cli.output import Output
+from icefield.config.logs import LEVELS
 from icefield.config.secrets import redact
 from icefield.errors import (
     EXIT_FAILED,
@@ -110,14 +112,27 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--profile", default=None, help="Profile of icefield.yaml to apply (or ICEFIELD_PROFILE).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", help="Format of the logs on stderr.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Format of the log lines: text, or JSON lines with run_id, pipeline, batch_id (default: logs.format of icefield.yaml, else text).")
+@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None, help="Level of icefield's log lines (wins over -v and logs.level; default warning).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Append the log lines to this file instead of stderr (default: logs.file).")
+@click.option("--log-ship", "log_ship", default=None, metavar="URL", help="Also ship the log lines, as JSON, to the VictoriaLogs server at URL (default: logs.ship.url).")
 @click.version_option(package_name="icefield")
 @click.pass_context
-def cli(ctx: click.Context, project_dir: Path | None, profile: str | None, as_json: bool, verbose: int, log_format: str) -> None:
+def cli(
+    ctx: click.Context, project_dir: Path | None, profile: str | None, as_json: bool, verbose: int,
+    log_format: str | None, log_level: str | None, log_file: Path | None, log_ship: str | None,
+) -> None:
     """icefield: land data in Apache Iceberg, incrementally and exactly once."""
     global _current
-    _configure_logging(verbose, log_format)
-    ctx.obj = _current = Output(as_json=as_json, verbose=verbose > 0, project_dir=project_dir, profile=profile)
+    flags = _LogFlags(verbose, log_format, log_level.lower() if log_level else None, log_file, log_ship)
+    try:
+        _configure_logging(flags)
+    except IcefieldError as e:  # a bad --log-ship or --log-file: a usage error (exit 2)
+        raise click.UsageError(str(e), ctx) from None
+    ctx.obj = _current = Output(
+        as_json=as_json, verbose=verbose > 0, project_dir=project_dir, profile=profile,
+        on_project=lambda project: _configure_logging(flags, project),
+    )
 
 
 KAFKA_CLIENT_LOGGER = "icefield.ingest.kafka.client"
@@ -136,31 +151,62 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return sys.stderr
 
 
-def _configure_logging(verbose: int, log_format: str) -> None:
-    """One handler on the root logger, so that every library's records are redacted and formatted too.
-    Levels: icefield WARNING (-v INFO, -vv DEBUG); the run's events and librdkafka's lines only with -v; pyiceberg's warnings
-    (commit retries) only with -v; sqlglot's parser warnings only with -vv."""
-    from icefield.observe import JsonFormatter, RedactingFilter, RedactingFormatter
-    from icefield.observe.events import ContextFilter
+@dataclass(frozen=True)
+class _LogFlags:
+    """The logging options of the command line (None: not given)."""
 
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    verbose: int = 0
+    format: str | None = None
+    level: str | None = None
+    file: Path | None = None
+    ship: str | None = None
+
+
+def _configure_logging(flags: _LogFlags, project: Any = None) -> None:
+    """One handler on the root logger (stderr, or ``--log-file``/``logs.file``), plus the shipper to
+    VictoriaLogs with ``--log-ship``/``logs.ship``, so that every library's records are redacted and formatted
+    too. Called at start with the flags, and again with the project's ``logs:`` once it is loaded: a flag wins
+    over its key. Levels: icefield WARNING (``-v`` INFO, ``-vv`` DEBUG, or ``--log-level``/``logs.level``); the
+    run's events and librdkafka's lines from INFO; pyiceberg's warnings (commit retries) from INFO; sqlglot's
+    parser warnings at DEBUG only. Raises ConfigError for a bad ``--log-ship`` URL or a file that cannot be
+    opened."""
+    from icefield.config.logs import check_ship_url
+    from icefield.errors import ConfigError
+    from icefield.observe.logs import LogSettings, install_handlers
+
+    cfg = project.config.logs if project is not None else None
+    level_name = flags.level or {1: "info"}.get(flags.verbose) or ("debug" if flags.verbose >= 2 else None)
+    level_name = level_name or (cfg.level if cfg is not None else "warning")
+    level = getattr(logging, level_name.upper())
+    file = flags.file.absolute() if flags.file is not None else None
+    if file is None and cfg is not None and cfg.file is not None:
+        file = Path(cfg.file).expanduser()
+        file = file if file.is_absolute() else project.root / file
+    if flags.ship is not None:
+        try:
+            check_ship_url(flags.ship, "--log-ship")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    settings = LogSettings(
+        format=flags.format or (cfg.format if cfg is not None else "text"),
+        level=level,
+        file=file,
+        ship=cfg.ship if cfg is not None else None,
+        ship_url=flags.ship,
+        base_dir=project.root if project is not None else None,
+    )
     handler = _StderrHandler()
-    handler._icefield = True  # type: ignore[attr-defined]
-    handler.addFilter(RedactingFilter())
-    handler.addFilter(ContextFilter())  # run_id, pipeline, batch_id on every record of a run
-    handler.setFormatter(JsonFormatter() if log_format == "json" else RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_icefield", False)] + [handler]
+    install_handlers(settings.handlers(handler))
     ours = logging.getLogger("icefield")
     ours.handlers[:] = [h for h in ours.handlers if not getattr(h, "_icefield", False)]
     ours.setLevel(level)
     ours.propagate = True
-    logging.getLogger(KAFKA_CLIENT_LOGGER).setLevel(level if verbose else logging.CRITICAL + 1)
-    # The run's events (icefield.observe.events) with -v only: without it the command prints the results
+    logging.getLogger(KAFKA_CLIENT_LOGGER).setLevel(level if level <= logging.INFO else logging.CRITICAL + 1)
+    # The run's events (icefield.observe.events) from INFO only: below it the command prints the results
     # and the error itself, once.
-    logging.getLogger("icefield.events").setLevel(level if verbose else logging.CRITICAL + 1)
-    logging.getLogger("pyiceberg").setLevel(logging.WARNING if verbose else logging.ERROR)
-    logging.getLogger("sqlglot").setLevel(logging.WARNING if verbose >= 2 else logging.ERROR)
+    logging.getLogger("icefield.events").setLevel(level if level <= logging.INFO else logging.CRITICAL + 1)
+    logging.getLogger("pyiceberg").setLevel(logging.WARNING if level <= logging.INFO else logging.ERROR)
+    logging.getLogger("sqlglot").setLevel(logging.WARNING if level <= logging.DEBUG else logging.ERROR)
 
 
 # Register the commands (each module adds its own to ``cli``).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import string
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +98,16 @@ class Output:
     err_console: Console = field(default_factory=lambda: _console(stderr=True))
     emitted: bool = False
     """True once a JSON document was written (a command prints at most one)."""
+    on_project: Callable[[Any], None] | None = None
+    """Called with each project :meth:`project` loads (the CLI applies its ``logs:`` settings)."""
 
     def project(self) -> Any:
         from icefield.config import load_project
 
-        return load_project(self.project_dir, profile=self.profile)
+        project = load_project(self.project_dir, profile=self.profile)
+        if self.on_project is not None:
+            self.on_project(project)
+        return project
 
     def emit(self, doc: Any) -> None:
         """Write a JSON document to stdout, secrets redacted."""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from icefield.config.cost import CostConfig
 from icefield.config.gates import GateConfig, parse_gates
+from icefield.config.logs import LogsConfig
 from icefield.config.scheduling import SchedulingConfig
 from icefield.config.secrets import has_reference
 from icefield.config.window import WindowConfig
@@ -283,6 +284,8 @@ class ProjectConfig(_Model):
     target_file_size_mb: int = Field(128, gt=0)
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)
     """The scheduling every pipeline inherits, key by key, unless its own ``scheduling:`` sets the key."""
+    logs: LogsConfig = Field(default_factory=LogsConfig)
+    """Format, level, file and shipping of the log lines (:mod:`icefield.config.logs`)."""
     cost: CostConfig = Field(default_factory=CostConfig)
     """Storage prices per class for ``icefield cost`` (:mod:`icefield.config.cost`)."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

@@ -34,7 +34,9 @@ class RedactingFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message; ``run_id``, ``pipeline`` and ``batch_id`` when
     the record has them (a handler with :class:`~icefield.observe.events.ContextFilter` sets them on every
-    record emitted during a run), and the event's fields under ``event`` for the lines of the logging observer."""
+    record emitted during a run); Airflow's ``dag_id``, ``task_id``, ``dag_run_id`` and ``try_number`` when
+    the record has them (:class:`~icefield.observe.logs.AirflowFilter`); and the event's fields under ``event``
+    for the lines of the logging observer."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -43,7 +45,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": redact(record.getMessage()),
         }
-        for key in ("run_id", "pipeline", "batch_id", "event"):
+        for key in ("run_id", "pipeline", "batch_id", "dag_id", "task_id", "dag_run_id", "try_number", "event"):
             if hasattr(record, key):
                 out[key] = getattr(record, key)
         if record.exc_info:

@@ -89,12 +89,14 @@ def run_node(
     if window is not None:
         kwargs["window"] = window
     from icefield.observe.configured import configured_observers
+    from icefield.observe.logs import project_handlers
     from icefield.observe.metrics import run_metrics
 
     # Lineage (lineage: in icefield.yaml) names this task, from the AIRFLOW_CTX_* variables, as the parent run;
-    # metrics are pushed when metrics.pushgateway is set.
+    # metrics are pushed when metrics.pushgateway is set; the project's logs.file and logs.ship go beside
+    # Airflow's task log: JSON lines with the task's ids.
     observers = configured_observers(project)
-    with run_metrics(project.config.metrics, project.root) as metrics:
+    with project_handlers(project.config.logs, project.root), run_metrics(project.config.metrics, project.root) as metrics:
         done = run_plan(project, Plan((node,)), wait=wait, observers=[*observers, *metrics], **kwargs)
     result = done.results[0]
     if done.error is None:
