@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from icefield.cli.output import Output
-from icefield.config.logs import LEVELS
+from icefield.config.levels import LEVELS
 from icefield.config.secrets import redact
 from icefield.errors import (
     EXIT_FAILED,
@@ -170,7 +170,6 @@ def _configure_logging(flags: _LogFlags, project: Any = None) -> None:
     run's events and librdkafka's lines from INFO; pyiceberg's warnings (commit retries) from INFO; sqlglot's
     parser warnings at DEBUG only. Raises ConfigError for a bad ``--log-ship`` URL or a file that cannot be
     opened."""
-    from icefield.config.logs import check_ship_url
     from icefield.errors import ConfigError
     from icefield.observe.logs import LogSettings, install_handlers
 
@@ -183,6 +182,8 @@ def _configure_logging(flags: _LogFlags, project: Any = None) -> None:
         file = Path(cfg.file).expanduser()
         file = file if file.is_absolute() else project.root / file
     if flags.ship is not None:
+        from icefield.config.logs import check_ship_url  # pydantic: only when a URL is given
+
         try:
             check_ship_url(flags.ship, "--log-ship")
         except ValueError as e:

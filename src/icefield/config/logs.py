@@ -21,12 +21,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from icefield.config.levels import LEVELS
 from icefield.config.secrets import has_reference
 
 __all__ = ["LEVELS", "LogShipConfig", "LogsConfig", "check_ship_url"]
 
-LEVELS = ("debug", "info", "warning", "error")
-"""The log levels a ``logs.level`` (and ``--log-level``) may name, most to least verbose."""
 
 INGEST_PATH = "/insert/jsonline"
 """VictoriaLogs' JSON lines ingestion endpoint, appended to ``logs.ship.url`` unless the URL ends with it."""

@@ -32,12 +32,16 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from icefield.config.logs import INGEST_PATH, LogsConfig, LogShipConfig
 from icefield.config.secrets import redact, resolve
 from icefield.errors import ConfigError
 from icefield.observe import JsonFormatter, RedactingFilter, RedactingFormatter
 from icefield.observe.events import ContextFilter
+
+if TYPE_CHECKING:
+    # The models load pydantic: imported where a shipper is built, so a command without one stays light.
+    from icefield.config.logs import LogsConfig, LogShipConfig
 
 __all__ = [
     "AIRFLOW_FIELDS",
@@ -93,6 +97,8 @@ def ingest_url(url: str, stream_fields: Sequence[str] = ("pipeline",)) -> str:
     already ends with ``/insert/jsonline``): the message is the ``message`` field, the time ``ts``, the
     stream named by ``stream_fields``."""
     base = url.rstrip("/")
+    from icefield.config.logs import INGEST_PATH
+
     if not base.endswith(INGEST_PATH):
         base += INGEST_PATH
     query = {"_msg_field": MSG_FIELD, "_time_field": TIME_FIELD}
@@ -347,6 +353,8 @@ class LogSettings:
                 local.setFormatter(JsonFormatter() if self.format == "json" else RedactingFormatter(TEXT_FORMAT))
         out = [local] if local is not None else []
         if self.ship is not None or self.ship_url is not None:
+            from icefield.config.logs import LogShipConfig
+
             ship = self.ship or LogShipConfig(url=self.ship_url or "")
             out.append(VictoriaLogsHandler.from_config(ship, self.base_dir, url=self.ship_url))
         for h in out:
