@@ -24,6 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,16 +168,24 @@ def _staged_head(root: Path) -> int | None:
     return head_id(catalog.load_table("raw.events"), staging_branch("events"))
 
 
-def _wait_for_a_staged_batch(root: Path, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    """Return once the run ``proc`` wrote a batch on the staging branch (its Spark session is up and the load
-    runs), or ended."""
-    before = _staged_head(root)
+def _main_head(root: Path) -> int | None:
+    """The head of the table's ``main`` (the local engine commits each batch there)."""
+    catalog = open_catalog(load_project(root))
+    if not catalog.table_exists("raw.events"):
+        return None
+    return head_id(catalog.load_table("raw.events"), "main")
+
+
+def _wait_for_a_batch(root: Path, proc: subprocess.Popen[bytes], head: Callable[[Path], int | None], timeout: float = 300) -> None:
+    """Return once the run ``proc`` moved ``head`` (it committed a batch, or staged one on Spark: its start-up
+    is over and the load runs), or ended."""
+    before = head(root)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        if _staged_head(root) != before:
+        if head(root) != before:
             return
-        time.sleep(0.2)
-    assert proc.poll() is not None, f"the spark run wrote no batch within {timeout:.0f}s"
+        time.sleep(0.1)
+    assert proc.poll() is not None, f"the run wrote no batch within {timeout:.0f}s"
 
 
 @pytest.mark.timeout(900)
@@ -224,12 +233,18 @@ def test_sigkill_during_load_loses_and_duplicates_nothing(tmp_path: Path, store:
     for _ in range(load.kills):
         proc = _run(root)
         if engine == "spark":
-            _wait_for_a_staged_batch(root, proc)
+            _wait_for_a_batch(root, proc, _staged_head)
             # a batch stages in ~1-2 s: anywhere in the next few batches
             time.sleep(rng.uniform(0.0, 6.0))
+        elif rng.random() < 0.2:
+            # anywhere from the start: in the start-up, the first batch, or the load
+            time.sleep(rng.uniform(0.3, 2.0))
         else:
-            # Python start-up takes ~1 s; the load itself a few seconds: aim inside it.
-            time.sleep(rng.uniform(0.8, 4.0))
+            # A start-up takes ~1 s (more on a busy machine), a batch tens of milliseconds: a kill at a fixed
+            # time from the start missed the load when the machine was busy or the start quicker. Aim after
+            # the run's first commit, somewhere in the batches after it.
+            _wait_for_a_batch(root, proc, _main_head)
+            time.sleep(rng.uniform(0.0, 1.0))
         jvms = _jvms(proc.pid)
         if proc.poll() is None:
             assert jvms or engine != "spark", "a spark run's driver has its JVM child"

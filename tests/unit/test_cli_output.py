@@ -251,7 +251,7 @@ def test_sigint_during_a_run_exits_130_with_one_json_document(tmp_path: Path) ->
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert proc.returncode == EXIT_INTERRUPTED, (out, err)
     doc = _one_document(out)
     assert doc["status"] == "interrupted" and doc["type"] == "InterruptedRunError"
     assert "Traceback" not in err and "Aborted" not in err

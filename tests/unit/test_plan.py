@@ -292,6 +292,46 @@ def test_run_plan_reports_every_node_to_on_result(tmp_path: Path) -> None:
     assert done.status == "failed" and done.exit_code == EXIT_FAILED and done.failures[0][0] == "pipeline bad"
 
 
+@pytest.mark.parametrize("wrapped", [True, False], ids=["wrapped", "raw"])
+def test_a_sigint_that_duckdb_turned_into_a_runtime_error_ends_the_run_as_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wrapped: bool
+) -> None:
+    """A real SIGINT inside a DuckDB query ends it with ``RuntimeError("Query interrupted")``, with no
+    ``KeyboardInterrupt`` in its chain: the run said "failed" (exit 1) when Ctrl-C landed in a gate's query (the
+    Ctrl-C test failed so under load). The run notes the signal itself: exit 130, the rest skipped."""
+    import os
+    import signal
+    import threading
+
+    import duckdb
+
+    from icefield.cli import EXIT_INTERRUPTED
+    from icefield.errors import TerminalError
+    from icefield.write import TableWriter
+
+    root = _project(tmp_path / "p", {"a": {"target": {"table": "raw.a"}}, "b": {"target": {"table": "raw.b"}}}, {})
+    _drop(root, "a", "1.jsonl", [{"id": 1}])
+    _drop(root, "b", "1.jsonl", [{"id": 2}])
+
+    def slow_query(self: Any, *args: Any, **kwargs: Any) -> Any:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:
+            duckdb.sql("select count(*) from range(300000000) t(a) where a * 7 % 13 = 5").fetchall()
+        except RuntimeError as e:
+            assert "interrupted" in str(e).lower(), e
+            if wrapped:
+                raise TerminalError(f"checking the batch failed: {e}") from None
+            raise
+        raise AssertionError("the query ran to its end: no SIGINT arrived")
+
+    monkeypatch.setattr(TableWriter, "commit", slow_query)
+    code, doc, err = _cli(root, "run")
+    assert code == EXIT_INTERRUPTED, (doc, err)
+    assert doc["status"] == "interrupted" and doc["type"] == "InterruptedRunError"
+    assert [r["status"] for r in doc["results"]] == ["failed", "skipped"], "the pipeline after it does not run"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the run gives Python its handler back"
+
+
 def test_a_sigint_that_pyarrow_turned_into_a_failure_ends_the_run_as_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A SIGINT that arrives inside a pyarrow call comes back as ``ArrowCancelled`` ("received signal 2"),
     which the step it interrupted reports as its own failure: the run said "failed", exit 1, and ran the

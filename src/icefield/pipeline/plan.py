@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from icefield import interrupts
 from icefield.config.secrets import redact
 from icefield.errors import ConfigError, GateFailedError, IcefieldError, InterruptedRunError
 from icefield.observe.events import EventStream, NodeSkipped, Observer
@@ -399,57 +400,70 @@ def run_plan(
 
     current: Node | None = None
     pending = list(plan.nodes)
-    try:
-        while pending:
-            node = pending.pop(0)
-            blocked = [u for u in node.upstream if u in fell]
-            if blocked:
-                reason = _skip_reason(node, blocked[0], *fell[blocked[0]])
-                fell[node.id] = fell[blocked[0]]
-                blank = _blank(node, out.run_id, "skipped", reason=reason)
-                EventStream(out.run_id, blank.pipeline, observers).emit(NodeSkipped, table=node.table, reason=reason)
-                record(node, blank)
-                continue
-            current = node
-            if on_start is not None:
-                on_start(node)
-            try:
-                result = _run_node(project, node, catalog, out.run_id, wait, follow, stop, on_batch, observers, window)
-            except IcefieldError as e:
-                if by_interrupt(e):
-                    raise KeyboardInterrupt from e
-                held = isinstance(e, GateFailedError)
-                fell[node.id] = (node.id, "was held by its gates" if held else "failed")
-                out.failures.append((node.id, e))
-                partial = getattr(e, "result", None)
-                if not isinstance(partial, RunResult):
-                    partial = _blank(node, out.run_id, "held" if held else "failed", error=redact(str(e)))
-                result = partial
-            current = None
-            record(node, result)
-    except KeyboardInterrupt:
-        interrupted = InterruptedRunError(
-            "interrupted (SIGINT): committed batches stay committed; a batch in flight stays pending and the next run retries it"
-        )
-        out.interrupted = True
-        out.failures.append((current.id if current is not None else "run", interrupted))
-        if current is not None:
-            out.results.append(_blank(current, out.run_id, "failed", error=str(interrupted)))
-        out.results.extend(_blank(n, out.run_id, "skipped", reason="the run was interrupted before it started") for n in pending)
-        interrupted.result = out  # type: ignore[attr-defined]
-        raise interrupted from None
+    with interrupts.watched():
+        try:
+            while pending:
+                node = pending.pop(0)
+                blocked = [u for u in node.upstream if u in fell]
+                if blocked:
+                    reason = _skip_reason(node, blocked[0], *fell[blocked[0]])
+                    fell[node.id] = fell[blocked[0]]
+                    blank = _blank(node, out.run_id, "skipped", reason=reason)
+                    EventStream(out.run_id, blank.pipeline, observers).emit(NodeSkipped, table=node.table, reason=reason)
+                    record(node, blank)
+                    continue
+                current = node
+                if on_start is not None:
+                    on_start(node)
+                try:
+                    result = _run_node(project, node, catalog, out.run_id, wait, follow, stop, on_batch, observers, window)
+                except IcefieldError as e:
+                    if by_interrupt(e):
+                        raise KeyboardInterrupt from e
+                    held = isinstance(e, GateFailedError)
+                    fell[node.id] = (node.id, "was held by its gates" if held else "failed")
+                    out.failures.append((node.id, e))
+                    partial = getattr(e, "result", None)
+                    if not isinstance(partial, RunResult):
+                        partial = _blank(node, out.run_id, "held" if held else "failed", error=redact(str(e)))
+                    result = partial
+                except Exception as e:
+                    if by_interrupt(e):  # a library's own error for the SIGINT (DuckDB's "Query interrupted")
+                        raise KeyboardInterrupt from e
+                    raise
+                current = None
+                record(node, result)
+        except KeyboardInterrupt:
+            interrupted = InterruptedRunError(
+                "interrupted (SIGINT): committed batches stay committed; a batch in flight stays pending and the next run retries it"
+            )
+            out.interrupted = True
+            out.failures.append((current.id if current is not None else "run", interrupted))
+            if current is not None:
+                out.results.append(_blank(current, out.run_id, "failed", error=str(interrupted)))
+            out.results.extend(_blank(n, out.run_id, "skipped", reason="the run was interrupted before it started") for n in pending)
+            interrupted.result = out  # type: ignore[attr-defined]
+            raise interrupted from None
     return out
 
 
+_CANCELLED = frozenset({"ArrowCancelled", "InterruptException"})
+"""The exception types pyarrow and DuckDB raise when a SIGINT cancels one of their calls."""
+
+
 def by_interrupt(e: BaseException) -> bool:
-    """True when ``e`` was caused by SIGINT: a ``KeyboardInterrupt`` in its chain, or pyarrow's
-    ``ArrowCancelled`` (pyarrow turns a SIGINT that arrives inside one of its calls into a cancelled
-    operation, which icefield code may have wrapped as a failure of the step it was in)."""
+    """True when ``e`` was caused by SIGINT: one arrived while the run was watching
+    (:func:`icefield.interrupts.received`), or its chain holds a ``KeyboardInterrupt``, pyarrow's
+    ``ArrowCancelled`` or DuckDB's ``InterruptException`` (each turns a SIGINT that arrives inside one of its
+    calls into a cancelled operation, which icefield code may have wrapped as a failure of the step it was
+    in)."""
+    if interrupts.received():
+        return True
     seen: set[int] = set()
     err: BaseException | None = e
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, KeyboardInterrupt) or type(err).__name__ == "ArrowCancelled":
+        if isinstance(err, KeyboardInterrupt) or type(err).__name__ in _CANCELLED:
             return True
         err = err.__cause__ or err.__context__
     return False
