@@ -17,6 +17,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 """The repository root: the parent of the ``stack`` package."""
 
 LOCALHOST = "127.0.0.1"
+
+# sh forks the server in the background (reparented to init once sh exits) and prints its pid.
+_SPAWN = 'log=$1; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!'
 
 
 class StackError(RuntimeError):
@@ -204,6 +209,45 @@ def run_command(
     return result
 
 
+def spawn_detached(argv: Sequence[str], log_file: Path, *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
+    """Start ``argv`` in the background in a new session, output appended to ``log_file``; return its pid.
+
+    The process outlives the caller and is never the caller's child (so no zombie and no
+    ``subprocess`` object to reap). Raises :class:`StackError` if it cannot be started.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = subprocess.run(
+            ["/bin/sh", "-c", _SPAWN, "sh", str(log_file), *argv],
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            start_new_session=True,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise StackError(f"cannot start {argv[0]!r}: {e}") from e
+    pid = result.stdout.strip()
+    if result.returncode != 0 or not pid.isdigit():
+        raise StackError(f"cannot start {' '.join(argv[:3])} ...: {result.stderr.strip() or result.stdout.strip()}")
+    return int(pid)
+
+
+def read_port_env(var: str, default: int) -> int:
+    """Return the port in environment variable ``var`` (else ``default``); raise :class:`StackError` if invalid."""
+    raw = os.environ.get(var)
+    try:
+        port = int(raw) if raw else default
+    except ValueError as e:
+        raise StackError(f"{var}={raw!r} is not a port number; unset it or use e.g. {default}") from e
+    if not 1 <= port <= 65535:
+        raise StackError(f"{var}: port {port} is out of range 1-65535")
+    return port
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) for the ``with`` block.
@@ -297,3 +341,182 @@ class Service(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(state_dir={str(self.state_dir)!r}, port={self.port})"
+
+
+class ProcessService(Service):
+    """A server that is one detached process of one executable, started and stopped by pid.
+
+    Layout under ``state_dir``: ``data/`` (:attr:`data_dir`), ``<name>.log`` (its output), ``pid`` and
+    ``lock`` (serialises start and stop). The port comes from the ``port`` argument, else
+    ``$<port_env>``, else :attr:`port_default`. :meth:`start`, :meth:`wait_ready`, :meth:`stop` and
+    :meth:`status` are shared; a subclass sets the class attributes below and implements:
+
+    * :meth:`install`: find or build the executable and set ``self._binary`` to its path;
+    * :meth:`arguments`: the argv after the executable (:meth:`command` is both);
+
+    and may override :meth:`environment` (the process's environment), :meth:`prepare` (configuration files
+    and folders, written under the lock before every start) and :meth:`ready` (what answer to ``GET
+    <ready_path>`` means ready).
+    """
+
+    port_env: ClassVar[str]
+    """The environment variable that moves the port."""
+    port_default: ClassVar[int]
+    executable: ClassVar[str]
+    """The executable's file name: its first 15 characters are the kernel's command name of the process, by
+    which a recorded pid is told from a reused one."""
+    ready_path: ClassVar[str] = "/"
+    """The URL path :meth:`probe` polls."""
+    stop_signals: ClassVar[tuple[signal.Signals, ...]] = (signal.SIGTERM, signal.SIGKILL)
+    """What :meth:`stop` sends, in order, each after the previous one was ignored for ``timeout`` seconds."""
+
+    def __init__(self, base_dir: Path | str | None = None, *, port: int | None = None, fast: bool = False) -> None:
+        """Configure the launcher; touches nothing on disk. Raises :class:`StackError` for a bad port."""
+        super().__init__(base_dir, fast=fast)
+        self._port = port if port is not None else read_port_env(self.port_env, self.port_default)
+        if not 1 <= self._port <= 65535:
+            raise StackError(f"{self.name} port {self._port} is out of range 1-65535: give {type(self).__name__}(port=...) "
+                             f"a port from 1 to 65535")
+        self._binary: Path | None = None  # set by install()
+
+    # ------------------------------------------------------------------ locations
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        """The server's data: created at every start."""
+        return self.state_dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        """The server's stdout and stderr, appended to across starts."""
+        return self.state_dir / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "lock"
+
+    # ------------------------------------------------------------------ hooks
+
+    @abc.abstractmethod
+    def arguments(self) -> list[str]:
+        """The server's argv after the executable."""
+
+    def command(self) -> list[str]:
+        """The server's full argv: the executable :meth:`install` found, then :meth:`arguments`."""
+        assert self._binary is not None, "install() first"
+        return [str(self._binary), *self.arguments()]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: ours."""
+        return dict(os.environ)
+
+    def prepare(self) -> None:
+        """Write configuration files and make folders before a start (under the lock; ``data_dir`` exists)."""
+
+    def ready(self, status: int, body: bytes) -> bool:
+        """Whether the HTTP answer ``status`` with ``body`` to ``GET <ready_path>`` means ready: a 200."""
+        return status == 200
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> bool:
+        """Launch the server unless it already runs from this state dir; return True if this call launched it.
+
+        Raises :class:`ServiceStartError` naming :attr:`port_env` if the port is taken by another process.
+        """
+        self.install()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.lock_file):
+            pid = self._running_pid()
+            if pid is not None:
+                logger.info("%s already running (pid %d)", self.name, pid)
+                return False
+            if port_open(self.host, self.port):
+                raise ServiceStartError(
+                    f"{self.name}: port {self.port} on {self.host} is already in use by another process; "
+                    f"choose another with {self.port_env}=<port> or {type(self).__name__}(port=...)"
+                )
+            self.data_dir.mkdir(exist_ok=True)
+            self.prepare()
+            argv = self.command()
+            logger.info("starting %s on %s:%d (log %s)", self.name, self.host, self.port, self.log_file)
+            with open(self.log_file, "a") as log:
+                log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} icefield stack: starting {self.name}\n")
+            pid = spawn_detached(argv, self.log_file, env=self.environment(), cwd=self.state_dir)
+            self.pid_file.write_text(f"{pid}\n")
+            return True
+
+    def probe(self) -> bool:
+        """True once ``GET <ready_path>`` gets an answer that :meth:`ready` accepts."""
+        try:
+            with urllib.request.urlopen(f"{self.url()}{self.ready_path}", timeout=2) as resp:
+                return self.ready(resp.status, resp.read())
+        except urllib.error.HTTPError as e:
+            return self.ready(e.code, b"")
+        except OSError:  # URLError included: refused, reset, timed out
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll :meth:`probe`; raise :class:`ServiceStartError` with the log tail if the server exits or
+        ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = self._running_pid()
+            if pid is None:
+                raise ServiceStartError(
+                    f"{self.name} is not running (it exited or was never started); log {self.log_file}:\n{tail(self.log_file)}"
+                )
+            if self.probe():
+                logger.info("%s ready on %s:%d (pid %d)", self.name, self.host, self.port, pid)
+                return
+            if time.monotonic() >= deadline:
+                raise ServiceStartError(
+                    f"{self.name} (pid {pid}) not ready on {self.host}:{self.port} after {timeout:.0f}s; "
+                    f"log {self.log_file}:\n{tail(self.log_file)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the server by pid with :attr:`stop_signals`; True if it was running, False if not; raises
+        :class:`StackError` if it survives them all."""
+        if not self.state_dir.is_dir():
+            return False
+        with file_lock(self.lock_file):
+            pid = self._running_pid()
+            if pid is None:
+                self.pid_file.unlink(missing_ok=True)
+                return False
+            logger.info("stopping %s (pid %d)", self.name, pid)
+            if not kill_pid(pid, timeout, signals=self.stop_signals):
+                raise StackError(f"{self.name} pid {pid} survived {self.stop_signals[-1].name}; see {self.log_file}")
+            self.pid_file.unlink(missing_ok=True)
+            return True
+
+    def status(self) -> ServiceStatus:
+        """Report running/pid from the pid file; changes nothing."""
+        return ServiceStatus(
+            name=self.name,
+            running=(pid := self._running_pid()) is not None,
+            host=self.host,
+            port=self.port,
+            pid=pid,
+            url=self.url(),
+            state_dir=self.state_dir,
+            log_file=self.log_file,
+        )
+
+    def _running_pid(self) -> int | None:
+        """The recorded pid if that process is alive and runs :attr:`executable` (a reused pid reads as not running)."""
+        return recorded_pid(self.pid_file, self.executable[:15])

@@ -15,9 +15,8 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
 
@@ -35,6 +34,10 @@ from .base import (
     tail,
 )
 
+# Re-exported: the launchers that predate stack.base import them from here.
+from .base import read_port_env as read_port_env
+from .base import spawn_detached as spawn_detached
+
 logger = logging.getLogger(__name__)
 
 JAVA_INSTALL_HINT = "apt-get install openjdk-17-jre-headless"
@@ -43,8 +46,6 @@ LOG4J2_CONFIG = Path(__file__).resolve().parent / "conf" / "log4j2.properties"
 """The log4j2 configuration of every JVM service: INFO to stdout, which the launcher appends to the log."""
 
 _JAVA_VERSION = re.compile(r'version "(\d+)(?:\.(\d+))?')
-# sh forks the JVM in the background (reparented to init once sh exits) and prints its pid.
-_SPAWN = 'log=$1; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!'
 
 
 def java_major(java: str) -> int | None:
@@ -76,33 +77,6 @@ def find_java(min_major: int = JAVA_MIN_MAJOR) -> str:
             f"run `{JAVA_INSTALL_HINT}` or point JAVA_HOME at a newer JDK"
         )
     return java
-
-
-def spawn_detached(argv: Sequence[str], log_file: Path, *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
-    """Start ``argv`` in the background in a new session, output appended to ``log_file``; return its pid.
-
-    The process outlives the caller and is never the caller's child (so no zombie and no
-    ``subprocess`` object to reap). Raises :class:`StackError` if it cannot be started.
-    """
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        result = subprocess.run(
-            ["/bin/sh", "-c", _SPAWN, "sh", str(log_file), *argv],
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            start_new_session=True,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise StackError(f"cannot start {argv[0]!r}: {e}") from e
-    pid = result.stdout.strip()
-    if result.returncode != 0 or not pid.isdigit():
-        raise StackError(f"cannot start {' '.join(argv[:3])} ...: {result.stderr.strip() or result.stdout.strip()}")
-    return int(pid)
 
 
 class JavaService(Service):
@@ -273,15 +247,3 @@ def _megabytes(size: str) -> float:
         raise StackError(f"heap size {size!r} is not JVM notation like 512m or 1g")
     factor = {"": 1 / (1 << 20), "k": 1 / 1024, "m": 1, "g": 1024}[m.group(2).lower()]
     return int(m.group(1)) * factor
-
-
-def read_port_env(var: str, default: int) -> int:
-    """Return the port in environment variable ``var`` (else ``default``); raise :class:`StackError` if invalid."""
-    raw = os.environ.get(var)
-    try:
-        port = int(raw) if raw else default
-    except ValueError as e:
-        raise StackError(f"{var}={raw!r} is not a port number; unset it or use e.g. {default}") from e
-    if not 1 <= port <= 65535:
-        raise StackError(f"{var}: port {port} is out of range 1-65535")
-    return port

@@ -23,29 +23,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .base import (
-    REPO_ROOT,
-    Service,
-    ServiceNotInstalled,
-    ServiceStartError,
-    ServiceStatus,
-    StackError,
-    file_lock,
-    kill_pid,
-    port_open,
-    recorded_pid,
-    tail,
-)
-from .jvm import read_port_env, spawn_detached
+from .base import REPO_ROOT, ProcessService, ServiceNotInstalled, StackError
 
 logger = logging.getLogger(__name__)
 
@@ -60,140 +43,25 @@ ALERTMANAGER_CONFIG = REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 INSTALL_HINT = "apt-get install -y prometheus prometheus-pushgateway prometheus-alertmanager"
 
 
-class _Binary(Service):
-    """A server that is one binary on the PATH (``binary``), started detached with :meth:`arguments`."""
+class _Binary(ProcessService):
+    """A server that is one binary on the PATH (:attr:`executable`), from Debian's packages; ready when
+    ``/-/ready`` answers 200."""
 
-    binary: str
-    port_env: str
-    port_default: int
-
-    def __init__(self, base_dir: Path | str | None = None, *, port: int | None = None, fast: bool = False) -> None:
-        super().__init__(base_dir, fast=fast)
-        self._port = port if port is not None else read_port_env(self.port_env, self.port_default)
-        if not 1 <= self._port <= 65535:
-            raise StackError(f"{self.name} port {self._port} is out of range 1-65535")
-        self._path: str | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_dir / "pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.state_dir / f"{self.name}.log"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.state_dir / "lock"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.state_dir / "data"
+    ready_path = "/-/ready"
 
     def install(self) -> None:
         """Find the binary on the PATH; raise :class:`ServiceNotInstalled` naming the apt command if missing."""
-        path = shutil.which(self.binary)
+        path = shutil.which(self.executable)
         if path is None:
-            raise ServiceNotInstalled(f"{self.binary} is not on the PATH: run `{INSTALL_HINT}`")
-        self._path = path
-
-    def prepare(self) -> None:
-        """Write the configuration before a start (under the lock)."""
-
-    def arguments(self) -> list[str]:
-        raise NotImplementedError
-
-    def start(self) -> bool:
-        self.install()
-        assert self._path is not None
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir.mkdir(exist_ok=True)
-        with file_lock(self.lock_file):
-            pid = self._running_pid()
-            if pid is not None:
-                logger.info("%s already running (pid %d)", self.name, pid)
-                return False
-            if port_open(self.host, self.port):
-                raise ServiceStartError(
-                    f"{self.name}: port {self.port} on {self.host} is already in use by another process; "
-                    f"choose another with {self.port_env}"
-                )
-            self.prepare()
-            with open(self.log_file, "a") as log:
-                log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} icefield stack: starting {self.name}\n")
-            logger.info("starting %s on %s:%d (log %s)", self.name, self.host, self.port, self.log_file)
-            pid = spawn_detached([self._path, *self.arguments()], self.log_file, cwd=self.state_dir)
-            self.pid_file.write_text(f"{pid}\n")
-            return True
-
-    def probe(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url()}/-/ready", timeout=2) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            pid = self._running_pid()
-            if pid is None:
-                raise ServiceStartError(
-                    f"{self.name} is not running (it exited or was never started); log {self.log_file}:\n{tail(self.log_file)}"
-                )
-            if self.probe():
-                logger.info("%s ready on %s:%d (pid %d)", self.name, self.host, self.port, pid)
-                return
-            if time.monotonic() >= deadline:
-                raise ServiceStartError(
-                    f"{self.name} (pid {pid}) not ready on {self.host}:{self.port} after {timeout:.0f}s; "
-                    f"log {self.log_file}:\n{tail(self.log_file)}"
-                )
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 30.0) -> bool:
-        if not self.state_dir.is_dir():
-            return False
-        with file_lock(self.lock_file):
-            pid = self._running_pid()
-            if pid is None:
-                self.pid_file.unlink(missing_ok=True)
-                return False
-            logger.info("stopping %s (pid %d)", self.name, pid)
-            if not kill_pid(pid, timeout, signals=(signal.SIGTERM, signal.SIGKILL)):
-                raise StackError(f"{self.name} pid {pid} survived SIGKILL; see {self.log_file}")
-            self.pid_file.unlink(missing_ok=True)
-            return True
-
-    def status(self) -> ServiceStatus:
-        return ServiceStatus(
-            name=self.name,
-            running=(pid := self._running_pid()) is not None,
-            host=self.host,
-            port=self.port,
-            pid=pid,
-            url=self.url(),
-            state_dir=self.state_dir,
-            log_file=self.log_file,
-        )
-
-    def _running_pid(self) -> int | None:
-        # The kernel's command name is the binary's name cut to 15 characters.
-        return recorded_pid(self.pid_file, Path(self.binary).name[:15])
+            raise ServiceNotInstalled(f"{self.executable} is not on the PATH: run `{INSTALL_HINT}`")
+        self._binary = Path(path)
 
 
 class Pushgateway(_Binary):
     """The Prometheus Pushgateway (batch runs push their metrics to it), on 127.0.0.1 only."""
 
     name = "pushgateway"
-    binary = "prometheus-pushgateway"
+    executable = "prometheus-pushgateway"
     port_env = PUSHGATEWAY_PORT_ENV
     port_default = PUSHGATEWAY_PORT_DEFAULT
 
@@ -211,7 +79,7 @@ class Alertmanager(_Binary):
     that sends every alert, and its resolution, to that URL after ``group_wait`` (a test's receiver)."""
 
     name = "alertmanager"
-    binary = "prometheus-alertmanager"
+    executable = "prometheus-alertmanager"
     port_env = ALERTMANAGER_PORT_ENV
     port_default = ALERTMANAGER_PORT_DEFAULT
 
@@ -271,7 +139,7 @@ class Prometheus(_Binary):
     name to ``host:port`` list (a following run's ``/metrics``, ``icefield metrics serve``)."""
 
     name = "prometheus"
-    binary = "prometheus"
+    executable = "prometheus"
     port_env = PROMETHEUS_PORT_ENV
     port_default = PROMETHEUS_PORT_DEFAULT
 

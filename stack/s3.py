@@ -35,29 +35,14 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import (
-    Service,
-    ServiceNotInstalled,
-    ServiceStartError,
-    ServiceStatus,
-    StackError,
-    file_lock,
-    kill_pid,
-    port_open,
-    recorded_pid,
-    tail,
-)
-from .jvm import read_port_env, spawn_detached
+from .base import ProcessService, ServiceNotInstalled, StackError, file_lock
 from .maven import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -184,16 +169,20 @@ def build_versitygw(version: str = VERSITYGW_VERSION, timeout: float = 1800.0) -
     return binary
 
 
-class S3Server(Service):
+class S3Server(ProcessService):
     """versitygw serving ``state_dir/data`` as S3 on 127.0.0.1:``port``, with its internal IAM.
 
     ``port`` comes from the argument, else ``$ICEFIELD_S3_PORT``, else 17070. The root account
     (:attr:`root`) is generated at the first start and kept in ``credentials.json`` (mode 0600); use it to
-    administer, and :meth:`create_account` / :meth:`create_bucket` for the accounts services use.
+    administer, and :meth:`create_account` / :meth:`create_bucket` for the accounts services use. The
+    endpoint (:meth:`url`) takes path-style addressing, region us-east-1.
     """
 
     name = "s3"
     region = S3_REGION
+    port_env = S3_PORT_ENV
+    port_default = S3_PORT_DEFAULT
+    executable = "versitygw"
 
     def __init__(
         self,
@@ -204,29 +193,15 @@ class S3Server(Service):
         version: str = VERSITYGW_VERSION,
     ) -> None:
         """Configure the launcher; touches nothing on disk. Raises :class:`StackError` for a bad port."""
-        super().__init__(base_dir, fast=fast)
-        self._port = port if port is not None else read_port_env(S3_PORT_ENV, S3_PORT_DEFAULT)
-        if not 1 <= self._port <= 65535:
-            raise StackError(f"S3 server port {self._port} is out of range 1-65535")
+        super().__init__(base_dir, port=port, fast=fast)
         self.version = version
-        self._binary: Path | None = None
 
     # ------------------------------------------------------------------ locations
 
     @property
-    def port(self) -> int:
-        return self._port
-
-    def url(self) -> str:
-        """The S3 endpoint, ``http://127.0.0.1:<port>`` (path-style addressing, region us-east-1)."""
-        return f"http://{self.host}:{self.port}"
-
-    endpoint = property(url, doc="The S3 endpoint URL (same as :meth:`url`).")
-
-    @property
-    def data_dir(self) -> Path:
-        """The POSIX backend's root: each subfolder is a bucket."""
-        return self.state_dir / "data"
+    def endpoint(self) -> str:
+        """The S3 endpoint URL (same as :meth:`url`)."""
+        return self.url()
 
     @property
     def iam_dir(self) -> Path:
@@ -237,18 +212,6 @@ class S3Server(Service):
     def credentials_file(self) -> Path:
         """The root account, ``{"access_key": ..., "secret_key": ...}``, mode 0600."""
         return self.state_dir / "credentials.json"
-
-    @property
-    def log_file(self) -> Path:
-        return self.state_dir / "s3.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_dir / "pid"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.state_dir / "lock"
 
     # ------------------------------------------------------------------ credentials
 
@@ -292,10 +255,9 @@ class S3Server(Service):
         """Find or build the versitygw binary; raise :class:`ServiceNotInstalled` naming how to get Go."""
         self._binary = build_versitygw(self.version)
 
-    def command(self) -> list[str]:
-        """The gateway's argv: no secret in it (``ps`` shows argv), the root account goes by environment."""
-        assert self._binary is not None, "install() first"
-        return [str(self._binary), "--port", f"{self.host}:{self.port}", "--iam-dir", str(self.iam_dir),
+    def arguments(self) -> list[str]:
+        """The gateway's arguments: no secret in them (``ps`` shows argv), the root account goes by environment."""
+        return ["--port", f"{self.host}:{self.port}", "--iam-dir", str(self.iam_dir),
                 "--region", self.region, "--quiet", "posix", str(self.data_dir)]
 
     def environment(self) -> dict[str, str]:
@@ -309,93 +271,13 @@ class S3Server(Service):
         env["ROOT_SECRET_ACCESS_KEY"] = root.secret_key
         return env
 
-    def start(self) -> bool:
-        """Launch the gateway unless it already runs from this state dir; return True if this call launched it.
+    def prepare(self) -> None:
+        """Make the IAM folder, private: versitygw keeps the accounts' secrets in it."""
+        self.iam_dir.mkdir(mode=0o700, exist_ok=True)
 
-        Raises :class:`ServiceStartError` if the port is taken by another process.
-        """
-        self.install()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.lock_file):
-            pid = self._running_pid()
-            if pid is not None:
-                logger.info("s3 already running (pid %d)", pid)
-                return False
-            if port_open(self.host, self.port):
-                raise ServiceStartError(
-                    f"port {self.port} on {self.host} is already in use by another process; "
-                    f"choose another with {S3_PORT_ENV}=<port> or S3Server(port=...)"
-                )
-            self.data_dir.mkdir(exist_ok=True)
-            self.iam_dir.mkdir(mode=0o700, exist_ok=True)
-            logger.info("starting s3 (versitygw) on %s:%d (log %s)", self.host, self.port, self.log_file)
-            with open(self.log_file, "a") as log:
-                log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} icefield stack: starting s3\n")
-            pid = spawn_detached(self.command(), self.log_file, env=self.environment(), cwd=self.state_dir)
-            self.pid_file.write_text(f"{pid}\n")
-            return True
-
-    def probe(self) -> bool:
-        """True once ``GET /`` gets an HTTP answer (403 without a signature counts)."""
-        try:
-            with urllib.request.urlopen(f"{self.url()}/", timeout=2):
-                return True
-        except urllib.error.HTTPError:
-            return True
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Poll :meth:`probe`; raise :class:`ServiceStartError` with the log tail if the gateway exits or
-        ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pid = self._running_pid()
-            if pid is None:
-                raise ServiceStartError(
-                    f"s3 is not running (it exited or was never started); log {self.log_file}:\n{tail(self.log_file)}"
-                )
-            if self.probe():
-                logger.info("s3 ready on %s:%d (pid %d)", self.host, self.port, pid)
-                return
-            if time.monotonic() >= deadline:
-                raise ServiceStartError(
-                    f"s3 (pid {pid}) not ready on {self.host}:{self.port} after {timeout:.0f}s; "
-                    f"log {self.log_file}:\n{tail(self.log_file)}"
-                )
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the gateway by pid (SIGTERM, SIGKILL if it hangs); True if it was running, raise if it survives."""
-        if not self.state_dir.is_dir():
-            return False
-        with file_lock(self.lock_file):
-            pid = self._running_pid()
-            if pid is None:
-                self.pid_file.unlink(missing_ok=True)
-                return False
-            logger.info("stopping s3 (pid %d)", pid)
-            if not kill_pid(pid, timeout, signals=(signal.SIGTERM, signal.SIGKILL)):
-                raise StackError(f"s3 pid {pid} survived SIGKILL; see {self.log_file}")
-            self.pid_file.unlink(missing_ok=True)
-            return True
-
-    def status(self) -> ServiceStatus:
-        """Report running/pid from the pid file (a live ``versitygw`` process); changes nothing."""
-        return ServiceStatus(
-            name=self.name,
-            running=(pid := self._running_pid()) is not None,
-            host=self.host,
-            port=self.port,
-            pid=pid,
-            url=self.url(),
-            state_dir=self.state_dir,
-            log_file=self.log_file,
-        )
-
-    def _running_pid(self) -> int | None:
-        """The recorded pid if that process is alive and is versitygw (a reused pid reads as not running)."""
-        return recorded_pid(self.pid_file, "versitygw")
+    def ready(self, status: int, body: bytes) -> bool:
+        """Ready once ``GET /`` gets any HTTP answer (403 without a signature counts)."""
+        return True
 
     # ------------------------------------------------------------------ accounts and buckets
 

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -30,19 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .base import (
-    Service,
-    ServiceNotInstalled,
-    ServiceStartError,
-    ServiceStatus,
-    StackError,
-    file_lock,
-    kill_pid,
-    port_open,
-    recorded_pid,
-    tail,
-)
-from .jvm import read_port_env, spawn_detached
+from .base import ProcessService, ServiceNotInstalled, StackError, file_lock
 from .maven import cache_dir
 from .s3 import GO_INSTALL_HINT, GO_MIN, go_version
 
@@ -102,14 +89,19 @@ def build_victorialogs(version: str = VICTORIALOGS_VERSION, timeout: float = 180
     return binary
 
 
-class VictoriaLogs(Service):
-    """VictoriaLogs storing ``state_dir/data`` on 127.0.0.1:``port`` (see the module docs).
+class VictoriaLogs(ProcessService):
+    """VictoriaLogs storing ``state_dir/data`` on 127.0.0.1:``port`` (see the module docs); its :meth:`url` is
+    icefield's ``logs.ship.url``.
 
     ``port`` comes from the argument, else ``$ICEFIELD_VICTORIALOGS_PORT``, else 19428; ``retention`` is
     VictoriaLogs' ``-retentionPeriod`` (``7d``: lines older are deleted, and refused at ingestion).
     """
 
     name = "victorialogs"
+    port_env = VICTORIALOGS_PORT_ENV
+    port_default = VICTORIALOGS_PORT_DEFAULT
+    executable = BINARY
+    ready_path = "/health"
 
     def __init__(
         self,
@@ -121,139 +113,25 @@ class VictoriaLogs(Service):
         retention: str = "7d",
     ) -> None:
         """Configure the launcher; touches nothing on disk. Raises :class:`StackError` for a bad port."""
-        super().__init__(base_dir, fast=fast)
-        self._port = port if port is not None else read_port_env(VICTORIALOGS_PORT_ENV, VICTORIALOGS_PORT_DEFAULT)
-        if not 1 <= self._port <= 65535:
-            raise StackError(f"VictoriaLogs port {self._port} is out of range 1-65535")
+        super().__init__(base_dir, port=port, fast=fast)
         self.version = version
         self.retention = retention
-        self._binary: Path | None = None
-
-    # ------------------------------------------------------------------ locations
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def url(self) -> str:
-        """The server, ``http://127.0.0.1:<port>``: icefield's ``logs.ship.url``."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.state_dir / "data"
-
-    @property
-    def log_file(self) -> Path:
-        return self.state_dir / "victorialogs.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_dir / "pid"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.state_dir / "lock"
-
-    # ------------------------------------------------------------------ lifecycle
 
     def install(self) -> None:
         """Find or build the binary; raise :class:`ServiceNotInstalled` naming how to get Go."""
         self._binary = build_victorialogs(self.version)
 
-    def command(self) -> list[str]:
-        assert self._binary is not None, "install() first"
+    def arguments(self) -> list[str]:
         return [
-            str(self._binary),
             f"-httpListenAddr={self.host}:{self.port}",
             f"-storageDataPath={self.data_dir}",
             f"-retentionPeriod={self.retention}",
             "-loggerLevel=WARN",
         ]
 
-    def start(self) -> bool:
-        """Launch the server unless it already runs from this state dir; return True if this call launched it.
-
-        Raises :class:`ServiceStartError` if the port is taken by another process.
-        """
-        self.install()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.lock_file):
-            pid = self._running_pid()
-            if pid is not None:
-                logger.info("victorialogs already running (pid %d)", pid)
-                return False
-            if port_open(self.host, self.port):
-                raise ServiceStartError(
-                    f"port {self.port} on {self.host} is already in use by another process; "
-                    f"choose another with {VICTORIALOGS_PORT_ENV}=<port> or VictoriaLogs(port=...)"
-                )
-            self.data_dir.mkdir(exist_ok=True)
-            logger.info("starting victorialogs on %s:%d (log %s)", self.host, self.port, self.log_file)
-            with open(self.log_file, "a") as log:
-                log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} icefield stack: starting victorialogs\n")
-            pid = spawn_detached(self.command(), self.log_file, cwd=self.state_dir)
-            self.pid_file.write_text(f"{pid}\n")
-            return True
-
-    def probe(self) -> bool:
-        """True once ``GET /health`` answers ``OK``."""
-        try:
-            with urllib.request.urlopen(f"{self.url()}/health", timeout=2) as resp:
-                return bool(resp.status == 200 and resp.read().strip() == b"OK")
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Poll :meth:`probe`; raise :class:`ServiceStartError` with the log tail if the server exits or
-        ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pid = self._running_pid()
-            if pid is None:
-                raise ServiceStartError(
-                    f"victorialogs is not running (it exited or was never started); log {self.log_file}:\n{tail(self.log_file)}"
-                )
-            if self.probe():
-                logger.info("victorialogs ready on %s:%d (pid %d)", self.host, self.port, pid)
-                return
-            if time.monotonic() >= deadline:
-                raise ServiceStartError(
-                    f"victorialogs (pid {pid}) not ready on {self.host}:{self.port} after {timeout:.0f}s; "
-                    f"log {self.log_file}:\n{tail(self.log_file)}"
-                )
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Stop the server by pid (SIGTERM, SIGKILL if it hangs); True if it was running, raise if it survives."""
-        if not self.state_dir.is_dir():
-            return False
-        with file_lock(self.lock_file):
-            pid = self._running_pid()
-            if pid is None:
-                self.pid_file.unlink(missing_ok=True)
-                return False
-            logger.info("stopping victorialogs (pid %d)", pid)
-            if not kill_pid(pid, timeout, signals=(signal.SIGTERM, signal.SIGKILL)):
-                raise StackError(f"victorialogs pid {pid} survived SIGKILL; see {self.log_file}")
-            self.pid_file.unlink(missing_ok=True)
-            return True
-
-    def status(self) -> ServiceStatus:
-        """Report running/pid from the pid file (a live ``victoria-logs`` process); changes nothing."""
-        return ServiceStatus(
-            name=self.name,
-            running=(pid := self._running_pid()) is not None,
-            host=self.host,
-            port=self.port,
-            pid=pid,
-            url=self.url(),
-            state_dir=self.state_dir,
-            log_file=self.log_file,
-        )
-
-    def _running_pid(self) -> int | None:
-        return recorded_pid(self.pid_file, BINARY)
+    def ready(self, status: int, body: bytes) -> bool:
+        """Ready once ``GET /health`` answers ``OK``."""
+        return status == 200 and body.strip() == b"OK"
 
     # ------------------------------------------------------------------ reading back
 
