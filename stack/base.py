@@ -2,7 +2,9 @@
 
 A launcher starts a real server natively (no Docker) on 127.0.0.1, keeps its state under one base
 directory, and stops it by pid. A new service is one module with one :class:`Service` subclass,
-registered by name in ``stack/__init__.py``.
+registered by name in ``stack/__init__.py``. A server that is one process of one executable subclasses
+:class:`ProcessService` (the lifecycle is done: it names its executable, arguments and readiness answer);
+the JVM servers subclass ``stack.jvm.JavaService``.
 """
 
 from __future__ import annotations
