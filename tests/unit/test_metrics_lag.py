@@ -8,9 +8,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tests.unit.test_debezium_source import PIPE, event, write
+
 from icefield.observe.events import BatchCommitted, Event, SourceLag
 from icefield.observe.metrics import MetricsObserver, samples
-from tests.unit.test_debezium_source import PIPE, event, write
 
 LAG = "icefield_kafka_consumer_lag_messages"
 CDC = "icefield_cdc_lag_seconds"
