@@ -1,4 +1,4 @@
-"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7] [airflow]``: run the workloads (default all, in order) and write
+"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7] [airflow] [observe]``: run the workloads (default all, in order) and write
 ``build/bench/results.json`` (``BENCH_DIR`` moves it); each workload also keeps its own results."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 from bench import (
     airflow_overhead,
     gates,
+    observe_overhead,
     s3_store,
     w1_load,
     w2_merge,
@@ -32,6 +33,7 @@ WORKLOADS = {
     "s3": s3_store.run,
     "w7": w7_spark.run,
     "airflow": airflow_overhead.run,
+    "observe": observe_overhead.run,
 }
 
 

@@ -34,12 +34,9 @@ DAG_FILE = ROOT / "airflow" / "dags" / "iceberg_etl_dag.py"
 
 
 def _demo(directory: Path) -> Path:
-    from icefield.demo import copy_example
-    from icefield.examples.shop import cdc, generate
+    from icefield.demo import prepare_demo
 
-    copy_example(directory, fresh=False)
-    generate.create(directory)
-    cdc.capture(directory)
+    prepare_demo(directory)
     return directory
 
 

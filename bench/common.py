@@ -10,8 +10,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,3 +166,24 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+OBSERVED = "observe"
+"""The child argument that turns observation on (``bench.observe_overhead``)."""
+
+
+def observation(pushgateway: str, lineage_path: str) -> dict[str, Any]:
+    """The ``icefield.yaml`` settings of an observed run: metrics pushed to ``pushgateway`` at the end, lineage
+    events appended to the file ``lineage_path`` (what a platform team turns on)."""
+    return {"metrics": {"pushgateway": pushgateway, "job": "bench"}, "lineage": {"transport": "file", "path": lineage_path}}
+
+
+@contextmanager
+def observers_for(project: Any) -> Iterator[list[Any]]:
+    """The observers ``icefield run`` registers for ``project`` (its ``metrics:`` and ``lineage:`` settings),
+    pushing the metrics when the block ends: what an observed run costs, from its first event to its push."""
+    from icefield.observe.configured import configured_observers
+    from icefield.observe.metrics import run_metrics
+
+    with run_metrics(project.config.metrics, project.root) as metrics:
+        yield [*metrics, *configured_observers(project)]

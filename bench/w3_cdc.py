@@ -22,7 +22,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, machine, median, print_table, runs, scale, table_digest, tuned_if, work_dir
+from bench.common import (
+    OBSERVED,
+    emit,
+    machine,
+    median,
+    observation,
+    observers_for,
+    print_table,
+    runs,
+    scale,
+    table_digest,
+    tuned_if,
+    work_dir,
+)
 
 PARTITIONS = 4
 TOPIC = "pg.public.orders"
@@ -137,13 +150,15 @@ def produce(bootstrap: str, stream: list[Any]) -> None:
 # ------------------------------------------------------------------------------------------ peers (child processes)
 
 
-def _project(root: Path, bootstrap: str, batch: int, wait: float, topic: str = TOPIC, merge_mode: str = "copy-on-write") -> Any:
+def _project(
+    root: Path, bootstrap: str, batch: int, wait: float, topic: str = TOPIC, merge_mode: str = "copy-on-write", extra: dict[str, Any] | None = None
+) -> Any:
     import yaml
 
     from icefield.config import load_project
 
     (root / "pipelines").mkdir(parents=True, exist_ok=True)
-    settings = {"name": "w3", "batch_size": batch, "read_ahead": int(os.environ.get("BENCH_READ_AHEAD", "1"))}
+    settings = {"name": "w3", "batch_size": batch, "read_ahead": int(os.environ.get("BENCH_READ_AHEAD", "1")), **(extra or {})}
     (root / "icefield.yaml").write_text(yaml.safe_dump(settings))
     pipe = {
         "name": "orders_cdc",
@@ -160,11 +175,16 @@ def child_icefield(args: dict[str, Any]) -> None:
     from icefield.pipeline import run_pipeline
 
     root = Path(args["root"])
-    project = _project(root, args["bootstrap"], int(args.get("batch", 250_000)), 5.0, merge_mode=args.get("merge_mode", "copy-on-write"))
+    observed = observation(args["pushgateway"], str(root / "lineage.jsonl")) if args.get(OBSERVED) else None
+    project = _project(root, args["bootstrap"], int(args.get("batch", 250_000)), 5.0, merge_mode=args.get("merge_mode", "copy-on-write"), extra=observed)
     catalog = open_catalog(project)
     _warm_imports()
     started = time.perf_counter()
-    result = run_pipeline(project, "orders_cdc", catalog)
+    if observed:
+        with observers_for(project) as observers:
+            result = run_pipeline(project, "orders_cdc", catalog, observers=observers)
+    else:
+        result = run_pipeline(project, "orders_cdc", catalog)
     seconds = time.perf_counter() - started
     table = catalog.load_table("cdc.orders").scan(selected_fields=("id", "customer_id", "status", "amount", "updated_at")).to_arrow()
     emit(seconds, {"events": result.rows_in, "batches": len(result.batches), "conserved": result.conserved, **table_digest(table, "id")})

@@ -27,7 +27,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import emit, machine, measure_runs, median, print_table, runs, scale, tuned_if, work_dir
+from bench.common import (
+    OBSERVED,
+    emit,
+    machine,
+    measure_runs,
+    median,
+    observation,
+    observers_for,
+    print_table,
+    runs,
+    scale,
+    tuned_if,
+    work_dir,
+)
 from icefield.errors import SourceError
 
 PARTITIONS = 4
@@ -169,7 +182,8 @@ def _peer_icefield(args: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     root = Path(args["root"])
     shutil.rmtree(root, ignore_errors=True)
     (root / "pipelines").mkdir(parents=True)
-    (root / "icefield.yaml").write_text("name: w6\n")
+    settings: dict[str, Any] = {"name": "w6", **(observation(args["pushgateway"], str(root / "lineage.jsonl")) if args.get(OBSERVED) else {})}
+    (root / "icefield.yaml").write_text(json.dumps(settings))
     pipeline = {
         "name": "w6",
         "source": {
@@ -185,7 +199,11 @@ def _peer_icefield(args: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     project = load_project(root)
     _warm_imports()
     t0 = time.perf_counter()
-    result = run_pipeline(project, "w6")
+    if args.get(OBSERVED):
+        with observers_for(project) as observers:
+            result = run_pipeline(project, "w6", observers=observers)
+    else:
+        result = run_pipeline(project, "w6")
     seconds = time.perf_counter() - t0
     table = open_catalog(project).load_table("bench.events")
     rows = sum(t.file.record_count for t in table.scan().plan_files())

@@ -64,6 +64,18 @@ def copy_example(directory: Path, fresh: bool) -> None:
         shutil.copytree(src, directory, dirs_exist_ok=True)
 
 
+def prepare_demo(directory: Path, fresh: bool = False) -> tuple[Any, Any]:
+    """The shop demo project in ``directory`` with its generated sources, ready to run (what ``icefield
+    demo`` runs first; the same seed gives the same rows every time): :func:`copy_example`, then the shop
+    database, the clickstream files, the rates CSV and the captured changes. Returns what the generator
+    made (orders, customers, clickstream files...) and what the change capture wrote."""
+    from icefield.examples.shop import cdc, generate
+
+    copy_example(directory, fresh)
+    gen = generate.create(directory)
+    return gen, cdc.capture(directory)
+
+
 def _run_all(project: Any, catalog: Any, observers: Sequence[Observer] = ()) -> list[RunResult]:
     """Run the project's plan as `icefield run` does: every pipeline and model, each after what it reads.
     Raises the first failure."""
@@ -92,9 +104,7 @@ def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Obse
     from icefield.query import run_query
 
     started = time.perf_counter()
-    copy_example(directory, fresh)
-    gen = generate.create(directory)
-    snap = cdc.capture(directory)
+    gen, snap = prepare_demo(directory, fresh)
     project = load_project(directory)
     catalog = open_catalog(project)
     cols = ["pipeline", "table", "rows in", "committed", "quarantined", "snapshots"]

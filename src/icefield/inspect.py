@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyiceberg.catalog import Catalog
+
+    from icefield.config.loader import Project
+    from icefield.iceberg.cost import TableCost
 
 log = logging.getLogger(__name__)
 
@@ -152,4 +157,77 @@ class TableStatsCollector:
         yield from families.values()
         err = GaugeMetricFamily("icefield_table_stats_errors", "Tables whose statistics could not be read at this scrape.")
         err.add_metric([], errors)
+        yield err
+
+
+COST_EVERY = 900.0
+"""Seconds :class:`CostCollector` keeps its figures before it computes them again (listing every table's
+folders at each scrape would cost more than the figures are worth)."""
+
+
+class CostCollector:
+    """A Prometheus collector of the storage cost of every table of ``catalog`` (:func:`~icefield.iceberg.cost.
+    storage_costs`, the figures ``icefield cost`` prints), computed at a scrape when the last figures are older
+    than ``every`` seconds, else the last figures again:
+
+    - ``icefield_table_storage_bytes{table,namespace,owner,part}`` and ``icefield_table_storage_files{...}``:
+      ``part`` is ``current``, ``history``, ``metadata`` or ``orphan`` (they add up to what the table stores)
+      or ``small`` (the current data files under the small-file size: a share of ``current``, so sum the
+      parts with ``part!="small"``);
+    - ``icefield_table_storage_cost_per_month{table,namespace,owner,part,currency}``: their monthly price;
+    - ``icefield_table_storage_cost_age_seconds``: how old the figures are; ``icefield_table_cost_errors``:
+      tables whose figures could not be computed the last time (logged; their last figures are kept)."""
+
+    def __init__(self, catalog: Catalog, project: Project, every: float = COST_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.catalog = catalog
+        self.project = project
+        self.every = every
+        self.clock = clock
+        self._costs: dict[str, TableCost] = {}
+        self._at: float | None = None
+        self._errors = 0
+
+    def describe(self) -> list[Any]:
+        return []  # no eager collect when registered: the storage is read at scrape time only
+
+    def _refresh(self) -> None:
+        from icefield.catalog import list_tables
+        from icefield.iceberg.cost import storage_costs
+
+        names = [".".join(ident) for ident in list_tables(self.catalog)]
+        costs: dict[str, TableCost] = {}
+        errors = 0
+        for name in names:
+            try:
+                (costs[name],) = storage_costs(self.catalog, self.project, [name])
+            except Exception as e:  # one unreadable table leaves the others exported, with its last figures
+                errors += 1
+                log.warning("cannot compute the storage cost of %s: %s", name, e)
+                if name in self._costs:
+                    costs[name] = self._costs[name]
+        self._costs, self._errors, self._at = costs, errors, self.clock()
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        if self._at is None or self.clock() - self._at >= self.every:
+            self._refresh()
+        labels = ["table", "namespace", "owner", "part"]
+        files = GaugeMetricFamily("icefield_table_storage_files", "Files a table keeps, by part (current, history, metadata, orphan; small: a share of current).", labels=labels)
+        size = GaugeMetricFamily("icefield_table_storage_bytes", "Bytes a table keeps, by part (current, history, metadata, orphan; small: a share of current).", labels=labels)
+        price = GaugeMetricFamily(
+            "icefield_table_storage_cost_per_month", "Monthly price of the bytes a table keeps, by part, at the project's prices (cost: in icefield.yaml).", labels=[*labels, "currency"]
+        )
+        for name, c in sorted(self._costs.items()):
+            for part, (n, b, v) in c.by_part().items():
+                key = [name, c.namespace, c.owner, part]
+                files.add_metric(key, n)
+                size.add_metric(key, b)
+                price.add_metric([*key, c.currency], v)
+        yield from (files, size, price)
+        age = GaugeMetricFamily("icefield_table_storage_cost_age_seconds", "Seconds since the storage figures were computed.")
+        age.add_metric([], self.clock() - (self._at or 0.0))
+        yield age
+        err = GaugeMetricFamily("icefield_table_cost_errors", "Tables whose storage figures could not be computed the last time.")
+        err.add_metric([], self._errors)
         yield err

@@ -38,12 +38,9 @@ RUN_TIMEOUT = 240.0
 
 def _demo(directory: Path) -> Path:
     """A copy of the shop demo project with its generated sources (same seed: same rows every time)."""
-    from icefield.demo import copy_example
-    from icefield.examples.shop import cdc, generate
+    from icefield.demo import prepare_demo
 
-    copy_example(directory, fresh=False)
-    generate.create(directory)
-    cdc.capture(directory)
+    prepare_demo(directory)
     return directory
 
 

@@ -338,3 +338,63 @@ def test_files_moved_to_an_archive_location_are_priced_at_the_archive_class(lake
     config = project.config.model_copy(update={"cost": CostConfig(prices=PRICES, locations={str(cold): "infrequent"})})
     (c2,) = storage_costs(lk.catalog, dataclasses.replace(project, config=config))
     assert c2.bytes_by_class == c.bytes_by_class
+
+
+# ------------------------------------------------------------------ the same figures as metrics
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_show_exports_what_icefield_cost_reports_per_table_part_and_owner(lake: Any) -> None:
+    lk = _lake(lake)
+    code, out = _invoke(lk.root, "metrics", "show")
+    assert code == 0, out
+    got = _samples(out)
+    costs = storage_costs(lk.catalog, lk.project())
+    assert costs, "the lake has tables"
+    for c in costs:
+        for part, (files, size, price) in c.by_part().items():
+            key = (("namespace", c.namespace), ("owner", c.owner), ("part", part), ("table", c.table))
+            assert got[("icefield_table_storage_files", key)] == files, (c.table, part)
+            assert got[("icefield_table_storage_bytes", key)] == size, (c.table, part)
+            assert got[("icefield_table_storage_cost_per_month", tuple(sorted((*key, ("currency", "EUR")))))] == pytest.approx(price, rel=1e-9)
+        total = sum(v for (name, labels), v in got.items() if name == "icefield_table_storage_bytes" and ("table", c.table) in labels and ("part", "small") not in labels)
+        assert total == c.total_bytes, f"the parts but small add up to what {c.table} stores"
+    by_owner = {k: v.total_bytes for k, v in totals(costs, "owner").items()}
+    assert by_owner["sales"] == sum(v for (name, labels), v in got.items() if name == "icefield_table_storage_bytes" and ("owner", "sales") in labels and ("part", "small") not in labels)
+    assert got[("icefield_table_cost_errors", ())] == 0
+    code, out = _invoke(lk.root, "metrics", "show", "--no-cost")
+    assert code == 0 and "icefield_table_storage_bytes" not in out and "icefield_table_bytes" in out
+
+
+def test_the_cost_collector_keeps_its_figures_until_they_are_older_than_every(lake: Any) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from icefield.inspect import CostCollector
+
+    lk = _lake(lake)
+    now = [1000.0]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CostCollector(lk.catalog, lk.project(), every=60.0, clock=lambda: now[0]))  # type: ignore[arg-type]
+    key = ("icefield_table_storage_bytes", (("namespace", "web"), ("owner", "web"), ("part", "current"), ("table", "web.clicks")))
+    first = _samples(generate_latest(registry).decode())[key]
+    _drop(lk.root, "clicks", "c.jsonl", [{"u": i, "tag": "more"} for i in range(50)])
+    assert lk.run("clicks").conserved
+    now[0] += 59
+    again = _samples(generate_latest(registry).decode())
+    assert again[key] == first, "within --cost-every the last figures are served"
+    assert again[("icefield_table_storage_cost_age_seconds", ())] == 59
+    now[0] += 1
+    assert _samples(generate_latest(registry).decode())[key] > first, "then they are computed again"
+
+    # A table that cannot be read is counted and keeps its last figures; the others are computed.
+    meta = Path(lk.table("web.visits").metadata_location.removeprefix("file://"))
+    meta.rename(meta.with_suffix(".gone"))
+    now[0] += 60
+    got = _samples(generate_latest(registry).decode())
+    assert got[("icefield_table_cost_errors", ())] == 1
+    assert ("icefield_table_storage_bytes", (("namespace", "web"), ("owner", ""), ("part", "current"), ("table", "web.visits"))) in got

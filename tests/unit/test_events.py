@@ -197,6 +197,35 @@ def test_a_failed_run_ends_with_run_finished_failed_and_names_the_pending_batch(
     json.dumps(partial.to_dict())  # times, source and tables are JSON values
 
 
+def test_the_outputs_columns_are_loaded_only_for_an_observer_that_wants_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run loaded every table it wrote once more at its end, for lineage's schema facet, with lineage off
+    too: now only an observer with ``wants_schemas`` (the lineage observer) costs that load."""
+    from icefield.pipeline import runner
+
+    root = _files_project(tmp_path, {"target": {"table": "raw.events"}}, {"a.jsonl": [{"id": 1, "v": "x"}]})
+    loads: list[str] = []
+    real = runner.output_columns
+    monkeypatch.setattr(runner, "output_columns", lambda catalog, table, snap: loads.append(table) or real(catalog, table, snap))
+    seen: list[Event] = []
+    run_pipeline(load_project(root), "events", observers=[seen.append])
+    finished = seen[-1]
+    assert isinstance(finished, RunFinished) and [(t.table, t.columns) for t in finished.outputs] == [("raw.events", ())]
+    assert loads == []
+
+    class Wanting:
+        wants_schemas = True
+
+        def __call__(self, event: Event) -> None:
+            seen.append(event)
+
+    (root / "data" / "b.jsonl").write_text(json.dumps({"id": 2, "v": "y"}) + "\n")
+    seen.clear()
+    run_pipeline(load_project(root), "events", observers=[Wanting()])
+    finished = seen[-1]
+    assert isinstance(finished, RunFinished) and loads == ["raw.events"]
+    assert {"id": "long", "v": "string"}.items() <= dict(finished.outputs[0].columns).items()
+
+
 def test_schema_changes_maintenance_and_skipped_nodes_are_events(tmp_path: Path, recorder: _Recorder) -> None:
     root = _files_project(
         tmp_path / "p",

@@ -766,29 +766,42 @@ def metrics() -> None:
     records and snapshots per table, read from the manifests."""
 
 
-def _table_stats_registry(out: Output) -> Any:
+COST_EVERY_DEFAULT = 900.0
+"""``icefield.inspect.COST_EVERY``, repeated so that the CLI's help needs no import of the module."""
+
+
+def _table_stats_registry(out: Output, cost_every: float | None) -> Any:
+    """The tables' statistics, and their storage cost recomputed every ``cost_every`` seconds (``None``: none)."""
     from prometheus_client import CollectorRegistry
 
     from icefield.catalog import open_catalog
-    from icefield.inspect import TableStatsCollector
+    from icefield.inspect import CostCollector, TableStatsCollector
     from icefield.write.compact import MIN_FILE_RATIO
 
+    catalog = open_catalog(out.project())
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TableStatsCollector(open_catalog(out.project()), MIN_FILE_RATIO))  # type: ignore[arg-type]
+    registry.register(TableStatsCollector(catalog, MIN_FILE_RATIO))  # type: ignore[arg-type]
+    if cost_every is not None:
+        registry.register(CostCollector(catalog, out.project(), cost_every))  # type: ignore[arg-type]
     return registry
 
 
 @metrics.command("serve")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=9465, show_default=True, help="The port of /metrics (0: a free one).")
 @click.option("--host", default=None, help="The address to bind (default: metrics.host of icefield.yaml, 127.0.0.1).")
+@click.option(
+    "--cost-every", type=click.FloatRange(min=0), default=COST_EVERY_DEFAULT, show_default=True,
+    help="Seconds between two computations of the storage cost metrics (they list every table's folders); 0: no cost metrics.",
+)
 @pass_out
 @guarded
-def metrics_serve(out: Output, port: int, host: str | None) -> None:
+def metrics_serve(out: Output, port: int, host: str | None, cost_every: float) -> None:
     """Serve the tables' statistics on http://HOST:PORT/metrics until Ctrl-C or SIGTERM; every scrape reads
-    the catalog and the current snapshot's manifests of each table."""
+    the catalog and the current snapshot's manifests of each table. The storage cost per table, part and
+    owner (the figures of `icefield cost`) is served too, recomputed every --cost-every seconds."""
     from icefield.observe.metrics import serve
 
-    registry = _table_stats_registry(out)
+    registry = _table_stats_registry(out, cost_every or None)
     stop = _stop_on_signals()
     with serve(registry, host or out.project().config.metrics.host, port) as server:
         out.print("Serving table statistics on {url} (Ctrl-C stops)", url=server.url)
@@ -796,14 +809,15 @@ def metrics_serve(out: Output, port: int, host: str | None) -> None:
 
 
 @metrics.command("show")
+@click.option("--cost/--no-cost", default=True, show_default=True, help="With the storage cost metrics (they list every table's folders).")
 @pass_out
 @guarded
-def metrics_show(out: Output) -> None:
-    """Print the tables' statistics once, in Prometheus' text format (for node_exporter's textfile collector,
-    or a look)."""
+def metrics_show(out: Output, cost: bool) -> None:
+    """Print the tables' statistics (and their storage cost) once, in Prometheus' text format (for
+    node_exporter's textfile collector, or a look)."""
     from prometheus_client import generate_latest
 
-    click.echo(generate_latest(_table_stats_registry(out)).decode(), nl=False)
+    click.echo(generate_latest(_table_stats_registry(out, 0.0 if cost else None)).decode(), nl=False)
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -302,7 +302,9 @@ def plain(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- stream
 
 Observer = Callable[[Event], None]
-"""Receives each event of a run, in order, in the run's thread."""
+"""Receives each event of a run, in order, in the run's thread. An observer whose ``wants_schemas``
+attribute is true (the lineage observer) gets the output tables' columns in :class:`RunFinished`'s
+``outputs``; without one, the run does not load them (one catalog load per table written, saved)."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,11 @@ class EventStream:
         self.run_id = run_id
         self.pipeline = pipeline
         self.observers: list[Observer] = [LoggingObserver(), *observers]
+
+    @property
+    def wants_schemas(self) -> bool:
+        """An observer of this stream wants the output tables' columns (see :data:`Observer`)."""
+        return any(getattr(o, "wants_schemas", False) for o in self.observers)
 
     def emit(self, event_type: type[Event], **values: Any) -> Event:
         """Build an event of ``event_type`` for this run and send it to every observer. Returns it."""

@@ -319,6 +319,8 @@ class LineageObserver:
     keeps what it needs of a run between its START and its end (its batches and gates), nothing more."""
 
     JOB_TYPES: ClassVar[dict[str, str]] = {"model": "MODEL"}
+    wants_schemas: ClassVar[bool] = True
+    """The runs load their output tables' columns for this observer (the schema facet)."""
 
     def __init__(
         self,

@@ -156,7 +156,8 @@ def _run_model(
         )
         result.batches.append(res)
         if wr.snapshot_id is not None and not wr.skipped:
-            result.outputs = [TableRef(model.target.table, wr.snapshot_id, output_columns(catalog, model.target.table, wr.snapshot_id))]
+            columns = output_columns(catalog, model.target.table, wr.snapshot_id) if events.wants_schemas else ()
+            result.outputs = [TableRef(model.target.table, wr.snapshot_id, columns)]
         emit_batch(events, model.target.table, res)
 
 

@@ -128,9 +128,10 @@ def run_pipeline(
         return in_flight.batch_id
 
     def outputs() -> None:
-        # The schema of each table at the snapshot the run last committed: one catalog load per table
-        # written, at the end of the run (lineage's schema facet).
-        result.outputs = [TableRef(t, snap, output_columns(catalog, t, snap)) for t, snap in written.items()]
+        # The schema of each table at the snapshot the run last committed, for lineage's schema facet: one
+        # catalog load per table written, at the end of the run, only when an observer wants it.
+        schemas = events.wants_schemas
+        result.outputs = [TableRef(t, snap, output_columns(catalog, t, snap) if schemas else ()) for t, snap in written.items()]
 
     with events.running():
         events.emit(RunStarted, table=pipe.target.table, source=result.source, description=pipe.description, checks=_check_kinds(pipe))
