@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from icefield.observe.events import SourceLag
+from icefield.observe.metrics import MetricsObserver, samples
+
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.connect]
 
 COLUMNS = ["id", "customer", "amount", "status", "placed_on", "updated_at", "ref", "attrs"]
@@ -56,7 +59,7 @@ def norm(column: str, value: Any) -> Any:
     return value
 
 
-def converge(project: Any, catalog: Any, url: str, columns: list[str], timeout: float = 90.0) -> None:
+def converge(project: Any, catalog: Any, url: str, columns: list[str], timeout: float = 90.0, observers: Any = ()) -> None:
     """Run the pipeline until the Iceberg table equals the PostgreSQL table (events arrive asynchronously)."""
     from icefield.errors import SourceError
     from icefield.pipeline import run_pipeline
@@ -64,7 +67,7 @@ def converge(project: Any, catalog: Any, url: str, columns: list[str], timeout: 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            result = run_pipeline(project, "orders_cdc", catalog)
+            result = run_pipeline(project, "orders_cdc", catalog, observers=observers)
             assert result.conserved, result.to_dict()
         except SourceError as e:  # the connector creates its topic with its first event
             if "does not exist" not in str(e) or time.monotonic() > deadline:
@@ -112,8 +115,10 @@ def test_postgres_changes_land_in_iceberg_exactly_as_the_table_is(
     (root / "pipelines" / "orders_cdc.yaml").write_text(yaml.safe_dump(pipeline))
     project = load_project(root, env={})
     catalog = open_catalog(project)
+    metrics, seen = MetricsObserver(), []
+    watch = [metrics, seen.append]
 
-    converge(project, catalog, pg_url, COLUMNS)  # the snapshot
+    converge(project, catalog, pg_url, COLUMNS, observers=watch)  # the snapshot
 
     with engine.begin() as c:
         c.execute(sa.text("UPDATE orders SET status = 'paid', amount = amount + 1 WHERE id <= 5"))
@@ -137,13 +142,23 @@ def test_postgres_changes_land_in_iceberg_exactly_as_the_table_is(
         c.execute(sa.text("UPDATE orders SET status = 'after' WHERE id = 30"))
         c.execute(sa.text("DELETE FROM orders WHERE id = 21"))
         c.execute(sa.text("INSERT INTO orders (id, customer, status) VALUES (21, 'back', 'again')"))
-    converge(project, catalog, pg_url, COLUMNS)
+    converge(project, catalog, pg_url, COLUMNS, observers=watch)
 
     with engine.begin() as c:
         c.execute(sa.text("ALTER TABLE orders ADD COLUMN channel text"))
         c.execute(sa.text("INSERT INTO orders (id, customer, status, channel) VALUES (40, 'web', 'placed', 'web')"))
         c.execute(sa.text("UPDATE orders SET channel = 'phone' WHERE id = 1"))
-    converge(project, catalog, pg_url, [*COLUMNS, "channel"])
+    converge(project, catalog, pg_url, [*COLUMNS, "channel"], observers=watch)
     engine.dispose()
     table = catalog.load_table("cdc.orders")
     assert "channel" in table.schema().column_names, "the column added in PostgreSQL reached the Iceberg table"
+
+    # Lag: every change landed, so no message is left on the topic; the CDC lag is the last batch's commit time
+    # minus the source time (source.ts_ms) of the newest change, which the table holds.
+    lag = {lb["partition"]: v for lb, v in samples(metrics.registry, "icefield_kafka_consumer_lag_messages")}
+    assert lag and set(lag.values()) == {0.0}, lag
+    last = [e for e in seen if isinstance(e, SourceLag) and e.change_time is not None][-1]
+    newest = max(table.scan(selected_fields=("_cdc_ts_ms",)).to_arrow().column("_cdc_ts_ms").to_pylist())
+    assert last.change_time == dt.datetime.fromtimestamp(newest / 1000, dt.UTC)
+    cdc = [v for _, v in samples(metrics.registry, "icefield_cdc_lag_seconds")]
+    assert cdc == [(last.at - last.change_time).total_seconds()] and 0 <= cdc[0] < 90, cdc

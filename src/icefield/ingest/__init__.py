@@ -78,6 +78,9 @@ class SourceBatch:
     # The date window whose rows this batch replaces (a window backfill: :meth:`Source.read_window`); its
     # ``position`` is then not the source's and is never committed.
     window: Window | None = None
+    # The source time of the newest change in the batch (Debezium: ``source.ts_ms``), for the CDC lag
+    # (:class:`icefield.observe.events.SourceLag`); None when the source has no such time or the batch no change.
+    change_time: dt.datetime | None = None
 
     def describe_rows(self, indices: list[int]) -> list[tuple[str, str]]:
         """``(raw record, source coordinates)`` of the rows at ``indices`` of ``data``; derived from the
@@ -203,6 +206,12 @@ class Source:
         """Called by the runner right after the batch that ends at ``position`` is committed to the table
         (or found already committed). A source may tell its upstream (Kafka consumer-group offsets); this
         is a hint only: the position read back from the table always wins."""
+
+    def lag(self, position: dict[str, Any]) -> dict[str, dict[int, int]] | None:
+        """Called by the runner after :meth:`acknowledge`: the messages the source holds beyond ``position``
+        (what the batch committed), per topic and partition, when the source can tell without waiting on a
+        server (Kafka: the high watermarks its consumer last saw); None when it cannot (the default)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; called once after the run."""

@@ -25,6 +25,7 @@ file, so lines appended later are read by the next run. Write whole lines.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -189,6 +190,10 @@ class DebeziumSource(Source):
         if self._reader is not None:
             self._reader.commit(position)
 
+    def lag(self, position: dict[str, Any]) -> dict[str, dict[int, int]] | None:
+        """Messages beyond ``position`` per topic and partition, when reading a topic (:meth:`KafkaReader.lag`)."""
+        return self._reader.lag(position) if self._reader is not None else None
+
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
@@ -233,6 +238,7 @@ class DebeziumSource(Source):
             coord_keys=list(self.pipeline.target.keys),
             # A delete under REPLICA IDENTITY DEFAULT carries only the key: absent columns are not dropped.
             open_schema=True,
+            change_time=newest_change(data),
         )
 
 def to_rows(decoded: DecodedEvents) -> tuple[pa.Table, int, list[int] | None]:
@@ -255,6 +261,15 @@ def to_rows(decoded: DecodedEvents) -> tuple[pa.Table, int, list[int] | None]:
     deleted = pc.equal(rows.column(CDC_OP), "d") if rows.num_rows else pa.array([], pa.bool_())
     rows = rows.append_column(CDC_DELETED, deleted)
     return rows, filtered, truncate_at
+
+
+def newest_change(rows: pa.Table) -> dt.datetime | None:
+    """The newest ``_cdc_ts_ms`` of ``rows`` (``source.ts_ms``: when the change was made in the source
+    database) as a UTC time; None when there is none. The CDC lag is measured from it."""
+    if CDC_TS_MS not in rows.column_names or not rows.num_rows:
+        return None
+    newest = pc.max(rows.column(CDC_TS_MS)).as_py()
+    return dt.datetime.fromtimestamp(newest / 1000, dt.UTC) if newest is not None else None
 
 
 def _user_schema(schema: pa.Schema | None) -> pa.Schema | None:
@@ -283,4 +298,4 @@ def _files_key(spans: dict[str, tuple[int, int]]) -> str:
     return "debezium-files:" + ";".join(f"{rel}@{a}-{b}" for rel, (a, b) in sorted(spans.items()))
 
 
-__all__ = ["DebeziumSource", "Rejected", "to_rows"]
+__all__ = ["DebeziumSource", "Rejected", "newest_change", "to_rows"]

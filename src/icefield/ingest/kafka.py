@@ -574,6 +574,27 @@ class KafkaReader:
             return False
         return True
 
+    def lag(self, position: Mapping[str, Any]) -> dict[str, dict[int, int]]:
+        """The messages beyond ``position`` (a batch's) per topic and partition of this reader: each
+        partition's high watermark as the consumer last saw it, minus the offset ``position`` holds for it
+        (never below 0). The watermarks are those librdkafka keeps from its fetch responses (no request to
+        the broker: cheap, and safe while another thread polls); a partition not fetched yet (or read by an
+        engine) takes its end when :meth:`open` ran. Empty when the reader is not open."""
+        consumer, ck = self._consumer, self._ck
+        if consumer is None:
+            return {}
+        at = position_offsets(position)
+        out: dict[str, dict[int, int]] = {}
+        for tp, end in self.ends.items():
+            if tp not in at:
+                continue
+            try:
+                high = int(consumer.get_watermark_offsets(ck.TopicPartition(*tp), cached=True)[1])
+            except (ck.KafkaException, RuntimeError):  # a partition the client forgot, a consumer closed meanwhile
+                high = -1
+            out.setdefault(tp[0], {})[tp[1]] = max((high if high >= 0 else end) - at[tp], 0)
+        return out
+
     def _on_client_error(self, err: Any) -> None:
         """librdkafka's error callback: it retries by itself and calls this on every failed attempt (from
         inside a poll or consume of this consumer). A refused login or access is kept: the read ends with
@@ -891,6 +912,10 @@ class KafkaSource(Source):
         """Commit the consumer-group offsets of ``position`` (after the Iceberg commit; a hint only)."""
         if self.reader is not None:
             self.reader.commit(position)
+
+    def lag(self, position: dict[str, Any]) -> dict[str, dict[int, int]] | None:
+        """Messages beyond ``position`` per topic and partition (:meth:`KafkaReader.lag`)."""
+        return self.reader.lag(position) if self.reader is not None else None
 
     def stop(self) -> None:
         self._stop_requested = True

@@ -1,9 +1,9 @@
 """The event stream of a run (``docs/architecture.md``, "Observers").
 
 A run (of a pipeline, a model, or a whole project plan) emits typed events as it goes: it started, a
-batch started, the schema changed, a batch committed (with its snapshot id and every count), a gate was
-evaluated, a batch was held or published, maintenance ran, an error ended a batch, a node was skipped,
-the run finished. Observers are callables that receive each event; they register on a run
+batch started, the schema changed, a batch committed (with its snapshot id and every count), how far the
+source is ahead of it, a gate was evaluated, a batch was held or published, maintenance ran, an error ended a
+batch, a node was skipped, the run finished. Observers are callables that receive each event; they register on a run
 (``run_pipeline(..., observers=[...])``, ``run_model``, ``run_plan``). Logging is the first observer
 (:class:`LoggingObserver`); metrics, lineage and audit subscribe to the same stream, so every number they
 report is the number the run counted once (the counts of :class:`BatchCommitted` are those of the run's
@@ -47,6 +47,7 @@ __all__ = [
     "RunFinished",
     "RunStarted",
     "SchemaChanged",
+    "SourceLag",
     "SourceRef",
     "TableRef",
     "now",
@@ -163,6 +164,21 @@ class BatchCommitted(Event):
     seconds: float
     commit_conflicts: int = 0
     cursor_time: datetime | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceLag(Event):
+    """How far the source is ahead of what a batch committed, measured after its commit (emitted after
+    :class:`BatchCommitted`, by sources that can tell cheaply). ``messages``: per topic and partition, the
+    partition's high watermark minus the offset committed with the batch (``kafka``, ``debezium`` from a
+    topic); ``change_time``: the source time (Debezium's ``source.ts_ms``) of the newest change the batch
+    landed, None when it landed none."""
+
+    kind: ClassVar[str] = "source_lag"
+    table: str
+    batch_id: str
+    messages: dict[str, dict[int, int]] = field(default_factory=dict)
+    change_time: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -406,7 +422,7 @@ class LoggingObserver:
             logging.ERROR
             if isinstance(event, ErrorRaised)
             else logging.DEBUG
-            if isinstance(event, (BatchStarted, GateEvaluated))
+            if isinstance(event, (BatchStarted, GateEvaluated, SourceLag))
             else logging.INFO
         )
         if not self.logger.isEnabledFor(level):
@@ -431,6 +447,10 @@ def _describe(e: Event) -> str:
             f"batch {e.batch_id} of {e.pipeline} committed as snapshot {e.snapshot_id} of {e.table}: {e.rows_in} rows in, "
             f"{e.rows_committed} committed, {e.rows_quarantined} quarantined, {e.rows_filtered} filtered in {e.seconds:.2f} s"
         )
+    if isinstance(e, SourceLag):
+        behind = sum(n for parts in e.messages.values() for n in parts.values())
+        when = f", newest change from {plain(e.change_time)}" if e.change_time is not None else ""
+        return f"after batch {e.batch_id} of {e.pipeline}: {behind} messages behind{when}"
     if isinstance(e, GateEvaluated):
         return f"gate {e.gate} on snapshot {e.snapshot_id} of {e.table} ({e.branch}): {e.status}: {e.message}"
     if isinstance(e, BatchHeld):

@@ -6,8 +6,9 @@ live in a :class:`~prometheus_client.CollectorRegistry` of its own (never the pr
 runs in one process do not mix.
 
 Labels are bounded: ``pipeline`` and ``table`` (names from the project), ``stage``, ``status``, ``outcome``,
-``operation``, ``gate``, ``check`` and ``error_type`` (names from the project or the code); never a batch id,
-run id, snapshot id or file name.
+``operation``, ``gate``, ``check`` and ``error_type`` (names from the project or the code), ``topic`` and
+``partition`` (the Kafka topics a pipeline reads, and their partitions: a few each); never a batch id, run
+id, snapshot id or file name.
 
 A batch run pushes its registry to a Pushgateway at the end (:func:`push`, one group per pipeline so a run
 of one pipeline replaces only that pipeline's metrics); a following run serves ``/metrics``
@@ -44,6 +45,7 @@ from icefield.observe.events import (
     NodeSkipped,
     RunFinished,
     SchemaChanged,
+    SourceLag,
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +87,11 @@ class MetricsObserver:
       ``icefield_maintenance_total{operation}``, ``icefield_nodes_skipped_total``;
     - ``icefield_commit_retries_total`` (commit attempts of committed batches that met a concurrent commit),
       ``icefield_run_errors_total{pipeline,error_type}`` and ``icefield_commit_conflicts_total{pipeline}``
-      (runs ended by a commit conflict that outlasted the retries).
+      (runs ended by a commit conflict that outlasted the retries);
+    - ``icefield_kafka_consumer_lag_messages{pipeline,topic,partition}`` (gauge: messages of the partition
+      beyond the offset the latest batch committed, measured after its commit) and
+      ``icefield_cdc_lag_seconds{pipeline}`` (gauge: seconds from the source time of the newest change the
+      latest batch landed to its commit), from :class:`~icefield.observe.events.SourceLag`.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -150,6 +156,19 @@ class MetricsObserver:
             "icefield_commit_conflicts", "Runs ended by a commit conflict that outlasted the retries.", ("pipeline",), registry=r
         )
 
+        self.consumer_lag = Gauge(
+            "icefield_kafka_consumer_lag_messages",
+            "Messages of a Kafka partition beyond the offset the latest batch committed (high watermark minus position).",
+            ("pipeline", "topic", "partition"),
+            registry=r,
+        )
+        self.cdc_lag = Gauge(
+            "icefield_cdc_lag_seconds",
+            "Seconds from the source time of the newest change the latest batch landed to its commit.",
+            ("pipeline",),
+            registry=r,
+        )
+
     def __call__(self, event: Event) -> None:
         with self._lock:  # plan nodes may run in threads of their own
             self._observe(event)
@@ -179,6 +198,12 @@ class MetricsObserver:
                 newest = max(self._newest.get(labels, 0.0), e.cursor_time.timestamp())
                 self._newest[labels] = newest
                 self.newest_cursor.labels(*labels).set(newest)
+        elif isinstance(e, SourceLag):
+            for topic, partitions in e.messages.items():
+                for partition, behind in partitions.items():
+                    self.consumer_lag.labels(e.pipeline, topic, str(partition)).set(behind)
+            if e.change_time is not None:  # clocks apart (the database's ahead of this host) read as no lag
+                self.cdc_lag.labels(e.pipeline).set(max((e.at - e.change_time).total_seconds(), 0.0))
         elif isinstance(e, GateEvaluated):
             self.gates.labels(e.pipeline, e.table, e.gate, e.status).inc()
         elif isinstance(e, BatchHeld):

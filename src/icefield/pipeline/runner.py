@@ -34,6 +34,7 @@ from icefield.observe.events import (
     Observer,
     RunStarted,
     SchemaChanged,
+    SourceLag,
     TableRef,
     now,
 )
@@ -246,6 +247,9 @@ def _run(
             if batch.window is None:
                 writer.base_position = batch.position
                 source.acknowledge(batch.position)
+                behind = source.lag(batch.position)
+                if behind is not None or batch.change_time is not None:
+                    events.emit(SourceLag, table=pipe.target.table, batch_id=batch_id, messages=behind or {}, change_time=batch.change_time)
             failpoints.hit("after-acknowledge")
             maintain(catalog, pipe, result, n, quiet_until, events)
             if on_batch is not None:
