@@ -383,7 +383,7 @@ COST = Dash(
                 Panel("Largest tables", "The ten largest tables now.",
                       ((f"topk(10, sum by (table) (icefield_table_bytes{{{TABLE}}}))", "{{table}}"),), kind="table", unit="bytes"),
                 Panel("Growth over the time range", "Bytes each table gained (or lost) over the dashboard's time range.",
-                      ((f"sum by (table) (delta(icefield_table_bytes{{{TABLE}}}[$__range]))", "{{table}}"),), unit="bytes"),
+                      ((f"sum by (table) (delta(icefield_table_bytes{{{TABLE}}}[$__range]))", "{{table}}"),), kind="table", unit="bytes"),
             ),
         ),
         (
