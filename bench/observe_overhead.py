@@ -33,12 +33,13 @@ def _alternate(module: str, args: Any, n: int) -> dict[str, list[float]]:
     for r in range(n):
         order = (False, True) if r % 2 == 0 else (True, False)
         for observed in order:
-            meas = measure_subprocess(module, args(observed, r))
+            child = args(observed, r)
+            meas = measure_subprocess(module, child)
             if meas is None:
                 raise RuntimeError(f"{module} timed out")
             out["on" if observed else "off"].append(meas.seconds)
             if observed:
-                lineage = Path(args(observed, r)["root"]) / "lineage.jsonl"
+                lineage = Path(child["root"]) / "lineage.jsonl"
                 assert lineage.exists() and lineage.stat().st_size > 0, f"the observed run wrote no lineage events to {lineage}"
     return out
 

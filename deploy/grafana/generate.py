@@ -9,8 +9,8 @@ and fails when they differ.
 The dashboards are built with grafana-foundation-sdk (pinned in the ``dev`` extra). This generator lives
 outside the ``icefield`` package: the SDK is never a dependency of icefield itself. Every panel queries only metrics icefield
 exports: :class:`~icefield.observe.metrics.MetricsObserver`'s (pushed by batch runs, served by following
-runs) and the table statistics of ``icefield metrics serve`` (:class:`icefield.inspect.TableStatsCollector`),
-plus the Kafka consumer lag and CDC lag gauges of the streaming sources (:data:`LAG_METRICS`).
+runs; the Kafka consumer lag and CDC lag gauges among them), and the table statistics and storage cost of
+``icefield metrics serve`` (:class:`icefield.inspect.TableStatsCollector`, :class:`icefield.inspect.CostCollector`).
 
 Counters a batch run pushes hold that run's counts (each process starts at 0; ``docs/metrics.md``), so the
 panels of batch pipelines read the gauges of the latest run (``icefield_last_run_rows_*``, the timestamps)
@@ -40,20 +40,19 @@ from grafana_foundation_sdk.models import common as gcommon_models
 from grafana_foundation_sdk.models import dashboard as dm
 from grafana_foundation_sdk.models import prometheus as gprom_models
 
-__all__ = ["DASHBOARDS", "DATASOURCE_UID", "LAG_METRICS", "Dash", "Panel", "main", "render", "write"]
+__all__ = ["DASHBOARDS", "DATASOURCE_UID", "Dash", "Panel", "main", "render", "write"]
 
 DATASOURCE_UID = "icefield-prometheus"
 """The uid of the provisioned Prometheus datasource, the default of each dashboard's ``datasource`` variable."""
-
-LAG_METRICS = ("icefield_kafka_consumer_lag_messages", "icefield_cdc_lag_seconds")
-"""Gauges of the streaming sources: Kafka consumer lag per ``pipeline, topic, partition`` (messages) and
-CDC lag per ``pipeline`` (seconds between a change in the source and its commit)."""
 
 HERE = Path(__file__).resolve().parent
 FOLDER = "icefield"
 PIPE = 'pipeline=~"$pipeline"'
 TABLE = 'table=~"$table"'
 PIPE_TABLE = f"{PIPE},{TABLE}"
+OWNER = 'owner=~"$owner"'
+PRICED = f'{TABLE},{OWNER},part!="small"'
+"""The cost samples of the selected tables and owners that add up (``small`` is a share of ``current``)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,7 @@ VARIABLE_QUERIES = {
     "pipeline": "label_values(icefield_runs_total, pipeline)",
     "table": "label_values(icefield_runs_total{" + PIPE + "}, table)",
     "stats_table": "label_values(icefield_table_bytes, table)",
+    "owner": "label_values(icefield_table_storage_bytes, owner)",
 }
 
 
@@ -363,10 +363,37 @@ NAMESPACE_BYTES = 'label_replace(icefield_table_bytes{' + TABLE + '}, "namespace
 COST = Dash(
     "cost",
     "icefield / Cost",
-    "What the tables store: bytes per table and namespace, history kept for time travel, small files, and what "
-    "the pipelines write. Sizes come from the table statistics of `icefield metrics serve`.",
-    ("stats_table",),
+    "What the tables store and what it costs a month, per table, namespace and owner: the current snapshot, "
+    "history kept for time travel, metadata, orphan and small files (the figures of `icefield cost`), and what the "
+    "pipelines write. From the table statistics and storage cost of `icefield metrics serve`.",
+    ("stats_table", "owner"),
     (
+        (
+            "Monthly cost",
+            (
+                _stat("Cost per month", "The monthly price of what the selected tables store, at the prices of icefield.yaml's cost: block.",
+                      f"sum by (currency) (icefield_table_storage_cost_per_month{{{PRICED}}})", legend="{{currency}}", width=8),
+                _stat("History and orphans per month", "The part of it that expiry and orphan cleanup would free.",
+                      f'sum by (currency) (icefield_table_storage_cost_per_month{{{TABLE},{OWNER},part=~"history|orphan"}})',
+                      legend="{{currency}}", width=8),
+                _stat("Figures age", "Seconds since the exporter computed the storage figures (every --cost-every seconds).",
+                      "max(icefield_table_storage_cost_age_seconds)", unit="s", width=8),
+                Panel("Cost per owner", "The monthly price per owner (the scheduling.owner of the pipelines writing the tables).",
+                      ((f"sum by (owner, currency) (icefield_table_storage_cost_per_month{{{PRICED}}})", "{{owner}} {{currency}}"),),
+                      kind="table", width=8),
+                Panel("Cost per namespace", "The monthly price per namespace.",
+                      ((f"sum by (namespace, currency) (icefield_table_storage_cost_per_month{{{PRICED}}})", "{{namespace}} {{currency}}"),),
+                      kind="table", width=8),
+                Panel("Most expensive tables", "The ten tables that cost the most a month.",
+                      ((f"topk(10, sum by (table, owner, currency) (icefield_table_storage_cost_per_month{{{PRICED}}}))", "{{table}}"),),
+                      kind="table", width=8),
+                Panel("Bytes by part", "Bytes by why they are kept: current snapshot, history only, metadata, orphans, and small files (a share of current).",
+                      ((f"sum by (part) (icefield_table_storage_bytes{{{TABLE},{OWNER}}})", "{{part}}"),), unit="bytes"),
+                Panel("History and orphan bytes per table", "Bytes only older snapshots keep (icefield expire frees them) and orphan files (icefield orphans).",
+                      ((f'sum by (table, part) (icefield_table_storage_bytes{{{TABLE},{OWNER},part=~"history|orphan"}})', "{{table}} {{part}}"),),
+                      unit="bytes"),
+            ),
+        ),
         (
             "Storage",
             (
@@ -582,8 +609,8 @@ def variables(doc: dict[str, Any]) -> dict[str, str]:
 def declared_metrics() -> set[str]:
     """The sample names icefield declares: those of :class:`~icefield.observe.metrics.MetricsObserver`'s
     registry (a counter ``x``: ``x_total``; a histogram: ``x_bucket``, ``x_sum``, ``x_count``; a gauge: ``x``),
-    the table statistics of ``icefield metrics serve`` and :data:`LAG_METRICS`."""
-    from icefield.inspect import TABLE_STATS
+    and the table statistics and storage cost of ``icefield metrics serve``."""
+    from icefield.inspect import COST_METRICS, TABLE_STATS
     from icefield.observe.metrics import MetricsObserver
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
@@ -594,7 +621,7 @@ def declared_metrics() -> set[str]:
     }
     names.update(f"icefield_table_{stat}" for stat in TABLE_STATS)
     names.add("icefield_table_stats_errors")
-    names.update(LAG_METRICS)
+    names.update(COST_METRICS)
     return names
 
 

@@ -160,6 +160,15 @@ class TableStatsCollector:
         yield err
 
 
+COST_METRICS = (
+    "icefield_table_storage_files",
+    "icefield_table_storage_bytes",
+    "icefield_table_storage_cost_per_month",
+    "icefield_table_storage_cost_age_seconds",
+    "icefield_table_cost_errors",
+)
+"""The names of the gauges :class:`CostCollector` exports."""
+
 COST_EVERY = 900.0
 """Seconds :class:`CostCollector` keeps its figures before it computes them again (listing every table's
 folders at each scrape would cost more than the figures are worth)."""

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.prometheus
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 JOB = "icefield-dashboards-test"
-PIPELINE, TABLE = "dash_orders", "raw.dash_orders"
+PIPELINE, TABLE, OWNER = "dash_orders", "raw.dash_orders", "dash-team"
 
 CONDITIONAL = {
     "icefield_kafka_consumer_lag_messages": "a following run of a kafka source",
@@ -76,6 +76,7 @@ def _project(root: Path, gateway: str) -> Path:
         "target": {"table": TABLE},
         "checks": [{"not_null": ["status"]}],
         "gates": [{"row_count": {"min": 1}, "severity": "warn"}],
+        "scheduling": {"owner": OWNER},  # the owner label of the storage cost metrics
     }
     (root / "pipelines" / f"{PIPELINE}.yaml").write_text(yaml.safe_dump(pipe), encoding="utf-8")
     return root
@@ -164,8 +165,9 @@ def scraped(prometheus_stack: PrometheusStack, tmp_path_factory: pytest.TempPath
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        _wait("the table statistics scraped",
-              lambda: _query(stack, f'icefield_table_bytes{{job="icefield-tables",table="{TABLE}"}}'), timeout=60)
+        _wait("the table statistics and storage cost scraped",
+              lambda: _query(stack, f'icefield_table_bytes{{job="icefield-tables",table="{TABLE}"}}')
+              and _query(stack, f'icefield_table_storage_cost_per_month{{job="icefield-tables",table="{TABLE}",owner="{OWNER}"}}'), timeout=60)
         yield stack
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -190,7 +192,7 @@ def test_every_panel_query_runs_on_prometheus_and_reads_known_metrics(scraped: P
         values: dict[str, str] = {}
         for name, query in gen.variables(doc).items():  # in order: a later variable may use an earlier one
             options = _label_values(stack, _substitute(query, values))
-            real = {"pipeline": PIPELINE, "table": TABLE}[name]
+            real = {"pipeline": PIPELINE, "table": TABLE, "owner": OWNER}[name]
             assert real in options, f"{path.name}: variable {name} ({query}) offers {options}, not {real}"
             values[name] = real
         for title, expr, instant in gen.queries(doc):
