@@ -39,6 +39,7 @@ from bench.common import (
     runs,
     scale,
     tuned_if,
+    warm_observation,
     work_dir,
 )
 from icefield.errors import SourceError
@@ -198,6 +199,8 @@ def _peer_icefield(args: dict[str, Any]) -> tuple[float, dict[str, Any]]:
     (root / "pipelines" / "w6.yaml").write_text(json.dumps(pipeline))
     project = load_project(root)
     _warm_imports()
+    if args.get(OBSERVED):
+        warm_observation()
     t0 = time.perf_counter()
     if args.get(OBSERVED):
         with observers_for(project) as observers:
