@@ -77,6 +77,9 @@ def test_a_debezium_run_reports_its_cdc_lag_from_the_newest_change_it_landed(lak
     assert seen.index(lags[0]) > seen.index(committed[0])
     # The gauge holds the latest batch's lag, measured when its event was emitted (after the commit).
     assert _series(obs, CDC) == {(("pipeline", "users"),): (lags[-1].at - newest[-1]).total_seconds()}
+    # Its freshness: the newest change landed (the cursor of a CDC source is a log position, not a time).
+    fresh = {dict(labels)["table"]: v for labels, v in samples(obs.registry, "icefield_newest_cursor_timestamp_seconds")}
+    assert fresh == {lags[-1].table: max(stamps) / 1000}
 
     # A batch of tombstones only lands no change (and files have no partitions): no lag event, the gauge
     # keeps the last lag measured.

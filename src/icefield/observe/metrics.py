@@ -204,6 +204,11 @@ class MetricsObserver:
                     self.consumer_lag.labels(e.pipeline, topic, str(partition)).set(behind)
             if e.change_time is not None:  # clocks apart (the database's ahead of this host) read as no lag
                 self.cdc_lag.labels(e.pipeline).set(max((e.at - e.change_time).total_seconds(), 0.0))
+                # A CDC source's cursor is a log position, not a time: its freshness is the newest change landed.
+                labels = (e.pipeline, e.table)
+                newest = max(self._newest.get(labels, 0.0), e.change_time.timestamp())
+                self._newest[labels] = newest
+                self.newest_cursor.labels(*labels).set(newest)
         elif isinstance(e, GateEvaluated):
             self.gates.labels(e.pipeline, e.table, e.gate, e.status).inc()
         elif isinstance(e, BatchHeld):
