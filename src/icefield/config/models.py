@@ -655,12 +655,12 @@ class HttpRetriesConfig(_Model):
     waited instead (up to ``max_retry_after_seconds``). A malformed page (not JSON, or no record list) is
     asked for ``malformed_attempts`` times before it is quarantined."""
 
-    attempts: int = Field(5, ge=1)
-    backoff_seconds: float = Field(0.5, ge=0)
-    max_backoff_seconds: float = Field(30.0, ge=0)
-    max_retry_after_seconds: float = Field(300.0, ge=0)
-    malformed_attempts: int = Field(2, ge=1)
-    timeout_seconds: float = Field(30.0, gt=0)
+    attempts: int = Field(default=5, ge=1)
+    backoff_seconds: float = Field(default=0.5, ge=0)
+    max_backoff_seconds: float = Field(default=30.0, ge=0)
+    max_retry_after_seconds: float = Field(default=300.0, ge=0)
+    malformed_attempts: int = Field(default=2, ge=1)
+    timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class HttpRateLimitConfig(_Model):
@@ -692,7 +692,7 @@ class HttpSourceConfig(_Model):
     columns: dict[str, str] | None = None
     cursor: HttpCursorConfig | None = None
     rate_limit: HttpRateLimitConfig | None = None
-    retries: HttpRetriesConfig = HttpRetriesConfig()
+    retries: HttpRetriesConfig = Field(default_factory=HttpRetriesConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -87,6 +87,7 @@ class ApiSettings:
     client_id: str = "icefield"
     client_secret: str = "s3cret-canary-1a8e"
     token_ttl: float = 3600.0
+    token_valid: float | None = None  # seconds a token really works (default token_ttl): a revoked token
     rate_limit: int | None = None
     rate_window: float = 1.0
     retry_after: float = 1.0
@@ -234,7 +235,7 @@ class FakeApi:
             return 401, {"error": "invalid_client"}
         token = "at-" + secrets.token_hex(12)
         with self.lock:
-            self.tokens[token] = time.monotonic() + s.token_ttl
+            self.tokens[token] = time.monotonic() + (s.token_valid if s.token_valid is not None else s.token_ttl)
             self.tokens_issued += 1
         return 200, {"access_token": token, "token_type": "Bearer", "expires_in": s.token_ttl}
 

@@ -162,6 +162,7 @@ class HttpSource(Source):
         if self._client is None:
             import httpx
 
+            _redact_httpx_logs()
             self._client = httpx.Client(timeout=self.cfg.retries.timeout_seconds, follow_redirects=True)
             self._base = self._resolve(self.cfg.base_url, "base_url").rstrip("/")
             self._headers = {k: self._resolve(v, f"headers.{k}") for k, v in self.cfg.headers.items()}
@@ -258,9 +259,11 @@ class HttpSource(Source):
             headers = dict(self._headers)
             if self.cfg.auth is not None and self.cfg.auth.type == "oauth2_client_credentials":
                 headers["Authorization"] = "Bearer " + self._oauth_token()
-            shown = redact(str(httpx.URL(url).copy_merge_params(params)))
+            # httpx replaces a URL's query by ``params``: merged here, so a next link keeps its own.
+            full = httpx.URL(url).copy_merge_params(params)
+            shown = redact(str(full))
             try:
-                resp = client.request(self.cfg.method, url, params=params, headers=headers, json=body)
+                resp = client.request(self.cfg.method, full, headers=headers, json=body)
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {redact(str(e))}"
                 wait = self._backoff(attempt)
@@ -509,6 +512,21 @@ def _before(value: Any, top: Any, where: str, name: str) -> bool:
             f"{where}.cursor: {name} values {top!r} and {value!r} are of different kinds and cannot be ordered; "
             "pick a field that is always a number or always text"
         ) from None
+
+
+class _Redacting(logging.Filter):
+    """Removes secrets from the records of a foreign logger: httpx logs every request's URL at INFO, and an
+    API key may be one of its query parameters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+def _redact_httpx_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _Redacting) for f in logger.filters):
+        logger.addFilter(_Redacting())
 
 
 def _first_lines(text: str) -> str:
