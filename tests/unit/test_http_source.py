@@ -356,3 +356,68 @@ def test_spec_errors_name_the_key_and_the_fix(make_project, source, message):
     root: Path = make_project({"p": body})
     with pytest.raises(ConfigError, match=message):
         load_project(root, env={})
+
+
+# ------------------------------------------------------------------ parent-child
+
+
+def invoices_pipeline(api: FakeApi, **source: Any) -> dict[str, Any]:
+    return {
+        "source": {
+            "type": "http",
+            "base_url": api.url,
+            "path": "/customers/{id}/invoices",
+            "pagination": {"type": "page", "size": 2},
+            "records": "data.items",
+            "cursor": {"field": "updated_at", "param": "since"},
+            "for_each": {"path": "/customers", "records": "data.items", "pagination": {"type": "page", "size": 2}, "fills": {"id": "id"}},
+            "retries": FAST_RETRIES,
+            **source,
+        },
+        "target": {"table": "raw.invoices"},
+        "batch_size": 4,
+    }
+
+
+def test_for_each_parent_fills_the_child_path_and_keeps_its_key(lake, serve):
+    api = serve(customers=5, invoices_per_customer=3, pagination="page")
+    lk = lake({"inv": invoices_pipeline(api)})
+    res = lk.run("inv")
+    assert res.conserved and res.rows_committed == 15
+    rows = lk.rows("raw.invoices", "invoice_id")
+    assert [(r["parent_id"], r["invoice_id"]) for r in rows] == [(c, c * 1000 + k) for c in range(1, 6) for k in range(1, 4)]
+    position = read_position(lk.table("raw.invoices"), "inv")
+    assert sorted(position["parents"]) == [json.dumps({"id": str(c)}) for c in range(1, 6)]
+
+    # Each parent's children are incremental by their own cursor: a new invoice of an old customer and the
+    # invoices of a new customer load, nothing else does.
+    added = [api.add_invoice(2), api.add_invoice(6), api.add_invoice(6)]
+    again = lk.run("inv")
+    assert again.rows_committed == 3
+    rows = lk.rows("raw.invoices", "invoice_id")
+    assert sorted(r["invoice_id"] for r in rows) == sorted([c * 1000 + k for c in range(1, 6) for k in range(1, 4)] + added)
+    assert lk.run("inv").batches == []
+
+
+def test_for_each_parent_columns_are_declared(lake, serve):
+    api = serve(customers=2, invoices_per_customer=2, pagination="page")
+    body = invoices_pipeline(api)
+    body["source"]["for_each"]["parent_columns"] = {"customer_id": "id", "customer_name": "name"}
+    lk = lake({"inv": body})
+    lk.run("inv")
+    rows = lk.rows("raw.invoices", "invoice_id")
+    assert [(r["customer_id"], r["customer_name"]) for r in rows] == [(1, "customer 1")] * 2 + [(2, "customer 2")] * 2
+    assert "parent_id" not in rows[0]
+
+
+def test_for_each_fields_must_match_the_path(make_project):
+    from icefield.config import load_project
+
+    src = {"type": "http", "base_url": "http://127.0.0.1:1", "path": "/customers/{id}/invoices"}
+    root = make_project({"p": {"source": src, "target": {"table": "raw.r", "mode": "overwrite"}}})
+    with pytest.raises(ConfigError, match=r"\{id\}.*for_each"):
+        load_project(root, env={})
+    src2 = {**src, "for_each": {"path": "/customers", "fills": {"customer": "id"}}}
+    root = make_project({"p": {"source": src2, "target": {"table": "raw.r", "mode": "overwrite"}}})
+    with pytest.raises(ConfigError, match="fills"):
+        load_project(root, env={})

@@ -669,6 +669,36 @@ class HttpRateLimitConfig(_Model):
     requests_per_second: float = Field(gt=0)
 
 
+class HttpForEachConfig(_Model):
+    """A parent endpoint whose records each give a child request: ``fills`` maps each ``{name}`` field of the
+    source's ``path`` (or ``params`` values) to a parent record's field (dotted path), e.g. ``{id: id}`` for
+    ``path: /customers/{id}/invoices``. ``parent_columns`` maps columns added to every child row to parent
+    fields (default: ``parent_<name>`` for each fill). The parent endpoint shares the source's ``base_url``,
+    ``headers``, ``auth``, rate limit and retries; it has its own ``params``, ``records`` and ``pagination``.
+    With a ``cursor``, each parent's children keep a cursor of their own."""
+
+    path: str
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    records: str = ""
+    pagination: HttpPaginationConfig | None = None
+    fills: dict[str, str]
+    parent_columns: dict[str, str] | None = None
+
+    @field_validator("fills")
+    @classmethod
+    def _some(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("fills must map at least one {name} of the source's path or params to a parent field, e.g. {id: id}")
+        return v
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """The columns added to each child row and the parent field each holds."""
+        if self.parent_columns is not None:
+            return dict(self.parent_columns)
+        return {f"parent_{name}": path for name, path in self.fills.items()}
+
+
 class HttpSourceConfig(_Model):
     """Records of a REST API endpoint (JSON over HTTP), walked page by page; incremental by ``cursor``.
 
@@ -693,6 +723,7 @@ class HttpSourceConfig(_Model):
     cursor: HttpCursorConfig | None = None
     rate_limit: HttpRateLimitConfig | None = None
     retries: HttpRetriesConfig = Field(default_factory=HttpRetriesConfig)
+    for_each: HttpForEachConfig | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -709,6 +740,15 @@ class HttpSourceConfig(_Model):
             raise ValueError("'json' is the body of a POST request: set method: POST, or move the values to 'params'")
         if self.cursor is not None and self.cursor.location == "json" and self.method != "POST":
             raise ValueError("cursor 'in: json' puts the cursor in a POST body: set method: POST, or use 'in: query'")
+        texts = [self.path, *(v for v in self.params.values() if isinstance(v, str))]
+        names = {m for t in texts for m in re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", t)}
+        fills = set(self.for_each.fills) if self.for_each is not None else set()
+        if names - fills:
+            missing = ", ".join(sorted(names - fills))
+            fix = "add them to for_each.fills" if self.for_each is not None else "declare for_each (a parent endpoint whose records fill them)"
+            raise ValueError(f"path or params name {{{missing}}}, which nothing fills: {fix}")
+        if fills - names:
+            raise ValueError(f"for_each.fills names {', '.join(sorted(fills - names))}, which path and params do not use: write {{name}} where the value goes")
         return self
 
 

@@ -105,8 +105,12 @@ class FakeApi:
         self.settings = settings or ApiSettings()
         if self.settings.pagination not in PAGINATIONS:
             raise ValueError(f"pagination {self.settings.pagination!r}: use one of {PAGINATIONS}")
-        self.records = make_records(self.settings.records, self.settings.seed, self.settings.ties)
         self.lock = threading.Lock()
+        self.records = make_records(self.settings.records, self.settings.seed, self.settings.ties)
+        self.invoices: dict[int, list[dict[str, Any]]] = {c: [] for c in range(1, self.settings.customers + 1)}
+        for c in self.invoices:
+            for _ in range(self.settings.invoices_per_customer):
+                self.add_invoice(c)
         self.tokens: dict[str, float] = {}  # OAuth2 access token -> expiry (monotonic)
         self.tokens_issued = 0
         self.requests: dict[str, int] = {}
@@ -169,6 +173,15 @@ class FakeApi:
                 if r["id"] in ids:
                     r.update(values)
                     r["updated_at"] = stamp(at) if at is not None else _after(newest)
+
+    def add_invoice(self, customer: int) -> int:
+        """Add an invoice to ``customer`` (a new customer if it has none yet), ``updated_at`` one second after
+        that customer's newest; returns its id."""
+        with self.lock:
+            mine = self.invoices.setdefault(customer, [])
+            k = len(mine) + 1
+            mine.append({"invoice_id": customer * 1000 + k, "total": 10.0 * k + customer, "updated_at": stamp(k)})
+            return customer * 1000 + k
 
     def expected(self) -> dict[int, dict[str, Any]]:
         """The records by id, as the API holds them now."""
@@ -243,11 +256,12 @@ class FakeApi:
         """The answer to a data request: status, headers, body."""
         s = self.settings
         if path == "/customers":
-            rows: list[dict[str, Any]] = [{"id": c, "name": f"customer {c}"} for c in range(1, s.customers + 1)]
+            with self.lock:
+                rows: list[dict[str, Any]] = [{"id": c, "name": f"customer {c}"} for c in sorted(self.invoices)]
         elif path.startswith("/customers/") and path.endswith("/invoices"):
-            cid = int(path.split("/")[2])
-            n = s.invoices_per_customer
-            rows = [{"invoice_id": cid * 1000 + k, "total": 10.0 * k + cid, "updated_at": stamp(k)} for k in range(1, n + 1)]
+            with self.lock:
+                mine = list(self.invoices.get(_int(path.split("/")[2], 0), []))
+            rows = sorted((r for r in mine if since is None or r["updated_at"] >= since), key=lambda r: (r["updated_at"], r["invoice_id"]))
         else:
             rows = self._listing(since)
         size = _int(query.get("per_page") or query.get("limit"), s.page_size)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from icefield.config.models import HttpSourceConfig
+from icefield.config.models import HttpPaginationConfig, HttpSourceConfig
 from icefield.config.secrets import redact, register_secret, resolve
 from icefield.errors import ConfigError, SourceError, TransientError
 from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
@@ -115,7 +115,7 @@ class _Pending:
     raw: list[str] = field(default_factory=list)
     coords: list[str] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    seen: list[tuple[Any, str]] = field(default_factory=list)  # (cursor value, fingerprint) of every record with a cursor
+    seen: list[tuple[str, Any, str]] = field(default_factory=list)  # (unit, cursor value, fingerprint) of every object record
 
     @property
     def size(self) -> int:
@@ -301,18 +301,49 @@ class HttpSource(Source):
 
     # ------------------------------------------------------------------ pages
 
-    def pages(self, since: Any = None) -> Iterator[Page]:
-        """The endpoint's pages, from the first (``since``: the cursor value to ask from), in order."""
+    def pages(self, since: Any = None, fills: dict[str, str] | None = None) -> Iterator[Page]:
+        """The endpoint's pages, from the first (``since``: the cursor value to ask from; ``fills``: the values
+        of the ``{name}`` fields of ``path`` and ``params``, a ``for_each`` parent's), in order."""
         self.client()
-        cfg, pg = self.cfg, self.cfg.pagination
-        url = self._base + ("/" + cfg.path.lstrip("/") if cfg.path else "")
-        params: dict[str, Any] = {**self._params, **self._auth_query}
+        cfg = self.cfg
+        fills = fills or {}
+        from urllib.parse import quote
+
+        in_path = {k: quote(v, safe="") for k, v in fills.items()}
+        url = self._base + ("/" + _fill(cfg.path, in_path).lstrip("/") if cfg.path else "")
+        params: dict[str, Any] = {k: _fill(v, fills) if isinstance(v, str) else v for k, v in self._params.items()}
         body = dict(cfg.json_body) if cfg.json_body is not None else None
         if since is not None and cfg.cursor is not None:
             if cfg.cursor.location == "json":
                 body = {**(body or {}), cfg.cursor.param: since}
             else:
                 params[cfg.cursor.param] = since
+        yield from self._walk(url, params, body, cfg.pagination, cfg.records)
+
+    def parents(self) -> Iterator[dict[str, Any]]:
+        """The records of the ``for_each`` parent endpoint, every page of it, in order (a page that cannot be
+        read is an error: its children would be skipped without a trace)."""
+        each = self.cfg.for_each
+        assert each is not None
+        self.client()
+        url = self._base + "/" + each.path.lstrip("/")
+        params = {k: self._resolve(v, f"for_each.params.{k}") if isinstance(v, str) else v for k, v in each.params.items()}
+        for page in self._walk(url, params, None, each.pagination, each.records):
+            if page.malformed is not None:
+                raise SourceError(
+                    f"{self.where}.for_each: page {page.number} of the parent endpoint ({page.url}) is {page.malformed}; "
+                    "its children cannot be listed: fix for_each.records, or rerun when the API answers it"
+                )
+            for i, rec in enumerate(page.records):
+                if not isinstance(rec, dict):
+                    raise SourceError(f"{self.where}.for_each: record {i} of page {page.number} of {page.url} is not a JSON object: {rec!r:.100}")
+                yield rec
+
+    def _walk(
+        self, url: str, params: dict[str, Any], body: dict[str, Any] | None, pg: HttpPaginationConfig | None, records: str
+    ) -> Iterator[Page]:
+        """The pages of ``url`` walked as ``pg`` says (see :class:`HttpPaginationConfig`)."""
+        params = {**params, **self._auth_query}
         if pg is not None:
             if pg.size is not None:
                 params[pg.size_name] = pg.size
@@ -323,7 +354,7 @@ class HttpSource(Source):
         number = 0
         while True:
             number += 1
-            page, resp, answer = self._page(number, url, params, body)
+            page, resp, answer = self._page(number, url, params, body, records)
             yield page
             if pg is None:
                 return
@@ -343,8 +374,8 @@ class HttpSource(Source):
             elif page.malformed is not None:
                 raise SourceError(
                     f"{self.where}: page {number} ({page.url}) is malformed ({page.malformed}) and holds the next "
-                    f"page's {'token' if pg.type == 'cursor' else 'URL'}, so the pages after it cannot be read; it "
-                    "was quarantined: rerun when the API answers it again"
+                    f"page's {'token' if pg.type == 'cursor' else 'URL'}, so the pages after it cannot be read; the "
+                    "batches before it are committed: rerun when the API answers it again"
                 )
             else:
                 nxt = json_path(answer, (pg.cursor_path if pg.type == "cursor" else pg.next_url_path) or "")
@@ -356,7 +387,9 @@ class HttpSource(Source):
                 url = str(nxt)
                 params = dict(self._auth_query)  # the next URL carries the other parameters
 
-    def _page(self, number: int, url: str, params: dict[str, Any], body: dict[str, Any] | None) -> tuple[Page, httpx.Response, Any]:
+    def _page(
+        self, number: int, url: str, params: dict[str, Any], body: dict[str, Any] | None, records_path: str
+    ) -> tuple[Page, httpx.Response, Any]:
         """Page ``number``: asked again while malformed, up to ``retries.malformed_attempts`` times."""
         import httpx
 
@@ -364,9 +397,9 @@ class HttpSource(Source):
             resp = self.request(url, dict(params), body)
             shown = redact(str(httpx.URL(url).copy_merge_params(params)))
             answer, problem = self._decode(resp)
-            records = json_path(answer, self.cfg.records) if problem is None else None
+            records = json_path(answer, records_path) if problem is None else None
             if problem is None and not isinstance(records, list):
-                problem = f"no record list at {self.cfg.records or 'the top'} of the body"
+                problem = f"no record list at {records_path or 'the top'} of the body"
             if problem is None:
                 assert isinstance(records, list)
                 return Page(number, shown, records), resp, answer
@@ -386,42 +419,74 @@ class HttpSource(Source):
 
     # ------------------------------------------------------------------ batches
 
+    def units(self) -> Iterator[tuple[str, dict[str, str], dict[str, Any]]]:
+        """The requests to walk, each ``(unit key, fills, parent columns)``: one with no fills, or one per
+        ``for_each`` parent record (its key: the fill values as JSON)."""
+        each = self.cfg.for_each
+        if each is None:
+            yield "", {}, {}
+            return
+        for parent in self.parents():
+            fills = {}
+            for name, path in each.fills.items():
+                value = json_path(parent, path)
+                if value is None or isinstance(value, (dict, list)):
+                    raise SourceError(
+                        f"{self.where}.for_each.fills.{name}: the parent record {json.dumps(parent, default=str)[:200]} has "
+                        f"{'no' if value is None else 'a non-scalar'} value at {path!r}; fix the field path"
+                    )
+                fills[name] = str(value).lower() if isinstance(value, bool) else str(value)
+            yield json.dumps(fills, sort_keys=True), fills, {col: json_path(parent, path) for col, path in each.columns.items()}
+
     def read(self, position: dict[str, Any] | None, schema: pa.Schema | None) -> Iterator[SourceBatch]:
         self._schema = schema
         if self.cfg.cursor is None:
             yield from self._full(position)
             return
-        last = (position or {}).get("cursor", self.cfg.cursor.initial)
-        boundary = set((position or {}).get("boundary", []))
-        first = {"cursor": last, "boundary": sorted(boundary)} if position else None
+        # One cursor per unit: the position of a plain source is its unit's, of a for_each source by parent.
+        nested = self.cfg.for_each is not None
+        states: dict[str, dict[str, Any]] = dict((position or {}).get("parents", {})) if nested else {"": dict(position or {})}
+        first = self._position(states) if position else None
         pending = _Pending()
-        top = last
-        for page in self.pages(since=last):
-            for item in self._take(page, pending):
-                if self.cfg.cursor.field in item[0]:
-                    value = item[0][self.cfg.cursor.field]
-                    if top is not None and _before(value, top, self.where, self.cfg.cursor.field):
-                        raise SourceError(
-                            f"{self.where}.cursor: page {page.number} ({page.url}) has {self.cfg.cursor.field}={value!r} after "
-                            f"{top!r}: the API does not return records in ascending {self.cfg.cursor.field} order, so a cursor "
-                            "would lose records; ask the API to sort by it (often a sort param), or drop source.cursor for a full load"
-                        )
-                    top = value
-            # Records already loaded at the last committed value come back (the cursor is inclusive): drop them.
-            drop = {i for i, (v, fp) in enumerate(pending.seen) if v == last and fp in boundary}
-            if drop:
-                self._drop(pending, drop)
-            if pending.size >= self.batch_size:
-                batch, last, boundary = self._batch(pending, last, boundary, first)
-                first = batch.position
-                pending = _Pending()
-                yield batch
+        field_name = self.cfg.cursor.field
+        for unit, fills, extra in self.units():
+            state = states.get(unit, {})
+            last = state.get("cursor", self.cfg.cursor.initial)
+            boundary = set(state.get("boundary", []))
+            top = last
+            for page in self.pages(since=last, fills=fills):
+                for rec, _ in self._take(page, pending, unit, extra):
+                    if field_name in rec:
+                        value = rec[field_name]
+                        if top is not None and value is not None and _before(value, top, self.where, field_name):
+                            raise SourceError(
+                                f"{self.where}.cursor: page {page.number} ({page.url}) has {field_name}={value!r} after "
+                                f"{top!r}: the API does not return records in ascending {field_name} order, so a cursor "
+                                "would lose records; ask the API to sort by it (often a sort param), or drop source.cursor for a full load"
+                            )
+                        top = value if value is not None else top
+                # Records already loaded at the unit's last committed value come back (the cursor is inclusive).
+                drop = {i for i, (u, v, fp) in enumerate(pending.seen) if u == unit and v == last and fp in boundary}
+                if drop:
+                    self._drop(pending, drop)
+                if pending.size >= self.batch_size:
+                    batch = self._batch(pending, states, first)
+                    first = batch.position
+                    pending = _Pending()
+                    state = states.get(unit, {})
+                    last, boundary = state.get("cursor", last), set(state.get("boundary", []))
+                    yield batch
         if pending.size:
-            yield self._batch(pending, last, boundary, first)[0]
+            yield self._batch(pending, states, first)
 
-    def _take(self, page: Page, pending: _Pending) -> Iterator[tuple[dict[str, Any], str]]:
-        """Add ``page``'s records to ``pending`` (a record that is not a JSON object, or a malformed page, to
-        its rejected); yields each object record with its fingerprint."""
+    def _position(self, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        if self.cfg.for_each is None:
+            return dict(states.get("", {}))
+        return {"parents": {k: dict(v) for k, v in sorted(states.items())}}
+
+    def _take(self, page: Page, pending: _Pending, unit: str = "", extra: dict[str, Any] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+        """Add ``page``'s records (with the parent's columns ``extra``) to ``pending`` (a record that is not a
+        JSON object, or a malformed page, to its rejected); yields each object record with its fingerprint."""
         if page.malformed is not None:
             pending.rejected.append(Rejected(page.text, f"{page.url} page {page.number}", "decode", f"decode: the page is {page.malformed}"))
             return
@@ -433,11 +498,13 @@ class HttpSource(Source):
                 pending.rejected.append(Rejected(raw, coords, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}"))
                 continue
             fp = record_fingerprint(rec)
+            if extra:
+                rec = {**rec, **extra}
             pending.rows.append(rec)
             pending.raw.append(raw)
             pending.coords.append(coords)
             if field_name is not None:
-                pending.seen.append((rec.get(field_name), fp))
+                pending.seen.append((unit, rec.get(field_name), fp))
             yield rec, fp
 
     @staticmethod
@@ -449,24 +516,28 @@ class HttpSource(Source):
         pending.coords = [pending.coords[i] for i in keep]
         pending.seen = [pending.seen[i] for i in keep]
 
-    def _batch(
-        self, pending: _Pending, last: Any, boundary: set[str], first: dict[str, Any] | None
-    ) -> tuple[SourceBatch, Any, set[str]]:
-        """The batch of ``pending`` and the position after it: the newest cursor value and the fingerprints
-        of the records loaded at it."""
-        values = [v for v, _ in pending.seen if v is not None]
-        new_last = values[-1] if values else last
-        at = {fp for v, fp in pending.seen if v == new_last}
-        boundary = (boundary | at) if new_last == last else at
-        position = {"cursor": new_last, "boundary": sorted(boundary)}
-        key = f"http:{json.dumps(first, sort_keys=True)}->{json.dumps(position, sort_keys=True, default=str)}"
-        return self._typed(pending, position, key), new_last, boundary
+    def _batch(self, pending: _Pending, states: dict[str, dict[str, Any]], first: dict[str, Any] | None) -> SourceBatch:
+        """The batch of ``pending``; moves ``states`` past it: each unit's newest cursor value and the
+        fingerprints of its records loaded at that value."""
+        for unit in dict.fromkeys(u for u, _, _ in pending.seen):
+            state = states.get(unit, {})
+            last = state.get("cursor", self.cfg.cursor.initial if self.cfg.cursor is not None else None)
+            boundary = set(state.get("boundary", []))
+            values = [v for u, v, _ in pending.seen if u == unit and v is not None]
+            new_last = values[-1] if values else last
+            at = {fp for u, v, fp in pending.seen if u == unit and v == new_last}
+            boundary = (boundary | at) if new_last == last else at
+            states[unit] = {"cursor": new_last, "boundary": sorted(boundary)}
+        position = self._position(states)
+        key = f"http:{json.dumps(first, sort_keys=True, default=str)}->{json.dumps(position, sort_keys=True, default=str)}"
+        return self._typed(pending, position, key)
 
     def _full(self, position: dict[str, Any] | None) -> Iterator[SourceBatch]:
         pending = _Pending()
-        for page in self.pages():
-            for _ in self._take(page, pending):
-                pass
+        for unit, fills, extra in self.units():
+            for page in self.pages(fills=fills):
+                for _ in self._take(page, pending, unit, extra):
+                    pass
         digest = hashlib.sha256("\n".join(pending.raw + [r.raw for r in pending.rejected]).encode()).hexdigest()[:32]
         previous = (position or {}).get("content")
         if previous == digest:
@@ -527,6 +598,14 @@ def _redact_httpx_logs() -> None:
     logger = logging.getLogger("httpx")
     if not any(isinstance(f, _Redacting) for f in logger.filters):
         logger.addFilter(_Redacting())
+
+
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _fill(template: str, fills: dict[str, str]) -> str:
+    """``template`` with each ``{name}`` of ``fills`` replaced by its value (others left as written)."""
+    return _FIELD.sub(lambda m: fills.get(m.group(1), m.group(0)), template)
 
 
 def _first_lines(text: str) -> str:
