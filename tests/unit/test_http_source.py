@@ -196,6 +196,9 @@ def test_429_with_retry_after_and_503_bursts_land_every_record_once(lake, serve)
     assert res.conserved and res.rows_committed == 80
     assert_each_once(lk.rows("raw.records", "id"), list(range(1, 81)))
     assert api.statuses[429] >= 1 and api.statuses[503] == 5
+    # Every 429 was followed by a wait of its Retry-After before the next request.
+    after = [later[0] - t for (t, status), later in zip(api.answers, api.answers[1:], strict=False) if status == 429]
+    assert after and min(after) >= 0.2 - 0.01
 
 
 def test_the_rate_limit_spaces_requests(lake, serve):

@@ -116,6 +116,7 @@ class FakeApi:
         self.requests: dict[str, int] = {}
         self.statuses: dict[int, int] = {}
         self.log: list[str] = []  # every request's path and query, in order
+        self.answers: list[tuple[float, int]] = []  # (monotonic time, status) of every answer, in order
         self._page_hits: dict[tuple[str, int], int] = {}
         self._window: list[float] = []
         self._server: ThreadingHTTPServer | None = None
@@ -336,6 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         with self.owner.lock:
             self.owner.statuses[status] = self.owner.statuses.get(status, 0) + 1
+            self.owner.answers.append((time.monotonic(), status))
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)

@@ -493,13 +493,15 @@ class HttpSource(Source):
         field_name = self.cfg.cursor.field if self.cfg.cursor is not None else None
         for i, rec in enumerate(page.records):
             coords = f"{page.url} page {page.number} record {i}"
-            raw = json.dumps(rec, ensure_ascii=False)
             if not isinstance(rec, dict):
+                raw = json.dumps(rec, ensure_ascii=False)
                 pending.rejected.append(Rejected(raw, coords, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}"))
                 continue
             fp = record_fingerprint(rec)
             if extra:
                 rec = {**rec, **extra}
+            # The row as it lands (a parent's columns included): a quarantined one can be replayed from it.
+            raw = json.dumps(rec, ensure_ascii=False)
             pending.rows.append(rec)
             pending.raw.append(raw)
             pending.coords.append(coords)
