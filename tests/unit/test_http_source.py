@@ -156,7 +156,7 @@ def test_oauth2_token_expiring_mid_run_is_fetched_again(lake, serve, monkeypatch
     api = serve(records=60, pagination="cursor", page_size=5, auth="oauth2", token_ttl=0.6, delay=0.1)
     monkeypatch.setenv("CLIENT_SECRET", api.settings.client_secret)
     auth = {"type": "oauth2_client_credentials", "token_url": f"{api.url}/oauth/token", "client_id": "icefield", "client_secret": "${env:CLIENT_SECRET}"}
-    lk = lake({"recs": pipeline(api, auth=auth)})
+    lk = lake({"recs": pipeline(api, auth=auth, pagination={"type": "cursor", "cursor_path": "meta.next_cursor", "size": 5})})
     res = lk.run("recs")
     assert res.rows_committed == 60
     assert_each_once(lk.rows("raw.records", "id"), list(range(1, 61)))

@@ -92,7 +92,27 @@ def retry_after(value: str | None) -> float | None:
 def record_fingerprint(record: Any) -> str:
     """A record's fingerprint: its whole content (a record updated again within the cursor's resolution
     keeps the cursor value already loaded, and only its content tells the new version apart)."""
-    return hashlib.sha1(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return hashlib.sha1(_dumps(record, sort=True)).hexdigest()[:20]
+
+
+def _dumps(value: Any, sort: bool = False) -> bytes:
+    """``value`` as compact JSON (orjson; the standard library for what it refuses, an integer past 64 bits)."""
+    import orjson
+
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort else 0)
+    except TypeError:
+        return json.dumps(value, sort_keys=sort, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def _loads(data: bytes) -> Any:
+    """Decoded JSON; NaN and Infinity are refused. The standard library's decoder, not orjson's: orjson reads an
+    integer past 64 bits as a float, silently losing its digits."""
+    return json.loads(data, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 @dataclass
@@ -413,7 +433,7 @@ class HttpSource(Source):
         if kind and "json" not in kind:
             return None, f"not JSON (Content-Type {kind}, status {resp.status_code})"
         try:
-            return json.loads(resp.content), None
+            return _loads(resp.content), None
         except ValueError as e:
             return None, f"not valid JSON: {e}"
 
@@ -455,6 +475,7 @@ class HttpSource(Source):
             boundary = set(state.get("boundary", []))
             top = last
             for page in self.pages(since=last, fills=fills):
+                begin = len(pending.seen)
                 for rec, _ in self._take(page, pending, unit, extra):
                     if field_name in rec:
                         value = rec[field_name]
@@ -466,7 +487,7 @@ class HttpSource(Source):
                             )
                         top = value if value is not None else top
                 # Records already loaded at the unit's last committed value come back (the cursor is inclusive).
-                drop = {i for i, (u, v, fp) in enumerate(pending.seen) if u == unit and v == last and fp in boundary}
+                drop = {i for i in range(begin, len(pending.seen)) if pending.seen[i][1] == last and pending.seen[i][2] in boundary}
                 if drop:
                     self._drop(pending, drop)
                 if pending.size >= self.batch_size:
@@ -494,14 +515,14 @@ class HttpSource(Source):
         for i, rec in enumerate(page.records):
             coords = f"{page.url} page {page.number} record {i}"
             if not isinstance(rec, dict):
-                raw = json.dumps(rec, ensure_ascii=False)
+                raw = _dumps(rec).decode()
                 pending.rejected.append(Rejected(raw, coords, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}"))
                 continue
             fp = record_fingerprint(rec)
             if extra:
                 rec = {**rec, **extra}
             # The row as it lands (a parent's columns included): a quarantined one can be replayed from it.
-            raw = json.dumps(rec, ensure_ascii=False)
+            raw = _dumps(rec).decode()
             pending.rows.append(rec)
             pending.raw.append(raw)
             pending.coords.append(coords)
