@@ -258,6 +258,18 @@ def test_malformed_pages_and_records_are_quarantined_with_their_coordinates(lake
     assert lk.run("recs").batches == []  # nothing is quarantined twice
 
 
+def test_an_error_object_and_a_record_that_is_not_an_object_are_quarantined(lake, serve):
+    api = serve(records=30, pagination="offset", page_size=10, faults={1: "not_object", 2: "error_json"})
+    lk = lake({"recs": pipeline(api, batch_size=100)})
+    res = lk.run("recs")
+    assert res.conserved and (res.rows_in, res.rows_committed, res.rows_quarantined) == (21, 19, 2)
+    q = {row["source"].rsplit(" page ", 1)[1]: row for row in lk.rows("raw.records__quarantine", "source")}
+    assert sorted(q) == ["1 record 0", "2"]
+    assert q["1 record 0"]["raw"] == '"just a string"' and "JSON object is expected" in q["1 record 0"]["reason"]
+    assert "no record list at data.items" in q["2"]["reason"] and json.loads(q["2"]["raw"])["error"] == "internal"
+    assert_each_once(lk.rows("raw.records", "id"), [*range(2, 11), *range(21, 31)])
+
+
 def test_a_malformed_page_that_holds_the_next_cursor_stops_the_run(lake, serve):
     api = serve(records=40, pagination="cursor", page_size=10, faults={3: "html"})
     lk = lake({"recs": pipeline(api, batch_size=10)})
@@ -336,6 +348,42 @@ def test_no_secret_in_logs_errors_quarantine_or_table_metadata(lake, serve, monk
     leaks = [where for where, text in places.items() if canary in text]
     assert leaks == []
     assert "api_key=***" in str(e.value)
+
+
+def test_no_oauth2_secret_or_token_in_logs_or_table_metadata(lake, serve, monkeypatch, caplog):
+    api = serve(records=20, pagination="page", page_size=5, auth="oauth2", token_ttl=0.3, delay=0.1, faults={2: "wrong_types"})
+    monkeypatch.setenv("CLIENT_SECRET", api.settings.client_secret)
+    auth = {"type": "oauth2_client_credentials", "token_url": f"{api.url}/oauth/token", "client_id": "icefield", "client_secret": "${env:CLIENT_SECRET}"}
+    lk = lake({"recs": pipeline(api, auth=auth, batch_size=5, pagination={"type": "page", "size": 5})})
+    caplog.set_level(logging.DEBUG)
+    res = lk.run("recs")
+    assert res.rows_committed == 19 and api.tokens_issued >= 2
+    secrets = [api.settings.client_secret, *api.tokens]
+    places = {"logs": caplog.text, "result": repr(res), "quarantine": json.dumps(lk.rows("raw.records__quarantine"), default=str)}
+    for f in lk.root.rglob("*"):
+        if f.is_file():
+            places[str(f)] = f.read_bytes().decode("latin-1")
+    assert [(where, s) for where, text in places.items() for s in secrets if s in text] == []
+
+
+# ------------------------------------------------------------------ parsing
+
+
+def test_link_headers_retry_after_and_json_paths():
+    from icefield.ingest.http import json_path, next_link, retry_after
+
+    header = '<https://api.x/items?page=1>; rel="prev", <https://api.x/items?page=3>; rel="next last", <https://api.x/items?page=9>; rel=last'
+    assert next_link(header) == "https://api.x/items?page=3"
+    assert next_link('<https://api.x/items?page=9>; rel="last"') is None
+    assert next_link(None) is None
+    assert retry_after("2") == 2.0 and retry_after("0.5") == 0.5 and retry_after("soon") is None
+    assert 50 < (retry_after("Wed, 21 Oct 2099 07:28:00 GMT") or 0)
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    body = {"data": {"items": [{"id": 1}], "meta": [{"next": "t"}]}}
+    assert json_path(body, "data.items") == [{"id": 1}]
+    assert json_path(body, "data.meta.0.next") == "t"
+    assert json_path(body, "data.missing.x") is None
+    assert json_path(body, "") is body
 
 
 # ------------------------------------------------------------------ configuration

@@ -20,8 +20,9 @@ Faults: a rate limit (``rate_limit`` requests per ``rate_window`` seconds, then 
 and per-page faults keyed by the number of the page in its listing (``faults={3: "truncated"}``):
 ``"503"``/``"503xN"`` (the first N requests of that page answer 503, default 2), ``"truncated"`` (the
 JSON cut in half, status 200), ``"html"`` (an HTML error page with status 200), ``"wrong_types"`` (the
-page's first record has ``"id": "12abc"`` and ``"amount": "lots"``). Truncated and HTML faults are
-permanent: that page answers them every time. The data is deterministic from ``seed``; tests change it
+page's first record has ``"id": "12abc"`` and ``"amount": "lots"``), ``"not_object"`` (its first record is a
+JSON string), ``"error_json"`` (``{"error": ...}`` with status 200, no record list). Every fault but 503 is
+permanent: that page answers it every time. The data is deterministic from ``seed``; tests change it
 between runs with :meth:`FakeApi.add` and :meth:`FakeApi.update`.
 
 Start with ``with FakeApi(ApiSettings(...)) as api: api.url``; it runs in a daemon thread of the caller.
@@ -295,21 +296,26 @@ class FakeApi:
         if fault == "wrong_types" and chunk:
             chunk[0]["id"] = "12abc"
             chunk[0]["amount"] = "lots"
+        if fault == "error_json":
+            return 200, {"Content-Type": "application/json"}, b'{"error": "internal", "message": "try later"}'
+        items: list[Any] = chunk
+        if fault == "not_object" and chunk:
+            items = ["just a string", *chunk[1:]]
         more = start + size < len(rows)
         headers = {"Content-Type": "application/json"}
         base = {k: v for k, v in query.items() if k not in ("page", "offset", "cursor")}
         body: Any
         if style in ("page", "offset"):
-            body = {"data": {"items": chunk}, "total": len(rows)}
+            body = {"data": {"items": items}, "total": len(rows)}
         elif style == "cursor":
             nxt = base64.urlsafe_b64encode(str(start + size).encode()).decode() if more else None
-            body = {"data": {"items": chunk}, "meta": {"next_cursor": nxt}}
+            body = {"data": {"items": items}, "meta": {"next_cursor": nxt}}
         elif style == "link":
-            body = chunk
+            body = items
             if more:
                 headers["Link"] = f'<{self.url}{path}?{urlencode({**base, "page": number + 1})}>; rel="next"'
         else:
-            body = {"results": chunk, "next": f"{self.url}{path}?{urlencode({**base, 'page': number + 1})}" if more else None}
+            body = {"results": items, "next": f"{self.url}{path}?{urlencode({**base, 'page': number + 1})}" if more else None}
         data = json.dumps(body).encode()
         if fault == "truncated":
             data = data[: len(data) // 2]
