@@ -305,6 +305,24 @@ def test_incremental_cursor_with_ties_loads_new_and_updated_records_once(lake, s
     assert lk.run("recs").batches == []
 
 
+def test_initial_cursor_skips_older_records(lake, serve):
+    api = serve(records=30, pagination="page", page_size=10, ties=3)
+    body = pipeline(api)
+    body["source"]["cursor"]["initial"] = stamp(5)
+    lk = lake({"recs": body})
+    assert lk.run("recs").rows_committed == 15
+    assert_each_once(lk.rows("raw.records", "id"), list(range(16, 31)))
+
+
+def test_a_misspelt_cursor_field_is_refused(lake, serve):
+    api = serve(records=10, pagination="page", page_size=10)
+    body = pipeline(api)
+    body["source"]["cursor"]["field"] = "updated"
+    lk = lake({"recs": body})
+    with pytest.raises(ConfigError, match=r"cursor.field: no record of page 1 .* has a field 'updated' \(its first has amount, customer"):
+        lk.run("recs")
+
+
 def test_merge_with_deleted_flags(lake, serve):
     api = serve(records=20, pagination="page", page_size=5)
     target = {"table": "raw.records", "mode": "merge", "keys": ["id"], "delete_column": "deleted"}

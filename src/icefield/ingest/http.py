@@ -476,6 +476,13 @@ class HttpSource(Source):
             top = last
             for page in self.pages(since=last, fills=fills):
                 begin = len(pending.seen)
+                objects = [r for r in page.records if isinstance(r, dict)]
+                if objects and not any(field_name in r for r in objects):
+                    # A misspelt field would leave the cursor where it is and the position growing by every record.
+                    raise ConfigError(
+                        f"{self.where}.cursor.field: no record of page {page.number} ({page.url}) has a field {field_name!r} "
+                        f"(its first has {', '.join(sorted(objects[0]))}); fix the name"
+                    )
                 for rec, _ in self._take(page, pending, unit, extra):
                     if field_name in rec:
                         value = rec[field_name]
