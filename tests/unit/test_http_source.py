@@ -368,6 +368,15 @@ def test_no_secret_in_logs_errors_quarantine_or_table_metadata(lake, serve, monk
     assert "api_key=***" in str(e.value)
 
 
+def test_an_api_key_written_in_the_file_is_redacted_too(lake, serve):
+    api = serve(records=12, pagination="page", page_size=10, auth="api_key", api_key="literal-canary-3e7f", faults={1: "wrong_types"})
+    auth = {"type": "api_key", "key": "literal-canary-3e7f", "name": "api_key", "in": "query"}
+    lk = lake({"recs": pipeline(api, auth=auth)})
+    assert lk.run("recs").rows_quarantined == 1
+    (q,) = lk.rows("raw.records__quarantine")
+    assert "api_key=***" in q["source"] and "literal-canary" not in q["source"]
+
+
 def test_no_oauth2_secret_or_token_in_logs_or_table_metadata(lake, serve, monkeypatch, caplog):
     api = serve(records=20, pagination="page", page_size=5, auth="oauth2", token_ttl=0.3, delay=0.1, faults={2: "wrong_types"})
     monkeypatch.setenv("CLIENT_SECRET", api.settings.client_secret)

@@ -178,6 +178,12 @@ class HttpSource(Source):
     def _resolve(self, value: str, key: str) -> str:
         return resolve(value, where=f"{self.where}.{key}", base_dir=self.root)
 
+    def _secret(self, value: str, key: str) -> str:
+        """An auth value, resolved and registered for redaction even when written as it is in the file."""
+        resolved = self._resolve(value, key)
+        register_secret(resolved)
+        return resolved
+
     def client(self) -> httpx.Client:
         if self._client is None:
             import httpx
@@ -191,17 +197,17 @@ class HttpSource(Source):
             auth = self.cfg.auth
             if auth is not None:
                 if auth.type == "bearer":
-                    self._headers["Authorization"] = "Bearer " + self._resolve(auth.token or "", "auth.token")
+                    self._headers["Authorization"] = "Bearer " + self._secret(auth.token or "", "auth.token")
                 elif auth.type == "basic":
                     import base64
 
                     user = self._resolve(auth.username or "", "auth.username")
-                    password = self._resolve(auth.password or "", "auth.password")
+                    password = self._secret(auth.password or "", "auth.password")
                     encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
                     register_secret(encoded)
                     self._headers["Authorization"] = f"Basic {encoded}"
                 elif auth.type == "api_key":
-                    key = self._resolve(auth.key or "", "auth.key")
+                    key = self._secret(auth.key or "", "auth.key")
                     if auth.location == "query":
                         self._auth_query[auth.name or "api_key"] = key
                     else:
@@ -227,7 +233,7 @@ class HttpSource(Source):
         form = {
             "grant_type": "client_credentials",
             "client_id": self._resolve(auth.client_id or "", "auth.client_id"),
-            "client_secret": self._resolve(auth.client_secret or "", "auth.client_secret"),
+            "client_secret": self._secret(auth.client_secret or "", "auth.client_secret"),
         }
         if auth.scopes:
             form["scope"] = " ".join(auth.scopes)
