@@ -368,6 +368,28 @@ def test_no_secret_in_logs_errors_quarantine_or_table_metadata(lake, serve, monk
     assert "api_key=***" in str(e.value)
 
 
+def test_a_redirect_to_another_host_does_not_carry_the_api_key(lake, serve, monkeypatch):
+    api = serve(auth="api_key")
+    other = serve()  # another origin (another port)
+    monkeypatch.setenv("API_TOKEN", api.settings.api_key)
+    # /moved on the API redirects to /headers on the other server, which answers the headers it got.
+    body = pipeline(api, cursor=False, path="/moved", params={"to": f"{other.url}/headers"}, pagination=None, records="data.items")
+    body["source"]["auth"] = {"type": "api_key", "key": "${env:API_TOKEN}", "name": "X-API-Key"}
+    body["source"]["columns"] = {"id": "long"}
+    body["target"] = {"table": "raw.records", "mode": "overwrite"}
+    lk = lake({"recs": body})
+    assert lk.run("recs").rows_committed == 1
+    (row,) = lk.rows("raw.records")
+    got = {k.lower() for k in json.loads(row["headers"])}
+    assert "x-api-key" not in got and "authorization" not in got
+    # The same redirect within the API's own origin keeps the key (it reaches /headers there).
+    body["source"]["params"] = {"to": f"{api.url}/headers"}
+    same = lake({"recs": body})
+    same.run("recs")
+    (row,) = same.rows("raw.records")
+    assert "x-api-key" in {k.lower() for k in json.loads(row["headers"])}
+
+
 def test_an_api_key_written_in_the_file_is_redacted_too(lake, serve):
     api = serve(records=12, pagination="page", page_size=10, auth="api_key", api_key="literal-canary-3e7f", faults={1: "wrong_types"})
     auth = {"type": "api_key", "key": "literal-canary-3e7f", "name": "api_key", "in": "query"}

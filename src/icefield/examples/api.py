@@ -391,6 +391,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if api.settings.delay:
             time.sleep(api.settings.delay)
+        if parts.path == "/moved":  # a redirect to ``?to=<url>`` (tests: what a redirect carries)
+            self._send(302, {"Location": query.get("to", "/records")}, b"")
+            return
+        if parts.path == "/headers":  # the request's headers, as a one-record page
+            self._json(200, {"data": {"items": [{"id": 1, "headers": dict(self.headers.items())}]}})
+            return
         since = query.get("since")
         if method == "POST":
             if parts.path != "/search":

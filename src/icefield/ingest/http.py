@@ -189,7 +189,11 @@ class HttpSource(Source):
             import httpx
 
             _redact_httpx_logs()
-            self._client = httpx.Client(timeout=self.cfg.retries.timeout_seconds, follow_redirects=True)
+            self._client = httpx.Client(
+                timeout=self.cfg.retries.timeout_seconds, follow_redirects=True, event_hooks={"request": [self._off_origin]}
+            )
+            self._asked: tuple[str, str, int | None] | None = None  # the origin of the URL being asked for
+            self._secret_headers: set[str] = set()
             self._base = self._resolve(self.cfg.base_url, "base_url").rstrip("/")
             self._headers = {k: self._resolve(v, f"headers.{k}") for k, v in self.cfg.headers.items()}
             self._params = {k: self._resolve(v, f"params.{k}") if isinstance(v, str) else v for k, v in self.cfg.params.items()}
@@ -212,7 +216,16 @@ class HttpSource(Source):
                         self._auth_query[auth.name or "api_key"] = key
                     else:
                         self._headers[auth.name or "X-API-Key"] = key
+                        self._secret_headers.add(auth.name or "X-API-Key")
         return self._client
+
+    def _off_origin(self, request: httpx.Request) -> None:
+        """Drop an API key header from a request redirected to another origin (httpx drops only
+        ``Authorization`` there): a redirect must not hand the key to another host."""
+        origin = (request.url.scheme, request.url.host, request.url.port)
+        if self._asked is not None and origin != self._asked:
+            for name in self._secret_headers:
+                request.headers.pop(name, None)
 
     def close(self) -> None:
         if self._client is not None:
@@ -288,6 +301,7 @@ class HttpSource(Source):
             # httpx replaces a URL's query by ``params``: merged here, so a next link keeps its own.
             full = httpx.URL(url).copy_merge_params(params)
             shown = redact(str(full))
+            self._asked = (full.scheme, full.host, full.port)
             try:
                 resp = client.request(self.cfg.method, full, headers=headers, json=body)
             except httpx.TransportError as e:
