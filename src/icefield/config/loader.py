@@ -482,7 +482,7 @@ def _bounded(text: str, limit: int = 1000) -> str:
 
 
 def _is_union_tag(part: object) -> bool:
-    return isinstance(part, str) and (part in ("sql", "files") or part.endswith("Check") or part.endswith("Rule"))
+    return isinstance(part, str) and (part in ("sql", "files", "http") or part.endswith("Check") or part.endswith("Rule"))
 
 
 def _parent_model_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -554,8 +554,206 @@ class DebeziumSourceConfig(_Model):
         return self
 
 
+class HttpAuthConfig(_Model):
+    """How an ``http`` source authenticates. Every value may hold ``${env:...}``/``${file:...}`` references
+    (resolved when the source opens, redacted from every message, log and stored record):
+
+    - ``bearer``: ``token``, sent as ``Authorization: Bearer <token>``;
+    - ``basic``: ``username`` and ``password``;
+    - ``api_key``: ``key`` sent in the header ``name`` (default ``X-API-Key``) or, with ``in: query``, as the
+      query parameter ``name``;
+    - ``oauth2_client_credentials``: ``token_url``, ``client_id``, ``client_secret`` (and ``scopes``): a token
+      is fetched before the first request and again when it expires (or the API answers 401).
+    """
+
+    type: Literal["bearer", "basic", "api_key", "oauth2_client_credentials"]
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    key: str | None = None
+    name: str | None = None
+    location: Literal["header", "query"] = Field("header", alias="in")
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _needed(self) -> HttpAuthConfig:
+        needs = {
+            "bearer": ["token"],
+            "basic": ["username", "password"],
+            "api_key": ["key"],
+            "oauth2_client_credentials": ["token_url", "client_id", "client_secret"],
+        }[self.type]
+        missing = [k for k in needs if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"auth type {self.type!r} needs {', '.join(repr(k) for k in missing)} (a secret reference like '${{env:NAME}}' keeps it out of the file)")
+        return self
+
+
+class HttpPaginationConfig(_Model):
+    """How an ``http`` source walks an endpoint's pages:
+
+    - ``page``: the parameter ``page_param`` (default ``page``) counts pages from ``start`` (default 1);
+    - ``offset``: ``offset_param`` (default ``offset``) counts records from 0;
+    - ``cursor``: the token at the JSON path ``cursor_path`` of each body goes back as ``cursor_param``;
+    - ``link``: the URL of the ``Link`` header's ``rel="next"`` (RFC 8288);
+    - ``next_url``: the URL at the JSON path ``next_url_path`` of each body.
+
+    ``size`` records per page are asked for with ``size_param`` (``page``: default ``per_page``; ``offset``
+    and ``cursor``: default ``limit``); with ``page`` and ``offset`` a page shorter than ``size`` is the last
+    (``stop_on_short_page``). Every style stops at an empty page.
+    """
+
+    type: Literal["page", "offset", "cursor", "link", "next_url"]
+    size: int | None = Field(None, gt=0)
+    size_param: str | None = None
+    page_param: str = "page"
+    start: int = 1
+    offset_param: str = "offset"
+    cursor_path: str | None = None
+    cursor_param: str = "cursor"
+    next_url_path: str | None = None
+    stop_on_short_page: bool = True
+
+    @model_validator(mode="after")
+    def _needed(self) -> HttpPaginationConfig:
+        if self.type == "cursor" and not self.cursor_path:
+            raise ValueError("pagination type 'cursor' needs 'cursor_path' (where the next page's token is in the body, e.g. meta.next_cursor)")
+        if self.type == "next_url" and not self.next_url_path:
+            raise ValueError("pagination type 'next_url' needs 'next_url_path' (where the next page's URL is in the body, e.g. next)")
+        if self.type in ("page", "offset") and self.size is None:
+            raise ValueError(f"pagination type {self.type!r} needs 'size' (the records per page the API is asked for)")
+        return self
+
+    @property
+    def size_name(self) -> str:
+        """The query parameter that asks for ``size`` records per page."""
+        return self.size_param or ("per_page" if self.type in ("page", "link", "next_url") else "limit")
+
+
+class HttpCursorConfig(_Model):
+    """The incremental cursor of an ``http`` source: the record field ``field`` (e.g. ``updated_at``), sent
+    back as the request parameter ``param`` (e.g. ``since``, inclusive: records with ``field >= value``;
+    ``in: json`` puts it in the POST body instead). The API must return records in ascending ``field`` order.
+    ``initial`` is the value of the first run (none: no parameter, every record)."""
+
+    field: str
+    param: str
+    location: Literal["query", "json"] = Field("query", alias="in")
+    initial: str | int | float | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class HttpRetriesConfig(_Model):
+    """Retries of a request answered 429, 5xx or not at all: ``attempts`` in all, waits growing from
+    ``backoff_seconds`` (doubling, with jitter) up to ``max_backoff_seconds``; a 429's ``Retry-After`` is
+    waited instead (up to ``max_retry_after_seconds``). A malformed page (not JSON, or no record list) is
+    asked for ``malformed_attempts`` times before it is quarantined."""
+
+    attempts: int = Field(default=5, ge=1)
+    backoff_seconds: float = Field(default=0.5, ge=0)
+    max_backoff_seconds: float = Field(default=30.0, ge=0)
+    max_retry_after_seconds: float = Field(default=300.0, ge=0)
+    malformed_attempts: int = Field(default=2, ge=1)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class HttpRateLimitConfig(_Model):
+    """At most ``requests_per_second`` requests (spread evenly)."""
+
+    requests_per_second: float = Field(gt=0)
+
+
+class HttpForEachConfig(_Model):
+    """A parent endpoint whose records each give a child request: ``fills`` maps each ``{name}`` field of the
+    source's ``path`` (or ``params`` values) to a parent record's field (dotted path), e.g. ``{id: id}`` for
+    ``path: /customers/{id}/invoices``. ``parent_columns`` maps columns added to every child row to parent
+    fields (default: ``parent_<name>`` for each fill). The parent endpoint shares the source's ``base_url``,
+    ``headers``, ``auth``, rate limit and retries; it has its own ``params``, ``records`` and ``pagination``.
+    With a ``cursor``, each parent's children keep a cursor of their own."""
+
+    path: str
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    records: str = ""
+    pagination: HttpPaginationConfig | None = None
+    fills: dict[str, str]
+    parent_columns: dict[str, str] | None = None
+
+    @field_validator("fills")
+    @classmethod
+    def _some(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("fills must map at least one {name} of the source's path or params to a parent field, e.g. {id: id}")
+        return v
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """The columns added to each child row and the parent field each holds."""
+        if self.parent_columns is not None:
+            return dict(self.parent_columns)
+        return {f"parent_{name}": path for name, path in self.fills.items()}
+
+
+class HttpSourceConfig(_Model):
+    """Records of a REST API endpoint (JSON over HTTP), walked page by page; incremental by ``cursor``.
+
+    ``base_url`` + ``path`` is the endpoint (``path`` may hold ``{name}`` fields a ``for_each`` fills);
+    ``params`` and ``headers`` go with every request, ``json`` is the body of a POST. ``records`` is the JSON
+    path of the record list in each body (dotted, e.g. ``data.items``; empty: the body is the list).
+    ``columns`` types fields as a files source does (strict); nested objects and lists are kept as JSON
+    text unless declared. Secrets (``${env:...}``, ``${file:...}``) may appear in ``base_url``, ``params``,
+    ``headers`` and ``auth``; they are resolved at run time and redacted. See docs/http.md."""
+
+    type: Literal["http"]
+    base_url: str
+    path: str = ""
+    method: Literal["GET", "POST"] = "GET"
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict)
+    json_body: dict[str, Any] | None = Field(None, alias="json")
+    auth: HttpAuthConfig | None = None
+    pagination: HttpPaginationConfig | None = None
+    records: str = ""
+    columns: dict[str, str] | None = None
+    cursor: HttpCursorConfig | None = None
+    rate_limit: HttpRateLimitConfig | None = None
+    retries: HttpRetriesConfig = Field(default_factory=HttpRetriesConfig)
+    for_each: HttpForEachConfig | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^(https?://|\$\{)", v):
+            raise ValueError(f"base_url {v!r} must start with http:// or https:// (e.g. https://api.example.com)")
+        return v
+
+    @model_validator(mode="after")
+    def _post_body(self) -> HttpSourceConfig:
+        if self.json_body is not None and self.method != "POST":
+            raise ValueError("'json' is the body of a POST request: set method: POST, or move the values to 'params'")
+        if self.cursor is not None and self.cursor.location == "json" and self.method != "POST":
+            raise ValueError("cursor 'in: json' puts the cursor in a POST body: set method: POST, or use 'in: query'")
+        texts = [self.path, *(v for v in self.params.values() if isinstance(v, str))]
+        names = {m for t in texts for m in re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", t)}
+        fills = set(self.for_each.fills) if self.for_each is not None else set()
+        if names - fills:
+            missing = ", ".join(sorted(names - fills))
+            fix = "add them to for_each.fills" if self.for_each is not None else "declare for_each (a parent endpoint whose records fill them)"
+            raise ValueError(f"path or params name {{{missing}}}, which nothing fills: {fix}")
+        if fills - names:
+            raise ValueError(f"for_each.fills names {', '.join(sorted(fills - names))}, which path and params do not use: write {{name}} where the value goes")
+        return self
+
+
 SourceConfig = Annotated[
-    SqlSourceConfig | FilesSourceConfig | KafkaSourceConfig | DebeziumSourceConfig, Field(discriminator="type")
+    SqlSourceConfig | FilesSourceConfig | KafkaSourceConfig | DebeziumSourceConfig | HttpSourceConfig, Field(discriminator="type")
 ]
 
 

@@ -1,7 +1,7 @@
 """Sources: each yields :class:`SourceBatch` objects (Arrow rows plus the source position after them).
 
 A source never writes. It reads from where the committed position says, in bounded chunks, and tells
-the writer what to replace when a source unit (a file) changed. Built-ins: ``sql``, ``files`` and ``kafka``;
+the writer what to replace when a source unit (a file) changed. Built-ins: ``sql``, ``files``, ``kafka``, ``debezium`` and ``http``;
 a registry maps names to lazy loaders so optional backends import only when used.
 """
 
@@ -338,6 +338,7 @@ _REGISTRY: dict[str, str] = {
     "files": "icefield.ingest.files:FilesSource",
     "kafka": "icefield.ingest.kafka:KafkaSource",
     "debezium": "icefield.ingest.debezium:DebeziumSource",
+    "http": "icefield.ingest.http:HttpSource",
 }
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from icefield.config.models import DebeziumSourceConfig, FilesSourceConfig, KafkaSourceConfig, SqlSourceConfig
+from icefield.config.models import (
+    DebeziumSourceConfig,
+    FilesSourceConfig,
+    HttpSourceConfig,
+    KafkaSourceConfig,
+    SqlSourceConfig,
+)
 from icefield.config.secrets import redact
 from icefield.observe.events import SourceRef
 
@@ -22,7 +28,8 @@ def source_ref(pipe: PipelineConfig, root: Path) -> SourceRef:
     - ``sql``: the database URL without its password (a SQLite file's absolute path), then ``#schema.table`` or ``#query:<hash of the query>``;
     - ``files``: ``file://`` and the absolute glob;
     - ``kafka``: ``kafka://<bootstrap servers>/<topic>[,<topic>...]``;
-    - ``debezium``: the file glob or the Kafka topic, as above.
+    - ``debezium``: the file glob or the Kafka topic, as above;
+    - ``http``: ``base_url`` and ``path`` without the query (which may carry an API key).
     """
     src = pipe.source
     if isinstance(src, SqlSourceConfig):
@@ -36,6 +43,8 @@ def source_ref(pipe: PipelineConfig, root: Path) -> SourceRef:
     elif isinstance(src, (KafkaSourceConfig, DebeziumSourceConfig)):
         topics = [src.topic] if src.topic else list(getattr(src, "topics", None) or [])
         uri = f"kafka://{src.bootstrap_servers or ''}/{','.join(topics)}"
+    elif isinstance(src, HttpSourceConfig):
+        uri = (src.base_url.rstrip("/") + ("/" + src.path.lstrip("/") if src.path else "")).split("?", 1)[0]
     else:  # a source type registered later: its kind alone until it says more
         uri = f"{src.type}://"
     return SourceRef(src.type, redact(uri))

@@ -43,6 +43,8 @@ def source_identity(pipe: PipelineConfig) -> tuple[str, str]:
         return kind, str(src.bootstrap_servers)
     if kind == "files":
         return kind, posixpath.dirname(str(src.path)) or "."
+    if kind == "http":  # one pool per API: its rate limit is shared by every endpoint
+        return kind, str(src.base_url)
     if kind == "debezium":
         servers = getattr(src, "bootstrap_servers", None)
         return kind, str(servers) if servers else posixpath.dirname(str(src.path or "")) or "."
