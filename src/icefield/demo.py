@@ -209,27 +209,27 @@ def _committed(results: list[RunResult], pipeline: str) -> int:
 @contextlib.contextmanager
 def _support_api(directory: Path, customers: int) -> Iterator[SupportApi]:
     """Start the shop's support API on a free port of 127.0.0.1 for the ``with`` block: its bearer token in
-    the project's secrets file, its URL in the environment variable the pipeline reads. Both are undone and
+    the project's secrets file, its address in the environment variable the pipeline reads. Both are undone and
     the server stopped when the block ends, whatever happens."""
-    from icefield.examples.shop.support import TOKEN_FILE, URL_ENV, SupportApi
+    from icefield.examples.shop.support import ADDRESS_ENV, TOKEN_FILE, SupportApi
 
     token_file = directory / TOKEN_FILE
     token_file.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     token_file.write_text(token + "\n", encoding="utf-8")
     token_file.chmod(0o600)
-    before = os.environ.get(URL_ENV)
+    before = os.environ.get(ADDRESS_ENV)
     api = SupportApi(customers=customers, token=token)
     api.start()
     try:
-        os.environ[URL_ENV] = api.url
+        os.environ[ADDRESS_ENV] = api.url.removeprefix("http://")
         yield api
     finally:
         api.stop()
         if before is None:
-            os.environ.pop(URL_ENV, None)
+            os.environ.pop(ADDRESS_ENV, None)
         else:
-            os.environ[URL_ENV] = before
+            os.environ[ADDRESS_ENV] = before
 
 
 def _with_api_pipeline(project: Project, directory: Path) -> Project:

@@ -1,4 +1,4 @@
-"""The demo's support API: up only inside the demo (stopped and its URL unset whatever happens), behind its
+"""The demo's support API: up only inside the demo (stopped and its address unset whatever happens), behind its
 bearer token, the same tickets for the same seed; its pipeline is the demo's only, so `icefield run` of the
 demo's folder needs no API. The demo's own checks (tests/unit/test_events.py and others run it) cover what
 lands."""
@@ -13,21 +13,21 @@ import pytest
 
 from icefield.config import load_project
 from icefield.demo import _support_api, _with_api_pipeline, copy_example
-from icefield.examples.shop.support import PIPELINE_FILE, TOKEN_FILE, URL_ENV, SupportApi
+from icefield.examples.shop.support import ADDRESS_ENV, PIPELINE_FILE, TOKEN_FILE, SupportApi
 
 
-def test_the_api_is_stopped_and_its_url_unset_when_the_demo_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(URL_ENV, raising=False)
+def test_the_api_is_stopped_and_its_address_unset_when_the_demo_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
     copy_example(tmp_path / "demo", fresh=False)
     with pytest.raises(RuntimeError, match="a step of the demo failed"), _support_api(tmp_path / "demo", customers=200) as api:
-        url = os.environ[URL_ENV]
+        url = "http://" + os.environ[ADDRESS_ENV]
         assert url == api.url and url.startswith("http://127.0.0.1:")
         token = (tmp_path / "demo" / TOKEN_FILE).read_text(encoding="utf-8").strip()
         page = httpx.get(f"{url}/records", params={"per_page": 50}, headers={"Authorization": f"Bearer {token}"})
         assert page.status_code == 200 and len(page.json()["data"]["items"]) == 50
         assert httpx.get(f"{url}/records").status_code == 401
         raise RuntimeError("a step of the demo failed")
-    assert URL_ENV not in os.environ
+    assert ADDRESS_ENV not in os.environ
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/records", timeout=2)
 
@@ -51,6 +51,6 @@ def test_the_demo_folder_leaves_the_api_pipeline_out_and_the_demo_adds_it(tmp_pa
     assert all(p.source.type != "http" for p in project.pipelines.values())
     with_api = _with_api_pipeline(project, tmp_path / "demo")
     pipe = with_api.pipelines["support_tickets"]
-    assert pipe.source.type == "http" and pipe.source.base_url == f"${{env:{URL_ENV}}}"
+    assert pipe.source.type == "http" and pipe.source.base_url == f"http://${{env:{ADDRESS_ENV}}}"
     assert pipe.source.auth is not None and pipe.source.auth.token == f"${{file:{TOKEN_FILE}}}"
     assert set(with_api.pipelines) == {*project.pipelines, "support_tickets"}

@@ -21,8 +21,9 @@ from icefield.examples.api import EPOCH, ApiSettings, FakeApi, stamp
 TOKEN_FILE = "secrets/support_api_token"
 """The file (under the project) holding the API's bearer token: the pipeline reads it as ``${file:...}``."""
 
-URL_ENV = "SHOP_SUPPORT_API_URL"
-"""The environment variable holding the API's base URL (its port is chosen when it starts)."""
+ADDRESS_ENV = "SHOP_SUPPORT_API_ADDRESS"
+"""The environment variable holding the API's ``host:port`` (its port is chosen when it starts); the pipeline's
+``base_url`` is ``http://${env:SHOP_SUPPORT_API_ADDRESS}``."""
 
 PIPELINE_FILE = "api/support_tickets.yaml"
 """The pipeline that lands the API, under the project. It is not under ``pipelines/``: the API lives only as
