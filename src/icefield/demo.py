@@ -1,7 +1,9 @@
 """The shop demo behind ``icefield demo`` and ``make demo``.
 
-It copies the example project, generates its sources, loads them, changes the sources (new and updated
-rows, a late clickstream file, a corrected rates file), loads again incrementally, runs a third time to
+It copies the example project, generates its sources, starts the shop's support API on 127.0.0.1
+(:mod:`icefield.examples.shop.support`, landed by ``api/support_tickets.yaml``, stopped when the demo ends),
+loads them, changes the sources (new and updated rows and tickets, a late clickstream file, a corrected rates
+file), loads again incrementally, runs a third time to
 show that nothing changes, builds the ``daily_revenue`` model and shows tables, snapshots, quarantined
 rows and a query. Then orders arrive before their customer: the orders pipeline's referential-integrity
 gate holds the batch on its audit branch (``main`` untouched) until the customer arrives; the last run of
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
     from icefield.cli.output import Output
     from icefield.config import Project
+    from icefield.examples.shop.generate import GenerateResult
     from icefield.examples.shop.support import SupportApi
     from icefield.observe.events import Observer
     from icefield.pipeline import RunResult
@@ -90,79 +93,86 @@ def _summary(results: list[RunResult]) -> list[list[Any]]:
 def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Observer] = ()) -> dict[str, Any]:
     """Run the demo in ``directory``. Returns a JSON-able report with ``ok`` and the checks it made.
     ``observers`` receive the events of every run of the demo (:mod:`icefield.observe.events`)."""
+    from icefield.examples.shop import generate
+
+    started = time.perf_counter()
+    copy_example(directory, fresh)
+    gen = generate.create(directory)
+    # The support API lives as long as the demo: stopped when the demo ends, whatever happens.
+    with _support_api(directory, gen.customers) as api:
+        return _steps(directory, gen, api, out, observers, started)
+
+
+def _steps(directory: Path, gen: GenerateResult, api: SupportApi, out: Output, observers: Sequence[Observer], started: float) -> dict[str, Any]:
+    """The demo's steps once its sources are generated and its support API is up (see :func:`run_demo`)."""
     from icefield.catalog import open_catalog
     from icefield.config import load_project
     from icefield.examples.shop import cdc, generate, support
     from icefield.inspect import describe_table
     from icefield.query import run_query
 
-    started = time.perf_counter()
-    copy_example(directory, fresh)
-    gen = generate.create(directory)
     snap = cdc.capture(directory)
-    project = load_project(directory)
+    project = _with_api_pipeline(load_project(directory), directory)
     catalog = open_catalog(project)
     cols = ["pipeline", "table", "rows in", "committed", "quarantined", "snapshots"]
-    # The support API lives as long as the demo: stopped when the demo ends, whatever happens.
-    with _support_api(directory, gen.customers) as api:
-        project = _with_api_pipeline(project, directory)
-        tickets_at_first = len(api.records)
-        out.print("[bold]icefield demo[/] in {directory}: a shop database ({orders} orders, {customers} customers), "
-                  "{files} clickstream files, a rates CSV, a support API on {url} ({tickets} tickets, pages of 50, "
-                  "a bearer token, at most 20 requests a second)\n",
-                  directory=directory, orders=gen.orders, customers=gen.customers, files=len(gen.clickstream_files),
-                  url=api.url, tickets=tickets_at_first)
-        first = _run_all(project, catalog, observers)
-        out.table("1. First load", cols, _summary(first))
+    tickets_at_first = len(api.records)
+    out.print("[bold]icefield demo[/] in {directory}: a shop database ({orders} orders, {customers} customers), "
+              "{files} clickstream files, a rates CSV, a support API on {url} ({tickets} tickets, pages of 50, "
+              "a bearer token, at most 20 requests a second)\n",
+              directory=directory, orders=gen.orders, customers=gen.customers, files=len(gen.clickstream_files),
+              url=api.url, tickets=tickets_at_first)
 
-        mut = generate.mutate(directory)
-        rates = generate.change_rates(directory)
-        # The shop deletes its three bad orders: a cursor-based load cannot see a delete; change data capture does.
-        cdc.delete_orders(gen.db_path, list(gen.bad_order_ids))
-        changes = cdc.capture(directory)
-        opened = api.add(12)
-        changed = [7, 42, 99, 150, 201, 238]
-        api.update(changed, status="solved")
-        out.print("\nThe sources change: {inserted} new orders, {updated} updated orders, "
-                  "{bad} bad orders deleted, a late clickstream file ({late} events), "
-                  "a corrected rate ({currency} on {day}), {opened} support tickets opened and {solved} solved.\n"
-                  "Change data capture wrote {events} Debezium events: {inserts} inserts, {updates} updates, "
-                  "{deletes} deletes with their tombstones, {redelivered} delivered twice, two transactions interleaved.\n",
-                  inserted=len(mut.inserted_order_ids), updated=len(mut.updated_order_ids), bad=len(gen.bad_order_ids),
-                  late=mut.late_lines, currency=rates.currency, day=rates.day, events=changes.events, inserts=changes.inserts,
-                  updates=changes.updates, deletes=changes.deletes, redelivered=changes.redelivered,
-                  opened=len(opened), solved=len(changed))
-        second = _run_all(project, catalog, observers)
-        out.table("2. Incremental load", cols, _summary(second))
+    first = _run_all(project, catalog, observers)
+    out.table("1. First load", cols, _summary(first))
 
-        nothing = cdc.capture(directory)
-        third = _run_all(project, catalog, observers)
-        out.table("3. Rerun with nothing new", cols, _summary(third))
-        cdc_ok = _cdc_matches(project, catalog, gen.db_path)
+    mut = generate.mutate(directory)
+    rates = generate.change_rates(directory)
+    # The shop deletes its three bad orders: a cursor-based load cannot see a delete; change data capture does.
+    cdc.delete_orders(gen.db_path, list(gen.bad_order_ids))
+    changes = cdc.capture(directory)
+    opened = api.add(12)
+    changed = [7, 42, 99, 150, 201, 238]
+    api.update(changed, status="solved")
+    out.print("\nThe sources change: {inserted} new orders, {updated} updated orders, "
+              "{bad} bad orders deleted, a late clickstream file ({late} events), "
+              "a corrected rate ({currency} on {day}), {opened} support tickets opened and {solved} solved.\n"
+              "Change data capture wrote {events} Debezium events: {inserts} inserts, {updates} updates, "
+              "{deletes} deletes with their tombstones, {redelivered} delivered twice, two transactions interleaved.\n",
+              inserted=len(mut.inserted_order_ids), updated=len(mut.updated_order_ids), bad=len(gen.bad_order_ids),
+              late=mut.late_lines, currency=rates.currency, day=rates.day, events=changes.events, inserts=changes.inserts,
+              updates=changes.updates, deletes=changes.deletes, redelivered=changes.redelivered,
+              opened=len(opened), solved=len(changed))
+    second = _run_all(project, catalog, observers)
+    out.table("2. Incremental load", cols, _summary(second))
 
-        counts = {}
-        for name in ("shop.customers", "shop.orders", "shop.order_items", "cdc.orders", "raw.clickstream", "raw.rates", "analytics.daily_revenue", "support.tickets"):
-            counts[name] = run_query(project, f"select count(*) as n from {name}", catalog).column("n")[0].as_py()
-        out.table("Tables", ["table", "rows"], [[k, v] for k, v in counts.items()])
+    nothing = cdc.capture(directory)
+    third = _run_all(project, catalog, observers)
+    out.table("3. Rerun with nothing new", cols, _summary(third))
+    cdc_ok = _cdc_matches(project, catalog, gen.db_path)
 
-        orders = describe_table(catalog, "shop.orders", max_snapshots=10)
-        out.table(
-            "Snapshots of shop.orders (each carries its pipeline, batch id and run id)",
-            ["snapshot", "operation", "records", "batch id", "run id"],
-            [[s["snapshot_id"], s["operation"], s["total_records"], s["icefield"].get("icefield.batch-id", "")[:12], s["icefield"].get("icefield.run-id")] for s in orders["snapshots"]],
-        )
-        quarantine = run_query(
-            project,
-            "select 'shop.orders' as tbl, \"check\", reason, source from shop.orders__quarantine "
-            "union all select 'raw.clickstream', \"check\", reason, source from raw.clickstream__quarantine order by 1, 4",
-            catalog,
-        )
-        out.table("Quarantined rows (raw record kept; `icefield sql` shows it)", quarantine.column_names, [list(r.values()) for r in quarantine.to_pylist()])
-        revenue = run_query(project, "select * from analytics.daily_revenue order by day desc limit 5", catalog)
-        out.table("Query: select * from analytics.daily_revenue order by day desc limit 5", revenue.column_names, [list(r.values()) for r in revenue.to_pylist()])
+    counts = {}
+    for name in ("shop.customers", "shop.orders", "shop.order_items", "cdc.orders", "raw.clickstream", "raw.rates", "analytics.daily_revenue", "support.tickets"):
+        counts[name] = run_query(project, f"select count(*) as n from {name}", catalog).column("n")[0].as_py()
+    out.table("Tables", ["table", "rows"], [[k, v] for k, v in counts.items()])
 
-        gated = _held_batch_and_fix(directory, project, catalog, out, observers)
-        tickets = _tickets_match(project, catalog, api.expected())
+    orders = describe_table(catalog, "shop.orders", max_snapshots=10)
+    out.table(
+        "Snapshots of shop.orders (each carries its pipeline, batch id and run id)",
+        ["snapshot", "operation", "records", "batch id", "run id"],
+        [[s["snapshot_id"], s["operation"], s["total_records"], s["icefield"].get("icefield.batch-id", "")[:12], s["icefield"].get("icefield.run-id")] for s in orders["snapshots"]],
+    )
+    quarantine = run_query(
+        project,
+        "select 'shop.orders' as tbl, \"check\", reason, source from shop.orders__quarantine "
+        "union all select 'raw.clickstream', \"check\", reason, source from raw.clickstream__quarantine order by 1, 4",
+        catalog,
+    )
+    out.table("Quarantined rows (raw record kept; `icefield sql` shows it)", quarantine.column_names, [list(r.values()) for r in quarantine.to_pylist()])
+    revenue = run_query(project, "select * from analytics.daily_revenue order by day desc limit 5", catalog)
+    out.table("Query: select * from analytics.daily_revenue order by day desc limit 5", revenue.column_names, [list(r.values()) for r in revenue.to_pylist()])
+
+    gated = _held_batch_and_fix(directory, project, catalog, out, observers)
+    tickets = _tickets_match(project, catalog, api.expected())
 
     expected_orders = mut.orders - len(gen.bad_order_ids)
     checks = {
