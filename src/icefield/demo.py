@@ -1,7 +1,9 @@
 """The shop demo behind ``icefield demo`` and ``make demo``.
 
-It copies the example project, generates its sources, loads them, changes the sources (new and updated
-rows, a late clickstream file, a corrected rates file), loads again incrementally, runs a third time to
+It copies the example project, generates its sources, starts the shop's support API on 127.0.0.1
+(:mod:`icefield.examples.shop.support`, landed by ``api/support_tickets.yaml``, stopped when the demo ends),
+loads them, changes the sources (new and updated rows and tickets, a late clickstream file, a corrected rates
+file), loads again incrementally, runs a third time to
 show that nothing changes, builds the ``daily_revenue`` model and shows tables, snapshots, quarantined
 rows and a query. Then orders arrive before their customer: the orders pipeline's referential-integrity
 gate holds the batch on its audit branch (``main`` untouched) until the customer arrives; the last run of
@@ -12,6 +14,9 @@ checks its own numbers against the generator's and reports ``ok``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 import shutil
 import time
 from importlib import resources
@@ -21,9 +26,12 @@ from typing import TYPE_CHECKING, Any
 from icefield.errors import ConfigError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from icefield.cli.output import Output
+    from icefield.config import Project
+    from icefield.examples.shop.generate import GenerateResult
+    from icefield.examples.shop.support import SupportApi
     from icefield.observe.events import Observer
     from icefield.pipeline import RunResult
 
@@ -97,20 +105,32 @@ def _summary(results: list[RunResult]) -> list[list[Any]]:
 def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Observer] = ()) -> dict[str, Any]:
     """Run the demo in ``directory``. Returns a JSON-able report with ``ok`` and the checks it made.
     ``observers`` receive the events of every run of the demo (:mod:`icefield.observe.events`)."""
+    started = time.perf_counter()
+    gen, snap = prepare_demo(directory, fresh)
+    # The support API lives as long as the demo: stopped when the demo ends, whatever happens.
+    with _support_api(directory, gen.customers) as api:
+        return _steps(directory, gen, snap, api, out, observers, started)
+
+
+def _steps(
+    directory: Path, gen: GenerateResult, snap: Any, api: SupportApi, out: Output, observers: Sequence[Observer], started: float
+) -> dict[str, Any]:
+    """The demo's steps once its sources are prepared and its support API is up (see :func:`run_demo`)."""
     from icefield.catalog import open_catalog
     from icefield.config import load_project
-    from icefield.examples.shop import cdc, generate
+    from icefield.examples.shop import cdc, generate, support
     from icefield.inspect import describe_table
     from icefield.query import run_query
 
-    started = time.perf_counter()
-    gen, snap = prepare_demo(directory, fresh)
-    project = load_project(directory)
+    project = _with_api_pipeline(load_project(directory), directory)
     catalog = open_catalog(project)
     cols = ["pipeline", "table", "rows in", "committed", "quarantined", "snapshots"]
+    tickets_at_first = len(api.records)
     out.print("[bold]icefield demo[/] in {directory}: a shop database ({orders} orders, {customers} customers), "
-              "{files} clickstream files, a rates CSV\n",
-              directory=directory, orders=gen.orders, customers=gen.customers, files=len(gen.clickstream_files))
+              "{files} clickstream files, a rates CSV, a support API on {url} ({tickets} tickets, pages of 50, "
+              "a bearer token, at most 20 requests a second)\n",
+              directory=directory, orders=gen.orders, customers=gen.customers, files=len(gen.clickstream_files),
+              url=api.url, tickets=tickets_at_first)
 
     first = _run_all(project, catalog, observers)
     out.table("1. First load", cols, _summary(first))
@@ -120,14 +140,18 @@ def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Obse
     # The shop deletes its three bad orders: a cursor-based load cannot see a delete; change data capture does.
     cdc.delete_orders(gen.db_path, list(gen.bad_order_ids))
     changes = cdc.capture(directory)
+    opened = api.add(12)
+    changed = [7, 42, 99, 150, 201, 238]
+    api.update(changed, status="solved")
     out.print("\nThe sources change: {inserted} new orders, {updated} updated orders, "
               "{bad} bad orders deleted, a late clickstream file ({late} events), "
-              "a corrected rate ({currency} on {day}).\n"
+              "a corrected rate ({currency} on {day}), {opened} support tickets opened and {solved} solved.\n"
               "Change data capture wrote {events} Debezium events: {inserts} inserts, {updates} updates, "
               "{deletes} deletes with their tombstones, {redelivered} delivered twice, two transactions interleaved.\n",
               inserted=len(mut.inserted_order_ids), updated=len(mut.updated_order_ids), bad=len(gen.bad_order_ids),
               late=mut.late_lines, currency=rates.currency, day=rates.day, events=changes.events, inserts=changes.inserts,
-              updates=changes.updates, deletes=changes.deletes, redelivered=changes.redelivered)
+              updates=changes.updates, deletes=changes.deletes, redelivered=changes.redelivered,
+              opened=len(opened), solved=len(changed))
     second = _run_all(project, catalog, observers)
     out.table("2. Incremental load", cols, _summary(second))
 
@@ -137,7 +161,7 @@ def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Obse
     cdc_ok = _cdc_matches(project, catalog, gen.db_path)
 
     counts = {}
-    for name in ("shop.customers", "shop.orders", "shop.order_items", "cdc.orders", "raw.clickstream", "raw.rates", "analytics.daily_revenue"):
+    for name in ("shop.customers", "shop.orders", "shop.order_items", "cdc.orders", "raw.clickstream", "raw.rates", "analytics.daily_revenue", "support.tickets"):
         counts[name] = run_query(project, f"select count(*) as n from {name}", catalog).column("n")[0].as_py()
     out.table("Tables", ["table", "rows"], [[k, v] for k, v in counts.items()])
 
@@ -158,6 +182,7 @@ def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Obse
     out.table("Query: select * from analytics.daily_revenue order by day desc limit 5", revenue.column_names, [list(r.values()) for r in revenue.to_pylist()])
 
     gated = _held_batch_and_fix(directory, project, catalog, out, observers)
+    tickets = _tickets_match(project, catalog, api.expected())
 
     expected_orders = mut.orders - len(gen.bad_order_ids)
     checks = {
@@ -172,6 +197,10 @@ def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Obse
         "the snapshot captured every source order": snap.snapshot == gen.orders,
         "the third run committed nothing": nothing.events == 0 and all(not r.snapshots for r in third),
         "every run conserved rows": all(r.conserved for r in first + second + third),
+        "the first load landed every support ticket": _committed(first, "support_tickets") == tickets_at_first,
+        "the second load landed only the opened and changed tickets": _committed(second, "support_tickets") == len(opened) + len(changed),
+        "support.tickets equals the API's tickets, row by row": tickets["equal"],
+        "no support ticket landed twice": tickets["duplicates"] == 0,
         **gated.pop("checks"),
     }
     ok = all(checks.values())
@@ -179,7 +208,9 @@ def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Obse
     seconds = time.perf_counter() - started
     out.print("\n" + ("[green]Demo ok[/]" if ok else "[red]Demo FAILED[/]") + " in {seconds:.1f}s. Explore it:\n"
               "  cd {directory} && icefield tables && icefield show shop.orders && icefield checks shop.orders && "
-              "icefield sql \"select * from raw.rates limit 5\"", seconds=seconds, directory=directory)
+              "icefield sql \"select * from raw.rates limit 5\"\n"
+              "The support API was up only while the demo ran: its pipeline, {pipeline}, is not under pipelines/, so "
+              "`icefield run` there leaves it out.", seconds=seconds, directory=directory, pipeline=support.PIPELINE_FILE)
     return {
         "ok": ok,
         "checks": checks,
@@ -189,6 +220,65 @@ def run_demo(directory: Path, fresh: bool, out: Output, observers: Sequence[Obse
         "gates": gated,
         "runs": {"first": [r.to_dict() for r in first], "second": [r.to_dict() for r in second], "third": [r.to_dict() for r in third]},
     }
+
+
+def _committed(results: list[RunResult], pipeline: str) -> int:
+    return sum(r.rows_committed for r in results if r.pipeline == pipeline)
+
+
+@contextlib.contextmanager
+def _support_api(directory: Path, customers: int) -> Iterator[SupportApi]:
+    """Start the shop's support API on a free port of 127.0.0.1 for the ``with`` block: its bearer token in
+    the project's secrets file, its address in the environment variable the pipeline reads. Both are undone and
+    the server stopped when the block ends, whatever happens."""
+    from icefield.examples.shop.support import ADDRESS_ENV, TOKEN_FILE, SupportApi
+
+    token_file = directory / TOKEN_FILE
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    token_file.write_text(token + "\n", encoding="utf-8")
+    token_file.chmod(0o600)
+    before = os.environ.get(ADDRESS_ENV)
+    api = SupportApi(customers=customers, token=token)
+    api.start()
+    try:
+        os.environ[ADDRESS_ENV] = api.url.removeprefix("http://")
+        yield api
+    finally:
+        api.stop()
+        if before is None:
+            os.environ.pop(ADDRESS_ENV, None)
+        else:
+            os.environ[ADDRESS_ENV] = before
+
+
+def _with_api_pipeline(project: Project, directory: Path) -> Project:
+    """``project`` with the support API's pipeline (:data:`~icefield.examples.shop.support.PIPELINE_FILE`),
+    which is not under ``pipelines/`` (the API is up only while the demo runs)."""
+    import dataclasses
+
+    import yaml
+
+    from icefield.config import PipelineConfig
+    from icefield.config.scheduling import merge_scheduling
+    from icefield.examples.shop.support import PIPELINE_FILE
+
+    pipe = PipelineConfig.model_validate(yaml.safe_load((directory / PIPELINE_FILE).read_text(encoding="utf-8")))
+    pipe = pipe.model_copy(update={"scheduling": merge_scheduling(project.config.scheduling, pipe.scheduling)})
+    return dataclasses.replace(project, pipelines={**project.pipelines, pipe.name: pipe})
+
+
+def _tickets_match(project: Project, catalog: Any, expected: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Whether ``support.tickets`` holds exactly the API's tickets ``expected`` (id, customer, status,
+    updated_at), and how many ids it holds more than once."""
+    from datetime import UTC
+
+    from icefield.query import run_query
+
+    rows = run_query(project, "select id, customer_id, status, updated_at from support.tickets", catalog).to_pylist()
+    landed = sorted((r["id"], r["customer_id"], r["status"], r["updated_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")) for r in rows)
+    want = sorted((t["id"], t["customer_id"], t["status"], t["updated_at"]) for t in expected.values())
+    return {"equal": landed == want, "duplicates": len(rows) - len({r["id"] for r in rows})}
 
 
 def _cdc_matches(project: Any, catalog: Any, db_path: Path) -> bool:
