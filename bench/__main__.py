@@ -1,4 +1,4 @@
-"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7] [airflow]``: run the workloads (default all, in order) and write
+"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7] [airflow] [w8]``: run the workloads (default all, in order) and write
 ``build/bench/results.json`` (``BENCH_DIR`` moves it); each workload also keeps its own results."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from bench import (
     w5_tpch,
     w6_stream,
     w7_spark,
+    w8_http,
 )
 from bench.common import machine, scale, work_dir
 
@@ -32,6 +33,7 @@ WORKLOADS = {
     "s3": s3_store.run,
     "w7": w7_spark.run,
     "airflow": airflow_overhead.run,
+    "w8": w8_http.run,
 }
 
 
