@@ -25,7 +25,7 @@ dropped), then hashed with ``bench.common.table_digest``; the reference is the d
 records (``make_records`` with the same seed). A peer's time is trusted only when its digest equals it.
 
 ``BENCH_W8_PEERS`` (default ``icefield,dlt,limit``) picks peers; ``BENCH_W8_PROFILE=<file>`` writes a
-cProfile of the icefield child's ``run_pipeline`` to that file (the run is then slower: do not report its time).
+cProfile of the icefield child's ``run_pipeline`` to that file (and of each of its threads to ``<file>.<thread name>``) (the run is then slower: do not report its time).
 
 ``python -m bench.w8_http`` runs it; children are ``python -m bench.w8_http '<json>'``. This module imports
 only the standard library at the top: the dlt child runs it inside dlt's own venv.
@@ -115,6 +115,12 @@ def start_server(n: int) -> tuple[subprocess.Popen[str], str]:
     return proc, str(json.loads(line)["url"])
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_server(proc: subprocess.Popen[str]) -> None:
     assert proc.stdin is not None
     proc.stdin.close()
@@ -156,20 +162,32 @@ def _peer_icefield(a: dict[str, Any], out: Path) -> dict[str, Any]:
     (out / "pipelines" / f"{TABLE}.yaml").write_text(json.dumps(pipe))  # JSON is YAML
     project = icefield.load_project(out)
     profile = os.environ.get("BENCH_W8_PROFILE")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if profile:
         import cProfile
+        import threading
 
+        # The source reads in a thread of its own (read-ahead): every thread gets a profile, <file>.<thread name>.
+        thread_run = threading.Thread.run
+
+        def profiled_run(self: threading.Thread) -> None:
+            p = cProfile.Profile()
+            try:
+                p.runcall(thread_run, self)
+            finally:
+                p.dump_stats(f"{profile}.{self.name}")
+
+        threading.Thread.run = profiled_run  # type: ignore[method-assign]
         prof = cProfile.Profile()
         res = prof.runcall(icefield.run_pipeline, project, TABLE)
         prof.dump_stats(profile)
     else:
         res = icefield.run_pipeline(project, TABLE)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "seconds": seconds,
         "locator": {"kind": "catalog", "root": str(out / ".icefield"), "ident": f"{NAMESPACE}.{TABLE}", "catalog_db": "catalog.db"},
-        "info": {"batches": len(res.batches), "rows_committed": res.rows_committed, "quarantined": res.rows_quarantined},
+        "info": {"cpu_s": round(cpu, 2), "batches": len(res.batches), "rows_committed": res.rows_committed, "quarantined": res.rows_quarantined},
     }
 
 
@@ -201,13 +219,13 @@ def _peer_dlt(a: dict[str, Any], out: Path) -> dict[str, Any]:
             {"name": TABLE, "endpoint": {"path": "records", "params": {"per_page": PAGE_SIZE}, "data_selector": "data.items"}},
         ],
     }
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     source = rest_api_source(config, max_table_nesting=0)
     info = pipeline.run(source, table_format="iceberg", loader_file_format="parquet")
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     info.raise_on_failed_jobs()
     table = get_iceberg_tables(pipeline, TABLE)[TABLE]
-    return {"seconds": seconds, "locator": {"kind": "metadata", "path": table.metadata_location}}
+    return {"seconds": seconds, "locator": {"kind": "metadata", "path": table.metadata_location}, "info": {"cpu_s": round(cpu, 2)}}
 
 
 def _peer_limit(a: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -215,6 +233,7 @@ def _peer_limit(a: dict[str, Any], out: Path) -> dict[str, Any]:
 
     records = pages = 0
     t0 = time.perf_counter()
+    c0 = time.process_time()
     with httpx.Client(timeout=30) as client:
         page = 1
         while True:
@@ -227,7 +246,8 @@ def _peer_limit(a: dict[str, Any], out: Path) -> dict[str, Any]:
             records += len(items)
             page += 1
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "locator": None, "info": {"records": records, "pages": pages}}
+    cpu = time.process_time() - c0
+    return {"seconds": seconds, "locator": None, "info": {"records": records, "pages": pages, "cpu_s": round(cpu, 2)}}
 
 
 PEERS = {"icefield": _peer_icefield, "dlt": _peer_dlt, "limit": _peer_limit}
@@ -334,13 +354,14 @@ def run() -> dict[str, Any]:
                 row["skipped"] = dlt_note or "dlt venv unavailable"
                 _progress(row)
                 continue
-            times, rss, check = [], [], None
+            times, rss, server_s, check = [], [], [], None
             reps = runs()
             for r in range(reps):
                 run_dir = root / "runs" / f"{peer}-{r}"
                 shutil.rmtree(run_dir, ignore_errors=True)
                 run_dir.mkdir(parents=True)
                 args = {"peer": peer, "out": str(run_dir), "url": url}
+                server_cpu = process_cpu_seconds(server.pid)
                 try:
                     meas = measure_subprocess(
                         "bench.w8_http", args, timeout=timeout, python=dlt_python if peer == "dlt" else None
@@ -352,6 +373,7 @@ def run() -> dict[str, Any]:
                     row["timeout"] = timeout
                     break
                 times.append(meas.seconds)
+                server_s.append(process_cpu_seconds(server.pid) - server_cpu)
                 rss.append(meas.result.get("peak_rss_mb") or meas.peak_rss_mb)
                 row["info"] = meas.result.get("info", {})
                 if r == reps - 1 and meas.result.get("locator"):
@@ -363,6 +385,7 @@ def run() -> dict[str, Any]:
                     all_seconds=[round(t, 3) for t in times],
                     records_per_s=round(n / median(times)),
                     peak_rss_mb=max(rss),
+                    server_cpu_s=round(median(server_s), 2),
                 )
             if check is not None:
                 row["check"] = check
@@ -386,7 +409,11 @@ def run() -> dict[str, Any]:
 def _progress(p: dict[str, Any]) -> None:
     if p.get("seconds") is not None:
         same = "unchecked" if "same_result" not in p else "same result" if p["same_result"] else "DIFFERENT RESULT"
-        print(f"  {p['peer']}: {p['seconds']} s (runs {p['all_seconds']}), {p['peak_rss_mb']} MB, {same}", flush=True)
+        print(
+            f"  {p['peer']}: {p['seconds']} s (runs {p['all_seconds']}), {p['peak_rss_mb']} MB, "
+            f"server CPU {p['server_cpu_s']} s, {same}",
+            flush=True,
+        )
     else:
         print(f"  {p['peer']}: {p.get('skipped') or p.get('error') or 'timeout'}", flush=True)
 
@@ -413,6 +440,7 @@ def _print(out: dict[str, Any]) -> None:
                 s if s is not None else "-",
                 f"{p['records_per_s']:,}" if p.get("records_per_s") else "-",
                 p.get("peak_rss_mb", "-"),
+                p.get("server_cpu_s", "-"),
                 round(s / ice, 2) if s and ice and p["id"] != "icefield" else "-",
                 ("yes" if p["same_result"] else "NO") if "same_result" in p else "-",
                 "; ".join(notes),
@@ -420,7 +448,7 @@ def _print(out: dict[str, Any]) -> None:
         )
     print_table(
         f"W8 HTTP API, {out['records']:,} records in pages of {out['page_size']} (median of {runs()})",
-        ["peer", "s (median)", "records/s", "peak MB", "peer/icefield", "same result", "notes"],
+        ["peer", "s (median)", "records/s", "peak MB", "server CPU s", "peer/icefield", "same result", "notes"],
         table,
     )
     print(
