@@ -343,67 +343,79 @@ def run() -> dict[str, Any]:
     ref = _in_child({"reference": n})
     dlt_python, _, dlt_note = dlt_venv() if "dlt" in wanted else (None, False, "")
     out: dict[str, Any] = {"records": n, "page_size": PAGE_SIZE, "reference": ref, "peers": []}
+    rows: dict[str, dict[str, Any]] = {}
+    for label, peer in PEERS_ORDER:
+        if peer in wanted:
+            rows[peer] = {"peer": label, "id": peer, "times": [], "rss": [], "server_s": []}
+            out["peers"].append(rows[peer])
+    if "dlt" in rows and dlt_python is None:
+        rows["dlt"]["skipped"] = dlt_note or "dlt venv unavailable"
+    reps = runs()
     server, url = start_server(n)
     try:
-        for label, peer in PEERS_ORDER:
-            if peer not in wanted:
-                continue
-            row: dict[str, Any] = {"peer": label, "id": peer}
-            out["peers"].append(row)
-            if peer == "dlt" and dlt_python is None:
-                row["skipped"] = dlt_note or "dlt venv unavailable"
-                _progress(row)
-                continue
-            times, rss, server_s, check = [], [], [], None
-            reps = runs()
-            for r in range(reps):
-                run_dir = root / "runs" / f"{peer}-{r}"
-                shutil.rmtree(run_dir, ignore_errors=True)
-                run_dir.mkdir(parents=True)
-                args = {"peer": peer, "out": str(run_dir), "url": url}
-                server_cpu = process_cpu_seconds(server.pid)
-                try:
-                    meas = measure_subprocess(
-                        "bench.w8_http", args, timeout=timeout, python=dlt_python if peer == "dlt" else None
-                    )
-                except RuntimeError as e:
-                    row["error"] = str(e).strip().splitlines()[-1][:300]
-                    break
+        # Rounds, each peer once per round: a busy spell of a shared machine falls on every peer alike.
+        for r in range(reps):
+            for peer, row in rows.items():
+                if row.get("skipped") or row.get("error") or row.get("timeout"):
+                    continue
+                meas, server_s = _one_run(root, peer, r, url, server, dlt_python if peer == "dlt" else None, timeout, row)
                 if meas is None:
-                    row["timeout"] = timeout
-                    break
-                times.append(meas.seconds)
-                server_s.append(process_cpu_seconds(server.pid) - server_cpu)
-                rss.append(meas.result.get("peak_rss_mb") or meas.peak_rss_mb)
+                    continue
+                row["times"].append(meas.seconds)
+                row["server_s"].append(server_s)
+                row["rss"].append(meas.result.get("peak_rss_mb") or meas.peak_rss_mb)
                 row["info"] = meas.result.get("info", {})
+                print(f"  round {r + 1}: {peer} {meas.seconds:.2f} s", flush=True)
                 if r == reps - 1 and meas.result.get("locator"):
-                    check = _in_child({"digest": meas.result["locator"]})
-                shutil.rmtree(run_dir, ignore_errors=True)
-            if times:
-                row.update(
-                    seconds=round(median(times), 3),
-                    all_seconds=[round(t, 3) for t in times],
-                    records_per_s=round(n / median(times)),
-                    peak_rss_mb=max(rss),
-                    server_cpu_s=round(median(server_s), 2),
-                )
-            if check is not None:
-                row["check"] = check
-                row["same_result"] = check["rows"] == ref["rows"] and check["hash"] == ref["hash"]
-            elif peer == "limit" and times:
-                row["same_result"] = row["info"].get("records") == n
-            _progress(row)
+                    row["check"] = _in_child({"digest": meas.result["locator"]})
+                shutil.rmtree(root / "runs" / f"{peer}-{r}", ignore_errors=True)
     finally:
         stop_server(server)
+    for peer, row in rows.items():
+        times, rss, server_s = row.pop("times"), row.pop("rss"), row.pop("server_s")
+        if times:
+            row.update(
+                seconds=round(median(times), 3),
+                all_seconds=[round(t, 3) for t in times],
+                records_per_s=round(n / median(times)),
+                peak_rss_mb=max(rss),
+                server_cpu_s=round(median(server_s), 2),
+            )
+        if "check" in row:
+            row["same_result"] = row["check"]["rows"] == ref["rows"] and row["check"]["hash"] == ref["hash"]
+        elif peer == "limit" and times:
+            row["same_result"] = row["info"].get("records") == n
+        _progress(row)
     by = {p["id"]: p for p in out["peers"]}
     ice = by.get("icefield", {}).get("seconds")
     if ice and by.get("dlt", {}).get("seconds"):
         out["dlt_over_icefield"] = round(by["dlt"]["seconds"] / ice, 2)
+        pairs = zip(by["dlt"]["all_seconds"], by["icefield"]["all_seconds"], strict=False)
+        out["dlt_over_icefield_by_round"] = [round(d / i, 2) for d, i in pairs]
     if ice and by.get("limit", {}).get("seconds"):
         out["icefield_over_limit"] = round(ice / by["limit"]["seconds"], 2)
     _print(out)
     (root / "results.json").write_text(json.dumps({"machine": machine(), "result": out}, indent=2))
     return out
+
+
+def _one_run(
+    root: Path, peer: str, r: int, url: str, server: subprocess.Popen[str], python: Path | None, timeout: float, row: dict[str, Any]
+) -> tuple[Any, float]:
+    """Run ``r`` of ``peer`` in a fresh folder: its measurement and the server's CPU seconds during it (None
+    and the reason in ``row`` when it failed or timed out)."""
+    run_dir = root / "runs" / f"{peer}-{r}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    before = process_cpu_seconds(server.pid)
+    try:
+        meas = measure_subprocess("bench.w8_http", {"peer": peer, "out": str(run_dir), "url": url}, timeout=timeout, python=python)
+    except RuntimeError as e:
+        row["error"] = str(e).strip().splitlines()[-1][:300]
+        return None, 0.0
+    if meas is None:
+        row["timeout"] = timeout
+    return meas, process_cpu_seconds(server.pid) - before
 
 
 def _progress(p: dict[str, Any]) -> None:
@@ -452,7 +464,8 @@ def _print(out: dict[str, Any]) -> None:
         table,
     )
     print(
-        f"  dlt/icefield = {out.get('dlt_over_icefield', '-')} (target >= 2), "
+        f"  dlt/icefield = {out.get('dlt_over_icefield', '-')} (target >= 2; by round "
+        f"{out.get('dlt_over_icefield_by_round', '-')}), "
         f"icefield/limit = {out.get('icefield_over_limit', '-')}",
         flush=True,
     )
