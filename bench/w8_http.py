@@ -24,6 +24,10 @@ epoch microseconds, ``customer``'s three fields extracted, ``tags`` joined; dlt'
 dropped), then hashed with ``bench.common.table_digest``; the reference is the digest of the server's own
 records (``make_records`` with the same seed). A peer's time is trusted only when its digest equals it.
 
+Peers run in rounds of ``BENCH_RUNS`` (each peer once per round: a busy spell of a shared machine falls on
+all of them); the medians are reported, with the dlt/icefield ratio of each round and the server's CPU
+seconds during each peer's runs (its throughput is not the bottleneck when it stays well under the limit's).
+
 ``BENCH_W8_PEERS`` (default ``icefield,dlt,limit``) picks peers; ``BENCH_W8_PROFILE=<file>`` writes a
 cProfile of the icefield child's ``run_pipeline`` to that file (and of each of its threads to ``<file>.<thread name>``) (the run is then slower: do not report its time).
 
@@ -277,7 +281,7 @@ def canonical(arrow_table: Any) -> Any:
     try:
         con.execute("set TimeZone = 'UTC'")
         con.register("t", arrow_table)
-        return con.execute(CANONICAL).to_arrow_table()
+        return con.sql(CANONICAL).to_arrow_table()
     finally:
         con.close()
 
