@@ -1,4 +1,4 @@
-"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7] [airflow] [observe]``: run the workloads (default all, in order) and write
+"""``python -m bench [w1] [w2] [w3] [w4] [w5] [w6] [gates] [s3] [w7] [airflow] [observe] [w8]``: run the workloads (default all, in order) and write
 ``build/bench/results.json`` (``BENCH_DIR`` moves it); each workload also keeps its own results."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from bench import (
     w5_tpch,
     w6_stream,
     w7_spark,
+    w8_http,
 )
 from bench.common import machine, scale, work_dir
 
@@ -34,6 +35,7 @@ WORKLOADS = {
     "w7": w7_spark.run,
     "airflow": airflow_overhead.run,
     "observe": observe_overhead.run,
+    "w8": w8_http.run,
 }
 
 
