@@ -706,7 +706,7 @@ class HttpSourceConfig(_Model):
     ``params`` and ``headers`` go with every request, ``json`` is the body of a POST. ``records`` is the JSON
     path of the record list in each body (dotted, e.g. ``data.items``; empty: the body is the list).
     ``columns`` types fields as a files source does (strict); nested objects and lists are kept as JSON
-    text unless declared. Secrets (``${env:...}``, ``${file:...}``) may appear in ``base_url``, ``params``,
+    text unless declared ``struct<name: type, ...>`` or ``list<type>``. Secrets (``${env:...}``, ``${file:...}``) may appear in ``base_url``, ``params``,
     ``headers`` and ``auth``; they are resolved at run time and redacted. See docs/http.md."""
 
     type: Literal["http"]

@@ -50,25 +50,122 @@ TYPE_NAMES: dict[str, pa.DataType] = {
     "timestamptz": pa.timestamp("us", tz="UTC"),
     "binary": pa.binary(),
 }
-_DECIMAL = re.compile(r"^decimal\((\d+)\s*,\s*(\d+)\)$")
+_DECIMAL = re.compile(r"^decimal\((\d+),(\d+)\)$")
 
 
 class CoercionError(ValueError):
-    """One value cannot be typed exactly."""
+    """One value cannot be typed exactly. Raised inside a struct or list, it carries where: ``path`` (the
+    steps below the column, ``.id``, ``[2]``), the value there and its type."""
+
+    def __init__(self, message: str, path: str = "", value: Any = None, type: pa.DataType | None = None) -> None:  # noqa: A002
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.value = value
+        self.type = type
 
 
-def parse_type(name: str) -> pa.DataType:
-    """Map a type name of a pipeline file (``long``, ``decimal(10,2)``, ``timestamp``...) to Arrow.
+_GRAMMAR = "struct<name: type, ...> or list<type>, e.g. list<struct<id: long, tags: list<string>>>"
 
-    Raises ValueError naming the accepted names.
+
+def parse_type(name: str, allow_json: bool = False) -> pa.DataType:
+    """Map a type of a pipeline file (``long``, ``decimal(10,2)``, ``timestamp``,
+    ``struct<id: long, tags: list<string>>``...) to Arrow. Nested types nest freely; inside them ``json`` is
+    a field kept as JSON text (a string), and so it is at the top with ``allow_json`` (the http source).
+
+    Raises ValueError naming the text, what is wrong in it and the accepted names.
     """
-    key = name.strip().lower()
-    if key in TYPE_NAMES:
-        return TYPE_NAMES[key]
-    m = _DECIMAL.match(key)
-    if m:
-        return pa.decimal128(int(m.group(1)), int(m.group(2)))
-    raise ValueError(f"unknown column type {name!r}; use one of {sorted(TYPE_NAMES)} or decimal(P,S)")
+    parser = _TypeParser(name, allow_json)
+    t = parser.type(top=True)
+    parser.end()
+    return t
+
+
+_STRUCT = re.compile(r"struct\s*<", re.IGNORECASE)
+_LIST = re.compile(r"list\s*<", re.IGNORECASE)
+_SCALAR = re.compile(r"decimal\s*\(\s*\d+\s*,\s*\d+\s*\)|[A-Za-z_][A-Za-z0-9_]*", re.IGNORECASE)
+_FIELD_NAME = re.compile(r"[^\s:,<>`]+|`[^`]+`")
+
+
+class _TypeParser:
+    """A recursive descent over the text of one type (see :func:`parse_type`)."""
+
+    def __init__(self, text: str, allow_json: bool) -> None:
+        self.text = text
+        self.at = 0
+        self.allow_json = allow_json
+
+    def fail(self, problem: str) -> ValueError:
+        where = f" at position {self.at + 1}" if self.at < len(self.text) else " at its end"
+        return ValueError(
+            f"column type {self.text!r}: {problem}{where}; use one of {sorted(TYPE_NAMES)}, decimal(P,S), or {_GRAMMAR}"
+        )
+
+    def skip(self) -> None:
+        while self.at < len(self.text) and self.text[self.at].isspace():
+            self.at += 1
+
+    def take(self, char: str, what: str) -> None:
+        self.skip()
+        if not self.text.startswith(char, self.at):
+            raise self.fail(f"expected {char!r} {what}")
+        self.at += 1
+
+    def end(self) -> None:
+        self.skip()
+        if self.at < len(self.text):
+            raise self.fail(f"unexpected {self.text[self.at:]!r}")
+
+    def type(self, top: bool = False) -> pa.DataType:
+        self.skip()
+        rest = self.text[self.at :]
+        if m := _STRUCT.match(rest):
+            self.at += m.end()
+            return self.struct()
+        if m := _LIST.match(rest):
+            self.at += m.end()
+            item = self.type()
+            self.take(">", "to close list<")
+            return pa.list_(pa.field("element", item))
+        m = _SCALAR.match(rest)
+        if not m:
+            raise self.fail("expected a type")
+        word = re.sub(r"\s+", "", m.group(0)).lower()
+        if word in ("struct", "list"):
+            raise self.fail(f"{word} needs its {'fields' if word == 'struct' else 'item type'} in <...>")
+        self.at += m.end()
+        if word == "json" and (self.allow_json or not top):
+            return pa.string()
+        if word in TYPE_NAMES:
+            return TYPE_NAMES[word]
+        d = _DECIMAL.match(word)
+        if d:
+            return pa.decimal128(int(d.group(1)), int(d.group(2)))
+        self.at -= m.end()
+        extra = "; json is a type inside struct<...> and list<...> only" if word == "json" else ""
+        if top and not self.text[self.at + m.end() :].strip():
+            raise ValueError(f"unknown column type {self.text!r}{extra}; use one of {sorted(TYPE_NAMES)}, decimal(P,S), or {_GRAMMAR}")
+        raise self.fail(f"unknown type {m.group(0)!r}{extra}")
+
+    def struct(self) -> pa.DataType:
+        fields: list[pa.Field] = []
+        while True:
+            self.skip()
+            m = _FIELD_NAME.match(self.text, self.at)
+            if not m:
+                raise self.fail("expected a field name (struct<name: type, ...>)")
+            field_name = m.group(0).strip("`")
+            if any(f.name == field_name for f in fields):
+                raise self.fail(f"field {field_name!r} is declared twice")
+            self.at = m.end()
+            self.take(":", f"after field name {field_name!r} (struct<name: type, ...>)")
+            fields.append(pa.field(field_name, self.type()))
+            self.skip()
+            if self.text.startswith(",", self.at):
+                self.at += 1
+                continue
+            self.take(">", "to close struct< (or ',' before the next field)")
+            return pa.struct(fields)
 
 
 def describe(value: Any, limit: int = 60) -> str:
@@ -254,7 +351,69 @@ def converter(t: pa.DataType) -> Callable[[Any], Any]:
         return _to_date
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return _to_binary
+    if pa.types.is_struct(t):
+        return _to_struct(t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _to_list(t.value_type)
     return lambda v: v
+
+
+def _nested(conv: Callable[[Any], Any], v: Any, step: str, t: pa.DataType) -> Any:
+    """``conv(v)`` for the value at ``step`` of a struct or list: a failure names the path from there."""
+    try:
+        return conv(v)
+    except CoercionError as e:
+        if e.type is None:  # raised by a scalar converter: the value and type are this step's
+            raise CoercionError(e.message, step, v, t) from None
+        raise CoercionError(e.message, step + e.path, e.value, e.type) from None
+
+
+def _to_struct(t: pa.StructType) -> Callable[[Any], dict[str, Any]]:
+    """Strict: a JSON object whose keys are all fields of ``t`` (a missing one is null), each value converted
+    to its field's type."""
+    fields = [(f.name, f.type, converter(f.type)) for f in t]
+    names = {f.name for f in t}
+
+    def conv(v: Any) -> dict[str, Any]:
+        if not isinstance(v, dict):
+            raise CoercionError(f"{_shape(v)} is not an object")
+        unknown = [k for k in v if k not in names]
+        if unknown:
+            raise CoercionError(
+                f"has key {unknown[0]!r}, not a field of the declared struct ({', '.join(sorted(names))}); add it to the "
+                "struct<...> in source.columns, or type the column string to keep the object as JSON text"
+            )
+        return {
+            name: None if v.get(name) is None else _nested(fconv, v[name], f".{name}", ftype) for name, ftype, fconv in fields
+        }
+
+    return conv
+
+
+def _to_list(item: pa.DataType) -> Callable[[Any], list[Any]]:
+    """Strict: a JSON array, each item converted to ``item``."""
+    iconv = converter(item)
+
+    def conv(v: Any) -> list[Any]:
+        if not isinstance(v, (list, tuple)):
+            raise CoercionError(f"{_shape(v)} is not a list")
+        return [None if x is None else _nested(iconv, x, f"[{i}]", item) for i, x in enumerate(v)]
+
+    return conv
+
+
+def _shape(v: Any) -> str:
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, str):
+        return "text"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float, decimal.Decimal)):
+        return "a number"
+    return type(v).__name__
 
 
 # ------------------------------------------------------------------ inference
@@ -339,7 +498,10 @@ def convert_values(name: str, values: Sequence[Any], t: pa.DataType, bad: dict[i
             out.append(conv(v))
         except CoercionError as e:
             out.append(None)
-            bad.setdefault(i, f"type: column {name!r} value {describe(v)} {e} ({t})")
+            if e.type is not None:  # inside a struct or list: the path to the value that failed
+                bad.setdefault(i, f"type: column {name!r} at {name}{e.path}: value {describe(e.value)} {e} ({e.type})")
+            else:
+                bad.setdefault(i, f"type: column {name!r} value {describe(v)} {e} ({t})")
     return pa.array(out, type=t)
 
 

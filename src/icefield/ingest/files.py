@@ -223,10 +223,12 @@ class FilesSource(Source):
         self._shift = 0  # see _end
         self.declared: dict[str, pa.DataType] | None = None
         if self.cfg.columns:
-            try:
-                self.declared = {k: parse_type(v) for k, v in self.cfg.columns.items()}
-            except ValueError as e:
-                raise ConfigError(f"pipeline {pipeline.name!r}: source.columns: {e}") from e
+            self.declared = {}
+            for k, v in self.cfg.columns.items():
+                try:
+                    self.declared[k] = parse_type(v)
+                except ValueError as e:
+                    raise ConfigError(f"pipeline {pipeline.name!r}: source.columns.{k}: {e}") from e
         if pipeline.target.mode == "append" and not self.cfg.file_column:
             raise ConfigError(
                 f"pipeline {pipeline.name!r}: source.file_column: a files source in mode 'append' needs the "

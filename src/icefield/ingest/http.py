@@ -155,10 +155,12 @@ class HttpSource(Source):
         self.root = project.root
         self.declared: dict[str, pa.DataType] | None = None
         if self.cfg.columns:
-            try:
-                self.declared = {k: pa.string() if v.strip().lower() == "json" else parse_type(v) for k, v in self.cfg.columns.items()}
-            except ValueError as e:
-                raise ConfigError(f"{self.where}.columns: {e} (or json: the value as JSON text)") from e
+            self.declared = {}
+            for k, v in self.cfg.columns.items():
+                try:
+                    self.declared[k] = parse_type(v, allow_json=True)
+                except ValueError as e:
+                    raise ConfigError(f"{self.where}.columns.{k}: {e} (or json: the value as JSON text)") from e
         if self.cfg.cursor is None and pipeline.target.mode == "append":
             raise ConfigError(
                 f"pipeline {pipeline.name!r}: an http source without 'cursor' is a full load, and mode 'append' "
