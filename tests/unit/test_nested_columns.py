@@ -225,3 +225,25 @@ def test_files_refuse_a_bad_nested_declaration_naming_the_column(lake):
     write_lines(lk.root, "drop/a.jsonl", [{"order": []}])
     with pytest.raises(ConfigError, match=r"source\.columns\.order: column type 'list<struct<sku string>>'"):
         lk.run("ev")
+
+
+def test_a_field_added_to_the_struct_evolves_the_table_and_replays_the_quarantined_record(lake, api):
+    """An unknown key is the declaration's to fix: once the struct declares it, the table gains the nested field
+    and replaying the quarantine lands the record (a top-level json column replays too)."""
+    import yaml
+
+    from icefield.pipeline.replay import replay_quarantine
+
+    body = http_pipeline(api)
+    body["source"]["columns"]["name"] = "json"
+    lk = lake({"recs": body})
+    api.update([9], customer={"id": 9, "name": "y", "country": "FR", "vip": True})
+    assert (lk.run("recs").rows_quarantined) == 1
+    body["source"]["columns"]["customer"] = "struct<id: long, name: string, country: string, vip: boolean>"
+    (lk.root / "pipelines" / "recs.yaml").write_text(yaml.safe_dump({"name": "recs", **body}), encoding="utf-8")
+    res = replay_quarantine(lk.project(), "raw.records", catalog=lk.catalog)
+    assert (res.rows_considered, res.rows_committed) == (1, 1)
+    assert [f.name for f in lk.table("raw.records").schema().find_field("customer").field_type.fields] == ["id", "name", "country", "vip"]
+    rows = {r["id"]: r for r in lk.rows("raw.records", "id")}
+    assert len(rows) == 30 and rows[9]["customer"]["vip"] is True and rows[1]["customer"]["vip"] is None
+    assert sql(lk, "select count(*) as n from raw.records where customer.vip") == [{"n": 1}]

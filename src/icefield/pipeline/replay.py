@@ -404,7 +404,7 @@ class _Replay:
         table = self.writer.load()
         types = {f.name: f.type for f in table.schema().as_arrow()} if table is not None else {}
         declared = getattr(self.pipe.source, "columns", None) or {}
-        types.update({k: parse_type(v) for k, v in declared.items()})
+        types.update({k: parse_type(v, allow_json=True) for k, v in declared.items()})  # json: an http source's JSON text
         data, bad = records_to_table(records, types)
         control = self.pipe.target.delete_column
         if table is not None:

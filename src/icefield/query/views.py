@@ -296,12 +296,26 @@ def _ruled(select: str, view: View, policy: ViewPolicy | None) -> str:
 def _by_field_id(table: Table) -> bool:
     """True when DuckDB can read the table's files by field id: they carry field ids (no name mapping
     says otherwise: files added without them come with one) and no nested field was renamed (nested
-    fields are matched by name)."""
+    fields are matched by name) nor added to a struct (:func:`_nested_changed`)."""
     from icefield.iceberg.planning import has_renames
 
     if table.metadata.name_mapping() is not None:
         return False
-    return all(f.field_type.is_primitive for f in table.schema().fields) or not has_renames(table)
+    if all(f.field_type.is_primitive for f in table.schema().fields):
+        return True
+    return not has_renames(table) and not _nested_changed(table)
+
+
+def _nested_changed(table: Table) -> bool:
+    """True if a nested column's type changed since the table's first schema (a struct gained a field): DuckDB's
+    field-id read of older files, whose struct lacks the field, fails then, where pyiceberg's scan fills it
+    with nulls."""
+    current = {f.field_id: f.field_type for f in table.schema().fields if not f.field_type.is_primitive}
+    for schema in table.metadata.schemas:
+        for f in schema.fields:
+            if f.field_id in current and f.field_type != current[f.field_id]:
+                return True
+    return False
 
 
 def _duck_types(con: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[str]:
