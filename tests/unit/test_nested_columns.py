@@ -247,3 +247,18 @@ def test_a_field_added_to_the_struct_evolves_the_table_and_replays_the_quarantin
     rows = {r["id"]: r for r in lk.rows("raw.records", "id")}
     assert len(rows) == 30 and rows[9]["customer"]["vip"] is True and rows[1]["customer"]["vip"] is None
     assert sql(lk, "select count(*) as n from raw.records where customer.vip") == [{"n": 1}]
+
+
+def test_parquet_files_with_a_declared_struct_are_typed_strictly(lake):
+    import pyarrow.parquet as pq
+
+    body = {"source": {"type": "files", "path": "drop/*.parquet", "columns": {"id": "long", "order": "struct<sku: string, qty: int>"}}, "target": {"table": "raw.orders"}}
+    lk = lake({"ev": body})
+    (lk.root / "drop").mkdir()
+    data = pa.table({"id": [1, 2], "order": [{"sku": "a", "qty": 2}, {"sku": "b", "qty": 2**40}]})
+    pq.write_table(data, lk.root / "drop" / "a.parquet")
+    res = lk.run("ev")
+    assert res.conserved and (res.rows_committed, res.rows_quarantined) == (1, 1)
+    assert [r["order"] for r in lk.rows("raw.orders", "id")] == [{"sku": "a", "qty": 2}]
+    [bad] = lk.rows("raw.orders__quarantine", "source")
+    assert "at order.qty: value 1099511627776 does not fit in 32 bits" in bad["reason"]
