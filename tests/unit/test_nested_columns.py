@@ -262,3 +262,33 @@ def test_parquet_files_with_a_declared_struct_are_typed_strictly(lake):
     assert [r["order"] for r in lk.rows("raw.orders", "id")] == [{"sku": "a", "qty": 2}]
     [bad] = lk.rows("raw.orders__quarantine", "source")
     assert "at order.qty: value 1099511627776 does not fit in 32 bits" in bad["reason"]
+
+
+def test_merge_target_replaces_a_records_nested_values(lake, api):
+    body = http_pipeline(api)
+    body["target"] = {"table": "raw.records", "mode": "merge", "keys": ["id"]}
+    lk = lake({"recs": body})
+    assert lk.run("recs").rows_committed == 30
+    api.update([5], customer={"id": 77, "name": "moved", "country": "NL"}, tags=["vip"])
+    assert lk.run("recs").rows_committed == 1
+    rows = {r["id"]: r for r in lk.rows("raw.records", "id")}
+    assert len(rows) == 30
+    assert (rows[5]["customer"], rows[5]["tags"]) == ({"id": 77, "name": "moved", "country": "NL"}, ["vip"])
+    assert sql(lk, "select customer.name as name from raw.records where id = 5") == [{"name": "moved"}]
+
+
+def test_icefield_sql_reads_the_nested_columns(lake, api):
+    from click.testing import CliRunner
+
+    from icefield.cli import cli
+
+    lk = lake({"recs": http_pipeline(api)})
+    lk.run("recs")
+    want = api.expected()
+    res = CliRunner().invoke(cli, ["--project", str(lk.root), "sql", "select id, customer.id as cid, customer, tags from raw.records order by id limit 2", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.output)
+    assert got["columns"] == ["id", "cid", "customer", "tags"]
+    assert got["rows"] == [{"id": i, "cid": want[i]["customer"]["id"], "customer": want[i]["customer"], "tags": want[i]["tags"]} for i in (1, 2)]
+    table = CliRunner().invoke(cli, ["--project", str(lk.root), "sql", "select customer, tags from raw.records order by id limit 1"])
+    assert table.exit_code == 0 and want[1]["customer"]["name"] in table.output
