@@ -292,3 +292,17 @@ def test_icefield_sql_reads_the_nested_columns(lake, api):
     assert got["rows"] == [{"id": i, "cid": want[i]["customer"]["id"], "customer": want[i]["customer"], "tags": want[i]["tags"]} for i in (1, 2)]
     table = CliRunner().invoke(cli, ["--project", str(lk.root), "sql", "select customer, tags from raw.records order by id limit 1"])
     assert table.exit_code == 0 and want[1]["customer"]["name"] in table.output
+
+
+def test_a_nested_column_of_large_offsets_casts_to_the_declared_type_exactly():
+    """Iceberg's schema reads lists and strings as large ones: a batch typed as declared conforms to it by a cast."""
+    from icefield.ingest.coerce import conform
+
+    declared = parse_type("struct<id: long, tags: list<string>>")
+    table, _ = records_to_table([{"c": {"id": 1, "tags": ["a", None]}}, {"c": None}], {"c": declared})
+    large = pa.schema([pa.field("c", pa.struct([("id", pa.int64()), ("tags", pa.large_list(pa.field("element", pa.large_string())))]))])
+    out, bad = conform(table, large)
+    assert bad == {} and out.schema == large
+    assert out.column("c").to_pylist() == [{"id": 1, "tags": ["a", None]}, None]
+    back, bad = conform(out.cast(pa.schema([pa.field("c", pa.struct([("id", pa.int32()), ("tags", pa.list_(pa.string()))]))])), large)
+    assert bad == {} and back.column("c").to_pylist() == [{"id": 1, "tags": ["a", None]}, None]

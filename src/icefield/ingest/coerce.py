@@ -544,6 +544,10 @@ def cast_column(name: str, arr: pa.Array | pa.ChunkedArray, t: pa.DataType, bad:
         arr = arr.storage
     if arr.type == t:
         return arr
+    if _is_nested(arr.type) and _plain(arr.type) == _plain(t):
+        # The same shape but for large or small offsets (Iceberg's schema reads lists and strings as large ones):
+        # Arrow's cast changes no value.
+        return pc.cast(arr, t, safe=True)
     if _arrow_cast_is_strict(arr, t):
         try:
             out = pc.cast(arr, t, safe=True)
@@ -588,6 +592,24 @@ def _cast_text_numbers(name: str, arr: pa.Array, t: pa.DataType, bad: dict[int, 
     if pa.types.is_floating(t):
         _mark_non_finite(name, out, bad)
     return out
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_struct(t) or pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """``t`` with large lists, strings and binaries as their small kinds and nested fields without metadata."""
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _plain(f.type), f.nullable) for f in t])
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        f = t.value_field
+        return pa.list_(pa.field(f.name, _plain(f.type), f.nullable))
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    return t
 
 
 def _is_number(t: pa.DataType) -> bool:
