@@ -19,24 +19,30 @@ from types import FrameType
 _received = threading.Event()
 
 
-def _note(signum: int, frame: FrameType | None) -> None:
-    _received.set()
-    signal.default_int_handler(signum, frame)
-
-
 @contextmanager
 def watched() -> Iterator[None]:
-    """Note the SIGINTs that arrive inside: in the main thread, while Python's own handler is the one
-    installed (a command that installed its own handler, ``--follow``'s graceful stop say, keeps it)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    """Note the SIGINTs that arrive inside, in the main thread: the handler installed (Python's own, which
+    raises ``KeyboardInterrupt``, or another a program installed) still runs; a SIGINT it turns into
+    ``KeyboardInterrupt`` is noted. A handler that does not raise (``--follow``'s graceful stop, say) notes
+    nothing: that run is not interrupted, it ends its batch. SIG_IGN and SIG_DFL are left alone."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
         return
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        try:
+            previous(signum, frame)
+        except KeyboardInterrupt:
+            _received.set()
+            raise
+
     _received.clear()
-    signal.signal(signal.SIGINT, _note)
+    signal.signal(signal.SIGINT, note)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
         _received.clear()
 
 

@@ -431,7 +431,14 @@ def _day_rows(first_id: int, day: int, n: int) -> list[tuple[Any, ...]]:
 def _backfill(af: Airflow, dag_id: str, start: str, end: str) -> list[str]:
     """Backfill ``dag_id`` for the logical dates [start, end] through the REST API (reprocessing completed
     runs) and wait until each of its runs ends; returns their states."""
-    status, body = af.api("POST", "backfills", {"dag_id": dag_id, "from_date": start, "to_date": end, "reprocess_behavior": "completed", "max_active_runs": 1})
+    # On SQLite, Airflow refuses to create a backfill while the scheduler holds the database ("Database is
+    # locked ... not supported on SQLite under concurrent access", 503): a busy moment, asked again shortly.
+    give_up = time.monotonic() + 120
+    while True:
+        status, body = af.api("POST", "backfills", {"dag_id": dag_id, "from_date": start, "to_date": end, "reprocess_behavior": "completed", "max_active_runs": 1})
+        if status != 503 or "locked" not in str(body) or time.monotonic() > give_up:
+            break
+        time.sleep(2)
     assert status == 200, body
     backfill_id = body["id"]
     deadline = time.monotonic() + RUN_TIMEOUT

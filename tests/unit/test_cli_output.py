@@ -441,3 +441,23 @@ def test_librdkafka_lines_are_shown_only_with_verbose(capsys: pytest.CaptureFixt
     assert quiet == ""
     assert "Connection refused" in message
     assert loud.count("\n") >= 2 and "icefield.ingest.kafka.client" in loud
+
+
+def test_a_command_stopped_by_a_signal_in_process_gives_back_the_handlers_it_installed(tmp_path: Path) -> None:
+    """`icefield run --follow` and `icefield metrics serve` stop gracefully on SIGINT or SIGTERM through
+    handlers of their own; run in-process (a test's CliRunner, a program calling the CLI), they left them
+    installed, so a later Ctrl-C in that process set a forgotten event instead of interrupting (a later test's
+    SIGINT then failed its run instead of interrupting it)."""
+    import threading
+
+    root = _project(tmp_path / "p")
+    assert CliRunner().invoke(cli, ["--project", str(root), "run"]).exit_code == EXIT_OK
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        res = CliRunner().invoke(cli, ["--project", str(root), "metrics", "serve", "--port", "0", "--cost-every", "0"])
+    finally:
+        timer.cancel()
+    assert res.exit_code == EXIT_OK and "Serving table statistics" in res.output, res.output
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -325,11 +325,16 @@ def test_a_sigint_that_duckdb_turned_into_a_runtime_error_ends_the_run_as_interr
         raise AssertionError("the query ran to its end: no SIGINT arrived")
 
     monkeypatch.setattr(TableWriter, "commit", slow_query)
-    code, doc, err = _cli(root, "run")
+    # The handler a program has when Ctrl-C reaches it (an earlier test in this process may have left another).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, doc, err = _cli(root, "run")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the run gives the handler back"
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == EXIT_INTERRUPTED, (doc, err)
     assert doc["status"] == "interrupted" and doc["type"] == "InterruptedRunError"
     assert [r["status"] for r in doc["results"]] == ["failed", "skipped"], "the pipeline after it does not run"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the run gives Python its handler back"
 
 
 def test_a_sigint_that_pyarrow_turned_into_a_failure_ends_the_run_as_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

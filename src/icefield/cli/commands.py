@@ -3,11 +3,13 @@ metrics, demo."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +150,15 @@ def run(
     catalog = open_catalog(project)
     if metrics_port is not None and not follow:
         raise ConfigError("--metrics-port serves the metrics of a following run: add --follow, or drop --metrics-port")
-    stop = _stop_on_signals() if follow else None
     from icefield.observe.configured import configured_observers
     from icefield.observe.metrics import run_metrics
 
     lineage = configured_observers(project)
-    with run_metrics(project.config.metrics, project.root, follow=follow, port=metrics_port) as metrics, _Progress(out) as progress:
+    with (
+        _stop_on_signals(follow) as stop,
+        run_metrics(project.config.metrics, project.root, follow=follow, port=metrics_port) as metrics,
+        _Progress(out) as progress,
+    ):
         try:
             done = run_plan(
                 project, the_plan, catalog, wait=wait_s, follow=follow, stop=stop,
@@ -245,18 +250,27 @@ class _Progress:
             self.task = None
 
 
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGINT or SIGTERM: a following run commits its batch in progress, then ends."""
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool = True) -> Iterator[threading.Event | None]:
+    """An event set by SIGINT or SIGTERM during the block (a following run commits its batch in progress,
+    then ends); the handlers before it are given back when the block ends (a command run in-process, by a
+    test or a program, leaves its process as it found it). ``None`` and no handler when not ``enabled``."""
     import signal
 
+    if not enabled:
+        yield None
+        return
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    return stop
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def _print_results(out: Output, results: list[Any]) -> None:
@@ -802,9 +816,9 @@ def metrics_serve(out: Output, port: int, host: str | None, cost_every: float) -
     from icefield.observe.metrics import serve
 
     registry = _table_stats_registry(out, cost_every or None)
-    stop = _stop_on_signals()
-    with serve(registry, host or out.project().config.metrics.host, port) as server:
+    with _stop_on_signals() as stop, serve(registry, host or out.project().config.metrics.host, port) as server:
         out.print("Serving table statistics on {url} (Ctrl-C stops)", url=server.url)
+        assert stop is not None
         stop.wait()
 
 
