@@ -146,14 +146,16 @@ class Page:
 class _Pending:
     """Records read since the last batch. Parallel lists over the JSON object records: each as it lands (a
     parent's columns included), as the API sent it (its fingerprint is of that), its cursor value (cursor
-    sources only) and where it came from (page, index: the coordinates text is made only for a record that is
-    looked at, a quarantined one). ``units``: the unit of the records from each index on (a unit's records
-    are consecutive). Records that are not objects, and malformed pages, are in ``rejected``."""
+    sources only), its page and its index there (two lists: no tuple is made per record; the coordinates
+    text is made only for a record looked at, a quarantined one). ``units``: the unit of the records from
+    each index on (a unit's records are consecutive). Records that are not objects, and malformed pages,
+    are in ``rejected``."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
-    where: list[tuple[Page, int]] = field(default_factory=list)
+    pages: list[Page] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
     units: list[tuple[str, int]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
 
@@ -594,7 +596,8 @@ class HttpSource(Source):
         rows = [{**rec, **extra} for rec in objects] if extra else objects
         pending.rows.extend(rows)
         pending.sent.extend(objects)
-        pending.where.extend(zip(repeat(page), index))
+        pending.pages.extend(repeat(page, len(objects)))
+        pending.index.extend(index)
         if self.cfg.cursor is not None:
             field_name = self.cfg.cursor.field
             pending.values.extend([rec.get(field_name) for rec in rows])
@@ -605,7 +608,8 @@ class HttpSource(Source):
         pending.rows = [pending.rows[i] for i in keep]
         pending.sent = [pending.sent[i] for i in keep]
         pending.values = [pending.values[i] for i in keep]
-        pending.where = [pending.where[i] for i in keep]
+        pending.pages = [pending.pages[i] for i in keep]
+        pending.index = [pending.index[i] for i in keep]
         # ``drop`` holds records of the last page only: the units' start indexes before them stand.
 
     def _batch(self, pending: _Pending, states: dict[str, dict[str, Any]], first: dict[str, Any] | None) -> SourceBatch:
@@ -649,7 +653,7 @@ class HttpSource(Source):
             types.update({f.name: f.type for f in self._schema})
         types.update(self._learned)
         types.update(self.declared or {})
-        rows, where = pending.rows, pending.where
+        rows, pages, index = pending.rows, pending.pages, pending.index
         table, bad = records_to_table(rows, types, self.declared or ())
         for f in table.schema:
             self._learned.setdefault(f.name, f.type)
@@ -658,7 +662,7 @@ class HttpSource(Source):
             return raw[i] if raw is not None else _dumps(rows[i]).decode()
 
         def coords_of(i: int) -> str:
-            return _coords(*where[i])
+            return _coords(pages[i], index[i])
 
         rejected = list(pending.rejected)
         keep: list[int] | None = None
