@@ -323,6 +323,24 @@ def test_a_misspelt_cursor_field_is_refused(lake, serve):
         lk.run("recs")
 
 
+def test_records_out_of_cursor_order_are_refused_naming_the_page_and_value(lake, serve):
+    # The cursor on id while the API sorts by updated_at: record 2, updated, comes last, alone on page 4.
+    api = serve(records=31, pagination="page", page_size=10)
+    api.update([2], name="changed")
+    body = pipeline(api, batch_size=10)
+    body["source"]["cursor"] = {"field": "id", "param": "since"}
+    lk = lake({"recs": body})
+    with pytest.raises(SourceError, match=r"page 4 .* has id=2 after 31: the API does not return records in ascending id order"):
+        lk.run("recs")
+    assert_each_once(lk.rows("raw.records", "id"), [1, *range(3, 32)])  # the batches before page 4
+    # Within a page: names are random text.
+    body["source"]["cursor"] = {"field": "name", "param": "since"}
+    body["target"] = {"table": "raw.by_name"}
+    lk = lake({"names": body})
+    with pytest.raises(SourceError, match=r"page 1 .* has name='item-\d+' after 'item-\d+'"):
+        lk.run("names")
+
+
 def test_merge_with_deleted_flags(lake, serve):
     api = serve(records=20, pagination="page", page_size=5)
     target = {"table": "raw.records", "mode": "merge", "keys": ["id"], "delete_column": "deleted"}
@@ -433,6 +451,18 @@ def test_link_headers_retry_after_and_json_paths():
     assert json_path(body, "data.meta.0.next") == "t"
     assert json_path(body, "data.missing.x") is None
     assert json_path(body, "") is body
+
+
+def test_pages_decode_exactly_and_refuse_what_is_not_json():
+    from icefield.ingest.http import _loads
+
+    big = 2**64 * 12345 + 1  # past 64 bits: a float would lose its last digits
+    assert _loads(b'{"a": %d, "b": -%d, "c": [1.5, "x"]}' % (big, big)) == {"a": big, "b": -big, "c": [1.5, "x"]}
+    assert _loads(b'{"id": 18446744073709551615, "s": "\\ud800"}') == {"id": 2**64 - 1, "s": "\ud800"}
+    assert _loads('{"t": "caf\u00e9"}'.encode("utf-16")) == {"t": "caf\u00e9"}
+    for text in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": 1', b"<html>"):
+        with pytest.raises(ValueError):
+            _loads(text)
 
 
 # ------------------------------------------------------------------ configuration

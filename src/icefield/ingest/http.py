@@ -29,6 +29,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -36,7 +37,7 @@ import pyarrow as pa
 from icefield.config.models import HttpPaginationConfig, HttpSourceConfig
 from icefield.config.secrets import redact, register_secret, resolve
 from icefield.errors import ConfigError, SourceError, TransientError
-from icefield.ingest import Rejected, Source, SourceBatch, SourceCapabilities
+from icefield.ingest import LazyStrings, Rejected, Source, SourceBatch, SourceCapabilities
 from icefield.ingest.coerce import parse_type, records_to_table
 
 if TYPE_CHECKING:
@@ -105,9 +106,23 @@ def _dumps(value: Any, sort: bool = False) -> bytes:
         return json.dumps(value, sort_keys=sort, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
+# Bytes as digits (b"0") and the rest (b" "): a run of 19 digits in a body is a number orjson may not keep exact.
+_DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_RUN = b"0" * 19
+
+
 def _loads(data: bytes) -> Any:
-    """Decoded JSON; NaN and Infinity are refused. The standard library's decoder, not orjson's: orjson reads an
-    integer past 64 bits as a float, silently losing its digits."""
+    """Decoded JSON; NaN and Infinity are refused. orjson decodes (3x the standard library's speed) unless the
+    body holds a run of 19 digits or more: orjson reads an integer past 64 bits as a float, silently losing
+    its digits, so such a body, and one orjson refuses, is decoded by the standard library, whose answer
+    (or error) is the one given."""
+    import orjson
+
+    if _LONG_RUN not in data.translate(_DIGITS):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass  # the standard library decides: it reads what orjson refuses (UTF-16, a lone surrogate, 1e400)
     return json.loads(data, parse_constant=_no_constant)
 
 
@@ -129,13 +144,20 @@ class Page:
 
 @dataclass
 class _Pending:
-    """Records read since the last batch: decoded ones with their raw text, coordinates and cursor values."""
+    """Records read since the last batch. Parallel lists over the JSON object records: each as it lands (a
+    parent's columns included), as the API sent it (its fingerprint is of that), its cursor value (cursor
+    sources only), its page and its index there (two lists: no tuple is made per record; the coordinates
+    text is made only for a record looked at, a quarantined one). ``units``: the unit of the records from
+    each index on (a unit's records are consecutive). Records that are not objects, and malformed pages,
+    are in ``rejected``."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
-    raw: list[str] = field(default_factory=list)
-    coords: list[str] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)
+    values: list[Any] = field(default_factory=list)
+    pages: list[Page] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
+    units: list[tuple[str, int]] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-    seen: list[tuple[str, Any, str]] = field(default_factory=list)  # (unit, cursor value, fingerprint) of every object record
 
     @property
     def size(self) -> int:
@@ -287,6 +309,11 @@ class HttpSource(Source):
 
     def request(self, url: str, params: dict[str, Any], body: dict[str, Any] | None) -> httpx.Response:
         """One answer of the API with a status below 400, after the retries (see the module docs)."""
+        full, shown = _full_url(url, params)
+        return self._send(full, shown, body)
+
+    def _send(self, full: httpx.URL, shown: str, body: dict[str, Any] | None) -> httpx.Response:
+        """:meth:`request` of the URL ``full`` (``shown``: it with secrets removed), built once by the caller."""
         import httpx
 
         client = self.client()
@@ -300,9 +327,6 @@ class HttpSource(Source):
             headers = dict(self._headers)
             if self.cfg.auth is not None and self.cfg.auth.type == "oauth2_client_credentials":
                 headers["Authorization"] = "Bearer " + self._oauth_token()
-            # httpx replaces a URL's query by ``params``: merged here, so a next link keeps its own.
-            full = httpx.URL(url).copy_merge_params(params)
-            shown = redact(str(full))
             self._asked = (full.scheme, full.host, full.port)
             try:
                 resp = client.request(self.cfg.method, full, headers=headers, json=body)
@@ -433,11 +457,9 @@ class HttpSource(Source):
         self, number: int, url: str, params: dict[str, Any], body: dict[str, Any] | None, records_path: str
     ) -> tuple[Page, httpx.Response, Any]:
         """Page ``number``: asked again while malformed, up to ``retries.malformed_attempts`` times."""
-        import httpx
-
+        full, shown = _full_url(url, params)
         for attempt in range(1, self.cfg.retries.malformed_attempts + 1):
-            resp = self.request(url, dict(params), body)
-            shown = redact(str(httpx.URL(url).copy_merge_params(params)))
+            resp = self._send(full, shown, body)
             answer, problem = self._decode(resp)
             records = json_path(answer, records_path) if problem is None else None
             if problem is None and not isinstance(records, list):
@@ -497,7 +519,7 @@ class HttpSource(Source):
             boundary = set(state.get("boundary", []))
             top = last
             for page in self.pages(since=last, fills=fills):
-                begin = len(pending.seen)
+                begin = len(pending.rows)
                 objects = [r for r in page.records if isinstance(r, dict)]
                 if objects and not any(field_name in r for r in objects):
                     # A misspelt field would leave the cursor where it is and the position growing by every record.
@@ -505,20 +527,17 @@ class HttpSource(Source):
                         f"{self.where}.cursor.field: no record of page {page.number} ({page.url}) has a field {field_name!r} "
                         f"(its first has {', '.join(sorted(objects[0]))}); fix the name"
                     )
-                for rec, _ in self._take(page, pending, unit, extra):
-                    if field_name in rec:
-                        value = rec[field_name]
-                        if top is not None and value is not None and _before(value, top, self.where, field_name):
-                            raise SourceError(
-                                f"{self.where}.cursor: page {page.number} ({page.url}) has {field_name}={value!r} after "
-                                f"{top!r}: the API does not return records in ascending {field_name} order, so a cursor "
-                                "would lose records; ask the API to sort by it (often a sort param), or drop source.cursor for a full load"
-                            )
-                        top = value if value is not None else top
-                # Records already loaded at the unit's last committed value come back (the cursor is inclusive).
-                drop = {i for i in range(begin, len(pending.seen)) if pending.seen[i][1] == last and pending.seen[i][2] in boundary}
-                if drop:
-                    self._drop(pending, drop)
+                self._take(page, pending, unit, extra)
+                values = [v for v in pending.values[begin:] if v is not None]
+                if values:
+                    top = self._ascending(page, values, top)
+                if boundary:
+                    # Records already loaded at the unit's last committed value come back (the cursor is inclusive):
+                    # only those at that value can be in the boundary, so only they are fingerprinted.
+                    at = [i for i in range(begin, len(pending.rows)) if pending.values[i] == last]
+                    drop = {i for i in at if record_fingerprint(pending.sent[i]) in boundary}
+                    if drop:
+                        self._drop(pending, drop)
                 if pending.size >= self.batch_size:
                     batch = self._batch(pending, states, first)
                     first = batch.position
@@ -529,55 +548,87 @@ class HttpSource(Source):
         if pending.size:
             yield self._batch(pending, states, first)
 
+    def _ascending(self, page: Page, values: list[Any], top: Any) -> Any:
+        """The last of a page's cursor ``values`` (nulls left out), once checked that none sorts before the one
+        read before it (``top``: the newest so far). Sorting is the quick check (linear on a sorted list); the
+        loop after it names the first value out of order."""
+        try:
+            if (top is None or not values[0] < top) and values == sorted(values):
+                return values[-1]
+        except TypeError:
+            pass  # values of different kinds: the loop names them
+        assert self.cfg.cursor is not None
+        field_name = self.cfg.cursor.field
+        for value in values:
+            if top is not None and _before(value, top, self.where, field_name):
+                raise SourceError(
+                    f"{self.where}.cursor: page {page.number} ({page.url}) has {field_name}={value!r} after "
+                    f"{top!r}: the API does not return records in ascending {field_name} order, so a cursor "
+                    "would lose records; ask the API to sort by it (often a sort param), or drop source.cursor for a full load"
+                )
+            top = value
+        return top
+
     def _position(self, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if self.cfg.for_each is None:
             return dict(states.get("", {}))
         return {"parents": {k: dict(v) for k, v in sorted(states.items())}}
 
-    def _take(self, page: Page, pending: _Pending, unit: str = "", extra: dict[str, Any] | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    def _take(self, page: Page, pending: _Pending, unit: str = "", extra: dict[str, Any] | None = None) -> None:
         """Add ``page``'s records (with the parent's columns ``extra``) to ``pending`` (a record that is not a
-        JSON object, or a malformed page, to its rejected); yields each object record with its fingerprint."""
+        JSON object, or a malformed page, to its rejected). Whole lists at a time: this runs for every record."""
         if page.malformed is not None:
             pending.rejected.append(Rejected(page.text, f"{page.url} page {page.number}", "decode", f"decode: the page is {page.malformed}"))
             return
-        field_name = self.cfg.cursor.field if self.cfg.cursor is not None else None
-        for i, rec in enumerate(page.records):
-            coords = f"{page.url} page {page.number} record {i}"
-            if not isinstance(rec, dict):
-                raw = _dumps(rec).decode()
-                pending.rejected.append(Rejected(raw, coords, "decode", f"decode: a JSON object is expected, got {type(rec).__name__}"))
-                continue
-            fp = record_fingerprint(rec)
-            if extra:
-                rec = {**rec, **extra}
-            # The row as it lands (a parent's columns included): a quarantined one can be replayed from it.
-            raw = _dumps(rec).decode()
-            pending.rows.append(rec)
-            pending.raw.append(raw)
-            pending.coords.append(coords)
-            if field_name is not None:
-                pending.seen.append((unit, rec.get(field_name), fp))
-            yield rec, fp
+        objects: list[dict[str, Any]] = page.records
+        index: range | list[int] = range(len(objects))
+        if not all(isinstance(rec, dict) for rec in objects):
+            objects, index = [], []
+            for i, rec in enumerate(page.records):
+                if isinstance(rec, dict):
+                    objects.append(rec)
+                    index.append(i)
+                else:
+                    pending.rejected.append(
+                        Rejected(_dumps(rec).decode(), _coords(page, i), "decode", f"decode: a JSON object is expected, got {type(rec).__name__}")
+                    )
+        if not pending.units or pending.units[-1][0] != unit:
+            pending.units.append((unit, len(pending.rows)))
+        # The rows as they land (a parent's columns included): a quarantined one is replayed from its JSON.
+        rows = [{**rec, **extra} for rec in objects] if extra else objects
+        pending.rows.extend(rows)
+        pending.sent.extend(objects)
+        pending.pages.extend(repeat(page, len(objects)))
+        pending.index.extend(index)
+        if self.cfg.cursor is not None:
+            field_name = self.cfg.cursor.field
+            pending.values.extend([rec.get(field_name) for rec in rows])
 
     @staticmethod
     def _drop(pending: _Pending, drop: set[int]) -> None:
-        # ``seen`` and ``rows`` are parallel for object records (the only ones with a fingerprint).
         keep = [i for i in range(len(pending.rows)) if i not in drop]
         pending.rows = [pending.rows[i] for i in keep]
-        pending.raw = [pending.raw[i] for i in keep]
-        pending.coords = [pending.coords[i] for i in keep]
-        pending.seen = [pending.seen[i] for i in keep]
+        pending.sent = [pending.sent[i] for i in keep]
+        pending.values = [pending.values[i] for i in keep]
+        pending.pages = [pending.pages[i] for i in keep]
+        pending.index = [pending.index[i] for i in keep]
+        # ``drop`` holds records of the last page only: the units' start indexes before them stand.
 
     def _batch(self, pending: _Pending, states: dict[str, dict[str, Any]], first: dict[str, Any] | None) -> SourceBatch:
         """The batch of ``pending``; moves ``states`` past it: each unit's newest cursor value and the
-        fingerprints of its records loaded at that value."""
-        for unit in dict.fromkeys(u for u, _, _ in pending.seen):
+        fingerprints of its records loaded at that value (the only records fingerprinted)."""
+        values, n = pending.values, len(pending.rows)
+        spans: dict[str, list[range]] = {}
+        for k, (unit, start) in enumerate(pending.units):
+            end = pending.units[k + 1][1] if k + 1 < len(pending.units) else n
+            if end > start:
+                spans.setdefault(unit, []).append(range(start, end))
+        for unit, ranges in spans.items():
             state = states.get(unit, {})
             last = state.get("cursor", self.cfg.cursor.initial if self.cfg.cursor is not None else None)
             boundary = set(state.get("boundary", []))
-            values = [v for u, v, _ in pending.seen if u == unit and v is not None]
-            new_last = values[-1] if values else last
-            at = {fp for u, v, fp in pending.seen if u == unit and v == new_last}
+            new_last = next((values[i] for r in reversed(ranges) for i in reversed(r) if values[i] is not None), last)
+            at = {record_fingerprint(pending.sent[i]) for r in ranges for i in r if values[i] == new_last}
             boundary = (boundary | at) if new_last == last else at
             states[unit] = {"cursor": new_last, "boundary": sorted(boundary)}
         position = self._position(states)
@@ -588,42 +639,65 @@ class HttpSource(Source):
         pending = _Pending()
         for unit, fills, extra in self.units():
             for page in self.pages(fills=fills):
-                for _ in self._take(page, pending, unit, extra):
-                    pass
-        digest = hashlib.sha256("\n".join(pending.raw + [r.raw for r in pending.rejected]).encode()).hexdigest()[:32]
+                self._take(page, pending, unit, extra)
+        raw = [_dumps(rec).decode() for rec in pending.rows]
+        digest = hashlib.sha256("\n".join(raw + [r.raw for r in pending.rejected]).encode()).hexdigest()[:32]
         previous = (position or {}).get("content")
         if previous == digest:
             return
-        yield self._typed(pending, {"content": digest, "records": pending.size}, f"http-full:{previous}->{digest}")
+        yield self._typed(pending, {"content": digest, "records": pending.size}, f"http-full:{previous}->{digest}", raw)
 
-    def _typed(self, pending: _Pending, position: dict[str, Any], key: str) -> SourceBatch:
+    def _typed(self, pending: _Pending, position: dict[str, Any], key: str, raw: list[str] | None = None) -> SourceBatch:
+        """The batch of ``pending``'s rows typed; a row's raw text (``raw``, or its JSON made when asked for) and
+        coordinates are made only for the rows looked at (quarantined)."""
         types: dict[str, pa.DataType] = {}
         if self._schema is not None:
             types.update({f.name: f.type for f in self._schema})
         types.update(self._learned)
         types.update(self.declared or {})
-        table, bad = records_to_table(pending.rows, types, self.declared or ())
+        rows, pages, index = pending.rows, pending.pages, pending.index
+        table, bad = records_to_table(rows, types, self.declared or ())
         for f in table.schema:
             self._learned.setdefault(f.name, f.type)
+
+        def raw_of(i: int) -> str:
+            return raw[i] if raw is not None else _dumps(rows[i]).decode()
+
+        def coords_of(i: int) -> str:
+            return _coords(pages[i], index[i])
+
         rejected = list(pending.rejected)
-        raw, coords = pending.raw, pending.coords
+        keep: list[int] | None = None
         if bad:
             keep = [i for i in range(table.num_rows) if i not in bad]
             for i in sorted(bad):
-                rejected.append(Rejected(raw[i], coords[i], "decode" if bad[i].startswith("decode:") else "type", bad[i]))
+                rejected.append(Rejected(raw_of(i), coords_of(i), "decode" if bad[i].startswith("decode:") else "type", bad[i]))
             table = table.take(pa.array(keep, pa.int64()))
-            raw, coords = [raw[i] for i in keep], [coords[i] for i in keep]
         return SourceBatch(
             data=table,
             position=position,
             key=key,
-            raw=raw,
-            coords=coords,
+            raw=LazyStrings(table.num_rows, raw_of, keep),
+            coords=LazyStrings(table.num_rows, coords_of, keep),
             rejected=rejected,
             coord_label=redact(self._base),
             coord_keys=self.keys,
             open_schema=True,
         )
+
+
+def _coords(page: Page, index: int) -> str:
+    """The source coordinates of record ``index`` of ``page``."""
+    return f"{page.url} page {page.number} record {index}"
+
+
+def _full_url(url: str, params: dict[str, Any]) -> tuple[httpx.URL, str]:
+    """``url`` with ``params`` merged into its query, and that URL as shown (secrets removed). httpx replaces a
+    URL's query by a request's ``params``: merged here, so a next link keeps its own."""
+    import httpx
+
+    full = httpx.URL(url).copy_merge_params(params)
+    return full, redact(str(full))
 
 
 def _before(value: Any, top: Any, where: str, name: str) -> bool:
