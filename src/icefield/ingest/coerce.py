@@ -53,6 +53,10 @@ TYPE_NAMES: dict[str, pa.DataType] = {
 _DECIMAL = re.compile(r"^decimal\((\d+),(\d+)\)$")
 
 
+_JSON_TEXT = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+"""An object or a list as JSON text, keys sorted: ``json.dumps``'s text, without building an encoder per value."""
+
+
 class CoercionError(ValueError):
     """One value cannot be typed exactly. Raised inside a struct or list, it carries where: ``path`` (the
     steps below the column, ``.id``, ``[2]``), the value there and its type."""
@@ -262,7 +266,7 @@ def _to_str(v: Any) -> str:
             raise CoercionError("not a finite number")
         return repr(v)
     if isinstance(v, (dict, list)):
-        return json.dumps(v, sort_keys=True, ensure_ascii=False)
+        return _JSON_TEXT(v)
     if isinstance(v, (dt.date, dt.datetime, dt.time)):
         return v.isoformat()
     if isinstance(v, (bytes, bytearray, memoryview)):
