@@ -307,13 +307,9 @@ class HttpSource(Source):
         r = self.cfg.retries
         return float(min(r.max_backoff_seconds, r.backoff_seconds * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0))
 
-    def request(self, url: str, params: dict[str, Any], body: dict[str, Any] | None) -> httpx.Response:
-        """One answer of the API with a status below 400, after the retries (see the module docs)."""
-        full, shown = _full_url(url, params)
-        return self._send(full, shown, body)
-
     def _send(self, full: httpx.URL, shown: str, body: dict[str, Any] | None) -> httpx.Response:
-        """:meth:`request` of the URL ``full`` (``shown``: it with secrets removed), built once by the caller."""
+        """One answer of the API for the URL ``full`` (``shown``: it with secrets removed; both built once by the
+        caller, :func:`_full_url`) with a status below 400, after the retries (see the module docs)."""
         import httpx
 
         client = self.client()
